@@ -46,6 +46,13 @@ public:
 
 private:
   Checkpoint() = default;
+  /// Opens the shards named by model.safetensors.index.json and checks the
+  /// index against their contents.
+  absl::Status openSharded();
+  /// Opens one safetensors file and indexes its tensors; a name already
+  /// indexed from another file is an error.
+  absl::Status addFile(const std::filesystem::path &path);
+
   std::filesystem::path dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   // name -> index into files_

@@ -75,8 +75,8 @@ struct MoeConfig {
 
 /// `quantization_config` of a natively quantized checkpoint (DeepSeek-V3 FP8).
 struct QuantizationConfig {
-  std::string quantMethod; // "fp8"
-  std::string fmt;         // "e4m3"
+  std::string quantMethod;      // "fp8"
+  std::string fmt;              // "e4m3"
   std::string activationScheme; // "dynamic"
   int64_t weightBlockRows = 128;
   int64_t weightBlockCols = 128;

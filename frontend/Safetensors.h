@@ -87,10 +87,10 @@ struct TensorToWrite {
 
 /// Writes a safetensors file atomically (a temporary file beside `path`,
 /// then rename), so a failure never leaves a partial file behind.
-absl::Status writeSafetensors(const std::filesystem::path &path,
-                              std::span<const TensorToWrite> tensors,
-                              const std::map<std::string, std::string> &metadata =
-                                  {});
+absl::Status
+writeSafetensors(const std::filesystem::path &path,
+                 std::span<const TensorToWrite> tensors,
+                 const std::map<std::string, std::string> &metadata = {});
 
 } // namespace kiln::frontend
 

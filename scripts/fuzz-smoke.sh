@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds the frontend fuzzers with clang and runs each for a bounded time on a
+# scratch copy of the seed corpus (so the committed seeds stay small). Exits
+# non-zero if a fuzzer finds a crash, leak or sanitizer report.
+#
+#   KILN_FUZZ_SECONDS  seconds per fuzzer (default 30)
+#   KILN_FUZZ_JOBS     build parallelism (default 2)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="$root/build-fuzz"
+seconds="${KILN_FUZZ_SECONDS:-30}"
+
+# Tests stay on because the top level only enters tests/ (and so tests/fuzz)
+# when they are; only the fuzz targets get built.
+CC=clang-19 CXX=clang++-19 cmake -G Ninja -S "$root" -B "$build" \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DKILN_ENABLE_COMPILER=OFF \
+  -DKILN_ENABLE_TESTS=ON \
+  -DKILN_ENABLE_FUZZERS=ON >/dev/null
+ninja -C "$build" -j"${KILN_FUZZ_JOBS:-2}" kiln-fuzz-safetensors kiln-fuzz-config
+
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+
+status=0
+for target in safetensors config; do
+  corpus="$scratch/corpus-$target"
+  cp -r "$root/tests/fuzz/corpus/$target" "$corpus"
+  echo "== kiln-fuzz-$target for ${seconds}s"
+  if ! (cd "$scratch" && "$build/bin/kiln-fuzz-$target" \
+          -max_total_time="$seconds" -print_final_stats=1 \
+          -artifact_prefix="$scratch/$target-" "$corpus"); then
+    echo "kiln-fuzz-$target FAILED; reproducer(s):" >&2
+    mkdir -p "$build/fuzz-artifacts"
+    cp "$scratch/$target-"* "$build/fuzz-artifacts/" 2>/dev/null || true
+    ls "$build/fuzz-artifacts" >&2 || true
+    status=1
+  fi
+done
+exit "$status"
