@@ -1,0 +1,537 @@
+//===- KilnOps.cpp - kiln operation verifiers -----------------------------===//
+#include "ir/KilnOps.h"
+
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/Support/raw_ostream.h"
+
+using namespace mlir;
+using namespace mlir::kiln;
+
+#define GET_OP_CLASSES
+#include "ir/KilnOps.cpp.inc"
+
+//===----------------------------------------------------------------------===//
+// Shape helpers
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+std::string formatShape(ArrayRef<int64_t> shape) {
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  os << "[";
+  llvm::interleaveComma(shape, os, [&](int64_t d) {
+    if (ShapedType::isDynamic(d))
+      os << "?";
+    else
+      os << d;
+  });
+  os << "]";
+  return text;
+}
+
+bool dimsCompatible(int64_t a, int64_t b) {
+  return ShapedType::isDynamic(a) || ShapedType::isDynamic(b) || a == b;
+}
+
+/// Checks `actual` against `expected` dimension by dimension; a dynamic
+/// dimension on either side matches anything.
+LogicalResult checkShape(Operation *op, StringRef what, ShapedType actual,
+                         ArrayRef<int64_t> expected) {
+  ArrayRef<int64_t> shape = actual.getShape();
+  bool ok = shape.size() == expected.size() &&
+            llvm::all_of(llvm::zip_equal(shape, expected), [](auto pair) {
+              return dimsCompatible(std::get<0>(pair), std::get<1>(pair));
+            });
+  if (ok)
+    return success();
+  return op->emitOpError() << what << " has shape " << formatShape(shape)
+                           << ", expected " << formatShape(expected);
+}
+
+LogicalResult checkRank(Operation *op, StringRef what, ShapedType type,
+                        int64_t rank) {
+  if (type.getRank() == rank)
+    return success();
+  return op->emitOpError() << what << " must have rank " << rank << ", got "
+                           << type.getRank();
+}
+
+LogicalResult checkSameElementType(Operation *op, StringRef what, Type actual,
+                                   Type expected) {
+  Type a = getElementTypeOrSelf(actual), e = getElementTypeOrSelf(expected);
+  if (a == e)
+    return success();
+  return op->emitOpError() << what << " element type " << a
+                           << " must match " << e;
+}
+
+int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+bool isFp8(Type type) {
+  return isa<Float8E4M3FNType>(getElementTypeOrSelf(type));
+}
+
+/// FP8 weights carry fp32 block scales: checks that `scale`, `blockSize` and
+/// the weight dtype agree. `weightShape` is the `[..., out, in]` shape.
+LogicalResult checkBlockScale(Operation *op, ShapedType weight,
+                              TypedValue<RankedTensorType> scale,
+                              std::optional<ArrayRef<int64_t>> blockSize) {
+  if (!scale) {
+    if (isFp8(weight))
+      return op->emitOpError("an f8E4M3FN weight needs a block scale");
+    if (blockSize)
+      return op->emitOpError("block_size given without a scale");
+    return success();
+  }
+  if (!isFp8(weight))
+    return op->emitOpError("a block scale needs an f8E4M3FN weight, got ")
+           << weight.getElementType();
+  if (!blockSize || blockSize->size() != 2 || (*blockSize)[0] <= 0 ||
+      (*blockSize)[1] <= 0)
+    return op->emitOpError("a block scale needs block_size = [rows, cols] "
+                           "with positive entries");
+  ArrayRef<int64_t> w = weight.getShape();
+  SmallVector<int64_t> expected(w.begin(), w.end());
+  size_t n = expected.size();
+  expected[n - 2] = ceilDiv(w[n - 2], (*blockSize)[0]);
+  expected[n - 1] = ceilDiv(w[n - 1], (*blockSize)[1]);
+  return checkShape(op, "scale", scale.getType(), expected);
+}
+
+/// Looks up the symbol `name` as an op of type `OpT` from `user`.
+template <typename OpT>
+OpT lookupSymbol(Operation *user, SymbolTableCollection &symbolTable,
+                 FlatSymbolRefAttr name, StringRef kind) {
+  auto found = symbolTable.lookupNearestSymbolFrom<OpT>(user, name);
+  if (!found)
+    user->emitOpError() << "'" << name.getValue() << "' does not name a "
+                        << kind;
+  return found;
+}
+
+/// `[batch, seq, entry...]` for a cache slot's entry type.
+SmallVector<int64_t> perTokenShape(int64_t batch, int64_t seq,
+                                   RankedTensorType entry) {
+  SmallVector<int64_t> shape{batch, seq};
+  llvm::append_range(shape, entry.getShape());
+  return shape;
+}
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// Parameters and cache slots
+//===----------------------------------------------------------------------===//
+
+LogicalResult ParameterOp::verify() {
+  RankedTensorType type = getTensorType();
+  if (!type.hasStaticShape() || type.getRank() == 0)
+    return emitOpError("parameter type must have a static, non-scalar shape, "
+                       "got ")
+           << type;
+  StringRef source = getSourceName();
+  size_t placeholders = source.count("{}");
+  if (placeholders > 1)
+    return emitOpError("source '") << source << "' has more than one '{}'";
+  if (placeholders == 1 && type.getRank() < 2)
+    return emitOpError("a stacked parameter needs rank >= 2, got ") << type;
+  return success();
+}
+
+LogicalResult
+GetParameterOp::verifySymbolUses(SymbolTableCollection &symbolTable) {
+  auto param = lookupSymbol<ParameterOp>(*this, symbolTable, getNameAttr(),
+                                         "kiln.parameter");
+  if (!param)
+    return failure();
+  if (param.getType() != getType())
+    return emitOpError("result type ")
+           << getType() << " does not match parameter type "
+           << param.getType();
+  return success();
+}
+
+LogicalResult KVCacheOp::verify() {
+  RankedTensorType type = getEntryTensorType();
+  if (!type.hasStaticShape())
+    return emitOpError("cache entry type must have a static shape, got ")
+           << type;
+  Type element = type.getElementType();
+  if (!isa<Float32Type, BFloat16Type, Float8E4M3FNType>(element))
+    return emitOpError("cache entries must be f32, bf16 or f8E4M3FN, got ")
+           << element;
+  return success();
+}
+
+LogicalResult KVAppendOp::verify() {
+  ArrayRef<int64_t> shape = getValue().getType().getShape();
+  if (shape.size() < 2)
+    return emitOpError("value must be [batch, seq, entry...]");
+  return checkShape(*this, "positions", getPositions().getType(),
+                    {shape[0], shape[1]});
+}
+
+LogicalResult KVAppendOp::verifySymbolUses(SymbolTableCollection &symbolTable) {
+  auto slot = lookupSymbol<KVCacheOp>(*this, symbolTable, getCacheAttr(),
+                                      "kiln.kv_cache");
+  if (!slot)
+    return failure();
+  RankedTensorType value = getValue().getType();
+  RankedTensorType entry = slot.getEntryTensorType();
+  if (!isFp8(entry) && failed(checkSameElementType(*this, "value", value,
+                                                   entry.getElementType())))
+    return failure();
+  return checkShape(*this, "value", value,
+                    perTokenShape(value.getDimSize(0), value.getDimSize(1),
+                                  entry));
+}
+
+LogicalResult KVReadOp::verify() {
+  ArrayRef<int64_t> shape = getResult().getType().getShape();
+  if (shape.size() < 2)
+    return emitOpError("result must be [batch, kv_len, entry...]");
+  return checkShape(*this, "lengths", getLengths().getType(), {shape[0]});
+}
+
+LogicalResult KVReadOp::verifySymbolUses(SymbolTableCollection &symbolTable) {
+  auto slot = lookupSymbol<KVCacheOp>(*this, symbolTable, getCacheAttr(),
+                                      "kiln.kv_cache");
+  if (!slot)
+    return failure();
+  RankedTensorType result = getResult().getType();
+  RankedTensorType entry = slot.getEntryTensorType();
+  if (!isFp8(entry) && failed(checkSameElementType(*this, "result", result,
+                                                   entry.getElementType())))
+    return failure();
+  return checkShape(*this, "result", result,
+                    perTokenShape(result.getDimSize(0), result.getDimSize(1),
+                                  entry));
+}
+
+//===----------------------------------------------------------------------===//
+// Dense compute
+//===----------------------------------------------------------------------===//
+
+LogicalResult EmbeddingOp::verify() {
+  RankedTensorType tokens = getTokens().getType();
+  RankedTensorType table = getTable().getType();
+  if (failed(checkRank(*this, "tokens", tokens, 2)) ||
+      failed(checkRank(*this, "table", table, 2)))
+    return failure();
+  return checkShape(*this, "result", getResult().getType(),
+                    {tokens.getDimSize(0), tokens.getDimSize(1),
+                     table.getDimSize(1)});
+}
+
+LogicalResult RMSNormOp::verify() {
+  RankedTensorType input = getInput().getType();
+  if (input.getRank() < 1)
+    return emitOpError("input must have rank >= 1");
+  if (!(getEpsilon().convertToDouble() > 0))
+    return emitOpError("epsilon must be positive");
+  if (failed(checkShape(*this, "weight", getWeight().getType(),
+                        {input.getShape().back()})))
+    return failure();
+  if (getResult().getType() != input)
+    return emitOpError("result type must equal the input type");
+  return success();
+}
+
+LogicalResult LinearOp::verify() {
+  RankedTensorType input = getInput().getType();
+  RankedTensorType weight = getWeight().getType();
+  if (input.getRank() < 1)
+    return emitOpError("input must have rank >= 1");
+  if (failed(checkRank(*this, "weight", weight, 2)) ||
+      failed(checkSameElementType(*this, "result", getResult().getType(),
+                                  input)))
+    return failure();
+  int64_t out = weight.getDimSize(0), in = weight.getDimSize(1);
+  if (!dimsCompatible(input.getShape().back(), in))
+    return emitOpError("input's last dimension ")
+           << input.getShape().back() << " does not match the weight's "
+           << in << " input features";
+  SmallVector<int64_t> expected(input.getShape());
+  expected.back() = out;
+  if (failed(checkShape(*this, "result", getResult().getType(), expected)))
+    return failure();
+  if (getBias() &&
+      failed(checkShape(*this, "bias", getBias().getType(), {out})))
+    return failure();
+  return checkBlockScale(*this, weight, getWeightScale(), getBlockSize());
+}
+
+LogicalResult LogitsOp::verify() {
+  RankedTensorType input = getInput().getType();
+  RankedTensorType weight = getWeight().getType();
+  if (input.getRank() < 1 || failed(checkRank(*this, "weight", weight, 2)))
+    return emitOpError("expects input [..., hidden] and weight [vocab, hidden]");
+  if (!dimsCompatible(input.getShape().back(), weight.getDimSize(1)))
+    return emitOpError("input's last dimension does not match the head's "
+                       "hidden size ")
+           << weight.getDimSize(1);
+  SmallVector<int64_t> expected(input.getShape());
+  expected.back() = weight.getDimSize(0);
+  return checkShape(*this, "result", getResult().getType(), expected);
+}
+
+//===----------------------------------------------------------------------===//
+// Shape ops
+//===----------------------------------------------------------------------===//
+
+LogicalResult ReshapeOp::verify() {
+  RankedTensorType input = getInput().getType();
+  RankedTensorType result = getResult().getType();
+  if (failed(checkSameElementType(*this, "result", result, input)))
+    return failure();
+  auto split = [](RankedTensorType type, int64_t &dynamicPrefix,
+                  int64_t &staticProduct) {
+    ArrayRef<int64_t> shape = type.getShape();
+    dynamicPrefix = 0;
+    while (dynamicPrefix < type.getRank() &&
+           ShapedType::isDynamic(shape[dynamicPrefix]))
+      ++dynamicPrefix;
+    staticProduct = 1;
+    for (int64_t d : shape.drop_front(dynamicPrefix)) {
+      if (ShapedType::isDynamic(d))
+        return false;
+      staticProduct *= d;
+    }
+    return true;
+  };
+  int64_t inPrefix, inProduct, outPrefix, outProduct;
+  if (!split(input, inPrefix, inProduct) || !split(result, outPrefix, outProduct))
+    return emitOpError("dynamic dimensions must form a leading prefix");
+  if (inPrefix != outPrefix)
+    return emitOpError("must keep the ")
+           << inPrefix << " leading dynamic dimension(s), result has "
+           << outPrefix;
+  if (inProduct != outProduct)
+    return emitOpError("static dimensions hold ")
+           << inProduct << " elements in the input but " << outProduct
+           << " in the result";
+  return success();
+}
+
+LogicalResult SliceOp::verify() {
+  RankedTensorType input = getInput().getType();
+  if (input.getRank() < 1)
+    return emitOpError("input must have rank >= 1");
+  int64_t last = input.getShape().back();
+  int64_t offset = getOffset(), size = getSize();
+  if (offset < 0 || size <= 0)
+    return emitOpError("needs offset >= 0 and size > 0");
+  if (!ShapedType::isDynamic(last) && offset + size > last)
+    return emitOpError("range [")
+           << offset << ", " << offset + size
+           << ") exceeds the last dimension " << last;
+  if (failed(checkSameElementType(*this, "result", getResult().getType(),
+                                  input)))
+    return failure();
+  SmallVector<int64_t> expected(input.getShape());
+  expected.back() = size;
+  return checkShape(*this, "result", getResult().getType(), expected);
+}
+
+LogicalResult ConcatOp::verify() {
+  if (getInputs().empty())
+    return emitOpError("needs at least one input");
+  auto first = cast<RankedTensorType>(getInputs().front().getType());
+  if (first.getRank() < 1)
+    return emitOpError("inputs must have rank >= 1");
+  SmallVector<int64_t> expected(first.getShape());
+  expected.back() = 0;
+  for (Value input : getInputs()) {
+    auto type = cast<RankedTensorType>(input.getType());
+    if (failed(checkSameElementType(*this, "input", type, first)))
+      return failure();
+    SmallVector<int64_t> leading(first.getShape().drop_back());
+    leading.push_back(type.getRank() ? type.getShape().back() : 0);
+    if (failed(checkShape(*this, "input", type, leading)))
+      return failure();
+    int64_t last = type.getShape().back();
+    if (ShapedType::isDynamic(last) || ShapedType::isDynamic(expected.back()))
+      expected.back() = ShapedType::kDynamic;
+    else
+      expected.back() += last;
+  }
+  if (failed(checkSameElementType(*this, "result", getResult().getType(),
+                                  first)))
+    return failure();
+  return checkShape(*this, "result", getResult().getType(), expected);
+}
+
+LogicalResult BroadcastOp::verify() {
+  RankedTensorType input = getInput().getType();
+  RankedTensorType result = getResult().getType();
+  if (failed(checkSameElementType(*this, "result", result, input)))
+    return failure();
+  if (input.getRank() != result.getRank())
+    return emitOpError("result rank must equal the input rank");
+  for (auto [i, pair] :
+       llvm::enumerate(llvm::zip_equal(input.getShape(), result.getShape()))) {
+    auto [from, to] = pair;
+    if (dimsCompatible(from, to) || from == 1)
+      continue;
+    return emitOpError("dimension ")
+           << i << " of size " << from << " cannot broadcast to " << to;
+  }
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Attention
+//===----------------------------------------------------------------------===//
+
+LogicalResult RopeOp::verify() {
+  RankedTensorType input = getInput().getType();
+  if (input.getRank() < 3)
+    return emitOpError("input must be [batch, seq, ..., rotary_dim]");
+  int64_t dim = input.getShape().back();
+  if (ShapedType::isDynamic(dim) || dim % 2 != 0)
+    return emitOpError("rotary dimension must be static and even, got ")
+           << formatShape({dim});
+  if (getResult().getType() != input)
+    return emitOpError("result type must equal the input type");
+  return checkShape(*this, "positions", getPositions().getType(),
+                    {input.getDimSize(0), input.getDimSize(1)});
+}
+
+LogicalResult AttentionOp::verify() {
+  RankedTensorType q = getQuery().getType();
+  RankedTensorType k = getKey().getType();
+  RankedTensorType v = getValue().getType();
+  if (failed(checkRank(*this, "query", q, 4)) ||
+      failed(checkRank(*this, "key", k, 4)) ||
+      failed(checkRank(*this, "value", v, 4)))
+    return failure();
+  if (failed(checkSameElementType(*this, "key", k, q)) ||
+      failed(checkSameElementType(*this, "value", v, q)) ||
+      failed(checkSameElementType(*this, "result", getResult().getType(), q)))
+    return failure();
+  int64_t batch = q.getDimSize(0), heads = q.getDimSize(2);
+  int64_t kvHeads = k.getDimSize(2), dk = q.getDimSize(3);
+  if (failed(checkShape(*this, "key", k,
+                        {batch, ShapedType::kDynamic, kvHeads, dk})) ||
+      failed(checkShape(*this, "value", v,
+                        {batch, k.getDimSize(1), kvHeads, v.getDimSize(3)})))
+    return failure();
+  if (ShapedType::isDynamic(heads) || ShapedType::isDynamic(kvHeads) ||
+      kvHeads <= 0 || heads % kvHeads != 0)
+    return emitOpError("query heads (")
+           << heads << ") must be a static multiple of key/value heads ("
+           << kvHeads << ")";
+  if (!(getScale().convertToDouble() > 0))
+    return emitOpError("scale must be positive");
+  if (failed(checkShape(*this, "positions", getPositions().getType(),
+                        {batch, q.getDimSize(1)})) ||
+      failed(checkShape(*this, "kv_lengths", getKvLengths().getType(),
+                        {batch})))
+    return failure();
+  return checkShape(*this, "result", getResult().getType(),
+                    {batch, q.getDimSize(1), heads, v.getDimSize(3)});
+}
+
+//===----------------------------------------------------------------------===//
+// Mixture of experts
+//===----------------------------------------------------------------------===//
+
+LogicalResult MoEGateOp::verify() {
+  RankedTensorType input = getInput().getType();
+  RankedTensorType weight = getWeight().getType();
+  if (failed(checkRank(*this, "input", input, 3)) ||
+      failed(checkRank(*this, "weight", weight, 2)))
+    return failure();
+  int64_t experts = weight.getDimSize(0);
+  if (!dimsCompatible(input.getDimSize(2), weight.getDimSize(1)))
+    return emitOpError("router weight expects hidden size ")
+           << weight.getDimSize(1) << ", input has " << input.getDimSize(2);
+  int64_t topK = getTopK(), nGroup = getNGroup();
+  int64_t topkGroup = getTopkGroup();
+  if (topK < 1 || topK > experts)
+    return emitOpError("top_k must be in [1, ") << experts << "], got "
+                                                << topK;
+  if (nGroup < 1 || experts % nGroup != 0)
+    return emitOpError("n_group (")
+           << nGroup << ") must divide the expert count (" << experts << ")";
+  if (topkGroup < 1 || topkGroup > nGroup)
+    return emitOpError("topk_group must be in [1, n_group]");
+  TopkMethod method = getTopkMethod();
+  if (method != TopkMethod::greedy && topK > topkGroup * (experts / nGroup))
+    return emitOpError("top_k (")
+           << topK << ") exceeds the experts in the kept groups ("
+           << topkGroup * (experts / nGroup) << ")";
+  bool noaux = method == TopkMethod::noaux_tc;
+  if (noaux != static_cast<bool>(getCorrectionBias()))
+    return emitOpError("a correction bias is required by, and only by, "
+                       "noaux_tc");
+  if (noaux && getScoringFunc() != ScoringFunc::sigmoid)
+    return emitOpError("noaux_tc needs sigmoid scoring");
+  if (getCorrectionBias() &&
+      failed(checkShape(*this, "correction bias",
+                        getCorrectionBias().getType(), {experts})))
+    return failure();
+  SmallVector<int64_t> expected{input.getDimSize(0), input.getDimSize(1),
+                                topK};
+  if (failed(checkShape(*this, "weights", getWeights().getType(), expected)))
+    return failure();
+  return checkShape(*this, "indices", getIndices().getType(), expected);
+}
+
+LogicalResult MoEDispatchOp::verify() {
+  RankedTensorType input = getInput().getType();
+  RankedTensorType indices = getIndices().getType();
+  if (failed(checkRank(*this, "input", input, 3)) ||
+      failed(checkRank(*this, "indices", indices, 3)))
+    return failure();
+  if (getNumExperts() < 1)
+    return emitOpError("num_experts must be positive");
+  if (failed(checkShape(*this, "indices", indices,
+                        {input.getDimSize(0), input.getDimSize(1),
+                         indices.getDimSize(2)})) ||
+      failed(checkSameElementType(*this, "routed", getRouted().getType(),
+                                  input)) ||
+      failed(checkShape(*this, "routed", getRouted().getType(),
+                        {ShapedType::kDynamic, input.getDimSize(2)})) ||
+      failed(checkShape(*this, "expert_offsets",
+                        getExpertOffsets().getType(),
+                        {static_cast<int64_t>(getNumExperts()) + 1})))
+    return failure();
+  return checkRank(*this, "slots", getSlots().getType(), 1);
+}
+
+LogicalResult GroupedLinearOp::verify() {
+  RankedTensorType input = getInput().getType();
+  RankedTensorType weight = getWeight().getType();
+  if (failed(checkRank(*this, "input", input, 2)) ||
+      failed(checkRank(*this, "weight", weight, 3)) ||
+      failed(checkSameElementType(*this, "result", getResult().getType(),
+                                  input)))
+    return failure();
+  int64_t experts = weight.getDimSize(0);
+  if (!dimsCompatible(input.getDimSize(1), weight.getDimSize(2)))
+    return emitOpError("input features ")
+           << input.getDimSize(1) << " do not match the experts' "
+           << weight.getDimSize(2);
+  if (failed(checkShape(*this, "expert_offsets",
+                        getExpertOffsets().getType(), {experts + 1})) ||
+      failed(checkShape(*this, "result", getResult().getType(),
+                        {input.getDimSize(0), weight.getDimSize(1)})))
+    return failure();
+  return checkBlockScale(*this, weight, getWeightScale(), getBlockSize());
+}
+
+LogicalResult MoECombineOp::verify() {
+  RankedTensorType outputs = getExpertOutputs().getType();
+  RankedTensorType weights = getWeights().getType();
+  if (failed(checkRank(*this, "expert_outputs", outputs, 2)) ||
+      failed(checkRank(*this, "weights", weights, 3)) ||
+      failed(checkRank(*this, "slots", getSlots().getType(), 1)) ||
+      failed(checkSameElementType(*this, "result", getResult().getType(),
+                                  outputs)))
+    return failure();
+  return checkShape(*this, "result", getResult().getType(),
+                    {weights.getDimSize(0), weights.getDimSize(1),
+                     outputs.getDimSize(1)});
+}

@@ -1,0 +1,511 @@
+//===- KilnOps.td - kiln operations ------------------------*- tablegen -*-===//
+#ifndef KILN_OPS_TD
+#define KILN_OPS_TD
+
+include "ir/KilnDialect.td"
+include "ir/KilnAttrs.td"
+include "mlir/IR/SymbolInterfaces.td"
+include "mlir/Interfaces/InferTypeOpInterface.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+
+//===----------------------------------------------------------------------===//
+// Type constraints
+//===----------------------------------------------------------------------===//
+
+def Kiln_Activation : RankedTensorOf<[F32, BF16]>;
+def Kiln_Weight : RankedTensorOf<[F32, F16, BF16, F8E4M3FN]>;
+def Kiln_IndexTensor : RankedTensorOf<[I32]>;
+def Kiln_F32Tensor : RankedTensorOf<[F32]>;
+
+def Kiln_KVCacheResource : Resource<"::mlir::kiln::KVCacheResource">;
+
+//===----------------------------------------------------------------------===//
+// Parameters
+//===----------------------------------------------------------------------===//
+
+def Kiln_ParameterOp : Kiln_Op<"parameter", [Symbol]> {
+  let summary = "Declares a named model weight";
+  let description = [{
+    A module-level weight tensor with a static shape. The symbol name is the
+    Hugging Face tensor name unless `source` says otherwise. A `source`
+    containing `{}` declares a stacked parameter: its leading dimension `E`
+    gathers the `E` checkpoint tensors obtained by replacing `{}` with
+    `0 .. E-1` (the routed experts of a MoE layer).
+
+    Example:
+    ```mlir
+    kiln.parameter @model.norm.weight : tensor<7168xbf16>
+    kiln.parameter @model.layers.3.mlp.experts.gate_proj.weight
+        : tensor<256x2048x7168xf8E4M3FN>
+        {source = "model.layers.3.mlp.experts.{}.gate_proj.weight"}
+    ```
+  }];
+  let arguments = (ins SymbolNameAttr:$sym_name,
+                       TypeAttrOf<Kiln_Weight>:$type,
+                       OptionalAttr<StrAttr>:$source);
+  let assemblyFormat = "$sym_name `:` $type attr-dict";
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    ::mlir::RankedTensorType getTensorType() {
+      return ::llvm::cast<::mlir::RankedTensorType>(getType());
+    }
+    /// The checkpoint tensor name (or pattern, when stacked).
+    ::llvm::StringRef getSourceName() {
+      return getSource() ? *getSource() : getSymName();
+    }
+    /// True when the parameter stacks one checkpoint tensor per expert.
+    bool isStacked() { return getSourceName().contains("{}"); }
+  }];
+}
+
+def Kiln_GetParameterOp : Kiln_Op<"get_parameter",
+    [Pure, DeclareOpInterfaceMethods<SymbolUserOpInterface>]> {
+  let summary = "Reads a `kiln.parameter` as a tensor value";
+  let description = [{
+    Produces the value of the named parameter. The result type must equal the
+    parameter's declared type.
+
+    ```mlir
+    %w = kiln.get_parameter @model.norm.weight : tensor<7168xbf16>
+    ```
+  }];
+  let arguments = (ins FlatSymbolRefAttr:$name);
+  let results = (outs Kiln_Weight:$result);
+  let assemblyFormat = "$name attr-dict `:` type($result)";
+}
+
+//===----------------------------------------------------------------------===//
+// KV cache
+//===----------------------------------------------------------------------===//
+
+def Kiln_KVCacheOp : Kiln_Op<"kv_cache", [Symbol]> {
+  let summary = "Declares one tensor the KV cache holds per token";
+  let description = [{
+    A module-level cache slot: for every sequence and every token position it
+    holds one tensor of `entry_type` (static shape, no batch or sequence
+    dimension). What a layer caches is therefore visible in the IR, and a
+    pass can replace the slots (e.g. per-head K and V by the MLA latent).
+
+    ```mlir
+    kiln.kv_cache @model.layers.0.self_attn.k : tensor<8x128xf32>
+    ```
+  }];
+  let arguments = (ins SymbolNameAttr:$sym_name,
+                       TypeAttrOf<AnyRankedTensor>:$entry_type);
+  let assemblyFormat = "$sym_name `:` $entry_type attr-dict";
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    ::mlir::RankedTensorType getEntryTensorType() {
+      return ::llvm::cast<::mlir::RankedTensorType>(getEntryType());
+    }
+  }];
+}
+
+def Kiln_KVAppendOp : Kiln_Op<"kv_append", [
+    DeclareOpInterfaceMethods<SymbolUserOpInterface>,
+    MemoryEffects<[MemWrite<Kiln_KVCacheResource>]>]> {
+  let summary = "Writes new tokens into a KV-cache slot";
+  let description = [{
+    `value` is `[batch, seq, entry...]`; row `(b, s)` is stored in sequence
+    `b` of the cache at position `positions[b, s]`.
+
+    ```mlir
+    kiln.kv_append @model.layers.0.self_attn.k, %k at %pos
+        : tensor<?x?x8x128xf32>, tensor<?x?xi32>
+    ```
+  }];
+  let arguments = (ins FlatSymbolRefAttr:$cache, Kiln_Activation:$value,
+                       Kiln_IndexTensor:$positions);
+  let assemblyFormat = [{
+    $cache `,` $value `at` $positions attr-dict `:` type($value) `,`
+    type($positions)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_KVReadOp : Kiln_Op<"kv_read", [
+    DeclareOpInterfaceMethods<SymbolUserOpInterface>,
+    MemoryEffects<[MemRead<Kiln_KVCacheResource>]>]> {
+  let summary = "Reads every cached token of a KV-cache slot";
+  let description = [{
+    Returns `[batch, kv_len, entry...]`: for sequence `b` the first
+    `lengths[b]` positions are valid; the rest are masked by the consumer
+    (`kiln.attention` takes the same `lengths`).
+
+    ```mlir
+    %k = kiln.kv_read @model.layers.0.self_attn.k, %lens
+        : tensor<?xi32> -> tensor<?x?x8x128xf32>
+    ```
+  }];
+  let arguments = (ins FlatSymbolRefAttr:$cache, Kiln_IndexTensor:$lengths);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = [{
+    $cache `,` $lengths attr-dict `:` type($lengths) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Dense compute
+//===----------------------------------------------------------------------===//
+
+def Kiln_EmbeddingOp : Kiln_Op<"embedding", [Pure]> {
+  let summary = "Looks up token embeddings";
+  let description = [{
+    `result[b, s, :] = table[tokens[b, s], :]`, converted to the activation
+    element type.
+
+    ```mlir
+    %h = kiln.embedding %tokens, %table
+        : (tensor<?x?xi32>, tensor<1024x64xbf16>) -> tensor<?x?x64xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_IndexTensor:$tokens, Kiln_Weight:$table);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = [{
+    $tokens `,` $table attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_RMSNormOp : Kiln_Op<"rms_norm", [Pure]> {
+  let summary = "Root-mean-square normalization over the last dimension";
+  let description = [{
+    `y = x / sqrt(mean(x^2, -1) + epsilon) * weight`, computed in fp32.
+
+    ```mlir
+    %y = kiln.rms_norm %x, %w {epsilon = 1.0e-06 : f64}
+        : (tensor<?x?x64xf32>, tensor<64xbf16>) -> tensor<?x?x64xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$input, Kiln_Weight:$weight,
+                       F64Attr:$epsilon);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = [{
+    $input `,` $weight attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_LinearOp : Kiln_Op<"linear", [Pure, AttrSizedOperandSegments]> {
+  let summary = "Affine projection by a weight matrix: `y = x W^T + b`";
+  let description = [{
+    `weight` is `[out, in]` (the Hugging Face `nn.Linear` layout) and applies
+    to the last dimension of `input`; accumulation is fp32. An `f8E4M3FN`
+    weight needs `scale`, one fp32 per `block_size = [rows, cols]` block of
+    the weight (DeepSeek's `weight_scale_inv`): `W = q * scale`.
+
+    ```mlir
+    %y = kiln.linear %x, %w bias %b
+        : (tensor<?x?x64xf32>, tensor<96x64xbf16>, tensor<96xbf16>)
+        -> tensor<?x?x96xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$input, Kiln_Weight:$weight,
+                       Optional<Kiln_Weight>:$bias,
+                       Optional<Kiln_F32Tensor>:$weight_scale,
+                       OptionalAttr<DenseI64ArrayAttr>:$block_size);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = [{
+    $input `,` $weight (`bias` $bias^)? (`scale` $weight_scale^)? attr-dict
+    `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_LogitsOp : Kiln_Op<"logits", [Pure]> {
+  let summary = "Output-head projection to fp32 vocabulary logits";
+  let description = [{
+    `logits = h W^T` with `W` the `[vocab, hidden]` output head; the result
+    is always fp32. A separate op from `kiln.linear` so that passes can
+    treat the head specially (kept in bf16 by quantization, computed only
+    for the positions that are sampled).
+
+    ```mlir
+    %l = kiln.logits %h, %w
+        : (tensor<?x?x64xf32>, tensor<1024x64xbf16>) -> tensor<?x?x1024xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$input, Kiln_Weight:$weight);
+  let results = (outs Kiln_F32Tensor:$result);
+  let assemblyFormat = [{
+    $input `,` $weight attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_AddOp : Kiln_Op<"add", [Pure, Commutative,
+                                 SameOperandsAndResultType]> {
+  let summary = "Elementwise sum (residual connections)";
+  let description = [{
+    ```mlir
+    %y = kiln.add %a, %b : tensor<?x?x64xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$lhs, Kiln_Activation:$rhs);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($result)";
+}
+
+def Kiln_SwiGLUOp : Kiln_Op<"swiglu", [Pure, SameOperandsAndResultType]> {
+  let summary = "SwiGLU activation: `silu(gate) * up`";
+  let description = [{
+    ```mlir
+    %y = kiln.swiglu %gate, %up : tensor<?x?x128xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$gate, Kiln_Activation:$up);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = "$gate `,` $up attr-dict `:` type($result)";
+}
+
+//===----------------------------------------------------------------------===//
+// Shape ops
+//===----------------------------------------------------------------------===//
+
+def Kiln_ReshapeOp : Kiln_Op<"reshape", [Pure]> {
+  let summary = "Regroups the static trailing dimensions";
+  let description = [{
+    Keeps the dynamic leading dimensions (batch, sequence) and regroups the
+    static trailing ones, e.g. splitting the hidden dimension into heads.
+    The element type and the product of the static dimensions are preserved.
+
+    ```mlir
+    %q = kiln.reshape %x : tensor<?x?x512xf32> -> tensor<?x?x4x128xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$input);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+def Kiln_SliceOp : Kiln_Op<"slice", [Pure]> {
+  let summary = "Takes a contiguous range of the last dimension";
+  let description = [{
+    `result[..., i] = input[..., offset + i]` for `i < size`.
+
+    ```mlir
+    %nope = kiln.slice %q [0, 128] : tensor<?x?x4x192xf32> -> tensor<?x?x4x128xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$input, I64Attr:$offset,
+                       I64Attr:$size);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = [{
+    $input `[` $offset `,` $size `]` attr-dict `:` type($input) `->`
+    type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_ConcatOp : Kiln_Op<"concat", [Pure]> {
+  let summary = "Concatenates along the last dimension";
+  let description = [{
+    All inputs have the same element type and the same dimensions but the
+    last.
+
+    ```mlir
+    %q = kiln.concat %nope, %pe
+        : tensor<?x?x4x128xf32>, tensor<?x?x4x64xf32> -> tensor<?x?x4x192xf32>
+    ```
+  }];
+  let arguments = (ins Variadic<Kiln_Activation>:$inputs);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = "$inputs attr-dict `:` type($inputs) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+def Kiln_BroadcastOp : Kiln_Op<"broadcast", [Pure]> {
+  let summary = "Repeats size-1 static dimensions";
+  let description = [{
+    Each static dimension of size 1 in `input` may become any size in the
+    result; all other dimensions are unchanged. Used to share MLA's single
+    rope key across heads.
+
+    ```mlir
+    %k = kiln.broadcast %kpe : tensor<?x?x1x64xf32> -> tensor<?x?x4x64xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$input);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Attention
+//===----------------------------------------------------------------------===//
+
+def Kiln_RopeOp : Kiln_Op<"rope", [Pure]> {
+  let summary = "Rotary position embedding of the last dimension";
+  let description = [{
+    Rotates pairs of the last dimension of `input` (`[batch, seq, ...,
+    rotary_dim]`) by angles `positions[b, s] * inv_freq[i]`, with the
+    frequency scheme and pairing given by `rope` (see `#kiln.rope`).
+
+    ```mlir
+    %q = kiln.rope %q, %pos #kiln.rope<kind = plain, theta = 10000.0>
+        : (tensor<?x?x4x64xf32>, tensor<?x?xi32>) -> tensor<?x?x4x64xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$input, Kiln_IndexTensor:$positions,
+                       Kiln_RopeAttr:$rope);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = [{
+    $input `,` $positions $rope attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_AttentionOp : Kiln_Op<"attention", [Pure]> {
+  let summary = "Causal scaled-dot-product attention over cached keys/values";
+  let description = [{
+    `query` is `[batch, seq, heads, d_k]`, `key` `[batch, kv_len, kv_heads,
+    d_k]`, `value` `[batch, kv_len, kv_heads, d_v]`; `heads` is a multiple of
+    `kv_heads` (grouped-query attention; `kv_heads = 1` is MQA). Query
+    `(b, s)` at position `positions[b, s]` attends to key `j` when
+    `j <= positions[b, s]` and `j < kv_lengths[b]`; scores are multiplied by
+    `scale` before the softmax, which is computed in fp32. Result:
+    `[batch, seq, heads, d_v]`.
+
+    ```mlir
+    %o = kiln.attention %q, %k, %v, %pos, %lens {scale = 0.125 : f64}
+        : (tensor<?x?x4x64xf32>, tensor<?x?x2x64xf32>, tensor<?x?x2x64xf32>,
+           tensor<?x?xi32>, tensor<?xi32>) -> tensor<?x?x4x64xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$query, Kiln_Activation:$key,
+                       Kiln_Activation:$value, Kiln_IndexTensor:$positions,
+                       Kiln_IndexTensor:$kv_lengths, F64Attr:$scale);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = [{
+    $query `,` $key `,` $value `,` $positions `,` $kv_lengths attr-dict `:`
+    functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Mixture of experts
+//===----------------------------------------------------------------------===//
+
+def Kiln_MoEGateOp : Kiln_Op<"moe_gate", [Pure]> {
+  let summary = "DeepSeekMoE router: scores, expert selection, weights";
+  let description = [{
+    Computes router logits `x W^T` (`weight` is `[experts, hidden]`) and
+    scores in fp32 with `scoring_func` (`softmax` or `sigmoid`), then selects
+    `top_k` experts per token with `topk_method`:
+
+    - `greedy`: top-k of the scores.
+    - `group_limited_greedy`: experts form `n_group` groups; a group scores
+      the max of its experts; keep the best `topk_group` groups, then top-k
+      within them.
+    - `noaux_tc`: selection uses `scores + correction_bias`
+      (`e_score_correction_bias`); a group scores the sum of its two best
+      biased scores; keep `topk_group` groups; top-k within them. Weights
+      come from the unbiased scores.
+
+    Weights are renormalized to sum 1 when `norm_topk_prob` is set, then
+    multiplied by `routed_scaling_factor`. Results: `weights`
+    `[batch, seq, top_k]` f32 and `indices` `[batch, seq, top_k]` i32.
+
+    ```mlir
+    %w, %i = kiln.moe_gate %x, %gw bias %b sigmoid noaux_tc
+        {top_k = 2 : i64, n_group = 2 : i64, topk_group = 1 : i64,
+         norm_topk_prob, routed_scaling_factor = 2.5 : f64}
+        : (tensor<?x?x64xf32>, tensor<8x64xf32>, tensor<8xf32>)
+        -> (tensor<?x?x2xf32>, tensor<?x?x2xi32>)
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$input, Kiln_Weight:$weight,
+                       Optional<Kiln_Weight>:$correction_bias,
+                       Kiln_ScoringFuncAttr:$scoring_func,
+                       Kiln_TopkMethodAttr:$topk_method,
+                       I64Attr:$top_k, I64Attr:$n_group, I64Attr:$topk_group,
+                       UnitAttr:$norm_topk_prob,
+                       F64Attr:$routed_scaling_factor);
+  let results = (outs Kiln_F32Tensor:$weights, Kiln_IndexTensor:$indices);
+  let assemblyFormat = [{
+    $input `,` $weight (`bias` $correction_bias^)? $scoring_func $topk_method
+    attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_MoEDispatchOp : Kiln_Op<"moe_dispatch", [Pure]> {
+  let summary = "Groups token copies by their selected expert";
+  let description = [{
+    For `indices` `[batch, seq, top_k]`, produces `routed` `[n, hidden]`
+    (`n = batch * seq * top_k`): one copy of each token row per selected
+    expert, ordered by expert; `expert_offsets` `[num_experts + 1]`, where
+    expert `e` owns rows `[offsets[e], offsets[e+1])`; and `slots` `[n]`:
+    for each routed row, the flat index `(b * seq + s) * top_k + k` of the
+    selection it came from, used by `kiln.moe_combine`.
+
+    ```mlir
+    %r, %off, %slots = kiln.moe_dispatch %x, %i {num_experts = 8 : i64}
+        : (tensor<?x?x64xf32>, tensor<?x?x2xi32>)
+        -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?xi32>)
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$input, Kiln_IndexTensor:$indices,
+                       I64Attr:$num_experts);
+  let results = (outs Kiln_Activation:$routed,
+                      Kiln_IndexTensor:$expert_offsets,
+                      Kiln_IndexTensor:$slots);
+  let assemblyFormat = [{
+    $input `,` $indices attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_GroupedLinearOp : Kiln_Op<"grouped_linear", [Pure]> {
+  let summary = "Per-expert projection of rows grouped by expert";
+  let description = [{
+    `weight` stacks one `[out, in]` matrix per expert: `[experts, out, in]`.
+    Rows `[expert_offsets[e], expert_offsets[e+1])` of `input` are multiplied
+    by expert `e`'s matrix. An `f8E4M3FN` weight needs `scale`
+    `[experts, ceil(out/rows), ceil(in/cols)]` with `block_size`.
+
+    ```mlir
+    %y = kiln.grouped_linear %r, %w, %off
+        : (tensor<?x64xf32>, tensor<8x32x64xbf16>, tensor<9xi32>)
+        -> tensor<?x32xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$input, Kiln_Weight:$weight,
+                       Kiln_IndexTensor:$expert_offsets,
+                       Optional<Kiln_F32Tensor>:$weight_scale,
+                       OptionalAttr<DenseI64ArrayAttr>:$block_size);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = [{
+    $input `,` $weight `,` $expert_offsets (`scale` $weight_scale^)? attr-dict
+    `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_MoECombineOp : Kiln_Op<"moe_combine", [Pure]> {
+  let summary = "Weighted sum of expert outputs back into token order";
+  let description = [{
+    `result[b, s] = sum_k weights[b, s, k] * expert_outputs[r]` where `r` is
+    the routed row whose `slots[r]` is `(b * seq + s) * top_k + k`.
+
+    ```mlir
+    %y = kiln.moe_combine %out, %w, %slots
+        : (tensor<?x64xf32>, tensor<?x?x2xf32>, tensor<?xi32>)
+        -> tensor<?x?x64xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$expert_outputs,
+                       Kiln_F32Tensor:$weights, Kiln_IndexTensor:$slots);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = [{
+    $expert_outputs `,` $weights `,` $slots attr-dict `:`
+    functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+#endif // KILN_OPS_TD

@@ -1,0 +1,82 @@
+//===- Summarize.cpp - record model size and structure --------------------===//
+#include "ir/KilnOps.h"
+#include "passes/Passes.h"
+
+#include "mlir/IR/Builders.h"
+#include "llvm/ADT/StringMap.h"
+
+namespace mlir::kiln {
+#define GEN_PASS_DEF_KILNSUMMARIZE
+#include "passes/Passes.h.inc"
+} // namespace mlir::kiln
+
+using namespace mlir;
+using namespace mlir::kiln;
+
+namespace {
+
+int64_t elementBits(Type type) { return type.getIntOrFloatBitWidth(); }
+
+int64_t tensorBytes(RankedTensorType type) {
+  return type.getNumElements() * elementBits(type.getElementType()) / 8;
+}
+
+std::string typeName(Type type) {
+  std::string name;
+  llvm::raw_string_ostream os(name);
+  os << type;
+  return name;
+}
+
+struct SummarizePass : public mlir::kiln::impl::KilnSummarizeBase<SummarizePass> {
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    Builder b(module.getContext());
+
+    int64_t elements = 0, bytes = 0, cacheBytesPerToken = 0, experts = 0;
+    llvm::StringMap<int64_t> bytesByType;
+    module.walk([&](ParameterOp param) {
+      RankedTensorType type = param.getTensorType();
+      elements += type.getNumElements();
+      bytes += tensorBytes(type);
+      bytesByType[typeName(type.getElementType())] += tensorBytes(type);
+    });
+    module.walk([&](KVCacheOp slot) {
+      cacheBytesPerToken += tensorBytes(slot.getEntryTensorType());
+    });
+    module.walk([&](MoEDispatchOp dispatch) {
+      experts = std::max<int64_t>(experts, dispatch.getNumExperts());
+    });
+
+    SmallVector<NamedAttribute> byType;
+    for (const auto &entry : bytesByType)
+      byType.push_back(b.getNamedAttr(entry.getKey(),
+                                      b.getI64IntegerAttr(entry.getValue())));
+    SmallVector<NamedAttribute> summary{
+        b.getNamedAttr("parameters", b.getI64IntegerAttr(elements)),
+        b.getNamedAttr("parameter_bytes", b.getI64IntegerAttr(bytes)),
+        b.getNamedAttr("bytes", b.getDictionaryAttr(byType)),
+        b.getNamedAttr("kv_cache_bytes_per_token",
+                       b.getI64IntegerAttr(cacheBytesPerToken)),
+        b.getNamedAttr("routed_experts", b.getI64IntegerAttr(experts)),
+    };
+    module->setAttr("kiln.summary", b.getDictionaryAttr(summary));
+
+    module.walk([&](func::FuncOp func) {
+      int64_t attention = 0, moe = 0;
+      func.walk([&](Operation *op) {
+        attention += isa<AttentionOp>(op);
+        moe += isa<MoEGateOp>(op);
+      });
+      func->setAttr("kiln.layers",
+                    b.getDictionaryAttr({
+                        b.getNamedAttr("attention", b.getI64IntegerAttr(attention)),
+                        b.getNamedAttr("moe", b.getI64IntegerAttr(moe)),
+                        b.getNamedAttr("dense_ffn",
+                                       b.getI64IntegerAttr(attention - moe)),
+                    }));
+    });
+  }
+};
+
+} // namespace

@@ -1,0 +1,25 @@
+//===- Commands.h - kiln subcommands ----------------------------*- C++ -*-===//
+//
+// Each subcommand registers its options on the CLI11 app and returns the
+// function that runs it once the command line is parsed.
+//
+//===----------------------------------------------------------------------===//
+#ifndef KILN_TOOLS_KILN_COMMANDS_H
+#define KILN_TOOLS_KILN_COMMANDS_H
+
+#include "absl/status/status.h"
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace kiln::tools {
+
+using CommandRunner = std::function<absl::Status()>;
+
+CommandRunner registerCompileModel(CLI::App &app);
+CommandRunner registerInitModel(CLI::App &app);
+
+} // namespace kiln::tools
+
+#endif // KILN_TOOLS_KILN_COMMANDS_H

@@ -1,0 +1,35 @@
+//===- main.cpp - the kiln command-line tool ------------------------------===//
+#include "tools/kiln/Commands.h"
+
+#include <iostream>
+#include <map>
+
+int main(int argc, char **argv) {
+  CLI::App app{"Kiln: a compiler and runtime for DeepSeek-style models"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Help for every subcommand");
+
+  std::map<CLI::App *, kiln::tools::CommandRunner> runners;
+  auto add = [&](const char *name, const char *description, auto registerFn) {
+    CLI::App *sub = app.add_subcommand(name, description);
+    runners[sub] = registerFn(*sub);
+  };
+  add("compile-model", "Compile a Hugging Face model directory or config.json",
+      kiln::tools::registerCompileModel);
+  add("init-model",
+      "Write a Hugging Face-style model directory with seeded random weights",
+      kiln::tools::registerInitModel);
+
+  CLI11_PARSE(app, argc, argv);
+  for (auto &[sub, run] : runners) {
+    if (!sub->parsed())
+      continue;
+    absl::Status status = run();
+    if (!status.ok()) {
+      std::cerr << "kiln " << sub->get_name() << ": error: " << status.message()
+                << "\n";
+      return 1;
+    }
+  }
+  return 0;
+}
