@@ -298,6 +298,100 @@ TEST(Import, ConfigErrorsNameTheFile) {
   EXPECT_THAT(errorOf(imported), HasSubstr("GPT2LMHeadModel"));
 }
 
+/// Writes a checkpoint holding exactly the tensors `config` declares
+/// shape-only (FP8 weights and their scales included), filled with `fill`.
+std::filesystem::path writeDeclaredCheckpoint(mlir::MLIRContext &context,
+                                              const std::string &configJson,
+                                              const std::filesystem::path &dir,
+                                              uint8_t fill) {
+  absl::StatusOr<frontend::ModelConfig> config =
+      frontend::parseModelConfig(configJson, "config.json");
+  EXPECT_TRUE(config.ok()) << errorOf(config);
+  mlir::OwningOpRef<mlir::ModuleOp> module = buildModel(context, *config, {});
+  std::vector<frontend::ExpectedTensor> expected = expectedTensors(*module);
+  std::vector<std::string> data;
+  data.reserve(expected.size());
+  std::vector<frontend::TensorToWrite> tensors;
+  for (const frontend::ExpectedTensor &t : expected) {
+    int64_t bytes = frontend::dtypeSize(t.dtypes.front());
+    for (int64_t d : t.shape)
+      bytes *= d;
+    data.emplace_back(static_cast<size_t>(bytes), static_cast<char>(fill));
+    tensors.push_back({t.name, t.dtypes.front(), t.shape,
+                       std::as_bytes(std::span(data.back()))});
+  }
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << configJson;
+  EXPECT_TRUE(frontend::writeSafetensors(dir / "model.safetensors", tensors).ok());
+  return dir;
+}
+
+std::string fp8Config() {
+  std::string json(*findPreset("tiny-deepseek-v3"));
+  json.insert(json.find('{') + 1,
+              R"("quantization_config": {"activation_scheme": "dynamic",
+                 "fmt": "e4m3", "quant_method": "fp8",
+                 "weight_block_size": [32, 32]},)");
+  return json;
+}
+
+TEST(Import, NativeFp8Checkpoint) {
+  mlir::MLIRContext context;
+  std::filesystem::path dir =
+      writeDeclaredCheckpoint(context, fp8Config(), freshTempDir() / "m", 0x38);
+  absl::StatusOr<ImportedModel> imported = importModel(context, dir);
+  ASSERT_TRUE(imported.ok()) << errorOf(imported);
+  mlir::ModuleOp module = *imported->module;
+  auto qb = module.lookupSymbol<mlir::kiln::ParameterOp>(
+      "model.layers.0.self_attn.q_b_proj.weight");
+  auto qbScale = module.lookupSymbol<mlir::kiln::ParameterOp>(
+      "model.layers.0.self_attn.q_b_proj.weight_scale_inv");
+  auto experts = module.lookupSymbol<mlir::kiln::ParameterOp>(
+      "model.layers.1.mlp.experts.gate_proj.weight_scale_inv");
+  ASSERT_TRUE(qb && qbScale && experts);
+  EXPECT_TRUE(mlir::isa<mlir::Float8E4M3FNType>(
+      qb.getTensorType().getElementType()));
+  // q_b_proj is [4 heads * 24, 48]: ceil(96/32) x ceil(48/32) blocks.
+  EXPECT_EQ(qbScale.getTensorType().getShape(), llvm::ArrayRef<int64_t>({3, 2}));
+  // Stacked per-expert scales: [16 experts, ceil(32/32), ceil(64/32)].
+  EXPECT_EQ(experts.getTensorType().getShape(),
+            llvm::ArrayRef<int64_t>({16, 1, 2}));
+  int64_t scaled = 0;
+  module.walk([&](mlir::kiln::LinearOp op) { scaled += !!op.getWeightScale(); });
+  module.walk(
+      [&](mlir::kiln::GroupedLinearOp op) { scaled += !!op.getWeightScale(); });
+  EXPECT_GT(scaled, 0);
+}
+
+TEST(Import, Fp8WhereTheModelWantsBf16IsRejected) {
+  mlir::MLIRContext context;
+  std::filesystem::path dir = freshTempDir();
+  std::filesystem::path model =
+      writeTinyModel(context, "tiny-qwen2", dir, frontend::DType::BF16);
+  auto file = frontend::SafetensorsFile::open(model / "model.safetensors");
+  ASSERT_TRUE(file.ok()) << errorOf(file);
+  std::vector<frontend::TensorToWrite> tensors;
+  std::vector<uint8_t> fp8Norm(64, 0x38);
+  for (const frontend::TensorInfo &t : (*file)->tensors())
+    tensors.push_back(t.name == "model.norm.weight"
+                          ? frontend::TensorToWrite{t.name,
+                                                    frontend::DType::F8_E4M3,
+                                                    t.shape,
+                                                    std::as_bytes(
+                                                        std::span(fp8Norm))}
+                          : frontend::TensorToWrite{t.name, t.dtype, t.shape,
+                                                    (*file)->data(t)});
+  std::filesystem::path broken = dir / "broken";
+  std::filesystem::create_directories(broken);
+  std::filesystem::copy_file(model / "config.json", broken / "config.json");
+  ASSERT_TRUE(
+      frontend::writeSafetensors(broken / "model.safetensors", tensors).ok());
+  absl::StatusOr<ImportedModel> imported = importModel(context, broken);
+  EXPECT_THAT(errorOf(imported),
+              HasSubstr("model.safetensors: tensor 'model.norm.weight': dtype "
+                        "F8_E4M3 not allowed (expected one of BF16)"));
+}
+
 TEST(InitModel, SameSeedSameBytesOtherSeedDiffers) {
   mlir::MLIRContext context;
   std::filesystem::path dir = freshTempDir();
