@@ -3,11 +3,11 @@
 
 #include "frontend/Config.h"
 #include "frontend/Safetensors.h"
+#include "kiln/Float.h"
 #include "models/Import.h"
 #include "models/ModelBuilder.h"
 #include "support/AtomicFile.h"
 
-#include <bit>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -24,44 +24,6 @@ uint64_t fnv1a(std::string_view text) {
   for (char c : text)
     hash = (hash ^ static_cast<uint8_t>(c)) * 0x100000001b3ull;
   return hash;
-}
-
-/// Round-to-nearest-even truncation of fp32 to bf16 (NaN stays NaN).
-uint16_t toBf16(float value) {
-  uint32_t bits = std::bit_cast<uint32_t>(value);
-  if (std::isnan(value))
-    return static_cast<uint16_t>((bits >> 16) | 0x40);
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
-/// IEEE half from fp32, round to nearest even; values here are small, so
-/// overflow to infinity is the only special case needed.
-uint16_t toF16(float value) {
-  uint32_t bits = std::bit_cast<uint32_t>(value);
-  uint32_t sign = (bits >> 16) & 0x8000;
-  int32_t exponent = static_cast<int32_t>((bits >> 23) & 0xff) - 127 + 15;
-  uint32_t mantissa = bits & 0x7fffff;
-  if (exponent >= 31)
-    return static_cast<uint16_t>(sign | 0x7c00);
-  if (exponent <= 0) {
-    if (exponent < -10)
-      return static_cast<uint16_t>(sign);
-    mantissa |= 0x800000;
-    uint32_t shift = static_cast<uint32_t>(14 - exponent);
-    uint32_t half = mantissa >> shift;
-    uint32_t rest = mantissa & ((1u << shift) - 1);
-    uint32_t midpoint = 1u << (shift - 1);
-    if (rest > midpoint || (rest == midpoint && (half & 1)))
-      ++half;
-    return static_cast<uint16_t>(sign | half);
-  }
-  uint32_t half = sign | (static_cast<uint32_t>(exponent) << 10) |
-                  (mantissa >> 13);
-  uint32_t rest = mantissa & 0x1fff;
-  if (rest > 0x1000 || (rest == 0x1000 && (half & 1)))
-    ++half;
-  return static_cast<uint16_t>(half);
 }
 
 /// Values like HF's initialization: N(0, range) for matrices and biases,
@@ -97,7 +59,8 @@ std::string encode(const std::vector<float> &values, DType dtype) {
   }
   bytes.resize(values.size() * 2);
   for (size_t i = 0; i < values.size(); ++i) {
-    uint16_t half = dtype == DType::BF16 ? toBf16(values[i]) : toF16(values[i]);
+    uint16_t half =
+        dtype == DType::BF16 ? floatToBf16(values[i]) : floatToF16(values[i]);
     std::memcpy(bytes.data() + 2 * i, &half, 2);
   }
   return bytes;
