@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <span>
 #include <utility>
@@ -99,6 +100,10 @@ std::optional<int64_t> asInt(const json &value) {
   }
   return std::nullopt;
 }
+
+/// No dimension of a real model comes near this; larger values would only
+/// overflow shape arithmetic downstream.
+constexpr int64_t kMaxSize = int64_t{1} << 24;
 
 /// Reads fields of one JSON object, remembering only the first error so that
 /// the parser reads straight through and reports where it first went wrong.
@@ -209,6 +214,11 @@ private:
     if (!i || *i < min) {
       fail(key,
            detail::strCat("expected ", expected, ", got ", describe(value)));
+      return min;
+    }
+    if (*i > kMaxSize) {
+      fail(key, detail::strCat(*i, " exceeds the largest supported size (",
+                               kMaxSize, ")"));
       return min;
     }
     return *i;
@@ -504,6 +514,41 @@ void readDeepseek(Reader &r, ModelConfig &c) {
   c.numNextnPredictLayers = r.nonNegativeInt("num_nextn_predict_layers", 0);
 }
 
+/// Bounds the model's size so that every tensor's and the total parameter
+/// count fit comfortably in 64 bits (DeepSeek-V3 has 6.9e11 parameters).
+void checkScale(Reader &r, const ModelConfig &c) {
+  constexpr int64_t kMaxLayers = 1024, kMaxExperts = 4096, kMaxMtp = 8;
+  if (c.numHiddenLayers > kMaxLayers)
+    return r.fail("num_hidden_layers",
+                  absl::StrFormat("%d exceeds the supported maximum (%d)",
+                                  c.numHiddenLayers, kMaxLayers));
+  if (c.numNextnPredictLayers > kMaxMtp)
+    return r.fail("num_nextn_predict_layers",
+                  absl::StrFormat("%d exceeds the supported maximum (%d)",
+                                  c.numNextnPredictLayers, kMaxMtp));
+  if (c.moe && c.moe->nRoutedExperts > kMaxExperts)
+    return r.fail("n_routed_experts",
+                  absl::StrFormat("%d exceeds the supported maximum (%d)",
+                                  c.moe->nRoutedExperts, kMaxExperts));
+  // A generous upper bound of the parameter count, in double precision.
+  double d = static_cast<double>(c.hiddenSize);
+  double attention = 4.0 * d * static_cast<double>(c.numAttentionHeads) *
+                     static_cast<double>(std::max<int64_t>(c.headDim, 512));
+  double ffn = 3.0 * d * static_cast<double>(c.intermediateSize);
+  if (c.moe)
+    ffn += 3.0 * d * static_cast<double>(c.moe->moeIntermediateSize) *
+           static_cast<double>(c.moe->nRoutedExperts + c.moe->nSharedExperts);
+  double layers = static_cast<double>(c.numHiddenLayers +
+                                      c.numNextnPredictLayers);
+  double total = layers * (attention + ffn) +
+                 4.0 * d * static_cast<double>(c.vocabSize);
+  if (total > 0x1p50)
+    r.fail("hidden_size",
+           absl::StrFormat("the model would have about %.3g parameters, "
+                           "more than the supported 1.1e15",
+                           total));
+}
+
 ModelConfig readConfig(Reader &r, std::string_view sourceName) {
   ModelConfig c;
   c.sourceName = std::string(sourceName);
@@ -528,6 +573,8 @@ ModelConfig readConfig(Reader &r, std::string_view sourceName) {
   if (isDeepseek(c.architecture))
     readDeepseek(r, c);
   c.quantization = readQuantization(r);
+  if (r.ok())
+    checkScale(r, c);
   return c;
 }
 

@@ -335,6 +335,35 @@ TEST(ConfigErrors, NonPositiveSize) {
                 "0"));
 }
 
+TEST(ConfigErrors, HugeSizeRejected) {
+  EXPECT_THAT(errorOf(parse(edited("r1-distill-llama-8b", "hidden_size",
+                                   int64_t{1} << 40))),
+              HasSubstr("field 'hidden_size': 1099511627776 exceeds the "
+                        "largest supported size (16777216)"));
+}
+
+TEST(ConfigErrors, TooManyLayersRejected) {
+  EXPECT_THAT(errorOf(parse(edited("r1-distill-llama-8b", "num_hidden_layers",
+                                   10000000))),
+              HasSubstr("field 'num_hidden_layers': 10000000 exceeds the "
+                        "supported maximum (1024)"));
+}
+
+TEST(ConfigErrors, TooManyExpertsRejected) {
+  json config = edited("deepseek-v3", "n_routed_experts", 8192);
+  EXPECT_THAT(errorOf(parse(config)),
+              HasSubstr("field 'n_routed_experts': 8192 exceeds the supported "
+                        "maximum (4096)"));
+}
+
+TEST(ConfigErrors, ParameterCountOverflowRejected) {
+  json config = preset("deepseek-v3");
+  config["hidden_size"] = 1 << 24;
+  config["moe_intermediate_size"] = 1 << 24;
+  EXPECT_THAT(errorOf(parse(config)),
+              HasSubstr("more than the supported 1.1e15"));
+}
+
 TEST(ConfigErrors, IllTypedBoolean) {
   EXPECT_THAT(errorOf(parse(
                   edited("r1-distill-llama-8b", "tie_word_embeddings", "yes"))),
