@@ -29,7 +29,7 @@ for target in safetensors config; do
   cp -r "$root/tests/fuzz/corpus/$target" "$corpus"
   echo "== kiln-fuzz-$target for ${seconds}s"
   if ! (cd "$scratch" && "$build/bin/kiln-fuzz-$target" \
-          -max_total_time="$seconds" -print_final_stats=1 \
+          -max_total_time="$seconds" -print_final_stats=1 -print_funcs=0 \
           -artifact_prefix="$scratch/$target-" "$corpus"); then
     echo "kiln-fuzz-$target FAILED; reproducer(s):" >&2
     mkdir -p "$build/fuzz-artifacts"
