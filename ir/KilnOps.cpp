@@ -30,6 +30,11 @@ std::string formatShape(ArrayRef<int64_t> shape) {
   return text;
 }
 
+/// A dimension as text: its size, or `?` when dynamic.
+std::string formatDim(int64_t d) {
+  return ShapedType::isDynamic(d) ? std::string("?") : std::to_string(d);
+}
+
 bool dimsCompatible(int64_t a, int64_t b) {
   return ShapedType::isDynamic(a) || ShapedType::isDynamic(b) || a == b;
 }
@@ -66,7 +71,10 @@ LogicalResult checkSameElementType(Operation *op, StringRef what, Type actual,
                            << " must match " << e;
 }
 
-int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+/// `ceil(a / b)`; dynamic when `a` is.
+int64_t ceilDiv(int64_t a, int64_t b) {
+  return ShapedType::isDynamic(a) ? ShapedType::kDynamic : (a + b - 1) / b;
+}
 
 bool isFp8(Type type) {
   return isa<Float8E4M3FNType>(getElementTypeOrSelf(type));
@@ -265,7 +273,7 @@ LogicalResult LinearOp::verify() {
 LogicalResult LogitsOp::verify() {
   RankedTensorType input = getInput().getType();
   RankedTensorType weight = getWeight().getType();
-  if (input.getRank() < 1 || failed(checkRank(*this, "weight", weight, 2)))
+  if (input.getRank() < 1 || weight.getRank() != 2)
     return emitOpError("expects input [..., hidden] and weight [vocab, hidden]");
   if (!dimsCompatible(input.getShape().back(), weight.getDimSize(1)))
     return emitOpError("input's last dimension does not match the head's "
@@ -322,9 +330,11 @@ LogicalResult SliceOp::verify() {
   int64_t offset = getOffset(), size = getSize();
   if (offset < 0 || size <= 0)
     return emitOpError("needs offset >= 0 and size > 0");
-  if (!ShapedType::isDynamic(last) && offset + size > last)
+  // `offset + size` may overflow int64_t; both are non-negative here.
+  if (!ShapedType::isDynamic(last) && offset > last - size)
     return emitOpError("range [")
-           << offset << ", " << offset + size
+           << offset << ", "
+           << static_cast<uint64_t>(offset) + static_cast<uint64_t>(size)
            << ") exceeds the last dimension " << last;
   if (failed(checkSameElementType(*this, "result", getResult().getType(),
                                   input)))
@@ -420,8 +430,9 @@ LogicalResult AttentionOp::verify() {
   if (ShapedType::isDynamic(heads) || ShapedType::isDynamic(kvHeads) ||
       kvHeads <= 0 || heads % kvHeads != 0)
     return emitOpError("query heads (")
-           << heads << ") must be a static multiple of key/value heads ("
-           << kvHeads << ")";
+           << formatDim(heads)
+           << ") must be a static multiple of key/value heads ("
+           << formatDim(kvHeads) << ")";
   if (!(getScale().convertToDouble() > 0))
     return emitOpError("scale must be positive");
   if (failed(checkShape(*this, "positions", getPositions().getType(),
@@ -444,6 +455,8 @@ LogicalResult MoEGateOp::verify() {
       failed(checkRank(*this, "weight", weight, 2)))
     return failure();
   int64_t experts = weight.getDimSize(0);
+  if (ShapedType::isDynamic(experts))
+    return emitOpError("router weight needs a static expert count");
   if (!dimsCompatible(input.getDimSize(2), weight.getDimSize(1)))
     return emitOpError("router weight expects hidden size ")
            << weight.getDimSize(1) << ", input has " << input.getDimSize(2);
@@ -514,8 +527,10 @@ LogicalResult GroupedLinearOp::verify() {
     return emitOpError("input features ")
            << input.getDimSize(1) << " do not match the experts' "
            << weight.getDimSize(2);
+  int64_t offsets =
+      ShapedType::isDynamic(experts) ? ShapedType::kDynamic : experts + 1;
   if (failed(checkShape(*this, "expert_offsets",
-                        getExpertOffsets().getType(), {experts + 1})) ||
+                        getExpertOffsets().getType(), {offsets})) ||
       failed(checkShape(*this, "result", getResult().getType(),
                         {input.getDimSize(0), weight.getDimSize(1)})))
     return failure();

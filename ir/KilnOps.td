@@ -345,15 +345,19 @@ def Kiln_RopeOp : Kiln_Op<"rope", [Pure]> {
     frequency scheme and pairing given by `rope` (see `#kiln.rope`).
 
     ```mlir
-    %q = kiln.rope %q, %pos #kiln.rope<kind = plain, theta = 10000.0>
+    %q = kiln.rope %q, %pos {rope = #kiln.rope<kind = plain, theta = 10000.0>}
         : (tensor<?x?x4x64xf32>, tensor<?x?xi32>) -> tensor<?x?x4x64xf32>
     ```
+
+    `rope` lives in the attribute dictionary: written between the operands
+    and the `:`, a `#kiln.rope<...>` would read `%pos#...` as a result number
+    and take the trailing `: type` as its own type.
   }];
   let arguments = (ins Kiln_Activation:$input, Kiln_IndexTensor:$positions,
                        Kiln_RopeAttr:$rope);
   let results = (outs Kiln_Activation:$result);
   let assemblyFormat = [{
-    $input `,` $positions $rope attr-dict `:` functional-type(operands, results)
+    $input `,` $positions attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }
