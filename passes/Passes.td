@@ -18,10 +18,11 @@ def KilnSummarize : Pass<"kiln-summarize", "::mlir::ModuleOp"> {
       count as f32);
     - `kv_cache_bytes_per_token`: the bytes every `kiln.kv_cache` slot holds
       per token, summed over slots (all layers);
-    - `attention_layers`, `moe_layers`, `dense_ffn_layers`: counts of
-      `kiln.attention`, `kiln.moe_gate` and dense SwiGLU FFNs (not inside
-      MoE shared experts) per function;
     - `routed_experts`: the largest `num_experts` of any `kiln.moe_dispatch`.
+
+    Each function gets `kiln.layers`: `attention` (`kiln.attention` ops),
+    `moe` (`kiln.moe_gate` ops) and `dense_ffn` (token-level `kiln.swiglu`
+    ops that are not a MoE layer's shared experts).
   }];
 }
 

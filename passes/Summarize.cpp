@@ -28,6 +28,22 @@ std::string typeName(Type type) {
   return name;
 }
 
+/// A token-level SwiGLU (`[batch, seq, inter]`, so not a routed expert's)
+/// whose down projection is not added to a MoE layer's combined output (so
+/// not a shared expert) is a dense FFN layer.
+bool isDenseFfn(SwiGLUOp act) {
+  if (act.getResult().getType().getRank() != 3)
+    return false;
+  for (Operation *down : act->getUsers())
+    for (Operation *user : down->getUsers())
+      if (isa<AddOp>(user) &&
+          llvm::any_of(user->getOperands(), [](Value v) {
+            return v.getDefiningOp<MoECombineOp>() != nullptr;
+          }))
+        return false;
+  return true;
+}
+
 struct SummarizePass : public mlir::kiln::impl::KilnSummarizeBase<SummarizePass> {
   void runOnOperation() override {
     ModuleOp module = getOperation();
@@ -63,17 +79,18 @@ struct SummarizePass : public mlir::kiln::impl::KilnSummarizeBase<SummarizePass>
     module->setAttr("kiln.summary", b.getDictionaryAttr(summary));
 
     module.walk([&](func::FuncOp func) {
-      int64_t attention = 0, moe = 0;
+      int64_t attention = 0, moe = 0, dense = 0;
       func.walk([&](Operation *op) {
         attention += isa<AttentionOp>(op);
         moe += isa<MoEGateOp>(op);
+        if (auto act = dyn_cast<SwiGLUOp>(op))
+          dense += isDenseFfn(act);
       });
       func->setAttr("kiln.layers",
                     b.getDictionaryAttr({
                         b.getNamedAttr("attention", b.getI64IntegerAttr(attention)),
                         b.getNamedAttr("moe", b.getI64IntegerAttr(moe)),
-                        b.getNamedAttr("dense_ffn",
-                                       b.getI64IntegerAttr(attention - moe)),
+                        b.getNamedAttr("dense_ffn", b.getI64IntegerAttr(dense)),
                     }));
     });
   }

@@ -32,7 +32,7 @@ module {
   // CHECK-SAME: attributes {kiln.layers = {attention = 2 : i64, dense_ffn = 1 : i64, moe = 1 : i64}}
   func.func @forward(%q: tensor<?x?x2x8xf32>, %pos: tensor<?x?xi32>,
                      %lens: tensor<?xi32>, %x: tensor<?x?x16xf32>,
-                     %gw: tensor<4x16xf32>) {
+                     %gw: tensor<4x16xf32>, %sw: tensor<16x16xf32>) {
     %0 = kiln.attention %q, %q, %q, %pos, %lens {scale = 0.5 : f64}
         : (tensor<?x?x2x8xf32>, tensor<?x?x2x8xf32>, tensor<?x?x2x8xf32>,
            tensor<?x?xi32>, tensor<?xi32>) -> tensor<?x?x2x8xf32>
@@ -47,6 +47,21 @@ module {
     %r:3 = kiln.moe_dispatch %x, %i {num_experts = 4 : i64}
         : (tensor<?x?x16xf32>, tensor<?x?x2xi32>)
         -> (tensor<?x16xf32>, tensor<5xi32>, tensor<?xi32>)
+    // Routed experts' SwiGLU works on rows: not a dense FFN.
+    %ra = kiln.swiglu %r#0, %r#0 : tensor<?x16xf32>
+    %moe = kiln.moe_combine %ra, %w, %r#2
+        : (tensor<?x16xf32>, tensor<?x?x2xf32>, tensor<?xi32>)
+        -> tensor<?x?x16xf32>
+    // The shared expert's down projection is added to the MoE output: not
+    // a dense FFN either.
+    %sa = kiln.swiglu %x, %x : tensor<?x?x16xf32>
+    %sd = kiln.linear %sa, %sw : (tensor<?x?x16xf32>, tensor<16x16xf32>)
+        -> tensor<?x?x16xf32>
+    %sum = kiln.add %moe, %sd : tensor<?x?x16xf32>
+    // The dense layer's FFN.
+    %da = kiln.swiglu %x, %x : tensor<?x?x16xf32>
+    %dd = kiln.linear %da, %gw : (tensor<?x?x16xf32>, tensor<4x16xf32>)
+        -> tensor<?x?x4xf32>
     return
   }
 
@@ -54,10 +69,11 @@ module {
   // CHECK-LABEL: func.func @mtp_1
   // CHECK-SAME: attributes {kiln.layers = {attention = 1 : i64, dense_ffn = 1 : i64, moe = 0 : i64}}
   func.func @mtp_1(%q: tensor<?x?x2x8xf32>, %pos: tensor<?x?xi32>,
-                   %lens: tensor<?xi32>) {
+                   %lens: tensor<?xi32>, %x: tensor<?x?x16xf32>) {
     %0 = kiln.attention %q, %q, %q, %pos, %lens {scale = 0.5 : f64}
         : (tensor<?x?x2x8xf32>, tensor<?x?x2x8xf32>, tensor<?x?x2x8xf32>,
            tensor<?x?xi32>, tensor<?xi32>) -> tensor<?x?x2x8xf32>
+    %1 = kiln.swiglu %x, %x : tensor<?x?x16xf32>
     return
   }
 

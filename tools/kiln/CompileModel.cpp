@@ -9,6 +9,7 @@
 #include "mlir/Pass/PassManager.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -33,6 +34,11 @@ absl::Status compileModel(const CompileModelOptions &opts) {
       models::importModel(context, opts.model, build);
   if (!model.ok())
     return model.status();
+  std::error_code ec;
+  if (!model->checkpoint && std::filesystem::is_directory(opts.model, ec))
+    std::cerr << "kiln compile-model: note: " << opts.model
+              << " has no model.safetensors or model.safetensors.index.json; "
+                 "compiling shape-only\n";
 
   mlir::PassManager pm(&context);
   pm.addPass(mlir::kiln::createKilnSummarize());
