@@ -538,10 +538,10 @@ void checkScale(Reader &r, const ModelConfig &c) {
   if (c.moe)
     ffn += 3.0 * d * static_cast<double>(c.moe->moeIntermediateSize) *
            static_cast<double>(c.moe->nRoutedExperts + c.moe->nSharedExperts);
-  double layers = static_cast<double>(c.numHiddenLayers +
-                                      c.numNextnPredictLayers);
-  double total = layers * (attention + ffn) +
-                 4.0 * d * static_cast<double>(c.vocabSize);
+  double layers =
+      static_cast<double>(c.numHiddenLayers + c.numNextnPredictLayers);
+  double total =
+      layers * (attention + ffn) + 4.0 * d * static_cast<double>(c.vocabSize);
   if (total > 0x1p50)
     r.fail("hidden_size",
            absl::StrFormat("the model would have about %.3g parameters, "

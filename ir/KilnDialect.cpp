@@ -58,12 +58,12 @@ FailureOr<bool> mlir::kiln::parseBool(AsmParser &parser) {
                           "expected 'true' or 'false'");
 }
 
-LogicalResult
-RopeAttr::verify(function_ref<InFlightDiagnostic()> emitError, RopeKind kind,
-                 APFloat apTheta, APFloat apFactor, int64_t originalMaxPosition,
-                 APFloat apBetaFast, APFloat apBetaSlow, APFloat mscale,
-                 APFloat mscaleAllDim, APFloat apLowFreqFactor,
-                 APFloat apHighFreqFactor, bool interleaved) {
+LogicalResult RopeAttr::verify(function_ref<InFlightDiagnostic()> emitError,
+                               RopeKind kind, APFloat apTheta, APFloat apFactor,
+                               int64_t originalMaxPosition, APFloat apBetaFast,
+                               APFloat apBetaSlow, APFloat mscale,
+                               APFloat mscaleAllDim, APFloat apLowFreqFactor,
+                               APFloat apHighFreqFactor, bool interleaved) {
   double theta = apTheta.convertToDouble();
   double factor = apFactor.convertToDouble();
   double betaFast = apBetaFast.convertToDouble();
@@ -79,8 +79,8 @@ RopeAttr::verify(function_ref<InFlightDiagnostic()> emitError, RopeKind kind,
   if (originalMaxPosition <= 0)
     return emitError() << "rope scaling needs original_max_position > 0";
   if (kind == RopeKind::yarn && !(betaFast > betaSlow))
-    return emitError() << "yarn needs beta_fast > beta_slow, got "
-                       << betaFast << " <= " << betaSlow;
+    return emitError() << "yarn needs beta_fast > beta_slow, got " << betaFast
+                       << " <= " << betaSlow;
   if (kind == RopeKind::llama3 && !(highFreqFactor > lowFreqFactor))
     return emitError() << "llama3 needs high_freq_factor > low_freq_factor";
   return success();

@@ -67,8 +67,8 @@ LogicalResult checkSameElementType(Operation *op, StringRef what, Type actual,
   Type a = getElementTypeOrSelf(actual), e = getElementTypeOrSelf(expected);
   if (a == e)
     return success();
-  return op->emitOpError() << what << " element type " << a
-                           << " must match " << e;
+  return op->emitOpError() << what << " element type " << a << " must match "
+                           << e;
 }
 
 /// `ceil(a / b)`; dynamic when `a` is.
@@ -155,8 +155,7 @@ GetParameterOp::verifySymbolUses(SymbolTableCollection &symbolTable) {
     return failure();
   if (param.getType() != getType())
     return emitOpError("result type ")
-           << getType() << " does not match parameter type "
-           << param.getType();
+           << getType() << " does not match parameter type " << param.getType();
   return success();
 }
 
@@ -190,9 +189,9 @@ LogicalResult KVAppendOp::verifySymbolUses(SymbolTableCollection &symbolTable) {
   if (!isFp8(entry) && failed(checkSameElementType(*this, "value", value,
                                                    entry.getElementType())))
     return failure();
-  return checkShape(*this, "value", value,
-                    perTokenShape(value.getDimSize(0), value.getDimSize(1),
-                                  entry));
+  return checkShape(
+      *this, "value", value,
+      perTokenShape(value.getDimSize(0), value.getDimSize(1), entry));
 }
 
 LogicalResult KVReadOp::verify() {
@@ -212,9 +211,9 @@ LogicalResult KVReadOp::verifySymbolUses(SymbolTableCollection &symbolTable) {
   if (!isFp8(entry) && failed(checkSameElementType(*this, "result", result,
                                                    entry.getElementType())))
     return failure();
-  return checkShape(*this, "result", result,
-                    perTokenShape(result.getDimSize(0), result.getDimSize(1),
-                                  entry));
+  return checkShape(
+      *this, "result", result,
+      perTokenShape(result.getDimSize(0), result.getDimSize(1), entry));
 }
 
 //===----------------------------------------------------------------------===//
@@ -227,9 +226,9 @@ LogicalResult EmbeddingOp::verify() {
   if (failed(checkRank(*this, "tokens", tokens, 2)) ||
       failed(checkRank(*this, "table", table, 2)))
     return failure();
-  return checkShape(*this, "result", getResult().getType(),
-                    {tokens.getDimSize(0), tokens.getDimSize(1),
-                     table.getDimSize(1)});
+  return checkShape(
+      *this, "result", getResult().getType(),
+      {tokens.getDimSize(0), tokens.getDimSize(1), table.getDimSize(1)});
 }
 
 LogicalResult RMSNormOp::verify() {
@@ -252,14 +251,14 @@ LogicalResult LinearOp::verify() {
   if (input.getRank() < 1)
     return emitOpError("input must have rank >= 1");
   if (failed(checkRank(*this, "weight", weight, 2)) ||
-      failed(checkSameElementType(*this, "result", getResult().getType(),
-                                  input)))
+      failed(
+          checkSameElementType(*this, "result", getResult().getType(), input)))
     return failure();
   int64_t out = weight.getDimSize(0), in = weight.getDimSize(1);
   if (!dimsCompatible(input.getShape().back(), in))
     return emitOpError("input's last dimension ")
-           << input.getShape().back() << " does not match the weight's "
-           << in << " input features";
+           << input.getShape().back() << " does not match the weight's " << in
+           << " input features";
   SmallVector<int64_t> expected(input.getShape());
   expected.back() = out;
   if (failed(checkShape(*this, "result", getResult().getType(), expected)))
@@ -274,7 +273,8 @@ LogicalResult LogitsOp::verify() {
   RankedTensorType input = getInput().getType();
   RankedTensorType weight = getWeight().getType();
   if (input.getRank() < 1 || weight.getRank() != 2)
-    return emitOpError("expects input [..., hidden] and weight [vocab, hidden]");
+    return emitOpError(
+        "expects input [..., hidden] and weight [vocab, hidden]");
   if (!dimsCompatible(input.getShape().back(), weight.getDimSize(1)))
     return emitOpError("input's last dimension does not match the head's "
                        "hidden size ")
@@ -309,7 +309,8 @@ LogicalResult ReshapeOp::verify() {
     return true;
   };
   int64_t inPrefix, inProduct, outPrefix, outProduct;
-  if (!split(input, inPrefix, inProduct) || !split(result, outPrefix, outProduct))
+  if (!split(input, inPrefix, inProduct) ||
+      !split(result, outPrefix, outProduct))
     return emitOpError("dynamic dimensions must form a leading prefix");
   if (inPrefix != outPrefix)
     return emitOpError("must keep the ")
@@ -336,8 +337,8 @@ LogicalResult SliceOp::verify() {
            << offset << ", "
            << static_cast<uint64_t>(offset) + static_cast<uint64_t>(size)
            << ") exceeds the last dimension " << last;
-  if (failed(checkSameElementType(*this, "result", getResult().getType(),
-                                  input)))
+  if (failed(
+          checkSameElementType(*this, "result", getResult().getType(), input)))
     return failure();
   SmallVector<int64_t> expected(input.getShape());
   expected.back() = size;
@@ -366,8 +367,8 @@ LogicalResult ConcatOp::verify() {
     else
       expected.back() += last;
   }
-  if (failed(checkSameElementType(*this, "result", getResult().getType(),
-                                  first)))
+  if (failed(
+          checkSameElementType(*this, "result", getResult().getType(), first)))
     return failure();
   return checkShape(*this, "result", getResult().getType(), expected);
 }
@@ -437,8 +438,8 @@ LogicalResult AttentionOp::verify() {
     return emitOpError("scale must be positive");
   if (failed(checkShape(*this, "positions", getPositions().getType(),
                         {batch, q.getDimSize(1)})) ||
-      failed(checkShape(*this, "kv_lengths", getKvLengths().getType(),
-                        {batch})))
+      failed(
+          checkShape(*this, "kv_lengths", getKvLengths().getType(), {batch})))
     return failure();
   return checkShape(*this, "result", getResult().getType(),
                     {batch, q.getDimSize(1), heads, v.getDimSize(3)});
@@ -463,8 +464,7 @@ LogicalResult MoEGateOp::verify() {
   int64_t topK = getTopK(), nGroup = getNGroup();
   int64_t topkGroup = getTopkGroup();
   if (topK < 1 || topK > experts)
-    return emitOpError("top_k must be in [1, ") << experts << "], got "
-                                                << topK;
+    return emitOpError("top_k must be in [1, ") << experts << "], got " << topK;
   if (nGroup < 1 || experts % nGroup != 0)
     return emitOpError("n_group (")
            << nGroup << ") must divide the expert count (" << experts << ")";
@@ -482,11 +482,10 @@ LogicalResult MoEGateOp::verify() {
   if (noaux && getScoringFunc() != ScoringFunc::sigmoid)
     return emitOpError("noaux_tc needs sigmoid scoring");
   if (getCorrectionBias() &&
-      failed(checkShape(*this, "correction bias",
-                        getCorrectionBias().getType(), {experts})))
+      failed(checkShape(*this, "correction bias", getCorrectionBias().getType(),
+                        {experts})))
     return failure();
-  SmallVector<int64_t> expected{input.getDimSize(0), input.getDimSize(1),
-                                topK};
+  SmallVector<int64_t> expected{input.getDimSize(0), input.getDimSize(1), topK};
   if (failed(checkShape(*this, "weights", getWeights().getType(), expected)))
     return failure();
   return checkShape(*this, "indices", getIndices().getType(), expected);
@@ -500,15 +499,14 @@ LogicalResult MoEDispatchOp::verify() {
     return failure();
   if (getNumExperts() < 1)
     return emitOpError("num_experts must be positive");
-  if (failed(checkShape(*this, "indices", indices,
-                        {input.getDimSize(0), input.getDimSize(1),
-                         indices.getDimSize(2)})) ||
+  if (failed(checkShape(
+          *this, "indices", indices,
+          {input.getDimSize(0), input.getDimSize(1), indices.getDimSize(2)})) ||
       failed(checkSameElementType(*this, "routed", getRouted().getType(),
                                   input)) ||
       failed(checkShape(*this, "routed", getRouted().getType(),
                         {ShapedType::kDynamic, input.getDimSize(2)})) ||
-      failed(checkShape(*this, "expert_offsets",
-                        getExpertOffsets().getType(),
+      failed(checkShape(*this, "expert_offsets", getExpertOffsets().getType(),
                         {static_cast<int64_t>(getNumExperts()) + 1})))
     return failure();
   return checkRank(*this, "slots", getSlots().getType(), 1);
@@ -519,8 +517,8 @@ LogicalResult GroupedLinearOp::verify() {
   RankedTensorType weight = getWeight().getType();
   if (failed(checkRank(*this, "input", input, 2)) ||
       failed(checkRank(*this, "weight", weight, 3)) ||
-      failed(checkSameElementType(*this, "result", getResult().getType(),
-                                  input)))
+      failed(
+          checkSameElementType(*this, "result", getResult().getType(), input)))
     return failure();
   int64_t experts = weight.getDimSize(0);
   if (!dimsCompatible(input.getDimSize(1), weight.getDimSize(2)))
@@ -529,8 +527,8 @@ LogicalResult GroupedLinearOp::verify() {
            << weight.getDimSize(2);
   int64_t offsets =
       ShapedType::isDynamic(experts) ? ShapedType::kDynamic : experts + 1;
-  if (failed(checkShape(*this, "expert_offsets",
-                        getExpertOffsets().getType(), {offsets})) ||
+  if (failed(checkShape(*this, "expert_offsets", getExpertOffsets().getType(),
+                        {offsets})) ||
       failed(checkShape(*this, "result", getResult().getType(),
                         {input.getDimSize(0), weight.getDimSize(1)})))
     return failure();
@@ -546,7 +544,7 @@ LogicalResult MoECombineOp::verify() {
       failed(checkSameElementType(*this, "result", getResult().getType(),
                                   outputs)))
     return failure();
-  return checkShape(*this, "result", getResult().getType(),
-                    {weights.getDimSize(0), weights.getDimSize(1),
-                     outputs.getDimSize(1)});
+  return checkShape(
+      *this, "result", getResult().getType(),
+      {weights.getDimSize(0), weights.getDimSize(1), outputs.getDimSize(1)});
 }

@@ -71,19 +71,19 @@ Value buildMlaAttention(GraphBuilder &g, Value x, const StepInputs &in,
 
   // Keys/values: the compressed latent c_kv and the shared rotary key k_pe,
   // decompressed per head by W_UKV (kv_b_proj). Absorption rewrites this.
-  Value kv = g.linear(x, prefix + ".kv_a_proj_with_mqa",
-                      mla.kvLoraRank + rot, c.qkvBias);
+  Value kv = g.linear(x, prefix + ".kv_a_proj_with_mqa", mla.kvLoraRank + rot,
+                      c.qkvBias);
   Value latent = g.rmsNorm(g.slice(kv, 0, mla.kvLoraRank),
                            prefix + ".kv_a_layernorm", kLatentNormEps);
   Value kPe = g.rope(g.reshape(g.slice(kv, mla.kvLoraRank, rot), {1, rot}),
                      in.positions);
-  Value kvUp = g.reshape(
-      g.linear(latent, prefix + ".kv_b_proj", heads * (nope + vDim)),
-      {heads, nope + vDim});
+  Value kvUp =
+      g.reshape(g.linear(latent, prefix + ".kv_b_proj", heads * (nope + vDim)),
+                {heads, nope + vDim});
   Value kNope = g.slice(kvUp, 0, nope);
   Value v = g.slice(kvUp, nope, vDim);
-  Value kPeHeads = g.b().create<BroadcastOp>(
-      kPe.getLoc(), g.activation({heads, rot}), kPe);
+  Value kPeHeads =
+      g.b().create<BroadcastOp>(kPe.getLoc(), g.activation({heads, rot}), kPe);
   Value k = g.concat({kNope, kPeHeads});
 
   k = cacheRoundTrip(g, k, in, prefix + ".k_cache");
@@ -101,20 +101,18 @@ Value buildGqaAttention(GraphBuilder &g, Value x, const StepInputs &in,
           dim = c.headDim;
   Value q = g.reshape(g.linear(x, prefix + ".q_proj", heads * dim, c.qkvBias),
                       {heads, dim});
-  Value k = g.reshape(
-      g.linear(x, prefix + ".k_proj", kvHeads * dim, c.qkvBias),
-      {kvHeads, dim});
-  Value v = g.reshape(
-      g.linear(x, prefix + ".v_proj", kvHeads * dim, c.qkvBias),
-      {kvHeads, dim});
+  Value k = g.reshape(g.linear(x, prefix + ".k_proj", kvHeads * dim, c.qkvBias),
+                      {kvHeads, dim});
+  Value v = g.reshape(g.linear(x, prefix + ".v_proj", kvHeads * dim, c.qkvBias),
+                      {kvHeads, dim});
   q = g.rope(q, in.positions);
   k = g.rope(k, in.positions);
   k = cacheRoundTrip(g, k, in, prefix + ".k_cache");
   v = cacheRoundTrip(g, v, in, prefix + ".v_cache");
   Value o = attention(g, q, k, v, in, std::pow(static_cast<double>(dim), -0.5),
                       prefix + ".attn");
-  return g.linear(g.reshape(o, {heads * dim}), prefix + ".o_proj",
-                  c.hiddenSize, c.oBias);
+  return g.linear(g.reshape(o, {heads * dim}), prefix + ".o_proj", c.hiddenSize,
+                  c.oBias);
 }
 
 } // namespace kiln::models

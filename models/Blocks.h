@@ -99,8 +99,7 @@ mlir::Value buildGqaAttention(GraphBuilder &g, mlir::Value x,
 mlir::Value buildDenseMlp(GraphBuilder &g, mlir::Value x,
                           const std::string &prefix, int64_t intermediate);
 /// DeepSeekMoE: router, routed experts, shared experts.
-mlir::Value buildMoe(GraphBuilder &g, mlir::Value x,
-                     const std::string &prefix);
+mlir::Value buildMoe(GraphBuilder &g, mlir::Value x, const std::string &prefix);
 /// Pre-norm decoder layer: attention and FFN, each with a residual.
 mlir::Value buildDecoderLayer(GraphBuilder &g, mlir::Value x,
                               const StepInputs &in, const std::string &prefix,

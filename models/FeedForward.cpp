@@ -91,8 +91,8 @@ Value buildMoe(GraphBuilder &g, Value x, const std::string &prefix) {
       scoringFunc(moe.scoringFunc), topkMethod(moe.topkMethod), topK,
       moe.nGroup, moe.topkGroup, normalize, APFloat(scaling));
 
-  auto rowsType = RankedTensorType::get({ShapedType::kDynamic, hidden},
-                                        g.activationType());
+  auto rowsType =
+      RankedTensorType::get({ShapedType::kDynamic, hidden}, g.activationType());
   auto dispatch = g.b().create<MoEDispatchOp>(
       g.loc(prefix + ".dispatch"), rowsType, g.indexTensor({experts + 1}),
       g.indexTensor({ShapedType::kDynamic}), x, gate.getIndices(), experts);

@@ -45,8 +45,7 @@ int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 } // namespace
 
-GraphBuilder::GraphBuilder(ModuleOp module,
-                           const frontend::ModelConfig &config,
+GraphBuilder::GraphBuilder(ModuleOp module, const frontend::ModelConfig &config,
                            const BuildOptions &options)
     : module_(module), config_(config), options_(options),
       builder_(module.getContext()), moduleBuilder_(module.getContext()) {
@@ -63,7 +62,8 @@ RankedTensorType GraphBuilder::activation(ArrayRef<int64_t> dims) const {
 }
 
 RankedTensorType GraphBuilder::indexTensor(ArrayRef<int64_t> shape) const {
-  return RankedTensorType::get(shape, IntegerType::get(activation_.getContext(), 32));
+  return RankedTensorType::get(shape,
+                               IntegerType::get(activation_.getContext(), 32));
 }
 
 Location GraphBuilder::loc(const std::string &path) {
@@ -143,8 +143,8 @@ Value GraphBuilder::linear(Value x, const std::string &prefix, int64_t out,
   auto input = cast<RankedTensorType>(x.getType());
   int64_t in = input.getShape().back();
   Weight w = weight(prefix + ".weight", {out, in}, kind);
-  Value b = bias ? weight(prefix + ".bias", {out}, WeightKind::Plain).value
-                 : Value();
+  Value b =
+      bias ? weight(prefix + ".bias", {out}, WeightKind::Plain).value : Value();
   SmallVector<int64_t> shape(input.getShape());
   shape.back() = out;
   auto result = RankedTensorType::get(shape, input.getElementType());
@@ -153,14 +153,14 @@ Value GraphBuilder::linear(Value x, const std::string &prefix, int64_t out,
     auto [rows, cols] = weightBlock();
     block = builder_.getDenseI64ArrayAttr({rows, cols});
   }
-  return builder_.create<LinearOp>(loc(prefix), result, x, w.value, b,
-                                   w.scale, block);
+  return builder_.create<LinearOp>(loc(prefix), result, x, w.value, b, w.scale,
+                                   block);
 }
 
 Value GraphBuilder::rmsNorm(Value x, const std::string &name, double eps) {
   auto input = cast<RankedTensorType>(x.getType());
-  Weight w = weight(name + ".weight", {input.getShape().back()},
-                    WeightKind::Plain);
+  Weight w =
+      weight(name + ".weight", {input.getShape().back()}, WeightKind::Plain);
   return builder_.create<RMSNormOp>(loc(name), input, x, w.value,
                                     builder_.getF64FloatAttr(eps));
 }

@@ -48,9 +48,9 @@ std::vector<frontend::ExpectedTensor> expectedTensors(mlir::ModuleOp module) {
     size_t at = source.find("{}");
     std::vector<int64_t> perExpert(shape.begin() + 1, shape.end());
     for (int64_t e = 0; e < shape[0]; ++e)
-      expected.push_back({source.substr(0, at) + std::to_string(e) +
-                              source.substr(at + 2),
-                          perExpert, dtypes});
+      expected.push_back(
+          {source.substr(0, at) + std::to_string(e) + source.substr(at + 2),
+           perExpert, dtypes});
   });
   return expected;
 }
@@ -96,8 +96,7 @@ absl::StatusOr<ImportedModel> importModel(mlir::MLIRContext &context,
         });
     if (mlir::failed(mlir::verify(*model.module)))
       return absl::InternalError("the model builder produced invalid IR for " +
-                                 model.config.sourceName + ":\n" +
-                                 diagnostics);
+                                 model.config.sourceName + ":\n" + diagnostics);
   }
 
   if (model.checkpoint) {

@@ -45,7 +45,8 @@ std::vector<float> randomValues(const frontend::ExpectedTensor &tensor,
     double pair[2] = {radius * std::cos(2 * M_PI * u2),
                       radius * std::sin(2 * M_PI * u2)};
     for (int64_t j = 0; j < 2 && i + j < count; ++j)
-      values[i + j] = static_cast<float>((isNorm ? 1.0 : 0.0) + range * pair[j]);
+      values[i + j] =
+          static_cast<float>((isNorm ? 1.0 : 0.0) + range * pair[j]);
   }
   return values;
 }
@@ -109,21 +110,19 @@ absl::Status initModel(mlir::MLIRContext &context,
   data.reserve(tensors.size());
   std::vector<frontend::TensorToWrite> toWrite;
   for (const frontend::ExpectedTensor &t : tensors) {
-    data.push_back(encode(
-        randomValues(t, options.seed, config->initializerRange), dtype));
-    toWrite.push_back({t.name, dtype, t.shape,
-                       std::as_bytes(std::span(data.back()))});
+    data.push_back(
+        encode(randomValues(t, options.seed, config->initializerRange), dtype));
+    toWrite.push_back(
+        {t.name, dtype, t.shape, std::as_bytes(std::span(data.back()))});
   }
 
   std::error_code ec;
   std::filesystem::create_directories(options.outputDir, ec);
   if (ec)
-    return absl::UnavailableError("cannot create " +
-                                  options.outputDir.string() + ": " +
-                                  ec.message());
+    return absl::UnavailableError(
+        "cannot create " + options.outputDir.string() + ": " + ec.message());
   if (absl::Status s = frontend::writeSafetensors(
-          options.outputDir / "model.safetensors", toWrite,
-          {{"format", "pt"}});
+          options.outputDir / "model.safetensors", toWrite, {{"format", "pt"}});
       !s.ok())
     return s;
   return writeFileAtomically(options.outputDir / "config.json",

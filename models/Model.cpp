@@ -72,8 +72,8 @@ void buildForward(GraphBuilder &g, ModuleOp module) {
   SmallVector<std::pair<StringRef, Type>> args{
       {"tokens", g.indexTensor({dyn, dyn})}};
   llvm::append_range(args, stepArgs(g));
-  Type logitsType = RankedTensorType::get({dyn, dyn, c.vocabSize},
-                                          g.b().getF32Type());
+  Type logitsType =
+      RankedTensorType::get({dyn, dyn, c.vocabSize}, g.b().getF32Type());
   func::FuncOp func = beginFunction(g, module, "forward", args,
                                     {logitsType, g.activation({c.hiddenSize})});
   StepInputs in{func.getArgument(1), func.getArgument(2)};
@@ -82,8 +82,9 @@ void buildForward(GraphBuilder &g, ModuleOp module) {
     x = buildDecoderLayer(g, x, in, "model.layers." + std::to_string(layer),
                           layer);
   Value normed = g.rmsNorm(x, "model.norm", c.rmsNormEps);
-  Value out = logits(g, normed, c.tieWordEmbeddings ? "model.embed_tokens.weight"
-                                                   : "lm_head.weight");
+  Value out = logits(g, normed,
+                     c.tieWordEmbeddings ? "model.embed_tokens.weight"
+                                         : "lm_head.weight");
   g.b().create<func::ReturnOp>(g.loc("forward"), ValueRange{out, normed});
 }
 
@@ -96,8 +97,8 @@ void buildMtp(GraphBuilder &g, ModuleOp module, int64_t depth) {
       {"hidden", g.activation({c.hiddenSize})},
       {"next_tokens", g.indexTensor({dyn, dyn})}};
   llvm::append_range(args, stepArgs(g));
-  Type logitsType = RankedTensorType::get({dyn, dyn, c.vocabSize},
-                                          g.b().getF32Type());
+  Type logitsType =
+      RankedTensorType::get({dyn, dyn, c.vocabSize}, g.b().getF32Type());
   func::FuncOp func =
       beginFunction(g, module, "mtp_" + std::to_string(depth), args,
                     {logitsType, g.activation({c.hiddenSize})});
@@ -106,8 +107,9 @@ void buildMtp(GraphBuilder &g, ModuleOp module, int64_t depth) {
 
   // h' = eh_proj([enorm(emb(t_{i+k})); hnorm(h_i^{k-1})]): embedding first,
   // as DeepSeek's reference and vLLM/SGLang concatenate.
-  Value e = g.rmsNorm(embed(g, func.getArgument(1), prefix + ".embed_tokens.weight"),
-                      prefix + ".enorm", c.rmsNormEps);
+  Value e =
+      g.rmsNorm(embed(g, func.getArgument(1), prefix + ".embed_tokens.weight"),
+                prefix + ".enorm", c.rmsNormEps);
   Value h = g.rmsNorm(func.getArgument(0), prefix + ".hnorm", c.rmsNormEps);
   Value x = g.linear(g.concat({e, h}), prefix + ".eh_proj", c.hiddenSize,
                      /*bias=*/false, WeightKind::Plain);
@@ -127,9 +129,9 @@ OwningOpRef<ModuleOp> buildModel(MLIRContext &context,
   (*module)->setAttr(
       "kiln.model",
       b.getDictionaryAttr({
-          b.getNamedAttr("architecture",
-                         b.getStringAttr(frontend::architectureName(
-                             config.architecture))),
+          b.getNamedAttr(
+              "architecture",
+              b.getStringAttr(frontend::architectureName(config.architecture))),
           b.getNamedAttr("hidden_size", b.getI64IntegerAttr(config.hiddenSize)),
           b.getNamedAttr("num_hidden_layers",
                          b.getI64IntegerAttr(config.numHiddenLayers)),

@@ -36,9 +36,9 @@ struct BuildOptions {
 
 /// Builds the module. The config must have been validated by the frontend;
 /// the result passes the MLIR verifier.
-mlir::OwningOpRef<mlir::ModuleOp> buildModel(mlir::MLIRContext &context,
-                                             const frontend::ModelConfig &config,
-                                             const BuildOptions &options);
+mlir::OwningOpRef<mlir::ModuleOp>
+buildModel(mlir::MLIRContext &context, const frontend::ModelConfig &config,
+           const BuildOptions &options);
 
 } // namespace kiln::models
 

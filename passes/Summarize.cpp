@@ -36,15 +36,15 @@ bool isDenseFfn(SwiGLUOp act) {
     return false;
   for (Operation *down : act->getUsers())
     for (Operation *user : down->getUsers())
-      if (isa<AddOp>(user) &&
-          llvm::any_of(user->getOperands(), [](Value v) {
+      if (isa<AddOp>(user) && llvm::any_of(user->getOperands(), [](Value v) {
             return v.getDefiningOp<MoECombineOp>() != nullptr;
           }))
         return false;
   return true;
 }
 
-struct SummarizePass : public mlir::kiln::impl::KilnSummarizeBase<SummarizePass> {
+struct SummarizePass
+    : public mlir::kiln::impl::KilnSummarizeBase<SummarizePass> {
   void runOnOperation() override {
     ModuleOp module = getOperation();
     Builder b(module.getContext());
@@ -86,12 +86,13 @@ struct SummarizePass : public mlir::kiln::impl::KilnSummarizeBase<SummarizePass>
         if (auto act = dyn_cast<SwiGLUOp>(op))
           dense += isDenseFfn(act);
       });
-      func->setAttr("kiln.layers",
-                    b.getDictionaryAttr({
-                        b.getNamedAttr("attention", b.getI64IntegerAttr(attention)),
-                        b.getNamedAttr("moe", b.getI64IntegerAttr(moe)),
-                        b.getNamedAttr("dense_ffn", b.getI64IntegerAttr(dense)),
-                    }));
+      func->setAttr(
+          "kiln.layers",
+          b.getDictionaryAttr({
+              b.getNamedAttr("attention", b.getI64IntegerAttr(attention)),
+              b.getNamedAttr("moe", b.getI64IntegerAttr(moe)),
+              b.getNamedAttr("dense_ffn", b.getI64IntegerAttr(dense)),
+          }));
     });
   }
 };

@@ -43,8 +43,7 @@ int64_t layerParameters(const frontend::ModelConfig &c, int64_t layer) {
     else
       n += d * h * m.qkHeadDim();
     n += d * (m.kvLoraRank + m.qkRopeHeadDim) + m.kvLoraRank +
-         m.kvLoraRank * h * (m.qkNopeHeadDim + m.vHeadDim) +
-         h * m.vHeadDim * d;
+         m.kvLoraRank * h * (m.qkNopeHeadDim + m.vHeadDim) + h * m.vHeadDim * d;
   } else {
     int64_t kv = c.numKeyValueHeads, hd = c.headDim;
     n += d * h * hd + 2 * d * kv * hd + h * hd * d;
@@ -122,8 +121,7 @@ TEST_P(TinyModel, InitImportVerify) {
 
   EXPECT_EQ(declaredParameters(module), modelParameters(c, /*withMtp=*/true));
   int64_t mtp = c.numNextnPredictLayers;
-  EXPECT_EQ(countOps<mlir::kiln::AttentionOp>(module),
-            c.numHiddenLayers + mtp);
+  EXPECT_EQ(countOps<mlir::kiln::AttentionOp>(module), c.numHiddenLayers + mtp);
   int64_t moeLayers = 0;
   for (int64_t l = 0; l < c.numHiddenLayers + mtp; ++l)
     moeLayers += c.isMoeLayer(l);
@@ -131,7 +129,8 @@ TEST_P(TinyModel, InitImportVerify) {
   EXPECT_EQ(countOps<mlir::func::FuncOp>(module), 1 + mtp);
   // Weights keep the checkpoint's dtype.
   module.walk([&](mlir::kiln::ParameterOp p) {
-    EXPECT_TRUE(p.getTensorType().getElementType().isF32()) << p.getSymName().str();
+    EXPECT_TRUE(p.getTensorType().getElementType().isF32())
+        << p.getSymName().str();
   });
 }
 
@@ -155,17 +154,18 @@ TEST(Builder, ReferenceConfigsShapeOnly) {
     frontend::ModelConfig c = presetConfig(preset);
     mlir::MLIRContext context;
     mlir::OwningOpRef<mlir::ModuleOp> module = buildModel(context, c, {});
-    EXPECT_EQ(declaredParameters(*module) -
-                  // FP8 block scales are parameters too.
-                  [&] {
-                    int64_t scales = 0;
-                    module->walk([&](mlir::kiln::ParameterOp p) {
-                      if (p.getSymName().ends_with("_scale_inv"))
-                        scales += p.getTensorType().getNumElements();
-                    });
-                    return scales;
-                  }(),
-              modelParameters(c, /*withMtp=*/true));
+    EXPECT_EQ(
+        declaredParameters(*module) -
+            // FP8 block scales are parameters too.
+            [&] {
+              int64_t scales = 0;
+              module->walk([&](mlir::kiln::ParameterOp p) {
+                if (p.getSymName().ends_with("_scale_inv"))
+                  scales += p.getTensorType().getNumElements();
+              });
+              return scales;
+            }(),
+        modelParameters(c, /*withMtp=*/true));
   }
 }
 
@@ -188,9 +188,8 @@ TEST(Builder, DeepSeekV3Structure) {
     EXPECT_TRUE(gate.getNormTopkProb());
     EXPECT_DOUBLE_EQ(gate.getRoutedScalingFactor().convertToDouble(), 2.5);
   });
-  forward.walk([](mlir::kiln::MoEDispatchOp d) {
-    EXPECT_EQ(d.getNumExperts(), 256u);
-  });
+  forward.walk(
+      [](mlir::kiln::MoEDispatchOp d) { EXPECT_EQ(d.getNumExperts(), 256u); });
   // MLA softmax scale: 192^-0.5 * (0.1 * ln 40 + 1)^2.
   double mscale = 0.1 * std::log(40.0) + 1.0;
   forward.walk([&](mlir::kiln::AttentionOp a) {
@@ -203,11 +202,11 @@ TEST(Builder, DeepSeekV3Structure) {
       "model.layers.0.self_attn.q_a_proj.weight");
   auto qaScale = module->lookupSymbol<mlir::kiln::ParameterOp>(
       "model.layers.0.self_attn.q_a_proj.weight_scale_inv");
-  auto router =
-      module->lookupSymbol<mlir::kiln::ParameterOp>("model.layers.3.mlp.gate.weight");
+  auto router = module->lookupSymbol<mlir::kiln::ParameterOp>(
+      "model.layers.3.mlp.gate.weight");
   ASSERT_TRUE(qa && qaScale && router);
-  EXPECT_TRUE(mlir::isa<mlir::Float8E4M3FNType>(
-      qa.getTensorType().getElementType()));
+  EXPECT_TRUE(
+      mlir::isa<mlir::Float8E4M3FNType>(qa.getTensorType().getElementType()));
   EXPECT_EQ(qaScale.getTensorType().getShape(),
             llvm::ArrayRef<int64_t>({12, 56}));
   EXPECT_TRUE(router.getTensorType().getElementType().isBF16());
@@ -248,8 +247,8 @@ TEST(Import, CheckpointWithoutMtpTensorsBuildsNoMtp) {
   std::filesystem::path stripped = dir / "stripped";
   std::filesystem::create_directories(stripped);
   std::filesystem::copy_file(model / "config.json", stripped / "config.json");
-  ASSERT_TRUE(frontend::writeSafetensors(stripped / "model.safetensors", kept)
-                  .ok());
+  ASSERT_TRUE(
+      frontend::writeSafetensors(stripped / "model.safetensors", kept).ok());
 
   absl::StatusOr<ImportedModel> imported = importModel(context, stripped);
   ASSERT_TRUE(imported.ok()) << errorOf(imported);
@@ -269,8 +268,8 @@ TEST(Import, ReportsWrongShapeAndMissingTensor) {
   std::vector<uint16_t> wrongNorm(32, 0);
   for (const frontend::TensorInfo &t : (*file)->tensors()) {
     if (t.name == "model.norm.weight")
-      tensors.push_back({t.name, t.dtype, {32},
-                         std::as_bytes(std::span(wrongNorm))});
+      tensors.push_back(
+          {t.name, t.dtype, {32}, std::as_bytes(std::span(wrongNorm))});
     else if (t.name != "lm_head.weight")
       tensors.push_back({t.name, t.dtype, t.shape, (*file)->data(t)});
   }
@@ -291,7 +290,8 @@ TEST(Import, ReportsWrongShapeAndMissingTensor) {
 TEST(Import, ConfigErrorsNameTheFile) {
   mlir::MLIRContext context;
   std::filesystem::path dir = freshTempDir();
-  std::ofstream(dir / "config.json") << R"({"architectures": ["GPT2LMHeadModel"]})";
+  std::ofstream(dir / "config.json")
+      << R"({"architectures": ["GPT2LMHeadModel"]})";
   absl::StatusOr<ImportedModel> imported = importModel(context, dir);
   ASSERT_FALSE(imported.ok());
   EXPECT_THAT(errorOf(imported), HasSubstr("config.json"));
@@ -322,7 +322,8 @@ std::filesystem::path writeDeclaredCheckpoint(mlir::MLIRContext &context,
   }
   std::filesystem::create_directories(dir);
   std::ofstream(dir / "config.json") << configJson;
-  EXPECT_TRUE(frontend::writeSafetensors(dir / "model.safetensors", tensors).ok());
+  EXPECT_TRUE(
+      frontend::writeSafetensors(dir / "model.safetensors", tensors).ok());
   return dir;
 }
 
@@ -349,15 +350,17 @@ TEST(Import, NativeFp8Checkpoint) {
   auto experts = module.lookupSymbol<mlir::kiln::ParameterOp>(
       "model.layers.1.mlp.experts.gate_proj.weight_scale_inv");
   ASSERT_TRUE(qb && qbScale && experts);
-  EXPECT_TRUE(mlir::isa<mlir::Float8E4M3FNType>(
-      qb.getTensorType().getElementType()));
+  EXPECT_TRUE(
+      mlir::isa<mlir::Float8E4M3FNType>(qb.getTensorType().getElementType()));
   // q_b_proj is [4 heads * 24, 48]: ceil(96/32) x ceil(48/32) blocks.
-  EXPECT_EQ(qbScale.getTensorType().getShape(), llvm::ArrayRef<int64_t>({3, 2}));
+  EXPECT_EQ(qbScale.getTensorType().getShape(),
+            llvm::ArrayRef<int64_t>({3, 2}));
   // Stacked per-expert scales: [16 experts, ceil(32/32), ceil(64/32)].
   EXPECT_EQ(experts.getTensorType().getShape(),
             llvm::ArrayRef<int64_t>({16, 1, 2}));
   int64_t scaled = 0;
-  module.walk([&](mlir::kiln::LinearOp op) { scaled += !!op.getWeightScale(); });
+  module.walk(
+      [&](mlir::kiln::LinearOp op) { scaled += !!op.getWeightScale(); });
   module.walk(
       [&](mlir::kiln::GroupedLinearOp op) { scaled += !!op.getWeightScale(); });
   EXPECT_GT(scaled, 0);
@@ -373,14 +376,12 @@ TEST(Import, Fp8WhereTheModelWantsBf16IsRejected) {
   std::vector<frontend::TensorToWrite> tensors;
   std::vector<uint8_t> fp8Norm(64, 0x38);
   for (const frontend::TensorInfo &t : (*file)->tensors())
-    tensors.push_back(t.name == "model.norm.weight"
-                          ? frontend::TensorToWrite{t.name,
-                                                    frontend::DType::F8_E4M3,
-                                                    t.shape,
-                                                    std::as_bytes(
-                                                        std::span(fp8Norm))}
-                          : frontend::TensorToWrite{t.name, t.dtype, t.shape,
-                                                    (*file)->data(t)});
+    tensors.push_back(
+        t.name == "model.norm.weight"
+            ? frontend::TensorToWrite{t.name, frontend::DType::F8_E4M3, t.shape,
+                                      std::as_bytes(std::span(fp8Norm))}
+            : frontend::TensorToWrite{t.name, t.dtype, t.shape,
+                                      (*file)->data(t)});
   std::filesystem::path broken = dir / "broken";
   std::filesystem::create_directories(broken);
   std::filesystem::copy_file(model / "config.json", broken / "config.json");
@@ -407,8 +408,10 @@ TEST(InitModel, SameSeedSameBytesOtherSeedDiffers) {
     options.outputDir = dir / sub;
     ASSERT_TRUE(initModel(context, options).ok());
   }
-  EXPECT_EQ(read(dir / "a/model.safetensors"), read(dir / "b/model.safetensors"));
-  EXPECT_NE(read(dir / "a/model.safetensors"), read(dir / "c/model.safetensors"));
+  EXPECT_EQ(read(dir / "a/model.safetensors"),
+            read(dir / "b/model.safetensors"));
+  EXPECT_NE(read(dir / "a/model.safetensors"),
+            read(dir / "c/model.safetensors"));
   EXPECT_EQ(read(dir / "a/config.json"), *findPreset("tiny-qwen2"));
 }
 
@@ -420,7 +423,8 @@ TEST(InitModel, RefusesHugeModels) {
   options.outputDir = freshTempDir() / "m";
   absl::Status status = initModel(context, options);
   EXPECT_THAT(errorOf(status), HasSubstr("over the limit"));
-  EXPECT_FALSE(std::filesystem::exists(options.outputDir / "model.safetensors"));
+  EXPECT_FALSE(
+      std::filesystem::exists(options.outputDir / "model.safetensors"));
 }
 
 } // namespace

@@ -45,9 +45,11 @@ TEST(Bf16, RoundsToNearestEven) {
       continue;
     ASSERT_EQ(floatToBf16(f), referenceBf16(f)) << f;
   }
-  EXPECT_EQ(floatToBf16(std::bit_cast<float>(0x3f808000u)), 0x3f80); // tie, even below
-  EXPECT_EQ(floatToBf16(std::bit_cast<float>(0x3f818000u)), 0x3f82); // tie, even above
-  EXPECT_EQ(floatToBf16(std::numeric_limits<float>::max()), 0x7f80);  // overflow
+  EXPECT_EQ(floatToBf16(std::bit_cast<float>(0x3f808000u)),
+            0x3f80); // tie, even below
+  EXPECT_EQ(floatToBf16(std::bit_cast<float>(0x3f818000u)),
+            0x3f82); // tie, even above
+  EXPECT_EQ(floatToBf16(std::numeric_limits<float>::max()), 0x7f80); // overflow
   EXPECT_TRUE(isNanBf16(floatToBf16(std::nanf(""))));
 }
 
@@ -76,13 +78,12 @@ TEST(F16, RoundsLikeFloat16) {
                          static_cast<int>(rng() % 50) - 30);
     if (rng() & 1)
       f = -f;
-    ASSERT_EQ(floatToF16(f),
-              std::bit_cast<uint16_t>(static_cast<_Float16>(f)))
+    ASSERT_EQ(floatToF16(f), std::bit_cast<uint16_t>(static_cast<_Float16>(f)))
         << f;
   }
-  EXPECT_EQ(floatToF16(65520.0f), 0x7c00);  // rounds up to infinity
-  EXPECT_EQ(floatToF16(65519.0f), 0x7bff);  // largest finite
-  EXPECT_EQ(floatToF16(0x1p-25f), 0x0000);  // tie between 0 and 2^-24: even
+  EXPECT_EQ(floatToF16(65520.0f), 0x7c00);   // rounds up to infinity
+  EXPECT_EQ(floatToF16(65519.0f), 0x7bff);   // largest finite
+  EXPECT_EQ(floatToF16(0x1p-25f), 0x0000);   // tie between 0 and 2^-24: even
   EXPECT_EQ(floatToF16(0x1.8p-24f), 0x0002); // tie between 1 and 2 units
 }
 
