@@ -72,15 +72,6 @@ std::string listChoices(std::span<const Choice<E>> choices,
                        });
 }
 
-/// A JSON value as it appears in the file, shortened for messages.
-std::string describe(const json &value) {
-  std::string text = value.dump();
-  constexpr size_t kMax = 60;
-  if (text.size() > kMax)
-    text = text.substr(0, kMax - 3) + "...";
-  return text;
-}
-
 /// Integers may be written as integral floats (4096.0), as some exporters
 /// do; booleans are never integers.
 std::optional<int64_t> asInt(const json &value) {
@@ -184,8 +175,8 @@ public:
     if (!value)
       return fallback;
     if (!value->is_boolean()) {
-      fail(key,
-           detail::strCat("expected true or false, got ", describe(*value)));
+      fail(key, detail::strCat("expected true or false, got ",
+                               detail::describeJson(*value)));
       return fallback;
     }
     return value->get<bool>();
@@ -212,8 +203,8 @@ private:
                 std::string_view expected) {
     std::optional<int64_t> i = asInt(value);
     if (!i || *i < min) {
-      fail(key,
-           detail::strCat("expected ", expected, ", got ", describe(value)));
+      fail(key, detail::strCat("expected ", expected, ", got ",
+                               detail::describeJson(value)));
       return min;
     }
     if (*i > kMaxSize) {
@@ -232,14 +223,15 @@ private:
     }
     fail(key,
          detail::strCat("expected a ", allowZero ? "non-negative" : "positive",
-                        " number, got ", describe(value)));
+                        " number, got ", detail::describeJson(value)));
     return 1.0;
   }
 
   std::string toString(std::string_view key, const json &value) {
     if (value.is_string())
       return value.get<std::string>();
-    fail(key, detail::strCat("expected a string, got ", describe(value)));
+    fail(key, detail::strCat("expected a string, got ",
+                             detail::describeJson(value)));
     return "";
   }
 
@@ -251,7 +243,7 @@ private:
         if (c.name == value.get_ref<const std::string &>())
           return c.value;
     fail(key, detail::strCat("expected one of ", listChoices(choices, "\""),
-                             ", got ", describe(value)));
+                             ", got ", detail::describeJson(value)));
     return fallback;
   }
 
@@ -286,7 +278,7 @@ Architecture readArchitecture(Reader &r) {
   if (!value->is_array() || value->empty() || !(*value)[0].is_string()) {
     r.fail("architectures", detail::strCat("expected a non-empty array of "
                                            "strings, got ",
-                                           describe(*value)));
+                                           detail::describeJson(*value)));
     return Architecture::Llama;
   }
   const auto &name = (*value)[0].get_ref<const std::string &>();
@@ -335,9 +327,9 @@ RopeScaling readRopeScaling(Reader &parent) {
   if (!value)
     return {};
   if (!value->is_object()) {
-    parent.fail(
-        "rope_scaling",
-        detail::strCat("expected an object or null, got ", describe(*value)));
+    parent.fail("rope_scaling",
+                detail::strCat("expected an object or null, got ",
+                               detail::describeJson(*value)));
     return {};
   }
   Reader r = parent.nested("rope_scaling", *value);
@@ -435,7 +427,8 @@ std::optional<QuantizationConfig> readQuantization(Reader &parent) {
     return std::nullopt;
   if (!value->is_object()) {
     parent.fail("quantization_config",
-                detail::strCat("expected an object, got ", describe(*value)));
+                detail::strCat("expected an object, got ",
+                               detail::describeJson(*value)));
     return std::nullopt;
   }
   Reader r = parent.nested("quantization_config", *value);
@@ -461,7 +454,7 @@ std::optional<QuantizationConfig> readQuantization(Reader &parent) {
   if (!rows || !cols || *rows <= 0 || *cols <= 0) {
     r.fail("weight_block_size",
            detail::strCat("expected [rows, cols] of positive integers, got ",
-                          describe(*block)));
+                          detail::describeJson(*block)));
     return q;
   }
   q.weightBlockRows = *rows;
@@ -606,7 +599,7 @@ absl::StatusOr<ModelConfig> parseModelConfig(std::string_view text,
           detail::strCat(sourceName,
                          ": expected a JSON object at the top level, "
                          "got ",
-                         describe(root)));
+                         detail::describeJson(root)));
     absl::Status status;
     Reader reader(root, sourceName, status);
     ModelConfig config = readConfig(reader, sourceName);

@@ -30,14 +30,6 @@ std::string shapeString(const std::vector<int64_t> &shape) {
   return detail::strCat("[", absl::StrJoin(shape, ","), "]");
 }
 
-std::string describe(const json &value) {
-  std::string text = value.dump();
-  constexpr size_t kMax = 60;
-  if (text.size() > kMax)
-    text = text.substr(0, kMax - 3) + "...";
-  return text;
-}
-
 /// numel * dtypeSize, or nullopt when a dimension is negative or the product
 /// overflows int64.
 std::optional<int64_t> byteSize(DType dtype,
@@ -63,7 +55,8 @@ public:
 
   absl::StatusOr<TensorInfo> parse(const json &entry) {
     if (!entry.is_object())
-      return error(detail::strCat("expected an object, got ", describe(entry)));
+      return error(detail::strCat("expected an object, got ",
+                                  detail::describeJson(entry)));
     for (const auto &[key, value] : entry.items())
       if (key != "dtype" && key != "shape" && key != "data_offsets")
         return error(detail::strCat("unknown key '", key, "'"));
@@ -97,7 +90,8 @@ private:
     if (dtype->is_string())
       parsed = parseDType(dtype->get_ref<const std::string &>());
     if (!parsed)
-      return error(detail::strCat("unknown dtype ", describe(*dtype)));
+      return error(
+          detail::strCat("unknown dtype ", detail::describeJson(*dtype)));
     info.dtype = *parsed;
     return absl::OkStatus();
   }
@@ -109,13 +103,13 @@ private:
     if (!shape->is_array())
       return error(detail::strCat("shape must be an array of non-negative "
                                   "integers, got ",
-                                  describe(*shape)));
+                                  detail::describeJson(*shape)));
     for (const json &dim : *shape) {
       std::optional<uint64_t> d = asUnsigned(dim);
       if (!d || *d > static_cast<uint64_t>(INT64_MAX))
         return error(detail::strCat("shape must be an array of non-negative "
                                     "integers, got ",
-                                    describe(*shape)));
+                                    detail::describeJson(*shape)));
       info.shape.push_back(static_cast<int64_t>(*d));
     }
     if (!byteSize(info.dtype, info.shape))
@@ -137,7 +131,7 @@ private:
     if (!begin || !end || *begin > *end)
       return error(detail::strCat("data_offsets must be [begin, end] with "
                                   "0 <= begin <= end, got ",
-                                  describe(*offsets)));
+                                  detail::describeJson(*offsets)));
     info.begin = *begin;
     info.end = *end;
     uint64_t need = static_cast<uint64_t>(*byteSize(info.dtype, info.shape));
@@ -160,7 +154,7 @@ absl::Status parseMetadata(const json &value, std::string_view source,
         detail::strCat(source,
                        ": '__metadata__' must be an object of string "
                        "values, got ",
-                       describe(value)));
+                       detail::describeJson(value)));
   };
   if (!value.is_object())
     return bad();
@@ -202,8 +196,9 @@ absl::Status checkLayout(const std::vector<TensorInfo> &tensors,
 absl::StatusOr<SafetensorsHeader>
 parseHeaderJson(const json &root, uint64_t dataSize, std::string_view source) {
   if (!root.is_object())
-    return absl::InvalidArgumentError(detail::strCat(
-        source, ": header must be a JSON object, got ", describe(root)));
+    return absl::InvalidArgumentError(
+        detail::strCat(source, ": header must be a JSON object, got ",
+                       detail::describeJson(root)));
   SafetensorsHeader header;
   for (const auto &[name, entry] : root.items()) {
     if (name == "__metadata__") {

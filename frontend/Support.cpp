@@ -36,4 +36,12 @@ absl::StatusOr<std::string> readFile(const std::filesystem::path &path) {
   return content;
 }
 
+std::string describeJson(const nlohmann::json &value) {
+  std::string text = value.dump();
+  constexpr size_t kMax = 60;
+  if (text.size() > kMax)
+    text = text.substr(0, kMax - 3) + "...";
+  return text;
+}
+
 } // namespace kiln::frontend::detail

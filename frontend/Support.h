@@ -7,6 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 
+#include <nlohmann/json.hpp>
+
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -37,6 +39,9 @@ template <typename... Args>
 void strAppend(std::string *out, const Args &...args) {
   absl::StrAppend(out, asStrCatArg(args)...);
 }
+
+/// A JSON value as it appears in the file, shortened for messages.
+std::string describeJson(const nlohmann::json &value);
 
 /// The whole content of `path`; errors name the path and the system error.
 absl::StatusOr<std::string> readFile(const std::filesystem::path &path);

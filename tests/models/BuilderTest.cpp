@@ -17,6 +17,8 @@
 #include "gtest/gtest.h"
 
 #include <fstream>
+#include <functional>
+#include <optional>
 
 namespace kiln::models {
 namespace {
@@ -103,6 +105,25 @@ std::filesystem::path writeTinyModel(mlir::MLIRContext &context,
   absl::Status status = initModel(context, options);
   EXPECT_TRUE(status.ok()) << errorOf(status);
   return options.outputDir;
+}
+
+/// Copies the checkpoint `model` to `dest`, passing every tensor through
+/// `edit`, which may change it or drop it (nullopt).
+std::filesystem::path rewriteCheckpoint(
+    const std::filesystem::path &model, const std::filesystem::path &dest,
+    const std::function<std::optional<frontend::TensorToWrite>(
+        const frontend::TensorInfo &, std::span<const std::byte>)> &edit) {
+  auto file = frontend::SafetensorsFile::open(model / "model.safetensors");
+  EXPECT_TRUE(file.ok()) << errorOf(file);
+  std::vector<frontend::TensorToWrite> tensors;
+  for (const frontend::TensorInfo &t : (*file)->tensors())
+    if (std::optional<frontend::TensorToWrite> w = edit(t, (*file)->data(t)))
+      tensors.push_back(*w);
+  std::filesystem::create_directories(dest);
+  std::filesystem::copy_file(model / "config.json", dest / "config.json");
+  EXPECT_TRUE(
+      frontend::writeSafetensors(dest / "model.safetensors", tensors).ok());
+  return dest;
 }
 
 class TinyModel : public ::testing::TestWithParam<std::string> {};
@@ -238,17 +259,14 @@ TEST(Import, CheckpointWithoutMtpTensorsBuildsNoMtp) {
   std::filesystem::path dir = freshTempDir();
   std::filesystem::path model =
       writeTinyModel(context, "tiny-deepseek-v3", dir, frontend::DType::BF16);
-  auto file = frontend::SafetensorsFile::open(model / "model.safetensors");
-  ASSERT_TRUE(file.ok()) << errorOf(file);
-  std::vector<frontend::TensorToWrite> kept;
-  for (const frontend::TensorInfo &t : (*file)->tensors())
-    if (t.name.rfind("model.layers.3.", 0) != 0)
-      kept.push_back({t.name, t.dtype, t.shape, (*file)->data(t)});
-  std::filesystem::path stripped = dir / "stripped";
-  std::filesystem::create_directories(stripped);
-  std::filesystem::copy_file(model / "config.json", stripped / "config.json");
-  ASSERT_TRUE(
-      frontend::writeSafetensors(stripped / "model.safetensors", kept).ok());
+  std::filesystem::path stripped = rewriteCheckpoint(
+      model, dir / "stripped",
+      [](const frontend::TensorInfo &t, std::span<const std::byte> data)
+          -> std::optional<frontend::TensorToWrite> {
+        if (t.name.rfind("model.layers.3.", 0) == 0)
+          return std::nullopt;
+        return frontend::TensorToWrite{t.name, t.dtype, t.shape, data};
+      });
 
   absl::StatusOr<ImportedModel> imported = importModel(context, stripped);
   ASSERT_TRUE(imported.ok()) << errorOf(imported);
@@ -262,23 +280,18 @@ TEST(Import, ReportsWrongShapeAndMissingTensor) {
   std::filesystem::path dir = freshTempDir();
   std::filesystem::path model =
       writeTinyModel(context, "tiny-llama", dir, frontend::DType::BF16);
-  auto file = frontend::SafetensorsFile::open(model / "model.safetensors");
-  ASSERT_TRUE(file.ok()) << errorOf(file);
-  std::vector<frontend::TensorToWrite> tensors;
   std::vector<uint16_t> wrongNorm(32, 0);
-  for (const frontend::TensorInfo &t : (*file)->tensors()) {
-    if (t.name == "model.norm.weight")
-      tensors.push_back(
-          {t.name, t.dtype, {32}, std::as_bytes(std::span(wrongNorm))});
-    else if (t.name != "lm_head.weight")
-      tensors.push_back({t.name, t.dtype, t.shape, (*file)->data(t)});
-  }
-  std::filesystem::path broken = dir / "broken";
-  std::filesystem::create_directories(broken);
-  std::filesystem::copy_file(model / "config.json", broken / "config.json");
-  ASSERT_TRUE(
-      frontend::writeSafetensors(broken / "model.safetensors", tensors).ok());
-
+  std::filesystem::path broken = rewriteCheckpoint(
+      model, dir / "broken",
+      [&](const frontend::TensorInfo &t, std::span<const std::byte> data)
+          -> std::optional<frontend::TensorToWrite> {
+        if (t.name == "lm_head.weight")
+          return std::nullopt;
+        if (t.name == "model.norm.weight")
+          return frontend::TensorToWrite{
+              t.name, t.dtype, {32}, std::as_bytes(std::span(wrongNorm))};
+        return frontend::TensorToWrite{t.name, t.dtype, t.shape, data};
+      });
   absl::StatusOr<ImportedModel> imported = importModel(context, broken);
   ASSERT_FALSE(imported.ok());
   EXPECT_THAT(errorOf(imported),
@@ -371,22 +384,16 @@ TEST(Import, Fp8WhereTheModelWantsBf16IsRejected) {
   std::filesystem::path dir = freshTempDir();
   std::filesystem::path model =
       writeTinyModel(context, "tiny-qwen2", dir, frontend::DType::BF16);
-  auto file = frontend::SafetensorsFile::open(model / "model.safetensors");
-  ASSERT_TRUE(file.ok()) << errorOf(file);
-  std::vector<frontend::TensorToWrite> tensors;
   std::vector<uint8_t> fp8Norm(64, 0x38);
-  for (const frontend::TensorInfo &t : (*file)->tensors())
-    tensors.push_back(
-        t.name == "model.norm.weight"
-            ? frontend::TensorToWrite{t.name, frontend::DType::F8_E4M3, t.shape,
-                                      std::as_bytes(std::span(fp8Norm))}
-            : frontend::TensorToWrite{t.name, t.dtype, t.shape,
-                                      (*file)->data(t)});
-  std::filesystem::path broken = dir / "broken";
-  std::filesystem::create_directories(broken);
-  std::filesystem::copy_file(model / "config.json", broken / "config.json");
-  ASSERT_TRUE(
-      frontend::writeSafetensors(broken / "model.safetensors", tensors).ok());
+  std::filesystem::path broken = rewriteCheckpoint(
+      model, dir / "broken",
+      [&](const frontend::TensorInfo &t, std::span<const std::byte> data) {
+        if (t.name == "model.norm.weight")
+          return frontend::TensorToWrite{t.name, frontend::DType::F8_E4M3,
+                                         t.shape,
+                                         std::as_bytes(std::span(fp8Norm))};
+        return frontend::TensorToWrite{t.name, t.dtype, t.shape, data};
+      });
   absl::StatusOr<ImportedModel> imported = importModel(context, broken);
   EXPECT_THAT(errorOf(imported),
               HasSubstr("model.safetensors: tensor 'model.norm.weight': dtype "
