@@ -1,0 +1,143 @@
+// Causal attention over cached keys/values with an online (blockwise)
+// softmax in fp32. Work items are (batch, query, kv head, chunk of the
+// query heads sharing that kv head): each key/value row is loaded once per
+// chunk and reused by all its heads (GQA/MQA), and the output rows double as
+// the accumulators, so the kernel needs no scratch memory.
+#include "runtime/src/cpu/Kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace kiln::cpu {
+namespace {
+
+constexpr int64_t kHeadChunk = 16; // query heads per work item
+constexpr int64_t kKeyBlock = 64;  // keys per softmax block
+
+struct AttentionArgs {
+  const float *q, *k, *v;
+  const int32_t *positions, *kvLengths;
+  int64_t seq, heads, kvHeads, dk, dv, kStride, vStride;
+  float scale;
+  float *out;
+};
+
+[[gnu::always_inline]] inline float dot(const float *a, const float *b,
+                                        int64_t n) {
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i)
+    sum += a[i] * b[i];
+  return sum;
+}
+
+[[gnu::always_inline]] inline void attendImpl(const AttentionArgs &a, int64_t b,
+                                              int64_t s, int64_t kvh,
+                                              int64_t h0, int64_t nh) {
+  int64_t row = b * a.seq + s;
+  float *o = a.out + (row * a.heads + h0) * a.dv;
+  const float *q = a.q + (row * a.heads + h0) * a.dk;
+  for (int64_t i = 0; i < nh * a.dv; ++i)
+    o[i] = 0.0f;
+  int32_t pos = a.positions[row];
+  int64_t n = pos < 0 ? 0 : std::min<int64_t>(pos + 1, a.kvLengths[b]);
+  if (n <= 0)
+    return;
+  float m[kHeadChunk], l[kHeadChunk], p[kHeadChunk][kKeyBlock];
+  for (int64_t h = 0; h < nh; ++h) {
+    m[h] = -std::numeric_limits<float>::infinity();
+    l[h] = 0.0f;
+  }
+  const float *kb = a.k + b * a.kStride + kvh * a.dk;
+  const float *vb = a.v + b * a.vStride + kvh * a.dv;
+  int64_t kRow = a.kvHeads * a.dk, vRow = a.kvHeads * a.dv;
+  for (int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
+    int64_t nb = std::min(kKeyBlock, n - j0);
+    for (int64_t j = 0; j < nb; ++j) {
+      const float *kj = kb + (j0 + j) * kRow;
+      for (int64_t h = 0; h < nh; ++h)
+        p[h][j] = dot(q + h * a.dk, kj, a.dk) * a.scale;
+    }
+    for (int64_t h = 0; h < nh; ++h) {
+      float blockMax = p[h][0];
+      for (int64_t j = 1; j < nb; ++j)
+        blockMax = std::max(blockMax, p[h][j]);
+      float newMax = std::max(m[h], blockMax);
+      if (newMax > m[h] && l[h] > 0.0f) {
+        float alpha = std::exp(m[h] - newMax);
+        l[h] *= alpha;
+        float *oh = o + h * a.dv;
+#pragma omp simd
+        for (int64_t i = 0; i < a.dv; ++i)
+          oh[i] *= alpha;
+      }
+      m[h] = newMax;
+      float sum = 0.0f;
+      for (int64_t j = 0; j < nb; ++j) {
+        p[h][j] = std::exp(p[h][j] - newMax);
+        sum += p[h][j];
+      }
+      l[h] += sum;
+    }
+    for (int64_t j = 0; j < nb; ++j) {
+      const float *vj = vb + (j0 + j) * vRow;
+      for (int64_t h = 0; h < nh; ++h) {
+        float w = p[h][j];
+        float *oh = o + h * a.dv;
+#pragma omp simd
+        for (int64_t i = 0; i < a.dv; ++i)
+          oh[i] += w * vj[i];
+      }
+    }
+  }
+  for (int64_t h = 0; h < nh; ++h) {
+    float inv = 1.0f / l[h];
+    float *oh = o + h * a.dv;
+#pragma omp simd
+    for (int64_t i = 0; i < a.dv; ++i)
+      oh[i] *= inv;
+  }
+}
+
+void attendGeneric(const AttentionArgs &a, int64_t b, int64_t s, int64_t kvh,
+                   int64_t h0, int64_t nh) {
+  attendImpl(a, b, s, kvh, h0, nh);
+}
+
+__attribute__((target("avx2,fma"))) void attendAvx2(const AttentionArgs &a,
+                                                    int64_t b, int64_t s,
+                                                    int64_t kvh, int64_t h0,
+                                                    int64_t nh) {
+  attendImpl(a, b, s, kvh, h0, nh);
+}
+
+} // namespace
+
+void attention(const float *q, const float *k, const float *v,
+               const int32_t *positions, const int32_t *kvLengths,
+               int64_t batch, int64_t seq, int64_t heads, int64_t kvHeads,
+               int64_t dk, int64_t dv, int64_t kBatchStride,
+               int64_t vBatchStride, float scale, float *out) {
+  AttentionArgs args{q,       k,  v,  positions,    kvLengths,    seq,   heads,
+                     kvHeads, dk, dv, kBatchStride, vBatchStride, scale, out};
+  int64_t group = heads / kvHeads;
+  int64_t chunks = (group + kHeadChunk - 1) / kHeadChunk;
+  int64_t items = batch * seq * kvHeads * chunks;
+  bool avx2 = vectorKernelsActive();
+#pragma omp parallel for schedule(static)
+  for (int64_t item = 0; item < items; ++item) {
+    int64_t c = item % chunks, rest = item / chunks;
+    int64_t kvh = rest % kvHeads;
+    rest /= kvHeads;
+    int64_t s = rest % seq, b = rest / seq;
+    int64_t h0 = kvh * group + c * kHeadChunk;
+    int64_t nh = std::min(kHeadChunk, group - c * kHeadChunk);
+    if (avx2)
+      attendAvx2(args, b, s, kvh, h0, nh);
+    else
+      attendGeneric(args, b, s, kvh, h0, nh);
+  }
+}
+
+} // namespace kiln::cpu

@@ -1,0 +1,155 @@
+// CPU kernels of the runtime: one function per kernel kind the execution
+// plan launches. Activations are fp32 and contiguous (row-major, last
+// dimension fastest); weights may be fp32, bf16, f16 (and FP8 with block
+// scales once the FP8 work lands); every accumulation is fp32. Kernels are
+// multithreaded with OpenMP over independent rows/columns and written so the
+// compiler vectorizes their inner loops. They never allocate on the heap
+// except where noted, and never fail: the executor validates dimensions and
+// indices before it launches them.
+#ifndef KILN_RUNTIME_CPU_KERNELS_H
+#define KILN_RUNTIME_CPU_KERNELS_H
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kiln::cpu {
+
+enum class ElementType : uint8_t { F32, BF16, F16, F8E4M3, I32 };
+
+/// A weight tensor in its stored dtype.
+struct Weight {
+  const void *data = nullptr;
+  ElementType type = ElementType::F32;
+};
+
+/// Rotary embedding parameters (see `#kiln.rope` in the dialect).
+enum class RopeKind : uint8_t { Plain, Yarn, Llama3 };
+struct RopeParams {
+  RopeKind kind = RopeKind::Plain;
+  double theta = 10000.0;
+  double factor = 1.0;
+  int64_t originalMaxPosition = 0;
+  double betaFast = 32.0;
+  double betaSlow = 1.0;
+  double mscale = 1.0;
+  double mscaleAllDim = 0.0;
+  double lowFreqFactor = 1.0;
+  double highFreqFactor = 4.0;
+  bool interleaved = false;
+};
+
+enum class ScoringFunc : uint8_t { Softmax, Sigmoid };
+enum class TopkMethod : uint8_t { Greedy, GroupLimitedGreedy, NoauxTc };
+struct MoeGateParams {
+  ScoringFunc scoring = ScoringFunc::Softmax;
+  TopkMethod method = TopkMethod::Greedy;
+  int64_t topK = 1;
+  int64_t nGroup = 1;
+  int64_t topkGroup = 1;
+  bool normTopkProb = false;
+  double routedScalingFactor = 1.0;
+};
+
+/// Bytes per element of `type` (FP8: 1).
+size_t elementSize(ElementType type);
+
+/// Element `index` of a weight as fp32 (fp32, bf16 and f16 weights).
+float loadWeight(Weight w, int64_t index);
+
+/// The kernels use AVX2/FMA/F16C code paths when the CPU has them; tests turn
+/// them off to exercise the portable paths. Not meant to be toggled while
+/// kernels run.
+void setVectorKernels(bool enabled);
+/// Whether the AVX2 paths are in use (enabled and supported by the CPU).
+bool vectorKernelsActive();
+
+/// out[t, :] = table[tokens[t], :]; tokens are in [0, vocab).
+void embedding(const int32_t *tokens, int64_t count, Weight table, int64_t dim,
+               float *out);
+
+/// out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, for `rows` rows.
+void rmsNorm(const float *x, int64_t rows, int64_t dim, Weight weight,
+             float eps, float *out);
+
+/// y[r, o] = sum_i x[r, i] * w[o, i] + bias[o]; w is [out, in]. `bias.data`
+/// may be null.
+void linear(const float *x, int64_t rows, int64_t in, Weight w, int64_t out,
+            Weight bias, float *y);
+
+void add(const float *a, const float *b, int64_t count, float *out);
+
+/// out = silu(gate) * up.
+void swiglu(const float *gate, const float *up, int64_t count, float *out);
+
+/// out[r, :] = x[r, offset : offset + size] for rows of length `inDim`.
+void slice(const float *x, int64_t rows, int64_t inDim, int64_t offset,
+           int64_t size, float *out);
+
+/// Concatenates rows of `count` inputs along the last dimension: input `i`
+/// has rows of `dims[i]` values; out rows have sum(dims) values.
+void concat(const float *const *inputs, const int64_t *dims, int64_t count,
+            int64_t rows, float *out);
+
+/// out[r, j, :] = x[r, 0, :] for j < repeat: a size-1 dimension followed by
+/// `inner` contiguous values is repeated `repeat` times.
+void broadcast(const float *x, int64_t rows, int64_t repeat, int64_t inner,
+               float *out);
+
+/// Rotates the last dimension (`dim`, even) of x [tokens, heads, dim] by the
+/// angle of positions[t]; a negative position (padding) copies the row.
+void rope(const float *x, const int32_t *positions, int64_t tokens,
+          int64_t heads, int64_t dim, const RopeParams &params, float *out);
+
+/// YaRN's cos/sin scale: mscale(factor, mscale) / mscale(factor,
+/// mscale_all_dim) (1 for other schemes).
+double ropeAttentionFactor(const RopeParams &params);
+
+/// The inverse frequencies of the scheme, `dim / 2` values (double
+/// precision so that far positions stay accurate).
+void ropeInverseFrequencies(const RopeParams &params, int64_t dim,
+                            double *invFreq);
+
+/// cache[b, positions[b, s], :] = x[b, s, :] for the `entry` values per
+/// token; the cache holds `maxTokens` positions per sequence. Negative
+/// positions (padding) are skipped.
+void kvAppend(const float *x, const int32_t *positions, int64_t batch,
+              int64_t seq, int64_t entry, float *cache, int64_t maxTokens);
+
+/// Causal attention. q [batch, seq, heads, dk]; k and v are read from
+/// per-sequence rows: k(b, j) at k + b * kvBatchStride + j * kvHeads * dk
+/// (v likewise with dv and its own stride). Query (b, s) attends to keys
+/// j <= positions[b, s] with j < kvLengths[b]; a negative position yields
+/// zeros. Softmax in fp32. out [batch, seq, heads, dv].
+void attention(const float *q, const float *k, const float *v,
+               const int32_t *positions, const int32_t *kvLengths,
+               int64_t batch, int64_t seq, int64_t heads, int64_t kvHeads,
+               int64_t dk, int64_t dv, int64_t kBatchStride,
+               int64_t vBatchStride, float scale, float *out);
+
+/// DeepSeekMoE router for `tokens` rows of x [tokens, dim]; w is
+/// [experts, dim]; `bias` (noaux_tc only) is [experts] or null data.
+/// Writes weights [tokens, topK] and indices [tokens, topK].
+void moeGate(const float *x, int64_t tokens, int64_t dim, Weight w,
+             int64_t experts, Weight bias, const MoeGateParams &params,
+             float *weights, int32_t *indices);
+
+/// Groups the tokens * topK selections by expert (stable: token order within
+/// an expert). routed [tokens * topK, dim], offsets [experts + 1], slots
+/// [tokens * topK] (the flat selection index of each routed row).
+void moeDispatch(const float *x, const int32_t *indices, int64_t tokens,
+                 int64_t topK, int64_t dim, int64_t experts, float *routed,
+                 int32_t *offsets, int32_t *slots);
+
+/// Rows [offsets[e], offsets[e+1]) of x [rows, in] times expert e's [out, in]
+/// matrix of w [experts, out, in].
+void groupedLinear(const float *x, int64_t in, Weight w, int64_t experts,
+                   int64_t out, const int32_t *offsets, float *y);
+
+/// out[t, :] = sum_k weights[t, k] * y[r(t, k), :] with slots[r] = t * topK +
+/// k.
+void moeCombine(const float *y, const float *weights, const int32_t *slots,
+                int64_t tokens, int64_t topK, int64_t dim, float *out);
+
+} // namespace kiln::cpu
+
+#endif // KILN_RUNTIME_CPU_KERNELS_H
