@@ -228,8 +228,10 @@ void linearRange(const TileTable &table, const float *x, int64_t rows,
   float sums[kMaxR * kMaxO];
   for (int64_t r0 = 0; r0 < rows; r0 += kMaxR) {
     int R = static_cast<int>(std::min<int64_t>(kMaxR, rows - r0));
-    for (int64_t o0 = oBegin; o0 < oEnd; o0 += oTile) {
-      int O = static_cast<int>(std::min<int64_t>(oTile, oEnd - o0));
+    // 4 x 4 accumulators would spill the 16 vector registers.
+    int tile = R == kMaxR ? std::min(oTile, 3) : oTile;
+    for (int64_t o0 = oBegin; o0 < oEnd; o0 += tile) {
+      int O = static_cast<int>(std::min<int64_t>(tile, oEnd - o0));
       table.fn[R][O](x + r0 * in, in, w + o0 * rowBytes, in, in, sums);
       for (int r = 0; r < R; ++r)
         for (int o = 0; o < O; ++o) {
@@ -250,7 +252,7 @@ struct Plan {
 
 Plan planFor(int64_t rows, int64_t in, int64_t out, size_t elemBytes) {
   if (rows <= 8) // weight-streaming GEMV: each row is read once anyway.
-    return {16, 4};
+    return {24, 4};
   int64_t rowBytes = std::max<int64_t>(1, in * static_cast<int64_t>(elemBytes));
   int64_t block = (512 * 1024) / rowBytes; // half of a 1 MiB L2
   block = std::clamp<int64_t>(block / 3 * 3, 3, 96);
