@@ -3,9 +3,11 @@
 // dimension fastest); weights may be fp32, bf16, f16 (and FP8 with block
 // scales once the FP8 work lands); every accumulation is fp32. Kernels are
 // multithreaded with OpenMP over independent rows/columns and written so the
-// compiler vectorizes their inner loops. They never allocate on the heap
-// except where noted, and never fail: the executor validates dimensions and
-// indices before it launches them.
+// compiler vectorizes their inner loops; the hot ones (linear, attention)
+// switch to AVX2/FMA/F16C code at run time when the CPU has it. They never
+// allocate on the heap except where noted, and never fail: the executor
+// validates dimensions and indices before it launches them. Weights of type
+// F8E4M3 or I32 are not supported yet (the kernels abort).
 #ifndef KILN_RUNTIME_CPU_KERNELS_H
 #define KILN_RUNTIME_CPU_KERNELS_H
 
@@ -97,15 +99,25 @@ void broadcast(const float *x, int64_t rows, int64_t repeat, int64_t inner,
 
 /// Rotates the last dimension (`dim`, even) of x [tokens, heads, dim] by the
 /// angle of positions[t]; a negative position (padding) copies the row.
+/// Angles (position * inv_freq) and cos/sin are computed in double, times
+/// ropeAttentionFactor, then rounded to fp32. interleaved: pairs (2i, 2i+1)
+/// in place; otherwise HF's rotate_half pairs (i, i + dim/2); frequency i
+/// rotates pair i. `out` may equal `x`. Allocates dim / 2 doubles and
+/// per-thread cos/sin scratch.
 void rope(const float *x, const int32_t *positions, int64_t tokens,
           int64_t heads, int64_t dim, const RopeParams &params, float *out);
 
-/// YaRN's cos/sin scale: mscale(factor, mscale) / mscale(factor,
-/// mscale_all_dim) (1 for other schemes).
+/// YaRN's cos/sin scale, as HF's _compute_yarn_parameters: mscale(factor,
+/// mscale) / mscale(factor, mscale_all_dim) when both are non-zero, else
+/// mscale(factor, 1); mscale(s, m) = 0.1 m ln(s) + 1 for s > 1, else 1. 1 for
+/// the other schemes.
 double ropeAttentionFactor(const RopeParams &params);
 
 /// The inverse frequencies of the scheme, `dim / 2` values (double
-/// precision so that far positions stay accurate).
+/// precision so that far positions stay accurate). plain: theta^(-2i/dim);
+/// yarn: HF's ramp between inv_freq and inv_freq / factor over
+/// find_correction_range(beta_fast, beta_slow) with truncate = true (floor /
+/// ceil, HF's default); llama3: HF's piecewise low/high frequency scaling.
 void ropeInverseFrequencies(const RopeParams &params, int64_t dim,
                             double *invFreq);
 
@@ -119,7 +131,9 @@ void kvAppend(const float *x, const int32_t *positions, int64_t batch,
 /// per-sequence rows: k(b, j) at k + b * kvBatchStride + j * kvHeads * dk
 /// (v likewise with dv and its own stride). Query (b, s) attends to keys
 /// j <= positions[b, s] with j < kvLengths[b]; a negative position yields
-/// zeros. Softmax in fp32. out [batch, seq, heads, dv].
+/// zeros, as does an empty key range. Query head h reads kv head
+/// h / (heads / kvHeads). Softmax in fp32 (online, in blocks of keys).
+/// out [batch, seq, heads, dv].
 void attention(const float *q, const float *k, const float *v,
                const int32_t *positions, const int32_t *kvLengths,
                int64_t batch, int64_t seq, int64_t heads, int64_t kvHeads,
@@ -128,14 +142,21 @@ void attention(const float *q, const float *k, const float *v,
 
 /// DeepSeekMoE router for `tokens` rows of x [tokens, dim]; w is
 /// [experts, dim]; `bias` (noaux_tc only) is [experts] or null data.
-/// Writes weights [tokens, topK] and indices [tokens, topK].
+/// Writes weights [tokens, topK] and indices [tokens, topK]. Logits and scores
+/// are fp32. Experts are written by decreasing selection score (HF leaves the
+/// order unspecified); ties between equal scores (experts or groups) go to the
+/// lower index. Experts of dropped groups score 0 for group_limited_greedy
+/// and -inf for noaux_tc, as HF masks them. Weights: the unbiased scores,
+/// divided by (sum + 1e-20) when normTopkProb, times routedScalingFactor.
+/// Allocates the [tokens, experts] logits and per-thread scratch.
 void moeGate(const float *x, int64_t tokens, int64_t dim, Weight w,
              int64_t experts, Weight bias, const MoeGateParams &params,
              float *weights, int32_t *indices);
 
 /// Groups the tokens * topK selections by expert (stable: token order within
 /// an expert). routed [tokens * topK, dim], offsets [experts + 1], slots
-/// [tokens * topK] (the flat selection index of each routed row).
+/// [tokens * topK] (the flat selection index of each routed row). Allocates
+/// `experts` cursors.
 void moeDispatch(const float *x, const int32_t *indices, int64_t tokens,
                  int64_t topK, int64_t dim, int64_t experts, float *routed,
                  int32_t *offsets, int32_t *slots);
@@ -146,7 +167,7 @@ void groupedLinear(const float *x, int64_t in, Weight w, int64_t experts,
                    int64_t out, const int32_t *offsets, float *y);
 
 /// out[t, :] = sum_k weights[t, k] * y[r(t, k), :] with slots[r] = t * topK +
-/// k.
+/// k, summed in k order. Allocates the inverse of `slots`.
 void moeCombine(const float *y, const float *weights, const int32_t *slots,
                 int64_t tokens, int64_t topK, int64_t dim, float *out);
 
