@@ -299,6 +299,7 @@ RopeScaling readYarn(Reader &r) {
       r.positiveInt("original_max_position_embeddings");
   s.betaFast = r.positiveNumber("beta_fast", s.betaFast);
   s.betaSlow = r.positiveNumber("beta_slow", s.betaSlow);
+  s.mscaleGiven = r.findSet("mscale") != nullptr;
   s.mscale = r.positiveNumber("mscale", s.mscale);
   s.mscaleAllDim = r.nonNegativeNumber("mscale_all_dim", s.mscaleAllDim);
   if (r.ok() && s.factor < 1)
@@ -322,20 +323,12 @@ RopeScaling readLlama3(Reader &r) {
   return s;
 }
 
-RopeScaling readRopeScaling(Reader &parent) {
-  const json *value = parent.findSet("rope_scaling");
-  if (!value)
-    return {};
-  if (!value->is_object()) {
-    parent.fail("rope_scaling",
-                detail::strCat("expected an object or null, got ",
-                               detail::describeJson(*value)));
-    return {};
-  }
-  Reader r = parent.nested("rope_scaling", *value);
+/// The scheme described by one rope object (`rope_scaling` or
+/// `rope_parameters`); a missing type means the default scheme.
+RopeScaling readRopeObject(Reader &r) {
   // Newer HF configs say `rope_type`; older ones (DeepSeek) say `type`.
   std::string_view typeKey = r.find("rope_type") ? "rope_type" : "type";
-  std::string type = r.string(typeKey);
+  std::string type = r.string(typeKey, "default");
   if (!r.ok())
     return {};
   for (const Choice<RopeType> &c : kRopeTypes) {
@@ -354,6 +347,28 @@ RopeScaling readRopeScaling(Reader &parent) {
          detail::strCat("unsupported rope type '", type, "' (supported: ",
                         listChoices<RopeType>(kRopeTypes, ""), ")"));
   return {};
+}
+
+/// transformers >= 5 writes `rope_parameters` (which also holds
+/// `rope_theta`); older configs have top-level `rope_theta` and
+/// `rope_scaling`.
+void readRope(Reader &parent, ModelConfig &c) {
+  std::string_view key =
+      parent.findSet("rope_parameters") ? "rope_parameters" : "rope_scaling";
+  const json *value = parent.findSet(key);
+  if (key == "rope_scaling")
+    c.ropeTheta = parent.positiveNumber("rope_theta", 10000.0);
+  if (!value)
+    return;
+  if (!value->is_object()) {
+    parent.fail(key, detail::strCat("expected an object or null, got ",
+                                    detail::describeJson(*value)));
+    return;
+  }
+  Reader r = parent.nested(key, *value);
+  if (key == "rope_parameters")
+    c.ropeTheta = r.positiveNumber("rope_theta", 10000.0);
+  c.ropeScaling = readRopeObject(r);
 }
 
 MlaConfig readMla(Reader &r) {
@@ -505,6 +520,9 @@ void readDeepseek(Reader &r, ModelConfig &c) {
   if (r.findSet("n_routed_experts"))
     c.moe = readMoe(r);
   c.numNextnPredictLayers = r.nonNegativeInt("num_nextn_predict_layers", 0);
+  // HF's V2 always rotates adjacent pairs; V3 follows `rope_interleave`.
+  c.ropeInterleave = c.architecture == Architecture::DeepseekV2 ||
+                     r.boolean("rope_interleave", true);
 }
 
 /// Bounds the model's size so that every tensor's and the total parameter
@@ -554,8 +572,7 @@ ModelConfig readConfig(Reader &r, std::string_view sourceName) {
   c.maxPositionEmbeddings = r.positiveInt("max_position_embeddings");
   readAttention(r, c);
   c.rmsNormEps = r.positiveNumber("rms_norm_eps", c.rmsNormEps);
-  c.ropeTheta = r.positiveNumber("rope_theta", 10000.0);
-  c.ropeScaling = readRopeScaling(r);
+  readRope(r, c);
   c.tieWordEmbeddings = r.boolean("tie_word_embeddings", false);
   readBiases(r, c);
   c.initializerRange = r.nonNegativeNumber("initializer_range", 0.02);

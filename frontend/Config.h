@@ -35,6 +35,9 @@ struct RopeScaling {
   double betaFast = 32.0;
   double betaSlow = 1.0;
   double mscale = 1.0;
+  /// HF scales cos/sin by mscale(factor, mscale) / mscale(factor,
+  /// mscale_all_dim) only when both are given, else by mscale(factor, 1).
+  bool mscaleGiven = false;
   double mscaleAllDim = 0.0;
   // llama3.
   double lowFreqFactor = 1.0;
@@ -113,6 +116,9 @@ struct ModelConfig {
   DType torchDtype = DType::BF16;
 
   std::optional<MlaConfig> mla;
+  /// DeepSeek's rotary dimensions come as adjacent pairs (`rope_interleave`,
+  /// true unless a V3 config says otherwise).
+  bool ropeInterleave = false;
   std::optional<MoeConfig> moe;
   /// Multi-token-prediction modules (`num_nextn_predict_layers`, V3).
   int64_t numNextnPredictLayers = 0;

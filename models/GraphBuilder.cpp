@@ -29,15 +29,19 @@ RopeAttr ropeFor(MLIRContext *ctx, const frontend::ModelConfig &config) {
   RopeKind kind = s.type == RopeType::Yarn     ? RopeKind::yarn
                   : s.type == RopeType::Llama3 ? RopeKind::llama3
                                                : RopeKind::plain;
-  // DeepSeek checkpoints store the rotary dimensions as adjacent pairs.
-  bool interleaved = config.mla.has_value();
+  bool interleaved = config.ropeInterleave;
   auto f = [](double v) { return APFloat(v); };
   if (kind == RopeKind::plain)
     return RopeAttr::get(ctx, kind, f(config.ropeTheta), f(1.0), 0, f(32.0),
                          f(1.0), f(1.0), f(0.0), f(1.0), f(4.0), interleaved);
+  // HF divides by mscale(factor, mscale_all_dim) only when both mscales
+  // are given; mscale_all_dim = 0 makes that divisor 1.
+  bool bothMscales = s.mscaleGiven && s.mscale != 0 && s.mscaleAllDim != 0;
+  double mscale = bothMscales ? s.mscale : 1.0;
+  double mscaleAllDim = bothMscales ? s.mscaleAllDim : 0.0;
   return RopeAttr::get(ctx, kind, f(config.ropeTheta), f(s.factor),
                        s.originalMaxPositionEmbeddings, f(s.betaFast),
-                       f(s.betaSlow), f(s.mscale), f(s.mscaleAllDim),
+                       f(s.betaSlow), f(mscale), f(mscaleAllDim),
                        f(s.lowFreqFactor), f(s.highFreqFactor), interleaved);
 }
 

@@ -168,6 +168,57 @@ TEST(ConfigPresets, EveryPresetParses) {
   EXPECT_GE(parsed, 5);
 }
 
+// transformers >= 5 writes `rope_parameters` (with rope_theta inside)
+// instead of `rope_theta` + `rope_scaling`.
+TEST(ConfigRope, RopeParametersOfTransformers5) {
+  json llama = preset("r1-distill-llama-8b");
+  llama.erase("rope_scaling");
+  llama.erase("rope_theta");
+  llama["rope_parameters"] = {
+      {"rope_type", "llama3"},   {"rope_theta", 500000.0},
+      {"factor", 8.0},           {"low_freq_factor", 1.0},
+      {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  absl::StatusOr<ModelConfig> c = parse(llama);
+  ASSERT_TRUE(c.ok()) << errorOf(c);
+  EXPECT_EQ(c->ropeTheta, 500000.0);
+  EXPECT_EQ(c->ropeScaling.type, RopeType::Llama3);
+  EXPECT_EQ(c->ropeScaling.factor, 8.0);
+
+  json qwen = preset("r1-distill-qwen-1.5b");
+  qwen.erase("rope_theta");
+  qwen["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1e6}};
+  c = parse(qwen);
+  ASSERT_TRUE(c.ok()) << errorOf(c);
+  EXPECT_EQ(c->ropeTheta, 1e6);
+  EXPECT_EQ(c->ropeScaling.type, RopeType::Default);
+
+  qwen["rope_parameters"] = {{"rope_type", "dynamic"}, {"factor", 2.0}};
+  EXPECT_THAT(errorOf(parse(qwen)),
+              HasSubstr("field 'rope_parameters.rope_type': unsupported rope "
+                        "type 'dynamic'"));
+}
+
+TEST(ConfigRope, DeepseekInterleaveAndMscale) {
+  absl::StatusOr<ModelConfig> v3 = parse(preset("deepseek-v3"));
+  ASSERT_TRUE(v3.ok()) << errorOf(v3);
+  EXPECT_TRUE(v3->ropeInterleave);
+  EXPECT_TRUE(v3->ropeScaling.mscaleGiven);
+  json plain = preset("deepseek-v3");
+  plain["rope_interleave"] = false;
+  plain["rope_scaling"].erase("mscale");
+  absl::StatusOr<ModelConfig> c = parse(plain);
+  ASSERT_TRUE(c.ok()) << errorOf(c);
+  EXPECT_FALSE(c->ropeInterleave);
+  EXPECT_FALSE(c->ropeScaling.mscaleGiven);
+  // HF's V2 always rotates adjacent pairs.
+  json v2 = preset("deepseek-v2");
+  v2["rope_interleave"] = false;
+  c = parse(v2);
+  ASSERT_TRUE(c.ok()) << errorOf(c);
+  EXPECT_TRUE(c->ropeInterleave);
+  EXPECT_FALSE(parse(preset("r1-distill-llama-8b"))->ropeInterleave);
+}
+
 TEST(ConfigLoad, DirectoryReadsConfigJson) {
   std::filesystem::path dir = testing::freshTempDir();
   std::filesystem::copy_file(kPresets / "deepseek-v2-lite.json",

@@ -19,6 +19,11 @@ using CommandRunner = std::function<absl::Status()>;
 
 CommandRunner registerCompileModel(CLI::App &app);
 CommandRunner registerInitModel(CLI::App &app);
+CommandRunner registerRun(CLI::App &app);
+CommandRunner registerGenerate(CLI::App &app);
+CommandRunner registerInspect(CLI::App &app);
+CommandRunner registerVerify(CLI::App &app);
+CommandRunner registerBench(CLI::App &app);
 
 } // namespace kiln::tools
 

@@ -1,12 +1,23 @@
 //===- CompileModel.cpp - kiln compile-model ------------------------------===//
+//
+// The compile pipeline in named phases: import (checkpoint -> kiln IR),
+// optimize (graph passes), plan (execution plan and buffer plan), emit (the
+// `.kiln` artifact). `--compile-to` stops after a phase and prints its IR.
+//
+//===----------------------------------------------------------------------===//
 #include "tools/kiln/Commands.h"
+#include "tools/kiln/Progress.h"
 
+#include "codegen/ArtifactWriter.h"
+#include "codegen/PlanBuilder.h"
 #include "models/Import.h"
 #include "passes/Passes.h"
 #include "support/AtomicFile.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
+#include "mlir/Support/Timing.h"
+#include "llvm/Support/CommandLine.h"
 #include "llvm/Support/raw_ostream.h"
 
 #include <filesystem>
@@ -19,41 +30,147 @@ namespace {
 
 struct CompileModelOptions {
   std::string model;
-  std::string emit = "mlir";
+  std::string emit = "auto";
   std::string output = "-";
+  std::string compileTo = "emit";
   std::string activationDtype = "f32";
+  std::string weights = "embed";
   bool noMtp = false;
+  uint32_t maxBatch = 8;
+  uint32_t maxContext = 0; // 0: min(config max positions, 4096)
+  uint32_t maxPrefill = 0; // 0: min(max context, 512)
+  std::vector<std::string> mlirOptions;
 };
 
+/// `-o x.kiln` (or --emit=artifact) writes an artifact; anything else IR.
+bool emitsArtifact(const CompileModelOptions &opts) {
+  if (opts.emit != "auto")
+    return opts.emit == "artifact";
+  return opts.compileTo == "emit" &&
+         std::filesystem::path(opts.output).extension() == ".kiln";
+}
+
+/// Hands `--mlir-*` options (pass-manager instrumentation such as
+/// --mlir-print-ir-after-all and --mlir-timing) to MLIR's own parser.
+absl::Status applyMlirOptions(const std::vector<std::string> &options) {
+  static bool registered = false;
+  if (!registered) {
+    mlir::registerPassManagerCLOptions();
+    mlir::registerMLIRContextCLOptions();
+    mlir::registerDefaultTimingManagerCLOptions();
+    registered = true;
+  }
+  std::vector<const char *> argv{"kiln compile-model"};
+  for (const std::string &o : options)
+    argv.push_back(o.c_str());
+  std::string errors;
+  llvm::raw_string_ostream os(errors);
+  if (!llvm::cl::ParseCommandLineOptions(static_cast<int>(argv.size()),
+                                         argv.data(), "", &os))
+    return absl::InvalidArgumentError(os.str());
+  return absl::OkStatus();
+}
+
+absl::Status printModule(mlir::ModuleOp module, const std::string &output) {
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  module.print(os);
+  os.flush();
+  if (output == "-") {
+    std::cout << text;
+    return absl::OkStatus();
+  }
+  return writeFileAtomically(output, text);
+}
+
 absl::Status compileModel(const CompileModelOptions &opts) {
+  if (absl::Status s = applyMlirOptions(opts.mlirOptions); !s.ok())
+    return s;
+  bool artifact = emitsArtifact(opts);
+  if (artifact && opts.output == "-")
+    return absl::InvalidArgumentError(
+        "an artifact needs an output file (-o model.kiln)");
+
   mlir::MLIRContext context;
+  Progress progress;
+  // Phases are timed with MLIR's timing manager (--mlir-timing).
+  mlir::DefaultTimingManager timing;
+  mlir::applyDefaultTimingManagerCLOptions(timing);
+  mlir::TimingScope rootTimer = timing.getRootScope();
+  mlir::TimingScope importTimer = rootTimer.nest("import");
   models::BuildOptions build;
   build.bf16Activations = opts.activationDtype == "bf16";
   build.includeMtp = !opts.noMtp;
+  progress.begin("import " + opts.model);
   absl::StatusOr<models::ImportedModel> model =
       models::importModel(context, opts.model, build);
   if (!model.ok())
     return model.status();
+  progress.end();
+  importTimer.stop();
   std::error_code ec;
   if (!model->checkpoint && std::filesystem::is_directory(opts.model, ec))
     std::cerr << "kiln compile-model: note: " << opts.model
               << " has no model.safetensors or model.safetensors.index.json; "
                  "compiling shape-only\n";
+  mlir::ModuleOp module = *model->module;
+  if (opts.compileTo == "import")
+    return printModule(module, opts.output);
 
   mlir::PassManager pm(&context);
+  if (mlir::failed(mlir::applyPassManagerCLOptions(pm)))
+    return absl::InvalidArgumentError("invalid --mlir pass-manager options");
+  mlir::TimingScope optimizeTimer = rootTimer.nest("optimize");
+  pm.enableTiming(optimizeTimer);
   pm.addPass(mlir::kiln::createKilnSummarize());
-  if (mlir::failed(pm.run(*model->module)))
-    return absl::InternalError("the compile pipeline failed on " + opts.model);
+  progress.begin("optimize");
+  if (mlir::failed(pm.run(module)))
+    return absl::InternalError("the optimize phase failed on " + opts.model);
+  progress.end();
+  optimizeTimer.stop();
+  if (opts.compileTo == "optimize" || !artifact)
+    return printModule(module, opts.output);
 
-  std::string text;
-  llvm::raw_string_ostream os(text);
-  model->module->print(os);
-  os.flush();
-  if (opts.output == "-") {
-    std::cout << text;
-    return absl::OkStatus();
-  }
-  return writeFileAtomically(opts.output, text);
+  if (!model->checkpoint)
+    return absl::InvalidArgumentError(
+        opts.model + " has no weights: an artifact needs a model directory "
+                     "with safetensors (a config alone compiles with "
+                     "--emit=mlir)");
+  codegen::PlanOptions plan;
+  plan.maxBatch = opts.maxBatch;
+  plan.maxContext = opts.maxContext
+                        ? opts.maxContext
+                        : static_cast<uint32_t>(std::min<int64_t>(
+                              model->config.maxPositionEmbeddings, 4096));
+  plan.maxPrefill = opts.maxPrefill ? opts.maxPrefill
+                                    : std::min<uint32_t>(plan.maxContext, 512);
+  progress.begin("plan");
+  mlir::TimingScope planTimer = rootTimer.nest("plan");
+  std::string diagnostics;
+  mlir::ScopedDiagnosticHandler handler(&context, [&](mlir::Diagnostic &d) {
+    llvm::raw_string_ostream os(diagnostics);
+    os << d.getLocation() << ": " << d << "\n";
+    return mlir::success();
+  });
+  mlir::FailureOr<std::unique_ptr<artifact::ModelT>> built =
+      codegen::buildPlan(module, plan);
+  if (mlir::failed(built))
+    return absl::InvalidArgumentError("cannot plan " + opts.model + ":\n" +
+                                      diagnostics);
+  progress.end();
+  planTimer.stop();
+  if (opts.compileTo == "plan")
+    return printModule(module, opts.output);
+
+  progress.begin("write " + opts.output);
+  mlir::TimingScope emitTimer = rootTimer.nest("emit");
+  absl::Status written = codegen::writeArtifact(
+      opts.output, **built, module, *model->checkpoint,
+      opts.weights == "external" ? codegen::WeightsMode::External
+                                 : codegen::WeightsMode::Embed);
+  if (written.ok())
+    progress.end();
+  return written;
 }
 
 } // namespace
@@ -64,18 +181,48 @@ CommandRunner registerCompileModel(CLI::App &app) {
                  "A Hugging Face model directory (config.json and safetensors "
                  "weights), or a config.json to compile shape-only")
       ->required();
-  app.add_option("--emit", opts->emit, "What to produce")
-      ->check(CLI::IsMember({"mlir"}))
+  app.add_option("--emit", opts->emit,
+                 "What to produce: the `.kiln` artifact, or kiln IR (auto: "
+                 "an artifact when -o ends in .kiln)")
+      ->check(CLI::IsMember({"auto", "mlir", "artifact"}))
       ->capture_default_str();
   app.add_option("-o,--output", opts->output,
                  "Output file (written atomically); '-' for stdout")
+      ->capture_default_str();
+  app.add_option("--compile-to", opts->compileTo,
+                 "Stop after this phase and print the IR")
+      ->check(CLI::IsMember({"import", "optimize", "plan", "emit"}))
       ->capture_default_str();
   app.add_option("--activation-dtype", opts->activationDtype,
                  "Element type of activations")
       ->check(CLI::IsMember({"f32", "bf16"}))
       ->capture_default_str();
+  app.add_option("--weights", opts->weights,
+                 "Embed the weights in the artifact, or reference the "
+                 "checkpoint's safetensors, resolved at load")
+      ->check(CLI::IsMember({"embed", "external"}))
+      ->capture_default_str();
+  app.add_option("--max-batch", opts->maxBatch, "Sequences per step")
+      ->check(CLI::Range(1u, 4096u))
+      ->capture_default_str();
+  app.add_option("--max-context", opts->maxContext,
+                 "KV-cache positions per sequence (default: the model's, at "
+                 "most 4096)")
+      ->check(CLI::Range(1u, 1u << 24));
+  app.add_option("--max-prefill", opts->maxPrefill,
+                 "Prompt tokens per sequence in one prefill step (default: "
+                 "max-context, at most 512)")
+      ->check(CLI::Range(1u, 1u << 24));
   app.add_flag("--no-mtp", opts->noMtp,
                "Leave out the multi-token-prediction module(s)");
+  app.allow_extras();
+  app.callback([opts, &app] {
+    for (const std::string &extra : app.remaining()) {
+      if (extra.rfind("--mlir-", 0) != 0)
+        throw CLI::ExtrasError({extra});
+      opts->mlirOptions.push_back(extra);
+    }
+  });
   return [opts] { return compileModel(*opts); };
 }
 

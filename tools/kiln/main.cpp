@@ -19,6 +19,16 @@ int main(int argc, char **argv) {
   add("init-model",
       "Write a Hugging Face-style model directory with seeded random weights",
       kiln::tools::registerInitModel);
+  add("run", "Run a prompt through an artifact and generate tokens",
+      kiln::tools::registerRun);
+  add("generate", "Generate from several prompts as one batch",
+      kiln::tools::registerGenerate);
+  add("inspect", "Describe an artifact: entry points, sizes, launches",
+      kiln::tools::registerInspect);
+  add("verify", "Check an artifact's integrity (format, plan, checksums)",
+      kiln::tools::registerVerify);
+  add("bench", "Measure prefill and decode throughput of an artifact (JSON)",
+      kiln::tools::registerBench);
 
   CLI11_PARSE(app, argc, argv);
   for (auto &[sub, run] : runners) {

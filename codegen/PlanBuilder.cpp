@@ -1,0 +1,504 @@
+//===- PlanBuilder.cpp - kiln IR -> execution plan ------------------------===//
+#include "codegen/PlanBuilder.h"
+
+#include "ir/KilnOps.h"
+
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/StringSet.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+#include <algorithm>
+
+using namespace mlir;
+using namespace mlir::kiln;
+namespace art = ::kiln::artifact;
+
+namespace kiln::codegen {
+namespace {
+
+constexpr uint64_t kArenaAlignment = 64;
+
+uint64_t alignUp(uint64_t value, uint64_t alignment) {
+  return (value + alignment - 1) / alignment * alignment;
+}
+
+FailureOr<art::ElementType> elementType(Operation *op, Type type) {
+  if (type.isF32())
+    return art::ElementType::F32;
+  if (type.isBF16())
+    return art::ElementType::BF16;
+  if (type.isF16())
+    return art::ElementType::F16;
+  if (isa<Float8E4M3FNType>(type))
+    return art::ElementType::F8E4M3;
+  if (type.isInteger(32))
+    return art::ElementType::I32;
+  return op->emitOpError("has an element type the runtime cannot hold: ")
+         << type;
+}
+
+uint64_t elementBytes(art::ElementType type) {
+  switch (type) {
+  case art::ElementType::BF16:
+  case art::ElementType::F16:
+    return 2;
+  case art::ElementType::F8E4M3:
+    return 1;
+  default:
+    return 4;
+  }
+}
+
+/// Run-time bounds of the dimension symbols for one entry point.
+struct Bounds {
+  uint64_t batch, seq, context, routedRows;
+
+  uint64_t of(const art::Dim &dim) const {
+    switch (dim.symbol()) {
+    case art::DimSymbol::Batch:
+      return batch;
+    case art::DimSymbol::Seq:
+      return seq;
+    case art::DimSymbol::KvLen:
+      return context;
+    case art::DimSymbol::RoutedRows:
+      return routedRows;
+    case art::DimSymbol::Static:
+      break;
+    }
+    return static_cast<uint64_t>(dim.size());
+  }
+};
+
+/// The symbolic shape of a value: leading dynamic dimensions are
+/// (Batch, Seq), (Batch, KvLen) for cache reads, or RoutedRows when there is
+/// only one (the rows grouped by expert).
+std::vector<art::Dim> symbolicShape(RankedTensorType type, bool cacheRead) {
+  ArrayRef<int64_t> shape = type.getShape();
+  size_t dynamic = 0;
+  while (dynamic < shape.size() && ShapedType::isDynamic(shape[dynamic]))
+    ++dynamic;
+  std::vector<art::Dim> dims;
+  if (dynamic == 1) {
+    dims.emplace_back(art::DimSymbol::RoutedRows, 0);
+  } else if (dynamic == 2) {
+    dims.emplace_back(art::DimSymbol::Batch, 0);
+    dims.emplace_back(cacheRead ? art::DimSymbol::KvLen : art::DimSymbol::Seq,
+                      0);
+  }
+  for (int64_t d : shape.drop_front(dynamic))
+    dims.emplace_back(art::DimSymbol::Static, d);
+  return dims;
+}
+
+/// Where a value lives and how it is shaped.
+struct ValueInfo {
+  art::Storage storage = art::Storage::Arena;
+  uint32_t index = 0; // parameter or cache slot
+  int buffer = -1;    // arena buffer
+  art::ElementType type = art::ElementType::F32;
+  std::vector<art::Dim> shape;
+};
+
+struct Buffer {
+  uint64_t bytes = 0;
+  size_t first = 0, last = 0;
+  uint64_t offset = 0;
+};
+
+class EntryPlanner {
+public:
+  EntryPlanner(func::FuncOp func, const Bounds &bounds,
+               const llvm::StringMap<uint32_t> &parameters,
+               const llvm::StringMap<uint32_t> &slots)
+      : func_(func), bounds_(bounds), parameters_(parameters), slots_(slots) {}
+
+  LogicalResult plan(art::EntryPointT &entry);
+
+private:
+  LogicalResult assignValues();
+  void assignOffsets(art::EntryPointT &entry);
+  LogicalResult addLaunch(Operation *op, art::EntryPointT &entry);
+  std::unique_ptr<art::TensorRefT> ref(Value value) const;
+  int newBuffer(Value value, const ValueInfo &info, size_t position);
+
+  func::FuncOp func_;
+  Bounds bounds_;
+  const llvm::StringMap<uint32_t> &parameters_;
+  const llvm::StringMap<uint32_t> &slots_;
+  llvm::DenseMap<Value, ValueInfo> values_;
+  std::vector<Buffer> buffers_;
+};
+
+int EntryPlanner::newBuffer(Value value, const ValueInfo &info,
+                            size_t position) {
+  uint64_t bytes = elementBytes(info.type);
+  for (const art::Dim &d : info.shape)
+    bytes *= bounds_.of(d);
+  buffers_.push_back({alignUp(bytes, kArenaAlignment), position, position, 0});
+  return static_cast<int>(buffers_.size() - 1);
+}
+
+LogicalResult EntryPlanner::assignValues() {
+  Block &body = func_.getBody().front();
+  size_t end = body.getOperations().size() + 1;
+
+  // Entry arguments: tokens [B, S], positions [B, S], kv_lengths [B]; live
+  // throughout (the caller writes them before the first launch).
+  for (auto [i, arg] : llvm::enumerate(body.getArguments())) {
+    ValueInfo info;
+    info.type = art::ElementType::I32;
+    auto type = cast<RankedTensorType>(arg.getType());
+    info.shape = i == 2 ? std::vector<art::Dim>{{art::DimSymbol::Batch, 0}}
+                        : symbolicShape(type, false);
+    info.buffer = newBuffer(arg, info, 0);
+    buffers_[info.buffer].last = end;
+    values_[arg] = info;
+  }
+
+  size_t position = 1;
+  for (Operation &op : body) {
+    for (Value operand : op.getOperands()) {
+      auto it = values_.find(operand);
+      if (it != values_.end() && it->second.buffer >= 0)
+        buffers_[it->second.buffer].last =
+            std::max(buffers_[it->second.buffer].last, position);
+    }
+    if (isa<func::ReturnOp>(op)) {
+      for (Value operand : op.getOperands())
+        if (int b = values_[operand].buffer; b >= 0)
+          buffers_[b].last = end;
+      continue;
+    }
+    for (Value result : op.getResults()) {
+      auto type = cast<RankedTensorType>(result.getType());
+      ValueInfo info;
+      FailureOr<art::ElementType> element =
+          elementType(&op, type.getElementType());
+      if (failed(element))
+        return failure();
+      info.type = *element;
+      if (auto get = dyn_cast<GetParameterOp>(op)) {
+        info.storage = art::Storage::Parameter;
+        info.index = parameters_.lookup(get.getName());
+        info.shape = symbolicShape(type, false);
+      } else if (auto read = dyn_cast<KVReadOp>(op)) {
+        info.storage = art::Storage::KvCache;
+        info.index = slots_.lookup(read.getCache());
+        info.shape = symbolicShape(type, /*cacheRead=*/true);
+      } else if (auto reshape = dyn_cast<ReshapeOp>(op)) {
+        // A view: same bytes, new shape.
+        info = values_[reshape.getInput()];
+        info.shape = symbolicShape(type, false);
+      } else {
+        info.shape = symbolicShape(type, false);
+        info.buffer = newBuffer(result, info, position);
+      }
+      values_[result] = info;
+    }
+    ++position;
+  }
+  return success();
+}
+
+void EntryPlanner::assignOffsets(art::EntryPointT &entry) {
+  // Greedy first fit in definition order: a buffer may reuse the bytes of
+  // any buffer whose last use came before its definition.
+  std::vector<size_t> order(buffers_.size());
+  for (size_t i = 0; i < order.size(); ++i)
+    order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return buffers_[a].first < buffers_[b].first;
+  });
+  std::vector<size_t> active;
+  uint64_t arena = 0;
+  for (size_t id : order) {
+    Buffer &buffer = buffers_[id];
+    std::erase_if(active,
+                  [&](size_t a) { return buffers_[a].last < buffer.first; });
+    std::sort(active.begin(), active.end(), [&](size_t a, size_t b) {
+      return buffers_[a].offset < buffers_[b].offset;
+    });
+    uint64_t candidate = 0;
+    for (size_t a : active) {
+      if (buffers_[a].offset >= candidate + buffer.bytes)
+        break;
+      candidate = std::max(candidate, buffers_[a].offset + buffers_[a].bytes);
+    }
+    buffer.offset = candidate;
+    arena = std::max(arena, candidate + buffer.bytes);
+    active.push_back(id);
+  }
+  entry.arena_bytes = arena;
+}
+
+std::unique_ptr<art::TensorRefT> EntryPlanner::ref(Value value) const {
+  const ValueInfo &info = values_.find(value)->second;
+  auto t = std::make_unique<art::TensorRefT>();
+  t->storage = info.storage;
+  t->index = info.index;
+  t->offset = info.buffer >= 0 ? buffers_[info.buffer].offset : 0;
+  t->type = info.type;
+  t->shape = info.shape;
+  return t;
+}
+
+LogicalResult EntryPlanner::addLaunch(Operation *op, art::EntryPointT &entry) {
+  auto launch = std::make_unique<art::LaunchT>();
+  if (auto loc = dyn_cast<NameLoc>(op->getLoc()))
+    launch->name = loc.getName().str();
+  for (Value operand : op->getOperands())
+    launch->args.push_back(ref(operand));
+  for (Value result : op->getResults())
+    launch->args.push_back(ref(result));
+  auto &ints = launch->ints;
+  auto &floats = launch->floats;
+  auto fp8Unsupported = [&]() -> LogicalResult {
+    return op->emitOpError("has FP8 weights, which the runtime does not "
+                           "execute yet");
+  };
+
+  LogicalResult result =
+      llvm::TypeSwitch<Operation *, LogicalResult>(op)
+          .Case([&](EmbeddingOp) {
+            launch->kernel = art::KernelKind::Embedding;
+            return success();
+          })
+          .Case([&](RMSNormOp norm) {
+            launch->kernel = art::KernelKind::RMSNorm;
+            floats.push_back(norm.getEpsilon().convertToDouble());
+            return success();
+          })
+          .Case([&](LinearOp linear) {
+            if (linear.getWeightScale())
+              return fp8Unsupported();
+            launch->kernel = art::KernelKind::Linear;
+            ints.push_back(linear.getBias() ? 1 : 0);
+            return success();
+          })
+          .Case([&](LogitsOp) {
+            launch->kernel = art::KernelKind::Logits;
+            return success();
+          })
+          .Case([&](AddOp) {
+            launch->kernel = art::KernelKind::Add;
+            return success();
+          })
+          .Case([&](SwiGLUOp) {
+            launch->kernel = art::KernelKind::SwiGLU;
+            return success();
+          })
+          .Case([&](SliceOp slice) {
+            launch->kernel = art::KernelKind::Slice;
+            ints.push_back(slice.getOffset());
+            ints.push_back(slice.getSize());
+            return success();
+          })
+          .Case([&](ConcatOp) {
+            launch->kernel = art::KernelKind::Concat;
+            return success();
+          })
+          .Case([&](BroadcastOp) {
+            launch->kernel = art::KernelKind::Broadcast;
+            return success();
+          })
+          .Case([&](RopeOp rope) {
+            launch->kernel = art::KernelKind::Rope;
+            RopeAttr a = rope.getRope();
+            ints.push_back(static_cast<int64_t>(a.getKind()));
+            ints.push_back(a.getOriginalMaxPosition());
+            ints.push_back(a.getInterleaved() ? 1 : 0);
+            for (const APFloat &f :
+                 {a.getTheta(), a.getFactor(), a.getBetaFast(), a.getBetaSlow(),
+                  a.getMscale(), a.getMscaleAllDim(), a.getLowFreqFactor(),
+                  a.getHighFreqFactor()})
+              floats.push_back(f.convertToDouble());
+            return success();
+          })
+          .Case([&](KVAppendOp append) {
+            launch->kernel = art::KernelKind::KvAppend;
+            ints.push_back(slots_.lookup(append.getCache()));
+            return success();
+          })
+          .Case([&](AttentionOp attention) {
+            launch->kernel = art::KernelKind::Attention;
+            floats.push_back(attention.getScale().convertToDouble());
+            return success();
+          })
+          .Case([&](MoEGateOp gate) {
+            launch->kernel = art::KernelKind::MoeGate;
+            ints.push_back(static_cast<int64_t>(gate.getScoringFunc()));
+            ints.push_back(static_cast<int64_t>(gate.getTopkMethod()));
+            ints.push_back(gate.getTopK());
+            ints.push_back(gate.getNGroup());
+            ints.push_back(gate.getTopkGroup());
+            ints.push_back(gate.getNormTopkProb() ? 1 : 0);
+            ints.push_back(gate.getCorrectionBias() ? 1 : 0);
+            floats.push_back(gate.getRoutedScalingFactor().convertToDouble());
+            return success();
+          })
+          .Case([&](MoEDispatchOp dispatch) {
+            launch->kernel = art::KernelKind::MoeDispatch;
+            ints.push_back(dispatch.getNumExperts());
+            return success();
+          })
+          .Case([&](GroupedLinearOp grouped) {
+            if (grouped.getWeightScale())
+              return fp8Unsupported();
+            launch->kernel = art::KernelKind::GroupedLinear;
+            return success();
+          })
+          .Case([&](MoECombineOp) {
+            launch->kernel = art::KernelKind::MoeCombine;
+            return success();
+          })
+          .Default([&](Operation *other) {
+            return other->emitOpError("has no runtime kernel");
+          });
+  if (failed(result))
+    return failure();
+  entry.launches.push_back(std::move(launch));
+  return success();
+}
+
+LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
+  if (failed(assignValues()))
+    return failure();
+  assignOffsets(entry);
+  Block &body = func_.getBody().front();
+  entry.tokens = ref(body.getArgument(0));
+  entry.positions = ref(body.getArgument(1));
+  entry.kv_lengths = ref(body.getArgument(2));
+  entry.logits = ref(body.getTerminator()->getOperand(0));
+  for (Operation &op : body) {
+    if (isa<GetParameterOp, KVReadOp, ReshapeOp, func::ReturnOp>(op))
+      continue;
+    if (failed(addLaunch(&op, entry)))
+      return failure();
+  }
+  return success();
+}
+
+int64_t intAttr(DictionaryAttr dict, StringRef name) {
+  auto attr = dict ? dict.getAs<IntegerAttr>(name) : IntegerAttr();
+  return attr ? attr.getInt() : 0;
+}
+
+} // namespace
+
+FailureOr<std::unique_ptr<art::ModelT>> buildPlan(ModuleOp module,
+                                                  const PlanOptions &options) {
+  auto forward = module.lookupSymbol<func::FuncOp>("forward");
+  if (!forward || forward.getNumArguments() != 3 || forward.getNumResults() < 1)
+    return module.emitError("expected a @forward(tokens, positions, "
+                            "kv_lengths) -> (logits, ...) function");
+  if (!options.maxBatch || !options.maxPrefill || !options.maxContext ||
+      options.maxPrefill > options.maxContext)
+    return module.emitError("plan bounds need 0 < max-prefill <= "
+                            "max-context and max-batch > 0");
+
+  // Only what @forward uses goes into the artifact (not, e.g., the MTP
+  // module's weights, which no entry point runs yet).
+  llvm::StringSet<> used;
+  forward.walk([&](Operation *op) {
+    if (auto get = dyn_cast<GetParameterOp>(op))
+      used.insert(get.getName());
+    else if (auto append = dyn_cast<KVAppendOp>(op))
+      used.insert(append.getCache());
+  });
+
+  auto model = std::make_unique<art::ModelT>();
+  llvm::StringMap<uint32_t> parameters, slots;
+  for (Operation &op : module.getBody()->getOperations()) {
+    auto symbol = dyn_cast<SymbolOpInterface>(op);
+    if (!symbol || !used.contains(symbol.getName()))
+      continue;
+    if (auto param = dyn_cast<ParameterOp>(op)) {
+      auto p = std::make_unique<art::ParameterT>();
+      p->name = param.getSymName().str();
+      FailureOr<art::ElementType> type =
+          elementType(param, param.getTensorType().getElementType());
+      if (failed(type))
+        return failure();
+      p->type = *type;
+      p->shape.assign(param.getTensorType().getShape().begin(),
+                      param.getTensorType().getShape().end());
+      p->bytes = elementBytes(p->type) *
+                 static_cast<uint64_t>(param.getTensorType().getNumElements());
+      parameters[p->name] = model->parameters.size();
+      model->parameters.push_back(std::move(p));
+    } else if (auto slot = dyn_cast<KVCacheOp>(op)) {
+      auto s = std::make_unique<art::KvSlotT>();
+      s->name = slot.getSymName().str();
+      FailureOr<art::ElementType> type =
+          elementType(slot, slot.getEntryTensorType().getElementType());
+      if (failed(type))
+        return failure();
+      if (*type != art::ElementType::F32)
+        return slot.emitOpError("the runtime's KV cache holds f32 entries; "
+                                "compile with f32 activations");
+      s->type = *type;
+      s->entry_shape.assign(slot.getEntryTensorType().getShape().begin(),
+                            slot.getEntryTensorType().getShape().end());
+      slots[s->name] = model->kv_slots.size();
+      model->kv_slots.push_back(std::move(s));
+    }
+  }
+
+  // Activations are f32 in the CPU runtime.
+  WalkResult walk = forward.walk([&](Operation *op) {
+    for (Type t : op->getResultTypes())
+      if (auto tensor = dyn_cast<RankedTensorType>(t);
+          tensor && tensor.getElementType().isBF16() &&
+          !isa<GetParameterOp>(op)) {
+        op->emitOpError("produces bf16 activations; the runtime executes "
+                        "f32 activations (--activation-dtype f32)");
+        return WalkResult::interrupt();
+      }
+    return WalkResult::advance();
+  });
+  if (walk.wasInterrupted())
+    return failure();
+
+  uint32_t topK = 0;
+  forward.walk(
+      [&](MoEGateOp gate) { topK = std::max<uint32_t>(topK, gate.getTopK()); });
+  WalkResult sameTopK = forward.walk([&](MoEGateOp gate) {
+    if (gate.getTopK() == topK)
+      return WalkResult::advance();
+    gate.emitOpError("top_k differs from other MoE layers (") << topK << ")";
+    return WalkResult::interrupt();
+  });
+  if (sameTopK.wasInterrupted())
+    return failure();
+
+  auto info = module->getAttrOfType<DictionaryAttr>("kiln.model");
+  if (auto arch = info ? info.getAs<StringAttr>("architecture") : StringAttr())
+    model->architecture = arch.str();
+  model->vocab_size = intAttr(info, "vocab_size");
+  model->hidden_size = intAttr(info, "hidden_size");
+  model->num_layers = intAttr(info, "num_hidden_layers");
+  model->max_context = options.maxContext;
+  model->moe_top_k = topK;
+
+  struct EntrySpec {
+    const char *name;
+    uint32_t seq;
+  };
+  for (EntrySpec spec :
+       {EntrySpec{"prefill", options.maxPrefill}, EntrySpec{"decode", 1u}}) {
+    auto entry = std::make_unique<art::EntryPointT>();
+    entry->name = spec.name;
+    entry->max_batch = options.maxBatch;
+    entry->max_seq = spec.seq;
+    Bounds bounds{options.maxBatch, spec.seq, options.maxContext,
+                  uint64_t{options.maxBatch} * spec.seq * topK};
+    EntryPlanner planner(forward, bounds, parameters, slots);
+    if (failed(planner.plan(*entry)))
+      return failure();
+    model->entry_points.push_back(std::move(entry));
+  }
+  return model;
+}
+
+} // namespace kiln::codegen

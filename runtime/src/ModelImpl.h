@@ -1,0 +1,46 @@
+// Internal state of a loaded artifact, shared by Model, the plan verifier
+// and Session.
+#ifndef KILN_RUNTIME_MODELIMPL_H
+#define KILN_RUNTIME_MODELIMPL_H
+
+#include "frontend/Safetensors.h"
+#include "kiln/Runtime.h"
+#include "runtime/schema/kiln_generated.h"
+
+#include "absl/status/status.h"
+
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+namespace kiln {
+
+struct Model::Impl {
+  ~Impl();
+
+  ModelInfo info;
+  const std::byte *mapping = nullptr;
+  size_t mappingSize = 0;
+  const artifact::Model *plan = nullptr;
+  /// Every parameter's bytes: in the mapping (embedded), in a mapped
+  /// checkpoint file (external), or in `ownedWeights` (stacked external).
+  std::vector<const std::byte *> parameterData;
+  std::vector<std::unique_ptr<std::byte[]>> ownedWeights;
+  std::vector<std::unique_ptr<frontend::SafetensorsFile>> externalFiles;
+};
+
+namespace detail {
+
+uint64_t elementBytes(artifact::ElementType type);
+const char *elementTypeName(artifact::ElementType type);
+
+/// Checks every entry point, launch and tensor reference of `plan` against
+/// the parameter and cache tables and the arena bounds, so that a plan that
+/// passes can be executed without further checks beyond the run-time
+/// values (token ids, positions, expert indices). `source` names the file.
+absl::Status verifyPlan(const artifact::Model &plan, const std::string &source);
+
+} // namespace detail
+} // namespace kiln
+
+#endif // KILN_RUNTIME_MODELIMPL_H

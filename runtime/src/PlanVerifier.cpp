@@ -1,0 +1,507 @@
+// Semantic verification of a plan: after the FlatBuffers verifier has
+// checked the encoding, this checks what the executor relies on — tensor
+// references in bounds of the arena, parameters and cache slots; element
+// types; and for each kernel, the operand count, attribute count and the
+// shape relations it indexes with. A plan that passes cannot make the
+// executor read or write out of bounds.
+#include "ModelImpl.h"
+
+#include <algorithm>
+
+namespace kiln::detail {
+namespace {
+
+namespace art = artifact;
+using Shape = flatbuffers::Vector<const art::Dim *>;
+
+constexpr int kMaxRank = 8;
+constexpr int64_t kMaxStaticDim = int64_t{1} << 32;
+
+struct Bounds {
+  uint64_t batch, seq, context, routed;
+  uint64_t of(const art::Dim &d) const {
+    switch (d.symbol()) {
+    case art::DimSymbol::Batch:
+      return batch;
+    case art::DimSymbol::Seq:
+      return seq;
+    case art::DimSymbol::KvLen:
+      return context;
+    case art::DimSymbol::RoutedRows:
+      return routed;
+    default:
+      return static_cast<uint64_t>(d.size());
+    }
+  }
+};
+
+bool sameDim(const art::Dim &a, const art::Dim &b) {
+  return a.symbol() == b.symbol() &&
+         (a.symbol() != art::DimSymbol::Static || a.size() == b.size());
+}
+
+class Verifier {
+public:
+  Verifier(const art::Model &plan, const std::string &source)
+      : plan_(plan), source_(source) {}
+
+  absl::Status run();
+
+private:
+  absl::Status fail(const std::string &what) const {
+    return absl::InvalidArgumentError(source_ + ": invalid plan: " + where_ +
+                                      what);
+  }
+  absl::Status checkRef(const art::TensorRef *ref, const char *role);
+  absl::Status checkLaunch(const art::Launch &launch);
+
+  // Shape queries on verified references.
+  static const Shape &shape(const art::TensorRef *r) { return *r->shape(); }
+  static int rank(const art::TensorRef *r) {
+    return static_cast<int>(r->shape()->size());
+  }
+  static const art::Dim &dim(const art::TensorRef *r, int i) {
+    return *r->shape()->Get(
+        static_cast<flatbuffers::uoffset_t>(i < 0 ? rank(r) + i : i));
+  }
+  static int64_t staticDim(const art::TensorRef *r, int i) {
+    const art::Dim &d = dim(r, i);
+    return d.symbol() == art::DimSymbol::Static ? d.size() : -1;
+  }
+  /// Dimensions [from, to) of a and b agree.
+  static bool sameDims(const art::TensorRef *a, int aFrom,
+                       const art::TensorRef *b, int bFrom, int count) {
+    if (aFrom + count > rank(a) || bFrom + count > rank(b))
+      return false;
+    for (int i = 0; i < count; ++i)
+      if (!sameDim(dim(a, aFrom + i), dim(b, bFrom + i)))
+        return false;
+    return true;
+  }
+  static bool sameShape(const art::TensorRef *a, const art::TensorRef *b) {
+    return rank(a) == rank(b) && sameDims(a, 0, b, 0, rank(a));
+  }
+  /// The leading (batch, seq) pair: the first two dims are Batch, Seq.
+  static bool isTokenMajor(const art::TensorRef *r) {
+    return rank(r) >= 2 && dim(r, 0).symbol() == art::DimSymbol::Batch &&
+           dim(r, 1).symbol() == art::DimSymbol::Seq;
+  }
+  static bool isRows(const art::TensorRef *r) {
+    return rank(r) >= 1 && dim(r, 0).symbol() == art::DimSymbol::RoutedRows;
+  }
+  static bool isArena(const art::TensorRef *r, art::ElementType t) {
+    return r->storage() == art::Storage::Arena && r->type() == t;
+  }
+  /// All dims after `from` are static.
+  static bool staticFrom(const art::TensorRef *r, int from) {
+    for (int i = from; i < rank(r); ++i)
+      if (dim(r, i).symbol() != art::DimSymbol::Static)
+        return false;
+    return true;
+  }
+
+  const art::Model &plan_;
+  std::string source_;
+  std::string where_;
+  Bounds bounds_{};
+  uint64_t arenaBytes_ = 0;
+};
+
+absl::Status Verifier::checkRef(const art::TensorRef *ref, const char *role) {
+  if (!ref || !ref->shape())
+    return fail(std::string("missing ") + role);
+  int r = rank(ref);
+  if (r < 1 || r > kMaxRank)
+    return fail(std::string(role) + " has rank " + std::to_string(r));
+  uint64_t bytes = elementBytes(ref->type());
+  for (const art::Dim *d : *ref->shape()) {
+    if (d->symbol() > art::DimSymbol::RoutedRows)
+      return fail(std::string(role) + " has an unknown dimension symbol");
+    if (d->symbol() == art::DimSymbol::Static &&
+        (d->size() < 1 || d->size() > kMaxStaticDim))
+      return fail(std::string(role) + " has a dimension of size " +
+                  std::to_string(d->size()));
+    uint64_t n = bounds_.of(*d);
+    if (n && bytes > (uint64_t{1} << 62) / n)
+      return fail(std::string(role) + " is too large");
+    bytes *= n;
+  }
+  switch (ref->storage()) {
+  case art::Storage::Arena:
+    if (ref->type() != art::ElementType::F32 &&
+        ref->type() != art::ElementType::I32)
+      return fail(std::string(role) + " in the arena must be f32 or i32");
+    if (ref->offset() % 4 != 0 || ref->offset() > arenaBytes_ ||
+        bytes > arenaBytes_ - ref->offset())
+      return fail(std::string(role) + " at arena offset " +
+                  std::to_string(ref->offset()) + " (" + std::to_string(bytes) +
+                  " bytes) exceeds the arena (" + std::to_string(arenaBytes_) +
+                  " bytes)");
+    return absl::OkStatus();
+  case art::Storage::Parameter: {
+    if (ref->index() >= plan_.parameters()->size())
+      return fail(std::string(role) + " names parameter " +
+                  std::to_string(ref->index()) + " of " +
+                  std::to_string(plan_.parameters()->size()));
+    const art::Parameter *p = plan_.parameters()->Get(ref->index());
+    bool same =
+        p->type() == ref->type() && p->shape()->size() == ref->shape()->size();
+    for (int i = 0; same && i < r; ++i)
+      same = dim(ref, i).symbol() == art::DimSymbol::Static &&
+             dim(ref, i).size() == p->shape()->Get(i);
+    if (!same)
+      return fail(std::string(role) + " does not match parameter " +
+                  p->name()->str());
+    if (p->type() != art::ElementType::F32 &&
+        p->type() != art::ElementType::BF16 &&
+        p->type() != art::ElementType::F16)
+      return fail("parameter " + p->name()->str() + " has element type " +
+                  elementTypeName(p->type()) +
+                  ", which this runtime does not execute");
+    return absl::OkStatus();
+  }
+  case art::Storage::KvCache: {
+    if (ref->index() >= plan_.kv_slots()->size())
+      return fail(std::string(role) + " names cache slot " +
+                  std::to_string(ref->index()));
+    const art::KvSlot *slot = plan_.kv_slots()->Get(ref->index());
+    bool same = slot->type() == ref->type() &&
+                r == 2 + static_cast<int>(slot->entry_shape()->size()) &&
+                dim(ref, 0).symbol() == art::DimSymbol::Batch &&
+                dim(ref, 1).symbol() == art::DimSymbol::KvLen;
+    for (int i = 2; same && i < r; ++i)
+      same = staticDim(ref, i) == slot->entry_shape()->Get(i - 2);
+    if (!same)
+      return fail(std::string(role) + " does not match cache slot " +
+                  slot->name()->str());
+    return absl::OkStatus();
+  }
+  }
+  return fail(std::string(role) + " has an unknown storage kind");
+}
+
+absl::Status Verifier::checkLaunch(const art::Launch &launch) {
+  const auto *args = launch.args();
+  size_t n = args ? args->size() : 0;
+  for (size_t i = 0; i < n; ++i)
+    if (absl::Status s = checkRef(args->Get(i), "argument"); !s.ok())
+      return s;
+  size_t ints = launch.ints() ? launch.ints()->size() : 0;
+  size_t floats = launch.floats() ? launch.floats()->size() : 0;
+  auto a = [&](size_t i) { return args->Get(static_cast<unsigned>(i)); };
+  auto in = [&](int64_t i) { return launch.ints()->Get(i); };
+  auto expect = [&](size_t nArgs, size_t nInts, size_t nFloats) {
+    return n == nArgs && ints == nInts && floats == nFloats;
+  };
+  auto isParam = [](const art::TensorRef *r) {
+    return r->storage() == art::Storage::Parameter;
+  };
+  const auto F32 = art::ElementType::F32, I32 = art::ElementType::I32;
+  auto bad = [&](const std::string &why) {
+    return fail(std::string("kernel ") +
+                art::EnumNameKernelKind(launch.kernel()) + ": " + why);
+  };
+
+  switch (launch.kernel()) {
+  case art::KernelKind::Embedding:
+    if (!expect(3, 0, 0) || !isArena(a(0), I32) || rank(a(0)) != 2 ||
+        !isParam(a(1)) || rank(a(1)) != 2 || !isArena(a(2), F32) ||
+        rank(a(2)) != 3 || !sameDims(a(0), 0, a(2), 0, 2) ||
+        staticDim(a(2), 2) != staticDim(a(1), 1))
+      return bad("expects tokens [B,S], table [V,D], out [B,S,D]");
+    return absl::OkStatus();
+  case art::KernelKind::RMSNorm:
+    if (!expect(3, 0, 1) || !isArena(a(0), F32) || !isParam(a(1)) ||
+        rank(a(1)) != 1 || staticDim(a(0), -1) != staticDim(a(1), 0) ||
+        !isArena(a(2), F32) || !sameShape(a(0), a(2)) ||
+        !(launch.floats()->Get(0) > 0))
+      return bad("expects x [..., D], weight [D], out like x, eps > 0");
+    return absl::OkStatus();
+  case art::KernelKind::Linear:
+  case art::KernelKind::Logits: {
+    bool bias =
+        launch.kernel() == art::KernelKind::Linear && ints == 1 && in(0) == 1;
+    size_t nInts = launch.kernel() == art::KernelKind::Linear ? 1 : 0;
+    if (!expect(bias ? 4 : 3, nInts, 0))
+      return bad("wrong number of operands or attributes");
+    const art::TensorRef *x = a(0), *w = a(1), *out = a(n - 1);
+    if (!isArena(x, F32) || !isParam(w) || rank(w) != 2 || !isArena(out, F32) ||
+        rank(x) != rank(out) || staticDim(x, -1) != staticDim(w, 1) ||
+        staticDim(out, -1) != staticDim(w, 0) ||
+        !sameDims(x, 0, out, 0, rank(x) - 1))
+      return bad("expects x [..., in], weight [out, in], y [..., out]");
+    if (bias && (!isParam(a(2)) || rank(a(2)) != 1 ||
+                 staticDim(a(2), 0) != staticDim(w, 0)))
+      return bad("bias must be [out]");
+    return absl::OkStatus();
+  }
+  case art::KernelKind::Add:
+  case art::KernelKind::SwiGLU:
+    if (!expect(3, 0, 0) || !isArena(a(0), F32) || !isArena(a(1), F32) ||
+        !isArena(a(2), F32) || !sameShape(a(0), a(1)) || !sameShape(a(0), a(2)))
+      return bad("expects three f32 tensors of one shape");
+    return absl::OkStatus();
+  case art::KernelKind::Slice: {
+    if (!expect(2, 2, 0) || !isArena(a(0), F32) || !isArena(a(1), F32) ||
+        rank(a(0)) != rank(a(1)) || !sameDims(a(0), 0, a(1), 0, rank(a(0)) - 1))
+      return bad("expects x [..., d] and out [..., size]");
+    int64_t last = staticDim(a(0), -1), offset = in(0), size = in(1);
+    if (last < 1 || offset < 0 || size < 1 || offset > last - size ||
+        staticDim(a(1), -1) != size)
+      return bad("range out of bounds");
+    return absl::OkStatus();
+  }
+  case art::KernelKind::Concat: {
+    if (n < 2 || ints || floats || !isArena(a(n - 1), F32))
+      return bad("expects inputs and an output");
+    const art::TensorRef *out = a(n - 1);
+    int64_t total = 0;
+    for (size_t i = 0; i + 1 < n; ++i) {
+      if (!isArena(a(i), F32) || rank(a(i)) != rank(out) ||
+          !sameDims(a(i), 0, out, 0, rank(out) - 1) || staticDim(a(i), -1) < 1)
+        return bad("inputs must share all but the last dimension");
+      total += staticDim(a(i), -1);
+    }
+    if (total != staticDim(out, -1))
+      return bad("output's last dimension is not the sum of the inputs'");
+    return absl::OkStatus();
+  }
+  case art::KernelKind::Broadcast: {
+    if (!expect(2, 0, 0) || !isArena(a(0), F32) || !isArena(a(1), F32) ||
+        rank(a(0)) != rank(a(1)))
+      return bad("expects x and out of one rank");
+    int broadcasts = 0;
+    for (int i = 0; i < rank(a(0)); ++i)
+      if (!sameDim(dim(a(0), i), dim(a(1), i))) {
+        if (staticDim(a(0), i) != 1 || staticDim(a(1), i) < 1 ||
+            !staticFrom(a(0), i))
+          return bad("only a static size-1 dimension may broadcast");
+        ++broadcasts;
+      }
+    if (broadcasts > 1)
+      return bad("broadcasts more than one dimension");
+    return absl::OkStatus();
+  }
+  case art::KernelKind::Rope:
+    if (!expect(3, 3, 8) || !isArena(a(0), F32) || !isTokenMajor(a(0)) ||
+        rank(a(0)) < 3 || !staticFrom(a(0), 2) || staticDim(a(0), -1) % 2 ||
+        !isArena(a(1), I32) || rank(a(1)) != 2 ||
+        !sameDims(a(1), 0, a(0), 0, 2) || !isArena(a(2), F32) ||
+        !sameShape(a(0), a(2)) || in(0) < 0 || in(0) > 2 ||
+        !(launch.floats()->Get(0) > 0))
+      return bad("expects x [B,S,...,d even], positions [B,S], out like x");
+    return absl::OkStatus();
+  case art::KernelKind::KvAppend: {
+    if (!expect(2, 1, 0) || !isArena(a(0), F32) || !isTokenMajor(a(0)) ||
+        !isArena(a(1), I32) || rank(a(1)) != 2 ||
+        !sameDims(a(1), 0, a(0), 0, 2) || in(0) < 0 ||
+        static_cast<uint64_t>(in(0)) >= plan_.kv_slots()->size())
+      return bad("expects value [B,S,entry...], positions [B,S], a slot");
+    const art::KvSlot *slot = plan_.kv_slots()->Get(in(0));
+    bool same = rank(a(0)) == 2 + static_cast<int>(slot->entry_shape()->size());
+    for (int i = 2; same && i < rank(a(0)); ++i)
+      same = staticDim(a(0), i) == slot->entry_shape()->Get(i - 2);
+    if (!same)
+      return bad("value does not match cache slot " + slot->name()->str());
+    return absl::OkStatus();
+  }
+  case art::KernelKind::Attention: {
+    if (!expect(6, 0, 1))
+      return bad("wrong number of operands or attributes");
+    const art::TensorRef *q = a(0), *k = a(1), *v = a(2), *out = a(5);
+    for (const art::TensorRef *t : {q, k, v, out})
+      if (rank(t) != 4 || !staticFrom(t, 2) || t->type() != F32 ||
+          t->storage() == art::Storage::Parameter)
+        return bad("q, k, v and out must be rank-4 f32 activations");
+    if (!isTokenMajor(q) || dim(k, 0).symbol() != art::DimSymbol::Batch ||
+        !sameDims(k, 0, v, 0, 3) || staticDim(k, 3) != staticDim(q, 3) ||
+        staticDim(q, 2) % staticDim(k, 2) != 0 || !sameDims(out, 0, q, 0, 3) ||
+        staticDim(out, 3) != staticDim(v, 3))
+      return bad("expects q [B,S,H,dk], k [B,T,Hk,dk], v [B,T,Hk,dv], "
+                 "out [B,S,H,dv] with Hk dividing H");
+    if (!isArena(a(3), I32) || rank(a(3)) != 2 || !sameDims(a(3), 0, q, 0, 2) ||
+        !isArena(a(4), I32) || rank(a(4)) != 1 ||
+        dim(a(4), 0).symbol() != art::DimSymbol::Batch)
+      return bad("expects positions [B,S] and kv_lengths [B]");
+    return absl::OkStatus();
+  }
+  case art::KernelKind::MoeGate: {
+    bool bias = ints == 7 && in(6) == 1;
+    if (!expect(bias ? 5 : 4, 7, 1))
+      return bad("wrong number of operands or attributes");
+    const art::TensorRef *x = a(0), *w = a(1), *weights = a(n - 2),
+                         *indices = a(n - 1);
+    int64_t experts = staticDim(w, 0), k = in(2), groups = in(3), keep = in(4);
+    if (!isArena(x, F32) || rank(x) != 3 || !isTokenMajor(x) || !isParam(w) ||
+        rank(w) != 2 || staticDim(w, 1) != staticDim(x, 2) ||
+        !isArena(weights, F32) || !isArena(indices, I32) ||
+        rank(weights) != 3 || !sameShape(weights, indices) ||
+        !sameDims(weights, 0, x, 0, 2) || staticDim(weights, 2) != k ||
+        k != static_cast<int64_t>(plan_.moe_top_k()))
+      return bad("expects x [B,S,D], router [E,D], weights/indices [B,S,k]");
+    if (in(0) < 0 || in(0) > 1 || in(1) < 0 || in(1) > 2 || k < 1 ||
+        k > experts || groups < 1 || experts % groups || keep < 1 ||
+        keep > groups || (in(1) != 0 && k > keep * (experts / groups)) ||
+        (in(1) == 2) != bias)
+      return bad("inconsistent routing attributes");
+    if (bias &&
+        (!isParam(a(2)) || rank(a(2)) != 1 || staticDim(a(2), 0) != experts))
+      return bad("correction bias must be [E]");
+    return absl::OkStatus();
+  }
+  case art::KernelKind::MoeDispatch: {
+    if (!expect(5, 1, 0))
+      return bad("wrong number of operands or attributes");
+    int64_t experts = in(0);
+    const art::TensorRef *x = a(0), *indices = a(1), *routed = a(2),
+                         *offsets = a(3), *slots = a(4);
+    if (!isArena(x, F32) || rank(x) != 3 || !isTokenMajor(x) ||
+        !isArena(indices, I32) || rank(indices) != 3 ||
+        !sameDims(indices, 0, x, 0, 2) ||
+        staticDim(indices, 2) != static_cast<int64_t>(plan_.moe_top_k()) ||
+        !isArena(routed, F32) || rank(routed) != 2 || !isRows(routed) ||
+        staticDim(routed, 1) != staticDim(x, 2) || !isArena(offsets, I32) ||
+        rank(offsets) != 1 || staticDim(offsets, 0) != experts + 1 ||
+        experts < 1 || !isArena(slots, I32) || rank(slots) != 1 ||
+        !isRows(slots))
+      return bad("expects x [B,S,D], indices [B,S,k], routed [R,D], "
+                 "offsets [E+1], slots [R]");
+    return absl::OkStatus();
+  }
+  case art::KernelKind::GroupedLinear: {
+    if (!expect(4, 0, 0))
+      return bad("wrong number of operands or attributes");
+    const art::TensorRef *x = a(0), *w = a(1), *offsets = a(2), *out = a(3);
+    if (!isArena(x, F32) || rank(x) != 2 || !isRows(x) || !isParam(w) ||
+        rank(w) != 3 || staticDim(w, 2) != staticDim(x, 1) ||
+        !isArena(offsets, I32) || rank(offsets) != 1 ||
+        staticDim(offsets, 0) != staticDim(w, 0) + 1 || !isArena(out, F32) ||
+        rank(out) != 2 || !isRows(out) || staticDim(out, 1) != staticDim(w, 1))
+      return bad("expects x [R,in], weight [E,out,in], offsets [E+1], "
+                 "y [R,out]");
+    return absl::OkStatus();
+  }
+  case art::KernelKind::MoeCombine: {
+    if (!expect(4, 0, 0))
+      return bad("wrong number of operands or attributes");
+    const art::TensorRef *y = a(0), *weights = a(1), *slots = a(2), *out = a(3);
+    if (!isArena(y, F32) || rank(y) != 2 || !isRows(y) ||
+        !isArena(weights, F32) || rank(weights) != 3 ||
+        !isTokenMajor(weights) ||
+        staticDim(weights, 2) != static_cast<int64_t>(plan_.moe_top_k()) ||
+        !isArena(slots, I32) || rank(slots) != 1 || !isRows(slots) ||
+        !isArena(out, F32) || rank(out) != 3 ||
+        !sameDims(out, 0, weights, 0, 2) ||
+        staticDim(out, 2) != staticDim(y, 1))
+      return bad("expects y [R,D], weights [B,S,k], slots [R], out [B,S,D]");
+    return absl::OkStatus();
+  }
+  }
+  return bad("unknown kernel");
+}
+
+absl::Status Verifier::run() {
+  if (!plan_.parameters() || !plan_.kv_slots() || !plan_.entry_points() ||
+      plan_.entry_points()->size() == 0)
+    return fail("missing parameter, cache or entry-point tables");
+  if (plan_.vocab_size() < 1 || plan_.max_context() < 1)
+    return fail("vocab_size and max_context must be positive");
+  for (const art::Parameter *p : *plan_.parameters()) {
+    if (!p->name() || !p->shape() || p->shape()->size() == 0)
+      return fail("a parameter has no name or shape");
+    uint64_t bytes = elementBytes(p->type());
+    for (int64_t d : *p->shape()) {
+      if (d < 1 || d > kMaxStaticDim || bytes > (uint64_t{1} << 62) / d)
+        return fail("parameter " + p->name()->str() + " has a bad shape");
+      bytes *= static_cast<uint64_t>(d);
+    }
+    if (bytes != p->bytes())
+      return fail("parameter " + p->name()->str() + " declares " +
+                  std::to_string(p->bytes()) + " bytes for " +
+                  std::to_string(bytes) + " bytes of elements");
+  }
+  for (const art::KvSlot *slot : *plan_.kv_slots()) {
+    if (!slot->name() || !slot->entry_shape() ||
+        slot->type() != art::ElementType::F32)
+      return fail("a cache slot has no name, no shape or a non-f32 type");
+    for (int64_t d : *slot->entry_shape())
+      if (d < 1 || d > kMaxStaticDim)
+        return fail("cache slot " + slot->name()->str() + " has a bad shape");
+  }
+  for (const art::EntryPoint *entry : *plan_.entry_points()) {
+    if (!entry->name() || !entry->launches())
+      return fail("an entry point has no name or launches");
+    where_ = "entry point " + entry->name()->str() + ": ";
+    if (entry->max_batch() < 1 || entry->max_seq() < 1 ||
+        entry->max_seq() > plan_.max_context())
+      return fail("bad max_batch/max_seq");
+    bounds_ = {entry->max_batch(), entry->max_seq(), plan_.max_context(),
+               uint64_t{entry->max_batch()} * entry->max_seq() *
+                   plan_.moe_top_k()};
+    arenaBytes_ = entry->arena_bytes();
+    for (auto [ref, role] : {std::pair{entry->tokens(), "tokens"},
+                             {entry->positions(), "positions"},
+                             {entry->kv_lengths(), "kv_lengths"},
+                             {entry->logits(), "logits"}})
+      if (absl::Status s = checkRef(ref, role); !s.ok())
+        return s;
+    if (!isArena(entry->tokens(), art::ElementType::I32) ||
+        !isTokenMajor(entry->tokens()) || rank(entry->tokens()) != 2 ||
+        !sameShape(entry->tokens(), entry->positions()) ||
+        entry->positions()->type() != art::ElementType::I32 ||
+        rank(entry->kv_lengths()) != 1 ||
+        entry->kv_lengths()->type() != art::ElementType::I32 ||
+        entry->kv_lengths()->storage() != art::Storage::Arena ||
+        dim(entry->kv_lengths(), 0).symbol() != art::DimSymbol::Batch ||
+        !isArena(entry->logits(), art::ElementType::F32) ||
+        rank(entry->logits()) != 3 || !isTokenMajor(entry->logits()) ||
+        staticDim(entry->logits(), 2) != plan_.vocab_size())
+      return fail("inputs must be tokens/positions [B,S] i32, kv_lengths "
+                  "[B] i32; logits [B,S,vocab] f32");
+    for (size_t i = 0; i < entry->launches()->size(); ++i) {
+      const art::Launch *launch = entry->launches()->Get(i);
+      where_ = "entry point " + entry->name()->str() + ", launch " +
+               std::to_string(i) +
+               (launch->name() ? " (" + launch->name()->str() + ")" : "") +
+               ": ";
+      if (absl::Status s = checkLaunch(*launch); !s.ok())
+        return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+} // namespace
+
+uint64_t elementBytes(art::ElementType type) {
+  switch (type) {
+  case art::ElementType::BF16:
+  case art::ElementType::F16:
+    return 2;
+  case art::ElementType::F8E4M3:
+    return 1;
+  default:
+    return 4;
+  }
+}
+
+const char *elementTypeName(art::ElementType type) {
+  switch (type) {
+  case art::ElementType::BF16:
+    return "bf16";
+  case art::ElementType::F16:
+    return "f16";
+  case art::ElementType::F8E4M3:
+    return "f8e4m3";
+  case art::ElementType::I32:
+    return "i32";
+  default:
+    return "f32";
+  }
+}
+
+absl::Status verifyPlan(const art::Model &plan, const std::string &source) {
+  return Verifier(plan, source).run();
+}
+
+} // namespace kiln::detail

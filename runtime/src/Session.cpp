@@ -1,0 +1,519 @@
+// Sessions: initialize (arena, KV cache, launches bound to memory), then
+// run entry points. The hot path resolves the step's dimensions, checks the
+// run-time values a launch indexes with, and calls the kernel; it never
+// allocates.
+#include "ModelImpl.h"
+
+#include "cpu/Kernels.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+namespace kiln {
+namespace {
+
+namespace art = artifact;
+
+/// Run-time sizes of the dimension symbols for one step.
+struct StepDims {
+  int64_t batch = 0, seq = 0, kvLen = 0, routed = 0;
+  int64_t of(const art::Dim &d) const {
+    switch (d.symbol()) {
+    case art::DimSymbol::Batch:
+      return batch;
+    case art::DimSymbol::Seq:
+      return seq;
+    case art::DimSymbol::KvLen:
+      return kvLen;
+    case art::DimSymbol::RoutedRows:
+      return routed;
+    default:
+      return d.size();
+    }
+  }
+};
+
+struct BoundArg {
+  std::byte *data = nullptr;
+  const art::TensorRef *ref = nullptr;
+};
+
+struct BoundLaunch {
+  const art::Launch *launch = nullptr;
+  std::vector<BoundArg> args;
+};
+
+struct BoundEntry {
+  const art::EntryPoint *entry = nullptr;
+  std::vector<BoundLaunch> launches;
+  int32_t *tokens = nullptr, *positions = nullptr, *kvLengths = nullptr;
+  float *logits = nullptr;
+};
+
+struct FreeDeleter {
+  void operator()(std::byte *p) const { std::free(p); }
+};
+
+int64_t numel(const art::TensorRef *ref, const StepDims &dims) {
+  int64_t n = 1;
+  for (const art::Dim *d : *ref->shape())
+    n *= dims.of(*d);
+  return n;
+}
+
+int64_t lastDim(const art::TensorRef *ref) {
+  return ref->shape()->Get(ref->shape()->size() - 1)->size();
+}
+
+int64_t staticDim(const art::TensorRef *ref, unsigned i) {
+  return ref->shape()->Get(i)->size();
+}
+
+cpu::ElementType kernelType(art::ElementType type) {
+  switch (type) {
+  case art::ElementType::BF16:
+    return cpu::ElementType::BF16;
+  case art::ElementType::F16:
+    return cpu::ElementType::F16;
+  case art::ElementType::F8E4M3:
+    return cpu::ElementType::F8E4M3;
+  case art::ElementType::I32:
+    return cpu::ElementType::I32;
+  default:
+    return cpu::ElementType::F32;
+  }
+}
+
+cpu::Weight weight(const BoundArg &arg) {
+  return {arg.data, kernelType(arg.ref->type())};
+}
+
+template <typename T> T *as(const BoundArg &arg) {
+  return reinterpret_cast<T *>(arg.data);
+}
+
+/// Every value in [0, limit).
+bool allBelow(const int32_t *values, int64_t count, int64_t limit) {
+  for (int64_t i = 0; i < count; ++i)
+    if (values[i] < 0 || values[i] >= limit)
+      return false;
+  return true;
+}
+
+} // namespace
+
+struct Session::Impl {
+  const Model::Impl *model = nullptr;
+  std::unique_ptr<std::byte[], FreeDeleter> arena;
+  std::vector<std::vector<float>> cache; // per slot [maxBatch, context, entry]
+  std::vector<int64_t> cacheEntry;       // elements per token per slot
+  BoundEntry prefill, decode;
+  uint32_t maxBatch = 0;
+  int64_t vocab = 0;
+  std::vector<int64_t> lengths;
+  std::vector<float> lastLogits; // [maxBatch, vocab]
+  int64_t lastChunkStart = 0, lastChunkSeq = 0;
+  bool lastWasPrefill = false;
+
+  absl::Status bind(const art::EntryPoint *entry, BoundEntry &bound);
+  std::byte *resolve(const art::TensorRef *ref);
+  absl::Status run(const BoundEntry &bound, const StepDims &dims);
+  absl::Status launch(const BoundLaunch &bl, const StepDims &dims);
+};
+
+std::byte *Session::Impl::resolve(const art::TensorRef *ref) {
+  switch (ref->storage()) {
+  case art::Storage::Parameter:
+    return const_cast<std::byte *>(model->parameterData[ref->index()]);
+  case art::Storage::KvCache:
+    return reinterpret_cast<std::byte *>(cache[ref->index()].data());
+  default:
+    return arena.get() + ref->offset();
+  }
+}
+
+absl::Status Session::Impl::bind(const art::EntryPoint *entry,
+                                 BoundEntry &bound) {
+  bound.entry = entry;
+  bound.tokens = reinterpret_cast<int32_t *>(resolve(entry->tokens()));
+  bound.positions = reinterpret_cast<int32_t *>(resolve(entry->positions()));
+  bound.kvLengths = reinterpret_cast<int32_t *>(resolve(entry->kv_lengths()));
+  bound.logits = reinterpret_cast<float *>(resolve(entry->logits()));
+  for (const art::Launch *launch : *entry->launches()) {
+    BoundLaunch bl;
+    bl.launch = launch;
+    for (const art::TensorRef *ref : *launch->args())
+      bl.args.push_back({resolve(ref), ref});
+    bound.launches.push_back(std::move(bl));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Session::Impl::launch(const BoundLaunch &bl,
+                                   const StepDims &dims) {
+  const art::Launch &l = *bl.launch;
+  const std::vector<BoundArg> &a = bl.args;
+  auto ints = [&](unsigned i) { return l.ints()->Get(i); };
+  auto floats = [&](unsigned i) { return l.floats()->Get(i); };
+  auto error = [&](const std::string &what) {
+    return absl::InvalidArgumentError(
+        std::string(art::EnumNameKernelKind(l.kernel())) + " (" +
+        (l.name() ? l.name()->str() : "?") + "): " + what);
+  };
+  int64_t context = model->plan->max_context();
+
+  switch (l.kernel()) {
+  case art::KernelKind::Embedding: {
+    int64_t n = numel(a[0].ref, dims);
+    if (!allBelow(as<int32_t>(a[0]), n, staticDim(a[1].ref, 0)))
+      return error("token id out of range");
+    cpu::embedding(as<int32_t>(a[0]), n, weight(a[1]), staticDim(a[1].ref, 1),
+                   as<float>(a[2]));
+    return absl::OkStatus();
+  }
+  case art::KernelKind::RMSNorm: {
+    int64_t d = lastDim(a[0].ref);
+    cpu::rmsNorm(as<float>(a[0]), numel(a[0].ref, dims) / d, d, weight(a[1]),
+                 static_cast<float>(floats(0)), as<float>(a[2]));
+    return absl::OkStatus();
+  }
+  case art::KernelKind::Linear:
+  case art::KernelKind::Logits: {
+    bool bias = l.kernel() == art::KernelKind::Linear && ints(0) == 1;
+    int64_t in = lastDim(a[0].ref), out = staticDim(a[1].ref, 0);
+    cpu::linear(as<float>(a[0]), numel(a[0].ref, dims) / in, in, weight(a[1]),
+                out, bias ? weight(a[2]) : cpu::Weight{}, as<float>(a.back()));
+    return absl::OkStatus();
+  }
+  case art::KernelKind::Add:
+    cpu::add(as<float>(a[0]), as<float>(a[1]), numel(a[0].ref, dims),
+             as<float>(a[2]));
+    return absl::OkStatus();
+  case art::KernelKind::SwiGLU:
+    cpu::swiglu(as<float>(a[0]), as<float>(a[1]), numel(a[0].ref, dims),
+                as<float>(a[2]));
+    return absl::OkStatus();
+  case art::KernelKind::Slice: {
+    int64_t d = lastDim(a[0].ref);
+    cpu::slice(as<float>(a[0]), numel(a[0].ref, dims) / d, d, ints(0), ints(1),
+               as<float>(a[1]));
+    return absl::OkStatus();
+  }
+  case art::KernelKind::Concat: {
+    size_t count = a.size() - 1;
+    const float *inputs[16];
+    int64_t widths[16];
+    if (count > 16)
+      return error("more than 16 inputs");
+    for (size_t i = 0; i < count; ++i) {
+      inputs[i] = as<float>(a[i]);
+      widths[i] = lastDim(a[i].ref);
+    }
+    int64_t out = lastDim(a.back().ref);
+    cpu::concat(inputs, widths, static_cast<int64_t>(count),
+                numel(a.back().ref, dims) / out, as<float>(a.back()));
+    return absl::OkStatus();
+  }
+  case art::KernelKind::Broadcast: {
+    const auto &from = *a[0].ref->shape();
+    const auto &to = *a[1].ref->shape();
+    unsigned axis = 0;
+    while (axis < to.size() &&
+           !(from.Get(axis)->symbol() == art::DimSymbol::Static &&
+             from.Get(axis)->size() == 1 && to.Get(axis)->size() != 1))
+      ++axis;
+    int64_t rows = 1, repeat = 1, inner = 1;
+    for (unsigned i = 0; i < to.size(); ++i) {
+      int64_t n = dims.of(*to.Get(i));
+      (i < axis ? rows : i == axis ? repeat : inner) *= n;
+    }
+    cpu::broadcast(as<float>(a[0]), rows, repeat, inner, as<float>(a[1]));
+    return absl::OkStatus();
+  }
+  case art::KernelKind::Rope: {
+    cpu::RopeParams p;
+    p.kind = static_cast<cpu::RopeKind>(ints(0));
+    p.originalMaxPosition = ints(1);
+    p.interleaved = ints(2) == 1;
+    p.theta = floats(0);
+    p.factor = floats(1);
+    p.betaFast = floats(2);
+    p.betaSlow = floats(3);
+    p.mscale = floats(4);
+    p.mscaleAllDim = floats(5);
+    p.lowFreqFactor = floats(6);
+    p.highFreqFactor = floats(7);
+    int64_t tokens = dims.batch * dims.seq, d = lastDim(a[0].ref);
+    int64_t heads = numel(a[0].ref, dims) / (tokens * d);
+    cpu::rope(as<float>(a[0]), as<int32_t>(a[1]), tokens, heads, d, p,
+              as<float>(a[2]));
+    return absl::OkStatus();
+  }
+  case art::KernelKind::KvAppend: {
+    const int32_t *positions = as<int32_t>(a[1]);
+    int64_t n = dims.batch * dims.seq;
+    for (int64_t i = 0; i < n; ++i)
+      if (positions[i] >= context)
+        return error("position " + std::to_string(positions[i]) +
+                     " beyond the cache (" + std::to_string(context) + ")");
+    unsigned slot = static_cast<unsigned>(ints(0));
+    cpu::kvAppend(as<float>(a[0]), positions, dims.batch, dims.seq,
+                  cacheEntry[slot], cache[slot].data(), context);
+    return absl::OkStatus();
+  }
+  case art::KernelKind::Attention: {
+    const art::TensorRef *q = a[0].ref, *k = a[1].ref, *v = a[2].ref;
+    int64_t heads = staticDim(q, 2), kvHeads = staticDim(k, 2);
+    int64_t dk = staticDim(q, 3), dv = staticDim(v, 3);
+    // Cached keys are strided by the cache's capacity; others by kv_len.
+    auto rows = [&](const art::TensorRef *t) {
+      return t->storage() == art::Storage::KvCache ? context : dims.kvLen;
+    };
+    const int32_t *kvLengths = as<int32_t>(a[4]);
+    int64_t limit = std::min(rows(k), rows(v));
+    for (int64_t b = 0; b < dims.batch; ++b)
+      if (kvLengths[b] < 0 || kvLengths[b] > limit)
+        return error("kv length out of range");
+    cpu::attention(as<float>(a[0]), as<float>(a[1]), as<float>(a[2]),
+                   as<int32_t>(a[3]), kvLengths, dims.batch, dims.seq, heads,
+                   kvHeads, dk, dv, rows(k) * kvHeads * dk,
+                   rows(v) * kvHeads * dv, static_cast<float>(floats(0)),
+                   as<float>(a[5]));
+    return absl::OkStatus();
+  }
+  case art::KernelKind::MoeGate: {
+    bool bias = ints(6) == 1;
+    cpu::MoeGateParams p;
+    p.scoring = static_cast<cpu::ScoringFunc>(ints(0));
+    p.method = static_cast<cpu::TopkMethod>(ints(1));
+    p.topK = ints(2);
+    p.nGroup = ints(3);
+    p.topkGroup = ints(4);
+    p.normTopkProb = ints(5) == 1;
+    p.routedScalingFactor = floats(0);
+    cpu::moeGate(as<float>(a[0]), dims.batch * dims.seq, lastDim(a[0].ref),
+                 weight(a[1]), staticDim(a[1].ref, 0),
+                 bias ? weight(a[2]) : cpu::Weight{}, p,
+                 as<float>(a[a.size() - 2]), as<int32_t>(a.back()));
+    return absl::OkStatus();
+  }
+  case art::KernelKind::MoeDispatch: {
+    int64_t experts = ints(0), tokens = dims.batch * dims.seq;
+    int64_t topK = lastDim(a[1].ref);
+    if (!allBelow(as<int32_t>(a[1]), tokens * topK, experts))
+      return error("expert index out of range");
+    cpu::moeDispatch(as<float>(a[0]), as<int32_t>(a[1]), tokens, topK,
+                     lastDim(a[0].ref), experts, as<float>(a[2]),
+                     as<int32_t>(a[3]), as<int32_t>(a[4]));
+    return absl::OkStatus();
+  }
+  case art::KernelKind::GroupedLinear: {
+    int64_t experts = staticDim(a[1].ref, 0);
+    const int32_t *offsets = as<int32_t>(a[2]);
+    if (offsets[0] != 0 || offsets[experts] > dims.routed ||
+        !std::is_sorted(offsets, offsets + experts + 1))
+      return error("bad expert offsets");
+    cpu::groupedLinear(as<float>(a[0]), staticDim(a[1].ref, 2), weight(a[1]),
+                       experts, staticDim(a[1].ref, 1), offsets,
+                       as<float>(a[3]));
+    return absl::OkStatus();
+  }
+  case art::KernelKind::MoeCombine: {
+    int64_t tokens = dims.batch * dims.seq, topK = lastDim(a[1].ref);
+    if (!allBelow(as<int32_t>(a[2]), dims.routed, tokens * topK))
+      return error("routing slot out of range");
+    cpu::moeCombine(as<float>(a[0]), as<float>(a[1]), as<int32_t>(a[2]), tokens,
+                    topK, lastDim(a[0].ref), as<float>(a[3]));
+    return absl::OkStatus();
+  }
+  }
+  return error("unknown kernel");
+}
+
+absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims) {
+  for (const BoundLaunch &bl : bound.launches)
+    if (absl::Status s = launch(bl, dims); !s.ok())
+      return absl::Status(s.code(), model->info.path + ": entry point " +
+                                        bound.entry->name()->str() + ": " +
+                                        std::string(s.message()));
+  return absl::OkStatus();
+}
+
+Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Session::~Session() = default;
+
+absl::StatusOr<std::unique_ptr<Session>> Session::create(const Model &model) {
+  auto impl = std::make_unique<Impl>();
+  const Model::Impl &m = *model.impl_;
+  const art::Model &plan = *m.plan;
+  impl->model = &m;
+  impl->vocab = plan.vocab_size();
+  const art::EntryPoint *prefill = nullptr, *decode = nullptr;
+  uint64_t arenaBytes = 64;
+  for (const art::EntryPoint *e : *plan.entry_points()) {
+    if (e->name()->str() == "prefill")
+      prefill = e;
+    else if (e->name()->str() == "decode")
+      decode = e;
+    arenaBytes = std::max<uint64_t>(arenaBytes, e->arena_bytes());
+  }
+  if (!prefill || !decode)
+    return absl::InvalidArgumentError(
+        m.info.path + ": needs prefill and decode entry points");
+  impl->maxBatch = std::min(prefill->max_batch(), decode->max_batch());
+
+  arenaBytes = (arenaBytes + 63) / 64 * 64;
+  impl->arena.reset(
+      static_cast<std::byte *>(std::aligned_alloc(64, arenaBytes)));
+  if (!impl->arena)
+    return absl::ResourceExhaustedError(
+        "cannot allocate the " + std::to_string(arenaBytes) + "-byte arena");
+  std::memset(impl->arena.get(), 0, arenaBytes);
+  for (const art::KvSlot *slot : *plan.kv_slots()) {
+    int64_t entry = 1;
+    for (int64_t d : *slot->entry_shape())
+      entry *= d;
+    impl->cacheEntry.push_back(entry);
+    impl->cache.emplace_back(static_cast<size_t>(
+        entry * impl->maxBatch * static_cast<int64_t>(plan.max_context())));
+  }
+  impl->lastLogits.resize(static_cast<size_t>(impl->maxBatch * impl->vocab));
+  if (absl::Status s = impl->bind(prefill, impl->prefill); !s.ok())
+    return s;
+  if (absl::Status s = impl->bind(decode, impl->decode); !s.ok())
+    return s;
+  return std::unique_ptr<Session>(new Session(std::move(impl)));
+}
+
+absl::Status
+Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
+  Impl &s = *impl_;
+  const art::EntryPoint &entry = *s.prefill.entry;
+  int64_t context = s.model->plan->max_context();
+  if (prompts.empty() || prompts.size() > s.maxBatch)
+    return absl::InvalidArgumentError(
+        "prefill takes 1 to " + std::to_string(s.maxBatch) + " prompts, got " +
+        std::to_string(prompts.size()));
+  int64_t longest = 0;
+  for (size_t b = 0; b < prompts.size(); ++b) {
+    const std::vector<int32_t> &p = prompts[b];
+    if (p.empty() || static_cast<int64_t>(p.size()) > context)
+      return absl::InvalidArgumentError(
+          "prompt " + std::to_string(b) + " has " + std::to_string(p.size()) +
+          " tokens; it needs 1 to " + std::to_string(context));
+    if (!allBelow(p.data(), static_cast<int64_t>(p.size()), s.vocab))
+      return absl::InvalidArgumentError("prompt " + std::to_string(b) +
+                                        " has a token outside [0, " +
+                                        std::to_string(s.vocab) + ")");
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
+  }
+  int64_t batch = static_cast<int64_t>(prompts.size());
+  s.lengths.assign(prompts.size(), 0);
+  int64_t chunk = entry.max_seq();
+  for (int64_t start = 0; start < longest; start += chunk) {
+    StepDims dims;
+    dims.batch = batch;
+    dims.seq = std::min(chunk, longest - start);
+    for (int64_t b = 0; b < batch; ++b) {
+      int64_t len = static_cast<int64_t>(prompts[b].size());
+      for (int64_t j = 0; j < dims.seq; ++j) {
+        int64_t pos = start + j;
+        bool real = pos < len;
+        s.prefill.tokens[b * dims.seq + j] = real ? prompts[b][pos] : 0;
+        // Padding rows write no cache entry and attend to nothing.
+        s.prefill.positions[b * dims.seq + j] =
+            real ? static_cast<int32_t>(pos) : -1;
+      }
+      s.prefill.kvLengths[b] =
+          static_cast<int32_t>(std::min(len, start + dims.seq));
+      dims.kvLen = std::max<int64_t>(dims.kvLen, s.prefill.kvLengths[b]);
+    }
+    dims.routed = dims.batch * dims.seq * s.model->plan->moe_top_k();
+    if (absl::Status st = s.run(s.prefill, dims); !st.ok())
+      return st;
+    // Keep each sequence's last-token logits from the chunk holding it.
+    for (int64_t b = 0; b < batch; ++b) {
+      int64_t last = static_cast<int64_t>(prompts[b].size()) - 1;
+      if (last >= start && last < start + dims.seq)
+        std::memcpy(s.lastLogits.data() + b * s.vocab,
+                    s.prefill.logits + (b * dims.seq + last - start) * s.vocab,
+                    sizeof(float) * static_cast<size_t>(s.vocab));
+    }
+    s.lastChunkStart = start;
+    s.lastChunkSeq = dims.seq;
+  }
+  for (int64_t b = 0; b < batch; ++b)
+    s.lengths[b] = static_cast<int64_t>(prompts[b].size());
+  s.lastWasPrefill = true;
+  return absl::OkStatus();
+}
+
+absl::Status Session::decode(std::span<const int32_t> tokens) {
+  Impl &s = *impl_;
+  int64_t context = s.model->plan->max_context();
+  if (s.lengths.empty())
+    return absl::FailedPreconditionError("decode before prefill");
+  if (tokens.size() != s.lengths.size())
+    return absl::InvalidArgumentError("decode needs one token per sequence (" +
+                                      std::to_string(s.lengths.size()) +
+                                      "), got " +
+                                      std::to_string(tokens.size()));
+  StepDims dims;
+  dims.batch = static_cast<int64_t>(tokens.size());
+  dims.seq = 1;
+  for (int64_t b = 0; b < dims.batch; ++b) {
+    if (tokens[b] < 0 || tokens[b] >= s.vocab)
+      return absl::InvalidArgumentError("token " + std::to_string(tokens[b]) +
+                                        " is outside [0, " +
+                                        std::to_string(s.vocab) + ")");
+    if (s.lengths[b] + 1 > context)
+      return absl::OutOfRangeError("sequence " + std::to_string(b) +
+                                   " has reached the maximum context of " +
+                                   std::to_string(context) + " tokens");
+    s.decode.tokens[b] = tokens[b];
+    s.decode.positions[b] = static_cast<int32_t>(s.lengths[b]);
+    s.decode.kvLengths[b] = static_cast<int32_t>(s.lengths[b] + 1);
+    dims.kvLen = std::max<int64_t>(dims.kvLen, s.lengths[b] + 1);
+  }
+  dims.routed = dims.batch * s.model->plan->moe_top_k();
+  if (absl::Status st = s.run(s.decode, dims); !st.ok())
+    return st;
+  std::memcpy(s.lastLogits.data(), s.decode.logits,
+              sizeof(float) * static_cast<size_t>(dims.batch * s.vocab));
+  for (int64_t &len : s.lengths)
+    ++len;
+  s.lastWasPrefill = false;
+  return absl::OkStatus();
+}
+
+size_t Session::numSequences() const { return impl_->lengths.size(); }
+
+size_t Session::length(size_t sequence) const {
+  return static_cast<size_t>(impl_->lengths.at(sequence));
+}
+
+std::span<const float> Session::logits(size_t sequence) const {
+  const Impl &s = *impl_;
+  return {s.lastLogits.data() + sequence * static_cast<size_t>(s.vocab),
+          static_cast<size_t>(s.vocab)};
+}
+
+absl::StatusOr<std::span<const float>>
+Session::promptLogits(size_t sequence, size_t position) const {
+  const Impl &s = *impl_;
+  int64_t pos = static_cast<int64_t>(position);
+  if (!s.lastWasPrefill || sequence >= s.lengths.size() ||
+      pos >= s.lengths[sequence] || pos < s.lastChunkStart ||
+      pos >= s.lastChunkStart + s.lastChunkSeq)
+    return absl::OutOfRangeError(
+        "prompt logits of sequence " + std::to_string(sequence) +
+        ", position " + std::to_string(position) +
+        " are not held (only the last prefill chunk's are)");
+  int64_t row = static_cast<int64_t>(sequence) * s.lastChunkSeq +
+                (pos - s.lastChunkStart);
+  return std::span<const float>(s.prefill.logits + row * s.vocab,
+                                static_cast<size_t>(s.vocab));
+}
+
+} // namespace kiln

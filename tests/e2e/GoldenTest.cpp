@@ -1,0 +1,219 @@
+// End to end against Hugging Face transformers: compile each golden model of
+// tests/golden (written by make_goldens.py with HF's save_pretrained), run
+// it with the CPU runtime, and compare prefill and decode logits with the
+// logits HF computed. fp32: max |kiln - hf| / max |hf| <= 1e-4 and the same
+// greedy tokens; bf16 weights: the same bound against HF run with the same
+// bf16-rounded weights, and the fp32 greedy token wherever the golden marks
+// the top-1 margin as safe under bf16 rounding.
+#include "codegen/ArtifactWriter.h"
+#include "codegen/PlanBuilder.h"
+#include "kiln/Runtime.h"
+#include "models/Import.h"
+#include "tests/frontend/TestUtil.h"
+
+#include "mlir/IR/MLIRContext.h"
+
+#include "gtest/gtest.h"
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+
+namespace kiln {
+namespace {
+
+using frontend::testing::errorOf;
+using frontend::testing::freshTempDir;
+
+const std::filesystem::path kGolden =
+    std::filesystem::path(KILN_PROJECT_SOURCE_DIR) / "tests" / "golden";
+constexpr int kPrompts = 3;
+constexpr int kSteps = 8;
+constexpr double kRelativeTolerance = 1e-4;
+
+std::filesystem::path compile(const std::filesystem::path &modelDir,
+                              const std::filesystem::path &out) {
+  mlir::MLIRContext context;
+  absl::StatusOr<models::ImportedModel> model =
+      models::importModel(context, modelDir);
+  EXPECT_TRUE(model.ok()) << errorOf(model);
+  if (!model.ok())
+    return {};
+  codegen::PlanOptions options;
+  options.maxBatch = 4;
+  options.maxPrefill = 16;
+  options.maxContext = 64;
+  auto plan = codegen::buildPlan(*model->module, options);
+  EXPECT_TRUE(mlir::succeeded(plan));
+  absl::Status written =
+      codegen::writeArtifact(out, **plan, *model->module, *model->checkpoint,
+                             codegen::WeightsMode::Embed);
+  EXPECT_TRUE(written.ok()) << errorOf(written);
+  return out;
+}
+
+/// The golden tensors of one model, read with Kiln's safetensors reader.
+class Golden {
+public:
+  explicit Golden(const std::string &name) {
+    auto file =
+        frontend::SafetensorsFile::open(kGolden / name / "golden.safetensors");
+    EXPECT_TRUE(file.ok()) << errorOf(file);
+    file_ = *std::move(file);
+    std::ifstream in(kGolden / name / "golden.json");
+    json_ = nlohmann::json::parse(in);
+  }
+  template <typename T> std::span<const T> get(const std::string &name) const {
+    const frontend::TensorInfo *t = file_->find(name);
+    EXPECT_NE(t, nullptr) << name;
+    std::span<const std::byte> bytes = file_->data(*t);
+    return {reinterpret_cast<const T *>(bytes.data()),
+            bytes.size() / sizeof(T)};
+  }
+  const nlohmann::json &json() const { return json_; }
+
+private:
+  std::unique_ptr<frontend::SafetensorsFile> file_;
+  nlohmann::json json_;
+};
+
+int32_t argmax(std::span<const float> v) {
+  return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+/// Accumulates max |a - b| and max |b| over every compared row.
+struct Error {
+  double diff = 0, scale = 0;
+  void add(std::span<const float> ours, std::span<const float> reference) {
+    ASSERT_EQ(ours.size(), reference.size());
+    for (size_t i = 0; i < ours.size(); ++i) {
+      diff = std::max(diff, std::fabs(double(ours[i]) - reference[i]));
+      scale = std::max(scale, std::fabs(double(reference[i])));
+    }
+  }
+  double relative() const { return diff / scale; }
+};
+
+struct Comparison {
+  Error error;
+  int tokens = 0, tokenMatches = 0, stableTokens = 0, stableMatches = 0;
+};
+
+/// Runs the three prompts as one batch, then 8 decode steps fed with HF's
+/// greedy tokens; compares logits with `prefix`.* and greedy tokens with
+/// HF's fp32 tokens.
+Comparison runAndCompare(const std::filesystem::path &artifact,
+                         const Golden &golden, const std::string &prefix) {
+  Comparison c;
+  auto model = Model::open(artifact);
+  EXPECT_TRUE(model.ok()) << errorOf(model);
+  if (!model.ok())
+    return c;
+  auto session = Session::create(**model);
+  EXPECT_TRUE(session.ok()) << errorOf(session);
+  Session &s = **session;
+  int64_t vocab = (*model)->info().vocabSize;
+
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < kPrompts; ++i) {
+    auto tokens =
+        golden.get<int32_t>("prefill." + std::to_string(i) + ".tokens");
+    prompts.emplace_back(tokens.begin(), tokens.end());
+  }
+  absl::Status st = s.prefill(prompts);
+  EXPECT_TRUE(st.ok()) << errorOf(st);
+  auto track = [&](std::span<const float> ours, int32_t hfToken, bool stable) {
+    c.tokens += 1;
+    c.tokenMatches += argmax(ours) == hfToken;
+    c.stableTokens += stable;
+    c.stableMatches += stable && argmax(ours) == hfToken;
+  };
+  for (int i = 0; i < kPrompts; ++i) {
+    std::string n = std::to_string(i);
+    auto reference = golden.get<float>(prefix + "prefill." + n + ".logits");
+    auto stable = golden.get<uint8_t>("prefill." + n + ".bf16_stable");
+    auto fp32 = golden.get<float>("prefill." + n + ".logits");
+    for (size_t p = 0; p < prompts[i].size(); ++p) {
+      auto ours = s.promptLogits(i, p);
+      EXPECT_TRUE(ours.ok()) << errorOf(ours);
+      if (!ours.ok())
+        return c;
+      c.error.add(*ours, reference.subspan(p * vocab, vocab));
+      track(*ours, argmax(fp32.subspan(p * vocab, vocab)), stable[p]);
+    }
+  }
+  for (int step = 0; step < kSteps; ++step) {
+    std::vector<int32_t> fed;
+    for (int i = 0; i < kPrompts; ++i) {
+      std::string n = std::to_string(i);
+      auto reference = golden.get<float>(prefix + "decode." + n + ".logits");
+      auto tokens = golden.get<int32_t>("decode." + n + ".tokens");
+      auto stable = golden.get<uint8_t>("decode." + n + ".bf16_stable");
+      c.error.add(s.logits(i), reference.subspan(step * vocab, vocab));
+      track(s.logits(i), tokens[step], stable[step]);
+      fed.push_back(tokens[step]);
+    }
+    if (step + 1 < kSteps) {
+      st = s.decode(fed);
+      EXPECT_TRUE(st.ok()) << errorOf(st);
+    }
+  }
+  return c;
+}
+
+class GoldenModel : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GoldenModel, Fp32MatchesTransformers) {
+  Golden golden(GetParam());
+  std::filesystem::path artifact =
+      compile(kGolden / GetParam(), freshTempDir() / "model.kiln");
+  Comparison c = runAndCompare(artifact, golden, "");
+  RecordProperty("relative_error", std::to_string(c.error.relative()));
+  EXPECT_LE(c.error.relative(), kRelativeTolerance)
+      << "max |diff| " << c.error.diff << " over max |logit| " << c.error.scale;
+  EXPECT_EQ(c.tokenMatches, c.tokens) << "greedy tokens differ from HF's";
+}
+
+TEST_P(GoldenModel, Bf16WeightsMatchTransformers) {
+  Golden golden(GetParam());
+  std::filesystem::path artifact = compile(kGolden / (GetParam() + "-bf16"),
+                                           freshTempDir() / "model-bf16.kiln");
+  Comparison c = runAndCompare(artifact, golden, "bf16.");
+  RecordProperty("relative_error", std::to_string(c.error.relative()));
+  EXPECT_LE(c.error.relative(), kRelativeTolerance);
+  EXPECT_GT(c.stableTokens, 0);
+  EXPECT_EQ(c.stableMatches, c.stableTokens)
+      << "top-1 differs from fp32 at a position with a safe margin";
+}
+
+TEST_P(GoldenModel, ParameterCountMatchesTransformers) {
+  Golden golden(GetParam());
+  std::filesystem::path artifact =
+      compile(kGolden / GetParam(), freshTempDir() / "model.kiln");
+  auto model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << errorOf(model);
+  // HF's num_parameters() leaves out buffers: DeepSeek-V3's
+  // e_score_correction_bias is one, Kiln holds it as a parameter.
+  uint64_t buffers = 0;
+  for (const auto &[name, shapeAndType] :
+       golden.json()["checkpoint_tensors"].items())
+    if (name.ends_with("e_score_correction_bias"))
+      for (int64_t d : shapeAndType[0])
+        buffers += static_cast<uint64_t>(d);
+  EXPECT_EQ((*model)->info().parameterCount,
+            golden.json()["num_parameters"].get<uint64_t>() + buffers);
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, GoldenModel,
+                         ::testing::Values("deepseek-v3", "deepseek-v2",
+                                           "deepseek-v2-lite", "qwen2",
+                                           "llama"),
+                         [](const auto &info) {
+                           std::string name = info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
+
+} // namespace
+} // namespace kiln

@@ -1,0 +1,116 @@
+//===- Bench.cpp - kiln bench ---------------------------------------------===//
+//
+// Prefill and decode throughput of an artifact at given batch sizes and
+// context lengths, printed as JSON. Each point prefills `batch` prompts of
+// `context` tokens, then times `steps` decode steps.
+//
+//===----------------------------------------------------------------------===//
+#include "tools/kiln/Commands.h"
+
+#include "kiln/Runtime.h"
+
+#include <chrono>
+#include <iostream>
+#include <memory>
+#include <omp.h>
+#include <random>
+#include <sstream>
+
+namespace kiln::tools {
+namespace {
+
+struct BenchOptions {
+  std::string artifact;
+  std::vector<int> batches{1, 8};
+  std::vector<int> contexts{128};
+  int steps = 32;
+  int repeats = 3;
+};
+
+double seconds(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+      .count();
+}
+
+absl::Status bench(const BenchOptions &opts) {
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(opts.artifact);
+  if (!model.ok())
+    return model.status();
+  const ModelInfo &info = (*model)->info();
+  absl::StatusOr<std::unique_ptr<Session>> session = Session::create(**model);
+  if (!session.ok())
+    return session.status();
+  Session &s = **session;
+  std::mt19937 rng(0);
+  std::uniform_int_distribution<int32_t> token(
+      0, static_cast<int32_t>(info.vocabSize - 1));
+
+  std::ostringstream json;
+  json << "{\n  \"artifact\": \"" << info.path << "\",\n  \"architecture\": \""
+       << info.architecture << "\",\n  \"threads\": " << omp_get_max_threads()
+       << ",\n  \"decode_steps\": " << opts.steps << ",\n  \"results\": [";
+  bool first = true;
+  for (int batch : opts.batches)
+    for (int context : opts.contexts) {
+      if (batch > static_cast<int>(info.maxBatch) ||
+          context + opts.steps > static_cast<int>(info.maxContext))
+        return absl::InvalidArgumentError(
+            "batch " + std::to_string(batch) + " / context " +
+            std::to_string(context) + " + " + std::to_string(opts.steps) +
+            " steps exceed the artifact's limits (batch " +
+            std::to_string(info.maxBatch) + ", context " +
+            std::to_string(info.maxContext) + ")");
+      std::vector<std::vector<int32_t>> prompts(batch);
+      for (auto &p : prompts)
+        for (int i = 0; i < context; ++i)
+          p.push_back(token(rng));
+      std::vector<int32_t> next(batch);
+      double bestPrefill = 1e30, bestDecode = 1e30;
+      for (int r = 0; r < opts.repeats; ++r) {
+        auto start = std::chrono::steady_clock::now();
+        if (absl::Status st = s.prefill(prompts); !st.ok())
+          return st;
+        bestPrefill = std::min(bestPrefill, seconds(start));
+        start = std::chrono::steady_clock::now();
+        for (int step = 0; step < opts.steps; ++step) {
+          for (int b = 0; b < batch; ++b)
+            next[b] = token(rng);
+          if (absl::Status st = s.decode(next); !st.ok())
+            return st;
+        }
+        bestDecode = std::min(bestDecode, seconds(start));
+      }
+      json << (first ? "" : ",") << "\n    {\"batch\": " << batch
+           << ", \"context\": " << context
+           << ", \"prefill_tokens_per_s\": " << batch * context / bestPrefill
+           << ", \"decode_tokens_per_s\": " << batch * opts.steps / bestDecode
+           << ", \"decode_step_ms\": " << 1e3 * bestDecode / opts.steps << "}";
+      first = false;
+    }
+  json << "\n  ]\n}\n";
+  std::cout << json.str();
+  return absl::OkStatus();
+}
+
+} // namespace
+
+CommandRunner registerBench(CLI::App &app) {
+  auto opts = std::make_shared<BenchOptions>();
+  app.add_option("artifact", opts->artifact, "A .kiln file")->required();
+  app.add_option("--batch", opts->batches, "Batch sizes")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--context", opts->contexts,
+                 "Prompt lengths (the context decode steps attend to)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--steps", opts->steps, "Decode steps timed per point")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--repeats", opts->repeats, "Best of this many runs")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  return [opts] { return bench(*opts); };
+}
+
+} // namespace kiln::tools

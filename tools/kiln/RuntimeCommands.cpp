@@ -1,0 +1,242 @@
+//===- RuntimeCommands.cpp - kiln run / generate / inspect / verify -------===//
+//
+// The commands that execute or examine a `.kiln` artifact through the
+// runtime API alone.
+//
+//===----------------------------------------------------------------------===//
+#include "tools/kiln/Commands.h"
+#include "tools/kiln/Progress.h"
+
+#include "frontend/Safetensors.h"
+#include "kiln/Runtime.h"
+#include "runtime/src/Sampler.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kiln::tools {
+namespace {
+
+struct GenerateOptions {
+  std::string artifact;
+  std::vector<std::string> prompts; // comma-separated token ids each
+  int maxNewTokens = 16;
+  std::string dumpLogits;
+  bool noVerifyWeights = false;
+  SamplingParams sampling;
+};
+
+absl::StatusOr<std::vector<int32_t>> parseTokens(const std::string &text) {
+  std::vector<int32_t> tokens;
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
+    int32_t token;
+    if (!absl::SimpleAtoi(part, &token))
+      return absl::InvalidArgumentError(
+          "not a token id: '" + std::string(part) + "' in '" + text + "'");
+    tokens.push_back(token);
+  }
+  return tokens;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> openModel(const std::string &path,
+                                                 bool verifyWeights) {
+  Progress progress;
+  progress.begin("load " + path);
+  LoadOptions options;
+  options.verifyWeights = verifyWeights;
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(path, options);
+  if (model.ok())
+    progress.end();
+  return model;
+}
+
+/// Prefills the prompts as one batch, then decodes `maxNewTokens` tokens
+/// per sequence; prints one line of generated token ids per sequence.
+absl::Status generate(const GenerateOptions &opts) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (const std::string &p : opts.prompts) {
+    absl::StatusOr<std::vector<int32_t>> tokens = parseTokens(p);
+    if (!tokens.ok())
+      return tokens.status();
+    prompts.push_back(*std::move(tokens));
+  }
+  absl::StatusOr<std::unique_ptr<Model>> model =
+      openModel(opts.artifact, !opts.noVerifyWeights);
+  if (!model.ok())
+    return model.status();
+  absl::StatusOr<std::unique_ptr<Session>> session = Session::create(**model);
+  if (!session.ok())
+    return session.status();
+  Session &s = **session;
+  if (absl::Status st = s.prefill(prompts); !st.ok())
+    return st;
+
+  int64_t vocab = (*model)->info().vocabSize;
+  std::vector<float> promptLogits, stepLogits;
+  if (!opts.dumpLogits.empty())
+    for (size_t p = 0; p < s.length(0); ++p) {
+      absl::StatusOr<std::span<const float>> row = s.promptLogits(0, p);
+      if (!row.ok())
+        return row.status();
+      promptLogits.insert(promptLogits.end(), row->begin(), row->end());
+    }
+
+  Sampler sampler(opts.sampling);
+  std::vector<std::vector<int32_t>> generated(prompts.size());
+  for (int step = 0; step < opts.maxNewTokens; ++step) {
+    std::vector<int32_t> next;
+    for (size_t i = 0; i < s.numSequences(); ++i) {
+      std::span<const float> logits = s.logits(i);
+      if (i == 0 && !opts.dumpLogits.empty())
+        stepLogits.insert(stepLogits.end(), logits.begin(), logits.end());
+      next.push_back(sampler.sample(logits.data(), vocab));
+      generated[i].push_back(next.back());
+    }
+    if (step + 1 < opts.maxNewTokens)
+      if (absl::Status st = s.decode(next); !st.ok())
+        return st;
+  }
+  for (const std::vector<int32_t> &tokens : generated) {
+    for (size_t i = 0; i < tokens.size(); ++i)
+      std::cout << (i ? "," : "") << tokens[i];
+    std::cout << "\n";
+  }
+  if (opts.dumpLogits.empty())
+    return absl::OkStatus();
+  // Sequence 0's logits: every prompt position, then each sampled step.
+  int64_t promptRows = static_cast<int64_t>(promptLogits.size()) / vocab;
+  int64_t stepRows = static_cast<int64_t>(stepLogits.size()) / vocab;
+  std::vector<frontend::TensorToWrite> tensors{
+      {"prompt.logits",
+       frontend::DType::F32,
+       {promptRows, vocab},
+       std::as_bytes(std::span(promptLogits))},
+      {"tokens",
+       frontend::DType::I32,
+       {static_cast<int64_t>(generated[0].size())},
+       std::as_bytes(std::span(generated[0]))}};
+  if (stepRows)
+    tensors.push_back({"generate.logits",
+                       frontend::DType::F32,
+                       {stepRows, vocab},
+                       std::as_bytes(std::span(stepLogits))});
+  return frontend::writeSafetensors(opts.dumpLogits, tensors);
+}
+
+void addSamplingOptions(CLI::App &app, GenerateOptions &opts) {
+  app.add_option("--max-new-tokens", opts.maxNewTokens,
+                 "Tokens to generate per sequence")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--temperature", opts.sampling.temperature,
+                 "Sampling temperature; 0 is greedy")
+      ->check(CLI::Range(0.0f, 100.0f))
+      ->capture_default_str();
+  app.add_option("--top-k", opts.sampling.topK, "Keep the k likeliest; 0: all")
+      ->check(CLI::Range(0, 1 << 24))
+      ->capture_default_str();
+  app.add_option("--top-p", opts.sampling.topP, "Nucleus probability")
+      ->check(CLI::Range(0.0f, 1.0f))
+      ->capture_default_str();
+  app.add_option("--seed", opts.sampling.seed, "Sampling seed")
+      ->capture_default_str();
+  app.add_flag("--no-verify-weights", opts.noVerifyWeights,
+               "Skip the weights checksum at load (huge models)");
+}
+
+std::string bytesString(uint64_t bytes) {
+  const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  int unit = 0;
+  while (value >= 1024 && unit < 4) {
+    value /= 1024;
+    ++unit;
+  }
+  char text[64];
+  std::snprintf(text, sizeof(text), "%.2f %s (%llu bytes)", value, units[unit],
+                static_cast<unsigned long long>(bytes));
+  return text;
+}
+
+absl::Status inspect(const std::string &path, bool verifyWeights) {
+  absl::StatusOr<std::unique_ptr<Model>> model = openModel(path, verifyWeights);
+  if (!model.ok())
+    return model.status();
+  const ModelInfo &info = (*model)->info();
+  std::cout << "artifact:        " << info.path << "\n"
+            << "architecture:    " << info.architecture << "\n"
+            << "layers:          " << info.numLayers << "\n"
+            << "hidden size:     " << info.hiddenSize << "\n"
+            << "vocab size:      " << info.vocabSize << "\n"
+            << "max context:     " << info.maxContext << "\n"
+            << "max batch:       " << info.maxBatch << "\n"
+            << "weights:         "
+            << (info.externalWeights ? "external" : "embedded") << "\n"
+            << "parameters:      " << info.parameterCount << "\n";
+  for (const auto &[type, bytes] : info.parameterBytes)
+    std::cout << "  " << type << ":" << std::string(13 - type.size(), ' ')
+              << bytesString(bytes) << "\n";
+  std::cout << "kv cache:        " << bytesString(info.kvCacheBytesPerToken)
+            << " per token\n"
+            << "entry points:\n";
+  for (const EntryPointInfo &e : info.entryPoints)
+    std::cout << "  " << e.name << ": batch <= " << e.maxBatch
+              << ", tokens per sequence <= " << e.maxSeq << ", " << e.launches
+              << " launches, arena " << bytesString(e.arenaBytes) << "\n";
+  return absl::OkStatus();
+}
+
+} // namespace
+
+CommandRunner registerRun(CLI::App &app) {
+  auto opts = std::make_shared<GenerateOptions>();
+  auto tokens = std::make_shared<std::string>();
+  app.add_option("artifact", opts->artifact, "A .kiln file")->required();
+  app.add_option("--tokens", *tokens, "Prompt token ids, comma-separated")
+      ->required();
+  app.add_option("--dump-logits", opts->dumpLogits,
+                 "Write the prompt's and each step's logits (safetensors)");
+  addSamplingOptions(app, *opts);
+  return [opts, tokens] {
+    opts->prompts = {*tokens};
+    return generate(*opts);
+  };
+}
+
+CommandRunner registerGenerate(CLI::App &app) {
+  auto opts = std::make_shared<GenerateOptions>();
+  app.add_option("artifact", opts->artifact, "A .kiln file")->required();
+  app.add_option("--prompt", opts->prompts,
+                 "A prompt's token ids, comma-separated (repeat for a batch)")
+      ->required();
+  addSamplingOptions(app, *opts);
+  return [opts] { return generate(*opts); };
+}
+
+CommandRunner registerInspect(CLI::App &app) {
+  auto path = std::make_shared<std::string>();
+  auto noVerify = std::make_shared<bool>(false);
+  app.add_option("artifact", *path, "A .kiln file")->required();
+  app.add_flag("--no-verify-weights", *noVerify,
+               "Skip the weights checksum at load");
+  return [path, noVerify] { return inspect(*path, !*noVerify); };
+}
+
+CommandRunner registerVerify(CLI::App &app) {
+  auto path = std::make_shared<std::string>();
+  app.add_option("artifact", *path, "A .kiln file")->required();
+  return [path]() -> absl::Status {
+    absl::StatusOr<std::unique_ptr<Model>> model = openModel(*path, true);
+    if (!model.ok())
+      return model.status();
+    std::cout << *path << ": ok\n";
+    return absl::OkStatus();
+  };
+}
+
+} // namespace kiln::tools
