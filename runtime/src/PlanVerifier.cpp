@@ -6,6 +6,8 @@
 // executor read or write out of bounds.
 #include "ModelImpl.h"
 
+#include "cpu/Kernels.h"
+
 #include <algorithm>
 
 namespace kiln::detail {
@@ -285,10 +287,10 @@ absl::Status Verifier::checkLaunch(const art::Launch &launch) {
   case art::KernelKind::Rope:
     if (!expect(3, 3, 8) || !isArena(a(0), F32) || !isTokenMajor(a(0)) ||
         rank(a(0)) < 3 || !staticFrom(a(0), 2) || staticDim(a(0), -1) % 2 ||
-        !isArena(a(1), I32) || rank(a(1)) != 2 ||
-        !sameDims(a(1), 0, a(0), 0, 2) || !isArena(a(2), F32) ||
-        !sameShape(a(0), a(2)) || in(0) < 0 || in(0) > 2 ||
-        !(launch.floats()->Get(0) > 0))
+        staticDim(a(0), -1) > cpu::kMaxRotaryDim || !isArena(a(1), I32) ||
+        rank(a(1)) != 2 || !sameDims(a(1), 0, a(0), 0, 2) ||
+        !isArena(a(2), F32) || !sameShape(a(0), a(2)) || in(0) < 0 ||
+        in(0) > 2 || !(launch.floats()->Get(0) > 0))
       return bad("expects x [B,S,...,d even], positions [B,S], out like x");
     return absl::OkStatus();
   case art::KernelKind::KvAppend: {
@@ -340,9 +342,9 @@ absl::Status Verifier::checkLaunch(const art::Launch &launch) {
         k != static_cast<int64_t>(plan_.moe_top_k()))
       return bad("expects x [B,S,D], router [E,D], weights/indices [B,S,k]");
     if (in(0) < 0 || in(0) > 1 || in(1) < 0 || in(1) > 2 || k < 1 ||
-        k > experts || groups < 1 || experts % groups || keep < 1 ||
-        keep > groups || (in(1) != 0 && k > keep * (experts / groups)) ||
-        (in(1) == 2) != bias)
+        k > experts || experts > cpu::kMaxExperts || groups < 1 ||
+        experts % groups || keep < 1 || keep > groups ||
+        (in(1) != 0 && k > keep * (experts / groups)) || (in(1) == 2) != bias)
       return bad("inconsistent routing attributes");
     if (bias &&
         (!isParam(a(2)) || rank(a(2)) != 1 || staticDim(a(2), 0) != experts))
@@ -362,8 +364,8 @@ absl::Status Verifier::checkLaunch(const art::Launch &launch) {
         !isArena(routed, F32) || rank(routed) != 2 || !isRows(routed) ||
         staticDim(routed, 1) != staticDim(x, 2) || !isArena(offsets, I32) ||
         rank(offsets) != 1 || staticDim(offsets, 0) != experts + 1 ||
-        experts < 1 || !isArena(slots, I32) || rank(slots) != 1 ||
-        !isRows(slots))
+        experts < 1 || experts > cpu::kMaxExperts || !isArena(slots, I32) ||
+        rank(slots) != 1 || !isRows(slots))
       return bad("expects x [B,S,D], indices [B,S,k], routed [R,D], "
                  "offsets [E+1], slots [R]");
     return absl::OkStatus();

@@ -1,4 +1,4 @@
-#include "runtime/src/Sampler.h"
+#include "kiln/Sampler.h"
 
 #include <algorithm>
 #include <cmath>

@@ -113,6 +113,9 @@ struct Session::Impl {
   int64_t vocab = 0;
   std::vector<int64_t> lengths;
   std::vector<float> lastLogits; // [maxBatch, vocab]
+  // Kernel scratch, sized at creation so that steps never allocate.
+  std::vector<float> gateScratch;      // router logits [tokens, experts]
+  std::vector<int32_t> combineScratch; // [tokens * top_k]
   int64_t lastChunkStart = 0, lastChunkSeq = 0;
   bool lastWasPrefill = false;
 
@@ -292,10 +295,10 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
     p.topkGroup = ints(4);
     p.normTopkProb = ints(5) == 1;
     p.routedScalingFactor = floats(0);
-    cpu::moeGate(as<float>(a[0]), dims.batch * dims.seq, lastDim(a[0].ref),
-                 weight(a[1]), staticDim(a[1].ref, 0),
-                 bias ? weight(a[2]) : cpu::Weight{}, p,
-                 as<float>(a[a.size() - 2]), as<int32_t>(a.back()));
+    cpu::moeGate(
+        as<float>(a[0]), dims.batch * dims.seq, lastDim(a[0].ref), weight(a[1]),
+        staticDim(a[1].ref, 0), bias ? weight(a[2]) : cpu::Weight{}, p,
+        as<float>(a[a.size() - 2]), as<int32_t>(a.back()), gateScratch.data());
     return absl::OkStatus();
   }
   case art::KernelKind::MoeDispatch: {
@@ -324,7 +327,8 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
     if (!allBelow(as<int32_t>(a[2]), dims.routed, tokens * topK))
       return error("routing slot out of range");
     cpu::moeCombine(as<float>(a[0]), as<float>(a[1]), as<int32_t>(a[2]), tokens,
-                    topK, lastDim(a[0].ref), as<float>(a[3]));
+                    topK, lastDim(a[0].ref), as<float>(a[3]),
+                    combineScratch.data());
     return absl::OkStatus();
   }
   }
@@ -379,6 +383,19 @@ absl::StatusOr<std::unique_ptr<Session>> Session::create(const Model &model) {
         entry * impl->maxBatch * static_cast<int64_t>(plan.max_context())));
   }
   impl->lastLogits.resize(static_cast<size_t>(impl->maxBatch * impl->vocab));
+  size_t gateScratch = 0, combineScratch = 0;
+  for (const art::EntryPoint *e : *plan.entry_points()) {
+    size_t tokens = size_t{e->max_batch()} * e->max_seq();
+    for (const art::Launch *l : *e->launches())
+      if (l->kernel() == art::KernelKind::MoeGate)
+        gateScratch = std::max<size_t>(
+            gateScratch,
+            tokens * static_cast<size_t>(staticDim(l->args()->Get(1), 0)));
+    combineScratch =
+        std::max<size_t>(combineScratch, tokens * plan.moe_top_k());
+  }
+  impl->gateScratch.resize(gateScratch);
+  impl->combineScratch.resize(combineScratch);
   if (absl::Status s = impl->bind(prefill, impl->prefill); !s.ok())
     return s;
   if (absl::Status s = impl->bind(decode, impl->decode); !s.ok())

@@ -551,9 +551,10 @@ struct GateCase {
     int64_t tokens = static_cast<int64_t>(logits.size()) / experts;
     weights.assign(tokens * p.topK, -1.0f);
     indices.assign(tokens * p.topK, -1);
+    std::vector<float> scratch(tokens * experts);
     moeGate(logits.data(), tokens, experts, {identity.data(), ElementType::F32},
             experts, {bias.empty() ? nullptr : bias.data(), ElementType::F32},
-            p, weights.data(), indices.data());
+            p, weights.data(), indices.data(), scratch.data());
   }
 };
 
@@ -767,9 +768,10 @@ TEST(Kernels, MoeGateRandomMatchesReference) {
       p.routedScalingFactor = 2.5;
       std::vector<float> weights(tokens * p.topK);
       std::vector<int32_t> indices(tokens * p.topK);
+      std::vector<float> scratch(tokens * experts);
       moeGate(x.data(), tokens, dim, w.weight(), experts,
               {biasF.data(), ElementType::F32}, p, weights.data(),
-              indices.data());
+              indices.data(), scratch.data());
       for (int64_t t = 0; t < tokens; ++t) {
         std::vector<double> logits(experts);
         for (int64_t e = 0; e < experts; ++e)
@@ -820,8 +822,9 @@ TEST(Kernels, MoeDispatchGroupedLinearCombine) {
 
   std::vector<float> out(tokens * dim);
   // Identity experts: out = x * sum(weights).
+  std::vector<int32_t> rowOf(n);
   moeCombine(routed.data(), weights.data(), slots.data(), tokens, topK, dim,
-             out.data());
+             out.data(), rowOf.data());
   for (int64_t t = 0; t < tokens; ++t) {
     double ws = 0;
     for (int64_t j = 0; j < topK; ++j)
@@ -839,7 +842,7 @@ TEST(Kernels, MoeDispatchGroupedLinearCombine) {
   groupedLinear(routed.data(), dim, {diag.data(), ElementType::F32}, experts,
                 dim, offsets.data(), y.data());
   moeCombine(y.data(), weights.data(), slots.data(), tokens, topK, dim,
-             out.data());
+             out.data(), rowOf.data());
   for (int64_t t = 0; t < tokens; ++t) {
     double ws = 0;
     for (int64_t j = 0; j < topK; ++j)

@@ -9,7 +9,7 @@
 
 #include "frontend/Safetensors.h"
 #include "kiln/Runtime.h"
-#include "runtime/src/Sampler.h"
+#include "kiln/Sampler.h"
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"

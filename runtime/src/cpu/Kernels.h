@@ -16,6 +16,11 @@
 
 namespace kiln::cpu {
 
+/// Bounds that let kernels keep their scratch on the stack; the plan
+/// verifier rejects plans beyond them.
+inline constexpr int64_t kMaxExperts = 4096;
+inline constexpr int64_t kMaxRotaryDim = 4096;
+
 enum class ElementType : uint8_t { F32, BF16, F16, F8E4M3, I32 };
 
 /// A weight tensor in its stored dtype.
@@ -102,8 +107,8 @@ void broadcast(const float *x, int64_t rows, int64_t repeat, int64_t inner,
 /// Angles (position * inv_freq) and cos/sin are computed in double, times
 /// ropeAttentionFactor, then rounded to fp32. interleaved: pairs (2i, 2i+1)
 /// in place; otherwise HF's rotate_half pairs (i, i + dim/2); frequency i
-/// rotates pair i. `out` may equal `x`. Allocates dim / 2 doubles and
-/// per-thread cos/sin scratch.
+/// rotates pair i. `out` may equal `x`. dim <= kMaxRotaryDim (scratch is
+/// on the stack).
 void rope(const float *x, const int32_t *positions, int64_t tokens,
           int64_t heads, int64_t dim, const RopeParams &params, float *out);
 
@@ -148,15 +153,16 @@ void attention(const float *q, const float *k, const float *v,
 /// lower index. Experts of dropped groups score 0 for group_limited_greedy
 /// and -inf for noaux_tc, as HF masks them. Weights: the unbiased scores,
 /// divided by (sum + 1e-20) when normTopkProb, times routedScalingFactor.
-/// Allocates the [tokens, experts] logits and per-thread scratch.
+/// `logits` is caller-provided scratch of [tokens, experts] floats;
+/// experts <= kMaxExperts.
 void moeGate(const float *x, int64_t tokens, int64_t dim, Weight w,
              int64_t experts, Weight bias, const MoeGateParams &params,
-             float *weights, int32_t *indices);
+             float *weights, int32_t *indices, float *logits);
 
 /// Groups the tokens * topK selections by expert (stable: token order within
 /// an expert). routed [tokens * topK, dim], offsets [experts + 1], slots
-/// [tokens * topK] (the flat selection index of each routed row). Allocates
-/// `experts` cursors.
+/// [tokens * topK] (the flat selection index of each routed row). experts
+/// <= kMaxExperts.
 void moeDispatch(const float *x, const int32_t *indices, int64_t tokens,
                  int64_t topK, int64_t dim, int64_t experts, float *routed,
                  int32_t *offsets, int32_t *slots);
@@ -167,9 +173,11 @@ void groupedLinear(const float *x, int64_t in, Weight w, int64_t experts,
                    int64_t out, const int32_t *offsets, float *y);
 
 /// out[t, :] = sum_k weights[t, k] * y[r(t, k), :] with slots[r] = t * topK +
-/// k, summed in k order. Allocates the inverse of `slots`.
+/// k, summed in k order. `rowOf` is caller-provided scratch of
+/// [tokens * topK] ints (the inverse of `slots`).
 void moeCombine(const float *y, const float *weights, const int32_t *slots,
-                int64_t tokens, int64_t topK, int64_t dim, float *out);
+                int64_t tokens, int64_t topK, int64_t dim, float *out,
+                int32_t *rowOf);
 
 } // namespace kiln::cpu
 

@@ -9,9 +9,9 @@
 #include "runtime/src/cpu/Kernels.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
-#include <vector>
 
 namespace kiln::cpu {
 namespace {
@@ -41,10 +41,8 @@ void topK(const float *values, int64_t n, int64_t k, char *taken,
 
 void moeGate(const float *x, int64_t tokens, int64_t dim, Weight w,
              int64_t experts, Weight bias, const MoeGateParams &params,
-             float *weights, int32_t *indices) {
-  // Heap scratch: the router logits and per-thread score buffers.
-  std::vector<float> logits(static_cast<size_t>(tokens * experts));
-  linear(x, tokens, dim, w, experts, Weight{}, logits.data());
+             float *weights, int32_t *indices, float *logits) {
+  linear(x, tokens, dim, w, experts, Weight{}, logits);
   int64_t k = params.topK;
   int64_t groups = params.method == TopkMethod::Greedy
                        ? 1
@@ -53,14 +51,13 @@ void moeGate(const float *x, int64_t tokens, int64_t dim, Weight w,
   bool useBias = params.method == TopkMethod::NoauxTc && bias.data;
 #pragma omp parallel
   {
-    std::vector<float> scores(static_cast<size_t>(experts)),
-        choice(static_cast<size_t>(experts)),
-        groupScore(static_cast<size_t>(groups));
-    std::vector<char> taken(static_cast<size_t>(std::max(experts, groups)));
-    std::vector<int32_t> picked(static_cast<size_t>(std::max(experts, groups)));
+    // Per-thread scratch on the stack: no allocation in the hot loop.
+    std::array<float, kMaxExperts> scores, choice, groupScore;
+    std::array<char, kMaxExperts> taken;
+    std::array<int32_t, kMaxExperts> picked;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tokens; ++t) {
-      const float *lt = logits.data() + t * experts;
+      const float *lt = logits + t * experts;
       if (params.scoring == ScoringFunc::Softmax) {
         float mx = lt[0];
         for (int64_t e = 1; e < experts; ++e)
@@ -142,7 +139,8 @@ void moeDispatch(const float *x, const int32_t *indices, int64_t tokens,
     ++offsets[indices[i] + 1];
   for (int64_t e = 0; e < experts; ++e)
     offsets[e + 1] += offsets[e];
-  std::vector<int32_t> cursor(offsets, offsets + experts); // heap scratch
+  std::array<int32_t, kMaxExperts> cursor;
+  std::copy(offsets, offsets + experts, cursor.begin());
   for (int64_t i = 0; i < n; ++i)
     slots[cursor[indices[i]]++] = static_cast<int32_t>(i);
 #pragma omp parallel for schedule(static)
@@ -153,9 +151,9 @@ void moeDispatch(const float *x, const int32_t *indices, int64_t tokens,
 }
 
 void moeCombine(const float *y, const float *weights, const int32_t *slots,
-                int64_t tokens, int64_t topK, int64_t dim, float *out) {
+                int64_t tokens, int64_t topK, int64_t dim, float *out,
+                int32_t *rowOf) {
   int64_t n = tokens * topK;
-  std::vector<int32_t> rowOf(static_cast<size_t>(n)); // heap scratch
   for (int64_t r = 0; r < n; ++r)
     rowOf[slots[r]] = static_cast<int32_t>(r);
 #pragma omp parallel for schedule(static)

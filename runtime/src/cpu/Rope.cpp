@@ -3,9 +3,9 @@
 #include "runtime/src/cpu/Kernels.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <numbers>
-#include <vector>
 
 namespace kiln::cpu {
 namespace {
@@ -91,13 +91,13 @@ void ropeInverseFrequencies(const RopeParams &p, int64_t dim, double *invFreq) {
 void rope(const float *x, const int32_t *positions, int64_t tokens,
           int64_t heads, int64_t dim, const RopeParams &params, float *out) {
   int64_t half = dim / 2;
-  // Heap scratch: the dim / 2 inverse frequencies and per-thread cos/sin.
-  std::vector<double> invFreq(static_cast<size_t>(half));
+  // Scratch on the stack: no allocation in the hot loop.
+  std::array<double, kMaxRotaryDim / 2> invFreq;
   ropeInverseFrequencies(params, dim, invFreq.data());
   double attention = ropeAttentionFactor(params);
 #pragma omp parallel
   {
-    std::vector<float> cosSin(static_cast<size_t>(2 * half));
+    std::array<float, kMaxRotaryDim> cosSin;
     float *cosv = cosSin.data(), *sinv = cosSin.data() + half;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tokens; ++t) {
