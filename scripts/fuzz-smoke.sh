@@ -18,15 +18,31 @@ CC=clang-19 CXX=clang++-19 cmake -G Ninja -S "$root" -B "$build" \
   -DKILN_ENABLE_COMPILER=OFF \
   -DKILN_ENABLE_TESTS=ON \
   -DKILN_ENABLE_FUZZERS=ON >/dev/null
-ninja -C "$build" -j"${KILN_FUZZ_JOBS:-2}" kiln-fuzz-safetensors kiln-fuzz-config
+ninja -C "$build" -j"${KILN_FUZZ_JOBS:-2}" kiln-fuzz-safetensors kiln-fuzz-config \
+  kiln-fuzz-artifact
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 
+# Artifact seeds are compiled fresh by the main build's kiln from small
+# configs, so they always match the current format.
+kiln="${KILN_BUILD_DIR:-$root/build}/bin/kiln"
+if [[ ! -x "$kiln" ]]; then
+  echo "fuzz-smoke: $kiln is missing; run scripts/setup.sh first" >&2
+  exit 1
+fi
+mkdir -p "$scratch/corpus-artifact"
+for config in "$root"/tests/fuzz/seeds/artifact-*.json; do
+  name="$(basename "$config" .json)"
+  "$kiln" init-model --config "$config" --dtype F32 -o "$scratch/$name"
+  "$kiln" compile-model "$scratch/$name" -o "$scratch/corpus-artifact/$name.kiln" \
+    --max-batch 2 --max-context 8 --max-prefill 4
+done
+
 status=0
-for target in safetensors config; do
+for target in safetensors config artifact; do
   corpus="$scratch/corpus-$target"
-  cp -r "$root/tests/fuzz/corpus/$target" "$corpus"
+  [[ -d "$corpus" ]] || cp -r "$root/tests/fuzz/corpus/$target" "$corpus"
   echo "== kiln-fuzz-$target for ${seconds}s"
   if ! (cd "$scratch" && "$build/bin/kiln-fuzz-$target" \
           -max_total_time="$seconds" -print_final_stats=1 -print_funcs=0 \

@@ -13,7 +13,7 @@ build="${KILN_BUILD_DIR:-$root/build}"
 packages=(
   cmake ninja-build g++ ccache python3
   llvm-19-dev libmlir-19-dev mlir-19-tools llvm-19-tools
-  clang-19 libclang-rt-19-dev
+  clang-19 libclang-rt-19-dev libomp-19-dev
   libflatbuffers-dev flatbuffers-compiler
   libabsl-dev libcli11-dev nlohmann-json3-dev
   googletest libgtest-dev libgmock-dev
