@@ -179,6 +179,72 @@ void moeCombine(const float *y, const float *weights, const int32_t *slots,
                 int64_t tokens, int64_t topK, int64_t dim, float *out,
                 int32_t *rowOf);
 
+//===----------------------------------------------------------------------===//
+// Paged KV cache (runtime/src/cpu/Paged.cpp)
+//===----------------------------------------------------------------------===//
+//
+// A paged cache stores tokens in fixed-size blocks of `blockTokens` rows
+// taken from a pool shared by all sequences (see PagedKvCache). Row r of
+// block `id` of a slot is at data + (id * blockTokens + r) * entry, and
+// sequence b's position p is in block blockTables[b * tableStride + p /
+// blockTokens], row p % blockTokens. Kernels trust the tables: the caller
+// checks that every position and kv length it passes is covered by the
+// blocks the sequence holds.
+
+/// kvAppend for a paged slot of `entry` floats per token: x[b, s, :] goes to
+/// position positions[b, s] of sequence b. Negative positions (padding) are
+/// skipped.
+void kvAppendPaged(const float *x, const int32_t *positions, int64_t batch,
+                   int64_t seq, int64_t entry, float *slotData,
+                   const int32_t *blockTables, int64_t tableStride,
+                   int64_t blockTokens);
+
+/// Where keys (or values) of kv head `h` at a token row live in a paged slot:
+/// data + row * rowStride + offset + h * headStride, for rows numbered as
+/// above (rowStride is the slot's entry). Separate views of one slot let V
+/// be a column range of the K entry (absorbed MLA: K = columns [0, 576)
+/// and V = columns [0, 512) of the 576-wide latent).
+struct PagedView {
+  const float *data = nullptr;
+  int64_t rowStride = 0;
+  int64_t headStride = 0;
+  int64_t offset = 0;
+};
+
+/// Paged block tables shared by K and V: one row of `tableStride` block ids
+/// per sequence of the batch, blocks of `blockTokens` rows.
+struct BlockTables {
+  const int32_t *ids = nullptr;
+  int64_t stride = 0;
+  int64_t blockTokens = 0;
+};
+
+/// Most context splits per query that attentionPaged uses.
+inline constexpr int64_t kMaxAttentionSplits = 64;
+
+/// Floats of scratch that let attentionPaged split the context of up to
+/// `queries` (batch * seq) query rows as far as it would with the current
+/// OpenMP thread count. Sized once (e.g. for the decode batch); calls with
+/// fewer rows fit too.
+int64_t attentionPagedScratch(int64_t queries, int64_t heads, int64_t dv);
+
+/// `attention` reading keys and values through block tables: query (b, s)
+/// of q [batch, seq, heads, dk] attends to positions j <= positions[b, s]
+/// with j < kvLengths[b]; a negative position yields zeros, as does an empty
+/// key range; query head h reads kv head h / (heads / kvHeads); fp32 online
+/// softmax. out [batch, seq, heads, dv]. When batch * kvHeads work is too
+/// little to occupy the threads (decode), the context of each query is split
+/// into ranges of whole 64-key blocks whose softmax statistics and partial
+/// outputs go to `scratch` and are merged afterwards (equal to the unsplit
+/// result up to fp32 rounding); the splits are capped by `scratchFloats`
+/// (see attentionPagedScratch; 0 never splits).
+void attentionPaged(const float *q, PagedView k, PagedView v,
+                    BlockTables tables, const int32_t *positions,
+                    const int32_t *kvLengths, int64_t batch, int64_t seq,
+                    int64_t heads, int64_t kvHeads, int64_t dk, int64_t dv,
+                    float scale, float *out, float *scratch,
+                    int64_t scratchFloats);
+
 } // namespace kiln::cpu
 
 #endif // KILN_RUNTIME_CPU_KERNELS_H

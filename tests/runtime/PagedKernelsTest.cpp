@@ -1,0 +1,402 @@
+// The paged kernels against the contiguous ones on the same data: caches
+// are scattered into randomly permuted blocks of a pool whose unused rows
+// (and a guard block before it, which a -1 table entry would hit) hold NaN,
+// so any read outside the keys a query may see shows up in the output.
+//
+// Tolerance: with a single split the paged kernel does the contiguous one's
+// arithmetic in the same order; context splits only reorder the softmax
+// sums. Outputs are convex combinations of values in [-1, 1], so 1e-5
+// absolute is 1e-5 relative to their scale.
+#include "runtime/src/PagedKvCache.h"
+#include "runtime/src/cpu/Kernels.h"
+
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+namespace kiln::cpu {
+namespace {
+
+constexpr double kTol = 1e-5;
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+std::vector<float> randomFloats(std::mt19937 &rng, size_t n) {
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float &x : v)
+    x = dist(rng);
+  return v;
+}
+
+template <typename F> void forEachIsa(F body) {
+  setVectorKernels(true);
+  bool hasVector = vectorKernelsActive();
+  {
+    SCOPED_TRACE(hasVector ? "avx2" : "portable");
+    body();
+  }
+  if (hasVector) {
+    setVectorKernels(false);
+    SCOPED_TRACE("portable");
+    body();
+    setVectorKernels(true);
+  }
+}
+
+/// Runs `body` with `threads` OpenMP threads (0: the default), which sets
+/// how far attentionPaged splits the context.
+template <typename F> void withThreads(int threads, F body) {
+  int before = omp_get_max_threads();
+  if (threads > 0)
+    omp_set_num_threads(threads);
+  SCOPED_TRACE("threads " + std::to_string(omp_get_max_threads()));
+  body();
+  omp_set_num_threads(before);
+}
+
+/// A pool of `numBlocks` blocks of `entry` floats per row, all NaN, after a
+/// NaN guard block (what block id -1 addresses).
+struct Pool {
+  std::vector<float> storage;
+  int64_t blockFloats;
+  Pool(int64_t numBlocks, int64_t blockTokens, int64_t entry)
+      : storage((numBlocks + 1) * blockTokens * entry, kNaN),
+        blockFloats(blockTokens * entry) {}
+  float *data() { return storage.data() + blockFloats; }
+};
+
+/// How K and V are stored.
+enum class Layout {
+  Separate, // a K slot [kvHeads, dk] and a V slot [kvHeads, dv]
+  Fused,    // one slot [kvHeads, dk] ++ [kvHeads, dv]: V at a column offset
+  Latent,   // absorbed MLA: one slot of dk, V its first dv columns
+};
+
+struct PagedCase {
+  int64_t batch, seq, heads, kvHeads, dk, dv, maxTokens;
+  std::vector<int32_t> positions, kvLengths;
+  Layout layout = Layout::Separate;
+  int64_t blockTokens = 64;
+};
+
+void checkPaged(const PagedCase &c, uint32_t seed,
+                std::initializer_list<int> threadCounts = {0}) {
+  std::mt19937 rng(seed);
+  int64_t kRowFloats = c.kvHeads * c.dk, vRowFloats = c.kvHeads * c.dv;
+  // Contiguous caches [batch, maxTokens, kvHeads, d], as `attention` reads.
+  std::vector<float> q = randomFloats(rng, c.batch * c.seq * c.heads * c.dk);
+  std::vector<float> k = randomFloats(rng, c.batch * c.maxTokens * kRowFloats);
+  std::vector<float> v(c.batch * c.maxTokens * vRowFloats);
+  if (c.layout == Layout::Latent) {
+    ASSERT_EQ(c.kvHeads, 1);
+    for (int64_t t = 0; t < c.batch * c.maxTokens; ++t)
+      std::copy_n(k.begin() + t * c.dk, c.dv, v.begin() + t * c.dv);
+  } else {
+    v = randomFloats(rng, v.size());
+  }
+  float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.dk)));
+  std::vector<float> ref(c.batch * c.seq * c.heads * c.dv);
+  attention(q.data(), k.data(), v.data(), c.positions.data(),
+            c.kvLengths.data(), c.batch, c.seq, c.heads, c.kvHeads, c.dk, c.dv,
+            c.maxTokens * kRowFloats, c.maxTokens * vRowFloats, scale,
+            ref.data());
+
+  // Each sequence holds the blocks of its kv length, drawn from a shuffled
+  // pool with spare blocks; its table row is wider than needed (-1 past the
+  // blocks held).
+  int64_t bt = c.blockTokens;
+  int64_t perSeq = (c.maxTokens + bt - 1) / bt, stride = perSeq + 1;
+  int64_t numBlocks = c.batch * perSeq + 3;
+  std::vector<int32_t> ids(numBlocks);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  std::vector<int32_t> tables(c.batch * stride, -1);
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t i = 0; i < (c.kvLengths[b] + bt - 1) / bt; ++i)
+      tables[b * stride + i] = ids[b * perSeq + i];
+
+  // Append each sequence's first kvLengths[b] tokens: the rest stays NaN.
+  std::vector<int32_t> appendPos(c.batch * c.maxTokens);
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t p = 0; p < c.maxTokens; ++p)
+      appendPos[b * c.maxTokens + p] = p < c.kvLengths[b] ? p : -1;
+  int64_t kEntry =
+      c.layout == Layout::Fused ? kRowFloats + vRowFloats : kRowFloats;
+  Pool kPool(numBlocks, bt, kEntry), vPool(numBlocks, bt, vRowFloats);
+  PagedView kView{kPool.data(), kEntry, c.dk, 0};
+  PagedView vView;
+  if (c.layout == Layout::Fused) {
+    std::vector<float> fused(c.batch * c.maxTokens * kEntry);
+    for (int64_t t = 0; t < c.batch * c.maxTokens; ++t) {
+      std::copy_n(k.begin() + t * kRowFloats, kRowFloats,
+                  fused.begin() + t * kEntry);
+      std::copy_n(v.begin() + t * vRowFloats, vRowFloats,
+                  fused.begin() + t * kEntry + kRowFloats);
+    }
+    kvAppendPaged(fused.data(), appendPos.data(), c.batch, c.maxTokens, kEntry,
+                  kPool.data(), tables.data(), stride, bt);
+    vView = {kPool.data(), kEntry, c.dv, kRowFloats};
+  } else {
+    kvAppendPaged(k.data(), appendPos.data(), c.batch, c.maxTokens, kEntry,
+                  kPool.data(), tables.data(), stride, bt);
+    if (c.layout == Layout::Latent) {
+      vView = {kPool.data(), kEntry, c.dv, 0};
+    } else {
+      kvAppendPaged(v.data(), appendPos.data(), c.batch, c.maxTokens,
+                    vRowFloats, vPool.data(), tables.data(), stride, bt);
+      vView = {vPool.data(), vRowFloats, c.dv, 0};
+    }
+  }
+
+  BlockTables bts{tables.data(), stride, bt};
+  auto compare = [&](const std::vector<float> &out) {
+    for (size_t i = 0; i < out.size(); ++i)
+      ASSERT_NEAR(out[i], ref[i], kTol) << "at " << i;
+  };
+  forEachIsa([&] {
+    // No scratch: never split.
+    std::vector<float> out(ref.size(), -7.0f);
+    attentionPaged(q.data(), kView, vView, bts, c.positions.data(),
+                   c.kvLengths.data(), c.batch, c.seq, c.heads, c.kvHeads, c.dk,
+                   c.dv, scale, out.data(), nullptr, 0);
+    compare(out);
+    for (int threads : threadCounts)
+      withThreads(threads, [&] {
+        std::vector<float> scratch(
+            attentionPagedScratch(c.batch * c.seq, c.heads, c.dv), kNaN);
+        std::vector<float> split(ref.size(), -7.0f);
+        attentionPaged(q.data(), kView, vView, bts, c.positions.data(),
+                       c.kvLengths.data(), c.batch, c.seq, c.heads, c.kvHeads,
+                       c.dk, c.dv, scale, split.data(), scratch.data(),
+                       static_cast<int64_t>(scratch.size()));
+        compare(split);
+      });
+  });
+}
+
+TEST(PagedKernels, KvAppendPagedPlacesRows) {
+  std::mt19937 rng(1);
+  int64_t batch = 3, seq = 5, entry = 7, bt = 4, stride = 6, numBlocks = 20;
+  std::vector<float> x = randomFloats(rng, batch * seq * entry);
+  // A prefill continuing at 2, a padded row, a decode-like row crossing a
+  // block boundary.
+  std::vector<int32_t> positions = {2,  3,  4,  5,  6,  -1, 0, 1,
+                                    -1, -1, 20, 21, 22, 23, 3};
+  std::vector<int32_t> tables(batch * stride, -1);
+  tables[0 * stride + 0] = 7;
+  tables[0 * stride + 1] = 2;
+  tables[1 * stride + 0] = 11;
+  tables[2 * stride + 0] = 0;
+  tables[2 * stride + 5] = 19;
+  Pool pool(numBlocks, bt, entry);
+  kvAppendPaged(x.data(), positions.data(), batch, seq, entry, pool.data(),
+                tables.data(), stride, bt);
+  std::vector<bool> written(numBlocks * bt, false);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t s = 0; s < seq; ++s) {
+      int32_t p = positions[b * seq + s];
+      if (p < 0)
+        continue;
+      int64_t row = tables[b * stride + p / bt] * bt + p % bt;
+      written[row] = true;
+      for (int64_t i = 0; i < entry; ++i)
+        ASSERT_EQ(pool.data()[row * entry + i], x[(b * seq + s) * entry + i])
+            << "b " << b << " s " << s;
+    }
+  for (size_t i = 0; i < pool.storage.size(); ++i) {
+    int64_t row = static_cast<int64_t>(i) / entry - bt; // after the guard
+    if (row < 0 || !written[row]) {
+      ASSERT_TRUE(std::isnan(pool.storage[i])) << "at " << i;
+    }
+  }
+}
+
+TEST(PagedKernels, MhaMatchesContiguous) {
+  // Sequence 1 is a prefill continuing a cache; sequence 0 has a padded
+  // query. Small blocks so that keys span several.
+  checkPaged({2, 3, 4, 4, 32, 24, 50, {40, 41, -1, 0, 1, 2}, {42, 3}}, 2,
+             {0, 3});
+  checkPaged({2,
+              3,
+              4,
+              4,
+              32,
+              24,
+              50,
+              {40, 41, -1, 0, 1, 2},
+              {42, 3},
+              Layout::Separate,
+              16},
+             3);
+}
+
+TEST(PagedKernels, GqaMatchesContiguous) {
+  // K and V of all heads in one slot: V at a column offset.
+  checkPaged({2,
+              2,
+              8,
+              2,
+              16,
+              12,
+              200,
+              {150, 151, 70, 71},
+              {152, 72},
+              Layout::Fused,
+              16},
+             4, {0, 5});
+  checkPaged({1, 1, 12, 3, 37, 29, 300, {250}, {251}, Layout::Separate, 64}, 5,
+             {0, 8});
+}
+
+TEST(PagedKernels, MqaAbsorbedMla) {
+  // kvHeads = 1, dk = 576, V the first 512 columns of the latent, more
+  // heads than one work item holds, more keys than one softmax block.
+  checkPaged({1, 2, 20, 1, 576, 512, 300, {268, 269}, {270}, Layout::Latent}, 6,
+             {0, 4});
+  checkPaged(
+      {2, 1, 16, 1, 576, 512, 700, {650, 99}, {651, 100}, Layout::Latent, 64},
+      7, {0, 3, 16});
+}
+
+TEST(PagedKernels, PaddingAndMixedKvLengths) {
+  // kvLengths shorter than positions + 1 cap the keys; negative positions
+  // and an empty cache (a table of -1 only) give zeros.
+  checkPaged({4,
+              2,
+              4,
+              2,
+              8,
+              8,
+              300,
+              {9, 12, -1, -5, 3, 7, 280, 281},
+              {5, 300, 0, 282},
+              Layout::Separate,
+              16},
+             8, {0, 7});
+  checkPaged({3,
+              1,
+              16,
+              1,
+              64,
+              48,
+              2000,
+              {1999, -1, 700},
+              {2000, 0, 701},
+              Layout::Latent,
+              32},
+             9, {0, 2, 5, 64});
+}
+
+TEST(PagedKernels, LongContextSplits) {
+  // Decode at batch 1 with 16 heads over 20000 tokens of absorbed MLA: one
+  // work item, so the context is split by the thread count (64 reaches the
+  // split cap).
+  checkPaged({1, 1, 16, 1, 576, 512, 20000, {19999}, {20000}, Layout::Latent},
+             10, {0, 2, 7, 64});
+  // Two queries of a prefill chunk and a short sequence beside a long one.
+  checkPaged({2,
+              2,
+              16,
+              2,
+              64,
+              64,
+              9000,
+              {8998, 8999, 600, -1},
+              {9000, 601},
+              Layout::Separate,
+              64},
+             11, {0, 16});
+}
+
+/// Decode driven by PagedKvCache: sequences of mixed lengths share a pool;
+/// one finishes mid-batch and a new one takes its row (and blocks). Every
+/// step's attention equals the contiguous kernel over per-row caches.
+TEST(PagedKernels, ContinuousBatchingThroughTheCache) {
+  constexpr int64_t kHeads = 4, kKvHeads = 2, kD = 16, kMax = 120, kBt = 8;
+  constexpr int64_t kBatch = 3, kEntry = kKvHeads * kD;
+  absl::StatusOr<PagedKvCache> made =
+      PagedKvCache::create({.slotEntries = {kEntry, kEntry},
+                            .numBlocks = 40,
+                            .blockTokens = kBt,
+                            .maxSequences = 4,
+                            .maxSequenceTokens = kMax});
+  ASSERT_TRUE(made.ok()) << made.status();
+  PagedKvCache &cache = *made;
+  std::mt19937 rng(12);
+  // Contiguous mirrors per batch row.
+  std::vector<float> kRef(kBatch * kMax * kEntry), vRef(kRef.size());
+  std::vector<int> rows(kBatch);
+  std::vector<int32_t> lengths = {30, 5, 61};
+  for (int64_t b = 0; b < kBatch; ++b)
+    rows[b] = *cache.addSequence();
+
+  // Appends `count` tokens to every row from position lengths[b] - count
+  // (rows with fewer get padding), as prefill or decode.
+  auto append = [&](std::vector<int32_t> counts) {
+    int64_t seq = *std::max_element(counts.begin(), counts.end());
+    std::vector<int32_t> positions(kBatch * seq, -1);
+    for (int64_t b = 0; b < kBatch; ++b) {
+      ASSERT_TRUE(cache.reserve(rows[b], lengths[b]).ok());
+      for (int64_t s = 0; s < counts[b]; ++s)
+        positions[b * seq + s] = lengths[b] - counts[b] + s;
+    }
+    absl::StatusOr<const int32_t *> tables = cache.batchTables(rows);
+    ASSERT_TRUE(tables.ok());
+    for (int slot = 0; slot < 2; ++slot) {
+      std::vector<float> x = randomFloats(rng, kBatch * seq * kEntry);
+      std::vector<float> &mirror = slot == 0 ? kRef : vRef;
+      for (int64_t t = 0; t < kBatch * seq; ++t)
+        if (positions[t] >= 0)
+          std::copy_n(x.begin() + t * kEntry, kEntry,
+                      mirror.begin() +
+                          ((t / seq) * kMax + positions[t]) * kEntry);
+      kvAppendPaged(x.data(), positions.data(), kBatch, seq, kEntry,
+                    cache.slotData(slot), *tables, cache.tableStride(), kBt);
+    }
+  };
+  auto decodeAndCheck = [&] {
+    std::vector<int32_t> positions(kBatch);
+    for (int64_t b = 0; b < kBatch; ++b)
+      positions[b] = lengths[b] - 1;
+    std::vector<float> q = randomFloats(rng, kBatch * kHeads * kD);
+    std::vector<float> ref(kBatch * kHeads * kD), out(ref.size());
+    attention(q.data(), kRef.data(), vRef.data(), positions.data(),
+              lengths.data(), kBatch, 1, kHeads, kKvHeads, kD, kD,
+              kMax * kEntry, kMax * kEntry, 0.25f, ref.data());
+    absl::StatusOr<const int32_t *> tables = cache.batchTables(rows);
+    ASSERT_TRUE(tables.ok());
+    std::vector<float> scratch(attentionPagedScratch(kBatch, kHeads, kD));
+    attentionPaged(q.data(), {cache.slotData(0), kEntry, kD, 0},
+                   {cache.slotData(1), kEntry, kD, 0},
+                   {*tables, cache.tableStride(), kBt}, positions.data(),
+                   lengths.data(), kBatch, 1, kHeads, kKvHeads, kD, kD, 0.25f,
+                   out.data(), scratch.data(),
+                   static_cast<int64_t>(scratch.size()));
+    for (size_t i = 0; i < out.size(); ++i)
+      ASSERT_NEAR(out[i], ref[i], kTol) << "at " << i;
+  };
+
+  append({30, 5, 61}); // prefill
+  for (int step = 0; step < 20; ++step) {
+    if (step == 8) {
+      // Row 1 finishes; a new sequence with a 40-token prompt takes it.
+      ASSERT_TRUE(cache.release(rows[1]).ok());
+      rows[1] = *cache.addSequence();
+      lengths[1] = 40;
+      append({0, 40, 0});
+    }
+    for (int32_t &n : lengths)
+      ++n;
+    append({1, 1, 1});
+    decodeAndCheck();
+  }
+}
+
+} // namespace
+} // namespace kiln::cpu
