@@ -3,9 +3,11 @@
 
 #include "ir/KilnOps.h"
 #include "kiln/ArtifactFormat.h"
+#include "kiln/WeightTransforms.h"
 #include "support/AtomicFile.h"
 
 #include <cstring>
+#include <map>
 #include <vector>
 
 namespace kiln::codegen {
@@ -54,8 +56,10 @@ absl::Status writeArtifact(const std::filesystem::path &path, art::ModelT &plan,
                            WeightsMode mode) {
   // Resolve every parameter's bytes and lay out the weights section.
   std::vector<std::vector<frontend::CheckpointTensor>> sources;
+  std::map<size_t, std::string> derived; // parameter index -> bytes
   uint64_t weightsSize = 0;
-  for (std::unique_ptr<art::ParameterT> &p : plan.parameters) {
+  for (size_t i = 0; i < plan.parameters.size(); ++i) {
+    std::unique_ptr<art::ParameterT> &p = plan.parameters[i];
     auto param = module.lookupSymbol<mlir::kiln::ParameterOp>(p->name);
     if (!param)
       return absl::InternalError("the plan names an undeclared parameter " +
@@ -67,14 +71,37 @@ absl::Status writeArtifact(const std::filesystem::path &path, art::ModelT &plan,
     uint64_t bytes = 0;
     for (const frontend::CheckpointTensor &t : *tensors)
       bytes += t.info->end - t.info->begin;
-    if (bytes != p->bytes)
+    uint64_t elements = 1;
+    for (int64_t d : p->shape)
+      elements *= static_cast<uint64_t>(d);
+    uint64_t elementSize = p->bytes / elements;
+    uint64_t expected = p->bytes;
+    int64_t in = 0;
+    if (p->transform) {
+      // A derived parameter reads all of its [heads * rows, in] source.
+      in = p->shape[p->transform->transpose ? 1 : 2];
+      HeadSlice slice{p->transform->heads, p->transform->rows, 0, 0, false};
+      expected = static_cast<uint64_t>(slice.sourceElements(in)) * elementSize;
+    }
+    if (bytes != expected)
       return absl::InvalidArgumentError(
-          "parameter " + p->name + " needs " + std::to_string(p->bytes) +
+          "parameter " + p->name + " needs " + std::to_string(expected) +
           " bytes but the checkpoint holds " + std::to_string(bytes));
+    if (p->transform && mode == WeightsMode::Embed) {
+      // Embedded weights are stored derived; the runtime applies nothing.
+      const art::HeadSliceT &t = *p->transform;
+      std::string &out = derived[i];
+      out.resize(p->bytes);
+      applyHeadSlice({t.heads, t.rows, t.offset, t.size, t.transpose},
+                     tensors->front().file->data(*tensors->front().info).data(),
+                     in, elementSize,
+                     reinterpret_cast<std::byte *>(out.data()));
+      p->transform.reset();
+    }
     if (mode == WeightsMode::Embed) {
       weightsSize = alignUp(weightsSize, art::kParameterAlignment);
       p->offset = weightsSize;
-      weightsSize += bytes;
+      weightsSize += p->bytes;
     } else {
       std::filesystem::path dir = checkpoint.directory();
       for (const frontend::CheckpointTensor &t : *tensors) {
@@ -123,6 +150,12 @@ absl::Status writeArtifact(const std::filesystem::path &path, art::ModelT &plan,
           !s.ok())
         return s;
       at = plan.parameters[i]->offset;
+      if (auto it = derived.find(i); it != derived.end()) {
+        if (absl::Status s = sink(it->second); !s.ok())
+          return s;
+        at += it->second.size();
+        continue;
+      }
       for (const frontend::CheckpointTensor &t : sources[i]) {
         std::span<const std::byte> data = t.file->data(*t.info);
         if (absl::Status s = sink(std::string_view(

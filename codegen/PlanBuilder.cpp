@@ -70,23 +70,24 @@ struct Bounds {
   }
 };
 
-/// The symbolic shape of a value: leading dynamic dimensions are
-/// (Batch, Seq), (Batch, KvLen) for cache reads, or RoutedRows when there is
-/// only one (the rows grouped by expert).
-std::vector<art::Dim> symbolicShape(RankedTensorType type, bool cacheRead) {
-  ArrayRef<int64_t> shape = type.getShape();
-  size_t dynamic = 0;
-  while (dynamic < shape.size() && ShapedType::isDynamic(shape[dynamic]))
-    ++dynamic;
+/// Symbols of a value's leading dynamic dimensions (batch and sequence,
+/// batch and cached positions, or routed rows).
+using Leading = SmallVector<art::DimSymbol, 2>;
+
+size_t leadingDynamic(RankedTensorType type) {
+  size_t n = 0;
+  while (n < static_cast<size_t>(type.getRank()) &&
+         ShapedType::isDynamic(type.getDimSize(n)))
+    ++n;
+  return n;
+}
+
+std::vector<art::Dim> symbolicShape(RankedTensorType type,
+                                    ArrayRef<art::DimSymbol> leading) {
   std::vector<art::Dim> dims;
-  if (dynamic == 1) {
-    dims.emplace_back(art::DimSymbol::RoutedRows, 0);
-  } else if (dynamic == 2) {
-    dims.emplace_back(art::DimSymbol::Batch, 0);
-    dims.emplace_back(cacheRead ? art::DimSymbol::KvLen : art::DimSymbol::Seq,
-                      0);
-  }
-  for (int64_t d : shape.drop_front(dynamic))
+  for (art::DimSymbol symbol : leading)
+    dims.emplace_back(symbol, 0);
+  for (int64_t d : type.getShape().drop_front(leading.size()))
     dims.emplace_back(art::DimSymbol::Static, d);
   return dims;
 }
@@ -94,10 +95,12 @@ std::vector<art::Dim> symbolicShape(RankedTensorType type, bool cacheRead) {
 /// Where a value lives and how it is shaped.
 struct ValueInfo {
   art::Storage storage = art::Storage::Arena;
-  uint32_t index = 0; // parameter or cache slot
-  int buffer = -1;    // arena buffer
+  uint32_t index = 0;  // parameter or cache slot
+  uint64_t column = 0; // cache views: first column of the entry read
+  int buffer = -1;     // arena buffer
   art::ElementType type = art::ElementType::F32;
   std::vector<art::Dim> shape;
+  Leading leading;
 };
 
 struct Buffer {
@@ -117,9 +120,14 @@ public:
 
 private:
   LogicalResult assignValues();
+  FailureOr<Leading> leadingOf(Operation &op, RankedTensorType type);
   void assignOffsets(art::EntryPointT &entry);
   LogicalResult addLaunch(Operation *op, art::EntryPointT &entry);
-  std::unique_ptr<art::TensorRefT> ref(Value value) const;
+  /// How `user` sees `value`: attention reads cache views in place; any
+  /// other op reads the arena copy a KvGather launch makes.
+  const ValueInfo &infoFor(Value value, Operation *user) const;
+  std::unique_ptr<art::TensorRefT> ref(Value value,
+                                       Operation *user = nullptr) const;
   int newBuffer(Value value, const ValueInfo &info, size_t position);
 
   func::FuncOp func_;
@@ -127,6 +135,7 @@ private:
   const llvm::StringMap<uint32_t> &parameters_;
   const llvm::StringMap<uint32_t> &slots_;
   llvm::DenseMap<Value, ValueInfo> values_;
+  llvm::DenseMap<Value, ValueInfo> gathered_;
   std::vector<Buffer> buffers_;
 };
 
@@ -139,6 +148,35 @@ int EntryPlanner::newBuffer(Value value, const ValueInfo &info,
   return static_cast<int>(buffers_.size() - 1);
 }
 
+const ValueInfo &EntryPlanner::infoFor(Value value, Operation *user) const {
+  auto gathered = gathered_.find(value);
+  if (gathered != gathered_.end() && user && !isa<AttentionOp>(user))
+    return gathered->second;
+  return values_.find(value)->second;
+}
+
+FailureOr<Leading> EntryPlanner::leadingOf(Operation &op,
+                                           RankedTensorType type) {
+  size_t n = leadingDynamic(type);
+  if (n == 0)
+    return Leading{};
+  if (isa<KVReadOp>(op) && n == 2)
+    return Leading{art::DimSymbol::Batch, art::DimSymbol::KvLen};
+  if (isa<MoEDispatchOp>(op) && n == 1)
+    return Leading{art::DimSymbol::RoutedRows};
+  // Otherwise the dimensions carry over from the first operand that has as
+  // many (e.g. a linear over cached positions keeps KvLen).
+  for (Value operand : op.getOperands()) {
+    auto it = values_.find(operand);
+    if (it != values_.end() && it->second.leading.size() >= n)
+      return Leading(it->second.leading.begin(),
+                     it->second.leading.begin() + n);
+  }
+  return op.emitOpError("has dynamic dimensions the planner cannot relate "
+                        "to batch, sequence, cached positions or routed "
+                        "rows");
+}
+
 LogicalResult EntryPlanner::assignValues() {
   Block &body = func_.getBody().front();
   size_t end = body.getOperations().size() + 1;
@@ -148,9 +186,10 @@ LogicalResult EntryPlanner::assignValues() {
   for (auto [i, arg] : llvm::enumerate(body.getArguments())) {
     ValueInfo info;
     info.type = art::ElementType::I32;
-    auto type = cast<RankedTensorType>(arg.getType());
-    info.shape = i == 2 ? std::vector<art::Dim>{{art::DimSymbol::Batch, 0}}
-                        : symbolicShape(type, false);
+    info.leading = i == 2 ? Leading{art::DimSymbol::Batch}
+                          : Leading{art::DimSymbol::Batch, art::DimSymbol::Seq};
+    info.shape =
+        symbolicShape(cast<RankedTensorType>(arg.getType()), info.leading);
     info.buffer = newBuffer(arg, info, 0);
     buffers_[info.buffer].last = end;
     values_[arg] = info;
@@ -158,15 +197,12 @@ LogicalResult EntryPlanner::assignValues() {
 
   size_t position = 1;
   for (Operation &op : body) {
-    for (Value operand : op.getOperands()) {
-      auto it = values_.find(operand);
-      if (it != values_.end() && it->second.buffer >= 0)
-        buffers_[it->second.buffer].last =
-            std::max(buffers_[it->second.buffer].last, position);
-    }
+    for (Value operand : op.getOperands())
+      if (int b = infoFor(operand, &op).buffer; b >= 0)
+        buffers_[b].last = std::max(buffers_[b].last, position);
     if (isa<func::ReturnOp>(op)) {
       for (Value operand : op.getOperands())
-        if (int b = values_[operand].buffer; b >= 0)
+        if (int b = infoFor(operand, &op).buffer; b >= 0)
           buffers_[b].last = end;
       continue;
     }
@@ -175,23 +211,37 @@ LogicalResult EntryPlanner::assignValues() {
       ValueInfo info;
       FailureOr<art::ElementType> element =
           elementType(&op, type.getElementType());
-      if (failed(element))
+      FailureOr<Leading> leading = leadingOf(op, type);
+      if (failed(element) || failed(leading))
         return failure();
       info.type = *element;
+      info.leading = *leading;
+      info.shape = symbolicShape(type, info.leading);
       if (auto get = dyn_cast<GetParameterOp>(op)) {
         info.storage = art::Storage::Parameter;
         info.index = parameters_.lookup(get.getName());
-        info.shape = symbolicShape(type, false);
       } else if (auto read = dyn_cast<KVReadOp>(op)) {
         info.storage = art::Storage::KvCache;
         info.index = slots_.lookup(read.getCache());
-        info.shape = symbolicShape(type, /*cacheRead=*/true);
+        if (std::optional<ArrayRef<int64_t>> columns = read.getColumns())
+          info.column = static_cast<uint64_t>((*columns)[0]);
+        // Ops other than attention read a contiguous copy.
+        if (llvm::any_of(result.getUsers(),
+                         [](Operation *u) { return !isa<AttentionOp>(u); })) {
+          ValueInfo copy = info;
+          copy.storage = art::Storage::Arena;
+          copy.column = 0;
+          copy.buffer = newBuffer(result, copy, position);
+          gathered_[result] = copy;
+        }
       } else if (auto reshape = dyn_cast<ReshapeOp>(op)) {
         // A view: same bytes, new shape.
-        info = values_[reshape.getInput()];
-        info.shape = symbolicShape(type, false);
+        const ValueInfo &input = infoFor(reshape.getInput(), &op);
+        info.storage = input.storage;
+        info.index = input.index;
+        info.column = input.column;
+        info.buffer = input.buffer;
       } else {
-        info.shape = symbolicShape(type, false);
         info.buffer = newBuffer(result, info, position);
       }
       values_[result] = info;
@@ -232,12 +282,13 @@ void EntryPlanner::assignOffsets(art::EntryPointT &entry) {
   entry.arena_bytes = arena;
 }
 
-std::unique_ptr<art::TensorRefT> EntryPlanner::ref(Value value) const {
-  const ValueInfo &info = values_.find(value)->second;
+std::unique_ptr<art::TensorRefT> EntryPlanner::ref(Value value,
+                                                   Operation *user) const {
+  const ValueInfo &info = infoFor(value, user);
   auto t = std::make_unique<art::TensorRefT>();
   t->storage = info.storage;
   t->index = info.index;
-  t->offset = info.buffer >= 0 ? buffers_[info.buffer].offset : 0;
+  t->offset = info.buffer >= 0 ? buffers_[info.buffer].offset : info.column;
   t->type = info.type;
   t->shape = info.shape;
   return t;
@@ -248,7 +299,7 @@ LogicalResult EntryPlanner::addLaunch(Operation *op, art::EntryPointT &entry) {
   if (auto loc = dyn_cast<NameLoc>(op->getLoc()))
     launch->name = loc.getName().str();
   for (Value operand : op->getOperands())
-    launch->args.push_back(ref(operand));
+    launch->args.push_back(ref(operand, op));
   for (Value result : op->getResults())
     launch->args.push_back(ref(result));
   auto &ints = launch->ints;
@@ -274,6 +325,10 @@ LogicalResult EntryPlanner::addLaunch(Operation *op, art::EntryPointT &entry) {
               return fp8Unsupported();
             launch->kernel = art::KernelKind::Linear;
             ints.push_back(linear.getBias() ? 1 : 0);
+            return success();
+          })
+          .Case([&](HeadLinearOp) {
+            launch->kernel = art::KernelKind::HeadLinear;
             return success();
           })
           .Case([&](LogitsOp) {
@@ -371,12 +426,37 @@ LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
   entry.kv_lengths = ref(body.getArgument(2));
   entry.logits = ref(body.getTerminator()->getOperand(0));
   for (Operation &op : body) {
+    if (auto read = dyn_cast<KVReadOp>(op); read && gathered_.count(read)) {
+      auto gather = std::make_unique<art::LaunchT>();
+      gather->kernel = art::KernelKind::KvGather;
+      gather->name = "kv_gather " + read.getCache().str();
+      // From the cache view to the copy that non-attention users read.
+      gather->args.push_back(ref(read));
+      gather->args.push_back(ref(read, /*user=*/read));
+      entry.launches.push_back(std::move(gather));
+      continue;
+    }
     if (isa<GetParameterOp, KVReadOp, ReshapeOp, func::ReturnOp>(op))
       continue;
     if (failed(addLaunch(&op, entry)))
       return failure();
   }
   return success();
+}
+
+/// How an entry function's attention was compiled, for `kiln inspect`.
+std::string describeAttention(func::FuncOp func) {
+  std::string form;
+  func.walk([&](AttentionOp attention) {
+    if (auto mla = attention->getAttrOfType<StringAttr>("kiln.mla"))
+      form = "mla " + mla.str() + ", latent cache";
+  });
+  if (!form.empty())
+    return form;
+  if (auto choice = func->getAttrOfType<DictionaryAttr>("kiln.mla"))
+    if (auto mode = choice.getAs<StringAttr>("mode"))
+      return "mla " + mode.str() + ", per-head k/v cache";
+  return "standard, per-head k/v cache";
 }
 
 int64_t intAttr(DictionaryAttr dict, StringRef name) {
@@ -388,24 +468,34 @@ int64_t intAttr(DictionaryAttr dict, StringRef name) {
 
 FailureOr<std::unique_ptr<art::ModelT>> buildPlan(ModuleOp module,
                                                   const PlanOptions &options) {
-  auto forward = module.lookupSymbol<func::FuncOp>("forward");
-  if (!forward || forward.getNumArguments() != 3 || forward.getNumResults() < 1)
-    return module.emitError("expected a @forward(tokens, positions, "
-                            "kv_lengths) -> (logits, ...) function");
+  // Each entry point runs @prefill / @decode when a pass split them (e.g.
+  // MLA absorption choosing per entry point), else @forward.
+  auto entryFunction = [&](StringRef name) {
+    auto func = module.lookupSymbol<func::FuncOp>(name);
+    return func ? func : module.lookupSymbol<func::FuncOp>("forward");
+  };
+  func::FuncOp prefillFn = entryFunction("prefill");
+  func::FuncOp decodeFn = entryFunction("decode");
+  for (func::FuncOp fn : {prefillFn, decodeFn})
+    if (!fn || fn.getNumArguments() != 3 || fn.getNumResults() < 1)
+      return module.emitError("expected @forward (or @prefill and @decode) "
+                              "taking (tokens, positions, kv_lengths) and "
+                              "returning (logits, ...)");
   if (!options.maxBatch || !options.maxPrefill || !options.maxContext ||
       options.maxPrefill > options.maxContext)
     return module.emitError("plan bounds need 0 < max-prefill <= "
                             "max-context and max-batch > 0");
 
-  // Only what @forward uses goes into the artifact (not, e.g., the MTP
-  // module's weights, which no entry point runs yet).
+  // Only what the entry points use goes into the artifact (not, e.g., the
+  // MTP module's weights, which no entry point runs yet).
   llvm::StringSet<> used;
-  forward.walk([&](Operation *op) {
-    if (auto get = dyn_cast<GetParameterOp>(op))
-      used.insert(get.getName());
-    else if (auto append = dyn_cast<KVAppendOp>(op))
-      used.insert(append.getCache());
-  });
+  for (func::FuncOp fn : {prefillFn, decodeFn})
+    fn.walk([&](Operation *op) {
+      if (auto get = dyn_cast<GetParameterOp>(op))
+        used.insert(get.getName());
+      else if (auto append = dyn_cast<KVAppendOp>(op))
+        used.insert(append.getCache());
+    });
 
   auto model = std::make_unique<art::ModelT>();
   llvm::StringMap<uint32_t> parameters, slots;
@@ -425,6 +515,14 @@ FailureOr<std::unique_ptr<art::ModelT>> buildPlan(ModuleOp module,
                       param.getTensorType().getShape().end());
       p->bytes = elementBytes(p->type) *
                  static_cast<uint64_t>(param.getTensorType().getNumElements());
+      if (HeadSliceAttr slice = param.getTransformAttr()) {
+        p->transform = std::make_unique<art::HeadSliceT>();
+        p->transform->heads = slice.getHeads();
+        p->transform->rows = slice.getRows();
+        p->transform->offset = slice.getOffset();
+        p->transform->size = slice.getSize();
+        p->transform->transpose = slice.getTranspose();
+      }
       parameters[p->name] = model->parameters.size();
       model->parameters.push_back(std::move(p));
     } else if (auto slot = dyn_cast<KVCacheOp>(op)) {
@@ -446,7 +544,13 @@ FailureOr<std::unique_ptr<art::ModelT>> buildPlan(ModuleOp module,
   }
 
   // Activations are f32 in the CPU runtime.
-  WalkResult walk = forward.walk([&](Operation *op) {
+  auto walkEntries = [&](auto callback) {
+    for (func::FuncOp fn : {prefillFn, decodeFn})
+      if (fn.walk(callback).wasInterrupted())
+        return true;
+    return false;
+  };
+  bool bf16 = walkEntries([&](Operation *op) {
     for (Type t : op->getResultTypes())
       if (auto tensor = dyn_cast<RankedTensorType>(t);
           tensor && tensor.getElementType().isBF16() &&
@@ -457,19 +561,21 @@ FailureOr<std::unique_ptr<art::ModelT>> buildPlan(ModuleOp module,
       }
     return WalkResult::advance();
   });
-  if (walk.wasInterrupted())
+  if (bf16)
     return failure();
 
   uint32_t topK = 0;
-  forward.walk(
-      [&](MoEGateOp gate) { topK = std::max<uint32_t>(topK, gate.getTopK()); });
-  WalkResult sameTopK = forward.walk([&](MoEGateOp gate) {
-    if (gate.getTopK() == topK)
-      return WalkResult::advance();
-    gate.emitOpError("top_k differs from other MoE layers (") << topK << ")";
-    return WalkResult::interrupt();
+  walkEntries([&](MoEGateOp gate) {
+    topK = std::max<uint32_t>(topK, gate.getTopK());
+    return WalkResult::advance();
   });
-  if (sameTopK.wasInterrupted())
+  if (walkEntries([&](MoEGateOp gate) {
+        if (gate.getTopK() == topK)
+          return WalkResult::advance();
+        gate.emitOpError("top_k differs from other MoE layers (")
+            << topK << ")";
+        return WalkResult::interrupt();
+      }))
     return failure();
 
   auto info = module->getAttrOfType<DictionaryAttr>("kiln.model");
@@ -484,16 +590,18 @@ FailureOr<std::unique_ptr<art::ModelT>> buildPlan(ModuleOp module,
   struct EntrySpec {
     const char *name;
     uint32_t seq;
+    func::FuncOp func;
   };
-  for (EntrySpec spec :
-       {EntrySpec{"prefill", options.maxPrefill}, EntrySpec{"decode", 1u}}) {
+  for (EntrySpec spec : {EntrySpec{"prefill", options.maxPrefill, prefillFn},
+                         EntrySpec{"decode", 1u, decodeFn}}) {
     auto entry = std::make_unique<art::EntryPointT>();
     entry->name = spec.name;
+    entry->attention = describeAttention(spec.func);
     entry->max_batch = options.maxBatch;
     entry->max_seq = spec.seq;
     Bounds bounds{options.maxBatch, spec.seq, options.maxContext,
                   uint64_t{options.maxBatch} * spec.seq * topK};
-    EntryPlanner planner(forward, bounds, parameters, slots);
+    EntryPlanner planner(spec.func, bounds, parameters, slots);
     if (failed(planner.plan(*entry)))
       return failure();
     model->entry_points.push_back(std::move(entry));

@@ -110,4 +110,25 @@ def Kiln_RopeAttr : Kiln_Attr<"Rope", "rope"> {
   let genVerifyDecl = 1;
 }
 
+def Kiln_HeadSliceAttr : Kiln_Attr<"HeadSlice", "head_slice"> {
+  let summary = "A per-head row slice of a weight, optionally transposed";
+  let description = [{
+    Derives a `[heads, size, in]` weight (or `[heads, in, size]` with
+    `transpose`) from a checkpoint tensor of shape `[heads * rows, in]`: the
+    source is viewed as `[heads, rows, in]` and rows `[offset, offset +
+    size)` of every head are kept. MLA absorption uses it to take `W_UK` and
+    `W_UV` out of `kv_b_proj`. The compiler applies it to embedded weights;
+    the runtime applies it at load to external ones.
+
+    ```mlir
+    #kiln.head_slice<heads = 128, rows = 256, offset = 0, size = 128,
+                     transpose = true>
+    ```
+  }];
+  let parameters = (ins "int64_t":$heads, "int64_t":$rows, "int64_t":$offset,
+                        "int64_t":$size, Kiln_BoolParam<"false">:$transpose);
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+}
+
 #endif // KILN_ATTRS_TD

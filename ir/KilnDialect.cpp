@@ -85,3 +85,13 @@ LogicalResult RopeAttr::verify(function_ref<InFlightDiagnostic()> emitError,
     return emitError() << "llama3 needs high_freq_factor > low_freq_factor";
   return success();
 }
+
+LogicalResult
+HeadSliceAttr::verify(function_ref<InFlightDiagnostic()> emitError,
+                      int64_t heads, int64_t rows, int64_t offset, int64_t size,
+                      bool transpose) {
+  if (heads < 1 || rows < 1 || offset < 0 || size < 1 || offset + size > rows)
+    return emitError() << "head_slice needs heads, rows, size >= 1 and "
+                          "0 <= offset, offset + size <= rows";
+  return success();
+}

@@ -144,6 +144,17 @@ LogicalResult ParameterOp::verify() {
     return emitOpError("source '") << source << "' has more than one '{}'";
   if (placeholders == 1 && type.getRank() < 2)
     return emitOpError("a stacked parameter needs rank >= 2, got ") << type;
+  if (HeadSliceAttr slice = getTransformAttr()) {
+    if (placeholders)
+      return emitOpError("a derived parameter cannot be stacked");
+    int64_t size = slice.getSize(), heads = slice.getHeads();
+    if (type.getRank() != 3 || type.getDimSize(0) != heads ||
+        type.getDimSize(slice.getTranspose() ? 2 : 1) != size)
+      return emitOpError("type ")
+             << type << " does not match its head_slice transform ([" << heads
+             << ", " << (slice.getTranspose() ? "in, " : "") << size
+             << (slice.getTranspose() ? "" : ", in") << "])";
+  }
   return success();
 }
 
@@ -198,6 +209,9 @@ LogicalResult KVReadOp::verify() {
   ArrayRef<int64_t> shape = getResult().getType().getShape();
   if (shape.size() < 2)
     return emitOpError("result must be [batch, kv_len, entry...]");
+  if (std::optional<ArrayRef<int64_t>> columns = getColumns())
+    if (columns->size() != 2 || (*columns)[0] < 0 || (*columns)[1] < 1)
+      return emitOpError("columns must be [offset >= 0, size >= 1]");
   return checkShape(*this, "lengths", getLengths().getType(), {shape[0]});
 }
 
@@ -211,9 +225,17 @@ LogicalResult KVReadOp::verifySymbolUses(SymbolTableCollection &symbolTable) {
   if (!isFp8(entry) && failed(checkSameElementType(*this, "result", result,
                                                    entry.getElementType())))
     return failure();
-  return checkShape(
-      *this, "result", result,
-      perTokenShape(result.getDimSize(0), result.getDimSize(1), entry));
+  SmallVector<int64_t> expected =
+      perTokenShape(result.getDimSize(0), result.getDimSize(1), entry);
+  if (std::optional<ArrayRef<int64_t>> columns = getColumns()) {
+    int64_t last = entry.getShape().back();
+    if ((*columns)[0] + (*columns)[1] > last)
+      return emitOpError("columns [")
+             << (*columns)[0] << ", +" << (*columns)[1]
+             << ") exceed the entry's last dimension " << last;
+    expected.back() = (*columns)[1];
+  }
+  return checkShape(*this, "result", result, expected);
 }
 
 //===----------------------------------------------------------------------===//
@@ -267,6 +289,26 @@ LogicalResult LinearOp::verify() {
       failed(checkShape(*this, "bias", getBias().getType(), {out})))
     return failure();
   return checkBlockScale(*this, weight, getWeightScale(), getBlockSize());
+}
+
+LogicalResult HeadLinearOp::verify() {
+  RankedTensorType input = getInput().getType();
+  RankedTensorType weight = getWeight().getType();
+  if (input.getRank() < 2 || failed(checkRank(*this, "weight", weight, 3)) ||
+      failed(
+          checkSameElementType(*this, "result", getResult().getType(), input)))
+    return emitOpError("expects input [..., heads, in] and weight "
+                       "[heads, out, in]");
+  SmallVector<int64_t> expected(input.getShape());
+  size_t n = expected.size();
+  if (!dimsCompatible(expected[n - 2], weight.getDimSize(0)) ||
+      !dimsCompatible(expected[n - 1], weight.getDimSize(2)))
+    return emitOpError("input heads/features ")
+           << formatShape(input.getShape().take_back(2))
+           << " do not match the weight's [heads, _, in] "
+           << formatShape(weight.getShape());
+  expected[n - 1] = weight.getDimSize(1);
+  return checkShape(*this, "result", getResult().getType(), expected);
 }
 
 LogicalResult LogitsOp::verify() {

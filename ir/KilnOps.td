@@ -30,7 +30,8 @@ def Kiln_ParameterOp : Kiln_Op<"parameter", [Symbol]> {
     Hugging Face tensor name unless `source` says otherwise. A `source`
     containing `{}` declares a stacked parameter: its leading dimension `E`
     gathers the `E` checkpoint tensors obtained by replacing `{}` with
-    `0 .. E-1` (the routed experts of a MoE layer).
+    `0 .. E-1` (the routed experts of a MoE layer). A `transform` derives
+    the parameter from its source tensor (see `#kiln.head_slice`).
 
     Example:
     ```mlir
@@ -42,7 +43,8 @@ def Kiln_ParameterOp : Kiln_Op<"parameter", [Symbol]> {
   }];
   let arguments = (ins SymbolNameAttr:$sym_name,
                        TypeAttrOf<Kiln_Weight>:$type,
-                       OptionalAttr<StrAttr>:$source);
+                       OptionalAttr<StrAttr>:$source,
+                       OptionalAttr<Kiln_HeadSliceAttr>:$transform);
   let assemblyFormat = "$sym_name `:` $type attr-dict";
   let hasVerifier = 1;
   let extraClassDeclaration = [{
@@ -130,14 +132,18 @@ def Kiln_KVReadOp : Kiln_Op<"kv_read", [
   let description = [{
     Returns `[batch, kv_len, entry...]`: for sequence `b` the first
     `lengths[b]` positions are valid; the rest are masked by the consumer
-    (`kiln.attention` takes the same `lengths`).
+    (`kiln.attention` takes the same `lengths`). With `columns = [offset,
+    size]` only that range of the entry's last dimension is read (a view:
+    absorbed MLA reads the latent `c_kv` as values out of the
+    `[c_kv | k_pe]` entry its keys use).
 
     ```mlir
     %k = kiln.kv_read @model.layers.0.self_attn.k, %lens
         : tensor<?xi32> -> tensor<?x?x8x128xf32>
     ```
   }];
-  let arguments = (ins FlatSymbolRefAttr:$cache, Kiln_IndexTensor:$lengths);
+  let arguments = (ins FlatSymbolRefAttr:$cache, Kiln_IndexTensor:$lengths,
+                       OptionalAttr<DenseI64ArrayAttr>:$columns);
   let results = (outs Kiln_Activation:$result);
   let assemblyFormat = [{
     $cache `,` $lengths attr-dict `:` type($lengths) `->` type($result)
@@ -209,6 +215,27 @@ def Kiln_LinearOp : Kiln_Op<"linear", [Pure, AttrSizedOperandSegments]> {
   let assemblyFormat = [{
     $input `,` $weight (`bias` $bias^)? (`scale` $weight_scale^)? attr-dict
     `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_HeadLinearOp : Kiln_Op<"head_linear", [Pure]> {
+  let summary = "Per-head projection: `y[..., h, :] = x[..., h, :] W_h^T`";
+  let description = [{
+    `weight` stacks one `[out, in]` matrix per head: `[heads, out, in]`;
+    `input` is `[..., heads, in]`. Absorbed MLA uses it to map per-head
+    queries into the latent space (`W_UK`) and attention outputs back out of
+    it (`W_UV`).
+
+    ```mlir
+    %y = kiln.head_linear %x, %w
+        : (tensor<?x?x4x16xf32>, tensor<4x32x16xf32>) -> tensor<?x?x4x32xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$input, Kiln_Weight:$weight);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = [{
+    $input `,` $weight attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }

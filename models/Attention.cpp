@@ -23,7 +23,9 @@ Value cacheRoundTrip(GraphBuilder &g, Value value, const StepInputs &in,
   g.kvCache(name, entry);
   Location loc = g.loc(name);
   g.b().create<KVAppendOp>(loc, name, value, in.positions);
-  return g.b().create<KVReadOp>(loc, type, name, in.kvLengths);
+  return g.b().create<KVReadOp>(loc, type,
+                                FlatSymbolRefAttr::get(loc.getContext(), name),
+                                in.kvLengths, DenseI64ArrayAttr());
 }
 
 Value attention(GraphBuilder &g, Value q, Value k, Value v,

@@ -105,7 +105,8 @@ Weight GraphBuilder::weight(const std::string &name, ArrayRef<int64_t> shape,
       moduleBuilder_.setInsertionPoint(builder_.getBlock()->getParentOp());
       moduleBuilder_.create<ParameterOp>(
           loc(symbol), builder_.getStringAttr(symbol), TypeAttr::get(tensor),
-          src == symbol ? StringAttr() : builder_.getStringAttr(src));
+          src == symbol ? StringAttr() : builder_.getStringAttr(src),
+          HeadSliceAttr());
     }
     return builder_.create<GetParameterOp>(loc(symbol), tensor, symbol)
         .getResult();

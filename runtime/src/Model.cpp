@@ -3,6 +3,7 @@
 #include "ModelImpl.h"
 
 #include "kiln/ArtifactFormat.h"
+#include "kiln/WeightTransforms.h"
 
 #include <cerrno>
 #include <cstring>
@@ -122,6 +123,27 @@ absl::Status bindExternal(Model::Impl &impl,
       parts.push_back(it->second->data(*tensor));
       total += parts.back().size();
     }
+    if (const art::HeadSlice *t = p->transform()) {
+      // Derived at load from its whole source (e.g. W_UK out of kv_b_proj).
+      int64_t in = p->shape()->Get(t->transpose() ? 1 : 2);
+      uint64_t elementSize = detail::elementBytes(p->type());
+      HeadSlice slice{t->heads(), t->rows(), t->offset(), t->size(),
+                      t->transpose()};
+      if (parts.size() != 1 ||
+          total !=
+              static_cast<uint64_t>(slice.sourceElements(in)) * elementSize)
+        return fail(path,
+                    "external weights of " + p->name()->str() +
+                        ": the source holds " + std::to_string(total) +
+                        " bytes, the head_slice transform needs " +
+                        std::to_string(slice.sourceElements(in) * elementSize));
+      auto derived = std::make_unique<std::byte[]>(p->bytes());
+      applyHeadSlice(slice, parts.front().data(), in, elementSize,
+                     derived.get());
+      impl.parameterData.push_back(derived.get());
+      impl.ownedWeights.push_back(std::move(derived));
+      continue;
+    }
     if (total != p->bytes())
       return fail(path, "external weights of " + p->name()->str() + " hold " +
                             std::to_string(total) + " bytes, the artifact " +
@@ -168,7 +190,8 @@ void describe(Model::Impl &impl, const std::filesystem::path &path) {
   }
   for (const art::EntryPoint *e : *plan.entry_points()) {
     info.entryPoints.push_back({e->name()->str(), e->max_batch(), e->max_seq(),
-                                e->arena_bytes(), e->launches()->size()});
+                                e->arena_bytes(), e->launches()->size(),
+                                e->attention() ? e->attention()->str() : ""});
     info.maxBatch = std::max(info.maxBatch, e->max_batch());
   }
 }

@@ -167,13 +167,24 @@ absl::Status Verifier::checkRef(const art::TensorRef *ref, const char *role) {
       return fail(std::string(role) + " names cache slot " +
                   std::to_string(ref->index()));
     const art::KvSlot *slot = plan_.kv_slots()->Get(ref->index());
+    const auto &entry = *slot->entry_shape();
     bool same = slot->type() == ref->type() &&
-                r == 2 + static_cast<int>(slot->entry_shape()->size()) &&
+                r == 2 + static_cast<int>(entry.size()) &&
                 dim(ref, 0).symbol() == art::DimSymbol::Batch &&
                 dim(ref, 1).symbol() == art::DimSymbol::KvLen;
-    for (int i = 2; same && i < r; ++i)
-      same = staticDim(ref, i) == slot->entry_shape()->Get(i - 2);
-    if (!same)
+    for (int i = 2; same && i + 1 < r; ++i)
+      same = staticDim(ref, i) == entry.Get(i - 2);
+    // The last dimension may be a column range [offset, offset + n) of the
+    // entry's when the entry is a single row (absorbed MLA's latent).
+    int64_t last = same ? staticDim(ref, r - 1) : -1;
+    int64_t entryLast = entry.Get(entry.size() - 1);
+    int64_t rowsPerEntry = 1;
+    for (size_t i = 0; i + 1 < entry.size(); ++i)
+      rowsPerEntry *= entry.Get(i);
+    bool full = ref->offset() == 0 && last == entryLast;
+    bool columns = rowsPerEntry == 1 && last >= 1 &&
+                   ref->offset() <= static_cast<uint64_t>(entryLast - last);
+    if (!same || !(full || columns))
       return fail(std::string(role) + " does not match cache slot " +
                   slot->name()->str());
     return absl::OkStatus();
@@ -383,6 +394,25 @@ absl::Status Verifier::checkLaunch(const art::Launch &launch) {
                  "y [R,out]");
     return absl::OkStatus();
   }
+  case art::KernelKind::HeadLinear: {
+    if (!expect(3, 0, 0))
+      return bad("wrong number of operands or attributes");
+    const art::TensorRef *x = a(0), *w = a(1), *out = a(2);
+    if (!isArena(x, F32) || rank(x) < 2 || !isParam(w) || rank(w) != 3 ||
+        !isArena(out, F32) || rank(out) != rank(x) ||
+        staticDim(x, -2) != staticDim(w, 0) ||
+        staticDim(x, -1) != staticDim(w, 2) ||
+        staticDim(out, -1) != staticDim(w, 1) ||
+        !sameDims(x, 0, out, 0, rank(x) - 1))
+      return bad("expects x [..., H, in], weight [H, out, in], "
+                 "y [..., H, out]");
+    return absl::OkStatus();
+  }
+  case art::KernelKind::KvGather:
+    if (!expect(2, 0, 0) || a(0)->storage() != art::Storage::KvCache ||
+        !isArena(a(1), F32) || !sameShape(a(0), a(1)))
+      return bad("expects a cache view and an arena copy of its shape");
+    return absl::OkStatus();
   case art::KernelKind::MoeCombine: {
     if (!expect(4, 0, 0))
       return bad("wrong number of operands or attributes");
@@ -416,6 +446,15 @@ absl::Status Verifier::run() {
       if (d < 1 || d > kMaxStaticDim || bytes > (uint64_t{1} << 62) / d)
         return fail("parameter " + p->name()->str() + " has a bad shape");
       bytes *= static_cast<uint64_t>(d);
+    }
+    if (const art::HeadSlice *t = p->transform()) {
+      const auto &shape = *p->shape();
+      if (shape.size() != 3 || t->heads() != shape.Get(0) || t->rows() < 1 ||
+          t->rows() > kMaxStaticDim || t->offset() < 0 || t->size() < 1 ||
+          t->offset() > t->rows() - t->size() ||
+          t->size() != shape.Get(t->transpose() ? 2 : 1))
+        return fail("parameter " + p->name()->str() +
+                    " has a head_slice transform that does not fit it");
     }
     if (bytes != p->bytes())
       return fail("parameter " + p->name()->str() + " declares " +

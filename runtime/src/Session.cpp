@@ -116,6 +116,7 @@ struct Session::Impl {
   // Kernel scratch, sized at creation so that steps never allocate.
   std::vector<float> gateScratch;      // router logits [tokens, experts]
   std::vector<int32_t> combineScratch; // [tokens * top_k]
+  std::vector<float> headScratch;      // per-head gathered rows
   int64_t lastChunkStart = 0, lastChunkSeq = 0;
   bool lastWasPrefill = false;
 
@@ -130,7 +131,9 @@ std::byte *Session::Impl::resolve(const art::TensorRef *ref) {
   case art::Storage::Parameter:
     return const_cast<std::byte *>(model->parameterData[ref->index()]);
   case art::Storage::KvCache:
-    return reinterpret_cast<std::byte *>(cache[ref->index()].data());
+    // `offset` is a column of the entry (a column-range view).
+    return reinterpret_cast<std::byte *>(cache[ref->index()].data() +
+                                         ref->offset());
   default:
     return arena.get() + ref->offset();
   }
@@ -269,9 +272,14 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
     const art::TensorRef *q = a[0].ref, *k = a[1].ref, *v = a[2].ref;
     int64_t heads = staticDim(q, 2), kvHeads = staticDim(k, 2);
     int64_t dk = staticDim(q, 3), dv = staticDim(v, 3);
-    // Cached keys are strided by the cache's capacity; others by kv_len.
+    // Cached keys are strided by the cache's capacity and entry (a view may
+    // read a column range of it); arena keys are contiguous.
     auto rows = [&](const art::TensorRef *t) {
       return t->storage() == art::Storage::KvCache ? context : dims.kvLen;
+    };
+    auto rowStride = [&](const art::TensorRef *t, int64_t d) {
+      return t->storage() == art::Storage::KvCache ? cacheEntry[t->index()]
+                                                   : kvHeads * d;
     };
     const int32_t *kvLengths = as<int32_t>(a[4]);
     int64_t limit = std::min(rows(k), rows(v));
@@ -280,9 +288,34 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
         return error("kv length out of range");
     cpu::attention(as<float>(a[0]), as<float>(a[1]), as<float>(a[2]),
                    as<int32_t>(a[3]), kvLengths, dims.batch, dims.seq, heads,
-                   kvHeads, dk, dv, rows(k) * kvHeads * dk,
-                   rows(v) * kvHeads * dv, static_cast<float>(floats(0)),
-                   as<float>(a[5]));
+                   kvHeads, dk, dv, rows(k) * rowStride(k, dk),
+                   rows(v) * rowStride(v, dv), static_cast<float>(floats(0)),
+                   as<float>(a[5]), rowStride(k, dk), rowStride(v, dv));
+    return absl::OkStatus();
+  }
+  case art::KernelKind::HeadLinear: {
+    const art::TensorRef *w = a[1].ref;
+    int64_t heads = staticDim(w, 0), out = staticDim(w, 1);
+    int64_t in = staticDim(w, 2);
+    cpu::headLinear(as<float>(a[0]), numel(a[0].ref, dims) / (heads * in),
+                    heads, in, weight(a[1]), out, as<float>(a[2]),
+                    headScratch.data());
+    return absl::OkStatus();
+  }
+  case art::KernelKind::KvGather: {
+    // [Batch, KvLen, rows..., n] out of cache rows of `entry` values.
+    const art::TensorRef *view = a[0].ref;
+    int64_t entry = cacheEntry[view->index()], n = lastDim(view);
+    int64_t rowsPerToken = numel(view, dims) / (dims.batch * dims.kvLen * n);
+    int64_t width = entry / rowsPerToken;
+    const float *src = as<float>(a[0]);
+    float *dst = as<float>(a[1]);
+    for (int64_t b = 0; b < dims.batch; ++b)
+      for (int64_t t = 0; t < dims.kvLen; ++t)
+        for (int64_t r = 0; r < rowsPerToken; ++r)
+          std::memcpy(dst + ((b * dims.kvLen + t) * rowsPerToken + r) * n,
+                      src + (b * context + t) * entry + r * width,
+                      sizeof(float) * static_cast<size_t>(n));
     return absl::OkStatus();
   }
   case art::KernelKind::MoeGate: {
@@ -394,6 +427,18 @@ absl::StatusOr<std::unique_ptr<Session>> Session::create(const Model &model) {
     combineScratch =
         std::max<size_t>(combineScratch, tokens * plan.moe_top_k());
   }
+  size_t headScratch = 0;
+  for (const art::EntryPoint *e : *plan.entry_points()) {
+    int64_t tokens = int64_t{e->max_batch()} * e->max_seq();
+    for (const art::Launch *l : *e->launches())
+      if (l->kernel() == art::KernelKind::HeadLinear) {
+        const art::TensorRef *w = l->args()->Get(1);
+        headScratch = std::max<size_t>(
+            headScratch, static_cast<size_t>(cpu::headLinearScratch(
+                             tokens, staticDim(w, 2), staticDim(w, 1))));
+      }
+  }
+  impl->headScratch.resize(headScratch);
   impl->gateScratch.resize(gateScratch);
   impl->combineScratch.resize(combineScratch);
   if (absl::Status s = impl->bind(prefill, impl->prefill); !s.ok())

@@ -9,6 +9,7 @@
 #include "codegen/PlanBuilder.h"
 #include "kiln/Runtime.h"
 #include "models/Import.h"
+#include "passes/Pipeline.h"
 #include "tests/frontend/TestUtil.h"
 
 #include "mlir/IR/MLIRContext.h"
@@ -32,8 +33,12 @@ constexpr int kPrompts = 3;
 constexpr int kSteps = 8;
 constexpr double kRelativeTolerance = 1e-4;
 
+/// Compiles like `kiln compile-model`: import, the optimize pipeline (MLA
+/// in form `mla`), plan, write.
 std::filesystem::path compile(const std::filesystem::path &modelDir,
-                              const std::filesystem::path &out) {
+                              const std::filesystem::path &out,
+                              const std::string &mla = "auto",
+                              int64_t costPrefillTokens = 0) {
   mlir::MLIRContext context;
   absl::StatusOr<models::ImportedModel> model =
       models::importModel(context, modelDir);
@@ -44,6 +49,15 @@ std::filesystem::path compile(const std::filesystem::path &modelDir,
   options.maxBatch = 4;
   options.maxPrefill = 16;
   options.maxContext = 64;
+  mlir::PassManager pm(&context);
+  mlir::kiln::OptimizeOptions optimize;
+  optimize.mla = mla;
+  optimize.batch = options.maxBatch;
+  optimize.prefillTokens =
+      costPrefillTokens ? costPrefillTokens : options.maxPrefill;
+  optimize.context = options.maxContext;
+  mlir::kiln::buildOptimizePipeline(pm, optimize);
+  EXPECT_TRUE(mlir::succeeded(pm.run(*model->module)));
   auto plan = codegen::buildPlan(*model->module, options);
   EXPECT_TRUE(mlir::succeeded(plan));
   absl::Status written =
@@ -214,6 +228,137 @@ INSTANTIATE_TEST_SUITE_P(Architectures, GoldenModel,
                            std::replace(name.begin(), name.end(), '-', '_');
                            return name;
                          });
+
+/// Runs prompts as one batch, then `steps` decode steps feeding `feed`
+/// (or, when empty, each sequence's own greedy token); returns every logits
+/// row the session produced per sequence (last prompt position, then one per
+/// step) and the tokens fed.
+struct Trace {
+  std::vector<std::vector<std::vector<float>>> logits; // [seq][row][vocab]
+  std::vector<std::vector<int32_t>> tokens;            // [seq][step]
+};
+
+Trace trace(const std::filesystem::path &artifact,
+            const std::vector<std::vector<int32_t>> &prompts, int steps,
+            const std::vector<std::vector<int32_t>> &feed = {}) {
+  Trace t;
+  auto model = Model::open(artifact);
+  EXPECT_TRUE(model.ok()) << errorOf(model);
+  auto session = Session::create(**model);
+  EXPECT_TRUE(session.ok()) << errorOf(session);
+  Session &s = **session;
+  EXPECT_TRUE(s.prefill(prompts).ok());
+  t.logits.resize(prompts.size());
+  t.tokens.resize(prompts.size());
+  for (int step = 0; step <= steps; ++step) {
+    std::vector<int32_t> next;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      std::span<const float> row = s.logits(i);
+      t.logits[i].emplace_back(row.begin(), row.end());
+      next.push_back(feed.empty() ? argmax(row) : feed[i][step]);
+      t.tokens[i].push_back(next.back());
+    }
+    if (step < steps) {
+      absl::Status st = s.decode(next);
+      EXPECT_TRUE(st.ok()) << errorOf(st);
+    }
+  }
+  return t;
+}
+
+double relativeError(const Trace &a, const Trace &b) {
+  Error e;
+  for (size_t i = 0; i < a.logits.size(); ++i)
+    for (size_t r = 0; r < a.logits[i].size(); ++r)
+      e.add(a.logits[i][r], b.logits[i][r]);
+  return e.relative();
+}
+
+std::vector<std::vector<int32_t>> goldenPrompts(const Golden &golden) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < kPrompts; ++i) {
+    auto tokens =
+        golden.get<int32_t>("prefill." + std::to_string(i) + ".tokens");
+    prompts.emplace_back(tokens.begin(), tokens.end());
+  }
+  return prompts;
+}
+
+class MlaForms : public ::testing::TestWithParam<std::string> {};
+
+// Absorbed and naive-from-latent attention compute the same function as the
+// naive form: logits within 1e-5 relative over a prefill and 32 greedy
+// decode steps, and the same greedy tokens.
+TEST_P(MlaForms, MatchNaive) {
+  Golden golden(GetParam());
+  std::filesystem::path dir = freshTempDir();
+  std::filesystem::path model = kGolden / GetParam();
+  constexpr int kDecodeSteps = 32;
+  std::vector<std::vector<int32_t>> prompts = goldenPrompts(golden);
+  Trace naive =
+      trace(compile(model, dir / "naive.kiln", "naive"), prompts, kDecodeSteps);
+
+  std::filesystem::path absorbed =
+      compile(model, dir / "absorbed.kiln", "absorbed");
+  // A cost model that sees 4096-token prefills keeps prefill naive over the
+  // latent cache and absorbs decode.
+  std::filesystem::path split =
+      compile(model, dir / "auto.kiln", "auto", /*costPrefillTokens=*/4096);
+  auto info = Model::open(split);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ((*info)->info().entryPoints[0].attention,
+            "mla naive_from_latent, latent cache");
+  EXPECT_EQ((*info)->info().entryPoints[1].attention,
+            "mla absorbed, latent cache");
+
+  for (const std::filesystem::path &artifact : {absorbed, split}) {
+    SCOPED_TRACE(artifact.string());
+    Trace other = trace(artifact, prompts, kDecodeSteps, naive.tokens);
+    double error = relativeError(other, naive);
+    RecordProperty(artifact.stem().string() + "_relative_error",
+                   std::to_string(error));
+    EXPECT_LE(error, 1e-5);
+    // Greedy tokens from each form's own logits agree with naive's.
+    for (size_t i = 0; i < prompts.size(); ++i)
+      for (int step = 0; step <= kDecodeSteps; ++step)
+        EXPECT_EQ(argmax(other.logits[i][step]), naive.tokens[i][step])
+            << "sequence " << i << " step " << step;
+  }
+  // The latent cache holds kv_lora_rank + qk_rope_head_dim floats per token
+  // and layer, far less than per-head K and V.
+  auto naiveModel = Model::open(dir / "naive.kiln");
+  auto absorbedModel = Model::open(absorbed);
+  ASSERT_TRUE(naiveModel.ok() && absorbedModel.ok());
+  EXPECT_LT((*absorbedModel)->info().kvCacheBytesPerToken * 3,
+            (*naiveModel)->info().kvCacheBytesPerToken);
+}
+
+INSTANTIATE_TEST_SUITE_P(DeepSeek, MlaForms,
+                         ::testing::Values("deepseek-v3", "deepseek-v2",
+                                           "deepseek-v2-lite"),
+                         [](const auto &info) {
+                           std::string name = info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
+
+// A batch of sequences of different lengths decodes exactly as each
+// sequence does alone.
+TEST(Batching, MixedLengthsMatchSequencesAlone) {
+  Golden golden("deepseek-v3");
+  std::filesystem::path artifact =
+      compile(kGolden / "deepseek-v3", freshTempDir() / "m.kiln");
+  std::vector<std::vector<int32_t>> prompts = goldenPrompts(golden);
+  Trace batch = trace(artifact, prompts, 16);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    Trace alone = trace(artifact, {prompts[i]}, 16);
+    EXPECT_EQ(alone.tokens[0], batch.tokens[i]) << "sequence " << i;
+    Error e;
+    for (size_t r = 0; r < alone.logits[0].size(); ++r)
+      e.add(batch.logits[i][r], alone.logits[0][r]);
+    EXPECT_LE(e.relative(), 1e-5);
+  }
+}
 
 } // namespace
 } // namespace kiln

@@ -11,7 +11,7 @@
 #include "codegen/ArtifactWriter.h"
 #include "codegen/PlanBuilder.h"
 #include "models/Import.h"
-#include "passes/Passes.h"
+#include "passes/Pipeline.h"
 #include "support/AtomicFile.h"
 
 #include "mlir/IR/MLIRContext.h"
@@ -36,6 +36,7 @@ struct CompileModelOptions {
   std::string activationDtype = "f32";
   std::string weights = "embed";
   bool noMtp = false;
+  std::string mla = "auto";
   uint32_t maxBatch = 8;
   uint32_t maxContext = 0; // 0: min(config max positions, 4096)
   uint32_t maxPrefill = 0; // 0: min(max context, 512)
@@ -117,12 +118,26 @@ absl::Status compileModel(const CompileModelOptions &opts) {
   if (opts.compileTo == "import")
     return printModule(module, opts.output);
 
+  // The plan's bounds also feed the optimize phase's cost models.
+  codegen::PlanOptions plan;
+  plan.maxBatch = opts.maxBatch;
+  plan.maxContext = opts.maxContext
+                        ? opts.maxContext
+                        : static_cast<uint32_t>(std::min<int64_t>(
+                              model->config.maxPositionEmbeddings, 4096));
+  plan.maxPrefill = opts.maxPrefill ? opts.maxPrefill
+                                    : std::min<uint32_t>(plan.maxContext, 512);
   mlir::PassManager pm(&context);
   if (mlir::failed(mlir::applyPassManagerCLOptions(pm)))
     return absl::InvalidArgumentError("invalid --mlir pass-manager options");
   mlir::TimingScope optimizeTimer = rootTimer.nest("optimize");
   pm.enableTiming(optimizeTimer);
-  pm.addPass(mlir::kiln::createKilnSummarize());
+  mlir::kiln::OptimizeOptions optimize;
+  optimize.mla = opts.mla;
+  optimize.batch = plan.maxBatch;
+  optimize.prefillTokens = plan.maxPrefill;
+  optimize.context = plan.maxContext;
+  mlir::kiln::buildOptimizePipeline(pm, optimize);
   progress.begin("optimize");
   if (mlir::failed(pm.run(module)))
     return absl::InternalError("the optimize phase failed on " + opts.model);
@@ -136,14 +151,6 @@ absl::Status compileModel(const CompileModelOptions &opts) {
         opts.model + " has no weights: an artifact needs a model directory "
                      "with safetensors (a config alone compiles with "
                      "--emit=mlir)");
-  codegen::PlanOptions plan;
-  plan.maxBatch = opts.maxBatch;
-  plan.maxContext = opts.maxContext
-                        ? opts.maxContext
-                        : static_cast<uint32_t>(std::min<int64_t>(
-                              model->config.maxPositionEmbeddings, 4096));
-  plan.maxPrefill = opts.maxPrefill ? opts.maxPrefill
-                                    : std::min<uint32_t>(plan.maxContext, 512);
   progress.begin("plan");
   mlir::TimingScope planTimer = rootTimer.nest("plan");
   std::string diagnostics;
@@ -213,6 +220,11 @@ CommandRunner registerCompileModel(CLI::App &app) {
                  "Prompt tokens per sequence in one prefill step (default: "
                  "max-context, at most 512)")
       ->check(CLI::Range(1u, 1u << 24));
+  app.add_option("--mla", opts->mla,
+                 "MLA attention form: auto (cost model per entry point), "
+                 "naive (per-head K/V cache) or absorbed (latent cache)")
+      ->check(CLI::IsMember({"auto", "naive", "absorbed"}))
+      ->capture_default_str();
   app.add_flag("--no-mtp", opts->noMtp,
                "Leave out the multi-token-prediction module(s)");
   app.allow_extras();

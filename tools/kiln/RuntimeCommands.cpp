@@ -187,7 +187,8 @@ absl::Status inspect(const std::string &path, bool verifyWeights) {
   for (const EntryPointInfo &e : info.entryPoints)
     std::cout << "  " << e.name << ": batch <= " << e.maxBatch
               << ", tokens per sequence <= " << e.maxSeq << ", " << e.launches
-              << " launches, arena " << bytesString(e.arenaBytes) << "\n";
+              << " launches, arena " << bytesString(e.arenaBytes)
+              << "\n    attention: " << e.attention << "\n";
   return absl::OkStatus();
 }
 

@@ -49,6 +49,8 @@ struct EntryPointInfo {
   uint32_t maxSeq = 0;
   uint64_t arenaBytes = 0;
   size_t launches = 0;
+  /// How attention was compiled (e.g. "mla absorbed, latent cache").
+  std::string attention;
 };
 
 struct ModelInfo {

@@ -18,7 +18,7 @@ constexpr int64_t kKeyBlock = 64;  // keys per softmax block
 struct AttentionArgs {
   const float *q, *k, *v;
   const int32_t *positions, *kvLengths;
-  int64_t seq, heads, kvHeads, dk, dv, kStride, vStride;
+  int64_t seq, heads, kvHeads, dk, dv, kStride, vStride, kRow, vRow;
   float scale;
   float *out;
 };
@@ -67,8 +67,8 @@ constexpr int64_t kAhead = 8; // rows prefetched ahead
   }
   const float *kb = a.k + b * a.kStride + kvh * a.dk;
   const float *vb = a.v + b * a.vStride + kvh * a.dv;
-  int64_t kRow = a.kvHeads * a.dk, vRow = a.kvHeads * a.dv;
-  bool strided = a.kvHeads > 1; // contiguous rows prefetch themselves
+  int64_t kRow = a.kRow, vRow = a.vRow;
+  bool strided = kRow != a.dk; // contiguous rows prefetch themselves
   for (int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
     int64_t nb = std::min(kKeyBlock, n - j0);
     for (int64_t j = 0; j < nb; ++j) {
@@ -155,9 +155,12 @@ void attention(const float *q, const float *k, const float *v,
                const int32_t *positions, const int32_t *kvLengths,
                int64_t batch, int64_t seq, int64_t heads, int64_t kvHeads,
                int64_t dk, int64_t dv, int64_t kBatchStride,
-               int64_t vBatchStride, float scale, float *out) {
+               int64_t vBatchStride, float scale, float *out,
+               int64_t kRowStride, int64_t vRowStride) {
   AttentionArgs args{q,       k,  v,  positions,    kvLengths,    seq,   heads,
-                     kvHeads, dk, dv, kBatchStride, vBatchStride, scale, out};
+                     kvHeads, dk, dv, kBatchStride, vBatchStride,
+                     kRowStride ? kRowStride : kvHeads * dk,
+                     vRowStride ? vRowStride : kvHeads * dv, scale, out};
   int64_t group = heads / kvHeads;
   int64_t chunks = (group + kHeadChunk - 1) / kHeadChunk;
   int64_t items = batch * seq * kvHeads * chunks;

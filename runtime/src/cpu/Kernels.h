@@ -83,6 +83,13 @@ void rmsNorm(const float *x, int64_t rows, int64_t dim, Weight weight,
 void linear(const float *x, int64_t rows, int64_t in, Weight w, int64_t out,
             Weight bias, float *y);
 
+/// Per-head projection: y[r, h, :] = x[r, h, :] w[h]^T for x [rows, heads,
+/// in], w [heads, out, in], y [rows, heads, out]. `scratch` holds
+/// headLinearScratch(rows, in, out) floats.
+void headLinear(const float *x, int64_t rows, int64_t heads, int64_t in,
+                Weight w, int64_t out, float *y, float *scratch);
+int64_t headLinearScratch(int64_t rows, int64_t in, int64_t out);
+
 void add(const float *a, const float *b, int64_t count, float *out);
 
 /// out = silu(gate) * up.
@@ -133,8 +140,11 @@ void kvAppend(const float *x, const int32_t *positions, int64_t batch,
               int64_t seq, int64_t entry, float *cache, int64_t maxTokens);
 
 /// Causal attention. q [batch, seq, heads, dk]; k and v are read from
-/// per-sequence rows: k(b, j) at k + b * kvBatchStride + j * kvHeads * dk
-/// (v likewise with dv and its own stride). Query (b, s) attends to keys
+/// per-sequence rows: kv head g of key j of sequence b at k + b *
+/// kBatchStride + j * kRowStride + g * dk (v likewise with dv and its own
+/// strides); a row stride of 0 means kvHeads * dk (kvHeads * dv), i.e.
+/// contiguous rows. Larger row strides read a column range of wider cache
+/// entries (absorbed MLA's values are the c_kv prefix of [c_kv | k_pe]). Query (b, s) attends to keys
 /// j <= positions[b, s] with j < kvLengths[b]; a negative position yields
 /// zeros, as does an empty key range. Query head h reads kv head
 /// h / (heads / kvHeads). Softmax in fp32 (online, in blocks of keys).
@@ -143,7 +153,8 @@ void attention(const float *q, const float *k, const float *v,
                const int32_t *positions, const int32_t *kvLengths,
                int64_t batch, int64_t seq, int64_t heads, int64_t kvHeads,
                int64_t dk, int64_t dv, int64_t kBatchStride,
-               int64_t vBatchStride, float scale, float *out);
+               int64_t vBatchStride, float scale, float *out,
+               int64_t kRowStride = 0, int64_t vRowStride = 0);
 
 /// DeepSeekMoE router for `tokens` rows of x [tokens, dim]; w is
 /// [experts, dim]; `bias` (noaux_tc only) is [experts] or null data.
