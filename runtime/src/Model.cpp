@@ -39,6 +39,11 @@ absl::Status checkHeader(const art::FileHeader &h, uint64_t fileSize,
   if (h.formatVersion != art::kFormatVersion)
     return fail(path, "unsupported artifact format version " +
                           std::to_string(h.formatVersion));
+  // FlatBuffers checks alignment relative to the buffer's start, so the
+  // start itself must be aligned (the writer puts it right after the header).
+  if (h.planOffset % 16 != 0)
+    return fail(path, "plan section at offset " + std::to_string(h.planOffset) +
+                          " is misaligned");
   if (h.planOffset < sizeof(art::FileHeader) ||
       !inRange(h.planOffset, h.planSize, fileSize))
     return fail(path, "plan section [" + std::to_string(h.planOffset) + ", +" +
@@ -149,7 +154,11 @@ absl::Status bindExternal(Model::Impl &impl,
                             std::to_string(total) + " bytes, the artifact " +
                             "expects " + std::to_string(p->bytes()) +
                             " (shape " + shapeString(p->shape()) + ")");
-    if (parts.size() == 1) {
+    // Zero-copy when the tensor is aligned for its element type (the
+    // safetensors format does not promise it); otherwise gathered below.
+    if (parts.size() == 1 && reinterpret_cast<uintptr_t>(parts.front().data()) %
+                                     detail::elementBytes(p->type()) ==
+                                 0) {
       impl.parameterData.push_back(parts.front().data());
       continue;
     }
@@ -272,9 +281,11 @@ Model::open(const std::filesystem::path &path, const LoadOptions &options) {
         art::checksum64(weights, header.weightsSize) != header.weightsChecksum)
       return fail(path, "weights checksum mismatch: the file is corrupted");
     for (const art::Parameter *p : *plan.parameters()) {
-      if (!inRange(p->offset(), p->bytes(), header.weightsSize))
+      if (!inRange(p->offset(), p->bytes(), header.weightsSize) ||
+          p->offset() % art::kParameterAlignment != 0)
         return fail(path, "parameter " + p->name()->str() +
-                              " lies outside the weights section");
+                              " lies outside the weights section or is "
+                              "misaligned");
       impl->parameterData.push_back(weights + p->offset());
     }
   } else if (absl::Status s = bindExternal(*impl, path); !s.ok()) {

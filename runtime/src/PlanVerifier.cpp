@@ -37,6 +37,12 @@ struct Bounds {
   }
 };
 
+/// The FlatBuffers verifier only aligns vectors to 4 bytes; 8-byte elements
+/// (int64, double, Dim) of a crafted file could sit misaligned.
+template <typename T> bool aligned(const flatbuffers::Vector<T> *v) {
+  return !v || reinterpret_cast<uintptr_t>(v->Data()) % alignof(T) == 0;
+}
+
 bool sameDim(const art::Dim &a, const art::Dim &b) {
   return a.symbol() == b.symbol() &&
          (a.symbol() != art::DimSymbol::Static || a.size() == b.size());
@@ -112,6 +118,8 @@ private:
 absl::Status Verifier::checkRef(const art::TensorRef *ref, const char *role) {
   if (!ref || !ref->shape())
     return fail(std::string("missing ") + role);
+  if (!aligned(ref->shape()))
+    return fail(std::string(role) + " has a misaligned shape");
   int r = rank(ref);
   if (r < 1 || r > kMaxRank)
     return fail(std::string(role) + " has rank " + std::to_string(r));
@@ -196,6 +204,8 @@ absl::Status Verifier::checkRef(const art::TensorRef *ref, const char *role) {
 absl::Status Verifier::checkLaunch(const art::Launch &launch) {
   const auto *args = launch.args();
   size_t n = args ? args->size() : 0;
+  if (!aligned(launch.ints()) || !aligned(launch.floats()))
+    return fail("misaligned launch attributes");
   for (size_t i = 0; i < n; ++i)
     if (absl::Status s = checkRef(args->Get(i), "argument"); !s.ok())
       return s;
@@ -439,8 +449,9 @@ absl::Status Verifier::run() {
   if (plan_.vocab_size() < 1 || plan_.max_context() < 1)
     return fail("vocab_size and max_context must be positive");
   for (const art::Parameter *p : *plan_.parameters()) {
-    if (!p->name() || !p->shape() || p->shape()->size() == 0)
-      return fail("a parameter has no name or shape");
+    if (!p->name() || !p->shape() || p->shape()->size() == 0 ||
+        !aligned(p->shape()))
+      return fail("a parameter has no name or a bad shape");
     uint64_t bytes = elementBytes(p->type());
     for (int64_t d : *p->shape()) {
       if (d < 1 || d > kMaxStaticDim || bytes > (uint64_t{1} << 62) / d)
@@ -463,7 +474,7 @@ absl::Status Verifier::run() {
   }
   for (const art::KvSlot *slot : *plan_.kv_slots()) {
     if (!slot->name() || !slot->entry_shape() ||
-        slot->type() != art::ElementType::F32)
+        !aligned(slot->entry_shape()) || slot->type() != art::ElementType::F32)
       return fail("a cache slot has no name, no shape or a non-f32 type");
     for (int64_t d : *slot->entry_shape())
       if (d < 1 || d > kMaxStaticDim)

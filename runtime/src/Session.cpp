@@ -4,6 +4,7 @@
 // allocates.
 #include "ModelImpl.h"
 
+#include "PagedKvCache.h"
 #include "cpu/Kernels.h"
 
 #include <algorithm>
@@ -106,19 +107,33 @@ bool allBelow(const int32_t *values, int64_t count, int64_t limit) {
 struct Session::Impl {
   const Model::Impl *model = nullptr;
   std::unique_ptr<std::byte[], FreeDeleter> arena;
-  std::vector<std::vector<float>> cache; // per slot [maxBatch, context, entry]
-  std::vector<int64_t> cacheEntry;       // elements per token per slot
+  std::unique_ptr<PagedKvCache> kv;
+  std::vector<int64_t> cacheEntry; // elements per token per slot
   BoundEntry prefill, decode;
   uint32_t maxBatch = 0;
   int64_t vocab = 0;
-  std::vector<int64_t> lengths;
-  std::vector<float> lastLogits; // [maxBatch, vocab]
+  std::vector<int64_t> lengths;  // per sequence id; -1: not alive
+  std::vector<float> lastLogits; // [maxBatch, vocab] per sequence id
+  // The step being run: batch row b is sequence stepIds[b].
+  std::vector<int> stepIds;
+  std::vector<int64_t> stepLengths;
+  const int32_t *stepTables = nullptr;
+  std::vector<float> attentionScratch;
   // Kernel scratch, sized at creation so that steps never allocate.
   std::vector<float> gateScratch;      // router logits [tokens, experts]
   std::vector<int32_t> combineScratch; // [tokens * top_k]
   std::vector<float> headScratch;      // per-head gathered rows
   int64_t lastChunkStart = 0, lastChunkSeq = 0;
-  bool lastWasPrefill = false;
+  std::vector<int> lastPrefill; // sequences of the last prefill, by row
+
+  bool alive(int sequence) const {
+    return sequence >= 0 && static_cast<size_t>(sequence) < lengths.size() &&
+           lengths[sequence] >= 0;
+  }
+  /// Reserves cache blocks so that each of `ids` can hold `lengths`
+  /// positions, then binds the step's block tables.
+  absl::Status beginStep(std::span<const int> ids,
+                         std::span<const int64_t> newLengths);
 
   absl::Status bind(const art::EntryPoint *entry, BoundEntry &bound);
   std::byte *resolve(const art::TensorRef *ref);
@@ -131,9 +146,9 @@ std::byte *Session::Impl::resolve(const art::TensorRef *ref) {
   case art::Storage::Parameter:
     return const_cast<std::byte *>(model->parameterData[ref->index()]);
   case art::Storage::KvCache:
-    // `offset` is a column of the entry (a column-range view).
-    return reinterpret_cast<std::byte *>(cache[ref->index()].data() +
-                                         ref->offset());
+    // The slot's block storage; `offset` (a column of the entry, for
+    // column-range views) is applied by the kernels.
+    return reinterpret_cast<std::byte *>(kv->slotData(ref->index()));
   default:
     return arena.get() + ref->offset();
   }
@@ -167,7 +182,6 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
         std::string(art::EnumNameKernelKind(l.kernel())) + " (" +
         (l.name() ? l.name()->str() : "?") + "): " + what);
   };
-  int64_t context = model->plan->max_context();
 
   switch (l.kernel()) {
   case art::KernelKind::Embedding: {
@@ -258,39 +272,49 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
   }
   case art::KernelKind::KvAppend: {
     const int32_t *positions = as<int32_t>(a[1]);
-    int64_t n = dims.batch * dims.seq;
-    for (int64_t i = 0; i < n; ++i)
-      if (positions[i] >= context)
-        return error("position " + std::to_string(positions[i]) +
-                     " beyond the cache (" + std::to_string(context) + ")");
+    for (int64_t b = 0; b < dims.batch; ++b)
+      for (int64_t j = 0; j < dims.seq; ++j)
+        if (positions[b * dims.seq + j] >= kv->tokenCapacity(stepIds[b]))
+          return error(
+              "position " + std::to_string(positions[b * dims.seq + j]) +
+              " beyond the blocks of sequence " + std::to_string(stepIds[b]));
     unsigned slot = static_cast<unsigned>(ints(0));
-    cpu::kvAppend(as<float>(a[0]), positions, dims.batch, dims.seq,
-                  cacheEntry[slot], cache[slot].data(), context);
+    cpu::kvAppendPaged(as<float>(a[0]), positions, dims.batch, dims.seq,
+                       cacheEntry[slot], kv->slotData(slot), stepTables,
+                       kv->tableStride(), kv->blockTokens());
     return absl::OkStatus();
   }
   case art::KernelKind::Attention: {
     const art::TensorRef *q = a[0].ref, *k = a[1].ref, *v = a[2].ref;
     int64_t heads = staticDim(q, 2), kvHeads = staticDim(k, 2);
     int64_t dk = staticDim(q, 3), dv = staticDim(v, 3);
-    // Cached keys are strided by the cache's capacity and entry (a view may
-    // read a column range of it); arena keys are contiguous.
-    auto rows = [&](const art::TensorRef *t) {
-      return t->storage() == art::Storage::KvCache ? context : dims.kvLen;
-    };
-    auto rowStride = [&](const art::TensorRef *t, int64_t d) {
-      return t->storage() == art::Storage::KvCache ? cacheEntry[t->index()]
-                                                   : kvHeads * d;
-    };
     const int32_t *kvLengths = as<int32_t>(a[4]);
-    int64_t limit = std::min(rows(k), rows(v));
+    if (k->storage() == art::Storage::KvCache) {
+      // Keys and values read in place from the paged cache.
+      for (int64_t b = 0; b < dims.batch; ++b)
+        if (kvLengths[b] < 0 || kvLengths[b] > kv->tokenCapacity(stepIds[b]))
+          return error("kv length out of range");
+      cpu::PagedView kView{kv->slotData(k->index()), cacheEntry[k->index()], dk,
+                           static_cast<int64_t>(k->offset())};
+      cpu::PagedView vView{kv->slotData(v->index()), cacheEntry[v->index()], dv,
+                           static_cast<int64_t>(v->offset())};
+      cpu::attentionPaged(as<float>(a[0]), kView, vView,
+                          {stepTables, kv->tableStride(), kv->blockTokens()},
+                          as<int32_t>(a[3]), kvLengths, dims.batch, dims.seq,
+                          heads, kvHeads, dk, dv, static_cast<float>(floats(0)),
+                          as<float>(a[5]), attentionScratch.data(),
+                          static_cast<int64_t>(attentionScratch.size()));
+      return absl::OkStatus();
+    }
+    // Keys and values the step computed: [batch, kv_len, heads, d].
     for (int64_t b = 0; b < dims.batch; ++b)
-      if (kvLengths[b] < 0 || kvLengths[b] > limit)
+      if (kvLengths[b] < 0 || kvLengths[b] > dims.kvLen)
         return error("kv length out of range");
     cpu::attention(as<float>(a[0]), as<float>(a[1]), as<float>(a[2]),
                    as<int32_t>(a[3]), kvLengths, dims.batch, dims.seq, heads,
-                   kvHeads, dk, dv, rows(k) * rowStride(k, dk),
-                   rows(v) * rowStride(v, dv), static_cast<float>(floats(0)),
-                   as<float>(a[5]), rowStride(k, dk), rowStride(v, dv));
+                   kvHeads, dk, dv, dims.kvLen * kvHeads * dk,
+                   dims.kvLen * kvHeads * dv, static_cast<float>(floats(0)),
+                   as<float>(a[5]));
     return absl::OkStatus();
   }
   case art::KernelKind::HeadLinear: {
@@ -303,19 +327,30 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
     return absl::OkStatus();
   }
   case art::KernelKind::KvGather: {
-    // [Batch, KvLen, rows..., n] out of cache rows of `entry` values.
+    // [Batch, KvLen, rows..., n] out of the paged cache's rows.
     const art::TensorRef *view = a[0].ref;
     int64_t entry = cacheEntry[view->index()], n = lastDim(view);
     int64_t rowsPerToken = numel(view, dims) / (dims.batch * dims.kvLen * n);
     int64_t width = entry / rowsPerToken;
-    const float *src = as<float>(a[0]);
+    int64_t blockTokens = kv->blockTokens(), stride = kv->tableStride();
+    const float *slot = kv->slotData(view->index()) + view->offset();
     float *dst = as<float>(a[1]);
-    for (int64_t b = 0; b < dims.batch; ++b)
-      for (int64_t t = 0; t < dims.kvLen; ++t)
+    for (int64_t b = 0; b < dims.batch; ++b) {
+      int64_t held = kv->tokenCapacity(stepIds[b]);
+      for (int64_t t = 0; t < dims.kvLen; ++t) {
+        float *row = dst + (b * dims.kvLen + t) * rowsPerToken * n;
+        if (t >= held) { // beyond this sequence: masked by kv_lengths
+          std::fill_n(row, rowsPerToken * n, 0.0f);
+          continue;
+        }
+        int64_t block = stepTables[b * stride + t / blockTokens];
+        const float *src =
+            slot + (block * blockTokens + t % blockTokens) * entry;
         for (int64_t r = 0; r < rowsPerToken; ++r)
-          std::memcpy(dst + ((b * dims.kvLen + t) * rowsPerToken + r) * n,
-                      src + (b * context + t) * entry + r * width,
+          std::memcpy(row + r * n, src + r * width,
                       sizeof(float) * static_cast<size_t>(n));
+      }
+    }
     return absl::OkStatus();
   }
   case art::KernelKind::MoeGate: {
@@ -380,7 +415,8 @@ absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims) {
 Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Session::~Session() = default;
 
-absl::StatusOr<std::unique_ptr<Session>> Session::create(const Model &model) {
+absl::StatusOr<std::unique_ptr<Session>>
+Session::create(const Model &model, const SessionOptions &options) {
   auto impl = std::make_unique<Impl>();
   const Model::Impl &m = *model.impl_;
   const art::Model &plan = *m.plan;
@@ -412,10 +448,34 @@ absl::StatusOr<std::unique_ptr<Session>> Session::create(const Model &model) {
     for (int64_t d : *slot->entry_shape())
       entry *= d;
     impl->cacheEntry.push_back(entry);
-    impl->cache.emplace_back(static_cast<size_t>(
-        entry * impl->maxBatch * static_cast<int64_t>(plan.max_context())));
   }
+  // By default as many blocks as max batch sequences of full context; the
+  // pool is shared, so short sequences leave room for long ones.
+  PagedKvCache::Options cacheOptions;
+  cacheOptions.slotEntries = impl->cacheEntry;
+  cacheOptions.maxSequences = static_cast<int>(impl->maxBatch);
+  cacheOptions.maxSequenceTokens = plan.max_context();
+  int64_t perSequence = (plan.max_context() + cacheOptions.blockTokens - 1) /
+                        cacheOptions.blockTokens;
+  cacheOptions.numBlocks =
+      options.kvBlocks > 0 ? options.kvBlocks : perSequence * impl->maxBatch;
+  absl::StatusOr<PagedKvCache> cache = PagedKvCache::create(cacheOptions);
+  if (!cache.ok())
+    return cache.status();
+  impl->kv = std::make_unique<PagedKvCache>(*std::move(cache));
+  impl->lengths.assign(impl->maxBatch, -1);
+  impl->stepIds.reserve(impl->maxBatch);
+  impl->stepLengths.reserve(impl->maxBatch);
   impl->lastLogits.resize(static_cast<size_t>(impl->maxBatch * impl->vocab));
+  int64_t heads = 0, dv = 0;
+  for (const art::EntryPoint *e : *plan.entry_points())
+    for (const art::Launch *l : *e->launches())
+      if (l->kernel() == art::KernelKind::Attention) {
+        heads = std::max(heads, staticDim(l->args()->Get(0), 2));
+        dv = std::max(dv, staticDim(l->args()->Get(2), 3));
+      }
+  impl->attentionScratch.resize(static_cast<size_t>(
+      cpu::attentionPagedScratch(impl->maxBatch, heads, dv)));
   size_t gateScratch = 0, combineScratch = 0;
   for (const art::EntryPoint *e : *plan.entry_points()) {
     size_t tokens = size_t{e->max_batch()} * e->max_seq();
@@ -448,15 +508,32 @@ absl::StatusOr<std::unique_ptr<Session>> Session::create(const Model &model) {
   return std::unique_ptr<Session>(new Session(std::move(impl)));
 }
 
-absl::Status
+absl::Status Session::Impl::beginStep(std::span<const int> ids,
+                                      std::span<const int64_t> newLengths) {
+  for (size_t b = 0; b < ids.size(); ++b)
+    if (absl::Status st = kv->reserve(ids[b], newLengths[b]); !st.ok())
+      return absl::Status(st.code(), "sequence " + std::to_string(ids[b]) +
+                                         ": " + std::string(st.message()));
+  stepIds.assign(ids.begin(), ids.end());
+  absl::StatusOr<const int32_t *> tables = kv->batchTables(ids);
+  if (!tables.ok())
+    return tables.status();
+  stepTables = *tables;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int>>
 Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
   Impl &s = *impl_;
   const art::EntryPoint &entry = *s.prefill.entry;
   int64_t context = s.model->plan->max_context();
-  if (prompts.empty() || prompts.size() > s.maxBatch)
-    return absl::InvalidArgumentError(
-        "prefill takes 1 to " + std::to_string(s.maxBatch) + " prompts, got " +
-        std::to_string(prompts.size()));
+  int liveNow = static_cast<int>(sequences().size());
+  if (prompts.empty() ||
+      liveNow + prompts.size() > static_cast<size_t>(s.maxBatch))
+    return absl::ResourceExhaustedError(
+        "prefill of " + std::to_string(prompts.size()) + " prompts with " +
+        std::to_string(liveNow) + " sequences alive exceeds the session's " +
+        std::to_string(s.maxBatch) + " sequences");
   int64_t longest = 0;
   for (size_t b = 0; b < prompts.size(); ++b) {
     const std::vector<int32_t> &p = prompts[b];
@@ -470,13 +547,36 @@ Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
                                         std::to_string(s.vocab) + ")");
     longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
   }
+
+  // New sequences; on any failure they are released again.
+  std::vector<int> ids;
+  auto abandon = [&](absl::Status st) {
+    for (int id : ids) {
+      (void)s.kv->release(id);
+      s.lengths[id] = -1;
+    }
+    return st;
+  };
+  for (size_t b = 0; b < prompts.size(); ++b) {
+    absl::StatusOr<int> id = s.kv->addSequence();
+    if (!id.ok())
+      return abandon(id.status());
+    ids.push_back(*id);
+    s.lengths[*id] = 0;
+  }
+
   int64_t batch = static_cast<int64_t>(prompts.size());
-  s.lengths.assign(prompts.size(), 0);
   int64_t chunk = entry.max_seq();
+  std::vector<int64_t> reach(prompts.size());
   for (int64_t start = 0; start < longest; start += chunk) {
     StepDims dims;
     dims.batch = batch;
     dims.seq = std::min(chunk, longest - start);
+    for (int64_t b = 0; b < batch; ++b)
+      reach[b] = std::min<int64_t>(static_cast<int64_t>(prompts[b].size()),
+                                   start + dims.seq);
+    if (absl::Status st = s.beginStep(ids, reach); !st.ok())
+      return abandon(st);
     for (int64_t b = 0; b < batch; ++b) {
       int64_t len = static_cast<int64_t>(prompts[b].size());
       for (int64_t j = 0; j < dims.seq; ++j) {
@@ -487,18 +587,17 @@ Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
         s.prefill.positions[b * dims.seq + j] =
             real ? static_cast<int32_t>(pos) : -1;
       }
-      s.prefill.kvLengths[b] =
-          static_cast<int32_t>(std::min(len, start + dims.seq));
-      dims.kvLen = std::max<int64_t>(dims.kvLen, s.prefill.kvLengths[b]);
+      s.prefill.kvLengths[b] = static_cast<int32_t>(reach[b]);
+      dims.kvLen = std::max<int64_t>(dims.kvLen, reach[b]);
     }
     dims.routed = dims.batch * dims.seq * s.model->plan->moe_top_k();
     if (absl::Status st = s.run(s.prefill, dims); !st.ok())
-      return st;
+      return abandon(st);
     // Keep each sequence's last-token logits from the chunk holding it.
     for (int64_t b = 0; b < batch; ++b) {
       int64_t last = static_cast<int64_t>(prompts[b].size()) - 1;
       if (last >= start && last < start + dims.seq)
-        std::memcpy(s.lastLogits.data() + b * s.vocab,
+        std::memcpy(s.lastLogits.data() + ids[b] * s.vocab,
                     s.prefill.logits + (b * dims.seq + last - start) * s.vocab,
                     sizeof(float) * static_cast<size_t>(s.vocab));
     }
@@ -506,76 +605,127 @@ Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
     s.lastChunkSeq = dims.seq;
   }
   for (int64_t b = 0; b < batch; ++b)
-    s.lengths[b] = static_cast<int64_t>(prompts[b].size());
-  s.lastWasPrefill = true;
-  return absl::OkStatus();
+    s.lengths[ids[b]] = static_cast<int64_t>(prompts[b].size());
+  s.lastPrefill = ids;
+  return ids;
 }
 
-absl::Status Session::decode(std::span<const int32_t> tokens) {
+absl::Status Session::decode(std::span<const int> sequences,
+                             std::span<const int32_t> tokens) {
   Impl &s = *impl_;
   int64_t context = s.model->plan->max_context();
-  if (s.lengths.empty())
-    return absl::FailedPreconditionError("decode before prefill");
-  if (tokens.size() != s.lengths.size())
-    return absl::InvalidArgumentError("decode needs one token per sequence (" +
-                                      std::to_string(s.lengths.size()) +
-                                      "), got " +
-                                      std::to_string(tokens.size()));
+  if (sequences.empty() || sequences.size() != tokens.size())
+    return absl::InvalidArgumentError(
+        "decode needs one token per sequence (" +
+        std::to_string(sequences.size()) + " sequences, " +
+        std::to_string(tokens.size()) + " tokens)");
+  if (sequences.size() > s.maxBatch)
+    return absl::InvalidArgumentError(
+        "decode of " + std::to_string(sequences.size()) +
+        " sequences exceeds the session's " + std::to_string(s.maxBatch));
+  std::vector<int64_t> &newLengths = s.stepLengths;
+  newLengths.resize(sequences.size()); // within the reserved capacity
   StepDims dims;
-  dims.batch = static_cast<int64_t>(tokens.size());
+  dims.batch = static_cast<int64_t>(sequences.size());
   dims.seq = 1;
   for (int64_t b = 0; b < dims.batch; ++b) {
+    int id = sequences[b];
+    if (!s.alive(id))
+      return absl::InvalidArgumentError("sequence " + std::to_string(id) +
+                                        " is not alive");
+    for (int64_t c = 0; c < b; ++c)
+      if (sequences[c] == id)
+        return absl::InvalidArgumentError("sequence " + std::to_string(id) +
+                                          " appears twice in one step");
     if (tokens[b] < 0 || tokens[b] >= s.vocab)
       return absl::InvalidArgumentError("token " + std::to_string(tokens[b]) +
                                         " is outside [0, " +
                                         std::to_string(s.vocab) + ")");
-    if (s.lengths[b] + 1 > context)
-      return absl::OutOfRangeError("sequence " + std::to_string(b) +
+    if (s.lengths[id] + 1 > context)
+      return absl::OutOfRangeError("sequence " + std::to_string(id) +
                                    " has reached the maximum context of " +
                                    std::to_string(context) + " tokens");
+    newLengths[b] = s.lengths[id] + 1;
+  }
+  if (absl::Status st = s.beginStep(sequences, newLengths); !st.ok())
+    return st;
+  for (int64_t b = 0; b < dims.batch; ++b) {
+    int id = sequences[b];
     s.decode.tokens[b] = tokens[b];
-    s.decode.positions[b] = static_cast<int32_t>(s.lengths[b]);
-    s.decode.kvLengths[b] = static_cast<int32_t>(s.lengths[b] + 1);
-    dims.kvLen = std::max<int64_t>(dims.kvLen, s.lengths[b] + 1);
+    s.decode.positions[b] = static_cast<int32_t>(s.lengths[id]);
+    s.decode.kvLengths[b] = static_cast<int32_t>(s.lengths[id] + 1);
+    dims.kvLen = std::max<int64_t>(dims.kvLen, s.lengths[id] + 1);
   }
   dims.routed = dims.batch * s.model->plan->moe_top_k();
   if (absl::Status st = s.run(s.decode, dims); !st.ok())
     return st;
-  std::memcpy(s.lastLogits.data(), s.decode.logits,
-              sizeof(float) * static_cast<size_t>(dims.batch * s.vocab));
-  for (int64_t &len : s.lengths)
-    ++len;
-  s.lastWasPrefill = false;
+  for (int64_t b = 0; b < dims.batch; ++b) {
+    std::memcpy(s.lastLogits.data() + sequences[b] * s.vocab,
+                s.decode.logits + b * s.vocab,
+                sizeof(float) * static_cast<size_t>(s.vocab));
+    ++s.lengths[sequences[b]];
+  }
+  s.lastPrefill.clear();
   return absl::OkStatus();
 }
 
-size_t Session::numSequences() const { return impl_->lengths.size(); }
-
-size_t Session::length(size_t sequence) const {
-  return static_cast<size_t>(impl_->lengths.at(sequence));
+absl::Status Session::decode(std::span<const int32_t> tokens) {
+  std::vector<int> live = sequences();
+  return decode(live, tokens);
 }
 
-std::span<const float> Session::logits(size_t sequence) const {
+absl::Status Session::release(int sequence) {
+  Impl &s = *impl_;
+  if (!s.alive(sequence))
+    return absl::InvalidArgumentError("sequence " + std::to_string(sequence) +
+                                      " is not alive");
+  s.lengths[sequence] = -1;
+  std::erase(s.lastPrefill, sequence);
+  return s.kv->release(sequence);
+}
+
+std::vector<int> Session::sequences() const {
+  std::vector<int> ids;
+  for (size_t id = 0; id < impl_->lengths.size(); ++id)
+    if (impl_->lengths[id] >= 0)
+      ids.push_back(static_cast<int>(id));
+  return ids;
+}
+
+size_t Session::numSequences() const { return sequences().size(); }
+
+size_t Session::length(int sequence) const {
+  return impl_->alive(sequence) ? static_cast<size_t>(impl_->lengths[sequence])
+                                : 0;
+}
+
+int64_t Session::freeCacheTokens() const {
+  return impl_->kv->freeBlocks() * impl_->kv->blockTokens();
+}
+
+std::span<const float> Session::logits(int sequence) const {
   const Impl &s = *impl_;
   return {s.lastLogits.data() + sequence * static_cast<size_t>(s.vocab),
           static_cast<size_t>(s.vocab)};
 }
 
 absl::StatusOr<std::span<const float>>
-Session::promptLogits(size_t sequence, size_t position) const {
+Session::promptLogits(int sequence, size_t position) const {
   const Impl &s = *impl_;
   int64_t pos = static_cast<int64_t>(position);
-  if (!s.lastWasPrefill || sequence >= s.lengths.size() ||
-      pos >= s.lengths[sequence] || pos < s.lastChunkStart ||
-      pos >= s.lastChunkStart + s.lastChunkSeq)
+  auto row = std::find(s.lastPrefill.begin(), s.lastPrefill.end(), sequence);
+  if (row == s.lastPrefill.end() || pos >= s.lengths[sequence] ||
+      pos < s.lastChunkStart || pos >= s.lastChunkStart + s.lastChunkSeq)
     return absl::OutOfRangeError(
         "prompt logits of sequence " + std::to_string(sequence) +
         ", position " + std::to_string(position) +
-        " are not held (only the last prefill chunk's are)");
-  int64_t row = static_cast<int64_t>(sequence) * s.lastChunkSeq +
-                (pos - s.lastChunkStart);
-  return std::span<const float>(s.prefill.logits + row * s.vocab,
-                                static_cast<size_t>(s.vocab));
+        " are not held (only the last prefill chunk's are, until the next "
+        "step)");
+  int64_t b = row - s.lastPrefill.begin();
+  return std::span<const float>(
+      s.prefill.logits +
+          (b * s.lastChunkSeq + (pos - s.lastChunkStart)) * s.vocab,
+      static_cast<size_t>(s.vocab));
 }
 
 } // namespace kiln

@@ -14,12 +14,14 @@
 
 #include "mlir/IR/MLIRContext.h"
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
 
 namespace kiln {
 namespace {
@@ -38,7 +40,8 @@ constexpr double kRelativeTolerance = 1e-4;
 std::filesystem::path compile(const std::filesystem::path &modelDir,
                               const std::filesystem::path &out,
                               const std::string &mla = "auto",
-                              int64_t costPrefillTokens = 0) {
+                              int64_t costPrefillTokens = 0,
+                              uint32_t maxContext = 64) {
   mlir::MLIRContext context;
   absl::StatusOr<models::ImportedModel> model =
       models::importModel(context, modelDir);
@@ -48,7 +51,7 @@ std::filesystem::path compile(const std::filesystem::path &modelDir,
   codegen::PlanOptions options;
   options.maxBatch = 4;
   options.maxPrefill = 16;
-  options.maxContext = 64;
+  options.maxContext = maxContext;
   mlir::PassManager pm(&context);
   mlir::kiln::OptimizeOptions optimize;
   optimize.mla = mla;
@@ -135,8 +138,11 @@ Comparison runAndCompare(const std::filesystem::path &artifact,
         golden.get<int32_t>("prefill." + std::to_string(i) + ".tokens");
     prompts.emplace_back(tokens.begin(), tokens.end());
   }
-  absl::Status st = s.prefill(prompts);
-  EXPECT_TRUE(st.ok()) << errorOf(st);
+  absl::StatusOr<std::vector<int>> ids = s.prefill(prompts);
+  EXPECT_TRUE(ids.ok()) << errorOf(ids);
+  if (!ids.ok())
+    return c;
+  absl::Status st;
   auto track = [&](std::span<const float> ours, int32_t hfToken, bool stable) {
     c.tokens += 1;
     c.tokenMatches += argmax(ours) == hfToken;
@@ -149,7 +155,7 @@ Comparison runAndCompare(const std::filesystem::path &artifact,
     auto stable = golden.get<uint8_t>("prefill." + n + ".bf16_stable");
     auto fp32 = golden.get<float>("prefill." + n + ".logits");
     for (size_t p = 0; p < prompts[i].size(); ++p) {
-      auto ours = s.promptLogits(i, p);
+      auto ours = s.promptLogits((*ids)[i], p);
       EXPECT_TRUE(ours.ok()) << errorOf(ours);
       if (!ours.ok())
         return c;
@@ -164,12 +170,12 @@ Comparison runAndCompare(const std::filesystem::path &artifact,
       auto reference = golden.get<float>(prefix + "decode." + n + ".logits");
       auto tokens = golden.get<int32_t>("decode." + n + ".tokens");
       auto stable = golden.get<uint8_t>("decode." + n + ".bf16_stable");
-      c.error.add(s.logits(i), reference.subspan(step * vocab, vocab));
-      track(s.logits(i), tokens[step], stable[step]);
+      c.error.add(s.logits((*ids)[i]), reference.subspan(step * vocab, vocab));
+      track(s.logits((*ids)[i]), tokens[step], stable[step]);
       fed.push_back(tokens[step]);
     }
     if (step + 1 < kSteps) {
-      st = s.decode(fed);
+      st = s.decode(*ids, fed);
       EXPECT_TRUE(st.ok()) << errorOf(st);
     }
   }
@@ -247,19 +253,22 @@ Trace trace(const std::filesystem::path &artifact,
   auto session = Session::create(**model);
   EXPECT_TRUE(session.ok()) << errorOf(session);
   Session &s = **session;
-  EXPECT_TRUE(s.prefill(prompts).ok());
+  absl::StatusOr<std::vector<int>> ids = s.prefill(prompts);
+  EXPECT_TRUE(ids.ok()) << errorOf(ids);
+  if (!ids.ok())
+    return t;
   t.logits.resize(prompts.size());
   t.tokens.resize(prompts.size());
   for (int step = 0; step <= steps; ++step) {
     std::vector<int32_t> next;
     for (size_t i = 0; i < prompts.size(); ++i) {
-      std::span<const float> row = s.logits(i);
+      std::span<const float> row = s.logits((*ids)[i]);
       t.logits[i].emplace_back(row.begin(), row.end());
       next.push_back(feed.empty() ? argmax(row) : feed[i][step]);
       t.tokens[i].push_back(next.back());
     }
     if (step < steps) {
-      absl::Status st = s.decode(next);
+      absl::Status st = s.decode(*ids, next);
       EXPECT_TRUE(st.ok()) << errorOf(st);
     }
   }
@@ -358,6 +367,107 @@ TEST(Batching, MixedLengthsMatchSequencesAlone) {
       e.add(batch.logits[i][r], alone.logits[0][r]);
     EXPECT_LE(e.relative(), 1e-5);
   }
+}
+
+/// Greedy tokens of one sequence run alone: prompt, then `steps` tokens.
+std::vector<int32_t> greedyAlone(const std::filesystem::path &artifact,
+                                 const std::vector<int32_t> &prompt,
+                                 int steps) {
+  return trace(artifact, {prompt}, steps - 1).tokens[0];
+}
+
+// Continuous batching: sequences finish and are replaced mid-batch, and
+// every sequence still produces exactly the tokens it produces alone.
+TEST(Batching, MidBatchReplacementMatchesSequencesAlone) {
+  Golden golden("deepseek-v2-lite");
+  std::filesystem::path artifact =
+      compile(kGolden / "deepseek-v2-lite", freshTempDir() / "m.kiln");
+  std::vector<std::vector<int32_t>> prompts = goldenPrompts(golden);
+  std::vector<int32_t> late = {5, 9, 200, 17, 3};
+
+  auto model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << errorOf(model);
+  auto session = Session::create(**model);
+  ASSERT_TRUE(session.ok()) << errorOf(session);
+  Session &s = **session;
+  std::map<int, std::vector<int32_t>> produced; // id -> greedy tokens
+  auto step = [&](const std::vector<int> &ids) {
+    std::vector<int32_t> next;
+    for (int id : ids) {
+      next.push_back(argmax(s.logits(id)));
+      produced[id].push_back(next.back());
+    }
+    absl::Status st = s.decode(ids, next);
+    ASSERT_TRUE(st.ok()) << errorOf(st);
+  };
+  auto ids = s.prefill(prompts);
+  ASSERT_TRUE(ids.ok()) << errorOf(ids);
+  int a = (*ids)[0], b = (*ids)[1], c = (*ids)[2];
+  for (int i = 0; i < 6; ++i)
+    step({a, b, c});
+  // b finishes; a new sequence takes its place (and its cache blocks).
+  std::vector<int32_t> bTokens = produced[b];
+  ASSERT_TRUE(s.release(b).ok());
+  produced.erase(b);
+  auto added = s.prefill({late});
+  ASSERT_TRUE(added.ok()) << errorOf(added);
+  int d = added->front();
+  EXPECT_EQ(s.numSequences(), 3u);
+  for (int i = 0; i < 10; ++i)
+    step({a, c, d});
+
+  EXPECT_EQ(produced[a], greedyAlone(artifact, prompts[0], 16));
+  EXPECT_EQ(bTokens, greedyAlone(artifact, prompts[1], 6));
+  EXPECT_EQ(produced[c], greedyAlone(artifact, prompts[2], 16));
+  EXPECT_EQ(produced[d], greedyAlone(artifact, late, 10));
+}
+
+// A full cache refuses new tokens with a clear error instead of
+// overwriting another sequence, and accepts them again once a sequence is
+// released.
+TEST(Batching, OutOfCapacityIsAnErrorNotAnOverwrite) {
+  std::filesystem::path artifact =
+      compile(kGolden / "qwen2", freshTempDir() / "m.kiln", "auto", 0,
+              /*maxContext=*/256);
+  auto model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << errorOf(model);
+  SessionOptions options;
+  options.kvBlocks = 2; // 128 tokens in all
+  auto session = Session::create(**model, options);
+  ASSERT_TRUE(session.ok()) << errorOf(session);
+  Session &s = **session;
+  std::vector<int32_t> prompt(60, 7);
+  auto first = s.prefill({prompt});
+  auto second = s.prefill({prompt});
+  ASSERT_TRUE(first.ok() && second.ok());
+  EXPECT_EQ(s.freeCacheTokens(), 0);
+  // A third prompt does not fit: nothing is started.
+  auto third = s.prefill({prompt});
+  ASSERT_FALSE(third.ok());
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(s.numSequences(), 2u);
+  // Decoding until the first sequence's block is full, then past it.
+  std::vector<float> before(s.logits(second->front()).begin(),
+                            s.logits(second->front()).end());
+  int id = first->front();
+  absl::Status st;
+  for (int i = 0; i < 4; ++i) {
+    int32_t token = 3;
+    st = s.decode(std::span<const int>(&id, 1), {&token, 1});
+    ASSERT_TRUE(st.ok()) << errorOf(st);
+  }
+  int32_t token = 3;
+  st = s.decode(std::span<const int>(&id, 1), {&token, 1});
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << errorOf(st);
+  EXPECT_THAT(errorOf(st), ::testing::HasSubstr("sequence 0"));
+  EXPECT_EQ(s.length(id), 64u);
+  // The other sequence is untouched.
+  std::vector<float> after(s.logits(second->front()).begin(),
+                           s.logits(second->front()).end());
+  EXPECT_EQ(before, after);
+  ASSERT_TRUE(s.release(second->front()).ok());
+  st = s.decode(std::span<const int>(&id, 1), {&token, 1});
+  EXPECT_TRUE(st.ok()) << errorOf(st);
 }
 
 } // namespace

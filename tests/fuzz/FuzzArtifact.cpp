@@ -55,9 +55,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (arena > (64u << 20) || cache > (64u << 20))
     return 0;
   auto session = kiln::Session::create(**model);
-  if (!session.ok() || !(*session)->prefill({{0, 1}}).ok())
+  if (!session.ok())
+    return 0;
+  auto ids = (*session)->prefill({{0, 1}});
+  if (!ids.ok())
     return 0;
   int32_t next = 1;
-  (void)(*session)->decode({&next, 1});
+  (void)(*session)->decode(*ids, {&next, 1});
   return 0;
 }

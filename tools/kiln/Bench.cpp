@@ -68,14 +68,18 @@ absl::Status bench(const BenchOptions &opts) {
       double bestPrefill = 1e30, bestDecode = 1e30;
       for (int r = 0; r < opts.repeats; ++r) {
         auto start = std::chrono::steady_clock::now();
-        if (absl::Status st = s.prefill(prompts); !st.ok())
-          return st;
+        for (int id : s.sequences())
+          if (absl::Status st = s.release(id); !st.ok())
+            return st;
+        absl::StatusOr<std::vector<int>> ids = s.prefill(prompts);
+        if (!ids.ok())
+          return ids.status();
         bestPrefill = std::min(bestPrefill, seconds(start));
         start = std::chrono::steady_clock::now();
         for (int step = 0; step < opts.steps; ++step) {
           for (int b = 0; b < batch; ++b)
             next[b] = token(rng);
-          if (absl::Status st = s.decode(next); !st.ok())
+          if (absl::Status st = s.decode(*ids, next); !st.ok())
             return st;
         }
         bestDecode = std::min(bestDecode, seconds(start));

@@ -73,14 +73,16 @@ absl::Status generate(const GenerateOptions &opts) {
   if (!session.ok())
     return session.status();
   Session &s = **session;
-  if (absl::Status st = s.prefill(prompts); !st.ok())
-    return st;
+  absl::StatusOr<std::vector<int>> ids = s.prefill(prompts);
+  if (!ids.ok())
+    return ids.status();
 
   int64_t vocab = (*model)->info().vocabSize;
   std::vector<float> promptLogits, stepLogits;
   if (!opts.dumpLogits.empty())
-    for (size_t p = 0; p < s.length(0); ++p) {
-      absl::StatusOr<std::span<const float>> row = s.promptLogits(0, p);
+    for (size_t p = 0; p < s.length(ids->front()); ++p) {
+      absl::StatusOr<std::span<const float>> row =
+          s.promptLogits(ids->front(), p);
       if (!row.ok())
         return row.status();
       promptLogits.insert(promptLogits.end(), row->begin(), row->end());
@@ -90,15 +92,15 @@ absl::Status generate(const GenerateOptions &opts) {
   std::vector<std::vector<int32_t>> generated(prompts.size());
   for (int step = 0; step < opts.maxNewTokens; ++step) {
     std::vector<int32_t> next;
-    for (size_t i = 0; i < s.numSequences(); ++i) {
-      std::span<const float> logits = s.logits(i);
+    for (size_t i = 0; i < ids->size(); ++i) {
+      std::span<const float> logits = s.logits((*ids)[i]);
       if (i == 0 && !opts.dumpLogits.empty())
         stepLogits.insert(stepLogits.end(), logits.begin(), logits.end());
       next.push_back(sampler.sample(logits.data(), vocab));
       generated[i].push_back(next.back());
     }
     if (step + 1 < opts.maxNewTokens)
-      if (absl::Status st = s.decode(next); !st.ok())
+      if (absl::Status st = s.decode(*ids, next); !st.ok())
         return st;
   }
   for (const std::vector<int32_t> &tokens : generated) {

@@ -3,13 +3,13 @@
 //
 //   auto model = kiln::Model::open("model.kiln");          // load + verify
 //   auto session = kiln::Session::create(**model);          // initialize
-//   (*session)->prefill({{1, 2, 3}, {4, 5}});               // two sequences
+//   auto ids = (*session)->prefill({{1, 2, 3}, {4, 5}});    // two sequences
 //   kiln::Sampler sampler({.temperature = 0});              // greedy
 //   for (int step = 0; step < 8; ++step) {
 //     std::vector<int32_t> next;
-//     for (size_t s = 0; s < (*session)->numSequences(); ++s)
-//       next.push_back(sampler.sample((*session)->logits(s)));
-//     (*session)->decode(next);                             // one token each
+//     for (int id : *ids)
+//       next.push_back(sampler.sample((*session)->logits(id).data(), vocab));
+//     (*session)->decode(*ids, next);                       // one token each
 //   }
 //
 // The three phases follow the artifact's design: `Model::open` maps the file
@@ -90,30 +90,57 @@ private:
   std::unique_ptr<Impl> impl_;
 };
 
-/// The state of up to `maxBatch` sequences: their KV cache and lengths.
+struct SessionOptions {
+  /// Blocks of 64 tokens in the session's paged KV cache; 0 sizes it for
+  /// max-batch sequences of full context. The pool is shared by all
+  /// sequences, and a released sequence's blocks serve new ones.
+  int64_t kvBlocks = 0;
+};
+
+/// The state of up to `maxBatch` live sequences, each with a stable id: its
+/// tokens in a paged KV cache, its length, and its latest logits. Sequences
+/// can start (prefill) and end (release) at any step, so a batch keeps
+/// decoding while finished sequences are replaced (continuous batching).
 class Session {
 public:
-  static absl::StatusOr<std::unique_ptr<Session>> create(const Model &model);
+  static absl::StatusOr<std::unique_ptr<Session>>
+  create(const Model &model, const SessionOptions &options = {});
   ~Session();
   Session(const Session &) = delete;
   Session &operator=(const Session &) = delete;
 
-  /// Starts one sequence per prompt (replacing any previous ones) and runs
-  /// the prompts through the model, in chunks of the artifact's max prefill
-  /// length. Prompts must be non-empty; tokens in [0, vocab).
-  absl::Status prefill(const std::vector<std::vector<int32_t>> &prompts);
+  /// Starts one sequence per prompt, next to any that are alive, and runs
+  /// the prompts through the model as one batch (in chunks of the
+  /// artifact's max prefill length). Prompts must be non-empty, tokens in
+  /// [0, vocab). Returns the new sequences' ids, in prompt order (a fresh
+  /// session hands out 0, 1, ...). When the cache has too few free blocks
+  /// the error is ResourceExhausted and no sequence is started.
+  absl::StatusOr<std::vector<int>>
+  prefill(const std::vector<std::vector<int32_t>> &prompts);
 
-  /// Appends one token to every sequence and runs one decode step.
+  /// Appends `tokens[i]` to sequence `sequences[i]` and runs one decode step
+  /// for them together. ResourceExhausted (and nothing done) when the cache
+  /// cannot hold the new tokens: release a sequence and retry.
+  absl::Status decode(std::span<const int> sequences,
+                      std::span<const int32_t> tokens);
+  /// One step over every live sequence, in increasing id order.
   absl::Status decode(std::span<const int32_t> tokens);
 
+  /// Ends a sequence; its cache blocks go back to the pool.
+  absl::Status release(int sequence);
+
+  /// Live sequence ids, increasing.
+  std::vector<int> sequences() const;
   size_t numSequences() const;
-  /// Tokens held by sequence `s` (prompt plus decoded).
-  size_t length(size_t sequence) const;
-  /// The logits of the newest token of `sequence` after the last step.
-  std::span<const float> logits(size_t sequence) const;
-  /// After `prefill`: the logits of position `position` of the prompt (only
-  /// positions of the last prefill chunk are kept).
-  absl::StatusOr<std::span<const float>> promptLogits(size_t sequence,
+  /// Tokens held by a live sequence (prompt plus decoded); 0 otherwise.
+  size_t length(int sequence) const;
+  /// Tokens the free cache blocks can still take.
+  int64_t freeCacheTokens() const;
+  /// The logits of the newest token of `sequence` after its last step.
+  std::span<const float> logits(int sequence) const;
+  /// Until the next step: the logits of position `position` of a prompt of
+  /// the last prefill (positions of its last chunk only).
+  absl::StatusOr<std::span<const float>> promptLogits(int sequence,
                                                       size_t position) const;
 
   struct Impl;
