@@ -684,6 +684,22 @@ absl::Status Session::release(int sequence) {
   return s.kv->release(sequence);
 }
 
+absl::Status Session::extendUncomputed(int sequence, int64_t tokens) {
+  Impl &s = *impl_;
+  if (!s.alive(sequence) || tokens < 0)
+    return absl::InvalidArgumentError("sequence " + std::to_string(sequence) +
+                                      " is not alive");
+  int64_t length = s.lengths[sequence] + tokens;
+  if (length > s.model->plan->max_context())
+    return absl::OutOfRangeError("sequence " + std::to_string(sequence) +
+                                 " would exceed the maximum context");
+  if (absl::Status st = s.kv->reserve(sequence, length); !st.ok())
+    return st;
+  s.lengths[sequence] = length;
+  std::erase(s.lastPrefill, sequence);
+  return absl::OkStatus();
+}
+
 std::vector<int> Session::sequences() const {
   std::vector<int> ids;
   for (size_t id = 0; id < impl_->lengths.size(); ++id)

@@ -129,6 +129,11 @@ public:
   /// Ends a sequence; its cache blocks go back to the pool.
   absl::Status release(int sequence);
 
+  /// For benchmarks only: lengthens a live sequence by `tokens` positions
+  /// without computing them (their cache entries keep whatever the blocks
+  /// hold), so decode can be timed at long contexts without a long prefill.
+  absl::Status extendUncomputed(int sequence, int64_t tokens);
+
   /// Live sequence ids, increasing.
   std::vector<int> sequences() const;
   size_t numSequences() const;
