@@ -62,6 +62,9 @@ private:
   }
   absl::Status checkRef(const art::TensorRef *ref, const char *role);
   absl::Status checkLaunch(const art::Launch &launch);
+  absl::Status checkKernel(const art::Launch &launch);
+  /// Bytes an arena reference spans at the entry point's bounds.
+  uint64_t arenaBytes(const art::TensorRef *ref) const;
 
   // Shape queries on verified references.
   static const Shape &shape(const art::TensorRef *r) { return *r->shape(); }
@@ -201,6 +204,27 @@ absl::Status Verifier::checkRef(const art::TensorRef *ref, const char *role) {
   return fail(std::string(role) + " has an unknown storage kind");
 }
 
+/// Results a kernel writes: the last arguments of its launch.
+size_t resultCount(art::KernelKind kind) {
+  switch (kind) {
+  case art::KernelKind::KvAppend:
+    return 0;
+  case art::KernelKind::MoeGate:
+    return 2;
+  case art::KernelKind::MoeDispatch:
+    return 3;
+  default:
+    return 1;
+  }
+}
+
+uint64_t Verifier::arenaBytes(const art::TensorRef *ref) const {
+  uint64_t bytes = elementBytes(ref->type());
+  for (const art::Dim *d : *ref->shape())
+    bytes *= bounds_.of(*d);
+  return bytes;
+}
+
 absl::Status Verifier::checkLaunch(const art::Launch &launch) {
   const auto *args = launch.args();
   size_t n = args ? args->size() : 0;
@@ -209,6 +233,31 @@ absl::Status Verifier::checkLaunch(const art::Launch &launch) {
   for (size_t i = 0; i < n; ++i)
     if (absl::Status s = checkRef(args->Get(i), "argument"); !s.ok())
       return s;
+  if (absl::Status s = checkKernel(launch); !s.ok())
+    return s;
+  // Kernels read their operands while writing their results: a result must
+  // not share arena bytes with any other argument.
+  size_t results = resultCount(launch.kernel());
+  for (size_t r = n - results; r < n; ++r) {
+    const art::TensorRef *out = args->Get(static_cast<unsigned>(r));
+    uint64_t outEnd = out->offset() + arenaBytes(out);
+    for (size_t i = 0; i < n; ++i) {
+      const art::TensorRef *other = args->Get(static_cast<unsigned>(i));
+      if (i == r || other->storage() != art::Storage::Arena)
+        continue;
+      uint64_t otherEnd = other->offset() + arenaBytes(other);
+      if (out->offset() < otherEnd && other->offset() < outEnd)
+        return fail(std::string("kernel ") +
+                    art::EnumNameKernelKind(launch.kernel()) +
+                    ": a result overlaps another argument in the arena");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Verifier::checkKernel(const art::Launch &launch) {
+  const auto *args = launch.args();
+  size_t n = args ? args->size() : 0;
   size_t ints = launch.ints() ? launch.ints()->size() : 0;
   size_t floats = launch.floats() ? launch.floats()->size() : 0;
   auto a = [&](size_t i) { return args->Get(static_cast<unsigned>(i)); };
@@ -446,8 +495,14 @@ absl::Status Verifier::run() {
   if (!plan_.parameters() || !plan_.kv_slots() || !plan_.entry_points() ||
       plan_.entry_points()->size() == 0)
     return fail("missing parameter, cache or entry-point tables");
-  if (plan_.vocab_size() < 1 || plan_.max_context() < 1)
-    return fail("vocab_size and max_context must be positive");
+  // Generous bounds on the sizes a session allocates for: far beyond any
+  // real deployment, small enough that the products cannot overflow.
+  constexpr uint64_t kMaxContext = 1u << 24, kMaxBatch = 1u << 16,
+                     kMaxStepTokens = 1u << 24;
+  if (plan_.vocab_size() < 1 || plan_.vocab_size() > kMaxStaticDim ||
+      plan_.max_context() < 1 || plan_.max_context() > kMaxContext ||
+      plan_.moe_top_k() > static_cast<uint32_t>(cpu::kMaxExperts))
+    return fail("vocab_size, max_context or moe_top_k out of range");
   for (const art::Parameter *p : *plan_.parameters()) {
     if (!p->name() || !p->shape() || p->shape()->size() == 0 ||
         !aligned(p->shape()))
@@ -484,8 +539,9 @@ absl::Status Verifier::run() {
     if (!entry->name() || !entry->launches())
       return fail("an entry point has no name or launches");
     where_ = "entry point " + entry->name()->str() + ": ";
-    if (entry->max_batch() < 1 || entry->max_seq() < 1 ||
-        entry->max_seq() > plan_.max_context())
+    if (entry->max_batch() < 1 || entry->max_batch() > kMaxBatch ||
+        entry->max_seq() < 1 || entry->max_seq() > plan_.max_context() ||
+        uint64_t{entry->max_batch()} * entry->max_seq() > kMaxStepTokens)
       return fail("bad max_batch/max_seq");
     bounds_ = {entry->max_batch(), entry->max_seq(), plan_.max_context(),
                uint64_t{entry->max_batch()} * entry->max_seq() *

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 
 namespace kiln {
 namespace {
@@ -417,6 +418,17 @@ Session::~Session() = default;
 
 absl::StatusOr<std::unique_ptr<Session>>
 Session::create(const Model &model, const SessionOptions &options) {
+  // A verified plan can still ask for more memory than the machine has.
+  try {
+    return createSession(model, options);
+  } catch (const std::bad_alloc &) {
+    return absl::ResourceExhaustedError(model.info().path +
+                                        ": not enough memory for a session");
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Session>>
+Session::createSession(const Model &model, const SessionOptions &options) {
   auto impl = std::make_unique<Impl>();
   const Model::Impl &m = *model.impl_;
   const art::Model &plan = *m.plan;
@@ -484,8 +496,10 @@ Session::create(const Model &model, const SessionOptions &options) {
         gateScratch = std::max<size_t>(
             gateScratch,
             tokens * static_cast<size_t>(staticDim(l->args()->Get(1), 0)));
-    combineScratch =
-        std::max<size_t>(combineScratch, tokens * plan.moe_top_k());
+    for (const art::Launch *l : *e->launches())
+      if (l->kernel() == art::KernelKind::MoeCombine)
+        combineScratch =
+            std::max<size_t>(combineScratch, tokens * plan.moe_top_k());
   }
   size_t headScratch = 0;
   for (const art::EntryPoint *e : *plan.entry_points()) {

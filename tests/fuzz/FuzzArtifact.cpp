@@ -52,7 +52,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   for (const kiln::EntryPointInfo &e : info.entryPoints)
     arena = std::max(arena, e.arenaBytes);
   uint64_t cache = info.kvCacheBytesPerToken * info.maxContext * info.maxBatch;
-  if (arena > (64u << 20) || cache > (64u << 20))
+  // Legal but large sessions would only test the allocator.
+  if (arena > (64u << 20) || cache > (64u << 20) ||
+      uint64_t{info.maxBatch} * info.maxContext > (1u << 20))
     return 0;
   auto session = kiln::Session::create(**model);
   if (!session.ok())

@@ -152,6 +152,8 @@ public:
 
 private:
   explicit Session(std::unique_ptr<Impl> impl);
+  static absl::StatusOr<std::unique_ptr<Session>>
+  createSession(const Model &model, const SessionOptions &options);
   std::unique_ptr<Impl> impl_;
 };
 
