@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <immintrin.h>
+#include <omp.h>
 #include <utility>
 
 namespace kiln::cpu {
@@ -269,12 +270,25 @@ void linearShared(const float *x, int64_t rows, int64_t in, Weight w,
   int64_t rowBytes = in * static_cast<int64_t>(elementSize(w.type));
   Plan plan = planFor(rows, in, out, elementSize(w.type));
   int64_t blocks = (out + plan.block - 1) / plan.block;
+  // Narrow matrices (few output blocks) over many rows would leave threads
+  // idle: split the rows too, in chunks of whole row tiles.
+  int64_t wanted = 2 * omp_get_num_threads();
+  int64_t rowChunks =
+      rows <= 8 || blocks >= wanted
+          ? 1
+          : std::min<int64_t>((wanted + blocks - 1) / blocks,
+                              (rows + 4 * kMaxR - 1) / (4 * kMaxR));
+  int64_t chunkRows =
+      ((rows + rowChunks - 1) / rowChunks + kMaxR - 1) / kMaxR * kMaxR;
   const char *wBytes = static_cast<const char *>(w.data);
 #pragma omp for schedule(static) nowait
-  for (int64_t b = 0; b < blocks; ++b) {
+  for (int64_t item = 0; item < blocks * rowChunks; ++item) {
+    int64_t b = item % blocks, r0 = item / blocks * chunkRows;
     int64_t o0 = b * plan.block, o1 = std::min(out, o0 + plan.block);
-    linearRange(table, x, rows, in, wBytes, rowBytes, o0, o1, plan.oTile, bias,
-                out, y);
+    int64_t n = std::min(rows - r0, chunkRows);
+    if (n > 0)
+      linearRange(table, x + r0 * in, n, in, wBytes, rowBytes, o0, o1,
+                  plan.oTile, bias, out, y + r0 * out);
   }
 }
 
