@@ -8,6 +8,9 @@
 #include "cpu/Kernels.h"
 
 #include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -126,6 +129,25 @@ struct Session::Impl {
   std::vector<float> headScratch;      // per-head gathered rows
   int64_t lastChunkStart = 0, lastChunkSeq = 0;
   std::vector<int> lastPrefill; // sequences of the last prefill, by row
+  // KILN_PROFILE=1: time per kernel kind, printed when the session ends.
+  struct Profile {
+    double seconds = 0;
+    int64_t launches = 0;
+  };
+  bool profile = false;
+  std::array<Profile, static_cast<size_t>(art::KernelKind::MAX) + 1>
+      profileByKernel{};
+  ~Impl() {
+    if (!profile)
+      return;
+    std::fprintf(stderr, "kiln profile (kernel, launches, seconds):\n");
+    for (size_t k = 0; k < profileByKernel.size(); ++k)
+      if (profileByKernel[k].launches)
+        std::fprintf(stderr, "  %-14s %8lld %10.4f\n",
+                     art::EnumNameKernelKind(static_cast<art::KernelKind>(k)),
+                     static_cast<long long>(profileByKernel[k].launches),
+                     profileByKernel[k].seconds);
+  }
 
   bool alive(int sequence) const {
     return sequence >= 0 && static_cast<size_t>(sequence) < lengths.size() &&
@@ -405,11 +427,22 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
 }
 
 absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims) {
-  for (const BoundLaunch &bl : bound.launches)
-    if (absl::Status s = launch(bl, dims); !s.ok())
+  for (const BoundLaunch &bl : bound.launches) {
+    auto start = profile ? std::chrono::steady_clock::now()
+                         : std::chrono::steady_clock::time_point();
+    absl::Status s = launch(bl, dims);
+    if (profile) {
+      Profile &p = profileByKernel[static_cast<size_t>(bl.launch->kernel())];
+      p.seconds += std::chrono::duration<double>(
+                       std::chrono::steady_clock::now() - start)
+                       .count();
+      ++p.launches;
+    }
+    if (!s.ok())
       return absl::Status(s.code(), model->info.path + ": entry point " +
                                         bound.entry->name()->str() + ": " +
                                         std::string(s.message()));
+  }
   return absl::OkStatus();
 }
 
@@ -476,6 +509,8 @@ Session::createSession(const Model &model, const SessionOptions &options) {
     return cache.status();
   impl->kv = std::make_unique<PagedKvCache>(*std::move(cache));
   impl->lengths.assign(impl->maxBatch, -1);
+  const char *profile = std::getenv("KILN_PROFILE");
+  impl->profile = profile && *profile && std::string(profile) != "0";
   impl->stepIds.reserve(impl->maxBatch);
   impl->stepLengths.reserve(impl->maxBatch);
   impl->lastLogits.resize(static_cast<size_t>(impl->maxBatch * impl->vocab));

@@ -34,15 +34,25 @@ constexpr int64_t kAhead = 8; // rows prefetched ahead
 /// once vectorized), so that it is not bound by the add latency.
 [[gnu::always_inline]] inline float dot(const float *a, const float *b,
                                         int64_t n) {
-  constexpr int L = 32;
-  float acc[L] = {};
+  constexpr int L = 32, S = 8;
   int64_t i = 0;
-  for (; i + L <= n; i += L)
-    for (int l = 0; l < L; ++l)
-      acc[l] += a[i + l] * b[i + l];
   float sum = 0;
-  for (int l = 0; l < L; ++l)
-    sum += acc[l];
+  if (n >= L) {
+    float acc[L] = {};
+    for (; i + L <= n; i += L)
+      for (int l = 0; l < L; ++l)
+        acc[l] += a[i + l] * b[i + l];
+    for (int l = 0; l < L; ++l)
+      sum += acc[l];
+  }
+  // Short head dimensions (and remainders) go 8 wide: summing 32 partial
+  // sums would cost more than the dot product itself.
+  float acc8[S] = {};
+  for (; i + S <= n; i += S)
+    for (int l = 0; l < S; ++l)
+      acc8[l] += a[i + l] * b[i + l];
+  for (int l = 0; l < S; ++l)
+    sum += acc8[l];
   for (; i < n; ++i)
     sum += a[i] * b[i];
   return sum;
@@ -88,7 +98,7 @@ constexpr int64_t kAhead = 8; // rows prefetched ahead
         blockMax = std::max(blockMax, p[h][j]);
       float newMax = std::max(m[h], blockMax);
       if (newMax > m[h] && l[h] > 0.0f) {
-        float alpha = std::exp(m[h] - newMax);
+        float alpha = softmaxExp(m[h] - newMax);
         l[h] *= alpha;
         float *oh = o + h * a.dv;
 #pragma omp simd
@@ -97,8 +107,9 @@ constexpr int64_t kAhead = 8; // rows prefetched ahead
       }
       m[h] = newMax;
       float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
       for (int64_t j = 0; j < nb; ++j) {
-        p[h][j] = std::exp(p[h][j] - newMax);
+        p[h][j] = softmaxExp(p[h][j] - newMax);
         sum += p[h][j];
       }
       l[h] += sum;
@@ -157,10 +168,22 @@ void attention(const float *q, const float *k, const float *v,
                int64_t dk, int64_t dv, int64_t kBatchStride,
                int64_t vBatchStride, float scale, float *out,
                int64_t kRowStride, int64_t vRowStride) {
-  AttentionArgs args{q,       k,  v,  positions,    kvLengths,    seq,   heads,
-                     kvHeads, dk, dv, kBatchStride, vBatchStride,
+  AttentionArgs args{q,
+                     k,
+                     v,
+                     positions,
+                     kvLengths,
+                     seq,
+                     heads,
+                     kvHeads,
+                     dk,
+                     dv,
+                     kBatchStride,
+                     vBatchStride,
                      kRowStride ? kRowStride : kvHeads * dk,
-                     vRowStride ? vRowStride : kvHeads * dv, scale, out};
+                     vRowStride ? vRowStride : kvHeads * dv,
+                     scale,
+                     out};
   int64_t group = heads / kvHeads;
   int64_t chunks = (group + kHeadChunk - 1) / kHeadChunk;
   int64_t items = batch * seq * kvHeads * chunks;

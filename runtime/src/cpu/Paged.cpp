@@ -128,7 +128,7 @@ struct Partial {
         blockMax = std::max(blockMax, p[h][j]);
       float newMax = std::max(part.m[h], blockMax);
       if (newMax > part.m[h] && part.l[h] > 0.0f) {
-        float alpha = std::exp(part.m[h] - newMax);
+        float alpha = softmaxExp(part.m[h] - newMax);
         part.l[h] *= alpha;
         float *oh = part.o + h * part.oStride;
 #pragma omp simd
@@ -137,8 +137,9 @@ struct Partial {
       }
       part.m[h] = newMax;
       float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
       for (int64_t j = 0; j < nb; ++j) {
-        p[h][j] = std::exp(p[h][j] - newMax);
+        p[h][j] = softmaxExp(p[h][j] - newMax);
         sum += p[h][j];
       }
       part.l[h] += sum;
@@ -297,7 +298,7 @@ void attentionPaged(const float *q, PagedView k, PagedView v,
         int64_t at = (row * splits + s) * heads + h;
         if (stats[2 * at + 1] == 0.0f)
           continue; // an empty range
-        float w = std::exp(stats[2 * at] - m);
+        float w = softmaxExp(stats[2 * at] - m);
         l += w * stats[2 * at + 1];
         const float *po = scratch + at * dv;
 #pragma omp simd
