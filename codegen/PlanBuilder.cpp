@@ -2,6 +2,7 @@
 #include "codegen/PlanBuilder.h"
 
 #include "ir/KilnOps.h"
+#include "kiln/PlanShapes.h"
 
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/StringSet.h"
@@ -37,38 +38,9 @@ FailureOr<art::ElementType> elementType(Operation *op, Type type) {
          << type;
 }
 
-uint64_t elementBytes(art::ElementType type) {
-  switch (type) {
-  case art::ElementType::BF16:
-  case art::ElementType::F16:
-    return 2;
-  case art::ElementType::F8E4M3:
-    return 1;
-  default:
-    return 4;
-  }
-}
-
+using art::elementBytes;
 /// Run-time bounds of the dimension symbols for one entry point.
-struct Bounds {
-  uint64_t batch, seq, context, routedRows;
-
-  uint64_t of(const art::Dim &dim) const {
-    switch (dim.symbol()) {
-    case art::DimSymbol::Batch:
-      return batch;
-    case art::DimSymbol::Seq:
-      return seq;
-    case art::DimSymbol::KvLen:
-      return context;
-    case art::DimSymbol::RoutedRows:
-      return routedRows;
-    case art::DimSymbol::Static:
-      break;
-    }
-    return static_cast<uint64_t>(dim.size());
-  }
-};
+using Bounds = art::SymbolSizes;
 
 /// Symbols of a value's leading dynamic dimensions (batch and sequence,
 /// batch and cached positions, or routed rows).

@@ -131,7 +131,7 @@ absl::Status bindExternal(Model::Impl &impl,
     if (const art::HeadSlice *t = p->transform()) {
       // Derived at load from its whole source (e.g. W_UK out of kv_b_proj).
       int64_t in = p->shape()->Get(t->transpose() ? 1 : 2);
-      uint64_t elementSize = detail::elementBytes(p->type());
+      uint64_t elementSize = artifact::elementBytes(p->type());
       HeadSlice slice{t->heads(), t->rows(), t->offset(), t->size(),
                       t->transpose()};
       if (parts.size() != 1 ||
@@ -157,7 +157,7 @@ absl::Status bindExternal(Model::Impl &impl,
     // Zero-copy when the tensor is aligned for its element type (the
     // safetensors format does not promise it); otherwise gathered below.
     if (parts.size() == 1 && reinterpret_cast<uintptr_t>(parts.front().data()) %
-                                     detail::elementBytes(p->type()) ==
+                                     artifact::elementBytes(p->type()) ==
                                  0) {
       impl.parameterData.push_back(parts.front().data());
       continue;
@@ -192,7 +192,7 @@ void describe(Model::Impl &impl, const std::filesystem::path &path) {
     info.parameterBytes[detail::elementTypeName(p->type())] += p->bytes();
   }
   for (const art::KvSlot *slot : *plan.kv_slots()) {
-    uint64_t bytes = detail::elementBytes(slot->type());
+    uint64_t bytes = artifact::elementBytes(slot->type());
     for (int64_t d : *slot->entry_shape())
       bytes *= static_cast<uint64_t>(d);
     info.kvCacheBytesPerToken += bytes;

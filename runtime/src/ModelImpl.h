@@ -4,6 +4,7 @@
 #define KILN_RUNTIME_MODELIMPL_H
 
 #include "frontend/Safetensors.h"
+#include "kiln/PlanShapes.h"
 #include "kiln/Runtime.h"
 #include "runtime/schema/kiln_generated.h"
 
@@ -31,7 +32,6 @@ struct Model::Impl {
 
 namespace detail {
 
-uint64_t elementBytes(artifact::ElementType type);
 const char *elementTypeName(artifact::ElementType type);
 
 /// Checks every entry point, launch and tensor reference of `plan` against

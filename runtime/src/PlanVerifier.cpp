@@ -7,6 +7,7 @@
 #include "ModelImpl.h"
 
 #include "cpu/Kernels.h"
+#include "kiln/PlanShapes.h"
 
 #include <algorithm>
 
@@ -19,23 +20,7 @@ using Shape = flatbuffers::Vector<const art::Dim *>;
 constexpr int kMaxRank = 8;
 constexpr int64_t kMaxStaticDim = int64_t{1} << 32;
 
-struct Bounds {
-  uint64_t batch, seq, context, routed;
-  uint64_t of(const art::Dim &d) const {
-    switch (d.symbol()) {
-    case art::DimSymbol::Batch:
-      return batch;
-    case art::DimSymbol::Seq:
-      return seq;
-    case art::DimSymbol::KvLen:
-      return context;
-    case art::DimSymbol::RoutedRows:
-      return routed;
-    default:
-      return static_cast<uint64_t>(d.size());
-    }
-  }
-};
+using Bounds = art::SymbolSizes;
 
 /// The FlatBuffers verifier only aligns vectors to 4 bytes; 8-byte elements
 /// (int64, double, Dim) of a crafted file could sit misaligned.
@@ -580,18 +565,6 @@ absl::Status Verifier::run() {
 }
 
 } // namespace
-
-uint64_t elementBytes(art::ElementType type) {
-  switch (type) {
-  case art::ElementType::BF16:
-  case art::ElementType::F16:
-    return 2;
-  case art::ElementType::F8E4M3:
-    return 1;
-  default:
-    return 4;
-  }
-}
 
 const char *elementTypeName(art::ElementType type) {
   switch (type) {

@@ -6,6 +6,7 @@
 
 #include "PagedKvCache.h"
 #include "cpu/Kernels.h"
+#include "kiln/PlanShapes.h"
 
 #include <algorithm>
 #include <array>
@@ -24,18 +25,10 @@ namespace art = artifact;
 struct StepDims {
   int64_t batch = 0, seq = 0, kvLen = 0, routed = 0;
   int64_t of(const art::Dim &d) const {
-    switch (d.symbol()) {
-    case art::DimSymbol::Batch:
-      return batch;
-    case art::DimSymbol::Seq:
-      return seq;
-    case art::DimSymbol::KvLen:
-      return kvLen;
-    case art::DimSymbol::RoutedRows:
-      return routed;
-    default:
-      return d.size();
-    }
+    return static_cast<int64_t>(art::SymbolSizes{
+        static_cast<uint64_t>(batch), static_cast<uint64_t>(seq),
+        static_cast<uint64_t>(kvLen), static_cast<uint64_t>(routed)}
+                                    .of(d));
   }
 };
 
