@@ -24,10 +24,10 @@ inline constexpr int64_t kMaxRotaryDim = 4096;
 /// exp(x) for the softmax inner loops: Cephes' single-precision polynomial
 /// (within 2 ulp of expf over the range that does not underflow), written
 /// so that `omp simd` loops vectorize it instead of calling libm per key.
-/// Inputs are <= 0 there; below -87.3 the result is 0.
+/// Inputs are <= 0 there; below -87.3 the result is 0; NaN stays NaN.
 [[gnu::always_inline]] inline float softmaxExp(float x) {
-  if (x < -87.3f)
-    return 0.0f;
+  if (!(x >= -87.3f)) // underflow, or NaN (which propagates)
+    return x < -87.3f ? 0.0f : x;
   x = x > 88.7f ? 88.7f : x;
   float k = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
   float r = x - k * 0.693359375f - k * -2.12194440e-4f;
