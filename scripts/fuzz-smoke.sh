@@ -4,6 +4,8 @@
 # non-zero if a fuzzer finds a crash, leak or sanitizer report.
 #
 #   KILN_FUZZ_SECONDS  seconds per fuzzer (default 30)
+#   KILN_FUZZ_SEED     libFuzzer seed (default 1: runs are repeatable; CI
+#                      explores what a local run of the same length did)
 #   KILN_FUZZ_JOBS     build parallelism (default 2)
 set -euo pipefail
 
@@ -45,7 +47,8 @@ for target in safetensors config artifact; do
   [[ -d "$corpus" ]] || cp -r "$root/tests/fuzz/corpus/$target" "$corpus"
   echo "== kiln-fuzz-$target for ${seconds}s"
   if ! (cd "$scratch" && "$build/bin/kiln-fuzz-$target" \
-          -max_total_time="$seconds" -print_final_stats=1 -print_funcs=0 \
+          -max_total_time="$seconds" -seed="${KILN_FUZZ_SEED:-1}" \
+          -print_final_stats=1 -print_funcs=0 \
           -artifact_prefix="$scratch/$target-" "$corpus"); then
     echo "kiln-fuzz-$target FAILED; reproducer(s):" >&2
     mkdir -p "$build/fuzz-artifacts"
