@@ -308,7 +308,9 @@ LogicalResult HeadLinearOp::verify() {
            << " do not match the weight's [heads, _, in] "
            << formatShape(weight.getShape());
   expected[n - 1] = weight.getDimSize(1);
-  return checkShape(*this, "result", getResult().getType(), expected);
+  if (failed(checkShape(*this, "result", getResult().getType(), expected)))
+    return failure();
+  return checkBlockScale(*this, weight, getWeightScale(), getBlockSize());
 }
 
 LogicalResult LogitsOp::verify() {

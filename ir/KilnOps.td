@@ -223,7 +223,8 @@ def Kiln_HeadLinearOp : Kiln_Op<"head_linear", [Pure]> {
   let summary = "Per-head projection: `y[..., h, :] = x[..., h, :] W_h^T`";
   let description = [{
     `weight` stacks one `[out, in]` matrix per head: `[heads, out, in]`;
-    `input` is `[..., heads, in]`. Absorbed MLA uses it to map per-head
+    `input` is `[..., heads, in]`. An `f8E4M3FN` weight needs `scale`
+    `[heads, ceil(out/rows), ceil(in/cols)]` with `block_size`. Absorbed MLA uses it to map per-head
     queries into the latent space (`W_UK`) and attention outputs back out of
     it (`W_UV`).
 
@@ -232,10 +233,13 @@ def Kiln_HeadLinearOp : Kiln_Op<"head_linear", [Pure]> {
         : (tensor<?x?x4x16xf32>, tensor<4x32x16xf32>) -> tensor<?x?x4x32xf32>
     ```
   }];
-  let arguments = (ins Kiln_Activation:$input, Kiln_Weight:$weight);
+  let arguments = (ins Kiln_Activation:$input, Kiln_Weight:$weight,
+                       Optional<Kiln_F32Tensor>:$weight_scale,
+                       OptionalAttr<DenseI64ArrayAttr>:$block_size);
   let results = (outs Kiln_Activation:$result);
   let assemblyFormat = [{
-    $input `,` $weight attr-dict `:` functional-type(operands, results)
+    $input `,` $weight (`scale` $weight_scale^)? attr-dict `:`
+    functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }

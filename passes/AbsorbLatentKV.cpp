@@ -52,6 +52,9 @@ struct MlaSite {
   Value latent;       // normalized c_kv [B, S, kvr]
   Value kPe;          // roped k_pe [B, S, 1, rope]
   GetParameterOp kvB; // kv_b_proj weight [H * (nope + v), kvr]
+  // FP8 kv_b_proj: its block scale and block [rows, cols].
+  GetParameterOp kvBScale;
+  int64_t blockRows = 0, blockCols = 0;
   KVAppendOp kAppend, vAppend;
   KVReadOp kRead, vRead;
   int64_t heads, nope, rope, vDim, kvr;
@@ -102,9 +105,16 @@ std::optional<MlaSite> matchMla(AttentionOp attention) {
     return std::nullopt;
   auto kvUp = defOf<ReshapeOp>(kNope.getInput());
   auto kvLinear = kvUp ? defOf<LinearOp>(kvUp.getInput()) : LinearOp();
-  if (!kvLinear || kvLinear.getBias() || kvLinear.getWeightScale())
+  if (!kvLinear || kvLinear.getBias())
     return std::nullopt;
   m.kvB = defOf<GetParameterOp>(kvLinear.getWeight());
+  if (kvLinear.getWeightScale()) {
+    m.kvBScale = defOf<GetParameterOp>(kvLinear.getWeightScale());
+    if (!m.kvBScale)
+      return std::nullopt;
+    m.blockRows = (*kvLinear.getBlockSize())[0];
+    m.blockCols = (*kvLinear.getBlockSize())[1];
+  }
   m.latent = kvLinear.getInput();
   m.kPe = kPeHeads.getInput();
   auto qConcat = defOf<ConcatOp>(attention.getQuery());
@@ -151,6 +161,12 @@ double stepCost(MlaSite m, MlaForm form, double batch, double queries,
   return flops / kFlopsPerSecond + bytes / kBytesPerSecond;
 }
 
+/// A derived weight and, for FP8, its block scale.
+struct DerivedWeight {
+  Value value, scale;
+  DenseI64ArrayAttr blockSize;
+};
+
 class Rewriter {
 public:
   Rewriter(ModuleOp module) : module_(module), b_(module.getContext()) {}
@@ -158,8 +174,11 @@ public:
   void rewrite(MlaSite m, MlaForm form);
 
 private:
-  Value getParameter(MlaSite m, StringRef suffix, int64_t offset, int64_t size,
-                     bool transpose);
+  DerivedWeight getParameter(MlaSite m, StringRef suffix, int64_t offset,
+                             int64_t size, bool transpose);
+  Value derive(GetParameterOp source, StringRef suffix, int64_t heads,
+               int64_t rows, int64_t offset, int64_t size, int64_t cols,
+               bool transpose);
   StringRef latentSlot(MlaSite m);
   RankedTensorType tensor(ArrayRef<int64_t> dims, Type element) {
     SmallVector<int64_t> shape{ShapedType::kDynamic, ShapedType::kDynamic};
@@ -191,25 +210,44 @@ StringRef Rewriter::latentSlot(MlaSite m) {
   return cast<KVCacheOp>(module_.lookupSymbol(name)).getSymName();
 }
 
-Value Rewriter::getParameter(MlaSite m, StringRef suffix, int64_t offset,
-                             int64_t size, bool transpose) {
-  auto kvB = module_.lookupSymbol<ParameterOp>(m.kvB.getNameAttr());
-  std::string name = (kvB.getSymName() + suffix).str();
-  Type element = kvB.getTensorType().getElementType();
+Value Rewriter::derive(GetParameterOp source, StringRef suffix, int64_t heads,
+                       int64_t rows, int64_t offset, int64_t size, int64_t cols,
+                       bool transpose) {
+  auto param = module_.lookupSymbol<ParameterOp>(source.getNameAttr());
+  std::string name = (param.getSymName() + suffix).str();
   auto type =
-      RankedTensorType::get(transpose ? ArrayRef<int64_t>{m.heads, m.kvr, size}
-                                      : ArrayRef<int64_t>{m.heads, size, m.kvr},
-                            element);
+      RankedTensorType::get(transpose ? ArrayRef<int64_t>{heads, cols, size}
+                                      : ArrayRef<int64_t>{heads, size, cols},
+                            param.getTensorType().getElementType());
   if (!module_.lookupSymbol(name)) {
     OpBuilder::InsertionGuard guard(b_);
-    b_.setInsertionPointAfter(kvB);
-    b_.create<ParameterOp>(
-        kvB.getLoc(), b_.getStringAttr(name), TypeAttr::get(type),
-        b_.getStringAttr(kvB.getSourceName()),
-        HeadSliceAttr::get(b_.getContext(), m.heads, m.nope + m.vDim, offset,
-                           size, transpose));
+    b_.setInsertionPointAfter(param);
+    b_.create<ParameterOp>(param.getLoc(), b_.getStringAttr(name),
+                           TypeAttr::get(type),
+                           b_.getStringAttr(param.getSourceName()),
+                           HeadSliceAttr::get(b_.getContext(), heads, rows,
+                                              offset, size, transpose));
   }
-  return b_.create<GetParameterOp>(m.kvB.getLoc(), type, name);
+  return b_.create<GetParameterOp>(source.getLoc(), type, name);
+}
+
+DerivedWeight Rewriter::getParameter(MlaSite m, StringRef suffix,
+                                     int64_t offset, int64_t size,
+                                     bool transpose) {
+  DerivedWeight w;
+  w.value = derive(m.kvB, suffix, m.heads, m.nope + m.vDim, offset, size, m.kvr,
+                   transpose);
+  if (m.kvBScale) {
+    // FP8: the head slices fall on whole blocks, so the derived weight's
+    // scale is the same slice of the block-scale grid (transposed with it).
+    int64_t br = m.blockRows, bc = m.blockCols;
+    w.scale = derive(m.kvBScale, (suffix + "_scale_inv").str(), m.heads,
+                     (m.nope + m.vDim) / br, offset / br, size / br,
+                     (m.kvr + bc - 1) / bc, transpose);
+    w.blockSize = transpose ? b_.getDenseI64ArrayAttr({bc, br})
+                            : b_.getDenseI64ArrayAttr({br, bc});
+  }
+  return w;
 }
 
 void Rewriter::rewrite(MlaSite m, MlaForm form) {
@@ -237,9 +275,10 @@ void Rewriter::rewrite(MlaSite m, MlaForm form) {
         b_.create<KVReadOp>(m.vRead.getLoc(), tensor({1, m.kvr}, element),
                             FlatSymbolRefAttr::get(b_.getContext(), slot),
                             lengths, b_.getDenseI64ArrayAttr({0, m.kvr}));
-    Value wUK = getParameter(m, ".w_uk", 0, m.nope, /*transpose=*/true);
-    Value qLat = b_.create<HeadLinearOp>(loc, tensor({m.heads, m.kvr}, element),
-                                         m.qNope, wUK);
+    DerivedWeight wUK = getParameter(m, ".w_uk", 0, m.nope, /*transpose=*/true);
+    Value qLat =
+        b_.create<HeadLinearOp>(loc, tensor({m.heads, m.kvr}, element), m.qNope,
+                                wUK.value, wUK.scale, wUK.blockSize);
     Value q =
         b_.create<ConcatOp>(loc, tensor({m.heads, m.kvr + m.rope}, element),
                             ValueRange{qLat, m.qPe});
@@ -247,9 +286,11 @@ void Rewriter::rewrite(MlaSite m, MlaForm form) {
         loc, tensor({m.heads, m.kvr}, element), q, cached, values,
         attn.getPositions(), lengths, attn.getScaleAttr());
     latentAttn->setAttr("kiln.mla", b_.getStringAttr(formName(form)));
-    Value wUV = getParameter(m, ".w_uv", m.nope, m.vDim, /*transpose=*/false);
+    DerivedWeight wUV =
+        getParameter(m, ".w_uv", m.nope, m.vDim, /*transpose=*/false);
     out = b_.create<HeadLinearOp>(loc, tensor({m.heads, m.vDim}, element),
-                                  latentAttn, wUV);
+                                  latentAttn, wUV.value, wUV.scale,
+                                  wUV.blockSize);
   } else {
     // Decompress every cached token with kv_b_proj, then per-head attention.
     Value cKv = b_.create<ReshapeOp>(
@@ -259,10 +300,17 @@ void Rewriter::rewrite(MlaSite m, MlaForm form) {
                                    m.kvr, m.rope);
     Value kvB = b_.create<GetParameterOp>(m.kvB.getLoc(), m.kvB.getType(),
                                           m.kvB.getName());
+    Value kvBScale;
+    DenseI64ArrayAttr block;
+    if (m.kvBScale) {
+      kvBScale = b_.create<GetParameterOp>(
+          m.kvBScale.getLoc(), m.kvBScale.getType(), m.kvBScale.getName());
+      block = b_.getDenseI64ArrayAttr({m.blockRows, m.blockCols});
+    }
     Value up = b_.create<ReshapeOp>(
         loc, tensor({m.heads, m.nope + m.vDim}, element),
         b_.create<LinearOp>(loc, tensor({m.heads * (m.nope + m.vDim)}, element),
-                            cKv, kvB, Value(), Value(), DenseI64ArrayAttr()));
+                            cKv, kvB, Value(), kvBScale, block));
     Value kNope = b_.create<SliceOp>(loc, tensor({m.heads, m.nope}, element),
                                      up, 0, m.nope);
     Value v = b_.create<SliceOp>(loc, tensor({m.heads, m.vDim}, element), up,
@@ -383,9 +431,11 @@ struct AbsorbLatentKVPass
       if (std::optional<MlaSite> site = matchMla(attention))
         sites.push_back(*site);
     });
-    // FP8 kv_b_proj has no derived-weight path yet: leave those layers.
+    // FP8 kv_b_proj derives W_UK/W_UV scales by slicing the block grid,
+    // which needs every head's K and V rows to start on a block.
     std::erase_if(sites, [](MlaSite m) {
-      return isa<Float8E4M3FNType>(m.kvB.getType().getElementType());
+      return m.kvBScale && (m.blockRows <= 0 || m.blockCols <= 0 ||
+                            m.nope % m.blockRows || m.vDim % m.blockRows);
     });
     return sites;
   }
