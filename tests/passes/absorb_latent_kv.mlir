@@ -77,6 +77,15 @@
 // RUN: kiln compile-model %t.json --no-mtp --activation-dtype bf16 --mla=naive | FileCheck %s --check-prefix=V3NAIVE
 // V3NAIVE: kiln.summary = {{{.*}}kv_cache_bytes_per_token = 4997120 : i64
 
+// The real (FP8) V3 config: W_UK/W_UV stay FP8, their block scales are the
+// matching slices of kv_b_proj's 128x128 scale grid.
+// RUN: kiln compile-model %presets/deepseek-v3.json --no-mtp --activation-dtype bf16 --mla=absorbed | FileCheck %s --check-prefix=V3FP8
+// V3FP8: kiln.summary = {{{.*}}kv_cache_bytes_per_token = 70272 : i64
+// V3FP8-DAG: kiln.parameter @model.layers.0.self_attn.kv_b_proj.weight.w_uk : tensor<128x512x128xf8E4M3FN>
+// V3FP8-DAG: kiln.parameter @model.layers.0.self_attn.kv_b_proj.weight_scale_inv.w_uk_scale_inv : tensor<128x4x1xf32> {source = "model.layers.0.self_attn.kv_b_proj.weight_scale_inv", transform = #kiln.head_slice<heads = 128, rows = 2, offset = 0, size = 1, transpose = true>}
+// V3FP8-DAG: kiln.parameter @model.layers.0.self_attn.kv_b_proj.weight_scale_inv.w_uv_scale_inv : tensor<128x1x4xf32> {source = "model.layers.0.self_attn.kv_b_proj.weight_scale_inv", transform = #kiln.head_slice<heads = 128, rows = 2, offset = 1, size = 1>}
+// V3FP8: kiln.head_linear %{{.*}}, %{{.*}} scale %{{.*}} {block_size = array<i64: 128, 128>} : (tensor<?x?x128x128xbf16>, tensor<128x512x128xf8E4M3FN>, tensor<128x4x1xf32>) -> tensor<?x?x128x512xbf16>
+
 // RUN: not kiln-opt %s -kiln-absorb-latent-kv=mode=bogus 2>&1 | FileCheck %s --check-prefix=BAD
 // BAD: mode must be auto, naive or absorbed, got 'bogus'
 module {}

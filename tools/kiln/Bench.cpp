@@ -103,16 +103,14 @@ absl::Status bench(const BenchOptions &opts) {
         bestDecode = std::min(bestDecode, seconds(start));
       }
       json << (first ? "" : ",") << "\n    {\"batch\": " << batch
-           << ", \"context\": " << context
-           << ", \"prefill_tokens_per_s\": "
+           << ", \"context\": " << context << ", \"prefill_tokens_per_s\": "
            << (opts.syntheticContext
                    ? std::string("null")
                    : std::to_string(batch * context / bestPrefill))
            << ", \"decode_tokens_per_s\": " << batch * opts.steps / bestDecode
            << ", \"decode_step_ms\": " << 1e3 * bestDecode / opts.steps
            << ", \"kv_cache_bytes\": "
-           << info.kvCacheBytesPerToken * batch * (context + opts.steps)
-           << "}";
+           << info.kvCacheBytesPerToken * batch * (context + opts.steps) << "}";
       first = false;
     }
   json << "\n  ]\n}\n";

@@ -12,6 +12,7 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <string>
 
 namespace kiln::tools {
 
@@ -24,6 +25,10 @@ CommandRunner registerGenerate(CLI::App &app);
 CommandRunner registerInspect(CLI::App &app);
 CommandRunner registerVerify(CLI::App &app);
 CommandRunner registerBench(CLI::App &app);
+
+/// `kiln inspect` on a model directory or config.json (InspectModel.cpp).
+absl::Status inspectModel(const std::string &path, const std::string &mla,
+                          const std::string &activationDtype);
 
 } // namespace kiln::tools
 

@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -224,10 +225,29 @@ CommandRunner registerGenerate(CLI::App &app) {
 CommandRunner registerInspect(CLI::App &app) {
   auto path = std::make_shared<std::string>();
   auto noVerify = std::make_shared<bool>(false);
-  app.add_option("artifact", *path, "A .kiln file")->required();
+  auto mla = std::make_shared<std::string>("auto");
+  auto activation = std::make_shared<std::string>("auto");
+  app.add_option("artifact", *path,
+                 "A .kiln file, or a model directory / config.json to "
+                 "inspect shape-only as compile-model would build it")
+      ->required();
   app.add_flag("--no-verify-weights", *noVerify,
                "Skip the weights checksum at load");
-  return [path, noVerify] { return inspect(*path, !*noVerify); };
+  app.add_option("--mla", *mla, "Model inspection: MLA form")
+      ->check(CLI::IsMember({"auto", "naive", "absorbed"}))
+      ->capture_default_str();
+  app.add_option("--activation-dtype", *activation,
+                 "Model inspection: activation and cache element type "
+                 "(auto: the config's torch_dtype)")
+      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
+      ->capture_default_str();
+  return [path, noVerify, mla, activation] {
+    std::error_code ec;
+    if (std::filesystem::is_directory(*path, ec) ||
+        std::filesystem::path(*path).extension() == ".json")
+      return inspectModel(*path, *mla, *activation);
+    return inspect(*path, !*noVerify);
+  };
 }
 
 CommandRunner registerVerify(CLI::App &app) {
