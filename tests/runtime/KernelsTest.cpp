@@ -8,6 +8,7 @@
 // error left is fp32 arithmetic: 1e-5 relative to the magnitude of the sum
 // covers n up to a few hundred with margin and still catches any wrong term.
 #include "runtime/src/cpu/Kernels.h"
+#include "tests/runtime/ForEachIsa.h"
 
 #include "kiln/Float.h"
 
@@ -76,22 +77,6 @@ const char *typeName(ElementType t) {
     return "f16";
   default:
     return "?";
-  }
-}
-
-/// Runs `body` with the AVX2 kernels on and (when the CPU has them) off.
-template <typename F> void forEachIsa(F body) {
-  setVectorKernels(true);
-  bool hasVector = vectorKernelsActive();
-  {
-    SCOPED_TRACE(hasVector ? "avx2" : "portable");
-    body();
-  }
-  if (hasVector) {
-    setVectorKernels(false);
-    SCOPED_TRACE("portable");
-    body();
-    setVectorKernels(true);
   }
 }
 
@@ -276,26 +261,6 @@ TEST(Kernels, SliceConcatBroadcast) {
     for (int64_t j = 0; j < 4; ++j)
       for (int64_t i = 0; i < 7; ++i)
         ASSERT_EQ(br[(r * 4 + j) * 7 + i], src[r * 7 + i]);
-}
-
-TEST(Kernels, KvAppendWritesPositionsAndSkipsPadding) {
-  const int64_t batch = 2, seq = 3, entry = 5, maxTokens = 6;
-  std::vector<float> x(batch * seq * entry);
-  std::iota(x.begin(), x.end(), 1.0f);
-  const std::vector<int32_t> positions = {2, 3, 4, -1, 0, -1};
-  std::vector<float> cache(batch * maxTokens * entry, -1.0f);
-  kvAppend(x.data(), positions.data(), batch, seq, entry, cache.data(),
-           maxTokens);
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t p = 0; p < maxTokens; ++p) {
-      int64_t from = -1;
-      for (int64_t s = 0; s < seq; ++s)
-        if (positions[b * seq + s] == p)
-          from = b * seq + s;
-      for (int64_t i = 0; i < entry; ++i)
-        ASSERT_EQ(cache[(b * maxTokens + p) * entry + i],
-                  from < 0 ? -1.0f : x[from * entry + i]);
-    }
 }
 
 //===----------------------------------------------------------------------===//

@@ -9,6 +9,7 @@
 // absolute is 1e-5 relative to their scale.
 #include "runtime/src/PagedKvCache.h"
 #include "runtime/src/cpu/Kernels.h"
+#include "tests/runtime/ForEachIsa.h"
 
 #include <gtest/gtest.h>
 #include <omp.h>
@@ -32,21 +33,6 @@ std::vector<float> randomFloats(std::mt19937 &rng, size_t n) {
   for (float &x : v)
     x = dist(rng);
   return v;
-}
-
-template <typename F> void forEachIsa(F body) {
-  setVectorKernels(true);
-  bool hasVector = vectorKernelsActive();
-  {
-    SCOPED_TRACE(hasVector ? "avx2" : "portable");
-    body();
-  }
-  if (hasVector) {
-    setVectorKernels(false);
-    SCOPED_TRACE("portable");
-    body();
-    setVectorKernels(true);
-  }
 }
 
 /// Runs `body` with `threads` OpenMP threads (0: the default), which sets

@@ -161,18 +161,4 @@ void broadcast(const float *x, int64_t rows, int64_t repeat, int64_t inner,
                   static_cast<size_t>(inner) * sizeof(float));
 }
 
-void kvAppend(const float *x, const int32_t *positions, int64_t batch,
-              int64_t seq, int64_t entry, float *cache, int64_t maxTokens) {
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t s = 0; s < seq; ++s) {
-      int32_t p = positions[b * seq + s];
-      if (p < 0)
-        continue;
-      std::memcpy(cache + (b * maxTokens + p) * entry,
-                  x + (b * seq + s) * entry,
-                  static_cast<size_t>(entry) * sizeof(float));
-    }
-}
-
 } // namespace kiln::cpu

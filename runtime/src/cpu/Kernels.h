@@ -156,12 +156,6 @@ double ropeAttentionFactor(const RopeParams &params);
 void ropeInverseFrequencies(const RopeParams &params, int64_t dim,
                             double *invFreq);
 
-/// cache[b, positions[b, s], :] = x[b, s, :] for the `entry` values per
-/// token; the cache holds `maxTokens` positions per sequence. Negative
-/// positions (padding) are skipped.
-void kvAppend(const float *x, const int32_t *positions, int64_t batch,
-              int64_t seq, int64_t entry, float *cache, int64_t maxTokens);
-
 /// Causal attention. q [batch, seq, heads, dk]; k and v are read from
 /// per-sequence rows: kv head g of key j of sequence b at k + b *
 /// kBatchStride + j * kRowStride + g * dk (v likewise with dv and its own
@@ -225,9 +219,9 @@ void moeCombine(const float *y, const float *weights, const int32_t *slots,
 // checks that every position and kv length it passes is covered by the
 // blocks the sequence holds.
 
-/// kvAppend for a paged slot of `entry` floats per token: x[b, s, :] goes to
-/// position positions[b, s] of sequence b. Negative positions (padding) are
-/// skipped.
+/// Writes new tokens into a paged slot of `entry` floats per token: x[b, s, :]
+/// goes to position positions[b, s] of sequence b. Negative positions (padding)
+/// are skipped.
 void kvAppendPaged(const float *x, const int32_t *positions, int64_t batch,
                    int64_t seq, int64_t entry, float *slotData,
                    const int32_t *blockTables, int64_t tableStride,
