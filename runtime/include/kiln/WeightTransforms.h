@@ -24,6 +24,26 @@ struct HeadSlice {
 void applyHeadSlice(const HeadSlice &slice, const std::byte *source, int64_t in,
                     size_t elementBytes, std::byte *out);
 
+/// Element formats quantizeFp8Blocks reads.
+enum class FloatFormat : uint8_t { F32, BF16, F16 };
+
+/// DeepSeek-V3's FP8 weight blocks.
+struct Fp8BlockQuant {
+  int64_t blockRows = 128, blockCols = 128;
+  bool pow2Scale = false;
+};
+
+/// Quantizes `matrices` contiguous [rows, cols] matrices of `format` elements
+/// to e4m3 codes [matrices, rows, cols] and fp32 dequantization scales
+/// [matrices, ceil(rows / blockRows), ceil(cols / blockCols)]: per block s =
+/// amax / 448 (1 for an all-zero block; 2^ceil(log2(amax / 448)) when
+/// pow2Scale), code = floatToE4m3(x / s). Either output may be null (only
+/// that part is written). NaNs do not count towards amax and become NaN
+/// codes.
+void quantizeFp8Blocks(const Fp8BlockQuant &q, const std::byte *source,
+                       FloatFormat format, int64_t matrices, int64_t rows,
+                       int64_t cols, uint8_t *codes, float *scales);
+
 } // namespace kiln
 
 #endif // KILN_RUNTIME_WEIGHTTRANSFORMS_H

@@ -79,6 +79,10 @@ float loadWeight(Weight w, int64_t index) {
     return bf16ToFloat(static_cast<const uint16_t *>(w.data)[index]);
   case ElementType::F16:
     return f16ToFloat(static_cast<const uint16_t *>(w.data)[index]);
+  case ElementType::F8E4M3:
+    if (!w.scale)
+      return e4m3ToFloat(static_cast<const uint8_t *>(w.data)[index]);
+    unsupportedType("loadWeight", w.type);
   default:
     unsupportedType("loadWeight", w.type);
   }

@@ -1,13 +1,14 @@
 // CPU kernels of the runtime: one function per kernel kind the execution
 // plan launches. Activations are fp32 and contiguous (row-major, last
-// dimension fastest); weights may be fp32, bf16, f16 (and FP8 with block
-// scales once the FP8 work lands); every accumulation is fp32. Kernels are
-// multithreaded with OpenMP over independent rows/columns and written so the
-// compiler vectorizes their inner loops; the hot ones (linear, attention)
-// switch to AVX2/FMA/F16C code at run time when the CPU has it. They never
-// allocate on the heap except where noted, and never fail: the executor
-// validates dimensions and indices before it launches them. Weights of type
-// F8E4M3 or I32 are not supported yet (the kernels abort).
+// dimension fastest); weights may be fp32, bf16, f16, and for the GEMMs
+// (linear, groupedLinear, headLinear) FP8 e4m3fn with DeepSeek-V3 block
+// scales; every accumulation is fp32. Kernels are multithreaded with OpenMP
+// over independent rows/columns and written so the compiler vectorizes their
+// inner loops; the hot ones (linear, attention) switch to AVX2/FMA/F16C code
+// at run time when the CPU has it. They never allocate on the heap except
+// where noted, and never fail: the executor validates dimensions and indices
+// before it launches them. Other kernels given F8E4M3 (with scales) or I32
+// weights abort.
 #ifndef KILN_RUNTIME_CPU_KERNELS_H
 #define KILN_RUNTIME_CPU_KERNELS_H
 
@@ -50,7 +51,26 @@ enum class ElementType : uint8_t { F32, BF16, F16, F8E4M3, I32 };
 struct Weight {
   const void *data = nullptr;
   ElementType type = ElementType::F32;
+  /// F8E4M3 only: fp32 dequantization scales (DeepSeek's weight_scale_inv,
+  /// w = code * scale), one per [blockRows, blockCols] block of each [out, in]
+  /// matrix, stored row-major [ceil(out / blockRows), ceil(in / blockCols)],
+  /// matrices (experts of groupedLinear, heads of headLinear) one after
+  /// another.
+  const float *scale = nullptr;
+  int64_t blockRows = 0, blockCols = 0;
 };
+
+/// FP8 GEMMs quantize their input activations as DeepSeek-V3 does: per row,
+/// per w.blockCols channels, s = max(amax, 1e-4) / 448 (rounded up to a power
+/// of two when pow2Scale, i.e. ue8m0), code = floatToE4m3(x / s), into
+/// `scratch` (fp8ActivationScratch(rows, in, blockCols) floats); every K
+/// block's fp32 partial sum of code products is multiplied by s_x * s_w and
+/// accumulated in fp32. A NaN weight code makes its outputs NaN.
+struct Fp8Activations {
+  float *scratch = nullptr;
+  bool pow2Scale = false;
+};
+int64_t fp8ActivationScratch(int64_t rows, int64_t in, int64_t blockCols);
 
 /// Rotary embedding parameters (see `#kiln.rope` in the dialect).
 enum class RopeKind : uint8_t { Plain, Yarn, Llama3 };
@@ -83,7 +103,8 @@ struct MoeGateParams {
 /// Bytes per element of `type` (FP8: 1).
 size_t elementSize(ElementType type);
 
-/// Element `index` of a weight as fp32 (fp32, bf16 and f16 weights).
+/// Element `index` of a weight as fp32 (fp32, bf16 and f16 weights, and
+/// F8E4M3 without scales).
 float loadWeight(Weight w, int64_t index);
 
 /// The kernels use AVX2/FMA/F16C code paths when the CPU has them; tests turn
@@ -102,15 +123,18 @@ void rmsNorm(const float *x, int64_t rows, int64_t dim, Weight weight,
              float eps, float *out);
 
 /// y[r, o] = sum_i x[r, i] * w[o, i] + bias[o]; w is [out, in]. `bias.data`
-/// may be null.
+/// may be null (an FP8 w still takes a fp32/bf16/f16 bias). FP8 w quantizes x
+/// into `act` (rows rows).
 void linear(const float *x, int64_t rows, int64_t in, Weight w, int64_t out,
-            Weight bias, float *y);
+            Weight bias, float *y, Fp8Activations act = {});
 
 /// Per-head projection: y[r, h, :] = x[r, h, :] w[h]^T for x [rows, heads,
 /// in], w [heads, out, in], y [rows, heads, out]. `scratch` holds
-/// headLinearScratch(rows, in, out) floats.
+/// headLinearScratch(rows, in, out) floats; an FP8 w quantizes the rows *
+/// heads rows of `in` into `act`.
 void headLinear(const float *x, int64_t rows, int64_t heads, int64_t in,
-                Weight w, int64_t out, float *y, float *scratch);
+                Weight w, int64_t out, float *y, float *scratch,
+                Fp8Activations act = {});
 int64_t headLinearScratch(int64_t rows, int64_t in, int64_t out);
 
 void add(const float *a, const float *b, int64_t count, float *out);
@@ -196,9 +220,11 @@ void moeDispatch(const float *x, const int32_t *indices, int64_t tokens,
                  int32_t *offsets, int32_t *slots);
 
 /// Rows [offsets[e], offsets[e+1]) of x [rows, in] times expert e's [out, in]
-/// matrix of w [experts, out, in].
+/// matrix of w [experts, out, in]. An FP8 w quantizes the offsets[experts]
+/// rows into `act`.
 void groupedLinear(const float *x, int64_t in, Weight w, int64_t experts,
-                   int64_t out, const int32_t *offsets, float *y);
+                   int64_t out, const int32_t *offsets, float *y,
+                   Fp8Activations act = {});
 
 /// out[t, :] = sum_k weights[t, k] * y[r(t, k), :] with slots[r] = t * topK +
 /// k, summed in k order. `rowOf` is caller-provided scratch of

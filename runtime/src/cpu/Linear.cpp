@@ -1,5 +1,7 @@
 // linear and groupedLinear: y = x w^T (+ bias) with w [out, in] stored in
-// fp32, bf16 or f16, converted to fp32 in registers as it is read.
+// fp32, bf16 or f16, converted to fp32 in registers as it is read; or in FP8
+// e4m3fn with block scales, multiplied by activations quantized to e4m3 (see
+// the FP8 section below).
 //
 // The work is split over output features (each thread owns a contiguous
 // range of weight rows, so every weight byte is read from memory once), and
@@ -18,6 +20,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <immintrin.h>
@@ -292,17 +295,364 @@ void linearShared(const float *x, int64_t rows, int64_t in, Weight w,
   }
 }
 
+//===----------------------------------------------------------------------===//
+// FP8
+//===----------------------------------------------------------------------===//
+//
+// Activations are quantized up front into scratch: the e4m3 values as fp32
+// (exact) so that the tiles read them like fp32 activations, then one scale
+// per row and K block. Weight codes are decoded in registers; a product of
+// two e4m3 values has at most 8 significant bits, so the only rounding is in
+// the fp32 sums. Tiles keep a vector accumulator per (row, output) for the
+// current K block and fold it into the total with the block's combined scale
+// at the end of the block; horizontal sums happen once per tile. Decode
+// tiles run up to 8 rows at once so that each weight is decoded once.
+
+/// e4m3ToFloat(floatToE4m3(v)) without branches, so that the quantization
+/// loop vectorizes.
+inline float roundToE4m3(float v) {
+  uint32_t bits = std::bit_cast<uint32_t>(v);
+  uint32_t sign = bits & 0x80000000u, magnitude = bits & 0x7fffffffu;
+  // Normals keep 3 mantissa bits (round to nearest even on the bits, which
+  // carries into the exponent as it should); subnormals are multiples of
+  // 2^-9, which adding 2^14 rounds to (its ulp) under round-to-nearest-even.
+  float normal = std::bit_cast<float>(
+      (magnitude + 0x7ffffu + ((magnitude >> 20) & 1u)) & 0xfff00000u);
+  float absolute = std::bit_cast<float>(magnitude);
+  float subnormal = (absolute + 0x1p14f) - 0x1p14f;
+  float r = absolute < 0x1p-6f ? subnormal : normal;
+  r = r > 448.0f ? 448.0f : r; // saturates (infinity too); NaN stays NaN
+  return std::bit_cast<float>(std::bit_cast<uint32_t>(r) | sign);
+}
+
+inline float activationScale(float amax, bool pow2) {
+  float s = std::max(amax, 1e-4f) / 448.0f;
+  if (!pow2)
+    return s;
+  // 2^ceil(log2(s)) for the normal, positive s: bump the exponent unless the
+  // mantissa is already zero.
+  uint32_t bits = std::bit_cast<uint32_t>(s);
+  if (bits & 0x7fffffu)
+    bits = (bits + 0x800000u) & 0xff800000u;
+  return std::bit_cast<float>(bits);
+}
+
+/// Quantizes `rows` rows of x into codes [rows, in] and scales [rows, nkb];
+/// a worksharing loop with its barrier.
+void quantizeActivations(const float *x, int64_t rows, int64_t in, int64_t bc,
+                         bool pow2, float *codes, float *scales) {
+  int64_t nkb = (in + bc - 1) / bc;
+#pragma omp for schedule(static)
+  for (int64_t item = 0; item < rows * nkb; ++item) {
+    int64_t r = item / nkb, k0 = item % nkb * bc;
+    int64_t n = std::min(bc, in - k0);
+    const float *src = x + r * in + k0;
+    float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
+    for (int64_t i = 0; i < n; ++i)
+      amax = std::max(amax, std::fabs(src[i])); // skips NaNs
+    float s = activationScale(amax, pow2);
+    scales[item] = s;
+    float *dst = codes + r * in + k0;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+      dst[i] = roundToE4m3(src[i] / s);
+  }
+}
+
+/// e4m3 values of the 256 codes, for the portable tile.
+struct E4m3Table {
+  float value[256];
+  E4m3Table() {
+    for (int c = 0; c < 256; ++c)
+      value[c] = e4m3ToFloat(static_cast<uint8_t>(c));
+  }
+};
+const E4m3Table &e4m3Table() {
+  static const E4m3Table table;
+  return table;
+}
+
+inline bool isNanCode(uint8_t c) { return (c & 0x7fu) == 0x7fu; }
+
+/// Operands of one tile: rows of activation codes `in` apart with their
+/// scales `nkb` apart, weight rows `in` apart, and each output's row of
+/// weight scales.
+struct Fp8Tile {
+  const float *x;
+  const float *xScale;
+  const uint8_t *w;
+  const float *const *wScale;
+  int64_t in, bc, nkb;
+};
+
+/// NaN codes decode to finite values in the tiles (keeping the NaN test out
+/// of the inner loop); an output with one anywhere in its weight row is NaN.
+template <int R, int O> void applyNanCodes(const Fp8Tile &t, float *sums) {
+  for (int o = 0; o < O; ++o)
+    if (std::any_of(t.w + o * t.in, t.w + (o + 1) * t.in, isNanCode))
+      for (int r = 0; r < R; ++r)
+        sums[r * O + o] = __builtin_nanf("");
+}
+
+template <int R, int O> void tileFp8Generic(const Fp8Tile &t, float *sums) {
+  constexpr int L = 8;
+  const float *lut = e4m3Table().value;
+  float total[R][O] = {};
+  bool nan = false;
+  for (int64_t kb = 0; kb < t.nkb; ++kb) {
+    int64_t k0 = kb * t.bc, k1 = std::min(t.in, k0 + t.bc);
+    float acc[R][O][L] = {};
+    int64_t i = k0;
+    for (; i + L <= k1; i += L) {
+      float wv[O][L];
+      for (int o = 0; o < O; ++o)
+        for (int l = 0; l < L; ++l) {
+          uint8_t c = t.w[o * t.in + i + l];
+          nan |= isNanCode(c);
+          wv[o][l] = lut[c];
+        }
+      for (int r = 0; r < R; ++r)
+        for (int o = 0; o < O; ++o)
+          for (int l = 0; l < L; ++l)
+            acc[r][o][l] += t.x[r * t.in + i + l] * wv[o][l];
+    }
+    for (int r = 0; r < R; ++r)
+      for (int o = 0; o < O; ++o) {
+        float part = 0;
+        for (int l = 0; l < L; ++l)
+          part += acc[r][o][l];
+        for (int64_t k = i; k < k1; ++k) {
+          uint8_t c = t.w[o * t.in + k];
+          nan |= isNanCode(c);
+          part += t.x[r * t.in + k] * lut[c];
+        }
+        total[r][o] += part * (t.xScale[r * t.nkb + kb] * t.wScale[o][kb]);
+      }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int o = 0; o < O; ++o)
+      sums[r * O + o] = total[r][o];
+  if (nan)
+    applyNanCodes<R, O>(t, sums);
+}
+
+/// Eight codes to fp32: the sign-extended byte shifted left by 20 puts the
+/// exponent and mantissa fields in an fp32 whose exponent is 120 too small
+/// (subnormals too, as in e4m3ToFloat) and smears the sign over bits 27-31,
+/// which the mask keeps only at 31. NaN codes come out as +-480.
+KILN_AVX2 inline __m256 decodeE4m3(const uint8_t *p) {
+  __m256i c = _mm256_cvtepi8_epi32(
+      _mm_loadl_epi64(reinterpret_cast<const __m128i *>(p)));
+  __m256i bits =
+      _mm256_and_si256(_mm256_slli_epi32(c, 20), _mm256_set1_epi32(0x87f00000));
+  return _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0x1p120f));
+}
+
+/// Whether any of the codes [p, p + n) is a NaN, accumulated into `seen`
+/// 32 at a time: c | 0x80 is 0xff exactly for NaNs.
+KILN_AVX2 inline __m256i nanCodes(const uint8_t *p, int64_t n, __m256i seen) {
+  const __m256i high = _mm256_set1_epi8(static_cast<char>(0x80));
+  const __m256i ones = _mm256_set1_epi8(-1);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + i));
+    seen = _mm256_or_si256(seen,
+                           _mm256_cmpeq_epi8(_mm256_or_si256(c, high), ones));
+  }
+  for (; i < n; ++i)
+    if (isNanCode(p[i]))
+      seen = ones;
+  return seen;
+}
+
+template <int R, int O>
+KILN_AVX2 void tileFp8Avx2(const Fp8Tile &t, float *sums) {
+  __m256 total[R][O];
+  float totalTail[R][O] = {};
+  for (int r = 0; r < R; ++r)
+    for (int o = 0; o < O; ++o)
+      total[r][o] = _mm256_setzero_ps();
+  __m256i nan = _mm256_setzero_si256();
+  for (int64_t kb = 0; kb < t.nkb; ++kb) {
+    int64_t k0 = kb * t.bc, k1 = std::min(t.in, k0 + t.bc);
+    for (int o = 0; o < O; ++o)
+      nan = nanCodes(t.w + o * t.in + k0, k1 - k0, nan);
+    __m256 acc[R][O];
+    for (int r = 0; r < R; ++r)
+      for (int o = 0; o < O; ++o)
+        acc[r][o] = _mm256_setzero_ps();
+    int64_t i = k0;
+    for (; i + 8 <= k1; i += 8) {
+      __m256 wv[O];
+      for (int o = 0; o < O; ++o)
+        wv[o] = decodeE4m3(t.w + o * t.in + i);
+      for (int r = 0; r < R; ++r) {
+        __m256 xv = _mm256_loadu_ps(t.x + r * t.in + i);
+        for (int o = 0; o < O; ++o)
+          acc[r][o] = _mm256_fmadd_ps(xv, wv[o], acc[r][o]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int o = 0; o < O; ++o) {
+        float f = t.xScale[r * t.nkb + kb] * t.wScale[o][kb];
+        total[r][o] =
+            _mm256_fmadd_ps(acc[r][o], _mm256_set1_ps(f), total[r][o]);
+        if (i < k1) {
+          float part = 0;
+          for (int64_t k = i; k < k1; ++k)
+            part += t.x[r * t.in + k] * e4m3ToFloat(t.w[o * t.in + k]);
+          totalTail[r][o] += part * f;
+        }
+      }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int o = 0; o < O; ++o)
+      sums[r * O + o] = hsum(total[r][o]) + totalTail[r][o];
+  if (!_mm256_testz_si256(nan, nan))
+    applyNanCodes<R, O>(t, sums);
+}
+
+using Fp8TileFn = void (*)(const Fp8Tile &, float *);
+
+constexpr int kMaxFp8R = 8, kMaxFp8O = 4;
+
+/// Outputs per tile for R rows: every weight decode feeds R * O FMAs while
+/// the accumulators stay in the 16 vector registers.
+constexpr int fp8OutputTile(int rows) {
+  return rows <= 2 ? 4 : rows <= 4 ? 2 : 1;
+}
+
+struct Fp8TileTable {
+  Fp8TileFn fn[kMaxFp8R + 1][kMaxFp8O + 1] = {};
+};
+
+template <bool Avx2> constexpr Fp8TileTable makeFp8Table() {
+  Fp8TileTable t;
+  [&]<int... Rs>(std::integer_sequence<int, Rs...>) {
+    (
+        [&]<int R>() {
+          [&]<int... Os>(std::integer_sequence<int, Os...>) {
+            ((t.fn[R][Os + 1] =
+                  Avx2 ? &tileFp8Avx2<R, Os + 1> : &tileFp8Generic<R, Os + 1>),
+             ...);
+          }
+          (std::make_integer_sequence<int, fp8OutputTile(R)>{});
+        }.template operator()<Rs + 1>(),
+        ...);
+  }
+  (std::make_integer_sequence<int, kMaxFp8R>{});
+  return t;
+}
+
+const Fp8TileTable &fp8TileTable() {
+  static const Fp8TileTable generic = makeFp8Table<false>();
+  static const Fp8TileTable avx2 = makeFp8Table<true>();
+  return vectorKernelsActive() ? avx2 : generic;
+}
+
+/// One FP8 matrix over quantized activations (codes [rows, in], scales
+/// [rows, nkb]), run by the threads of an enclosing parallel region like
+/// linearShared.
+void linearFp8Shared(const float *codes, const float *xScale, int64_t rows,
+                     int64_t in, Weight w, int64_t out, Weight bias, float *y) {
+  if (rows <= 0 || out <= 0)
+    return;
+  const Fp8TileTable &table = fp8TileTable();
+  int64_t bc = w.blockCols, nkb = (in + bc - 1) / bc;
+  // Decode streams the weights once; otherwise a block of weight rows
+  // should stay in L2 while all row tiles pass over it.
+  int64_t block =
+      rows <= kMaxFp8R
+          ? 24
+          : std::clamp<int64_t>((512 * 1024) / std::max<int64_t>(1, in), 4, 96);
+  int64_t blocks = (out + block - 1) / block;
+  const uint8_t *wCodes = static_cast<const uint8_t *>(w.data);
+#pragma omp for schedule(static) nowait
+  for (int64_t b = 0; b < blocks; ++b) {
+    int64_t oBegin = b * block, oEnd = std::min(out, oBegin + block);
+    float sums[kMaxFp8R * kMaxFp8O];
+    const float *wScale[kMaxFp8O];
+    for (int64_t r0 = 0; r0 < rows; r0 += kMaxFp8R) {
+      int R = static_cast<int>(std::min<int64_t>(kMaxFp8R, rows - r0));
+      for (int64_t o0 = oBegin; o0 < oEnd; o0 += fp8OutputTile(R)) {
+        int O =
+            static_cast<int>(std::min<int64_t>(fp8OutputTile(R), oEnd - o0));
+        for (int o = 0; o < O; ++o)
+          wScale[o] = w.scale + (o0 + o) / w.blockRows * nkb;
+        Fp8Tile tile{codes + r0 * in,
+                     xScale + r0 * nkb,
+                     wCodes + o0 * in,
+                     wScale,
+                     in,
+                     bc,
+                     nkb};
+        table.fn[R][O](tile, sums);
+        for (int r = 0; r < R; ++r)
+          for (int o = 0; o < O; ++o) {
+            float bv = bias.data ? loadWeight(bias, o0 + o) : 0.0f;
+            y[(r0 + r) * out + o0 + o] = sums[r * O + o] + bv;
+          }
+      }
+    }
+  }
+}
+
+/// Where quantized activations of `rows` rows live in the scratch.
+struct Fp8Scratch {
+  float *codes, *scales;
+};
+Fp8Scratch fp8Scratch(Fp8Activations act, int64_t rows, int64_t in) {
+  return {act.scratch, act.scratch + rows * in};
+}
+
 } // namespace
 
+int64_t fp8ActivationScratch(int64_t rows, int64_t in, int64_t blockCols) {
+  return rows * (in + (in + blockCols - 1) / blockCols);
+}
+
 void linear(const float *x, int64_t rows, int64_t in, Weight w, int64_t out,
-            Weight bias, float *y) {
+            Weight bias, float *y, Fp8Activations act) {
+  if (w.type == ElementType::F8E4M3) {
+    Fp8Scratch q = fp8Scratch(act, rows, in);
+#pragma omp parallel
+    {
+      quantizeActivations(x, rows, in, w.blockCols, act.pow2Scale, q.codes,
+                          q.scales);
+      linearFp8Shared(q.codes, q.scales, rows, in, w, out, bias, y);
+    }
+    return;
+  }
 #pragma omp parallel
   linearShared(x, rows, in, w, out, bias, y);
 }
 
 void groupedLinear(const float *x, int64_t in, Weight w, int64_t experts,
-                   int64_t out, const int32_t *offsets, float *y) {
+                   int64_t out, const int32_t *offsets, float *y,
+                   Fp8Activations act) {
   int64_t matrixBytes = out * in * static_cast<int64_t>(elementSize(w.type));
+  if (w.type == ElementType::F8E4M3) {
+    int64_t rows = offsets[experts];
+    int64_t nkb = (in + w.blockCols - 1) / w.blockCols;
+    int64_t matrixScales = (out + w.blockRows - 1) / w.blockRows * nkb;
+    Fp8Scratch q = fp8Scratch(act, rows, in);
+#pragma omp parallel
+    {
+      quantizeActivations(x, rows, in, w.blockCols, act.pow2Scale, q.codes,
+                          q.scales);
+      for (int64_t e = 0; e < experts; ++e) {
+        int64_t begin = offsets[e];
+        Weight we = w;
+        we.data = static_cast<const char *>(w.data) + e * matrixBytes;
+        we.scale = w.scale + e * matrixScales;
+        linearFp8Shared(q.codes + begin * in, q.scales + begin * nkb,
+                        offsets[e + 1] - begin, in, we, out, Weight{},
+                        y + begin * out);
+      }
+    }
+    return;
+  }
 #pragma omp parallel
   for (int64_t e = 0; e < experts; ++e) {
     int64_t begin = offsets[e], rows = offsets[e + 1] - begin;
