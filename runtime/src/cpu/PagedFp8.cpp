@@ -35,8 +35,9 @@ constexpr int64_t kMaxItemHeads = 128;
 // (query row, head) pairs per work item: the rows of a prefill item.
 constexpr int64_t kMaxPairs = 256;
 constexpr int64_t kMaxItemRows = kMaxPairs;
-// The key tile: as many keys as fit in kTileFloats, at most kMaxTileKeys.
-constexpr int64_t kTileFloats = 16 * 640;
+// The key tile: as many keys as fit in kTileFloats, at most kMaxTileKeys
+// (16 DeepSeek rows, 36 KiB: more would leave L1 and L2 for longer).
+constexpr int64_t kTileFloats = kMaxFp8LatentColumns;
 constexpr int64_t kMaxTileKeys = 16;
 // Fewer keys per split would spend more on the merge than the split saves.
 constexpr int64_t kMinSplitKeys = 256;
@@ -148,6 +149,15 @@ KILN_AVX2_ENTRY void dequantizeRowAvx2(const std::byte *row, Fp8LatentLayout l,
   }
 }
 
+/// A load that stays one: GCC would otherwise fold it into each FMA that
+/// uses the value, loading it again per use, and the register blocks below
+/// would be bound by loads instead of FMAs.
+KILN_AVX2 inline __m256 loadOnce(const float *p) {
+  __m256 v = _mm256_loadu_ps(p);
+  asm("" : "+x"(v));
+  return v;
+}
+
 KILN_AVX2 inline float hsum(__m256 v) {
   __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   x = _mm_add_ps(x, _mm_movehl_ps(x, x));
@@ -169,9 +179,9 @@ KILN_AVX2 inline void scoresBlock(const float *q, const float *k,
   for (; i + 8 <= dk; i += 8) {
     __m256 kv[J];
     for (int j = 0; j < J; ++j)
-      kv[j] = _mm256_loadu_ps(k + j * kStride + i);
+      kv[j] = loadOnce(k + j * kStride + i);
     for (int h = 0; h < H; ++h) {
-      __m256 qv = _mm256_loadu_ps(q + h * dk + i);
+      __m256 qv = loadOnce(q + h * dk + i);
       for (int j = 0; j < J; ++j)
         acc[h][j] = _mm256_fmadd_ps(qv, kv[j], acc[h][j]);
     }
@@ -225,7 +235,7 @@ KILN_AVX2 inline void accumulateBlock(const float *p, int64_t pStride,
   for (int64_t j = 0; j < n; ++j) {
     __m256 vv[C];
     for (int c = 0; c < C; ++c)
-      vv[c] = _mm256_loadu_ps(v + j * stride + i0 + 8 * c);
+      vv[c] = loadOnce(v + j * stride + i0 + 8 * c);
     for (int h = 0; h < H; ++h) {
       __m256 w = _mm256_broadcast_ss(p + h * pStride + j);
       for (int c = 0; c < C; ++c)
@@ -392,6 +402,14 @@ template <bool Avx2>
     for (int64_t j = 0; j < nb; ++j) {
       const std::byte *row =
           rowAt(a.slot, rowBytes, table, a.tables.blockTokens, j0 + j);
+      // The next tile's rows arrive while this one is computed.
+      if (j0 + keys + j < end) {
+        auto next = reinterpret_cast<uintptr_t>(rowAt(
+            a.slot, rowBytes, table, a.tables.blockTokens, j0 + keys + j));
+        for (uintptr_t line = next & ~uintptr_t{63}; line < next + rowBytes;
+             line += 64)
+          __builtin_prefetch(reinterpret_cast<const void *>(line));
+      }
       if constexpr (Avx2)
         dequantizeRowAvx2(row, a.layout, tile + j * stride);
       else

@@ -15,6 +15,9 @@
 
 namespace kiln::cpu {
 
+/// Most columns (dk) attentionPagedFp8 takes: its key tile is on the stack.
+inline constexpr int64_t kMaxFp8LatentColumns = 10240;
+
 /// Row layout of an FP8 latent cache slot: `quantColumns` e4m3 codes, then
 /// one fp32 dequantization scale per 128 codes (the last group may be
 /// partial), then `bf16Columns` bf16 values, padded to a multiple of 4 bytes
@@ -50,10 +53,10 @@ void gatherPagedFp8(const std::byte *slotData, Fp8LatentLayout layout,
                     int64_t column, int64_t count, float *out);
 
 /// attentionPaged over an FP8 latent slot with one kv head: keys are whole
-/// dequantized rows (dk == layout.columns()), values their first dv <=
-/// quantColumns columns. Same semantics, scratch (attentionPagedScratch) and
-/// context splitting as attentionPaged; the result matches attention in
-/// fp32 on the dequantized rows.
+/// dequantized rows (dk == layout.columns() <= kMaxFp8LatentColumns), values
+/// their first dv <= quantColumns columns. Same semantics, scratch
+/// (attentionPagedScratch) and context splitting as attentionPaged; the result
+/// matches attention in fp32 on the dequantized rows.
 void attentionPagedFp8(const float *q, const std::byte *slotData,
                        Fp8LatentLayout layout, BlockTables tables,
                        const int32_t *positions, const int32_t *kvLengths,
