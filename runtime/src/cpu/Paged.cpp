@@ -1,10 +1,12 @@
-// Kernels over the paged KV cache. Attention follows Attention.cpp (work
-// items of one kv head and up to 16 of its query heads, online softmax in
-// 64-key blocks, the same vectorized dot product) and resolves the block
-// tables once per key block into row pointers, so the inner loops are those
-// of the contiguous kernel. Decode at a small batch has fewer work items
-// than threads (absorbed MLA at batch 1 has a single one), so the context is
-// then split across threads and the partial softmax states are merged.
+// Kernels over the paged KV cache. Attention resolves the block tables once
+// per 64-key block into row pointers. Prefill runs the tiles of Attention.cpp
+// (AttentionTile.h): query rows of several positions and heads share every
+// key and value row they load. Decode has one query row per sequence and
+// attends per row (up to 16 query heads of one kv head per work item, online
+// softmax in 64-key blocks); at a small batch it has fewer work items than
+// threads (absorbed MLA at batch 1 has a single one), so the context is then
+// split across threads and the partial softmax states are merged.
+#include "runtime/src/cpu/AttentionTile.h"
 #include "runtime/src/cpu/Kernels.h"
 
 #include <omp.h>
@@ -184,6 +186,39 @@ attendRangeAvx2(const PagedArgs &a, int64_t row, int64_t b, int64_t kvh,
   attendRangeImpl(a, row, b, kvh, h0, nh, begin, end, part);
 }
 
+/// Attends the rows of tile work item `it` to their keys.
+template <class V>
+[[gnu::always_inline]] inline void
+attendTileImpl(const PagedArgs &a, float *out, const tiled::Tiling::Item &it) {
+  tiled::Tile t = tiled::makeTile(it, a.q, out, a.positions, a.kvLengths, a.seq,
+                                  a.heads, a.dk, a.dv);
+  const int32_t *table = a.tables.ids + it.b * a.tables.stride;
+  int64_t bt = a.tables.blockTokens;
+  const float *kBase = a.k.data + a.k.offset + it.kvh * a.k.headStride;
+  const float *vBase = a.v.data + a.v.offset + it.kvh * a.v.headStride;
+  tiled::attendTile<V>(
+      t, a.dk, a.dv, a.scale,
+      [&](int64_t j0, int64_t nb, const float **kRows, const float **vRows) {
+        for (int64_t j = 0; j < nb; ++j) {
+          int64_t pos = j0 + j;
+          int64_t tokenRow = table[pos / bt] * bt + pos % bt;
+          kRows[j] = kBase + tokenRow * a.k.rowStride;
+          vRows[j] = vBase + tokenRow * a.v.rowStride;
+        }
+      });
+}
+
+void attendTileGeneric(const PagedArgs &a, float *out,
+                       const tiled::Tiling::Item &it) {
+  attendTileImpl<tiled::VecPortable>(a, out, it);
+}
+
+// flatten: see attendAvx2 in Attention.cpp.
+__attribute__((target("avx2,fma"), flatten)) void
+attendTileAvx2(const PagedArgs &a, float *out, const tiled::Tiling::Item &it) {
+  attendTileImpl<tiled::VecAvx2>(a, out, it);
+}
+
 /// Keys query `row` of sequence b attends to.
 int64_t keyCount(const PagedArgs &a, int64_t row, int64_t b) {
   int32_t pos = a.positions[row];
@@ -228,6 +263,18 @@ void attentionPaged(const float *q, PagedView k, PagedView v,
                        maxKeys / kMinSplitKeys, scratchFloats / perSplit});
   splits = std::max<int64_t>(splits, 1);
   bool avx2 = vectorKernelsActive();
+
+  // Prefill tiles several positions; a few queries over a long context
+  // (split above) attend per row like decode.
+  if (splits == 1 && seq > 1) {
+    tiled::Tiling tiling(batch, seq, heads, kvHeads);
+    auto attendTile = avx2 ? attendTileAvx2 : attendTileGeneric;
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t i = 0; i < tiling.items; ++i)
+      attendTile(args, out, tiling.item(i));
+    return;
+  }
+
   auto attendRange = avx2 ? attendRangeAvx2 : attendRangeGeneric;
 
   if (splits == 1) {
