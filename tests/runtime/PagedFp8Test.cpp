@@ -164,12 +164,14 @@ TEST(PagedFp8, AppendQuantizesAndGatherDequantizes) {
               {l.quantColumns - 3, 5},
               {1, l.quantColumns - 1},
               {l.quantColumns + 1, l.bf16Columns - 1}}) {
-          std::vector<float> out((p + 1) * count);
-          gatherPagedFp8(pool.data(), l, table, bt, p + 1, column, count,
-                         out.data());
-          for (int64_t c = 0; c < count; ++c)
-            ASSERT_EQ(out[p * count + c], ref.values[column + c])
-                << "column " << column + c;
+          forEachIsa([&] {
+            std::vector<float> out((p + 1) * count);
+            gatherPagedFp8(pool.data(), l, table, bt, p + 1, column, count,
+                           out.data());
+            for (int64_t c = 0; c < count; ++c)
+              ASSERT_EQ(out[p * count + c], ref.values[column + c])
+                  << "column " << column + c;
+          });
         }
       }
     // Nothing else was written.
@@ -361,6 +363,13 @@ TEST(PagedFp8, OddDimsAndBlocks) {
   // values, dk 46, dv 36, 5 heads, blocks of 7 tokens.
   Fp8Case c{3, 1, 5, {40, 6}, 36, 500, {499, 12, 300}, {500, 13, 400}, 7};
   checkFp8(c, 4, {0, 2, 6});
+}
+
+TEST(PagedFp8, ShortPrefillSplits) {
+  // Three rows continuing a long context: fewer items than threads, so each
+  // row's context is split.
+  Fp8Case c{1, 3, 16, {32, 16}, 32, 603, {600, 601, 602}, {603}};
+  checkFp8(c, 7, {8});
 }
 
 TEST(PagedFp8, CausalPrefill) {

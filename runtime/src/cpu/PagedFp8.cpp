@@ -121,31 +121,32 @@ KILN_AVX2 inline void decode16(const uint8_t *codes, __m256 scale256,
   _mm256_storeu_ps(out + 8, _mm256_mul_ps(hi, scale256));
 }
 
-/// dequantizePortable of a whole row.
-KILN_AVX2_ENTRY void dequantizeRowAvx2(const std::byte *row, Fp8LatentLayout l,
-                                       float *out) {
+/// dequantizePortable.
+KILN_AVX2_ENTRY void dequantizeAvx2(const std::byte *row, Fp8LatentLayout l,
+                                    int64_t c0, int64_t c1, float *out) {
   const auto *codes = reinterpret_cast<const uint8_t *>(row);
-  for (int64_t g = 0; g < l.scaleGroups(); ++g) {
-    int64_t c = g * kGroup, end = std::min(c + kGroup, l.quantColumns);
+  int64_t quantEnd = std::min(c1, l.quantColumns);
+  for (int64_t c = c0; c < quantEnd;) {
+    int64_t g = c / kGroup, end = std::min(quantEnd, (g + 1) * kGroup);
     float s = scaleAt(row, l, g);
     __m256 s256 = _mm256_set1_ps(s * 256.0f);
     for (; c + 16 <= end; c += 16)
-      decode16(codes + c, s256, out + c);
+      decode16(codes + c, s256, out + (c - c0));
     for (; c < end; ++c)
-      out[c] = e4m3ToFloat(codes[c]) * s;
+      out[c - c0] = e4m3ToFloat(codes[c]) * s;
   }
   const std::byte *bf16 = row + l.bf16Offset();
-  float *dst = out + l.quantColumns;
-  int64_t c = 0;
-  for (; c + 8 <= l.bf16Columns; c += 8) {
-    __m256i w = _mm256_cvtepu16_epi32(
-        _mm_loadu_si128(reinterpret_cast<const __m128i *>(bf16 + 2 * c)));
-    _mm256_storeu_ps(dst + c, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+  int64_t c = std::max(c0, l.quantColumns);
+  for (; c + 8 <= c1; c += 8) {
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(
+        reinterpret_cast<const __m128i *>(bf16 + 2 * (c - l.quantColumns))));
+    _mm256_storeu_ps(out + (c - c0),
+                     _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
   }
-  for (; c < l.bf16Columns; ++c) {
+  for (; c < c1; ++c) {
     uint16_t bits;
-    std::memcpy(&bits, bf16 + 2 * c, sizeof(bits));
-    dst[c] = bf16ToFloat(bits);
+    std::memcpy(&bits, bf16 + 2 * (c - l.quantColumns), sizeof(bits));
+    out[c - c0] = bf16ToFloat(bits);
   }
 }
 
@@ -411,7 +412,7 @@ template <bool Avx2>
           __builtin_prefetch(reinterpret_cast<const void *>(line));
       }
       if constexpr (Avx2)
-        dequantizeRowAvx2(row, a.layout, tile + j * stride);
+        dequantizeAvx2(row, a.layout, 0, dk, tile + j * stride);
       else
         dequantizePortable(row, a.layout, 0, dk, tile + j * stride);
     }
@@ -488,10 +489,15 @@ void gatherPagedFp8(const std::byte *slotData, Fp8LatentLayout layout,
                     const int32_t *table, int64_t blockTokens, int64_t tokens,
                     int64_t column, int64_t count, float *out) {
   int64_t rowBytes = layout.rowBytes();
+  bool avx2 = vectorKernelsActive();
 #pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < tokens; ++t)
-    dequantizePortable(rowAt(slotData, rowBytes, table, blockTokens, t), layout,
-                       column, column + count, out + t * count);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const std::byte *row = rowAt(slotData, rowBytes, table, blockTokens, t);
+    if (avx2)
+      dequantizeAvx2(row, layout, column, column + count, out + t * count);
+    else
+      dequantizePortable(row, layout, column, column + count, out + t * count);
+  }
 }
 
 void attentionPagedFp8(const float *q, const std::byte *slotData,
