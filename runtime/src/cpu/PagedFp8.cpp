@@ -97,8 +97,8 @@ void quantizeRow(const float *x, Fp8LatentLayout l, std::byte *row) {
   }
 }
 
-// Helpers inline into the three entry points below, which attendImpl<true>
-// calls (an always_inline function cannot carry a target).
+// Helpers inline into the entry points below, which the gather and
+// attendImpl<true> call (an always_inline function cannot carry a target).
 #define KILN_AVX2 __attribute__((target("avx2,fma,f16c"), always_inline))
 #define KILN_AVX2_ENTRY __attribute__((target("avx2,fma,f16c")))
 
