@@ -389,6 +389,12 @@ TEST(PagedKernels, PrefillTilesRaggedAndStraddling) {
   checkPaged({1, 6, 2, 2, 8, 8, 16, {7, 2, -1, 9, 0, 7}, {10}}, 14);
 }
 
+TEST(PagedKernels, OneRowTilesUseDotProducts) {
+  // Decode of one query head per kv head: the contiguous kernel's tiles have
+  // a single row. An odd head dimension leaves a scalar tail.
+  checkPaged({2, 1, 4, 4, 45, 24, 100, {70, 99}, {71, 100}}, 18, {0, 3});
+}
+
 TEST(PagedKernels, PrefillTilesGqaGroups) {
   // Groups of 6 query heads: tiles of 5 positions x 6 heads, seq 7 leaves a
   // tile of 2 positions. Odd head dimensions exercise the column tails;

@@ -183,6 +183,47 @@ scores4(const float *qt, int64_t stride, const float *const *kRows, int64_t d0,
       V::store(s[u] + r0 + v * L, acc[u][v]);
 }
 
+/// s[j][r] = q_r . k_j as dot products along the head dimension, for tiles
+/// of too few rows to fill the lanes of scores4 (decode of one query head
+/// per kv head); rows [t.rows, padded) get 0.
+template <class V>
+[[gnu::always_inline]] inline void
+scoresDot(const Tile &t, int64_t padded, const float *const *kRows, int64_t nb,
+          int64_t dk, float (*s)[kMaxTileRows]) {
+  using T = typename V::T;
+  constexpr int64_t L = V::kLanes;
+  for (int64_t j = 0; j < nb; ++j) {
+    const float *k = kRows[j];
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const float *q = t.q[r];
+      T acc[4], qv, kv;
+      for (T &a : acc)
+        V::broadcast(a, 0.0f);
+      int64_t d = 0;
+      for (; d + 4 * L <= dk; d += 4 * L)
+        for (int u = 0; u < 4; ++u) {
+          V::load(qv, q + d + u * L);
+          V::load(kv, k + d + u * L);
+          V::fma(acc[u], qv, kv);
+        }
+      for (; d + L <= dk; d += L) {
+        V::load(qv, q + d);
+        V::load(kv, k + d);
+        V::fma(acc[0], qv, kv);
+      }
+      T lanes = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+      float sum = 0.0f;
+      for (int64_t i = 0; i < L; ++i)
+        sum += lanes[i];
+      for (; d < dk; ++d)
+        sum += q[d] * k[d];
+      s[j][r] = sum;
+    }
+    for (int64_t r = t.rows; r < padded; ++r)
+      s[j][r] = 0.0f;
+  }
+}
+
 /// o[r0 + u][c ...] += sum_j p[j][r0 + u] * v[j][c ...] for u < U and NV
 /// vectors of columns.
 template <class V, int U, int NV>
@@ -261,7 +302,9 @@ attendTile(const Tile &t, int64_t dk, int64_t dv, float scale, RowsOf rowsOf) {
       for (int64_t r = 0; r < padded; ++r)
         qt[d * padded + r] = r < rows ? t.q[r][d0 + d] : 0.0f;
   };
-  if (chunk == dk)
+  // A row or two would leave most lanes of the score tiles empty.
+  bool dotForm = rows * 4 <= L;
+  if (!dotForm && chunk == dk)
     pack(0, dk);
   // Three spare entries let the score tiles run over whole groups of 4 keys.
   const float *kRows[kKeyBlock + 3], *vRows[kKeyBlock];
@@ -271,7 +314,9 @@ attendTile(const Tile &t, int64_t dk, int64_t dv, float scale, RowsOf rowsOf) {
     int64_t nb4 = (nb + 3) / 4 * 4;
     for (int64_t j = nb; j < nb4; ++j)
       kRows[j] = kRows[nb - 1]; // scores past nb are never read
-    for (int64_t d0 = 0; d0 < dk; d0 += chunk) {
+    if (dotForm)
+      scoresDot<V>(t, padded, kRows, nb, dk, s);
+    for (int64_t d0 = 0; d0 < dk && !dotForm; d0 += chunk) {
       int64_t n = std::min(chunk, dk - d0);
       if (chunk != dk)
         pack(d0, n);
