@@ -300,13 +300,18 @@ void linearShared(const float *x, int64_t rows, int64_t in, Weight w,
 //===----------------------------------------------------------------------===//
 //
 // Activations are quantized up front into scratch: the e4m3 values as fp32
-// (exact) so that the tiles read them like fp32 activations, then one scale
-// per row and K block. Weight codes are decoded in registers; a product of
-// two e4m3 values has at most 8 significant bits, so the only rounding is in
-// the fp32 sums. Tiles keep a vector accumulator per (row, output) for the
-// current K block and fold it into the total with the block's combined scale
-// at the end of the block; horizontal sums happen once per tile. Decode
-// tiles run up to 8 rows at once so that each weight is decoded once.
+// (exact), times 2^64 (see decodeE4m3), so that the tiles read them like
+// fp32 activations, then one scale per row and K block. Weight codes are
+// decoded in registers; a product of two e4m3 values has at most 8
+// significant bits, so the only rounding is in the fp32 sums. Tiles keep a
+// vector accumulator per (row, output) for the current K block and fold it
+// into the total with the block's combined scale at the end of the block.
+// They cover up to 4 rows x 3 outputs (or 1-2 rows x 4 outputs), which fills
+// the vector registers with accumulators, over chunks of K short enough that
+// those rows stay in L1 while the tiles of an output block pass over them.
+
+/// Activation codes are stored times 2^64 (see decodeE4m3).
+constexpr float kCodeBias = 0x1p64f;
 
 /// e4m3ToFloat(floatToE4m3(v)) without branches, so that the quantization
 /// loop vectorizes.
@@ -337,14 +342,27 @@ inline float activationScale(float amax, bool pow2) {
   return std::bit_cast<float>(bits);
 }
 
-/// Quantizes `rows` rows of x into codes [rows, in] and scales [rows, nkb];
-/// a worksharing loop with its barrier.
+/// Quantized activations in the scratch: codes [rows, ld] then scales [rows,
+/// nkb]. Rows are padded to a whole number of cache lines plus one so that
+/// the rows of a tile do not map to the same L1 sets.
+struct Fp8Rows {
+  float *codes, *scales;
+  int64_t ld, nkb;
+};
+
+int64_t fp8RowStride(int64_t in) { return (in + 15) / 16 * 16 + 16; }
+
+Fp8Rows fp8Rows(float *scratch, int64_t rows, int64_t in, int64_t bc) {
+  int64_t ld = fp8RowStride(in);
+  return {scratch, scratch + rows * ld, ld, (in + bc - 1) / bc};
+}
+
+/// Quantizes `rows` rows of x into `q`; a worksharing loop with its barrier.
 void quantizeActivations(const float *x, int64_t rows, int64_t in, int64_t bc,
-                         bool pow2, float *codes, float *scales) {
-  int64_t nkb = (in + bc - 1) / bc;
+                         bool pow2, const Fp8Rows &q) {
 #pragma omp for schedule(static)
-  for (int64_t item = 0; item < rows * nkb; ++item) {
-    int64_t r = item / nkb, k0 = item % nkb * bc;
+  for (int64_t item = 0; item < rows * q.nkb; ++item) {
+    int64_t r = item / q.nkb, k0 = item % q.nkb * bc;
     int64_t n = std::min(bc, in - k0);
     const float *src = x + r * in + k0;
     float amax = 0.0f;
@@ -352,11 +370,11 @@ void quantizeActivations(const float *x, int64_t rows, int64_t in, int64_t bc,
     for (int64_t i = 0; i < n; ++i)
       amax = std::max(amax, std::fabs(src[i])); // skips NaNs
     float s = activationScale(amax, pow2);
-    scales[item] = s;
-    float *dst = codes + r * in + k0;
+    q.scales[item] = s;
+    float *dst = q.codes + r * q.ld + k0;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i)
-      dst[i] = roundToE4m3(src[i] / s);
+      dst[i] = roundToE4m3(src[i] / s) * kCodeBias;
   }
 }
 
@@ -375,22 +393,24 @@ const E4m3Table &e4m3Table() {
 
 inline bool isNanCode(uint8_t c) { return (c & 0x7fu) == 0x7fu; }
 
-/// Operands of one tile: rows of activation codes `in` apart with their
-/// scales `nkb` apart, weight rows `in` apart, and each output's row of
-/// weight scales.
+/// Operands of one tile over K blocks [kbBegin, kbEnd): activation rows `ldx`
+/// apart with their scales `nkb` apart, weight rows `in` apart, and each
+/// output's row of weight scales.
 struct Fp8Tile {
   const float *x;
   const float *xScale;
   const uint8_t *w;
   const float *const *wScale;
-  int64_t in, bc, nkb;
+  int64_t ldx, in, bc, nkb, kbBegin, kbEnd;
 };
 
 /// NaN codes decode to finite values in the tiles (keeping the NaN test out
-/// of the inner loop); an output with one anywhere in its weight row is NaN.
+/// of the inner loop); an output with one in its part of the weight row is
+/// NaN.
 template <int R, int O> void applyNanCodes(const Fp8Tile &t, float *sums) {
+  int64_t k0 = t.kbBegin * t.bc, k1 = std::min(t.in, t.kbEnd * t.bc);
   for (int o = 0; o < O; ++o)
-    if (std::any_of(t.w + o * t.in, t.w + (o + 1) * t.in, isNanCode))
+    if (std::any_of(t.w + o * t.in + k0, t.w + o * t.in + k1, isNanCode))
       for (int r = 0; r < R; ++r)
         sums[r * O + o] = __builtin_nanf("");
 }
@@ -400,7 +420,7 @@ template <int R, int O> void tileFp8Generic(const Fp8Tile &t, float *sums) {
   const float *lut = e4m3Table().value;
   float total[R][O] = {};
   bool nan = false;
-  for (int64_t kb = 0; kb < t.nkb; ++kb) {
+  for (int64_t kb = t.kbBegin; kb < t.kbEnd; ++kb) {
     int64_t k0 = kb * t.bc, k1 = std::min(t.in, k0 + t.bc);
     float acc[R][O][L] = {};
     int64_t i = k0;
@@ -415,7 +435,7 @@ template <int R, int O> void tileFp8Generic(const Fp8Tile &t, float *sums) {
       for (int r = 0; r < R; ++r)
         for (int o = 0; o < O; ++o)
           for (int l = 0; l < L; ++l)
-            acc[r][o][l] += t.x[r * t.in + i + l] * wv[o][l];
+            acc[r][o][l] += t.x[r * t.ldx + i + l] * wv[o][l];
     }
     for (int r = 0; r < R; ++r)
       for (int o = 0; o < O; ++o) {
@@ -425,9 +445,10 @@ template <int R, int O> void tileFp8Generic(const Fp8Tile &t, float *sums) {
         for (int64_t k = i; k < k1; ++k) {
           uint8_t c = t.w[o * t.in + k];
           nan |= isNanCode(c);
-          part += t.x[r * t.in + k] * lut[c];
+          part += t.x[r * t.ldx + k] * lut[c];
         }
-        total[r][o] += part * (t.xScale[r * t.nkb + kb] * t.wScale[o][kb]);
+        float f = t.xScale[r * t.nkb + kb] * t.wScale[o][kb];
+        total[r][o] += part * (1.0f / kCodeBias) * f;
       }
   }
   for (int r = 0; r < R; ++r)
@@ -437,91 +458,124 @@ template <int R, int O> void tileFp8Generic(const Fp8Tile &t, float *sums) {
     applyNanCodes<R, O>(t, sums);
 }
 
-/// Eight codes to fp32: the sign-extended byte shifted left by 20 puts the
-/// exponent and mantissa fields in an fp32 whose exponent is 120 too small
-/// (subnormals too, as in e4m3ToFloat) and smears the sign over bits 27-31,
-/// which the mask keeps only at 31. NaN codes come out as +-480.
+/// Eight codes to fp32 times 2^-120: the sign-extended byte shifted left by
+/// 20 puts the exponent and mantissa fields in an fp32 whose exponent is 120
+/// too small (normals and subnormals alike, as in e4m3ToFloat) and smears the
+/// sign over bits 27-31, which the mask keeps only at 31. NaN codes come out
+/// finite. Leaving the 2^-120 in (instead of a multiply per vector) is what
+/// the 2^64 on the activations is for: products of the two stay normal fp32
+/// (>= 2^-9 * 2^-9 * 2^-56) and exact; the block scale takes the 2^56. The
+/// subnormal codes are denormal FMA inputs, which cost nothing extra on the
+/// CPUs we run on (a multiply by 2^120 of them does) and are exact as long
+/// as denormals-are-zero is off, as the runtime leaves it.
 KILN_AVX2 inline __m256 decodeE4m3(const uint8_t *p) {
   __m256i c = _mm256_cvtepi8_epi32(
       _mm_loadl_epi64(reinterpret_cast<const __m128i *>(p)));
-  __m256i bits =
-      _mm256_and_si256(_mm256_slli_epi32(c, 20), _mm256_set1_epi32(0x87f00000));
-  return _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0x1p120f));
+  return _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(c, 20),
+                                              _mm256_set1_epi32(0x87f00000)));
 }
 
-/// Whether any of the codes [p, p + n) is a NaN, accumulated into `seen`
-/// 32 at a time: c | 0x80 is 0xff exactly for NaNs.
-KILN_AVX2 inline __m256i nanCodes(const uint8_t *p, int64_t n, __m256i seen) {
-  const __m256i high = _mm256_set1_epi8(static_cast<char>(0x80));
-  const __m256i ones = _mm256_set1_epi8(-1);
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + i));
-    seen = _mm256_or_si256(seen,
-                           _mm256_cmpeq_epi8(_mm256_or_si256(c, high), ones));
-  }
-  for (; i < n; ++i)
-    if (isNanCode(p[i]))
-      seen = ones;
-  return seen;
+/// NaN codes are the ones with c | 0x80 == 0xff, so the running maximum of
+/// c | 0x80 over a tile's codes is 0xff exactly when it has one.
+KILN_AVX2 inline __m256i maxNanKey(__m256i seen, const uint8_t *p) {
+  __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p));
+  return _mm256_max_epu8(
+      seen, _mm256_or_si256(c, _mm256_set1_epi8(static_cast<char>(0x80))));
 }
 
 template <int R, int O>
 KILN_AVX2 void tileFp8Avx2(const Fp8Tile &t, float *sums) {
+  constexpr float kUnbias = 0x1p120f / kCodeBias;
   __m256 total[R][O];
-  float totalTail[R][O] = {};
+  float totalTail[R][O];
+#pragma GCC unroll 32
   for (int r = 0; r < R; ++r)
-    for (int o = 0; o < O; ++o)
+#pragma GCC unroll 32
+    for (int o = 0; o < O; ++o) {
       total[r][o] = _mm256_setzero_ps();
-  __m256i nan = _mm256_setzero_si256();
-  for (int64_t kb = 0; kb < t.nkb; ++kb) {
+      totalTail[r][o] = 0.0f;
+    }
+  __m256i seen = _mm256_setzero_si256();
+  bool nanInTail = false;
+  for (int64_t kb = t.kbBegin; kb < t.kbEnd; ++kb) {
     int64_t k0 = kb * t.bc, k1 = std::min(t.in, k0 + t.bc);
-    for (int o = 0; o < O; ++o)
-      nan = nanCodes(t.w + o * t.in + k0, k1 - k0, nan);
     __m256 acc[R][O];
+#pragma GCC unroll 32
     for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
       for (int o = 0; o < O; ++o)
         acc[r][o] = _mm256_setzero_ps();
     int64_t i = k0;
-    for (; i + 8 <= k1; i += 8) {
+    // 32 codes per row and step: one NaN check, four 8-wide FMAs.
+    for (; i + 32 <= k1; i += 32) {
+#pragma GCC unroll 4
+      for (int o = 0; o < O; ++o)
+        seen = maxNanKey(seen, t.w + o * t.in + i);
+#pragma GCC unroll 4
+      for (int u = 0; u < 32; u += 8) {
+        __m256 wv[O];
+#pragma GCC unroll 4
+        for (int o = 0; o < O; ++o)
+          wv[o] = decodeE4m3(t.w + o * t.in + i + u);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          __m256 xv = _mm256_loadu_ps(t.x + r * t.ldx + i + u);
+#pragma GCC unroll 4
+          for (int o = 0; o < O; ++o)
+            acc[r][o] = _mm256_fmadd_ps(xv, wv[o], acc[r][o]);
+        }
+      }
+    }
+    int64_t vectorEnd = i + (k1 - i) / 8 * 8;
+    if (i < k1)
+      for (int o = 0; o < O; ++o)
+        nanInTail |=
+            std::any_of(t.w + o * t.in + i, t.w + o * t.in + k1, isNanCode);
+    for (; i < vectorEnd; i += 8) {
       __m256 wv[O];
+#pragma GCC unroll 4
       for (int o = 0; o < O; ++o)
         wv[o] = decodeE4m3(t.w + o * t.in + i);
+#pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        __m256 xv = _mm256_loadu_ps(t.x + r * t.in + i);
+        __m256 xv = _mm256_loadu_ps(t.x + r * t.ldx + i);
+#pragma GCC unroll 4
         for (int o = 0; o < O; ++o)
           acc[r][o] = _mm256_fmadd_ps(xv, wv[o], acc[r][o]);
       }
     }
+#pragma GCC unroll 32
     for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
       for (int o = 0; o < O; ++o) {
         float f = t.xScale[r * t.nkb + kb] * t.wScale[o][kb];
-        total[r][o] =
-            _mm256_fmadd_ps(acc[r][o], _mm256_set1_ps(f), total[r][o]);
+        total[r][o] = _mm256_fmadd_ps(acc[r][o], _mm256_set1_ps(f * kUnbias),
+                                      total[r][o]);
         if (i < k1) {
           float part = 0;
           for (int64_t k = i; k < k1; ++k)
-            part += t.x[r * t.in + k] * e4m3ToFloat(t.w[o * t.in + k]);
-          totalTail[r][o] += part * f;
+            part += t.x[r * t.ldx + k] * e4m3ToFloat(t.w[o * t.in + k]);
+          totalTail[r][o] += part * (1.0f / kCodeBias) * f;
         }
       }
   }
+#pragma GCC unroll 32
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
     for (int o = 0; o < O; ++o)
       sums[r * O + o] = hsum(total[r][o]) + totalTail[r][o];
-  if (!_mm256_testz_si256(nan, nan))
+  __m256i nan = _mm256_cmpeq_epi8(seen, _mm256_set1_epi8(-1));
+  if (nanInTail || !_mm256_testz_si256(nan, nan))
     applyNanCodes<R, O>(t, sums);
 }
 
 using Fp8TileFn = void (*)(const Fp8Tile &, float *);
 
-constexpr int kMaxFp8R = 8, kMaxFp8O = 4;
+constexpr int kMaxFp8R = 4, kMaxFp8O = 4;
 
 /// Outputs per tile for R rows: every weight decode feeds R * O FMAs while
 /// the accumulators stay in the 16 vector registers.
-constexpr int fp8OutputTile(int rows) {
-  return rows <= 2 ? 4 : rows <= 4 ? 2 : 1;
-}
+constexpr int fp8OutputTile(int rows) { return rows <= 2 ? 4 : 3; }
 
 struct Fp8TileTable {
   Fp8TileFn fn[kMaxFp8R + 1][kMaxFp8O + 1] = {};
@@ -551,76 +605,83 @@ const Fp8TileTable &fp8TileTable() {
   return vectorKernelsActive() ? avx2 : generic;
 }
 
-/// One FP8 matrix over quantized activations (codes [rows, in], scales
-/// [rows, nkb]), run by the threads of an enclosing parallel region like
-/// linearShared.
-void linearFp8Shared(const float *codes, const float *xScale, int64_t rows,
-                     int64_t in, Weight w, int64_t out, Weight bias, float *y) {
+constexpr int64_t kMaxFp8Block = 96;
+
+/// One FP8 matrix over `rows` quantized activation rows, run by the threads
+/// of an enclosing parallel region like linearShared.
+void linearFp8Shared(const Fp8Rows &q, int64_t rows, int64_t in, Weight w,
+                     int64_t out, Weight bias, float *y) {
   if (rows <= 0 || out <= 0)
     return;
   const Fp8TileTable &table = fp8TileTable();
-  int64_t bc = w.blockCols, nkb = (in + bc - 1) / bc;
+  int64_t bc = w.blockCols;
   // Decode streams the weights once; otherwise a block of weight rows
   // should stay in L2 while all row tiles pass over it.
-  int64_t block =
-      rows <= kMaxFp8R
-          ? 24
-          : std::clamp<int64_t>((512 * 1024) / std::max<int64_t>(1, in), 4, 96);
+  int64_t block = rows <= 8
+                      ? 24
+                      : std::clamp<int64_t>(
+                            (512 * 1024) / std::max<int64_t>(1, in) / 12 * 12,
+                            12, kMaxFp8Block);
   int64_t blocks = (out + block - 1) / block;
+  // K chunks of whole blocks whose activations (one row tile) fit in 16 KiB.
+  int64_t chunkRows = std::min<int64_t>(rows, kMaxFp8R);
+  int64_t chunk = std::max<int64_t>(1, 4096 / (chunkRows * bc));
   const uint8_t *wCodes = static_cast<const uint8_t *>(w.data);
 #pragma omp for schedule(static) nowait
   for (int64_t b = 0; b < blocks; ++b) {
     int64_t oBegin = b * block, oEnd = std::min(out, oBegin + block);
+    float acc[kMaxFp8R][kMaxFp8Block];
     float sums[kMaxFp8R * kMaxFp8O];
     const float *wScale[kMaxFp8O];
     for (int64_t r0 = 0; r0 < rows; r0 += kMaxFp8R) {
       int R = static_cast<int>(std::min<int64_t>(kMaxFp8R, rows - r0));
-      for (int64_t o0 = oBegin; o0 < oEnd; o0 += fp8OutputTile(R)) {
-        int O =
-            static_cast<int>(std::min<int64_t>(fp8OutputTile(R), oEnd - o0));
-        for (int o = 0; o < O; ++o)
-          wScale[o] = w.scale + (o0 + o) / w.blockRows * nkb;
-        Fp8Tile tile{codes + r0 * in,
-                     xScale + r0 * nkb,
-                     wCodes + o0 * in,
-                     wScale,
-                     in,
-                     bc,
-                     nkb};
-        table.fn[R][O](tile, sums);
-        for (int r = 0; r < R; ++r)
-          for (int o = 0; o < O; ++o) {
-            float bv = bias.data ? loadWeight(bias, o0 + o) : 0.0f;
-            y[(r0 + r) * out + o0 + o] = sums[r * O + o] + bv;
-          }
+      int oTile = fp8OutputTile(R);
+      for (int64_t kb = 0; kb < q.nkb; kb += chunk) {
+        for (int64_t o0 = oBegin; o0 < oEnd; o0 += oTile) {
+          int O = static_cast<int>(std::min<int64_t>(oTile, oEnd - o0));
+          for (int o = 0; o < O; ++o)
+            wScale[o] = w.scale + (o0 + o) / w.blockRows * q.nkb;
+          Fp8Tile tile{q.codes + r0 * q.ld,
+                       q.scales + r0 * q.nkb,
+                       wCodes + o0 * in,
+                       wScale,
+                       q.ld,
+                       in,
+                       bc,
+                       q.nkb,
+                       kb,
+                       std::min(q.nkb, kb + chunk)};
+          table.fn[R][O](tile, sums);
+          for (int r = 0; r < R; ++r)
+            for (int o = 0; o < O; ++o) {
+              float &a = acc[r][o0 - oBegin + o];
+              a = (kb == 0 ? 0.0f : a) + sums[r * O + o];
+            }
+        }
       }
+      for (int r = 0; r < R; ++r)
+        for (int64_t o = oBegin; o < oEnd; ++o) {
+          float bv = bias.data ? loadWeight(bias, o) : 0.0f;
+          y[(r0 + r) * out + o] = acc[r][o - oBegin] + bv;
+        }
     }
   }
-}
-
-/// Where quantized activations of `rows` rows live in the scratch.
-struct Fp8Scratch {
-  float *codes, *scales;
-};
-Fp8Scratch fp8Scratch(Fp8Activations act, int64_t rows, int64_t in) {
-  return {act.scratch, act.scratch + rows * in};
 }
 
 } // namespace
 
 int64_t fp8ActivationScratch(int64_t rows, int64_t in, int64_t blockCols) {
-  return rows * (in + (in + blockCols - 1) / blockCols);
+  return rows * (fp8RowStride(in) + (in + blockCols - 1) / blockCols);
 }
 
 void linear(const float *x, int64_t rows, int64_t in, Weight w, int64_t out,
             Weight bias, float *y, Fp8Activations act) {
   if (w.type == ElementType::F8E4M3) {
-    Fp8Scratch q = fp8Scratch(act, rows, in);
+    Fp8Rows q = fp8Rows(act.scratch, rows, in, w.blockCols);
 #pragma omp parallel
     {
-      quantizeActivations(x, rows, in, w.blockCols, act.pow2Scale, q.codes,
-                          q.scales);
-      linearFp8Shared(q.codes, q.scales, rows, in, w, out, bias, y);
+      quantizeActivations(x, rows, in, w.blockCols, act.pow2Scale, q);
+      linearFp8Shared(q, rows, in, w, out, bias, y);
     }
     return;
   }
@@ -634,20 +695,20 @@ void groupedLinear(const float *x, int64_t in, Weight w, int64_t experts,
   int64_t matrixBytes = out * in * static_cast<int64_t>(elementSize(w.type));
   if (w.type == ElementType::F8E4M3) {
     int64_t rows = offsets[experts];
-    int64_t nkb = (in + w.blockCols - 1) / w.blockCols;
-    int64_t matrixScales = (out + w.blockRows - 1) / w.blockRows * nkb;
-    Fp8Scratch q = fp8Scratch(act, rows, in);
+    Fp8Rows q = fp8Rows(act.scratch, rows, in, w.blockCols);
+    int64_t matrixScales = (out + w.blockRows - 1) / w.blockRows * q.nkb;
 #pragma omp parallel
     {
-      quantizeActivations(x, rows, in, w.blockCols, act.pow2Scale, q.codes,
-                          q.scales);
+      quantizeActivations(x, rows, in, w.blockCols, act.pow2Scale, q);
       for (int64_t e = 0; e < experts; ++e) {
         int64_t begin = offsets[e];
         Weight we = w;
         we.data = static_cast<const char *>(w.data) + e * matrixBytes;
         we.scale = w.scale + e * matrixScales;
-        linearFp8Shared(q.codes + begin * in, q.scales + begin * nkb,
-                        offsets[e + 1] - begin, in, we, out, Weight{},
+        Fp8Rows qe = q;
+        qe.codes += begin * q.ld;
+        qe.scales += begin * q.nkb;
+        linearFp8Shared(qe, offsets[e + 1] - begin, in, we, out, Weight{},
                         y + begin * out);
       }
     }
