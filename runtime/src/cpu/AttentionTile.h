@@ -284,14 +284,20 @@ attendTile(const Tile &t, int64_t dk, int64_t dv, float scale, RowsOf rowsOf) {
   int64_t padded = (rows + L - 1) / L * L; // rows past `rows` score 0 keys
   int64_t chunk = std::min(dk, kPackedFloats / padded);
   alignas(64) float qt[kPackedFloats];
-  alignas(64) float s[kKeyBlock][kMaxTileRows];
+  // Scores of keys no row of a vector sees are skipped (and masked): zeroed
+  // once so that they are never indeterminate.
+  alignas(64) float s[kKeyBlock][kMaxTileRows] = {};
   alignas(64) float m[kMaxTileRows], l[kMaxTileRows], alpha[kMaxTileRows],
       blockSum[kMaxTileRows];
-  int64_t keys[kMaxTileRows];
+  // Keys that row r, and any row of vector v, sees: positions along the
+  // causal diagonal see fewer than the tile's last.
+  int64_t keys[kMaxTileRows], vectorKeys[kMaxTileRows];
   int64_t maxKeys = 0;
   for (int64_t r = 0; r < padded; ++r) {
     keys[r] = r < rows ? t.keys[r] : 0;
     maxKeys = std::max(maxKeys, keys[r]);
+    vectorKeys[r / L] =
+        r % L == 0 ? keys[r] : std::max(vectorKeys[r / L], keys[r]);
     m[r] = kNegInf;
     l[r] = 0.0f;
   }
@@ -323,9 +329,11 @@ attendTile(const Tile &t, int64_t dk, int64_t dv, float scale, RowsOf rowsOf) {
       for (int64_t j = 0; j < nb4; j += 4) {
         int64_t r0 = 0;
         for (; r0 + 2 * L <= padded; r0 += 2 * L)
-          scores4<V, 2>(qt, padded, kRows + j, d0, n, s + j, r0, d0 > 0);
+          if (j0 + j < std::max(vectorKeys[r0 / L], vectorKeys[r0 / L + 1]))
+            scores4<V, 2>(qt, padded, kRows + j, d0, n, s + j, r0, d0 > 0);
         for (; r0 < padded; r0 += L)
-          scores4<V, 1>(qt, padded, kRows + j, d0, n, s + j, r0, d0 > 0);
+          if (j0 + j < vectorKeys[r0 / L])
+            scores4<V, 1>(qt, padded, kRows + j, d0, n, s + j, r0, d0 > 0);
       }
     }
 
@@ -377,11 +385,16 @@ attendTile(const Tile &t, int64_t dk, int64_t dv, float scale, RowsOf rowsOf) {
       l[r] = l[r] * alpha[r] + blockSum[r];
     }
 
+    // Keys of the block that rows [r0, r0 + n) see: P is 0 past them.
+    auto seenBy = [&](int64_t r0, int64_t n) {
+      int64_t most = *std::max_element(keys + r0, keys + r0 + n);
+      return std::clamp<int64_t>(most - j0, 0, nb);
+    };
     int64_t r0 = 0;
     for (; r0 + 4 <= rows; r0 += 4)
-      accumulateRows<V, 4>(t.o, r0, dv, vRows, nb, s);
+      accumulateRows<V, 4>(t.o, r0, dv, vRows, seenBy(r0, 4), s);
     for (; r0 < rows; ++r0)
-      accumulateRows<V, 1>(t.o, r0, dv, vRows, nb, s);
+      accumulateRows<V, 1>(t.o, r0, dv, vRows, seenBy(r0, 1), s);
   }
   for (int64_t r = 0; r < rows; ++r) {
     if (l[r] == 0.0f)
