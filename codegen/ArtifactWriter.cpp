@@ -3,7 +3,7 @@
 
 #include "ir/KilnOps.h"
 #include "kiln/ArtifactFormat.h"
-#include "kiln/WeightTransforms.h"
+#include "kiln/ParameterRecipe.h"
 #include "support/AtomicFile.h"
 
 #include <cstring>
@@ -20,6 +20,18 @@ constexpr char kZeros[art::kParameterAlignment] = {};
 
 uint64_t alignUp(uint64_t value, uint64_t alignment) {
   return (value + alignment - 1) / alignment * alignment;
+}
+
+ParameterRecipe recipeOf(const art::ParameterT &p) {
+  ParameterRecipe recipe;
+  if (const art::Fp8QuantT *q = p.quantize.get()) {
+    recipe.quantize = Fp8BlockQuant{q->block_rows, q->block_cols, q->ue8m0};
+    recipe.scales = q->scale;
+  }
+  if (const art::HeadSliceT *t = p.transform.get())
+    recipe.slice = HeadSlice{t->heads, t->rows, t->offset, t->size,
+                             t->transpose};
+  return recipe;
 }
 
 /// The checkpoint tensors holding one parameter, in stacking order.
@@ -68,36 +80,36 @@ absl::Status writeArtifact(const std::filesystem::path &path, art::ModelT &plan,
         sourcesOf(param, checkpoint);
     if (!tensors.ok())
       return tensors.status();
-    uint64_t bytes = 0;
-    for (const frontend::CheckpointTensor &t : *tensors)
-      bytes += t.info->end - t.info->begin;
-    uint64_t elements = 1;
-    for (int64_t d : p->shape)
-      elements *= static_cast<uint64_t>(d);
-    uint64_t elementSize = p->bytes / elements;
-    uint64_t expected = p->bytes;
-    int64_t in = 0;
-    if (p->transform) {
-      // A derived parameter reads all of its [heads * rows, in] source.
-      in = p->shape[p->transform->transpose ? 1 : 2];
-      HeadSlice slice{p->transform->heads, p->transform->rows, 0, 0, false};
-      expected = static_cast<uint64_t>(slice.sourceElements(in)) * elementSize;
+    ParameterRecipe recipe = recipeOf(*p);
+    ParameterSource source;
+    const frontend::TensorInfo &first = *tensors->front().info;
+    source.type = artifactElementType(first.dtype).value_or(
+        art::ElementType::I32);
+    source.shape = first.shape;
+    for (const frontend::CheckpointTensor &t : *tensors) {
+      if (t.info->dtype != first.dtype || t.info->shape != first.shape)
+        return absl::InvalidArgumentError(
+            "parameter " + p->name + ": checkpoint tensor '" + t.info->name +
+            "' differs in dtype or shape from '" + first.name + "'");
+      source.tensors.push_back(t.file->data(*t.info));
     }
-    if (bytes != expected)
-      return absl::InvalidArgumentError(
-          "parameter " + p->name + " needs " + std::to_string(expected) +
-          " bytes but the checkpoint holds " + std::to_string(bytes));
-    if (p->transform && mode == WeightsMode::Embed) {
-      // Embedded weights are stored derived; the runtime applies nothing.
-      const art::HeadSliceT &t = *p->transform;
-      std::string &out = derived[i];
-      out.resize(p->bytes);
-      applyHeadSlice({t.heads, t.rows, t.offset, t.size, t.transpose},
-                     tensors->front().file->data(*tensors->front().info).data(),
-                     in, elementSize,
-                     reinterpret_cast<std::byte *>(out.data()));
+    // Embedded weights are stored derived (the runtime applies nothing);
+    // external ones are only checked here and derived at load.
+    std::string *out = nullptr;
+    if (recipe.derived() && mode == WeightsMode::Embed) {
+      out = &derived[i];
+      out->resize(p->bytes);
+    }
+    if (absl::Status s = deriveParameter(
+            recipe, source, p->type, p->shape, p->name,
+            out ? reinterpret_cast<std::byte *>(out->data()) : nullptr);
+        !s.ok())
+      return s;
+    if (out) {
       p->transform.reset();
+      p->quantize.reset();
     }
+
     if (mode == WeightsMode::Embed) {
       weightsSize = alignUp(weightsSize, art::kParameterAlignment);
       p->offset = weightsSize;
@@ -119,6 +131,14 @@ absl::Status writeArtifact(const std::filesystem::path &path, art::ModelT &plan,
   plan.required_features = mode == WeightsMode::Embed
                                ? art::kFeatureEmbeddedWeights
                                : art::kFeatureExternalWeights;
+  bool fp8 = false;
+  for (const auto &p : plan.parameters)
+    fp8 |= p->type == art::ElementType::F8E4M3;
+  if (fp8)
+    plan.required_features |= art::kFeatureFp8Weights;
+  for (const auto &slot : plan.kv_slots)
+    if (slot->fp8_columns > 0)
+      plan.required_features |= art::kFeatureFp8KvCache;
   if (mode == WeightsMode::External) {
     std::error_code ec;
     plan.weights_dir =

@@ -276,9 +276,14 @@ LogicalResult EntryPlanner::addLaunch(Operation *op, art::EntryPointT &entry) {
     launch->args.push_back(ref(result));
   auto &ints = launch->ints;
   auto &floats = launch->floats;
-  auto fp8Unsupported = [&]() -> LogicalResult {
-    return op->emitOpError("has FP8 weights, which the runtime does not "
-                           "execute yet");
+  // FP8 GEMMs: the block scale follows the weight (and bias) among the
+  // operands; ints gain [block rows, block cols, ue8m0 activations].
+  auto fp8 = [&](std::optional<ArrayRef<int64_t>> block, bool ue8m0) {
+    if (!block)
+      return;
+    ints.push_back((*block)[0]);
+    ints.push_back((*block)[1]);
+    ints.push_back(ue8m0 ? 1 : 0);
   };
 
   LogicalResult result =
@@ -293,14 +298,14 @@ LogicalResult EntryPlanner::addLaunch(Operation *op, art::EntryPointT &entry) {
             return success();
           })
           .Case([&](LinearOp linear) {
-            if (linear.getWeightScale())
-              return fp8Unsupported();
             launch->kernel = art::KernelKind::Linear;
             ints.push_back(linear.getBias() ? 1 : 0);
+            fp8(linear.getBlockSize(), linear.getActUe8m0());
             return success();
           })
-          .Case([&](HeadLinearOp) {
+          .Case([&](HeadLinearOp head) {
             launch->kernel = art::KernelKind::HeadLinear;
+            fp8(head.getBlockSize(), head.getActUe8m0());
             return success();
           })
           .Case([&](LogitsOp) {
@@ -370,9 +375,8 @@ LogicalResult EntryPlanner::addLaunch(Operation *op, art::EntryPointT &entry) {
             return success();
           })
           .Case([&](GroupedLinearOp grouped) {
-            if (grouped.getWeightScale())
-              return fp8Unsupported();
             launch->kernel = art::KernelKind::GroupedLinear;
+            fp8(grouped.getBlockSize(), grouped.getActUe8m0());
             return success();
           })
           .Case([&](MoECombineOp) {
@@ -495,6 +499,13 @@ FailureOr<std::unique_ptr<art::ModelT>> buildPlan(ModuleOp module,
         p->transform->size = slice.getSize();
         p->transform->transpose = slice.getTranspose();
       }
+      if (Fp8QuantAttr quant = param.getQuantizeAttr()) {
+        p->quantize = std::make_unique<art::Fp8QuantT>();
+        p->quantize->block_rows = quant.getBlockRows();
+        p->quantize->block_cols = quant.getBlockCols();
+        p->quantize->scale = quant.getScale();
+        p->quantize->ue8m0 = quant.getUe8m0();
+      }
       parameters[p->name] = model->parameters.size();
       model->parameters.push_back(std::move(p));
     } else if (auto slot = dyn_cast<KVCacheOp>(op)) {
@@ -508,6 +519,8 @@ FailureOr<std::unique_ptr<art::ModelT>> buildPlan(ModuleOp module,
         return slot.emitOpError("the runtime's KV cache holds f32 entries; "
                                 "compile with f32 activations");
       s->type = *type;
+      if (Fp8CacheAttr storage = slot.getStorageAttr())
+        s->fp8_columns = storage.getColumns();
       s->entry_shape.assign(slot.getEntryTensorType().getShape().begin(),
                             slot.getEntryTensorType().getShape().end());
       slots[s->name] = model->kv_slots.size();

@@ -458,6 +458,14 @@ std::optional<QuantizationConfig> readQuantization(Reader &parent) {
   q.quantMethod = expectExactly("quant_method", "fp8");
   q.fmt = expectExactly("fmt", "e4m3");
   q.activationScheme = expectExactly("activation_scheme", "dynamic");
+  if (r.findSet("scale_fmt")) {
+    std::string fmt = r.string("scale_fmt");
+    if (r.ok() && fmt != "ue8m0" && fmt != "float32")
+      r.fail("scale_fmt", detail::strCat("unsupported value \"", fmt,
+                                         "\" (supported: \"ue8m0\", "
+                                         "\"float32\")"));
+    q.ue8m0Scales = fmt == "ue8m0";
+  }
   const json *block = r.require("weight_block_size");
   if (!r.ok())
     return q;

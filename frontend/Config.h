@@ -83,6 +83,9 @@ struct QuantizationConfig {
   std::string activationScheme; // "dynamic"
   int64_t weightBlockRows = 128;
   int64_t weightBlockCols = 128;
+  /// `scale_fmt: "ue8m0"` (DeepSeek-V3.1 and later): power-of-two activation
+  /// scales.
+  bool ue8m0Scales = false;
 };
 
 struct ModelConfig {

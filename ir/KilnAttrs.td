@@ -131,4 +131,48 @@ def Kiln_HeadSliceAttr : Kiln_Attr<"HeadSlice", "head_slice"> {
   let genVerifyDecl = 1;
 }
 
+def Kiln_Fp8QuantAttr : Kiln_Attr<"Fp8Quant", "fp8_quant"> {
+  let summary = "Block-wise e4m3 quantization of a weight from its source";
+  let description = [{
+    The parameter is quantized from its bf16, f16 or f32 source tensor,
+    viewed as `[..., rows, cols]` matrices, in blocks of `[block_rows,
+    block_cols]` with one fp32 scale each (DeepSeek-V3's recipe): `s = amax /
+    448` (rounded up to a power of two with `ue8m0`; 1 for an all-zero
+    block) and `q = e4m3(x / s)`, rounded to nearest even. Without `scale`
+    the parameter holds the codes (`f8E4M3FN`, the source's shape); with
+    `scale` it holds the scales, `[..., ceil(rows / block_rows), ceil(cols /
+    block_cols)]` in f32. The quantization comes before any `transform`. The
+    compiler applies it to embedded weights, the runtime at load to external
+    ones, with the same code.
+
+    ```mlir
+    #kiln.fp8_quant<block_rows = 128, block_cols = 128, scale = true>
+    ```
+  }];
+  let parameters = (ins "int64_t":$block_rows, "int64_t":$block_cols,
+                        Kiln_BoolParam<"false">:$scale,
+                        Kiln_BoolParam<"false">:$ue8m0);
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+}
+
+def Kiln_Fp8CacheAttr : Kiln_Attr<"Fp8Cache", "fp8_cache"> {
+  let summary = "FP8 storage of a KV-cache slot's leading columns";
+  let description = [{
+    The first `columns` values of each cached entry (the MLA latent `c_kv`)
+    are stored as e4m3 with one fp32 scale per 128 values, `s = max(amax,
+    1e-4) / 448`; the remaining columns (the decoupled RoPE key) are stored
+    as bf16. DeepSeek-V3's 512 + 64 latent takes 656 bytes per token and
+    layer.
+
+    ```mlir
+    kiln.kv_cache @l.latent_cache : tensor<1x576xf32>
+        {storage = #kiln.fp8_cache<columns = 512>}
+    ```
+  }];
+  let parameters = (ins "int64_t":$columns);
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+}
+
 #endif // KILN_ATTRS_TD

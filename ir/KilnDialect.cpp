@@ -87,6 +87,21 @@ LogicalResult RopeAttr::verify(function_ref<InFlightDiagnostic()> emitError,
 }
 
 LogicalResult
+Fp8QuantAttr::verify(function_ref<InFlightDiagnostic()> emitError,
+                     int64_t blockRows, int64_t blockCols, bool, bool) {
+  if (blockRows < 1 || blockCols < 1)
+    return emitError() << "fp8_quant needs block_rows and block_cols >= 1";
+  return success();
+}
+
+LogicalResult Fp8CacheAttr::verify(function_ref<InFlightDiagnostic()> emitError,
+                                   int64_t columns) {
+  if (columns < 1)
+    return emitError() << "fp8_cache needs columns >= 1";
+  return success();
+}
+
+LogicalResult
 HeadSliceAttr::verify(function_ref<InFlightDiagnostic()> emitError,
                       int64_t heads, int64_t rows, int64_t offset, int64_t size,
                       bool transpose) {

@@ -84,12 +84,15 @@ bool isFp8(Type type) {
 /// the weight dtype agree. `weightShape` is the `[..., out, in]` shape.
 LogicalResult checkBlockScale(Operation *op, ShapedType weight,
                               TypedValue<RankedTensorType> scale,
-                              std::optional<ArrayRef<int64_t>> blockSize) {
+                              std::optional<ArrayRef<int64_t>> blockSize,
+                              bool actUe8m0) {
   if (!scale) {
     if (isFp8(weight))
       return op->emitOpError("an f8E4M3FN weight needs a block scale");
     if (blockSize)
       return op->emitOpError("block_size given without a scale");
+    if (actUe8m0)
+      return op->emitOpError("act_ue8m0 given without an f8E4M3FN weight");
     return success();
   }
   if (!isFp8(weight))
@@ -144,6 +147,17 @@ LogicalResult ParameterOp::verify() {
     return emitOpError("source '") << source << "' has more than one '{}'";
   if (placeholders == 1 && type.getRank() < 2)
     return emitOpError("a stacked parameter needs rank >= 2, got ") << type;
+  if (Fp8QuantAttr quant = getQuantizeAttr()) {
+    Type expected = quant.getScale()
+                        ? Type(Float32Type::get(getContext()))
+                        : Type(Float8E4M3FNType::get(getContext()));
+    if (type.getElementType() != expected)
+      return emitOpError("a parameter quantized by fp8_quant")
+             << (quant.getScale() ? " (its scales)" : "") << " must be "
+             << expected << ", got " << type.getElementType();
+    if (type.getRank() < 2)
+      return emitOpError("fp8_quant needs a parameter of rank >= 2");
+  }
   if (HeadSliceAttr slice = getTransformAttr()) {
     if (placeholders)
       return emitOpError("a derived parameter cannot be stacked");
@@ -179,7 +193,31 @@ LogicalResult KVCacheOp::verify() {
   if (!isa<Float32Type, BFloat16Type, Float8E4M3FNType>(element))
     return emitOpError("cache entries must be f32, bf16 or f8E4M3FN, got ")
            << element;
+  if (Fp8CacheAttr storage = getStorageAttr()) {
+    if (!element.isF32() || type.getRank() != 2 || type.getDimSize(0) != 1)
+      return emitOpError("fp8_cache storage needs a [1, n] f32 entry, got ")
+             << type;
+    if (storage.getColumns() > type.getDimSize(1))
+      return emitOpError("fp8_cache columns (")
+             << storage.getColumns() << ") exceed the entry's "
+             << type.getDimSize(1);
+  }
   return success();
+}
+
+int64_t KVCacheOp::getStoredBytesPerToken() {
+  RankedTensorType type = getEntryTensorType();
+  int64_t elements = type.getNumElements();
+  Fp8CacheAttr storage = getStorageAttr();
+  if (!storage)
+    return elements * type.getElementTypeBitWidth() / 8;
+  // e4m3 codes (padded to 4 bytes so that the scales stay aligned), one
+  // fp32 scale per 128 of them, bf16 for the rest, padded to 4 bytes: the
+  // runtime's Fp8LatentLayout.
+  int64_t codes = storage.getColumns();
+  int64_t bytes = (codes + 3) / 4 * 4 + 4 * ((codes + 127) / 128) +
+                  2 * (elements - codes);
+  return (bytes + 3) / 4 * 4;
 }
 
 LogicalResult KVAppendOp::verify() {
@@ -288,7 +326,8 @@ LogicalResult LinearOp::verify() {
   if (getBias() &&
       failed(checkShape(*this, "bias", getBias().getType(), {out})))
     return failure();
-  return checkBlockScale(*this, weight, getWeightScale(), getBlockSize());
+  return checkBlockScale(*this, weight, getWeightScale(), getBlockSize(),
+                         getActUe8m0());
 }
 
 LogicalResult HeadLinearOp::verify() {
@@ -310,7 +349,8 @@ LogicalResult HeadLinearOp::verify() {
   expected[n - 1] = weight.getDimSize(1);
   if (failed(checkShape(*this, "result", getResult().getType(), expected)))
     return failure();
-  return checkBlockScale(*this, weight, getWeightScale(), getBlockSize());
+  return checkBlockScale(*this, weight, getWeightScale(), getBlockSize(),
+                         getActUe8m0());
 }
 
 LogicalResult LogitsOp::verify() {
@@ -576,7 +616,8 @@ LogicalResult GroupedLinearOp::verify() {
       failed(checkShape(*this, "result", getResult().getType(),
                         {input.getDimSize(0), weight.getDimSize(1)})))
     return failure();
-  return checkBlockScale(*this, weight, getWeightScale(), getBlockSize());
+  return checkBlockScale(*this, weight, getWeightScale(), getBlockSize(),
+                         getActUe8m0());
 }
 
 LogicalResult MoECombineOp::verify() {

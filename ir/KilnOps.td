@@ -30,8 +30,10 @@ def Kiln_ParameterOp : Kiln_Op<"parameter", [Symbol]> {
     Hugging Face tensor name unless `source` says otherwise. A `source`
     containing `{}` declares a stacked parameter: its leading dimension `E`
     gathers the `E` checkpoint tensors obtained by replacing `{}` with
-    `0 .. E-1` (the routed experts of a MoE layer). A `transform` derives
-    the parameter from its source tensor (see `#kiln.head_slice`).
+    `0 .. E-1` (the routed experts of a MoE layer). `quantize` derives e4m3
+    codes or their block scales from a higher-precision source (see
+    `#kiln.fp8_quant`); a `transform` then derives the parameter from that
+    (see `#kiln.head_slice`).
 
     Example:
     ```mlir
@@ -44,6 +46,7 @@ def Kiln_ParameterOp : Kiln_Op<"parameter", [Symbol]> {
   let arguments = (ins SymbolNameAttr:$sym_name,
                        TypeAttrOf<Kiln_Weight>:$type,
                        OptionalAttr<StrAttr>:$source,
+                       OptionalAttr<Kiln_Fp8QuantAttr>:$quantize,
                        OptionalAttr<Kiln_HeadSliceAttr>:$transform);
   let assemblyFormat = "$sym_name `:` $type attr-dict";
   let hasVerifier = 1;
@@ -91,15 +94,21 @@ def Kiln_KVCacheOp : Kiln_Op<"kv_cache", [Symbol]> {
     ```mlir
     kiln.kv_cache @model.layers.0.self_attn.k : tensor<8x128xf32>
     ```
+
+    `storage` stores entries in a narrower form than `entry_type` (see
+    `#kiln.fp8_cache`); reads still produce `entry_type` values.
   }];
   let arguments = (ins SymbolNameAttr:$sym_name,
-                       TypeAttrOf<AnyRankedTensor>:$entry_type);
+                       TypeAttrOf<AnyRankedTensor>:$entry_type,
+                       OptionalAttr<Kiln_Fp8CacheAttr>:$storage);
   let assemblyFormat = "$sym_name `:` $entry_type attr-dict";
   let hasVerifier = 1;
   let extraClassDeclaration = [{
     ::mlir::RankedTensorType getEntryTensorType() {
       return ::llvm::cast<::mlir::RankedTensorType>(getEntryType());
     }
+    /// Bytes one token's entry takes as stored (see `storage`).
+    int64_t getStoredBytesPerToken();
   }];
 }
 
@@ -199,7 +208,10 @@ def Kiln_LinearOp : Kiln_Op<"linear", [Pure, AttrSizedOperandSegments]> {
     `weight` is `[out, in]` (the Hugging Face `nn.Linear` layout) and applies
     to the last dimension of `input`; accumulation is fp32. An `f8E4M3FN`
     weight needs `scale`, one fp32 per `block_size = [rows, cols]` block of
-    the weight (DeepSeek's `weight_scale_inv`): `W = q * scale`.
+    the weight (DeepSeek's `weight_scale_inv`): `W = q * scale`. FP8
+    weights quantize the input per token per `cols` channels to e4m3 (`s =
+    max(amax, 1e-4) / 448`, a power of two with `act_ue8m0`), and every
+    `cols`-wide block of the fp32 dot product is scaled by both scales.
 
     ```mlir
     %y = kiln.linear %x, %w bias %b
@@ -210,7 +222,8 @@ def Kiln_LinearOp : Kiln_Op<"linear", [Pure, AttrSizedOperandSegments]> {
   let arguments = (ins Kiln_Activation:$input, Kiln_Weight:$weight,
                        Optional<Kiln_Weight>:$bias,
                        Optional<Kiln_F32Tensor>:$weight_scale,
-                       OptionalAttr<DenseI64ArrayAttr>:$block_size);
+                       OptionalAttr<DenseI64ArrayAttr>:$block_size,
+                       UnitAttr:$act_ue8m0);
   let results = (outs Kiln_Activation:$result);
   let assemblyFormat = [{
     $input `,` $weight (`bias` $bias^)? (`scale` $weight_scale^)? attr-dict
@@ -224,7 +237,8 @@ def Kiln_HeadLinearOp : Kiln_Op<"head_linear", [Pure]> {
   let description = [{
     `weight` stacks one `[out, in]` matrix per head: `[heads, out, in]`;
     `input` is `[..., heads, in]`. An `f8E4M3FN` weight needs `scale`
-    `[heads, ceil(out/rows), ceil(in/cols)]` with `block_size`. Absorbed MLA uses it to map per-head
+    `[heads, ceil(out/rows), ceil(in/cols)]` with `block_size` and quantizes
+    its input as `kiln.linear` does. Absorbed MLA uses it to map per-head
     queries into the latent space (`W_UK`) and attention outputs back out of
     it (`W_UV`).
 
@@ -235,7 +249,8 @@ def Kiln_HeadLinearOp : Kiln_Op<"head_linear", [Pure]> {
   }];
   let arguments = (ins Kiln_Activation:$input, Kiln_Weight:$weight,
                        Optional<Kiln_F32Tensor>:$weight_scale,
-                       OptionalAttr<DenseI64ArrayAttr>:$block_size);
+                       OptionalAttr<DenseI64ArrayAttr>:$block_size,
+                       UnitAttr:$act_ue8m0);
   let results = (outs Kiln_Activation:$result);
   let assemblyFormat = [{
     $input `,` $weight (`scale` $weight_scale^)? attr-dict `:`
@@ -512,7 +527,8 @@ def Kiln_GroupedLinearOp : Kiln_Op<"grouped_linear", [Pure]> {
   let arguments = (ins Kiln_Activation:$input, Kiln_Weight:$weight,
                        Kiln_IndexTensor:$expert_offsets,
                        Optional<Kiln_F32Tensor>:$weight_scale,
-                       OptionalAttr<DenseI64ArrayAttr>:$block_size);
+                       OptionalAttr<DenseI64ArrayAttr>:$block_size,
+                       UnitAttr:$act_ue8m0);
   let results = (outs Kiln_Activation:$result);
   let assemblyFormat = [{
     $input `,` $weight `,` $expert_offsets (`scale` $weight_scale^)? attr-dict

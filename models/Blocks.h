@@ -76,6 +76,9 @@ public:
   mlir::Value rope(mlir::Value x, mlir::Value positions);
   /// FP8 weight block `[rows, cols]`.
   std::pair<int64_t, int64_t> weightBlock() const;
+  /// Whether FP8 GEMMs of `w` round activation scales to powers of two (a
+  /// native checkpoint's `scale_fmt: "ue8m0"`).
+  mlir::UnitAttr actUe8m0(const Weight &w);
 
 private:
   mlir::Type dtypeFor(const std::string &checkpointName, WeightKind kind);

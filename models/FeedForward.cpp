@@ -25,7 +25,7 @@ Value expertProjection(GraphBuilder &g, Value rows, Value offsets,
     block = g.b().getDenseI64ArrayAttr({r, c});
   }
   return g.b().create<GroupedLinearOp>(g.loc(name), result, rows, w.value,
-                                       offsets, w.scale, block);
+                                       offsets, w.scale, block, g.actUe8m0(w));
 }
 
 ScoringFunc scoringFunc(frontend::ScoringFunc f) {

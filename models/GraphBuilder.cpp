@@ -106,7 +106,7 @@ Weight GraphBuilder::weight(const std::string &name, ArrayRef<int64_t> shape,
       moduleBuilder_.create<ParameterOp>(
           loc(symbol), builder_.getStringAttr(symbol), TypeAttr::get(tensor),
           src == symbol ? StringAttr() : builder_.getStringAttr(src),
-          HeadSliceAttr());
+          Fp8QuantAttr(), HeadSliceAttr());
     }
     return builder_.create<GetParameterOp>(loc(symbol), tensor, symbol)
         .getResult();
@@ -137,10 +137,16 @@ std::pair<int64_t, int64_t> GraphBuilder::weightBlock() const {
           config_.quantization->weightBlockCols};
 }
 
+UnitAttr GraphBuilder::actUe8m0(const Weight &w) {
+  bool pow2 = w.scale && config_.quantization &&
+              config_.quantization->ue8m0Scales;
+  return pow2 ? builder_.getUnitAttr() : UnitAttr();
+}
+
 void GraphBuilder::kvCache(const std::string &name, RankedTensorType entry) {
   moduleBuilder_.setInsertionPoint(builder_.getBlock()->getParentOp());
   moduleBuilder_.create<KVCacheOp>(loc(name), builder_.getStringAttr(name),
-                                   TypeAttr::get(entry));
+                                   TypeAttr::get(entry), Fp8CacheAttr());
 }
 
 Value GraphBuilder::linear(Value x, const std::string &prefix, int64_t out,
@@ -159,7 +165,7 @@ Value GraphBuilder::linear(Value x, const std::string &prefix, int64_t out,
     block = builder_.getDenseI64ArrayAttr({rows, cols});
   }
   return builder_.create<LinearOp>(loc(prefix), result, x, w.value, b, w.scale,
-                                   block);
+                                   block, actUe8m0(w));
 }
 
 Value GraphBuilder::rmsNorm(Value x, const std::string &name, double eps) {

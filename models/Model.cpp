@@ -126,19 +126,29 @@ OwningOpRef<ModuleOp> buildModel(MLIRContext &context,
   OwningOpRef<ModuleOp> module =
       ModuleOp::create(NameLoc::get(StringAttr::get(&context, "model")));
   Builder b(&context);
-  (*module)->setAttr(
-      "kiln.model",
-      b.getDictionaryAttr({
-          b.getNamedAttr(
-              "architecture",
-              b.getStringAttr(frontend::architectureName(config.architecture))),
-          b.getNamedAttr("hidden_size", b.getI64IntegerAttr(config.hiddenSize)),
-          b.getNamedAttr("num_hidden_layers",
-                         b.getI64IntegerAttr(config.numHiddenLayers)),
-          b.getNamedAttr("vocab_size", b.getI64IntegerAttr(config.vocabSize)),
-          b.getNamedAttr("max_position_embeddings",
-                         b.getI64IntegerAttr(config.maxPositionEmbeddings)),
-      }));
+  SmallVector<NamedAttribute> info{
+      b.getNamedAttr("architecture", b.getStringAttr(frontend::architectureName(
+                                         config.architecture))),
+      b.getNamedAttr("hidden_size", b.getI64IntegerAttr(config.hiddenSize)),
+      b.getNamedAttr("num_hidden_layers",
+                     b.getI64IntegerAttr(config.numHiddenLayers)),
+      b.getNamedAttr("vocab_size", b.getI64IntegerAttr(config.vocabSize)),
+      b.getNamedAttr("max_position_embeddings",
+                     b.getI64IntegerAttr(config.maxPositionEmbeddings)),
+  };
+  // MLA dimensions, for passes that reason about kv_b_proj's head rows.
+  if (config.mla)
+    info.push_back(b.getNamedAttr(
+        "mla",
+        b.getDictionaryAttr({
+            b.getNamedAttr("kv_lora_rank",
+                           b.getI64IntegerAttr(config.mla->kvLoraRank)),
+            b.getNamedAttr("qk_nope_head_dim",
+                           b.getI64IntegerAttr(config.mla->qkNopeHeadDim)),
+            b.getNamedAttr("v_head_dim",
+                           b.getI64IntegerAttr(config.mla->vHeadDim)),
+        })));
+  (*module)->setAttr("kiln.model", b.getDictionaryAttr(info));
   GraphBuilder g(*module, config, options);
   buildForward(g, *module);
   if (options.includeMtp)

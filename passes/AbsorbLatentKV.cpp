@@ -55,6 +55,7 @@ struct MlaSite {
   // FP8 kv_b_proj: its block scale and block [rows, cols].
   GetParameterOp kvBScale;
   int64_t blockRows = 0, blockCols = 0;
+  UnitAttr actUe8m0; // FP8: power-of-two activation scales
   KVAppendOp kAppend, vAppend;
   KVReadOp kRead, vRead;
   int64_t heads, nope, rope, vDim, kvr;
@@ -108,6 +109,7 @@ std::optional<MlaSite> matchMla(AttentionOp attention) {
   if (!kvLinear || kvLinear.getBias())
     return std::nullopt;
   m.kvB = defOf<GetParameterOp>(kvLinear.getWeight());
+  m.actUe8m0 = kvLinear.getActUe8m0Attr();
   if (kvLinear.getWeightScale()) {
     m.kvBScale = defOf<GetParameterOp>(kvLinear.getWeightScale());
     if (!m.kvBScale)
@@ -169,7 +171,8 @@ struct DerivedWeight {
 
 class Rewriter {
 public:
-  Rewriter(ModuleOp module) : module_(module), b_(module.getContext()) {}
+  Rewriter(ModuleOp module, bool fp8Cache)
+      : module_(module), b_(module.getContext()), fp8Cache_(fp8Cache) {}
 
   void rewrite(MlaSite m, MlaForm form);
 
@@ -188,6 +191,7 @@ private:
 
   ModuleOp module_;
   OpBuilder b_;
+  bool fp8Cache_;
 };
 
 /// The prefix of the layer's attention, from its K slot ("...self_attn").
@@ -205,7 +209,9 @@ StringRef Rewriter::latentSlot(MlaSite m) {
     Type element = cast<RankedTensorType>(m.latent.getType()).getElementType();
     b_.create<KVCacheOp>(
         old.getLoc(), b_.getStringAttr(name),
-        TypeAttr::get(RankedTensorType::get({1, m.kvr + m.rope}, element)));
+        TypeAttr::get(RankedTensorType::get({1, m.kvr + m.rope}, element)),
+        fp8Cache_ ? Fp8CacheAttr::get(b_.getContext(), m.kvr)
+                  : Fp8CacheAttr());
   }
   return cast<KVCacheOp>(module_.lookupSymbol(name)).getSymName();
 }
@@ -225,6 +231,7 @@ Value Rewriter::derive(GetParameterOp source, StringRef suffix, int64_t heads,
     b_.create<ParameterOp>(param.getLoc(), b_.getStringAttr(name),
                            TypeAttr::get(type),
                            b_.getStringAttr(param.getSourceName()),
+                           param.getQuantizeAttr(),
                            HeadSliceAttr::get(b_.getContext(), heads, rows,
                                               offset, size, transpose));
   }
@@ -278,7 +285,8 @@ void Rewriter::rewrite(MlaSite m, MlaForm form) {
     DerivedWeight wUK = getParameter(m, ".w_uk", 0, m.nope, /*transpose=*/true);
     Value qLat =
         b_.create<HeadLinearOp>(loc, tensor({m.heads, m.kvr}, element), m.qNope,
-                                wUK.value, wUK.scale, wUK.blockSize);
+                                wUK.value, wUK.scale, wUK.blockSize,
+                                wUK.scale ? m.actUe8m0 : UnitAttr());
     Value q =
         b_.create<ConcatOp>(loc, tensor({m.heads, m.kvr + m.rope}, element),
                             ValueRange{qLat, m.qPe});
@@ -290,7 +298,8 @@ void Rewriter::rewrite(MlaSite m, MlaForm form) {
         getParameter(m, ".w_uv", m.nope, m.vDim, /*transpose=*/false);
     out = b_.create<HeadLinearOp>(loc, tensor({m.heads, m.vDim}, element),
                                   latentAttn, wUV.value, wUV.scale,
-                                  wUV.blockSize);
+                                  wUV.blockSize,
+                                  wUV.scale ? m.actUe8m0 : UnitAttr());
   } else {
     // Decompress every cached token with kv_b_proj, then per-head attention.
     Value cKv = b_.create<ReshapeOp>(
@@ -310,7 +319,7 @@ void Rewriter::rewrite(MlaSite m, MlaForm form) {
     Value up = b_.create<ReshapeOp>(
         loc, tensor({m.heads, m.nope + m.vDim}, element),
         b_.create<LinearOp>(loc, tensor({m.heads * (m.nope + m.vDim)}, element),
-                            cKv, kvB, Value(), kvBScale, block));
+                            cKv, kvB, Value(), kvBScale, block, m.actUe8m0));
     Value kNope = b_.create<SliceOp>(loc, tensor({m.heads, m.nope}, element),
                                      up, 0, m.nope);
     Value v = b_.create<SliceOp>(loc, tensor({m.heads, m.vDim}, element), up,
@@ -355,6 +364,12 @@ struct AbsorbLatentKVPass
 
   void runOnOperation() override {
     ModuleOp module = getOperation();
+    if (latentCacheDtype != "f32" && latentCacheDtype != "fp8") {
+      module.emitError("kiln-absorb-latent-kv: latent-cache-dtype must be "
+                       "f32 or fp8, got '")
+          << latentCacheDtype << "'";
+      return signalPassFailure();
+    }
     if (mode != "auto" && mode != "naive" && mode != "absorbed") {
       module.emitError("kiln-absorb-latent-kv: mode must be auto, naive or "
                        "absorbed, got '")
@@ -441,7 +456,7 @@ struct AbsorbLatentKVPass
   }
 
   void rewriteAll(ModuleOp module, std::vector<MlaSite> sites, MlaForm form) {
-    Rewriter rewriter(module);
+    Rewriter rewriter(module, latentCacheDtype == "fp8");
     for (MlaSite m : sites)
       rewriter.rewrite(m, form);
     // Slots and parameters nothing uses any more.

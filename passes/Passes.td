@@ -26,6 +26,47 @@ def KilnSummarize : Pass<"kiln-summarize", "::mlir::ModuleOp"> {
   }];
 }
 
+def KilnQuantizeFP8 : Pass<"kiln-quantize-fp8", "::mlir::ModuleOp"> {
+  let summary = "Quantizes GEMM weights to e4m3 with 128x128 block scales";
+  let description = [{
+    DeepSeek-V3's FP8 recipe: the weight of every `kiln.linear`,
+    `kiln.grouped_linear` and `kiln.head_linear` becomes e4m3 codes with one
+    fp32 scale per `block` x `block` block (`s = amax / 448`, a power of two
+    with `ue8m0`), both parameters derived from the original checkpoint
+    tensor by `#kiln.fp8_quant`; the GEMMs then quantize their input
+    activations per token per `block` channels and scale each K block's fp32
+    partial sum by both scales (see `kiln.linear`).
+
+    The policy keeps in higher precision what the recipe keeps: the
+    embedding, the output head, the MoE router and the norms (they are not
+    GEMM weights), and weights that a non-GEMM op also reads (tied
+    embeddings). `keep-ops` keeps every GEMM of the given kinds, `keep`
+    keeps parameters whose name or checkpoint name matches a glob pattern.
+    MLA's `kv_b_proj` stays when its per-head rows do not start on block
+    boundaries, so that absorption can still slice it. Weights that are FP8
+    in the checkpoint stay as they are; with `checkpoint-only` (the default
+    for native FP8 checkpoints) so do the ones it stores in higher
+    precision.
+
+    Every GEMM and every op kept by the policy gets `kiln.quant` (`"fp8"`,
+    `"fp8: checkpoint"` or `"bf16: <reason>"`), and the module gets
+    `kiln.fp8 = {block, ue8m0}`.
+  }];
+  let options = [
+    Option<"block", "block", "int64_t", /*default=*/"128",
+           "Block size of weight scales and activation groups">,
+    Option<"ue8m0", "ue8m0", "bool", /*default=*/"false",
+           "Power-of-two (UE8M0) scales for weights and activations">,
+    Option<"checkpointOnly", "checkpoint-only", "bool", /*default=*/"false",
+           "Quantize nothing the checkpoint stores in higher precision (a "
+           "native FP8 checkpoint as shipped)">,
+    ListOption<"keepOps", "keep-ops", "std::string",
+               "GEMM kinds to keep: linear, grouped_linear, head_linear">,
+    ListOption<"keep", "keep", "std::string",
+               "Glob patterns of parameter names to keep">,
+  ];
+}
+
 def KilnAbsorbLatentKV : Pass<"kiln-absorb-latent-kv", "::mlir::ModuleOp"> {
   let summary = "Caches MLA's latent and absorbs W_UK/W_UV into the attention";
   let description = [{
@@ -52,7 +93,11 @@ def KilnAbsorbLatentKV : Pass<"kiln-absorb-latent-kv", "::mlir::ModuleOp"> {
     `kiln.mla` attribute on each entry function; rewritten attention ops
     carry `kiln.mla = "absorbed"` or `"naive_from_latent"`. Attention that
     is not MLA (GQA in Qwen2/Llama) is left alone, as is MLA with FP8
-    `kv_b_proj` weights.
+    `kv_b_proj` weights whose blocks straddle heads.
+
+    `latent-cache-dtype=fp8` stores the latent slots as
+    `#kiln.fp8_cache<columns = kv_lora_rank>`: `c_kv` in e4m3 with one
+    scale per 128 values, the RoPE key in bf16.
   }];
   let options = [
     Option<"mode", "mode", "std::string", /*default=*/"\"auto\"",
@@ -63,6 +108,8 @@ def KilnAbsorbLatentKV : Pass<"kiln-absorb-latent-kv", "::mlir::ModuleOp"> {
            "Tokens per sequence in a prefill step, for the cost model">,
     Option<"context", "context", "int64_t", /*default=*/"4096",
            "Cached positions per sequence, for the cost model">,
+    Option<"latentCacheDtype", "latent-cache-dtype", "std::string",
+           /*default=*/"\"f32\"", "f32 or fp8: how latent slots store c_kv">,
   ];
 }
 

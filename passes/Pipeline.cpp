@@ -6,11 +6,22 @@
 namespace mlir::kiln {
 
 void buildOptimizePipeline(PassManager &pm, const OptimizeOptions &options) {
+  // Quantize first: absorbing MLA then slices FP8 kv_b_proj with its scales.
+  if (options.quantizeFp8) {
+    KilnQuantizeFP8Options quantize;
+    quantize.ue8m0 = options.ue8m0;
+    quantize.block = options.fp8Block;
+    quantize.checkpointOnly = options.checkpointOnly;
+    quantize.keepOps = options.keepOps;
+    quantize.keep = options.keepPatterns;
+    pm.addPass(createKilnQuantizeFP8(quantize));
+  }
   KilnAbsorbLatentKVOptions absorb;
   absorb.mode = options.mla;
   absorb.batch = options.batch;
   absorb.prefillTokens = options.prefillTokens;
   absorb.context = options.context;
+  absorb.latentCacheDtype = options.latentCacheDtype;
   pm.addPass(createKilnAbsorbLatentKV(absorb));
   pm.addPass(createKilnSummarize());
 }

@@ -5,6 +5,7 @@
 #include "mlir/Pass/PassManager.h"
 
 #include <string>
+#include <vector>
 
 namespace mlir::kiln {
 
@@ -15,6 +16,17 @@ struct OptimizeOptions {
   int64_t batch = 8;
   int64_t prefillTokens = 512;
   int64_t context = 4096;
+  /// Run kiln-quantize-fp8 with these settings.
+  bool quantizeFp8 = false;
+  bool ue8m0 = false;
+  /// Weight block edge (DeepSeek's 128; tests use smaller blocks to cover
+  /// many blocks on tiny models).
+  int64_t fp8Block = 128;
+  /// Native FP8 checkpoint: keep what it stores in higher precision.
+  bool checkpointOnly = false;
+  std::vector<std::string> keepOps, keepPatterns;
+  /// Latent KV-cache storage: "f32" or "fp8".
+  std::string latentCacheDtype = "f32";
 };
 
 /// Adds the optimize phase of `kiln compile-model` to `pm`.

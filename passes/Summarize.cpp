@@ -58,7 +58,7 @@ struct SummarizePass
       bytesByType[typeName(type.getElementType())] += tensorBytes(type);
     });
     module.walk([&](KVCacheOp slot) {
-      cacheBytesPerToken += tensorBytes(slot.getEntryTensorType());
+      cacheBytesPerToken += slot.getStoredBytesPerToken();
     });
     module.walk([&](MoEDispatchOp dispatch) {
       experts = std::max<int64_t>(experts, dispatch.getNumExperts());

@@ -3,7 +3,7 @@
 #include "ModelImpl.h"
 
 #include "kiln/ArtifactFormat.h"
-#include "kiln/WeightTransforms.h"
+#include "kiln/ParameterRecipe.h"
 
 #include <cerrno>
 #include <cstring>
@@ -98,7 +98,17 @@ absl::Status bindExternal(Model::Impl &impl,
       return fail(path, "external parameter " + p->name()->str() +
                             " names no checkpoint tensor");
     std::vector<std::span<const std::byte>> parts;
+    std::vector<const frontend::TensorInfo *> infos;
     uint64_t total = 0;
+    ParameterRecipe recipe;
+    if (const art::Fp8Quant *q = p->quantize()) {
+      recipe.quantize =
+          Fp8BlockQuant{q->block_rows(), q->block_cols(), q->ue8m0()};
+      recipe.scales = q->scale();
+    }
+    if (const art::HeadSlice *t = p->transform())
+      recipe.slice = HeadSlice{t->heads(), t->rows(), t->offset(), t->size(),
+                               t->transpose()};
     for (const art::WeightSource *source : *sources) {
       if (!source->file() || !source->tensor())
         return fail(path, "incomplete weight source of " + p->name()->str());
@@ -119,32 +129,37 @@ absl::Status bindExternal(Model::Impl &impl,
         return fail(path, "external weights: " + (dir / fileName).string() +
                               " has no tensor '" + source->tensor()->str() +
                               "' (the checkpoint changed since compiling?)");
-      if (tensor->dtype != frontendType(p->type()))
+      if (!recipe.quantize && tensor->dtype != frontendType(p->type()))
         return fail(path, "external weights: " + (dir / fileName).string() +
                               ": tensor '" + tensor->name + "' is " +
                               std::string(frontend::dtypeName(tensor->dtype)) +
                               " but the artifact was compiled for " +
                               detail::elementTypeName(p->type()));
       parts.push_back(it->second->data(*tensor));
+      infos.push_back(tensor);
       total += parts.back().size();
     }
-    if (const art::HeadSlice *t = p->transform()) {
-      // Derived at load from its whole source (e.g. W_UK out of kv_b_proj).
-      int64_t in = p->shape()->Get(t->transpose() ? 1 : 2);
-      uint64_t elementSize = artifact::elementBytes(p->type());
-      HeadSlice slice{t->heads(), t->rows(), t->offset(), t->size(),
-                      t->transpose()};
-      if (parts.size() != 1 ||
-          total !=
-              static_cast<uint64_t>(slice.sourceElements(in)) * elementSize)
-        return fail(path,
-                    "external weights of " + p->name()->str() +
-                        ": the source holds " + std::to_string(total) +
-                        " bytes, the head_slice transform needs " +
-                        std::to_string(slice.sourceElements(in) * elementSize));
+    if (recipe.derived()) {
+      // Derived at load from the whole source (e.g. W_UK out of kv_b_proj,
+      // or FP8 codes and scales out of a bf16 weight).
+      ParameterSource source;
+      source.type = artifactElementType(infos.front()->dtype)
+                        .value_or(art::ElementType::I32);
+      source.shape = infos.front()->shape;
+      source.tensors = parts;
+      for (const frontend::TensorInfo *info : infos)
+        if (info->dtype != infos.front()->dtype ||
+            info->shape != infos.front()->shape)
+          return fail(path, "external weights of " + p->name()->str() +
+                                ": tensor '" + info->name +
+                                "' differs in dtype or shape from '" +
+                                infos.front()->name + "'");
       auto derived = std::make_unique<std::byte[]>(p->bytes());
-      applyHeadSlice(slice, parts.front().data(), in, elementSize,
-                     derived.get());
+      std::vector<int64_t> shape(p->shape()->begin(), p->shape()->end());
+      if (absl::Status s = deriveParameter(recipe, source, p->type(), shape,
+                                           p->name()->str(), derived.get());
+          !s.ok())
+        return fail(path, "external weights: " + std::string(s.message()));
       impl.parameterData.push_back(derived.get());
       impl.ownedWeights.push_back(std::move(derived));
       continue;
@@ -191,12 +206,8 @@ void describe(Model::Impl &impl, const std::filesystem::path &path) {
     info.parameterCount += count;
     info.parameterBytes[detail::elementTypeName(p->type())] += p->bytes();
   }
-  for (const art::KvSlot *slot : *plan.kv_slots()) {
-    uint64_t bytes = artifact::elementBytes(slot->type());
-    for (int64_t d : *slot->entry_shape())
-      bytes *= static_cast<uint64_t>(d);
-    info.kvCacheBytesPerToken += bytes;
-  }
+  for (const art::KvSlot *slot : *plan.kv_slots())
+    info.kvCacheBytesPerToken += detail::slotBytesPerToken(*slot);
   for (const art::EntryPoint *e : *plan.entry_points()) {
     info.entryPoints.push_back({e->name()->str(), e->max_batch(), e->max_seq(),
                                 e->arena_bytes(), e->launches()->size(),

@@ -34,6 +34,9 @@ namespace detail {
 
 const char *elementTypeName(artifact::ElementType type);
 
+/// Bytes one token takes in a cache slot as stored (FP8 slots included).
+uint64_t slotBytesPerToken(const artifact::KvSlot &slot);
+
 /// Checks every entry point, launch and tensor reference of `plan` against
 /// the parameter and cache tables and the arena bounds, so that a plan that
 /// passes can be executed without further checks beyond the run-time

@@ -7,6 +7,7 @@
 #include "ModelImpl.h"
 
 #include "cpu/Kernels.h"
+#include "cpu/PagedFp8.h"
 #include "kiln/PlanShapes.h"
 
 #include <algorithm>
@@ -50,6 +51,17 @@ private:
   absl::Status checkKernel(const art::Launch &launch);
   /// Bytes an arena reference spans at the entry point's bounds.
   uint64_t arenaBytes(const art::TensorRef *ref) const;
+  /// An FP8 GEMM's weight and block scale, with ints [rows, cols, ue8m0]
+  /// starting at `at`.
+  bool fp8Scale(const art::Launch &launch, const art::TensorRef *w,
+                const art::TensorRef *scale, unsigned at) const;
+  /// Whether an attention or gather reads slot `index` in FP8 form.
+  const art::KvSlot *fp8Slot(const art::TensorRef *ref) const {
+    if (ref->storage() != art::Storage::KvCache)
+      return nullptr;
+    const art::KvSlot *slot = plan_.kv_slots()->Get(ref->index());
+    return slot->fp8_columns() > 0 ? slot : nullptr;
+  }
 
   // Shape queries on verified references.
   static const Shape &shape(const art::TensorRef *r) { return *r->shape(); }
@@ -152,7 +164,8 @@ absl::Status Verifier::checkRef(const art::TensorRef *ref, const char *role) {
                   p->name()->str());
     if (p->type() != art::ElementType::F32 &&
         p->type() != art::ElementType::BF16 &&
-        p->type() != art::ElementType::F16)
+        p->type() != art::ElementType::F16 &&
+        p->type() != art::ElementType::F8E4M3)
       return fail("parameter " + p->name()->str() + " has element type " +
                   elementTypeName(p->type()) +
                   ", which this runtime does not execute");
@@ -210,6 +223,23 @@ uint64_t Verifier::arenaBytes(const art::TensorRef *ref) const {
   return bytes;
 }
 
+bool Verifier::fp8Scale(const art::Launch &launch, const art::TensorRef *w,
+                        const art::TensorRef *scale, unsigned at) const {
+  int64_t rows = launch.ints()->Get(at), cols = launch.ints()->Get(at + 1);
+  int64_t ue8m0 = launch.ints()->Get(at + 2);
+  int r = rank(w);
+  if (w->type() != art::ElementType::F8E4M3 || rows < 1 || cols < 1 ||
+      rows > kMaxStaticDim || cols > kMaxStaticDim || ue8m0 < 0 ||
+      ue8m0 > 1 || scale->storage() != art::Storage::Parameter ||
+      scale->type() != art::ElementType::F32 || rank(scale) != r || r < 2)
+    return false;
+  for (int i = 0; i < r - 2; ++i)
+    if (staticDim(scale, i) != staticDim(w, i))
+      return false;
+  return staticDim(scale, r - 2) == (staticDim(w, r - 2) + rows - 1) / rows &&
+         staticDim(scale, r - 1) == (staticDim(w, r - 1) + cols - 1) / cols;
+}
+
 absl::Status Verifier::checkLaunch(const art::Launch &launch) {
   const auto *args = launch.args();
   size_t n = args ? args->size() : 0;
@@ -218,6 +248,17 @@ absl::Status Verifier::checkLaunch(const art::Launch &launch) {
   for (size_t i = 0; i < n; ++i)
     if (absl::Status s = checkRef(args->Get(i), "argument"); !s.ok())
       return s;
+  // FP8 weights only where a GEMM takes them with their block scale (the
+  // GEMM cases check the scale).
+  bool gemm = launch.kernel() == art::KernelKind::Linear ||
+              launch.kernel() == art::KernelKind::GroupedLinear ||
+              launch.kernel() == art::KernelKind::HeadLinear;
+  for (size_t i = 0; i < n; ++i)
+    if (args->Get(i)->type() == art::ElementType::F8E4M3 && !(gemm && i == 1))
+      return fail(std::string("kernel ") +
+                  art::EnumNameKernelKind(launch.kernel()) +
+                  " cannot take an FP8 tensor as argument " +
+                  std::to_string(i));
   if (absl::Status s = checkKernel(launch); !s.ok())
     return s;
   // Kernels read their operands while writing their results: a result must
@@ -276,11 +317,16 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
     return absl::OkStatus();
   case art::KernelKind::Linear:
   case art::KernelKind::Logits: {
-    bool bias =
-        launch.kernel() == art::KernelKind::Linear && ints == 1 && in(0) == 1;
-    size_t nInts = launch.kernel() == art::KernelKind::Linear ? 1 : 0;
-    if (!expect(bias ? 4 : 3, nInts, 0))
+    bool linear = launch.kernel() == art::KernelKind::Linear;
+    bool bias = linear && ints >= 1 && in(0) == 1;
+    bool fp8 = linear && ints == 4;
+    size_t nInts = linear ? (fp8 ? 4 : 1) : 0;
+    if (!expect((bias ? 4 : 3) + (fp8 ? 1 : 0), nInts, 0))
       return bad("wrong number of operands or attributes");
+    if (fp8 ? !fp8Scale(launch, a(1), a(n - 2), 1)
+            : a(1)->type() == art::ElementType::F8E4M3)
+      return bad("an FP8 weight needs a block scale [ceil(out/rows), "
+                 "ceil(in/cols)] f32 and block attributes");
     const art::TensorRef *x = a(0), *w = a(1), *out = a(n - 1);
     if (!isArena(x, F32) || !isParam(w) || rank(w) != 2 || !isArena(out, F32) ||
         rank(x) != rank(out) || staticDim(x, -1) != staticDim(w, 1) ||
@@ -380,6 +426,17 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
         !isArena(a(4), I32) || rank(a(4)) != 1 ||
         dim(a(4), 0).symbol() != art::DimSymbol::Batch)
       return bad("expects positions [B,S] and kv_lengths [B]");
+    // An FP8 latent slot is read whole as the single kv head's keys, and
+    // values are a prefix of its e4m3 columns.
+    const art::KvSlot *kSlot = fp8Slot(k), *vSlot = fp8Slot(v);
+    if ((kSlot || vSlot) &&
+        (kSlot != vSlot || staticDim(k, 2) != 1 || k->offset() != 0 ||
+         v->offset() != 0 ||
+         staticDim(k, 3) != kSlot->entry_shape()->Get(1) ||
+         staticDim(k, 3) > cpu::kMaxFp8LatentColumns ||
+         staticDim(v, 3) > kSlot->fp8_columns()))
+      return bad("an FP8 latent slot must give keys (whole rows, one kv "
+                 "head) and values (a prefix of its e4m3 columns)");
     return absl::OkStatus();
   }
   case art::KernelKind::MoeGate: {
@@ -426,9 +483,14 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
     return absl::OkStatus();
   }
   case art::KernelKind::GroupedLinear: {
-    if (!expect(4, 0, 0))
+    bool fp8 = ints == 3;
+    if (!expect(fp8 ? 5 : 4, fp8 ? 3 : 0, 0))
       return bad("wrong number of operands or attributes");
-    const art::TensorRef *x = a(0), *w = a(1), *offsets = a(2), *out = a(3);
+    const art::TensorRef *x = a(0), *w = a(1), *offsets = a(2), *out = a(n - 1);
+    if (fp8 ? !fp8Scale(launch, w, a(3), 0)
+            : w->type() == art::ElementType::F8E4M3)
+      return bad("an FP8 weight needs a block scale [E, ceil(out/rows), "
+                 "ceil(in/cols)] f32 and block attributes");
     if (!isArena(x, F32) || rank(x) != 2 || !isRows(x) || !isParam(w) ||
         rank(w) != 3 || staticDim(w, 2) != staticDim(x, 1) ||
         !isArena(offsets, I32) || rank(offsets) != 1 ||
@@ -439,9 +501,14 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
     return absl::OkStatus();
   }
   case art::KernelKind::HeadLinear: {
-    if (!expect(3, 0, 0))
+    bool fp8 = ints == 3;
+    if (!expect(fp8 ? 4 : 3, fp8 ? 3 : 0, 0))
       return bad("wrong number of operands or attributes");
-    const art::TensorRef *x = a(0), *w = a(1), *out = a(2);
+    const art::TensorRef *x = a(0), *w = a(1), *out = a(n - 1);
+    if (fp8 ? !fp8Scale(launch, w, a(2), 0)
+            : w->type() == art::ElementType::F8E4M3)
+      return bad("an FP8 weight needs a block scale [H, ceil(out/rows), "
+                 "ceil(in/cols)] f32 and block attributes");
     if (!isArena(x, F32) || rank(x) < 2 || !isParam(w) || rank(w) != 3 ||
         !isArena(out, F32) || rank(out) != rank(x) ||
         staticDim(x, -2) != staticDim(w, 0) ||
@@ -519,6 +586,12 @@ absl::Status Verifier::run() {
     for (int64_t d : *slot->entry_shape())
       if (d < 1 || d > kMaxStaticDim)
         return fail("cache slot " + slot->name()->str() + " has a bad shape");
+    const auto &entry = *slot->entry_shape();
+    if (slot->fp8_columns() != 0 &&
+        (entry.size() != 2 || entry.Get(0) != 1 || slot->fp8_columns() < 0 ||
+         slot->fp8_columns() > entry.Get(1)))
+      return fail("cache slot " + slot->name()->str() +
+                  " has FP8 columns that do not fit a [1, n] entry");
   }
   for (const art::EntryPoint *entry : *plan_.entry_points()) {
     if (!entry->name() || !entry->launches())
@@ -579,6 +652,18 @@ const char *elementTypeName(art::ElementType type) {
   default:
     return "f32";
   }
+}
+
+uint64_t slotBytesPerToken(const art::KvSlot &slot) {
+  uint64_t elements = 1;
+  for (int64_t d : *slot.entry_shape())
+    elements *= static_cast<uint64_t>(d);
+  if (slot.fp8_columns() > 0)
+    return cpu::Fp8LatentLayout{slot.fp8_columns(),
+                                static_cast<int64_t>(elements) -
+                                    slot.fp8_columns()}
+        .rowBytes();
+  return elements * elementBytes(slot.type());
 }
 
 absl::Status verifyPlan(const art::Model &plan, const std::string &source) {

@@ -6,6 +6,7 @@
 
 #include "PagedKvCache.h"
 #include "cpu/Kernels.h"
+#include "cpu/PagedFp8.h"
 #include "kiln/PlanShapes.h"
 
 #include <algorithm>
@@ -87,6 +88,32 @@ cpu::Weight weight(const BoundArg &arg) {
   return {arg.data, kernelType(arg.ref->type())};
 }
 
+/// A GEMM weight: with its block scale `scale` when ints[at...] holds the
+/// FP8 block [rows, cols, ue8m0] (see the planner).
+cpu::Weight gemmWeight(const art::Launch &l, const std::vector<BoundArg> &a,
+                       size_t scale, unsigned at) {
+  cpu::Weight w = weight(a[1]);
+  if (l.ints() && l.ints()->size() == at + 3) {
+    w.scale = reinterpret_cast<const float *>(a[scale].data);
+    w.blockRows = l.ints()->Get(at);
+    w.blockCols = l.ints()->Get(at + 1);
+  }
+  return w;
+}
+
+/// Whether an FP8 GEMM rounds activation scales to powers of two.
+bool ue8m0Activations(const art::Launch &l, unsigned at) {
+  return l.ints() && l.ints()->size() == at + 3 && l.ints()->Get(at + 2) == 1;
+}
+
+/// The most elements `ref` holds within `bounds`.
+uint64_t maxElements(const art::TensorRef *ref, const art::SymbolSizes &bounds) {
+  uint64_t n = 1;
+  for (const art::Dim *d : *ref->shape())
+    n *= bounds.of(*d);
+  return n;
+}
+
 template <typename T> T *as(const BoundArg &arg) {
   return reinterpret_cast<T *>(arg.data);
 }
@@ -105,7 +132,9 @@ struct Session::Impl {
   const Model::Impl *model = nullptr;
   std::unique_ptr<std::byte[], FreeDeleter> arena;
   std::unique_ptr<PagedKvCache> kv;
-  std::vector<int64_t> cacheEntry; // elements per token per slot
+  std::vector<int64_t> cacheEntry; // floats per token per slot
+  // FP8 slots' row layout (quantColumns == 0: an f32 slot).
+  std::vector<cpu::Fp8LatentLayout> fp8Layout;
   BoundEntry prefill, decode;
   uint32_t maxBatch = 0;
   int64_t vocab = 0;
@@ -120,6 +149,7 @@ struct Session::Impl {
   std::vector<float> gateScratch;      // router logits [tokens, experts]
   std::vector<int32_t> combineScratch; // [tokens * top_k]
   std::vector<float> headScratch;      // per-head gathered rows
+  std::vector<float> fp8Scratch;       // FP8 GEMMs' quantized activations
   int64_t lastChunkStart = 0, lastChunkSeq = 0;
   std::vector<int> lastPrefill; // sequences of the last prefill, by row
   // KILN_PROFILE=1: time per kernel kind, printed when the session ends.
@@ -218,8 +248,10 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
   case art::KernelKind::Logits: {
     bool bias = l.kernel() == art::KernelKind::Linear && ints(0) == 1;
     int64_t in = lastDim(a[0].ref), out = staticDim(a[1].ref, 0);
-    cpu::linear(as<float>(a[0]), numel(a[0].ref, dims) / in, in, weight(a[1]),
-                out, bias ? weight(a[2]) : cpu::Weight{}, as<float>(a.back()));
+    cpu::linear(as<float>(a[0]), numel(a[0].ref, dims) / in, in,
+                gemmWeight(l, a, a.size() - 2, 1), out,
+                bias ? weight(a[2]) : cpu::Weight{}, as<float>(a.back()),
+                {fp8Scratch.data(), ue8m0Activations(l, 1)});
     return absl::OkStatus();
   }
   case art::KernelKind::Add:
@@ -295,6 +327,13 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
               "position " + std::to_string(positions[b * dims.seq + j]) +
               " beyond the blocks of sequence " + std::to_string(stepIds[b]));
     unsigned slot = static_cast<unsigned>(ints(0));
+    if (fp8Layout[slot].quantColumns > 0) {
+      cpu::kvAppendPagedFp8(as<float>(a[0]), positions, dims.batch, dims.seq,
+                            fp8Layout[slot],
+                            reinterpret_cast<std::byte *>(kv->slotData(slot)),
+                            stepTables, kv->tableStride(), kv->blockTokens());
+      return absl::OkStatus();
+    }
     cpu::kvAppendPaged(as<float>(a[0]), positions, dims.batch, dims.seq,
                        cacheEntry[slot], kv->slotData(slot), stepTables,
                        kv->tableStride(), kv->blockTokens());
@@ -310,6 +349,18 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
       for (int64_t b = 0; b < dims.batch; ++b)
         if (kvLengths[b] < 0 || kvLengths[b] > kv->tokenCapacity(stepIds[b]))
           return error("kv length out of range");
+      if (const cpu::Fp8LatentLayout &layout = fp8Layout[k->index()];
+          layout.quantColumns > 0) {
+        cpu::attentionPagedFp8(
+            as<float>(a[0]),
+            reinterpret_cast<const std::byte *>(kv->slotData(k->index())),
+            layout, {stepTables, kv->tableStride(), kv->blockTokens()},
+            as<int32_t>(a[3]), kvLengths, dims.batch, dims.seq, heads, dk, dv,
+            static_cast<float>(floats(0)), as<float>(a[5]),
+            attentionScratch.data(),
+            static_cast<int64_t>(attentionScratch.size()));
+        return absl::OkStatus();
+      }
       cpu::PagedView kView{kv->slotData(k->index()), cacheEntry[k->index()], dk,
                            static_cast<int64_t>(k->offset())};
       cpu::PagedView vView{kv->slotData(v->index()), cacheEntry[v->index()], dv,
@@ -338,8 +389,9 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
     int64_t heads = staticDim(w, 0), out = staticDim(w, 1);
     int64_t in = staticDim(w, 2);
     cpu::headLinear(as<float>(a[0]), numel(a[0].ref, dims) / (heads * in),
-                    heads, in, weight(a[1]), out, as<float>(a[2]),
-                    headScratch.data());
+                    heads, in, gemmWeight(l, a, 2, 0), out,
+                    as<float>(a.back()), headScratch.data(),
+                    {fp8Scratch.data(), ue8m0Activations(l, 0)});
     return absl::OkStatus();
   }
   case art::KernelKind::KvGather: {
@@ -349,8 +401,22 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
     int64_t rowsPerToken = numel(view, dims) / (dims.batch * dims.kvLen * n);
     int64_t width = entry / rowsPerToken;
     int64_t blockTokens = kv->blockTokens(), stride = kv->tableStride();
-    const float *slot = kv->slotData(view->index()) + view->offset();
     float *dst = as<float>(a[1]);
+    if (const cpu::Fp8LatentLayout &layout = fp8Layout[view->index()];
+        layout.quantColumns > 0) {
+      // FP8 slots hold one row per token (checked by the verifier).
+      for (int64_t b = 0; b < dims.batch; ++b) {
+        int64_t held = std::min(kv->tokenCapacity(stepIds[b]), dims.kvLen);
+        float *rows = dst + b * dims.kvLen * n;
+        cpu::gatherPagedFp8(
+            reinterpret_cast<const std::byte *>(kv->slotData(view->index())),
+            layout, stepTables + b * stride, blockTokens, held,
+            static_cast<int64_t>(view->offset()), n, rows);
+        std::fill(rows + held * n, rows + dims.kvLen * n, 0.0f);
+      }
+      return absl::OkStatus();
+    }
+    const float *slot = kv->slotData(view->index()) + view->offset();
     for (int64_t b = 0; b < dims.batch; ++b) {
       int64_t held = kv->tokenCapacity(stepIds[b]);
       for (int64_t t = 0; t < dims.kvLen; ++t) {
@@ -401,9 +467,10 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
     if (offsets[0] != 0 || offsets[experts] > dims.routed ||
         !std::is_sorted(offsets, offsets + experts + 1))
       return error("bad expert offsets");
-    cpu::groupedLinear(as<float>(a[0]), staticDim(a[1].ref, 2), weight(a[1]),
-                       experts, staticDim(a[1].ref, 1), offsets,
-                       as<float>(a[3]));
+    cpu::groupedLinear(as<float>(a[0]), staticDim(a[1].ref, 2),
+                       gemmWeight(l, a, 3, 0), experts, staticDim(a[1].ref, 1),
+                       offsets, as<float>(a.back()),
+                       {fp8Scratch.data(), ue8m0Activations(l, 0)});
     return absl::OkStatus();
   }
   case art::KernelKind::MoeCombine: {
@@ -485,6 +552,13 @@ Session::createSession(const Model &model, const SessionOptions &options) {
     int64_t entry = 1;
     for (int64_t d : *slot->entry_shape())
       entry *= d;
+    // The pool counts floats per token; FP8 rows are whole floats too.
+    cpu::Fp8LatentLayout layout;
+    if (slot->fp8_columns() > 0) {
+      layout = {slot->fp8_columns(), entry - slot->fp8_columns()};
+      entry = layout.rowBytes() / static_cast<int64_t>(sizeof(float));
+    }
+    impl->fp8Layout.push_back(layout);
     impl->cacheEntry.push_back(entry);
   }
   // By default as many blocks as max batch sequences of full context; the
@@ -540,6 +614,29 @@ Session::createSession(const Model &model, const SessionOptions &options) {
                              tokens, staticDim(w, 2), staticDim(w, 1))));
       }
   }
+  // FP8 GEMMs quantize their input rows into scratch.
+  size_t fp8Scratch = 0;
+  for (const art::EntryPoint *e : *plan.entry_points()) {
+    art::SymbolSizes bounds{e->max_batch(), e->max_seq(), plan.max_context(),
+                            uint64_t{e->max_batch()} * e->max_seq() *
+                                plan.moe_top_k()};
+    for (const art::Launch *l : *e->launches()) {
+      const art::TensorRef *x = l->args()->Get(0);
+      unsigned at = l->kernel() == art::KernelKind::Linear ? 1 : 0;
+      bool gemm = l->kernel() == art::KernelKind::Linear ||
+                  l->kernel() == art::KernelKind::GroupedLinear ||
+                  l->kernel() == art::KernelKind::HeadLinear;
+      if (!gemm || !l->ints() || l->ints()->size() != at + 3)
+        continue;
+      int64_t in = lastDim(x);
+      fp8Scratch = std::max<size_t>(
+          fp8Scratch,
+          static_cast<size_t>(cpu::fp8ActivationScratch(
+              static_cast<int64_t>(maxElements(x, bounds)) / in, in,
+              l->ints()->Get(at + 1))));
+    }
+  }
+  impl->fp8Scratch.resize(fp8Scratch);
   impl->headScratch.resize(headScratch);
   impl->gateScratch.resize(gateScratch);
   impl->combineScratch.resize(combineScratch);

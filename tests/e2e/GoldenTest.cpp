@@ -5,14 +5,8 @@
 // greedy tokens; bf16 weights: the same bound against HF run with the same
 // bf16-rounded weights, and the fp32 greedy token wherever the golden marks
 // the top-1 margin as safe under bf16 rounding.
-#include "codegen/ArtifactWriter.h"
-#include "codegen/PlanBuilder.h"
 #include "kiln/Runtime.h"
-#include "models/Import.h"
-#include "passes/Pipeline.h"
-#include "tests/frontend/TestUtil.h"
-
-#include "mlir/IR/MLIRContext.h"
+#include "tests/e2e/Compile.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -42,32 +36,11 @@ std::filesystem::path compile(const std::filesystem::path &modelDir,
                               const std::string &mla = "auto",
                               int64_t costPrefillTokens = 0,
                               uint32_t maxContext = 64) {
-  mlir::MLIRContext context;
-  absl::StatusOr<models::ImportedModel> model =
-      models::importModel(context, modelDir);
-  EXPECT_TRUE(model.ok()) << errorOf(model);
-  if (!model.ok())
-    return {};
-  codegen::PlanOptions options;
-  options.maxBatch = 4;
-  options.maxPrefill = 16;
-  options.maxContext = maxContext;
-  mlir::PassManager pm(&context);
-  mlir::kiln::OptimizeOptions optimize;
-  optimize.mla = mla;
-  optimize.batch = options.maxBatch;
-  optimize.prefillTokens =
-      costPrefillTokens ? costPrefillTokens : options.maxPrefill;
-  optimize.context = options.maxContext;
-  mlir::kiln::buildOptimizePipeline(pm, optimize);
-  EXPECT_TRUE(mlir::succeeded(pm.run(*model->module)));
-  auto plan = codegen::buildPlan(*model->module, options);
-  EXPECT_TRUE(mlir::succeeded(plan));
-  absl::Status written =
-      codegen::writeArtifact(out, **plan, *model->module, *model->checkpoint,
-                             codegen::WeightsMode::Embed);
-  EXPECT_TRUE(written.ok()) << errorOf(written);
-  return out;
+  testing::CompileSettings settings;
+  settings.optimize.mla = mla;
+  settings.optimize.prefillTokens = costPrefillTokens;
+  settings.plan.maxContext = maxContext;
+  return testing::compileArtifact(modelDir, out, settings);
 }
 
 /// The golden tensors of one model, read with Kiln's safetensors reader.

@@ -22,6 +22,21 @@ kiln.parameter @int : tensor<4xi32>
 
 // -----
 
+// expected-error @+1 {{'kiln.parameter' op a parameter quantized by fp8_quant must be 'f8E4M3FN', got 'bf16'}}
+kiln.parameter @codes : tensor<4x4xbf16> {quantize = #kiln.fp8_quant<block_rows = 2, block_cols = 2>}
+
+// -----
+
+// expected-error @+1 {{'kiln.parameter' op a parameter quantized by fp8_quant (its scales) must be 'f32', got 'f8E4M3FN'}}
+kiln.parameter @scales : tensor<2x2xf8E4M3FN> {quantize = #kiln.fp8_quant<block_rows = 2, block_cols = 2, scale = true>}
+
+// -----
+
+// expected-error @+1 {{fp8_quant needs block_rows and block_cols >= 1}}
+kiln.parameter @block : tensor<4x4xf8E4M3FN> {quantize = #kiln.fp8_quant<block_rows = 0, block_cols = 2>}
+
+// -----
+
 // expected-error @+1 {{'kiln.parameter' op source 'layers.{}.experts.{}.w' has more than one '{}'}}
 kiln.parameter @two : tensor<4x8x8xbf16> {source = "layers.{}.experts.{}.w"}
 
@@ -88,6 +103,16 @@ kiln.kv_cache @dynamic : tensor<?x128xf32>
 
 // expected-error @+1 {{'kiln.kv_cache' op cache entries must be f32, bf16 or f8E4M3FN, got 'f16'}}
 kiln.kv_cache @half : tensor<8x128xf16>
+
+// -----
+
+// expected-error @+1 {{'kiln.kv_cache' op fp8_cache storage needs a [1, n] f32 entry, got 'tensor<8x128xf32>'}}
+kiln.kv_cache @heads : tensor<8x128xf32> {storage = #kiln.fp8_cache<columns = 64>}
+
+// -----
+
+// expected-error @+1 {{'kiln.kv_cache' op fp8_cache columns (600) exceed the entry's 576}}
+kiln.kv_cache @wide : tensor<1x576xf32> {storage = #kiln.fp8_cache<columns = 600>}
 
 // -----
 
@@ -338,6 +363,14 @@ func.func @linear_bias(%x: tensor<?x?x64xf32>, %w: tensor<96x64xbf16>, %b: tenso
 func.func @linear_fp8_no_scale(%x: tensor<?x?x64xf32>, %w: tensor<96x64xf8E4M3FN>) {
   // expected-error @+1 {{'kiln.linear' op an f8E4M3FN weight needs a block scale}}
   %0 = kiln.linear %x, %w {block_size = array<i64: 128, 128>} : (tensor<?x?x64xf32>, tensor<96x64xf8E4M3FN>) -> tensor<?x?x96xf32>
+  return
+}
+
+// -----
+
+func.func @linear_ue8m0_no_scale(%x: tensor<?x?x64xf32>, %w: tensor<96x64xbf16>) {
+  // expected-error @+1 {{'kiln.linear' op act_ue8m0 given without an f8E4M3FN weight}}
+  %0 = kiln.linear %x, %w {act_ue8m0} : (tensor<?x?x64xf32>, tensor<96x64xbf16>) -> tensor<?x?x96xf32>
   return
 }
 

@@ -16,6 +16,9 @@
 // CHECK-NEXT: kiln.parameter @model.layers.3.mlp.experts.gate_proj.weight : tensor<8x32x64xf8E4M3FN> {source = "model.layers.3.mlp.experts.{}.gate_proj.weight"}
 // CHECK-NEXT: kiln.parameter @renamed : tensor<2x2xbf16> {source = "model.other.weight"}
 // CHECK-NEXT: kiln.parameter @model.layers.0.mlp.experts.down_proj.weight : tensor<4x64x32xbf16> {source = "model.layers.0.mlp.experts.{}.down_proj.weight"}
+// CHECK-NEXT: kiln.parameter @q : tensor<256x300xf8E4M3FN> {quantize = #kiln.fp8_quant<block_rows = 128, block_cols = 128>, source = "model.q.weight"}
+// CHECK-NEXT: kiln.parameter @q_scale : tensor<2x3xf32> {quantize = #kiln.fp8_quant<block_rows = 128, block_cols = 128, scale = true, ue8m0 = true>, source = "model.q.weight"}
+// CHECK-NEXT: kiln.parameter @w_uk : tensor<2x64x16xf8E4M3FN> {quantize = #kiln.fp8_quant<block_rows = 16, block_cols = 64>, source = "kv_b.weight", transform = #kiln.head_slice<heads = 2, rows = 32, offset = 0, size = 16, transpose = true>}
 kiln.parameter @model.norm.weight : tensor<64xbf16>
 kiln.parameter @model.embed_tokens.weight : tensor<256x64xf32>
 kiln.parameter @half : tensor<4x4xf16>
@@ -26,6 +29,18 @@ kiln.parameter @model.layers.3.mlp.experts.gate_proj.weight
 kiln.parameter @renamed : tensor<2x2xbf16> {source = "model.other.weight"}
 kiln.parameter @model.layers.0.mlp.experts.down_proj.weight
     : tensor<4x64x32xbf16> {source = "model.layers.0.mlp.experts.{}.down_proj.weight"}
+kiln.parameter @q : tensor<256x300xf8E4M3FN>
+    {source = "model.q.weight",
+     quantize = #kiln.fp8_quant<block_rows = 128, block_cols = 128>}
+kiln.parameter @q_scale : tensor<2x3xf32>
+    {source = "model.q.weight",
+     quantize = #kiln.fp8_quant<block_rows = 128, block_cols = 128,
+                                scale = true, ue8m0 = true>}
+kiln.parameter @w_uk : tensor<2x64x16xf8E4M3FN>
+    {source = "kv_b.weight",
+     quantize = #kiln.fp8_quant<block_rows = 16, block_cols = 64>,
+     transform = #kiln.head_slice<heads = 2, rows = 32, offset = 0, size = 16,
+                                  transpose = true>}
 
 // -----
 
@@ -46,9 +61,12 @@ func.func @get_parameter() -> (tensor<64xbf16>, tensor<256x128xf8E4M3FN>) {
 // CHECK: kiln.kv_cache @model.layers.0.self_attn.k : tensor<8x128xf32>
 // CHECK: kiln.kv_cache @model.layers.0.self_attn.v : tensor<8x128xbf16>
 // CHECK: kiln.kv_cache @latent : tensor<576xf8E4M3FN>
+// CHECK: kiln.kv_cache @fp8_latent : tensor<1x576xf32> {storage = #kiln.fp8_cache<columns = 512>}
 kiln.kv_cache @model.layers.0.self_attn.k : tensor<8x128xf32>
 kiln.kv_cache @model.layers.0.self_attn.v : tensor<8x128xbf16>
 kiln.kv_cache @latent : tensor<576xf8E4M3FN>
+kiln.kv_cache @fp8_latent : tensor<1x576xf32>
+    {storage = #kiln.fp8_cache<columns = 512>}
 
 // CHECK-LABEL: func.func @kv_cache
 // CHECK: kiln.kv_append @model.layers.0.self_attn.k, %arg0 at %arg1 : tensor<?x?x8x128xf32>, tensor<?x?xi32>

@@ -89,3 +89,12 @@
 // RUN: not kiln-opt %s -kiln-absorb-latent-kv=mode=bogus 2>&1 | FileCheck %s --check-prefix=BAD
 // BAD: mode must be auto, naive or absorbed, got 'bogus'
 module {}
+
+// FP8 latent cache: c_kv in e4m3 with a scale per 128 values, k_pe in bf16.
+// DeepSeek-V3 (shape-only): (512 + 4 * 4 + 64 * 2) = 656 bytes per token and
+// layer, 61 layers.
+// RUN: kiln compile-model %presets/deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv="mode=absorbed latent-cache-dtype=fp8" -kiln-summarize | FileCheck %s --check-prefix=FP8CACHE
+// FP8CACHE: kv_cache_bytes_per_token = 40016 : i64
+// FP8CACHE: kiln.kv_cache @model.layers.0.self_attn.latent_cache : tensor<1x576xf32> {storage = #kiln.fp8_cache<columns = 512>}
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | not kiln-opt -kiln-absorb-latent-kv=latent-cache-dtype=bf16 2>&1 | FileCheck %s --check-prefix=BADDTYPE
+// BADDTYPE: latent-cache-dtype must be f32 or fp8, got 'bf16'

@@ -27,8 +27,10 @@ CommandRunner registerVerify(CLI::App &app);
 CommandRunner registerBench(CLI::App &app);
 
 /// `kiln inspect` on a model directory or config.json (InspectModel.cpp).
+struct QuantizeFlags;
 absl::Status inspectModel(const std::string &path, const std::string &mla,
-                          const std::string &activationDtype);
+                          const std::string &activationDtype,
+                          const QuantizeFlags &quantize);
 
 } // namespace kiln::tools
 

@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 #include "tools/kiln/Commands.h"
 #include "tools/kiln/Progress.h"
+#include "tools/kiln/QuantizeOptions.h"
 
 #include "codegen/ArtifactWriter.h"
 #include "codegen/PlanBuilder.h"
@@ -40,6 +41,8 @@ struct CompileModelOptions {
   uint32_t maxBatch = 8;
   uint32_t maxContext = 0; // 0: min(config max positions, 4096)
   uint32_t maxPrefill = 0; // 0: min(max context, 512)
+  QuantizeFlags quantize;
+  bool report = false;
   std::vector<std::string> mlirOptions;
 };
 
@@ -137,12 +140,23 @@ absl::Status compileModel(const CompileModelOptions &opts) {
   optimize.batch = plan.maxBatch;
   optimize.prefillTokens = plan.maxPrefill;
   optimize.context = plan.maxContext;
+  if (absl::Status s =
+          applyQuantizeFlags(opts.quantize, model->config, optimize);
+      !s.ok())
+    return s;
   mlir::kiln::buildOptimizePipeline(pm, optimize);
+  WeightBytes before = weightBytes(module);
   progress.begin("optimize");
   if (mlir::failed(pm.run(module)))
     return absl::InternalError("the optimize phase failed on " + opts.model);
   progress.end();
   optimizeTimer.stop();
+  if (absl::Status s = checkKvCacheDtype(opts.quantize, module, opts.model);
+      !s.ok())
+    return s;
+  if (opts.report)
+    printWeightReport(opts.output == "-" ? std::cerr : std::cout, before,
+                      weightBytes(module));
   if (opts.compileTo == "optimize" || !artifact)
     return printModule(module, opts.output);
 
@@ -227,6 +241,10 @@ CommandRunner registerCompileModel(CLI::App &app) {
       ->capture_default_str();
   app.add_flag("--no-mtp", opts->noMtp,
                "Leave out the multi-token-prediction module(s)");
+  addQuantizeOptions(app, opts->quantize);
+  app.add_flag("--report", opts->report,
+               "Print weight bytes per dtype before and after the optimize "
+               "phase, and the FP8 scale overhead");
   app.allow_extras();
   app.callback([opts, &app] {
     for (const std::string &extra : app.remaining()) {

@@ -7,6 +7,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "tools/kiln/Commands.h"
+#include "tools/kiln/QuantizeOptions.h"
 
 #include "models/Import.h"
 #include "passes/Pipeline.h"
@@ -20,7 +21,8 @@
 namespace kiln::tools {
 
 absl::Status inspectModel(const std::string &path, const std::string &mla,
-                          const std::string &activationDtype) {
+                          const std::string &activationDtype,
+                          const QuantizeFlags &quantize) {
   mlir::MLIRContext context;
   models::BuildOptions build;
   build.includeMtp = false; // what an artifact executes
@@ -38,9 +40,16 @@ absl::Status inspectModel(const std::string &path, const std::string &mla,
   mlir::PassManager pm(&context);
   mlir::kiln::OptimizeOptions optimize;
   optimize.mla = mla;
+  if (absl::Status s = applyQuantizeFlags(quantize, model->config, optimize);
+      !s.ok())
+    return s;
   mlir::kiln::buildOptimizePipeline(pm, optimize);
+  WeightBytes before = weightBytes(*model->module);
   if (mlir::failed(pm.run(*model->module)))
     return absl::InternalError("the optimize phase failed on " + path);
+  if (absl::Status s = checkKvCacheDtype(quantize, *model->module, path);
+      !s.ok())
+    return s;
 
   mlir::ModuleOp module = *model->module;
   auto summary = module->getAttrOfType<mlir::DictionaryAttr>("kiln.summary");
@@ -68,6 +77,7 @@ absl::Status inspectModel(const std::string &path, const std::string &mla,
             << cacheElements / layers << " elements per token per layer, "
             << (build.bf16Activations ? "bf16" : "f32") << ")\n"
             << "attention:\n";
+  printWeightReport(std::cout, before, weightBytes(module));
   for (llvm::StringRef entry : {"prefill", "decode"}) {
     auto func = module.lookupSymbol<mlir::func::FuncOp>(entry);
     if (!func)

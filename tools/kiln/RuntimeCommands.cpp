@@ -5,6 +5,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "tools/kiln/Commands.h"
+#include "tools/kiln/QuantizeOptions.h"
 #include "tools/kiln/Progress.h"
 
 #include "frontend/Safetensors.h"
@@ -227,6 +228,7 @@ CommandRunner registerInspect(CLI::App &app) {
   auto noVerify = std::make_shared<bool>(false);
   auto mla = std::make_shared<std::string>("auto");
   auto activation = std::make_shared<std::string>("auto");
+  auto quantize = std::make_shared<QuantizeFlags>();
   app.add_option("artifact", *path,
                  "A .kiln file, or a model directory / config.json to "
                  "inspect shape-only as compile-model would build it")
@@ -241,11 +243,12 @@ CommandRunner registerInspect(CLI::App &app) {
                  "(auto: the config's torch_dtype)")
       ->check(CLI::IsMember({"auto", "f32", "bf16"}))
       ->capture_default_str();
-  return [path, noVerify, mla, activation] {
+  addQuantizeOptions(app, *quantize);
+  return [path, noVerify, mla, activation, quantize] {
     std::error_code ec;
     if (std::filesystem::is_directory(*path, ec) ||
         std::filesystem::path(*path).extension() == ".json")
-      return inspectModel(*path, *mla, *activation);
+      return inspectModel(*path, *mla, *activation, *quantize);
     return inspect(*path, !*noVerify);
   };
 }

@@ -25,9 +25,14 @@ inline constexpr uint64_t kParameterAlignment = 64;
 enum Feature : uint64_t {
   kFeatureEmbeddedWeights = 1u << 0,
   kFeatureExternalWeights = 1u << 1,
+  /// FP8 GEMMs with block scales (and weights quantized at load).
+  kFeatureFp8Weights = 1u << 2,
+  /// KV slots with FP8 storage (KvSlot.fp8_columns).
+  kFeatureFp8KvCache = 1u << 3,
 };
 inline constexpr uint64_t kKnownFeatures =
-    kFeatureEmbeddedWeights | kFeatureExternalWeights;
+    kFeatureEmbeddedWeights | kFeatureExternalWeights | kFeatureFp8Weights |
+    kFeatureFp8KvCache;
 
 struct FileHeader {
   char magic[8];

@@ -1,0 +1,63 @@
+// Compiling a model directory to an artifact in-process, as `kiln
+// compile-model` does (import, optimize, plan, write), for the e2e tests.
+#ifndef KILN_TESTS_E2E_COMPILE_H
+#define KILN_TESTS_E2E_COMPILE_H
+
+#include "codegen/ArtifactWriter.h"
+#include "codegen/PlanBuilder.h"
+#include "models/Import.h"
+#include "passes/Pipeline.h"
+#include "tests/frontend/TestUtil.h"
+
+#include "mlir/IR/MLIRContext.h"
+#include "gtest/gtest.h"
+
+#include <filesystem>
+
+namespace kiln::testing {
+
+struct CompileSettings {
+  CompileSettings() { optimize.prefillTokens = 0; }
+  /// prefillTokens 0: the plan's maxPrefill.
+  mlir::kiln::OptimizeOptions optimize;
+  codegen::PlanOptions plan{.maxBatch = 4, .maxPrefill = 16, .maxContext = 64};
+  codegen::WeightsMode weights = codegen::WeightsMode::Embed;
+};
+
+/// Compiles `modelDir` to `out`; the optimize options' cost-model bounds
+/// come from the plan's. Returns `out`, or an empty path after reporting
+/// a test failure.
+inline std::filesystem::path compileArtifact(const std::filesystem::path &modelDir,
+                                             const std::filesystem::path &out,
+                                             CompileSettings settings) {
+  using frontend::testing::errorOf;
+  mlir::MLIRContext context;
+  absl::StatusOr<models::ImportedModel> model =
+      models::importModel(context, modelDir);
+  EXPECT_TRUE(model.ok()) << errorOf(model);
+  if (!model.ok())
+    return {};
+  mlir::PassManager pm(&context);
+  settings.optimize.batch = settings.plan.maxBatch;
+  if (!settings.optimize.prefillTokens)
+    settings.optimize.prefillTokens = settings.plan.maxPrefill;
+  settings.optimize.context = settings.plan.maxContext;
+  mlir::kiln::buildOptimizePipeline(pm, settings.optimize);
+  if (mlir::failed(pm.run(*model->module))) {
+    ADD_FAILURE() << "the optimize phase failed on " << modelDir;
+    return {};
+  }
+  auto plan = codegen::buildPlan(*model->module, settings.plan);
+  if (mlir::failed(plan)) {
+    ADD_FAILURE() << "cannot plan " << modelDir;
+    return {};
+  }
+  absl::Status written = codegen::writeArtifact(
+      out, **plan, *model->module, *model->checkpoint, settings.weights);
+  EXPECT_TRUE(written.ok()) << errorOf(written);
+  return written.ok() ? out : std::filesystem::path();
+}
+
+} // namespace kiln::testing
+
+#endif // KILN_TESTS_E2E_COMPILE_H
