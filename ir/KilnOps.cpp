@@ -194,8 +194,10 @@ LogicalResult KVCacheOp::verify() {
     return emitOpError("cache entries must be f32, bf16 or f8E4M3FN, got ")
            << element;
   if (Fp8CacheAttr storage = getStorageAttr()) {
-    if (!element.isF32() || type.getRank() != 2 || type.getDimSize(0) != 1)
-      return emitOpError("fp8_cache storage needs a [1, n] f32 entry, got ")
+    if (!isa<Float32Type, BFloat16Type>(element) || type.getRank() != 2 ||
+        type.getDimSize(0) != 1)
+      return emitOpError("fp8_cache storage needs a [1, n] f32 or bf16 "
+                         "entry, got ")
              << type;
     if (storage.getColumns() > type.getDimSize(1))
       return emitOpError("fp8_cache columns (")

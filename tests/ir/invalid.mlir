@@ -106,7 +106,7 @@ kiln.kv_cache @half : tensor<8x128xf16>
 
 // -----
 
-// expected-error @+1 {{'kiln.kv_cache' op fp8_cache storage needs a [1, n] f32 entry, got 'tensor<8x128xf32>'}}
+// expected-error @+1 {{'kiln.kv_cache' op fp8_cache storage needs a [1, n] f32 or bf16 entry, got 'tensor<8x128xf32>'}}
 kiln.kv_cache @heads : tensor<8x128xf32> {storage = #kiln.fp8_cache<columns = 64>}
 
 // -----

@@ -60,8 +60,10 @@ absl::Status inspectModel(const std::string &path, const std::string &mla,
   int64_t layers = model->config.numHiddenLayers;
   int64_t cacheBytes = count("kv_cache_bytes_per_token");
   int64_t cacheElements = 0;
+  bool fp8Cache = false;
   module.walk([&](mlir::kiln::KVCacheOp slot) {
     cacheElements += slot.getEntryTensorType().getNumElements();
+    fp8Cache |= static_cast<bool>(slot.getStorageAttr());
   });
   std::cout << "model:           " << path << " (shape-only)\n"
             << "architecture:    "
@@ -75,9 +77,11 @@ absl::Status inspectModel(const std::string &path, const std::string &mla,
               << " bytes\n";
   std::cout << "kv cache:        " << cacheBytes << " bytes per token ("
             << cacheElements / layers << " elements per token per layer, "
-            << (build.bf16Activations ? "bf16" : "f32") << ")\n"
+            << (fp8Cache                ? "fp8 latent with bf16 rope"
+                : build.bf16Activations ? "bf16"
+                                        : "f32")
+            << ")\n"
             << "attention:\n";
-  printWeightReport(std::cout, before, weightBytes(module));
   for (llvm::StringRef entry : {"prefill", "decode"}) {
     auto func = module.lookupSymbol<mlir::func::FuncOp>(entry);
     if (!func)
@@ -93,6 +97,7 @@ absl::Status inspectModel(const std::string &path, const std::string &mla,
         form = "mla naive, per-head k/v cache";
     std::cout << "  " << entry.str() << ": " << form << "\n";
   }
+  printWeightReport(std::cout, before, weightBytes(module));
   return absl::OkStatus();
 }
 
