@@ -483,6 +483,13 @@ KILN_AVX2 inline __m256i maxNanKey(__m256i seen, const uint8_t *p) {
       seen, _mm256_or_si256(c, _mm256_set1_epi8(static_cast<char>(0x80))));
 }
 
+/// How far ahead of its reads each weight row of a tile prefetches. The
+/// decode leaves the hardware prefetchers too little lead on short rows
+/// (2 KiB at in = 2048: a few streams per page, retrained every tile); 16 KiB
+/// ahead, which also reaches into the rows of the next tiles, made decode
+/// (1 row) GEMVs of V2-Lite shapes 1.3-2x faster on an EPYC (Zen 4).
+constexpr int64_t kFp8PrefetchBytes = 16384;
+
 template <int R, int O>
 KILN_AVX2 void tileFp8Avx2(const Fp8Tile &t, float *sums) {
   constexpr float kUnbias = 0x1p120f / kCodeBias;
@@ -509,8 +516,12 @@ KILN_AVX2 void tileFp8Avx2(const Fp8Tile &t, float *sums) {
     // 32 codes per row and step: one NaN check, four 8-wide FMAs.
     for (; i + 32 <= k1; i += 32) {
 #pragma GCC unroll 4
-      for (int o = 0; o < O; ++o)
+      for (int o = 0; o < O; ++o) {
         seen = maxNanKey(seen, t.w + o * t.in + i);
+        _mm_prefetch(reinterpret_cast<const char *>(t.w + o * t.in + i) +
+                         kFp8PrefetchBytes,
+                     _MM_HINT_T0);
+      }
 #pragma GCC unroll 4
       for (int u = 0; u < 32; u += 8) {
         __m256 wv[O];
