@@ -442,10 +442,14 @@ TEST(Fp8Linear, MatchesReference) {
 
 TEST(Fp8Linear, NanCodePoisonsItsOutput) {
   std::mt19937 rng(3);
-  int64_t in = 200, out = 12, rows = 3;
+  // The partial K block [128, 203) runs 32 wide to 192, 8 wide to 200 and
+  // one by one after that.
+  int64_t in = 203, out = 12, rows = 3;
   Fp8Matrix w = randomMatrix(rng, 1, out, in, 128, 128);
-  w.codes[5 * in + 150] = 0xff; // -NaN, in the partial K block
   w.codes[9 * in + 3] = 0x7f;
+  w.codes[5 * in + 150] = 0xff; // -NaN
+  w.codes[2 * in + 196] = 0x7f;
+  w.codes[11 * in + 202] = 0xff;
   std::vector<float> x = randomActivations(rng, rows * in);
   std::vector<float> scratch(fp8ActivationScratch(rows, in, 128));
   forEachIsa([&] {
@@ -456,7 +460,8 @@ TEST(Fp8Linear, NanCodePoisonsItsOutput) {
         out, Weight{}, y.data(), {scratch.data(), false});
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t o = 0; o < out; ++o)
-        EXPECT_EQ(std::isnan(y[r * out + o]), o == 5 || o == 9)
+        EXPECT_EQ(std::isnan(y[r * out + o]),
+                  o == 2 || o == 5 || o == 9 || o == 11)
             << r << " " << o;
   });
 }

@@ -368,7 +368,7 @@ void quantizeActivations(const float *x, int64_t rows, int64_t in, int64_t bc,
     float amax = 0.0f;
 #pragma omp simd reduction(max : amax)
     for (int64_t i = 0; i < n; ++i)
-      amax = std::max(amax, std::fabs(src[i])); // skips NaNs
+      amax = std::max(amax, std::fabs(src[i]));
     float s = activationScale(amax, pow2);
     q.scales[item] = s;
     float *dst = q.codes + r * q.ld + k0;
@@ -404,9 +404,9 @@ struct Fp8Tile {
   int64_t ldx, in, bc, nkb, kbBegin, kbEnd;
 };
 
-/// NaN codes decode to finite values in the tiles (keeping the NaN test out
-/// of the inner loop); an output with one in its part of the weight row is
-/// NaN.
+/// NaN codes decode to finite values in the AVX2 tile (keeping the NaN test
+/// out of the inner loop); an output with one in its part of the weight row
+/// is NaN.
 template <int R, int O> void applyNanCodes(const Fp8Tile &t, float *sums) {
   int64_t k0 = t.kbBegin * t.bc, k1 = std::min(t.in, t.kbEnd * t.bc);
   for (int o = 0; o < O; ++o)
@@ -415,11 +415,11 @@ template <int R, int O> void applyNanCodes(const Fp8Tile &t, float *sums) {
         sums[r * O + o] = __builtin_nanf("");
 }
 
+/// The table decodes NaN codes to NaN, which the sums carry to the output.
 template <int R, int O> void tileFp8Generic(const Fp8Tile &t, float *sums) {
   constexpr int L = 8;
   const float *lut = e4m3Table().value;
   float total[R][O] = {};
-  bool nan = false;
   for (int64_t kb = t.kbBegin; kb < t.kbEnd; ++kb) {
     int64_t k0 = kb * t.bc, k1 = std::min(t.in, k0 + t.bc);
     float acc[R][O][L] = {};
@@ -427,11 +427,8 @@ template <int R, int O> void tileFp8Generic(const Fp8Tile &t, float *sums) {
     for (; i + L <= k1; i += L) {
       float wv[O][L];
       for (int o = 0; o < O; ++o)
-        for (int l = 0; l < L; ++l) {
-          uint8_t c = t.w[o * t.in + i + l];
-          nan |= isNanCode(c);
-          wv[o][l] = lut[c];
-        }
+        for (int l = 0; l < L; ++l)
+          wv[o][l] = lut[t.w[o * t.in + i + l]];
       for (int r = 0; r < R; ++r)
         for (int o = 0; o < O; ++o)
           for (int l = 0; l < L; ++l)
@@ -442,11 +439,8 @@ template <int R, int O> void tileFp8Generic(const Fp8Tile &t, float *sums) {
         float part = 0;
         for (int l = 0; l < L; ++l)
           part += acc[r][o][l];
-        for (int64_t k = i; k < k1; ++k) {
-          uint8_t c = t.w[o * t.in + k];
-          nan |= isNanCode(c);
-          part += t.x[r * t.ldx + k] * lut[c];
-        }
+        for (int64_t k = i; k < k1; ++k)
+          part += t.x[r * t.ldx + k] * lut[t.w[o * t.in + k]];
         float f = t.xScale[r * t.nkb + kb] * t.wScale[o][kb];
         total[r][o] += part * (1.0f / kCodeBias) * f;
       }
@@ -454,8 +448,6 @@ template <int R, int O> void tileFp8Generic(const Fp8Tile &t, float *sums) {
   for (int r = 0; r < R; ++r)
     for (int o = 0; o < O; ++o)
       sums[r * O + o] = total[r][o];
-  if (nan)
-    applyNanCodes<R, O>(t, sums);
 }
 
 /// Eight codes to fp32 times 2^-120: the sign-extended byte shifted left by
@@ -464,7 +456,8 @@ template <int R, int O> void tileFp8Generic(const Fp8Tile &t, float *sums) {
 /// sign over bits 27-31, which the mask keeps only at 31. NaN codes come out
 /// finite. Leaving the 2^-120 in (instead of a multiply per vector) is what
 /// the 2^64 on the activations is for: products of the two stay normal fp32
-/// (>= 2^-9 * 2^-9 * 2^-56) and exact; the block scale takes the 2^56. The
+/// (>= 2^-9 * 2^-9 * 2^-56) and exact; the block scale takes the 2^56 (so
+/// s_x * s_w must stay below 2^72, far beyond fp8's useful range). The
 /// subnormal codes are denormal FMA inputs, which cost nothing extra on the
 /// CPUs we run on (a multiply by 2^120 of them does) and are exact as long
 /// as denormals-are-zero is off, as the runtime leaves it.
