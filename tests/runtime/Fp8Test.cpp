@@ -305,6 +305,20 @@ TEST(Fp8Quantize, BlocksMatchReference) {
 namespace cpu {
 namespace {
 
+/// forEachIsa, and again with AVX2 but not AVX-512 where the CPU has both
+/// (the FP8 tiles differ).
+template <typename F> void forEachFp8Isa(F body) {
+  setAvx512Kernels(true);
+  forEachIsa(body);
+  setVectorKernels(true);
+  if (avx512KernelsActive()) {
+    setAvx512Kernels(false);
+    SCOPED_TRACE("avx2 without avx512");
+    body();
+    setAvx512Kernels(true);
+  }
+}
+
 /// Activations quantized as DeepSeek-V3 does, computed here on their own:
 /// values [rows, in] (code values) and scales [rows, nkb].
 struct QuantizedRows {
@@ -423,7 +437,7 @@ TEST(Fp8Linear, MatchesReference) {
         std::vector<float> scratch(fp8ActivationScratch(rows, s.in, s.bc));
         Weight weight{w.codes.data(), ElementType::F8E4M3, w.scales.data(),
                       s.br, s.bc};
-        forEachIsa([&] {
+        forEachFp8Isa([&] {
           std::vector<float> y(rows * s.out, -1.0f);
           linear(x.data(), rows, s.in, weight, s.out,
                  Weight{bias.data(), ElementType::BF16}, y.data(),
@@ -452,7 +466,7 @@ TEST(Fp8Linear, NanCodePoisonsItsOutput) {
   w.codes[11 * in + 202] = 0xff;
   std::vector<float> x = randomActivations(rng, rows * in);
   std::vector<float> scratch(fp8ActivationScratch(rows, in, 128));
-  forEachIsa([&] {
+  forEachFp8Isa([&] {
     std::vector<float> y(rows * out);
     linear(
         x.data(), rows, in,
@@ -521,7 +535,7 @@ TEST(Fp8GroupedLinear, MatchesReference) {
       std::vector<float> x = randomActivations(rng, rows * s.in);
       QuantizedRows q = quantizeRows(x, rows, s.in, s.bc, pow2);
       std::vector<float> scratch(fp8ActivationScratch(rows, s.in, s.bc));
-      forEachIsa([&] {
+      forEachFp8Isa([&] {
         std::vector<float> y(rows * s.out, -1.0f);
         groupedLinear(x.data(), s.in,
                       Weight{w.codes.data(), ElementType::F8E4M3,
@@ -549,7 +563,7 @@ TEST(Fp8HeadLinear, MatchesReference) {
     QuantizedRows q = quantizeRows(x, rows * heads, in, bc, false);
     std::vector<float> scratch(headLinearScratch(rows, in, out));
     std::vector<float> act(fp8ActivationScratch(rows * heads, in, bc));
-    forEachIsa([&] {
+    forEachFp8Isa([&] {
       std::vector<float> y(rows * heads * out, -1.0f);
       headLinear(
           x.data(), rows, heads, in,

@@ -14,12 +14,22 @@ namespace kiln::cpu {
 namespace {
 
 std::atomic<bool> vectorEnabled{true};
+std::atomic<bool> avx512Enabled{true};
 
 bool cpuHasAvx2() {
   static const bool has = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
            __builtin_cpu_supports("f16c");
+  }();
+  return has;
+}
+
+bool cpuHasAvx512vl() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512vl");
   }();
   return has;
 }
@@ -91,6 +101,12 @@ float loadWeight(Weight w, int64_t index) {
 void setVectorKernels(bool enabled) { vectorEnabled.store(enabled); }
 
 bool vectorKernelsActive() { return vectorEnabled.load() && cpuHasAvx2(); }
+
+void setAvx512Kernels(bool enabled) { avx512Enabled.store(enabled); }
+
+bool avx512KernelsActive() {
+  return vectorKernelsActive() && avx512Enabled.load() && cpuHasAvx512vl();
+}
 
 void embedding(const int32_t *tokens, int64_t count, Weight table, int64_t dim,
                float *out) {

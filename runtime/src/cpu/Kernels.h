@@ -113,6 +113,11 @@ float loadWeight(Weight w, int64_t index);
 void setVectorKernels(bool enabled);
 /// Whether the AVX2 paths are in use (enabled and supported by the CPU).
 bool vectorKernelsActive();
+/// Whether those paths may use AVX-512VL (for its 32 vector registers: the
+/// FP8 GEMM tiles) where the CPU has it; on by default, tests turn it off to
+/// exercise the AVX2-only code.
+void setAvx512Kernels(bool enabled);
+bool avx512KernelsActive();
 
 /// out[t, :] = table[tokens[t], :]; tokens are in [0, vocab).
 void embedding(const int32_t *tokens, int64_t count, Weight table, int64_t dim,

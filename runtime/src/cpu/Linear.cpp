@@ -306,9 +306,10 @@ void linearShared(const float *x, int64_t rows, int64_t in, Weight w,
 // significant bits, so the only rounding is in the fp32 sums. Tiles keep a
 // vector accumulator per (row, output) for the current K block and fold it
 // into the total with the block's combined scale at the end of the block.
-// They cover up to 4 rows x 3 outputs (or 1-2 rows x 4 outputs), which fills
-// the vector registers with accumulators, over chunks of K short enough that
-// those rows stay in L1 while the tiles of an output block pass over them.
+// They cover up to 4 rows x 3 outputs (8 with AVX-512's registers) or 1-2
+// rows x 4 outputs, which fills the vector registers with accumulators, over
+// chunks of K short enough that those rows stay in L1 while the tiles of an
+// output block pass over them.
 
 /// Activation codes are stored times 2^64 (see decodeE4m3).
 constexpr float kCodeBias = 0x1p64f;
@@ -483,8 +484,11 @@ KILN_AVX2 inline __m256i maxNanKey(__m256i seen, const uint8_t *p) {
 /// (1 row) GEMVs of V2-Lite shapes 1.3-2x faster on an EPYC (Zen 4).
 constexpr int64_t kFp8PrefetchBytes = 16384;
 
+/// The AVX2 tile, inlined into entry points for AVX2 and for AVX-512VL,
+/// whose 32 vector registers hold the accumulators of larger tiles.
 template <int R, int O>
-KILN_AVX2 void tileFp8Avx2(const Fp8Tile &t, float *sums) {
+KILN_AVX2 [[gnu::always_inline]] inline void tileFp8Body(const Fp8Tile &t,
+                                                         float *sums) {
   constexpr float kUnbias = 0x1p120f / kCodeBias;
   __m256 total[R][O];
   float totalTail[R][O];
@@ -573,40 +577,69 @@ KILN_AVX2 void tileFp8Avx2(const Fp8Tile &t, float *sums) {
     applyNanCodes<R, O>(t, sums);
 }
 
+template <int R, int O>
+KILN_AVX2 void tileFp8Avx2(const Fp8Tile &t, float *sums) {
+  tileFp8Body<R, O>(t, sums);
+}
+
+template <int R, int O>
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl"))) void
+tileFp8Avx512(const Fp8Tile &t, float *sums) {
+  tileFp8Body<R, O>(t, sums);
+}
+
 using Fp8TileFn = void (*)(const Fp8Tile &, float *);
 
-constexpr int kMaxFp8R = 4, kMaxFp8O = 4;
+constexpr int kMaxFp8R = 8, kMaxFp8O = 4;
 
-/// Outputs per tile for R rows: every weight decode feeds R * O FMAs while
-/// the accumulators stay in the 16 vector registers.
+enum class Fp8Isa { Portable, Avx2, Avx512 };
+
+/// Rows per tile: as many as the accumulators of 3 outputs fit in the vector
+/// registers (16, or 32 with AVX-512), so that each weight is decoded once
+/// per that many rows.
+constexpr int fp8MaxRows(Fp8Isa isa) { return isa == Fp8Isa::Avx512 ? 8 : 4; }
+
+/// Outputs per tile for R rows.
 constexpr int fp8OutputTile(int rows) { return rows <= 2 ? 4 : 3; }
 
 struct Fp8TileTable {
+  int maxRows = 0;
   Fp8TileFn fn[kMaxFp8R + 1][kMaxFp8O + 1] = {};
 };
 
-template <bool Avx2> constexpr Fp8TileTable makeFp8Table() {
+template <Fp8Isa Isa, int R, int O> constexpr Fp8TileFn fp8Tile() {
+  if constexpr (Isa == Fp8Isa::Avx512)
+    return &tileFp8Avx512<R, O>;
+  else if constexpr (Isa == Fp8Isa::Avx2)
+    return &tileFp8Avx2<R, O>;
+  else
+    return &tileFp8Generic<R, O>;
+}
+
+template <Fp8Isa Isa> constexpr Fp8TileTable makeFp8Table() {
   Fp8TileTable t;
+  t.maxRows = fp8MaxRows(Isa);
   [&]<int... Rs>(std::integer_sequence<int, Rs...>) {
     (
         [&]<int R>() {
           [&]<int... Os>(std::integer_sequence<int, Os...>) {
-            ((t.fn[R][Os + 1] =
-                  Avx2 ? &tileFp8Avx2<R, Os + 1> : &tileFp8Generic<R, Os + 1>),
-             ...);
+            ((t.fn[R][Os + 1] = fp8Tile<Isa, R, Os + 1>()), ...);
           }
           (std::make_integer_sequence<int, fp8OutputTile(R)>{});
         }.template operator()<Rs + 1>(),
         ...);
   }
-  (std::make_integer_sequence<int, kMaxFp8R>{});
+  (std::make_integer_sequence<int, fp8MaxRows(Isa)>{});
   return t;
 }
 
 const Fp8TileTable &fp8TileTable() {
-  static const Fp8TileTable generic = makeFp8Table<false>();
-  static const Fp8TileTable avx2 = makeFp8Table<true>();
-  return vectorKernelsActive() ? avx2 : generic;
+  static const Fp8TileTable portable = makeFp8Table<Fp8Isa::Portable>();
+  static const Fp8TileTable avx2 = makeFp8Table<Fp8Isa::Avx2>();
+  static const Fp8TileTable avx512 = makeFp8Table<Fp8Isa::Avx512>();
+  if (!vectorKernelsActive())
+    return portable;
+  return avx512KernelsActive() ? avx512 : avx2;
 }
 
 constexpr int64_t kMaxFp8Block = 96;
@@ -628,7 +661,7 @@ void linearFp8Shared(const Fp8Rows &q, int64_t rows, int64_t in, Weight w,
                             12, kMaxFp8Block);
   int64_t blocks = (out + block - 1) / block;
   // K chunks of whole blocks whose activations (one row tile) fit in 16 KiB.
-  int64_t chunkRows = std::min<int64_t>(rows, kMaxFp8R);
+  int64_t chunkRows = std::min<int64_t>(rows, table.maxRows);
   int64_t chunk = std::max<int64_t>(1, 4096 / (chunkRows * bc));
   const uint8_t *wCodes = static_cast<const uint8_t *>(w.data);
 #pragma omp for schedule(static) nowait
@@ -637,8 +670,8 @@ void linearFp8Shared(const Fp8Rows &q, int64_t rows, int64_t in, Weight w,
     float acc[kMaxFp8R][kMaxFp8Block];
     float sums[kMaxFp8R * kMaxFp8O];
     const float *wScale[kMaxFp8O];
-    for (int64_t r0 = 0; r0 < rows; r0 += kMaxFp8R) {
-      int R = static_cast<int>(std::min<int64_t>(kMaxFp8R, rows - r0));
+    for (int64_t r0 = 0; r0 < rows; r0 += table.maxRows) {
+      int R = static_cast<int>(std::min<int64_t>(table.maxRows, rows - r0));
       int oTile = fp8OutputTile(R);
       for (int64_t kb = 0; kb < q.nkb; kb += chunk) {
         for (int64_t o0 = oBegin; o0 < oEnd; o0 += oTile) {
