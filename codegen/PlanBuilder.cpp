@@ -91,6 +91,14 @@ public:
   LogicalResult plan(art::EntryPointT &entry);
 
 private:
+  /// The ops to launch, in order: fused groups contribute their members.
+  void flatten();
+  /// A fused group's block argument as the fused op's operand, its result
+  /// as the value its body yields.
+  Value resolve(Value value) const {
+    auto it = aliases_.find(value);
+    return it == aliases_.end() ? value : it->second;
+  }
   LogicalResult assignValues();
   FailureOr<Leading> leadingOf(Operation &op, RankedTensorType type);
   void assignOffsets(art::EntryPointT &entry);
@@ -106,6 +114,8 @@ private:
   Bounds bounds_;
   const llvm::StringMap<uint32_t> &parameters_;
   const llvm::StringMap<uint32_t> &slots_;
+  std::vector<Operation *> ops_;
+  llvm::DenseMap<Value, Value> aliases_;
   llvm::DenseMap<Value, ValueInfo> values_;
   llvm::DenseMap<Value, ValueInfo> gathered_;
   std::vector<Buffer> buffers_;
@@ -120,7 +130,29 @@ int EntryPlanner::newBuffer(Value value, const ValueInfo &info,
   return static_cast<int>(buffers_.size() - 1);
 }
 
+void EntryPlanner::flatten() {
+  // Until fused kernels are generated, each member runs as its own library
+  // kernel.
+  for (Operation &op : func_.getBody().front()) {
+    auto fused = dyn_cast<FusedOp>(op);
+    if (!fused) {
+      ops_.push_back(&op);
+      continue;
+    }
+    Block &body = fused.getBody().front();
+    for (auto [arg, input] :
+         llvm::zip_equal(body.getArguments(), fused.getInputs()))
+      aliases_[arg] = resolve(input);
+    for (Operation &member : body.without_terminator())
+      ops_.push_back(&member);
+    for (auto [result, yielded] : llvm::zip_equal(
+             fused.getResults(), body.getTerminator()->getOperands()))
+      aliases_[result] = resolve(yielded);
+  }
+}
+
 const ValueInfo &EntryPlanner::infoFor(Value value, Operation *user) const {
+  value = resolve(value);
   auto gathered = gathered_.find(value);
   if (gathered != gathered_.end() && user && !isa<AttentionOp>(user))
     return gathered->second;
@@ -139,7 +171,7 @@ FailureOr<Leading> EntryPlanner::leadingOf(Operation &op,
   // Otherwise the dimensions carry over from the first operand that has as
   // many (e.g. a linear over cached positions keeps KvLen).
   for (Value operand : op.getOperands()) {
-    auto it = values_.find(operand);
+    auto it = values_.find(resolve(operand));
     if (it != values_.end() && it->second.leading.size() >= n)
       return Leading(it->second.leading.begin(),
                      it->second.leading.begin() + n);
@@ -151,7 +183,7 @@ FailureOr<Leading> EntryPlanner::leadingOf(Operation &op,
 
 LogicalResult EntryPlanner::assignValues() {
   Block &body = func_.getBody().front();
-  size_t end = body.getOperations().size() + 1;
+  size_t end = ops_.size() + 1;
 
   // Entry arguments: tokens [B, S], positions [B, S], kv_lengths [B]; live
   // throughout (the caller writes them before the first launch).
@@ -168,7 +200,7 @@ LogicalResult EntryPlanner::assignValues() {
   }
 
   size_t position = 1;
-  for (Operation &op : body) {
+  for (Operation &op : llvm::make_pointee_range(ops_)) {
     for (Value operand : op.getOperands())
       if (int b = infoFor(operand, &op).buffer; b >= 0)
         buffers_[b].last = std::max(buffers_[b].last, position);
@@ -393,6 +425,7 @@ LogicalResult EntryPlanner::addLaunch(Operation *op, art::EntryPointT &entry) {
 }
 
 LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
+  flatten();
   if (failed(assignValues()))
     return failure();
   assignOffsets(entry);
@@ -401,7 +434,7 @@ LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
   entry.positions = ref(body.getArgument(1));
   entry.kv_lengths = ref(body.getArgument(2));
   entry.logits = ref(body.getTerminator()->getOperand(0));
-  for (Operation &op : body) {
+  for (Operation &op : llvm::make_pointee_range(ops_)) {
     if (auto read = dyn_cast<KVReadOp>(op); read && gathered_.count(read)) {
       auto gather = std::make_unique<art::LaunchT>();
       gather->kernel = art::KernelKind::KvGather;

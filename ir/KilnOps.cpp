@@ -635,3 +635,42 @@ LogicalResult MoECombineOp::verify() {
       *this, "result", getResult().getType(),
       {weights.getDimSize(0), weights.getDimSize(1), outputs.getDimSize(1)});
 }
+
+//===----------------------------------------------------------------------===//
+// Fusion
+//===----------------------------------------------------------------------===//
+
+bool FusedOp::canContain(Operation *op) {
+  return isa<RMSNormOp, AddOp, SwiGLUOp, RopeOp, SliceOp, ConcatOp, BroadcastOp,
+             ReshapeOp, MoEGateOp>(op);
+}
+
+LogicalResult FusedOp::verify() {
+  if (getName().empty())
+    return emitOpError("needs a kernel name");
+  if (getResults().empty())
+    return emitOpError("must yield at least one value");
+  Block &body = getBody().front();
+  if (body.getNumArguments() != getInputs().size())
+    return emitOpError("body takes ")
+           << body.getNumArguments() << " argument(s) for "
+           << getInputs().size() << " input(s)";
+  for (auto [i, pair] : llvm::enumerate(
+           llvm::zip_equal(body.getArgumentTypes(), getInputs().getTypes())))
+    if (std::get<0>(pair) != std::get<1>(pair))
+      return emitOpError("body argument ")
+             << i << " has type " << std::get<0>(pair) << ", input has "
+             << std::get<1>(pair);
+  auto yield = dyn_cast_or_null<YieldOp>(body.empty() ? nullptr : &body.back());
+  if (!yield)
+    return emitOpError("body must end with kiln.yield");
+  if (yield.getValues().getTypes() != getResultTypes())
+    return emitOpError("yields ")
+           << yield.getValues().size()
+           << " value(s) whose types differ from the results";
+  for (Operation &op : body.without_terminator())
+    if (!canContain(&op))
+      return op.emitOpError("cannot be fused: only row-local ops may be in "
+                            "a kiln.fused body");
+  return success();
+}

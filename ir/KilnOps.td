@@ -559,4 +559,61 @@ def Kiln_MoECombineOp : Kiln_Op<"moe_combine", [Pure]> {
   let hasVerifier = 1;
 }
 
+//===----------------------------------------------------------------------===//
+// Fusion
+//===----------------------------------------------------------------------===//
+
+def Kiln_FusedOp : Kiln_Op<"fused", [Pure, IsolatedFromAbove, SingleBlock]> {
+  let summary = "A group of row-local ops that runs as one kernel";
+  let description = [{
+    The ops of the body run as one kernel launch: a block of threads owns
+    one token (or one row of it) at a time and keeps the values the body
+    computes for it in registers or shared memory; only `inputs` are read
+    from memory and only the values `kiln.yield` returns are written. The
+    entry block's arguments stand for `inputs` in order. Only row-local ops
+    may appear in the body (`kiln.rms_norm`, `kiln.add`, `kiln.swiglu`,
+    `kiln.rope`, `kiln.slice`, `kiln.concat`, `kiln.broadcast`,
+    `kiln.reshape`, `kiln.moe_gate`): a token's results depend only on the
+    same token of the operands, plus whole weights. `name` names the
+    kernel; `kiln-fuse` records why it formed the group in `kiln.fusion`.
+
+    ```mlir
+    %h, %n = kiln.fused "fused_0_add_rms_norm"(%x, %y, %w)
+        : (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>)
+        -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>) {
+    ^bb0(%a: tensor<?x?x64xf32>, %b: tensor<?x?x64xf32>, %g: tensor<64xbf16>):
+      %s = kiln.add %a, %b : tensor<?x?x64xf32>
+      %r = kiln.rms_norm %s, %g {epsilon = 1.0e-06 : f64}
+          : (tensor<?x?x64xf32>, tensor<64xbf16>) -> tensor<?x?x64xf32>
+      kiln.yield %s, %r : tensor<?x?x64xf32>, tensor<?x?x64xf32>
+    }
+    ```
+  }];
+  let arguments = (ins StrAttr:$name, Variadic<AnyRankedTensor>:$inputs);
+  let results = (outs Variadic<AnyRankedTensor>:$results);
+  let regions = (region SizedRegion<1>:$body);
+  let assemblyFormat = [{
+    $name `(` $inputs `)` `:` functional-type($inputs, $results)
+    attr-dict-with-keyword $body
+  }];
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// True for the ops a fused body may hold: ops whose result rows depend
+    /// only on the same rows of their operands.
+    static bool canContain(::mlir::Operation *op);
+  }];
+}
+
+def Kiln_YieldOp : Kiln_Op<"yield", [Pure, Terminator,
+                                     HasParent<"FusedOp">]> {
+  let summary = "Returns the values a `kiln.fused` group writes to memory";
+  let description = [{
+    ```mlir
+    kiln.yield %s, %r : tensor<?x?x64xf32>, tensor<?x?x64xf32>
+    ```
+  }];
+  let arguments = (ins Variadic<AnyRankedTensor>:$values);
+  let assemblyFormat = "attr-dict ($values^ `:` type($values))?";
+}
+
 #endif // KILN_OPS_TD

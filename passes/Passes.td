@@ -113,4 +113,70 @@ def KilnAbsorbLatentKV : Pass<"kiln-absorb-latent-kv", "::mlir::ModuleOp"> {
   ];
 }
 
+def KilnFuse : Pass<"kiln-fuse", "::mlir::ModuleOp"> {
+  let summary = "Groups chains of row-local ops into fused kernels";
+  let description = [{
+    Wraps chains of *row-local* ops in `kiln.fused` ops, one kernel each.
+    A row is a vector along the last dimension: one token's hidden state,
+    or one head of a token for `[batch, seq, heads, d]` values (or a cached
+    position, or a routed row). Row-local ops compute a token's rows from
+    the same token's rows plus whole weights: `kiln.rms_norm`, `kiln.add`
+    (residuals), `kiln.swiglu`, `kiln.rope`, `kiln.slice`, `kiln.concat`,
+    `kiln.broadcast`, `kiln.reshape` (it keeps the token dimensions) and
+    `kiln.moe_gate` (router GEMV, softmax/sigmoid and grouped top-k over
+    one token's expert scores). A fused kernel gives each token (or row) to
+    one CUDA block (one thread team on the CPU), which keeps what it
+    computes in registers or shared memory, so those values never go
+    through memory. Ops that need other tokens are boundaries: GEMMs
+    (`linear`, `grouped_linear`, `head_linear`, `logits`) tile over many
+    tokens against a weight, `attention` reads every cached position,
+    `embedding`, the KV cache ops and `moe_dispatch`/`moe_combine` gather or
+    permute tokens, and `get_parameter` stays outside (weights are group
+    inputs).
+
+    Greedy, per function, latest op first: an op not yet grouped seeds a
+    group, which grows upwards: a producer of a member joins when
+
+    1. the group's row width — the widest row of any value its members read
+       or write (weights excluded), at 4 bytes per element since kernels
+       compute in fp32 — stays within `row-bytes` (default 48 KiB, the
+       shared memory a CUDA block gets without opting in). A norm or the
+       router needs its whole row on chip before it can finish it; this
+       bounds that, not what a kernel may stream through. DeepSeek-V3's
+       7168-wide hidden rows take 28 KiB, its 576-wide query heads 2.3 KiB;
+    2. every use outside the group comes after the group's last op. The
+       fused op takes the last op's place, so nothing else moves (KV-cache
+       reads and writes keep their order, which SSA does not show), and no
+       cycle can form: an op that consumed a group value and fed the group
+       would come before the last op. A value several groups read so joins
+       the earliest of them;
+    3. for a reshape: all its uses are in the group (a reshape is a view,
+       outside users read its input for free).
+
+    A producer with uses outside the group is computed once and also
+    written (yielded) rather than recomputed in each consumer's kernel:
+    writing costs one row per token, recomputing re-reads the producer's
+    inputs in every other kernel (two rows for a residual add, a row and
+    the weight for a norm), and the residual stream must be written for the
+    next layer anyway. So a residual add joins the RMSNorm after it
+    (`fused_add_rms_norm`) and the norm before a MoE router joins the
+    router, both yielding their results too.
+
+    A group becomes a `kiln.fused` op when it holds two ops that compute
+    (reshapes are views) or when a result feeds an FP8 GEMM, whose
+    activation quantization (per token, per 128 channels) then belongs to
+    the kernel's epilogue. Each fused op is named `fused_<n>_<op kinds>`
+    (unique in the module) and records `kiln.fusion = {kind = "row",
+    row_bytes, saved_bytes, quantizes_for}`: `saved_bytes` is the memory
+    traffic per token the group avoids — the write of every value only the
+    group reads, and every read by a member of a value a member computed;
+    `quantizes_for` lists the FP8 activation quantizations (`"fp8 1x128"`,
+    `" ue8m0"` with power-of-two scales) of the GEMMs the results feed.
+  }];
+  let options = [
+    Option<"rowBytes", "row-bytes", "int64_t", /*default=*/"49152",
+           "Bytes of on-chip memory one row of a fused kernel may take">,
+  ];
+}
+
 #endif // KILN_PASSES_TD

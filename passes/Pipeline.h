@@ -27,6 +27,8 @@ struct OptimizeOptions {
   std::vector<std::string> keepOps, keepPatterns;
   /// Latent KV-cache storage: "f32" or "fp8".
   std::string latentCacheDtype = "f32";
+  /// Run kiln-fuse (row-local op chains into kiln.fused kernels).
+  bool fuse = true;
 };
 
 /// Adds the optimize phase of `kiln compile-model` to `pm`.

@@ -1287,3 +1287,133 @@ func.func @combine_weights_dtype(%o: tensor<?x64xf32>, %w: tensor<?x?x2xbf16>, %
   %0 = kiln.moe_combine %o, %w, %s : (tensor<?x64xf32>, tensor<?x?x2xbf16>, tensor<?xi32>) -> tensor<?x?x64xf32>
   return
 }
+
+//===----------------------------------------------------------------------===//
+// kiln.fused, kiln.yield
+//===----------------------------------------------------------------------===//
+
+// -----
+
+func.func @fused_yield_count(%x: tensor<?x?x8xf32>) {
+  // expected-error @+1 {{'kiln.fused' op yields 2 value(s) whose types differ from the results}}
+  %r = kiln.fused "f"(%x) : (tensor<?x?x8xf32>) -> tensor<?x?x8xf32> {
+  ^bb0(%a: tensor<?x?x8xf32>):
+    %s = kiln.add %a, %a : tensor<?x?x8xf32>
+    kiln.yield %s, %s : tensor<?x?x8xf32>, tensor<?x?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_yield_type(%x: tensor<?x?x8xf32>) {
+  // expected-error @+1 {{'kiln.fused' op yields 1 value(s) whose types differ from the results}}
+  %r = kiln.fused "f"(%x) : (tensor<?x?x8xf32>) -> tensor<?x?x4xf32> {
+  ^bb0(%a: tensor<?x?x8xf32>):
+    %s = kiln.add %a, %a : tensor<?x?x8xf32>
+    kiln.yield %s : tensor<?x?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_gemm(%x: tensor<?x?x8xf32>, %w: tensor<8x8xf32>) {
+  %r = kiln.fused "f"(%x, %w) : (tensor<?x?x8xf32>, tensor<8x8xf32>) -> tensor<?x?x8xf32> {
+  ^bb0(%a: tensor<?x?x8xf32>, %b: tensor<8x8xf32>):
+    // expected-error @+1 {{'kiln.linear' op cannot be fused: only row-local ops may be in a kiln.fused body}}
+    %s = kiln.linear %a, %b : (tensor<?x?x8xf32>, tensor<8x8xf32>) -> tensor<?x?x8xf32>
+    kiln.yield %s : tensor<?x?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_parameter(%x: tensor<?x?x8xf32>) {
+  %r = kiln.fused "f"(%x) : (tensor<?x?x8xf32>) -> tensor<?x?x8xf32> {
+  ^bb0(%a: tensor<?x?x8xf32>):
+    // expected-error @+1 {{'kiln.get_parameter' op cannot be fused: only row-local ops may be in a kiln.fused body}}
+    %w = kiln.get_parameter @w : tensor<8xf32>
+    %s = kiln.rms_norm %a, %w {epsilon = 1.0e-06 : f64} : (tensor<?x?x8xf32>, tensor<8xf32>) -> tensor<?x?x8xf32>
+    kiln.yield %s : tensor<?x?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_arguments(%x: tensor<?x?x8xf32>) {
+  // expected-error @+1 {{'kiln.fused' op body takes 2 argument(s) for 1 input(s)}}
+  %r = kiln.fused "f"(%x) : (tensor<?x?x8xf32>) -> tensor<?x?x8xf32> {
+  ^bb0(%a: tensor<?x?x8xf32>, %b: tensor<?x?x8xf32>):
+    %s = kiln.add %a, %b : tensor<?x?x8xf32>
+    kiln.yield %s : tensor<?x?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_argument_type(%x: tensor<?x?x8xf32>) {
+  // expected-error @+1 {{'kiln.fused' op body argument 0 has type 'tensor<?x?x8xbf16>', input has 'tensor<?x?x8xf32>'}}
+  %r = kiln.fused "f"(%x) : (tensor<?x?x8xf32>) -> tensor<?x?x8xbf16> {
+  ^bb0(%a: tensor<?x?x8xbf16>):
+    %s = kiln.add %a, %a : tensor<?x?x8xbf16>
+    kiln.yield %s : tensor<?x?x8xbf16>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_no_yield(%x: tensor<?x?x8xf32>) {
+  // expected-error @+1 {{'kiln.fused' op body must end with kiln.yield}}
+  %r = kiln.fused "f"(%x) : (tensor<?x?x8xf32>) -> tensor<?x?x8xf32> {
+  ^bb0(%a: tensor<?x?x8xf32>):
+    %s = kiln.add %a, %a : tensor<?x?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_no_results(%x: tensor<?x?x8xf32>) {
+  // expected-error @+1 {{'kiln.fused' op must yield at least one value}}
+  kiln.fused "f"(%x) : (tensor<?x?x8xf32>) -> () {
+  ^bb0(%a: tensor<?x?x8xf32>):
+    kiln.yield
+  }
+  return
+}
+
+// -----
+
+func.func @fused_name(%x: tensor<?x?x8xf32>) {
+  // expected-error @+1 {{'kiln.fused' op needs a kernel name}}
+  %r = kiln.fused ""(%x) : (tensor<?x?x8xf32>) -> tensor<?x?x8xf32> {
+  ^bb0(%a: tensor<?x?x8xf32>):
+    kiln.yield %a : tensor<?x?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_from_above(%x: tensor<?x?x8xf32>) {
+  // expected-note @+1 {{required by region isolation constraints}}
+  %r = kiln.fused "f"(%x) : (tensor<?x?x8xf32>) -> tensor<?x?x8xf32> {
+  ^bb0(%a: tensor<?x?x8xf32>):
+    // expected-error @+1 {{'kiln.add' op using value defined outside the region}}
+    %s = kiln.add %a, %x : tensor<?x?x8xf32>
+    kiln.yield %s : tensor<?x?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @yield_outside(%x: tensor<?x?x8xf32>) {
+  // expected-error @+1 {{'kiln.yield' op expects parent op 'kiln.fused'}}
+  kiln.yield %x : tensor<?x?x8xf32>
+}

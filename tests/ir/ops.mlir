@@ -425,3 +425,34 @@ func.func @dynamic_weights(%x: tensor<?x?x64xf32>, %w: tensor<?x64xf8E4M3FN>,
          tensor<?x?xi32>, tensor<?xi32>) -> tensor<?x?x4x?xf32>
   return
 }
+
+// -----
+
+// A fused group: the body's arguments stand for the inputs, kiln.yield
+// returns the results.
+
+// CHECK-LABEL: func.func @fused
+// CHECK: %[[F:.*]]:2 = kiln.fused "fused_0_add_rms_norm"(%arg0, %arg1, %arg2) : (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>) attributes {kiln.fusion = {kind = "row", quantizes_for = ["fp8 1x128"], row_bytes = 256 : i64, saved_bytes = 256 : i64}} {
+// CHECK-NEXT: ^bb0(%[[A:.*]]: tensor<?x?x64xf32>, %[[B:.*]]: tensor<?x?x64xf32>, %[[W:.*]]: tensor<64xbf16>):
+// CHECK-NEXT: %[[S:.*]] = kiln.add %[[A]], %[[B]] : tensor<?x?x64xf32>
+// CHECK-NEXT: %[[N:.*]] = kiln.rms_norm %[[S]], %[[W]] {epsilon = 9.9999999999999995E-7 : f64} : (tensor<?x?x64xf32>, tensor<64xbf16>) -> tensor<?x?x64xf32>
+// CHECK-NEXT: kiln.yield %[[S]], %[[N]] : tensor<?x?x64xf32>, tensor<?x?x64xf32>
+// CHECK-NEXT: }
+// CHECK-NEXT: return %[[F]]#0, %[[F]]#1
+func.func @fused(%x: tensor<?x?x64xf32>, %y: tensor<?x?x64xf32>,
+                 %w: tensor<64xbf16>)
+    -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>) {
+  %r:2 = kiln.fused "fused_0_add_rms_norm"(%x, %y, %w)
+      : (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>)
+      -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>)
+      attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64,
+                                 saved_bytes = 256 : i64,
+                                 quantizes_for = ["fp8 1x128"]}} {
+  ^bb0(%a: tensor<?x?x64xf32>, %b: tensor<?x?x64xf32>, %g: tensor<64xbf16>):
+    %s = kiln.add %a, %b : tensor<?x?x64xf32>
+    %n = kiln.rms_norm %s, %g {epsilon = 1.0e-06 : f64}
+        : (tensor<?x?x64xf32>, tensor<64xbf16>) -> tensor<?x?x64xf32>
+    kiln.yield %s, %n : tensor<?x?x64xf32>, tensor<?x?x64xf32>
+  }
+  return %r#0, %r#1 : tensor<?x?x64xf32>, tensor<?x?x64xf32>
+}

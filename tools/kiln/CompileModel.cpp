@@ -37,6 +37,7 @@ struct CompileModelOptions {
   std::string activationDtype = "f32";
   std::string weights = "embed";
   bool noMtp = false;
+  bool noFuse = false;
   std::string mla = "auto";
   uint32_t maxBatch = 8;
   uint32_t maxContext = 0; // 0: min(config max positions, 4096)
@@ -140,6 +141,7 @@ absl::Status compileModel(const CompileModelOptions &opts) {
   optimize.batch = plan.maxBatch;
   optimize.prefillTokens = plan.maxPrefill;
   optimize.context = plan.maxContext;
+  optimize.fuse = !opts.noFuse;
   if (absl::Status s =
           applyQuantizeFlags(opts.quantize, model->config, optimize);
       !s.ok())
@@ -241,6 +243,8 @@ CommandRunner registerCompileModel(CLI::App &app) {
       ->capture_default_str();
   app.add_flag("--no-mtp", opts->noMtp,
                "Leave out the multi-token-prediction module(s)");
+  app.add_flag("--no-fuse", opts->noFuse,
+               "Do not group row-local ops into kiln.fused kernels");
   addQuantizeOptions(app, opts->quantize);
   app.add_flag("--report", opts->report,
                "Print weight bytes per dtype before and after the optimize "

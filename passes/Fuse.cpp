@@ -1,0 +1,353 @@
+//===- Fuse.cpp - row-local op chains into fused kernels ------------------===//
+//
+// Groups chains of row-local ops (norms, residual adds, SwiGLU, RoPE, MoE
+// routing and the slices, concats, broadcasts and reshapes between them)
+// into `kiln.fused` ops, one kernel each. The rules and the cost measure are
+// in the pass description (Passes.td).
+//
+//===----------------------------------------------------------------------===//
+#include "ir/KilnOps.h"
+#include "passes/Passes.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/IRMapping.h"
+#include "llvm/ADT/SetVector.h"
+#include "llvm/ADT/TypeSwitch.h"
+#include "llvm/Support/FormatVariadic.h"
+
+#include <set>
+
+namespace mlir::kiln {
+#define GEN_PASS_DEF_KILNFUSE
+#include "passes/Passes.h.inc"
+} // namespace mlir::kiln
+
+using namespace mlir;
+using namespace mlir::kiln;
+
+namespace {
+
+/// Fused kernels compute in fp32 whatever the activation type.
+constexpr int64_t kOnChipElementBytes = 4;
+
+/// A tensor's shape as fusion sees it: the leading dynamic dimensions index
+/// tokens (or cached positions, or routed rows), the static rest holds
+/// `perToken` elements in rows of the last dimension (`row` elements; one
+/// per token when every dimension is dynamic).
+struct Rows {
+  size_t leading = 0;
+  int64_t perToken = 1;
+  int64_t row = 1;
+};
+
+std::optional<Rows> rowsOf(Type type) {
+  auto tensor = dyn_cast<RankedTensorType>(type);
+  if (!tensor)
+    return std::nullopt;
+  ArrayRef<int64_t> shape = tensor.getShape();
+  Rows rows;
+  while (rows.leading < shape.size() &&
+         ShapedType::isDynamic(shape[rows.leading]))
+    ++rows.leading;
+  for (int64_t d : shape.drop_front(rows.leading)) {
+    if (ShapedType::isDynamic(d))
+      return std::nullopt;
+    rows.perToken *= d;
+    rows.row = d;
+  }
+  return rows;
+}
+
+/// Bytes one token of `value` takes in memory.
+int64_t tokenBytes(Value value) {
+  Type element = getElementTypeOrSelf(value.getType());
+  return rowsOf(value.getType())->perToken * element.getIntOrFloatBitWidth() /
+         8;
+}
+
+/// The widest row (in elements) `op` reads or writes, or nullopt when `op`
+/// may not be fused: it must be a kind a fused body holds, its results and
+/// its operands with dynamic dimensions must share the same token
+/// dimensions, and its other operands must be fully static (weights, which
+/// every row reads whole).
+std::optional<int64_t> rowElements(Operation *op) {
+  if (!FusedOp::canContain(op) || op->getNumResults() == 0)
+    return std::nullopt;
+  std::optional<Rows> first = rowsOf(op->getResult(0).getType());
+  if (!first || first->leading == 0)
+    return std::nullopt;
+  int64_t widest = 0;
+  for (Value result : op->getResults()) {
+    std::optional<Rows> rows = rowsOf(result.getType());
+    if (!rows || rows->leading != first->leading)
+      return std::nullopt;
+    widest = std::max(widest, rows->row);
+  }
+  for (Value operand : op->getOperands()) {
+    std::optional<Rows> rows = rowsOf(operand.getType());
+    if (!rows || (rows->leading != 0 && rows->leading != first->leading))
+      return std::nullopt;
+    if (rows->leading != 0)
+      widest = std::max(widest, rows->row);
+  }
+  return widest;
+}
+
+/// The activation quantization an FP8 GEMM applies to `value` when it is
+/// the GEMM's input, looking through reshapes (views), as "fp8 1x<cols>"
+/// (" ue8m0" with power-of-two scales).
+void collectFp8Quantization(Value value, std::set<std::string> &out) {
+  for (OpOperand &use : value.getUses()) {
+    Operation *user = use.getOwner();
+    if (auto reshape = dyn_cast<ReshapeOp>(user)) {
+      collectFp8Quantization(reshape.getResult(), out);
+      continue;
+    }
+    if (use.getOperandNumber() != 0)
+      continue;
+    auto quant =
+        llvm::TypeSwitch<Operation *,
+                         std::pair<std::optional<ArrayRef<int64_t>>, bool>>(
+            user)
+            .Case<LinearOp, HeadLinearOp, GroupedLinearOp>([](auto gemm) {
+              return std::make_pair(gemm.getBlockSize(), gemm.getActUe8m0());
+            })
+            .Default([](Operation *) {
+              return std::make_pair(std::optional<ArrayRef<int64_t>>(), false);
+            });
+    if (quant.first)
+      out.insert(llvm::formatv("fp8 1x{0}{1}", (*quant.first)[1],
+                               quant.second ? " ue8m0" : "")
+                     .str());
+  }
+}
+
+struct Group {
+  SmallVector<Operation *> members;
+  /// The latest member in block order, where the fused op goes.
+  Operation *last;
+  int64_t rowElements;
+};
+
+class BlockFuser {
+public:
+  BlockFuser(Block &block, int64_t rowBytesBudget)
+      : block_(block), budget_(rowBytesBudget) {}
+
+  /// Forms the groups of `block_`, latest op first, each growing upwards
+  /// through its members' producers.
+  void formGroups() {
+    for (auto [i, op] : llvm::enumerate(block_))
+      position_[&op] = i;
+    for (Operation &op : llvm::reverse(block_)) {
+      // A reshape is a view: a group ending in one would copy it.
+      if (groupOf_.count(&op) || isa<ReshapeOp>(op))
+        continue;
+      std::optional<int64_t> width = rowElements(&op);
+      if (!width || *width * kOnChipElementBytes > budget_)
+        continue;
+      size_t id = groups_.size();
+      groups_.push_back({{&op}, &op, *width});
+      groupOf_[&op] = id;
+      SmallVector<Operation *> worklist{&op};
+      while (!worklist.empty()) {
+        Operation *member = worklist.pop_back_val();
+        for (Value operand : member->getOperands()) {
+          Operation *producer = operand.getDefiningOp();
+          if (!producer || producer->getBlock() != &block_ ||
+              groupOf_.count(producer) || !canJoin(producer, id))
+            continue;
+          Group &group = groups_[id];
+          group.members.push_back(producer);
+          group.rowElements =
+              std::max(group.rowElements, *rowElements(producer));
+          groupOf_[producer] = id;
+          worklist.push_back(producer);
+        }
+      }
+    }
+  }
+
+  /// Replaces every group worth a kernel by a `kiln.fused` op, in block
+  /// order, naming them from `counter` on.
+  void materialize(unsigned &counter) {
+    for (Group &group : llvm::reverse(groups_)) {
+      llvm::sort(group.members, [&](Operation *a, Operation *b) {
+        return position_.lookup(a) < position_.lookup(b);
+      });
+      if (DictionaryAttr fusion = describe(group))
+        replace(group, counter++, fusion);
+    }
+  }
+
+private:
+  bool inGroup(Operation *op, size_t id) const {
+    auto it = groupOf_.find(op);
+    return it != groupOf_.end() && it->second == id;
+  }
+
+  /// Whether `producer` may join group `id`: it is row-local, the group's
+  /// widest row stays within the budget, and every use outside the group
+  /// comes after the group's last op (the fused op takes that op's place,
+  /// so no op moves; an op that consumed a group value and fed the group —
+  /// a cycle — would come before it). A reshape joins only when all its uses
+  /// are in the group: outside users read its input for free.
+  bool canJoin(Operation *producer, size_t id) const {
+    const Group &group = groups_[id];
+    std::optional<int64_t> width = rowElements(producer);
+    if (!width ||
+        std::max(group.rowElements, *width) * kOnChipElementBytes > budget_)
+      return false;
+    size_t last = position_.lookup(group.last);
+    for (Operation *user : producer->getUsers()) {
+      if (inGroup(user, id))
+        continue;
+      Operation *outside = block_.findAncestorOpInBlock(*user);
+      if (isa<ReshapeOp>(producer) || !outside ||
+          position_.lookup(outside) <= last)
+        return false;
+    }
+    return true;
+  }
+
+  /// Whether the fused kernel holds `value` on chip rather than reading it
+  /// from memory: a member computes it (a reshape only re-labels its input).
+  bool onChip(Value value, size_t id) const {
+    Operation *producer = value.getDefiningOp();
+    if (!producer || !inGroup(producer, id))
+      return false;
+    if (auto reshape = dyn_cast<ReshapeOp>(producer))
+      return onChip(reshape.getInput(), id);
+    return true;
+  }
+
+  /// `kiln.fusion` for a group worth a kernel, else null: a group needs two
+  /// ops that compute (reshapes are views), or one whose result an FP8 GEMM
+  /// quantizes (the kernel then does that too).
+  DictionaryAttr describe(const Group &group) const {
+    size_t id = groupOf_.lookup(group.last);
+    // Per token: the writes of values no one outside reads, and every read
+    // of a value a member computed, which unfused kernels would make.
+    int64_t saved = 0;
+    std::set<std::string> quantizes;
+    for (Operation *member : group.members) {
+      for (Value result : member->getResults()) {
+        bool yielded = llvm::any_of(result.getUsers(), [&](Operation *user) {
+          return !inGroup(user, id);
+        });
+        if (yielded)
+          collectFp8Quantization(result, quantizes);
+        else if (!isa<ReshapeOp>(member))
+          saved += tokenBytes(result);
+      }
+      if (isa<ReshapeOp>(member))
+        continue;
+      for (Value operand : member->getOperands())
+        if (onChip(operand, id))
+          saved += isa<SliceOp>(member) ? tokenBytes(member->getResult(0))
+                                        : tokenBytes(operand);
+    }
+    size_t computing = llvm::count_if(
+        group.members, [](Operation *op) { return !isa<ReshapeOp>(op); });
+    if (computing < 2 && quantizes.empty())
+      return nullptr;
+    Builder b(block_.getParentOp()->getContext());
+    SmallVector<NamedAttribute> fields{
+        b.getNamedAttr("kind", b.getStringAttr("row")),
+        b.getNamedAttr("row_bytes", b.getI64IntegerAttr(group.rowElements *
+                                                        kOnChipElementBytes)),
+        b.getNamedAttr("saved_bytes", b.getI64IntegerAttr(saved)),
+    };
+    if (!quantizes.empty()) {
+      SmallVector<Attribute> names;
+      for (const std::string &q : quantizes)
+        names.push_back(b.getStringAttr(q));
+      fields.push_back(b.getNamedAttr("quantizes_for", b.getArrayAttr(names)));
+    }
+    return b.getDictionaryAttr(fields);
+  }
+
+  void replace(const Group &group, unsigned index, DictionaryAttr fusion) {
+    llvm::SmallPtrSet<Operation *, 8> members(group.members.begin(),
+                                              group.members.end());
+    llvm::SetVector<Value> inputs;
+    SmallVector<Value> yielded;
+    SmallVector<Location> locs;
+    std::string name = llvm::formatv("fused_{0}", index).str();
+    llvm::SetVector<StringRef> kinds;
+    for (Operation *member : group.members) {
+      for (Value operand : member->getOperands())
+        if (!members.contains(operand.getDefiningOp()))
+          inputs.insert(operand);
+      for (Value result : member->getResults())
+        if (llvm::any_of(result.getUsers(), [&](Operation *user) {
+              return !members.contains(user);
+            }))
+          yielded.push_back(result);
+      locs.push_back(member->getLoc());
+      kinds.insert(member->getName().stripDialect());
+    }
+    for (StringRef kind : kinds)
+      name += ("_" + kind).str();
+
+    OpBuilder b(group.last);
+    auto fused =
+        b.create<FusedOp>(b.getFusedLoc(locs), ValueRange(yielded).getTypes(),
+                          name, inputs.getArrayRef());
+    fused->setAttr("kiln.fusion", fusion);
+    SmallVector<Location> argLocs;
+    for (Value input : inputs)
+      argLocs.push_back(input.getLoc());
+    Block *body =
+        b.createBlock(&fused.getBody(), {},
+                      ValueRange(inputs.getArrayRef()).getTypes(), argLocs);
+    IRMapping mapping;
+    mapping.map(inputs.getArrayRef(), body->getArguments());
+    for (Operation *member : group.members)
+      b.clone(*member, mapping);
+    SmallVector<Value> results;
+    for (Value value : yielded)
+      results.push_back(mapping.lookup(value));
+    b.create<YieldOp>(fused.getLoc(), results);
+
+    for (auto [value, result] : llvm::zip_equal(yielded, fused.getResults()))
+      value.replaceUsesWithIf(result, [&](OpOperand &use) {
+        return !members.contains(use.getOwner());
+      });
+    for (Operation *member : llvm::reverse(group.members)) {
+      // New ops may reuse the address.
+      groupOf_.erase(member);
+      member->erase();
+    }
+  }
+
+  Block &block_;
+  int64_t budget_;
+  llvm::DenseMap<Operation *, size_t> position_;
+  llvm::DenseMap<Operation *, size_t> groupOf_;
+  SmallVector<Group> groups_;
+};
+
+struct FusePass : public mlir::kiln::impl::KilnFuseBase<FusePass> {
+  using KilnFuseBase::KilnFuseBase;
+
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    if (rowBytes < kOnChipElementBytes) {
+      module.emitError("kiln-fuse: row-bytes must be >= ")
+          << kOnChipElementBytes;
+      return signalPassFailure();
+    }
+    // Kernel names stay unique when the pass runs again.
+    unsigned counter = 0;
+    module.walk([&](FusedOp) { ++counter; });
+    for (auto func : module.getOps<func::FuncOp>())
+      for (Block &block : func.getBody()) {
+        BlockFuser fuser(block, rowBytes);
+        fuser.formGroups();
+        fuser.materialize(counter);
+      }
+  }
+};
+
+} // namespace

@@ -1,0 +1,311 @@
+// kiln-fuse on builder output (a tiny DeepSeek-V3: hidden 64, 4 heads,
+// kv_lora 32, qk_rope 8, a dense first layer, sigmoid noaux_tc routing) and
+// on small hand-written functions, one rule each.
+
+// Decode (absorbed MLA) per layer: the latent cache entry (slice, norm,
+// rope, concat), the query's rope half joined to the absorbed nope half, the
+// residual add with the next norm (the add is yielded: the next layer adds
+// to it), and in MoE layers the router with that norm.
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | FileCheck %s --check-prefix=V3
+// V3-LABEL: func.func @decode
+// V3: %[[ENTRY:.*]] = kiln.fused "fused_0_slice_rms_norm_reshape_rope_concat"(%{{.*}}, %{{.*}}, %arg1) : (tensor<?x?x40xf32>, tensor<32xbf16>, tensor<?x?xi32>) -> tensor<?x?x1x40xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 160 : i64, saved_bytes = 640 : i64}} {
+// V3-NEXT: ^bb0(%[[LAT:.*]]: tensor<?x?x40xf32>, %[[W:.*]]: tensor<32xbf16>, %[[POS:.*]]: tensor<?x?xi32>):
+// V3-NEXT: %[[C:.*]] = kiln.slice %[[LAT]][0, 32]
+// V3-NEXT: %[[N:.*]] = kiln.rms_norm %[[C]], %[[W]]
+// V3-NEXT: %[[KPE:.*]] = kiln.slice %[[LAT]][32, 8]
+// V3-NEXT: %[[KPE4:.*]] = kiln.reshape %[[KPE]]
+// V3-NEXT: %[[ROPED:.*]] = kiln.rope %[[KPE4]], %[[POS]]
+// V3-NEXT: %[[N4:.*]] = kiln.reshape %[[N]]
+// V3-NEXT: %[[CAT:.*]] = kiln.concat %[[N4]], %[[ROPED]]
+// V3-NEXT: kiln.yield %[[CAT]] : tensor<?x?x1x40xf32>
+// V3-NEXT: }
+// V3-NEXT: kiln.kv_append @model.layers.0.self_attn.latent_cache, %[[ENTRY]]
+// V3: %[[QLAT:.*]] = kiln.head_linear
+// V3-NEXT: %[[Q:.*]] = kiln.fused "fused_1_slice_rope_concat"(%{{.*}}, %arg1, %[[QLAT]]) : (tensor<?x?x4x24xf32>, tensor<?x?xi32>, tensor<?x?x4x32xf32>) -> tensor<?x?x4x40xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 160 : i64, saved_bytes = 512 : i64}}
+// V3: kiln.attention %[[Q]]
+// V3: %[[O:.*]] = kiln.linear
+// V3: %[[RES:.*]]:2 = kiln.fused "fused_2_add_rms_norm"(%{{.*}}, %[[O]], %{{.*}}) : (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>) attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 256 : i64}}
+// V3: kiln.yield %{{.*}}, %{{.*}} : tensor<?x?x64xf32>, tensor<?x?x64xf32>
+// The dense MLP's SwiGLU sits between GEMMs: alone, not wrapped.
+// V3: kiln.linear %[[RES]]#1
+// V3: kiln.swiglu
+// V3: %[[DOWN:.*]] = kiln.linear
+// V3: kiln.fused "fused_3_add_rms_norm"(%[[RES]]#0, %[[DOWN]], %{{.*}})
+// V3: %[[GATE:.*]]:4 = kiln.fused "fused_6_add_rms_norm_moe_gate"({{.*}}) : (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>, tensor<16x64xbf16>, tensor<16xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<?x?x4xf32>, tensor<?x?x4xi32>) attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 512 : i64}}
+// V3: kiln.moe_gate
+// V3: kiln.moe_dispatch %[[GATE]]#1, %[[GATE]]#3
+// The routed experts' SwiGLU works on routed rows, between grouped GEMMs.
+// V3: kiln.swiglu %{{.*}}, %{{.*}} : tensor<?x32xf32>
+// V3: kiln.moe_combine %{{.*}}, %[[GATE]]#2
+// Shared experts' output + routed output + residual, then the next norm.
+// V3: kiln.fused "fused_7_add_rms_norm"({{.*}}) : (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>) attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 768 : i64}}
+// The final norm after the last residual adds feeds the output head.
+// V3: %[[FINAL:.*]] = kiln.fused "fused_11_add_rms_norm"({{.*}}) {{.*}} -> tensor<?x?x64xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 1024 : i64}}
+// V3: kiln.logits %[[FINAL]]
+// V3: return %{{.*}}, %[[FINAL]]
+// Prefill decompresses cached latents per token (naive_from_latent): the
+// key is assembled per cached row.
+// V3-LABEL: func.func @prefill
+// V3: kiln.fused "fused_14_slice_broadcast_concat"
+
+// 12 kernels in @decode, 15 in @prefill.
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | grep -c 'kiln.fused "' | FileCheck %s --check-prefix=COUNT
+// COUNT: {{^27$}}
+
+// Every function is fused, MTP modules included; kernel names stay unique.
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | FileCheck %s --check-prefix=MTP
+// MTP-LABEL: func.func @mtp_1
+// MTP: kiln.fused "fused_27_rms_norm_concat"
+// MTP: kiln.fused "fused_32_add_rms_norm"
+
+// FP8 GEMMs quantize their input per token per block: a group whose result
+// feeds one records that in `quantizes_for`, and a lone row-local op that
+// feeds one is wrapped too (it fuses the quantization).
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-quantize-fp8=block=16 -kiln-absorb-latent-kv=mode=absorbed -kiln-fuse | FileCheck %s --check-prefix=FP8
+// FP8-LABEL: func.func @forward
+// FP8: %[[N:.*]] = kiln.fused "fused_0_rms_norm"({{.*}}) {{.*}} attributes {kiln.fusion = {kind = "row", quantizes_for = ["fp8 1x16"], row_bytes = 256 : i64, saved_bytes = 0 : i64}}
+// FP8: kiln.linear %[[N]], %{{.*}} scale
+// FP8: kiln.fused "fused_5_add_rms_norm"({{.*}}) {{.*}} attributes {kiln.fusion = {kind = "row", quantizes_for = ["fp8 1x16"], row_bytes = 256 : i64, saved_bytes = 256 : i64}}
+// FP8: kiln.fused "fused_6_swiglu"({{.*}}) {{.*}} quantizes_for = ["fp8 1x16"]
+// The final norm feeds the bf16 output head: nothing to quantize.
+// FP8: kiln.fused "fused_{{[0-9]+}}_add_rms_norm"({{.*}}) {{.*}} attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 1024 : i64}}
+// FP8-NEXT: ^bb0
+// FP8: kiln.logits
+
+// The fused IR parses, verifies and prints back the same.
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | kiln-opt | FileCheck %s --check-prefix=V3
+
+// Hand-written cases.
+// RUN: kiln-opt %s -split-input-file -kiln-fuse | FileCheck %s
+// RUN: kiln-opt %s -split-input-file -kiln-fuse=row-bytes=128 | FileCheck %s --check-prefix=BUDGET
+// RUN: not kiln-opt %s -split-input-file -kiln-fuse=row-bytes=2 2>&1 | FileCheck %s --check-prefix=BAD
+// BAD: kiln-fuse: row-bytes must be >= 4
+
+// -----
+
+// Residual add + RMSNorm: the sum is also the residual stream of the next
+// layer, so it is yielded (written once) rather than recomputed there.
+// Saved per row: the norm's read of the sum (16 x 4 bytes).
+// CHECK-LABEL: func.func @add_norm
+// CHECK: %[[F:.*]]:2 = kiln.fused "fused_0_add_rms_norm"(%arg0, %arg1, %arg2) : (tensor<?x?x16xf32>, tensor<?x?x16xf32>, tensor<16xf32>) -> (tensor<?x?x16xf32>, tensor<?x?x16xf32>) attributes {kiln.fusion = {kind = "row", row_bytes = 64 : i64, saved_bytes = 64 : i64}} {
+// CHECK-NEXT: ^bb0(%[[X:.*]]: tensor<?x?x16xf32>, %[[Y:.*]]: tensor<?x?x16xf32>, %[[W:.*]]: tensor<16xf32>):
+// CHECK-NEXT: %[[S:.*]] = kiln.add %[[X]], %[[Y]]
+// CHECK-NEXT: %[[N:.*]] = kiln.rms_norm %[[S]], %[[W]]
+// CHECK-NEXT: kiln.yield %[[S]], %[[N]]
+// CHECK-NEXT: }
+// CHECK-NEXT: return %[[F]]#1, %[[F]]#0
+// With a 128-byte budget (32 f32 values) the 16-wide rows still fit.
+// BUDGET-LABEL: func.func @add_norm
+// BUDGET: kiln.fused "fused_0_add_rms_norm"
+func.func @add_norm(%x: tensor<?x?x16xf32>, %y: tensor<?x?x16xf32>,
+                    %w: tensor<16xf32>)
+    -> (tensor<?x?x16xf32>, tensor<?x?x16xf32>) {
+  %s = kiln.add %x, %y : tensor<?x?x16xf32>
+  %n = kiln.rms_norm %s, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  return %n, %s : tensor<?x?x16xf32>, tensor<?x?x16xf32>
+}
+
+// -----
+
+// SwiGLU between GEMMs stays a single op; with the residual add after it
+// the pair is a kernel whose SwiGLU result never reaches memory (a write
+// and a read of 8 x 4 bytes).
+// CHECK-LABEL: func.func @swiglu_alone
+// CHECK-NOT: kiln.fused
+// CHECK: kiln.swiglu
+// CHECK-LABEL: func.func @swiglu_add
+// CHECK: kiln.fused "fused_0_swiglu_add"(%arg0, %arg1, %arg2) : (tensor<?x?x8xf32>, tensor<?x?x8xf32>, tensor<?x?x8xf32>) -> tensor<?x?x8xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 32 : i64, saved_bytes = 64 : i64}}
+// CHECK-NEXT: ^bb0
+// CHECK-NEXT: kiln.swiglu
+// CHECK-NEXT: kiln.add
+// CHECK-NEXT: kiln.yield
+func.func @swiglu_alone(%x: tensor<?x?x8xf32>, %wg: tensor<16x8xf32>,
+                        %wu: tensor<16x8xf32>, %wd: tensor<8x16xf32>)
+    -> tensor<?x?x8xf32> {
+  %g = kiln.linear %x, %wg
+      : (tensor<?x?x8xf32>, tensor<16x8xf32>) -> tensor<?x?x16xf32>
+  %u = kiln.linear %x, %wu
+      : (tensor<?x?x8xf32>, tensor<16x8xf32>) -> tensor<?x?x16xf32>
+  %a = kiln.swiglu %g, %u : tensor<?x?x16xf32>
+  %d = kiln.linear %a, %wd
+      : (tensor<?x?x16xf32>, tensor<8x16xf32>) -> tensor<?x?x8xf32>
+  return %d : tensor<?x?x8xf32>
+}
+
+func.func @swiglu_add(%g: tensor<?x?x8xf32>, %u: tensor<?x?x8xf32>,
+                      %r: tensor<?x?x8xf32>) -> tensor<?x?x8xf32> {
+  %a = kiln.swiglu %g, %u : tensor<?x?x8xf32>
+  %s = kiln.add %a, %r : tensor<?x?x8xf32>
+  return %s : tensor<?x?x8xf32>
+}
+
+// -----
+
+// RoPE on the rotary half of per-head queries, concatenated with the other
+// half: slice, rope and concat in one kernel. The reshape into heads also
+// feeds the other half's GEMM: it stays outside (a view; the group reads
+// the GEMM output through it).
+// CHECK-LABEL: func.func @rope_concat
+// CHECK: %[[HEADS:.*]] = kiln.reshape
+// CHECK-NEXT: %[[NOPE:.*]] = kiln.slice %[[HEADS]][0, 8]
+// CHECK-NEXT: %[[LAT:.*]] = kiln.head_linear %[[NOPE]]
+// CHECK-NEXT: kiln.fused "fused_0_slice_rope_concat"(%[[HEADS]], %arg1, %[[LAT]]) : (tensor<?x?x2x12xf32>, tensor<?x?xi32>, tensor<?x?x2x16xf32>) -> tensor<?x?x2x20xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 80 : i64, saved_bytes = 128 : i64}}
+// CHECK-NEXT: ^bb0
+// CHECK-NEXT: kiln.slice %{{.*}}[8, 4]
+// CHECK-NEXT: kiln.rope
+// CHECK-NEXT: kiln.concat
+// CHECK-NEXT: kiln.yield
+// Rows are per head (the last dimension): the widest, the concat's, takes
+// 80 bytes and fits 128.
+// BUDGET-LABEL: func.func @rope_concat
+// BUDGET: kiln.fused "fused_0_slice_rope_concat"
+func.func @rope_concat(%q: tensor<?x?x24xf32>, %pos: tensor<?x?xi32>,
+                       %wuk: tensor<2x16x8xf32>) -> tensor<?x?x2x20xf32> {
+  %h = kiln.reshape %q : tensor<?x?x24xf32> -> tensor<?x?x2x12xf32>
+  %nope = kiln.slice %h[0, 8] : tensor<?x?x2x12xf32> -> tensor<?x?x2x8xf32>
+  %lat = kiln.head_linear %nope, %wuk
+      : (tensor<?x?x2x8xf32>, tensor<2x16x8xf32>) -> tensor<?x?x2x16xf32>
+  %pe = kiln.slice %h[8, 4] : tensor<?x?x2x12xf32> -> tensor<?x?x2x4xf32>
+  %r = kiln.rope %pe, %pos {rope = #kiln.rope<kind = plain, theta = 10000.0>}
+      : (tensor<?x?x2x4xf32>, tensor<?x?xi32>) -> tensor<?x?x2x4xf32>
+  %c = kiln.concat %lat, %r
+      : tensor<?x?x2x16xf32>, tensor<?x?x2x4xf32> -> tensor<?x?x2x20xf32>
+  return %c : tensor<?x?x2x20xf32>
+}
+
+// -----
+
+// The row budget splits a chain: the 64-wide residual add and norm do not
+// fit 128 bytes, the 16-wide tail after the GEMM does.
+// BUDGET-LABEL: func.func @budget_split
+// BUDGET: kiln.add %arg0, %arg1 : tensor<?x?x64xf32>
+// BUDGET-NEXT: kiln.rms_norm
+// BUDGET-NEXT: kiln.linear
+// BUDGET-NEXT: kiln.fused "fused_0_rms_norm_add"({{.*}}) {{.*}} attributes {kiln.fusion = {kind = "row", row_bytes = 64 : i64, saved_bytes = 128 : i64}}
+// CHECK-LABEL: func.func @budget_split
+// CHECK: kiln.fused "fused_0_add_rms_norm"({{.*}}) {{.*}} attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 512 : i64}}
+// CHECK: kiln.linear
+// CHECK: kiln.fused "fused_1_rms_norm_add"
+func.func @budget_split(%x: tensor<?x?x64xf32>, %y: tensor<?x?x64xf32>,
+                        %w: tensor<64xf32>, %p: tensor<16x64xf32>,
+                        %w2: tensor<16xf32>, %z: tensor<?x?x16xf32>)
+    -> tensor<?x?x16xf32> {
+  %s = kiln.add %x, %y : tensor<?x?x64xf32>
+  %n = kiln.rms_norm %s, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x64xf32>, tensor<64xf32>) -> tensor<?x?x64xf32>
+  %l = kiln.linear %n, %p
+      : (tensor<?x?x64xf32>, tensor<16x64xf32>) -> tensor<?x?x16xf32>
+  %m = kiln.rms_norm %l, %w2 {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  %t = kiln.add %m, %z : tensor<?x?x16xf32>
+  return %t : tensor<?x?x16xf32>
+}
+
+// -----
+
+// The router joins the norm before it; the normed rows are yielded for the
+// dispatch, and the router weight and bias are group inputs (weights are
+// read whole by every row and do not count towards the row budget).
+// CHECK-LABEL: func.func @norm_gate
+// CHECK: %[[G:.*]]:3 = kiln.fused "fused_0_rms_norm_moe_gate"(%arg0, %arg1, %arg2, %arg3) : (tensor<?x?x16xf32>, tensor<16xf32>, tensor<8x16xf32>, tensor<8xf32>) -> (tensor<?x?x16xf32>, tensor<?x?x2xf32>, tensor<?x?x2xi32>) attributes {kiln.fusion = {kind = "row", row_bytes = 64 : i64, saved_bytes = 64 : i64}}
+// CHECK: kiln.moe_gate
+// CHECK: kiln.moe_dispatch %[[G]]#0, %[[G]]#2
+func.func @norm_gate(%h: tensor<?x?x16xf32>, %w: tensor<16xf32>,
+                     %gw: tensor<8x16xf32>, %b: tensor<8xf32>)
+    -> (tensor<?x16xf32>, tensor<?x?x2xf32>) {
+  %n = kiln.rms_norm %h, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  %wts, %idx = kiln.moe_gate %n, %gw bias %b sigmoid noaux_tc
+      {top_k = 2 : i64, n_group = 2 : i64, topk_group = 1 : i64,
+       norm_topk_prob, routed_scaling_factor = 2.5 : f64}
+      : (tensor<?x?x16xf32>, tensor<8x16xf32>, tensor<8xf32>)
+      -> (tensor<?x?x2xf32>, tensor<?x?x2xi32>)
+  %r, %off, %slots = kiln.moe_dispatch %n, %idx {num_experts = 8 : i64}
+      : (tensor<?x?x16xf32>, tensor<?x?x2xi32>)
+      -> (tensor<?x16xf32>, tensor<9xi32>, tensor<?xi32>)
+  return %r, %wts : tensor<?x16xf32>, tensor<?x?x2xf32>
+}
+
+// -----
+
+// A GEMM separates groups: the add + norm before it and the add + norm after
+// it are two kernels, the second reading the first's yielded sum.
+// CHECK-LABEL: func.func @gemm_boundary
+// CHECK: %[[A:.*]]:2 = kiln.fused "fused_0_add_rms_norm"(%arg0, %arg1, %arg2)
+// CHECK: %[[L:.*]] = kiln.linear %[[A]]#1
+// CHECK-NEXT: kiln.fused "fused_1_add_rms_norm"(%[[A]]#0, %[[L]], %arg2)
+func.func @gemm_boundary(%x: tensor<?x?x16xf32>, %y: tensor<?x?x16xf32>,
+                         %w: tensor<16xf32>, %p: tensor<16x16xf32>)
+    -> tensor<?x?x16xf32> {
+  %s = kiln.add %x, %y : tensor<?x?x16xf32>
+  %n = kiln.rms_norm %s, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  %l = kiln.linear %n, %p
+      : (tensor<?x?x16xf32>, tensor<16x16xf32>) -> tensor<?x?x16xf32>
+  %t = kiln.add %s, %l : tensor<?x?x16xf32>
+  %m = kiln.rms_norm %t, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  return %m : tensor<?x?x16xf32>
+}
+
+// -----
+
+// A cycle: %a feeds both the final add and the GEMM that feeds it. Putting
+// %a in the final add's group would make the GEMM both consume and feed
+// that group, so %a stays out of it (it is used before the group's last op)
+// and groups with the norm instead; the final add runs alone.
+// CHECK-LABEL: func.func @cycle
+// CHECK: %[[G:.*]]:2 = kiln.fused "fused_0_add_rms_norm"(%arg0, %arg1, %arg2)
+// CHECK-NEXT: ^bb0
+// CHECK-NEXT: kiln.add
+// CHECK-NEXT: kiln.rms_norm
+// CHECK-NEXT: kiln.yield
+// CHECK-NEXT: }
+// CHECK-NEXT: %[[L:.*]] = kiln.linear %[[G]]#1
+// CHECK-NEXT: %[[T:.*]] = kiln.add %[[G]]#0, %[[L]]
+// CHECK-NEXT: return %[[T]]
+func.func @cycle(%x: tensor<?x?x16xf32>, %y: tensor<?x?x16xf32>,
+                 %w: tensor<16xf32>, %p: tensor<16x16xf32>)
+    -> tensor<?x?x16xf32> {
+  %a = kiln.add %x, %y : tensor<?x?x16xf32>
+  %n = kiln.rms_norm %a, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  %l = kiln.linear %n, %p
+      : (tensor<?x?x16xf32>, tensor<16x16xf32>) -> tensor<?x?x16xf32>
+  %t = kiln.add %a, %l : tensor<?x?x16xf32>
+  return %t : tensor<?x?x16xf32>
+}
+
+// -----
+
+// A value two group members read and a later op also reads is computed once
+// and yielded; saved per row: the two reads of the broadcast and the write
+// and read of the sum (4 x 8 x 4 bytes).
+// CHECK-LABEL: func.func @multi_use
+// CHECK: %[[F:.*]]:2 = kiln.fused "fused_0_broadcast_add_concat"(%arg0, %arg1) : (tensor<?x?x1x4xf32>, tensor<?x?x2x4xf32>) -> (tensor<?x?x2x4xf32>, tensor<?x?x2x8xf32>) attributes {kiln.fusion = {kind = "row", row_bytes = 32 : i64, saved_bytes = 128 : i64}}
+// CHECK: kiln.yield
+// CHECK-NEXT: }
+// CHECK-NEXT: kiln.swiglu %[[F]]#0, %arg1
+func.func @multi_use(%k: tensor<?x?x1x4xf32>, %v: tensor<?x?x2x4xf32>)
+    -> (tensor<?x?x2x8xf32>, tensor<?x?x2x4xf32>) {
+  %b = kiln.broadcast %k : tensor<?x?x1x4xf32> -> tensor<?x?x2x4xf32>
+  %s = kiln.add %b, %v : tensor<?x?x2x4xf32>
+  %c = kiln.concat %b, %s
+      : tensor<?x?x2x4xf32>, tensor<?x?x2x4xf32> -> tensor<?x?x2x8xf32>
+  %g = kiln.swiglu %b, %v : tensor<?x?x2x4xf32>
+  return %c, %g : tensor<?x?x2x8xf32>, tensor<?x?x2x4xf32>
+}
+
+// -----
+
+// Rows over different leading dimensions never mix: ops on routed rows
+// ([rows, d]) group among themselves.
+// CHECK-LABEL: func.func @routed_rows
+// CHECK: kiln.fused "fused_0_swiglu_add"({{.*}}) : (tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>) -> tensor<?x8xf32>
+func.func @routed_rows(%g: tensor<?x8xf32>, %u: tensor<?x8xf32>,
+                       %r: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  %a = kiln.swiglu %g, %u : tensor<?x8xf32>
+  %s = kiln.add %a, %r : tensor<?x8xf32>
+  return %s : tensor<?x8xf32>
+}
