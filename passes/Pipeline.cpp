@@ -23,12 +23,10 @@ void buildOptimizePipeline(PassManager &pm, const OptimizeOptions &options) {
   absorb.context = options.context;
   absorb.latentCacheDtype = options.latentCacheDtype;
   pm.addPass(createKilnAbsorbLatentKV(absorb));
-  // Summarize reads the unfused graph (it finds shared experts by the add
-  // after their down projection).
-  pm.addPass(createKilnSummarize());
-  // Last: absorption and quantization rewrite ops that fusion would group.
+  // After absorption and quantization, which rewrite ops it would group.
   if (options.fuse)
     pm.addPass(createKilnFuse());
+  pm.addPass(createKilnSummarize());
 }
 
 } // namespace mlir::kiln

@@ -28,18 +28,47 @@ std::string typeName(Type type) {
   return name;
 }
 
+/// The value `v` stands for: a `kiln.fused` body argument is the fused op's
+/// operand.
+Value outside(Value v) {
+  auto arg = dyn_cast<BlockArgument>(v);
+  if (!arg)
+    return v;
+  auto fused = dyn_cast<FusedOp>(arg.getOwner()->getParentOp());
+  return fused ? fused.getInputs()[arg.getArgNumber()] : v;
+}
+
+/// The ops that read `v`, seen through `kiln.fused` boundaries: into the
+/// groups that take it, and out of the group that yields it.
+SmallVector<Operation *> readers(Value v) {
+  SmallVector<Operation *> ops;
+  for (OpOperand &use : v.getUses()) {
+    Operation *owner = use.getOwner();
+    if (auto fused = dyn_cast<FusedOp>(owner))
+      llvm::append_range(
+          ops, readers(fused.getBody().getArgument(use.getOperandNumber())));
+    else if (isa<YieldOp>(owner))
+      llvm::append_range(ops, readers(owner->getParentOp()->getResult(
+                                  use.getOperandNumber())));
+    else
+      ops.push_back(owner);
+  }
+  return ops;
+}
+
 /// A token-level SwiGLU (`[batch, seq, inter]`, so not a routed expert's)
 /// whose down projection is not added to a MoE layer's combined output (so
 /// not a shared expert) is a dense FFN layer.
 bool isDenseFfn(SwiGLUOp act) {
   if (act.getResult().getType().getRank() != 3)
     return false;
-  for (Operation *down : act->getUsers())
-    for (Operation *user : down->getUsers())
-      if (isa<AddOp>(user) && llvm::any_of(user->getOperands(), [](Value v) {
-            return v.getDefiningOp<MoECombineOp>() != nullptr;
-          }))
-        return false;
+  for (Operation *down : readers(act.getResult()))
+    for (Value result : down->getResults())
+      for (Operation *user : readers(result))
+        if (isa<AddOp>(user) && llvm::any_of(user->getOperands(), [](Value v) {
+              return outside(v).getDefiningOp<MoECombineOp>() != nullptr;
+            }))
+          return false;
   return true;
 }
 

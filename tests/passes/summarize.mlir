@@ -127,3 +127,8 @@ module attributes {kiln.summary = {stale}} {
     return
   }
 }
+
+// Fused groups hide nothing from the layer counts (a shared expert's add
+// may sit in a group with the next norm).
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse -kiln-summarize | FileCheck %s --check-prefix=FUSED
+// FUSED: kiln.layers = {attention = 3 : i64, dense_ffn = 1 : i64, moe = 2 : i64}
