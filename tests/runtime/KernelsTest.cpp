@@ -170,6 +170,69 @@ TEST(Kernels, GroupedLinearMatchesReference) {
   }
 }
 
+// Enough rows for the packed GEMM (40 or more): row counts that leave partial
+// micro-tiles of 6 and 12 rows, outputs that leave partial 16-wide panels and
+// 128-wide blocks, `in` beyond one 256-wide K chunk and not a multiple of 8,
+// and a narrow matrix whose rows are split between threads.
+TEST(Kernels, LinearGemmMatchesReference) {
+  const LinearShape shapes[] = {{40, 37, 29}, {41, 300, 131}, {77, 520, 150},
+                                {130, 8, 17}, {53, 1031, 40}, {96, 256, 256},
+                                {200, 64, 3}, {45, 2500, 20}};
+  std::mt19937 rng(3);
+  for (LinearShape s : shapes)
+    for (ElementType type : kWeightTypes)
+      for (bool withBias : {false, true}) {
+        SCOPED_TRACE(testing::Message()
+                     << "rows=" << s.rows << " in=" << s.in << " out=" << s.out
+                     << " " << typeName(type) << " bias=" << withBias);
+        std::vector<float> x = randomFloats(rng, s.rows * s.in);
+        TestWeight w(type, randomFloats(rng, s.out * s.in));
+        TestWeight b(type == ElementType::F32 ? ElementType::BF16 : type,
+                     randomFloats(rng, s.out));
+        std::vector<double> ref, mag;
+        referenceLinear(x, s.rows, s.in, w, s.out, withBias ? &b : nullptr, 0,
+                        ref, mag);
+        forEachIsa([&] {
+          std::vector<float> y(s.rows * s.out, -7.0f);
+          linear(x.data(), s.rows, s.in, w.weight(), s.out,
+                 withBias ? b.weight() : Weight{}, y.data());
+          for (size_t i = 0; i < y.size(); ++i)
+            ASSERT_NEAR(y[i], ref[i], kRel * mag[i] + 1e-30) << "at " << i;
+        });
+      }
+}
+
+// Experts on both sides of the packed GEMM's row threshold, and empty ones
+// between them.
+TEST(Kernels, GroupedLinearGemmMatchesReference) {
+  std::mt19937 rng(4);
+  const int64_t experts = 7, in = 300, out = 150;
+  const std::vector<int32_t> offsets = {0, 0, 45, 46, 46, 143, 182, 182};
+  int64_t rows = offsets.back();
+  std::vector<float> x = randomFloats(rng, rows * in);
+  for (ElementType type : kWeightTypes) {
+    SCOPED_TRACE(typeName(type));
+    TestWeight w(type, randomFloats(rng, experts * out * in));
+    forEachIsa([&] {
+      std::vector<float> y(rows * out, -7.0f);
+      groupedLinear(x.data(), in, w.weight(), experts, out, offsets.data(),
+                    y.data());
+      for (int64_t e = 0; e < experts; ++e) {
+        int64_t begin = offsets[e], n = offsets[e + 1] - begin;
+        if (n == 0)
+          continue;
+        std::vector<float> xe(x.begin() + begin * in,
+                              x.begin() + (begin + n) * in);
+        std::vector<double> ref, mag;
+        referenceLinear(xe, n, in, w, out, nullptr, e * out * in, ref, mag);
+        for (int64_t i = 0; i < n * out; ++i)
+          ASSERT_NEAR(y[begin * out + i], ref[i], kRel * mag[i])
+              << "expert " << e << " at " << i;
+      }
+    });
+  }
+}
+
 //===----------------------------------------------------------------------===//
 // Element-wise and data movement
 //===----------------------------------------------------------------------===//

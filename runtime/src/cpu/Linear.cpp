@@ -9,11 +9,13 @@
 // dot products run together: each loaded weight vector is used R times and
 // each loaded input vector O times. Decode (few rows) is bound by the weight
 // stream; prefill blocks the outputs so that a block of weight rows stays in
-// L2 while every tile of input rows passes over it.
+// L2 while every tile of input rows passes over it. With the vector kernels,
+// matrices of many rows go to a packed GEMM instead (see its section).
 //
 // Two implementations of the tile: AVX2 + FMA + F16C intrinsics (chosen at
-// run time when the CPU has them) and a portable one the compiler
-// vectorizes with the baseline instruction set.
+// run time when the CPU has them; AVX-512VL entries of the same code use its
+// 32 registers for larger tiles) and a portable one the compiler vectorizes
+// with the baseline instruction set.
 #include "runtime/src/cpu/Kernels.h"
 
 #include "kiln/Float.h"
@@ -26,6 +28,7 @@
 #include <immintrin.h>
 #include <omp.h>
 #include <utility>
+#include <vector>
 
 namespace kiln::cpu {
 namespace {
@@ -119,24 +122,34 @@ KILN_AVX2 inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+/// The AVX2 tile, inlined into entry points for AVX2 and for AVX-512VL,
+/// whose 32 vector registers hold the accumulators of 8-row tiles.
 template <ElementType E, int R, int O>
-KILN_AVX2 void tileAvx2(const float *x, int64_t ldx, const Storage<E> *w,
-                        int64_t ldw, int64_t in, float *sums) {
+KILN_AVX2 [[gnu::always_inline]] inline void
+tileAvx2Body(const float *x, int64_t ldx, const Storage<E> *w, int64_t ldw,
+             int64_t in, float *sums) {
   // A single row gets two accumulators per output to hide the FMA latency.
   constexpr int U = R == 1 ? 2 : 1;
   __m256 acc[R][O][U];
+#pragma GCC unroll 32
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
     for (int o = 0; o < O; ++o)
+#pragma GCC unroll 2
       for (int u = 0; u < U; ++u)
         acc[r][o][u] = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 * U <= in; i += 8 * U) {
+#pragma GCC unroll 2
     for (int u = 0; u < U; ++u) {
       __m256 wv[O];
+#pragma GCC unroll 4
       for (int o = 0; o < O; ++o)
         wv[o] = load8<E>(w + o * ldw + i + 8 * u);
+#pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         __m256 xv = _mm256_loadu_ps(x + r * ldx + i + 8 * u);
+#pragma GCC unroll 4
         for (int o = 0; o < O; ++o)
           acc[r][o][u] = _mm256_fmadd_ps(xv, wv[o], acc[r][o][u]);
       }
@@ -144,15 +157,20 @@ KILN_AVX2 void tileAvx2(const float *x, int64_t ldx, const Storage<E> *w,
   }
   for (; i + 8 <= in; i += 8) {
     __m256 wv[O];
+#pragma GCC unroll 4
     for (int o = 0; o < O; ++o)
       wv[o] = load8<E>(w + o * ldw + i);
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       __m256 xv = _mm256_loadu_ps(x + r * ldx + i);
+#pragma GCC unroll 4
       for (int o = 0; o < O; ++o)
         acc[r][o][0] = _mm256_fmadd_ps(xv, wv[o], acc[r][o][0]);
     }
   }
+#pragma GCC unroll 32
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
     for (int o = 0; o < O; ++o) {
       __m256 v = acc[r][o][0];
       for (int u = 1; u < U; ++u)
@@ -164,6 +182,19 @@ KILN_AVX2 void tileAvx2(const float *x, int64_t ldx, const Storage<E> *w,
     }
 }
 
+template <ElementType E, int R, int O>
+KILN_AVX2 void tileAvx2(const float *x, int64_t ldx, const Storage<E> *w,
+                        int64_t ldw, int64_t in, float *sums) {
+  tileAvx2Body<E, R, O>(x, ldx, w, ldw, in, sums);
+}
+
+template <ElementType E, int R, int O>
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl"))) void
+tileAvx512(const float *x, int64_t ldx, const Storage<E> *w, int64_t ldw,
+           int64_t in, float *sums) {
+  tileAvx2Body<E, R, O>(x, ldx, w, ldw, in, sums);
+}
+
 //===----------------------------------------------------------------------===//
 // Driver
 //===----------------------------------------------------------------------===//
@@ -171,44 +202,59 @@ KILN_AVX2 void tileAvx2(const float *x, int64_t ldx, const Storage<E> *w,
 using TileFn = void (*)(const float *, int64_t, const void *, int64_t, int64_t,
                         float *);
 
-template <ElementType E, bool Avx2, int R, int O>
+enum class Isa { Portable, Avx2, Avx512 };
+
+template <ElementType E, Isa I, int R, int O>
 void tileThunk(const float *x, int64_t ldx, const void *w, int64_t ldw,
                int64_t in, float *sums) {
-  if constexpr (Avx2)
-    tileAvx2<E, R, O>(x, ldx, static_cast<const Storage<E> *>(w), ldw, in,
-                      sums);
+  auto *wt = static_cast<const Storage<E> *>(w);
+  if constexpr (I == Isa::Avx512)
+    tileAvx512<E, R, O>(x, ldx, wt, ldw, in, sums);
+  else if constexpr (I == Isa::Avx2)
+    tileAvx2<E, R, O>(x, ldx, wt, ldw, in, sums);
   else
-    tileGeneric<E, R, O>(x, ldx, static_cast<const Storage<E> *>(w), ldw, in,
-                         sums);
+    tileGeneric<E, R, O>(x, ldx, wt, ldw, in, sums);
 }
 
-constexpr int kMaxR = 4, kMaxO = 4;
+constexpr int kMaxR = 8, kMaxO = 4;
 
-/// Tile functions for R = 1..4 rows and O = 1..4 outputs.
+/// Rows per tile: as many as the accumulators of 3 outputs fit in the vector
+/// registers (16, or 32 with AVX-512), so that each weight vector is loaded
+/// once per that many rows.
+constexpr int maxRows(Isa isa) { return isa == Isa::Avx512 ? 8 : 4; }
+
+/// Tile functions for R = 1..maxRows rows and O = 1..4 outputs (1..3 beyond
+/// 4 rows, whose 4-output accumulators would not fit in 32 registers).
 struct TileTable {
+  int maxRows = 0;
   TileFn fn[kMaxR + 1][kMaxO + 1] = {};
 };
 
-template <ElementType E, bool Avx2> constexpr TileTable makeTable() {
+template <ElementType E, Isa I> constexpr TileTable makeTable() {
   TileTable t;
+  t.maxRows = maxRows(I);
   [&]<int... Rs>(std::integer_sequence<int, Rs...>) {
     (
         [&]<int R>() {
-          t.fn[R][1] = &tileThunk<E, Avx2, R, 1>;
-          t.fn[R][2] = &tileThunk<E, Avx2, R, 2>;
-          t.fn[R][3] = &tileThunk<E, Avx2, R, 3>;
-          t.fn[R][4] = &tileThunk<E, Avx2, R, 4>;
+          t.fn[R][1] = &tileThunk<E, I, R, 1>;
+          t.fn[R][2] = &tileThunk<E, I, R, 2>;
+          t.fn[R][3] = &tileThunk<E, I, R, 3>;
+          if constexpr (R <= 4)
+            t.fn[R][4] = &tileThunk<E, I, R, 4>;
         }.template operator()<Rs + 1>(),
         ...);
   }
-  (std::make_integer_sequence<int, kMaxR>{});
+  (std::make_integer_sequence<int, maxRows(I)>{});
   return t;
 }
 
 template <ElementType E> const TileTable &tileTable() {
-  static const TileTable generic = makeTable<E, false>();
-  static const TileTable avx2 = makeTable<E, true>();
-  return vectorKernelsActive() ? avx2 : generic;
+  static const TileTable generic = makeTable<E, Isa::Portable>();
+  static const TileTable avx2 = makeTable<E, Isa::Avx2>();
+  static const TileTable avx512 = makeTable<E, Isa::Avx512>();
+  if (!vectorKernelsActive())
+    return generic;
+  return avx512KernelsActive() ? avx512 : avx2;
 }
 
 const TileTable &tileTableFor(ElementType type) {
@@ -224,16 +270,20 @@ const TileTable &tileTableFor(ElementType type) {
   }
 }
 
-/// Computes outputs [oBegin, oEnd) of all rows: rows in tiles of up to 4,
-/// outputs in tiles of up to `oTile`. `w` points at weight row 0.
+/// Computes outputs [oBegin, oEnd) of all rows: rows in tiles of up to
+/// table.maxRows, outputs in tiles of up to `oTile`. `w` points at weight
+/// row 0.
 void linearRange(const TileTable &table, const float *x, int64_t rows,
                  int64_t in, const char *w, int64_t rowBytes, int64_t oBegin,
                  int64_t oEnd, int oTile, Weight bias, int64_t ldy, float *y) {
   float sums[kMaxR * kMaxO];
-  for (int64_t r0 = 0; r0 < rows; r0 += kMaxR) {
-    int R = static_cast<int>(std::min<int64_t>(kMaxR, rows - r0));
+  // Tiles of more than 4 rows (AVX-512) only for decode: over more rows,
+  // the rows of a tile 4 KiB apart (in = 2048) would contend for L1 sets.
+  int tileRows = rows <= table.maxRows ? table.maxRows : 4;
+  for (int64_t r0 = 0; r0 < rows; r0 += tileRows) {
+    int R = static_cast<int>(std::min<int64_t>(tileRows, rows - r0));
     // 4 x 4 accumulators would spill the 16 vector registers.
-    int tile = R == kMaxR ? std::min(oTile, 3) : oTile;
+    int tile = R >= 4 ? std::min(oTile, 3) : oTile;
     for (int64_t o0 = oBegin; o0 < oEnd; o0 += tile) {
       int O = static_cast<int>(std::min<int64_t>(tile, oEnd - o0));
       table.fn[R][O](x + r0 * in, in, w + o0 * rowBytes, in, in, sums);
@@ -244,6 +294,210 @@ void linearRange(const TileTable &table, const float *x, int64_t rows,
         }
     }
   }
+}
+
+//===----------------------------------------------------------------------===//
+// Packed GEMM (many rows)
+//===----------------------------------------------------------------------===//
+//
+// Prefill multiplies the same weights by many rows, so it is organized like
+// a BLAS GEMM instead: for each chunk of kGemmK input columns, a block of
+// kGemmBlock weight rows is converted to fp32 and transposed once into
+// panels of kGemmN outputs x kGemmK ([k][n], in L2); a micro-kernel then
+// keeps an MR x 16 tile of outputs in registers and, per k, loads two
+// vectors of the panel and broadcasts one activation per row: 2 + MR loads
+// per 2 * MR FMAs, with no conversion or horizontal sum in the loop. The
+// MR rows of activations are first copied to a buffer whose row stride is not
+// a multiple of 4 KiB, which would map them to the same L1 sets.
+
+constexpr int kGemmN = 16;
+constexpr int64_t kGemmK = 256;
+constexpr int64_t kGemmBlock = 128; // outputs per block: 128 KiB of panels
+constexpr int kGemmMaxMR = 12;
+constexpr int64_t kGemmLda = kGemmK + 16;
+/// Fewer rows than this do not pay for the packing (measured on V2-Lite
+/// expert shapes: break-even around 32-48 rows).
+constexpr int64_t kGemmMinRows = 40;
+
+/// Rows per micro-tile: the 2 * MR accumulators, 2 panel vectors and a
+/// broadcast fill 16 registers, or 28 of the 32 with AVX-512VL.
+constexpr int gemmRows(Isa isa) { return isa == Isa::Avx512 ? 12 : 6; }
+
+/// Packs weight rows [0, n) (n <= 16) of `w`, columns [0, kc), into dst
+/// [kc][16] as fp32; rows past n are zero.
+template <ElementType E>
+KILN_AVX2 void packPanel(const Storage<E> *w, int64_t ldw, int64_t n,
+                         int64_t kc, float *dst) {
+  for (int h = 0; h < kGemmN; h += 8) {
+    const Storage<E> *src = w + h * ldw;
+    int64_t k = 0;
+    if (n - h >= 8) {
+      for (; k + 8 <= kc; k += 8) {
+        __m256 r[8];
+        for (int j = 0; j < 8; ++j)
+          r[j] = load8<E>(src + j * ldw + k);
+        // 8 x 8 transpose: row j of the result is column j of r.
+        __m256 t[8], u[8];
+        for (int j = 0; j < 8; j += 2) {
+          t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
+          t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+        }
+        for (int j = 0; j < 8; j += 4) {
+          u[j] = _mm256_shuffle_ps(t[j], t[j + 2], 0x44);
+          u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], 0xee);
+          u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0x44);
+          u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0xee);
+        }
+        for (int j = 0; j < 4; ++j) {
+          _mm256_storeu_ps(dst + (k + j) * kGemmN + h,
+                           _mm256_permute2f128_ps(u[j], u[j + 4], 0x20));
+          _mm256_storeu_ps(dst + (k + j + 4) * kGemmN + h,
+                           _mm256_permute2f128_ps(u[j], u[j + 4], 0x31));
+        }
+      }
+    }
+    for (; k < kc; ++k)
+      for (int j = 0; j < 8; ++j)
+        dst[k * kGemmN + h + j] =
+            h + j < n ? toFloat<E>(src[j * ldw + k]) : 0.0f;
+  }
+}
+
+/// C[MR x cols] (cols <= 16) = (accumulate ? C : 0) + A[MR x kc] B[kc x 16].
+template <int MR>
+KILN_AVX2 [[gnu::always_inline]] inline void
+gemmTileBody(const float *a, const float *b, int64_t kc, float *c, int64_t ldc,
+             int cols, bool accumulate) {
+  __m256 acc[MR][2];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+    acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    __m256 b0 = _mm256_loadu_ps(b + k * kGemmN);
+    __m256 b1 = _mm256_loadu_ps(b + k * kGemmN + 8);
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) {
+      __m256 av = _mm256_broadcast_ss(a + m * kGemmLda + k);
+      acc[m][0] = _mm256_fmadd_ps(av, b0, acc[m][0]);
+      acc[m][1] = _mm256_fmadd_ps(av, b1, acc[m][1]);
+    }
+  }
+  if (cols == kGemmN) {
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) {
+      float *p = c + m * ldc;
+      if (accumulate) {
+        acc[m][0] = _mm256_add_ps(acc[m][0], _mm256_loadu_ps(p));
+        acc[m][1] = _mm256_add_ps(acc[m][1], _mm256_loadu_ps(p + 8));
+      }
+      _mm256_storeu_ps(p, acc[m][0]);
+      _mm256_storeu_ps(p + 8, acc[m][1]);
+    }
+    return;
+  }
+  float tmp[kGemmN];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m) {
+    _mm256_storeu_ps(tmp, acc[m][0]);
+    _mm256_storeu_ps(tmp + 8, acc[m][1]);
+    float *p = c + m * ldc;
+    for (int j = 0; j < cols; ++j)
+      p[j] = (accumulate ? p[j] : 0.0f) + tmp[j];
+  }
+}
+
+using GemmTileFn = void (*)(const float *, const float *, int64_t, float *,
+                            int64_t, int, bool);
+
+template <int MR>
+KILN_AVX2 void gemmTileAvx2(const float *a, const float *b, int64_t kc,
+                            float *c, int64_t ldc, int cols, bool accumulate) {
+  gemmTileBody<MR>(a, b, kc, c, ldc, cols, accumulate);
+}
+
+template <int MR>
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl"))) void
+gemmTileAvx512(const float *a, const float *b, int64_t kc, float *c,
+               int64_t ldc, int cols, bool accumulate) {
+  gemmTileBody<MR>(a, b, kc, c, ldc, cols, accumulate);
+}
+
+struct GemmTable {
+  int maxRows = 0;
+  GemmTileFn fn[kGemmMaxMR + 1] = {};
+};
+
+template <Isa I> constexpr GemmTable makeGemmTable() {
+  GemmTable t;
+  t.maxRows = gemmRows(I);
+  [&]<int... Ms>(std::integer_sequence<int, Ms...>) {
+    ((t.fn[Ms + 1] =
+          I == Isa::Avx512 ? &gemmTileAvx512<Ms + 1> : &gemmTileAvx2<Ms + 1>),
+     ...);
+  }
+  (std::make_integer_sequence<int, gemmRows(I)>{});
+  return t;
+}
+
+/// The micro-kernels of the vector ISA in use.
+const GemmTable &gemmTable() {
+  static const GemmTable avx2 = makeGemmTable<Isa::Avx2>();
+  static const GemmTable avx512 = makeGemmTable<Isa::Avx512>();
+  return avx512KernelsActive() ? avx512 : avx2;
+}
+
+/// Per-thread panels and activation rows. Grown once (the only heap
+/// allocation of the GEMMs), then reused.
+float *gemmScratch() {
+  thread_local std::vector<float> scratch(kGemmBlock * kGemmK +
+                                          kGemmMaxMR * kGemmLda);
+  return scratch.data();
+}
+
+template <ElementType E>
+void packBlock(const void *w, int64_t in, int64_t oBegin, int64_t oEnd,
+               int64_t k0, int64_t kc, float *panels) {
+  const Storage<E> *rows = static_cast<const Storage<E> *>(w) + k0;
+  for (int64_t o = oBegin; o < oEnd; o += kGemmN)
+    packPanel<E>(rows + o * in, in, std::min<int64_t>(kGemmN, oEnd - o), kc,
+                 panels + (o - oBegin) * kc);
+}
+
+/// Outputs [oBegin, oEnd) (at most kGemmBlock) of `rows` rows of x.
+void gemmRange(const float *x, int64_t rows, int64_t in, Weight w,
+               int64_t oBegin, int64_t oEnd, Weight bias, int64_t ldy,
+               float *y) {
+  const GemmTable &table = gemmTable();
+  float *panels = gemmScratch();
+  float *a = panels + kGemmBlock * kGemmK;
+  for (int64_t k0 = 0; k0 < in; k0 += kGemmK) {
+    int64_t kc = std::min(kGemmK, in - k0);
+    switch (w.type) {
+    case ElementType::BF16:
+      packBlock<ElementType::BF16>(w.data, in, oBegin, oEnd, k0, kc, panels);
+      break;
+    case ElementType::F16:
+      packBlock<ElementType::F16>(w.data, in, oBegin, oEnd, k0, kc, panels);
+      break;
+    default:
+      packBlock<ElementType::F32>(w.data, in, oBegin, oEnd, k0, kc, panels);
+      break;
+    }
+    for (int64_t r0 = 0; r0 < rows; r0 += table.maxRows) {
+      int mr = static_cast<int>(std::min<int64_t>(table.maxRows, rows - r0));
+      for (int m = 0; m < mr; ++m)
+        std::copy_n(x + (r0 + m) * in + k0, kc, a + m * kGemmLda);
+      for (int64_t o = oBegin; o < oEnd; o += kGemmN)
+        table.fn[mr](a, panels + (o - oBegin) * kc, kc, y + r0 * ldy + o, ldy,
+                     static_cast<int>(std::min<int64_t>(kGemmN, oEnd - o)),
+                     k0 > 0);
+    }
+  }
+  if (bias.data)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t o = oBegin; o < oEnd; ++o)
+        y[r * ldy + o] += loadWeight(bias, o);
 }
 
 /// How one matrix is cut: outputs in blocks of `block` (a multiple of the
@@ -271,25 +525,32 @@ void linearShared(const float *x, int64_t rows, int64_t in, Weight w,
     return;
   const TileTable &table = tileTableFor(w.type);
   int64_t rowBytes = in * static_cast<int64_t>(elementSize(w.type));
-  Plan plan = planFor(rows, in, out, elementSize(w.type));
+  bool gemm = rows >= kGemmMinRows && vectorKernelsActive();
+  Plan plan = gemm ? Plan{kGemmBlock, kGemmN}
+                   : planFor(rows, in, out, elementSize(w.type));
   int64_t blocks = (out + plan.block - 1) / plan.block;
   // Narrow matrices (few output blocks) over many rows would leave threads
   // idle: split the rows too, in chunks of whole row tiles.
   int64_t wanted = 2 * omp_get_num_threads();
+  int64_t tileRows = gemm ? gemmTable().maxRows : 4;
   int64_t rowChunks =
       rows <= 8 || blocks >= wanted
           ? 1
           : std::min<int64_t>((wanted + blocks - 1) / blocks,
-                              (rows + 4 * kMaxR - 1) / (4 * kMaxR));
+                              (rows + 4 * tileRows - 1) / (4 * tileRows));
   int64_t chunkRows =
-      ((rows + rowChunks - 1) / rowChunks + kMaxR - 1) / kMaxR * kMaxR;
+      ((rows + rowChunks - 1) / rowChunks + tileRows - 1) / tileRows * tileRows;
   const char *wBytes = static_cast<const char *>(w.data);
 #pragma omp for schedule(static) nowait
   for (int64_t item = 0; item < blocks * rowChunks; ++item) {
     int64_t b = item % blocks, r0 = item / blocks * chunkRows;
     int64_t o0 = b * plan.block, o1 = std::min(out, o0 + plan.block);
     int64_t n = std::min(rows - r0, chunkRows);
-    if (n > 0)
+    if (n <= 0)
+      continue;
+    if (gemm)
+      gemmRange(x + r0 * in, n, in, w, o0, o1, bias, out, y + r0 * out);
+    else
       linearRange(table, x + r0 * in, n, in, wBytes, rowBytes, o0, o1,
                   plan.oTile, bias, out, y + r0 * out);
   }
@@ -592,13 +853,6 @@ using Fp8TileFn = void (*)(const Fp8Tile &, float *);
 
 constexpr int kMaxFp8R = 8, kMaxFp8O = 4;
 
-enum class Fp8Isa { Portable, Avx2, Avx512 };
-
-/// Rows per tile: as many as the accumulators of 3 outputs fit in the vector
-/// registers (16, or 32 with AVX-512), so that each weight is decoded once
-/// per that many rows.
-constexpr int fp8MaxRows(Fp8Isa isa) { return isa == Fp8Isa::Avx512 ? 8 : 4; }
-
 /// Outputs per tile for R rows.
 constexpr int fp8OutputTile(int rows) { return rows <= 2 ? 4 : 3; }
 
@@ -607,36 +861,36 @@ struct Fp8TileTable {
   Fp8TileFn fn[kMaxFp8R + 1][kMaxFp8O + 1] = {};
 };
 
-template <Fp8Isa Isa, int R, int O> constexpr Fp8TileFn fp8Tile() {
-  if constexpr (Isa == Fp8Isa::Avx512)
+template <Isa I, int R, int O> constexpr Fp8TileFn fp8Tile() {
+  if constexpr (I == Isa::Avx512)
     return &tileFp8Avx512<R, O>;
-  else if constexpr (Isa == Fp8Isa::Avx2)
+  else if constexpr (I == Isa::Avx2)
     return &tileFp8Avx2<R, O>;
   else
     return &tileFp8Generic<R, O>;
 }
 
-template <Fp8Isa Isa> constexpr Fp8TileTable makeFp8Table() {
+template <Isa I> constexpr Fp8TileTable makeFp8Table() {
   Fp8TileTable t;
-  t.maxRows = fp8MaxRows(Isa);
+  t.maxRows = maxRows(I);
   [&]<int... Rs>(std::integer_sequence<int, Rs...>) {
     (
         [&]<int R>() {
           [&]<int... Os>(std::integer_sequence<int, Os...>) {
-            ((t.fn[R][Os + 1] = fp8Tile<Isa, R, Os + 1>()), ...);
+            ((t.fn[R][Os + 1] = fp8Tile<I, R, Os + 1>()), ...);
           }
           (std::make_integer_sequence<int, fp8OutputTile(R)>{});
         }.template operator()<Rs + 1>(),
         ...);
   }
-  (std::make_integer_sequence<int, fp8MaxRows(Isa)>{});
+  (std::make_integer_sequence<int, maxRows(I)>{});
   return t;
 }
 
 const Fp8TileTable &fp8TileTable() {
-  static const Fp8TileTable portable = makeFp8Table<Fp8Isa::Portable>();
-  static const Fp8TileTable avx2 = makeFp8Table<Fp8Isa::Avx2>();
-  static const Fp8TileTable avx512 = makeFp8Table<Fp8Isa::Avx512>();
+  static const Fp8TileTable portable = makeFp8Table<Isa::Portable>();
+  static const Fp8TileTable avx2 = makeFp8Table<Isa::Avx2>();
+  static const Fp8TileTable avx512 = makeFp8Table<Isa::Avx512>();
   if (!vectorKernelsActive())
     return portable;
   return avx512KernelsActive() ? avx512 : avx2;
