@@ -172,12 +172,12 @@ TEST(Kernels, GroupedLinearMatchesReference) {
 
 // Enough rows for the packed GEMM (40 or more): row counts that leave partial
 // micro-tiles of 6 and 12 rows, outputs that leave partial 16-wide panels and
-// 128-wide blocks, `in` beyond one 256-wide K chunk and not a multiple of 8,
+// 256-wide blocks, `in` beyond one 256-wide K chunk and not a multiple of 8,
 // and a narrow matrix whose rows are split between threads.
 TEST(Kernels, LinearGemmMatchesReference) {
   const LinearShape shapes[] = {{40, 37, 29}, {41, 300, 131}, {77, 520, 150},
                                 {130, 8, 17}, {53, 1031, 40}, {96, 256, 256},
-                                {200, 64, 3}, {45, 2500, 20}};
+                                {200, 64, 3}, {45, 2500, 20}, {50, 130, 530}};
   std::mt19937 rng(3);
   for (LinearShape s : shapes)
     for (ElementType type : kWeightTypes)
