@@ -532,6 +532,16 @@ void linearShared(const float *x, int64_t rows, int64_t in, Weight w,
   Plan plan = gemm ? Plan{kGemmBlock, kGemmN}
                    : planFor(rows, in, out, elementSize(w.type));
   int64_t blocks = (out + plan.block - 1) / plan.block;
+  int64_t panels = (out + kGemmN - 1) / kGemmN;
+  // GEMM blocks are of equal width (in whole panels) and as many per thread:
+  // a short last block would leave the same thread with less work on every
+  // expert of groupedLinear (1408 = 5.5 blocks of 256).
+  if (gemm)
+    blocks = (blocks + omp_get_num_threads() - 1) / omp_get_num_threads() *
+             omp_get_num_threads();
+  auto blockBegin = [&](int64_t b) {
+    return std::min(out, gemm ? b * panels / blocks * kGemmN : b * plan.block);
+  };
   // Narrow matrices (few output blocks) over many rows would leave threads
   // idle: split the rows too, in chunks of whole row tiles.
   int64_t wanted = 2 * omp_get_num_threads();
@@ -547,9 +557,9 @@ void linearShared(const float *x, int64_t rows, int64_t in, Weight w,
 #pragma omp for schedule(static) nowait
   for (int64_t item = 0; item < blocks * rowChunks; ++item) {
     int64_t b = item % blocks, r0 = item / blocks * chunkRows;
-    int64_t o0 = b * plan.block, o1 = std::min(out, o0 + plan.block);
+    int64_t o0 = blockBegin(b), o1 = blockBegin(b + 1);
     int64_t n = std::min(rows - r0, chunkRows);
-    if (n <= 0)
+    if (n <= 0 || o0 >= o1)
       continue;
     if (gemm)
       gemmRange(x + r0 * in, n, in, w, o0, o1, bias, out, y + r0 * out);
