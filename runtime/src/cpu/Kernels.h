@@ -129,7 +129,10 @@ void rmsNorm(const float *x, int64_t rows, int64_t dim, Weight weight,
 
 /// y[r, o] = sum_i x[r, i] * w[o, i] + bias[o]; w is [out, in]. `bias.data`
 /// may be null (an FP8 w still takes a fp32/bf16/f16 bias). FP8 w quantizes x
-/// into `act` (rows rows).
+/// into `act` (rows rows). With the vector kernels, 40 or more rows of a
+/// non-FP8 w (here and per expert in groupedLinear) go to a packed GEMM whose
+/// per-thread scratch (about 270 KiB) is allocated on a thread's first such
+/// call and kept.
 void linear(const float *x, int64_t rows, int64_t in, Weight w, int64_t out,
             Weight bias, float *y, Fp8Activations act = {});
 

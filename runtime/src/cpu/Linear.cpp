@@ -450,8 +450,8 @@ const GemmTable &gemmTable() {
   return avx512KernelsActive() ? avx512 : avx2;
 }
 
-/// Per-thread panels and activation rows. Grown once (the only heap
-/// allocation of the GEMMs), then reused.
+/// Per-thread panels and activation rows, allocated on the thread's first
+/// GEMM (the only heap allocation of these kernels) and then reused.
 float *gemmScratch() {
   thread_local std::vector<float> scratch(kGemmBlock * kGemmK +
                                           kGemmMaxMR * kGemmLda);
