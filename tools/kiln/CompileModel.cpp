@@ -10,6 +10,7 @@
 #include "tools/kiln/QuantizeOptions.h"
 
 #include "codegen/ArtifactWriter.h"
+#include "codegen/FusedKernelEmitter.h"
 #include "codegen/PlanBuilder.h"
 #include "models/Import.h"
 #include "passes/Pipeline.h"
@@ -44,6 +45,7 @@ struct CompileModelOptions {
   uint32_t maxPrefill = 0; // 0: min(max context, 512)
   QuantizeFlags quantize;
   bool report = false;
+  std::string dumpKernels;
   std::vector<std::string> mlirOptions;
 };
 
@@ -86,6 +88,44 @@ absl::Status printModule(mlir::ModuleOp module, const std::string &output) {
     return absl::OkStatus();
   }
   return writeFileAtomically(output, text);
+}
+
+/// Writes each fused group's generated source to `dir`/<name>.cu, with the
+/// prelude they include.
+absl::Status dumpKernels(mlir::ModuleOp module, const std::string &dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec)
+    return absl::InvalidArgumentError("--dump-kernels: cannot create " + dir +
+                                      ": " + ec.message());
+  std::filesystem::path root(dir);
+  if (absl::Status s =
+          writeFileAtomically(root / codegen::kFusedPreludeName,
+                              codegen::fusedPreludeSource());
+      !s.ok())
+    return s;
+  std::string diagnostics;
+  mlir::ScopedDiagnosticHandler handler(
+      module.getContext(), [&](mlir::Diagnostic &d) {
+        llvm::raw_string_ostream os(diagnostics);
+        os << d.getLocation() << ": " << d << "\n";
+        return mlir::success();
+      });
+  absl::Status status;
+  module.walk([&](mlir::kiln::FusedOp fused) {
+    mlir::FailureOr<codegen::FusedKernel> kernel =
+        codegen::emitFusedKernel(fused);
+    if (mlir::failed(kernel)) {
+      status = absl::InvalidArgumentError(
+          "--dump-kernels: cannot generate " + fused.getName().str() + ":\n" +
+          diagnostics);
+      return mlir::WalkResult::interrupt();
+    }
+    status = writeFileAtomically(root / (kernel->name + ".cu"), kernel->source);
+    return status.ok() ? mlir::WalkResult::advance()
+                       : mlir::WalkResult::interrupt();
+  });
+  return status;
 }
 
 absl::Status compileModel(const CompileModelOptions &opts) {
@@ -159,6 +199,9 @@ absl::Status compileModel(const CompileModelOptions &opts) {
   if (opts.report)
     printWeightReport(opts.output == "-" ? std::cerr : std::cout, before,
                       weightBytes(module));
+  if (!opts.dumpKernels.empty())
+    if (absl::Status s = dumpKernels(module, opts.dumpKernels); !s.ok())
+      return s;
   if (opts.compileTo == "optimize" || !artifact)
     return printModule(module, opts.output);
 
@@ -246,6 +289,10 @@ CommandRunner registerCompileModel(CLI::App &app) {
   app.add_flag("--no-fuse", opts->noFuse,
                "Do not group row-local ops into kiln.fused kernels");
   addQuantizeOptions(app, opts->quantize);
+  app.add_option("--dump-kernels", opts->dumpKernels,
+                 "Write each fused group's generated C++/CUDA source to "
+                 "DIR/<name>.cu, with the prelude it includes")
+      ->type_name("DIR");
   app.add_flag("--report", opts->report,
                "Print weight bytes per dtype before and after the optimize "
                "phase, and the FP8 scale overhead");

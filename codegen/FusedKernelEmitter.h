@@ -1,0 +1,72 @@
+//===- FusedKernelEmitter.h - kiln.fused -> portable C++ --------*- C++ -*-===//
+//
+// Emits a `kiln.fused` group as one C++ source that builds both as a CUDA
+// kernel (one thread block per token) and as a host function (a loop over
+// tokens) on top of codegen/kernels/FusedPrelude.h, so that the host build
+// runs the very body the GPU runs.
+//
+//===----------------------------------------------------------------------===//
+#ifndef KILN_CODEGEN_FUSEDKERNELEMITTER_H
+#define KILN_CODEGEN_FUSEDKERNELEMITTER_H
+
+#include "ir/KilnOps.h"
+#include "runtime/src/cpu/Kernels.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kiln::codegen {
+
+/// The element types a fused kernel argument may have.
+enum class KernelElement { F32, BF16, F16, I32 };
+
+/// One pointer argument of a fused kernel: the group's inputs in order, then
+/// its results.
+struct KernelArg {
+  bool isResult = false;
+  /// Per-token tensors have leading dynamic dimensions ([B, S], [B, KvLen]
+  /// or routed rows [R]) that the kernel flattens to its token index;
+  /// whole tensors (weights) are read entirely by every token.
+  bool perToken = false;
+  KernelElement element = KernelElement::F32;
+  /// Elements per token (per-token) or in all (whole).
+  int64_t elements = 0;
+  /// The checkpoint parameter a whole input reads, when it is one.
+  std::string parameter;
+};
+
+struct FusedKernel {
+  /// The group's name: the CUDA kernel's, and the stem of the host entry.
+  std::string name;
+  /// `extern "C" void <name>_host(int64_t tokens, void **args)`, args in
+  /// the order of `args`.
+  std::string hostEntry;
+  /// `extern "C" __global__ void <name>(int64_t tokens, <args>...)`, one
+  /// block of KILN_BLOCK_THREADS threads per token (a grid smaller than
+  /// `tokens` strides over them).
+  std::string cudaEntry;
+  std::vector<KernelArg> args;
+  /// Floats of the per-token scratch row (shared memory on the GPU).
+  int64_t scratchFloats = 0;
+  /// The C++ source; it includes kFusedPreludeName.
+  std::string source;
+};
+
+/// The prelude the sources include, by the name they include it with.
+inline constexpr const char *kFusedPreludeName = "FusedPrelude.h";
+/// The text of codegen/kernels/FusedPrelude.h, built into the compiler.
+const std::string &fusedPreludeSource();
+
+/// Emits `fused`. Fails (with an error on the op) for what the generated
+/// kernels do not support: bf16 activations, FP8 weights, broadcasts of
+/// more than one dimension, a moe_gate whose indices stay in the group,
+/// intermediates beyond 48 KiB per token.
+mlir::FailureOr<FusedKernel> emitFusedKernel(mlir::kiln::FusedOp fused);
+
+/// `#kiln.rope` as the CPU kernels take it.
+::kiln::cpu::RopeParams ropeParams(mlir::kiln::RopeAttr rope);
+
+} // namespace kiln::codegen
+
+#endif // KILN_CODEGEN_FUSEDKERNELEMITTER_H

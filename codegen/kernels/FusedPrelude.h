@@ -1,0 +1,336 @@
+// What the generated fused kernels (codegen/FusedKernelEmitter.cpp) build
+// on. One kernel body compiles two ways:
+//
+// - as CUDA (nvcc or NVRTC): one thread block owns one token; the threads of
+//   the block stride over the token's row, row reductions go through warp
+//   shuffles and shared memory, and KILN_SYNC() is __syncthreads();
+// - as host C++: one thread owns one token (the host entry spreads tokens
+//   over OpenMP threads); KILN_THREAD is 0, KILN_THREADS 1 and KILN_SYNC()
+//   does nothing, so the same loops run the whole row in order.
+//
+// The functions follow the reference CPU kernels (runtime/src/cpu) in what
+// they compute, operation for operation, so that the host build matches them
+// except for the order of sums. Every function is called by all threads of
+// the block with the same arguments; the caller syncs between two calls (an
+// output is read by other threads only after a KILN_SYNC()).
+//
+// NVRTC compiles this without host headers, hence the integer typedefs and
+// bit-level conversions instead of <cstdint> and cuda_bf16.h.
+#ifndef KILN_FUSED_PRELUDE_H
+#define KILN_FUSED_PRELUDE_H
+
+#if defined(__CUDACC_RTC__)
+typedef long long int64_t;
+typedef int int32_t;
+typedef unsigned int uint32_t;
+typedef unsigned short uint16_t;
+#else
+#include <math.h>
+#include <stdint.h>
+#endif
+
+#if defined(__CUDACC__)
+#define KILN_FN __device__ __forceinline__
+#define KILN_THREAD static_cast<int>(threadIdx.x)
+#define KILN_THREADS static_cast<int>(blockDim.x)
+#define KILN_SYNC() __syncthreads()
+#define KILN_SHARED __shared__
+#define KILN_TABLE __constant__ const
+#else
+#define KILN_FN inline
+#define KILN_THREAD 0
+#define KILN_THREADS 1
+#define KILN_SYNC() ((void)0)
+#define KILN_SHARED
+#define KILN_TABLE static const
+#endif
+
+/// Threads per block of the CUDA kernels: a multiple of the warp size.
+#ifndef KILN_BLOCK_THREADS
+#define KILN_BLOCK_THREADS 128
+#endif
+
+namespace kiln {
+
+/// 16-bit weight elements, stored as their bits.
+struct Bf16 {
+  uint16_t bits;
+};
+struct F16 {
+  uint16_t bits;
+};
+
+KILN_FN float floatFromBits(uint32_t bits) {
+#if defined(__CUDACC__)
+  return __uint_as_float(bits);
+#else
+  float value;
+  __builtin_memcpy(&value, &bits, sizeof(value));
+  return value;
+#endif
+}
+
+KILN_FN float toFloat(float value) { return value; }
+
+KILN_FN float toFloat(Bf16 value) {
+  return floatFromBits(static_cast<uint32_t>(value.bits) << 16);
+}
+
+/// Exact, as kiln::f16ToFloat (runtime/src/Float.cpp).
+KILN_FN float toFloat(F16 value) {
+  uint32_t sign = static_cast<uint32_t>(value.bits & 0x8000u) << 16;
+  uint32_t exponent = (value.bits >> 10) & 0x1fu;
+  uint32_t mantissa = value.bits & 0x3ffu;
+  if (exponent == 0x1f) // infinity or NaN
+    return floatFromBits(sign | 0x7f800000u | (mantissa << 13));
+  if (exponent != 0)
+    return floatFromBits(sign | ((exponent + 112) << 23) | (mantissa << 13));
+  float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
+  return sign ? -magnitude : magnitude;
+}
+
+/// The sum of every thread's `value`, returned to all threads.
+KILN_FN float blockSum(float value) {
+#if defined(__CUDACC__)
+  __shared__ float partial[32];
+  for (int offset = 16; offset > 0; offset >>= 1)
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  int warp = KILN_THREAD / 32, lane = KILN_THREAD % 32;
+  if (lane == 0)
+    partial[warp] = value;
+  __syncthreads();
+  // Every warp reduces the partial sums, so all threads get the total
+  // without another round through shared memory.
+  value = lane < (KILN_THREADS + 31) / 32 ? partial[lane] : 0.0f;
+  for (int offset = 16; offset > 0; offset >>= 1)
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  __syncthreads(); // `partial` is free for the next call
+#endif
+  return value;
+}
+
+KILN_FN void copy(const float *x, int count, float *out) {
+  for (int i = KILN_THREAD; i < count; i += KILN_THREADS)
+    out[i] = x[i];
+}
+
+KILN_FN void add(const float *a, const float *b, int count, float *out) {
+  for (int i = KILN_THREAD; i < count; i += KILN_THREADS)
+    out[i] = a[i] + b[i];
+}
+
+/// silu(gate) * up, as cpu::swiglu.
+KILN_FN void swiglu(const float *gate, const float *up, int count, float *out) {
+  for (int i = KILN_THREAD; i < count; i += KILN_THREADS) {
+    float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+/// `rows` rows of `dim` values, each normalized as cpu::rmsNorm.
+template <class W>
+KILN_FN void rmsNorm(const float *x, int rows, int dim, const W *weight,
+                     float epsilon, float *out) {
+  for (int r = 0; r < rows; ++r) {
+    const float *xr = x + r * dim;
+    float *yr = out + r * dim;
+    float sum = 0.0f;
+    for (int i = KILN_THREAD; i < dim; i += KILN_THREADS)
+      sum += xr[i] * xr[i];
+    sum = blockSum(sum);
+    float inv = 1.0f / sqrtf(sum / static_cast<float>(dim) + epsilon);
+    for (int i = KILN_THREAD; i < dim; i += KILN_THREADS)
+      yr[i] = (xr[i] * inv) * toFloat(weight[i]);
+  }
+}
+
+/// out[r, :] = x[r, offset : offset + size] over rows of `inDim`.
+KILN_FN void slice(const float *x, int rows, int inDim, int offset, int size,
+                   float *out) {
+  for (int j = KILN_THREAD; j < rows * size; j += KILN_THREADS)
+    out[j] = x[(j / size) * inDim + offset + j % size];
+}
+
+/// One input of a concat: rows of `dim` values into columns [offset,
+/// offset + dim) of rows of `outDim`.
+KILN_FN void concatPart(const float *x, int rows, int dim, int outDim,
+                        int offset, float *out) {
+  for (int j = KILN_THREAD; j < rows * dim; j += KILN_THREADS)
+    out[(j / dim) * outDim + offset + j % dim] = x[j];
+}
+
+/// out[r, k, :] = x[r, 0, :] for k < repeat, rows of `inner` values.
+KILN_FN void broadcast(const float *x, int outer, int repeat, int inner,
+                       float *out) {
+  for (int j = KILN_THREAD; j < outer * repeat * inner; j += KILN_THREADS)
+    out[j] = x[(j / (repeat * inner)) * inner + j % inner];
+}
+
+/// Rotates `heads` rows of 2 * Half values by the angles of `position`, as
+/// cpu::rope: angle = position * invFreq[i] and its cos/sin in double, times
+/// the attention factor, rounded to fp32. A negative position (padding)
+/// copies the row.
+template <int Half>
+KILN_FN void rope(const float *x, int heads, int32_t position,
+                  const double *invFreq, double attention, bool interleaved,
+                  float *out) {
+  const int dim = 2 * Half;
+  if (position < 0) {
+    copy(x, heads * dim, out);
+    return;
+  }
+  KILN_SHARED float cosv[Half], sinv[Half];
+  for (int i = KILN_THREAD; i < Half; i += KILN_THREADS) {
+    double angle = static_cast<double>(position) * invFreq[i];
+    cosv[i] = static_cast<float>(cos(angle) * attention);
+    sinv[i] = static_cast<float>(sin(angle) * attention);
+  }
+  KILN_SYNC();
+  for (int j = KILN_THREAD; j < heads * Half; j += KILN_THREADS) {
+    int h = j / Half, i = j % Half;
+    const float *xh = x + h * dim;
+    float *oh = out + h * dim;
+    // interleaved: pairs (2i, 2i + 1); otherwise rotate_half's (i, i + Half).
+    int first = interleaved ? 2 * i : i;
+    int second = interleaved ? 2 * i + 1 : i + Half;
+    float a = xh[first], b = xh[second];
+    oh[first] = a * cosv[i] - b * sinv[i];
+    oh[second] = b * cosv[i] + a * sinv[i];
+  }
+}
+
+enum ScoringFunc { Softmax, Sigmoid };
+enum TopkMethod { Greedy, GroupLimitedGreedy, NoauxTc };
+
+struct MoeGateConfig {
+  ScoringFunc scoring;
+  TopkMethod method;
+  int nGroup;
+  int topkGroup;
+  bool normTopkProb;
+  float routedScalingFactor;
+};
+
+KILN_FN bool isNan(float value) { return value != value; }
+
+/// The indices of the `k` largest of values[0, n) not yet `taken` (which it
+/// marks), largest first, the lower index first among equal values; as the
+/// reference router's topK.
+KILN_FN void topK(const float *values, int n, int k, unsigned char *taken,
+                  int32_t *result) {
+  for (int j = 0; j < k; ++j) {
+    int best = -1;
+    for (int i = 0; i < n; ++i) {
+      if (taken[i])
+        continue;
+      if (best < 0 || values[i] > values[best] ||
+          (isNan(values[best]) && !isNan(values[i])))
+        best = i;
+    }
+    if (best < 0)
+      best = 0;
+    taken[best] = 1;
+    result[j] = best;
+  }
+}
+
+/// DeepSeekMoE router of one token, as cpu::moeGate: logits x W^T (weight
+/// [Experts, dim]) by the block's threads, then scores, selection and
+/// weights by one thread (the selection is a short serial scan). `bias` is
+/// null unless noaux_tc has e_score_correction_bias.
+template <int Experts, int TopK, class W, class B>
+KILN_FN void moeGate(const float *x, int dim, const W *weight, const B *bias,
+                     MoeGateConfig config, float *weights, int32_t *indices) {
+  KILN_SHARED float scores[Experts], choice[Experts], groupScore[Experts];
+  KILN_SHARED unsigned char taken[Experts];
+  KILN_SHARED int32_t picked[Experts > 2 ? Experts : 2];
+  for (int e = KILN_THREAD; e < Experts; e += KILN_THREADS) {
+    float logit = 0.0f;
+    for (int i = 0; i < dim; ++i)
+      logit += x[i] * toFloat(weight[e * dim + i]);
+    scores[e] = logit;
+  }
+  KILN_SYNC();
+  if (KILN_THREAD != 0)
+    return;
+  if (config.scoring == Softmax) {
+    float mx = scores[0];
+    for (int e = 1; e < Experts; ++e)
+      mx = scores[e] > mx ? scores[e] : mx;
+    float sum = 0.0f;
+    for (int e = 0; e < Experts; ++e) {
+      scores[e] = expf(scores[e] - mx);
+      sum += scores[e];
+    }
+    for (int e = 0; e < Experts; ++e)
+      scores[e] /= sum;
+  } else {
+    for (int e = 0; e < Experts; ++e)
+      scores[e] = 1.0f / (1.0f + expf(-scores[e]));
+  }
+  bool useBias = config.method == NoauxTc && bias;
+  for (int e = 0; e < Experts; ++e)
+    choice[e] = scores[e] + (useBias ? toFloat(bias[e]) : 0.0f);
+
+  int groups =
+      config.method == Greedy ? 1 : (config.nGroup > 1 ? config.nGroup : 1);
+  int perGroup = Experts / groups;
+  if (config.method != Greedy && groups > 1) {
+    for (int g = 0; g < groups; ++g) {
+      const float *c = choice + g * perGroup;
+      if (config.method == GroupLimitedGreedy) {
+        // V2: a group scores its best expert (the first maximum).
+        float best = c[0];
+        for (int e = 1; e < perGroup; ++e)
+          best = c[e] > best ? c[e] : best;
+        groupScore[g] = best;
+      } else {
+        // V3: a group scores the sum of its two best biased experts.
+        for (int e = 0; e < perGroup; ++e)
+          taken[e] = 0;
+        int two = perGroup < 2 ? perGroup : 2;
+        topK(c, perGroup, two, taken, picked);
+        float sum = 0.0f;
+        for (int j = 0; j < two; ++j)
+          sum += c[picked[j]];
+        groupScore[g] = sum;
+      }
+    }
+    int keep = config.topkGroup < 0        ? 0
+               : config.topkGroup > groups ? groups
+                                           : config.topkGroup;
+    for (int g = 0; g < groups; ++g)
+      taken[g] = 0;
+    topK(groupScore, groups, keep, taken, picked);
+    // Experts of dropped groups: HF masks them with 0 (V2) or -inf (V3).
+    float masked = config.method == GroupLimitedGreedy
+                       ? 0.0f
+                       : -floatFromBits(0x7f800000u);
+    for (int g = 0; g < groups; ++g)
+      if (!taken[g])
+        for (int e = g * perGroup; e < (g + 1) * perGroup; ++e) {
+          choice[e] = masked;
+          scores[e] = 0.0f;
+        }
+  }
+
+  for (int e = 0; e < Experts; ++e)
+    taken[e] = 0;
+  topK(choice, Experts, TopK, taken, indices);
+  float sum = 0.0f;
+  for (int j = 0; j < TopK; ++j) {
+    weights[j] = scores[indices[j]];
+    sum += weights[j];
+  }
+  if (config.normTopkProb) {
+    float denominator = sum + 1e-20f;
+    for (int j = 0; j < TopK; ++j)
+      weights[j] /= denominator;
+  }
+  for (int j = 0; j < TopK; ++j)
+    weights[j] *= config.routedScalingFactor;
+}
+
+} // namespace kiln
+
+#endif // KILN_FUSED_PRELUDE_H
