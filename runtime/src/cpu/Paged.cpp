@@ -6,6 +6,7 @@
 // softmax in 64-key blocks); at a small batch it has fewer work items than
 // threads (absorbed MLA at batch 1 has a single one), so the context is then
 // split across threads and the partial softmax states are merged.
+#include "runtime/src/cpu/AttentionSplit.h"
 #include "runtime/src/cpu/AttentionTile.h"
 #include "runtime/src/cpu/Kernels.h"
 
@@ -331,31 +332,8 @@ void attentionPaged(const float *q, PagedView k, PagedView v,
     }
 #pragma omp for schedule(static)
     for (int64_t rh = 0; rh < queries * heads; ++rh) {
-      int64_t row = rh / heads, h = rh % heads;
-      float *o = out + rh * dv;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t s = 0; s < splits; ++s)
-        m = std::max(m, stats[2 * ((row * splits + s) * heads + h)]);
-      for (int64_t i = 0; i < dv; ++i)
-        o[i] = 0.0f;
-      if (m == -std::numeric_limits<float>::infinity())
-        continue; // no keys
-      float l = 0.0f;
-      for (int64_t s = 0; s < splits; ++s) {
-        int64_t at = (row * splits + s) * heads + h;
-        if (stats[2 * at + 1] == 0.0f)
-          continue; // an empty range
-        float w = softmaxExp(stats[2 * at] - m);
-        l += w * stats[2 * at + 1];
-        const float *po = scratch + at * dv;
-#pragma omp simd
-        for (int64_t i = 0; i < dv; ++i)
-          o[i] += w * po[i];
-      }
-      float inv = 1.0f / l;
-#pragma omp simd
-      for (int64_t i = 0; i < dv; ++i)
-        o[i] *= inv;
+      mergeSplits(stats, scratch, rh / heads, rh % heads, splits, heads, dv,
+                  out + rh * dv);
     }
   }
 }

@@ -13,6 +13,8 @@
 // several heads and keys, which load each tile vector once for several FMAs.
 #include "runtime/src/cpu/PagedFp8.h"
 
+#include "runtime/src/cpu/AttentionSplit.h"
+
 #include "kiln/Float.h"
 
 #include <immintrin.h>
@@ -595,31 +597,8 @@ void attentionPagedFp8(const float *q, const std::byte *slotData,
     }
 #pragma omp for schedule(static)
     for (int64_t rh = 0; rh < queries * heads; ++rh) {
-      int64_t row = rh / heads, h = rh % heads;
-      float *o = out + rh * dv;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t s = 0; s < splits; ++s)
-        m = std::max(m, stats[2 * ((row * splits + s) * heads + h)]);
-      for (int64_t i = 0; i < dv; ++i)
-        o[i] = 0.0f;
-      if (m == -std::numeric_limits<float>::infinity())
-        continue; // no keys
-      float l = 0.0f;
-      for (int64_t s = 0; s < splits; ++s) {
-        int64_t at = (row * splits + s) * heads + h;
-        if (stats[2 * at + 1] == 0.0f)
-          continue; // an empty range
-        float w = softmaxExp(stats[2 * at] - m);
-        l += w * stats[2 * at + 1];
-        const float *po = scratch + at * dv;
-#pragma omp simd
-        for (int64_t i = 0; i < dv; ++i)
-          o[i] += w * po[i];
-      }
-      float inv = 1.0f / l;
-#pragma omp simd
-      for (int64_t i = 0; i < dv; ++i)
-        o[i] *= inv;
+      mergeSplits(stats, scratch, rh / heads, rh % heads, splits, heads, dv,
+                  out + rh * dv);
     }
   }
 }
