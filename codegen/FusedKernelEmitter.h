@@ -53,6 +53,10 @@ struct FusedKernel {
   std::string source;
 };
 
+/// Threads per block of the CUDA kernels (the prelude's
+/// KILN_BLOCK_THREADS).
+inline constexpr uint32_t kFusedBlockThreads = 128;
+
 /// The prelude the sources include, by the name they include it with.
 inline constexpr const char *kFusedPreludeName = "FusedPrelude.h";
 /// The text of codegen/kernels/FusedPrelude.h, built into the compiler.

@@ -52,3 +52,14 @@ tools = [
 ]
 llvm_config.add_tool_substitutions(
     tools, [config.kiln_tools_dir, config.llvm_tools_dir])
+
+# Tests that compile CUDA with NVRTC (loaded at run time by the compiler).
+import ctypes
+
+for _nvrtc in ("libnvrtc.so.13", "libnvrtc.so"):
+    try:
+        ctypes.CDLL(_nvrtc)
+        config.available_features.add("nvrtc")
+        break
+    except OSError:
+        pass

@@ -208,6 +208,10 @@ void describe(Model::Impl &impl, const std::filesystem::path &path) {
   }
   for (const art::KvSlot *slot : *plan.kv_slots())
     info.kvCacheBytesPerToken += detail::slotBytesPerToken(*slot);
+  if (plan.gpu_modules())
+    for (const art::GpuModule *m : *plan.gpu_modules())
+      info.gpuCode.push_back({m->arch()->str(), m->kernels()->size(),
+                              m->cubin()->size(), m->ptx()->size()});
   for (const art::EntryPoint *e : *plan.entry_points()) {
     info.entryPoints.push_back({e->name()->str(), e->max_batch(), e->max_seq(),
                                 e->arena_bytes(), e->launches()->size(),

@@ -593,6 +593,19 @@ absl::Status Verifier::run() {
       return fail("cache slot " + slot->name()->str() +
                   " has FP8 columns that do not fit a [1, n] entry");
   }
+  if (plan_.gpu_modules())
+    for (const art::GpuModule *m : *plan_.gpu_modules()) {
+      const auto *cubin = m->cubin();
+      if (!m->arch() || m->arch()->size() == 0 || !m->ptx() || !cubin ||
+          cubin->size() < 4 || cubin->Get(0) != 0x7f || cubin->Get(1) != 'E' ||
+          cubin->Get(2) != 'L' || cubin->Get(3) != 'F' || !m->kernels())
+        return fail("a GPU module lacks its architecture, an ELF cubin, its "
+                    "PTX or its kernel table");
+      for (const art::GpuKernel *k : *m->kernels())
+        if (!k->name() || k->name()->size() == 0 || k->block_threads() == 0 ||
+            k->block_threads() > 1024)
+          return fail("a GPU kernel lacks a name or has a bad block size");
+    }
   for (const art::EntryPoint *entry : *plan_.entry_points()) {
     if (!entry->name() || !entry->launches())
       return fail("an entry point has no name or launches");

@@ -10,6 +10,7 @@
 #include "tools/kiln/QuantizeOptions.h"
 
 #include "codegen/ArtifactWriter.h"
+#include "codegen/GpuModule.h"
 #include "codegen/FusedKernelEmitter.h"
 #include "codegen/PlanBuilder.h"
 #include "models/Import.h"
@@ -44,6 +45,7 @@ struct CompileModelOptions {
   uint32_t maxContext = 0; // 0: min(config max positions, 4096)
   uint32_t maxPrefill = 0; // 0: min(max context, 512)
   QuantizeFlags quantize;
+  std::vector<std::string> targets{"cpu"};
   bool report = false;
   std::string dumpKernels;
   std::vector<std::string> mlirOptions;
@@ -227,6 +229,16 @@ absl::Status compileModel(const CompileModelOptions &opts) {
   planTimer.stop();
   if (opts.compileTo == "plan")
     return printModule(module, opts.output);
+  for (const std::string &target : opts.targets) {
+    if (target == "cpu")
+      continue;
+    progress.begin("compile fused kernels for " + target);
+    if (absl::Status s = codegen::addGpuModule(module, **built, target);
+        !s.ok())
+      return absl::Status(s.code(), "cannot compile " + opts.model + ":\n" +
+                                        diagnostics + std::string(s.message()));
+    progress.end();
+  }
 
   progress.begin("write " + opts.output);
   mlir::TimingScope emitTimer = rootTimer.nest("emit");
@@ -289,6 +301,13 @@ CommandRunner registerCompileModel(CLI::App &app) {
   app.add_flag("--no-fuse", opts->noFuse,
                "Do not group row-local ops into kiln.fused kernels");
   addQuantizeOptions(app, opts->quantize);
+  app.add_option("--target", opts->targets,
+                 "Code to put in the artifact, a comma list: cpu (the plan "
+                 "the CPU runtime executes, always there) and sm_90a (the "
+                 "fused kernels compiled with NVRTC for Hopper, plus PTX)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"cpu", "sm_90a"}))
+      ->capture_default_str();
   app.add_option("--dump-kernels", opts->dumpKernels,
                  "Write each fused group's generated C++/CUDA source to "
                  "DIR/<name>.cu, with the prelude it includes")

@@ -193,6 +193,11 @@ absl::Status inspect(const std::string &path, bool verifyWeights) {
               << ", tokens per sequence <= " << e.maxSeq << ", " << e.launches
               << " launches, arena " << bytesString(e.arenaBytes)
               << "\n    attention: " << e.attention << "\n";
+  for (const ModelInfo::GpuCode &g : info.gpuCode)
+    std::cout << "gpu code:        " << g.arch << ": " << g.kernels
+              << " fused kernels, cubin " << bytesString(g.cubinBytes)
+              << ", ptx " << bytesString(g.ptxBytes)
+              << " (not executed: no CUDA executor yet)\n";
   return absl::OkStatus();
 }
 

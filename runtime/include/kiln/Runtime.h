@@ -67,6 +67,13 @@ struct ModelInfo {
   std::map<std::string, uint64_t> parameterBytes;
   uint64_t kvCacheBytesPerToken = 0;
   std::vector<EntryPointInfo> entryPoints;
+  /// Generated GPU code the artifact carries (not executed by this
+  /// runtime yet).
+  struct GpuCode {
+    std::string arch;
+    size_t kernels = 0, cubinBytes = 0, ptxBytes = 0;
+  };
+  std::vector<GpuCode> gpuCode;
 };
 
 class Session;
