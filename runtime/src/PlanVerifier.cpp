@@ -426,6 +426,11 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
         !isArena(a(4), I32) || rank(a(4)) != 1 ||
         dim(a(4), 0).symbol() != art::DimSymbol::Batch)
       return bad("expects positions [B,S] and kv_lengths [B]");
+    // Keys and values are both cache views (read in place through the block
+    // tables) or both arena tensors.
+    if ((k->storage() == art::Storage::KvCache) !=
+        (v->storage() == art::Storage::KvCache))
+      return bad("k and v must both be cache views or both be computed");
     // An FP8 latent slot is read whole as the single kv head's keys, and
     // values are a prefix of its e4m3 columns.
     const art::KvSlot *kSlot = fp8Slot(k), *vSlot = fp8Slot(v);
