@@ -40,6 +40,8 @@ for config in "$root"/tests/fuzz/seeds/artifact-*.json; do
   "$kiln" compile-model "$scratch/$name" -o "$scratch/corpus-artifact/$name.kiln" \
     --max-batch 2 --max-context 8 --max-prefill 4
 done
+# Inputs that once crashed the loader stay in the corpus.
+cp "$root"/tests/fuzz/corpus/artifact/*.kiln "$scratch/corpus-artifact/"
 # FP8 weights and an FP8 latent cache reach the FP8 verifier paths.
 "$kiln" compile-model "$scratch/artifact-deepseek-v3" \
   -o "$scratch/corpus-artifact/artifact-deepseek-v3-fp8.kiln" \
