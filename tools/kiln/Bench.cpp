@@ -6,6 +6,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "tools/kiln/Commands.h"
+#include "tools/kiln/Device.h"
 
 #include "kiln/Runtime.h"
 
@@ -39,6 +40,8 @@ absl::Status bench(const BenchOptions &opts) {
   if (!model.ok())
     return model.status();
   const ModelInfo &info = (*model)->info();
+  if (std::string note = deviceNote(info); !note.empty())
+    std::cerr << note << "\n";
   // A KV cache just big enough for the largest point.
   SessionOptions sessionOptions;
   int maxBatch = *std::max_element(opts.batches.begin(), opts.batches.end());

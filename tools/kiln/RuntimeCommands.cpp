@@ -6,6 +6,7 @@
 //===----------------------------------------------------------------------===//
 #include "tools/kiln/Commands.h"
 #include "tools/kiln/QuantizeOptions.h"
+#include "tools/kiln/Device.h"
 #include "tools/kiln/Progress.h"
 
 #include "frontend/Safetensors.h"
@@ -52,8 +53,11 @@ absl::StatusOr<std::unique_ptr<Model>> openModel(const std::string &path,
   LoadOptions options;
   options.verifyWeights = verifyWeights;
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(path, options);
-  if (model.ok())
-    progress.end();
+  if (!model.ok())
+    return model;
+  progress.end();
+  if (std::string note = deviceNote((*model)->info()); !note.empty())
+    std::cerr << note << "\n";
   return model;
 }
 
