@@ -33,17 +33,9 @@ constexpr int64_t kScratchLimitBytes = 48 * 1024;
 /// Scratch slots start on 16-byte boundaries (vector loads on the GPU).
 constexpr int64_t kSlotAlignFloats = 4;
 
-size_t leadingDynamic(RankedTensorType type) {
-  size_t n = 0;
-  while (n < static_cast<size_t>(type.getRank()) &&
-         ShapedType::isDynamic(type.getDimSize(n)))
-    ++n;
-  return n;
-}
-
 int64_t staticElements(RankedTensorType type) {
   int64_t n = 1;
-  for (int64_t d : type.getShape().drop_front(leadingDynamic(type)))
+  for (int64_t d : type.getShape().drop_front(leadingDynamicDims(type)))
     n *= d;
   return n;
 }
@@ -128,7 +120,7 @@ std::string locName(Location loc) {
 
 std::string shapeText(RankedTensorType type) {
   std::string s = "[";
-  size_t leading = leadingDynamic(type);
+  size_t leading = leadingDynamicDims(type);
   if (leading)
     s += "tokens";
   for (int64_t d : type.getShape().drop_front(leading)) {
@@ -179,7 +171,7 @@ LogicalResult Emitter::collectArgs() {
                                 "inputs, not ")
              << type.getElementType() << " (input " << i << ")";
     KernelArg arg;
-    arg.perToken = leadingDynamic(type) > 0;
+    arg.perToken = leadingDynamicDims(type) > 0;
     arg.element = *element;
     arg.elements = staticElements(type);
     if (arg.perToken && *element != KernelElement::F32 &&
@@ -201,7 +193,7 @@ LogicalResult Emitter::collectArgs() {
     auto type = cast<RankedTensorType>(result.getType());
     FailureOr<KernelElement> element = kernelElement(type.getElementType());
     if (failed(element) || *element == KernelElement::BF16 ||
-        *element == KernelElement::F16 || leadingDynamic(type) == 0)
+        *element == KernelElement::F16 || leadingDynamicDims(type) == 0)
       return fused_.emitOpError("generated kernels yield per-token f32 or "
                                 "i32 values, not ")
              << type;
@@ -378,7 +370,7 @@ LogicalResult Emitter::emitOp(Operation &op) {
           .Case([&](BroadcastOp broadcast) -> LogicalResult {
             auto from = cast<RankedTensorType>(broadcast.getInput().getType());
             auto to = cast<RankedTensorType>(broadcast.getResult().getType());
-            size_t leading = leadingDynamic(to);
+            size_t leading = leadingDynamicDims(to);
             int64_t outer = 1, repeat = 1, inner = 1;
             std::optional<size_t> axis;
             for (size_t d = leading; d < static_cast<size_t>(to.getRank());

@@ -46,14 +46,6 @@ using Bounds = art::SymbolSizes;
 /// batch and cached positions, or routed rows).
 using Leading = SmallVector<art::DimSymbol, 2>;
 
-size_t leadingDynamic(RankedTensorType type) {
-  size_t n = 0;
-  while (n < static_cast<size_t>(type.getRank()) &&
-         ShapedType::isDynamic(type.getDimSize(n)))
-    ++n;
-  return n;
-}
-
 std::vector<art::Dim> symbolicShape(RankedTensorType type,
                                     ArrayRef<art::DimSymbol> leading) {
   std::vector<art::Dim> dims;
@@ -161,7 +153,7 @@ const ValueInfo &EntryPlanner::infoFor(Value value, Operation *user) const {
 
 FailureOr<Leading> EntryPlanner::leadingOf(Operation &op,
                                            RankedTensorType type) {
-  size_t n = leadingDynamic(type);
+  size_t n = leadingDynamicDims(type);
   if (n == 0)
     return Leading{};
   if (isa<KVReadOp>(op) && n == 2)

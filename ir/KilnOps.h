@@ -15,6 +15,17 @@ namespace mlir::kiln {
 struct KVCacheResource : public SideEffects::Resource::Base<KVCacheResource> {
   StringRef getName() final { return "KVCache"; }
 };
+
+/// How many leading dimensions of `type` are dynamic: the per-step ones
+/// ([batch, seq], [batch, kv_len] or routed rows) ahead of a value's static
+/// per-token shape.
+inline size_t leadingDynamicDims(RankedTensorType type) {
+  size_t n = 0;
+  while (n < static_cast<size_t>(type.getRank()) &&
+         ShapedType::isDynamic(type.getDimSize(n)))
+    ++n;
+  return n;
+}
 } // namespace mlir::kiln
 
 #define GET_OP_CLASSES

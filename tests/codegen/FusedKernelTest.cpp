@@ -50,18 +50,10 @@ constexpr int64_t kTokens = 5;
 constexpr int32_t kPositions[kTokens] = {0, 7, 100, 4097, -1};
 constexpr double kUnit = 0x1p-24; // fp32 unit roundoff
 
-size_t leadingDynamic(RankedTensorType type) {
-  size_t n = 0;
-  while (n < static_cast<size_t>(type.getRank()) &&
-         ShapedType::isDynamic(type.getDimSize(n)))
-    ++n;
-  return n;
-}
-
 int64_t perToken(Value value) {
   auto type = cast<RankedTensorType>(value.getType());
   int64_t n = 1;
-  for (int64_t d : type.getShape().drop_front(leadingDynamic(type)))
+  for (int64_t d : type.getShape().drop_front(leadingDynamicDims(type)))
     n *= d;
   return n;
 }
@@ -204,7 +196,7 @@ std::vector<RefValue> runReference(FusedOp fused, std::vector<Buffer> &inputs,
       auto to = cast<RankedTensorType>(broadcast.getResult().getType());
       int64_t outer = kTokens, repeat = 1, inner = 1;
       bool seen = false;
-      for (size_t d = leadingDynamic(to); d < size_t(to.getRank()); ++d) {
+      for (size_t d = leadingDynamicDims(to); d < size_t(to.getRank()); ++d) {
         bool grows = from.getDimSize(d) != to.getDimSize(d);
         (grows ? repeat : seen ? inner : outer) *= to.getDimSize(d);
         seen |= grows;

@@ -17,7 +17,7 @@
 // error of an FP8 variant by its precision ratio times it.
 #include "kiln/Float.h"
 #include "kiln/Runtime.h"
-#include "tests/e2e/Compile.h"
+#include "tests/e2e/E2eUtil.h"
 
 #include "frontend/Safetensors.h"
 #include "ir/KilnOps.h"
@@ -39,8 +39,8 @@ namespace {
 using frontend::testing::errorOf;
 using frontend::testing::freshTempDir;
 
-const std::filesystem::path kGolden =
-    std::filesystem::path(KILN_PROJECT_SOURCE_DIR) / "tests" / "golden";
+using testing::argmax;
+using testing::kGolden;
 /// e4m3 over bf16 relative rounding error (see the top of the file).
 constexpr double kFp8OverBf16 = 16.0;
 
@@ -54,10 +54,6 @@ std::vector<std::vector<int32_t>> randomPrompts(int count, int length,
     for (int i = 0; i < length; ++i)
       p.push_back(token(rng));
   return prompts;
-}
-
-int32_t argmax(std::span<const float> v) {
-  return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
 /// Every logits row of a run: each prompt position, then `steps` decode

@@ -6,7 +6,7 @@
 // bf16-rounded weights, and the fp32 greedy token wherever the golden marks
 // the top-1 margin as safe under bf16 rounding.
 #include "kiln/Runtime.h"
-#include "tests/e2e/Compile.h"
+#include "tests/e2e/E2eUtil.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -23,8 +23,8 @@ namespace {
 using frontend::testing::errorOf;
 using frontend::testing::freshTempDir;
 
-const std::filesystem::path kGolden =
-    std::filesystem::path(KILN_PROJECT_SOURCE_DIR) / "tests" / "golden";
+using testing::argmax;
+using testing::kGolden;
 constexpr int kPrompts = 3;
 constexpr int kSteps = 8;
 constexpr double kRelativeTolerance = 1e-4;
@@ -67,10 +67,6 @@ private:
   std::unique_ptr<frontend::SafetensorsFile> file_;
   nlohmann::json json_;
 };
-
-int32_t argmax(std::span<const float> v) {
-  return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
-}
 
 /// Accumulates max |a - b| and max |b| over every compared row.
 struct Error {

@@ -19,6 +19,7 @@
 #include <numbers>
 #include <numeric>
 #include <random>
+#include <span>
 #include <vector>
 
 namespace kiln::cpu {
@@ -112,11 +113,11 @@ struct LinearShape {
   int64_t rows, in, out;
 };
 
-TEST(Kernels, LinearMatchesReference) {
-  const LinearShape shapes[] = {
-      {3, 37, 29}, {1, 37, 29}, {1, 1, 1},     {2, 7, 5},      {8, 64, 50},
-      {5, 16, 33}, {9, 41, 7},  {13, 100, 31}, {37, 300, 101}, {4, 520, 19}};
-  std::mt19937 rng(1);
+/// linear on every shape, weight type and with/without bias, on every ISA
+/// path, against the double-precision reference.
+void expectLinearMatchesReference(std::span<const LinearShape> shapes,
+                                  unsigned seed) {
+  std::mt19937 rng(seed);
   for (LinearShape s : shapes)
     for (ElementType type : kWeightTypes)
       for (bool withBias : {false, true}) {
@@ -138,6 +139,13 @@ TEST(Kernels, LinearMatchesReference) {
             ASSERT_NEAR(y[i], ref[i], kRel * mag[i] + 1e-30) << "at " << i;
         });
       }
+}
+
+TEST(Kernels, LinearMatchesReference) {
+  const LinearShape shapes[] = {
+      {3, 37, 29}, {1, 37, 29}, {1, 1, 1},     {2, 7, 5},      {8, 64, 50},
+      {5, 16, 33}, {9, 41, 7},  {13, 100, 31}, {37, 300, 101}, {4, 520, 19}};
+  expectLinearMatchesReference(shapes, 1);
 }
 
 TEST(Kernels, GroupedLinearMatchesReference) {
@@ -178,28 +186,7 @@ TEST(Kernels, LinearGemmMatchesReference) {
   const LinearShape shapes[] = {{40, 37, 29}, {41, 300, 131}, {77, 520, 150},
                                 {130, 8, 17}, {53, 1031, 40}, {96, 256, 256},
                                 {200, 64, 3}, {45, 2500, 20}, {50, 130, 530}};
-  std::mt19937 rng(3);
-  for (LinearShape s : shapes)
-    for (ElementType type : kWeightTypes)
-      for (bool withBias : {false, true}) {
-        SCOPED_TRACE(testing::Message()
-                     << "rows=" << s.rows << " in=" << s.in << " out=" << s.out
-                     << " " << typeName(type) << " bias=" << withBias);
-        std::vector<float> x = randomFloats(rng, s.rows * s.in);
-        TestWeight w(type, randomFloats(rng, s.out * s.in));
-        TestWeight b(type == ElementType::F32 ? ElementType::BF16 : type,
-                     randomFloats(rng, s.out));
-        std::vector<double> ref, mag;
-        referenceLinear(x, s.rows, s.in, w, s.out, withBias ? &b : nullptr, 0,
-                        ref, mag);
-        forEachIsa([&] {
-          std::vector<float> y(s.rows * s.out, -7.0f);
-          linear(x.data(), s.rows, s.in, w.weight(), s.out,
-                 withBias ? b.weight() : Weight{}, y.data());
-          for (size_t i = 0; i < y.size(); ++i)
-            ASSERT_NEAR(y[i], ref[i], kRel * mag[i] + 1e-30) << "at " << i;
-        });
-      }
+  expectLinearMatchesReference(shapes, 3);
 }
 
 // Experts on both sides of the packed GEMM's row threshold, and empty ones

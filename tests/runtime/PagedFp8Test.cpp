@@ -13,6 +13,7 @@
 
 #include "kiln/Float.h"
 #include "tests/runtime/ForEachIsa.h"
+#include "tests/runtime/PagedTestUtil.h"
 
 #include <gtest/gtest.h>
 #include <omp.h>
@@ -259,22 +260,12 @@ void checkFp8(const Fp8Case &c, uint32_t seed,
   double scale = 1.0 / std::sqrt(static_cast<double>(dk)) * 4;
   std::vector<float> ref = attentionRef(c, q, dequantized, scale);
 
-  // Each sequence holds the blocks of its kv length, drawn from a shuffled
-  // pool with spare blocks; its table row is wider than needed (-1 past the
-  // blocks held).
-  int64_t perSeq = (c.maxTokens + bt - 1) / bt, stride = perSeq + 1;
-  int64_t numBlocks = c.batch * perSeq + 3;
-  std::vector<int32_t> ids(numBlocks);
-  std::iota(ids.begin(), ids.end(), 0);
-  std::shuffle(ids.begin(), ids.end(), rng);
-  std::vector<int32_t> tables(c.batch * stride, -1);
-  for (int64_t b = 0; b < c.batch; ++b)
-    for (int64_t i = 0; i < (c.kvLengths[b] + bt - 1) / bt; ++i)
-      tables[b * stride + i] = ids[b * perSeq + i];
-  std::vector<int32_t> appendPos(c.batch * c.maxTokens);
-  for (int64_t b = 0; b < c.batch; ++b)
-    for (int64_t p = 0; p < c.maxTokens; ++p)
-      appendPos[b * c.maxTokens + p] = p < c.kvLengths[b] ? p : -1;
+  pagedtest::TestBlockTables t =
+      pagedtest::shuffledBlockTables(rng, c.kvLengths, c.maxTokens, bt);
+  std::vector<int32_t> &tables = t.ids;
+  int64_t stride = t.stride, numBlocks = t.numBlocks;
+  std::vector<int32_t> appendPos =
+      pagedtest::prefixPositions(c.kvLengths, c.maxTokens);
   Pool pool(numBlocks, bt, l);
   kvAppendPagedFp8(x.data(), appendPos.data(), c.batch, c.maxTokens, l,
                    pool.data(), tables.data(), stride, bt);

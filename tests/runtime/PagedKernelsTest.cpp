@@ -14,6 +14,7 @@
 #include "runtime/src/PagedKvCache.h"
 #include "runtime/src/cpu/Kernels.h"
 #include "tests/runtime/ForEachIsa.h"
+#include "tests/runtime/PagedTestUtil.h"
 
 #include <gtest/gtest.h>
 #include <omp.h>
@@ -149,25 +150,15 @@ void checkPaged(const PagedCase &c, uint32_t seed,
     compare(out);
   });
 
-  // Each sequence holds the blocks of its kv length, drawn from a shuffled
-  // pool with spare blocks; its table row is wider than needed (-1 past the
-  // blocks held).
   int64_t bt = c.blockTokens;
-  int64_t perSeq = (c.maxTokens + bt - 1) / bt, stride = perSeq + 1;
-  int64_t numBlocks = c.batch * perSeq + 3;
-  std::vector<int32_t> ids(numBlocks);
-  std::iota(ids.begin(), ids.end(), 0);
-  std::shuffle(ids.begin(), ids.end(), rng);
-  std::vector<int32_t> tables(c.batch * stride, -1);
-  for (int64_t b = 0; b < c.batch; ++b)
-    for (int64_t i = 0; i < (c.kvLengths[b] + bt - 1) / bt; ++i)
-      tables[b * stride + i] = ids[b * perSeq + i];
+  pagedtest::TestBlockTables t =
+      pagedtest::shuffledBlockTables(rng, c.kvLengths, c.maxTokens, bt);
+  std::vector<int32_t> &tables = t.ids;
+  int64_t stride = t.stride, numBlocks = t.numBlocks;
 
   // Append each sequence's first kvLengths[b] tokens: the rest stays NaN.
-  std::vector<int32_t> appendPos(c.batch * c.maxTokens);
-  for (int64_t b = 0; b < c.batch; ++b)
-    for (int64_t p = 0; p < c.maxTokens; ++p)
-      appendPos[b * c.maxTokens + p] = p < c.kvLengths[b] ? p : -1;
+  std::vector<int32_t> appendPos =
+      pagedtest::prefixPositions(c.kvLengths, c.maxTokens);
   int64_t kEntry =
       c.layout == Layout::Fused ? kRowFloats + vRowFloats : kRowFloats;
   Pool kPool(numBlocks, bt, kEntry), vPool(numBlocks, bt, vRowFloats);

@@ -6,7 +6,7 @@
 // softmax in 64-key blocks); at a small batch it has fewer work items than
 // threads (absorbed MLA at batch 1 has a single one), so the context is then
 // split across threads and the partial softmax states are merged.
-#include "runtime/src/cpu/AttentionSplit.h"
+#include "runtime/src/cpu/PagedAttention.h"
 #include "runtime/src/cpu/AttentionTile.h"
 #include "runtime/src/cpu/Kernels.h"
 
@@ -65,24 +65,6 @@ struct Partial {
 [[gnu::always_inline]] inline void prefetchRow(const float *row, int64_t n) {
   for (int64_t i = 0; i < n; i += 16)
     __builtin_prefetch(row + i);
-}
-
-/// Dot product with 32 independent partial sums (four vector accumulators
-/// once vectorized), so that it is not bound by the add latency.
-[[gnu::always_inline]] inline float dot(const float *a, const float *b,
-                                        int64_t n) {
-  constexpr int L = 32;
-  float acc[L] = {};
-  int64_t i = 0;
-  for (; i + L <= n; i += L)
-    for (int l = 0; l < L; ++l)
-      acc[l] += a[i + l] * b[i + l];
-  float sum = 0;
-  for (int l = 0; l < L; ++l)
-    sum += acc[l];
-  for (; i < n; ++i)
-    sum += a[i] * b[i];
-  return sum;
 }
 
 /// Attends query row `row` (of sequence b), heads [h0, h0 + nh) of kv head

@@ -13,7 +13,7 @@
 // several heads and keys, which load each tile vector once for several FMAs.
 #include "runtime/src/cpu/PagedFp8.h"
 
-#include "runtime/src/cpu/AttentionSplit.h"
+#include "runtime/src/cpu/PagedAttention.h"
 
 #include "kiln/Float.h"
 
@@ -284,24 +284,6 @@ KILN_AVX2_ENTRY void accumulateAvx2(const float *p, int64_t pStride,
 
 #undef KILN_AVX2
 #undef KILN_AVX2_ENTRY
-
-/// Dot product with 32 independent partial sums, so that the vectorized
-/// loop is not bound by the add latency.
-[[gnu::always_inline]] inline float dot(const float *a, const float *b,
-                                        int64_t n) {
-  constexpr int L = 32;
-  float acc[L] = {};
-  int64_t i = 0;
-  for (; i + L <= n; i += L)
-    for (int l = 0; l < L; ++l)
-      acc[l] += a[i + l] * b[i + l];
-  float sum = 0;
-  for (int l = 0; l < L; ++l)
-    sum += acc[l];
-  for (; i < n; ++i)
-    sum += a[i] * b[i];
-  return sum;
-}
 
 [[gnu::always_inline]] inline void
 scoresPortable(const float *q, const float *tile, int64_t stride, int64_t n,

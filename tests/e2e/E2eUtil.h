@@ -1,7 +1,8 @@
-// Compiling a model directory to an artifact in-process, as `kiln
-// compile-model` does (import, optimize, plan, write), for the e2e tests.
-#ifndef KILN_TESTS_E2E_COMPILE_H
-#define KILN_TESTS_E2E_COMPILE_H
+// Shared by the e2e tests: the golden models, greedy picks, and compiling a
+// model directory to an artifact in-process as `kiln compile-model` does
+// (import, optimize, plan, write).
+#ifndef KILN_TESTS_E2E_E2EUTIL_H
+#define KILN_TESTS_E2E_E2EUTIL_H
 
 #include "codegen/ArtifactWriter.h"
 #include "codegen/PlanBuilder.h"
@@ -12,9 +13,19 @@
 #include "mlir/IR/MLIRContext.h"
 #include "gtest/gtest.h"
 
+#include <algorithm>
 #include <filesystem>
+#include <span>
 
 namespace kiln::testing {
+
+/// tests/golden: the HF checkpoints and logits make_goldens.py wrote.
+inline const std::filesystem::path kGolden =
+    std::filesystem::path(KILN_PROJECT_SOURCE_DIR) / "tests" / "golden";
+
+inline int32_t argmax(std::span<const float> v) {
+  return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
+}
 
 struct CompileSettings {
   CompileSettings() { optimize.prefillTokens = 0; }
@@ -60,4 +71,4 @@ inline std::filesystem::path compileArtifact(const std::filesystem::path &modelD
 
 } // namespace kiln::testing
 
-#endif // KILN_TESTS_E2E_COMPILE_H
+#endif // KILN_TESTS_E2E_E2EUTIL_H
