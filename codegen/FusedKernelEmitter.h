@@ -2,7 +2,7 @@
 //
 // Emits a `kiln.fused` group as one C++ source that builds both as a CUDA
 // kernel (one thread block per token) and as a host function (a loop over
-// tokens) on top of codegen/kernels/FusedPrelude.h, so that the host build
+// tokens) on top of runtime/kernels/FusedPrelude.h, so that the host build
 // runs the very body the GPU runs.
 //
 //===----------------------------------------------------------------------===//
@@ -59,7 +59,7 @@ inline constexpr uint32_t kFusedBlockThreads = 128;
 
 /// The prelude the sources include, by the name they include it with.
 inline constexpr const char *kFusedPreludeName = "FusedPrelude.h";
-/// The text of codegen/kernels/FusedPrelude.h, built into the compiler.
+/// The text of runtime/kernels/FusedPrelude.h, built into the compiler.
 const std::string &fusedPreludeSource();
 
 /// Emits `fused`. Fails (with an error on the op) for what the generated

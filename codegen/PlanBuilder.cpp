@@ -107,6 +107,13 @@ private:
   const llvm::StringMap<uint32_t> &parameters_;
   const llvm::StringMap<uint32_t> &slots_;
   std::vector<Operation *> ops_;
+  /// A fused group and its members' positions in ops_, [first, last].
+  struct Group {
+    FusedOp op;
+    size_t first = 0, last = 0;
+  };
+  std::vector<Group> groups_;
+  llvm::DenseMap<Operation *, size_t> groupOf_;
   llvm::DenseMap<Value, Value> aliases_;
   llvm::DenseMap<Value, ValueInfo> values_;
   llvm::DenseMap<Value, ValueInfo> gathered_;
@@ -123,8 +130,8 @@ int EntryPlanner::newBuffer(Value value, const ValueInfo &info,
 }
 
 void EntryPlanner::flatten() {
-  // Until fused kernels are generated, each member runs as its own library
-  // kernel.
+  // The CPU executor runs each member as its own library kernel; a GPU
+  // executor runs the group's generated kernel instead (FusedLaunch).
   for (Operation &op : func_.getBody().front()) {
     auto fused = dyn_cast<FusedOp>(op);
     if (!fused) {
@@ -135,8 +142,13 @@ void EntryPlanner::flatten() {
     for (auto [arg, input] :
          llvm::zip_equal(body.getArguments(), fused.getInputs()))
       aliases_[arg] = resolve(input);
-    for (Operation &member : body.without_terminator())
+    Group group{fused, ops_.size(), ops_.size()};
+    for (Operation &member : body.without_terminator()) {
+      groupOf_[&member] = groups_.size();
       ops_.push_back(&member);
+    }
+    group.last = ops_.size() - 1;
+    groups_.push_back(group);
     for (auto [result, yielded] : llvm::zip_equal(
              fused.getResults(), body.getTerminator()->getOperands()))
       aliases_[result] = resolve(yielded);
@@ -191,11 +203,23 @@ LogicalResult EntryPlanner::assignValues() {
     values_[arg] = info;
   }
 
+  // A fused group runs as one kernel on a GPU, which reads its inputs and
+  // writes its results in any order: every value a member reads lives to
+  // the group's end and every value it defines from the group's start, so
+  // no two of them share bytes.
+  auto span = [&](Operation &op, size_t position) {
+    auto it = groupOf_.find(&op);
+    if (it == groupOf_.end())
+      return std::pair(position, position);
+    const Group &g = groups_[it->second];
+    return std::pair(g.first + 1, g.last + 1);
+  };
   size_t position = 1;
   for (Operation &op : llvm::make_pointee_range(ops_)) {
+    auto [defined, used] = span(op, position);
     for (Value operand : op.getOperands())
       if (int b = infoFor(operand, &op).buffer; b >= 0)
-        buffers_[b].last = std::max(buffers_[b].last, position);
+        buffers_[b].last = std::max(buffers_[b].last, used);
     if (isa<func::ReturnOp>(op)) {
       for (Value operand : op.getOperands())
         if (int b = infoFor(operand, &op).buffer; b >= 0)
@@ -227,7 +251,7 @@ LogicalResult EntryPlanner::assignValues() {
           ValueInfo copy = info;
           copy.storage = art::Storage::Arena;
           copy.column = 0;
-          copy.buffer = newBuffer(result, copy, position);
+          copy.buffer = newBuffer(result, copy, defined);
           gathered_[result] = copy;
         }
       } else if (auto reshape = dyn_cast<ReshapeOp>(op)) {
@@ -238,7 +262,7 @@ LogicalResult EntryPlanner::assignValues() {
         info.column = input.column;
         info.buffer = input.buffer;
       } else {
-        info.buffer = newBuffer(result, info, position);
+        info.buffer = newBuffer(result, info, defined);
       }
       values_[result] = info;
     }
@@ -426,7 +450,21 @@ LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
   entry.positions = ref(body.getArgument(1));
   entry.kv_lengths = ref(body.getArgument(2));
   entry.logits = ref(body.getTerminator()->getOperand(0));
+  std::vector<std::unique_ptr<art::FusedLaunchT>> fused(groups_.size());
   for (Operation &op : llvm::make_pointee_range(ops_)) {
+    if (auto it = groupOf_.find(&op); it != groupOf_.end()) {
+      std::unique_ptr<art::FusedLaunchT> &group = fused[it->second];
+      if (!group) {
+        group = std::make_unique<art::FusedLaunchT>();
+        FusedOp fusedOp = groups_[it->second].op;
+        group->kernel = fusedOp.getName().str();
+        group->first = static_cast<uint32_t>(entry.launches.size());
+        for (Value input : fusedOp.getInputs())
+          group->args.push_back(ref(input, fusedOp));
+        for (Value result : fusedOp.getResults())
+          group->args.push_back(ref(result));
+      }
+    }
     if (auto read = dyn_cast<KVReadOp>(op); read && gathered_.count(read)) {
       auto gather = std::make_unique<art::LaunchT>();
       gather->kernel = art::KernelKind::KvGather;
@@ -441,7 +479,13 @@ LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
       continue;
     if (failed(addLaunch(&op, entry)))
       return failure();
+    if (auto it = groupOf_.find(&op); it != groupOf_.end())
+      fused[it->second]->count = static_cast<uint32_t>(
+          entry.launches.size() - fused[it->second]->first);
   }
+  for (std::unique_ptr<art::FusedLaunchT> &group : fused)
+    if (group && group->count > 0)
+      entry.fused.push_back(std::move(group));
   return success();
 }
 

@@ -46,6 +46,11 @@ absl::StatusOr<PagedKvCache> PagedKvCache::create(Options options) {
       return absl::InvalidArgumentError(
           "paged KV cache: slot entry " + std::to_string(entry) +
           " is not positive or the slot's size overflows");
+    cache.slotEntries_.push_back(entry);
+    if (!options.hostStorage) {
+      cache.storage_.emplace_back(nullptr);
+      continue;
+    }
     // Cache-line aligned so that rows of 16-float multiples are too.
     size_t aligned = (bytes + 63) / 64 * 64;
     float *data = static_cast<float *>(std::aligned_alloc(64, aligned));
@@ -56,7 +61,6 @@ absl::StatusOr<PagedKvCache> PagedKvCache::create(Options options) {
     // Touch the pages now rather than in the first decode steps.
     std::memset(data, 0, aligned);
     cache.storage_.emplace_back(data);
-    cache.slotEntries_.push_back(entry);
   }
   // The lowest ids are handed out first.
   cache.free_.resize(static_cast<size_t>(options.numBlocks));

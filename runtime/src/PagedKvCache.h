@@ -44,6 +44,9 @@ public:
     /// Positions one sequence may reach (the model's context); sizes the
     /// block tables.
     int64_t maxSequenceTokens = 0;
+    /// false: only the bookkeeping (blocks, tables); the slots' storage
+    /// lives elsewhere (device memory) and slotData() is null.
+    bool hostStorage = true;
   };
 
   static absl::StatusOr<PagedKvCache> create(Options options);

@@ -49,6 +49,9 @@ private:
   absl::Status checkRef(const art::TensorRef *ref, const char *role);
   absl::Status checkLaunch(const art::Launch &launch);
   absl::Status checkKernel(const art::Launch &launch);
+  /// Fused groups: in order, within the launches, arguments in bounds, and
+  /// a kernel of every GPU module.
+  absl::Status checkFused(const art::EntryPoint &entry);
   /// Bytes an arena reference spans at the entry point's bounds.
   uint64_t arenaBytes(const art::TensorRef *ref) const;
   /// An FP8 GEMM's weight and block scale, with ints [rows, cols, ue8m0]
@@ -651,6 +654,50 @@ absl::Status Verifier::run() {
       if (absl::Status s = checkLaunch(*launch); !s.ok())
         return s;
     }
+    if (absl::Status s = checkFused(*entry); !s.ok())
+      return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Verifier::checkFused(const art::EntryPoint &entry) {
+  if (!entry.fused())
+    return absl::OkStatus();
+  uint64_t end = 0;
+  for (size_t i = 0; i < entry.fused()->size(); ++i) {
+    const art::FusedLaunch *group = entry.fused()->Get(i);
+    where_ = "entry point " + entry.name()->str() + ", fused group " +
+             std::to_string(i) + ": ";
+    if (!group->kernel() || group->kernel()->size() == 0 || !group->args() ||
+        group->args()->size() == 0 || group->count() == 0 ||
+        group->first() < end ||
+        uint64_t{group->first()} + group->count() > entry.launches()->size())
+      return fail("needs a kernel name, arguments and launches after the "
+                  "previous group's");
+    end = uint64_t{group->first()} + group->count();
+    where_ += group->kernel()->str() + ": ";
+    for (const art::TensorRef *arg : *group->args()) {
+      if (absl::Status s = checkRef(arg, "argument"); !s.ok())
+        return s;
+      if (arg->storage() == art::Storage::KvCache)
+        return fail("reads the KV cache (fused kernels read arena copies)");
+    }
+    // The last argument is a result: per token, in the arena.
+    const art::TensorRef *result = group->args()->Get(group->args()->size() - 1);
+    if (result->storage() != art::Storage::Arena ||
+        dim(result, 0).symbol() == art::DimSymbol::Static)
+      return fail("its last argument is not a per-token arena result");
+    if (plan_.gpu_modules())
+      for (const art::GpuModule *m : *plan_.gpu_modules()) {
+        const art::GpuKernel *kernel = nullptr;
+        for (const art::GpuKernel *k : *m->kernels())
+          if (k->name()->string_view() == group->kernel()->string_view())
+            kernel = k;
+        if (!kernel || kernel->args() != group->args()->size())
+          return fail("the " + m->arch()->str() +
+                      " module has no kernel of that name taking " +
+                      std::to_string(group->args()->size()) + " arguments");
+      }
   }
   return absl::OkStatus();
 }

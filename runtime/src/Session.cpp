@@ -4,10 +4,14 @@
 // allocates.
 #include "ModelImpl.h"
 
+#include "LaunchAttributes.h"
 #include "PagedKvCache.h"
 #include "cpu/Kernels.h"
 #include "cpu/PagedFp8.h"
 #include "kiln/PlanShapes.h"
+#ifdef KILN_HAVE_CUDA_EXECUTOR
+#include "cuda/CudaExecutor.h"
+#endif
 
 #include <algorithm>
 #include <array>
@@ -152,6 +156,14 @@ struct Session::Impl {
   std::vector<float> fp8Scratch;       // FP8 GEMMs' quantized activations
   int64_t lastChunkStart = 0, lastChunkSeq = 0;
   std::vector<int> lastPrefill; // sequences of the last prefill, by row
+  std::string device = "cpu";
+#ifdef KILN_HAVE_CUDA_EXECUTOR
+  // Set when the steps run on a GPU; the host then keeps only the step's
+  // inputs and logits (`staging`) and the cache's bookkeeping.
+  std::unique_ptr<cuda::Executor> gpu;
+  std::vector<int32_t> heldTokens;
+#endif
+  std::vector<std::byte> staging;
   // KILN_PROFILE=1: time per kernel kind, printed when the session ends.
   struct Profile {
     double seconds = 0;
@@ -180,6 +192,19 @@ struct Session::Impl {
   /// positions, then binds the step's block tables.
   absl::Status beginStep(std::span<const int> ids,
                          std::span<const int64_t> newLengths);
+
+  /// Picks the GPU or the CPU for the session (`device` says which, and why
+  /// not the GPU when the artifact has GPU code).
+  absl::Status chooseDevice(const SessionOptions &options,
+                            const PagedKvCache::Options &cache,
+                            int64_t tableStride);
+  bool onGpu() const {
+#ifdef KILN_HAVE_CUDA_EXECUTOR
+    return gpu != nullptr;
+#else
+    return false;
+#endif
+  }
 
   absl::Status bind(const art::EntryPoint *entry, BoundEntry &bound);
   std::byte *resolve(const art::TensorRef *ref);
@@ -300,18 +325,7 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
     return absl::OkStatus();
   }
   case art::KernelKind::Rope: {
-    cpu::RopeParams p;
-    p.kind = static_cast<cpu::RopeKind>(ints(0));
-    p.originalMaxPosition = ints(1);
-    p.interleaved = ints(2) == 1;
-    p.theta = floats(0);
-    p.factor = floats(1);
-    p.betaFast = floats(2);
-    p.betaSlow = floats(3);
-    p.mscale = floats(4);
-    p.mscaleAllDim = floats(5);
-    p.lowFreqFactor = floats(6);
-    p.highFreqFactor = floats(7);
+    cpu::RopeParams p = ropeParams(l);
     int64_t tokens = dims.batch * dims.seq, d = lastDim(a[0].ref);
     int64_t heads = numel(a[0].ref, dims) / (tokens * d);
     cpu::rope(as<float>(a[0]), as<int32_t>(a[1]), tokens, heads, d, p,
@@ -487,6 +501,24 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
 }
 
 absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims) {
+#ifdef KILN_HAVE_CUDA_EXECUTOR
+  if (gpu) {
+    heldTokens.resize(static_cast<size_t>(dims.batch));
+    for (int64_t b = 0; b < dims.batch; ++b)
+      heldTokens[b] = static_cast<int32_t>(kv->tokenCapacity(stepIds[b]));
+    cuda::StepInputs inputs{bound.tokens, bound.positions, bound.kvLengths,
+                            stepTables, heldTokens.data()};
+    absl::Status s =
+        gpu->run(bound.entry->name()->str(),
+                 {dims.batch, dims.seq, dims.kvLen, dims.routed}, inputs,
+                 bound.logits);
+    if (!s.ok())
+      return absl::Status(s.code(), model->info.path + ": entry point " +
+                                        bound.entry->name()->str() + ": " +
+                                        std::string(s.message()));
+    return absl::OkStatus();
+  }
+#endif
   for (const BoundLaunch &bl : bound.launches) {
     auto start = profile ? std::chrono::steady_clock::now()
                          : std::chrono::steady_clock::time_point();
@@ -508,6 +540,8 @@ absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims) {
 
 Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Session::~Session() = default;
+
+const std::string &Session::device() const { return impl_->device; }
 
 absl::StatusOr<std::unique_ptr<Session>>
 Session::create(const Model &model, const SessionOptions &options) {
@@ -541,13 +575,6 @@ Session::createSession(const Model &model, const SessionOptions &options) {
         m.info.path + ": needs prefill and decode entry points");
   impl->maxBatch = std::min(prefill->max_batch(), decode->max_batch());
 
-  arenaBytes = (arenaBytes + 63) / 64 * 64;
-  impl->arena.reset(
-      static_cast<std::byte *>(std::aligned_alloc(64, arenaBytes)));
-  if (!impl->arena)
-    return absl::ResourceExhaustedError(
-        "cannot allocate the " + std::to_string(arenaBytes) + "-byte arena");
-  std::memset(impl->arena.get(), 0, arenaBytes);
   for (const art::KvSlot *slot : *plan.kv_slots()) {
     int64_t entry = 1;
     for (int64_t d : *slot->entry_shape())
@@ -571,16 +598,54 @@ Session::createSession(const Model &model, const SessionOptions &options) {
                         cacheOptions.blockTokens;
   cacheOptions.numBlocks =
       options.kvBlocks > 0 ? options.kvBlocks : perSequence * impl->maxBatch;
+  if (absl::Status s = impl->chooseDevice(options, cacheOptions, perSequence);
+      !s.ok())
+    return s;
+  cacheOptions.hostStorage = !impl->onGpu();
   absl::StatusOr<PagedKvCache> cache = PagedKvCache::create(cacheOptions);
   if (!cache.ok())
     return cache.status();
   impl->kv = std::make_unique<PagedKvCache>(*std::move(cache));
   impl->lengths.assign(impl->maxBatch, -1);
-  const char *profile = std::getenv("KILN_PROFILE");
-  impl->profile = profile && *profile && std::string(profile) != "0";
+  impl->lastLogits.resize(static_cast<size_t>(impl->maxBatch * impl->vocab));
   impl->stepIds.reserve(impl->maxBatch);
   impl->stepLengths.reserve(impl->maxBatch);
-  impl->lastLogits.resize(static_cast<size_t>(impl->maxBatch * impl->vocab));
+  if (impl->onGpu()) {
+    // The host holds the step's inputs and logits only: per entry point
+    // tokens and positions [B, S], kv lengths [B], then 16-byte aligned
+    // logits [B, S, vocab].
+    auto inputBytes = [](const art::EntryPoint *e) {
+      size_t tokens = size_t{e->max_batch()} * e->max_seq();
+      return ((2 * tokens + e->max_batch()) * sizeof(int32_t) + 15) / 16 * 16;
+    };
+    auto entryBytes = [&](const art::EntryPoint *e) {
+      return inputBytes(e) + size_t{e->max_batch()} * e->max_seq() *
+                                 static_cast<size_t>(impl->vocab) *
+                                 sizeof(float);
+    };
+    impl->staging.resize(entryBytes(prefill) + entryBytes(decode));
+    std::byte *base = impl->staging.data();
+    for (auto [e, bound] : {std::pair{prefill, &impl->prefill},
+                            {decode, &impl->decode}}) {
+      size_t tokens = size_t{e->max_batch()} * e->max_seq();
+      bound->entry = e;
+      bound->tokens = reinterpret_cast<int32_t *>(base);
+      bound->positions = bound->tokens + tokens;
+      bound->kvLengths = bound->positions + tokens;
+      bound->logits = reinterpret_cast<float *>(base + inputBytes(e));
+      base += entryBytes(e);
+    }
+    return std::unique_ptr<Session>(new Session(std::move(impl)));
+  }
+  arenaBytes = (arenaBytes + 63) / 64 * 64;
+  impl->arena.reset(
+      static_cast<std::byte *>(std::aligned_alloc(64, arenaBytes)));
+  if (!impl->arena)
+    return absl::ResourceExhaustedError(
+        "cannot allocate the " + std::to_string(arenaBytes) + "-byte arena");
+  std::memset(impl->arena.get(), 0, arenaBytes);
+  const char *profile = std::getenv("KILN_PROFILE");
+  impl->profile = profile && *profile && std::string(profile) != "0";
   int64_t heads = 0, dv = 0;
   for (const art::EntryPoint *e : *plan.entry_points())
     for (const art::Launch *l : *e->launches())
@@ -645,6 +710,51 @@ Session::createSession(const Model &model, const SessionOptions &options) {
   if (absl::Status s = impl->bind(decode, impl->decode); !s.ok())
     return s;
   return std::unique_ptr<Session>(new Session(std::move(impl)));
+}
+
+absl::Status Session::Impl::chooseDevice(const SessionOptions &options,
+                                         const PagedKvCache::Options &cache,
+                                         int64_t tableStride) {
+  const art::Model &plan = *model->plan;
+  bool gpuCode = plan.gpu_modules() && plan.gpu_modules()->size() > 0;
+  if (options.device == Device::Cpu) {
+    device = gpuCode ? "cpu (chosen; the artifact's GPU code is not used)"
+                     : "cpu";
+    return absl::OkStatus();
+  }
+  if (options.device == Device::Auto && !gpuCode) {
+    device = "cpu";
+    return absl::OkStatus();
+  }
+#ifdef KILN_HAVE_CUDA_EXECUTOR
+  cuda::CacheLayout layout;
+  layout.slotFloats = cache.slotEntries;
+  layout.fp8 = fp8Layout;
+  layout.numBlocks = cache.numBlocks;
+  layout.blockTokens = cache.blockTokens;
+  layout.tableStride = tableStride;
+  layout.maxBatch = static_cast<int>(maxBatch);
+  absl::StatusOr<std::unique_ptr<cuda::Executor>> executor =
+      cuda::Executor::create(*model, layout,
+                             /*requireGpuCode=*/options.device == Device::Auto);
+  if (executor.ok()) {
+    gpu = *std::move(executor);
+    device = "cuda: " + gpu->description();
+    return absl::OkStatus();
+  }
+  absl::Status why = executor.status();
+#else
+  (void)cache;
+  (void)tableStride;
+  absl::Status why =
+      absl::UnavailableError("this runtime was built without CUDA");
+#endif
+  if (options.device == Device::Cuda)
+    return absl::Status(why.code(), model->info.path + ": cannot run on a GPU: " +
+                                        std::string(why.message()));
+  device = "cpu (the artifact's GPU code is not used: " +
+           std::string(why.message()) + ")";
+  return absl::OkStatus();
 }
 
 absl::Status Session::Impl::beginStep(std::span<const int> ids,

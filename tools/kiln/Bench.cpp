@@ -6,7 +6,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "tools/kiln/Commands.h"
-#include "tools/kiln/Device.h"
+#include "tools/kiln/RunSupport.h"
 
 #include "kiln/Runtime.h"
 
@@ -28,6 +28,7 @@ struct BenchOptions {
   int steps = 32;
   int repeats = 3;
   bool syntheticContext = false;
+  Device device = Device::Auto;
 };
 
 double seconds(std::chrono::steady_clock::time_point start) {
@@ -40,8 +41,6 @@ absl::Status bench(const BenchOptions &opts) {
   if (!model.ok())
     return model.status();
   const ModelInfo &info = (*model)->info();
-  if (std::string note = deviceNote(info); !note.empty())
-    std::cerr << note << "\n";
   // A KV cache just big enough for the largest point.
   SessionOptions sessionOptions;
   int maxBatch = *std::max_element(opts.batches.begin(), opts.batches.end());
@@ -49,8 +48,9 @@ absl::Status bench(const BenchOptions &opts) {
       *std::max_element(opts.contexts.begin(), opts.contexts.end());
   sessionOptions.kvBlocks =
       int64_t{maxBatch} * ((maxContext + opts.steps + 63) / 64 + 1);
+  sessionOptions.device = opts.device;
   absl::StatusOr<std::unique_ptr<Session>> session =
-      Session::create(**model, sessionOptions);
+      createSession(**model, sessionOptions);
   if (!session.ok())
     return session.status();
   Session &s = **session;
@@ -60,7 +60,8 @@ absl::Status bench(const BenchOptions &opts) {
 
   std::ostringstream json;
   json << "{\n  \"artifact\": \"" << info.path << "\",\n  \"architecture\": \""
-       << info.architecture << "\",\n  \"threads\": " << omp_get_max_threads()
+       << info.architecture << "\",\n  \"device\": \"" << s.device()
+       << "\",\n  \"threads\": " << omp_get_max_threads()
        << ",\n  \"decode_steps\": " << opts.steps << ",\n  \"results\": [";
   bool first = true;
   for (int batch : opts.batches)
@@ -142,6 +143,7 @@ CommandRunner registerBench(CLI::App &app) {
   app.add_option("--repeats", opts->repeats, "Best of this many runs")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
+  addDeviceOption(app, opts->device);
   return [opts] { return bench(*opts); };
 }
 

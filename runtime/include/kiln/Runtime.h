@@ -67,8 +67,7 @@ struct ModelInfo {
   std::map<std::string, uint64_t> parameterBytes;
   uint64_t kvCacheBytesPerToken = 0;
   std::vector<EntryPointInfo> entryPoints;
-  /// Generated GPU code the artifact carries (not executed by this
-  /// runtime yet).
+  /// Generated GPU code the artifact carries.
   struct GpuCode {
     std::string arch;
     size_t kernels = 0, cubinBytes = 0, ptxBytes = 0;
@@ -97,11 +96,23 @@ private:
   std::unique_ptr<Impl> impl_;
 };
 
+/// Where a session runs its steps.
+enum class Device {
+  /// The GPU when there is one and the artifact has generated kernels for
+  /// it; otherwise the CPU (Session::device() says why).
+  Auto,
+  Cpu,
+  /// The GPU even without generated kernels (library kernels only); an
+  /// error where there is none.
+  Cuda,
+};
+
 struct SessionOptions {
   /// Blocks of 64 tokens in the session's paged KV cache; 0 sizes it for
   /// max-batch sequences of full context. The pool is shared by all
   /// sequences, and a released sequence's blocks serve new ones.
   int64_t kvBlocks = 0;
+  Device device = Device::Auto;
 };
 
 /// The state of up to `maxBatch` live sequences, each with a stable id: its
@@ -140,6 +151,10 @@ public:
   /// without computing them (their cache entries keep whatever the blocks
   /// hold), so decode can be timed at long contexts without a long prefill.
   absl::Status extendUncomputed(int sequence, int64_t tokens);
+
+  /// Where the steps run: "cuda: <GPU>" or "cpu", with the reason a GPU is
+  /// not used when the artifact carries GPU code.
+  const std::string &device() const;
 
   /// Live sequence ids, increasing.
   std::vector<int> sequences() const;

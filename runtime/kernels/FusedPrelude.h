@@ -1,5 +1,6 @@
-// What the generated fused kernels (codegen/FusedKernelEmitter.cpp) build
-// on. One kernel body compiles two ways:
+// What the generated fused kernels (codegen/FusedKernelEmitter.cpp) and the
+// runtime's library kernels (runtime/kernels/*.h) build on. One kernel body
+// compiles two ways:
 //
 // - as CUDA (nvcc or NVRTC): one thread block owns one token; the threads of
 //   the block stride over the token's row, row reductions go through warp
@@ -51,6 +52,40 @@ typedef unsigned short uint16_t;
 #endif
 
 namespace kiln {
+
+/// A block's index in its grid (CUDA's blockIdx).
+struct Dim3 {
+  int x, y, z;
+};
+
+// A library kernel is a function `void <name>_block(Dim3 block, const
+// Params &p)` run once per block of a grid, and KILN_KERNEL(name, Params)
+// makes its entry: under CUDA `extern "C" __global__ void name(Params)`
+// (the whole struct is the one kernel parameter, so the runtime launches it
+// with {&params}); on the host `void name_host(Dim3 grid, const Params &)`,
+// which runs every block of `grid`, blocks spread over OpenMP threads.
+#if defined(__CUDACC__)
+#define KILN_KERNEL(name, Params)                                              \
+  extern "C" __global__ void __launch_bounds__(KILN_BLOCK_THREADS)             \
+      name(const Params p) {                                                   \
+    name##_block(::kiln::Dim3{static_cast<int>(blockIdx.x),                    \
+                              static_cast<int>(blockIdx.y),                    \
+                              static_cast<int>(blockIdx.z)},                   \
+                 p);                                                           \
+  }
+#else
+#define KILN_KERNEL(name, Params)                                              \
+  inline void name##_host(::kiln::Dim3 grid, const Params &p) {                \
+    long long blocks = 1LL * grid.x * grid.y * grid.z;                         \
+    _Pragma("omp parallel for schedule(dynamic, 1)") for (long long i = 0;     \
+                                                          i < blocks; ++i)     \
+        name##_block(::kiln::Dim3{static_cast<int>(i % grid.x),                \
+                                  static_cast<int>(i / grid.x % grid.y),       \
+                                  static_cast<int>(i / (1LL * grid.x *         \
+                                                        grid.y))},             \
+                     p);                                                       \
+  }
+#endif
 
 /// 16-bit weight elements, stored as their bits.
 struct Bf16 {
@@ -105,6 +140,24 @@ KILN_FN float blockSum(float value) {
   for (int offset = 16; offset > 0; offset >>= 1)
     value += __shfl_xor_sync(0xffffffffu, value, offset);
   __syncthreads(); // `partial` is free for the next call
+#endif
+  return value;
+}
+
+/// The largest of every thread's `value`, returned to all threads.
+KILN_FN float blockMax(float value) {
+#if defined(__CUDACC__)
+  __shared__ float partial[32];
+  for (int offset = 16; offset > 0; offset >>= 1)
+    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  int warp = KILN_THREAD / 32, lane = KILN_THREAD % 32;
+  if (lane == 0)
+    partial[warp] = value;
+  __syncthreads();
+  value = lane < (KILN_THREADS + 31) / 32 ? partial[lane] : -3.402823466e38f;
+  for (int offset = 16; offset > 0; offset >>= 1)
+    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  __syncthreads();
 #endif
   return value;
 }
@@ -235,16 +288,17 @@ KILN_FN void topK(const float *values, int n, int k, unsigned char *taken,
 }
 
 /// DeepSeekMoE router of one token, as cpu::moeGate: logits x W^T (weight
-/// [Experts, dim]) by the block's threads, then scores, selection and
+/// [experts, dim]) by the block's threads, then scores, selection and
 /// weights by one thread (the selection is a short serial scan). `bias` is
-/// null unless noaux_tc has e_score_correction_bias.
-template <int Experts, int TopK, class W, class B>
-KILN_FN void moeGate(const float *x, int dim, const W *weight, const B *bias,
-                     MoeGateConfig config, float *weights, int32_t *indices) {
-  KILN_SHARED float scores[Experts], choice[Experts], groupScore[Experts];
-  KILN_SHARED unsigned char taken[Experts];
-  KILN_SHARED int32_t picked[Experts > 2 ? Experts : 2];
-  for (int e = KILN_THREAD; e < Experts; e += KILN_THREADS) {
+/// null unless noaux_tc has e_score_correction_bias. experts <= Capacity.
+template <int Capacity, class W, class B>
+KILN_FN void moeGateN(const float *x, int dim, const W *weight, const B *bias,
+                      int experts, int topk, MoeGateConfig config,
+                      float *weights, int32_t *indices) {
+  KILN_SHARED float scores[Capacity], choice[Capacity], groupScore[Capacity];
+  KILN_SHARED unsigned char taken[Capacity];
+  KILN_SHARED int32_t picked[Capacity > 2 ? Capacity : 2];
+  for (int e = KILN_THREAD; e < experts; e += KILN_THREADS) {
     float logit = 0.0f;
     for (int i = 0; i < dim; ++i)
       logit += x[i] * toFloat(weight[e * dim + i]);
@@ -255,26 +309,26 @@ KILN_FN void moeGate(const float *x, int dim, const W *weight, const B *bias,
     return;
   if (config.scoring == Softmax) {
     float mx = scores[0];
-    for (int e = 1; e < Experts; ++e)
+    for (int e = 1; e < experts; ++e)
       mx = scores[e] > mx ? scores[e] : mx;
     float sum = 0.0f;
-    for (int e = 0; e < Experts; ++e) {
+    for (int e = 0; e < experts; ++e) {
       scores[e] = expf(scores[e] - mx);
       sum += scores[e];
     }
-    for (int e = 0; e < Experts; ++e)
+    for (int e = 0; e < experts; ++e)
       scores[e] /= sum;
   } else {
-    for (int e = 0; e < Experts; ++e)
+    for (int e = 0; e < experts; ++e)
       scores[e] = 1.0f / (1.0f + expf(-scores[e]));
   }
   bool useBias = config.method == NoauxTc && bias;
-  for (int e = 0; e < Experts; ++e)
+  for (int e = 0; e < experts; ++e)
     choice[e] = scores[e] + (useBias ? toFloat(bias[e]) : 0.0f);
 
   int groups =
       config.method == Greedy ? 1 : (config.nGroup > 1 ? config.nGroup : 1);
-  int perGroup = Experts / groups;
+  int perGroup = experts / groups;
   if (config.method != Greedy && groups > 1) {
     for (int g = 0; g < groups; ++g) {
       const float *c = choice + g * perGroup;
@@ -314,21 +368,30 @@ KILN_FN void moeGate(const float *x, int dim, const W *weight, const B *bias,
         }
   }
 
-  for (int e = 0; e < Experts; ++e)
+  for (int e = 0; e < experts; ++e)
     taken[e] = 0;
-  topK(choice, Experts, TopK, taken, indices);
+  topK(choice, experts, topk, taken, indices);
   float sum = 0.0f;
-  for (int j = 0; j < TopK; ++j) {
+  for (int j = 0; j < topk; ++j) {
     weights[j] = scores[indices[j]];
     sum += weights[j];
   }
   if (config.normTopkProb) {
     float denominator = sum + 1e-20f;
-    for (int j = 0; j < TopK; ++j)
+    for (int j = 0; j < topk; ++j)
       weights[j] /= denominator;
   }
-  for (int j = 0; j < TopK; ++j)
+  for (int j = 0; j < topk; ++j)
     weights[j] *= config.routedScalingFactor;
+}
+
+
+/// moeGateN for a router whose sizes the generated kernel knows.
+template <int Experts, int TopK, class W, class B>
+KILN_FN void moeGate(const float *x, int dim, const W *weight, const B *bias,
+                     MoeGateConfig config, float *weights, int32_t *indices) {
+  moeGateN<Experts>(x, dim, weight, bias, Experts, TopK, config, weights,
+                    indices);
 }
 
 } // namespace kiln

@@ -1,13 +1,12 @@
-//===- RuntimeCommands.cpp - kiln run / generate / inspect / verify -------===//
+//===- RunCommands.cpp - kiln run / generate / verify ---------------------===//
 //
-// The commands that execute or examine a `.kiln` artifact through the
-// runtime API alone.
+// The commands that execute or check a `.kiln` artifact through the runtime
+// API alone; they are also the runtime-only tool kiln-run (for machines
+// without MLIR, such as GPU hosts).
 //
 //===----------------------------------------------------------------------===//
 #include "tools/kiln/Commands.h"
-#include "tools/kiln/QuantizeOptions.h"
-#include "tools/kiln/Device.h"
-#include "tools/kiln/Progress.h"
+#include "tools/kiln/RunSupport.h"
 
 #include "frontend/Safetensors.h"
 #include "kiln/Runtime.h"
@@ -16,7 +15,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 
-#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -32,6 +30,7 @@ struct GenerateOptions {
   std::string dumpLogits;
   bool noVerifyWeights = false;
   SamplingParams sampling;
+  Device device = Device::Auto;
 };
 
 absl::StatusOr<std::vector<int32_t>> parseTokens(const std::string &text) {
@@ -44,21 +43,6 @@ absl::StatusOr<std::vector<int32_t>> parseTokens(const std::string &text) {
     tokens.push_back(token);
   }
   return tokens;
-}
-
-absl::StatusOr<std::unique_ptr<Model>> openModel(const std::string &path,
-                                                 bool verifyWeights) {
-  Progress progress;
-  progress.begin("load " + path);
-  LoadOptions options;
-  options.verifyWeights = verifyWeights;
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(path, options);
-  if (!model.ok())
-    return model;
-  progress.end();
-  if (std::string note = deviceNote((*model)->info()); !note.empty())
-    std::cerr << note << "\n";
-  return model;
 }
 
 /// Prefills the prompts as one batch, then decodes `maxNewTokens` tokens
@@ -75,7 +59,10 @@ absl::Status generate(const GenerateOptions &opts) {
       openModel(opts.artifact, !opts.noVerifyWeights);
   if (!model.ok())
     return model.status();
-  absl::StatusOr<std::unique_ptr<Session>> session = Session::create(**model);
+  SessionOptions sessionOptions;
+  sessionOptions.device = opts.device;
+  absl::StatusOr<std::unique_ptr<Session>> session =
+      createSession(**model, sessionOptions);
   if (!session.ok())
     return session.status();
   Session &s = **session;
@@ -157,54 +144,6 @@ void addSamplingOptions(CLI::App &app, GenerateOptions &opts) {
                "Skip the weights checksum at load (huge models)");
 }
 
-std::string bytesString(uint64_t bytes) {
-  const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double value = static_cast<double>(bytes);
-  int unit = 0;
-  while (value >= 1024 && unit < 4) {
-    value /= 1024;
-    ++unit;
-  }
-  char text[64];
-  std::snprintf(text, sizeof(text), "%.2f %s (%llu bytes)", value, units[unit],
-                static_cast<unsigned long long>(bytes));
-  return text;
-}
-
-absl::Status inspect(const std::string &path, bool verifyWeights) {
-  absl::StatusOr<std::unique_ptr<Model>> model = openModel(path, verifyWeights);
-  if (!model.ok())
-    return model.status();
-  const ModelInfo &info = (*model)->info();
-  std::cout << "artifact:        " << info.path << "\n"
-            << "architecture:    " << info.architecture << "\n"
-            << "layers:          " << info.numLayers << "\n"
-            << "hidden size:     " << info.hiddenSize << "\n"
-            << "vocab size:      " << info.vocabSize << "\n"
-            << "max context:     " << info.maxContext << "\n"
-            << "max batch:       " << info.maxBatch << "\n"
-            << "weights:         "
-            << (info.externalWeights ? "external" : "embedded") << "\n"
-            << "parameters:      " << info.parameterCount << "\n";
-  for (const auto &[type, bytes] : info.parameterBytes)
-    std::cout << "  " << type << ":" << std::string(13 - type.size(), ' ')
-              << bytesString(bytes) << "\n";
-  std::cout << "kv cache:        " << bytesString(info.kvCacheBytesPerToken)
-            << " per token\n"
-            << "entry points:\n";
-  for (const EntryPointInfo &e : info.entryPoints)
-    std::cout << "  " << e.name << ": batch <= " << e.maxBatch
-              << ", tokens per sequence <= " << e.maxSeq << ", " << e.launches
-              << " launches, arena " << bytesString(e.arenaBytes)
-              << "\n    attention: " << e.attention << "\n";
-  for (const ModelInfo::GpuCode &g : info.gpuCode)
-    std::cout << "gpu code:        " << g.arch << ": " << g.kernels
-              << " fused kernels, cubin " << bytesString(g.cubinBytes)
-              << ", ptx " << bytesString(g.ptxBytes)
-              << " (not executed: no CUDA executor yet)\n";
-  return absl::OkStatus();
-}
-
 } // namespace
 
 CommandRunner registerRun(CLI::App &app) {
@@ -216,6 +155,7 @@ CommandRunner registerRun(CLI::App &app) {
   app.add_option("--dump-logits", opts->dumpLogits,
                  "Write the prompt's and each step's logits (safetensors)");
   addSamplingOptions(app, *opts);
+  addDeviceOption(app, opts->device);
   return [opts, tokens] {
     opts->prompts = {*tokens};
     return generate(*opts);
@@ -229,37 +169,8 @@ CommandRunner registerGenerate(CLI::App &app) {
                  "A prompt's token ids, comma-separated (repeat for a batch)")
       ->required();
   addSamplingOptions(app, *opts);
+  addDeviceOption(app, opts->device);
   return [opts] { return generate(*opts); };
-}
-
-CommandRunner registerInspect(CLI::App &app) {
-  auto path = std::make_shared<std::string>();
-  auto noVerify = std::make_shared<bool>(false);
-  auto mla = std::make_shared<std::string>("auto");
-  auto activation = std::make_shared<std::string>("auto");
-  auto quantize = std::make_shared<QuantizeFlags>();
-  app.add_option("artifact", *path,
-                 "A .kiln file, or a model directory / config.json to "
-                 "inspect shape-only as compile-model would build it")
-      ->required();
-  app.add_flag("--no-verify-weights", *noVerify,
-               "Skip the weights checksum at load");
-  app.add_option("--mla", *mla, "Model inspection: MLA form")
-      ->check(CLI::IsMember({"auto", "naive", "absorbed"}))
-      ->capture_default_str();
-  app.add_option("--activation-dtype", *activation,
-                 "Model inspection: activation and cache element type "
-                 "(auto: the config's torch_dtype)")
-      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
-      ->capture_default_str();
-  addQuantizeOptions(app, *quantize);
-  return [path, noVerify, mla, activation, quantize] {
-    std::error_code ec;
-    if (std::filesystem::is_directory(*path, ec) ||
-        std::filesystem::path(*path).extension() == ".json")
-      return inspectModel(*path, *mla, *activation, *quantize);
-    return inspect(*path, !*noVerify);
-  };
 }
 
 CommandRunner registerVerify(CLI::App &app) {

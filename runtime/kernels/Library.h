@@ -1,0 +1,347 @@
+// The CUDA executor's library kernels for the row-local operations
+// (embedding, RMSNorm, elementwise, slice/concat/broadcast, RoPE) and the
+// MoE routing steps, on FusedPrelude.h: each builds as a CUDA kernel and as
+// a host function, and the host build is tested against runtime/src/cpu
+// (tests/runtime/DeviceLibraryTest.cpp). Operations inside `kiln.fused`
+// groups run as generated kernels instead; these serve the rest.
+//
+// Grids: a token-wise kernel runs one block per token (grid.x = tokens); an
+// elementwise one one block per kElementsPerBlock elements.
+#ifndef KILN_KERNELS_LIBRARY_H
+#define KILN_KERNELS_LIBRARY_H
+
+#include "FusedPrelude.h"
+
+namespace kiln {
+
+/// Elements one block of an elementwise kernel covers.
+constexpr int64_t kElementsPerBlock = 2048;
+/// The most experts a device router takes (DeepSeek-V3 has 256).
+constexpr int kDeviceMaxExperts = 256;
+/// The most rotary dimensions the device RoPE takes.
+constexpr int kDeviceMaxRotaryHalf = 256;
+/// The most inputs of a device concat.
+constexpr int kDeviceMaxConcat = 8;
+
+inline Dim3 elementwiseGrid(int64_t elements) {
+  return {static_cast<int>((elements + kElementsPerBlock - 1) /
+                           kElementsPerBlock),
+          1, 1};
+}
+inline Dim3 tokenGrid(int64_t tokens) {
+  return {static_cast<int>(tokens), 1, 1};
+}
+
+/// The element range [begin, end) of block `block` over `count` elements.
+struct ElementRange {
+  int64_t begin, end;
+};
+KILN_FN ElementRange blockElements(Dim3 block, int64_t count) {
+  int64_t begin = block.x * kElementsPerBlock;
+  int64_t end = begin + kElementsPerBlock;
+  return {begin, end < count ? end : count};
+}
+
+// Defines kiln_<name>_<suffix> from the body template instantiated for W.
+#define KILN_TYPED_KERNEL(name, suffix, Params, body, ...)                     \
+  KILN_FN void name##_##suffix##_block(::kiln::Dim3 block, const Params &p) {  \
+    body<__VA_ARGS__>(block, p);                                               \
+  }                                                                            \
+  KILN_KERNEL(name##_##suffix, Params)
+
+// -- Embedding: out[t, :] = table[tokens[t], :] (tokens checked by the host).
+
+struct EmbeddingParams {
+  const int32_t *tokens;
+  const void *table; // [vocab, dim]
+  float *out;        // [tokens, dim]
+  int64_t dim;
+};
+
+template <class W>
+KILN_FN void embeddingBlock(Dim3 block, const EmbeddingParams &p) {
+  const W *row =
+      static_cast<const W *>(p.table) + int64_t{p.tokens[block.x]} * p.dim;
+  float *out = p.out + int64_t{block.x} * p.dim;
+  for (int64_t i = KILN_THREAD; i < p.dim; i += KILN_THREADS)
+    out[i] = toFloat(row[i]);
+}
+KILN_TYPED_KERNEL(kiln_embedding, f32, EmbeddingParams, embeddingBlock, float)
+KILN_TYPED_KERNEL(kiln_embedding, bf16, EmbeddingParams, embeddingBlock, Bf16)
+KILN_TYPED_KERNEL(kiln_embedding, f16, EmbeddingParams, embeddingBlock, F16)
+
+// -- RMSNorm of one row per block.
+
+struct RmsNormParams {
+  const float *x;
+  const void *weight; // [dim]
+  float *out;
+  int dim;
+  float epsilon;
+};
+
+template <class W>
+KILN_FN void rmsNormBlock(Dim3 block, const RmsNormParams &p) {
+  int64_t row = int64_t{block.x} * p.dim;
+  rmsNorm(p.x + row, 1, p.dim, static_cast<const W *>(p.weight), p.epsilon,
+          p.out + row);
+}
+KILN_TYPED_KERNEL(kiln_rms_norm, f32, RmsNormParams, rmsNormBlock, float)
+KILN_TYPED_KERNEL(kiln_rms_norm, bf16, RmsNormParams, rmsNormBlock, Bf16)
+KILN_TYPED_KERNEL(kiln_rms_norm, f16, RmsNormParams, rmsNormBlock, F16)
+
+// -- Elementwise.
+
+struct BinaryParams {
+  const float *a, *b;
+  float *out;
+  int64_t count;
+};
+
+KILN_FN void kiln_add_block(Dim3 block, const BinaryParams &p) {
+  ElementRange r = blockElements(block, p.count);
+  for (int64_t i = r.begin + KILN_THREAD; i < r.end; i += KILN_THREADS)
+    p.out[i] = p.a[i] + p.b[i];
+}
+KILN_KERNEL(kiln_add, BinaryParams)
+
+/// a = gate, b = up.
+KILN_FN void kiln_swiglu_block(Dim3 block, const BinaryParams &p) {
+  ElementRange r = blockElements(block, p.count);
+  for (int64_t i = r.begin + KILN_THREAD; i < r.end; i += KILN_THREADS) {
+    float g = p.a[i];
+    p.out[i] = g / (1.0f + expf(-g)) * p.b[i];
+  }
+}
+KILN_KERNEL(kiln_swiglu, BinaryParams)
+
+/// out[r, :] = x[r, offset : offset + size] over rows of inDim.
+struct SliceParams {
+  const float *x;
+  float *out;
+  int64_t rows, inDim, offset, size;
+};
+
+KILN_FN void kiln_slice_block(Dim3 block, const SliceParams &p) {
+  ElementRange r = blockElements(block, p.rows * p.size);
+  for (int64_t j = r.begin + KILN_THREAD; j < r.end; j += KILN_THREADS)
+    p.out[j] = p.x[(j / p.size) * p.inDim + p.offset + j % p.size];
+}
+KILN_KERNEL(kiln_slice, SliceParams)
+
+/// Rows of the inputs side by side: out rows of outDim = sum of dims.
+struct ConcatParams {
+  const float *inputs[kDeviceMaxConcat];
+  int64_t dims[kDeviceMaxConcat];
+  int count;
+  float *out;
+  int64_t rows, outDim;
+};
+
+KILN_FN void kiln_concat_block(Dim3 block, const ConcatParams &p) {
+  ElementRange r = blockElements(block, p.rows * p.outDim);
+  for (int64_t j = r.begin + KILN_THREAD; j < r.end; j += KILN_THREADS) {
+    int64_t row = j / p.outDim, column = j % p.outDim;
+    int input = 0;
+    while (column >= p.dims[input]) // the dims sum to outDim
+      column -= p.dims[input++];
+    p.out[j] = p.inputs[input][row * p.dims[input] + column];
+  }
+}
+KILN_KERNEL(kiln_concat, ConcatParams)
+
+/// out[r, k, :] = x[r, 0, :] for k < repeat, rows of `inner` values.
+struct BroadcastParams {
+  const float *x;
+  float *out;
+  int64_t rows, repeat, inner;
+};
+
+KILN_FN void kiln_broadcast_block(Dim3 block, const BroadcastParams &p) {
+  ElementRange r = blockElements(block, p.rows * p.repeat * p.inner);
+  for (int64_t j = r.begin + KILN_THREAD; j < r.end; j += KILN_THREADS)
+    p.out[j] = p.x[(j / (p.repeat * p.inner)) * p.inner + j % p.inner];
+}
+KILN_KERNEL(kiln_broadcast, BroadcastParams)
+
+// -- RoPE of one token's heads per block, as cpu::rope (and the prelude's
+// rope, with the rotary size known only at run time).
+
+struct RopeParams {
+  const float *x; // [tokens, heads, 2 * half]
+  const int32_t *positions;
+  const double *invFreq; // [half], cpu::ropeInverseFrequencies
+  float *out;
+  int heads, half;
+  double attention; // cpu::ropeAttentionFactor
+  int interleaved;
+};
+
+KILN_FN void kiln_rope_block(Dim3 block, const RopeParams &p) {
+  int dim = 2 * p.half;
+  int64_t row = int64_t{block.x} * p.heads * dim;
+  const float *x = p.x + row;
+  float *out = p.out + row;
+  int32_t position = p.positions[block.x];
+  if (position < 0) {
+    copy(x, p.heads * dim, out);
+    return;
+  }
+  KILN_SHARED float cosv[kDeviceMaxRotaryHalf], sinv[kDeviceMaxRotaryHalf];
+  for (int i = KILN_THREAD; i < p.half; i += KILN_THREADS) {
+    double angle = static_cast<double>(position) * p.invFreq[i];
+    cosv[i] = static_cast<float>(cos(angle) * p.attention);
+    sinv[i] = static_cast<float>(sin(angle) * p.attention);
+  }
+  KILN_SYNC();
+  for (int j = KILN_THREAD; j < p.heads * p.half; j += KILN_THREADS) {
+    int h = j / p.half, i = j % p.half;
+    int first = p.interleaved ? 2 * i : i;
+    int second = p.interleaved ? 2 * i + 1 : i + p.half;
+    float a = x[h * dim + first], b = x[h * dim + second];
+    out[h * dim + first] = a * cosv[i] - b * sinv[i];
+    out[h * dim + second] = b * cosv[i] + a * sinv[i];
+  }
+}
+KILN_KERNEL(kiln_rope, RopeParams)
+
+// -- MoE: the router per token, then dispatch (route + gather rows) and
+// combine (invert the slots + weighted sum), as cpu::moeGate /
+// moeDispatch / moeCombine.
+
+struct MoeGateParams {
+  const float *x;      // [tokens, dim]
+  const void *weight;  // [experts, dim]
+  const void *bias;    // [experts] or null
+  float *weights;      // [tokens, topK]
+  int32_t *indices;    // [tokens, topK]
+  int dim, experts, topK;
+  MoeGateConfig config;
+};
+
+template <class W, class B>
+KILN_FN void moeGateBlock(Dim3 block, const MoeGateParams &p) {
+  int64_t t = block.x;
+  moeGateN<kDeviceMaxExperts>(
+      p.x + t * p.dim, p.dim, static_cast<const W *>(p.weight),
+      static_cast<const B *>(p.bias), p.experts, p.topK, p.config,
+      p.weights + t * p.topK, p.indices + t * p.topK);
+}
+// Router weight x bias element types.
+KILN_TYPED_KERNEL(kiln_moe_gate, f32_f32, MoeGateParams, moeGateBlock, float,
+                  float)
+KILN_TYPED_KERNEL(kiln_moe_gate, f32_bf16, MoeGateParams, moeGateBlock, float,
+                  Bf16)
+KILN_TYPED_KERNEL(kiln_moe_gate, f32_f16, MoeGateParams, moeGateBlock, float,
+                  F16)
+KILN_TYPED_KERNEL(kiln_moe_gate, bf16_f32, MoeGateParams, moeGateBlock, Bf16,
+                  float)
+KILN_TYPED_KERNEL(kiln_moe_gate, bf16_bf16, MoeGateParams, moeGateBlock, Bf16,
+                  Bf16)
+KILN_TYPED_KERNEL(kiln_moe_gate, bf16_f16, MoeGateParams, moeGateBlock, Bf16,
+                  F16)
+KILN_TYPED_KERNEL(kiln_moe_gate, f16_f32, MoeGateParams, moeGateBlock, F16,
+                  float)
+KILN_TYPED_KERNEL(kiln_moe_gate, f16_bf16, MoeGateParams, moeGateBlock, F16,
+                  Bf16)
+KILN_TYPED_KERNEL(kiln_moe_gate, f16_f16, MoeGateParams, moeGateBlock, F16,
+                  F16)
+
+/// Counting sort of the selections by expert, stable in selection order:
+/// offsets [experts + 1] and slots [n] (the selection of each routed row).
+/// One block (grid {1, 1, 1}); thread e owns experts e, e + threads, ...
+/// Out-of-range indices (never made by the router) are left out.
+struct MoeRouteParams {
+  const int32_t *indices; // [n]
+  int32_t *offsets;       // [experts + 1]
+  int32_t *slots;         // [n]
+  int n, experts;
+};
+
+KILN_FN void kiln_moe_route_block(Dim3, const MoeRouteParams &p) {
+  KILN_SHARED int32_t start[kDeviceMaxExperts + 1];
+  for (int e = KILN_THREAD; e < p.experts; e += KILN_THREADS) {
+    int count = 0;
+    for (int i = 0; i < p.n; ++i)
+      count += p.indices[i] == e;
+    start[e + 1] = count;
+  }
+  KILN_SYNC();
+  if (KILN_THREAD == 0) {
+    start[0] = 0;
+    for (int e = 0; e < p.experts; ++e)
+      start[e + 1] += start[e];
+  }
+  KILN_SYNC();
+  for (int e = KILN_THREAD; e <= p.experts; e += KILN_THREADS)
+    p.offsets[e] = start[e];
+  for (int e = KILN_THREAD; e < p.experts; e += KILN_THREADS) {
+    int cursor = start[e];
+    for (int i = 0; i < p.n; ++i)
+      if (p.indices[i] == e)
+        p.slots[cursor++] = i;
+  }
+}
+KILN_KERNEL(kiln_moe_route, MoeRouteParams)
+
+/// routed[r, :] = x[slots[r] / topK, :], one block per routed row of the
+/// offsets[experts] that were routed.
+struct MoeGatherParams {
+  const float *x;
+  const int32_t *slots;
+  const int32_t *routedRows; // &offsets[experts]
+  float *routed;
+  int64_t dim;
+  int topK;
+};
+
+KILN_FN void kiln_moe_gather_block(Dim3 block, const MoeGatherParams &p) {
+  if (block.x >= *p.routedRows)
+    return;
+  const float *src = p.x + int64_t{p.slots[block.x] / p.topK} * p.dim;
+  float *dst = p.routed + int64_t{block.x} * p.dim;
+  for (int64_t i = KILN_THREAD; i < p.dim; i += KILN_THREADS)
+    dst[i] = src[i];
+}
+KILN_KERNEL(kiln_moe_gather, MoeGatherParams)
+
+/// rowOf[slots[r]] = r over the n routed rows (grid elementwiseGrid(n)).
+struct InvertSlotsParams {
+  const int32_t *slots;
+  int32_t *rowOf;
+  int64_t n;
+};
+
+KILN_FN void kiln_invert_slots_block(Dim3 block, const InvertSlotsParams &p) {
+  ElementRange r = blockElements(block, p.n);
+  for (int64_t i = r.begin + KILN_THREAD; i < r.end; i += KILN_THREADS)
+    p.rowOf[p.slots[i]] = static_cast<int32_t>(i);
+}
+KILN_KERNEL(kiln_invert_slots, InvertSlotsParams)
+
+/// out[t, :] = sum_k weights[t, k] * y[rowOf[t * topK + k], :], in k order.
+struct MoeCombineParams {
+  const float *y;
+  const float *weights;
+  const int32_t *rowOf;
+  float *out;
+  int64_t dim;
+  int topK;
+};
+
+KILN_FN void kiln_moe_combine_block(Dim3 block, const MoeCombineParams &p) {
+  int64_t t = block.x;
+  float *out = p.out + t * p.dim;
+  for (int64_t i = KILN_THREAD; i < p.dim; i += KILN_THREADS) {
+    float sum = 0.0f;
+    for (int j = 0; j < p.topK; ++j)
+      sum += p.weights[t * p.topK + j] *
+             p.y[int64_t{p.rowOf[t * p.topK + j]} * p.dim + i];
+    out[i] = sum;
+  }
+}
+KILN_KERNEL(kiln_moe_combine, MoeCombineParams)
+
+} // namespace kiln
+
+#endif // KILN_KERNELS_LIBRARY_H

@@ -1,0 +1,236 @@
+// The host builds of the CUDA executor's library kernels (runtime/kernels/
+// Library.h) against the CPU kernels. Elementwise, copy and routing kernels
+// must match exactly; reductions (RMSNorm, the router's logits, the combine)
+// only differ by summation order, bounded below.
+#include "Library.h"
+
+#include "kiln/Float.h"
+#include "runtime/src/cpu/Kernels.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+namespace kiln {
+namespace {
+
+std::vector<float> randomFloats(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float &x : v)
+    x = dist(rng);
+  return v;
+}
+
+std::vector<uint16_t> toBf16(const std::vector<float> &v) {
+  std::vector<uint16_t> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i)
+    out[i] = floatToBf16(v[i]);
+  return out;
+}
+
+TEST(DeviceLibrary, EmbeddingCopiesRowsOfEveryType) {
+  const int64_t vocab = 37, dim = 300;
+  std::vector<float> table = randomFloats(vocab * dim, 1);
+  std::vector<uint16_t> table16 = toBf16(table);
+  std::vector<int32_t> tokens = {5, 0, 36, 5, 17};
+  int64_t n = static_cast<int64_t>(tokens.size());
+  std::vector<float> want(n * dim), got(n * dim);
+  cpu::embedding(tokens.data(), n, {table16.data(), cpu::ElementType::BF16},
+                 dim, want.data());
+  kiln_embedding_bf16_host(tokenGrid(n),
+                           {tokens.data(), table16.data(), got.data(), dim});
+  EXPECT_EQ(got, want);
+  cpu::embedding(tokens.data(), n, {table.data(), cpu::ElementType::F32}, dim,
+                 want.data());
+  kiln_embedding_f32_host(tokenGrid(n),
+                          {tokens.data(), table.data(), got.data(), dim});
+  EXPECT_EQ(got, want);
+}
+
+TEST(DeviceLibrary, RmsNormMatchesWithinSummationOrder) {
+  const int64_t rows = 6, dim = 7168 / 4 + 3;
+  std::vector<float> x = randomFloats(rows * dim, 2, 3.0f);
+  std::vector<uint16_t> w = toBf16(randomFloats(dim, 3));
+  std::vector<float> want(rows * dim), got(rows * dim);
+  cpu::rmsNorm(x.data(), rows, dim, {w.data(), cpu::ElementType::BF16}, 1e-6f,
+               want.data());
+  kiln_rms_norm_bf16_host(tokenGrid(rows), {x.data(), w.data(), got.data(),
+                                            static_cast<int>(dim), 1e-6f});
+  // The mean square of `dim` terms in another order: relative error of the
+  // sum <= dim * eps, halved by the square root, plus the final products.
+  float bound = (static_cast<float>(dim) / 2 + 4) * 0x1p-24f;
+  for (int64_t i = 0; i < rows * dim; ++i)
+    EXPECT_NEAR(got[i], want[i], bound * std::fabs(want[i]) + 1e-30f) << i;
+}
+
+TEST(DeviceLibrary, ElementwiseKernelsAreExact) {
+  const int64_t n = 3 * kElementsPerBlock + 77;
+  std::vector<float> a = randomFloats(n, 4), b = randomFloats(n, 5);
+  std::vector<float> want(n), got(n);
+  cpu::add(a.data(), b.data(), n, want.data());
+  kiln_add_host(elementwiseGrid(n), {a.data(), b.data(), got.data(), n});
+  EXPECT_EQ(got, want);
+  cpu::swiglu(a.data(), b.data(), n, want.data());
+  kiln_swiglu_host(elementwiseGrid(n), {a.data(), b.data(), got.data(), n});
+  // expf may differ from the CPU kernel's vectorized exp by a few ulps.
+  for (int64_t i = 0; i < n; ++i)
+    EXPECT_NEAR(got[i], want[i], 8 * 0x1p-23f * std::fabs(want[i]) + 1e-37f);
+}
+
+TEST(DeviceLibrary, SliceConcatBroadcastAreExact) {
+  const int64_t rows = 1000, in = 576;
+  std::vector<float> x = randomFloats(rows * in, 6);
+  std::vector<float> want(rows * 64), got(rows * 64);
+  cpu::slice(x.data(), rows, in, 512, 64, want.data());
+  kiln_slice_host(elementwiseGrid(rows * 64),
+                  {x.data(), got.data(), rows, in, 512, 64});
+  EXPECT_EQ(got, want);
+
+  std::vector<float> y = randomFloats(rows * 64, 7), z = randomFloats(rows, 8);
+  const float *inputs[] = {x.data(), y.data(), z.data()};
+  const int64_t dims[] = {in, 64, 1};
+  const int64_t out = in + 64 + 1;
+  std::vector<float> wantCat(rows * out), gotCat(rows * out);
+  cpu::concat(inputs, dims, 3, rows, wantCat.data());
+  ConcatParams p{};
+  for (int i = 0; i < 3; ++i) {
+    p.inputs[i] = inputs[i];
+    p.dims[i] = dims[i];
+  }
+  p.count = 3;
+  p.out = gotCat.data();
+  p.rows = rows;
+  p.outDim = out;
+  kiln_concat_host(elementwiseGrid(rows * out), p);
+  EXPECT_EQ(gotCat, wantCat);
+
+  const int64_t repeat = 16, inner = 64;
+  std::vector<float> wantB(rows * repeat * inner), gotB(rows * repeat * inner);
+  cpu::broadcast(y.data(), rows, repeat, inner, wantB.data());
+  kiln_broadcast_host(elementwiseGrid(rows * repeat * inner),
+                      {y.data(), gotB.data(), rows, repeat, inner});
+  EXPECT_EQ(gotB, wantB);
+}
+
+TEST(DeviceLibrary, RopeMatchesEveryScheme) {
+  const int64_t tokens = 9, heads = 3, dim = 64;
+  std::vector<float> x = randomFloats(tokens * heads * dim, 9);
+  std::vector<int32_t> positions = {0, 1, 7, -1, 4095, 100000, 3, 3, 65};
+  cpu::RopeParams yarn;
+  yarn.kind = cpu::RopeKind::Yarn;
+  yarn.factor = 40;
+  yarn.originalMaxPosition = 4096;
+  yarn.mscale = 1.0;
+  yarn.mscaleAllDim = 0.707;
+  cpu::RopeParams llama;
+  llama.kind = cpu::RopeKind::Llama3;
+  llama.factor = 8;
+  llama.originalMaxPosition = 8192;
+  llama.theta = 500000;
+  for (cpu::RopeParams params : {cpu::RopeParams{}, yarn, llama})
+    for (bool interleaved : {false, true}) {
+      params.interleaved = interleaved;
+      std::vector<double> invFreq(dim / 2);
+      cpu::ropeInverseFrequencies(params, dim, invFreq.data());
+      std::vector<float> want(x.size()), got(x.size());
+      cpu::rope(x.data(), positions.data(), tokens, heads, dim, params,
+                want.data());
+      kiln_rope_host(tokenGrid(tokens),
+                     {x.data(), positions.data(), invFreq.data(), got.data(),
+                      static_cast<int>(heads), static_cast<int>(dim / 2),
+                      cpu::ropeAttentionFactor(params), interleaved ? 1 : 0});
+      // Same angles and fp32 cos/sin; a*c - b*s may or may not be fused.
+      for (size_t i = 0; i < x.size(); ++i)
+        EXPECT_NEAR(got[i], want[i], 4e-6f * (1 + std::fabs(want[i]))) << i;
+    }
+}
+
+TEST(DeviceLibrary, MoeGateDispatchCombineMatchTheCpuRouter) {
+  const int64_t tokens = 13, dim = 96, experts = 64, topK = 6;
+  std::vector<float> x = randomFloats(tokens * dim, 10);
+  std::vector<uint16_t> w = toBf16(randomFloats(experts * dim, 11, 0.2f));
+  std::vector<float> bias = randomFloats(experts, 12, 0.1f);
+  struct Case {
+    cpu::ScoringFunc scoring;
+    cpu::TopkMethod method;
+    int64_t nGroup, topkGroup;
+    bool norm, bias;
+  };
+  for (Case c : {Case{cpu::ScoringFunc::Softmax, cpu::TopkMethod::Greedy, 1, 1,
+                      false, false},
+                 Case{cpu::ScoringFunc::Softmax,
+                      cpu::TopkMethod::GroupLimitedGreedy, 8, 3, false, false},
+                 Case{cpu::ScoringFunc::Sigmoid, cpu::TopkMethod::NoauxTc, 8,
+                      4, true, true}}) {
+    cpu::MoeGateParams params;
+    params.scoring = c.scoring;
+    params.method = c.method;
+    params.topK = topK;
+    params.nGroup = c.nGroup;
+    params.topkGroup = c.topkGroup;
+    params.normTopkProb = c.norm;
+    params.routedScalingFactor = 2.5;
+    std::vector<float> wantW(tokens * topK), gotW(tokens * topK),
+        logits(tokens * experts);
+    std::vector<int32_t> wantI(tokens * topK), gotI(tokens * topK);
+    cpu::Weight b = c.bias ? cpu::Weight{bias.data(), cpu::ElementType::F32}
+                           : cpu::Weight{};
+    cpu::moeGate(x.data(), tokens, dim, {w.data(), cpu::ElementType::BF16},
+                 experts, b, params, wantW.data(), wantI.data(),
+                 logits.data());
+    MoeGateConfig config{static_cast<ScoringFunc>(c.scoring),
+                         static_cast<TopkMethod>(c.method),
+                         static_cast<int>(c.nGroup),
+                         static_cast<int>(c.topkGroup), c.norm, 2.5f};
+    kiln_moe_gate_bf16_f32_host(
+        tokenGrid(tokens),
+        {x.data(), w.data(), c.bias ? bias.data() : nullptr, gotW.data(),
+         gotI.data(), static_cast<int>(dim), static_cast<int>(experts),
+         static_cast<int>(topK), config});
+    // Random logits have no near ties, so the selections agree exactly.
+    EXPECT_EQ(gotI, wantI);
+    for (size_t i = 0; i < gotW.size(); ++i)
+      EXPECT_NEAR(gotW[i], wantW[i], 1e-5f * (1 + std::fabs(wantW[i])));
+
+    // Dispatch: offsets, slots and routed rows exactly.
+    int64_t n = tokens * topK;
+    std::vector<float> wantRouted(n * dim), gotRouted(n * dim);
+    std::vector<int32_t> wantOff(experts + 1), gotOff(experts + 1),
+        wantSlots(n), gotSlots(n);
+    cpu::moeDispatch(x.data(), wantI.data(), tokens, topK, dim, experts,
+                     wantRouted.data(), wantOff.data(), wantSlots.data());
+    kiln_moe_route_host({1, 1, 1},
+                        {wantI.data(), gotOff.data(), gotSlots.data(),
+                         static_cast<int>(n), static_cast<int>(experts)});
+    kiln_moe_gather_host(tokenGrid(n),
+                         {x.data(), gotSlots.data(), gotOff.data() + experts,
+                          gotRouted.data(), dim, static_cast<int>(topK)});
+    EXPECT_EQ(gotOff, wantOff);
+    EXPECT_EQ(gotSlots, wantSlots);
+    EXPECT_EQ(gotRouted, wantRouted);
+
+    // Combine: the same products summed in the same k order.
+    std::vector<float> y = randomFloats(n * dim, 13);
+    std::vector<float> wantOut(tokens * dim), gotOut(tokens * dim);
+    std::vector<int32_t> rowOf(n), gotRowOf(n);
+    cpu::moeCombine(y.data(), wantW.data(), wantSlots.data(), tokens, topK, dim,
+                    wantOut.data(), rowOf.data());
+    kiln_invert_slots_host(elementwiseGrid(n),
+                           {gotSlots.data(), gotRowOf.data(), n});
+    EXPECT_EQ(gotRowOf, rowOf);
+    kiln_moe_combine_host(tokenGrid(tokens),
+                          {y.data(), wantW.data(), gotRowOf.data(),
+                           gotOut.data(), dim, static_cast<int>(topK)});
+    // topK products: the CPU may fuse multiply-adds, the host build not.
+    for (size_t i = 0; i < gotOut.size(); ++i)
+      EXPECT_NEAR(gotOut[i], wantOut[i], 1e-5f * (1 + std::fabs(wantOut[i])));
+  }
+}
+
+} // namespace
+} // namespace kiln

@@ -1,0 +1,43 @@
+//===- RunSupport.cpp - opening artifacts and sessions --------------------===//
+#include "tools/kiln/RunSupport.h"
+
+#include "tools/kiln/Progress.h"
+
+#include <iostream>
+#include <map>
+
+namespace kiln::tools {
+
+absl::StatusOr<std::unique_ptr<Model>> openModel(const std::string &path,
+                                                 bool verifyWeights) {
+  Progress progress;
+  progress.begin("load " + path);
+  LoadOptions options;
+  options.verifyWeights = verifyWeights;
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(path, options);
+  if (!model.ok())
+    return model;
+  progress.end();
+  return model;
+}
+
+void addDeviceOption(CLI::App &app, Device &device) {
+  std::map<std::string, Device> names{
+      {"auto", Device::Auto}, {"cpu", Device::Cpu}, {"cuda", Device::Cuda}};
+  app.add_option("--device", device,
+                 "auto: the GPU when the artifact has code for it, else the "
+                 "CPU; cpu; cuda (library kernels where the artifact has no "
+                 "GPU code)")
+      ->transform(CLI::CheckedTransformer(names, CLI::ignore_case));
+}
+
+absl::StatusOr<std::unique_ptr<Session>>
+createSession(const Model &model, const SessionOptions &options) {
+  absl::StatusOr<std::unique_ptr<Session>> session =
+      Session::create(model, options);
+  if (session.ok() && (*session)->device() != "cpu")
+    std::cerr << "kiln: running on " << (*session)->device() << "\n";
+  return session;
+}
+
+} // namespace kiln::tools
