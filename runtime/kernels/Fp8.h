@@ -18,8 +18,8 @@ KILN_FN uint32_t bitsFromFloat(float value) {
 #endif
 }
 
-/// e4m3fn code -> fp32, as kiln::e4m3ToFloat.
-KILN_FN float e4m3ToFloat(unsigned char code) {
+/// e4m3fn code -> fp32, as kiln::e4m3ToFloat (kiln/Float.h).
+KILN_FN float decodeE4m3(unsigned char code) {
   uint32_t sign = static_cast<uint32_t>(code & 0x80u) << 24;
   uint32_t magnitude = code & 0x7fu;
   if (magnitude == 0x7fu)
@@ -29,7 +29,7 @@ KILN_FN float e4m3ToFloat(unsigned char code) {
 }
 
 /// fp32 -> e4m3fn, saturating, as kiln::floatToE4m3.
-KILN_FN unsigned char floatToE4m3(float value) {
+KILN_FN unsigned char encodeE4m3(float value) {
   uint32_t bits = bitsFromFloat(value);
   uint32_t sign = (bits >> 24) & 0x80u;
   uint32_t magnitude = bits & 0x7fffffffu;
@@ -48,7 +48,7 @@ KILN_FN unsigned char floatToE4m3(float value) {
 }
 
 /// fp32 -> bf16 bits, round to nearest even, as kiln::floatToBf16.
-KILN_FN uint16_t floatToBf16Bits(float value) {
+KILN_FN uint16_t encodeBf16(float value) {
   uint32_t bits = bitsFromFloat(value);
   if ((bits & 0x7fffffffu) > 0x7f800000u)
     return static_cast<uint16_t>((bits >> 16) | 0x40);

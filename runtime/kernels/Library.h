@@ -24,9 +24,9 @@ constexpr int kDeviceMaxRotaryHalf = 256;
 constexpr int kDeviceMaxConcat = 8;
 
 inline Dim3 elementwiseGrid(int64_t elements) {
-  return {static_cast<int>((elements + kElementsPerBlock - 1) /
-                           kElementsPerBlock),
-          1, 1};
+  return {
+      static_cast<int>((elements + kElementsPerBlock - 1) / kElementsPerBlock),
+      1, 1};
 }
 inline Dim3 tokenGrid(int64_t tokens) {
   return {static_cast<int>(tokens), 1, 1};
@@ -210,11 +210,11 @@ KILN_KERNEL(kiln_rope, RopeParams)
 // moeDispatch / moeCombine.
 
 struct MoeGateParams {
-  const float *x;      // [tokens, dim]
-  const void *weight;  // [experts, dim]
-  const void *bias;    // [experts] or null
-  float *weights;      // [tokens, topK]
-  int32_t *indices;    // [tokens, topK]
+  const float *x;     // [tokens, dim]
+  const void *weight; // [experts, dim]
+  const void *bias;   // [experts] or null
+  float *weights;     // [tokens, topK]
+  int32_t *indices;   // [tokens, topK]
   int dim, experts, topK;
   MoeGateConfig config;
 };
@@ -244,8 +244,7 @@ KILN_TYPED_KERNEL(kiln_moe_gate, f16_f32, MoeGateParams, moeGateBlock, F16,
                   float)
 KILN_TYPED_KERNEL(kiln_moe_gate, f16_bf16, MoeGateParams, moeGateBlock, F16,
                   Bf16)
-KILN_TYPED_KERNEL(kiln_moe_gate, f16_f16, MoeGateParams, moeGateBlock, F16,
-                  F16)
+KILN_TYPED_KERNEL(kiln_moe_gate, f16_f16, MoeGateParams, moeGateBlock, F16, F16)
 
 /// Counting sort of the selections by expert, stable in selection order:
 /// offsets [experts + 1] and slots [n] (the selection of each routed row).

@@ -232,8 +232,8 @@ bool Verifier::fp8Scale(const art::Launch &launch, const art::TensorRef *w,
   int64_t ue8m0 = launch.ints()->Get(at + 2);
   int r = rank(w);
   if (w->type() != art::ElementType::F8E4M3 || rows < 1 || cols < 1 ||
-      rows > kMaxStaticDim || cols > kMaxStaticDim || ue8m0 < 0 ||
-      ue8m0 > 1 || scale->storage() != art::Storage::Parameter ||
+      rows > kMaxStaticDim || cols > kMaxStaticDim || ue8m0 < 0 || ue8m0 > 1 ||
+      scale->storage() != art::Storage::Parameter ||
       scale->type() != art::ElementType::F32 || rank(scale) != r || r < 2)
     return false;
   for (int i = 0; i < r - 2; ++i)
@@ -258,10 +258,9 @@ absl::Status Verifier::checkLaunch(const art::Launch &launch) {
               launch.kernel() == art::KernelKind::HeadLinear;
   for (size_t i = 0; i < n; ++i)
     if (args->Get(i)->type() == art::ElementType::F8E4M3 && !(gemm && i == 1))
-      return fail(std::string("kernel ") +
-                  art::EnumNameKernelKind(launch.kernel()) +
-                  " cannot take an FP8 tensor as argument " +
-                  std::to_string(i));
+      return fail(
+          std::string("kernel ") + art::EnumNameKernelKind(launch.kernel()) +
+          " cannot take an FP8 tensor as argument " + std::to_string(i));
   if (absl::Status s = checkKernel(launch); !s.ok())
     return s;
   // Kernels read their operands while writing their results: a result must
@@ -439,8 +438,7 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
     const art::KvSlot *kSlot = fp8Slot(k), *vSlot = fp8Slot(v);
     if ((kSlot || vSlot) &&
         (kSlot != vSlot || staticDim(k, 2) != 1 || k->offset() != 0 ||
-         v->offset() != 0 ||
-         staticDim(k, 3) != kSlot->entry_shape()->Get(1) ||
+         v->offset() != 0 || staticDim(k, 3) != kSlot->entry_shape()->Get(1) ||
          staticDim(k, 3) > cpu::kMaxFp8LatentColumns ||
          staticDim(v, 3) > kSlot->fp8_columns()))
       return bad("an FP8 latent slot must give keys (whole rows, one kv "
@@ -683,7 +681,8 @@ absl::Status Verifier::checkFused(const art::EntryPoint &entry) {
         return fail("reads the KV cache (fused kernels read arena copies)");
     }
     // The last argument is a result: per token, in the arena.
-    const art::TensorRef *result = group->args()->Get(group->args()->size() - 1);
+    const art::TensorRef *result =
+        group->args()->Get(group->args()->size() - 1);
     if (result->storage() != art::Storage::Arena ||
         dim(result, 0).symbol() == art::DimSymbol::Static)
       return fail("its last argument is not a per-token arena result");
@@ -724,9 +723,8 @@ uint64_t slotBytesPerToken(const art::KvSlot &slot) {
   for (int64_t d : *slot.entry_shape())
     elements *= static_cast<uint64_t>(d);
   if (slot.fp8_columns() > 0)
-    return cpu::Fp8LatentLayout{slot.fp8_columns(),
-                                static_cast<int64_t>(elements) -
-                                    slot.fp8_columns()}
+    return cpu::Fp8LatentLayout{
+        slot.fp8_columns(), static_cast<int64_t>(elements) - slot.fp8_columns()}
         .rowBytes();
   return elements * elementBytes(slot.type());
 }

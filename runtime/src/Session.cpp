@@ -111,7 +111,8 @@ bool ue8m0Activations(const art::Launch &l, unsigned at) {
 }
 
 /// The most elements `ref` holds within `bounds`.
-uint64_t maxElements(const art::TensorRef *ref, const art::SymbolSizes &bounds) {
+uint64_t maxElements(const art::TensorRef *ref,
+                     const art::SymbolSizes &bounds) {
   uint64_t n = 1;
   for (const art::Dim *d : *ref->shape())
     n *= bounds.of(*d);
@@ -403,8 +404,8 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
     int64_t heads = staticDim(w, 0), out = staticDim(w, 1);
     int64_t in = staticDim(w, 2);
     cpu::headLinear(as<float>(a[0]), numel(a[0].ref, dims) / (heads * in),
-                    heads, in, gemmWeight(l, a, 2, 0), out,
-                    as<float>(a.back()), headScratch.data(),
+                    heads, in, gemmWeight(l, a, 2, 0), out, as<float>(a.back()),
+                    headScratch.data(),
                     {fp8Scratch.data(), ue8m0Activations(l, 0)});
     return absl::OkStatus();
   }
@@ -508,10 +509,9 @@ absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims) {
       heldTokens[b] = static_cast<int32_t>(kv->tokenCapacity(stepIds[b]));
     cuda::StepInputs inputs{bound.tokens, bound.positions, bound.kvLengths,
                             stepTables, heldTokens.data()};
-    absl::Status s =
-        gpu->run(bound.entry->name()->str(),
-                 {dims.batch, dims.seq, dims.kvLen, dims.routed}, inputs,
-                 bound.logits);
+    absl::Status s = gpu->run(bound.entry->name()->str(),
+                              {dims.batch, dims.seq, dims.kvLen, dims.routed},
+                              inputs, bound.logits);
     if (!s.ok())
       return absl::Status(s.code(), model->info.path + ": entry point " +
                                         bound.entry->name()->str() + ": " +
@@ -625,8 +625,8 @@ Session::createSession(const Model &model, const SessionOptions &options) {
     };
     impl->staging.resize(entryBytes(prefill) + entryBytes(decode));
     std::byte *base = impl->staging.data();
-    for (auto [e, bound] : {std::pair{prefill, &impl->prefill},
-                            {decode, &impl->decode}}) {
+    for (auto [e, bound] :
+         {std::pair{prefill, &impl->prefill}, {decode, &impl->decode}}) {
       size_t tokens = size_t{e->max_batch()} * e->max_seq();
       bound->entry = e;
       bound->tokens = reinterpret_cast<int32_t *>(base);
@@ -695,10 +695,9 @@ Session::createSession(const Model &model, const SessionOptions &options) {
         continue;
       int64_t in = lastDim(x);
       fp8Scratch = std::max<size_t>(
-          fp8Scratch,
-          static_cast<size_t>(cpu::fp8ActivationScratch(
-              static_cast<int64_t>(maxElements(x, bounds)) / in, in,
-              l->ints()->Get(at + 1))));
+          fp8Scratch, static_cast<size_t>(cpu::fp8ActivationScratch(
+                          static_cast<int64_t>(maxElements(x, bounds)) / in, in,
+                          l->ints()->Get(at + 1))));
     }
   }
   impl->fp8Scratch.resize(fp8Scratch);
@@ -718,8 +717,8 @@ absl::Status Session::Impl::chooseDevice(const SessionOptions &options,
   const art::Model &plan = *model->plan;
   bool gpuCode = plan.gpu_modules() && plan.gpu_modules()->size() > 0;
   if (options.device == Device::Cpu) {
-    device = gpuCode ? "cpu (chosen; the artifact's GPU code is not used)"
-                     : "cpu";
+    device =
+        gpuCode ? "cpu (chosen; the artifact's GPU code is not used)" : "cpu";
     return absl::OkStatus();
   }
   if (options.device == Device::Auto && !gpuCode) {
@@ -750,8 +749,9 @@ absl::Status Session::Impl::chooseDevice(const SessionOptions &options,
       absl::UnavailableError("this runtime was built without CUDA");
 #endif
   if (options.device == Device::Cuda)
-    return absl::Status(why.code(), model->info.path + ": cannot run on a GPU: " +
-                                        std::string(why.message()));
+    return absl::Status(
+        why.code(), model->info.path +
+                        ": cannot run on a GPU: " + std::string(why.message()));
   device = "cpu (the artifact's GPU code is not used: " +
            std::string(why.message()) + ")";
   return absl::OkStatus();

@@ -165,8 +165,8 @@ TEST(DeviceLibrary, MoeGateDispatchCombineMatchTheCpuRouter) {
                       false, false},
                  Case{cpu::ScoringFunc::Softmax,
                       cpu::TopkMethod::GroupLimitedGreedy, 8, 3, false, false},
-                 Case{cpu::ScoringFunc::Sigmoid, cpu::TopkMethod::NoauxTc, 8,
-                      4, true, true}}) {
+                 Case{cpu::ScoringFunc::Sigmoid, cpu::TopkMethod::NoauxTc, 8, 4,
+                      true, true}}) {
     cpu::MoeGateParams params;
     params.scoring = c.scoring;
     params.method = c.method;
@@ -181,12 +181,13 @@ TEST(DeviceLibrary, MoeGateDispatchCombineMatchTheCpuRouter) {
     cpu::Weight b = c.bias ? cpu::Weight{bias.data(), cpu::ElementType::F32}
                            : cpu::Weight{};
     cpu::moeGate(x.data(), tokens, dim, {w.data(), cpu::ElementType::BF16},
-                 experts, b, params, wantW.data(), wantI.data(),
-                 logits.data());
+                 experts, b, params, wantW.data(), wantI.data(), logits.data());
     MoeGateConfig config{static_cast<ScoringFunc>(c.scoring),
                          static_cast<TopkMethod>(c.method),
                          static_cast<int>(c.nGroup),
-                         static_cast<int>(c.topkGroup), c.norm, 2.5f};
+                         static_cast<int>(c.topkGroup),
+                         c.norm,
+                         2.5f};
     kiln_moe_gate_bf16_f32_host(
         tokenGrid(tokens),
         {x.data(), w.data(), c.bias ? bias.data() : nullptr, gotW.data(),

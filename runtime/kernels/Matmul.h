@@ -1,0 +1,196 @@
+// The CUDA executor's GEMMs: out[m, n] = x[m, :] . w[n, :] (+ bias[n]) for
+// f32 activations and f32 / bf16 / f16 / FP8 (block-scaled) weights, as
+// cpu::linear, cpu::headLinear (one matrix per head: grid.z) and
+// cpu::groupedLinear (rows grouped by expert through device-side offsets,
+// so the grid is sized by the routed-row bound and no count reaches the
+// host). The host builds are tested against the CPU kernels in
+// tests/runtime/DeviceGemmTest.cpp.
+//
+// A block owns kGemmRows activation rows and kGemmCols weight rows; its
+// threads stride over K (consecutive threads read consecutive weights of
+// one row) and reduce each output with a block sum. FP8 GEMMs read
+// activations quantized beforehand by kiln_quantize_rows (e4m3 codes
+// decoded back to floats, and one scale per row per block of K), as the
+// CPU FP8 GEMMs do.
+#ifndef KILN_KERNELS_MATMUL_H
+#define KILN_KERNELS_MATMUL_H
+
+#include "Fp8.h"
+#include "FusedPrelude.h"
+
+namespace kiln {
+
+constexpr int kGemmRows = 8;
+constexpr int kGemmCols = 8;
+/// The most experts of a device grouped GEMM.
+constexpr int kGemmMaxExperts = 4096;
+
+enum GemmBias { NoBias = 0, BiasF32 = 1, BiasBf16 = 2, BiasF16 = 3 };
+
+struct GemmParams {
+  const float *x;        // [rows, k] per matrix
+  const float *xScale;   // FP8: [rows, ceil(k / blockCols)] activation scales
+  int64_t xMatrixStride; // elements between matrices' rows (head GEMMs)
+  const void *w;         // [matrices, n, k]
+  const float
+      *wScale;      // FP8: [matrices, ceil(n / blockRows), ceil(k / blockCols)]
+  const void *bias; // [n]
+  int biasType;
+  float *out; // [rows, n] per matrix
+  int64_t xRowStride, outRowStride, outMatrixStride;
+  int64_t rows, n, k;
+  int64_t blockRows, blockCols;
+  /// Grouped GEMMs: rows [offsets[e], offsets[e + 1]) use matrix e; the
+  /// rows in all are offsets[experts]. Null otherwise.
+  const int32_t *offsets;
+  int experts;
+};
+
+inline Dim3 gemmGrid(int64_t rows, int64_t n, int64_t matrices) {
+  return {static_cast<int>((n + kGemmCols - 1) / kGemmCols),
+          static_cast<int>((rows + kGemmRows - 1) / kGemmRows),
+          static_cast<int>(matrices)};
+}
+
+KILN_FN float loadWeight(const float *w, int64_t i) { return w[i]; }
+KILN_FN float loadWeight(const Bf16 *w, int64_t i) { return toFloat(w[i]); }
+KILN_FN float loadWeight(const F16 *w, int64_t i) { return toFloat(w[i]); }
+KILN_FN float loadWeight(const unsigned char *w, int64_t i) {
+  return decodeE4m3(w[i]);
+}
+
+KILN_FN float loadBias(const GemmParams &p, int64_t n) {
+  switch (p.biasType) {
+  case BiasF32:
+    return static_cast<const float *>(p.bias)[n];
+  case BiasBf16:
+    return toFloat(static_cast<const Bf16 *>(p.bias)[n]);
+  case BiasF16:
+    return toFloat(static_cast<const F16 *>(p.bias)[n]);
+  default:
+    return 0.0f;
+  }
+}
+
+/// The expert of routed row `row` (offsets are sorted).
+KILN_FN int expertOf(const int32_t *offsets, int experts, int64_t row) {
+  int lo = 0, hi = experts - 1;
+  while (lo < hi) {
+    int mid = (lo + hi + 1) / 2;
+    if (offsets[mid] <= row)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
+template <class W, bool Fp8>
+KILN_FN void gemmBlock(Dim3 block, const GemmParams &p) {
+  int64_t n0 = int64_t{block.x} * kGemmCols;
+  int64_t m0 = int64_t{block.y} * kGemmRows;
+  int64_t matrix = block.z;
+  int64_t rows = p.offsets ? p.offsets[p.experts] : p.rows;
+  if (m0 >= rows)
+    return;
+  int count = rows - m0 < kGemmRows ? static_cast<int>(rows - m0) : kGemmRows;
+  KILN_SHARED int rowMatrix[kGemmRows];
+  if (KILN_THREAD == 0)
+    for (int r = 0; r < kGemmRows; ++r)
+      rowMatrix[r] = p.offsets && r < count
+                         ? expertOf(p.offsets, p.experts, m0 + r)
+                         : static_cast<int>(matrix);
+  KILN_SYNC();
+  const W *w = static_cast<const W *>(p.w);
+  int64_t kBlocks = Fp8 ? (p.k + p.blockCols - 1) / p.blockCols : 1;
+  int64_t nBlocks = Fp8 ? (p.n + p.blockRows - 1) / p.blockRows : 1;
+  const float *x = p.x + matrix * p.xMatrixStride;
+  for (int c = 0; c < kGemmCols; ++c) {
+    int64_t n = n0 + c;
+    if (n >= p.n)
+      break; // block-uniform
+    float acc[kGemmRows];
+    for (int r = 0; r < kGemmRows; ++r)
+      acc[r] = 0.0f;
+    for (int64_t i = KILN_THREAD; i < p.k; i += KILN_THREADS)
+      for (int r = 0; r < count; ++r) {
+        int64_t e = rowMatrix[r];
+        float weight = loadWeight(w, (e * p.n + n) * p.k + i);
+        int64_t row = m0 + r;
+        if (Fp8)
+          weight *= p.wScale[(e * nBlocks + n / p.blockRows) * kBlocks +
+                             i / p.blockCols] *
+                    p.xScale[(row * p.xRowStride + matrix * p.xMatrixStride) /
+                                 p.k * kBlocks +
+                             i / p.blockCols];
+        acc[r] += x[row * p.xRowStride + i] * weight;
+      }
+    for (int r = 0; r < kGemmRows; ++r) {
+      float total = blockSum(acc[r]);
+      if (KILN_THREAD == 0 && r < count)
+        p.out[matrix * p.outMatrixStride + (m0 + r) * p.outRowStride + n] =
+            total + loadBias(p, n);
+    }
+  }
+}
+
+#define KILN_GEMM_KERNEL(suffix, W, Fp8)                                       \
+  KILN_FN void kiln_gemm_##suffix##_block(Dim3 block, const GemmParams &p) {   \
+    gemmBlock<W, Fp8>(block, p);                                               \
+  }                                                                            \
+  KILN_KERNEL(kiln_gemm_##suffix, GemmParams)
+KILN_GEMM_KERNEL(f32, float, false)
+KILN_GEMM_KERNEL(bf16, Bf16, false)
+KILN_GEMM_KERNEL(f16, F16, false)
+KILN_GEMM_KERNEL(fp8, unsigned char, true)
+#undef KILN_GEMM_KERNEL
+
+/// FP8 activation quantization, as the CPU FP8 GEMMs: per row, per
+/// `blockCols` values, s = max(amax, 1e-4) / 448 (rounded up to a power of
+/// two when pow2), codes e4m3(x / s), written back decoded (code values as
+/// floats) with the scales. One block per row; rows counted on the device
+/// when `rowsOnDevice` is set (routed rows).
+struct QuantizeRowsParams {
+  const float *x;
+  float *codes;  // [rows, k]
+  float *scales; // [rows, ceil(k / blockCols)]
+  const int32_t *rowsOnDevice;
+  int64_t k, blockCols;
+  int pow2;
+};
+
+/// The smallest power of two >= s (s > 0, normal), as the CPU's ue8m0.
+KILN_FN float roundUpPow2(float s) {
+  uint32_t bits = bitsFromFloat(s);
+  if ((bits & 0x7fffffu) != 0)
+    bits = (bits & 0xff800000u) + 0x800000u;
+  return floatFromBits(bits & 0xff800000u);
+}
+
+KILN_FN void kiln_quantize_rows_block(Dim3 block, const QuantizeRowsParams &p) {
+  if (p.rowsOnDevice && block.x >= *p.rowsOnDevice)
+    return;
+  const float *x = p.x + int64_t{block.x} * p.k;
+  float *codes = p.codes + int64_t{block.x} * p.k;
+  int64_t groups = (p.k + p.blockCols - 1) / p.blockCols;
+  for (int64_t g = 0; g < groups; ++g) {
+    int64_t c0 = g * p.blockCols;
+    int64_t c1 = c0 + p.blockCols < p.k ? c0 + p.blockCols : p.k;
+    float amax = 0.0f;
+    for (int64_t c = c0 + KILN_THREAD; c < c1; c += KILN_THREADS)
+      amax = fmaxf(amax, fabsf(x[c]));
+    amax = blockMax(amax);
+    float s = (amax > 1e-4f ? amax : 1e-4f) / 448.0f;
+    if (p.pow2)
+      s = roundUpPow2(s);
+    for (int64_t c = c0 + KILN_THREAD; c < c1; c += KILN_THREADS)
+      codes[c] = decodeE4m3(encodeE4m3(x[c] / s));
+    if (KILN_THREAD == 0)
+      p.scales[int64_t{block.x} * groups + g] = s;
+  }
+}
+KILN_KERNEL(kiln_quantize_rows, QuantizeRowsParams)
+
+} // namespace kiln
+
+#endif // KILN_KERNELS_MATMUL_H

@@ -1,0 +1,903 @@
+#include "runtime/src/cuda/CudaExecutor.h"
+
+#include "LaunchAttributes.h"
+#include "cpu/Kernels.h"
+#include "runtime/src/cuda/CudaDriver.h"
+#include "runtime/src/cuda/LibraryFatbin.h"
+
+// The library kernels' parameter structs and grids (the host never runs
+// their bodies here).
+#include "runtime/kernels/KvAttention.h"
+#include "runtime/kernels/Library.h"
+#include "runtime/kernels/Matmul.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <unordered_map>
+
+namespace kiln::cuda {
+namespace {
+
+namespace art = artifact;
+
+/// Device memory freed with the executor.
+struct DeviceBuffer {
+  CUdeviceptr ptr = 0;
+  size_t bytes = 0;
+};
+
+const char *typeSuffix(art::ElementType type) {
+  switch (type) {
+  case art::ElementType::BF16:
+    return "bf16";
+  case art::ElementType::F16:
+    return "f16";
+  case art::ElementType::F8E4M3:
+    return "fp8";
+  default:
+    return "f32";
+  }
+}
+
+int64_t lastDim(const art::TensorRef *ref) {
+  return ref->shape()->Get(ref->shape()->size() - 1)->size();
+}
+
+int64_t staticDim(const art::TensorRef *ref, unsigned i) {
+  return ref->shape()->Get(i)->size();
+}
+
+/// The graph of a decode step: per batch size and context bucket (the
+/// attention kernels' split count depends on it).
+struct GraphKey {
+  int64_t batch, bucket;
+  bool operator<(const GraphKey &o) const {
+    return batch != o.batch ? batch < o.batch : bucket < o.bucket;
+  }
+};
+
+} // namespace
+
+struct Executor::Impl {
+  const Model::Impl *model = nullptr;
+  CacheLayout cache;
+  std::optional<Driver> driver;
+  CUdevice device = 0;
+  CUcontext context = nullptr;
+  CUstream stream = nullptr;
+  CUmodule library = nullptr, generated = nullptr;
+  std::unordered_map<std::string, CUfunction> functions;
+  std::string description;
+  int multiprocessors = 0;
+
+  std::vector<DeviceBuffer> allocations;
+  std::vector<CUdeviceptr> parameters; // per plan parameter
+  CUdeviceptr arena = 0;
+  std::vector<CUdeviceptr> slots; // per cache slot
+  CUdeviceptr tables = 0, held = 0;
+  // Library scratch, sized at creation.
+  CUdeviceptr attentionScratch = 0, rowOf = 0, fp8Codes = 0, fp8Scales = 0;
+  size_t attentionScratchFloats = 0;
+  // Rope inverse frequencies per rope launch, uploaded at creation.
+  std::map<const art::Launch *, CUdeviceptr> ropeTables;
+  std::map<GraphKey, CUgraphExec> graphs;
+
+  // The step being launched.
+  StepShape shape;
+
+  ~Impl();
+  const DriverApi &api() const { return driver->api(); }
+  absl::Status check(CUresult r, const std::string &what) const {
+    return driver->check(r, what);
+  }
+  absl::StatusOr<CUdeviceptr> allocate(size_t bytes, const std::string &what);
+  absl::StatusOr<CUfunction> function(const std::string &name);
+  absl::Status loadModules(bool requireGpuCode);
+  absl::Status uploadParameters();
+  absl::Status allocateState();
+
+  CUdeviceptr resolve(const art::TensorRef *ref) const;
+  int64_t of(const art::Dim &d) const;
+  int64_t numel(const art::TensorRef *ref) const;
+  /// Tokens of a per-token reference: the product of its symbolic dims.
+  int64_t tokens(const art::TensorRef *ref) const;
+
+  template <class Params>
+  absl::Status launch(const std::string &name, Dim3 grid,
+                      const Params &params) {
+    absl::StatusOr<CUfunction> f = function(name);
+    if (!f.ok())
+      return f.status();
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0)
+      return absl::OkStatus();
+    void *args[] = {const_cast<Params *>(&params)};
+    return check(api().cuLaunchKernel(*f, static_cast<unsigned>(grid.x),
+                                      static_cast<unsigned>(grid.y),
+                                      static_cast<unsigned>(grid.z),
+                                      kLibraryThreads, 1, 1, 0, stream, args,
+                                      nullptr),
+                 name);
+  }
+  static constexpr unsigned kLibraryThreads = KILN_BLOCK_THREADS;
+
+  absl::Status launchFused(const art::FusedLaunch &group);
+  absl::Status launchLibrary(const art::Launch &launch);
+  absl::Status launchAttention(const art::Launch &launch);
+  absl::Status launchGemm(const art::Launch &launch);
+  absl::Status runLaunches(const art::EntryPoint &entry);
+  /// Whether every launch of `entry` has the same arguments for all steps
+  /// of one batch size (no KvLen-shaped arena tensors), so that it can be
+  /// captured once and replayed.
+  bool graphable(const art::EntryPoint &entry) const;
+  /// An FP8 GEMM: ints end with [block rows, block cols, ue8m0].
+  static bool fp8Gemm(const art::Launch &l) {
+    unsigned at = l.kernel() == art::KernelKind::Linear ? 1 : 0;
+    bool gemm = l.kernel() == art::KernelKind::Linear ||
+                l.kernel() == art::KernelKind::GroupedLinear ||
+                l.kernel() == art::KernelKind::HeadLinear;
+    return gemm && l.ints() && l.ints()->size() == at + 3;
+  }
+  int64_t contextBucket(int64_t kvLen) const;
+};
+
+Executor::Impl::~Impl() {
+  if (!driver)
+    return;
+  const DriverApi &a = api();
+  for (auto &[key, graph] : graphs)
+    a.cuGraphExecDestroy(graph);
+  for (DeviceBuffer &b : allocations)
+    a.cuMemFree(b.ptr);
+  if (generated)
+    a.cuModuleUnload(generated);
+  if (library)
+    a.cuModuleUnload(library);
+  if (stream)
+    a.cuStreamDestroy(stream);
+  if (context)
+    a.cuDevicePrimaryCtxRelease(device);
+}
+
+absl::StatusOr<CUdeviceptr> Executor::Impl::allocate(size_t bytes,
+                                                     const std::string &what) {
+  CUdeviceptr ptr = 0;
+  // 256-byte aligned by the driver; never zero bytes.
+  CUresult r = api().cuMemAlloc(&ptr, std::max<size_t>(bytes, 256));
+  if (r != CUDA_SUCCESS)
+    return absl::ResourceExhaustedError(
+        "GPU: cannot allocate " + std::to_string(bytes) + " bytes for " + what +
+        ": " + std::string(check(r, "cuMemAlloc").message()));
+  allocations.push_back({ptr, bytes});
+  if (absl::Status s = check(api().cuMemsetD8Async(ptr, 0, bytes, stream),
+                             "cuMemsetD8Async");
+      !s.ok())
+    return s;
+  return ptr;
+}
+
+absl::StatusOr<CUfunction> Executor::Impl::function(const std::string &name) {
+  auto it = functions.find(name);
+  if (it != functions.end())
+    return it->second;
+  CUfunction f = nullptr;
+  CUresult r = CUDA_ERROR_NOT_FOUND;
+  if (generated)
+    r = api().cuModuleGetFunction(&f, generated, name.c_str());
+  if (r != CUDA_SUCCESS)
+    r = api().cuModuleGetFunction(&f, library, name.c_str());
+  if (r != CUDA_SUCCESS)
+    return absl::InternalError("GPU: no kernel " + name +
+                               " in the library or the artifact's module");
+  functions.emplace(name, f);
+  return f;
+}
+
+absl::Status Executor::Impl::loadModules(bool requireGpuCode) {
+  if (absl::Status s =
+          check(api().cuModuleLoadData(&library, libraryFatbin()),
+                "loading the library kernels (built for sm_90a / compute_90)");
+      !s.ok())
+    return s;
+  int major = 0, minor = 0;
+  api().cuDeviceGetAttribute(
+      &major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device);
+  api().cuDeviceGetAttribute(
+      &minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device);
+  std::string arch = "sm_" + std::to_string(major) + std::to_string(minor);
+  const art::Model &plan = *model->plan;
+  std::string used = "none";
+  if (plan.gpu_modules())
+    for (const art::GpuModule *m : *plan.gpu_modules()) {
+      std::string moduleArch = m->arch()->str();
+      // sm_90a code runs on sm_90 only; PTX of an older virtual
+      // architecture is JIT-compiled by the driver for newer GPUs.
+      bool exact = moduleArch == arch || moduleArch == arch + "a";
+      CUresult r = CUDA_ERROR_NO_BINARY_FOR_GPU;
+      if (exact)
+        r = api().cuModuleLoadData(&generated, m->cubin()->data());
+      if (r != CUDA_SUCCESS)
+        r = api().cuModuleLoadData(&generated, m->ptx()->c_str());
+      if (r == CUDA_SUCCESS) {
+        used = moduleArch + (exact ? "" : " (PTX, JIT-compiled)");
+        break;
+      }
+      generated = nullptr;
+    }
+  if (!generated && requireGpuCode)
+    return absl::UnavailableError(
+        "the artifact has no generated kernels for this " + arch +
+        " GPU (compile with --target=cpu," + arch +
+        "a, or choose the device explicitly)");
+  description += " (" + arch + ", " + std::to_string(multiprocessors) +
+                 " SMs, generated kernels: " + used + ")";
+  return absl::OkStatus();
+}
+
+absl::Status Executor::Impl::uploadParameters() {
+  const art::Model &plan = *model->plan;
+  parameters.resize(plan.parameters()->size());
+  for (size_t i = 0; i < parameters.size(); ++i) {
+    const art::Parameter *p = plan.parameters()->Get(i);
+    absl::StatusOr<CUdeviceptr> ptr =
+        allocate(p->bytes(), "parameter " + p->name()->str());
+    if (!ptr.ok())
+      return ptr.status();
+    if (absl::Status s =
+            check(api().cuMemcpyHtoD(*ptr, model->parameterData[i], p->bytes()),
+                  "uploading parameter " + p->name()->str());
+        !s.ok())
+      return s;
+    parameters[i] = *ptr;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Executor::Impl::allocateState() {
+  const art::Model &plan = *model->plan;
+  uint64_t arenaBytes = 256;
+  size_t heads = 0, dv = 0, routed = 0;
+  for (const art::EntryPoint *e : *plan.entry_points()) {
+    arenaBytes = std::max<uint64_t>(arenaBytes, e->arena_bytes());
+    routed = std::max<size_t>(routed, size_t{e->max_batch()} * e->max_seq() *
+                                          plan.moe_top_k());
+    for (const art::Launch *l : *e->launches())
+      if (l->kernel() == art::KernelKind::Attention) {
+        heads = std::max<size_t>(heads, staticDim(l->args()->Get(0), 2));
+        dv = std::max<size_t>(dv, staticDim(l->args()->Get(2), 3));
+      }
+  }
+  absl::StatusOr<CUdeviceptr> a = allocate(arenaBytes, "the arena");
+  if (!a.ok())
+    return a.status();
+  arena = *a;
+  for (size_t s = 0; s < cache.slotFloats.size(); ++s) {
+    absl::StatusOr<CUdeviceptr> slot =
+        allocate(static_cast<size_t>(cache.numBlocks * cache.blockTokens *
+                                     cache.slotFloats[s]) *
+                     sizeof(float),
+                 "KV cache slot " + std::to_string(s));
+    if (!slot.ok())
+      return slot.status();
+    slots.push_back(*slot);
+  }
+  for (auto [ptr, bytes, what] :
+       {std::tuple{&tables,
+                   size_t(cache.maxBatch * cache.tableStride) * sizeof(int32_t),
+                   "block tables"},
+        {&held, size_t(cache.maxBatch) * sizeof(int32_t), "held tokens"},
+        {&rowOf, std::max<size_t>(routed, 1) * sizeof(int32_t), "MoE slots"}}) {
+    absl::StatusOr<CUdeviceptr> p = allocate(bytes, what);
+    if (!p.ok())
+      return p.status();
+    *ptr = *p;
+  }
+  // Contexts are split only while rows x heads < 2 x SMs (attentionSplits),
+  // so that rows x heads x splits < 4 x SMs.
+  attentionScratchFloats = 4 * size_t(multiprocessors) * (2 + dv);
+  absl::StatusOr<CUdeviceptr> scratch =
+      allocate(attentionScratchFloats * sizeof(float), "attention splits");
+  if (!scratch.ok())
+    return scratch.status();
+  attentionScratch = *scratch;
+  // FP8 GEMMs' quantized activations: codes (as floats) then scales.
+  size_t codes = 0;
+  for (const art::EntryPoint *e : *plan.entry_points()) {
+    art::SymbolSizes bounds{e->max_batch(), e->max_seq(), plan.max_context(),
+                            uint64_t{e->max_batch()} * e->max_seq() *
+                                plan.moe_top_k()};
+    for (const art::Launch *l : *e->launches())
+      if (fp8Gemm(*l)) {
+        const art::TensorRef *x = l->args()->Get(0);
+        uint64_t n = 1;
+        for (const art::Dim *d : *x->shape())
+          n *= bounds.of(*d);
+        codes = std::max<size_t>(codes, n);
+      }
+  }
+  if (codes > 0) {
+    // One scale per row per 128 or more values: at most codes / 128 + rows.
+    absl::StatusOr<CUdeviceptr> q =
+        allocate(2 * codes * sizeof(float), "FP8 activations");
+    if (!q.ok())
+      return q.status();
+    fp8Codes = *q;
+    fp8Scales = *q + codes * sizeof(float);
+  }
+  // Rope tables: the same inverse frequencies the CPU kernels compute.
+  for (const art::EntryPoint *e : *plan.entry_points())
+    for (const art::Launch *l : *e->launches()) {
+      if (l->kernel() != art::KernelKind::Rope)
+        continue;
+      cpu::RopeParams p = ropeParams(*l);
+      int64_t dim = lastDim(l->args()->Get(0));
+      if (dim / 2 > kDeviceMaxRotaryHalf)
+        return absl::UnimplementedError(
+            "GPU: rotary dimension " + std::to_string(dim) + " exceeds " +
+            std::to_string(2 * kDeviceMaxRotaryHalf));
+      std::vector<double> inv(static_cast<size_t>(dim / 2));
+      cpu::ropeInverseFrequencies(p, dim, inv.data());
+      absl::StatusOr<CUdeviceptr> t =
+          allocate(inv.size() * sizeof(double), "rope table");
+      if (!t.ok())
+        return t.status();
+      if (absl::Status s = check(
+              api().cuMemcpyHtoD(*t, inv.data(), inv.size() * sizeof(double)),
+              "uploading a rope table");
+          !s.ok())
+        return s;
+      ropeTables[l] = *t;
+    }
+  return absl::OkStatus();
+}
+
+CUdeviceptr Executor::Impl::resolve(const art::TensorRef *ref) const {
+  switch (ref->storage()) {
+  case art::Storage::Parameter:
+    return parameters[ref->index()];
+  case art::Storage::KvCache:
+    return slots[ref->index()];
+  default:
+    return arena + ref->offset();
+  }
+}
+
+int64_t Executor::Impl::of(const art::Dim &d) const {
+  switch (d.symbol()) {
+  case art::DimSymbol::Batch:
+    return shape.batch;
+  case art::DimSymbol::Seq:
+    return shape.seq;
+  case art::DimSymbol::KvLen:
+    return shape.kvLen;
+  case art::DimSymbol::RoutedRows:
+    return shape.routed;
+  default:
+    return d.size();
+  }
+}
+
+int64_t Executor::Impl::numel(const art::TensorRef *ref) const {
+  int64_t n = 1;
+  for (const art::Dim *d : *ref->shape())
+    n *= of(*d);
+  return n;
+}
+
+int64_t Executor::Impl::tokens(const art::TensorRef *ref) const {
+  int64_t n = 1;
+  for (const art::Dim *d : *ref->shape())
+    if (d->symbol() != art::DimSymbol::Static)
+      n *= of(*d);
+  return n;
+}
+
+absl::Status Executor::Impl::launchFused(const art::FusedLaunch &group) {
+  absl::StatusOr<CUfunction> f = function(group.kernel()->str());
+  if (!f.ok())
+    return f.status();
+  const auto &refs = *group.args();
+  int64_t count = tokens(refs.Get(refs.size() - 1));
+  if (count == 0)
+    return absl::OkStatus();
+  // The generated signature: (int64_t tokens, T *arg...), each by value.
+  std::vector<CUdeviceptr> pointers(refs.size());
+  std::vector<void *> args(refs.size() + 1);
+  args[0] = &count;
+  for (size_t i = 0; i < refs.size(); ++i) {
+    pointers[i] = resolve(refs.Get(static_cast<flatbuffers::uoffset_t>(i)));
+    args[i + 1] = &pointers[i];
+  }
+  // One block per token, the grid capped (blocks then stride over tokens).
+  unsigned grid = static_cast<unsigned>(std::min<int64_t>(count, 1 << 20));
+  return check(api().cuLaunchKernel(*f, grid, 1, 1, kLibraryThreads, 1, 1, 0,
+                                    stream, args.data(), nullptr),
+               group.kernel()->str());
+}
+
+absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
+  const auto &refs = *l.args();
+  auto ptr = [&](unsigned i) { return resolve(refs.Get(i)); };
+  auto f32 = [&](unsigned i) { return reinterpret_cast<float *>(ptr(i)); };
+  auto i32 = [&](unsigned i) { return reinterpret_cast<int32_t *>(ptr(i)); };
+  auto raw = [&](unsigned i) { return reinterpret_cast<const void *>(ptr(i)); };
+  auto ints = [&](unsigned i) { return l.ints()->Get(i); };
+  auto floats = [&](unsigned i) { return l.floats()->Get(i); };
+  const art::TensorRef *x = refs.Get(0);
+  std::string suffix =
+      typeSuffix(refs.size() > 1 ? refs.Get(1)->type() : art::ElementType::F32);
+
+  switch (l.kernel()) {
+  case art::KernelKind::Embedding: {
+    int64_t n = numel(x);
+    return launch(
+        "kiln_embedding_" + suffix, tokenGrid(n),
+        EmbeddingParams{i32(0), raw(1), f32(2), staticDim(refs.Get(1), 1)});
+  }
+  case art::KernelKind::RMSNorm: {
+    int64_t d = lastDim(x);
+    return launch("kiln_rms_norm_" + suffix, tokenGrid(numel(x) / d),
+                  RmsNormParams{f32(0), raw(1), f32(2), static_cast<int>(d),
+                                static_cast<float>(floats(0))});
+  }
+  case art::KernelKind::Add:
+  case art::KernelKind::SwiGLU: {
+    int64_t n = numel(x);
+    return launch(l.kernel() == art::KernelKind::Add ? "kiln_add"
+                                                     : "kiln_swiglu",
+                  elementwiseGrid(n), BinaryParams{f32(0), f32(1), f32(2), n});
+  }
+  case art::KernelKind::Slice: {
+    int64_t d = lastDim(x), rows = numel(x) / d;
+    return launch("kiln_slice", elementwiseGrid(rows * ints(1)),
+                  SliceParams{f32(0), f32(1), rows, d, ints(0), ints(1)});
+  }
+  case art::KernelKind::Concat: {
+    ConcatParams p{};
+    p.count = static_cast<int>(refs.size() - 1);
+    if (p.count > kDeviceMaxConcat)
+      return absl::UnimplementedError("GPU: concat of more than " +
+                                      std::to_string(kDeviceMaxConcat) +
+                                      " inputs");
+    for (int i = 0; i < p.count; ++i) {
+      p.inputs[i] = f32(static_cast<unsigned>(i));
+      p.dims[i] = lastDim(refs.Get(static_cast<unsigned>(i)));
+    }
+    const art::TensorRef *out = refs.Get(refs.size() - 1);
+    p.out = reinterpret_cast<float *>(resolve(out));
+    p.outDim = lastDim(out);
+    p.rows = numel(out) / p.outDim;
+    return launch("kiln_concat", elementwiseGrid(p.rows * p.outDim), p);
+  }
+  case art::KernelKind::Broadcast: {
+    // As the CPU executor: the first size-1 static axis that grows.
+    const auto &from = *x->shape();
+    const auto &to = *refs.Get(1)->shape();
+    unsigned axis = 0;
+    while (axis < to.size() &&
+           !(from.Get(axis)->symbol() == art::DimSymbol::Static &&
+             from.Get(axis)->size() == 1 && to.Get(axis)->size() != 1))
+      ++axis;
+    int64_t rows = 1, repeat = 1, inner = 1;
+    for (unsigned i = 0; i < to.size(); ++i)
+      (i < axis ? rows : i == axis ? repeat : inner) *= of(*to.Get(i));
+    return launch("kiln_broadcast", elementwiseGrid(rows * repeat * inner),
+                  BroadcastParams{f32(0), f32(1), rows, repeat, inner});
+  }
+  case art::KernelKind::Rope: {
+    int64_t count = shape.batch * shape.seq, d = lastDim(x);
+    int64_t heads = numel(x) / (count * d);
+    cpu::RopeParams p = ropeParams(l);
+    return launch(
+        "kiln_rope", tokenGrid(count),
+        RopeParams{f32(0), i32(1),
+                   reinterpret_cast<const double *>(ropeTables.at(&l)), f32(2),
+                   static_cast<int>(heads), static_cast<int>(d / 2),
+                   cpu::ropeAttentionFactor(p), p.interleaved ? 1 : 0});
+  }
+  case art::KernelKind::MoeGate: {
+    bool bias = ints(6) == 1;
+    int64_t experts = staticDim(refs.Get(1), 0);
+    if (experts > kDeviceMaxExperts)
+      return absl::UnimplementedError(
+          "GPU: more than " + std::to_string(kDeviceMaxExperts) + " experts");
+    MoeGateConfig config{static_cast<ScoringFunc>(ints(0)),
+                         static_cast<TopkMethod>(ints(1)),
+                         static_cast<int>(ints(3)),
+                         static_cast<int>(ints(4)),
+                         ints(5) == 1,
+                         static_cast<float>(floats(0))};
+    std::string name = "kiln_moe_gate_" + suffix + "_" +
+                       (bias ? typeSuffix(refs.Get(2)->type()) : "f32");
+    int64_t count = shape.batch * shape.seq;
+    return launch(name, tokenGrid(count),
+                  MoeGateParams{f32(0), raw(1), bias ? raw(2) : nullptr,
+                                f32(refs.size() - 2), i32(refs.size() - 1),
+                                static_cast<int>(lastDim(x)),
+                                static_cast<int>(experts),
+                                static_cast<int>(ints(2)), config});
+  }
+  case art::KernelKind::MoeDispatch: {
+    int64_t topK = lastDim(refs.Get(1));
+    int64_t n = shape.batch * shape.seq * topK;
+    if (absl::Status s =
+            launch("kiln_moe_route", Dim3{1, 1, 1},
+                   MoeRouteParams{i32(1), i32(3), i32(4), static_cast<int>(n),
+                                  static_cast<int>(ints(0))});
+        !s.ok())
+      return s;
+    return launch("kiln_moe_gather", tokenGrid(n),
+                  MoeGatherParams{f32(0), i32(4), i32(3) + ints(0), f32(2),
+                                  lastDim(x), static_cast<int>(topK)});
+  }
+  case art::KernelKind::MoeCombine: {
+    int64_t count = shape.batch * shape.seq, topK = lastDim(refs.Get(1));
+    int32_t *inverse = reinterpret_cast<int32_t *>(rowOf);
+    if (absl::Status s =
+            launch("kiln_invert_slots", elementwiseGrid(count * topK),
+                   InvertSlotsParams{i32(2), inverse, count * topK});
+        !s.ok())
+      return s;
+    return launch("kiln_moe_combine", tokenGrid(count),
+                  MoeCombineParams{f32(0), f32(1), inverse, f32(3), lastDim(x),
+                                   static_cast<int>(topK)});
+  }
+  case art::KernelKind::Linear:
+  case art::KernelKind::Logits:
+  case art::KernelKind::HeadLinear:
+  case art::KernelKind::GroupedLinear:
+    return launchGemm(l);
+  case art::KernelKind::KvAppend:
+  case art::KernelKind::Attention:
+  case art::KernelKind::KvGather:
+    return launchAttention(l);
+  }
+  return absl::InternalError("GPU: unknown kernel kind");
+}
+
+absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
+  const auto &refs = *l.args();
+  const art::TensorRef *x = refs.Get(0), *w = refs.Get(1);
+  const art::TensorRef *out = refs.Get(refs.size() - 1);
+  bool fp8 = fp8Gemm(l);
+  unsigned at = l.kernel() == art::KernelKind::Linear ? 1 : 0;
+  GemmParams p{};
+  p.w = reinterpret_cast<const void *>(resolve(w));
+  p.out = reinterpret_cast<float *>(resolve(out));
+  p.x = reinterpret_cast<const float *>(resolve(x));
+  int64_t matrices = 1;
+  switch (l.kernel()) {
+  case art::KernelKind::HeadLinear: {
+    // x [rows, heads, in], w [heads, out, in], out [rows, heads, out].
+    matrices = staticDim(w, 0);
+    p.n = staticDim(w, 1);
+    p.k = staticDim(w, 2);
+    p.rows = numel(x) / (matrices * p.k);
+    p.xRowStride = matrices * p.k;
+    p.xMatrixStride = p.k;
+    p.outRowStride = matrices * p.n;
+    p.outMatrixStride = p.n;
+    break;
+  }
+  case art::KernelKind::GroupedLinear:
+    // Rows grouped by expert; counted on the device (offsets[experts]).
+    p.experts = static_cast<int>(staticDim(w, 0));
+    p.n = staticDim(w, 1);
+    p.k = staticDim(w, 2);
+    p.rows = shape.routed;
+    p.offsets = reinterpret_cast<const int32_t *>(resolve(refs.Get(2)));
+    p.xRowStride = p.k;
+    p.outRowStride = p.n;
+    break;
+  default:
+    p.n = staticDim(w, 0);
+    p.k = lastDim(x);
+    p.rows = numel(x) / p.k;
+    p.xRowStride = p.k;
+    p.outRowStride = p.n;
+    if (l.kernel() == art::KernelKind::Linear && l.ints()->Get(0) == 1) {
+      const art::TensorRef *bias = refs.Get(2);
+      p.bias = reinterpret_cast<const void *>(resolve(bias));
+      p.biasType = bias->type() == art::ElementType::BF16  ? BiasBf16
+                   : bias->type() == art::ElementType::F16 ? BiasF16
+                                                           : BiasF32;
+    }
+    break;
+  }
+  if (fp8) {
+    p.blockRows = l.ints()->Get(at);
+    p.blockCols = l.ints()->Get(at + 1);
+    p.wScale =
+        reinterpret_cast<const float *>(resolve(refs.Get(refs.size() - 2)));
+    // Activations quantized per row of k (per head for head GEMMs).
+    int64_t rows = p.rows * matrices;
+    QuantizeRowsParams q{p.x,
+                         reinterpret_cast<float *>(fp8Codes),
+                         reinterpret_cast<float *>(fp8Scales),
+                         p.offsets ? p.offsets + p.experts : nullptr,
+                         p.k,
+                         p.blockCols,
+                         l.ints()->Get(at + 2) == 1 ? 1 : 0};
+    if (absl::Status s = launch("kiln_quantize_rows", tokenGrid(rows), q);
+        !s.ok())
+      return s;
+    p.x = reinterpret_cast<const float *>(fp8Codes);
+    p.xScale = reinterpret_cast<const float *>(fp8Scales);
+  }
+  return launch(std::string("kiln_gemm_") + typeSuffix(w->type()),
+                gemmGrid(p.rows, p.n, matrices), p);
+}
+
+absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
+  const auto &refs = *l.args();
+  auto f32 = [&](unsigned i) {
+    return reinterpret_cast<float *>(resolve(refs.Get(i)));
+  };
+  auto i32 = [&](unsigned i) {
+    return reinterpret_cast<const int32_t *>(resolve(refs.Get(i)));
+  };
+  KvTables paged{reinterpret_cast<const int32_t *>(tables), cache.tableStride,
+                 cache.blockTokens, 0};
+  auto fp8Of = [&](size_t slot) {
+    return Fp8Rows{cache.fp8[slot].quantColumns, cache.fp8[slot].bf16Columns};
+  };
+  switch (l.kernel()) {
+  case art::KernelKind::KvAppend: {
+    size_t slot = static_cast<size_t>(l.ints()->Get(0));
+    KvAppendParams p{
+        f32(0),     i32(1),    reinterpret_cast<void *>(slots[slot]),
+        paged,      shape.seq, cache.slotFloats[slot],
+        fp8Of(slot)};
+    bool fp8 = p.fp8.quantColumns > 0;
+    return launch(fp8 ? "kiln_kv_append_fp8" : "kiln_kv_append",
+                  tokenGrid(shape.batch * shape.seq), p);
+  }
+  case art::KernelKind::KvGather: {
+    const art::TensorRef *view = refs.Get(0);
+    size_t slot = view->index();
+    int64_t entry = cache.slotFloats[slot], n = lastDim(view);
+    int64_t rowsPerToken = numel(view) / (shape.batch * shape.kvLen * n);
+    KvGatherParams p{reinterpret_cast<const void *>(slots[slot]),
+                     paged,
+                     reinterpret_cast<const int32_t *>(held),
+                     f32(1),
+                     shape.kvLen,
+                     rowsPerToken,
+                     entry / rowsPerToken,
+                     static_cast<int64_t>(view->offset()),
+                     n,
+                     entry,
+                     fp8Of(slot)};
+    return launch("kiln_kv_gather", tokenGrid(shape.batch * shape.kvLen), p);
+  }
+  default:
+    break;
+  }
+  // Attention: q, k, v, positions, kv lengths, out.
+  const art::TensorRef *q = refs.Get(0), *k = refs.Get(1), *v = refs.Get(2);
+  AttentionParams p{};
+  p.q = f32(0);
+  p.positions = i32(3);
+  p.kvLengths = i32(4);
+  p.out = f32(5);
+  p.seq = shape.seq;
+  p.heads = staticDim(q, 2);
+  p.kvHeads = staticDim(k, 2);
+  p.dk = staticDim(q, 3);
+  p.dv = staticDim(v, 3);
+  p.scale = static_cast<float>(l.floats()->Get(0));
+  if (p.dk > kDeviceMaxHeadDim || p.dv > kDeviceMaxValueDim)
+    return absl::UnimplementedError("GPU attention takes head dims up to " +
+                                    std::to_string(kDeviceMaxHeadDim) + " / " +
+                                    std::to_string(kDeviceMaxValueDim));
+  if (k->storage() == art::Storage::KvCache) {
+    p.tables = paged;
+    if (cache.fp8[k->index()].quantColumns > 0) {
+      p.fp8Slot = reinterpret_cast<const unsigned char *>(slots[k->index()]);
+      p.fp8 = fp8Of(k->index());
+    } else {
+      p.k = {reinterpret_cast<const float *>(slots[k->index()]),
+             cache.slotFloats[k->index()], p.dk,
+             static_cast<int64_t>(k->offset())};
+      p.v = {reinterpret_cast<const float *>(slots[v->index()]),
+             cache.slotFloats[v->index()], p.dv,
+             static_cast<int64_t>(v->offset())};
+    }
+  } else {
+    // Keys and values the step computed: [batch, kvLen, kvHeads, d].
+    p.tables = {nullptr, 0, 0, shape.kvLen};
+    p.k = {f32(1), p.kvHeads * p.dk, p.dk, 0};
+    p.v = {f32(2), p.kvHeads * p.dv, p.dv, 0};
+  }
+  int64_t rows = shape.batch * shape.seq;
+  p.splits = attentionSplits(shape.kvLen, rows * p.heads, multiprocessors);
+  p.splitTokens = attentionSplitTokens(shape.kvLen, p.splits);
+  p.scratch = reinterpret_cast<float *>(attentionScratch);
+  if (p.splits > 1 &&
+      size_t(rows * p.heads * p.splits * (2 + p.dv)) > attentionScratchFloats)
+    return absl::InternalError("GPU attention: split scratch too small");
+  Dim3 grid{static_cast<int>(rows), static_cast<int>(p.heads), p.splits};
+  if (absl::Status s = launch("kiln_attention", grid, p); !s.ok())
+    return s;
+  if (p.splits == 1)
+    return absl::OkStatus();
+  return launch("kiln_attention_merge",
+                Dim3{static_cast<int>(rows), static_cast<int>(p.heads), 1}, p);
+}
+
+bool Executor::Impl::graphable(const art::EntryPoint &entry) const {
+  for (const art::Launch *l : *entry.launches())
+    if (l->kernel() == art::KernelKind::KvGather)
+      return false;
+  return true;
+}
+
+int64_t Executor::Impl::contextBucket(int64_t kvLen) const {
+  int64_t bucket = 256;
+  while (bucket < kvLen)
+    bucket *= 2;
+  return bucket;
+}
+
+absl::Status Executor::Impl::runLaunches(const art::EntryPoint &entry) {
+  const auto &launches = *entry.launches();
+  size_t group = 0;
+  for (size_t i = 0; i < launches.size(); ++i) {
+    const art::FusedLaunch *fused =
+        generated && entry.fused() && group < entry.fused()->size()
+            ? entry.fused()->Get(static_cast<flatbuffers::uoffset_t>(group))
+            : nullptr;
+    absl::Status s;
+    if (fused && fused->first() == i) {
+      s = launchFused(*fused);
+      i += fused->count() - 1;
+      ++group;
+    } else {
+      s = launchLibrary(*launches.Get(static_cast<flatbuffers::uoffset_t>(i)));
+    }
+    if (!s.ok()) {
+      const art::Launch *l =
+          launches.Get(static_cast<flatbuffers::uoffset_t>(i));
+      return absl::Status(s.code(),
+                          std::string(art::EnumNameKernelKind(l->kernel())) +
+                              " (" + (l->name() ? l->name()->str() : "?") +
+                              "): " + std::string(s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+Executor::Executor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Executor::~Executor() = default;
+
+const std::string &Executor::description() const { return impl_->description; }
+
+absl::StatusOr<std::unique_ptr<Executor>>
+Executor::create(const Model::Impl &model, const CacheLayout &cache,
+                 bool requireGpuCode) {
+  auto impl = std::make_unique<Impl>();
+  impl->model = &model;
+  impl->cache = cache;
+  absl::StatusOr<Driver> driver = Driver::load();
+  if (!driver.ok())
+    return driver.status();
+  impl->driver.emplace(*std::move(driver));
+  absl::StatusOr<std::vector<DeviceInfo>> devices = impl->driver->devices();
+  if (!devices.ok())
+    return devices.status();
+  if (devices->empty())
+    return absl::UnavailableError("the NVIDIA driver sees no GPU");
+  const DriverApi &a = impl->api();
+  if (absl::Status s =
+          impl->check(a.cuDeviceGet(&impl->device, 0), "cuDeviceGet");
+      !s.ok())
+    return s;
+  if (absl::Status s =
+          impl->check(a.cuDevicePrimaryCtxRetain(&impl->context, impl->device),
+                      "cuDevicePrimaryCtxRetain");
+      !s.ok())
+    return s;
+  if (absl::Status s =
+          impl->check(a.cuCtxSetCurrent(impl->context), "cuCtxSetCurrent");
+      !s.ok())
+    return s;
+  if (absl::Status s =
+          impl->check(a.cuStreamCreate(&impl->stream, CU_STREAM_NON_BLOCKING),
+                      "cuStreamCreate");
+      !s.ok())
+    return s;
+  impl->multiprocessors = devices->front().multiprocessors;
+  impl->description = devices->front().name;
+  if (absl::Status s = impl->loadModules(requireGpuCode); !s.ok())
+    return s;
+  if (absl::Status s = impl->uploadParameters(); !s.ok())
+    return s;
+  if (absl::Status s = impl->allocateState(); !s.ok())
+    return s;
+  if (absl::Status s = impl->check(a.cuStreamSynchronize(impl->stream),
+                                   "initializing device memory");
+      !s.ok())
+    return s;
+  return std::unique_ptr<Executor>(new Executor(std::move(impl)));
+}
+
+absl::Status Executor::run(const std::string &name, const StepShape &shape,
+                           const StepInputs &inputs, float *logits) {
+  Impl &s = *impl_;
+  const DriverApi &a = s.api();
+  const art::EntryPoint *entry = nullptr;
+  for (const art::EntryPoint *e : *s.model->plan->entry_points())
+    if (e->name()->str() == name)
+      entry = e;
+  if (!entry)
+    return absl::InvalidArgumentError("no entry point " + name);
+  s.shape = shape;
+  int64_t tokens = shape.batch * shape.seq;
+  auto upload = [&](CUdeviceptr dst, const void *src, size_t bytes) {
+    return s.check(a.cuMemcpyHtoDAsync(dst, src, bytes, s.stream),
+                   "copying the step's inputs");
+  };
+  for (absl::Status st :
+       {upload(s.resolve(entry->tokens()), inputs.tokens,
+               size_t(tokens) * sizeof(int32_t)),
+        upload(s.resolve(entry->positions()), inputs.positions,
+               size_t(tokens) * sizeof(int32_t)),
+        upload(s.resolve(entry->kv_lengths()), inputs.kvLengths,
+               size_t(shape.batch) * sizeof(int32_t)),
+        upload(s.tables, inputs.tables,
+               size_t(shape.batch * s.cache.tableStride) * sizeof(int32_t)),
+        upload(s.held, inputs.heldTokens,
+               size_t(shape.batch) * sizeof(int32_t))})
+    if (!st.ok())
+      return st;
+
+  if (shape.seq == 1 && s.graphable(*entry)) {
+    // The graph's kernels read every per-step value from device memory;
+    // its launches depend only on the batch size and the context bucket.
+    GraphKey key{shape.batch, s.contextBucket(shape.kvLen)};
+    auto it = s.graphs.find(key);
+    if (it == s.graphs.end()) {
+      s.shape.kvLen = key.bucket;
+      if (absl::Status st =
+              s.check(a.cuStreamBeginCapture(
+                          s.stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+                      "cuStreamBeginCapture");
+          !st.ok())
+        return st;
+      absl::Status launched = s.runLaunches(*entry);
+      CUgraph graph = nullptr;
+      absl::Status ended =
+          s.check(a.cuStreamEndCapture(s.stream, &graph), "capturing decode");
+      if (!launched.ok() || !ended.ok()) {
+        if (graph)
+          a.cuGraphDestroy(graph);
+        return launched.ok() ? ended : launched;
+      }
+      CUgraphExec exec = nullptr;
+      absl::Status made =
+          s.check(a.cuGraphInstantiateWithFlags(&exec, graph, 0),
+                  "instantiating the decode graph");
+      a.cuGraphDestroy(graph);
+      if (!made.ok())
+        return made;
+      it = s.graphs.emplace(key, exec).first;
+    }
+    if (absl::Status st =
+            s.check(a.cuGraphLaunch(it->second, s.stream), "decode graph");
+        !st.ok())
+      return st;
+  } else if (absl::Status st = s.runLaunches(*entry); !st.ok()) {
+    return st;
+  }
+  if (absl::Status st =
+          s.check(a.cuStreamSynchronize(s.stream), "running " + name);
+      !st.ok())
+    return st;
+  return s.check(a.cuMemcpyDtoH(logits, s.resolve(entry->logits()),
+                                size_t(tokens * s.model->plan->vocab_size()) *
+                                    sizeof(float)),
+                 "copying the logits");
+}
+
+} // namespace kiln::cuda

@@ -1,0 +1,305 @@
+// Host builds of the CUDA executor's GEMMs (runtime/kernels/Matmul.h)
+// against cpu::linear / headLinear / groupedLinear, every weight type, FP8
+// with block scales and its activation quantization.
+//
+// Tolerance: both sides sum the same K products in fp32 in different
+// orders (the device kernel also scales each FP8 product instead of each
+// block's partial sum), so |got - want| <= 2 K eps sum_i |x_i w_i| (the
+// standard bound for two recursive summations), computed per output.
+#include "Matmul.h"
+
+#include "kiln/Float.h"
+#include "runtime/src/cpu/Kernels.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <vector>
+
+namespace kiln {
+namespace {
+
+struct Weights {
+  cpu::ElementType type;
+  std::vector<uint8_t> bytes; // the stored weights
+  std::vector<float> scales;  // FP8 block scales
+  std::vector<float> values;  // dequantized, for the error bound
+};
+
+/// [matrices, n, k] weights of `type` (FP8: random finite codes and
+/// positive 128x128 block scales).
+Weights makeWeights(cpu::ElementType type, int64_t matrices, int64_t n,
+                    int64_t k, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.5f);
+  Weights w{type, {}, {}, {}};
+  int64_t count = matrices * n * k;
+  w.values.resize(count);
+  if (type == cpu::ElementType::F8E4M3) {
+    int64_t nb = (n + 127) / 128, kb = (k + 127) / 128;
+    std::uniform_real_distribution<float> scale(0.001f, 0.01f);
+    w.scales.resize(matrices * nb * kb);
+    for (float &s : w.scales)
+      s = scale(rng);
+    w.bytes.resize(count);
+    std::uniform_int_distribution<int> code(0, 253);
+    for (int64_t i = 0; i < count; ++i) {
+      uint8_t c = static_cast<uint8_t>(code(rng));
+      if ((c & 0x7f) == 0x7f) // NaN
+        c = 0x7e;
+      w.bytes[i] = c;
+      int64_t m = i / (n * k), r = i / k % n, col = i % k;
+      w.values[i] =
+          e4m3ToFloat(c) * w.scales[(m * nb + r / 128) * kb + col / 128];
+    }
+    return w;
+  }
+  size_t size = type == cpu::ElementType::F32 ? 4 : 2;
+  w.bytes.resize(count * size);
+  for (int64_t i = 0; i < count; ++i) {
+    float v = normal(rng);
+    if (type == cpu::ElementType::BF16) {
+      uint16_t b = floatToBf16(v);
+      std::memcpy(&w.bytes[i * 2], &b, 2);
+      v = bf16ToFloat(b);
+    } else if (type == cpu::ElementType::F16) {
+      uint16_t h = floatToF16(v);
+      std::memcpy(&w.bytes[i * 2], &h, 2);
+      v = f16ToFloat(h);
+    } else {
+      std::memcpy(&w.bytes[i * 4], &v, 4);
+    }
+    w.values[i] = v;
+  }
+  return w;
+}
+
+cpu::Weight cpuWeight(const Weights &w) {
+  cpu::Weight c{w.bytes.data(), w.type};
+  if (w.type == cpu::ElementType::F8E4M3) {
+    c.scale = w.scales.data();
+    c.blockRows = 128;
+    c.blockCols = 128;
+  }
+  return c;
+}
+
+const char *name(cpu::ElementType type) {
+  switch (type) {
+  case cpu::ElementType::BF16:
+    return "bf16";
+  case cpu::ElementType::F16:
+    return "f16";
+  case cpu::ElementType::F8E4M3:
+    return "fp8";
+  default:
+    return "f32";
+  }
+}
+
+void runGemm(cpu::ElementType type, Dim3 grid, const GemmParams &p) {
+  switch (type) {
+  case cpu::ElementType::BF16:
+    return kiln_gemm_bf16_host(grid, p);
+  case cpu::ElementType::F16:
+    return kiln_gemm_f16_host(grid, p);
+  case cpu::ElementType::F8E4M3:
+    return kiln_gemm_fp8_host(grid, p);
+  default:
+    return kiln_gemm_f32_host(grid, p);
+  }
+}
+
+std::vector<float> randomRows(int64_t rows, int64_t k, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(rows * k);
+  for (float &v : x)
+    v = normal(rng);
+  return x;
+}
+
+/// FP8 activations as the device quantizes them: decoded codes + scales.
+struct Quantized {
+  std::vector<float> codes, scales;
+};
+Quantized quantize(const std::vector<float> &x, int64_t rows, int64_t k,
+                   bool pow2) {
+  Quantized q{std::vector<float>(rows * k),
+              std::vector<float>(rows * ((k + 127) / 128))};
+  kiln_quantize_rows_host(
+      {static_cast<int>(rows), 1, 1},
+      {x.data(), q.codes.data(), q.scales.data(), nullptr, k, 128, pow2});
+  return q;
+}
+
+/// Checks got against want with the summation bound over the dequantized
+/// operands (for FP8, the quantized activations).
+void expectClose(const std::vector<float> &got, const std::vector<float> &want,
+                 const std::vector<float> &x, int64_t xRowStride,
+                 const std::vector<float> &w, int64_t k,
+                 const std::function<int64_t(int64_t)> &xRowOf,
+                 const std::function<int64_t(int64_t)> &wRowOf,
+                 const std::string &what) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    double magnitude = 0;
+    const float *xr = x.data() + xRowOf(static_cast<int64_t>(i)) * xRowStride;
+    const float *wr = w.data() + wRowOf(static_cast<int64_t>(i)) * k;
+    for (int64_t j = 0; j < k; ++j)
+      magnitude += std::fabs(double(xr[j]) * wr[j]);
+    double bound = 2.0 * k * 0x1p-24 * magnitude + 1e-30;
+    ASSERT_NEAR(got[i], want[i], bound) << what << " output " << i;
+  }
+}
+
+TEST(MatmulKernel, LinearMatchesCpuForEveryWeightType) {
+  for (cpu::ElementType type :
+       {cpu::ElementType::F32, cpu::ElementType::BF16, cpu::ElementType::F16,
+        cpu::ElementType::F8E4M3})
+    for (auto [rows, n, k] :
+         {std::tuple<int64_t, int64_t, int64_t>{1, 256, 512},
+          {3, 200, 300},
+          {9, 129, 130},
+          {40, 64, 1000}})
+      for (bool bias : {false, true})
+        for (bool pow2 : {false, true}) {
+          if (pow2 && type != cpu::ElementType::F8E4M3)
+            continue;
+          std::string what = std::string(name(type)) + " " +
+                             std::to_string(rows) + "x" + std::to_string(n) +
+                             "x" + std::to_string(k);
+          Weights w = makeWeights(type, 1, n, k, 7);
+          std::vector<float> x = randomRows(rows, k, 8);
+          std::vector<float> b = randomRows(1, n, 9);
+          std::vector<float> want(rows * n), got(rows * n);
+          std::vector<float> scratch(
+              static_cast<size_t>(cpu::fp8ActivationScratch(rows, k, 128)));
+          cpu::linear(x.data(), rows, k, cpuWeight(w), n,
+                      bias ? cpu::Weight{b.data(), cpu::ElementType::F32}
+                           : cpu::Weight{},
+                      want.data(), {scratch.data(), pow2});
+          bool fp8 = type == cpu::ElementType::F8E4M3;
+          Quantized q = fp8 ? quantize(x, rows, k, pow2) : Quantized{};
+          GemmParams p{};
+          p.x = fp8 ? q.codes.data() : x.data();
+          p.xScale = q.scales.data();
+          p.w = w.bytes.data();
+          p.wScale = w.scales.data();
+          p.bias = bias ? b.data() : nullptr;
+          p.biasType = bias ? BiasF32 : NoBias;
+          p.out = got.data();
+          p.xRowStride = k;
+          p.outRowStride = n;
+          p.rows = rows;
+          p.n = n;
+          p.k = k;
+          p.blockRows = p.blockCols = 128;
+          runGemm(type, gemmGrid(rows, n, 1), p);
+          // The bound over the operands as multiplied (FP8: quantized).
+          std::vector<float> xs = x;
+          if (fp8)
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t j = 0; j < k; ++j)
+                xs[r * k + j] = q.codes[r * k + j] *
+                                q.scales[r * ((k + 127) / 128) + j / 128];
+          expectClose(
+              got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
+              [&](int64_t i) { return i % n; }, what);
+        }
+}
+
+TEST(MatmulKernel, HeadLinearMatchesCpu) {
+  const int64_t tokens = 5, heads = 4, k = 192, n = 160;
+  for (cpu::ElementType type :
+       {cpu::ElementType::BF16, cpu::ElementType::F8E4M3}) {
+    Weights w = makeWeights(type, heads, n, k, 11);
+    std::vector<float> x = randomRows(tokens * heads, k, 12);
+    std::vector<float> want(tokens * heads * n), got(want.size());
+    std::vector<float> scratch(
+        static_cast<size_t>(cpu::headLinearScratch(tokens, k, n)));
+    std::vector<float> act(
+        static_cast<size_t>(cpu::fp8ActivationScratch(tokens * heads, k, 128)));
+    cpu::headLinear(x.data(), tokens, heads, k, cpuWeight(w), n, want.data(),
+                    scratch.data(), {act.data(), false});
+    bool fp8 = type == cpu::ElementType::F8E4M3;
+    Quantized q = fp8 ? quantize(x, tokens * heads, k, false) : Quantized{};
+    GemmParams p{};
+    p.x = fp8 ? q.codes.data() : x.data();
+    p.xScale = q.scales.data();
+    p.xMatrixStride = k;
+    p.w = w.bytes.data();
+    p.wScale = w.scales.data();
+    p.out = got.data();
+    p.xRowStride = heads * k;
+    p.outRowStride = heads * n;
+    p.outMatrixStride = n;
+    p.rows = tokens;
+    p.n = n;
+    p.k = k;
+    p.blockRows = p.blockCols = 128;
+    runGemm(type, gemmGrid(tokens, n, heads), p);
+    std::vector<float> xs = x;
+    if (fp8)
+      for (size_t i = 0; i < xs.size(); ++i)
+        xs[i] = q.codes[i] * q.scales[i / k * 2 + i % k / 128];
+    expectClose(
+        got, want, xs, k, w.values, k,
+        [&](int64_t i) { return i / n; }, // (token, head) row
+        [&](int64_t i) { return (i / n % heads) * n + i % n; }, name(type));
+  }
+}
+
+TEST(MatmulKernel, GroupedLinearReadsExpertOffsetsOnTheDevice) {
+  const int64_t experts = 6, n = 96, k = 256;
+  // Empty experts, one long run crossing row tiles, a single row.
+  std::vector<int32_t> offsets = {0, 0, 11, 11, 12, 20, 20};
+  int64_t rows = offsets.back();
+  for (cpu::ElementType type : {cpu::ElementType::F32, cpu::ElementType::BF16,
+                                cpu::ElementType::F8E4M3}) {
+    Weights w = makeWeights(type, experts, n, k, 13);
+    std::vector<float> x = randomRows(rows, k, 14);
+    std::vector<float> want(rows * n), got(rows * n, -1.0f);
+    std::vector<float> act(
+        static_cast<size_t>(cpu::fp8ActivationScratch(rows, k, 128)));
+    cpu::groupedLinear(x.data(), k, cpuWeight(w), experts, n, offsets.data(),
+                       want.data(), {act.data(), false});
+    bool fp8 = type == cpu::ElementType::F8E4M3;
+    Quantized q = fp8 ? quantize(x, rows, k, false) : Quantized{};
+    GemmParams p{};
+    p.x = fp8 ? q.codes.data() : x.data();
+    p.xScale = q.scales.data();
+    p.w = w.bytes.data();
+    p.wScale = w.scales.data();
+    p.out = got.data();
+    p.xRowStride = k;
+    p.outRowStride = n;
+    p.rows = 0; // ignored: offsets[experts] counts them
+    p.n = n;
+    p.k = k;
+    p.blockRows = p.blockCols = 128;
+    p.offsets = offsets.data();
+    p.experts = static_cast<int>(experts);
+    // Sized by a bound beyond the routed rows, as the executor does.
+    runGemm(type, gemmGrid(rows + 13, n, 1), p);
+    std::vector<float> xs = x;
+    if (fp8)
+      for (size_t i = 0; i < xs.size(); ++i)
+        xs[i] = q.codes[i] * q.scales[i / k * 2 + i % k / 128];
+    auto expert = [&](int64_t row) {
+      int e = 0;
+      while (offsets[e + 1] <= row)
+        ++e;
+      return e;
+    };
+    expectClose(
+        got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
+        [&](int64_t i) { return expert(i / n) * n + i % n; }, name(type));
+  }
+}
+
+} // namespace
+} // namespace kiln
