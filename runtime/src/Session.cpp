@@ -735,7 +735,8 @@ absl::Status Session::Impl::chooseDevice(const SessionOptions &options,
   layout.maxBatch = static_cast<int>(maxBatch);
   absl::StatusOr<std::unique_ptr<cuda::Executor>> executor =
       cuda::Executor::create(*model, layout,
-                             /*requireGpuCode=*/options.device == Device::Auto);
+                             /*requireGpuCode=*/options.device == Device::Auto,
+                             /*emulate=*/options.device == Device::Emulated);
   if (executor.ok()) {
     gpu = *std::move(executor);
     device = "cuda: " + gpu->description();

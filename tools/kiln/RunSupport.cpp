@@ -22,12 +22,15 @@ absl::StatusOr<std::unique_ptr<Model>> openModel(const std::string &path,
 }
 
 void addDeviceOption(CLI::App &app, Device &device) {
-  std::map<std::string, Device> names{
-      {"auto", Device::Auto}, {"cpu", Device::Cpu}, {"cuda", Device::Cuda}};
+  std::map<std::string, Device> names{{"auto", Device::Auto},
+                                      {"cpu", Device::Cpu},
+                                      {"cuda", Device::Cuda},
+                                      {"emulated", Device::Emulated}};
   app.add_option("--device", device,
                  "auto: the GPU when the artifact has code for it, else the "
                  "CPU; cpu; cuda (library kernels where the artifact has no "
-                 "GPU code)")
+                 "GPU code); emulated (the GPU plan on the host, for "
+                 "testing)")
       ->transform(CLI::CheckedTransformer(names, CLI::ignore_case));
 }
 

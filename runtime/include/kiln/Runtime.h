@@ -105,6 +105,10 @@ enum class Device {
   /// The GPU even without generated kernels (library kernels only); an
   /// error where there is none.
   Cuda,
+  /// The CUDA executor on the host: an emulated driver runs the library
+  /// kernels' host builds (fused groups as their members). Slow; it checks
+  /// the GPU plan where there is no GPU (tests).
+  Emulated,
 };
 
 struct SessionOptions {

@@ -63,15 +63,16 @@ absl::StatusOr<Driver> Driver::load() {
        resolve(l, "cuFuncSetAttribute", a.cuFuncSetAttribute)},
       {"cuLaunchKernel", resolve(l, "cuLaunchKernel", a.cuLaunchKernel)},
       {"cuStreamCreate", resolve(l, "cuStreamCreate", a.cuStreamCreate)},
-      {"cuStreamDestroy_v2", resolve(l, "cuStreamDestroy_v2", a.cuStreamDestroy)},
+      {"cuStreamDestroy_v2",
+       resolve(l, "cuStreamDestroy_v2", a.cuStreamDestroy)},
       {"cuStreamSynchronize",
        resolve(l, "cuStreamSynchronize", a.cuStreamSynchronize)},
       {"cuStreamBeginCapture_v2",
        resolve(l, "cuStreamBeginCapture_v2", a.cuStreamBeginCapture)},
       {"cuStreamEndCapture",
        resolve(l, "cuStreamEndCapture", a.cuStreamEndCapture)},
-      {"cuGraphInstantiateWithFlags",
-       resolve(l, "cuGraphInstantiateWithFlags", a.cuGraphInstantiateWithFlags)},
+      {"cuGraphInstantiateWithFlags", resolve(l, "cuGraphInstantiateWithFlags",
+                                              a.cuGraphInstantiateWithFlags)},
       {"cuGraphLaunch", resolve(l, "cuGraphLaunch", a.cuGraphLaunch)},
       {"cuGraphExecDestroy",
        resolve(l, "cuGraphExecDestroy", a.cuGraphExecDestroy)},
@@ -95,6 +96,13 @@ Driver::Driver(Driver &&other) noexcept
     : library_(std::exchange(other.library_, nullptr)), api_(other.api_),
       version_(other.version_) {}
 
+Driver Driver::fromTable(const DriverApi &api, int version) {
+  Driver driver;
+  driver.api_ = api;
+  driver.version_ = version;
+  return driver;
+}
+
 Driver &Driver::operator=(Driver &&other) noexcept {
   std::swap(library_, other.library_);
   std::swap(api_, other.api_);
@@ -113,9 +121,9 @@ absl::Status Driver::check(CUresult result, const std::string &what) const {
   const char *text = nullptr;
   if (api_.cuGetErrorString)
     api_.cuGetErrorString(result, &text);
-  return absl::InternalError(what + " failed: " +
-                             (text ? text : "CUDA error") + " (" +
-                             std::to_string(static_cast<int>(result)) + ")");
+  return absl::InternalError(what + " failed: " + (text ? text : "CUDA error") +
+                             " (" + std::to_string(static_cast<int>(result)) +
+                             ")");
 }
 
 absl::StatusOr<std::vector<DeviceInfo>> Driver::devices() const {

@@ -38,9 +38,9 @@ struct DriverApi {
   CUresult (*cuModuleUnload)(CUmodule);
   CUresult (*cuModuleGetFunction)(CUfunction *, CUmodule, const char *);
   CUresult (*cuFuncSetAttribute)(CUfunction, CUfunction_attribute, int);
-  CUresult (*cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned,
-                             unsigned, unsigned, unsigned, unsigned, CUstream,
-                             void **, void **);
+  CUresult (*cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned,
+                             unsigned, unsigned, unsigned, CUstream, void **,
+                             void **);
   CUresult (*cuStreamCreate)(CUstream *, unsigned int);
   CUresult (*cuStreamDestroy)(CUstream);
   CUresult (*cuStreamSynchronize)(CUstream);
@@ -68,6 +68,9 @@ public:
   /// (no driver library, a missing entry point, or cuInit's error such as
   /// CUDA_ERROR_NO_DEVICE), when CUDA cannot be used here.
   static absl::StatusOr<Driver> load();
+  /// A driver whose entry points are `api` (no library loaded): the
+  /// executor's host emulation (EmulatedDriver.h).
+  static Driver fromTable(const DriverApi &api, int version);
 
   Driver(Driver &&other) noexcept;
   Driver &operator=(Driver &&other) noexcept;

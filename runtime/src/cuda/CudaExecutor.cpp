@@ -3,6 +3,7 @@
 #include "LaunchAttributes.h"
 #include "cpu/Kernels.h"
 #include "runtime/src/cuda/CudaDriver.h"
+#include "runtime/src/cuda/EmulatedDriver.h"
 #include "runtime/src/cuda/LibraryFatbin.h"
 
 // The library kernels' parameter structs and grids (the host never runs
@@ -775,11 +776,12 @@ const std::string &Executor::description() const { return impl_->description; }
 
 absl::StatusOr<std::unique_ptr<Executor>>
 Executor::create(const Model::Impl &model, const CacheLayout &cache,
-                 bool requireGpuCode) {
+                 bool requireGpuCode, bool emulate) {
   auto impl = std::make_unique<Impl>();
   impl->model = &model;
   impl->cache = cache;
-  absl::StatusOr<Driver> driver = Driver::load();
+  absl::StatusOr<Driver> driver =
+      emulate ? absl::StatusOr<Driver>(emulatedDriver()) : Driver::load();
   if (!driver.ok())
     return driver.status();
   impl->driver.emplace(*std::move(driver));

@@ -55,10 +55,11 @@ class Executor {
 public:
   /// Unavailable (with the reason) when there is no driver or GPU, or the
   /// artifact has no kernels for this GPU while `requireGpuCode`; other
-  /// errors for what fails on a working GPU (e.g. out of memory).
+  /// errors for what fails on a working GPU (e.g. out of memory). With
+  /// `emulate`, the driver is EmulatedDriver.h's host emulation.
   static absl::StatusOr<std::unique_ptr<Executor>>
   create(const Model::Impl &model, const CacheLayout &cache,
-         bool requireGpuCode);
+         bool requireGpuCode, bool emulate = false);
   ~Executor();
 
   /// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, generated kernels: sm_90a)".
@@ -75,10 +76,6 @@ private:
   explicit Executor(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
-
-/// Why artifacts run on the CPU here, or OK when a GPU is usable: the
-/// driver, a device, and (when `arch` is not empty) kernels for it.
-absl::Status gpuUsable();
 
 } // namespace kiln::cuda
 
