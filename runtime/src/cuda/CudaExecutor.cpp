@@ -70,6 +70,8 @@ struct Executor::Impl {
   CUstream stream = nullptr;
   CUmodule library = nullptr, generated = nullptr;
   std::unordered_map<std::string, CUfunction> functions;
+  /// Threads per block of the generated kernels (the module's table).
+  std::unordered_map<std::string, unsigned> fusedThreads;
   std::string description;
   int multiprocessors = 0;
 
@@ -222,6 +224,8 @@ absl::Status Executor::Impl::loadModules(bool requireGpuCode) {
         r = api().cuModuleLoadData(&generated, m->ptx()->c_str());
       if (r == CUDA_SUCCESS) {
         used = moduleArch + (exact ? "" : " (PTX, JIT-compiled)");
+        for (const art::GpuKernel *k : *m->kernels())
+          fusedThreads[k->name()->str()] = k->block_threads();
         break;
       }
       generated = nullptr;
@@ -412,8 +416,9 @@ absl::Status Executor::Impl::launchFused(const art::FusedLaunch &group) {
   }
   // One block per token, the grid capped (blocks then stride over tokens).
   unsigned grid = static_cast<unsigned>(std::min<int64_t>(count, 1 << 20));
-  return check(api().cuLaunchKernel(*f, grid, 1, 1, kLibraryThreads, 1, 1, 0,
-                                    stream, args.data(), nullptr),
+  return check(api().cuLaunchKernel(*f, grid, 1, 1,
+                                    fusedThreads.at(group.kernel()->str()), 1,
+                                    1, 0, stream, args.data(), nullptr),
                group.kernel()->str());
 }
 
