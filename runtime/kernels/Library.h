@@ -10,6 +10,7 @@
 #ifndef KILN_KERNELS_LIBRARY_H
 #define KILN_KERNELS_LIBRARY_H
 
+#include "Fp8.h"
 #include "FusedPrelude.h"
 
 namespace kiln {
@@ -114,6 +115,21 @@ KILN_FN void kiln_swiglu_block(Dim3 block, const BinaryParams &p) {
   }
 }
 KILN_KERNEL(kiln_swiglu, BinaryParams)
+
+/// bf16 bits of x (round to nearest even): the input of cuBLASLt's bf16
+/// GEMMs.
+struct ToBf16Params {
+  const float *x;
+  uint16_t *out;
+  int64_t count;
+};
+
+KILN_FN void kiln_to_bf16_block(Dim3 block, const ToBf16Params &p) {
+  ElementRange r = blockElements(block, p.count);
+  for (int64_t i = r.begin + KILN_THREAD; i < r.end; i += KILN_THREADS)
+    p.out[i] = encodeBf16(p.x[i]);
+}
+KILN_KERNEL(kiln_to_bf16, ToBf16Params)
 
 /// out[r, :] = x[r, offset : offset + size] over rows of inDim.
 struct SliceParams {

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -80,6 +81,22 @@ TEST(DeviceLibrary, ElementwiseKernelsAreExact) {
   // expf may differ from the CPU kernel's vectorized exp by a few ulps.
   for (int64_t i = 0; i < n; ++i)
     EXPECT_NEAR(got[i], want[i], 8 * 0x1p-23f * std::fabs(want[i]) + 1e-37f);
+}
+
+TEST(DeviceLibrary, ToBf16RoundsAsTheRuntime) {
+  std::vector<float> x = randomFloats(3 * kElementsPerBlock + 5, 14, 100.0f);
+  // Ties, NaN, infinities, the largest finite values.
+  for (uint32_t bits : {0x3f808000u, 0x3f818000u, 0x7fc00001u, 0xff800000u,
+                        0x7f7fffffu, 0x00000001u, 0x80008000u}) {
+    float v;
+    std::memcpy(&v, &bits, sizeof(v));
+    x.push_back(v);
+  }
+  int64_t n = static_cast<int64_t>(x.size());
+  std::vector<uint16_t> got(n);
+  kiln_to_bf16_host(elementwiseGrid(n), {x.data(), got.data(), n});
+  for (int64_t i = 0; i < n; ++i)
+    ASSERT_EQ(got[i], floatToBf16(x[i])) << i;
 }
 
 TEST(DeviceLibrary, SliceConcatBroadcastAreExact) {

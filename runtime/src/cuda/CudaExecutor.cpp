@@ -2,6 +2,7 @@
 
 #include "LaunchAttributes.h"
 #include "cpu/Kernels.h"
+#include "runtime/src/cuda/CublasLt.h"
 #include "runtime/src/cuda/CudaDriver.h"
 #include "runtime/src/cuda/EmulatedDriver.h"
 #include "runtime/src/cuda/LibraryFatbin.h"
@@ -65,6 +66,13 @@ struct Executor::Impl {
   const Model::Impl *model = nullptr;
   CacheLayout cache;
   std::optional<Driver> driver;
+  // Dense bf16 GEMMs of many rows; absent (own kernels) where it is not.
+  std::optional<BlasLt> blas;
+  CUdeviceptr blasWorkspace = 0, bf16Activations = 0;
+  static constexpr size_t kBlasWorkspaceBytes = size_t{32} << 20;
+  /// Rows from which a bf16 GEMM goes to cuBLASLt (fewer: the GEMV-like
+  /// kernel reads each weight once for all rows).
+  static constexpr int64_t kBlasMinRows = 16;
   CUdevice device = 0;
   CUcontext context = nullptr;
   CUstream stream = nullptr;
@@ -134,6 +142,14 @@ struct Executor::Impl {
   /// of one batch size (no KvLen-shaped arena tensors), so that it can be
   /// captured once and replayed.
   bool graphable(const art::EntryPoint &entry) const;
+  /// A GEMM cuBLASLt may take: bf16 weights, no bias (rows decide at run
+  /// time).
+  static bool blasGemm(const art::Launch &l) {
+    bool dense = l.kernel() == art::KernelKind::Logits ||
+                 (l.kernel() == art::KernelKind::Linear &&
+                  l.ints()->Get(0) == 0 && l.ints()->size() == 1);
+    return dense && l.args()->Get(1)->type() == art::ElementType::BF16;
+  }
   /// An FP8 GEMM: ints end with [block rows, block cols, ue8m0].
   static bool fp8Gemm(const art::Launch &l) {
     unsigned at = l.kernel() == art::KernelKind::Linear ? 1 : 0;
@@ -320,6 +336,29 @@ absl::Status Executor::Impl::allocateState() {
           n *= bounds.of(*d);
         codes = std::max<size_t>(codes, n);
       }
+  }
+  if (blas) {
+    size_t bf16 = 0;
+    for (const art::EntryPoint *e : *plan.entry_points()) {
+      art::SymbolSizes bounds{e->max_batch(), e->max_seq(), plan.max_context(),
+                              uint64_t{e->max_batch()} * e->max_seq() *
+                                  plan.moe_top_k()};
+      for (const art::Launch *l : *e->launches())
+        if (blasGemm(*l)) {
+          uint64_t n = 1;
+          for (const art::Dim *d : *l->args()->Get(0)->shape())
+            n *= bounds.of(*d);
+          bf16 = std::max<size_t>(bf16, n);
+        }
+    }
+    absl::StatusOr<CUdeviceptr> w =
+        allocate(kBlasWorkspaceBytes, "the cuBLASLt workspace");
+    absl::StatusOr<CUdeviceptr> x =
+        w.ok() ? allocate(bf16 * 2, "bf16 activations") : w;
+    if (!x.ok())
+      return x.status();
+    blasWorkspace = *w;
+    bf16Activations = *x;
   }
   if (codes > 0) {
     // One scale per row per 128 or more values: at most codes / 128 + rows.
@@ -611,6 +650,17 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
     }
     break;
   }
+  if (blas && blasGemm(l) && p.rows >= kBlasMinRows) {
+    int64_t count = p.rows * p.k;
+    if (absl::Status s = launch(
+            "kiln_to_bf16", elementwiseGrid(count),
+            ToBf16Params{p.x, reinterpret_cast<uint16_t *>(bf16Activations),
+                         count});
+        !s.ok())
+      return s;
+    return blas->gemmBf16(stream, p.rows, p.n, p.k, bf16Activations, resolve(w),
+                          resolve(out), blasWorkspace, kBlasWorkspaceBytes);
+  }
   if (fp8) {
     p.blockRows = l.ints()->Get(at);
     p.blockCols = l.ints()->Get(at + 1);
@@ -818,6 +868,15 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
   impl->description = devices->front().name;
   if (absl::Status s = impl->loadModules(requireGpuCode); !s.ok())
     return s;
+  if (!emulate) {
+    absl::StatusOr<BlasLt> blas = BlasLt::load();
+    if (blas.ok())
+      impl->blas.emplace(*std::move(blas));
+    impl->description +=
+        blas.ok()
+            ? ", cuBLASLt"
+            : ", no cuBLASLt (" + std::string(blas.status().message()) + ")";
+  }
   if (absl::Status s = impl->uploadParameters(); !s.ok())
     return s;
   if (absl::Status s = impl->allocateState(); !s.ok())

@@ -43,6 +43,7 @@ const std::vector<HostKernel> &hostKernels() {
       KILN_HOST_KERNEL(kiln_rms_norm_f16, RmsNormParams),
       KILN_HOST_KERNEL(kiln_add, BinaryParams),
       KILN_HOST_KERNEL(kiln_swiglu, BinaryParams),
+      KILN_HOST_KERNEL(kiln_to_bf16, ToBf16Params),
       KILN_HOST_KERNEL(kiln_slice, SliceParams),
       KILN_HOST_KERNEL(kiln_concat, ConcatParams),
       KILN_HOST_KERNEL(kiln_broadcast, BroadcastParams),
