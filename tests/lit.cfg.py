@@ -46,6 +46,7 @@ llvm_config.with_environment("PATH", config.kiln_tools_dir, append_path=True)
 
 tools = [
     ToolSubst("kiln-opt", unresolved="fatal"),
+    ToolSubst("kiln-run", unresolved="fatal"),
     ToolSubst("kiln", unresolved="fatal"),
     ToolSubst("split-file", unresolved="fatal"),
     ToolSubst("not", unresolved="fatal"),

@@ -86,11 +86,13 @@ frontend::DType frontendType(art::ElementType type) {
 /// Resolves external parameters from the source checkpoint's safetensors:
 /// one tensor maps zero-copy; a stacked parameter is gathered into one
 /// buffer.
-absl::Status bindExternal(Model::Impl &impl,
-                          const std::filesystem::path &path) {
+absl::Status bindExternal(Model::Impl &impl, const std::filesystem::path &path,
+                          const std::filesystem::path &weightsDir) {
   const art::Model &plan = *impl.plan;
   std::filesystem::path dir =
-      plan.weights_dir() ? plan.weights_dir()->str() : std::string();
+      !weightsDir.empty()  ? weightsDir
+      : plan.weights_dir() ? std::filesystem::path(plan.weights_dir()->str())
+                           : std::filesystem::path();
   std::map<std::string, frontend::SafetensorsFile *> files;
   for (const art::Parameter *p : *plan.parameters()) {
     const auto *sources = p->sources();
@@ -303,7 +305,8 @@ Model::open(const std::filesystem::path &path, const LoadOptions &options) {
                               "misaligned");
       impl->parameterData.push_back(weights + p->offset());
     }
-  } else if (absl::Status s = bindExternal(*impl, path); !s.ok()) {
+  } else if (absl::Status s = bindExternal(*impl, path, options.weightsDir);
+             !s.ok()) {
     return s;
   }
   describe(*impl, path);

@@ -29,6 +29,7 @@ struct BenchOptions {
   int repeats = 3;
   bool syntheticContext = false;
   Device device = Device::Auto;
+  std::string weightsDir;
 };
 
 double seconds(std::chrono::steady_clock::time_point start) {
@@ -37,7 +38,8 @@ double seconds(std::chrono::steady_clock::time_point start) {
 }
 
 absl::Status bench(const BenchOptions &opts) {
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(opts.artifact);
+  absl::StatusOr<std::unique_ptr<Model>> model =
+      openModel(opts.artifact, /*verifyWeights=*/true, opts.weightsDir);
   if (!model.ok())
     return model.status();
   const ModelInfo &info = (*model)->info();
@@ -144,6 +146,9 @@ CommandRunner registerBench(CLI::App &app) {
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
   addDeviceOption(app, opts->device);
+  app.add_option("--weights-dir", opts->weightsDir,
+                 "External weights: the checkpoint directory (default: the "
+                 "one the artifact was compiled against)");
   return [opts] { return bench(*opts); };
 }
 

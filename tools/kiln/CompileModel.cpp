@@ -10,8 +10,8 @@
 #include "tools/kiln/QuantizeOptions.h"
 
 #include "codegen/ArtifactWriter.h"
-#include "codegen/GpuModule.h"
 #include "codegen/FusedKernelEmitter.h"
+#include "codegen/GpuModule.h"
 #include "codegen/PlanBuilder.h"
 #include "models/Import.h"
 #include "passes/Pipeline.h"
@@ -101,9 +101,8 @@ absl::Status dumpKernels(mlir::ModuleOp module, const std::string &dir) {
     return absl::InvalidArgumentError("--dump-kernels: cannot create " + dir +
                                       ": " + ec.message());
   std::filesystem::path root(dir);
-  if (absl::Status s =
-          writeFileAtomically(root / codegen::kFusedPreludeName,
-                              codegen::fusedPreludeSource());
+  if (absl::Status s = writeFileAtomically(root / codegen::kFusedPreludeName,
+                                           codegen::fusedPreludeSource());
       !s.ok())
     return s;
   std::string diagnostics;
@@ -118,9 +117,9 @@ absl::Status dumpKernels(mlir::ModuleOp module, const std::string &dir) {
     mlir::FailureOr<codegen::FusedKernel> kernel =
         codegen::emitFusedKernel(fused);
     if (mlir::failed(kernel)) {
-      status = absl::InvalidArgumentError(
-          "--dump-kernels: cannot generate " + fused.getName().str() + ":\n" +
-          diagnostics);
+      status = absl::InvalidArgumentError("--dump-kernels: cannot generate " +
+                                          fused.getName().str() + ":\n" +
+                                          diagnostics);
       return mlir::WalkResult::interrupt();
     }
     status = writeFileAtomically(root / (kernel->name + ".cu"), kernel->source);

@@ -94,8 +94,7 @@ WeightBytes weightBytes(mlir::ModuleOp module) {
   WeightBytes bytes;
   module.walk([&](mlir::kiln::ParameterOp param) {
     mlir::RankedTensorType type = param.getTensorType();
-    int64_t n =
-        type.getNumElements() * type.getElementTypeBitWidth() / 8;
+    int64_t n = type.getNumElements() * type.getElementTypeBitWidth() / 8;
     if (scales.contains(param.getSymName())) {
       bytes.scales += n;
       return;

@@ -1,4 +1,5 @@
-//===- QuantizeOptions.h - FP8 options of compile-model and inspect -*- C++ -*-===//
+//===- QuantizeOptions.h - FP8 options of compile-model and inspect -*- C++
+//-*-===//
 #ifndef KILN_TOOLS_KILN_QUANTIZEOPTIONS_H
 #define KILN_TOOLS_KILN_QUANTIZEOPTIONS_H
 

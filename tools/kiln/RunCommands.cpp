@@ -29,6 +29,7 @@ struct GenerateOptions {
   int maxNewTokens = 16;
   std::string dumpLogits;
   bool noVerifyWeights = false;
+  std::string weightsDir;
   SamplingParams sampling;
   Device device = Device::Auto;
 };
@@ -56,7 +57,7 @@ absl::Status generate(const GenerateOptions &opts) {
     prompts.push_back(*std::move(tokens));
   }
   absl::StatusOr<std::unique_ptr<Model>> model =
-      openModel(opts.artifact, !opts.noVerifyWeights);
+      openModel(opts.artifact, !opts.noVerifyWeights, opts.weightsDir);
   if (!model.ok())
     return model.status();
   SessionOptions sessionOptions;
@@ -140,6 +141,9 @@ void addSamplingOptions(CLI::App &app, GenerateOptions &opts) {
       ->capture_default_str();
   app.add_option("--seed", opts.sampling.seed, "Sampling seed")
       ->capture_default_str();
+  app.add_option("--weights-dir", opts.weightsDir,
+                 "External weights: the checkpoint directory (default: the "
+                 "one the artifact was compiled against)");
   app.add_flag("--no-verify-weights", opts.noVerifyWeights,
                "Skip the weights checksum at load (huge models)");
 }

@@ -8,12 +8,14 @@
 
 namespace kiln::tools {
 
-absl::StatusOr<std::unique_ptr<Model>> openModel(const std::string &path,
-                                                 bool verifyWeights) {
+absl::StatusOr<std::unique_ptr<Model>>
+openModel(const std::string &path, bool verifyWeights,
+          const std::string &weightsDir) {
   Progress progress;
   progress.begin("load " + path);
   LoadOptions options;
   options.verifyWeights = verifyWeights;
+  options.weightsDir = weightsDir;
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(path, options);
   if (!model.ok())
     return model;

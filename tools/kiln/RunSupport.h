@@ -11,9 +11,11 @@
 
 namespace kiln::tools {
 
-/// Model::open with a progress line on a terminal.
-absl::StatusOr<std::unique_ptr<Model>> openModel(const std::string &path,
-                                                 bool verifyWeights);
+/// Model::open with a progress line on a terminal; `weightsDir` (if not
+/// empty) overrides an external-weights artifact's checkpoint directory.
+absl::StatusOr<std::unique_ptr<Model>>
+openModel(const std::string &path, bool verifyWeights,
+          const std::string &weightsDir = "");
 
 /// `--device auto|cpu|cuda` into `device`.
 void addDeviceOption(CLI::App &app, Device &device);

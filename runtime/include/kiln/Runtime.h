@@ -41,6 +41,9 @@ struct LoadOptions {
   /// Check the checksum of the embedded weights at load (reads every byte);
   /// switch off for huge models. The plan is always checked.
   bool verifyWeights = true;
+  /// External weights: read the checkpoint from here instead of the
+  /// directory the artifact was compiled against (e.g. on another machine).
+  std::filesystem::path weightsDir;
 };
 
 struct EntryPointInfo {
