@@ -1,0 +1,53 @@
+"""What the GPU check (tests/gpu/check_numerics.py), the GPU benchmark
+(bench/gpu_vs_torch.py) and their preparation (scripts/gpu-prepare.sh) share.
+
+The 4-layer model with DeepSeek-V2-Lite's dimensions is too big to carry to
+the GPU machine (~4.4 GB in bf16), so both machines write it with
+`write_v2lite_checkpoint`: the same HF model class, the same tensor names,
+shapes and dtypes, one `model.safetensors`. The artifact compiled here with
+`--weights external` then loads the copy written there (`--weights-dir`).
+The values are seeded; they need not match across machines, because Kiln and
+HF always read the same file.
+"""
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+V2LITE_LAYERS = 4
+# The artifact's bounds: decode batch 128 at 8K context (+ steps), prefill 2K.
+V2LITE_MAX_BATCH = 128
+V2LITE_MAX_CONTEXT = 8192 + 64
+V2LITE_MAX_PREFILL = 2048
+
+
+def v2lite_config():
+    from cpu_vs_torch import load_config
+
+    return load_config("deepseek-v2-lite.json", {"num_hidden_layers": V2LITE_LAYERS})
+
+
+def write_v2lite_checkpoint(directory, log=print):
+    """Writes config.json + model.safetensors (bf16) of the 4-layer
+    V2-Lite-dimension model into `directory` (skipped when already there)."""
+    import torch
+    from cpu_vs_torch import build_model
+
+    weights = os.path.join(directory, "model.safetensors")
+    if os.path.exists(weights):
+        return directory
+    os.makedirs(directory, exist_ok=True)
+    log(f"writing the {V2LITE_LAYERS}-layer V2-Lite checkpoint to {directory}")
+    model = build_model(v2lite_config(), "default").to(torch.bfloat16)
+    # One file whatever the transformers version's default shard size.
+    model.save_pretrained(directory, max_shard_size="1000GB", safe_serialization=True)
+    del model
+    return directory
+
+
+def read_manifest(bundle):
+    with open(os.path.join(bundle, "manifest.json")) as f:
+        return json.load(f)

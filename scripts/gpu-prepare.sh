@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Prepares the GPU check on this (CPU) machine: the GPU machine has CUDA,
+# PyTorch and transformers but no MLIR, so the artifacts are compiled here
+# and carried with the runtime-only binaries in gpu-bundle/ (ignored by git,
+# a few MiB; the device tool's `carry` takes it):
+#
+#   gpu-bundle/bin/       kiln-run and the GPU-labelled test binaries
+#   gpu-bundle/lib/       the shared libraries they need beyond the C library
+#   gpu-bundle/artifacts/ every tiny golden model and the 4-layer
+#                         DeepSeek-V2-Lite-dimension model (external
+#                         weights), compiled with --target=cpu,sm_90a
+#   gpu-bundle/manifest.json
+#
+# Then, on the GPU machine: bash scripts/gpu-check.sh
+#
+#   KILN_BUILD_DIR   the built tree (default: build)
+#   KILN_SKIP_V2LITE=1  leave out the V2-Lite model (its checkpoint, written
+#                    here only to compile against, takes ~4.4 GB and minutes)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${KILN_BUILD_DIR:-$root/build}"
+bundle="$root/gpu-bundle"
+kiln="$build/bin/kiln"
+for tool in kiln kiln-run kiln-device-kernels-tests kiln-cuda-driver-tests; do
+  if [[ ! -x "$build/bin/$tool" ]]; then
+    echo "gpu-prepare: $build/bin/$tool is missing (build with the CUDA toolkit first)" >&2
+    exit 1
+  fi
+done
+
+rm -rf "$bundle"
+mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/artifacts"
+binaries=(kiln-run kiln-device-kernels-tests kiln-cuda-driver-tests)
+for b in "${binaries[@]}"; do
+  cp "$build/bin/$b" "$bundle/bin/"
+done
+# Shared libraries beyond the C library and the driver (absl, flatbuffers,
+# OpenMP, the C++ library: the GPU machine may lack them or have others).
+for b in "${binaries[@]}"; do
+  ldd "$build/bin/$b" | awk '/=> \// {print $3}'
+done | sort -u | while read -r lib; do
+  case "$(basename "$lib")" in
+    libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*|libcuda.so*|libnvidia*) ;;
+    *) cp -L "$lib" "$bundle/lib/" ;;
+  esac
+done
+
+bounds=(--max-batch 4 --max-context 128 --max-prefill 32)
+tiny=()
+for dir in "$root"/tests/golden/*/; do
+  name="$(basename "$dir")"
+  [[ -f "$dir/model.safetensors" ]] || continue
+  "$kiln" compile-model "$dir" -o "$bundle/artifacts/$name.kiln" \
+    --target=cpu,sm_90a "${bounds[@]}"
+  tiny+=("\"$name\"")
+done
+
+v2lite="null"
+if [[ "${KILN_SKIP_V2LITE:-0}" != 1 ]]; then
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  python3 -c "import sys; sys.path.insert(0, '$root/bench'); import gpu_common; \
+gpu_common.write_v2lite_checkpoint('$work/v2lite4')"
+  read -r batch context prefill < <(python3 -c "import sys; sys.path.insert(0, '$root/bench'); \
+import gpu_common as g; print(g.V2LITE_MAX_BATCH, g.V2LITE_MAX_CONTEXT, g.V2LITE_MAX_PREFILL)")
+  "$kiln" compile-model "$work/v2lite4" -o "$bundle/artifacts/v2lite4.kiln" \
+    --weights=external --target=cpu,sm_90a --max-batch "$batch" \
+    --max-context "$context" --max-prefill "$prefill"
+  v2lite="{\"artifact\": \"v2lite4.kiln\", \"max_batch\": $batch, \"max_context\": $context, \"max_prefill\": $prefill}"
+fi
+
+cat > "$bundle/manifest.json" <<EOF
+{
+  "commit": "$(git -C "$root" rev-parse HEAD)",
+  "tiny": [$(IFS=,; echo "${tiny[*]}")],
+  "v2lite": $v2lite
+}
+EOF
+du -sh "$bundle"
+echo "gpu-prepare: carry gpu-bundle and run: bash scripts/gpu-check.sh"

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Kiln on the GPU against Hugging Face transformers on the same GPU.
+
+Runs on the GPU machine from the repository root (scripts/gpu-check.sh calls
+it), with the bundle scripts/gpu-prepare.sh made (gpu-bundle/: kiln-run, the
+artifacts compiled with --target=cpu,sm_90a, a manifest):
+
+  * every tiny golden model (tests/golden/<name>, tracked files): for each
+    of the prompts recorded in its golden.json, HF (float32, eager, on the
+    GPU) against `kiln-run run --device cuda`: the prompt's logits at every
+    position and 8 greedy decode steps;
+  * the 4-layer model with DeepSeek-V2-Lite's dimensions: its checkpoint is
+    written here (bench/gpu_common.py, bf16) and read by both; HF computes
+    in float32 on the bf16 weights, as Kiln does.
+
+Tolerances. Both sides compute in fp32 on the same weights, so the logits
+differ by summation order only; the bound is a fraction of the row's
+largest logit: 1e-3 for the tiny models, 2e-3 for the V2-Lite model (sums
+over 2048-10944 terms). That is far inside bf16's resolution (2^-8 = 3.9e-3
+relative), i.e. "within bf16 tolerance" with room. Greedy tokens must agree
+at every decode step where HF's top-2 margin exceeds twice the measured
+logit difference (a smaller margin is a tie the error may flip; such steps
+are reported, not failed).
+
+Prints one JSON object (also written to --out); exit status 1 if any check
+fails.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import gpu_common  # noqa: E402
+
+DECODE_STEPS = 8
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def kiln_run(bundle, artifact, tokens, device, tmp, weights_dir=None):
+    """Kiln's prompt logits [L, V], greedy tokens [S] and step logits [S, V]."""
+    from safetensors.numpy import load_file
+
+    dump = os.path.join(tmp, "logits.safetensors")
+    argv = [os.path.join(bundle, "bin", "kiln-run"), "run", artifact, "--device", device,
+            "--tokens", ",".join(map(str, tokens)), "--max-new-tokens", str(DECODE_STEPS),
+            "--temperature", "0", "--dump-logits", dump]
+    if weights_dir:
+        argv += ["--weights-dir", weights_dir]
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"kiln-run failed: {proc.stderr[-2000:]}")
+    t = load_file(dump)
+    return t["prompt.logits"], t["tokens"], t.get("generate.logits"), proc.stderr.strip()
+
+
+def hf_run(model, tokens, kiln_tokens):
+    """HF's prompt logits, then logits of the decode steps teacher-forced with
+    Kiln's tokens (so that both see the same sequence), and HF's own greedy
+    choice at each step."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([tokens], device=device)
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=True)
+        prompt = out.logits[0].float().cpu().numpy()
+        cache = out.past_key_values
+        steps = [prompt[-1]]
+        for i, token in enumerate(kiln_tokens[:-1]):
+            pos = torch.tensor([len(tokens) + i], device=device)
+            out = model(input_ids=torch.tensor([[int(token)]], device=device),
+                        past_key_values=cache, use_cache=True, cache_position=pos)
+            cache = out.past_key_values
+            steps.append(out.logits[0, -1].float().cpu().numpy())
+    return prompt, steps
+
+
+def compare(name, hf_prompt, hf_steps, k_prompt, k_tokens, k_steps, tolerance):
+    import numpy as np
+
+    scale = float(np.abs(hf_prompt).max())
+    prompt_err = float(np.abs(hf_prompt - k_prompt).max()) / scale
+    # Kiln's step logits: the distribution each greedy token was taken from
+    # (step 0 is the prompt's last position).
+    steps = list(k_steps)
+    step_err = max(float(np.abs(h - k).max()) / float(np.abs(h).max())
+                   for h, k in zip(hf_steps, steps))
+    flips, ties = [], []
+    for i, (h, token) in enumerate(zip(hf_steps, k_tokens)):
+        order = np.argsort(h)[::-1]
+        margin = float(h[order[0]] - h[order[1]])
+        if int(order[0]) != int(token):
+            diff = float(np.abs(h - steps[i]).max())
+            (ties if margin <= 2 * diff else flips).append(
+                {"step": i, "hf": int(order[0]), "kiln": int(token), "margin": margin})
+    ok = prompt_err <= tolerance and step_err <= tolerance and not flips
+    return {"model": name, "ok": ok, "prompt_max_rel_err": prompt_err,
+            "steps_max_rel_err": step_err, "tolerance": tolerance,
+            "token_flips": flips, "near_ties": ties}
+
+
+def check_tiny(bundle, manifest, tmp, kiln_device, torch_device):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    results = []
+    for name in manifest["tiny"]:
+        model_dir = os.path.join(ROOT, "tests", "golden", name)
+        artifact = os.path.join(bundle, "artifacts", f"{name}.kiln")
+        # The bf16 copies share their f32 sibling's prompts.
+        golden = os.path.join(ROOT, "tests", "golden", name.removesuffix("-bf16"))
+        with open(os.path.join(golden, "golden.json")) as f:
+            prompts = json.load(f)["prompts"]["tokens"]
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.float32, attn_implementation="eager").to(torch_device).eval()
+        for p, tokens in enumerate(prompts):
+            k_prompt, k_tokens, k_steps, where = kiln_run(bundle, artifact, tokens, kiln_device,
+                                                          tmp)
+            hf_prompt, hf_steps = hf_run(model, tokens, k_tokens)
+            r = compare(f"{name} prompt {p}", hf_prompt, hf_steps, k_prompt, k_tokens, k_steps,
+                        1e-3)
+            r["device"] = where
+            log(f"{r['model']}: {'ok' if r['ok'] else 'FAILED'} "
+                f"(prompt {r['prompt_max_rel_err']:.2e}, steps {r['steps_max_rel_err']:.2e})")
+            results.append(r)
+        del model
+    return results
+
+
+def check_v2lite(bundle, manifest, tmp, weights_dir, kiln_device, torch_device):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gpu_common.write_v2lite_checkpoint(weights_dir, log=log)
+    artifact = os.path.join(bundle, "artifacts", manifest["v2lite"]["artifact"])
+    model = AutoModelForCausalLM.from_pretrained(
+        weights_dir, dtype=torch.float32, attn_implementation="eager").to(torch_device).eval()
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    results = []
+    for p, length in enumerate([5, 37, 300]):
+        tokens = [int(t) for t in rng.integers(0, model.config.vocab_size, size=length)]
+        k_prompt, k_tokens, k_steps, where = kiln_run(bundle, artifact, tokens, kiln_device,
+                                                      tmp, weights_dir)
+        hf_prompt, hf_steps = hf_run(model, tokens, k_tokens)
+        r = compare(f"v2-lite-4layer prompt {p}", hf_prompt, hf_steps, k_prompt, k_tokens,
+                    k_steps, 2e-3)
+        r["device"] = where
+        log(f"{r['model']}: {'ok' if r['ok'] else 'FAILED'} "
+            f"(prompt {r['prompt_max_rel_err']:.2e}, steps {r['steps_max_rel_err']:.2e})")
+        results.append(r)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", default=os.path.join(ROOT, "gpu-bundle"))
+    parser.add_argument("--weights-dir", default=os.path.join(ROOT, "gpu-work", "v2lite4"),
+                        help="where the V2-Lite checkpoint is written (not carried)")
+    parser.add_argument("--skip-v2lite", action="store_true")
+    # A smoke test of this script without a GPU: --kiln-device emulated
+    # --torch-device cpu.
+    parser.add_argument("--kiln-device", default="cuda")
+    parser.add_argument("--torch-device", default="cuda")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    manifest = gpu_common.read_manifest(args.bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = check_tiny(args.bundle, manifest, tmp, args.kiln_device, args.torch_device)
+        if not args.skip_v2lite and manifest.get("v2lite"):
+            results += check_v2lite(args.bundle, manifest, tmp, args.weights_dir,
+                                    args.kiln_device, args.torch_device)
+    report = {"ok": all(r["ok"] for r in results), "results": results}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
