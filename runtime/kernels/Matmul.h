@@ -142,7 +142,7 @@ KILN_FN void gemmBlock(Dim3 block, const GemmParams &p) {
 KILN_GEMM_KERNEL(f32, float, false)
 KILN_GEMM_KERNEL(bf16, Bf16, false)
 KILN_GEMM_KERNEL(f16, F16, false)
-KILN_GEMM_KERNEL(fp8, unsigned char, true)
+KILN_GEMM_KERNEL(f8e4m3, unsigned char, true)
 #undef KILN_GEMM_KERNEL
 
 /// FP8 activation quantization, as the CPU FP8 GEMMs: per row, per

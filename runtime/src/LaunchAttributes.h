@@ -30,6 +30,20 @@ inline cpu::RopeParams ropeParams(const artifact::Launch &l) {
   return p;
 }
 
+/// A Broadcast launch's repeated axis: the first static size-1 axis of the
+/// input that the output grows.
+inline unsigned broadcastAxis(const artifact::TensorRef &from,
+                              const artifact::TensorRef &to) {
+  const auto &in = *from.shape();
+  const auto &out = *to.shape();
+  unsigned axis = 0;
+  while (axis < out.size() &&
+         !(in.Get(axis)->symbol() == artifact::DimSymbol::Static &&
+           in.Get(axis)->size() == 1 && out.Get(axis)->size() != 1))
+    ++axis;
+  return axis;
+}
+
 } // namespace kiln
 
 #endif // KILN_RUNTIME_LAUNCHATTRIBUTES_H

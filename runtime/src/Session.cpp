@@ -310,13 +310,8 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
     return absl::OkStatus();
   }
   case art::KernelKind::Broadcast: {
-    const auto &from = *a[0].ref->shape();
     const auto &to = *a[1].ref->shape();
-    unsigned axis = 0;
-    while (axis < to.size() &&
-           !(from.Get(axis)->symbol() == art::DimSymbol::Static &&
-             from.Get(axis)->size() == 1 && to.Get(axis)->size() != 1))
-      ++axis;
+    unsigned axis = broadcastAxis(*a[0].ref, *a[1].ref);
     int64_t rows = 1, repeat = 1, inner = 1;
     for (unsigned i = 0; i < to.size(); ++i) {
       int64_t n = dims.of(*to.Get(i));

@@ -107,7 +107,7 @@ void runGemm(cpu::ElementType type, Dim3 grid, const GemmParams &p) {
   case cpu::ElementType::F16:
     return kiln_gemm_f16_host(grid, p);
   case cpu::ElementType::F8E4M3:
-    return kiln_gemm_fp8_host(grid, p);
+    return kiln_gemm_f8e4m3_host(grid, p);
   default:
     return kiln_gemm_f32_host(grid, p);
   }

@@ -26,14 +26,5 @@ int main(int argc, char **argv) {
   add("bench", "Measure prefill and decode throughput of an artifact (JSON)",
       kiln::tools::registerBench);
   CLI11_PARSE(app, argc, argv);
-  for (auto &[sub, run] : runners) {
-    if (!sub->parsed())
-      continue;
-    if (absl::Status status = run(); !status.ok()) {
-      std::cerr << "kiln-run " << sub->get_name()
-                << ": error: " << status.message() << "\n";
-      return 1;
-    }
-  }
-  return 0;
+  return kiln::tools::runParsedCommand(runners, "kiln-run");
 }

@@ -12,11 +12,17 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <map>
 #include <string>
 
 namespace kiln::tools {
 
 using CommandRunner = std::function<absl::Status()>;
+
+/// Runs the parsed subcommand's runner; prints "<tool> <sub>: error: ..."
+/// and returns 1 when it fails (RunSupport.cpp).
+int runParsedCommand(const std::map<CLI::App *, CommandRunner> &runners,
+                     const std::string &tool);
 
 CommandRunner registerCompileModel(CLI::App &app);
 CommandRunner registerInitModel(CLI::App &app);

@@ -1,6 +1,7 @@
 //===- RunSupport.cpp - opening artifacts and sessions --------------------===//
 #include "tools/kiln/RunSupport.h"
 
+#include "tools/kiln/Commands.h"
 #include "tools/kiln/Progress.h"
 
 #include <iostream>
@@ -43,6 +44,20 @@ createSession(const Model &model, const SessionOptions &options) {
   if (session.ok() && (*session)->device() != "cpu")
     std::cerr << "kiln: running on " << (*session)->device() << "\n";
   return session;
+}
+
+int runParsedCommand(const std::map<CLI::App *, CommandRunner> &runners,
+                     const std::string &tool) {
+  for (const auto &[sub, run] : runners) {
+    if (!sub->parsed())
+      continue;
+    if (absl::Status status = run(); !status.ok()) {
+      std::cerr << tool << " " << sub->get_name()
+                << ": error: " << status.message() << "\n";
+      return 1;
+    }
+  }
+  return 0;
 }
 
 } // namespace kiln::tools

@@ -31,15 +31,5 @@ int main(int argc, char **argv) {
       kiln::tools::registerBench);
 
   CLI11_PARSE(app, argc, argv);
-  for (auto &[sub, run] : runners) {
-    if (!sub->parsed())
-      continue;
-    absl::Status status = run();
-    if (!status.ok()) {
-      std::cerr << "kiln " << sub->get_name() << ": error: " << status.message()
-                << "\n";
-      return 1;
-    }
-  }
-  return 0;
+  return kiln::tools::runParsedCommand(runners, "kiln");
 }

@@ -1,20 +1,13 @@
 #include "runtime/src/cuda/CublasLt.h"
 
+#include "runtime/src/cuda/DynamicSymbol.h"
+
 #include <dlfcn.h>
 
 #include <string>
 #include <utility>
 
 namespace kiln::cuda {
-namespace {
-
-template <typename Fn> bool resolve(void *library, const char *name, Fn &slot) {
-  slot = reinterpret_cast<Fn>(::dlsym(library, name));
-  return slot != nullptr;
-}
-
-} // namespace
-
 absl::StatusOr<BlasLt> BlasLt::load() {
   BlasLt blas;
   for (const char *name :

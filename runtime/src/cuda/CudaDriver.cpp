@@ -1,20 +1,12 @@
 #include "runtime/src/cuda/CudaDriver.h"
 
+#include "runtime/src/cuda/DynamicSymbol.h"
+
 #include <dlfcn.h>
 
 #include <utility>
 
 namespace kiln::cuda {
-namespace {
-
-/// Resolves `name` into `slot`; false when the library lacks it.
-template <typename Fn> bool resolve(void *library, const char *name, Fn &slot) {
-  slot = reinterpret_cast<Fn>(::dlsym(library, name));
-  return slot != nullptr;
-}
-
-} // namespace
-
 absl::StatusOr<Driver> Driver::load() {
   Driver driver;
   driver.library_ = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);

@@ -30,19 +30,6 @@ struct DeviceBuffer {
   size_t bytes = 0;
 };
 
-const char *typeSuffix(art::ElementType type) {
-  switch (type) {
-  case art::ElementType::BF16:
-    return "bf16";
-  case art::ElementType::F16:
-    return "f16";
-  case art::ElementType::F8E4M3:
-    return "fp8";
-  default:
-    return "f32";
-  }
-}
-
 int64_t lastDim(const art::TensorRef *ref) {
   return ref->shape()->Get(ref->shape()->size() - 1)->size();
 }
@@ -470,8 +457,8 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
   auto ints = [&](unsigned i) { return l.ints()->Get(i); };
   auto floats = [&](unsigned i) { return l.floats()->Get(i); };
   const art::TensorRef *x = refs.Get(0);
-  std::string suffix =
-      typeSuffix(refs.size() > 1 ? refs.Get(1)->type() : art::ElementType::F32);
+  std::string suffix = detail::elementTypeName(
+      refs.size() > 1 ? refs.Get(1)->type() : art::ElementType::F32);
 
   switch (l.kernel()) {
   case art::KernelKind::Embedding: {
@@ -516,14 +503,8 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
     return launch("kiln_concat", elementwiseGrid(p.rows * p.outDim), p);
   }
   case art::KernelKind::Broadcast: {
-    // As the CPU executor: the first size-1 static axis that grows.
-    const auto &from = *x->shape();
     const auto &to = *refs.Get(1)->shape();
-    unsigned axis = 0;
-    while (axis < to.size() &&
-           !(from.Get(axis)->symbol() == art::DimSymbol::Static &&
-             from.Get(axis)->size() == 1 && to.Get(axis)->size() != 1))
-      ++axis;
+    unsigned axis = broadcastAxis(*x, *refs.Get(1));
     int64_t rows = 1, repeat = 1, inner = 1;
     for (unsigned i = 0; i < to.size(); ++i)
       (i < axis ? rows : i == axis ? repeat : inner) *= of(*to.Get(i));
@@ -553,8 +534,9 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
                          static_cast<int>(ints(4)),
                          ints(5) == 1,
                          static_cast<float>(floats(0))};
-    std::string name = "kiln_moe_gate_" + suffix + "_" +
-                       (bias ? typeSuffix(refs.Get(2)->type()) : "f32");
+    std::string name =
+        "kiln_moe_gate_" + suffix + "_" +
+        (bias ? detail::elementTypeName(refs.Get(2)->type()) : "f32");
     int64_t count = shape.batch * shape.seq;
     return launch(name, tokenGrid(count),
                   MoeGateParams{f32(0), raw(1), bias ? raw(2) : nullptr,
@@ -681,7 +663,7 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
     p.x = reinterpret_cast<const float *>(fp8Codes);
     p.xScale = reinterpret_cast<const float *>(fp8Scales);
   }
-  return launch(std::string("kiln_gemm_") + typeSuffix(w->type()),
+  return launch(std::string("kiln_gemm_") + detail::elementTypeName(w->type()),
                 gemmGrid(p.rows, p.n, matrices), p);
 }
 
