@@ -22,6 +22,8 @@ V2LITE_LAYERS = 4
 V2LITE_MAX_BATCH = 128
 V2LITE_MAX_CONTEXT = 8192 + 64
 V2LITE_MAX_PREFILL = 2048
+# Prefill one sequence at a time: the prefill arena scales with batch x 2048.
+V2LITE_MAX_PREFILL_BATCH = 1
 
 
 def v2lite_config():

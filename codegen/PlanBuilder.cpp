@@ -527,6 +527,7 @@ FailureOr<std::unique_ptr<art::ModelT>> buildPlan(ModuleOp module,
                               "taking (tokens, positions, kv_lengths) and "
                               "returning (logits, ...)");
   if (!options.maxBatch || !options.maxPrefill || !options.maxContext ||
+      options.maxPrefillBatch > options.maxBatch ||
       options.maxPrefill > options.maxContext)
     return module.emitError("plan bounds need 0 < max-prefill <= "
                             "max-context and max-batch > 0");
@@ -643,18 +644,21 @@ FailureOr<std::unique_ptr<art::ModelT>> buildPlan(ModuleOp module,
 
   struct EntrySpec {
     const char *name;
-    uint32_t seq;
+    uint32_t batch, seq;
     func::FuncOp func;
   };
-  for (EntrySpec spec : {EntrySpec{"prefill", options.maxPrefill, prefillFn},
-                         EntrySpec{"decode", 1u, decodeFn}}) {
+  uint32_t prefillBatch =
+      options.maxPrefillBatch ? options.maxPrefillBatch : options.maxBatch;
+  for (EntrySpec spec :
+       {EntrySpec{"prefill", prefillBatch, options.maxPrefill, prefillFn},
+        EntrySpec{"decode", options.maxBatch, 1u, decodeFn}}) {
     auto entry = std::make_unique<art::EntryPointT>();
     entry->name = spec.name;
     entry->attention = describeAttention(spec.func);
-    entry->max_batch = options.maxBatch;
+    entry->max_batch = spec.batch;
     entry->max_seq = spec.seq;
-    Bounds bounds{options.maxBatch, spec.seq, options.maxContext,
-                  uint64_t{options.maxBatch} * spec.seq * topK};
+    Bounds bounds{spec.batch, spec.seq, options.maxContext,
+                  uint64_t{spec.batch} * spec.seq * topK};
     EntryPlanner planner(spec.func, bounds, parameters, slots);
     if (failed(planner.plan(*entry)))
       return failure();

@@ -18,8 +18,11 @@
 namespace kiln::codegen {
 
 struct PlanOptions {
-  /// Sequences per step, for both entry points.
+  /// Sequences per decode step (and sequences a session holds).
   uint32_t maxBatch = 8;
+  /// Sequences per prefill step; 0: maxBatch. Prefill activations scale
+  /// with this times maxPrefill, so large decode batches want it smaller.
+  uint32_t maxPrefillBatch = 0;
   /// Tokens per sequence in one prefill step.
   uint32_t maxPrefill = 512;
   /// Positions the KV cache holds per sequence.

@@ -62,11 +62,11 @@ if [[ "${KILN_SKIP_V2LITE:-0}" != 1 ]]; then
   trap 'rm -rf "$work"' EXIT
   python3 -c "import sys; sys.path.insert(0, '$root/bench'); import gpu_common; \
 gpu_common.write_v2lite_checkpoint('$work/v2lite4')"
-  read -r batch context prefill < <(python3 -c "import sys; sys.path.insert(0, '$root/bench'); \
-import gpu_common as g; print(g.V2LITE_MAX_BATCH, g.V2LITE_MAX_CONTEXT, g.V2LITE_MAX_PREFILL)")
+  read -r batch context prefill prefill_batch < <(python3 -c "import sys; sys.path.insert(0, '$root/bench'); \
+import gpu_common as g; print(g.V2LITE_MAX_BATCH, g.V2LITE_MAX_CONTEXT, g.V2LITE_MAX_PREFILL, g.V2LITE_MAX_PREFILL_BATCH)")
   "$kiln" compile-model "$work/v2lite4" -o "$bundle/artifacts/v2lite4.kiln" \
     --weights=external --target=cpu,sm_90a --max-batch "$batch" \
-    --max-context "$context" --max-prefill "$prefill"
+    --max-context "$context" --max-prefill "$prefill" --max-prefill-batch "$prefill_batch"
   v2lite="{\"artifact\": \"v2lite4.kiln\", \"max_batch\": $batch, \"max_context\": $context, \"max_prefill\": $prefill}"
 fi
 

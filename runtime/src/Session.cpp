@@ -568,7 +568,9 @@ Session::createSession(const Model &model, const SessionOptions &options) {
   if (!prefill || !decode)
     return absl::InvalidArgumentError(
         m.info.path + ": needs prefill and decode entry points");
-  impl->maxBatch = std::min(prefill->max_batch(), decode->max_batch());
+  // Sequences a session holds: a decode step's; prefill takes them in
+  // groups of its own batch.
+  impl->maxBatch = decode->max_batch();
 
   for (const art::KvSlot *slot : *plan.kv_slots()) {
     int64_t entry = 1;
@@ -779,7 +781,6 @@ Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
         "prefill of " + std::to_string(prompts.size()) + " prompts with " +
         std::to_string(liveNow) + " sequences alive exceeds the session's " +
         std::to_string(s.maxBatch) + " sequences");
-  int64_t longest = 0;
   for (size_t b = 0; b < prompts.size(); ++b) {
     const std::vector<int32_t> &p = prompts[b];
     if (p.empty() || static_cast<int64_t>(p.size()) > context)
@@ -790,7 +791,6 @@ Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
       return absl::InvalidArgumentError("prompt " + std::to_string(b) +
                                         " has a token outside [0, " +
                                         std::to_string(s.vocab) + ")");
-    longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
   }
 
   // New sequences; on any failure they are released again.
@@ -810,48 +810,64 @@ Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
     s.lengths[*id] = 0;
   }
 
-  int64_t batch = static_cast<int64_t>(prompts.size());
+  // Groups of at most the prefill entry point's batch, each in chunks of
+  // its max_seq tokens.
   int64_t chunk = entry.max_seq();
-  std::vector<int64_t> reach(prompts.size());
-  for (int64_t start = 0; start < longest; start += chunk) {
-    StepDims dims;
-    dims.batch = batch;
-    dims.seq = std::min(chunk, longest - start);
+  int64_t groupSize = entry.max_batch();
+  for (int64_t g0 = 0; g0 < static_cast<int64_t>(prompts.size());
+       g0 += groupSize) {
+    int64_t batch =
+        std::min<int64_t>(groupSize, static_cast<int64_t>(prompts.size()) - g0);
+    std::span<const int> group(ids.data() + g0, static_cast<size_t>(batch));
+    auto prompt = [&](int64_t b) -> const std::vector<int32_t> & {
+      return prompts[static_cast<size_t>(g0 + b)];
+    };
+    int64_t longest = 0;
     for (int64_t b = 0; b < batch; ++b)
-      reach[b] = std::min<int64_t>(static_cast<int64_t>(prompts[b].size()),
-                                   start + dims.seq);
-    if (absl::Status st = s.beginStep(ids, reach); !st.ok())
-      return abandon(st);
-    for (int64_t b = 0; b < batch; ++b) {
-      int64_t len = static_cast<int64_t>(prompts[b].size());
-      for (int64_t j = 0; j < dims.seq; ++j) {
-        int64_t pos = start + j;
-        bool real = pos < len;
-        s.prefill.tokens[b * dims.seq + j] = real ? prompts[b][pos] : 0;
-        // Padding rows write no cache entry and attend to nothing.
-        s.prefill.positions[b * dims.seq + j] =
-            real ? static_cast<int32_t>(pos) : -1;
+      longest =
+          std::max<int64_t>(longest, static_cast<int64_t>(prompt(b).size()));
+    std::vector<int64_t> reach(static_cast<size_t>(batch));
+    for (int64_t start = 0; start < longest; start += chunk) {
+      StepDims dims;
+      dims.batch = batch;
+      dims.seq = std::min(chunk, longest - start);
+      for (int64_t b = 0; b < batch; ++b)
+        reach[b] = std::min<int64_t>(static_cast<int64_t>(prompt(b).size()),
+                                     start + dims.seq);
+      if (absl::Status st = s.beginStep(group, reach); !st.ok())
+        return abandon(st);
+      for (int64_t b = 0; b < batch; ++b) {
+        int64_t len = static_cast<int64_t>(prompt(b).size());
+        for (int64_t j = 0; j < dims.seq; ++j) {
+          int64_t pos = start + j;
+          bool real = pos < len;
+          s.prefill.tokens[b * dims.seq + j] = real ? prompt(b)[pos] : 0;
+          // Padding rows write no cache entry and attend to nothing.
+          s.prefill.positions[b * dims.seq + j] =
+              real ? static_cast<int32_t>(pos) : -1;
+        }
+        s.prefill.kvLengths[b] = static_cast<int32_t>(reach[b]);
+        dims.kvLen = std::max<int64_t>(dims.kvLen, reach[b]);
       }
-      s.prefill.kvLengths[b] = static_cast<int32_t>(reach[b]);
-      dims.kvLen = std::max<int64_t>(dims.kvLen, reach[b]);
+      dims.routed = dims.batch * dims.seq * s.model->plan->moe_top_k();
+      if (absl::Status st = s.run(s.prefill, dims); !st.ok())
+        return abandon(st);
+      // Keep each sequence's last-token logits from the chunk holding it.
+      for (int64_t b = 0; b < batch; ++b) {
+        int64_t last = static_cast<int64_t>(prompt(b).size()) - 1;
+        if (last >= start && last < start + dims.seq)
+          std::memcpy(s.lastLogits.data() + group[b] * s.vocab,
+                      s.prefill.logits +
+                          (b * dims.seq + last - start) * s.vocab,
+                      sizeof(float) * static_cast<size_t>(s.vocab));
+      }
+      s.lastChunkStart = start;
+      s.lastChunkSeq = dims.seq;
     }
-    dims.routed = dims.batch * dims.seq * s.model->plan->moe_top_k();
-    if (absl::Status st = s.run(s.prefill, dims); !st.ok())
-      return abandon(st);
-    // Keep each sequence's last-token logits from the chunk holding it.
-    for (int64_t b = 0; b < batch; ++b) {
-      int64_t last = static_cast<int64_t>(prompts[b].size()) - 1;
-      if (last >= start && last < start + dims.seq)
-        std::memcpy(s.lastLogits.data() + ids[b] * s.vocab,
-                    s.prefill.logits + (b * dims.seq + last - start) * s.vocab,
-                    sizeof(float) * static_cast<size_t>(s.vocab));
-    }
-    s.lastChunkStart = start;
-    s.lastChunkSeq = dims.seq;
+    s.lastPrefill.assign(group.begin(), group.end());
   }
-  for (int64_t b = 0; b < batch; ++b)
+  for (size_t b = 0; b < prompts.size(); ++b)
     s.lengths[ids[b]] = static_cast<int64_t>(prompts[b].size());
-  s.lastPrefill = ids;
   return ids;
 }
 

@@ -42,6 +42,7 @@ struct CompileModelOptions {
   bool noFuse = false;
   std::string mla = "auto";
   uint32_t maxBatch = 8;
+  uint32_t maxPrefillBatch = 0;
   uint32_t maxContext = 0; // 0: min(config max positions, 4096)
   uint32_t maxPrefill = 0; // 0: min(max context, 512)
   QuantizeFlags quantize;
@@ -166,6 +167,7 @@ absl::Status compileModel(const CompileModelOptions &opts) {
   // The plan's bounds also feed the optimize phase's cost models.
   codegen::PlanOptions plan;
   plan.maxBatch = opts.maxBatch;
+  plan.maxPrefillBatch = std::min(opts.maxPrefillBatch, opts.maxBatch);
   plan.maxContext = opts.maxContext
                         ? opts.maxContext
                         : static_cast<uint32_t>(std::min<int64_t>(
@@ -282,6 +284,10 @@ CommandRunner registerCompileModel(CLI::App &app) {
   app.add_option("--max-batch", opts->maxBatch, "Sequences per step")
       ->check(CLI::Range(1u, 4096u))
       ->capture_default_str();
+  app.add_option("--max-prefill-batch", opts->maxPrefillBatch,
+                 "Sequences per prefill step (default: max-batch); more "
+                 "prompts are prefilled in groups")
+      ->check(CLI::Range(1u, 4096u));
   app.add_option("--max-context", opts->maxContext,
                  "KV-cache positions per sequence (default: the model's, at "
                  "most 4096)")

@@ -135,8 +135,8 @@ public:
   Session &operator=(const Session &) = delete;
 
   /// Starts one sequence per prompt, next to any that are alive, and runs
-  /// the prompts through the model as one batch (in chunks of the
-  /// artifact's max prefill length). Prompts must be non-empty, tokens in
+  /// the prompts through the model in batches of the artifact's prefill
+  /// batch (in chunks of its max prefill length). Prompts must be non-empty, tokens in
   /// [0, vocab). Returns the new sequences' ids, in prompt order (a fresh
   /// session hands out 0, 1, ...). When the cache has too few free blocks
   /// the error is ResourceExhausted and no sequence is started.
@@ -173,7 +173,8 @@ public:
   /// The logits of the newest token of `sequence` after its last step.
   std::span<const float> logits(int sequence) const;
   /// Until the next step: the logits of position `position` of a prompt of
-  /// the last prefill (positions of its last chunk only).
+  /// the last prefill (of its last batch, positions of its last chunk
+  /// only).
   absl::StatusOr<std::span<const float>> promptLogits(int sequence,
                                                       size_t position) const;
 
