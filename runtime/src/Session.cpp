@@ -746,7 +746,7 @@ absl::Status Session::Impl::chooseDevice(const SessionOptions &options,
   absl::Status why =
       absl::UnavailableError("this runtime was built without CUDA");
 #endif
-  if (options.device == Device::Cuda)
+  if (options.device == Device::Cuda || options.device == Device::Emulated)
     return absl::Status(
         why.code(), model->info.path +
                         ": cannot run on a GPU: " + std::string(why.message()));

@@ -92,6 +92,9 @@ struct Executor::Impl {
   }
   absl::StatusOr<CUdeviceptr> allocate(size_t bytes, const std::string &what);
   absl::StatusOr<CUfunction> function(const std::string &name);
+  /// Unimplemented, naming the launch, for what the library kernels do not
+  /// take (so that `auto` falls back to the CPU before any upload).
+  absl::Status checkSupported() const;
   absl::Status loadModules(bool requireGpuCode);
   absl::Status uploadParameters();
   absl::Status allocateState();
@@ -243,6 +246,49 @@ absl::Status Executor::Impl::loadModules(bool requireGpuCode) {
   return absl::OkStatus();
 }
 
+absl::Status Executor::Impl::checkSupported() const {
+  for (const art::EntryPoint *e : *model->plan->entry_points())
+    for (const art::Launch *l : *e->launches()) {
+      const auto &refs = *l->args();
+      std::string why;
+      switch (l->kernel()) {
+      case art::KernelKind::MoeGate:
+        if (staticDim(refs.Get(1), 0) > kDeviceMaxExperts)
+          why = "more than " + std::to_string(kDeviceMaxExperts) + " experts";
+        break;
+      case art::KernelKind::MoeDispatch:
+        if (l->ints()->Get(0) > kDeviceMaxExperts)
+          why = "more than " + std::to_string(kDeviceMaxExperts) + " experts";
+        break;
+      case art::KernelKind::Concat:
+        if (refs.size() - 1 > kDeviceMaxConcat)
+          why = "a concat of more than " + std::to_string(kDeviceMaxConcat) +
+                " inputs";
+        break;
+      case art::KernelKind::Rope:
+        if (lastDim(refs.Get(0)) > 2 * kDeviceMaxRotaryHalf)
+          why = "a rotary dimension above " +
+                std::to_string(2 * kDeviceMaxRotaryHalf);
+        break;
+      case art::KernelKind::Attention:
+        if (staticDim(refs.Get(0), 3) > kDeviceMaxHeadDim ||
+            staticDim(refs.Get(2), 3) > kDeviceMaxValueDim)
+          why = "attention head dims above " +
+                std::to_string(kDeviceMaxHeadDim) + " / " +
+                std::to_string(kDeviceMaxValueDim);
+        break;
+      default:
+        break;
+      }
+      if (!why.empty())
+        return absl::UnimplementedError(
+            "the GPU library kernels do not take " + why + " (" +
+            e->name()->str() + ", " +
+            (l->name() ? l->name()->str() : "a launch") + ")");
+    }
+  return absl::OkStatus();
+}
+
 absl::Status Executor::Impl::uploadParameters() {
   const art::Model &plan = *model->plan;
   parameters.resize(plan.parameters()->size());
@@ -363,10 +409,6 @@ absl::Status Executor::Impl::allocateState() {
         continue;
       cpu::RopeParams p = ropeParams(*l);
       int64_t dim = lastDim(l->args()->Get(0));
-      if (dim / 2 > kDeviceMaxRotaryHalf)
-        return absl::UnimplementedError(
-            "GPU: rotary dimension " + std::to_string(dim) + " exceeds " +
-            std::to_string(2 * kDeviceMaxRotaryHalf));
       std::vector<double> inv(static_cast<size_t>(dim / 2));
       cpu::ropeInverseFrequencies(p, dim, inv.data());
       absl::StatusOr<CUdeviceptr> t =
@@ -488,10 +530,6 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
   case art::KernelKind::Concat: {
     ConcatParams p{};
     p.count = static_cast<int>(refs.size() - 1);
-    if (p.count > kDeviceMaxConcat)
-      return absl::UnimplementedError("GPU: concat of more than " +
-                                      std::to_string(kDeviceMaxConcat) +
-                                      " inputs");
     for (int i = 0; i < p.count; ++i) {
       p.inputs[i] = f32(static_cast<unsigned>(i));
       p.dims[i] = lastDim(refs.Get(static_cast<unsigned>(i)));
@@ -525,9 +563,6 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
   case art::KernelKind::MoeGate: {
     bool bias = ints(6) == 1;
     int64_t experts = staticDim(refs.Get(1), 0);
-    if (experts > kDeviceMaxExperts)
-      return absl::UnimplementedError(
-          "GPU: more than " + std::to_string(kDeviceMaxExperts) + " experts");
     MoeGateConfig config{static_cast<ScoringFunc>(ints(0)),
                          static_cast<TopkMethod>(ints(1)),
                          static_cast<int>(ints(3)),
@@ -725,10 +760,6 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
   p.dk = staticDim(q, 3);
   p.dv = staticDim(v, 3);
   p.scale = static_cast<float>(l.floats()->Get(0));
-  if (p.dk > kDeviceMaxHeadDim || p.dv > kDeviceMaxValueDim)
-    return absl::UnimplementedError("GPU attention takes head dims up to " +
-                                    std::to_string(kDeviceMaxHeadDim) + " / " +
-                                    std::to_string(kDeviceMaxValueDim));
   if (k->storage() == art::Storage::KvCache) {
     p.tables = paged;
     if (cache.fp8[k->index()].quantColumns > 0) {
@@ -817,6 +848,8 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
   auto impl = std::make_unique<Impl>();
   impl->model = &model;
   impl->cache = cache;
+  if (absl::Status s = impl->checkSupported(); !s.ok())
+    return s;
   absl::StatusOr<Driver> driver =
       emulate ? absl::StatusOr<Driver>(emulatedDriver()) : Driver::load();
   if (!driver.ok())
