@@ -79,11 +79,11 @@ struct Dim3 {
     long long blocks = 1LL * grid.x * grid.y * grid.z;                         \
     _Pragma("omp parallel for schedule(dynamic, 1)") for (long long i = 0;     \
                                                           i < blocks; ++i)     \
-        name##_block(::kiln::Dim3{static_cast<int>(i % grid.x),                \
-                                  static_cast<int>(i / grid.x % grid.y),       \
-                                  static_cast<int>(i / (1LL * grid.x *         \
-                                                        grid.y))},             \
-                     p);                                                       \
+        name##_block(                                                          \
+            ::kiln::Dim3{static_cast<int>(i % grid.x),                         \
+                         static_cast<int>(i / grid.x % grid.y),                \
+                         static_cast<int>(i / (1LL * grid.x * grid.y))},       \
+            p);                                                                \
   }
 #endif
 
@@ -140,6 +140,32 @@ KILN_FN float blockSum(float value) {
   for (int offset = 16; offset > 0; offset >>= 1)
     value += __shfl_xor_sync(0xffffffffu, value, offset);
   __syncthreads(); // `partial` is free for the next call
+#endif
+  return value;
+}
+
+// Warps: 32 threads under CUDA; on the host one thread is the block's only
+// "warp" and its only lane.
+#if defined(__CUDACC__)
+#define KILN_UNROLL _Pragma("unroll")
+#define KILN_WARP_SIZE 32
+#define KILN_LANE (static_cast<int>(threadIdx.x) % 32)
+#define KILN_WARP (static_cast<int>(threadIdx.x) / 32)
+#define KILN_WARPS (static_cast<int>(blockDim.x) / 32)
+#else
+#define KILN_UNROLL _Pragma("GCC unroll 8")
+#define KILN_WARP_SIZE 1
+#define KILN_LANE 0
+#define KILN_WARP 0
+#define KILN_WARPS 1
+#endif
+
+/// The sum of `value` over the lanes of the calling warp, returned to all
+/// of them (no block-wide synchronization).
+KILN_FN float warpSum(float value) {
+#if defined(__CUDACC__)
+  for (int offset = 16; offset > 0; offset >>= 1)
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
 #endif
   return value;
 }
@@ -384,7 +410,6 @@ KILN_FN void moeGateN(const float *x, int dim, const W *weight, const B *bias,
   for (int j = 0; j < topk; ++j)
     weights[j] *= config.routedScalingFactor;
 }
-
 
 /// moeGateN for a router whose sizes the generated kernel knows.
 template <int Experts, int TopK, class W, class B>

@@ -145,6 +145,127 @@ KILN_GEMM_KERNEL(f16, F16, false)
 KILN_GEMM_KERNEL(f8e4m3, unsigned char, true)
 #undef KILN_GEMM_KERNEL
 
+// -- GEMV: up to kGemmRows rows (decode), memory-bound. Each warp owns
+// weight rows (output columns) and streams them once, 8 consecutive
+// weights per lane per step (one 16-byte load for bf16/f16 where the row
+// allows), applying them to every activation row; warp sums, no block
+// synchronization. Same GemmParams as the GEMMs, without grouped offsets.
+
+/// Output columns per block (warps stride over them).
+constexpr int kGemvCols = 16;
+
+inline Dim3 gemvGrid(int64_t n, int64_t matrices) {
+  return {static_cast<int>((n + kGemvCols - 1) / kGemvCols), 1,
+          static_cast<int>(matrices)};
+}
+
+/// Weights [k, k + 8) of a row (zeros past `count`), as floats.
+template <class W>
+KILN_FN void loadEight(const W *w, int64_t count, float *out) {
+  for (int j = 0; j < 8; ++j)
+    out[j] = j < count ? loadWeight(w, j) : 0.0f;
+}
+#if defined(__CUDACC__)
+/// bf16 rows whose length is a multiple of 8: one 16-byte load.
+template <>
+KILN_FN void loadEight<Bf16>(const Bf16 *w, int64_t count, float *out) {
+  if (count < 8 || (reinterpret_cast<uintptr_t>(w) & 15) != 0) {
+    for (int j = 0; j < 8; ++j)
+      out[j] = j < count ? toFloat(w[j]) : 0.0f;
+    return;
+  }
+  uint4 bits = *reinterpret_cast<const uint4 *>(w);
+  const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
+  for (int j = 0; j < 4; ++j) {
+    out[2 * j] = floatFromBits(words[j] << 16);
+    out[2 * j + 1] = floatFromBits(words[j] & 0xffff0000u);
+  }
+}
+/// e4m3 rows: one 8-byte load.
+template <>
+KILN_FN void loadEight<unsigned char>(const unsigned char *w, int64_t count,
+                                      float *out) {
+  if (count < 8 || (reinterpret_cast<uintptr_t>(w) & 7) != 0) {
+    for (int j = 0; j < 8; ++j)
+      out[j] = j < count ? decodeE4m3(w[j]) : 0.0f;
+    return;
+  }
+  uint2 bits = *reinterpret_cast<const uint2 *>(w);
+  for (int j = 0; j < 8; ++j)
+    out[j] = decodeE4m3(static_cast<unsigned char>(
+        ((j < 4 ? bits.x : bits.y) >> (8 * (j % 4))) & 0xffu));
+}
+#endif
+
+template <class W, bool Fp8>
+KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
+  int64_t matrix = block.z;
+  int rows = static_cast<int>(p.rows);
+  const W *w = static_cast<const W *>(p.w);
+  int64_t kBlocks = Fp8 ? (p.k + p.blockCols - 1) / p.blockCols : 1;
+  int64_t nBlocks = Fp8 ? (p.n + p.blockRows - 1) / p.blockRows : 1;
+  const float *x = p.x + matrix * p.xMatrixStride;
+  for (int c = KILN_WARP; c < kGemvCols; c += KILN_WARPS) {
+    int64_t n = int64_t{block.x} * kGemvCols + c;
+    if (n >= p.n)
+      break; // warp-uniform
+    const W *row = w + (matrix * p.n + n) * p.k;
+    float acc[kGemmRows];
+    for (int r = 0; r < kGemmRows; ++r)
+      acc[r] = 0.0f;
+    for (int64_t k = int64_t{KILN_LANE} * 8; k < p.k;
+         k += int64_t{KILN_WARP_SIZE} * 8) {
+      float weights[8];
+      loadEight(row + k, p.k - k, weights);
+      int end = p.k - k < 8 ? static_cast<int>(p.k - k) : 8;
+      // FP8: the 8 weights share one K block (the executor sends blockCols
+      // that are multiples of 8 here), so each row's chunk sum is scaled
+      // once by the weight's and the activation's block scale.
+      float weightScale =
+          Fp8 ? p.wScale[(matrix * nBlocks + n / p.blockRows) * kBlocks +
+                         k / p.blockCols]
+              : 1.0f;
+      // Constant trip counts keep acc and weights in registers.
+      KILN_UNROLL
+      for (int r = 0; r < kGemmRows; ++r) {
+        if (r >= rows)
+          break;
+        const float *a = x + r * p.xRowStride + k;
+        float sum = 0.0f;
+        KILN_UNROLL
+        for (int j = 0; j < 8; ++j)
+          sum += (j < end ? a[j] : 0.0f) * weights[j];
+        if (Fp8)
+          sum *= weightScale *
+                 p.xScale[(r * p.xRowStride + matrix * p.xMatrixStride) / p.k *
+                              kBlocks +
+                          k / p.blockCols];
+        acc[r] += sum;
+      }
+    }
+    KILN_UNROLL
+    for (int r = 0; r < kGemmRows; ++r) {
+      if (r >= rows)
+        break;
+      float total = warpSum(acc[r]);
+      if (KILN_LANE == 0)
+        p.out[matrix * p.outMatrixStride + r * p.outRowStride + n] =
+            total + loadBias(p, n);
+    }
+  }
+}
+
+#define KILN_GEMV_KERNEL(suffix, W, Fp8)                                       \
+  KILN_FN void kiln_gemv_##suffix##_block(Dim3 block, const GemmParams &p) {   \
+    gemvBlock<W, Fp8>(block, p);                                               \
+  }                                                                            \
+  KILN_KERNEL(kiln_gemv_##suffix, GemmParams)
+KILN_GEMV_KERNEL(f32, float, false)
+KILN_GEMV_KERNEL(bf16, Bf16, false)
+KILN_GEMV_KERNEL(f16, F16, false)
+KILN_GEMV_KERNEL(f8e4m3, unsigned char, true)
+#undef KILN_GEMV_KERNEL
+
 /// FP8 activation quantization, as the CPU FP8 GEMMs: per row, per
 /// `blockCols` values, s = max(amax, 1e-4) / 448 (rounded up to a power of
 /// two when pow2), codes e4m3(x / s), written back decoded (code values as

@@ -113,6 +113,19 @@ void runGemm(cpu::ElementType type, Dim3 grid, const GemmParams &p) {
   }
 }
 
+void runGemv(cpu::ElementType type, Dim3 grid, const GemmParams &p) {
+  switch (type) {
+  case cpu::ElementType::BF16:
+    return kiln_gemv_bf16_host(grid, p);
+  case cpu::ElementType::F16:
+    return kiln_gemv_f16_host(grid, p);
+  case cpu::ElementType::F8E4M3:
+    return kiln_gemv_f8e4m3_host(grid, p);
+  default:
+    return kiln_gemv_f32_host(grid, p);
+  }
+}
+
 std::vector<float> randomRows(int64_t rows, int64_t k, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -199,6 +212,13 @@ TEST(MatmulKernel, LinearMatchesCpuForEveryWeightType) {
           p.k = k;
           p.blockRows = p.blockCols = 128;
           runGemm(type, gemmGrid(rows, n, 1), p);
+          // Decode-sized: the GEMV kernel too.
+          std::vector<float> gemv(rows * n, -1.0f);
+          if (rows <= kGemmRows) {
+            GemmParams v = p;
+            v.out = gemv.data();
+            runGemv(type, gemvGrid(n, 1), v);
+          }
           // The bound over the operands as multiplied (FP8: quantized).
           std::vector<float> xs = x;
           if (fp8)
@@ -209,6 +229,11 @@ TEST(MatmulKernel, LinearMatchesCpuForEveryWeightType) {
           expectClose(
               got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
               [&](int64_t i) { return i % n; }, what);
+          if (rows <= kGemmRows)
+            expectClose(
+                gemv, want, xs, k, w.values, k,
+                [&](int64_t i) { return i / n; },
+                [&](int64_t i) { return i % n; }, what + " gemv");
         }
 }
 
@@ -242,6 +267,10 @@ TEST(MatmulKernel, HeadLinearMatchesCpu) {
     p.k = k;
     p.blockRows = p.blockCols = 128;
     runGemm(type, gemmGrid(tokens, n, heads), p);
+    std::vector<float> gemv(got.size(), -1.0f);
+    GemmParams v = p;
+    v.out = gemv.data();
+    runGemv(type, gemvGrid(n, heads), v);
     std::vector<float> xs = x;
     if (fp8)
       for (size_t i = 0; i < xs.size(); ++i)
@@ -250,6 +279,10 @@ TEST(MatmulKernel, HeadLinearMatchesCpu) {
         got, want, xs, k, w.values, k,
         [&](int64_t i) { return i / n; }, // (token, head) row
         [&](int64_t i) { return (i / n % heads) * n + i % n; }, name(type));
+    expectClose(
+        gemv, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
+        [&](int64_t i) { return (i / n % heads) * n + i % n; },
+        std::string(name(type)) + " gemv");
   }
 }
 

@@ -698,8 +698,13 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
     p.x = reinterpret_cast<const float *>(fp8Codes);
     p.xScale = reinterpret_cast<const float *>(fp8Scales);
   }
-  return launch(std::string("kiln_gemm_") + detail::elementTypeName(w->type()),
-                gemmGrid(p.rows, p.n, matrices), p);
+  // Decode-sized GEMMs stream each weight once, a warp per weight row.
+  bool gemv =
+      !p.offsets && p.rows <= kGemmRows && (!fp8 || p.blockCols % 8 == 0);
+  std::string type = detail::elementTypeName(w->type());
+  if (gemv)
+    return launch("kiln_gemv_" + type, gemvGrid(p.n, matrices), p);
+  return launch("kiln_gemm_" + type, gemmGrid(p.rows, p.n, matrices), p);
 }
 
 absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
