@@ -171,10 +171,11 @@ def load_config(preset, overrides):
     return AutoConfig.for_model(model_type, **d)
 
 
-def build_model(config, experts_impl):
+def build_model(config, experts_impl, device="cpu"):
     """HF model from config, float32, with seeded weights scaled to keep activations O(1):
     norms 1, biases 0, embeddings N(0, 1), every matrix (and stacked experts) N(0, 1/fan_in)
-    (so N(0, 0.022^2) at hidden 2048), lm_head N(0, 1/hidden)."""
+    (so N(0, 0.022^2) at hidden 2048), lm_head N(0, 1/hidden). The values depend on
+    `device` (its generator); a GPU initializes a large model in seconds."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -182,9 +183,10 @@ def build_model(config, experts_impl):
     kwargs = dict(dtype=torch.float32, attn_implementation="eager")
     if experts_impl != "default":
         kwargs["experts_implementation"] = experts_impl
-    model = AutoModelForCausalLM.from_config(config, **kwargs)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
     model.eval()
-    gen = torch.Generator().manual_seed(SEED + 1)
+    gen = torch.Generator(device=device).manual_seed(SEED + 1)
     tensors = dict(model.named_parameters())
     for name, buf in model.named_buffers():
         if name.endswith("e_score_correction_bias"):

@@ -43,7 +43,8 @@ def write_v2lite_checkpoint(directory, log=print):
         return directory
     os.makedirs(directory, exist_ok=True)
     log(f"writing the {V2LITE_LAYERS}-layer V2-Lite checkpoint to {directory}")
-    model = build_model(v2lite_config(), "default").to(torch.bfloat16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = build_model(v2lite_config(), "default", device).to(torch.bfloat16)
     # One file whatever the transformers version's default shard size.
     model.save_pretrained(directory, max_shard_size="1000GB", safe_serialization=True)
     del model

@@ -20,10 +20,11 @@ Targets (the issue): decode batch 1 >= 70% of the measured HBM bandwidth and
 >= 3x PyTorch eager; ahead of torch.compile at every batch size.
 
 HF runs in bf16 with attn_implementation="eager"; torch.compile compiles the
-same model's forward (mode "max-autotune-no-cudagraphs", dynamic shapes, as
+same model's forward (--compile-mode, default "default"; dynamic shapes, as
 the cache grows every step); if compiling fails its error is recorded.
 
-Prints one JSON object (and writes it to -o); progress on stderr.
+Prints one JSON object (and writes it to -o after every phase, so that a run
+cut short keeps what it measured); progress on stderr.
     python3 bench/gpu_vs_torch.py --bundle gpu-bundle -o result.json
     python3 bench/gpu_vs_torch.py --quick        # smoke: batch 1, context 1K
 """
@@ -146,6 +147,48 @@ def hf_prefill(model, vocab, tokens, repeats):
     return tokens / best
 
 
+def summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, weights_dir, config):
+    """The decode table and the targets from what has been measured so far."""
+    rows = []
+    for b in batches:
+        for c in contexts:
+            if (b, c) not in kiln:
+                continue
+            k = kiln[(b, c)]["decode_tokens_per_s"]
+            e, t = eager.get((b, c)), compiled.get((b, c))
+            row = {"batch": b, "context": c, "kiln_decode_tokens_per_s": k,
+                   "eager_decode_tokens_per_s": e, "compile_decode_tokens_per_s": t,
+                   "kiln_vs_eager": k / e if e else None,
+                   "kiln_vs_compile": k / t if t else None}
+            if b == 1:
+                step_s = kiln[(b, c)]["decode_step_ms"] / 1e3
+                row["kiln_step_ms"] = step_s * 1e3
+                row["hbm_fraction"] = decode_bytes(weights_dir, config, c) / step_s / bandwidth
+            rows.append(row)
+    result["decode"] = rows
+    b1 = [r for r in rows if r["batch"] == 1]
+
+    def every(rs, key, test):
+        values = [r[key] for r in rs]
+        return None if not values or None in values else all(test(v) for v in values)
+
+    result["targets"] = {
+        "decode_b1_hbm_fraction_ge_0.7": every(b1, "hbm_fraction", lambda v: v >= 0.7),
+        "decode_b1_ge_3x_eager": every(b1, "kiln_vs_eager", lambda v: v >= 3),
+        "ahead_of_torch_compile_every_batch": every(rows, "kiln_vs_compile", lambda v: v > 1),
+    }
+
+
+def write(result, path):
+    """Rewritten after every phase, so that a run cut short keeps what it measured."""
+    text = json.dumps(result, indent=2)
+    if path:
+        with open(path + ".tmp", "w") as f:
+            f.write(text + "\n")
+        os.replace(path + ".tmp", path)
+    return text
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,6 +197,8 @@ def main():
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--compile-mode", default="default",
+                        help="torch.compile mode ('none' skips torch.compile)")
     parser.add_argument("-o", "--output")
     args = parser.parse_args()
 
@@ -170,73 +215,59 @@ def main():
 
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "model": f"DeepSeek-V2-Lite dimensions, {gpu_common.V2LITE_LAYERS} layers, bf16",
-              "decode_steps": args.steps, "repeats": args.repeats}
+              "decode_steps": args.steps, "repeats": args.repeats,
+              "torch_compile_mode": args.compile_mode}
     log("measuring device-to-device copy bandwidth")
     bandwidth = copy_bandwidth()
     result["hbm_copy_bytes_per_s"] = bandwidth
+    kiln, eager, compiled = {}, {}, {}
 
-    log("Kiln: decode")
-    decode, where = kiln_bench(args.bundle, artifact, args.weights_dir, batches, contexts,
-                               args.steps, args.repeats, synthetic=True)
-    result["kiln_device"] = where
-    log("Kiln: prefill")
-    pre, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], [prefill], 1,
-                        args.repeats, synthetic=False)
-    kiln = {(r["batch"], r["context"]): r for r in decode["results"]}
+    def progress():
+        summarize(result, batches, contexts, kiln, eager, compiled, bandwidth,
+                  args.weights_dir, config)
+        return write(result, args.output)
+
+    result["prefill"] = {"tokens": prefill}
+    try:  # a Kiln failure is reported with the peers' numbers
+        log("Kiln: decode")
+        decode, where = kiln_bench(args.bundle, artifact, args.weights_dir, batches, contexts,
+                                   args.steps, args.repeats, synthetic=True)
+        result["kiln_device"] = where
+        kiln.update({(r["batch"], r["context"]): r for r in decode["results"]})
+        log("Kiln: prefill")
+        pre, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], [prefill], 1,
+                            args.repeats, synthetic=False)
+        result["prefill"]["kiln_tokens_per_s"] = pre["results"][0]["prefill_tokens_per_s"]
+    except RuntimeError as e:
+        result["kiln_error"] = str(e)
+        log(f"Kiln failed: {e}")
+    progress()
 
     model = AutoModelForCausalLM.from_pretrained(
         args.weights_dir, dtype=torch.bfloat16, attn_implementation="eager").cuda().eval()
     vocab = model.config.vocab_size
-    eager, compiled, compile_error = {}, {}, None
     for b in batches:
         for c in contexts:
             log(f"torch eager: batch {b}, context {c}")
             eager[(b, c)] = hf_decode(model, vocab, b, c, args.steps, args.repeats)
-    eager_prefill = hf_prefill(model, vocab, prefill, args.repeats)
-    try:
-        compiled_model = torch.compile(model, mode="max-autotune-no-cudagraphs", dynamic=True)
-        for b in batches:
-            for c in contexts:
-                log(f"torch.compile: batch {b}, context {c}")
-                compiled[(b, c)] = hf_decode(compiled_model, vocab, b, c, args.steps,
-                                             args.repeats)
-        compiled_prefill = hf_prefill(compiled_model, vocab, prefill, args.repeats)
-    except Exception as e:  # recorded, the rest of the report stands
-        compile_error = f"{type(e).__name__}: {e}"[:2000]
-        compiled_prefill = None
-        log(f"torch.compile failed: {compile_error}")
-
-    rows = []
-    for b in batches:
-        for c in contexts:
-            k = kiln[(b, c)]["decode_tokens_per_s"]
-            row = {"batch": b, "context": c, "kiln_decode_tokens_per_s": k,
-                   "eager_decode_tokens_per_s": eager[(b, c)],
-                   "compile_decode_tokens_per_s": compiled.get((b, c)),
-                   "kiln_vs_eager": k / eager[(b, c)],
-                   "kiln_vs_compile": k / compiled[(b, c)] if (b, c) in compiled else None}
-            if b == 1:
-                step_s = kiln[(b, c)]["decode_step_ms"] / 1e3
-                row["hbm_fraction"] = decode_bytes(args.weights_dir, config, c) / step_s / bandwidth
-            rows.append(row)
-    result["decode"] = rows
-    kiln_prefill = pre["results"][0]["prefill_tokens_per_s"]
-    result["prefill"] = {"tokens": prefill, "kiln_tokens_per_s": kiln_prefill,
-                         "eager_tokens_per_s": eager_prefill,
-                         "compile_tokens_per_s": compiled_prefill}
-    result["torch_compile_error"] = compile_error
-    b1 = [r for r in rows if r["batch"] == 1]
-    result["targets"] = {
-        "decode_b1_hbm_fraction_ge_0.7": all(r["hbm_fraction"] >= 0.7 for r in b1),
-        "decode_b1_ge_3x_eager": all(r["kiln_vs_eager"] >= 3 for r in b1),
-        "ahead_of_torch_compile_every_batch": (
-            None if compile_error else all(r["kiln_vs_compile"] > 1 for r in rows)),
-    }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+            progress()
+    result["prefill"]["eager_tokens_per_s"] = hf_prefill(model, vocab, prefill, args.repeats)
+    progress()
+    if args.compile_mode != "none":
+        try:
+            compiled_model = torch.compile(model, mode=args.compile_mode, dynamic=True)
+            for b in batches:
+                for c in contexts:
+                    log(f"torch.compile: batch {b}, context {c}")
+                    compiled[(b, c)] = hf_decode(compiled_model, vocab, b, c, args.steps,
+                                                 args.repeats)
+                    progress()
+            result["prefill"]["compile_tokens_per_s"] = hf_prefill(compiled_model, vocab,
+                                                                   prefill, args.repeats)
+        except Exception as e:  # recorded, the rest of the report stands
+            result["torch_compile_error"] = f"{type(e).__name__}: {e}"[:2000]
+            log(f"torch.compile failed: {result['torch_compile_error']}")
+    print(progress())
 
 
 if __name__ == "__main__":

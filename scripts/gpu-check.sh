@@ -1,69 +1,134 @@
 #!/usr/bin/env bash
 # Every GPU check, in one run on the GPU machine (CUDA, PyTorch and
 # transformers; no MLIR), from the repository root with gpu-bundle/ from
-# scripts/gpu-prepare.sh:
+# scripts/gpu-prepare.sh. Stages, in this order:
 #
-#   1. the GPU-labelled tests (the driver test; the library kernels' host
-#      builds run too, as a sanity check of the carried binaries);
-#   2. numerics against Hugging Face on the same GPU (tests/gpu/check_numerics.py):
-#      every tiny golden model and the 4-layer V2-Lite-dimension model;
-#   3. compute-sanitizer memcheck on prefill + decode steps of a tiny model;
-#   4. the benchmark (bench/gpu_vs_torch.py).
+#   tests     the GPU-labelled tests: the driver test and the CUDA executor
+#             against the CPU executor on every architecture
+#             (kiln-gpu-tests); the library kernels' host builds run too, as
+#             a check of the carried binaries
+#   numerics  against Hugging Face on the same GPU (tests/gpu/check_numerics.py):
+#             every tiny golden model and the 4-layer V2-Lite-dimension model
+#   memcheck  compute-sanitizer memcheck on prefill + decode steps of a tiny
+#             model
+#   profile   Nsight Compute's time per kernel of V2-Lite decode steps at
+#             batch 1 (which kernel holds the step back)
+#   bench     bench/gpu_vs_torch.py
 #
-# Results go to $OUT (the device tool's output folder) or gpu-results/.
-# Exits non-zero when any check fails; the summary lists each.
+# Each stage runs under its own time limit, so that one that hangs leaves
+# the others their time. Results go to $OUT (the device tool's output
+# folder, which takes at most 8 files) or gpu-results/: gpu-check.log (all
+# output), numerics.json, memcheck.log, profile.csv, gpu_vs_torch.json.
+# Exits non-zero when any stage fails; the summary lists each.
 #
-#   KILN_GPU_SKIP_BENCH=1   checks only
+#   KILN_GPU_STAGES        stages to run (default: all, in the order above)
+#   KILN_GPU_<STAGE>_S     a stage's time limit in seconds
+#   KILN_GPU_BENCH_ARGS    extra arguments of bench/gpu_vs_torch.py
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bundle="$root/gpu-bundle"
 out="${OUT:-$root/gpu-results}"
 mkdir -p "$out"
-export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+exec > >(tee "$out/gpu-check.log") 2>&1
+export PYTHONUNBUFFERED=1
+stages="${KILN_GPU_STAGES:-tests numerics memcheck profile bench}"
 summary=()
 failed=0
+stamp() { echo "== [$(date +%T)] $*"; }
 record() { # name, status
-  summary+=("$1: $([[ $2 == 0 ]] && echo ok || echo FAILED)")
-  [[ $2 == 0 ]] || failed=1
+  case $2 in
+    0) summary+=("$1: ok") ;;
+    124 | 137) summary+=("$1: TIMED OUT"); failed=1 ;;
+    *) summary+=("$1: FAILED ($2)"); failed=1 ;;
+  esac
+}
+limit() { # stage, default seconds
+  local var="KILN_GPU_${1^^}_S"
+  echo "${!var:-$2}"
 }
 
 if [[ ! -f "$bundle/manifest.json" ]]; then
-  echo "gpu-check: no gpu-bundle/ (run scripts/gpu-prepare.sh on the build machine and carry it)" >&2
+  echo "gpu-check: no gpu-bundle/ (run scripts/gpu-prepare.sh on the build machine and carry it)"
   exit 2
 fi
-nvidia-smi | tee "$out/nvidia-smi.txt"
+stamp "environment"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+# cuBLASLt is loaded at run time: from the CUDA toolkit or PyTorch's wheels.
+cublas="$( (ls /usr/local/cuda*/lib64/libcublasLt.so.1[23] 2>/dev/null;
+            python3 -c "import nvidia, os; print(*[os.path.join(p, 'cublas', 'lib') for p in nvidia.__path__])" 2>/dev/null |
+              xargs -r -I{} sh -c 'ls {}/libcublasLt.so.1[23] 2>/dev/null';
+            find / -xdev -name 'libcublasLt.so.1[23]' 2>/dev/null) | head -1)"
+export KILN_CUDA_LIBS="${cublas:+$(dirname "$cublas")}"
+echo "cuBLASLt: ${cublas:-not found}"
+export KILN_GPU_BUNDLE="$bundle"
 
-for t in kiln-cuda-driver-tests kiln-device-kernels-tests; do
-  "$bundle/bin/$t" --gtest_output="json:$out/$t.json" > "$out/$t.log" 2>&1
-  status=$?
-  grep -E "SKIPPED|PASSED|FAILED" "$out/$t.log" | tail -3
-  record "$t" $status
+for stage in $stages; do
+  case $stage in
+  tests)
+    stamp "GPU-labelled tests"
+    for t in kiln-cuda-driver-tests kiln-gpu-tests kiln-device-kernels-tests; do
+      timeout "$(limit tests 240)" "$bundle/bin/$t" --gtest_brief=1
+      record "$t" $?
+    done
+    ;;
+  numerics)
+    stamp "numerics against transformers"
+    timeout "$(limit numerics 300)" python3 "$root/tests/gpu/check_numerics.py" \
+      --bundle "$bundle" --out "$out/numerics.json" > /dev/null
+    record "numerics vs transformers" $?
+    ;;
+  memcheck)
+    stamp "compute-sanitizer memcheck"
+    sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)"
+    if [[ -z "$sanitizer" ]]; then
+      summary+=("memcheck: NOT RUN (no compute-sanitizer here)")
+      continue
+    fi
+    timeout "$(limit memcheck 180)" "$sanitizer" --tool memcheck --error-exitcode 1 \
+      --leak-check full --target-processes all \
+      "$bundle/bin/kiln-run" run "$bundle/artifacts/deepseek-v3.kiln" --device cuda \
+      --tokens 1,2,3,4,5,6,7 --max-new-tokens 6 > "$out/memcheck.log" 2>&1
+    status=$?
+    tail -5 "$out/memcheck.log"
+    record "compute-sanitizer memcheck (prefill + decode)" $status
+    ;;
+  profile)
+    stamp "Nsight Compute: kernel times of V2-Lite decode, batch 1"
+    ncu="$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
+    if [[ -z "$ncu" ]]; then
+      summary+=("profile: NOT RUN (no ncu here)")
+      continue
+    fi
+    weights="$root/gpu-work/v2lite4"
+    python3 -c "import sys; sys.path.insert(0, '$root/bench'); import gpu_common; \
+gpu_common.write_v2lite_checkpoint('$weights')"
+    timeout "$(limit profile 180)" "$ncu" --clock-control none --target-processes all \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv --print-units base \
+      "$bundle/bin/kiln-run" bench "$bundle/artifacts/v2lite4.kiln" --device cuda \
+      --weights-dir "$weights" --batch 1 --context 1024 --synthetic-context \
+      --steps 2 --repeats 1 > "$out/profile.csv" 2> "$out/profile.err"
+    status=$?
+    tail -5 "$out/profile.err"
+    rm -f "$out/profile.err"
+    python3 "$root/bench/ncu_summary.py" "$out/profile.csv" || status=1
+    record "profile" $status
+    ;;
+  bench)
+    stamp "benchmark against PyTorch"
+    # shellcheck disable=SC2086
+    timeout "$(limit bench 420)" python3 "$root/bench/gpu_vs_torch.py" --bundle "$bundle" \
+      -o "$out/gpu_vs_torch.json" ${KILN_GPU_BENCH_ARGS:-}
+    record "benchmark" $?
+    ;;
+  *)
+    summary+=("$stage: unknown stage")
+    failed=1
+    ;;
+  esac
 done
 
-python3 "$root/tests/gpu/check_numerics.py" --bundle "$bundle" \
-  --out "$out/numerics.json" > /dev/null 2> >(tee "$out/numerics.log" >&2)
-record "numerics vs transformers" $?
-
-sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
-if [[ -n "$sanitizer" ]]; then
-  "$sanitizer" --tool memcheck --error-exitcode 1 --leak-check full \
-    "$bundle/bin/kiln-run" run "$bundle/artifacts/deepseek-v3.kiln" --device cuda \
-    --tokens 1,2,3,4,5,6,7 --max-new-tokens 6 > "$out/memcheck.log" 2>&1
-  status=$?
-  tail -3 "$out/memcheck.log"
-  record "compute-sanitizer memcheck (prefill + decode)" $status
-else
-  summary+=("compute-sanitizer: NOT RUN (not installed here)")
-fi
-
-if [[ "${KILN_GPU_SKIP_BENCH:-0}" != 1 ]]; then
-  python3 "$root/bench/gpu_vs_torch.py" --bundle "$bundle" -o "$out/gpu_vs_torch.json" \
-    2> >(tee "$out/bench.log" >&2)
-  record "benchmark" $?
-fi
-
 echo
-echo "gpu-check summary:"
+stamp "gpu-check summary"
 printf '  %s\n' "${summary[@]}"
 exit $failed

@@ -4,11 +4,19 @@
 # and carried with the runtime-only binaries in gpu-bundle/ (ignored by git,
 # a few MiB; the device tool's `carry` takes it):
 #
-#   gpu-bundle/bin/       kiln-run and the GPU-labelled test binaries
+#   gpu-bundle/bin/       kiln-run and the GPU-labelled test binaries, as
+#                         wrappers that put lib/ (and $KILN_CUDA_LIBS, where
+#                         gpu-check.sh found cuBLASLt) on the library path
+#                         of these programs only, not of Python's
+#   gpu-bundle/libexec/   the programs themselves
 #   gpu-bundle/lib/       the shared libraries they need beyond the C library
 #   gpu-bundle/artifacts/ every tiny golden model and the 4-layer
 #                         DeepSeek-V2-Lite-dimension model (external
 #                         weights), compiled with --target=cpu,sm_90a
+#   gpu-bundle/artifacts/compare/  the GPU-vs-CPU executor test's artifacts
+#                         (kiln-gpu-tests): each architecture, MLA naive and
+#                         absorbed, FP8 weights and latent cache, small
+#                         prefill chunks
 #   gpu-bundle/manifest.json
 #
 # Then, on the GPU machine: bash scripts/gpu-check.sh
@@ -22,7 +30,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${KILN_BUILD_DIR:-$root/build}"
 bundle="$root/gpu-bundle"
 kiln="$build/bin/kiln"
-for tool in kiln kiln-run kiln-device-kernels-tests kiln-cuda-driver-tests; do
+for tool in kiln kiln-run kiln-device-kernels-tests kiln-cuda-driver-tests kiln-gpu-tests; do
   if [[ ! -x "$build/bin/$tool" ]]; then
     echo "gpu-prepare: $build/bin/$tool is missing (build with the CUDA toolkit first)" >&2
     exit 1
@@ -30,10 +38,17 @@ for tool in kiln kiln-run kiln-device-kernels-tests kiln-cuda-driver-tests; do
 done
 
 rm -rf "$bundle"
-mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/artifacts"
-binaries=(kiln-run kiln-device-kernels-tests kiln-cuda-driver-tests)
+mkdir -p "$bundle/bin" "$bundle/libexec" "$bundle/lib" "$bundle/artifacts/compare"
+binaries=(kiln-run kiln-device-kernels-tests kiln-cuda-driver-tests kiln-gpu-tests)
 for b in "${binaries[@]}"; do
-  cp "$build/bin/$b" "$bundle/bin/"
+  cp "$build/bin/$b" "$bundle/libexec/"
+  cat > "$bundle/bin/$b" <<EOF
+#!/usr/bin/env bash
+here="\$(cd "\$(dirname "\${BASH_SOURCE[0]}")/.." && pwd)"
+export LD_LIBRARY_PATH="\$here/lib\${KILN_CUDA_LIBS:+:\$KILN_CUDA_LIBS}\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+exec "\$here/libexec/$b" "\$@"
+EOF
+  chmod +x "$bundle/bin/$b"
 done
 # Shared libraries beyond the C library and the driver (absl, flatbuffers,
 # OpenMP, the C++ library: the GPU machine may lack them or have others).
@@ -56,6 +71,27 @@ for dir in "$root"/tests/golden/*/; do
   tiny+=("\"$name\"")
 done
 
+# The GPU-vs-CPU executor test's variants (those of tests/e2e/EmulatedGpuTest.cpp,
+# with its bounds: a 22-token prompt prefilled in chunks of 16). Tolerance:
+# fp32 summation order for f32 weights; bf16 resolution where cuBLASLt rounds
+# activations to bf16 or FP8 activation codes may round apart.
+compare=()
+variant() { # name, model, tolerance, flags...
+  local name="$1" model="$2" tolerance="$3"
+  shift 3
+  "$kiln" compile-model "$root/tests/golden/$model" -o "$bundle/artifacts/compare/$name.kiln" \
+    --target=cpu,sm_90a --max-batch 4 --max-prefill 16 --max-context 64 "$@"
+  compare+=("{\"name\": \"$name\", \"tolerance\": $tolerance}")
+}
+variant deepseek-v3 deepseek-v3 1e-3
+variant deepseek-v3-naive deepseek-v3 1e-3 --mla naive
+variant deepseek-v3-fp8 deepseek-v3 1e-2 --mla absorbed --quantize fp8 --kv-cache-dtype fp8
+variant deepseek-v2 deepseek-v2 1e-3
+variant deepseek-v2-lite deepseek-v2-lite 1e-3
+variant deepseek-v2-lite-bf16 deepseek-v2-lite-bf16 1e-2
+variant qwen2 qwen2 1e-3
+variant llama-bf16 llama-bf16 1e-2
+
 v2lite="null"
 if [[ "${KILN_SKIP_V2LITE:-0}" != 1 ]]; then
   work="$(mktemp -d)"
@@ -74,6 +110,7 @@ cat > "$bundle/manifest.json" <<EOF
 {
   "commit": "$(git -C "$root" rev-parse HEAD)",
   "tiny": [$(IFS=,; echo "${tiny[*]}")],
+  "compare": [$(IFS=,; echo "${compare[*]}")],
   "v2lite": $v2lite
 }
 EOF

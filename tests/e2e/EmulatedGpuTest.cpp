@@ -8,6 +8,7 @@
 // (tests/codegen/FusedKernelTest.cpp runs their host builds) and anything
 // only a GPU does (timing, memory limits, real graph capture).
 #include "tests/e2e/E2eUtil.h"
+#include "tests/runtime/DeviceSteps.h"
 
 #include "kiln/Runtime.h"
 
@@ -20,7 +21,6 @@
 namespace kiln {
 namespace {
 
-using testing::argmax;
 using testing::compileArtifact;
 using testing::CompileSettings;
 using testing::kGolden;
@@ -45,44 +45,6 @@ std::string caseName(const ::testing::TestParamInfo<Case> &info) {
     if (!std::isalnum(static_cast<unsigned char>(c)))
       c = '_';
   return name;
-}
-
-/// Every step's logits of a ragged batch: prefill (two chunks), then greedy
-/// decode steps on the whole batch.
-std::vector<std::vector<float>> runSteps(const Model &model, Device device,
-                                         std::string &where) {
-  SessionOptions options;
-  options.device = device;
-  absl::StatusOr<std::unique_ptr<Session>> session =
-      Session::create(model, options);
-  EXPECT_TRUE(session.ok()) << session.status().message();
-  if (!session.ok())
-    return {};
-  Session &s = **session;
-  where = s.device();
-  std::vector<std::vector<int32_t>> prompts = {{5,  17, 3,  99, 42, 7,  8,  1,
-                                                2,  64, 31, 12, 9,  10, 11, 13,
-                                                14, 15, 16, 18, 19, 20},
-                                               {7, 7, 100},
-                                               {1}};
-  absl::StatusOr<std::vector<int>> ids = s.prefill(prompts);
-  EXPECT_TRUE(ids.ok()) << ids.status().message();
-  if (!ids.ok())
-    return {};
-  std::vector<std::vector<float>> steps;
-  for (int step = 0; step < 6; ++step) {
-    std::vector<int32_t> next;
-    for (int id : *ids) {
-      std::span<const float> logits = s.logits(id);
-      steps.emplace_back(logits.begin(), logits.end());
-      next.push_back(argmax(logits));
-    }
-    absl::Status decoded = s.decode(*ids, next);
-    EXPECT_TRUE(decoded.ok()) << decoded.message();
-    if (!decoded.ok())
-      break;
-  }
-  return steps;
 }
 
 class EmulatedGpu : public ::testing::TestWithParam<Case> {};
@@ -110,26 +72,16 @@ TEST_P(EmulatedGpu, MatchesTheCpuExecutor) {
   }
   std::string cpuWhere, gpuWhere;
   std::vector<std::vector<float>> cpu =
-      runSteps(**model, Device::Cpu, cpuWhere);
+      testing::runDeviceSteps(**model, Device::Cpu, cpuWhere);
   std::vector<std::vector<float>> gpu =
-      runSteps(**model, Device::Emulated, gpuWhere);
+      testing::runDeviceSteps(**model, Device::Emulated, gpuWhere);
   EXPECT_EQ(cpuWhere, "cpu");
   EXPECT_EQ(gpuWhere.rfind("cuda: host emulation", 0), 0u) << gpuWhere;
-  ASSERT_EQ(cpu.size(), gpu.size());
-  ASSERT_FALSE(cpu.empty());
-  for (size_t i = 0; i < cpu.size(); ++i) {
-    // Both in fp32 with different summation orders: each logit within 1e-4
-    // of the row's largest, far above the fp32 rounding of these short
-    // sums and far below what a wrong kernel does (scaling one add's input
-    // by 1.001 fails it).
-    float scale = 0;
-    for (float v : cpu[i])
-      scale = std::max(scale, std::fabs(v));
-    for (size_t j = 0; j < cpu[i].size(); ++j)
-      ASSERT_NEAR(gpu[i][j], cpu[i][j], 1e-4f * scale)
-          << "step row " << i << ", logit " << j;
-    EXPECT_EQ(argmax(gpu[i]), argmax(cpu[i])) << "step row " << i;
-  }
+  // Both in fp32 with different summation orders: each logit within 1e-4
+  // of the row's largest, far above the fp32 rounding of these short sums
+  // and far below what a wrong kernel does (scaling one add's input by
+  // 1.001 fails it).
+  testing::expectSameSteps(cpu, gpu, 1e-4f);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -39,6 +39,8 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import gpu_common  # noqa: E402
 
 DECODE_STEPS = 8
+# A hung kernel fails its prompt instead of the whole check.
+KILN_TIMEOUT_S = 120
 
 
 def log(*a):
@@ -55,7 +57,11 @@ def kiln_run(bundle, artifact, tokens, device, tmp, weights_dir=None):
             "--temperature", "0", "--dump-logits", dump]
     if weights_dir:
         argv += ["--weights-dir", weights_dir]
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              timeout=KILN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"kiln-run did not finish in {KILN_TIMEOUT_S} s") from None
     if proc.returncode != 0:
         raise RuntimeError(f"kiln-run failed: {proc.stderr[-2000:]}")
     t = load_file(dump)
@@ -108,11 +114,42 @@ def compare(name, hf_prompt, hf_steps, k_prompt, k_tokens, k_steps, tolerance):
             "token_flips": flips, "near_ties": ties}
 
 
-def check_tiny(bundle, manifest, tmp, kiln_device, torch_device):
+def check_prompt(name, model, bundle, artifact, tokens, kiln_device, tmp, tolerance,
+                 weights_dir=None):
+    """One prompt's comparison; a Kiln failure is recorded (the other models
+    still run)."""
+    try:
+        k_prompt, k_tokens, k_steps, where = kiln_run(bundle, artifact, tokens, kiln_device,
+                                                      tmp, weights_dir)
+    except RuntimeError as e:
+        log(f"{name}: FAILED ({e})")
+        return {"model": name, "ok": False, "error": str(e)}
+    hf_prompt, hf_steps = hf_run(model, tokens, k_tokens)
+    r = compare(name, hf_prompt, hf_steps, k_prompt, k_tokens, k_steps, tolerance)
+    r["device"] = where
+    log(f"{name}: {'ok' if r['ok'] else 'FAILED'} "
+        f"(prompt {r['prompt_max_rel_err']:.2e}, steps {r['steps_max_rel_err']:.2e})")
+    return r
+
+
+REPORT_PATH = None
+
+
+def report(results):
+    """The report so far: printed at the end, and rewritten to --out after
+    every prompt so that a run cut short still leaves its results."""
+    text = json.dumps({"ok": all(r["ok"] for r in results), "results": results}, indent=2)
+    if REPORT_PATH:
+        with open(REPORT_PATH + ".tmp", "w") as f:
+            f.write(text + "\n")
+        os.replace(REPORT_PATH + ".tmp", REPORT_PATH)
+    return text
+
+
+def check_tiny(bundle, manifest, tmp, kiln_device, torch_device, results):
     import torch
     from transformers import AutoModelForCausalLM
 
-    results = []
     for name in manifest["tiny"]:
         model_dir = os.path.join(ROOT, "tests", "golden", name)
         artifact = os.path.join(bundle, "artifacts", f"{name}.kiln")
@@ -123,20 +160,13 @@ def check_tiny(bundle, manifest, tmp, kiln_device, torch_device):
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=torch.float32, attn_implementation="eager").to(torch_device).eval()
         for p, tokens in enumerate(prompts):
-            k_prompt, k_tokens, k_steps, where = kiln_run(bundle, artifact, tokens, kiln_device,
-                                                          tmp)
-            hf_prompt, hf_steps = hf_run(model, tokens, k_tokens)
-            r = compare(f"{name} prompt {p}", hf_prompt, hf_steps, k_prompt, k_tokens, k_steps,
-                        1e-3)
-            r["device"] = where
-            log(f"{r['model']}: {'ok' if r['ok'] else 'FAILED'} "
-                f"(prompt {r['prompt_max_rel_err']:.2e}, steps {r['steps_max_rel_err']:.2e})")
-            results.append(r)
+            results.append(check_prompt(f"{name} prompt {p}", model, bundle, artifact, tokens,
+                                        kiln_device, tmp, 1e-3))
+            report(results)
         del model
-    return results
 
 
-def check_v2lite(bundle, manifest, tmp, weights_dir, kiln_device, torch_device):
+def check_v2lite(bundle, manifest, tmp, weights_dir, kiln_device, torch_device, results):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -147,19 +177,11 @@ def check_v2lite(bundle, manifest, tmp, weights_dir, kiln_device, torch_device):
     import numpy as np
 
     rng = np.random.default_rng(7)
-    results = []
     for p, length in enumerate([5, 37, 300]):
         tokens = [int(t) for t in rng.integers(0, model.config.vocab_size, size=length)]
-        k_prompt, k_tokens, k_steps, where = kiln_run(bundle, artifact, tokens, kiln_device,
-                                                      tmp, weights_dir)
-        hf_prompt, hf_steps = hf_run(model, tokens, k_tokens)
-        r = compare(f"v2-lite-4layer prompt {p}", hf_prompt, hf_steps, k_prompt, k_tokens,
-                    k_steps, 2e-3)
-        r["device"] = where
-        log(f"{r['model']}: {'ok' if r['ok'] else 'FAILED'} "
-            f"(prompt {r['prompt_max_rel_err']:.2e}, steps {r['steps_max_rel_err']:.2e})")
-        results.append(r)
-    return results
+        results.append(check_prompt(f"v2-lite-4layer prompt {p}", model, bundle, artifact,
+                                    tokens, kiln_device, tmp, 2e-3, weights_dir))
+        report(results)
 
 
 def main():
@@ -168,6 +190,7 @@ def main():
     parser.add_argument("--bundle", default=os.path.join(ROOT, "gpu-bundle"))
     parser.add_argument("--weights-dir", default=os.path.join(ROOT, "gpu-work", "v2lite4"),
                         help="where the V2-Lite checkpoint is written (not carried)")
+    parser.add_argument("--skip-tiny", action="store_true")
     parser.add_argument("--skip-v2lite", action="store_true")
     # A smoke test of this script without a GPU: --kiln-device emulated
     # --torch-device cpu.
@@ -176,19 +199,18 @@ def main():
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
+    global REPORT_PATH
+    REPORT_PATH = args.out
     manifest = gpu_common.read_manifest(args.bundle)
     with tempfile.TemporaryDirectory() as tmp:
-        results = check_tiny(args.bundle, manifest, tmp, args.kiln_device, args.torch_device)
+        results = []
+        if not args.skip_tiny:
+            check_tiny(args.bundle, manifest, tmp, args.kiln_device, args.torch_device, results)
         if not args.skip_v2lite and manifest.get("v2lite"):
-            results += check_v2lite(args.bundle, manifest, tmp, args.weights_dir,
-                                    args.kiln_device, args.torch_device)
-    report = {"ok": all(r["ok"] for r in results), "results": results}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    return 0 if report["ok"] else 1
+            check_v2lite(args.bundle, manifest, tmp, args.weights_dir, args.kiln_device,
+                         args.torch_device, results)
+    print(report(results))
+    return 0 if all(r["ok"] for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,90 @@
+// What the device executors are compared on against the CPU executor
+// (tests/e2e/EmulatedGpuTest.cpp on the host, tests/runtime/GpuExecutorTest.cpp
+// on a GPU): every step's logits of a ragged batch, prefilled in chunks where
+// the artifact's prefill bound is below the longest prompt, then greedy
+// decode steps on the whole batch.
+#ifndef KILN_TESTS_RUNTIME_DEVICESTEPS_H
+#define KILN_TESTS_RUNTIME_DEVICESTEPS_H
+
+#include "kiln/Runtime.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace kiln::testing {
+
+inline std::vector<std::vector<float>>
+runDeviceSteps(const Model &model, Device device, std::string &where) {
+  SessionOptions options;
+  options.device = device;
+  absl::StatusOr<std::unique_ptr<Session>> session =
+      Session::create(model, options);
+  EXPECT_TRUE(session.ok()) << session.status().message();
+  if (!session.ok())
+    return {};
+  Session &s = **session;
+  where = s.device();
+  std::vector<std::vector<int32_t>> prompts = {{5,  17, 3,  99, 42, 7,  8,  1,
+                                                2,  64, 31, 12, 9,  10, 11, 13,
+                                                14, 15, 16, 18, 19, 20},
+                                               {7, 7, 100},
+                                               {1}};
+  absl::StatusOr<std::vector<int>> ids = s.prefill(prompts);
+  EXPECT_TRUE(ids.ok()) << ids.status().message();
+  if (!ids.ok())
+    return {};
+  std::vector<std::vector<float>> steps;
+  for (int step = 0; step < 6; ++step) {
+    std::vector<int32_t> next;
+    for (int id : *ids) {
+      std::span<const float> logits = s.logits(id);
+      steps.emplace_back(logits.begin(), logits.end());
+      next.push_back(static_cast<int32_t>(
+          std::max_element(logits.begin(), logits.end()) - logits.begin()));
+    }
+    absl::Status decoded = s.decode(*ids, next);
+    EXPECT_TRUE(decoded.ok()) << decoded.message();
+    if (!decoded.ok())
+      break;
+  }
+  return steps;
+}
+
+/// Each logit within `tolerance` times its row's largest magnitude, and the
+/// same argmax wherever the reference's top-2 margin exceeds twice the
+/// row's largest difference (a smaller margin is a tie the difference may
+/// flip).
+inline void expectSameSteps(const std::vector<std::vector<float>> &reference,
+                            const std::vector<std::vector<float>> &device,
+                            float tolerance) {
+  ASSERT_EQ(reference.size(), device.size());
+  ASSERT_FALSE(reference.empty());
+  for (size_t i = 0; i < reference.size(); ++i) {
+    const std::vector<float> &r = reference[i], &d = device[i];
+    ASSERT_EQ(r.size(), d.size());
+    float scale = 0, worst = 0;
+    for (size_t j = 0; j < r.size(); ++j) {
+      scale = std::max(scale, std::fabs(r[j]));
+      worst = std::max(worst, std::fabs(r[j] - d[j]));
+    }
+    for (size_t j = 0; j < r.size(); ++j)
+      ASSERT_NEAR(d[j], r[j], tolerance * scale)
+          << "step row " << i << ", logit " << j;
+    std::vector<float> sorted = r;
+    std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(),
+                      std::greater<>());
+    if (sorted[0] - sorted[1] > 2 * worst) {
+      EXPECT_EQ(std::max_element(d.begin(), d.end()) - d.begin(),
+                std::max_element(r.begin(), r.end()) - r.begin())
+          << "step row " << i;
+    }
+  }
+}
+
+} // namespace kiln::testing
+
+#endif // KILN_TESTS_RUNTIME_DEVICESTEPS_H

@@ -1,0 +1,72 @@
+// The CUDA executor on a real GPU against the CPU executor, on the artifacts
+// scripts/gpu-prepare.sh compiles (every architecture's golden checkpoint;
+// naive and absorbed MLA; FP8 weights with an FP8 latent cache; prefill in
+// chunks): the steps of tests/runtime/DeviceSteps.h, logits within each
+// artifact's tolerance (its manifest entry: fp32 summation order for f32
+// weights, bf16 resolution where cuBLASLt rounds activations to bf16 or FP8
+// codes may round apart). The CPU executor is checked against Hugging Face
+// in tests/e2e/GoldenTest.cpp.
+//
+// Runtime-only (no MLIR), so that it runs on a GPU machine without the
+// compiler: KILN_GPU_BUNDLE names the bundle. Without a GPU the test is
+// skipped, saying why (label gpu).
+#include "runtime/src/cuda/CudaDriver.h"
+#include "tests/runtime/DeviceSteps.h"
+
+#include "kiln/Runtime.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace kiln {
+namespace {
+
+TEST(GpuExecutor, MatchesTheCpuExecutor) {
+  // KILN_GPU_TESTS_EMULATE=1 runs the same comparison through the emulated
+  // driver, to check a bundle on the build machine before a GPU is spent.
+  const char *emulate = std::getenv("KILN_GPU_TESTS_EMULATE");
+  Device device =
+      emulate && std::string(emulate) == "1" ? Device::Emulated : Device::Cuda;
+  if (device == Device::Cuda) {
+    absl::StatusOr<cuda::Driver> driver = cuda::Driver::load();
+    if (!driver.ok())
+      GTEST_SKIP() << "no CUDA here: " << driver.status().message();
+    absl::StatusOr<std::vector<cuda::DeviceInfo>> devices = driver->devices();
+    if (!devices.ok() || devices->empty())
+      GTEST_SKIP() << "the NVIDIA driver sees no GPU";
+  }
+  const char *bundle = std::getenv("KILN_GPU_BUNDLE");
+  ASSERT_NE(bundle, nullptr)
+      << "set KILN_GPU_BUNDLE to the folder scripts/gpu-prepare.sh makes";
+  std::filesystem::path root(bundle);
+  std::ifstream in(root / "manifest.json");
+  ASSERT_TRUE(in) << root / "manifest.json";
+  nlohmann::json manifest = nlohmann::json::parse(in, nullptr, false);
+  ASSERT_FALSE(manifest.is_discarded()) << "manifest.json is not JSON";
+  ASSERT_TRUE(manifest.contains("compare") && manifest["compare"].is_array() &&
+              !manifest["compare"].empty())
+      << "manifest.json lists no artifacts under \"compare\"";
+  for (const nlohmann::json &entry : manifest["compare"]) {
+    std::string name = entry.value("name", "");
+    SCOPED_TRACE(name);
+    absl::StatusOr<std::unique_ptr<Model>> model =
+        Model::open(root / "artifacts" / "compare" / (name + ".kiln"));
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    std::string cpuWhere, gpuWhere;
+    std::vector<std::vector<float>> cpu =
+        testing::runDeviceSteps(**model, Device::Cpu, cpuWhere);
+    std::vector<std::vector<float>> gpu =
+        testing::runDeviceSteps(**model, device, gpuWhere);
+    std::printf("%s: %s\n", name.c_str(), gpuWhere.c_str());
+    EXPECT_EQ(gpuWhere.rfind("cuda", 0), 0u) << gpuWhere;
+    testing::expectSameSteps(cpu, gpu, entry.value("tolerance", 1e-3f));
+  }
+}
+
+} // namespace
+} // namespace kiln
