@@ -146,14 +146,18 @@ KILN_FN float blockSum(float value) {
 
 // Warps: 32 threads under CUDA; on the host one thread is the block's only
 // "warp" and its only lane.
+// KILN_UNROLL4: four iterations of a loop of unknown trip count in flight
+// (independent loads overlap).
 #if defined(__CUDACC__)
 #define KILN_UNROLL _Pragma("unroll")
+#define KILN_UNROLL4 _Pragma("unroll 4")
 #define KILN_WARP_SIZE 32
 #define KILN_LANE (static_cast<int>(threadIdx.x) % 32)
 #define KILN_WARP (static_cast<int>(threadIdx.x) / 32)
 #define KILN_WARPS (static_cast<int>(blockDim.x) / 32)
 #else
 #define KILN_UNROLL _Pragma("GCC unroll 8")
+#define KILN_UNROLL4 _Pragma("GCC unroll 4")
 #define KILN_WARP_SIZE 1
 #define KILN_LANE 0
 #define KILN_WARP 0
@@ -314,7 +318,7 @@ KILN_FN void topK(const float *values, int n, int k, unsigned char *taken,
 }
 
 /// DeepSeekMoE router of one token, as cpu::moeGate: logits x W^T (weight
-/// [experts, dim]) by the block's threads, then scores, selection and
+/// [experts, dim]) by the block's warps, then scores, selection and
 /// weights by one thread (the selection is a short serial scan). `bias` is
 /// null unless noaux_tc has e_score_correction_bias. experts <= Capacity.
 template <int Capacity, class W, class B>
@@ -324,11 +328,28 @@ KILN_FN void moeGateN(const float *x, int dim, const W *weight, const B *bias,
   KILN_SHARED float scores[Capacity], choice[Capacity], groupScore[Capacity];
   KILN_SHARED unsigned char taken[Capacity];
   KILN_SHARED int32_t picked[Capacity > 2 ? Capacity : 2];
-  for (int e = KILN_THREAD; e < experts; e += KILN_THREADS) {
-    float logit = 0.0f;
-    for (int i = 0; i < dim; ++i)
-      logit += x[i] * toFloat(weight[e * dim + i]);
-    scores[e] = logit;
+  // A warp per 8 experts at a time, its lanes over dim: coalesced rows and
+  // 8 independent loads in flight per lane.
+  constexpr int kPerWarp = 8;
+  for (int e0 = KILN_WARP * kPerWarp; e0 < experts;
+       e0 += KILN_WARPS * kPerWarp) {
+    float logit[kPerWarp];
+    KILN_UNROLL
+    for (int u = 0; u < kPerWarp; ++u)
+      logit[u] = 0.0f;
+    for (int i = KILN_LANE; i < dim; i += KILN_WARP_SIZE) {
+      float xi = x[i];
+      KILN_UNROLL
+      for (int u = 0; u < kPerWarp; ++u)
+        if (e0 + u < experts)
+          logit[u] += xi * toFloat(weight[(e0 + u) * dim + i]);
+    }
+    KILN_UNROLL
+    for (int u = 0; u < kPerWarp; ++u) {
+      float total = warpSum(logit[u]);
+      if (KILN_LANE == 0 && e0 + u < experts)
+        scores[e0 + u] = total;
+    }
   }
   KILN_SYNC();
   if (KILN_THREAD != 0)

@@ -5,11 +5,12 @@
 // attentionPaged, attentionPagedFp8, the KvGather launch); the host builds
 // are tested against them in tests/runtime/DeviceAttentionTest.cpp.
 //
-// Attention: one block per (query row, head, split). The block's threads
-// take a tile of keys at once, one key each (the dot product over dk from
-// the query in shared memory), then share the tile's probabilities and
-// stride over the dv output columns, keeping the online-softmax state
-// (running max, sum, unnormalized output) as the CPU kernels do.
+// Attention: one block per (query row, kv head, split) takes up to 16 query
+// heads of that kv head (absorbed MLA: all the heads share the one latent
+// row), so that each key and value row is read once for all of them (see
+// attendHeads), keeping the online-softmax state (running max, sum,
+// unnormalized output) as the CPU kernels do; the queries are in shared
+// memory (16 x 576 floats).
 #ifndef KILN_KERNELS_KVATTENTION_H
 #define KILN_KERNELS_KVATTENTION_H
 
@@ -190,109 +191,273 @@ struct AttentionParams {
   float scale;
 };
 
-KILN_FN float attentionKey(const AttentionParams &p, const float *q,
-                           int64_t row, int64_t kvHead) {
-  float dot = 0.0f;
-  if (p.fp8Slot) {
-    const unsigned char *bytes = p.fp8Slot + row * fp8RowBytes(p.fp8);
-    for (int64_t c = 0; c < p.dk; ++c)
-      dot += q[c] * fp8Column(bytes, p.fp8, c);
-    return dot;
-  }
-  const float *key =
-      p.k.data + row * p.k.rowStride + p.k.offset + kvHead * p.k.headStride;
-  for (int64_t c = 0; c < p.dk; ++c)
-    dot += q[c] * key[c];
-  return dot;
-}
+/// Query heads per block: those of one kv head (16 MLA heads share the one
+/// latent row), so that each key and value row is read once for all.
+constexpr int kAttentionHeadsPerBlock = 16;
+/// Keys per online-softmax step; splits are whole multiples of it.
+constexpr int kAttentionKeyTile = 64;
+/// Keys one warp scores at once (independent loads in flight).
+constexpr int kAttentionKeysPerPass = 4;
 
-KILN_FN float attentionValue(const AttentionParams &p, int64_t row,
-                             int64_t kvHead, int64_t c) {
-  if (p.fp8Slot)
-    return fp8Column(p.fp8Slot + row * fp8RowBytes(p.fp8), p.fp8, c);
-  return p.v
-      .data[row * p.v.rowStride + p.v.offset + kvHead * p.v.headStride + c];
-}
-
-/// Columns of dv one thread keeps: dv <= KILN_THREADS * kValuesPerThread.
+/// Columns of dv one thread keeps per head.
 #if defined(__CUDACC__)
-constexpr int kValuesPerThread =
+constexpr int kAttentionSlots =
     (kDeviceMaxValueDim + KILN_BLOCK_THREADS - 1) / KILN_BLOCK_THREADS;
-constexpr int kKeyTile = KILN_BLOCK_THREADS;
 #else
-constexpr int kValuesPerThread = kDeviceMaxValueDim;
-constexpr int kKeyTile = 1;
+constexpr int kAttentionSlots = kDeviceMaxValueDim;
 #endif
 
-KILN_FN void kiln_attention_block(Dim3 block, const AttentionParams &p) {
-  int64_t query = block.x, head = block.y, split = block.z;
-  int64_t b = query / p.seq;
-  int64_t kvHead = head / (p.heads / p.kvHeads);
-  int32_t position = p.positions[query];
-  int64_t end = position + 1 < p.kvLengths[b] ? position + 1 : p.kvLengths[b];
-  int64_t begin = split * p.splitTokens;
-  if (begin + p.splitTokens < end)
-    end = begin + p.splitTokens;
-  if (position < 0 || end < begin)
-    end = begin; // nothing to attend to: zeros
+inline int64_t attentionHeadChunks(int64_t heads, int64_t kvHeads) {
+  int64_t group = heads / kvHeads;
+  return (group + kAttentionHeadsPerBlock - 1) / kAttentionHeadsPerBlock;
+}
+/// Blocks of one split: (query row, kv head, chunk of its query heads).
+inline int64_t attentionBlocks(int64_t rows, int64_t heads, int64_t kvHeads) {
+  return rows * kvHeads * attentionHeadChunks(heads, kvHeads);
+}
+inline Dim3 attentionGrid(int64_t rows, int64_t heads, int64_t kvHeads,
+                          int splits) {
+  return {static_cast<int>(attentionBlocks(rows, heads, kvHeads)), splits, 1};
+}
 
-  KILN_SHARED float qs[kDeviceMaxHeadDim];
-  KILN_SHARED float probs[kKeyTile];
-  const float *q = p.q + (query * p.heads + head) * p.dk;
-  for (int64_t c = KILN_THREAD; c < p.dk; c += KILN_THREADS)
-    qs[c] = q[c];
+/// Where key and value rows are: f32 (paged or contiguous) or FP8 latent
+/// rows (keys all dk columns, values the first dv). at(row, c): column c.
+struct F32Kv {
+  using Row = const float *;
+  KILN_FN static Row key(const AttentionParams &p, int64_t b, int64_t j,
+                         int64_t g) {
+    return p.k.data + kvRow(p.tables, b, j) * p.k.rowStride + p.k.offset +
+           g * p.k.headStride;
+  }
+  KILN_FN static Row value(const AttentionParams &p, int64_t b, int64_t j,
+                           int64_t g) {
+    return p.v.data + kvRow(p.tables, b, j) * p.v.rowStride + p.v.offset +
+           g * p.v.headStride;
+  }
+  KILN_FN static float at(const AttentionParams &, Row row, int64_t c) {
+    return row[c];
+  }
+};
+struct Fp8Kv {
+  using Row = const unsigned char *;
+  KILN_FN static Row key(const AttentionParams &p, int64_t b, int64_t j,
+                         int64_t) {
+    return p.fp8Slot + kvRow(p.tables, b, j) * fp8RowBytes(p.fp8);
+  }
+  KILN_FN static Row value(const AttentionParams &p, int64_t b, int64_t j,
+                           int64_t g) {
+    return key(p, b, j, g);
+  }
+  KILN_FN static float at(const AttentionParams &p, Row row, int64_t c) {
+    return fp8Column(row, p.fp8, c);
+  }
+};
+
+/// The maximum over the calling warp's lanes.
+KILN_FN float warpMax(float value) {
+#if defined(__CUDACC__)
+  for (int offset = 16; offset > 0; offset >>= 1)
+    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+#endif
+  return value;
+}
+
+/// One block's work: query row `row` (sequence b), query heads [h0, h0 +
+/// nh) of kv head `kvHead`, keys [begin, end).
+struct AttentionTask {
+  int64_t row, b, kvHead, h0, nh, begin, end;
+};
+
+KILN_FN AttentionTask attentionTask(Dim3 block, const AttentionParams &p) {
+  int64_t group = p.heads / p.kvHeads;
+  int64_t chunks =
+      (group + kAttentionHeadsPerBlock - 1) / kAttentionHeadsPerBlock;
+  int64_t chunk = block.x % chunks;
+  AttentionTask t;
+  t.kvHead = block.x / chunks % p.kvHeads;
+  t.row = block.x / chunks / p.kvHeads;
+  t.b = t.row / p.seq;
+  t.h0 = t.kvHead * group + chunk * kAttentionHeadsPerBlock;
+  t.nh = group - chunk * kAttentionHeadsPerBlock;
+  t.nh = t.nh < kAttentionHeadsPerBlock ? t.nh : kAttentionHeadsPerBlock;
+  int32_t position = p.positions[t.row];
+  t.end = position + 1 < p.kvLengths[t.b] ? position + 1 : p.kvLengths[t.b];
+  t.begin = int64_t{block.y} * p.splitTokens;
+  if (t.begin + p.splitTokens < t.end)
+    t.end = t.begin + p.splitTokens;
+  if (position < 0 || t.end < t.begin)
+    t.end = t.begin; // nothing to attend to: zeros
+  return t;
+}
+
+/// The online softmax of H heads (nh of them real; the others score zero
+/// queries and are dropped) over the task's keys, in tiles of
+/// kAttentionKeyTile:
+/// - scores: each warp takes kAttentionKeysPerPass keys at a time, its
+///   lanes stride over dk (coalesced rows) keeping partial dot products for
+///   every head; warp sums finish them;
+/// - softmax: a warp per head (running max and sum, as the CPU kernels);
+/// - values: the threads stride over dv, each keeping its columns of every
+///   head in registers, reading each value row once.
+template <int H, class Kv>
+KILN_FN void attendHeads(Dim3 block, const AttentionParams &p,
+                         const AttentionTask &t, float *qs, float *probs,
+                         float *stats) {
+  float *runMax = stats, *runSum = stats + H, *rescale = stats + 2 * H;
+  const float *q = p.q + (t.row * p.heads + t.h0) * p.dk;
+  for (int64_t i = KILN_THREAD; i < H * p.dk; i += KILN_THREADS)
+    qs[i] = i < t.nh * p.dk ? q[i] : 0.0f;
+  for (int h = KILN_THREAD; h < H; h += KILN_THREADS) {
+    runMax[h] = -3.402823466e38f;
+    runSum[h] = 0.0f;
+  }
   KILN_SYNC();
 
-  float runningMax = -3.402823466e38f, sum = 0.0f;
-  float acc[kValuesPerThread];
-  for (int i = 0; i < kValuesPerThread; ++i)
-    acc[i] = 0.0f;
-  for (int64_t tile = begin; tile < end; tile += KILN_THREADS) {
-    int64_t j = tile + KILN_THREAD;
-    bool valid = j < end;
-    float score =
-        valid ? attentionKey(p, qs, kvRow(p.tables, b, j), kvHead) * p.scale
-              : -3.402823466e38f;
-    float tileMax = blockMax(score);
-    float newMax = tileMax > runningMax ? tileMax : runningMax;
-    float prob = valid ? expf(score - newMax) : 0.0f;
-    probs[KILN_THREAD] = prob;
-    float correction = expf(runningMax - newMax);
-    sum = sum * correction + blockSum(prob); // blockSum syncs: probs is ready
-    int64_t keys = end - tile < KILN_THREADS ? end - tile : KILN_THREADS;
-    for (int i = 0; i < kValuesPerThread; ++i) {
-      int64_t c = KILN_THREAD + int64_t{i} * KILN_THREADS;
-      if (c >= p.dv)
-        break;
-      float value = acc[i] * correction;
-      for (int64_t t = 0; t < keys; ++t)
-        value += probs[t] *
-                 attentionValue(p, kvRow(p.tables, b, tile + t), kvHead, c);
-      acc[i] = value;
+  float acc[H][kAttentionSlots];
+  KILN_UNROLL
+  for (int h = 0; h < H; ++h) {
+    KILN_UNROLL
+    for (int i = 0; i < kAttentionSlots; ++i)
+      acc[h][i] = 0.0f;
+  }
+  for (int64_t j0 = t.begin; j0 < t.end; j0 += kAttentionKeyTile) {
+    int nb = t.end - j0 < kAttentionKeyTile ? static_cast<int>(t.end - j0)
+                                            : kAttentionKeyTile;
+    // Past the tile's end a warp rescores its last key and drops it.
+    for (int k0 = KILN_WARP * kAttentionKeysPerPass; k0 < nb;
+         k0 += KILN_WARPS * kAttentionKeysPerPass) {
+      typename Kv::Row rows[kAttentionKeysPerPass];
+      KILN_UNROLL
+      for (int u = 0; u < kAttentionKeysPerPass; ++u)
+        rows[u] =
+            Kv::key(p, t.b, j0 + (k0 + u < nb ? k0 + u : nb - 1), t.kvHead);
+      float dots[kAttentionKeysPerPass][H];
+      KILN_UNROLL
+      for (int u = 0; u < kAttentionKeysPerPass; ++u) {
+        KILN_UNROLL
+        for (int h = 0; h < H; ++h)
+          dots[u][h] = 0.0f;
+      }
+      for (int64_t c = KILN_LANE; c < p.dk; c += KILN_WARP_SIZE) {
+        float key[kAttentionKeysPerPass];
+        KILN_UNROLL
+        for (int u = 0; u < kAttentionKeysPerPass; ++u)
+          key[u] = Kv::at(p, rows[u], c);
+        KILN_UNROLL
+        for (int h = 0; h < H; ++h) {
+          float query = qs[h * p.dk + c];
+          KILN_UNROLL
+          for (int u = 0; u < kAttentionKeysPerPass; ++u)
+            dots[u][h] += query * key[u];
+        }
+      }
+      KILN_UNROLL
+      for (int u = 0; u < kAttentionKeysPerPass; ++u) {
+        KILN_UNROLL
+        for (int h = 0; h < H; ++h) {
+          float dot = warpSum(dots[u][h]);
+          if (KILN_LANE == 0 && k0 + u < nb)
+            probs[h * kAttentionKeyTile + k0 + u] = dot * p.scale;
+        }
+      }
     }
-    runningMax = newMax;
-    KILN_SYNC(); // probs is rewritten by the next tile
+    KILN_SYNC();
+    for (int h = KILN_WARP; h < H; h += KILN_WARPS) {
+      float *ph = probs + h * kAttentionKeyTile;
+      float tileMax = -3.402823466e38f;
+      for (int j = KILN_LANE; j < nb; j += KILN_WARP_SIZE)
+        tileMax = fmaxf(tileMax, ph[j]);
+      tileMax = warpMax(tileMax);
+      float oldMax = runMax[h];
+      float newMax = fmaxf(oldMax, tileMax);
+      float sum = 0.0f;
+      for (int j = KILN_LANE; j < nb; j += KILN_WARP_SIZE) {
+        float e = expf(ph[j] - newMax);
+        ph[j] = e;
+        sum += e;
+      }
+      sum = warpSum(sum);
+      if (KILN_LANE == 0) {
+        float r = expf(oldMax - newMax); // 0 on the first tile
+        rescale[h] = r;
+        runSum[h] = runSum[h] * r + sum;
+        runMax[h] = newMax;
+      }
+    }
+    KILN_SYNC();
+    KILN_UNROLL
+    for (int h = 0; h < H; ++h) {
+      float r = rescale[h];
+      KILN_UNROLL
+      for (int i = 0; i < kAttentionSlots; ++i)
+        acc[h][i] *= r;
+    }
+    for (int j = 0; j < nb; ++j) {
+      typename Kv::Row row = Kv::value(p, t.b, j0 + j, t.kvHead);
+      KILN_UNROLL
+      for (int i = 0; i < kAttentionSlots; ++i) {
+        int64_t c = KILN_THREAD + int64_t{i} * KILN_THREADS;
+        if (c < p.dv) {
+          float value = Kv::at(p, row, c);
+          KILN_UNROLL
+          for (int h = 0; h < H; ++h)
+            acc[h][i] += probs[h * kAttentionKeyTile + j] * value;
+        }
+      }
+    }
+    KILN_SYNC(); // probs and rescale are rewritten by the next tile
   }
 
-  int64_t item = query * p.heads + head;
-  if (p.splits == 1) {
-    float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    for (int i = 0; i < kValuesPerThread; ++i) {
+  KILN_UNROLL
+  for (int h = 0; h < H; ++h) {
+    if (h >= t.nh)
+      continue;
+    int64_t item = t.row * p.heads + t.h0 + h;
+    float *dst;
+    float inv = 1.0f;
+    if (p.splits == 1) {
+      dst = p.out + item * p.dv;
+      inv = runSum[h] > 0.0f ? 1.0f / runSum[h] : 0.0f;
+    } else {
+      float *partial = p.scratch + (item * p.splits + block.y) * (2 + p.dv);
+      if (KILN_THREAD == 0) {
+        partial[0] = runSum[h] > 0.0f ? runMax[h] : -3.402823466e38f;
+        partial[1] = runSum[h];
+      }
+      dst = partial + 2;
+    }
+    KILN_UNROLL
+    for (int i = 0; i < kAttentionSlots; ++i) {
       int64_t c = KILN_THREAD + int64_t{i} * KILN_THREADS;
       if (c < p.dv)
-        p.out[item * p.dv + c] = acc[i] * inv;
+        dst[c] = acc[h][i] * inv;
     }
-    return;
   }
-  float *partial = p.scratch + (item * p.splits + split) * (2 + p.dv);
-  if (KILN_THREAD == 0) {
-    partial[0] = sum > 0.0f ? runningMax : -3.402823466e38f;
-    partial[1] = sum;
-  }
-  for (int i = 0; i < kValuesPerThread; ++i) {
-    int64_t c = KILN_THREAD + int64_t{i} * KILN_THREADS;
-    if (c < p.dv)
-      partial[2 + c] = acc[i];
+}
+
+/// Grid attentionGrid(rows, heads, kvHeads, splits). The block's heads run
+/// in the smallest of 1, 2, 4, 8, 16 that holds them.
+KILN_FN void kiln_attention_block(Dim3 block, const AttentionParams &p) {
+  KILN_SHARED float qs[kAttentionHeadsPerBlock * kDeviceMaxHeadDim];
+  KILN_SHARED float probs[kAttentionHeadsPerBlock * kAttentionKeyTile];
+  KILN_SHARED float stats[3 * kAttentionHeadsPerBlock];
+  AttentionTask t = attentionTask(block, p);
+  if (p.fp8Slot) {
+    // FP8 latent caches are MLA's: one kv head for all the heads.
+    if (t.nh > 8)
+      attendHeads<16, Fp8Kv>(block, p, t, qs, probs, stats);
+    else
+      attendHeads<8, Fp8Kv>(block, p, t, qs, probs, stats);
+  } else if (t.nh > 8) {
+    attendHeads<16, F32Kv>(block, p, t, qs, probs, stats);
+  } else if (t.nh > 4) {
+    attendHeads<8, F32Kv>(block, p, t, qs, probs, stats);
+  } else if (t.nh > 2) {
+    attendHeads<4, F32Kv>(block, p, t, qs, probs, stats);
+  } else if (t.nh > 1) {
+    attendHeads<2, F32Kv>(block, p, t, qs, probs, stats);
+  } else {
+    attendHeads<1, F32Kv>(block, p, t, qs, probs, stats);
   }
 }
 KILN_KERNEL(kiln_attention, AttentionParams)
@@ -325,13 +490,15 @@ KILN_FN void kiln_attention_merge_block(Dim3 block, const AttentionParams &p) {
 }
 KILN_KERNEL(kiln_attention_merge, AttentionParams)
 
-/// Splits for rows x heads blocks over contexts up to maxKv: enough blocks
-/// to fill the GPU (about two per multiprocessor), splits of whole 64-key
-/// blocks, at most kMaxDeviceAttentionSplits.
-inline int attentionSplits(int64_t maxKv, int64_t rowsTimesHeads,
-                           int multiprocessors) {
-  int64_t want = (2 * multiprocessors + rowsTimesHeads - 1) / rowsTimesHeads;
-  int64_t most = (maxKv + 255) / 256; // at least 256 keys per split
+/// Splits for `blocks` (attentionBlocks) over contexts of up to maxKv keys:
+/// about two blocks per multiprocessor, each split at least one key tile,
+/// at most kMaxDeviceAttentionSplits. Then rows x heads x splits <=
+/// kAttentionHeadsPerBlock x 4 x multiprocessors (attentionScratchFloats).
+inline int attentionSplits(int64_t maxKv, int64_t blocks, int multiprocessors) {
+  if (blocks >= 2 * int64_t{multiprocessors})
+    return 1;
+  int64_t want = (2 * int64_t{multiprocessors} + blocks - 1) / blocks;
+  int64_t most = (maxKv + kAttentionKeyTile - 1) / kAttentionKeyTile;
   int64_t splits = want < most ? want : most;
   splits = splits < 1 ? 1 : splits;
   return static_cast<int>(
@@ -341,10 +508,9 @@ inline int64_t attentionSplitTokens(int64_t maxKv, int splits) {
   int64_t per = (maxKv + splits - 1) / splits;
   return (per + 63) / 64 * 64;
 }
-/// Scratch floats for `rows` query rows of `heads` heads with up to
-/// kMaxDeviceAttentionSplits splits.
-inline int64_t attentionScratchFloats(int64_t rows, int64_t heads, int64_t dv) {
-  return rows * heads * kMaxDeviceAttentionSplits * (2 + dv);
+/// Scratch floats of split attention on a GPU of `multiprocessors`.
+inline int64_t attentionScratchFloats(int multiprocessors, int64_t dv) {
+  return int64_t{kAttentionHeadsPerBlock} * 4 * multiprocessors * (2 + dv);
 }
 
 } // namespace kiln

@@ -145,11 +145,13 @@ KILN_GEMM_KERNEL(f16, F16, false)
 KILN_GEMM_KERNEL(f8e4m3, unsigned char, true)
 #undef KILN_GEMM_KERNEL
 
-// -- GEMV: up to kGemmRows rows (decode), memory-bound. Each warp owns
-// weight rows (output columns) and streams them once, 8 consecutive
+// -- GEMV: up to kGemmRows rows at a time (decode), memory-bound. Each warp
+// owns weight rows (output columns) and streams them once, 8 consecutive
 // weights per lane per step (one 16-byte load for bf16/f16 where the row
-// allows), applying them to every activation row; warp sums, no block
-// synchronization. Same GemmParams as the GEMMs, without grouped offsets.
+// allows; four steps in flight), applying them to every activation row;
+// warp sums, no block synchronization. Same GemmParams as the GEMMs;
+// grouped GEMVs read only the experts with rows, each once per kGemmRows
+// of its rows.
 
 /// Output columns per block (warps stride over them).
 constexpr int kGemvCols = 16;
@@ -197,14 +199,15 @@ KILN_FN void loadEight<unsigned char>(const unsigned char *w, int64_t count,
 }
 #endif
 
+/// Rows [first, first + count) (count <= kGemmRows) of `matrix` against
+/// the block's kGemvCols weight rows.
 template <class W, bool Fp8>
-KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
-  int64_t matrix = block.z;
-  int rows = static_cast<int>(p.rows);
+KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
+                      int64_t first, int count) {
   const W *w = static_cast<const W *>(p.w);
   int64_t kBlocks = Fp8 ? (p.k + p.blockCols - 1) / p.blockCols : 1;
   int64_t nBlocks = Fp8 ? (p.n + p.blockRows - 1) / p.blockRows : 1;
-  const float *x = p.x + matrix * p.xMatrixStride;
+  const float *x = p.x + matrix * p.xMatrixStride + first * p.xRowStride;
   for (int c = KILN_WARP; c < kGemvCols; c += KILN_WARPS) {
     int64_t n = int64_t{block.x} * kGemvCols + c;
     if (n >= p.n)
@@ -213,6 +216,7 @@ KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
     float acc[kGemmRows];
     for (int r = 0; r < kGemmRows; ++r)
       acc[r] = 0.0f;
+    KILN_UNROLL4
     for (int64_t k = int64_t{KILN_LANE} * 8; k < p.k;
          k += int64_t{KILN_WARP_SIZE} * 8) {
       float weights[8];
@@ -228,7 +232,7 @@ KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
       // Constant trip counts keep acc and weights in registers.
       KILN_UNROLL
       for (int r = 0; r < kGemmRows; ++r) {
-        if (r >= rows)
+        if (r >= count)
           break;
         const float *a = x + r * p.xRowStride + k;
         float sum = 0.0f;
@@ -236,23 +240,41 @@ KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
         for (int j = 0; j < 8; ++j)
           sum += (j < end ? a[j] : 0.0f) * weights[j];
         if (Fp8)
-          sum *= weightScale *
-                 p.xScale[(r * p.xRowStride + matrix * p.xMatrixStride) / p.k *
-                              kBlocks +
-                          k / p.blockCols];
+          sum *=
+              weightScale *
+              p.xScale[((first + r) * p.xRowStride + matrix * p.xMatrixStride) /
+                           p.k * kBlocks +
+                       k / p.blockCols];
         acc[r] += sum;
       }
     }
     KILN_UNROLL
     for (int r = 0; r < kGemmRows; ++r) {
-      if (r >= rows)
+      if (r >= count)
         break;
       float total = warpSum(acc[r]);
       if (KILN_LANE == 0)
-        p.out[matrix * p.outMatrixStride + r * p.outRowStride + n] =
+        p.out[matrix * p.outMatrixStride + (first + r) * p.outRowStride + n] =
             total + loadBias(p, n);
     }
   }
+}
+
+/// Dense and head GEMVs: all p.rows (<= kGemmRows) rows of matrix grid.z.
+/// Grouped GEMVs (p.offsets): expert grid.z's rows, kGemmRows at a time,
+/// so that only the experts that have rows are read.
+template <class W, bool Fp8>
+KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
+  int64_t matrix = block.z;
+  if (!p.offsets) {
+    gemvRows<W, Fp8>(block, p, matrix, 0, static_cast<int>(p.rows));
+    return;
+  }
+  int64_t end = p.offsets[matrix + 1];
+  for (int64_t first = p.offsets[matrix]; first < end; first += kGemmRows)
+    gemvRows<W, Fp8>(block, p, matrix, first,
+                     end - first < kGemmRows ? static_cast<int>(end - first)
+                                             : kGemmRows);
 }
 
 #define KILN_GEMV_KERNEL(suffix, W, Fp8)                                       \

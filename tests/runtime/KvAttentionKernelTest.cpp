@@ -85,8 +85,7 @@ void attend(AttentionParams p, int64_t rows, int64_t maxKv, int splits,
   p.splitTokens = attentionSplitTokens(maxKv, splits);
   scratch.assign(rows * p.heads * splits * (2 + p.dv), 0.0f);
   p.scratch = scratch.data();
-  kiln_attention_host(
-      {static_cast<int>(rows), static_cast<int>(p.heads), splits}, p);
+  kiln_attention_host(attentionGrid(rows, p.heads, p.kvHeads, splits), p);
   if (splits > 1)
     kiln_attention_merge_host(
         {static_cast<int>(rows), static_cast<int>(p.heads), 1}, p);

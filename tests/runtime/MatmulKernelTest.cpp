@@ -331,6 +331,15 @@ TEST(MatmulKernel, GroupedLinearReadsExpertOffsetsOnTheDevice) {
     expectClose(
         got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
         [&](int64_t i) { return expert(i / n) * n + i % n; }, name(type));
+    // The grouped GEMV: a block per (column tile, expert), the expert's
+    // rows in chunks of kGemmRows (its 8-row chunks cross the 11-row run).
+    std::vector<float> gemv(rows * n, -1.0f);
+    p.out = gemv.data();
+    runGemv(type, gemvGrid(n, experts), p);
+    expectClose(
+        gemv, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
+        [&](int64_t i) { return expert(i / n) * n + i % n; },
+        std::string(name(type)) + " grouped gemv");
   }
 }
 

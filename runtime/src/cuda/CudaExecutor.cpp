@@ -14,6 +14,7 @@
 #include "runtime/kernels/Matmul.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <optional>
@@ -190,15 +191,16 @@ absl::StatusOr<CUfunction> Executor::Impl::function(const std::string &name) {
   auto it = functions.find(name);
   if (it != functions.end())
     return it->second;
+  // Each name is looked up in its own module only: a failed lookup is an
+  // API error compute-sanitizer reports.
+  CUmodule module = fusedThreads.count(name) ? generated : library;
   CUfunction f = nullptr;
-  CUresult r = CUDA_ERROR_NOT_FOUND;
-  if (generated)
-    r = api().cuModuleGetFunction(&f, generated, name.c_str());
-  if (r != CUDA_SUCCESS)
-    r = api().cuModuleGetFunction(&f, library, name.c_str());
+  CUresult r = api().cuModuleGetFunction(&f, module, name.c_str());
   if (r != CUDA_SUCCESS)
     return absl::InternalError("GPU: no kernel " + name +
-                               " in the library or the artifact's module");
+                               (module == generated
+                                    ? " in the artifact's module"
+                                    : " in the library"));
   functions.emplace(name, f);
   return f;
 }
@@ -347,9 +349,8 @@ absl::Status Executor::Impl::allocateState() {
       return p.status();
     *ptr = *p;
   }
-  // Contexts are split only while rows x heads < 2 x SMs (attentionSplits),
-  // so that rows x heads x splits < 4 x SMs.
-  attentionScratchFloats = 4 * size_t(multiprocessors) * (2 + dv);
+  attentionScratchFloats =
+      static_cast<size_t>(kiln::attentionScratchFloats(multiprocessors, dv));
   absl::StatusOr<CUdeviceptr> scratch =
       allocate(attentionScratchFloats * sizeof(float), "attention splits");
   if (!scratch.ok())
@@ -698,12 +699,15 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
     p.x = reinterpret_cast<const float *>(fp8Codes);
     p.xScale = reinterpret_cast<const float *>(fp8Scales);
   }
-  // Decode-sized GEMMs stream each weight once, a warp per weight row.
+  // Decode-sized GEMMs stream each weight once, a warp per weight row;
+  // grouped ones read only the experts that have rows (counted on the
+  // device), each once per kGemmRows of its rows.
   bool gemv =
-      !p.offsets && p.rows <= kGemmRows && (!fp8 || p.blockCols % 8 == 0);
+      (p.offsets || p.rows <= kGemmRows) && (!fp8 || p.blockCols % 8 == 0);
   std::string type = detail::elementTypeName(w->type());
   if (gemv)
-    return launch("kiln_gemv_" + type, gemvGrid(p.n, matrices), p);
+    return launch("kiln_gemv_" + type,
+                  gemvGrid(p.n, p.offsets ? p.experts : matrices), p);
   return launch("kiln_gemm_" + type, gemmGrid(p.rows, p.n, matrices), p);
 }
 
@@ -785,14 +789,17 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
     p.v = {f32(2), p.kvHeads * p.dv, p.dv, 0};
   }
   int64_t rows = shape.batch * shape.seq;
-  p.splits = attentionSplits(shape.kvLen, rows * p.heads, multiprocessors);
+  p.splits = attentionSplits(
+      shape.kvLen, attentionBlocks(rows, p.heads, p.kvHeads), multiprocessors);
   p.splitTokens = attentionSplitTokens(shape.kvLen, p.splits);
   p.scratch = reinterpret_cast<float *>(attentionScratch);
   if (p.splits > 1 &&
       size_t(rows * p.heads * p.splits * (2 + p.dv)) > attentionScratchFloats)
     return absl::InternalError("GPU attention: split scratch too small");
-  Dim3 grid{static_cast<int>(rows), static_cast<int>(p.heads), p.splits};
-  if (absl::Status s = launch("kiln_attention", grid, p); !s.ok())
+  if (absl::Status s =
+          launch("kiln_attention",
+                 attentionGrid(rows, p.heads, p.kvHeads, p.splits), p);
+      !s.ok())
     return s;
   if (p.splits == 1)
     return absl::OkStatus();
@@ -888,7 +895,12 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
   impl->description = devices->front().name;
   if (absl::Status s = impl->loadModules(requireGpuCode); !s.ok())
     return s;
-  if (!emulate) {
+  // KILN_CUBLASLT=0 keeps every GEMM in the library kernels (fp32
+  // activations): the numerics check compares both paths.
+  const char *useBlas = std::getenv("KILN_CUBLASLT");
+  if (useBlas && std::string(useBlas) == "0") {
+    impl->description += ", no cuBLASLt (KILN_CUBLASLT=0)";
+  } else if (!emulate) {
     absl::StatusOr<BlasLt> blas = BlasLt::load();
     if (blas.ok())
       impl->blas.emplace(*std::move(blas));
