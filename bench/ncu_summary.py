@@ -5,8 +5,9 @@ ordered by their share of the total: which kernel holds a step back.
 
 Lines that are not ncu's CSV (the profiled program's own output) are
 skipped. Prints one JSON object.
-    python3 bench/ncu_summary.py profile.csv
+    python3 bench/ncu_summary.py profile.csv [--top N]
 """
+import argparse
 import csv
 import json
 import sys
@@ -40,8 +41,14 @@ def summarize(lines):
 
 
 def main():
-    with open(sys.argv[1]) as f:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("csv")
+    parser.add_argument("--top", type=int, default=None, help="only the N slowest kernels")
+    args = parser.parse_args()
+    with open(args.csv) as f:
         result = summarize(f)
+    result["kernels"] = result["kernels"][:args.top]
     print(json.dumps(result, indent=2))
     return 0 if result["launches"] else 1
 

@@ -11,18 +11,21 @@
 #             every tiny golden model and the 4-layer V2-Lite-dimension model
 #   memcheck  compute-sanitizer memcheck on prefill + decode steps of a tiny
 #             model
-#   profile   Nsight Compute's time per kernel of V2-Lite decode steps at
-#             batch 1 (which kernel holds the step back)
+#   profile   Nsight Compute's time per kernel of V2-Lite decode steps
+#             (which kernel holds the step back), at each batch x context of
+#             KILN_GPU_PROFILE_POINTS (default 1x1024)
 #   bench     bench/gpu_vs_torch.py
 #
 # Each stage runs under its own time limit, so that one that hangs leaves
 # the others their time. Results go to $OUT (the device tool's output
 # folder, which takes at most 8 files) or gpu-results/: gpu-check.log (all
-# output), numerics.json, memcheck.log, profile.csv, gpu_vs_torch.json.
+# output), numerics.json, memcheck.log, profile-b<batch>-c<context>.csv,
+# gpu_vs_torch.json.
 # Exits non-zero when any stage fails; the summary lists each.
 #
 #   KILN_GPU_STAGES        stages to run (default: all, in the order above)
 #   KILN_GPU_<STAGE>_S     a stage's time limit in seconds
+#   KILN_GPU_NUMERICS_ARGS extra arguments of tests/gpu/check_numerics.py
 #   KILN_GPU_BENCH_ARGS    extra arguments of bench/gpu_vs_torch.py
 set -uo pipefail
 
@@ -74,8 +77,9 @@ for stage in $stages; do
     ;;
   numerics)
     stamp "numerics against transformers"
+    # shellcheck disable=SC2086
     timeout "$(limit numerics 300)" python3 "$root/tests/gpu/check_numerics.py" \
-      --bundle "$bundle" --out "$out/numerics.json" > /dev/null
+      --bundle "$bundle" --out "$out/numerics.json" ${KILN_GPU_NUMERICS_ARGS:-} > /dev/null
     record "numerics vs transformers" $?
     ;;
   memcheck)
@@ -94,7 +98,7 @@ for stage in $stages; do
     record "compute-sanitizer memcheck (prefill + decode)" $status
     ;;
   profile)
-    stamp "Nsight Compute: kernel times of V2-Lite decode, batch 1"
+    stamp "Nsight Compute: kernel times of V2-Lite decode steps"
     ncu="$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
     if [[ -z "$ncu" ]]; then
       summary+=("profile: NOT RUN (no ncu here)")
@@ -103,15 +107,19 @@ for stage in $stages; do
     weights="$root/gpu-work/v2lite4"
     python3 -c "import sys; sys.path.insert(0, '$root/bench'); import gpu_common; \
 gpu_common.write_v2lite_checkpoint('$weights')"
-    timeout "$(limit profile 180)" "$ncu" --clock-control none --target-processes all \
-      --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv --print-units base \
-      "$bundle/bin/kiln-run" bench "$bundle/artifacts/v2lite4.kiln" --device cuda \
-      --weights-dir "$weights" --batch 1 --context 1024 --synthetic-context \
-      --steps 2 --repeats 1 > "$out/profile.csv" 2> "$out/profile.err"
-    status=$?
-    tail -5 "$out/profile.err"
-    rm -f "$out/profile.err"
-    python3 "$root/bench/ncu_summary.py" "$out/profile.csv" || status=1
+    status=0
+    for point in ${KILN_GPU_PROFILE_POINTS:-1x1024}; do
+      csv="$out/profile-b${point%x*}-c${point#*x}.csv"
+      timeout "$(limit profile 180)" "$ncu" --clock-control none --target-processes all \
+        --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv --print-units base \
+        "$bundle/bin/kiln-run" bench "$bundle/artifacts/v2lite4.kiln" --device cuda \
+        --weights-dir "$weights" --batch "${point%x*}" --context "${point#*x}" \
+        --synthetic-context --steps 2 --repeats 1 > "$csv" 2> "$out/profile.err" || status=1
+      tail -3 "$out/profile.err"
+      rm -f "$out/profile.err"
+      echo "decode batch ${point%x*}, context ${point#*x}:"
+      python3 "$root/bench/ncu_summary.py" "$csv" --top 12 || status=1
+    done
     record "profile" $status
     ;;
   bench)

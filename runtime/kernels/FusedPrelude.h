@@ -146,11 +146,12 @@ KILN_FN float blockSum(float value) {
 
 // Warps: 32 threads under CUDA; on the host one thread is the block's only
 // "warp" and its only lane.
-// KILN_UNROLL4: four iterations of a loop of unknown trip count in flight
-// (independent loads overlap).
+// KILN_UNROLL4 / KILN_UNROLL8: four or eight iterations of a loop of unknown
+// trip count in flight (independent loads overlap).
 #if defined(__CUDACC__)
 #define KILN_UNROLL _Pragma("unroll")
 #define KILN_UNROLL4 _Pragma("unroll 4")
+#define KILN_UNROLL8 _Pragma("unroll 8")
 #define KILN_WARP_SIZE 32
 #define KILN_LANE (static_cast<int>(threadIdx.x) % 32)
 #define KILN_WARP (static_cast<int>(threadIdx.x) / 32)
@@ -158,6 +159,7 @@ KILN_FN float blockSum(float value) {
 #else
 #define KILN_UNROLL _Pragma("GCC unroll 8")
 #define KILN_UNROLL4 _Pragma("GCC unroll 4")
+#define KILN_UNROLL8 _Pragma("GCC unroll 8")
 #define KILN_WARP_SIZE 1
 #define KILN_LANE 0
 #define KILN_WARP 0
@@ -329,7 +331,7 @@ KILN_FN void moeGateN(const float *x, int dim, const W *weight, const B *bias,
   KILN_SHARED unsigned char taken[Capacity];
   KILN_SHARED int32_t picked[Capacity > 2 ? Capacity : 2];
   // A warp per 8 experts at a time, its lanes over dim: coalesced rows and
-  // 8 independent loads in flight per lane.
+  // 8 x 4 independent loads in flight per lane.
   constexpr int kPerWarp = 8;
   for (int e0 = KILN_WARP * kPerWarp; e0 < experts;
        e0 += KILN_WARPS * kPerWarp) {
@@ -337,6 +339,7 @@ KILN_FN void moeGateN(const float *x, int dim, const W *weight, const B *bias,
     KILN_UNROLL
     for (int u = 0; u < kPerWarp; ++u)
       logit[u] = 0.0f;
+    KILN_UNROLL4
     for (int i = KILN_LANE; i < dim; i += KILN_WARP_SIZE) {
       float xi = x[i];
       KILN_UNROLL

@@ -23,7 +23,7 @@ namespace kiln {
 constexpr int kDeviceMaxHeadDim = 576;
 constexpr int kDeviceMaxValueDim = 512;
 /// Most context splits per query row.
-constexpr int kMaxDeviceAttentionSplits = 64;
+constexpr int kMaxDeviceAttentionSplits = 128;
 /// Values per FP8 scale group (cpu::Fp8LatentLayout::kGroup).
 constexpr int kFp8CacheGroup = 128;
 
@@ -222,17 +222,14 @@ inline Dim3 attentionGrid(int64_t rows, int64_t heads, int64_t kvHeads,
 
 /// Where key and value rows are: f32 (paged or contiguous) or FP8 latent
 /// rows (keys all dk columns, values the first dv). at(row, c): column c.
+/// `row` is the token's cache row (kvRow), looked up once per key tile.
 struct F32Kv {
   using Row = const float *;
-  KILN_FN static Row key(const AttentionParams &p, int64_t b, int64_t j,
-                         int64_t g) {
-    return p.k.data + kvRow(p.tables, b, j) * p.k.rowStride + p.k.offset +
-           g * p.k.headStride;
+  KILN_FN static Row key(const AttentionParams &p, int64_t row, int64_t g) {
+    return p.k.data + row * p.k.rowStride + p.k.offset + g * p.k.headStride;
   }
-  KILN_FN static Row value(const AttentionParams &p, int64_t b, int64_t j,
-                           int64_t g) {
-    return p.v.data + kvRow(p.tables, b, j) * p.v.rowStride + p.v.offset +
-           g * p.v.headStride;
+  KILN_FN static Row value(const AttentionParams &p, int64_t row, int64_t g) {
+    return p.v.data + row * p.v.rowStride + p.v.offset + g * p.v.headStride;
   }
   KILN_FN static float at(const AttentionParams &, Row row, int64_t c) {
     return row[c];
@@ -240,13 +237,11 @@ struct F32Kv {
 };
 struct Fp8Kv {
   using Row = const unsigned char *;
-  KILN_FN static Row key(const AttentionParams &p, int64_t b, int64_t j,
-                         int64_t) {
-    return p.fp8Slot + kvRow(p.tables, b, j) * fp8RowBytes(p.fp8);
+  KILN_FN static Row key(const AttentionParams &p, int64_t row, int64_t) {
+    return p.fp8Slot + row * fp8RowBytes(p.fp8);
   }
-  KILN_FN static Row value(const AttentionParams &p, int64_t b, int64_t j,
-                           int64_t g) {
-    return key(p, b, j, g);
+  KILN_FN static Row value(const AttentionParams &p, int64_t row, int64_t g) {
+    return key(p, row, g);
   }
   KILN_FN static float at(const AttentionParams &p, Row row, int64_t c) {
     return fp8Column(row, p.fp8, c);
@@ -302,7 +297,7 @@ KILN_FN AttentionTask attentionTask(Dim3 block, const AttentionParams &p) {
 template <int H, class Kv>
 KILN_FN void attendHeads(Dim3 block, const AttentionParams &p,
                          const AttentionTask &t, float *qs, float *probs,
-                         float *stats) {
+                         float *stats, int64_t *tileRows) {
   float *runMax = stats, *runSum = stats + H, *rescale = stats + 2 * H;
   const float *q = p.q + (t.row * p.heads + t.h0) * p.dk;
   for (int64_t i = KILN_THREAD; i < H * p.dk; i += KILN_THREADS)
@@ -323,14 +318,16 @@ KILN_FN void attendHeads(Dim3 block, const AttentionParams &p,
   for (int64_t j0 = t.begin; j0 < t.end; j0 += kAttentionKeyTile) {
     int nb = t.end - j0 < kAttentionKeyTile ? static_cast<int>(t.end - j0)
                                             : kAttentionKeyTile;
+    for (int j = KILN_THREAD; j < nb; j += KILN_THREADS)
+      tileRows[j] = kvRow(p.tables, t.b, j0 + j);
+    KILN_SYNC();
     // Past the tile's end a warp rescores its last key and drops it.
     for (int k0 = KILN_WARP * kAttentionKeysPerPass; k0 < nb;
          k0 += KILN_WARPS * kAttentionKeysPerPass) {
       typename Kv::Row rows[kAttentionKeysPerPass];
       KILN_UNROLL
       for (int u = 0; u < kAttentionKeysPerPass; ++u)
-        rows[u] =
-            Kv::key(p, t.b, j0 + (k0 + u < nb ? k0 + u : nb - 1), t.kvHead);
+        rows[u] = Kv::key(p, tileRows[k0 + u < nb ? k0 + u : nb - 1], t.kvHead);
       float dots[kAttentionKeysPerPass][H];
       KILN_UNROLL
       for (int u = 0; u < kAttentionKeysPerPass; ++u) {
@@ -392,8 +389,9 @@ KILN_FN void attendHeads(Dim3 block, const AttentionParams &p,
       for (int i = 0; i < kAttentionSlots; ++i)
         acc[h][i] *= r;
     }
+    KILN_UNROLL4
     for (int j = 0; j < nb; ++j) {
-      typename Kv::Row row = Kv::value(p, t.b, j0 + j, t.kvHead);
+      typename Kv::Row row = Kv::value(p, tileRows[j], t.kvHead);
       KILN_UNROLL
       for (int i = 0; i < kAttentionSlots; ++i) {
         int64_t c = KILN_THREAD + int64_t{i} * KILN_THREADS;
@@ -405,7 +403,7 @@ KILN_FN void attendHeads(Dim3 block, const AttentionParams &p,
         }
       }
     }
-    KILN_SYNC(); // probs and rescale are rewritten by the next tile
+    KILN_SYNC(); // probs, rescale and tileRows are rewritten by the next tile
   }
 
   KILN_UNROLL
@@ -441,50 +439,54 @@ KILN_FN void kiln_attention_block(Dim3 block, const AttentionParams &p) {
   KILN_SHARED float qs[kAttentionHeadsPerBlock * kDeviceMaxHeadDim];
   KILN_SHARED float probs[kAttentionHeadsPerBlock * kAttentionKeyTile];
   KILN_SHARED float stats[3 * kAttentionHeadsPerBlock];
+  KILN_SHARED int64_t tileRows[kAttentionKeyTile];
   AttentionTask t = attentionTask(block, p);
   if (p.fp8Slot) {
     // FP8 latent caches are MLA's: one kv head for all the heads.
     if (t.nh > 8)
-      attendHeads<16, Fp8Kv>(block, p, t, qs, probs, stats);
+      attendHeads<16, Fp8Kv>(block, p, t, qs, probs, stats, tileRows);
     else
-      attendHeads<8, Fp8Kv>(block, p, t, qs, probs, stats);
+      attendHeads<8, Fp8Kv>(block, p, t, qs, probs, stats, tileRows);
   } else if (t.nh > 8) {
-    attendHeads<16, F32Kv>(block, p, t, qs, probs, stats);
+    attendHeads<16, F32Kv>(block, p, t, qs, probs, stats, tileRows);
   } else if (t.nh > 4) {
-    attendHeads<8, F32Kv>(block, p, t, qs, probs, stats);
+    attendHeads<8, F32Kv>(block, p, t, qs, probs, stats, tileRows);
   } else if (t.nh > 2) {
-    attendHeads<4, F32Kv>(block, p, t, qs, probs, stats);
+    attendHeads<4, F32Kv>(block, p, t, qs, probs, stats, tileRows);
   } else if (t.nh > 1) {
-    attendHeads<2, F32Kv>(block, p, t, qs, probs, stats);
+    attendHeads<2, F32Kv>(block, p, t, qs, probs, stats, tileRows);
   } else {
-    attendHeads<1, F32Kv>(block, p, t, qs, probs, stats);
+    attendHeads<1, F32Kv>(block, p, t, qs, probs, stats, tileRows);
   }
 }
 KILN_KERNEL(kiln_attention, AttentionParams)
 
-/// Merges the splits of one (query row, head): grid {rows, heads, 1}.
+/// Merges the splits of one (query row, head): grid {rows, heads, 1}. The
+/// splits' weights exp(max_s - max) are computed once, in shared memory.
 KILN_FN void kiln_attention_merge_block(Dim3 block, const AttentionParams &p) {
+  KILN_SHARED float weights[kMaxDeviceAttentionSplits];
   int64_t item = int64_t{block.x} * p.heads + block.y;
   const float *partial = p.scratch + item * p.splits * (2 + p.dv);
-  float globalMax = -3.402823466e38f;
-  for (int s = 0; s < p.splits; ++s) {
-    float m = partial[s * (2 + p.dv)];
-    globalMax = m > globalMax ? m : globalMax;
-  }
-  float sum = 0.0f;
-  for (int s = 0; s < p.splits; ++s) {
+  float localMax = -3.402823466e38f;
+  for (int s = KILN_THREAD; s < p.splits; s += KILN_THREADS) {
     const float *ps = partial + s * (2 + p.dv);
     if (ps[1] > 0.0f)
-      sum += ps[1] * expf(ps[0] - globalMax);
+      localMax = fmaxf(localMax, ps[0]);
   }
+  float globalMax = blockMax(localMax);
+  float localSum = 0.0f;
+  for (int s = KILN_THREAD; s < p.splits; s += KILN_THREADS) {
+    const float *ps = partial + s * (2 + p.dv);
+    weights[s] = ps[1] > 0.0f ? expf(ps[0] - globalMax) : 0.0f;
+    localSum += weights[s] * ps[1];
+  }
+  float sum = blockSum(localSum); // syncs: weights is ready
   float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
   for (int64_t c = KILN_THREAD; c < p.dv; c += KILN_THREADS) {
     float value = 0.0f;
-    for (int s = 0; s < p.splits; ++s) {
-      const float *ps = partial + s * (2 + p.dv);
-      if (ps[1] > 0.0f)
-        value += ps[2 + c] * expf(ps[0] - globalMax);
-    }
+    KILN_UNROLL4
+    for (int s = 0; s < p.splits; ++s)
+      value += weights[s] * partial[s * (2 + p.dv) + 2 + c];
     p.out[item * p.dv + c] = value * inv;
   }
 }

@@ -148,13 +148,14 @@ KILN_GEMM_KERNEL(f8e4m3, unsigned char, true)
 // -- GEMV: up to kGemmRows rows at a time (decode), memory-bound. Each warp
 // owns weight rows (output columns) and streams them once, 8 consecutive
 // weights per lane per step (one 16-byte load for bf16/f16 where the row
-// allows; four steps in flight), applying them to every activation row;
-// warp sums, no block synchronization. Same GemmParams as the GEMMs;
-// grouped GEMVs read only the experts with rows, each once per kGemmRows
-// of its rows.
+// allows; eight steps in flight: a 2048-wide bf16 row in one round trip),
+// applying them to every activation row; warp sums, no block synchronization.
+// Same GemmParams as the GEMMs; grouped GEMVs read only the experts with rows,
+// each once per kGemmRows of its rows.
 
-/// Output columns per block (warps stride over them).
-constexpr int kGemvCols = 16;
+/// Output columns per block: one per warp, so that GEMVs of a few thousand
+/// columns still spread over every multiprocessor.
+constexpr int kGemvCols = KILN_BLOCK_THREADS / 32;
 
 inline Dim3 gemvGrid(int64_t n, int64_t matrices) {
   return {static_cast<int>((n + kGemvCols - 1) / kGemvCols), 1,
@@ -199,9 +200,11 @@ KILN_FN void loadEight<unsigned char>(const unsigned char *w, int64_t count,
 }
 #endif
 
-/// Rows [first, first + count) (count <= kGemmRows) of `matrix` against
-/// the block's kGemvCols weight rows.
-template <class W, bool Fp8>
+/// Rows [first, first + count) (count <= R <= kGemmRows) of `matrix`
+/// against the block's kGemvCols weight rows. R sizes the accumulators: a
+/// single decode row keeps few registers, so more warps (and their loads)
+/// fit on a multiprocessor.
+template <class W, bool Fp8, int R>
 KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
                       int64_t first, int count) {
   const W *w = static_cast<const W *>(p.w);
@@ -213,10 +216,10 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
     if (n >= p.n)
       break; // warp-uniform
     const W *row = w + (matrix * p.n + n) * p.k;
-    float acc[kGemmRows];
-    for (int r = 0; r < kGemmRows; ++r)
+    float acc[R];
+    for (int r = 0; r < R; ++r)
       acc[r] = 0.0f;
-    KILN_UNROLL4
+    KILN_UNROLL8
     for (int64_t k = int64_t{KILN_LANE} * 8; k < p.k;
          k += int64_t{KILN_WARP_SIZE} * 8) {
       float weights[8];
@@ -231,7 +234,7 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
               : 1.0f;
       // Constant trip counts keep acc and weights in registers.
       KILN_UNROLL
-      for (int r = 0; r < kGemmRows; ++r) {
+      for (int r = 0; r < R; ++r) {
         if (r >= count)
           break;
         const float *a = x + r * p.xRowStride + k;
@@ -249,7 +252,7 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
       }
     }
     KILN_UNROLL
-    for (int r = 0; r < kGemmRows; ++r) {
+    for (int r = 0; r < R; ++r) {
       if (r >= count)
         break;
       float total = warpSum(acc[r]);
@@ -264,17 +267,28 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
 /// Grouped GEMVs (p.offsets): expert grid.z's rows, kGemmRows at a time,
 /// so that only the experts that have rows are read.
 template <class W, bool Fp8>
+KILN_FN void gemvSomeRows(Dim3 block, const GemmParams &p, int64_t matrix,
+                          int64_t first, int count) {
+  if (count == 1)
+    gemvRows<W, Fp8, 1>(block, p, matrix, first, count);
+  else if (count <= 4)
+    gemvRows<W, Fp8, 4>(block, p, matrix, first, count);
+  else
+    gemvRows<W, Fp8, kGemmRows>(block, p, matrix, first, count);
+}
+
+template <class W, bool Fp8>
 KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
   int64_t matrix = block.z;
   if (!p.offsets) {
-    gemvRows<W, Fp8>(block, p, matrix, 0, static_cast<int>(p.rows));
+    gemvSomeRows<W, Fp8>(block, p, matrix, 0, static_cast<int>(p.rows));
     return;
   }
   int64_t end = p.offsets[matrix + 1];
   for (int64_t first = p.offsets[matrix]; first < end; first += kGemmRows)
-    gemvRows<W, Fp8>(block, p, matrix, first,
-                     end - first < kGemmRows ? static_cast<int>(end - first)
-                                             : kGemmRows);
+    gemvSomeRows<W, Fp8>(block, p, matrix, first,
+                         end - first < kGemmRows ? static_cast<int>(end - first)
+                                                 : kGemmRows);
 }
 
 #define KILN_GEMV_KERNEL(suffix, W, Fp8)                                       \

@@ -632,6 +632,9 @@ Session::createSession(const Model &model, const SessionOptions &options) {
       bound->logits = reinterpret_cast<float *>(base + inputBytes(e));
       base += entryBytes(e);
     }
+#ifdef KILN_HAVE_CUDA_EXECUTOR
+    impl->gpu->pinHostBuffer(impl->staging.data(), impl->staging.size());
+#endif
     return std::unique_ptr<Session>(new Session(std::move(impl)));
   }
   arenaBytes = (arenaBytes + 63) / 64 * 64;

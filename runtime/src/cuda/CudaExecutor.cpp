@@ -82,6 +82,7 @@ struct Executor::Impl {
   // Rope inverse frequencies per rope launch, uploaded at creation.
   std::map<const art::Launch *, CUdeviceptr> ropeTables;
   std::map<GraphKey, CUgraphExec> graphs;
+  void *pinned = nullptr;
 
   // The step being launched.
   StepShape shape;
@@ -156,6 +157,8 @@ Executor::Impl::~Impl() {
   if (!driver)
     return;
   const DriverApi &a = api();
+  if (pinned)
+    a.cuMemHostUnregister(pinned);
   for (auto &[key, graph] : graphs)
     a.cuGraphExecDestroy(graph);
   for (DeviceBuffer &b : allocations)
@@ -853,6 +856,14 @@ Executor::Executor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Executor::~Executor() = default;
 
 const std::string &Executor::description() const { return impl_->description; }
+
+void Executor::pinHostBuffer(void *data, size_t bytes) {
+  Impl &s = *impl_;
+  if (s.pinned || bytes == 0)
+    return;
+  if (s.api().cuMemHostRegister(data, bytes, 0) == CUDA_SUCCESS)
+    s.pinned = data;
+}
 
 absl::StatusOr<std::unique_ptr<Executor>>
 Executor::create(const Model::Impl &model, const CacheLayout &cache,

@@ -65,6 +65,11 @@ public:
   /// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, generated kernels: sm_90a)".
   const std::string &description() const;
 
+  /// Page-locks the host buffer the steps' inputs and logits pass through
+  /// (until the executor is destroyed), so that copies run at full PCIe
+  /// speed; a driver that refuses leaves them pageable (still correct).
+  void pinHostBuffer(void *data, size_t bytes);
+
   /// Runs entry point `entry` ("prefill" or "decode") and writes the logits
   /// [batch, seq, vocab] to `logits`.
   absl::Status run(const std::string &entry, const StepShape &shape,

@@ -178,6 +178,9 @@ DriverApi table() {
     std::memset(toHost(dst), value, bytes);
     return ok();
   };
+  // Host memory is host memory: nothing to page-lock.
+  a.cuMemHostRegister = [](void *, size_t, unsigned) { return ok(); };
+  a.cuMemHostUnregister = [](void *) { return ok(); };
   a.cuModuleLoadData = [](CUmodule *m, const void *image) {
     if (image != libraryFatbin())
       return CUDA_ERROR_NO_BINARY_FOR_GPU;
