@@ -2,16 +2,19 @@
 // f32 activations and f32 / bf16 / f16 / FP8 (block-scaled) weights, as
 // cpu::linear, cpu::headLinear (one matrix per head: grid.z) and
 // cpu::groupedLinear (rows grouped by expert through device-side offsets,
-// so the grid is sized by the routed-row bound and no count reaches the
-// host). The host builds are tested against the CPU kernels in
-// tests/runtime/DeviceGemmTest.cpp.
+// so no count reaches the host). The host builds are tested against the CPU
+// kernels in tests/runtime/MatmulKernelTest.cpp. cuBLASLt takes dense bf16
+// GEMMs of many rows (CudaExecutor.cpp); these kernels take the rest.
 //
-// A block owns kGemmRows activation rows and kGemmCols weight rows; its
-// threads stride over K (consecutive threads read consecutive weights of
-// one row) and reduce each output with a block sum. FP8 GEMMs read
-// activations quantized beforehand by kiln_quantize_rows (e4m3 codes
-// decoded back to floats, and one scale per row per block of K), as the
-// CPU FP8 GEMMs do.
+// Each warp owns one weight row (output column) and streams it, 8
+// consecutive weights per lane per step (one 16-byte load for bf16/f16
+// where the row allows; eight steps in flight: a 2048-wide bf16 row in one
+// round trip), applying them to up to kGemmRows activation rows at once;
+// warp sums, no block synchronization. More rows take more passes over the
+// block's weight rows (from L1/L2 after the first). Grouped GEMMs read only
+// the experts with rows. FP8 GEMMs read activations quantized beforehand by
+// kiln_quantize_rows (e4m3 codes decoded back to floats, and one scale per
+// row per block of K), as the CPU FP8 GEMMs do.
 #ifndef KILN_KERNELS_MATMUL_H
 #define KILN_KERNELS_MATMUL_H
 
@@ -20,10 +23,8 @@
 
 namespace kiln {
 
+/// Activation rows one pass over the weights takes.
 constexpr int kGemmRows = 8;
-constexpr int kGemmCols = 8;
-/// The most experts of a device grouped GEMM.
-constexpr int kGemmMaxExperts = 4096;
 
 enum GemmBias { NoBias = 0, BiasF32 = 1, BiasBf16 = 2, BiasF16 = 3 };
 
@@ -46,12 +47,6 @@ struct GemmParams {
   int experts;
 };
 
-inline Dim3 gemmGrid(int64_t rows, int64_t n, int64_t matrices) {
-  return {static_cast<int>((n + kGemmCols - 1) / kGemmCols),
-          static_cast<int>((rows + kGemmRows - 1) / kGemmRows),
-          static_cast<int>(matrices)};
-}
-
 KILN_FN float loadWeight(const float *w, int64_t i) { return w[i]; }
 KILN_FN float loadWeight(const Bf16 *w, int64_t i) { return toFloat(w[i]); }
 KILN_FN float loadWeight(const F16 *w, int64_t i) { return toFloat(w[i]); }
@@ -71,87 +66,6 @@ KILN_FN float loadBias(const GemmParams &p, int64_t n) {
     return 0.0f;
   }
 }
-
-/// The expert of routed row `row` (offsets are sorted).
-KILN_FN int expertOf(const int32_t *offsets, int experts, int64_t row) {
-  int lo = 0, hi = experts - 1;
-  while (lo < hi) {
-    int mid = (lo + hi + 1) / 2;
-    if (offsets[mid] <= row)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  return lo;
-}
-
-template <class W, bool Fp8>
-KILN_FN void gemmBlock(Dim3 block, const GemmParams &p) {
-  int64_t n0 = int64_t{block.x} * kGemmCols;
-  int64_t m0 = int64_t{block.y} * kGemmRows;
-  int64_t matrix = block.z;
-  int64_t rows = p.offsets ? p.offsets[p.experts] : p.rows;
-  if (m0 >= rows)
-    return;
-  int count = rows - m0 < kGemmRows ? static_cast<int>(rows - m0) : kGemmRows;
-  KILN_SHARED int rowMatrix[kGemmRows];
-  if (KILN_THREAD == 0)
-    for (int r = 0; r < kGemmRows; ++r)
-      rowMatrix[r] = p.offsets && r < count
-                         ? expertOf(p.offsets, p.experts, m0 + r)
-                         : static_cast<int>(matrix);
-  KILN_SYNC();
-  const W *w = static_cast<const W *>(p.w);
-  int64_t kBlocks = Fp8 ? (p.k + p.blockCols - 1) / p.blockCols : 1;
-  int64_t nBlocks = Fp8 ? (p.n + p.blockRows - 1) / p.blockRows : 1;
-  const float *x = p.x + matrix * p.xMatrixStride;
-  for (int c = 0; c < kGemmCols; ++c) {
-    int64_t n = n0 + c;
-    if (n >= p.n)
-      break; // block-uniform
-    float acc[kGemmRows];
-    for (int r = 0; r < kGemmRows; ++r)
-      acc[r] = 0.0f;
-    for (int64_t i = KILN_THREAD; i < p.k; i += KILN_THREADS)
-      for (int r = 0; r < count; ++r) {
-        int64_t e = rowMatrix[r];
-        float weight = loadWeight(w, (e * p.n + n) * p.k + i);
-        int64_t row = m0 + r;
-        if (Fp8)
-          weight *= p.wScale[(e * nBlocks + n / p.blockRows) * kBlocks +
-                             i / p.blockCols] *
-                    p.xScale[(row * p.xRowStride + matrix * p.xMatrixStride) /
-                                 p.k * kBlocks +
-                             i / p.blockCols];
-        acc[r] += x[row * p.xRowStride + i] * weight;
-      }
-    for (int r = 0; r < kGemmRows; ++r) {
-      float total = blockSum(acc[r]);
-      if (KILN_THREAD == 0 && r < count)
-        p.out[matrix * p.outMatrixStride + (m0 + r) * p.outRowStride + n] =
-            total + loadBias(p, n);
-    }
-  }
-}
-
-#define KILN_GEMM_KERNEL(suffix, W, Fp8)                                       \
-  KILN_FN void kiln_gemm_##suffix##_block(Dim3 block, const GemmParams &p) {   \
-    gemmBlock<W, Fp8>(block, p);                                               \
-  }                                                                            \
-  KILN_KERNEL(kiln_gemm_##suffix, GemmParams)
-KILN_GEMM_KERNEL(f32, float, false)
-KILN_GEMM_KERNEL(bf16, Bf16, false)
-KILN_GEMM_KERNEL(f16, F16, false)
-KILN_GEMM_KERNEL(f8e4m3, unsigned char, true)
-#undef KILN_GEMM_KERNEL
-
-// -- GEMV: up to kGemmRows rows at a time (decode), memory-bound. Each warp
-// owns weight rows (output columns) and streams them once, 8 consecutive
-// weights per lane per step (one 16-byte load for bf16/f16 where the row
-// allows; eight steps in flight: a 2048-wide bf16 row in one round trip),
-// applying them to every activation row; warp sums, no block synchronization.
-// Same GemmParams as the GEMMs; grouped GEMVs read only the experts with rows,
-// each once per kGemmRows of its rows.
 
 /// Output columns per block: one per warp, so that GEMVs of a few thousand
 /// columns still spread over every multiprocessor.
@@ -263,9 +177,9 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
   }
 }
 
-/// Dense and head GEMVs: all p.rows (<= kGemmRows) rows of matrix grid.z.
-/// Grouped GEMVs (p.offsets): expert grid.z's rows, kGemmRows at a time,
-/// so that only the experts that have rows are read.
+/// Dense and head GEMMs: the p.rows rows of matrix grid.z; grouped ones
+/// (p.offsets): expert grid.z's rows, so that only the experts that have
+/// rows are read. kGemmRows rows at a time.
 template <class W, bool Fp8>
 KILN_FN void gemvSomeRows(Dim3 block, const GemmParams &p, int64_t matrix,
                           int64_t first, int count) {
@@ -280,12 +194,9 @@ KILN_FN void gemvSomeRows(Dim3 block, const GemmParams &p, int64_t matrix,
 template <class W, bool Fp8>
 KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
   int64_t matrix = block.z;
-  if (!p.offsets) {
-    gemvSomeRows<W, Fp8>(block, p, matrix, 0, static_cast<int>(p.rows));
-    return;
-  }
-  int64_t end = p.offsets[matrix + 1];
-  for (int64_t first = p.offsets[matrix]; first < end; first += kGemmRows)
+  int64_t first = p.offsets ? p.offsets[matrix] : 0;
+  int64_t end = p.offsets ? p.offsets[matrix + 1] : p.rows;
+  for (; first < end; first += kGemmRows)
     gemvSomeRows<W, Fp8>(block, p, matrix, first,
                          end - first < kGemmRows ? static_cast<int>(end - first)
                                                  : kGemmRows);

@@ -275,6 +275,16 @@ absl::Status Executor::Impl::checkSupported() const {
           why = "a rotary dimension above " +
                 std::to_string(2 * kDeviceMaxRotaryHalf);
         break;
+      case art::KernelKind::Linear:
+      case art::KernelKind::GroupedLinear:
+      case art::KernelKind::HeadLinear:
+        // The 8 weights a lane loads share one FP8 scale block.
+        if (fp8Gemm(*l)) {
+          unsigned at = l->kernel() == art::KernelKind::Linear ? 1 : 0;
+          if (l->ints()->Get(at + 1) % 8 != 0)
+            why = "FP8 scale blocks of a width that is not a multiple of 8";
+        }
+        break;
       case art::KernelKind::Attention:
         if (staticDim(refs.Get(0), 3) > kDeviceMaxHeadDim ||
             staticDim(refs.Get(2), 3) > kDeviceMaxValueDim)
@@ -702,16 +712,9 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
     p.x = reinterpret_cast<const float *>(fp8Codes);
     p.xScale = reinterpret_cast<const float *>(fp8Scales);
   }
-  // Decode-sized GEMMs stream each weight once, a warp per weight row;
-  // grouped ones read only the experts that have rows (counted on the
-  // device), each once per kGemmRows of its rows.
-  bool gemv =
-      (p.offsets || p.rows <= kGemmRows) && (!fp8 || p.blockCols % 8 == 0);
   std::string type = detail::elementTypeName(w->type());
-  if (gemv)
-    return launch("kiln_gemv_" + type,
-                  gemvGrid(p.n, p.offsets ? p.experts : matrices), p);
-  return launch("kiln_gemm_" + type, gemmGrid(p.rows, p.n, matrices), p);
+  return launch("kiln_gemv_" + type,
+                gemvGrid(p.n, p.offsets ? p.experts : matrices), p);
 }
 
 absl::Status Executor::Impl::launchAttention(const art::Launch &l) {

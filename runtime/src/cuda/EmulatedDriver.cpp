@@ -70,10 +70,6 @@ const std::vector<HostKernel> &hostKernels() {
       KILN_HOST_KERNEL(kiln_gemv_bf16, GemmParams),
       KILN_HOST_KERNEL(kiln_gemv_f16, GemmParams),
       KILN_HOST_KERNEL(kiln_gemv_f8e4m3, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemm_f32, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemm_bf16, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemm_f16, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemm_f8e4m3, GemmParams),
       KILN_HOST_KERNEL(kiln_quantize_rows, QuantizeRowsParams),
   };
   return kernels;
