@@ -158,13 +158,14 @@ struct Session::Impl {
   int64_t lastChunkStart = 0, lastChunkSeq = 0;
   std::vector<int> lastPrefill; // sequences of the last prefill, by row
   std::string device = "cpu";
+  // Declared before `gpu`, which page-locks it: destroyed after it.
+  std::vector<std::byte> staging;
 #ifdef KILN_HAVE_CUDA_EXECUTOR
   // Set when the steps run on a GPU; the host then keeps only the step's
   // inputs and logits (`staging`) and the cache's bookkeeping.
   std::unique_ptr<cuda::Executor> gpu;
   std::vector<int32_t> heldTokens;
 #endif
-  std::vector<std::byte> staging;
   // KILN_PROFILE=1: time per kernel kind, printed when the session ends.
   struct Profile {
     double seconds = 0;
