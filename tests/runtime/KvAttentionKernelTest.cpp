@@ -146,8 +146,19 @@ TEST(KvAttentionKernel, PagedMlaLatentMatchesCpuForEverySplit) {
   }
 }
 
-TEST(KvAttentionKernel, ContiguousGqaPrefillMatchesCpu) {
-  const int64_t batch = 2, seq = 37, heads = 8, kvHeads = 2, dk = 64, dv = 48;
+class ContiguousGqa
+    : public ::testing::TestWithParam<std::pair<int64_t, int64_t>> {};
+
+// Query heads per kv head: 4 (one block of 4), 1, and 20 (a block of 16
+// and one of 4).
+INSTANTIATE_TEST_SUITE_P(HeadGroups, ContiguousGqa,
+                         ::testing::Values(std::pair<int64_t, int64_t>{8, 2},
+                                           std::pair<int64_t, int64_t>{3, 3},
+                                           std::pair<int64_t, int64_t>{40, 2}));
+
+TEST_P(ContiguousGqa, PrefillMatchesCpu) {
+  const auto [heads, kvHeads] = GetParam();
+  const int64_t batch = 2, seq = 37, dk = 64, dv = 48;
   const int64_t kvLen = 37;
   std::vector<float> q = normal(batch * seq * heads * dk, 31);
   std::vector<float> k = normal(batch * kvLen * kvHeads * dk, 32);
