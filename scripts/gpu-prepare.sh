@@ -94,6 +94,11 @@ variant llama-bf16 llama-bf16 1e-2
 
 v2lite="null"
 if [[ "${KILN_SKIP_V2LITE:-0}" != 1 ]]; then
+  if ! python3 -c "import torch, transformers, safetensors" 2>/dev/null; then
+    echo "gpu-prepare: the V2-Lite checkpoint is written with torch and transformers:" \
+      "python3 -m pip install torch transformers safetensors (or KILN_SKIP_V2LITE=1)" >&2
+    exit 1
+  fi
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   python3 -c "import sys; sys.path.insert(0, '$root/bench'); import gpu_common; \
