@@ -51,6 +51,17 @@ def write_v2lite_checkpoint(directory, log=print):
     return directory
 
 
+def write_json(path, obj):
+    """`obj` as indented JSON text, also written to `path` (when given) through
+    a temporary file, so that a run cut short leaves the last whole report."""
+    text = json.dumps(obj, indent=2)
+    if path:
+        with open(path + ".tmp", "w") as f:
+            f.write(text + "\n")
+        os.replace(path + ".tmp", path)
+    return text
+
+
 def read_manifest(bundle):
     with open(os.path.join(bundle, "manifest.json")) as f:
         return json.load(f)

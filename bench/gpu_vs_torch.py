@@ -147,8 +147,9 @@ def hf_prefill(model, vocab, tokens, repeats):
     return tokens / best
 
 
-def summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, weights_dir, config):
-    """The decode table and the targets from what has been measured so far."""
+def summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, step_bytes):
+    """The decode table and the targets from what has been measured so far
+    (step_bytes: a batch-1 decode step's bytes per context)."""
     rows = []
     for b in batches:
         for c in contexts:
@@ -163,7 +164,7 @@ def summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, weigh
             if b == 1:
                 step_s = kiln[(b, c)]["decode_step_ms"] / 1e3
                 row["kiln_step_ms"] = step_s * 1e3
-                row["hbm_fraction"] = decode_bytes(weights_dir, config, c) / step_s / bandwidth
+                row["hbm_fraction"] = step_bytes[c] / step_s / bandwidth
             rows.append(row)
     result["decode"] = rows
     b1 = [r for r in rows if r["batch"] == 1]
@@ -177,16 +178,6 @@ def summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, weigh
         "decode_b1_ge_3x_eager": every(b1, "kiln_vs_eager", lambda v: v >= 3),
         "ahead_of_torch_compile_every_batch": every(rows, "kiln_vs_compile", lambda v: v > 1),
     }
-
-
-def write(result, path):
-    """Rewritten after every phase, so that a run cut short keeps what it measured."""
-    text = json.dumps(result, indent=2)
-    if path:
-        with open(path + ".tmp", "w") as f:
-            f.write(text + "\n")
-        os.replace(path + ".tmp", path)
-    return text
 
 
 def main():
@@ -221,11 +212,11 @@ def main():
     bandwidth = copy_bandwidth()
     result["hbm_copy_bytes_per_s"] = bandwidth
     kiln, eager, compiled = {}, {}, {}
+    step_bytes = {c: decode_bytes(args.weights_dir, config, c) for c in contexts}
 
     def progress():
-        summarize(result, batches, contexts, kiln, eager, compiled, bandwidth,
-                  args.weights_dir, config)
-        return write(result, args.output)
+        summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, step_bytes)
+        return gpu_common.write_json(args.output, result)
 
     result["prefill"] = {"tokens": prefill}
     try:  # a Kiln failure is reported with the peers' numbers

@@ -176,6 +176,15 @@ KILN_FN float warpSum(float value) {
   return value;
 }
 
+/// The largest `value` of the calling warp's lanes, returned to all of them.
+KILN_FN float warpMax(float value) {
+#if defined(__CUDACC__)
+  for (int offset = 16; offset > 0; offset >>= 1)
+    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+#endif
+  return value;
+}
+
 /// The largest of every thread's `value`, returned to all threads.
 KILN_FN float blockMax(float value) {
 #if defined(__CUDACC__)

@@ -3,7 +3,7 @@
 // context split across blocks (FlashDecoding) and merged. Semantics of
 // runtime/src/cpu (kvAppendPaged, kvAppendPagedFp8, attention,
 // attentionPaged, attentionPagedFp8, the KvGather launch); the host builds
-// are tested against them in tests/runtime/DeviceAttentionTest.cpp.
+// are tested against them in tests/runtime/KvAttentionKernelTest.cpp.
 //
 // Attention: one block per (query row, kv head, split) takes up to 16 query
 // heads of that kv head (absorbed MLA: all the heads share the one latent
@@ -247,15 +247,6 @@ struct Fp8Kv {
     return fp8Column(row, p.fp8, c);
   }
 };
-
-/// The maximum over the calling warp's lanes.
-KILN_FN float warpMax(float value) {
-#if defined(__CUDACC__)
-  for (int offset = 16; offset > 0; offset >>= 1)
-    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
-#endif
-  return value;
-}
 
 /// One block's work: query row `row` (sequence b), query heads [h0, h0 +
 /// nh) of kv head `kvHead`, keys [begin, end).

@@ -177,9 +177,7 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
   }
 }
 
-/// Dense and head GEMMs: the p.rows rows of matrix grid.z; grouped ones
-/// (p.offsets): expert grid.z's rows, so that only the experts that have
-/// rows are read. kGemmRows rows at a time.
+/// gemvRows with the fewest accumulators that hold `count` rows.
 template <class W, bool Fp8>
 KILN_FN void gemvSomeRows(Dim3 block, const GemmParams &p, int64_t matrix,
                           int64_t first, int count) {
@@ -191,6 +189,9 @@ KILN_FN void gemvSomeRows(Dim3 block, const GemmParams &p, int64_t matrix,
     gemvRows<W, Fp8, kGemmRows>(block, p, matrix, first, count);
 }
 
+/// Dense and head GEMMs: the p.rows rows of matrix grid.z; grouped ones
+/// (p.offsets): expert grid.z's rows, so that only the experts that have
+/// rows are read. kGemmRows rows at a time.
 template <class W, bool Fp8>
 KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
   int64_t matrix = block.z;

@@ -152,12 +152,8 @@ REPORT_PATH = None
 def report(results):
     """The report so far: printed at the end, and rewritten to --out after
     every prompt so that a run cut short still leaves its results."""
-    text = json.dumps({"ok": all(r["ok"] for r in results), "results": results}, indent=2)
-    if REPORT_PATH:
-        with open(REPORT_PATH + ".tmp", "w") as f:
-            f.write(text + "\n")
-        os.replace(REPORT_PATH + ".tmp", REPORT_PATH)
-    return text
+    return gpu_common.write_json(REPORT_PATH,
+                                 {"ok": all(r["ok"] for r in results), "results": results})
 
 
 def check_tiny(bundle, manifest, tmp, kiln_device, torch_device, results):
