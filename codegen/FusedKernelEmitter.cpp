@@ -12,6 +12,7 @@
 
 #include "runtime/src/cpu/Kernels.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
@@ -583,6 +584,18 @@ FailureOr<FusedKernel> Emitter::emit() {
 
 FailureOr<FusedKernel> emitFusedKernel(FusedOp fused) {
   return Emitter(fused).emit();
+}
+
+llvm::SmallVector<FusedOp> entryFusedGroups(ModuleOp module) {
+  llvm::SmallVector<FusedOp> groups;
+  bool split = module.lookupSymbol("prefill") || module.lookupSymbol("decode");
+  for (llvm::StringRef name : {"prefill", "decode", "forward"}) {
+    auto func = module.lookupSymbol<func::FuncOp>(name);
+    if (!func || (name == "forward" && split))
+      continue;
+    func.walk([&](FusedOp fused) { groups.push_back(fused); });
+  }
+  return groups;
 }
 
 } // namespace kiln::codegen

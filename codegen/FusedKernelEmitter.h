@@ -10,6 +10,7 @@
 #define KILN_CODEGEN_FUSEDKERNELEMITTER_H
 
 #include "ir/KilnOps.h"
+#include "mlir/IR/BuiltinOps.h"
 #include "runtime/src/cpu/Kernels.h"
 
 #include <cstdint>
@@ -67,6 +68,10 @@ const std::string &fusedPreludeSource();
 /// more than one dimension, a moe_gate whose indices stay in the group,
 /// intermediates beyond 48 KiB per token.
 mlir::FailureOr<FusedKernel> emitFusedKernel(mlir::kiln::FusedOp fused);
+
+/// The `kiln.fused` groups the plan executes, in order: those of @prefill
+/// and @decode, or of @forward when no pass split it.
+llvm::SmallVector<mlir::kiln::FusedOp> entryFusedGroups(mlir::ModuleOp module);
 
 /// `#kiln.rope` as the CPU kernels take it.
 ::kiln::cpu::RopeParams ropeParams(mlir::kiln::RopeAttr rope);

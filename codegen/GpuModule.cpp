@@ -4,8 +4,6 @@
 #include "codegen/FusedKernelEmitter.h"
 #include "codegen/Nvrtc.h"
 
-#include "mlir/Dialect/Func/IR/FuncOps.h"
-
 namespace kiln::codegen {
 
 absl::Status addGpuModule(mlir::ModuleOp module, artifact::ModelT &plan,
@@ -14,33 +12,28 @@ absl::Status addGpuModule(mlir::ModuleOp module, artifact::ModelT &plan,
   gpu->arch = arch;
   std::string source;
   bool failed = false;
-  for (llvm::StringRef name : {"prefill", "decode", "forward"}) {
-    auto func = module.lookupSymbol<mlir::func::FuncOp>(name);
-    // @forward only when no pass split it into the two entry points.
-    if (!func || (name == "forward" && !gpu->kernels.empty()))
+  for (mlir::kiln::FusedOp fused : entryFusedGroups(module)) {
+    mlir::FailureOr<FusedKernel> kernel = emitFusedKernel(fused);
+    if (mlir::failed(kernel)) {
+      failed = true;
       continue;
-    func.walk([&](mlir::kiln::FusedOp fused) {
-      mlir::FailureOr<FusedKernel> kernel = emitFusedKernel(fused);
-      if (mlir::failed(kernel)) {
-        failed = true;
-        return;
-      }
-      source += kernel->source;
-      auto k = std::make_unique<artifact::GpuKernelT>();
-      k->name = kernel->cudaEntry;
-      k->block_threads = kFusedBlockThreads;
-      k->scratch_bytes =
-          static_cast<uint32_t>(kernel->scratchFloats * sizeof(float));
-      k->args = static_cast<uint32_t>(kernel->args.size());
-      gpu->kernels.push_back(std::move(k));
-    });
+    }
+    source += kernel->source;
+    auto k = std::make_unique<artifact::GpuKernelT>();
+    k->name = kernel->cudaEntry;
+    k->block_threads = kFusedBlockThreads;
+    k->scratch_bytes =
+        static_cast<uint32_t>(kernel->scratchFloats * sizeof(float));
+    k->args = static_cast<uint32_t>(kernel->args.size());
+    gpu->kernels.push_back(std::move(k));
   }
   if (failed)
     return absl::InvalidArgumentError(
         "a fused group has no generated kernel (see the diagnostics)");
   if (gpu->kernels.empty())
     return absl::InvalidArgumentError(
-        "--target=" + arch + ": the entry points have no fused groups to "
+        "--target=" + arch +
+        ": the entry points have no fused groups to "
         "compile (--no-fuse?)");
   absl::StatusOr<CudaBinary> binary =
       compileCuda(source, "kiln_fused_" + arch + ".cu", arch,

@@ -6,6 +6,7 @@
 #include "kiln/ParameterRecipe.h"
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -222,6 +223,35 @@ void describe(Model::Impl &impl, const std::filesystem::path &path) {
   }
 }
 
+/// The CPU module for this machine, unless switched off; a module for
+/// another machine is reported, not an error (the groups run as their ops).
+absl::Status loadHostKernels(Model::Impl &impl, const LoadOptions &options) {
+  const art::Model &plan = *impl.plan;
+  if (!plan.host_modules())
+    return absl::OkStatus();
+  const char *env = std::getenv("KILN_HOST_KERNELS");
+  bool enabled = options.hostKernels && !(env && std::string(env) == "0");
+  for (const art::HostModule *m : *plan.host_modules()) {
+    ModelInfo::HostCode code{m->target()->str(), m->kernels()->size(),
+                             m->shared_object()->size(), ""};
+    if (!enabled) {
+      code.status = "not used (switched off)";
+    } else if (code.target != art::kHostTarget) {
+      code.status =
+          "not used (this machine is " + std::string(art::kHostTarget) + ")";
+    } else if (!impl.hostKernels) {
+      absl::StatusOr<std::unique_ptr<cpu::HostKernels>> kernels =
+          cpu::HostKernels::load(*m, impl.info.path);
+      if (!kernels.ok())
+        return kernels.status();
+      impl.hostKernels = *std::move(kernels);
+      code.status = "loaded";
+    }
+    impl.info.hostCode.push_back(std::move(code));
+  }
+  return absl::OkStatus();
+}
+
 } // namespace
 
 Model::Impl::~Impl() {
@@ -310,6 +340,8 @@ Model::open(const std::filesystem::path &path, const LoadOptions &options) {
     return s;
   }
   describe(*impl, path);
+  if (absl::Status s = loadHostKernels(*impl, options); !s.ok())
+    return s;
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }
 

@@ -7,6 +7,7 @@
 #include "kiln/PlanShapes.h"
 #include "kiln/Runtime.h"
 #include "runtime/schema/kiln_generated.h"
+#include "runtime/src/cpu/HostKernels.h"
 
 #include "absl/status/status.h"
 
@@ -28,6 +29,8 @@ struct Model::Impl {
   std::vector<const std::byte *> parameterData;
   std::vector<std::unique_ptr<std::byte[]>> ownedWeights;
   std::vector<std::unique_ptr<frontend::SafetensorsFile>> externalFiles;
+  /// The artifact's CPU kernels when loaded (for this machine's target).
+  std::unique_ptr<cpu::HostKernels> hostKernels;
 };
 
 namespace detail {

@@ -612,6 +612,19 @@ absl::Status Verifier::run() {
             k->block_threads() > 1024)
           return fail("a GPU kernel lacks a name or has a bad block size");
     }
+  if (plan_.host_modules())
+    for (const art::HostModule *m : *plan_.host_modules()) {
+      const auto *object = m->shared_object();
+      if (!m->target() || m->target()->size() == 0 || !object ||
+          object->size() < 4 || object->Get(0) != 0x7f ||
+          object->Get(1) != 'E' || object->Get(2) != 'L' ||
+          object->Get(3) != 'F' || !m->kernels())
+        return fail("a CPU kernel module lacks its target, an ELF shared "
+                    "object or its kernel table");
+      for (const art::HostKernel *k : *m->kernels())
+        if (!k->name() || k->name()->size() == 0)
+          return fail("a CPU kernel lacks a name");
+    }
   for (const art::EntryPoint *entry : *plan_.entry_points()) {
     if (!entry->name() || !entry->launches())
       return fail("an entry point has no name or launches");
@@ -697,6 +710,15 @@ absl::Status Verifier::checkFused(const art::EntryPoint &entry) {
                       " module has no kernel of that name taking " +
                       std::to_string(group->args()->size()) + " arguments");
       }
+    // CPU modules may leave a group out (it then runs as its ops).
+    if (plan_.host_modules())
+      for (const art::HostModule *m : *plan_.host_modules())
+        for (const art::HostKernel *k : *m->kernels())
+          if (k->name()->string_view() == group->kernel()->string_view() &&
+              k->args() != group->args()->size())
+            return fail("the " + m->target()->str() +
+                        " CPU module's kernel of that name does not take " +
+                        std::to_string(group->args()->size()) + " arguments");
   }
   return absl::OkStatus();
 }

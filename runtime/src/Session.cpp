@@ -47,9 +47,20 @@ struct BoundLaunch {
   std::vector<BoundArg> args;
 };
 
+/// A fused group the artifact's CPU kernel runs in place of launches
+/// [first, first + count).
+struct BoundFused {
+  size_t first = 0, count = 0;
+  cpu::HostKernels::Entry kernel = nullptr;
+  std::vector<void *> args;
+  /// Its last result, whose symbolic dimensions count the tokens.
+  const art::TensorRef *tokens = nullptr;
+};
+
 struct BoundEntry {
   const art::EntryPoint *entry = nullptr;
   std::vector<BoundLaunch> launches;
+  std::vector<BoundFused> fused; // in launch order
   int32_t *tokens = nullptr, *positions = nullptr, *kvLengths = nullptr;
   float *logits = nullptr;
 };
@@ -174,10 +185,15 @@ struct Session::Impl {
   bool profile = false;
   std::array<Profile, static_cast<size_t>(art::KernelKind::MAX) + 1>
       profileByKernel{};
+  Profile fusedProfile; // the artifact's CPU kernels
   ~Impl() {
     if (!profile)
       return;
     std::fprintf(stderr, "kiln profile (kernel, launches, seconds):\n");
+    if (fusedProfile.launches)
+      std::fprintf(stderr, "  %-14s %8lld %10.4f\n", "fused (generated)",
+                   static_cast<long long>(fusedProfile.launches),
+                   fusedProfile.seconds);
     for (size_t k = 0; k < profileByKernel.size(); ++k)
       if (profileByKernel[k].launches)
         std::fprintf(stderr, "  %-14s %8lld %10.4f\n",
@@ -241,6 +257,19 @@ absl::Status Session::Impl::bind(const art::EntryPoint *entry,
       bl.args.push_back({resolve(ref), ref});
     bound.launches.push_back(std::move(bl));
   }
+  if (model->hostKernels && entry->fused())
+    for (const art::FusedLaunch *group : *entry->fused()) {
+      BoundFused bf;
+      bf.kernel = model->hostKernels->find(group->kernel()->string_view());
+      if (!bf.kernel)
+        continue;
+      bf.first = group->first();
+      bf.count = group->count();
+      for (const art::TensorRef *ref : *group->args())
+        bf.args.push_back(resolve(ref));
+      bf.tokens = group->args()->Get(group->args()->size() - 1);
+      bound.fused.push_back(std::move(bf));
+    }
   return absl::OkStatus();
 }
 
@@ -515,9 +544,27 @@ absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims) {
     return absl::OkStatus();
   }
 #endif
-  for (const BoundLaunch &bl : bound.launches) {
+  auto fused = bound.fused.begin();
+  for (size_t i = 0; i < bound.launches.size(); ++i) {
     auto start = profile ? std::chrono::steady_clock::now()
                          : std::chrono::steady_clock::time_point();
+    if (fused != bound.fused.end() && fused->first == i) {
+      int64_t tokens = 1;
+      for (const art::Dim *d : *fused->tokens->shape())
+        if (d->symbol() != art::DimSymbol::Static)
+          tokens *= dims.of(*d);
+      fused->kernel(tokens, const_cast<void **>(fused->args.data()));
+      i += fused->count - 1;
+      ++fused;
+      if (profile) {
+        fusedProfile.seconds += std::chrono::duration<double>(
+                                    std::chrono::steady_clock::now() - start)
+                                    .count();
+        ++fusedProfile.launches;
+      }
+      continue;
+    }
+    const BoundLaunch &bl = bound.launches[i];
     absl::Status s = launch(bl, dims);
     if (profile) {
       Profile &p = profileByKernel[static_cast<size_t>(bl.launch->kernel())];
@@ -924,8 +971,8 @@ absl::Status Session::decode(std::span<const int> sequences,
   dims.routed = dims.batch * s.model->plan->moe_top_k();
   if (absl::Status st = s.run(s.decode, dims); !st.ok())
     return st;
-  // Batch 128 of a 102400-token vocabulary is 52 MB: copied by every
-  // thread, not one.
+    // Batch 128 of a 102400-token vocabulary is 52 MB: copied by every
+    // thread, not one.
 #pragma omp parallel for if (dims.batch >= 8) schedule(static)
   for (int64_t b = 0; b < dims.batch; ++b)
     std::memcpy(s.lastLogits.data() + sequences[b] * s.vocab,

@@ -5,6 +5,7 @@
 #define KILN_TESTS_E2E_E2EUTIL_H
 
 #include "codegen/ArtifactWriter.h"
+#include "codegen/HostModule.h"
 #include "codegen/PlanBuilder.h"
 #include "models/Import.h"
 #include "passes/Pipeline.h"
@@ -15,6 +16,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <span>
 
 namespace kiln::testing {
@@ -33,14 +35,19 @@ struct CompileSettings {
   mlir::kiln::OptimizeOptions optimize;
   codegen::PlanOptions plan{.maxBatch = 4, .maxPrefill = 16, .maxContext = 64};
   codegen::WeightsMode weights = codegen::WeightsMode::Embed;
+  /// `--target=cpu`: the fused groups' CPU kernels (HostModule).
+  bool hostKernels = true;
+  codegen::HostModuleOptions host;
+  /// Called on the plan before it is written (tests of malformed plans).
+  std::function<void(artifact::ModelT &)> editPlan;
 };
 
 /// Compiles `modelDir` to `out`; the optimize options' cost-model bounds
 /// come from the plan's. Returns `out`, or an empty path after reporting
 /// a test failure.
-inline std::filesystem::path compileArtifact(const std::filesystem::path &modelDir,
-                                             const std::filesystem::path &out,
-                                             CompileSettings settings) {
+inline std::filesystem::path
+compileArtifact(const std::filesystem::path &modelDir,
+                const std::filesystem::path &out, CompileSettings settings) {
   using frontend::testing::errorOf;
   mlir::MLIRContext context;
   absl::StatusOr<models::ImportedModel> model =
@@ -63,6 +70,16 @@ inline std::filesystem::path compileArtifact(const std::filesystem::path &modelD
     ADD_FAILURE() << "cannot plan " << modelDir;
     return {};
   }
+  if (settings.hostKernels) {
+    absl::StatusOr<codegen::HostModuleReport> host =
+        codegen::addHostModule(*model->module, **plan, settings.host);
+    if (!host.ok()) {
+      ADD_FAILURE() << "CPU kernels of " << modelDir << ": " << errorOf(host);
+      return {};
+    }
+  }
+  if (settings.editPlan)
+    settings.editPlan(**plan);
   absl::Status written = codegen::writeArtifact(
       out, **plan, *model->module, *model->checkpoint, settings.weights);
   EXPECT_TRUE(written.ok()) << errorOf(written);

@@ -88,14 +88,24 @@ struct Comparison {
 
 /// Runs the three prompts as one batch, then 8 decode steps fed with HF's
 /// greedy tokens; compares logits with `prefix`.* and greedy tokens with
-/// HF's fp32 tokens.
+/// HF's fp32 tokens. `hostKernels`: fused groups run as the artifact's
+/// generated CPU kernels (checked to be loaded), else as their ops.
 Comparison runAndCompare(const std::filesystem::path &artifact,
-                         const Golden &golden, const std::string &prefix) {
+                         const Golden &golden, const std::string &prefix,
+                         bool hostKernels = true) {
   Comparison c;
-  auto model = Model::open(artifact);
+  LoadOptions options;
+  options.hostKernels = hostKernels;
+  auto model = Model::open(artifact, options);
   EXPECT_TRUE(model.ok()) << errorOf(model);
   if (!model.ok())
     return c;
+  const auto &hostCode = (*model)->info().hostCode;
+  EXPECT_EQ(hostCode.size(), 1u);
+  for (const ModelInfo::HostCode &code : hostCode) {
+    EXPECT_GT(code.kernels, 0u);
+    EXPECT_EQ(code.status, hostKernels ? "loaded" : "not used (switched off)");
+  }
   auto session = Session::create(**model);
   EXPECT_TRUE(session.ok()) << errorOf(session);
   Session &s = **session;
@@ -153,27 +163,38 @@ Comparison runAndCompare(const std::filesystem::path &artifact,
 
 class GoldenModel : public ::testing::TestWithParam<std::string> {};
 
+// Both ways of running fused groups: the generated CPU kernels (what the
+// GPU runs, built for the host) and the runtime's own kernels op by op.
 TEST_P(GoldenModel, Fp32MatchesTransformers) {
   Golden golden(GetParam());
   std::filesystem::path artifact =
       compile(kGolden / GetParam(), freshTempDir() / "model.kiln");
-  Comparison c = runAndCompare(artifact, golden, "");
-  RecordProperty("relative_error", std::to_string(c.error.relative()));
-  EXPECT_LE(c.error.relative(), kRelativeTolerance)
-      << "max |diff| " << c.error.diff << " over max |logit| " << c.error.scale;
-  EXPECT_EQ(c.tokenMatches, c.tokens) << "greedy tokens differ from HF's";
+  for (bool hostKernels : {true, false}) {
+    SCOPED_TRACE(hostKernels ? "generated CPU kernels" : "ops one by one");
+    Comparison c = runAndCompare(artifact, golden, "", hostKernels);
+    RecordProperty(hostKernels ? "relative_error" : "relative_error_ops",
+                   std::to_string(c.error.relative()));
+    EXPECT_LE(c.error.relative(), kRelativeTolerance)
+        << "max |diff| " << c.error.diff << " over max |logit| "
+        << c.error.scale;
+    EXPECT_EQ(c.tokenMatches, c.tokens) << "greedy tokens differ from HF's";
+  }
 }
 
 TEST_P(GoldenModel, Bf16WeightsMatchTransformers) {
   Golden golden(GetParam());
   std::filesystem::path artifact = compile(kGolden / (GetParam() + "-bf16"),
                                            freshTempDir() / "model-bf16.kiln");
-  Comparison c = runAndCompare(artifact, golden, "bf16.");
-  RecordProperty("relative_error", std::to_string(c.error.relative()));
-  EXPECT_LE(c.error.relative(), kRelativeTolerance);
-  EXPECT_GT(c.stableTokens, 0);
-  EXPECT_EQ(c.stableMatches, c.stableTokens)
-      << "top-1 differs from fp32 at a position with a safe margin";
+  for (bool hostKernels : {true, false}) {
+    SCOPED_TRACE(hostKernels ? "generated CPU kernels" : "ops one by one");
+    Comparison c = runAndCompare(artifact, golden, "bf16.", hostKernels);
+    RecordProperty(hostKernels ? "relative_error" : "relative_error_ops",
+                   std::to_string(c.error.relative()));
+    EXPECT_LE(c.error.relative(), kRelativeTolerance);
+    EXPECT_GT(c.stableTokens, 0);
+    EXPECT_EQ(c.stableMatches, c.stableTokens)
+        << "top-1 differs from fp32 at a position with a safe margin";
+  }
 }
 
 TEST_P(GoldenModel, ParameterCountMatchesTransformers) {

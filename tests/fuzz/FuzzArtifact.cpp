@@ -3,7 +3,7 @@
 // over the mutated bytes first, so mutations reach the FlatBuffers verifier
 // and the plan verifier. An artifact that loads must also run: a prefill and
 // a decode step (when its arena and cache are small) must not crash; they
-// may fail with an error.
+// may fail with an error. The artifact's CPU kernels are not loaded.
 #include "kiln/ArtifactFormat.h"
 #include "kiln/Runtime.h"
 
@@ -44,7 +44,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     out.write(reinterpret_cast<const char *>(bytes.data()),
               static_cast<std::streamsize>(bytes.size()));
   }
-  auto model = kiln::Model::open(path);
+  // An artifact's CPU kernels are native code, trusted like a library (see
+  // LoadOptions::hostKernels): mutating them would run arbitrary code, not
+  // test the loader.
+  kiln::LoadOptions options;
+  options.hostKernels = false;
+  auto model = kiln::Model::open(path, options);
   if (!model.ok())
     return 0;
   const kiln::ModelInfo &info = (*model)->info();

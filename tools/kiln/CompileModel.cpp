@@ -12,6 +12,7 @@
 #include "codegen/ArtifactWriter.h"
 #include "codegen/FusedKernelEmitter.h"
 #include "codegen/GpuModule.h"
+#include "codegen/HostModule.h"
 #include "codegen/PlanBuilder.h"
 #include "models/Import.h"
 #include "passes/Pipeline.h"
@@ -78,6 +79,30 @@ absl::Status applyMlirOptions(const std::vector<std::string> &options) {
   if (!llvm::cl::ParseCommandLineOptions(static_cast<int>(argv.size()),
                                          argv.data(), "", &os))
     return absl::InvalidArgumentError(os.str());
+  return absl::OkStatus();
+}
+
+/// `--target=cpu`: the fused groups' host builds. Without a host C++
+/// compiler the artifact still runs on the CPU, each group as its ops.
+absl::Status addHostKernels(mlir::ModuleOp module, artifact::ModelT &plan,
+                            Progress &progress) {
+  progress.begin("compile fused kernels for the CPU");
+  absl::StatusOr<codegen::HostModuleReport> report =
+      codegen::addHostModule(module, plan);
+  progress.end();
+  if (!report.ok() && absl::IsUnavailable(report.status())) {
+    std::cerr << "kiln: warning: " << report.status().message()
+              << "; the CPU runs each fused group as its ops\n";
+    return absl::OkStatus();
+  }
+  if (!report.ok())
+    return report.status();
+  if (!report->skipped.empty()) {
+    std::cerr << "kiln: " << report->skipped.size()
+              << " fused group(s) have no CPU kernel and run as their ops:\n";
+    for (const std::string &why : report->skipped)
+      std::cerr << "  " << why << "\n";
+  }
   return absl::OkStatus();
 }
 
@@ -231,8 +256,12 @@ absl::Status compileModel(const CompileModelOptions &opts) {
   if (opts.compileTo == "plan")
     return printModule(module, opts.output);
   for (const std::string &target : opts.targets) {
-    if (target == "cpu")
+    if (target == "cpu") {
+      if (absl::Status s = addHostKernels(module, **built, progress); !s.ok())
+        return absl::Status(s.code(), "cannot compile " + opts.model + ": " +
+                                          std::string(s.message()));
       continue;
+    }
     progress.begin("compile fused kernels for " + target);
     if (absl::Status s = codegen::addGpuModule(module, **built, target);
         !s.ok())
@@ -307,9 +336,12 @@ CommandRunner registerCompileModel(CLI::App &app) {
                "Do not group row-local ops into kiln.fused kernels");
   addQuantizeOptions(app, opts->quantize);
   app.add_option("--target", opts->targets,
-                 "Code to put in the artifact, a comma list: cpu (the plan "
-                 "the CPU runtime executes, always there) and sm_90a (the "
-                 "fused kernels compiled with NVRTC for Hopper, plus PTX)")
+                 "Code to put in the artifact, a comma list: cpu (the fused "
+                 "kernels built with the host C++ compiler, $KILN_HOST_CXX, "
+                 "into a shared object the CPU runtime loads) and sm_90a "
+                 "(compiled with NVRTC for Hopper, plus PTX). Every artifact "
+                 "runs on the CPU; without cpu code each fused group runs as "
+                 "its ops")
       ->delimiter(',')
       ->check(CLI::IsMember({"cpu", "sm_90a"}))
       ->capture_default_str();

@@ -63,6 +63,10 @@ absl::Status inspect(const std::string &path, bool verifyWeights) {
     std::cout << "gpu code:        " << g.arch << ": " << g.kernels
               << " fused kernels, cubin " << bytesString(g.cubinBytes)
               << ", ptx " << bytesString(g.ptxBytes) << "\n";
+  for (const ModelInfo::HostCode &h : info.hostCode)
+    std::cout << "cpu code:        " << h.target << ": " << h.kernels
+              << " fused kernels, shared object " << bytesString(h.bytes)
+              << ", " << h.status << "\n";
   return absl::OkStatus();
 }
 

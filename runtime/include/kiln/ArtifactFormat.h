@@ -34,6 +34,23 @@ inline constexpr uint64_t kKnownFeatures =
     kFeatureEmbeddedWeights | kFeatureExternalWeights | kFeatureFp8Weights |
     kFeatureFp8KvCache;
 
+/// The machine a HostModule's shared object runs on (the compiler's own,
+/// which builds it with the host C++ compiler): the runtime loads only a
+/// module whose target equals its own.
+inline constexpr const char *kHostTarget =
+#if defined(__x86_64__)
+    "x86_64"
+#elif defined(__aarch64__)
+    "aarch64"
+#else
+    "unknown"
+#endif
+#if defined(__linux__)
+    "-linux-gnu";
+#else
+    "-unknown";
+#endif
+
 struct FileHeader {
   char magic[8];
   uint32_t formatVersion;

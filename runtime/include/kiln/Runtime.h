@@ -44,6 +44,12 @@ struct LoadOptions {
   /// External weights: read the checkpoint from here instead of the
   /// directory the artifact was compiled against (e.g. on another machine).
   std::filesystem::path weightsDir;
+  /// Run fused groups with the artifact's CPU kernels (a shared object
+  /// built by `kiln compile-model --target=cpu`, loaded with dlopen: it is
+  /// native code, trust the artifact as you would a library). Off: each
+  /// group runs as its ops with the runtime's own kernels (so does
+  /// KILN_HOST_KERNELS=0 in the environment).
+  bool hostKernels = true;
 };
 
 struct EntryPointInfo {
@@ -76,6 +82,14 @@ struct ModelInfo {
     size_t kernels = 0, cubinBytes = 0, ptxBytes = 0;
   };
   std::vector<GpuCode> gpuCode;
+  /// Generated CPU code the artifact carries, and whether it is used.
+  struct HostCode {
+    std::string target;
+    size_t kernels = 0, bytes = 0;
+    /// "loaded", or why the fused groups run as their ops instead.
+    std::string status;
+  };
+  std::vector<HostCode> hostCode;
 };
 
 class Session;
@@ -136,9 +150,9 @@ public:
 
   /// Starts one sequence per prompt, next to any that are alive, and runs
   /// the prompts through the model in batches of the artifact's prefill
-  /// batch (in chunks of its max prefill length). Prompts must be non-empty, tokens in
-  /// [0, vocab). Returns the new sequences' ids, in prompt order (a fresh
-  /// session hands out 0, 1, ...). When the cache has too few free blocks
+  /// batch (in chunks of its max prefill length). Prompts must be non-empty,
+  /// tokens in [0, vocab). Returns the new sequences' ids, in prompt order (a
+  /// fresh session hands out 0, 1, ...). When the cache has too few free blocks
   /// the error is ResourceExhausted and no sequence is started.
   absl::StatusOr<std::vector<int>>
   prefill(const std::vector<std::vector<int32_t>> &prompts);
