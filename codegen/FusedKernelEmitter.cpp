@@ -58,6 +58,8 @@ FailureOr<KernelElement> kernelElement(Type type) {
     return KernelElement::F16;
   if (type.isInteger(32))
     return KernelElement::I32;
+  if (isa<Float8E4M3FNType>(type))
+    return KernelElement::F8E4M3;
   return failure();
 }
 
@@ -71,6 +73,8 @@ const char *cppType(KernelElement element) {
     return "kiln::F16";
   case KernelElement::I32:
     return "int32_t";
+  case KernelElement::F8E4M3:
+    return "unsigned char";
   }
   return "float";
 }
@@ -85,6 +89,8 @@ const char *elementName(KernelElement element) {
     return "f16";
   case KernelElement::I32:
     return "i32";
+  case KernelElement::F8E4M3:
+    return "f8e4m3";
   }
   return "f32";
 }
@@ -167,7 +173,7 @@ LogicalResult Emitter::collectArgs() {
   for (auto [i, input] : llvm::enumerate(fused_.getInputs())) {
     auto type = cast<RankedTensorType>(input.getType());
     FailureOr<KernelElement> element = kernelElement(type.getElementType());
-    if (failed(element))
+    if (failed(element) || *element == KernelElement::F8E4M3)
       return fused_.emitOpError("generated kernels take f32, bf16, f16 or i32 "
                                 "inputs, not ")
              << type.getElementType() << " (input " << i << ")";
@@ -195,8 +201,8 @@ LogicalResult Emitter::collectArgs() {
     FailureOr<KernelElement> element = kernelElement(type.getElementType());
     if (failed(element) || *element == KernelElement::BF16 ||
         *element == KernelElement::F16 || leadingDynamicDims(type) == 0)
-      return fused_.emitOpError("generated kernels yield per-token f32 or "
-                                "i32 values, not ")
+      return fused_.emitOpError("generated kernels yield per-token f32, i32 "
+                                "or f8E4M3FN values, not ")
              << type;
     KernelArg arg;
     arg.isResult = true;
@@ -297,17 +303,19 @@ LogicalResult Emitter::emitOp(Operation &op) {
   os_ << "\n";
   // The results' rows: in a result or in the scratch row.
   for (auto [k, result] : llvm::enumerate(op.getResults())) {
-    std::string name =
-        newName(op, op.getNumResults() > 1
-                        ? (k == 0 ? StringRef("weights") : StringRef("indices"))
-                        : StringRef());
-    bool isInt = getElementTypeOrSelf(result.getType()).isInteger(32);
+    StringRef suffix;
+    if (op.getNumResults() > 1)
+      suffix = isa<QuantizeFp8Op>(op) ? (k == 0 ? "codes" : "scales")
+                                      : (k == 0 ? "weights" : "indices");
+    std::string name = newName(op, suffix);
+    Type element = getElementTypeOrSelf(result.getType());
     if (auto it = inResult_.find(result); it != inResult_.end()) {
-      os_ << "  " << (isInt ? "int32_t" : "float") << " *" << name << " = out"
-          << it->second << " + token * " << perToken(result) << ";\n";
-    } else if (isInt) {
-      return op.emitOpError("generated kernels write i32 values only to the "
-                            "group's results");
+      os_ << "  " << cppType(*kernelElement(element)) << " *" << name
+          << " = out" << it->second << " + token * " << perToken(result)
+          << ";\n";
+    } else if (!element.isF32()) {
+      return op.emitOpError("generated kernels write i32 and f8E4M3FN values "
+                            "only to the group's results");
     } else {
       os_ << "  float *" << name << " = scratch + " << inScratch_.lookup(result)
           << ";\n";
@@ -318,6 +326,20 @@ LogicalResult Emitter::emitOp(Operation &op) {
 
   LogicalResult emitted =
       llvm::TypeSwitch<Operation *, LogicalResult>(&op)
+          .Case([&](QuantizeFp8Op quantize) {
+            // One call per row of the last dimension (e.g. per head).
+            int64_t n = lastDim(quantize.getInput());
+            int64_t blocks =
+                (n + quantize.getBlockCols() - 1) / quantize.getBlockCols();
+            os_ << llvm::formatv(
+                "  for (int64_t r = 0; r < {0}; ++r)\n"
+                "    kiln::quantizeFp8({1} + r * {2}, {2}, {3}, {4}, "
+                "{5} + r * {2}, {6} + r * {7});\n",
+                perToken(quantize.getInput()) / n, row(quantize.getInput()), n,
+                quantize.getBlockCols(), quantize.getUe8m0() ? 1 : 0,
+                row(quantize.getCodes()), row(quantize.getScales()), blocks);
+            return success();
+          })
           .Case([&](AddOp add) {
             os_ << llvm::formatv("  kiln::add({0}, {1}, {2}, {3});\n",
                                  row(add.getLhs()), row(add.getRhs()),

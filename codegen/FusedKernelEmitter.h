@@ -20,7 +20,7 @@
 namespace kiln::codegen {
 
 /// The element types a fused kernel argument may have.
-enum class KernelElement { F32, BF16, F16, I32 };
+enum class KernelElement { F32, BF16, F16, I32, F8E4M3 };
 
 /// One pointer argument of a fused kernel: the group's inputs in order, then
 /// its results.

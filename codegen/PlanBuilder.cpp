@@ -351,6 +351,12 @@ LogicalResult EntryPlanner::addLaunch(Operation *op, art::EntryPointT &entry) {
             fp8(linear.getBlockSize(), linear.getActUe8m0());
             return success();
           })
+          .Case([&](QuantizeFp8Op quantize) {
+            launch->kernel = art::KernelKind::QuantizeFp8;
+            ints.push_back(quantize.getBlockCols());
+            ints.push_back(quantize.getUe8m0() ? 1 : 0);
+            return success();
+          })
           .Case([&](HeadLinearOp head) {
             launch->kernel = art::KernelKind::HeadLinear;
             fp8(head.getBlockSize(), head.getActUe8m0());

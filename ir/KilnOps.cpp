@@ -217,8 +217,8 @@ int64_t KVCacheOp::getStoredBytesPerToken() {
   // fp32 scale per 128 of them, bf16 for the rest, padded to 4 bytes: the
   // runtime's Fp8LatentLayout.
   int64_t codes = storage.getColumns();
-  int64_t bytes = (codes + 3) / 4 * 4 + 4 * ((codes + 127) / 128) +
-                  2 * (elements - codes);
+  int64_t bytes =
+      (codes + 3) / 4 * 4 + 4 * ((codes + 127) / 128) + 2 * (elements - codes);
   return (bytes + 3) / 4 * 4;
 }
 
@@ -312,10 +312,25 @@ LogicalResult LinearOp::verify() {
   RankedTensorType weight = getWeight().getType();
   if (input.getRank() < 1)
     return emitOpError("input must have rank >= 1");
-  if (failed(checkRank(*this, "weight", weight, 2)) ||
-      failed(
-          checkSameElementType(*this, "result", getResult().getType(), input)))
+  if (failed(checkRank(*this, "weight", weight, 2)))
     return failure();
+  bool quantizedInput = isFp8(input);
+  if (quantizedInput != static_cast<bool>(getInputScale()))
+    return emitOpError("an f8E4M3FN input needs input_scale, and only it");
+  if (quantizedInput) {
+    if (!isFp8(weight) || !getBlockSize())
+      return emitOpError("an f8E4M3FN input needs an f8E4M3FN weight");
+    if (!getResult().getType().getElementType().isF32())
+      return emitOpError("an f8E4M3FN input gives an f32 result");
+    SmallVector<int64_t> scales(input.getShape());
+    scales.back() = ceilDiv(weight.getDimSize(1), (*getBlockSize())[1]);
+    if (failed(checkShape(*this, "input_scale", getInputScale().getType(),
+                          scales)))
+      return failure();
+  } else if (failed(checkSameElementType(*this, "result", getResult().getType(),
+                                         input))) {
+    return failure();
+  }
   int64_t out = weight.getDimSize(0), in = weight.getDimSize(1);
   if (!dimsCompatible(input.getShape().back(), in))
     return emitOpError("input's last dimension ")
@@ -330,6 +345,18 @@ LogicalResult LinearOp::verify() {
     return failure();
   return checkBlockScale(*this, weight, getWeightScale(), getBlockSize(),
                          getActUe8m0());
+}
+
+LogicalResult QuantizeFp8Op::verify() {
+  RankedTensorType input = getInput().getType();
+  if (input.getRank() < 1 || getBlockCols() <= 0)
+    return emitOpError("expects input [..., channels] and block_cols > 0");
+  if (failed(
+          checkShape(*this, "codes", getCodes().getType(), input.getShape())))
+    return failure();
+  SmallVector<int64_t> scales(input.getShape());
+  scales.back() = ceilDiv(input.getShape().back(), getBlockCols());
+  return checkShape(*this, "scales", getScales().getType(), scales);
 }
 
 LogicalResult HeadLinearOp::verify() {
@@ -642,7 +669,7 @@ LogicalResult MoECombineOp::verify() {
 
 bool FusedOp::canContain(Operation *op) {
   return isa<RMSNormOp, AddOp, SwiGLUOp, RopeOp, SliceOp, ConcatOp, BroadcastOp,
-             ReshapeOp, MoEGateOp>(op);
+             ReshapeOp, MoEGateOp, QuantizeFp8Op>(op);
 }
 
 LogicalResult FusedOp::verify() {

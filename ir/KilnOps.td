@@ -16,6 +16,9 @@ def Kiln_Activation : RankedTensorOf<[F32, BF16]>;
 def Kiln_Weight : RankedTensorOf<[F32, F16, BF16, F8E4M3FN]>;
 def Kiln_IndexTensor : RankedTensorOf<[I32]>;
 def Kiln_F32Tensor : RankedTensorOf<[F32]>;
+def Kiln_Fp8Tensor : RankedTensorOf<[F8E4M3FN]>;
+// A GEMM input: activations, or activations already quantized to e4m3.
+def Kiln_GemmInput : RankedTensorOf<[F32, BF16, F8E4M3FN]>;
 
 def Kiln_KVCacheResource : Resource<"::mlir::kiln::KVCacheResource">;
 
@@ -219,15 +222,42 @@ def Kiln_LinearOp : Kiln_Op<"linear", [Pure, AttrSizedOperandSegments]> {
         -> tensor<?x?x96xf32>
     ```
   }];
-  let arguments = (ins Kiln_Activation:$input, Kiln_Weight:$weight,
+  let arguments = (ins Kiln_GemmInput:$input, Kiln_Weight:$weight,
                        Optional<Kiln_Weight>:$bias,
                        Optional<Kiln_F32Tensor>:$weight_scale,
+                       Optional<Kiln_F32Tensor>:$input_scale,
                        OptionalAttr<DenseI64ArrayAttr>:$block_size,
                        UnitAttr:$act_ue8m0);
   let results = (outs Kiln_Activation:$result);
   let assemblyFormat = [{
-    $input `,` $weight (`bias` $bias^)? (`scale` $weight_scale^)? attr-dict
+    $input `,` $weight (`bias` $bias^)? (`scale` $weight_scale^)?
+    (`input_scale` $input_scale^)? attr-dict
     `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_QuantizeFp8Op : Kiln_Op<"quantize_fp8", [Pure]> {
+  let summary = "FP8 activation quantization per token per block of channels";
+  let description = [{
+    DeepSeek-V3's activation quantization, as `kiln.linear` applies it to
+    the input of an FP8 GEMM: the last dimension in blocks of `block_cols`
+    channels, each with `s = max(amax, 1e-4) / 448` (rounded up to a power
+    of two with `ue8m0`) and codes `e4m3(x / s)`; `scales` has one entry
+    per block. Row-local, so `kiln-fuse` puts it in the epilogue of the
+    kernel that computes `input`, which then writes one byte per value
+    instead of four and spares the GEMM its own quantization pass.
+
+    ```mlir
+    %q, %s = kiln.quantize_fp8 %x {block_cols = 128 : i64}
+        : (tensor<?x?x256xf32>) -> (tensor<?x?x256xf8E4M3FN>, tensor<?x?x2xf32>)
+    ```
+  }];
+  let arguments = (ins Kiln_Activation:$input, I64Attr:$block_cols,
+                       UnitAttr:$ue8m0);
+  let results = (outs Kiln_Fp8Tensor:$codes, Kiln_F32Tensor:$scales);
+  let assemblyFormat = [{
+    $input attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }
@@ -573,7 +603,7 @@ def Kiln_FusedOp : Kiln_Op<"fused", [Pure, IsolatedFromAbove, SingleBlock]> {
     entry block's arguments stand for `inputs` in order. Only row-local ops
     may appear in the body (`kiln.rms_norm`, `kiln.add`, `kiln.swiglu`,
     `kiln.rope`, `kiln.slice`, `kiln.concat`, `kiln.broadcast`,
-    `kiln.reshape`, `kiln.moe_gate`): a token's results depend only on the
+    `kiln.reshape`, `kiln.moe_gate`, `kiln.quantize_fp8`): a token's results depend only on the
     same token of the operands, plus whole weights. `name` names the
     kernel; `kiln-fuse` records why it formed the group in `kiln.fusion`.
 

@@ -138,8 +138,8 @@ std::pair<int64_t, int64_t> GraphBuilder::weightBlock() const {
 }
 
 UnitAttr GraphBuilder::actUe8m0(const Weight &w) {
-  bool pow2 = w.scale && config_.quantization &&
-              config_.quantization->ue8m0Scales;
+  bool pow2 =
+      w.scale && config_.quantization && config_.quantization->ue8m0Scales;
   return pow2 ? builder_.getUnitAttr() : UnitAttr();
 }
 
@@ -165,7 +165,7 @@ Value GraphBuilder::linear(Value x, const std::string &prefix, int64_t out,
     block = builder_.getDenseI64ArrayAttr({rows, cols});
   }
   return builder_.create<LinearOp>(loc(prefix), result, x, w.value, b, w.scale,
-                                   block, actUe8m0(w));
+                                   Value(), block, actUe8m0(w));
 }
 
 Value GraphBuilder::rmsNorm(Value x, const std::string &name, double eps) {

@@ -210,8 +210,7 @@ StringRef Rewriter::latentSlot(MlaSite m) {
     b_.create<KVCacheOp>(
         old.getLoc(), b_.getStringAttr(name),
         TypeAttr::get(RankedTensorType::get({1, m.kvr + m.rope}, element)),
-        fp8Cache_ ? Fp8CacheAttr::get(b_.getContext(), m.kvr)
-                  : Fp8CacheAttr());
+        fp8Cache_ ? Fp8CacheAttr::get(b_.getContext(), m.kvr) : Fp8CacheAttr());
   }
   return cast<KVCacheOp>(module_.lookupSymbol(name)).getSymName();
 }
@@ -228,12 +227,11 @@ Value Rewriter::derive(GetParameterOp source, StringRef suffix, int64_t heads,
   if (!module_.lookupSymbol(name)) {
     OpBuilder::InsertionGuard guard(b_);
     b_.setInsertionPointAfter(param);
-    b_.create<ParameterOp>(param.getLoc(), b_.getStringAttr(name),
-                           TypeAttr::get(type),
-                           b_.getStringAttr(param.getSourceName()),
-                           param.getQuantizeAttr(),
-                           HeadSliceAttr::get(b_.getContext(), heads, rows,
-                                              offset, size, transpose));
+    b_.create<ParameterOp>(
+        param.getLoc(), b_.getStringAttr(name), TypeAttr::get(type),
+        b_.getStringAttr(param.getSourceName()), param.getQuantizeAttr(),
+        HeadSliceAttr::get(b_.getContext(), heads, rows, offset, size,
+                           transpose));
   }
   return b_.create<GetParameterOp>(source.getLoc(), type, name);
 }
@@ -283,10 +281,9 @@ void Rewriter::rewrite(MlaSite m, MlaForm form) {
                             FlatSymbolRefAttr::get(b_.getContext(), slot),
                             lengths, b_.getDenseI64ArrayAttr({0, m.kvr}));
     DerivedWeight wUK = getParameter(m, ".w_uk", 0, m.nope, /*transpose=*/true);
-    Value qLat =
-        b_.create<HeadLinearOp>(loc, tensor({m.heads, m.kvr}, element), m.qNope,
-                                wUK.value, wUK.scale, wUK.blockSize,
-                                wUK.scale ? m.actUe8m0 : UnitAttr());
+    Value qLat = b_.create<HeadLinearOp>(
+        loc, tensor({m.heads, m.kvr}, element), m.qNope, wUK.value, wUK.scale,
+        wUK.blockSize, wUK.scale ? m.actUe8m0 : UnitAttr());
     Value q =
         b_.create<ConcatOp>(loc, tensor({m.heads, m.kvr + m.rope}, element),
                             ValueRange{qLat, m.qPe});
@@ -296,10 +293,9 @@ void Rewriter::rewrite(MlaSite m, MlaForm form) {
     latentAttn->setAttr("kiln.mla", b_.getStringAttr(formName(form)));
     DerivedWeight wUV =
         getParameter(m, ".w_uv", m.nope, m.vDim, /*transpose=*/false);
-    out = b_.create<HeadLinearOp>(loc, tensor({m.heads, m.vDim}, element),
-                                  latentAttn, wUV.value, wUV.scale,
-                                  wUV.blockSize,
-                                  wUV.scale ? m.actUe8m0 : UnitAttr());
+    out = b_.create<HeadLinearOp>(
+        loc, tensor({m.heads, m.vDim}, element), latentAttn, wUV.value,
+        wUV.scale, wUV.blockSize, wUV.scale ? m.actUe8m0 : UnitAttr());
   } else {
     // Decompress every cached token with kv_b_proj, then per-head attention.
     Value cKv = b_.create<ReshapeOp>(
@@ -319,7 +315,8 @@ void Rewriter::rewrite(MlaSite m, MlaForm form) {
     Value up = b_.create<ReshapeOp>(
         loc, tensor({m.heads, m.nope + m.vDim}, element),
         b_.create<LinearOp>(loc, tensor({m.heads * (m.nope + m.vDim)}, element),
-                            cKv, kvB, Value(), kvBScale, block, m.actUe8m0));
+                            cKv, kvB, Value(), kvBScale, Value(), block,
+                            m.actUe8m0));
     Value kNope = b_.create<SliceOp>(loc, tensor({m.heads, m.nope}, element),
                                      up, 0, m.nope);
     Value v = b_.create<SliceOp>(loc, tensor({m.heads, m.vDim}, element), up,

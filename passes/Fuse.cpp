@@ -15,7 +15,9 @@
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
 
+#include <map>
 #include <set>
+#include <tuple>
 
 namespace mlir::kiln {
 #define GEN_PASS_DEF_KILNFUSE
@@ -328,6 +330,107 @@ private:
   SmallVector<Group> groups_;
 };
 
+/// The FP8 activation quantization a GEMM applies to its input.
+struct Fp8Input {
+  int64_t blockCols;
+  bool ue8m0;
+  bool operator<(const Fp8Input &o) const {
+    return std::tie(blockCols, ue8m0) < std::tie(o.blockCols, o.ue8m0);
+  }
+};
+
+/// FP8 `kiln.linear`s that read `value` whole and quantize it themselves
+/// (f32 in and out), by the quantization they apply.
+std::map<Fp8Input, SmallVector<LinearOp>> quantizingLinears(Value value) {
+  std::map<Fp8Input, SmallVector<LinearOp>> out;
+  for (OpOperand &use : value.getUses()) {
+    auto linear = dyn_cast<LinearOp>(use.getOwner());
+    if (!linear || use.getOperandNumber() != 0 || !linear.getBlockSize() ||
+        linear.getInputScale() ||
+        !getElementTypeOrSelf(value.getType()).isF32())
+      continue;
+    out[{(*linear.getBlockSize())[1], linear.getActUe8m0()}].push_back(linear);
+  }
+  return out;
+}
+
+/// Moves the activation quantization of the FP8 `kiln.linear`s a group's
+/// results feed into the group: its body quantizes the result and yields
+/// codes and scales, the GEMMs read those, and a result only they read is
+/// no longer written in f32.
+void quantizeInEpilogue(FusedOp fused) {
+  Block &body = fused.getBody().front();
+  auto yield = cast<YieldOp>(body.getTerminator());
+  SmallVector<Value> yielded(yield.getValues());
+  struct Rewrite {
+    SmallVector<LinearOp> linears;
+    unsigned codes; // index of the codes among the new results
+  };
+  SmallVector<Rewrite> rewrites;
+  OpBuilder b(yield);
+  for (auto [result, inner] :
+       llvm::zip_equal(fused.getResults(), SmallVector<Value>(yielded))) {
+    for (auto &[quant, linears] : quantizingLinears(result)) {
+      auto type = cast<RankedTensorType>(inner.getType());
+      SmallVector<int64_t> scaleShape(type.getShape());
+      scaleShape.back() =
+          (scaleShape.back() + quant.blockCols - 1) / quant.blockCols;
+      auto q = b.create<QuantizeFp8Op>(
+          linears.front().getLoc(),
+          RankedTensorType::get(type.getShape(), b.getType<Float8E4M3FNType>()),
+          RankedTensorType::get(scaleShape, b.getF32Type()), inner,
+          quant.blockCols, quant.ue8m0);
+      rewrites.push_back({linears, static_cast<unsigned>(yielded.size())});
+      yielded.push_back(q.getCodes());
+      yielded.push_back(q.getScales());
+    }
+  }
+  if (rewrites.empty())
+    return;
+
+  // Results no one outside reads once the GEMMs read codes.
+  llvm::SmallPtrSet<Operation *, 8> moved;
+  for (const Rewrite &r : rewrites)
+    moved.insert(r.linears.begin(), r.linears.end());
+  SmallVector<unsigned> kept;
+  for (auto [i, result] : llvm::enumerate(fused.getResults()))
+    if (llvm::any_of(result.getUsers(),
+                     [&](Operation *user) { return !moved.contains(user); }))
+      kept.push_back(i);
+  for (unsigned i = fused.getNumResults(); i < yielded.size(); ++i)
+    kept.push_back(i);
+  SmallVector<Value> newYield;
+  for (unsigned i : kept)
+    newYield.push_back(yielded[i]);
+  yield->setOperands(newYield);
+
+  OpBuilder outer(fused);
+  auto replacement =
+      outer.create<FusedOp>(fused.getLoc(), ValueRange(newYield).getTypes(),
+                            fused.getName(), fused.getInputs());
+  replacement->setAttrs(fused->getAttrs());
+  replacement.getBody().takeBody(fused.getBody());
+  DenseMap<unsigned, Value> newResult;
+  for (auto [position, i] : llvm::enumerate(kept))
+    newResult[i] = replacement.getResult(position);
+  for (const Rewrite &r : rewrites)
+    for (LinearOp linear : r.linears) {
+      OpBuilder at(linear);
+      auto quantized = at.create<LinearOp>(
+          linear.getLoc(), linear.getType(), newResult[r.codes],
+          linear.getWeight(), linear.getBias(), linear.getWeightScale(),
+          newResult[r.codes + 1], linear.getBlockSizeAttr(),
+          linear.getActUe8m0());
+      quantized->setDiscardableAttrs(linear->getDiscardableAttrDictionary());
+      linear.replaceAllUsesWith(quantized.getResult());
+      linear.erase();
+    }
+  for (auto [i, result] : llvm::enumerate(fused.getResults()))
+    if (!result.use_empty())
+      result.replaceAllUsesWith(newResult.at(i));
+  fused.erase();
+}
+
 struct FusePass : public mlir::kiln::impl::KilnFuseBase<FusePass> {
   using KilnFuseBase::KilnFuseBase;
 
@@ -347,6 +450,12 @@ struct FusePass : public mlir::kiln::impl::KilnFuseBase<FusePass> {
         fuser.formGroups();
         fuser.materialize(counter);
       }
+    if (!quantizeEpilogue)
+      return;
+    SmallVector<FusedOp> fused;
+    module.walk([&](FusedOp op) { fused.push_back(op); });
+    for (FusedOp op : fused)
+      quantizeInEpilogue(op);
   }
 };
 

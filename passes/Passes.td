@@ -172,10 +172,23 @@ def KilnFuse : Pass<"kiln-fuse", "::mlir::ModuleOp"> {
     group reads, and every read by a member of a value a member computed;
     `quantizes_for` lists the FP8 activation quantizations (`"fp8 1x128"`,
     `" ue8m0"` with power-of-two scales) of the GEMMs the results feed.
+
+    With `quantize-epilogue` (the default) the quantization then moves into
+    the group: for each result an FP8 `kiln.linear` reads whole (f32), the
+    body ends with a `kiln.quantize_fp8` per distinct `(block cols, ue8m0)`
+    and yields its codes and scales, and those linears take the quantized
+    input (`input_scale`). A result only such linears read is no longer
+    yielded: the kernel writes 1 byte per value (plus a scale per block)
+    instead of 4, and the GEMM skips its quantization pass. Grouped and
+    head GEMMs (whose inputs are gathered or sliced after the group) still
+    quantize their own inputs.
   }];
   let options = [
     Option<"rowBytes", "row-bytes", "int64_t", /*default=*/"49152",
            "Bytes of on-chip memory one row of a fused kernel may take">,
+    Option<"quantizeEpilogue", "quantize-epilogue", "bool",
+           /*default=*/"true",
+           "Quantize the inputs of FP8 linears in the producing group">,
   ];
 }
 

@@ -122,8 +122,7 @@ private:
     if (block < 1)
       return module.emitError("kiln-quantize-fp8: block must be >= 1");
     for (const std::string &kind : keepOps)
-      if (kind != "linear" && kind != "grouped_linear" &&
-          kind != "head_linear")
+      if (kind != "linear" && kind != "grouped_linear" && kind != "head_linear")
         return module.emitError("kiln-quantize-fp8: keep-ops takes linear, "
                                 "grouped_linear or head_linear, got '")
                << kind << "'";
@@ -207,15 +206,15 @@ private:
     for (Operation *op : users) {
       b.setInsertionPoint(op);
       auto oldGet = weightOf(op).getDefiningOp<GetParameterOp>();
-      Value w = b.create<GetParameterOp>(oldGet.getLoc(), codes,
-                                         param.getSymName());
+      Value w =
+          b.create<GetParameterOp>(oldGet.getLoc(), codes, param.getSymName());
       Value s = b.create<GetParameterOp>(oldGet.getLoc(), scales, scaleName);
       Operation *replacement =
           llvm::TypeSwitch<Operation *, Operation *>(op)
               .Case([&](LinearOp o) {
-                return b.create<LinearOp>(o.getLoc(), o.getType(),
-                                          o.getInput(), w, o.getBias(), s,
-                                          blockSize, pow2);
+                return b.create<LinearOp>(o.getLoc(), o.getType(), o.getInput(),
+                                          w, o.getBias(), s, Value(), blockSize,
+                                          pow2);
               })
               .Case([&](GroupedLinearOp o) {
                 return b.create<GroupedLinearOp>(

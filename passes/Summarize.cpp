@@ -38,8 +38,9 @@ Value outside(Value v) {
   return fused ? fused.getInputs()[arg.getArgNumber()] : v;
 }
 
-/// The ops that read `v`, seen through `kiln.fused` boundaries: into the
-/// groups that take it, and out of the group that yields it.
+/// The ops that read `v`, seen through `kiln.fused` boundaries (into the
+/// groups that take it, and out of the group that yields it) and through
+/// FP8 activation quantization (the GEMM reads the codes).
 SmallVector<Operation *> readers(Value v) {
   SmallVector<Operation *> ops;
   for (OpOperand &use : v.getUses()) {
@@ -50,6 +51,8 @@ SmallVector<Operation *> readers(Value v) {
     else if (isa<YieldOp>(owner))
       llvm::append_range(ops, readers(owner->getParentOp()->getResult(
                                   use.getOperandNumber())));
+    else if (auto quantize = dyn_cast<QuantizeFp8Op>(owner))
+      llvm::append_range(ops, readers(quantize.getCodes()));
     else
       ops.push_back(owner);
   }

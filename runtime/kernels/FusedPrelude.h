@@ -203,6 +203,88 @@ KILN_FN float blockMax(float value) {
   return value;
 }
 
+// FP8 e4m3fn conversions, bit-exact with kiln/Float.h (and so with CUDA's
+// __nv_fp8_e4m3): kernels quantize exactly as the CPU kernels do.
+KILN_FN uint32_t bitsFromFloat(float value) {
+#if defined(__CUDACC__)
+  return __float_as_uint(value);
+#else
+  uint32_t bits;
+  __builtin_memcpy(&bits, &value, sizeof(bits));
+  return bits;
+#endif
+}
+
+/// e4m3fn code -> fp32, as kiln::e4m3ToFloat (kiln/Float.h).
+KILN_FN float decodeE4m3(unsigned char code) {
+  uint32_t sign = static_cast<uint32_t>(code & 0x80u) << 24;
+  uint32_t magnitude = code & 0x7fu;
+  if (magnitude == 0x7fu)
+    return floatFromBits(sign | 0x7fc00000u);
+  float value = floatFromBits(magnitude << 20) * 0x1p120f;
+  return floatFromBits(bitsFromFloat(value) | sign);
+}
+
+/// fp32 -> e4m3fn, saturating, as kiln::floatToE4m3.
+KILN_FN unsigned char encodeE4m3(float value) {
+  uint32_t bits = bitsFromFloat(value);
+  uint32_t sign = (bits >> 24) & 0x80u;
+  uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u)
+    return 0x7f;
+  if (magnitude > 0x43e80000u)
+    return static_cast<unsigned char>(sign | 0x7eu);
+  if (magnitude >= 0x3c800000u) {
+    uint32_t rounded = magnitude + 0x7ffffu + ((magnitude >> 20) & 1u);
+    return static_cast<unsigned char>(sign | ((rounded >> 20) - (120u << 3)));
+  }
+  float scaled = floatFromBits(magnitude) * 512.0f;
+  float shifted = scaled + 0x1p23f;
+  uint32_t steps = static_cast<uint32_t>(shifted - 0x1p23f);
+  return static_cast<unsigned char>(sign | steps);
+}
+
+/// fp32 -> bf16 bits, round to nearest even, as kiln::floatToBf16.
+KILN_FN uint16_t encodeBf16(float value) {
+  uint32_t bits = bitsFromFloat(value);
+  if ((bits & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<uint16_t>((bits >> 16) | 0x40);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+/// The smallest power of two >= s (s > 0, normal), as the CPU's ue8m0.
+KILN_FN float roundUpPow2(float s) {
+  uint32_t bits = bitsFromFloat(s);
+  if ((bits & 0x7fffffu) != 0)
+    bits = (bits & 0xff800000u) + 0x800000u;
+  return floatFromBits(bits & 0xff800000u);
+}
+
+/// DeepSeek-V3's activation quantization of one row of `n` values, as
+/// kiln.quantize_fp8 and the CPU FP8 GEMMs: per `blockCols` values, s =
+/// max(amax, 1e-4) / 448 (a power of two when pow2), codes e4m3(x / s).
+/// Called by every thread of the block (the amax is a block reduction).
+KILN_FN void quantizeFp8(const float *x, int64_t n, int64_t blockCols, int pow2,
+                         unsigned char *codes, float *scales) {
+  int64_t groups = (n + blockCols - 1) / blockCols;
+  for (int64_t g = 0; g < groups; ++g) {
+    int64_t c0 = g * blockCols;
+    int64_t c1 = c0 + blockCols < n ? c0 + blockCols : n;
+    float amax = 0.0f;
+    for (int64_t c = c0 + KILN_THREAD; c < c1; c += KILN_THREADS)
+      amax = fmaxf(amax, fabsf(x[c]));
+    amax = blockMax(amax);
+    float s = (amax > 1e-4f ? amax : 1e-4f) / 448.0f;
+    if (pow2)
+      s = roundUpPow2(s);
+    for (int64_t c = c0 + KILN_THREAD; c < c1; c += KILN_THREADS)
+      codes[c] = encodeE4m3(x[c] / s);
+    if (KILN_THREAD == 0)
+      scales[g] = s;
+  }
+}
+
 KILN_FN void copy(const float *x, int count, float *out) {
   for (int i = KILN_THREAD; i < count; i += KILN_THREADS)
     out[i] = x[i];

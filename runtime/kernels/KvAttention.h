@@ -14,7 +14,6 @@
 #ifndef KILN_KERNELS_KVATTENTION_H
 #define KILN_KERNELS_KVATTENTION_H
 
-#include "Fp8.h"
 #include "FusedPrelude.h"
 
 namespace kiln {

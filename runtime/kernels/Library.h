@@ -10,7 +10,6 @@
 #ifndef KILN_KERNELS_LIBRARY_H
 #define KILN_KERNELS_LIBRARY_H
 
-#include "Fp8.h"
 #include "FusedPrelude.h"
 
 namespace kiln {

@@ -18,7 +18,6 @@
 #ifndef KILN_KERNELS_MATMUL_H
 #define KILN_KERNELS_MATMUL_H
 
-#include "Fp8.h"
 #include "FusedPrelude.h"
 
 namespace kiln {
@@ -29,7 +28,10 @@ constexpr int kGemmRows = 8;
 enum GemmBias { NoBias = 0, BiasF32 = 1, BiasBf16 = 2, BiasF16 = 3 };
 
 struct GemmParams {
-  const float *x;        // [rows, k] per matrix
+  const float *x; // [rows, k] per matrix
+  /// FP8 activations quantized beforehand as e4m3 bytes (kiln.quantize_fp8
+  /// in a fused kernel's epilogue), in place of x; scales in xScale.
+  const unsigned char *xCodes;
   const float *xScale;   // FP8: [rows, ceil(k / blockCols)] activation scales
   int64_t xMatrixStride; // elements between matrices' rows (head GEMMs)
   const void *w;         // [matrices, n, k]
@@ -52,6 +54,19 @@ KILN_FN float loadWeight(const Bf16 *w, int64_t i) { return toFloat(w[i]); }
 KILN_FN float loadWeight(const F16 *w, int64_t i) { return toFloat(w[i]); }
 KILN_FN float loadWeight(const unsigned char *w, int64_t i) {
   return decodeE4m3(w[i]);
+}
+
+KILN_FN float loadActivation(const float *a, int j) { return a[j]; }
+KILN_FN float loadActivation(const unsigned char *a, int j) {
+  return decodeE4m3(a[j]);
+}
+template <class A> KILN_FN const A *activations(const GemmParams &p);
+template <> KILN_FN const float *activations<float>(const GemmParams &p) {
+  return p.x;
+}
+template <>
+KILN_FN const unsigned char *activations<unsigned char>(const GemmParams &p) {
+  return p.xCodes;
 }
 
 KILN_FN float loadBias(const GemmParams &p, int64_t n) {
@@ -118,13 +133,14 @@ KILN_FN void loadEight<unsigned char>(const unsigned char *w, int64_t count,
 /// against the block's kGemvCols weight rows. R sizes the accumulators: a
 /// single decode row keeps few registers, so more warps (and their loads)
 /// fit on a multiprocessor.
-template <class W, bool Fp8, int R>
+template <class W, bool Fp8, class A, int R>
 KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
                       int64_t first, int count) {
   const W *w = static_cast<const W *>(p.w);
   int64_t kBlocks = Fp8 ? (p.k + p.blockCols - 1) / p.blockCols : 1;
   int64_t nBlocks = Fp8 ? (p.n + p.blockRows - 1) / p.blockRows : 1;
-  const float *x = p.x + matrix * p.xMatrixStride + first * p.xRowStride;
+  const A *x =
+      activations<A>(p) + matrix * p.xMatrixStride + first * p.xRowStride;
   for (int c = KILN_WARP; c < kGemvCols; c += KILN_WARPS) {
     int64_t n = int64_t{block.x} * kGemvCols + c;
     if (n >= p.n)
@@ -151,11 +167,11 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
       for (int r = 0; r < R; ++r) {
         if (r >= count)
           break;
-        const float *a = x + r * p.xRowStride + k;
+        const A *a = x + r * p.xRowStride + k;
         float sum = 0.0f;
         KILN_UNROLL
         for (int j = 0; j < 8; ++j)
-          sum += (j < end ? a[j] : 0.0f) * weights[j];
+          sum += (j < end ? loadActivation(a, j) : 0.0f) * weights[j];
         if (Fp8)
           sum *=
               weightScale *
@@ -178,29 +194,29 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
 }
 
 /// gemvRows with the fewest accumulators that hold `count` rows.
-template <class W, bool Fp8>
+template <class W, bool Fp8, class A>
 KILN_FN void gemvSomeRows(Dim3 block, const GemmParams &p, int64_t matrix,
                           int64_t first, int count) {
   if (count == 1)
-    gemvRows<W, Fp8, 1>(block, p, matrix, first, count);
+    gemvRows<W, Fp8, A, 1>(block, p, matrix, first, count);
   else if (count <= 4)
-    gemvRows<W, Fp8, 4>(block, p, matrix, first, count);
+    gemvRows<W, Fp8, A, 4>(block, p, matrix, first, count);
   else
-    gemvRows<W, Fp8, kGemmRows>(block, p, matrix, first, count);
+    gemvRows<W, Fp8, A, kGemmRows>(block, p, matrix, first, count);
 }
 
 /// Dense and head GEMMs: the p.rows rows of matrix grid.z; grouped ones
 /// (p.offsets): expert grid.z's rows, so that only the experts that have
 /// rows are read. kGemmRows rows at a time.
-template <class W, bool Fp8>
+template <class W, bool Fp8, class A = float>
 KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
   int64_t matrix = block.z;
   int64_t first = p.offsets ? p.offsets[matrix] : 0;
   int64_t end = p.offsets ? p.offsets[matrix + 1] : p.rows;
   for (; first < end; first += kGemmRows)
-    gemvSomeRows<W, Fp8>(block, p, matrix, first,
-                         end - first < kGemmRows ? static_cast<int>(end - first)
-                                                 : kGemmRows);
+    gemvSomeRows<W, Fp8, A>(
+        block, p, matrix, first,
+        end - first < kGemmRows ? static_cast<int>(end - first) : kGemmRows);
 }
 
 #define KILN_GEMV_KERNEL(suffix, W, Fp8)                                       \
@@ -213,6 +229,12 @@ KILN_GEMV_KERNEL(bf16, Bf16, false)
 KILN_GEMV_KERNEL(f16, F16, false)
 KILN_GEMV_KERNEL(f8e4m3, unsigned char, true)
 #undef KILN_GEMV_KERNEL
+
+/// FP8 weights against activations a fused kernel quantized (xCodes).
+KILN_FN void kiln_gemv_f8e4m3_q8_block(Dim3 block, const GemmParams &p) {
+  gemvBlock<unsigned char, true, unsigned char>(block, p);
+}
+KILN_KERNEL(kiln_gemv_f8e4m3_q8, GemmParams)
 
 /// FP8 activation quantization, as the CPU FP8 GEMMs: per row, per
 /// `blockCols` values, s = max(amax, 1e-4) / 448 (rounded up to a power of
@@ -227,14 +249,6 @@ struct QuantizeRowsParams {
   int64_t k, blockCols;
   int pow2;
 };
-
-/// The smallest power of two >= s (s > 0, normal), as the CPU's ue8m0.
-KILN_FN float roundUpPow2(float s) {
-  uint32_t bits = bitsFromFloat(s);
-  if ((bits & 0x7fffffu) != 0)
-    bits = (bits & 0xff800000u) + 0x800000u;
-  return floatFromBits(bits & 0xff800000u);
-}
 
 KILN_FN void kiln_quantize_rows_block(Dim3 block, const QuantizeRowsParams &p) {
   if (p.rowsOnDevice && block.x >= *p.rowsOnDevice)
@@ -259,6 +273,25 @@ KILN_FN void kiln_quantize_rows_block(Dim3 block, const QuantizeRowsParams &p) {
   }
 }
 KILN_KERNEL(kiln_quantize_rows, QuantizeRowsParams)
+
+/// kiln.quantize_fp8 run on its own (a fused group executed as its ops):
+/// codes as e4m3 bytes [rows, k], scales [rows, ceil(k / blockCols)]. One
+/// block per row.
+struct QuantizeFp8Params {
+  const float *x;
+  unsigned char *codes;
+  float *scales;
+  int64_t k, blockCols;
+  int pow2;
+};
+
+KILN_FN void kiln_quantize_fp8_block(Dim3 block, const QuantizeFp8Params &p) {
+  int64_t groups = (p.k + p.blockCols - 1) / p.blockCols;
+  quantizeFp8(p.x + int64_t{block.x} * p.k, p.k, p.blockCols, p.pow2,
+              p.codes + int64_t{block.x} * p.k,
+              p.scales + int64_t{block.x} * groups);
+}
+KILN_KERNEL(kiln_quantize_fp8, QuantizeFp8Params)
 
 } // namespace kiln
 

@@ -141,9 +141,12 @@ absl::Status Verifier::checkRef(const art::TensorRef *ref, const char *role) {
   }
   switch (ref->storage()) {
   case art::Storage::Arena:
+    // e4m3: FP8 activation codes (kiln.quantize_fp8).
     if (ref->type() != art::ElementType::F32 &&
-        ref->type() != art::ElementType::I32)
-      return fail(std::string(role) + " in the arena must be f32 or i32");
+        ref->type() != art::ElementType::I32 &&
+        ref->type() != art::ElementType::F8E4M3)
+      return fail(std::string(role) +
+                  " in the arena must be f32, i32 or f8e4m3");
     if (ref->offset() % 4 != 0 || ref->offset() > arenaBytes_ ||
         bytes > arenaBytes_ - ref->offset())
       return fail(std::string(role) + " at arena offset " +
@@ -252,12 +255,18 @@ absl::Status Verifier::checkLaunch(const art::Launch &launch) {
     if (absl::Status s = checkRef(args->Get(i), "argument"); !s.ok())
       return s;
   // FP8 weights only where a GEMM takes them with their block scale (the
-  // GEMM cases check the scale).
+  // GEMM cases check the scale); FP8 activation codes only as what
+  // QuantizeFp8 writes and a Linear reads.
   bool gemm = launch.kernel() == art::KernelKind::Linear ||
               launch.kernel() == art::KernelKind::GroupedLinear ||
               launch.kernel() == art::KernelKind::HeadLinear;
+  auto fp8Allowed = [&](size_t i) {
+    return (gemm && i == 1) ||
+           (launch.kernel() == art::KernelKind::Linear && i == 0) ||
+           (launch.kernel() == art::KernelKind::QuantizeFp8 && i == 1);
+  };
   for (size_t i = 0; i < n; ++i)
-    if (args->Get(i)->type() == art::ElementType::F8E4M3 && !(gemm && i == 1))
+    if (args->Get(i)->type() == art::ElementType::F8E4M3 && !fp8Allowed(i))
       return fail(
           std::string("kernel ") + art::EnumNameKernelKind(launch.kernel()) +
           " cannot take an FP8 tensor as argument " + std::to_string(i));
@@ -322,15 +331,28 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
     bool linear = launch.kernel() == art::KernelKind::Linear;
     bool bias = linear && ints >= 1 && in(0) == 1;
     bool fp8 = linear && ints == 4;
+    // Activations quantized beforehand: e4m3 codes, scales before `out`.
+    bool quantized = fp8 && n > 0 && a(0)->type() == art::ElementType::F8E4M3;
     size_t nInts = linear ? (fp8 ? 4 : 1) : 0;
-    if (!expect((bias ? 4 : 3) + (fp8 ? 1 : 0), nInts, 0))
+    if (!expect((bias ? 4 : 3) + (fp8 ? 1 : 0) + (quantized ? 1 : 0), nInts, 0))
       return bad("wrong number of operands or attributes");
-    if (fp8 ? !fp8Scale(launch, a(1), a(n - 2), 1)
+    if (fp8 ? !fp8Scale(launch, a(1), a(n - (quantized ? 3 : 2)), 1)
             : a(1)->type() == art::ElementType::F8E4M3)
       return bad("an FP8 weight needs a block scale [ceil(out/rows), "
                  "ceil(in/cols)] f32 and block attributes");
     const art::TensorRef *x = a(0), *w = a(1), *out = a(n - 1);
-    if (!isArena(x, F32) || !isParam(w) || rank(w) != 2 || !isArena(out, F32) ||
+    if (quantized) {
+      const art::TensorRef *scales = a(n - 2);
+      if (!isArena(x, art::ElementType::F8E4M3) || !isArena(scales, F32) ||
+          rank(scales) != rank(x) || !sameDims(x, 0, scales, 0, rank(x) - 1) ||
+          staticDim(scales, -1) !=
+              (staticDim(x, -1) + in(2) - 1) / std::max<int64_t>(1, in(2)))
+        return bad("expects e4m3 x [..., in] with scales [..., ceil(in / "
+                   "cols)]");
+    } else if (!isArena(x, F32)) {
+      return bad("expects x [..., in] f32");
+    }
+    if (!isParam(w) || rank(w) != 2 || !isArena(out, F32) ||
         rank(x) != rank(out) || staticDim(x, -1) != staticDim(w, 1) ||
         staticDim(out, -1) != staticDim(w, 0) ||
         !sameDims(x, 0, out, 0, rank(x) - 1))
@@ -523,6 +545,20 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
         !sameDims(x, 0, out, 0, rank(x) - 1))
       return bad("expects x [..., H, in], weight [H, out, in], "
                  "y [..., H, out]");
+    return absl::OkStatus();
+  }
+  case art::KernelKind::QuantizeFp8: {
+    if (!expect(3, 2, 0))
+      return bad("wrong number of operands or attributes");
+    const art::TensorRef *x = a(0), *codes = a(1), *scales = a(2);
+    int64_t cols = in(0);
+    if (cols < 1 || cols > kMaxStaticDim || in(1) < 0 || in(1) > 1 ||
+        !isArena(x, F32) || !isArena(codes, art::ElementType::F8E4M3) ||
+        !isArena(scales, F32) || !sameShape(x, codes) ||
+        rank(scales) != rank(x) || !sameDims(x, 0, scales, 0, rank(x) - 1) ||
+        staticDim(scales, -1) != (staticDim(x, -1) + cols - 1) / cols)
+      return bad("expects x [..., n] f32, codes like x e4m3, scales "
+                 "[..., ceil(n / cols)] f32, cols >= 1, ue8m0 0 or 1");
     return absl::OkStatus();
   }
   case art::KernelKind::KvGather:

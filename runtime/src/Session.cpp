@@ -304,10 +304,24 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
   case art::KernelKind::Logits: {
     bool bias = l.kernel() == art::KernelKind::Linear && ints(0) == 1;
     int64_t in = lastDim(a[0].ref), out = staticDim(a[1].ref, 0);
-    cpu::linear(as<float>(a[0]), numel(a[0].ref, dims) / in, in,
-                gemmWeight(l, a, a.size() - 2, 1), out,
-                bias ? weight(a[2]) : cpu::Weight{}, as<float>(a.back()),
+    int64_t rows = numel(a[0].ref, dims) / in;
+    if (a[0].ref->type() == art::ElementType::F8E4M3) {
+      // Quantized by a fused group's epilogue; scales before the output.
+      cpu::linearQuantized(as<uint8_t>(a[0]), as<float>(a[a.size() - 2]), rows,
+                           in, gemmWeight(l, a, a.size() - 3, 1), out,
+                           bias ? weight(a[2]) : cpu::Weight{},
+                           as<float>(a.back()), fp8Scratch.data());
+      return absl::OkStatus();
+    }
+    cpu::linear(as<float>(a[0]), rows, in, gemmWeight(l, a, a.size() - 2, 1),
+                out, bias ? weight(a[2]) : cpu::Weight{}, as<float>(a.back()),
                 {fp8Scratch.data(), ue8m0Activations(l, 1)});
+    return absl::OkStatus();
+  }
+  case art::KernelKind::QuantizeFp8: {
+    int64_t in = lastDim(a[0].ref);
+    cpu::quantizeFp8(as<float>(a[0]), numel(a[0].ref, dims) / in, in, ints(0),
+                     ints(1) == 1, as<uint8_t>(a[1]), as<float>(a[2]));
     return absl::OkStatus();
   }
   case art::KernelKind::Add:

@@ -72,6 +72,8 @@ cpu::ElementType cpuElement(KernelElement element) {
     return cpu::ElementType::F16;
   case KernelElement::I32:
     return cpu::ElementType::I32;
+  case KernelElement::F8E4M3:
+    return cpu::ElementType::F8E4M3;
   }
   return cpu::ElementType::F32;
 }
@@ -82,8 +84,11 @@ struct Buffer {
   std::vector<float> f32;
   std::vector<uint16_t> half;
   std::vector<int32_t> i32;
+  std::vector<uint8_t> u8;
   void *data() {
     switch (element) {
+    case KernelElement::F8E4M3:
+      return u8.data();
     case KernelElement::F32:
       return f32.data();
     case KernelElement::BF16:
@@ -102,6 +107,8 @@ Buffer randomBuffer(const ::kiln::codegen::KernelArg &arg, std::mt19937 &rng) {
   int64_t n = arg.perToken ? kTokens * arg.elements : arg.elements;
   std::uniform_real_distribution<float> uniform(-2.0f, 2.0f);
   switch (arg.element) {
+  case KernelElement::F8E4M3: // only results (the emitter rejects inputs)
+    break;
   case KernelElement::F32:
     b.f32.resize(n);
     for (float &v : b.f32)
@@ -129,6 +136,8 @@ Buffer resultBuffer(const ::kiln::codegen::KernelArg &arg) {
   b.element = arg.element;
   if (arg.element == KernelElement::I32)
     b.i32.assign(kTokens * arg.elements, -7);
+  else if (arg.element == KernelElement::F8E4M3)
+    b.u8.assign(kTokens * arg.elements, 0x7f); // NaN
   else
     b.f32.assign(kTokens * arg.elements,
                  std::numeric_limits<float>::quiet_NaN());
@@ -235,6 +244,16 @@ std::vector<RefValue> runReference(FusedOp fused, std::vector<Buffer> &inputs,
                        : cpu::Weight{},
                    p, f(gate.getWeights()).data(),
                    values[gate.getIndices()].i32.data(), logits.data());
+    } else if (auto quantize = dyn_cast<QuantizeFp8Op>(op)) {
+      // Codes compared as the values they stand for.
+      std::vector<uint8_t> codes(kTokens * perToken(quantize.getCodes()));
+      cpu::quantizeFp8(f(quantize.getInput()).data(), rows(quantize.getInput()),
+                       lastDim(quantize.getInput()), quantize.getBlockCols(),
+                       quantize.getUe8m0(), codes.data(),
+                       f(quantize.getScales()).data());
+      std::vector<float> &decoded = f(quantize.getCodes());
+      for (size_t i = 0; i < codes.size(); ++i)
+        decoded[i] = ::kiln::e4m3ToFloat(codes[i]);
     } else if (auto reshape = dyn_cast<ReshapeOp>(op)) {
       values[reshape.getResult()] = values[reshape.getInput()];
     } else {
@@ -358,12 +377,19 @@ void checkGroups(ModuleOp module, const std::string &label,
     std::vector<RefValue> expected = runReference(fused, inputs, kernel);
     Operation *yield = fused.getBody().front().getTerminator();
     for (size_t j = 0; j < expected.size(); ++j) {
-      const Buffer &got = buffers[numInputs + j];
+      Buffer &got = buffers[numInputs + j];
       if (got.element == KernelElement::I32) {
         EXPECT_EQ(got.i32, expected[j].i32) << "result " << j;
         continue;
       }
       Bound b = bound(fused, yield->getOperand(j));
+      if (got.element == KernelElement::F8E4M3) {
+        // An input off by the bound may round to the neighbouring code.
+        for (uint8_t code : got.u8)
+          got.f32.push_back(::kiln::e4m3ToFloat(code));
+        b.relative += 0x1p-3;
+        b.absolute += 0x1p-9;
+      }
       for (size_t i = 0; i < got.f32.size(); ++i) {
         double ref = expected[j].f32[i], value = got.f32[i];
         double error = std::abs(value - ref);
@@ -379,8 +405,8 @@ void checkGroups(ModuleOp module, const std::string &label,
   fs::remove_all(dir);
 }
 
-OwningOpRef<ModuleOp> optimizedModel(MLIRContext &context,
-                                     const fs::path &path) {
+OwningOpRef<ModuleOp> optimizedModel(MLIRContext &context, const fs::path &path,
+                                     bool fp8) {
   absl::StatusOr<::kiln::models::ImportedModel> model =
       ::kiln::models::importModel(context, path);
   EXPECT_TRUE(model.ok()) << model.status();
@@ -388,6 +414,10 @@ OwningOpRef<ModuleOp> optimizedModel(MLIRContext &context,
     return nullptr;
   PassManager pm(&context);
   mlir::kiln::OptimizeOptions options;
+  // "<model>-fp8": FP8 weights in blocks of 16, so the groups feeding FP8
+  // linears end with their activation quantization.
+  options.quantizeFp8 = fp8;
+  options.fp8Block = 16;
   mlir::kiln::buildOptimizePipeline(pm, options);
   EXPECT_TRUE(succeeded(pm.run(*model->module))) << path;
   return std::move(model->module);
@@ -398,11 +428,13 @@ class TinyModels : public ::testing::TestWithParam<std::string> {};
 TEST_P(TinyModels, HostBuildMatchesReferenceKernels) {
   MLIRContext context;
   std::string name = GetParam();
+  bool fp8 = name.ends_with("-fp8");
+  std::string model = fp8 ? name.substr(0, name.size() - 4) : name;
   fs::path source = KILN_PROJECT_SOURCE_DIR;
-  fs::path path = name.rfind("tiny-", 0) == 0
-                      ? source / "models/presets" / (name + ".json")
-                      : source / "tests/golden" / name;
-  OwningOpRef<ModuleOp> module = optimizedModel(context, path);
+  fs::path path = model.rfind("tiny-", 0) == 0
+                      ? source / "models/presets" / (model + ".json")
+                      : source / "tests/golden" / model;
+  OwningOpRef<ModuleOp> module = optimizedModel(context, path, fp8);
   ASSERT_TRUE(module);
   GroupReport report;
   checkGroups(*module, name, report);
@@ -416,7 +448,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values("tiny-deepseek-v3", "tiny-deepseek-v2",
                       "tiny-deepseek-v2-lite", "tiny-qwen2", "tiny-llama",
                       "deepseek-v3", "deepseek-v2", "deepseek-v2-lite", "qwen2",
-                      "llama"),
+                      "llama", "deepseek-v3-fp8", "qwen2-fp8"),
     [](const ::testing::TestParamInfo<std::string> &info) {
       std::string name = info.param;
       for (char &c : name)
@@ -507,11 +539,16 @@ TEST(FusedKernels, SourcesCompileWithNvrtcForSm90a) {
       {::kiln::codegen::kFusedPreludeName,
        ::kiln::codegen::fusedPreludeSource()}};
   fs::path source = KILN_PROJECT_SOURCE_DIR;
-  for (const char *name : {"tiny-deepseek-v3", "tiny-deepseek-v2",
-                           "tiny-deepseek-v2-lite", "tiny-qwen2"}) {
-    SCOPED_TRACE(name);
+  // The last: FP8 weights, groups ending in kiln.quantize_fp8.
+  for (auto [name, fp8] : {std::pair{"tiny-deepseek-v3", false},
+                           {"tiny-deepseek-v2", false},
+                           {"tiny-deepseek-v2-lite", false},
+                           {"tiny-qwen2", false},
+                           {"tiny-deepseek-v3", true}}) {
+    SCOPED_TRACE(std::string(name) + (fp8 ? " fp8" : ""));
     OwningOpRef<ModuleOp> module = optimizedModel(
-        context, source / "models/presets" / (std::string(name) + ".json"));
+        context, source / "models/presets" / (std::string(name) + ".json"),
+        fp8);
     ASSERT_TRUE(module);
     std::string all, first, firstName;
     int count = 0;

@@ -434,8 +434,40 @@ func.func @linear_scale_dtype(%x: tensor<?x?x64xf32>, %w: tensor<96x64xf8E4M3FN>
 // -----
 
 func.func @linear_fp8_activation(%x: tensor<?x?x64xf8E4M3FN>, %w: tensor<96x64xbf16>) {
-  // expected-error @+1 {{'kiln.linear' op operand #0 must be ranked tensor of 32-bit float or bfloat16 type values, but got 'tensor<?x?x64xf8E4M3FN>'}}
+  // expected-error @+1 {{'kiln.linear' op an f8E4M3FN input needs input_scale, and only it}}
   %0 = kiln.linear %x, %w : (tensor<?x?x64xf8E4M3FN>, tensor<96x64xbf16>) -> tensor<?x?x96xf32>
+  return
+}
+
+// -----
+
+func.func @linear_fp8_activation_bf16_weight(%x: tensor<?x?x64xf8E4M3FN>, %w: tensor<96x64xbf16>, %xs: tensor<?x?x1xf32>) {
+  // expected-error @+1 {{'kiln.linear' op an f8E4M3FN input needs an f8E4M3FN weight}}
+  %0 = kiln.linear %x, %w input_scale %xs : (tensor<?x?x64xf8E4M3FN>, tensor<96x64xbf16>, tensor<?x?x1xf32>) -> tensor<?x?x96xf32>
+  return
+}
+
+// -----
+
+func.func @linear_input_scale_shape(%x: tensor<?x?x256xf8E4M3FN>, %w: tensor<96x256xf8E4M3FN>, %s: tensor<1x2xf32>, %xs: tensor<?x?x1xf32>) {
+  // expected-error @+1 {{'kiln.linear' op input_scale}}
+  %0 = kiln.linear %x, %w scale %s input_scale %xs {block_size = array<i64: 128, 128>} : (tensor<?x?x256xf8E4M3FN>, tensor<96x256xf8E4M3FN>, tensor<1x2xf32>, tensor<?x?x1xf32>) -> tensor<?x?x96xf32>
+  return
+}
+
+// -----
+
+func.func @quantize_fp8_scales_shape(%x: tensor<?x?x256xf32>) {
+  // expected-error @+1 {{'kiln.quantize_fp8' op scales}}
+  %q, %s = kiln.quantize_fp8 %x {block_cols = 128 : i64} : (tensor<?x?x256xf32>) -> (tensor<?x?x256xf8E4M3FN>, tensor<?x?x3xf32>)
+  return
+}
+
+// -----
+
+func.func @quantize_fp8_block(%x: tensor<?x?x256xf32>) {
+  // expected-error @+1 {{'kiln.quantize_fp8' op expects input [..., channels] and block_cols > 0}}
+  %q, %s = kiln.quantize_fp8 %x {block_cols = 0 : i64} : (tensor<?x?x256xf32>) -> (tensor<?x?x256xf8E4M3FN>, tensor<?x?x2xf32>)
   return
 }
 

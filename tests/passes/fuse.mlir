@@ -60,13 +60,23 @@
 
 // FP8 GEMMs quantize their input per token per block: a group whose result
 // feeds one records that in `quantizes_for`, and a lone row-local op that
-// feeds one is wrapped too (it fuses the quantization).
+// feeds one is wrapped too. The quantization moves into the group: it
+// yields codes and scales, the linears read them, and the f32 norm that
+// only they read is no longer written.
 // RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-quantize-fp8=block=16 -kiln-absorb-latent-kv=mode=absorbed -kiln-fuse | FileCheck %s --check-prefix=FP8
 // FP8-LABEL: func.func @forward
-// FP8: %[[N:.*]] = kiln.fused "fused_0_rms_norm"({{.*}}) {{.*}} attributes {kiln.fusion = {kind = "row", quantizes_for = ["fp8 1x16"], row_bytes = 256 : i64, saved_bytes = 0 : i64}}
-// FP8: kiln.linear %[[N]], %{{.*}} scale
+// FP8: %[[N:.*]]:2 = kiln.fused "fused_0_rms_norm"({{.*}}) : (tensor<?x?x64xf32>, tensor<64xbf16>) -> (tensor<?x?x64xf8E4M3FN>, tensor<?x?x4xf32>) attributes {kiln.fusion = {kind = "row", quantizes_for = ["fp8 1x16"], row_bytes = 256 : i64, saved_bytes = 0 : i64}}
+// FP8: %[[NORM:.*]] = kiln.rms_norm
+// FP8-NEXT: %[[CODES:.*]], %[[SCALES:.*]] = kiln.quantize_fp8 %[[NORM]] {block_cols = 16 : i64} : (tensor<?x?x64xf32>) -> (tensor<?x?x64xf8E4M3FN>, tensor<?x?x4xf32>)
+// FP8-NEXT: kiln.yield %[[CODES]], %[[SCALES]]
+// FP8: kiln.linear %[[N]]#0, %{{.*}} scale %{{.*}} input_scale %[[N]]#1 {block_size = array<i64: 16, 16>, kiln.quant = "fp8"}
 // FP8: kiln.fused "fused_5_add_rms_norm"({{.*}}) {{.*}} attributes {kiln.fusion = {kind = "row", quantizes_for = ["fp8 1x16"], row_bytes = 256 : i64, saved_bytes = 256 : i64}}
 // FP8: kiln.fused "fused_6_swiglu"({{.*}}) {{.*}} quantizes_for = ["fp8 1x16"]
+// Without quantize-epilogue the linears quantize their own f32 input.
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-quantize-fp8=block=16 -kiln-absorb-latent-kv=mode=absorbed -kiln-fuse=quantize-epilogue=false | FileCheck %s --check-prefix=NOEPI
+// NOEPI-NOT: kiln.quantize_fp8
+// NOEPI: %[[N:.*]] = kiln.fused "fused_0_rms_norm"
+// NOEPI: kiln.linear %[[N]], %{{.*}} scale %{{.*}} {block_size
 // The final norm feeds the bf16 output head: nothing to quantize.
 // FP8: kiln.fused "fused_{{[0-9]+}}_add_rms_norm"({{.*}}) {{.*}} attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 1024 : i64}}
 // FP8-NEXT: ^bb0

@@ -136,6 +136,19 @@ void rmsNorm(const float *x, int64_t rows, int64_t dim, Weight weight,
 void linear(const float *x, int64_t rows, int64_t in, Weight w, int64_t out,
             Weight bias, float *y, Fp8Activations act = {});
 
+/// kiln.quantize_fp8: each row of x [rows, in] quantized per blockCols
+/// values exactly as FP8 GEMMs quantize their input (Fp8Activations):
+/// e4m3 codes [rows, in] and scales [rows, ceil(in / blockCols)].
+void quantizeFp8(const float *x, int64_t rows, int64_t in, int64_t blockCols,
+                 bool pow2, uint8_t *codes, float *scales);
+
+/// linear for an FP8 w whose input was quantized beforehand (quantizeFp8
+/// with w.blockCols): the same result as linear on the unquantized rows.
+/// `scratch` holds fp8ActivationScratch(rows, in, w.blockCols) floats.
+void linearQuantized(const uint8_t *codes, const float *scales, int64_t rows,
+                     int64_t in, Weight w, int64_t out, Weight bias, float *y,
+                     float *scratch);
+
 /// Per-head projection: y[r, h, :] = x[r, h, :] w[h]^T for x [rows, heads,
 /// in], w [heads, out, in], y [rows, heads, out]. `scratch` holds
 /// headLinearScratch(rows, in, out) floats; an FP8 w quantizes the rows *

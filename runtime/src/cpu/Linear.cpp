@@ -993,6 +993,43 @@ void linear(const float *x, int64_t rows, int64_t in, Weight w, int64_t out,
   linearShared(x, rows, in, w, out, bias, y);
 }
 
+void quantizeFp8(const float *x, int64_t rows, int64_t in, int64_t blockCols,
+                 bool pow2, uint8_t *codes, float *scales) {
+  int64_t blocks = (in + blockCols - 1) / blockCols;
+#pragma omp parallel for schedule(static)
+  for (int64_t item = 0; item < rows * blocks; ++item) {
+    int64_t r = item / blocks, k0 = item % blocks * blockCols;
+    int64_t n = std::min(blockCols, in - k0);
+    const float *src = x + r * in + k0;
+    float amax = 0.0f;
+    for (int64_t i = 0; i < n; ++i)
+      amax = std::max(amax, std::fabs(src[i]));
+    float s = activationScale(amax, pow2);
+    scales[item] = s;
+    for (int64_t i = 0; i < n; ++i)
+      codes[r * in + k0 + i] = floatToE4m3(src[i] / s);
+  }
+}
+
+void linearQuantized(const uint8_t *codes, const float *scales, int64_t rows,
+                     int64_t in, Weight w, int64_t out, Weight bias, float *y,
+                     float *scratch) {
+  Fp8Rows q = fp8Rows(scratch, rows, in, w.blockCols);
+  const E4m3Table &table = e4m3Table();
+#pragma omp parallel
+  {
+    // Into the GEMM's layout: code values times 2^64, padded rows.
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < in; ++i)
+        q.codes[r * q.ld + i] = table.value[codes[r * in + i]] * kCodeBias;
+      for (int64_t b = 0; b < q.nkb; ++b)
+        q.scales[r * q.nkb + b] = scales[r * q.nkb + b];
+    }
+    linearFp8Shared(q, rows, in, w, out, bias, y);
+  }
+}
+
 void groupedLinear(const float *x, int64_t in, Weight w, int64_t experts,
                    int64_t out, const int32_t *offsets, float *y,
                    Fp8Activations act) {

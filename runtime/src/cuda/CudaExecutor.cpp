@@ -619,6 +619,13 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
                   MoeCombineParams{f32(0), f32(1), inverse, f32(3), lastDim(x),
                                    static_cast<int>(topK)});
   }
+  case art::KernelKind::QuantizeFp8: {
+    int64_t k = lastDim(x);
+    return launch("kiln_quantize_fp8", tokenGrid(numel(x) / k),
+                  QuantizeFp8Params{f32(0),
+                                    reinterpret_cast<unsigned char *>(ptr(1)),
+                                    f32(2), k, ints(0), ints(1) == 1 ? 1 : 0});
+  }
   case art::KernelKind::Linear:
   case art::KernelKind::Logits:
   case art::KernelKind::HeadLinear:
@@ -691,6 +698,19 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
       return s;
     return blas->gemmBf16(stream, p.rows, p.n, p.k, bf16Activations, resolve(w),
                           resolve(out), blasWorkspace, kBlasWorkspaceBytes);
+  }
+  // Activations a fused kernel quantized: e4m3 codes, scales before out.
+  bool quantized = fp8 && x->type() == art::ElementType::F8E4M3;
+  if (quantized) {
+    p.blockRows = l.ints()->Get(at);
+    p.blockCols = l.ints()->Get(at + 1);
+    p.wScale =
+        reinterpret_cast<const float *>(resolve(refs.Get(refs.size() - 3)));
+    p.x = nullptr;
+    p.xCodes = reinterpret_cast<const unsigned char *>(resolve(x));
+    p.xScale =
+        reinterpret_cast<const float *>(resolve(refs.Get(refs.size() - 2)));
+    return launch("kiln_gemv_f8e4m3_q8", gemvGrid(p.n, matrices), p);
   }
   if (fp8) {
     p.blockRows = l.ints()->Get(at);

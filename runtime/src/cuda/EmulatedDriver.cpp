@@ -70,7 +70,9 @@ const std::vector<HostKernel> &hostKernels() {
       KILN_HOST_KERNEL(kiln_gemv_bf16, GemmParams),
       KILN_HOST_KERNEL(kiln_gemv_f16, GemmParams),
       KILN_HOST_KERNEL(kiln_gemv_f8e4m3, GemmParams),
+      KILN_HOST_KERNEL(kiln_gemv_f8e4m3_q8, GemmParams),
       KILN_HOST_KERNEL(kiln_quantize_rows, QuantizeRowsParams),
+      KILN_HOST_KERNEL(kiln_quantize_fp8, QuantizeFp8Params),
   };
   return kernels;
 }
