@@ -39,6 +39,31 @@ Compiled compileV3(const std::filesystem::path &dir,
   return out;
 }
 
+struct Planned {
+  mlir::OwningOpRef<mlir::ModuleOp> module;
+  std::unique_ptr<artifact::ModelT> plan;
+};
+
+/// A golden model through import, the default optimize pipeline and the
+/// planner (no artifact); empty after reporting a failure.
+Planned plan(mlir::MLIRContext &context, const std::string &name) {
+  Planned out;
+  auto model = models::importModel(context, kGolden / name);
+  EXPECT_TRUE(model.ok()) << errorOf(model);
+  if (!model.ok())
+    return out;
+  mlir::PassManager pm(&context);
+  mlir::kiln::buildOptimizePipeline(pm, {});
+  if (mlir::failed(pm.run(*model->module)))
+    return out;
+  auto built = codegen::buildPlan(*model->module, {});
+  if (mlir::failed(built))
+    return out;
+  out.plan = *std::move(built);
+  out.module = std::move(model->module);
+  return out;
+}
+
 /// Greedy tokens of a short prompt and 4 decode steps.
 std::vector<int32_t> greedy(const Model &model) {
   auto session = Session::create(model);
@@ -76,21 +101,18 @@ TEST(HostKernels, BuildsAreCachedByContent) {
 
 TEST(HostKernels, CacheHitReportedAndKeyChecked) {
   mlir::MLIRContext context;
-  auto model = models::importModel(context, kGolden / "deepseek-v3");
-  ASSERT_TRUE(model.ok()) << errorOf(model);
-  mlir::PassManager pm(&context);
-  mlir::kiln::buildOptimizePipeline(pm, {});
-  ASSERT_TRUE(mlir::succeeded(pm.run(*model->module)));
-  auto plan = codegen::buildPlan(*model->module, {});
-  ASSERT_TRUE(mlir::succeeded(plan));
+  Planned planned = plan(context, "deepseek-v3");
+  ASSERT_TRUE(planned.module && planned.plan);
+  mlir::ModuleOp module = *planned.module;
+  artifact::ModelT &plan = *planned.plan;
   codegen::HostModuleOptions options;
   options.cacheDir = freshTempDir() / "cache";
-  auto cold = codegen::addHostModule(*model->module, **plan, options);
+  auto cold = codegen::addHostModule(module, plan, options);
   ASSERT_TRUE(cold.ok()) << errorOf(cold);
   EXPECT_FALSE(cold->cached);
   EXPECT_GT(cold->kernels, 0u);
   EXPECT_TRUE(cold->skipped.empty());
-  auto warm = codegen::addHostModule(*model->module, **plan, options);
+  auto warm = codegen::addHostModule(module, plan, options);
   ASSERT_TRUE(warm.ok()) << errorOf(warm);
   EXPECT_TRUE(warm->cached);
   // A key file that does not match (as after a hash collision) is a miss.
@@ -99,28 +121,25 @@ TEST(HostKernels, CacheHitReportedAndKeyChecked) {
     if (e.path().extension() == ".key") {
       ASSERT_TRUE(writeFileAtomically(e.path(), "another key").ok());
     }
-  auto collided = codegen::addHostModule(*model->module, **plan, options);
+  auto collided = codegen::addHostModule(module, plan, options);
   ASSERT_TRUE(collided.ok()) << errorOf(collided);
   EXPECT_FALSE(collided->cached);
 }
 
 TEST(HostKernels, MissingCompilerIsUnavailableAndNamed) {
   mlir::MLIRContext context;
-  auto model = models::importModel(context, kGolden / "qwen2");
-  ASSERT_TRUE(model.ok()) << errorOf(model);
-  mlir::PassManager pm(&context);
-  mlir::kiln::buildOptimizePipeline(pm, {});
-  ASSERT_TRUE(mlir::succeeded(pm.run(*model->module)));
-  auto plan = codegen::buildPlan(*model->module, {});
-  ASSERT_TRUE(mlir::succeeded(plan));
+  Planned planned = plan(context, "qwen2");
+  ASSERT_TRUE(planned.module && planned.plan);
+  mlir::ModuleOp module = *planned.module;
+  artifact::ModelT &plan = *planned.plan;
   codegen::HostModuleOptions options;
   options.compiler = "/nonexistent/kiln-test-c++";
-  auto report = codegen::addHostModule(*model->module, **plan, options);
+  auto report = codegen::addHostModule(module, plan, options);
   ASSERT_TRUE(absl::IsUnavailable(report.status())) << errorOf(report);
   EXPECT_NE(report.status().message().find("/nonexistent/kiln-test-c++"),
             std::string::npos);
   EXPECT_NE(report.status().message().find("KILN_HOST_CXX"), std::string::npos);
-  EXPECT_TRUE((*plan)->host_modules.empty());
+  EXPECT_TRUE(plan.host_modules.empty());
 }
 
 TEST(HostKernels, UnsupportedGroupsAreSkippedWithTheReason) {
