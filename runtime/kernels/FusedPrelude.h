@@ -261,23 +261,28 @@ KILN_FN float roundUpPow2(float s) {
   return floatFromBits(bits & 0xff800000u);
 }
 
+/// The activation scale of x[c0, c1), as the CPU FP8 GEMMs: s =
+/// max(amax, 1e-4) / 448 (a power of two when pow2). Called by every thread
+/// of the block (the amax is a block reduction).
+KILN_FN float fp8BlockScale(const float *x, int64_t c0, int64_t c1, int pow2) {
+  float amax = 0.0f;
+  for (int64_t c = c0 + KILN_THREAD; c < c1; c += KILN_THREADS)
+    amax = fmaxf(amax, fabsf(x[c]));
+  amax = blockMax(amax);
+  float s = (amax > 1e-4f ? amax : 1e-4f) / 448.0f;
+  return pow2 ? roundUpPow2(s) : s;
+}
+
 /// DeepSeek-V3's activation quantization of one row of `n` values, as
-/// kiln.quantize_fp8 and the CPU FP8 GEMMs: per `blockCols` values, s =
-/// max(amax, 1e-4) / 448 (a power of two when pow2), codes e4m3(x / s).
-/// Called by every thread of the block (the amax is a block reduction).
+/// kiln.quantize_fp8 and the CPU FP8 GEMMs: per `blockCols` values, codes
+/// e4m3(x / s) with s = fp8BlockScale. Called by every thread of the block.
 KILN_FN void quantizeFp8(const float *x, int64_t n, int64_t blockCols, int pow2,
                          unsigned char *codes, float *scales) {
   int64_t groups = (n + blockCols - 1) / blockCols;
   for (int64_t g = 0; g < groups; ++g) {
     int64_t c0 = g * blockCols;
     int64_t c1 = c0 + blockCols < n ? c0 + blockCols : n;
-    float amax = 0.0f;
-    for (int64_t c = c0 + KILN_THREAD; c < c1; c += KILN_THREADS)
-      amax = fmaxf(amax, fabsf(x[c]));
-    amax = blockMax(amax);
-    float s = (amax > 1e-4f ? amax : 1e-4f) / 448.0f;
-    if (pow2)
-      s = roundUpPow2(s);
+    float s = fp8BlockScale(x, c0, c1, pow2);
     for (int64_t c = c0 + KILN_THREAD; c < c1; c += KILN_THREADS)
       codes[c] = encodeE4m3(x[c] / s);
     if (KILN_THREAD == 0)

@@ -259,13 +259,7 @@ KILN_FN void kiln_quantize_rows_block(Dim3 block, const QuantizeRowsParams &p) {
   for (int64_t g = 0; g < groups; ++g) {
     int64_t c0 = g * p.blockCols;
     int64_t c1 = c0 + p.blockCols < p.k ? c0 + p.blockCols : p.k;
-    float amax = 0.0f;
-    for (int64_t c = c0 + KILN_THREAD; c < c1; c += KILN_THREADS)
-      amax = fmaxf(amax, fabsf(x[c]));
-    amax = blockMax(amax);
-    float s = (amax > 1e-4f ? amax : 1e-4f) / 448.0f;
-    if (p.pow2)
-      s = roundUpPow2(s);
+    float s = fp8BlockScale(x, c0, c1, p.pow2);
     for (int64_t c = c0 + KILN_THREAD; c < c1; c += KILN_THREADS)
       codes[c] = decodeE4m3(encodeE4m3(x[c] / s));
     if (KILN_THREAD == 0)
