@@ -275,9 +275,11 @@ KILN_FN float fp8BlockScale(const float *x, int64_t c0, int64_t c1, int pow2) {
 
 /// DeepSeek-V3's activation quantization of one row of `n` values, as
 /// kiln.quantize_fp8 and the CPU FP8 GEMMs: per `blockCols` values, codes
-/// e4m3(x / s) with s = fp8BlockScale. Called by every thread of the block.
+/// e4m3(x / s) with s = fp8BlockScale, block g's scale at
+/// scales[g * scaleStride]. Called by every thread of the block.
 KILN_FN void quantizeFp8(const float *x, int64_t n, int64_t blockCols, int pow2,
-                         unsigned char *codes, float *scales) {
+                         unsigned char *codes, float *scales,
+                         int64_t scaleStride = 1) {
   int64_t groups = (n + blockCols - 1) / blockCols;
   for (int64_t g = 0; g < groups; ++g) {
     int64_t c0 = g * blockCols;
@@ -286,7 +288,7 @@ KILN_FN void quantizeFp8(const float *x, int64_t n, int64_t blockCols, int pow2,
     for (int64_t c = c0 + KILN_THREAD; c < c1; c += KILN_THREADS)
       codes[c] = encodeE4m3(x[c] / s);
     if (KILN_THREAD == 0)
-      scales[g] = s;
+      scales[g * scaleStride] = s;
   }
 }
 

@@ -4,7 +4,8 @@
 // cpu::groupedLinear (rows grouped by expert through device-side offsets,
 // so no count reaches the host). The host builds are tested against the CPU
 // kernels in tests/runtime/MatmulKernelTest.cpp. cuBLASLt takes dense bf16
-// GEMMs of many rows (CudaExecutor.cpp); these kernels take the rest.
+// and block-scaled FP8 GEMMs of many rows, and a prefill's experts one by
+// one (CudaExecutor.cpp); these kernels take the rest.
 //
 // Each warp owns one weight row (output column) and streams it, 8
 // consecutive weights per lane per step (one 16-byte load for bf16/f16
@@ -269,23 +270,43 @@ KILN_FN void kiln_quantize_rows_block(Dim3 block, const QuantizeRowsParams &p) {
 KILN_KERNEL(kiln_quantize_rows, QuantizeRowsParams)
 
 /// kiln.quantize_fp8 run on its own (a fused group executed as its ops):
-/// codes as e4m3 bytes [rows, k], scales [rows, ceil(k / blockCols)]. One
-/// block per row.
+/// codes as e4m3 bytes [rows, k], scales [rows, ceil(k / blockCols)], or,
+/// for cuBLASLt's block-scaled GEMM (scaleRows = rows), token-minor
+/// [ceil(k / blockCols), rows]. One block per row.
 struct QuantizeFp8Params {
   const float *x;
   unsigned char *codes;
   float *scales;
   int64_t k, blockCols;
   int pow2;
+  int64_t scaleRows;
 };
 
 KILN_FN void kiln_quantize_fp8_block(Dim3 block, const QuantizeFp8Params &p) {
   int64_t groups = (p.k + p.blockCols - 1) / p.blockCols;
-  quantizeFp8(p.x + int64_t{block.x} * p.k, p.k, p.blockCols, p.pow2,
-              p.codes + int64_t{block.x} * p.k,
-              p.scales + int64_t{block.x} * groups);
+  int64_t row = block.x;
+  quantizeFp8(p.x + row * p.k, p.k, p.blockCols, p.pow2, p.codes + row * p.k,
+              p.scaleRows ? p.scales + row : p.scales + row * groups,
+              p.scaleRows ? p.scaleRows : 1);
 }
 KILN_KERNEL(kiln_quantize_fp8, QuantizeFp8Params)
+
+/// Activation scales a fused kernel wrote token-major [rows, groups],
+/// rewritten token-minor [groups, rows] for cuBLASLt's VEC128 layout. One
+/// block per row.
+struct Fp8ScalesByBlockParams {
+  const float *scales;
+  float *out;
+  int64_t rows, groups;
+};
+
+KILN_FN void kiln_fp8_scales_by_block_block(Dim3 block,
+                                            const Fp8ScalesByBlockParams &p) {
+  int64_t row = block.x;
+  for (int64_t g = KILN_THREAD; g < p.groups; g += KILN_THREADS)
+    p.out[g * p.rows + row] = p.scales[row * p.groups + g];
+}
+KILN_KERNEL(kiln_fp8_scales_by_block, Fp8ScalesByBlockParams)
 
 } // namespace kiln
 

@@ -13,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -251,6 +252,41 @@ TEST(MatmulKernel, HeadLinearMatchesCpu) {
         got, want, xs, k, w.values, k,
         [&](int64_t i) { return i / n; }, // (token, head) row
         [&](int64_t i) { return (i / n % heads) * n + i % n; }, name(type));
+  }
+}
+
+TEST(MatmulKernel, QuantizeFp8WritesScalesTokenMajorOrForCublasLt) {
+  // k with a partial last block; pow2 (UE8M0) and plain scales.
+  const int64_t rows = 5, k = 300, groups = 3;
+  std::vector<float> x = randomRows(rows, k, 21);
+  for (int pow2 : {0, 1}) {
+    std::vector<uint8_t> wantCodes(rows * k);
+    std::vector<float> wantScales(rows * groups);
+    cpu::quantizeFp8(x.data(), rows, k, 128, pow2 == 1, wantCodes.data(),
+                     wantScales.data());
+    std::vector<unsigned char> codes(rows * k);
+    std::vector<float> scales(rows * groups, -1.0f);
+    kiln_quantize_fp8_host(
+        Dim3{static_cast<int>(rows), 1, 1},
+        {x.data(), codes.data(), scales.data(), k, 128, pow2, 0});
+    EXPECT_TRUE(std::equal(codes.begin(), codes.end(), wantCodes.begin()));
+    EXPECT_EQ(scales, wantScales);
+    // cuBLASLt's VEC128 layout: scale (row, g) at g * rows + row, the same
+    // codes.
+    std::vector<float> byBlock(rows * groups, -1.0f);
+    kiln_quantize_fp8_host(
+        Dim3{static_cast<int>(rows), 1, 1},
+        {x.data(), codes.data(), byBlock.data(), k, 128, pow2, rows});
+    EXPECT_TRUE(std::equal(codes.begin(), codes.end(), wantCodes.begin()));
+    std::vector<float> rewritten(rows * groups, -1.0f);
+    kiln_fp8_scales_by_block_host(
+        Dim3{static_cast<int>(rows), 1, 1},
+        {wantScales.data(), rewritten.data(), rows, groups});
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < groups; ++g) {
+        EXPECT_EQ(byBlock[g * rows + r], wantScales[r * groups + g]);
+        EXPECT_EQ(rewritten[g * rows + r], wantScales[r * groups + g]);
+      }
   }
 }
 

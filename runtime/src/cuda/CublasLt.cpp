@@ -59,16 +59,20 @@ BlasLt::BlasLt(BlasLt &&other) noexcept
       plans_(std::move(other.plans_)) {}
 
 BlasLt::~BlasLt() {
-  for (auto &[shape, plan] : plans_) {
-    api_.layoutDestroy(plan.a);
-    api_.layoutDestroy(plan.b);
-    api_.layoutDestroy(plan.d);
-    api_.descDestroy(plan.desc);
-  }
+  for (auto &[key, plan] : plans_)
+    destroy(plan);
   if (handle_)
     api_.destroy(handle_);
   if (library_)
     ::dlclose(library_);
+}
+
+void BlasLt::destroy(Plan &p) const {
+  for (cublasLtMatrixLayout_t layout : {p.a, p.b, p.d})
+    if (layout)
+      api_.layoutDestroy(layout);
+  if (p.desc)
+    api_.descDestroy(p.desc);
 }
 
 absl::Status BlasLt::check(cublasStatus_t status, const char *what) const {
@@ -79,56 +83,91 @@ absl::Status BlasLt::check(cublasStatus_t status, const char *what) const {
                              " failed: " + (text ? text : "cuBLASLt error"));
 }
 
-absl::Status BlasLt::gemmBf16(CUstream stream, int64_t m, int64_t n, int64_t k,
-                              CUdeviceptr x, CUdeviceptr w, CUdeviceptr out,
-                              CUdeviceptr workspace, size_t workspaceBytes) {
-  auto key = std::make_tuple(m, n, k);
-  auto it = plans_.find(key);
-  if (it == plans_.end()) {
-    Plan p;
-    absl::Status s = check(
-        api_.descCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "descriptor");
-    cublasOperation_t transposed = CUBLAS_OP_T, plain = CUBLAS_OP_N;
-    s.Update(check(api_.descSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA,
-                                         &transposed, sizeof(transposed)),
-                   "TRANSA"));
-    s.Update(check(api_.descSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB,
-                                         &plain, sizeof(plain)),
-                   "TRANSB"));
-    s.Update(check(api_.layoutCreate(&p.a, CUDA_R_16BF, k, n, k), "layout A"));
-    s.Update(check(api_.layoutCreate(&p.b, CUDA_R_16BF, k, m, k), "layout B"));
-    s.Update(check(api_.layoutCreate(&p.d, CUDA_R_32F, n, m, n), "layout D"));
-    cublasLtMatmulPreference_t preference = nullptr;
-    s.Update(check(api_.preferenceCreate(&preference), "preference"));
+absl::StatusOr<const BlasLt::Plan *>
+BlasLt::plan(Operands operands, int64_t m, int64_t n, int64_t k,
+             size_t workspaceBytes, const void *wScale, const void *xScale) {
+  PlanKey key{operands, m, n, k};
+  if (auto it = plans_.find(key); it != plans_.end())
+    return &it->second;
+  bool fp8 = operands == Operands::Fp8BlockScaled;
+  cudaDataType input = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+  Plan p;
+  absl::Status s = check(
+      api_.descCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "descriptor");
+  auto set = [&](cublasLtMatmulDescAttributes_t attribute, int32_t value,
+                 const char *what) {
     if (s.ok())
-      s.Update(check(api_.preferenceSetAttribute(
-                         preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                         &workspaceBytes, sizeof(workspaceBytes)),
-                     "workspace preference"));
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
+      s.Update(
+          check(api_.descSetAttribute(p.desc, attribute, &value, sizeof(value)),
+                what));
+  };
+  set(CUBLASLT_MATMUL_DESC_TRANSA, CUBLAS_OP_T, "TRANSA");
+  set(CUBLASLT_MATMUL_DESC_TRANSB, CUBLAS_OP_N, "TRANSB");
+  if (fp8) {
+    // A is the weight (128x128 blocks), B the activations (1x128).
+    set(CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
+        CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, "A scale mode");
+    set(CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
+        CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F, "B scale mode");
     if (s.ok())
-      s.Update(check(api_.algoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d,
-                                           preference, 1, &result, &found),
-                     "cublasLtMatmulAlgoGetHeuristic"));
-    if (preference)
-      api_.preferenceDestroy(preference);
-    if (s.ok() && found == 0)
-      s = absl::UnimplementedError("cuBLASLt has no algorithm for a bf16 " +
-                                   std::to_string(m) + "x" + std::to_string(n) +
-                                   "x" + std::to_string(k) + " GEMM");
-    if (!s.ok()) {
-      for (cublasLtMatrixLayout_t layout : {p.a, p.b, p.d})
-        if (layout)
-          api_.layoutDestroy(layout);
-      if (p.desc)
-        api_.descDestroy(p.desc);
-      return s;
-    }
-    p.algo = result.algo;
-    it = plans_.emplace(key, p).first;
+      s.Update(setScales(p.desc, wScale, xScale));
   }
-  const Plan &p = it->second;
+  if (s.ok())
+    s.Update(check(api_.layoutCreate(&p.a, input, k, n, k), "layout A"));
+  if (s.ok())
+    s.Update(check(api_.layoutCreate(&p.b, input, k, m, k), "layout B"));
+  if (s.ok())
+    s.Update(check(api_.layoutCreate(&p.d, CUDA_R_32F, n, m, n), "layout D"));
+  cublasLtMatmulPreference_t preference = nullptr;
+  if (s.ok())
+    s.Update(check(api_.preferenceCreate(&preference), "preference"));
+  if (s.ok())
+    s.Update(check(api_.preferenceSetAttribute(
+                       preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                       &workspaceBytes, sizeof(workspaceBytes)),
+                   "workspace preference"));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  if (s.ok()) {
+    cublasStatus_t status = api_.algoGetHeuristic(
+        handle_, p.desc, p.a, p.b, p.d, p.d, preference, 1, &result, &found);
+    // No algorithm for this configuration: the caller's own kernel runs it.
+    if (status == CUBLAS_STATUS_NOT_SUPPORTED)
+      found = 0;
+    else
+      s.Update(check(status, "cublasLtMatmulAlgoGetHeuristic"));
+  }
+  if (preference)
+    api_.preferenceDestroy(preference);
+  if (s.ok() && found == 0)
+    s = absl::UnimplementedError(
+        std::string("cuBLASLt has no algorithm for a ") +
+        (fp8 ? "block-scaled FP8 " : "bf16 ") + std::to_string(m) + "x" +
+        std::to_string(n) + "x" + std::to_string(k) + " GEMM");
+  if (!s.ok()) {
+    destroy(p);
+    return s;
+  }
+  p.algo = result.algo;
+  return &plans_.emplace(key, p).first->second;
+}
+
+absl::Status BlasLt::setScales(cublasLtMatmulDesc_t desc, const void *wScale,
+                               const void *xScale) const {
+  absl::Status s =
+      check(api_.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                                  &wScale, sizeof(wScale)),
+            "A scale pointer");
+  s.Update(
+      check(api_.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                  &xScale, sizeof(xScale)),
+            "B scale pointer"));
+  return s;
+}
+
+absl::Status BlasLt::run(const Plan &p, CUstream stream, CUdeviceptr x,
+                         CUdeviceptr w, CUdeviceptr out, CUdeviceptr workspace,
+                         size_t workspaceBytes) {
   float one = 1.0f, zero = 0.0f;
   return check(api_.matmul(handle_, p.desc, &one,
                            reinterpret_cast<const void *>(w), p.a,
@@ -138,6 +177,37 @@ absl::Status BlasLt::gemmBf16(CUstream stream, int64_t m, int64_t n, int64_t k,
                            reinterpret_cast<void *>(workspace), workspaceBytes,
                            reinterpret_cast<cudaStream_t>(stream)),
                "cublasLtMatmul");
+}
+
+absl::Status BlasLt::gemmBf16(CUstream stream, int64_t m, int64_t n, int64_t k,
+                              CUdeviceptr x, CUdeviceptr w, CUdeviceptr out,
+                              CUdeviceptr workspace, size_t workspaceBytes) {
+  absl::StatusOr<const Plan *> p =
+      plan(Operands::Bf16, m, n, k, workspaceBytes);
+  if (!p.ok())
+    return p.status();
+  return run(**p, stream, x, w, out, workspace, workspaceBytes);
+}
+
+absl::Status BlasLt::gemmFp8(CUstream stream, int64_t m, int64_t n, int64_t k,
+                             CUdeviceptr xCodes, CUdeviceptr xScale,
+                             CUdeviceptr w, CUdeviceptr wScale, CUdeviceptr out,
+                             CUdeviceptr workspace, size_t workspaceBytes) {
+  if (!fp8Shape(n, k))
+    return absl::UnimplementedError(
+        "block-scaled FP8 GEMM with n = " + std::to_string(n) +
+        ", k = " + std::to_string(k) + " (needs k % 512 == 0, n % 16 == 0)");
+  const void *a = reinterpret_cast<const void *>(wScale);
+  const void *b = reinterpret_cast<const void *>(xScale);
+  absl::StatusOr<const Plan *> p =
+      plan(Operands::Fp8BlockScaled, m, n, k, workspaceBytes, a, b);
+  if (!p.ok())
+    return p.status();
+  // The scale pointers are arguments of this call (a plan serves every
+  // weight of its shape); cuBLASLt reads them when the GEMM is enqueued.
+  if (absl::Status s = setScales((*p)->desc, a, b); !s.ok())
+    return s;
+  return run(**p, stream, xCodes, w, out, workspace, workspaceBytes);
 }
 
 } // namespace kiln::cuda

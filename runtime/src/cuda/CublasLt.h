@@ -1,7 +1,9 @@
 // cuBLASLt, loaded at run time with dlopen through a table of entry points
-// (like the driver, CudaDriver.h): the CUDA executor's dense bf16 GEMMs for
-// many rows (prefill, large decode batches). Nothing links against
-// libcublasLt; where it is missing the executor keeps its own GEMM kernels.
+// (like the driver, CudaDriver.h): the CUDA executor's GEMMs of many rows
+// (prefill, large decode batches, the experts of a prefill): bf16, and FP8
+// with DeepSeek's block scales (VEC128 activations, BLK128x128 weights).
+// Nothing links against libcublasLt; where it is missing the executor keeps
+// its own GEMM kernels.
 #ifndef KILN_RUNTIME_CUDA_CUBLASLT_H
 #define KILN_RUNTIME_CUDA_CUBLASLT_H
 
@@ -63,24 +65,56 @@ public:
   /// out^T [n, m] = op(W) [n, k] . op(X) [k, m]: W is a column-major
   /// [k, n] matrix (lda = k) taken transposed, X a column-major [k, m]
   /// matrix (ldb = k) as is, D column-major [n, m] (ldd = n): the "TN"
-  /// layout. Descriptors and the chosen algorithm are cached per shape, so
-  /// repeated calls (and CUDA graph capture) only enqueue the GEMM.
+  /// layout (the one FP8 requires). Descriptors and the chosen algorithm
+  /// are cached per shape, so repeated calls (and CUDA graph capture) only
+  /// enqueue the GEMM.
   absl::Status gemmBf16(CUstream stream, int64_t m, int64_t n, int64_t k,
                         CUdeviceptr x, CUdeviceptr w, CUdeviceptr out,
                         CUdeviceptr workspace, size_t workspaceBytes);
 
+  /// The same GEMM on e4m3 operands with DeepSeek-V3's block scales:
+  /// xScale[k / 128][m] (one per token per 128 values of k, token-minor:
+  /// cuBLASLt's VEC128 layout), wScale[n / 128][k / 128] (one per 128x128
+  /// weight block, row-major: BLK128x128). k must be a multiple of 128, n
+  /// of 16 and k / 128 of 4 (the scale rows' alignment); Unimplemented when
+  /// the library has no algorithm for the shape (the caller keeps its own
+  /// kernel).
+  absl::Status gemmFp8(CUstream stream, int64_t m, int64_t n, int64_t k,
+                       CUdeviceptr xCodes, CUdeviceptr xScale, CUdeviceptr w,
+                       CUdeviceptr wScale, CUdeviceptr out,
+                       CUdeviceptr workspace, size_t workspaceBytes);
+
+  /// Whether gemmFp8 takes these dimensions.
+  static bool fp8Shape(int64_t n, int64_t k) {
+    return k % 128 == 0 && (k / 128) % 4 == 0 && n % 16 == 0;
+  }
+
 private:
   BlasLt() = default;
   absl::Status check(cublasStatus_t status, const char *what) const;
+  enum class Operands { Bf16, Fp8BlockScaled };
   struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
     cublasLtMatmulAlgo_t algo{};
   };
+  using PlanKey = std::tuple<Operands, int64_t, int64_t, int64_t>;
+  /// The cached descriptors and algorithm of a TN GEMM (made on first use;
+  /// FP8: with this call's scale pointers set before the algorithm query).
+  absl::StatusOr<const Plan *> plan(Operands operands, int64_t m, int64_t n,
+                                    int64_t k, size_t workspaceBytes,
+                                    const void *wScale = nullptr,
+                                    const void *xScale = nullptr);
+  absl::Status setScales(cublasLtMatmulDesc_t desc, const void *wScale,
+                         const void *xScale) const;
+  absl::Status run(const Plan &p, CUstream stream, CUdeviceptr x, CUdeviceptr w,
+                   CUdeviceptr out, CUdeviceptr workspace,
+                   size_t workspaceBytes);
+  void destroy(Plan &p) const;
   void *library_ = nullptr;
   BlasLtApi api_{};
   cublasLtHandle_t handle_ = nullptr;
-  std::map<std::tuple<int64_t, int64_t, int64_t>, Plan> plans_;
+  std::map<PlanKey, Plan> plans_;
 };
 
 } // namespace kiln::cuda

@@ -18,6 +18,8 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <set>
+#include <tuple>
 #include <unordered_map>
 
 namespace kiln::cuda {
@@ -61,6 +63,18 @@ struct Executor::Impl {
   /// Rows from which a bf16 GEMM goes to cuBLASLt (fewer: the GEMV-like
   /// kernel reads each weight once for all rows).
   static constexpr int64_t kBlasMinRows = 16;
+  /// FP8 GEMM shapes cuBLASLt has no algorithm for (asked once).
+  std::set<std::tuple<int64_t, int64_t, int64_t>> fp8BlasUnsupported;
+  /// How grouped (expert) GEMMs run outside graph capture: Auto takes one
+  /// cuBLASLt GEMM per expert where experts average kBlasMinRows rows;
+  /// KILN_EXPERT_GEMMS=per-expert or grouped forces either.
+  enum class ExpertGemms {
+    Auto,
+    PerExpert,
+    Grouped
+  } expertGemms = ExpertGemms::Auto;
+  /// Whether launches are being captured into a graph (no host reads).
+  bool capturing = false;
   CUdevice device = 0;
   CUcontext context = nullptr;
   CUstream stream = nullptr;
@@ -151,6 +165,26 @@ struct Executor::Impl {
     return gemm && l.ints() && l.ints()->size() == at + 3;
   }
   int64_t contextBucket(int64_t kvLen) const;
+
+  /// One GEMM launch decoded: the library kernel's parameters and what
+  /// picks its path (cuBLASLt or the library kernels).
+  struct GemmCall {
+    GemmParams p{};
+    int64_t matrices = 1;
+    art::ElementType weightType = art::ElementType::F32;
+    bool fp8 = false;       // e4m3 weights with block scales
+    bool quantized = false; // x given as e4m3 codes (p.xCodes, p.xScale)
+    int pow2 = 0;           // FP8 activation scales rounded to powers of two
+    bool dense = false;     // one matrix, no bias: cuBLASLt may take it
+    CUdeviceptr bf16X = 0;  // x already converted to bf16 (expert slices)
+  };
+  absl::Status runGemm(GemmCall c);
+  /// cuBLASLt's block-scaled FP8 GEMM: activations quantized (or their
+  /// scales rewritten) into its layout first.
+  absl::Status blasFp8(const GemmCall &c);
+  /// A grouped GEMM outside graph capture: the expert offsets read back,
+  /// then one GEMM per expert with rows (cuBLASLt where it takes them).
+  absl::Status runExperts(const GemmCall &c);
 };
 
 Executor::Impl::~Impl() {
@@ -391,7 +425,9 @@ absl::Status Executor::Impl::allocateState() {
                               uint64_t{e->max_batch()} * e->max_seq() *
                                   plan.moe_top_k()};
       for (const art::Launch *l : *e->launches())
-        if (blasGemm(*l)) {
+        if (blasGemm(*l) ||
+            (l->kernel() == art::KernelKind::GroupedLinear &&
+             l->args()->Get(1)->type() == art::ElementType::BF16)) {
           uint64_t n = 1;
           for (const art::Dim *d : *l->args()->Get(0)->shape())
             n *= bounds.of(*d);
@@ -621,10 +657,10 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
   }
   case art::KernelKind::QuantizeFp8: {
     int64_t k = lastDim(x);
-    return launch("kiln_quantize_fp8", tokenGrid(numel(x) / k),
-                  QuantizeFp8Params{f32(0),
-                                    reinterpret_cast<unsigned char *>(ptr(1)),
-                                    f32(2), k, ints(0), ints(1) == 1 ? 1 : 0});
+    return launch(
+        "kiln_quantize_fp8", tokenGrid(numel(x) / k),
+        QuantizeFp8Params{f32(0), reinterpret_cast<unsigned char *>(ptr(1)),
+                          f32(2), k, ints(0), ints(1) == 1 ? 1 : 0, 0});
   }
   case art::KernelKind::Linear:
   case art::KernelKind::Logits:
@@ -643,23 +679,26 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
   const auto &refs = *l.args();
   const art::TensorRef *x = refs.Get(0), *w = refs.Get(1);
   const art::TensorRef *out = refs.Get(refs.size() - 1);
-  bool fp8 = fp8Gemm(l);
   unsigned at = l.kernel() == art::KernelKind::Linear ? 1 : 0;
-  GemmParams p{};
+  GemmCall c;
+  c.weightType = w->type();
+  c.fp8 = fp8Gemm(l);
+  c.dense = blasGemm(l) || (c.fp8 && l.kernel() == art::KernelKind::Linear &&
+                            l.ints()->Get(0) == 0);
+  GemmParams &p = c.p;
   p.w = reinterpret_cast<const void *>(resolve(w));
   p.out = reinterpret_cast<float *>(resolve(out));
   p.x = reinterpret_cast<const float *>(resolve(x));
-  int64_t matrices = 1;
   switch (l.kernel()) {
   case art::KernelKind::HeadLinear: {
     // x [rows, heads, in], w [heads, out, in], out [rows, heads, out].
-    matrices = staticDim(w, 0);
+    c.matrices = staticDim(w, 0);
     p.n = staticDim(w, 1);
     p.k = staticDim(w, 2);
-    p.rows = numel(x) / (matrices * p.k);
-    p.xRowStride = matrices * p.k;
+    p.rows = numel(x) / (c.matrices * p.k);
+    p.xRowStride = c.matrices * p.k;
     p.xMatrixStride = p.k;
-    p.outRowStride = matrices * p.n;
+    p.outRowStride = c.matrices * p.n;
     p.outMatrixStride = p.n;
     break;
   }
@@ -688,53 +727,169 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
     }
     break;
   }
-  if (blas && blasGemm(l) && p.rows >= kBlasMinRows) {
-    int64_t count = p.rows * p.k;
-    if (absl::Status s = launch(
-            "kiln_to_bf16", elementwiseGrid(count),
-            ToBf16Params{p.x, reinterpret_cast<uint16_t *>(bf16Activations),
-                         count});
-        !s.ok())
-      return s;
-    return blas->gemmBf16(stream, p.rows, p.n, p.k, bf16Activations, resolve(w),
-                          resolve(out), blasWorkspace, kBlasWorkspaceBytes);
-  }
-  // Activations a fused kernel quantized: e4m3 codes, scales before out.
-  bool quantized = fp8 && x->type() == art::ElementType::F8E4M3;
-  if (quantized) {
+  if (c.fp8) {
     p.blockRows = l.ints()->Get(at);
     p.blockCols = l.ints()->Get(at + 1);
-    p.wScale =
-        reinterpret_cast<const float *>(resolve(refs.Get(refs.size() - 3)));
-    p.x = nullptr;
-    p.xCodes = reinterpret_cast<const unsigned char *>(resolve(x));
-    p.xScale =
-        reinterpret_cast<const float *>(resolve(refs.Get(refs.size() - 2)));
-    return launch("kiln_gemv_f8e4m3_q8", gemvGrid(p.n, matrices), p);
+    c.pow2 = l.ints()->Get(at + 2) == 1 ? 1 : 0;
+    // Activations a fused kernel quantized: e4m3 codes, scales before out.
+    c.quantized = x->type() == art::ElementType::F8E4M3;
+    p.wScale = reinterpret_cast<const float *>(
+        resolve(refs.Get(refs.size() - (c.quantized ? 3 : 2))));
+    if (c.quantized) {
+      p.x = nullptr;
+      p.xCodes = reinterpret_cast<const unsigned char *>(resolve(x));
+      p.xScale =
+          reinterpret_cast<const float *>(resolve(refs.Get(refs.size() - 2)));
+    }
   }
-  if (fp8) {
-    p.blockRows = l.ints()->Get(at);
-    p.blockCols = l.ints()->Get(at + 1);
-    p.wScale =
-        reinterpret_cast<const float *>(resolve(refs.Get(refs.size() - 2)));
+  if (p.offsets && !capturing &&
+      (expertGemms == ExpertGemms::PerExpert ||
+       (expertGemms == ExpertGemms::Auto && blas)))
+    return runExperts(c);
+  return runGemm(c);
+}
+
+namespace {
+bool aligned16(const void *p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+} // namespace
+
+absl::Status Executor::Impl::runGemm(GemmCall c) {
+  GemmParams &p = c.p;
+  if (blas && c.dense && p.rows >= kBlasMinRows) {
+    if (c.weightType == art::ElementType::BF16) {
+      CUdeviceptr x = c.bf16X;
+      if (!x) {
+        int64_t count = p.rows * p.k;
+        x = bf16Activations;
+        if (absl::Status s = launch(
+                "kiln_to_bf16", elementwiseGrid(count),
+                ToBf16Params{p.x, reinterpret_cast<uint16_t *>(x), count});
+            !s.ok())
+          return s;
+      }
+      return blas->gemmBf16(stream, p.rows, p.n, p.k, x,
+                            reinterpret_cast<CUdeviceptr>(p.w),
+                            reinterpret_cast<CUdeviceptr>(p.out), blasWorkspace,
+                            kBlasWorkspaceBytes);
+    }
+    auto key = std::make_tuple(p.rows, p.n, p.k);
+    if (c.fp8 && p.blockRows == 128 && p.blockCols == 128 &&
+        BlasLt::fp8Shape(p.n, p.k) && aligned16(p.w) && aligned16(p.out) &&
+        aligned16(c.quantized ? static_cast<const void *>(p.xCodes) : p.x) &&
+        !fp8BlasUnsupported.count(key)) {
+      absl::Status s = blasFp8(c);
+      if (s.code() != absl::StatusCode::kUnimplemented)
+        return s;
+      fp8BlasUnsupported.insert(key); // the library kernels below take it
+    }
+  }
+  if (c.quantized)
+    return launch("kiln_gemv_f8e4m3_q8", gemvGrid(p.n, c.matrices), p);
+  if (c.fp8) {
     // Activations quantized per row of k (per head for head GEMMs).
-    int64_t rows = p.rows * matrices;
+    int64_t rows = p.rows * c.matrices;
     QuantizeRowsParams q{p.x,
                          reinterpret_cast<float *>(fp8Codes),
                          reinterpret_cast<float *>(fp8Scales),
                          p.offsets ? p.offsets + p.experts : nullptr,
                          p.k,
                          p.blockCols,
-                         l.ints()->Get(at + 2) == 1 ? 1 : 0};
+                         c.pow2};
     if (absl::Status s = launch("kiln_quantize_rows", tokenGrid(rows), q);
         !s.ok())
       return s;
     p.x = reinterpret_cast<const float *>(fp8Codes);
     p.xScale = reinterpret_cast<const float *>(fp8Scales);
   }
-  std::string type = detail::elementTypeName(w->type());
+  std::string type = detail::elementTypeName(c.weightType);
   return launch("kiln_gemv_" + type,
-                gemvGrid(p.n, p.offsets ? p.experts : matrices), p);
+                gemvGrid(p.n, p.offsets ? p.experts : c.matrices), p);
+}
+
+absl::Status Executor::Impl::blasFp8(const GemmCall &c) {
+  const GemmParams &p = c.p;
+  int64_t groups = p.k / 128;
+  CUdeviceptr codes = fp8Codes;
+  absl::Status s;
+  if (c.quantized) {
+    codes = reinterpret_cast<CUdeviceptr>(p.xCodes);
+    s = launch("kiln_fp8_scales_by_block", tokenGrid(p.rows),
+               Fp8ScalesByBlockParams{p.xScale,
+                                      reinterpret_cast<float *>(fp8Scales),
+                                      p.rows, groups});
+  } else {
+    s = launch("kiln_quantize_fp8", tokenGrid(p.rows),
+               QuantizeFp8Params{p.x, reinterpret_cast<unsigned char *>(codes),
+                                 reinterpret_cast<float *>(fp8Scales), p.k, 128,
+                                 c.pow2, p.rows});
+  }
+  if (!s.ok())
+    return s;
+  return blas->gemmFp8(stream, p.rows, p.n, p.k, codes, fp8Scales,
+                       reinterpret_cast<CUdeviceptr>(p.w),
+                       reinterpret_cast<CUdeviceptr>(p.wScale),
+                       reinterpret_cast<CUdeviceptr>(p.out), blasWorkspace,
+                       kBlasWorkspaceBytes);
+}
+
+absl::Status Executor::Impl::runExperts(const GemmCall &c) {
+  const GemmParams &p = c.p;
+  const DriverApi &a = api();
+  std::vector<int32_t> offsets(static_cast<size_t>(p.experts) + 1);
+  if (absl::Status s = check(a.cuStreamSynchronize(stream), "routing"); !s.ok())
+    return s;
+  if (absl::Status s =
+          check(a.cuMemcpyDtoH(offsets.data(),
+                               reinterpret_cast<CUdeviceptr>(p.offsets),
+                               offsets.size() * sizeof(int32_t)),
+                "reading the expert offsets");
+      !s.ok())
+    return s;
+  int64_t rows = offsets.back(), active = 0;
+  for (int e = 0; e < p.experts; ++e)
+    active += offsets[e + 1] > offsets[e];
+  // Few rows per expert: one grouped launch of the library GEMM reads each
+  // expert's weights once for all its rows, cheaper than a call per expert.
+  if (expertGemms == ExpertGemms::Auto && rows < kBlasMinRows * active)
+    return runGemm(c);
+  size_t weightBytes = c.weightType == art::ElementType::F32      ? 4
+                       : c.weightType == art::ElementType::F8E4M3 ? 1
+                                                                  : 2;
+  CUdeviceptr bf16 = 0;
+  if (blas && c.weightType == art::ElementType::BF16) {
+    // Every routed row converted once; each expert's GEMM reads its slice.
+    bf16 = bf16Activations;
+    int64_t count = rows * p.k;
+    if (absl::Status s = launch(
+            "kiln_to_bf16", elementwiseGrid(count),
+            ToBf16Params{p.x, reinterpret_cast<uint16_t *>(bf16), count});
+        !s.ok())
+      return s;
+  }
+  int64_t nBlocks = c.fp8 ? (p.n + p.blockRows - 1) / p.blockRows : 0;
+  int64_t kBlocks = c.fp8 ? (p.k + p.blockCols - 1) / p.blockCols : 0;
+  for (int e = 0; e < p.experts; ++e) {
+    int64_t first = offsets[e], count = offsets[e + 1] - first;
+    if (count <= 0)
+      continue;
+    GemmCall sub = c;
+    sub.dense = true;
+    sub.p.offsets = nullptr;
+    sub.p.experts = 0;
+    sub.p.rows = count;
+    sub.p.x = p.x + first * p.k;
+    sub.p.out = p.out + first * p.n;
+    sub.p.w = static_cast<const char *>(p.w) + e * p.n * p.k * weightBytes;
+    if (c.fp8)
+      sub.p.wScale = p.wScale + e * nBlocks * kBlocks;
+    if (bf16)
+      sub.bf16X = bf16 + first * p.k * 2;
+    if (absl::Status s = runGemm(sub); !s.ok())
+      return s;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
@@ -929,6 +1084,17 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
   impl->description = devices->front().name;
   if (absl::Status s = impl->loadModules(requireGpuCode); !s.ok())
     return s;
+  if (const char *experts = std::getenv("KILN_EXPERT_GEMMS")) {
+    std::string mode = experts;
+    if (mode == "per-expert")
+      impl->expertGemms = Impl::ExpertGemms::PerExpert;
+    else if (mode == "grouped")
+      impl->expertGemms = Impl::ExpertGemms::Grouped;
+    else if (!mode.empty() && mode != "auto")
+      return absl::InvalidArgumentError(
+          "KILN_EXPERT_GEMMS is \"" + mode +
+          "\"; expected auto, per-expert or grouped");
+  }
   // KILN_CUBLASLT=0 keeps every GEMM in the library kernels (fp32
   // activations): the numerics check compares both paths.
   const char *useBlas = std::getenv("KILN_CUBLASLT");
@@ -991,6 +1157,7 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
     auto it = s.graphs.find(key);
     if (it == s.graphs.end()) {
       s.shape.kvLen = key.bucket;
+      s.capturing = true;
       if (absl::Status st =
               s.check(a.cuStreamBeginCapture(
                           s.stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
@@ -1001,6 +1168,7 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
       CUgraph graph = nullptr;
       absl::Status ended =
           s.check(a.cuStreamEndCapture(s.stream, &graph), "capturing decode");
+      s.capturing = false;
       if (!launched.ok() || !ended.ok()) {
         if (graph)
           a.cuGraphDestroy(graph);

@@ -73,6 +73,7 @@ const std::vector<HostKernel> &hostKernels() {
       KILN_HOST_KERNEL(kiln_gemv_f8e4m3_q8, GemmParams),
       KILN_HOST_KERNEL(kiln_quantize_rows, QuantizeRowsParams),
       KILN_HOST_KERNEL(kiln_quantize_fp8, QuantizeFp8Params),
+      KILN_HOST_KERNEL(kiln_fp8_scales_by_block, Fp8ScalesByBlockParams),
   };
   return kernels;
 }
