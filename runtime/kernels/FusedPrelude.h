@@ -30,6 +30,13 @@ typedef unsigned short uint16_t;
 #include <stdint.h>
 #endif
 
+// KILN_HOST_FN: shape arithmetic both the kernels and the executor call.
+#if defined(__CUDACC__)
+#define KILN_HOST_FN __host__ __device__ inline
+#else
+#define KILN_HOST_FN inline
+#endif
+
 #if defined(__CUDACC__)
 #define KILN_FN __device__ __forceinline__
 #define KILN_THREAD static_cast<int>(threadIdx.x)

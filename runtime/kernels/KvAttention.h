@@ -5,12 +5,15 @@
 // attentionPaged, attentionPagedFp8, the KvGather launch); the host builds
 // are tested against them in tests/runtime/KvAttentionKernelTest.cpp.
 //
-// Attention: one block per (query row, kv head, split) takes up to 16 query
-// heads of that kv head (absorbed MLA: all the heads share the one latent
-// row), so that each key and value row is read once for all of them (see
-// attendHeads), keeping the online-softmax state (running max, sum,
-// unnormalized output) as the CPU kernels do; the queries are in shared
-// memory (16 x 576 floats).
+// Attention: one block per (query tile, kv head, split) takes up to 16
+// query vectors that share that kv head's keys: the heads of one query row
+// (absorbed MLA: all 16 heads share the one latent row) or, where a kv head
+// has fewer query heads, consecutive query rows of one sequence (a prefill
+// of one head per kv head: 16 rows), so that each key and value row is read
+// once for all of them (see attendHeads), each vector with its own causal
+// end, keeping the online-softmax state (running max, sum, unnormalized
+// output) as the CPU kernels do; the queries are in shared memory (16 x 576
+// floats).
 #ifndef KILN_KERNELS_KVATTENTION_H
 #define KILN_KERNELS_KVATTENTION_H
 
@@ -190,8 +193,9 @@ struct AttentionParams {
   float scale;
 };
 
-/// Query heads per block: those of one kv head (16 MLA heads share the one
-/// latent row), so that each key and value row is read once for all.
+/// Query vectors (query row x head) per block, all of one kv head (16 MLA
+/// heads share the one latent row), so that each key and value row is read
+/// once for all.
 constexpr int kAttentionHeadsPerBlock = 16;
 /// Keys per online-softmax step; splits are whole multiples of it.
 constexpr int kAttentionKeyTile = 64;
@@ -206,17 +210,32 @@ constexpr int kAttentionSlots =
 constexpr int kAttentionSlots = kDeviceMaxValueDim;
 #endif
 
-inline int64_t attentionHeadChunks(int64_t heads, int64_t kvHeads) {
+KILN_HOST_FN int64_t attentionHeadChunks(int64_t heads, int64_t kvHeads) {
   int64_t group = heads / kvHeads;
   return (group + kAttentionHeadsPerBlock - 1) / kAttentionHeadsPerBlock;
 }
-/// Blocks of one split: (query row, kv head, chunk of its query heads).
-inline int64_t attentionBlocks(int64_t rows, int64_t heads, int64_t kvHeads) {
-  return rows * kvHeads * attentionHeadChunks(heads, kvHeads);
+/// Consecutive query rows of a sequence one block takes: as many as fit
+/// with a chunk of their kv head's query heads in kAttentionHeadsPerBlock
+/// vectors (1 where a kv head has 9 or more query heads, or in decode).
+KILN_HOST_FN int64_t attentionTileRows(int64_t seq, int64_t heads,
+                                       int64_t kvHeads) {
+  int64_t group = heads / kvHeads;
+  int64_t chunk =
+      group < kAttentionHeadsPerBlock ? group : kAttentionHeadsPerBlock;
+  int64_t rows = kAttentionHeadsPerBlock / chunk;
+  return rows < seq ? rows : seq;
 }
-inline Dim3 attentionGrid(int64_t rows, int64_t heads, int64_t kvHeads,
-                          int splits) {
-  return {static_cast<int>(attentionBlocks(rows, heads, kvHeads)), splits, 1};
+/// Blocks of one split: (query tile, kv head, chunk of its query heads).
+inline int64_t attentionBlocks(int64_t batch, int64_t seq, int64_t heads,
+                               int64_t kvHeads) {
+  int64_t tile = attentionTileRows(seq, heads, kvHeads);
+  return batch * ((seq + tile - 1) / tile) * kvHeads *
+         attentionHeadChunks(heads, kvHeads);
+}
+inline Dim3 attentionGrid(int64_t batch, int64_t seq, int64_t heads,
+                          int64_t kvHeads, int splits) {
+  return {static_cast<int>(attentionBlocks(batch, seq, heads, kvHeads)), splits,
+          1};
 }
 
 /// Where key and value rows are: f32 (paged or contiguous) or FP8 latent
@@ -247,54 +266,79 @@ struct Fp8Kv {
   }
 };
 
-/// One block's work: query row `row` (sequence b), query heads [h0, h0 +
-/// nh) of kv head `kvHead`, keys [begin, end).
+/// One block's work: query rows [row, row + rows) (sequence b), query
+/// heads [h0, h0 + nh) of kv head `kvHead` of each: vector v is row
+/// row + v / nh, head h0 + v % nh; keys [begin, end), the last any of the
+/// rows sees in this split.
 struct AttentionTask {
-  int64_t row, b, kvHead, h0, nh, begin, end;
+  int64_t row, rows, b, kvHead, h0, nh, begin, end;
 };
+
+/// The keys query row `row` of sequence b sees: [0, keyEnd).
+KILN_FN int64_t attentionKeyEnd(const AttentionParams &p, int64_t row,
+                                int64_t b) {
+  int32_t position = p.positions[row];
+  if (position < 0)
+    return 0; // padding: nothing to attend to (zeros)
+  return position + 1 < p.kvLengths[b] ? position + 1 : p.kvLengths[b];
+}
 
 KILN_FN AttentionTask attentionTask(Dim3 block, const AttentionParams &p) {
   int64_t group = p.heads / p.kvHeads;
-  int64_t chunks =
-      (group + kAttentionHeadsPerBlock - 1) / kAttentionHeadsPerBlock;
+  int64_t chunks = attentionHeadChunks(p.heads, p.kvHeads);
+  int64_t tileRows = attentionTileRows(p.seq, p.heads, p.kvHeads);
+  int64_t tiles = (p.seq + tileRows - 1) / tileRows;
   int64_t chunk = block.x % chunks;
+  int64_t tile = block.x / chunks / p.kvHeads;
   AttentionTask t;
   t.kvHead = block.x / chunks % p.kvHeads;
-  t.row = block.x / chunks / p.kvHeads;
-  t.b = t.row / p.seq;
+  t.b = tile / tiles;
+  int64_t first = tile % tiles * tileRows;
+  t.row = t.b * p.seq + first;
+  t.rows = p.seq - first < tileRows ? p.seq - first : tileRows;
   t.h0 = t.kvHead * group + chunk * kAttentionHeadsPerBlock;
   t.nh = group - chunk * kAttentionHeadsPerBlock;
   t.nh = t.nh < kAttentionHeadsPerBlock ? t.nh : kAttentionHeadsPerBlock;
-  int32_t position = p.positions[t.row];
-  t.end = position + 1 < p.kvLengths[t.b] ? position + 1 : p.kvLengths[t.b];
+  t.end = 0;
+  for (int64_t r = 0; r < t.rows; ++r) {
+    int64_t end = attentionKeyEnd(p, t.row + r, t.b);
+    t.end = end > t.end ? end : t.end;
+  }
   t.begin = int64_t{block.y} * p.splitTokens;
   if (t.begin + p.splitTokens < t.end)
     t.end = t.begin + p.splitTokens;
-  if (position < 0 || t.end < t.begin)
-    t.end = t.begin; // nothing to attend to: zeros
+  if (t.end < t.begin)
+    t.end = t.begin; // nothing to attend to in this split
   return t;
 }
 
-/// The online softmax of H heads (nh of them real; the others score zero
-/// queries and are dropped) over the task's keys, in tiles of
-/// kAttentionKeyTile:
+/// The online softmax of H query vectors (rows x nh of them real; the
+/// others score zero queries and are dropped) over the task's keys, in
+/// tiles of kAttentionKeyTile, each vector's keys past its row's causal end
+/// masked out:
 /// - scores: each warp takes kAttentionKeysPerPass keys at a time, its
 ///   lanes stride over dk (coalesced rows) keeping partial dot products for
 ///   every head; warp sums finish them;
-/// - softmax: a warp per head (running max and sum, as the CPU kernels);
+/// - softmax: a warp per vector (running max and sum, as the CPU kernels);
 /// - values: the threads stride over dv, each keeping its columns of every
-///   head in registers, reading each value row once.
+///   vector in registers, reading each value row once.
 template <int H, class Kv>
 KILN_FN void attendHeads(Dim3 block, const AttentionParams &p,
                          const AttentionTask &t, float *qs, float *probs,
-                         float *stats, int64_t *tileRows) {
+                         float *stats, int64_t *tileRows, int64_t *keyEnds) {
   float *runMax = stats, *runSum = stats + H, *rescale = stats + 2 * H;
-  const float *q = p.q + (t.row * p.heads + t.h0) * p.dk;
-  for (int64_t i = KILN_THREAD; i < H * p.dk; i += KILN_THREADS)
-    qs[i] = i < t.nh * p.dk ? q[i] : 0.0f;
+  int64_t vectors = t.rows * t.nh;
+  for (int64_t i = KILN_THREAD; i < H * p.dk; i += KILN_THREADS) {
+    int64_t v = i / p.dk;
+    qs[i] = v < vectors
+                ? p.q[((t.row + v / t.nh) * p.heads + t.h0 + v % t.nh) * p.dk +
+                      i % p.dk]
+                : 0.0f;
+  }
   for (int h = KILN_THREAD; h < H; h += KILN_THREADS) {
     runMax[h] = -3.402823466e38f;
     runSum[h] = 0.0f;
+    keyEnds[h] = h < vectors ? attentionKeyEnd(p, t.row + h / t.nh, t.b) : 0;
   }
   KILN_SYNC();
 
@@ -351,15 +395,18 @@ KILN_FN void attendHeads(Dim3 block, const AttentionParams &p,
     KILN_SYNC();
     for (int h = KILN_WARP; h < H; h += KILN_WARPS) {
       float *ph = probs + h * kAttentionKeyTile;
+      // Keys [0, seen) of the tile are this vector's; the rest weigh 0.
+      int64_t left = keyEnds[h] - j0;
+      int seen = left < nb ? (left > 0 ? static_cast<int>(left) : 0) : nb;
       float tileMax = -3.402823466e38f;
-      for (int j = KILN_LANE; j < nb; j += KILN_WARP_SIZE)
+      for (int j = KILN_LANE; j < seen; j += KILN_WARP_SIZE)
         tileMax = fmaxf(tileMax, ph[j]);
       tileMax = warpMax(tileMax);
       float oldMax = runMax[h];
       float newMax = fmaxf(oldMax, tileMax);
       float sum = 0.0f;
       for (int j = KILN_LANE; j < nb; j += KILN_WARP_SIZE) {
-        float e = expf(ph[j] - newMax);
+        float e = j < seen ? expf(ph[j] - newMax) : 0.0f;
         ph[j] = e;
         sum += e;
       }
@@ -398,9 +445,9 @@ KILN_FN void attendHeads(Dim3 block, const AttentionParams &p,
 
   KILN_UNROLL
   for (int h = 0; h < H; ++h) {
-    if (h >= t.nh)
+    if (h >= vectors)
       continue;
-    int64_t item = t.row * p.heads + t.h0 + h;
+    int64_t item = (t.row + h / t.nh) * p.heads + t.h0 + h % t.nh;
     float *dst;
     float inv = 1.0f;
     if (p.splits == 1) {
@@ -423,30 +470,32 @@ KILN_FN void attendHeads(Dim3 block, const AttentionParams &p,
   }
 }
 
-/// Grid attentionGrid(rows, heads, kvHeads, splits). The block's heads run
-/// in the smallest of 1, 2, 4, 8, 16 that holds them.
+/// Grid attentionGrid(batch, seq, heads, kvHeads, splits). The block's
+/// query vectors run in the smallest of 1, 2, 4, 8, 16 that holds them.
 KILN_FN void kiln_attention_block(Dim3 block, const AttentionParams &p) {
   KILN_SHARED float qs[kAttentionHeadsPerBlock * kDeviceMaxHeadDim];
   KILN_SHARED float probs[kAttentionHeadsPerBlock * kAttentionKeyTile];
   KILN_SHARED float stats[3 * kAttentionHeadsPerBlock];
   KILN_SHARED int64_t tileRows[kAttentionKeyTile];
+  KILN_SHARED int64_t keyEnds[kAttentionHeadsPerBlock];
   AttentionTask t = attentionTask(block, p);
+  int64_t vectors = t.rows * t.nh;
   if (p.fp8Slot) {
     // FP8 latent caches are MLA's: one kv head for all the heads.
-    if (t.nh > 8)
-      attendHeads<16, Fp8Kv>(block, p, t, qs, probs, stats, tileRows);
+    if (vectors > 8)
+      attendHeads<16, Fp8Kv>(block, p, t, qs, probs, stats, tileRows, keyEnds);
     else
-      attendHeads<8, Fp8Kv>(block, p, t, qs, probs, stats, tileRows);
-  } else if (t.nh > 8) {
-    attendHeads<16, F32Kv>(block, p, t, qs, probs, stats, tileRows);
-  } else if (t.nh > 4) {
-    attendHeads<8, F32Kv>(block, p, t, qs, probs, stats, tileRows);
-  } else if (t.nh > 2) {
-    attendHeads<4, F32Kv>(block, p, t, qs, probs, stats, tileRows);
-  } else if (t.nh > 1) {
-    attendHeads<2, F32Kv>(block, p, t, qs, probs, stats, tileRows);
+      attendHeads<8, Fp8Kv>(block, p, t, qs, probs, stats, tileRows, keyEnds);
+  } else if (vectors > 8) {
+    attendHeads<16, F32Kv>(block, p, t, qs, probs, stats, tileRows, keyEnds);
+  } else if (vectors > 4) {
+    attendHeads<8, F32Kv>(block, p, t, qs, probs, stats, tileRows, keyEnds);
+  } else if (vectors > 2) {
+    attendHeads<4, F32Kv>(block, p, t, qs, probs, stats, tileRows, keyEnds);
+  } else if (vectors > 1) {
+    attendHeads<2, F32Kv>(block, p, t, qs, probs, stats, tileRows, keyEnds);
   } else {
-    attendHeads<1, F32Kv>(block, p, t, qs, probs, stats, tileRows);
+    attendHeads<1, F32Kv>(block, p, t, qs, probs, stats, tileRows, keyEnds);
   }
 }
 KILN_KERNEL(kiln_attention, AttentionParams)
@@ -484,7 +533,8 @@ KILN_KERNEL(kiln_attention_merge, AttentionParams)
 
 /// Splits for `blocks` (attentionBlocks) over contexts of up to maxKv keys:
 /// about two blocks per multiprocessor, each split at least one key tile,
-/// at most kMaxDeviceAttentionSplits. Then rows x heads x splits <=
+/// at most kMaxDeviceAttentionSplits. A block holds at most
+/// kAttentionHeadsPerBlock (row, head) vectors, so rows x heads x splits <=
 /// kAttentionHeadsPerBlock x 4 x multiprocessors (attentionScratchFloats).
 inline int attentionSplits(int64_t maxKv, int64_t blocks, int multiprocessors) {
   if (blocks >= 2 * int64_t{multiprocessors})

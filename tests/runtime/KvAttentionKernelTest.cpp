@@ -85,7 +85,8 @@ void attend(AttentionParams p, int64_t rows, int64_t maxKv, int splits,
   p.splitTokens = attentionSplitTokens(maxKv, splits);
   scratch.assign(rows * p.heads * splits * (2 + p.dv), 0.0f);
   p.scratch = scratch.data();
-  kiln_attention_host(attentionGrid(rows, p.heads, p.kvHeads, splits), p);
+  kiln_attention_host(
+      attentionGrid(rows / p.seq, p.seq, p.heads, p.kvHeads, splits), p);
   if (splits > 1)
     kiln_attention_merge_host(
         {static_cast<int>(rows), static_cast<int>(p.heads), 1}, p);
@@ -158,14 +159,16 @@ INSTANTIATE_TEST_SUITE_P(HeadGroups, ContiguousGqa,
 
 TEST_P(ContiguousGqa, PrefillMatchesCpu) {
   const auto [heads, kvHeads] = GetParam();
-  const int64_t batch = 2, seq = 37, dk = 64, dv = 48;
-  const int64_t kvLen = 37;
+  // Query tiles (up to 16 rows of one sequence) whose rows end at
+  // different keys, across key tiles and context splits; padding rows.
+  const int64_t batch = 2, seq = 150, dk = 64, dv = 48;
+  const int64_t kvLen = 150;
   std::vector<float> q = normal(batch * seq * heads * dk, 31);
   std::vector<float> k = normal(batch * kvLen * kvHeads * dk, 32);
   std::vector<float> v = normal(batch * kvLen * kvHeads * dv, 33);
   for (float &x : q)
     x *= 0.2f;
-  std::vector<int32_t> positions(batch * seq), kvLengths = {37, 20};
+  std::vector<int32_t> positions(batch * seq), kvLengths = {150, 90};
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t s = 0; s < seq; ++s)
       positions[b * seq + s] = s < kvLengths[b] ? static_cast<int32_t>(s) : -1;
@@ -188,7 +191,7 @@ TEST_P(ContiguousGqa, PrefillMatchesCpu) {
   p.dv = dv;
   p.scale = 0.125f;
   std::vector<float> scratch;
-  for (int splits : {1, 2}) {
+  for (int splits : {1, 2, 3}) {
     std::vector<float> got(want.size(), -1.0f);
     p.out = got.data();
     attend(p, batch * seq, kvLen, splits, scratch);

@@ -971,15 +971,17 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
   }
   int64_t rows = shape.batch * shape.seq;
   p.splits = attentionSplits(
-      shape.kvLen, attentionBlocks(rows, p.heads, p.kvHeads), multiprocessors);
+      shape.kvLen, attentionBlocks(shape.batch, shape.seq, p.heads, p.kvHeads),
+      multiprocessors);
   p.splitTokens = attentionSplitTokens(shape.kvLen, p.splits);
   p.scratch = reinterpret_cast<float *>(attentionScratch);
   if (p.splits > 1 &&
       size_t(rows * p.heads * p.splits * (2 + p.dv)) > attentionScratchFloats)
     return absl::InternalError("GPU attention: split scratch too small");
-  if (absl::Status s =
-          launch("kiln_attention",
-                 attentionGrid(rows, p.heads, p.kvHeads, p.splits), p);
+  if (absl::Status s = launch(
+          "kiln_attention",
+          attentionGrid(shape.batch, shape.seq, p.heads, p.kvHeads, p.splits),
+          p);
       !s.ok())
     return s;
   if (p.splits == 1)
