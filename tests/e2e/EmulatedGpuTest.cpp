@@ -4,9 +4,11 @@
 // architecture: the same prompts (a ragged batch, prefill in chunks) and
 // greedy decode steps, logits within fp32 summation-order differences and
 // the same argmax. The CPU executor itself is checked against Hugging Face
-// in GoldenTest.cpp. What this cannot check: the generated fused kernels
-// (tests/codegen/FusedKernelTest.cpp runs their host builds) and anything
-// only a GPU does (timing, memory limits, real graph capture).
+// in GoldenTest.cpp. Fused groups are launched as on a GPU, running the
+// generated kernels' host builds (the artifact's CPU module;
+// tests/codegen/FusedKernelTest.cpp checks those against the reference
+// kernels). What this cannot check: the CUDA builds of the kernels, and
+// anything only a GPU does (timing, memory limits, real graph capture).
 #include "tests/e2e/E2eUtil.h"
 #include "tests/runtime/DeviceSteps.h"
 
@@ -85,6 +87,11 @@ TEST_P(EmulatedGpu, MatchesTheCpuExecutor) {
       testing::runDeviceSteps(**model, Device::Emulated, gpuWhere);
   EXPECT_EQ(cpuWhere, "cpu");
   EXPECT_EQ(gpuWhere.rfind("cuda: host emulation", 0), 0u) << gpuWhere;
+  // Fused groups launched as the GPU's generated kernels are, running
+  // their host builds.
+  EXPECT_NE(gpuWhere.find("generated kernels: host builds (emulated)"),
+            std::string::npos)
+      << gpuWhere;
   // Both in fp32 with different summation orders: each logit within 1e-4
   // of the row's largest, far above the fp32 rounding of these short sums
   // and far below what a wrong kernel does (scaling one add's input by

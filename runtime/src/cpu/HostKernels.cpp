@@ -53,6 +53,7 @@ HostKernels::load(const artifact::HostModule &module,
     if (!entry)
       return fail("no entry " + symbol);
     kernels->entries_[k->name()->str()] = reinterpret_cast<Entry>(entry);
+    kernels->arguments_[k->name()->str()] = k->args();
   }
   return kernels;
 }
@@ -72,6 +73,11 @@ HostKernels::~HostKernels() {
 HostKernels::Entry HostKernels::find(std::string_view kernel) const {
   auto it = entries_.find(std::string(kernel));
   return it == entries_.end() ? nullptr : it->second;
+}
+
+uint32_t HostKernels::arguments(std::string_view kernel) const {
+  auto it = arguments_.find(std::string(kernel));
+  return it == arguments_.end() ? 0 : it->second;
 }
 
 } // namespace kiln::cpu

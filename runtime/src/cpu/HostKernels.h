@@ -32,6 +32,9 @@ public:
   /// The entry of the group named `kernel`, or null when the module has
   /// none (the group then runs as its ops).
   Entry find(std::string_view kernel) const;
+  /// The pointers `kernel` takes in `args` (its table entry; 0 when there
+  /// is no such kernel).
+  uint32_t arguments(std::string_view kernel) const;
   size_t size() const { return entries_.size(); }
 
 private:
@@ -40,6 +43,7 @@ private:
   int fd_ = -1;      // the in-memory file the object was loaded from
   std::string path_; // its /proc/self/fd path, the loader's name for it
   std::unordered_map<std::string, Entry> entries_;
+  std::unordered_map<std::string, uint32_t> arguments_;
 };
 
 } // namespace kiln::cpu

@@ -79,6 +79,10 @@ struct Executor::Impl {
   CUcontext context = nullptr;
   CUstream stream = nullptr;
   CUmodule library = nullptr, generated = nullptr;
+  /// Whether the driver is the host emulation, and the module it loads for
+  /// the generated kernels there.
+  bool emulated = false;
+  EmulatedImage emulatedImage;
   std::unordered_map<std::string, CUfunction> functions;
   /// Threads per block of the generated kernels (the module's table).
   std::unordered_map<std::string, unsigned> fusedThreads;
@@ -256,7 +260,32 @@ absl::Status Executor::Impl::loadModules(bool requireGpuCode) {
   std::string arch = "sm_" + std::to_string(major) + std::to_string(minor);
   const art::Model &plan = *model->plan;
   std::string used = "none";
-  if (plan.gpu_modules())
+  if (emulated && model->hostKernels) {
+    // The emulated driver has no code for the cubin; it runs the same
+    // groups' host builds, launched as the GPU kernels are.
+    emulatedImage.kernels = model->hostKernels.get();
+    if (api().cuModuleLoadData(&generated, &emulatedImage) == CUDA_SUCCESS) {
+      std::string missing;
+      for (const art::EntryPoint *e : *plan.entry_points()) {
+        if (!e->fused())
+          continue;
+        for (const art::FusedLaunch *g : *e->fused()) {
+          fusedThreads[g->kernel()->str()] = kLibraryThreads;
+          if (missing.empty() && !function(g->kernel()->str()).ok())
+            missing = g->kernel()->str();
+        }
+      }
+      used = "host builds (emulated)";
+      if (!missing.empty()) {
+        for (const auto &[name, threads] : fusedThreads)
+          functions.erase(name);
+        fusedThreads.clear();
+        generated = nullptr;
+        used = "none (the host module lacks " + missing + ")";
+      }
+    }
+  }
+  if (!generated && plan.gpu_modules())
     for (const art::GpuModule *m : *plan.gpu_modules()) {
       std::string moduleArch = m->arch()->str();
       // sm_90a code runs on sm_90 only; PTX of an older virtual
@@ -1051,6 +1080,7 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
   auto impl = std::make_unique<Impl>();
   impl->model = &model;
   impl->cache = cache;
+  impl->emulated = emulate;
   if (absl::Status s = impl->checkSupported(); !s.ok())
     return s;
   absl::StatusOr<Driver> driver =

@@ -8,7 +8,11 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -78,13 +82,59 @@ const std::vector<HostKernel> &hostKernels() {
   return kernels;
 }
 
-/// A captured launch: the kernel, its grid and a copy of its parameters.
-struct Recorded {
-  const HostKernel *kernel;
-  Dim3 grid;
-  std::vector<std::byte> params;
+/// A CUfunction: a library kernel's host build, or a generated (fused)
+/// kernel's entry in the model's host module with its pointer count.
+struct Function {
+  const HostKernel *library = nullptr;
+  cpu::HostKernels::Entry fused = nullptr;
+  uint32_t arguments = 0;
 };
-using Graph = std::vector<Recorded>;
+
+/// The library kernels' functions, one per hostKernels() entry.
+const std::vector<Function> &libraryFunctions() {
+  static const std::vector<Function> functions = [] {
+    std::vector<Function> f;
+    for (const HostKernel &k : hostKernels())
+      f.push_back({&k, nullptr, 0});
+    return f;
+  }();
+  return functions;
+}
+
+/// Functions of generated modules, made on lookup and kept for the
+/// process (a few per fused group of each model loaded).
+Function *newFusedFunction(cpu::HostKernels::Entry entry, uint32_t arguments) {
+  static std::mutex mutex;
+  static std::deque<Function> functions;
+  std::lock_guard<std::mutex> lock(mutex);
+  return &functions.emplace_back(Function{nullptr, entry, arguments});
+}
+
+/// A launch, ready to run: a library kernel with a copy of its parameter
+/// struct, or a fused kernel with its token count and pointers.
+using Launch = std::function<void()>;
+using Graph = std::vector<Launch>;
+
+Launch bind(const Function &f, Dim3 grid, void **params) {
+  if (f.library) {
+    const auto *bytes = static_cast<const std::byte *>(params[0]);
+    std::vector<std::byte> copy(bytes, bytes + f.library->paramBytes);
+    const HostKernel *kernel = f.library;
+    return [kernel, grid, copy = std::move(copy)] {
+      kernel->run(grid, copy.data());
+    };
+  }
+  // (int64_t tokens, T *arg...): each parameter by value, as on the GPU.
+  int64_t tokens = *static_cast<const int64_t *>(params[0]);
+  std::vector<void *> pointers(f.arguments);
+  for (uint32_t i = 0; i < f.arguments; ++i)
+    pointers[i] = reinterpret_cast<void *>(static_cast<uintptr_t>(
+        *static_cast<const CUdeviceptr *>(params[i + 1])));
+  cpu::HostKernels::Entry entry = f.fused;
+  return [entry, tokens, pointers = std::move(pointers)]() mutable {
+    entry(tokens, pointers.data());
+  };
+}
 
 // One emulated stream (the executor uses one): whether it is capturing,
 // and into which graph.
@@ -97,8 +147,9 @@ void *toHost(CUdeviceptr p) {
   return reinterpret_cast<void *>(static_cast<uintptr_t>(p));
 }
 
-// The library module's handle; any other image (the artifact's cubin or
-// PTX) has no code for the host.
+// The library module's handle; a generated module's is its host kernels
+// (an EmulatedImage); any other image (the artifact's cubin or PTX) has no
+// code for the host.
 CUmodule const kLibraryModule = reinterpret_cast<CUmodule>(uintptr_t{1});
 
 CUresult ok() { return CUDA_SUCCESS; }
@@ -181,18 +232,37 @@ DriverApi table() {
   a.cuMemHostRegister = [](void *, size_t, unsigned) { return ok(); };
   a.cuMemHostUnregister = [](void *) { return ok(); };
   a.cuModuleLoadData = [](CUmodule *m, const void *image) {
-    if (image != libraryFatbin())
+    if (image == libraryFatbin()) {
+      *m = kLibraryModule;
+      return ok();
+    }
+    // Cubins start with an ELF header and PTX with text, neither with the
+    // magic.
+    const auto *emulated = static_cast<const EmulatedImage *>(image);
+    uint64_t magic = 0;
+    std::memcpy(&magic, image, sizeof(magic));
+    if (magic != EmulatedImage::kMagic || !emulated->kernels)
       return CUDA_ERROR_NO_BINARY_FOR_GPU;
-    *m = kLibraryModule;
+    *m = reinterpret_cast<CUmodule>(
+        const_cast<cpu::HostKernels *>(emulated->kernels));
     return ok();
   };
   a.cuModuleUnload = [](CUmodule) { return ok(); };
   a.cuModuleGetFunction = [](CUfunction *f, CUmodule m, const char *name) {
-    if (m != kLibraryModule)
-      return CUDA_ERROR_NOT_FOUND;
-    for (const HostKernel &k : hostKernels())
-      if (std::string_view(k.name) == name) {
-        *f = reinterpret_cast<CUfunction>(const_cast<HostKernel *>(&k));
+    if (m != kLibraryModule) {
+      const auto *kernels = reinterpret_cast<const cpu::HostKernels *>(m);
+      cpu::HostKernels::Entry entry = kernels->find(name);
+      if (!entry)
+        return CUDA_ERROR_NOT_FOUND;
+      *f = reinterpret_cast<CUfunction>(
+          newFusedFunction(entry, kernels->arguments(name)));
+      return ok();
+    }
+    const std::vector<HostKernel> &kernels = hostKernels();
+    for (size_t i = 0; i < kernels.size(); ++i)
+      if (std::string_view(kernels[i].name) == name) {
+        *f = reinterpret_cast<CUfunction>(
+            const_cast<Function *>(&libraryFunctions()[i]));
         return ok();
       }
     return CUDA_ERROR_NOT_FOUND;
@@ -203,14 +273,13 @@ DriverApi table() {
   a.cuLaunchKernel = [](CUfunction f, unsigned gx, unsigned gy, unsigned gz,
                         unsigned, unsigned, unsigned, unsigned, CUstream,
                         void **params, void **) {
-    const auto *kernel = reinterpret_cast<const HostKernel *>(f);
+    const auto *function = reinterpret_cast<const Function *>(f);
     Dim3 grid{static_cast<int>(gx), static_cast<int>(gy), static_cast<int>(gz)};
-    if (capturing) {
-      const auto *bytes = static_cast<const std::byte *>(params[0]);
-      capturing->push_back({kernel, grid, {bytes, bytes + kernel->paramBytes}});
-      return ok();
-    }
-    kernel->run(grid, params[0]);
+    Launch launch = bind(*function, grid, params);
+    if (capturing)
+      capturing->push_back(std::move(launch));
+    else
+      launch();
     return ok();
   };
   a.cuStreamCreate = [](CUstream *s, unsigned) {
@@ -235,8 +304,8 @@ DriverApi table() {
     return ok();
   };
   a.cuGraphLaunch = [](CUgraphExec exec, CUstream) {
-    for (const Recorded &r : *reinterpret_cast<Graph *>(exec))
-      r.kernel->run(r.grid, r.params.data());
+    for (const Launch &launch : *reinterpret_cast<Graph *>(exec))
+      launch();
     return ok();
   };
   a.cuGraphExecDestroy = [](CUgraphExec exec) {

@@ -2,16 +2,30 @@
 // device memory is host memory, the library module is the library kernels'
 // host builds (runtime/kernels, one call per block), stream capture records
 // the launches with a copy of their parameters and a graph launch replays
-// them. The artifact's generated module cannot load, so fused groups run as
-// their members. This runs the executor's whole plan walk (argument
-// binding, grids, splits, graphs) on the CPU, so that CI checks it against
-// the Hugging Face goldens without a GPU; it is not a way to run fast.
+// them. The artifact's cubin has no host code; in its place the executor
+// loads an EmulatedImage naming the model's generated kernels built for
+// the host (its HostModule), which the launches of fused groups then call
+// with the arguments the GPU kernels get. This runs the executor's whole
+// plan walk (argument binding, fused launches, grids, splits, graphs) on
+// the CPU, so that CI checks it against the Hugging Face goldens without a
+// GPU; it is not a way to run fast.
 #ifndef KILN_RUNTIME_CUDA_EMULATEDDRIVER_H
 #define KILN_RUNTIME_CUDA_EMULATEDDRIVER_H
 
+#include "runtime/src/cpu/HostKernels.h"
 #include "runtime/src/cuda/CudaDriver.h"
 
+#include <cstdint>
+
 namespace kiln::cuda {
+
+/// What the executor passes the emulated cuModuleLoadData for the
+/// artifact's generated kernels: their host builds.
+struct EmulatedImage {
+  static constexpr uint64_t kMagic = 0x64657461'6c756d65; // "emulated"
+  uint64_t magic = kMagic;
+  const cpu::HostKernels *kernels = nullptr;
+};
 
 /// The emulated device: "host emulation", sm_90, 132 multiprocessors (as an
 /// H100 SXM, so that the executor makes the same launch decisions).
