@@ -10,7 +10,9 @@ Measures
     were not computed, so no 128 x 8K prefill is run); HF with a cache filled
     by one real prefill at batch 1, repeated to the batch
     (DynamicCache.batch_repeat_interleave), then timed single-token steps;
-  * prefill tokens/s of 2K tokens (batch 1);
+  * prefill tokens/s of 2K tokens (batch 1); Kiln also with
+    KILN_EXPERT_GEMMS=grouped (the experts as one grouped library GEMM
+    instead of one cuBLASLt GEMM per expert);
   * the achieved fraction of HBM bandwidth at batch 1: bytes one decode step
     reads (every weight except the embedding table, of which one row; of
     each MoE layer's routed experts only the 6 of 64 selected; Kiln's f32
@@ -89,14 +91,16 @@ def decode_bytes(weights_dir, config, context):
     return total + context * config.num_hidden_layers * latent * 4
 
 
-def kiln_bench(bundle, artifact, weights_dir, batches, contexts, steps, repeats, synthetic):
+def kiln_bench(bundle, artifact, weights_dir, batches, contexts, steps, repeats, synthetic,
+               env=None):
     argv = [os.path.join(bundle, "bin", "kiln-run"), "bench", artifact, "--device", "cuda",
             "--weights-dir", weights_dir, "--batch", ",".join(map(str, batches)),
             "--context", ",".join(map(str, contexts)), "--steps", str(steps),
             "--repeats", str(repeats)]
     if synthetic:
         argv.append("--synthetic-context")
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise RuntimeError(f"kiln-run bench failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout), proc.stderr.strip()
@@ -229,6 +233,13 @@ def main():
         pre, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], [prefill], 1,
                             args.repeats, synthetic=False)
         result["prefill"]["kiln_tokens_per_s"] = pre["results"][0]["prefill_tokens_per_s"]
+        # The experts as one grouped library GEMM instead of one cuBLASLt GEMM
+        # per expert: what the per-expert path gains.
+        grouped, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], [prefill], 1,
+                                args.repeats, synthetic=False,
+                                env={"KILN_EXPERT_GEMMS": "grouped"})
+        result["prefill"]["kiln_grouped_experts_tokens_per_s"] = \
+            grouped["results"][0]["prefill_tokens_per_s"]
     except RuntimeError as e:
         result["kiln_error"] = str(e)
         log(f"Kiln failed: {e}")

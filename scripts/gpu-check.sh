@@ -13,14 +13,15 @@
 #             model
 #   profile   Nsight Compute's time per kernel of V2-Lite decode steps
 #             (which kernel holds the step back), at each batch x context of
-#             KILN_GPU_PROFILE_POINTS (default 1x1024)
+#             KILN_GPU_PROFILE_POINTS (default 1x1024), and of a prefill of
+#             KILN_GPU_PROFILE_PREFILL tokens (default 2048; empty: none)
 #   bench     bench/gpu_vs_torch.py
 #
 # Each stage runs under its own time limit, so that one that hangs leaves
 # the others their time. Results go to $OUT (the device tool's output
 # folder, which takes at most 8 files) or gpu-results/: gpu-check.log (all
 # output), numerics.json, memcheck.log, profile-b<batch>-c<context>.csv,
-# gpu_vs_torch.json.
+# profile-prefill-<tokens>.csv, gpu_vs_torch.json.
 # Exits non-zero when any stage fails; the summary lists each.
 #
 #   KILN_GPU_STAGES        stages to run (default: all, in the order above)
@@ -120,6 +121,19 @@ gpu_common.write_v2lite_checkpoint('$weights')"
       echo "decode batch ${point%x*}, context ${point#*x}:"
       python3 "$root/bench/ncu_summary.py" "$csv" --top 12 || status=1
     done
+    prefill="${KILN_GPU_PROFILE_PREFILL-2048}"
+    if [[ -n "$prefill" ]]; then
+      csv="$out/profile-prefill-$prefill.csv"
+      timeout "$(limit profile 180)" "$ncu" --clock-control none --target-processes all \
+        --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv --print-units base \
+        "$bundle/bin/kiln-run" bench "$bundle/artifacts/v2lite4.kiln" --device cuda \
+        --weights-dir "$weights" --batch 1 --context "$prefill" --steps 1 --repeats 1 \
+        > "$csv" 2> "$out/profile.err" || status=1
+      tail -3 "$out/profile.err"
+      rm -f "$out/profile.err"
+      echo "prefill of $prefill tokens (and one decode step):"
+      python3 "$root/bench/ncu_summary.py" "$csv" --top 12 || status=1
+    fi
     record "profile" $status
     ;;
   bench)
