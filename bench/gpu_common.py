@@ -51,6 +51,27 @@ def write_v2lite_checkpoint(directory, log=print):
     return directory
 
 
+def write_fp8_probe_checkpoint(directory):
+    """Writes config.json + model.safetensors (float32) of a one-layer
+    DeepSeek-V3-architecture model whose dense linears have k a multiple of
+    512 (hidden, 4 x 128 value heads, expert width all 512), so that
+    compiled with --quantize fp8 its GEMMs of 16+ rows go to cuBLASLt's
+    block-scaled FP8 kernels; both experts take every token, so each
+    expert's GEMM has every row. Small enough to carry (~4 MB as FP8)."""
+    from cpu_vs_torch import build_model, load_config
+
+    config = load_config("tiny-deepseek-v3.json", {
+        "hidden_size": 512, "intermediate_size": 512, "moe_intermediate_size": 512,
+        "q_lora_rank": None, "kv_lora_rank": 128, "qk_nope_head_dim": 64,
+        "qk_rope_head_dim": 64, "head_dim": 64, "v_head_dim": 128,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "num_hidden_layers": 1,
+        "first_k_dense_replace": 0, "n_routed_experts": 2, "num_experts_per_tok": 2,
+        "n_group": 1, "topk_group": 1, "num_nextn_predict_layers": 0})
+    model = build_model(config, "default", "cpu")
+    model.save_pretrained(directory, max_shard_size="1000GB", safe_serialization=True)
+    return directory
+
+
 def write_json(path, obj):
     """`obj` as indented JSON text, also written to `path` (when given) through
     a temporary file, so that a run cut short leaves the last whole report."""

@@ -76,10 +76,11 @@ done
 # fp32 summation order for f32 weights; bf16 resolution where cuBLASLt rounds
 # activations to bf16 or FP8 activation codes may round apart.
 compare=()
-variant() { # name, model, tolerance, flags...
+variant() { # name, model (a golden model's name or a checkpoint folder), tolerance, flags...
   local name="$1" model="$2" tolerance="$3"
   shift 3
-  "$kiln" compile-model "$root/tests/golden/$model" -o "$bundle/artifacts/compare/$name.kiln" \
+  [[ "$model" == */* ]] || model="$root/tests/golden/$model"
+  "$kiln" compile-model "$model" -o "$bundle/artifacts/compare/$name.kiln" \
     --target=cpu,sm_90a --max-batch 4 --max-prefill 16 --max-context 64 "$@"
   compare+=("{\"name\": \"$name\", \"tolerance\": $tolerance}")
 }
@@ -91,6 +92,22 @@ variant deepseek-v2-lite deepseek-v2-lite 1e-3
 variant deepseek-v2-lite-bf16 deepseek-v2-lite-bf16 1e-2
 variant qwen2 qwen2 1e-3
 variant llama-bf16 llama-bf16 1e-2
+# The same prompts with each expert's rows as their own GEMM (cuBLASLt where
+# an expert has 16 rows or more).
+compare+=('{"name": "deepseek-v2-lite-bf16-per-expert", "artifact": "deepseek-v2-lite-bf16", "tolerance": 1e-2, "env": {"KILN_EXPERT_GEMMS": "per-expert"}}')
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+# FP8 weights whose GEMMs cuBLASLt's block-scaled kernels take (k a multiple
+# of 512): a one-layer DeepSeek-V3-style model with hidden size 512.
+if python3 -c "import torch, transformers, safetensors" 2>/dev/null; then
+  python3 -c "import sys; sys.path.insert(0, '$root/bench'); import gpu_common; \
+gpu_common.write_fp8_probe_checkpoint('$work/fp8-probe')"
+  variant deepseek-v3-fp8-512 "$work/fp8-probe" 1e-2 --mla absorbed --quantize fp8
+  compare+=('{"name": "deepseek-v3-fp8-512-per-expert", "artifact": "deepseek-v3-fp8-512", "tolerance": 1e-2, "env": {"KILN_EXPERT_GEMMS": "per-expert"}}')
+else
+  echo "gpu-prepare: no torch here, so no FP8 model for cuBLASLt's block-scaled GEMMs" >&2
+fi
 
 v2lite="null"
 if [[ "${KILN_SKIP_V2LITE:-0}" != 1 ]]; then
@@ -99,8 +116,6 @@ if [[ "${KILN_SKIP_V2LITE:-0}" != 1 ]]; then
       "python3 -m pip install torch transformers safetensors (or KILN_SKIP_V2LITE=1)" >&2
     exit 1
   fi
-  work="$(mktemp -d)"
-  trap 'rm -rf "$work"' EXIT
   python3 -c "import sys; sys.path.insert(0, '$root/bench'); import gpu_common; \
 gpu_common.write_v2lite_checkpoint('$work/v2lite4')"
   read -r batch context prefill prefill_batch < <(python3 -c "import sys; sys.path.insert(0, '$root/bench'); \

@@ -75,6 +75,10 @@ struct Executor::Impl {
   } expertGemms = ExpertGemms::Auto;
   /// Whether launches are being captured into a graph (no host reads).
   bool capturing = false;
+  /// The expert offsets runExperts last read back (valid until the next
+  /// dispatch: a layer's grouped GEMMs share them), and where from.
+  std::vector<int32_t> expertOffsets;
+  const int32_t *expertOffsetsFrom = nullptr;
   CUdevice device = 0;
   CUcontext context = nullptr;
   CUstream stream = nullptr;
@@ -660,6 +664,7 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
                                 static_cast<int>(ints(2)), config});
   }
   case art::KernelKind::MoeDispatch: {
+    expertOffsets.clear(); // recounted on the device
     int64_t topK = lastDim(refs.Get(1));
     int64_t n = shape.batch * shape.seq * topK;
     if (absl::Status s =
@@ -866,16 +871,21 @@ absl::Status Executor::Impl::blasFp8(const GemmCall &c) {
 absl::Status Executor::Impl::runExperts(const GemmCall &c) {
   const GemmParams &p = c.p;
   const DriverApi &a = api();
-  std::vector<int32_t> offsets(static_cast<size_t>(p.experts) + 1);
-  if (absl::Status s = check(a.cuStreamSynchronize(stream), "routing"); !s.ok())
-    return s;
-  if (absl::Status s =
-          check(a.cuMemcpyDtoH(offsets.data(),
+  std::vector<int32_t> &offsets = expertOffsets;
+  if (offsets.empty() || expertOffsetsFrom != p.offsets) {
+    offsets.assign(static_cast<size_t>(p.experts) + 1, 0);
+    absl::Status s = check(a.cuStreamSynchronize(stream), "routing");
+    if (s.ok())
+      s = check(a.cuMemcpyDtoH(offsets.data(),
                                reinterpret_cast<CUdeviceptr>(p.offsets),
                                offsets.size() * sizeof(int32_t)),
                 "reading the expert offsets");
-      !s.ok())
-    return s;
+    if (!s.ok()) {
+      offsets.clear();
+      return s;
+    }
+    expertOffsetsFrom = p.offsets;
+  }
   int64_t rows = offsets.back(), active = 0;
   for (int e = 0; e < p.experts; ++e)
     active += offsets[e + 1] > offsets[e];
