@@ -142,11 +142,24 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
   int64_t nBlocks = Fp8 ? (p.n + p.blockRows - 1) / p.blockRows : 1;
   const A *x =
       activations<A>(p) + matrix * p.xMatrixStride + first * p.xRowStride;
+  // FP8: the activation scales of row `first` and the distance between
+  // rows' scales (rows are whole multiples of k apart), so that the loop
+  // below does no 64-bit division per row.
+  const float *xScale =
+      Fp8 ? p.xScale + (first * p.xRowStride + matrix * p.xMatrixStride) / p.k *
+                           kBlocks
+          : nullptr;
+  int64_t xScaleStride = Fp8 ? p.xRowStride / p.k * kBlocks : 0;
   for (int c = KILN_WARP; c < kGemvCols; c += KILN_WARPS) {
     int64_t n = int64_t{block.x} * kGemvCols + c;
     if (n >= p.n)
       break; // warp-uniform
     const W *row = w + (matrix * p.n + n) * p.k;
+    const float *wScale =
+        Fp8 ? p.wScale + (matrix * nBlocks +
+                          static_cast<int>(n) / static_cast<int>(p.blockRows)) *
+                             kBlocks
+            : nullptr;
     float acc[R];
     for (int r = 0; r < R; ++r)
       acc[r] = 0.0f;
@@ -159,10 +172,10 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
       // FP8: the 8 weights share one K block (the executor sends blockCols
       // that are multiples of 8 here), so each row's chunk sum is scaled
       // once by the weight's and the activation's block scale.
-      float weightScale =
-          Fp8 ? p.wScale[(matrix * nBlocks + n / p.blockRows) * kBlocks +
-                         k / p.blockCols]
-              : 1.0f;
+      // 32-bit: a 64-bit division is a call that costs registers.
+      int kBlock =
+          Fp8 ? static_cast<int>(k) / static_cast<int>(p.blockCols) : 0;
+      float weightScale = Fp8 ? wScale[kBlock] : 1.0f;
       // Constant trip counts keep acc and weights in registers.
       KILN_UNROLL
       for (int r = 0; r < R; ++r) {
@@ -174,11 +187,7 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
         for (int j = 0; j < 8; ++j)
           sum += (j < end ? loadActivation(a, j) : 0.0f) * weights[j];
         if (Fp8)
-          sum *=
-              weightScale *
-              p.xScale[((first + r) * p.xRowStride + matrix * p.xMatrixStride) /
-                           p.k * kBlocks +
-                       k / p.blockCols];
+          sum *= weightScale * xScale[r * xScaleStride + kBlock];
         acc[r] += sum;
       }
     }
