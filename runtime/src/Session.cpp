@@ -154,6 +154,7 @@ struct Session::Impl {
   BoundEntry prefill, decode;
   uint32_t maxBatch = 0;
   int64_t vocab = 0;
+  bool promptLogits = true;      // SessionOptions::promptLogits
   std::vector<int64_t> lengths;  // per sequence id; -1: not alive
   std::vector<float> lastLogits; // [maxBatch, vocab] per sequence id
   // The step being run: batch row b is sequence stepIds[b].
@@ -226,7 +227,10 @@ struct Session::Impl {
 
   absl::Status bind(const art::EntryPoint *entry, BoundEntry &bound);
   std::byte *resolve(const art::TensorRef *ref);
-  absl::Status run(const BoundEntry &bound, const StepDims &dims);
+  /// Runs a step; a GPU copies only the logits of `logitRows` (indices into
+  /// batch x seq) when given.
+  absl::Status run(const BoundEntry &bound, const StepDims &dims,
+                   const std::vector<int64_t> *logitRows = nullptr);
   absl::Status launch(const BoundLaunch &bl, const StepDims &dims);
 };
 
@@ -540,7 +544,8 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
   return error("unknown kernel");
 }
 
-absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims) {
+absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims,
+                                const std::vector<int64_t> *logitRows) {
 #ifdef KILN_HAVE_CUDA_EXECUTOR
   if (gpu) {
     heldTokens.resize(static_cast<size_t>(dims.batch));
@@ -550,7 +555,7 @@ absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims) {
                             stepTables, heldTokens.data()};
     absl::Status s = gpu->run(bound.entry->name()->str(),
                               {dims.batch, dims.seq, dims.kvLen, dims.routed},
-                              inputs, bound.logits);
+                              inputs, bound.logits, logitRows);
     if (!s.ok())
       return absl::Status(s.code(), model->info.path + ": entry point " +
                                         bound.entry->name()->str() + ": " +
@@ -618,6 +623,7 @@ Session::createSession(const Model &model, const SessionOptions &options) {
   const art::Model &plan = *m.plan;
   impl->model = &m;
   impl->vocab = plan.vocab_size();
+  impl->promptLogits = options.promptLogits;
   const art::EntryPoint *prefill = nullptr, *decode = nullptr;
   uint64_t arenaBytes = 64;
   for (const art::EntryPoint *e : *plan.entry_points()) {
@@ -915,7 +921,16 @@ Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
         dims.kvLen = std::max<int64_t>(dims.kvLen, reach[b]);
       }
       dims.routed = dims.batch * dims.seq * s.model->plan->moe_top_k();
-      if (absl::Status st = s.run(s.prefill, dims); !st.ok())
+      // Without prompt logits only each sequence's last row is read.
+      std::vector<int64_t> lastRows;
+      for (int64_t b = 0; b < batch; ++b) {
+        int64_t last = static_cast<int64_t>(prompt(b).size()) - 1;
+        if (last >= start && last < start + dims.seq)
+          lastRows.push_back(b * dims.seq + last - start);
+      }
+      if (absl::Status st =
+              s.run(s.prefill, dims, s.promptLogits ? nullptr : &lastRows);
+          !st.ok())
         return abandon(st);
       // Keep each sequence's last-token logits from the chunk holding it.
       for (int64_t b = 0; b < batch; ++b) {
@@ -1057,6 +1072,10 @@ std::span<const float> Session::logits(int sequence) const {
 absl::StatusOr<std::span<const float>>
 Session::promptLogits(int sequence, size_t position) const {
   const Impl &s = *impl_;
+  if (!s.promptLogits)
+    return absl::FailedPreconditionError(
+        "prompt logits are not kept: the session was created without "
+        "SessionOptions::promptLogits");
   int64_t pos = static_cast<int64_t>(position);
   auto row = std::find(s.lastPrefill.begin(), s.lastPrefill.end(), sequence);
   if (row == s.lastPrefill.end() || pos >= s.lengths[sequence] ||

@@ -18,6 +18,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -97,6 +98,44 @@ TEST_P(EmulatedGpu, MatchesTheCpuExecutor) {
   // and far below what a wrong kernel does (scaling one add's input by
   // 1.001 fails it).
   testing::expectSameSteps(cpu, gpu, 1e-4f);
+}
+
+// Without prompt logits only each sequence's last row is copied back: the
+// same logits() as with them, and promptLogits() says why it has none.
+TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
+  CompileSettings settings;
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v3",
+      ::testing::TempDir() + "/emulated_last_logits.kiln", settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::vector<std::vector<int32_t>> prompts = {{5, 17, 3, 99, 42}, {7, 7}};
+  std::vector<std::vector<float>> logits[2];
+  for (bool keep : {true, false}) {
+    SessionOptions options;
+    options.device = Device::Emulated;
+    options.promptLogits = keep;
+    absl::StatusOr<std::unique_ptr<Session>> session =
+        Session::create(**model, options);
+    if (absl::IsUnavailable(session.status()))
+      GTEST_SKIP() << session.status().message();
+    ASSERT_TRUE(session.ok()) << session.status().message();
+    absl::StatusOr<std::vector<int>> ids = (*session)->prefill(prompts);
+    ASSERT_TRUE(ids.ok()) << ids.status().message();
+    for (int id : *ids) {
+      std::span<const float> row = (*session)->logits(id);
+      logits[keep].emplace_back(row.begin(), row.end());
+    }
+    absl::StatusOr<std::span<const float>> prompt =
+        (*session)->promptLogits((*ids)[0], 1);
+    EXPECT_EQ(prompt.ok(), keep);
+    if (!keep) {
+      EXPECT_TRUE(absl::IsFailedPrecondition(prompt.status()))
+          << prompt.status();
+    }
+  }
+  EXPECT_EQ(logits[0], logits[1]);
 }
 
 INSTANTIATE_TEST_SUITE_P(

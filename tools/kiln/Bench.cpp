@@ -51,6 +51,9 @@ absl::Status bench(const BenchOptions &opts) {
   sessionOptions.kvBlocks =
       int64_t{maxBatch} * ((maxContext + opts.steps + 63) / 64 + 1);
   sessionOptions.device = opts.device;
+  // Only each sequence's last logits leave the device, as a server keeps
+  // them (HF keeps its logits on the GPU).
+  sessionOptions.promptLogits = false;
   absl::StatusOr<std::unique_ptr<Session>> session =
       createSession(**model, sessionOptions);
   if (!session.ok())

@@ -1163,7 +1163,8 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
 }
 
 absl::Status Executor::run(const std::string &name, const StepShape &shape,
-                           const StepInputs &inputs, float *logits) {
+                           const StepInputs &inputs, float *logits,
+                           const std::vector<int64_t> *rows) {
   Impl &s = *impl_;
   const DriverApi &a = s.api();
   const art::EntryPoint *entry = nullptr;
@@ -1236,10 +1237,19 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
           s.check(a.cuStreamSynchronize(s.stream), "running " + name);
       !st.ok())
     return st;
-  return s.check(a.cuMemcpyDtoH(logits, s.resolve(entry->logits()),
-                                size_t(tokens * s.model->plan->vocab_size()) *
-                                    sizeof(float)),
-                 "copying the logits");
+  size_t rowBytes = size_t(s.model->plan->vocab_size()) * sizeof(float);
+  CUdeviceptr device = s.resolve(entry->logits());
+  if (!rows)
+    return s.check(a.cuMemcpyDtoH(logits, device, size_t(tokens) * rowBytes),
+                   "copying the logits");
+  for (int64_t row : *rows)
+    if (absl::Status st = s.check(
+            a.cuMemcpyDtoH(reinterpret_cast<char *>(logits) + row * rowBytes,
+                           device + row * rowBytes, rowBytes),
+            "copying the logits");
+        !st.ok())
+      return st;
+  return absl::OkStatus();
 }
 
 } // namespace kiln::cuda

@@ -71,9 +71,11 @@ public:
   void pinHostBuffer(void *data, size_t bytes);
 
   /// Runs entry point `entry` ("prefill" or "decode") and writes the logits
-  /// [batch, seq, vocab] to `logits`.
+  /// [batch, seq, vocab] to `logits`: every row, or only `rows` (indices
+  /// into batch x seq) where `rows` is given.
   absl::Status run(const std::string &entry, const StepShape &shape,
-                   const StepInputs &inputs, float *logits);
+                   const StepInputs &inputs, float *logits,
+                   const std::vector<int64_t> *rows = nullptr);
 
   struct Impl;
 
