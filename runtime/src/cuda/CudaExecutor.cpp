@@ -776,9 +776,13 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
           reinterpret_cast<const float *>(resolve(refs.Get(refs.size() - 2)));
     }
   }
+  // Auto: only weights cuBLASLt takes gain from a GEMM per expert.
+  bool blasTakes = blas && (c.weightType == art::ElementType::BF16 ||
+                            (c.fp8 && p.blockRows == 128 &&
+                             p.blockCols == 128 && BlasLt::fp8Shape(p.n, p.k)));
   if (p.offsets && !capturing &&
       (expertGemms == ExpertGemms::PerExpert ||
-       (expertGemms == ExpertGemms::Auto && blas)))
+       (expertGemms == ExpertGemms::Auto && blasTakes)))
     return runExperts(c);
   return runGemm(c);
 }
