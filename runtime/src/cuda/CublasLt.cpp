@@ -132,7 +132,10 @@ BlasLt::plan(Operands operands, int64_t m, int64_t n, int64_t k,
     cublasStatus_t status = api_.algoGetHeuristic(
         handle_, p.desc, p.a, p.b, p.d, p.d, preference, 1, &result, &found);
     // No algorithm for this configuration: the caller's own kernel runs it.
-    if (status == CUBLAS_STATUS_NOT_SUPPORTED)
+    // (cuBLASLt reports scale modes it does not take with these types as
+    // invalid values.)
+    if (status == CUBLAS_STATUS_NOT_SUPPORTED ||
+        (fp8 && status == CUBLAS_STATUS_INVALID_VALUE))
       found = 0;
     else
       s.Update(check(status, "cublasLtMatmulAlgoGetHeuristic"));
@@ -169,14 +172,18 @@ absl::Status BlasLt::run(const Plan &p, CUstream stream, CUdeviceptr x,
                          CUdeviceptr w, CUdeviceptr out, CUdeviceptr workspace,
                          size_t workspaceBytes) {
   float one = 1.0f, zero = 0.0f;
-  return check(api_.matmul(handle_, p.desc, &one,
-                           reinterpret_cast<const void *>(w), p.a,
-                           reinterpret_cast<const void *>(x), p.b, &zero,
-                           reinterpret_cast<const void *>(out), p.d,
-                           reinterpret_cast<void *>(out), p.d, &p.algo,
-                           reinterpret_cast<void *>(workspace), workspaceBytes,
-                           reinterpret_cast<cudaStream_t>(stream)),
-               "cublasLtMatmul");
+  cublasStatus_t status = api_.matmul(
+      handle_, p.desc, &one, reinterpret_cast<const void *>(w), p.a,
+      reinterpret_cast<const void *>(x), p.b, &zero,
+      reinterpret_cast<const void *>(out), p.d, reinterpret_cast<void *>(out),
+      p.d, &p.algo, reinterpret_cast<void *>(workspace), workspaceBytes,
+      reinterpret_cast<cudaStream_t>(stream));
+  // Refused before anything ran (a configuration this library or GPU does
+  // not take): the caller may run its own kernel instead.
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED ||
+      status == CUBLAS_STATUS_ARCH_MISMATCH)
+    return absl::UnimplementedError(check(status, "cublasLtMatmul").message());
+  return check(status, "cublasLtMatmul");
 }
 
 absl::Status BlasLt::gemmBf16(CUstream stream, int64_t m, int64_t n, int64_t k,

@@ -77,7 +77,8 @@ public:
   /// cuBLASLt's VEC128 layout), wScale[n / 128][k / 128] (one per 128x128
   /// weight block, row-major: BLK128x128). k must be a multiple of 128, n
   /// of 16 and k / 128 of 4 (the scale rows' alignment); Unimplemented when
-  /// the library has no algorithm for the shape (the caller keeps its own
+  /// the library has no algorithm for the shape or refuses the
+  /// configuration before running anything (the caller keeps its own
   /// kernel).
   absl::Status gemmFp8(CUstream stream, int64_t m, int64_t n, int64_t k,
                        CUdeviceptr xCodes, CUdeviceptr xScale, CUdeviceptr w,
