@@ -77,27 +77,29 @@ private:
   std::vector<CUdeviceptr> buffers_;
 };
 
-/// The driver where there is a GPU, else why not.
-struct LoadedDriver {
-  std::optional<Driver> driver;
-  std::string skip;
+/// Each test's GPU and cuBLASLt; skipped, saying why, without either.
+class CublasLt : public ::testing::Test {
+protected:
+  void SetUp() override {
+    absl::StatusOr<Driver> driver = Driver::load();
+    if (!driver.ok())
+      GTEST_SKIP() << "no CUDA here: " << driver.status().message();
+    absl::StatusOr<std::vector<DeviceInfo>> devices = driver->devices();
+    if (!devices.ok() || devices->empty())
+      GTEST_SKIP() << "the NVIDIA driver sees no GPU";
+    driver_.emplace(*std::move(driver));
+    gpu_.emplace(*driver_);
+    ASSERT_TRUE(gpu_->init().ok());
+    absl::StatusOr<BlasLt> blas = BlasLt::load();
+    if (!blas.ok())
+      GTEST_SKIP() << blas.status().message();
+    blas_.emplace(*std::move(blas));
+  }
+  // Destroyed in reverse: cuBLASLt, then the GPU's memory, then the driver.
+  std::optional<Driver> driver_;
+  std::optional<Gpu> gpu_;
+  std::optional<BlasLt> blas_;
 };
-
-LoadedDriver load() {
-  LoadedDriver s;
-  absl::StatusOr<Driver> driver = Driver::load();
-  if (!driver.ok()) {
-    s.skip = "no CUDA here: " + std::string(driver.status().message());
-    return s;
-  }
-  absl::StatusOr<std::vector<DeviceInfo>> devices = driver->devices();
-  if (!devices.ok() || devices->empty()) {
-    s.skip = "the NVIDIA driver sees no GPU";
-    return s;
-  }
-  s.driver.emplace(*std::move(driver));
-  return s;
-}
 
 /// |got - want| within `relative` of sum_j |x_j w_j| for every output.
 void expectClose(const std::vector<float> &got, const std::vector<double> &want,
@@ -110,15 +112,8 @@ void expectClose(const std::vector<float> &got, const std::vector<double> &want,
 
 constexpr size_t kWorkspace = size_t{32} << 20;
 
-TEST(CublasLt, Bf16GemmMatchesTheHost) {
-  LoadedDriver setup = load();
-  if (!setup.driver)
-    GTEST_SKIP() << setup.skip;
-  Gpu gpu(*setup.driver);
-  ASSERT_TRUE(gpu.init().ok());
-  absl::StatusOr<BlasLt> blas = BlasLt::load();
-  if (!blas.ok())
-    GTEST_SKIP() << blas.status().message();
+TEST_F(CublasLt, Bf16GemmMatchesTheHost) {
+  Gpu &gpu = *gpu_;
   const int64_t m = 37, n = 384, k = 1024;
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -137,7 +132,8 @@ TEST(CublasLt, Bf16GemmMatchesTheHost) {
         magnitude[r * n + c] += std::fabs(p);
       }
   CUdeviceptr out = gpu.allocate(m * n * sizeof(float));
-  ASSERT_TRUE(blas->gemmBf16(gpu.stream(), m, n, k,
+  ASSERT_TRUE(blas_
+                  ->gemmBf16(gpu.stream(), m, n, k,
                              gpu.upload(x.data(), x.size() * 2),
                              gpu.upload(w.data(), w.size() * 2), out,
                              gpu.allocate(kWorkspace), kWorkspace)
@@ -146,15 +142,8 @@ TEST(CublasLt, Bf16GemmMatchesTheHost) {
   expectClose(gpu.download(out, m * n), want, magnitude, 2.0 * k * 0x1p-24);
 }
 
-TEST(CublasLt, BlockScaledFp8GemmMatchesTheHost) {
-  LoadedDriver setup = load();
-  if (!setup.driver)
-    GTEST_SKIP() << setup.skip;
-  Gpu gpu(*setup.driver);
-  ASSERT_TRUE(gpu.init().ok());
-  absl::StatusOr<BlasLt> blas = BlasLt::load();
-  if (!blas.ok())
-    GTEST_SKIP() << blas.status().message();
+TEST_F(CublasLt, BlockScaledFp8GemmMatchesTheHost) {
+  Gpu &gpu = *gpu_;
   // Decode-batch and prefill row counts (a partial 128-row block of n).
   for (auto [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{32, 1536, 7168},
                          {300, 400, 1024}}) {
@@ -196,7 +185,7 @@ TEST(CublasLt, BlockScaledFp8GemmMatchesTheHost) {
           magnitude[r * n + c] += std::fabs(p);
         }
     CUdeviceptr out = gpu.allocate(m * n * sizeof(float));
-    absl::Status s = blas->gemmFp8(
+    absl::Status s = blas_->gemmFp8(
         gpu.stream(), m, n, k, gpu.upload(xCodes.data(), xCodes.size()),
         gpu.upload(xScaleByBlock.data(), xScaleByBlock.size() * 4),
         gpu.upload(w.data(), w.size()),
