@@ -796,7 +796,11 @@ bool aligned16(const void *p) {
 absl::Status Executor::Impl::runGemm(GemmCall c) {
   GemmParams &p = c.p;
   if (blas && c.dense && p.rows >= kBlasMinRows) {
-    if (c.weightType == art::ElementType::BF16) {
+    // cuBLASLt wants 16-byte aligned operands (an expert's slice of rows
+    // is where k is a multiple of 8).
+    if (c.weightType == art::ElementType::BF16 && aligned16(p.w) &&
+        aligned16(p.out) &&
+        (!c.bf16X || aligned16(reinterpret_cast<const void *>(c.bf16X)))) {
       CUdeviceptr x = c.bf16X;
       if (!x) {
         int64_t count = p.rows * p.k;
