@@ -10,7 +10,8 @@
 #   numerics  against Hugging Face on the same GPU (tests/gpu/check_numerics.py):
 #             every tiny golden model and the 4-layer V2-Lite-dimension model
 #   memcheck  compute-sanitizer memcheck on prefill + decode steps of a tiny
-#             model
+#             model, and of the hidden-512 FP8 model with per-expert GEMMs
+#             (cuBLASLt's block-scaled FP8 kernels)
 #   profile   Nsight Compute's time per kernel of V2-Lite decode steps
 #             (which kernel holds the step back), at each batch x context of
 #             KILN_GPU_PROFILE_POINTS (default 1x1024), and of a prefill of
@@ -97,6 +98,18 @@ for stage in $stages; do
     status=$?
     tail -5 "$out/memcheck.log"
     record "compute-sanitizer memcheck (prefill + decode)" $status
+    # cuBLASLt's block-scaled FP8 GEMMs and the per-expert GEMMs: a 20-token
+    # prompt of the hidden-512 FP8 model (appended to the same log).
+    probe="$bundle/artifacts/compare/deepseek-v3-fp8-512.kiln"
+    if [[ -f "$probe" ]]; then
+      KILN_EXPERT_GEMMS=per-expert timeout "$(limit memcheck 180)" "$sanitizer" \
+        --tool memcheck --error-exitcode 1 --leak-check full --target-processes all \
+        "$bundle/bin/kiln-run" run "$probe" --device cuda \
+        --tokens "$(seq -s, 1 20)" --max-new-tokens 2 >> "$out/memcheck.log" 2>&1
+      status=$?
+      tail -5 "$out/memcheck.log"
+      record "compute-sanitizer memcheck (FP8 cuBLASLt, per-expert GEMMs)" $status
+    fi
     ;;
   profile)
     stamp "Nsight Compute: kernel times of V2-Lite decode steps"
