@@ -293,42 +293,49 @@ KILN_FN void kiln_quantize_rows_block(Dim3 block, const QuantizeRowsParams &p) {
 }
 KILN_KERNEL(kiln_quantize_rows, QuantizeRowsParams)
 
+/// Rows between blocks of cuBLASLt's token-minor VEC128 activation scales:
+/// the rows rounded up to 4 (16-byte aligned blocks, as TransformerEngine
+/// lays them out for it).
+KILN_HOST_FN int64_t cublasScaleStride(int64_t rows) {
+  return (rows + 3) / 4 * 4;
+}
+
 /// kiln.quantize_fp8 run on its own (a fused group executed as its ops):
 /// codes as e4m3 bytes [rows, k], scales [rows, ceil(k / blockCols)], or,
-/// for cuBLASLt's block-scaled GEMM (scaleRows = rows), token-minor
-/// [ceil(k / blockCols), rows]. One block per row.
+/// for cuBLASLt's block-scaled GEMM (scaleStride = cublasScaleStride(rows)),
+/// token-minor [ceil(k / blockCols), scaleStride]. One block per row.
 struct QuantizeFp8Params {
   const float *x;
   unsigned char *codes;
   float *scales;
   int64_t k, blockCols;
   int pow2;
-  int64_t scaleRows;
+  int64_t scaleStride; // 0: token-major
 };
 
 KILN_FN void kiln_quantize_fp8_block(Dim3 block, const QuantizeFp8Params &p) {
   int64_t groups = (p.k + p.blockCols - 1) / p.blockCols;
   int64_t row = block.x;
   quantizeFp8(p.x + row * p.k, p.k, p.blockCols, p.pow2, p.codes + row * p.k,
-              p.scaleRows ? p.scales + row : p.scales + row * groups,
-              p.scaleRows ? p.scaleRows : 1);
+              p.scaleStride ? p.scales + row : p.scales + row * groups,
+              p.scaleStride ? p.scaleStride : 1);
 }
 KILN_KERNEL(kiln_quantize_fp8, QuantizeFp8Params)
 
 /// Activation scales a fused kernel wrote token-major [rows, groups],
-/// rewritten token-minor [groups, rows] for cuBLASLt's VEC128 layout. One
-/// block per row.
+/// rewritten token-minor [groups, stride] (stride = cublasScaleStride(rows))
+/// for cuBLASLt's VEC128 layout. One block per row.
 struct Fp8ScalesByBlockParams {
   const float *scales;
   float *out;
-  int64_t rows, groups;
+  int64_t stride, groups;
 };
 
 KILN_FN void kiln_fp8_scales_by_block_block(Dim3 block,
                                             const Fp8ScalesByBlockParams &p) {
   int64_t row = block.x;
   for (int64_t g = KILN_THREAD; g < p.groups; g += KILN_THREADS)
-    p.out[g * p.rows + row] = p.scales[row * p.groups + g];
+    p.out[g * p.stride + row] = p.scales[row * p.groups + g];
 }
 KILN_KERNEL(kiln_fp8_scales_by_block, Fp8ScalesByBlockParams)
 

@@ -146,7 +146,7 @@ TEST_F(CublasLt, BlockScaledFp8GemmMatchesTheHost) {
   Gpu &gpu = *gpu_;
   // Decode-batch and prefill row counts (a partial 128-row block of n).
   for (auto [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{32, 1536, 7168},
-                         {300, 400, 1024}}) {
+                         {301, 400, 1024}}) {
     SCOPED_TRACE(std::to_string(m) + "x" + std::to_string(n) + "x" +
                  std::to_string(k));
     ASSERT_TRUE(BlasLt::fp8Shape(n, k));
@@ -169,11 +169,13 @@ TEST_F(CublasLt, BlockScaledFp8GemmMatchesTheHost) {
       for (int64_t j = 0; j < k; ++j)
         x[r * k + j] = normal(rng) * float(1 + r % 7);
     std::vector<uint8_t> xCodes(m * k);
-    std::vector<float> xScale(m * kb), xScaleByBlock(m * kb);
+    // Token-minor, each block of scales padded to a multiple of 4 rows.
+    int64_t stride = (m + 3) / 4 * 4;
+    std::vector<float> xScale(m * kb), xScaleByBlock(stride * kb, 0.0f);
     cpu::quantizeFp8(x.data(), m, k, 128, false, xCodes.data(), xScale.data());
     for (int64_t r = 0; r < m; ++r)
       for (int64_t g = 0; g < kb; ++g)
-        xScaleByBlock[g * m + r] = xScale[r * kb + g];
+        xScaleByBlock[g * stride + r] = xScale[r * kb + g];
     std::vector<double> want(m * n), magnitude(m * n);
     for (int64_t r = 0; r < m; ++r)
       for (int64_t c = 0; c < n; ++c)

@@ -271,21 +271,23 @@ TEST(MatmulKernel, QuantizeFp8WritesScalesTokenMajorOrForCublasLt) {
         {x.data(), codes.data(), scales.data(), k, 128, pow2, 0});
     EXPECT_TRUE(std::equal(codes.begin(), codes.end(), wantCodes.begin()));
     EXPECT_EQ(scales, wantScales);
-    // cuBLASLt's VEC128 layout: scale (row, g) at g * rows + row, the same
-    // codes.
-    std::vector<float> byBlock(rows * groups, -1.0f);
+    // cuBLASLt's VEC128 layout: scale (row, g) at g * stride + row, the
+    // rows rounded up to 4; the same codes.
+    int64_t stride = cublasScaleStride(rows);
+    ASSERT_EQ(stride, 8);
+    std::vector<float> byBlock(stride * groups, -1.0f);
     kiln_quantize_fp8_host(
         Dim3{static_cast<int>(rows), 1, 1},
-        {x.data(), codes.data(), byBlock.data(), k, 128, pow2, rows});
+        {x.data(), codes.data(), byBlock.data(), k, 128, pow2, stride});
     EXPECT_TRUE(std::equal(codes.begin(), codes.end(), wantCodes.begin()));
-    std::vector<float> rewritten(rows * groups, -1.0f);
+    std::vector<float> rewritten(stride * groups, -1.0f);
     kiln_fp8_scales_by_block_host(
         Dim3{static_cast<int>(rows), 1, 1},
-        {wantScales.data(), rewritten.data(), rows, groups});
+        {wantScales.data(), rewritten.data(), stride, groups});
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t g = 0; g < groups; ++g) {
-        EXPECT_EQ(byBlock[g * rows + r], wantScales[r * groups + g]);
-        EXPECT_EQ(rewritten[g * rows + r], wantScales[r * groups + g]);
+        EXPECT_EQ(byBlock[g * stride + r], wantScales[r * groups + g]);
+        EXPECT_EQ(rewritten[g * stride + r], wantScales[r * groups + g]);
       }
   }
 }

@@ -73,8 +73,9 @@ public:
                         CUdeviceptr workspace, size_t workspaceBytes);
 
   /// The same GEMM on e4m3 operands with DeepSeek-V3's block scales:
-  /// xScale[k / 128][m] (one per token per 128 values of k, token-minor:
-  /// cuBLASLt's VEC128 layout), wScale[n / 128][k / 128] (one per 128x128
+  /// xScale[k / 128][m rounded up to 4] (one per token per 128 values of k,
+  /// token-minor: cuBLASLt's VEC128 layout), wScale[n / 128][k / 128] (one
+  /// per 128x128
   /// weight block, row-major: BLK128x128). k must be a multiple of 128, n
   /// of 16 and k / 128 of 4 (the scale rows' alignment); Unimplemented when
   /// the library has no algorithm for the shape or refuses the

@@ -860,12 +860,12 @@ absl::Status Executor::Impl::blasFp8(const GemmCall &c) {
     s = launch("kiln_fp8_scales_by_block", tokenGrid(p.rows),
                Fp8ScalesByBlockParams{p.xScale,
                                       reinterpret_cast<float *>(fp8Scales),
-                                      p.rows, groups});
+                                      cublasScaleStride(p.rows), groups});
   } else {
     s = launch("kiln_quantize_fp8", tokenGrid(p.rows),
                QuantizeFp8Params{p.x, reinterpret_cast<unsigned char *>(codes),
                                  reinterpret_cast<float *>(fp8Scales), p.k, 128,
-                                 c.pow2, p.rows});
+                                 c.pow2, cublasScaleStride(p.rows)});
   }
   if (!s.ok())
     return s;
