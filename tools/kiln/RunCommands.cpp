@@ -62,6 +62,8 @@ absl::Status generate(const GenerateOptions &opts) {
     return model.status();
   SessionOptions sessionOptions;
   sessionOptions.device = opts.device;
+  // Every prompt position's logits only where they are dumped.
+  sessionOptions.promptLogits = !opts.dumpLogits.empty();
   absl::StatusOr<std::unique_ptr<Session>> session =
       createSession(**model, sessionOptions);
   if (!session.ok())
