@@ -99,9 +99,9 @@ KILN_FN void loadEight(const W *w, int64_t count, float *out) {
     out[j] = j < count ? loadWeight(w, j) : 0.0f;
 }
 #if defined(__CUDACC__)
-/// bf16 rows whose length is a multiple of 8: one 16-byte load.
-template <>
-KILN_FN void loadEight<Bf16>(const Bf16 *w, int64_t count, float *out) {
+/// bf16 / f16 rows whose length is a multiple of 8: one 16-byte load.
+template <class Half>
+KILN_FN void loadEightHalves(const Half *w, int64_t count, float *out) {
   if (count < 8 || (reinterpret_cast<uintptr_t>(w) & 15) != 0) {
     for (int j = 0; j < 8; ++j)
       out[j] = j < count ? toFloat(w[j]) : 0.0f;
@@ -110,24 +110,17 @@ KILN_FN void loadEight<Bf16>(const Bf16 *w, int64_t count, float *out) {
   uint4 bits = *reinterpret_cast<const uint4 *>(w);
   const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
   for (int j = 0; j < 4; ++j) {
-    out[2 * j] = floatFromBits(words[j] << 16);
-    out[2 * j + 1] = floatFromBits(words[j] & 0xffff0000u);
+    out[2 * j] = toFloat(Half{static_cast<uint16_t>(words[j] & 0xffffu)});
+    out[2 * j + 1] = toFloat(Half{static_cast<uint16_t>(words[j] >> 16)});
   }
 }
-/// f16 rows whose length is a multiple of 8: one 16-byte load.
+template <>
+KILN_FN void loadEight<Bf16>(const Bf16 *w, int64_t count, float *out) {
+  loadEightHalves(w, count, out);
+}
 template <>
 KILN_FN void loadEight<F16>(const F16 *w, int64_t count, float *out) {
-  if (count < 8 || (reinterpret_cast<uintptr_t>(w) & 15) != 0) {
-    for (int j = 0; j < 8; ++j)
-      out[j] = j < count ? toFloat(w[j]) : 0.0f;
-    return;
-  }
-  uint4 bits = *reinterpret_cast<const uint4 *>(w);
-  const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
-  for (int j = 0; j < 4; ++j) {
-    out[2 * j] = toFloat(F16{static_cast<uint16_t>(words[j] & 0xffffu)});
-    out[2 * j + 1] = toFloat(F16{static_cast<uint16_t>(words[j] >> 16)});
-  }
+  loadEightHalves(w, count, out);
 }
 /// e4m3 rows: one 8-byte load.
 template <>
