@@ -9,12 +9,16 @@
 // tests/codegen/FusedKernelTest.cpp checks those against the reference
 // kernels). What this cannot check: the CUDA builds of the kernels, and
 // anything only a GPU does (timing, memory limits, real graph capture).
+#include "models/InitModel.h"
+#include "models/Presets.h"
+#include "runtime/src/cuda/EmulatedBlasLt.h"
 #include "tests/e2e/E2eUtil.h"
 #include "tests/runtime/DeviceSteps.h"
 
 #include "kiln/Runtime.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <cstdlib>
@@ -136,6 +140,89 @@ TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
     }
   }
   EXPECT_EQ(logits[0], logits[1]);
+}
+
+/// The CPU executor's steps against the emulated CUDA executor's with
+/// cuBLASLt emulated (KILN_EMULATE_CUBLASLT=1), the experts' GEMMs grouped
+/// or not (KILN_EXPERT_GEMMS auto and per-expert); each run must have made
+/// GEMMs of the emulation's `kind`.
+void expectEmulatedCublasLtMatches(const std::filesystem::path &artifact,
+                                   int64_t cuda::EmulatedBlasLtCalls::*kind,
+                                   float tolerance) {
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  for (const char *experts : {"auto", "per-expert"}) {
+    SCOPED_TRACE(experts);
+    int64_t before = cuda::emulatedBlasLtCalls().*kind;
+    ::setenv("KILN_EMULATE_CUBLASLT", "1", 1);
+    ::setenv("KILN_EXPERT_GEMMS", experts, 1);
+    std::string cpuWhere, gpuWhere;
+    std::vector<std::vector<float>> cpu =
+        testing::runDeviceSteps(**model, Device::Cpu, cpuWhere);
+    std::vector<std::vector<float>> gpu =
+        testing::runDeviceSteps(**model, Device::Emulated, gpuWhere);
+    ::unsetenv("KILN_EMULATE_CUBLASLT");
+    ::unsetenv("KILN_EXPERT_GEMMS");
+    EXPECT_NE(gpuWhere.find("cuBLASLt (emulated)"), std::string::npos)
+        << gpuWhere;
+    EXPECT_GT(cuda::emulatedBlasLtCalls().*kind, before);
+    testing::expectSameSteps(cpu, gpu, tolerance);
+  }
+}
+
+// cuBLASLt's block-scaled FP8 GEMMs through its host emulation: a
+// one-layer DeepSeek-V3-style model with hidden size 512 (k a multiple of
+// 512 everywhere; both experts take every token), FP8 weights. The
+// activations are quantized as the library GEMV quantizes them, so only
+// summation order differs (1e-4 of the row maximum).
+TEST(EmulatedCublasLt, BlockScaledFp8MatchesTheCpu) {
+  nlohmann::json config =
+      nlohmann::json::parse(*models::findPreset("tiny-deepseek-v3"));
+  for (auto [key, value] : std::initializer_list<std::pair<const char *, int>>{
+           {"hidden_size", 512},
+           {"intermediate_size", 512},
+           {"moe_intermediate_size", 512},
+           {"kv_lora_rank", 128},
+           {"qk_nope_head_dim", 64},
+           {"qk_rope_head_dim", 64},
+           {"v_head_dim", 128},
+           {"num_hidden_layers", 1},
+           {"first_k_dense_replace", 0},
+           {"n_routed_experts", 2},
+           {"num_experts_per_tok", 2},
+           {"n_group", 1},
+           {"topk_group", 1},
+           {"num_nextn_predict_layers", 0}})
+    config[key] = value;
+  config["q_lora_rank"] = nullptr;
+  mlir::MLIRContext context;
+  models::InitModelOptions init;
+  init.configJson = config.dump();
+  init.configName = "fp8-probe";
+  init.seed = 3;
+  init.outputDir = ::testing::TempDir() + "/fp8_probe";
+  init.dtype = frontend::DType::F32;
+  absl::Status written = models::initModel(context, init);
+  ASSERT_TRUE(written.ok()) << written.message();
+  CompileSettings settings;
+  settings.optimize.mla = "absorbed";
+  settings.optimize.quantizeFp8 = true;
+  std::filesystem::path artifact = compileArtifact(
+      init.outputDir, ::testing::TempDir() + "/fp8_probe.kiln", settings);
+  ASSERT_FALSE(artifact.empty());
+  expectEmulatedCublasLtMatches(artifact, &cuda::EmulatedBlasLtCalls::fp8,
+                                1e-4f);
+}
+
+// bf16 GEMMs through the emulation, on activations rounded to bf16 (so
+// within bf16 resolution of the CPU's fp32 activations).
+TEST(EmulatedCublasLt, Bf16MatchesTheCpu) {
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v2-lite-bf16",
+      ::testing::TempDir() + "/emulated_blas_bf16.kiln", CompileSettings{});
+  ASSERT_FALSE(artifact.empty());
+  expectEmulatedCublasLtMatches(artifact, &cuda::EmulatedBlasLtCalls::bf16,
+                                1e-2f);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -53,6 +53,15 @@ absl::StatusOr<BlasLt> BlasLt::load() {
   return blas;
 }
 
+absl::StatusOr<BlasLt> BlasLt::fromApi(const BlasLtApi &api) {
+  BlasLt blas;
+  blas.api_ = api;
+  if (absl::Status s = blas.check(api.create(&blas.handle_), "cublasLtCreate");
+      !s.ok())
+    return absl::UnavailableError(s.message());
+  return blas;
+}
+
 BlasLt::BlasLt(BlasLt &&other) noexcept
     : library_(std::exchange(other.library_, nullptr)), api_(other.api_),
       handle_(std::exchange(other.handle_, nullptr)),

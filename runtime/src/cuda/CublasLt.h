@@ -55,6 +55,8 @@ public:
   /// Loads libcublasLt.so.13 (or .so.12, .so) and creates a handle;
   /// Unavailable with the reason when it cannot.
   static absl::StatusOr<BlasLt> load();
+  /// Over another implementation of the entry points (EmulatedBlasLt.h).
+  static absl::StatusOr<BlasLt> fromApi(const BlasLtApi &api);
   BlasLt(BlasLt &&other) noexcept;
   BlasLt &operator=(BlasLt &&) = delete;
   BlasLt(const BlasLt &) = delete;

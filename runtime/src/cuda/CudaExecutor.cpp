@@ -4,6 +4,7 @@
 #include "cpu/Kernels.h"
 #include "runtime/src/cuda/CublasLt.h"
 #include "runtime/src/cuda/CudaDriver.h"
+#include "runtime/src/cuda/EmulatedBlasLt.h"
 #include "runtime/src/cuda/EmulatedDriver.h"
 #include "runtime/src/cuda/LibraryFatbin.h"
 
@@ -1150,7 +1151,18 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
   const char *useBlas = std::getenv("KILN_CUBLASLT");
   if (useBlas && std::string(useBlas) == "0") {
     impl->description += ", no cuBLASLt (KILN_CUBLASLT=0)";
-  } else if (!emulate) {
+  } else if (emulate) {
+    // KILN_EMULATE_CUBLASLT=1: the host emulation of cuBLASLt, so that the
+    // paths through it (and their glue) run without a GPU.
+    const char *emulateBlas = std::getenv("KILN_EMULATE_CUBLASLT");
+    if (emulateBlas && std::string(emulateBlas) == "1") {
+      absl::StatusOr<BlasLt> blas = BlasLt::fromApi(emulatedBlasLtApi());
+      if (!blas.ok())
+        return blas.status();
+      impl->blas.emplace(*std::move(blas));
+      impl->description += ", cuBLASLt (emulated)";
+    }
+  } else {
     absl::StatusOr<BlasLt> blas = BlasLt::load();
     if (blas.ok())
       impl->blas.emplace(*std::move(blas));
