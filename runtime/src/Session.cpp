@@ -921,26 +921,25 @@ Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
         dims.kvLen = std::max<int64_t>(dims.kvLen, reach[b]);
       }
       dims.routed = dims.batch * dims.seq * s.model->plan->moe_top_k();
-      // Without prompt logits only each sequence's last row is read.
-      std::vector<int64_t> lastRows;
+      // The batch rows holding a sequence's last prompt token (b, row):
+      // without prompt logits the only logits read back.
+      std::vector<int64_t> lastRows, lastOf;
       for (int64_t b = 0; b < batch; ++b) {
         int64_t last = static_cast<int64_t>(prompt(b).size()) - 1;
-        if (last >= start && last < start + dims.seq)
+        if (last >= start && last < start + dims.seq) {
+          lastOf.push_back(b);
           lastRows.push_back(b * dims.seq + last - start);
+        }
       }
       if (absl::Status st =
               s.run(s.prefill, dims, s.promptLogits ? nullptr : &lastRows);
           !st.ok())
         return abandon(st);
       // Keep each sequence's last-token logits from the chunk holding it.
-      for (int64_t b = 0; b < batch; ++b) {
-        int64_t last = static_cast<int64_t>(prompt(b).size()) - 1;
-        if (last >= start && last < start + dims.seq)
-          std::memcpy(s.lastLogits.data() + group[b] * s.vocab,
-                      s.prefill.logits +
-                          (b * dims.seq + last - start) * s.vocab,
-                      sizeof(float) * static_cast<size_t>(s.vocab));
-      }
+      for (size_t i = 0; i < lastRows.size(); ++i)
+        std::memcpy(s.lastLogits.data() + group[lastOf[i]] * s.vocab,
+                    s.prefill.logits + lastRows[i] * s.vocab,
+                    sizeof(float) * static_cast<size_t>(s.vocab));
       s.lastChunkStart = start;
       s.lastChunkSeq = dims.seq;
     }

@@ -76,10 +76,9 @@ struct Executor::Impl {
   } expertGemms = ExpertGemms::Auto;
   /// Whether launches are being captured into a graph (no host reads).
   bool capturing = false;
-  /// The expert offsets runExperts last read back (valid until the next
-  /// dispatch: a layer's grouped GEMMs share them), and where from.
+  /// The expert offsets runExperts last read back: valid until the next
+  /// dispatch (which clears them), so a layer's grouped GEMMs share them.
   std::vector<int32_t> expertOffsets;
-  const int32_t *expertOffsetsFrom = nullptr;
   CUdevice device = 0;
   CUcontext context = nullptr;
   CUstream stream = nullptr;
@@ -188,6 +187,12 @@ struct Executor::Impl {
     CUdeviceptr bf16X = 0;  // x already converted to bf16 (expert slices)
   };
   absl::Status runGemm(GemmCall c);
+  /// An FP8 GEMM whose shape and scale blocks cuBLASLt's block-scaled
+  /// kernels take (operand alignment is checked where it is known).
+  static bool blasFp8Shape(const GemmCall &c) {
+    return c.fp8 && c.p.blockRows == 128 && c.p.blockCols == 128 &&
+           BlasLt::fp8Shape(c.p.n, c.p.k);
+  }
   /// cuBLASLt's block-scaled FP8 GEMM: activations quantized (or their
   /// scales rewritten) into its layout first.
   absl::Status blasFp8(const GemmCall &c);
@@ -778,9 +783,8 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
     }
   }
   // Auto: only weights cuBLASLt takes gain from a GEMM per expert.
-  bool blasTakes = blas && (c.weightType == art::ElementType::BF16 ||
-                            (c.fp8 && p.blockRows == 128 &&
-                             p.blockCols == 128 && BlasLt::fp8Shape(p.n, p.k)));
+  bool blasTakes =
+      blas && (c.weightType == art::ElementType::BF16 || blasFp8Shape(c));
   if (p.offsets && !capturing &&
       (expertGemms == ExpertGemms::PerExpert ||
        (expertGemms == ExpertGemms::Auto && blasTakes)))
@@ -818,8 +822,7 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
                             kBlasWorkspaceBytes);
     }
     auto key = std::make_tuple(p.rows, p.n, p.k);
-    if (c.fp8 && p.blockRows == 128 && p.blockCols == 128 &&
-        BlasLt::fp8Shape(p.n, p.k) && aligned16(p.w) && aligned16(p.out) &&
+    if (blasFp8Shape(c) && aligned16(p.w) && aligned16(p.out) &&
         aligned16(c.quantized ? static_cast<const void *>(p.xCodes) : p.x) &&
         !fp8BlasUnsupported.count(key)) {
       absl::Status s = blasFp8(c);
@@ -881,7 +884,7 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
   const GemmParams &p = c.p;
   const DriverApi &a = api();
   std::vector<int32_t> &offsets = expertOffsets;
-  if (offsets.empty() || expertOffsetsFrom != p.offsets) {
+  if (offsets.empty()) {
     offsets.assign(static_cast<size_t>(p.experts) + 1, 0);
     absl::Status s = check(a.cuStreamSynchronize(stream), "routing");
     if (s.ok())
@@ -893,7 +896,6 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
       offsets.clear();
       return s;
     }
-    expertOffsetsFrom = p.offsets;
   }
   int64_t rows = offsets.back(), active = 0;
   for (int e = 0; e < p.experts; ++e)
@@ -902,9 +904,7 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
   // expert's weights once for all its rows, cheaper than a call per expert.
   if (expertGemms == ExpertGemms::Auto && rows < kBlasMinRows * active)
     return runGemm(c);
-  size_t weightBytes = c.weightType == art::ElementType::F32      ? 4
-                       : c.weightType == art::ElementType::F8E4M3 ? 1
-                                                                  : 2;
+  uint64_t weightBytes = art::elementBytes(c.weightType);
   CUdeviceptr bf16 = 0;
   if (blas && c.weightType == art::ElementType::BF16) {
     // Every routed row converted once; each expert's GEMM reads its slice.
