@@ -10,6 +10,9 @@ Measures
     were not computed, so no 128 x 8K prefill is run); HF with a cache filled
     by one real prefill at batch 1, repeated to the batch
     (DynamicCache.batch_repeat_interleave), then timed single-token steps;
+  * Kiln's decode at the shortest context also with KILN_MMA_GEMMS=off
+    (decode_tokens_per_s_gemv: the GEMMs cuBLASLt does not take as GEMVs
+    instead of tensor-core GEMMs);
   * prefill tokens/s of 2K tokens (batch 1); Kiln also with
     KILN_EXPERT_GEMMS=grouped (the experts as one grouped library GEMM
     instead of one cuBLASLt GEMM per expert);
@@ -164,7 +167,9 @@ def summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, step_
             row = {"batch": b, "context": c, "kiln_decode_tokens_per_s": k,
                    "eager_decode_tokens_per_s": e, "compile_decode_tokens_per_s": t,
                    "kiln_vs_eager": k / e if e else None,
-                   "kiln_vs_compile": k / t if t else None}
+                   "kiln_vs_compile": k / t if t else None,
+                   "kiln_gemv_decode_tokens_per_s":
+                       kiln[(b, c)].get("decode_tokens_per_s_gemv")}
             if b == 1:
                 step_s = kiln[(b, c)]["decode_step_ms"] / 1e3
                 row["kiln_step_ms"] = step_s * 1e3
@@ -240,6 +245,15 @@ def main():
                                 env={"KILN_EXPERT_GEMMS": "grouped"})
         result["prefill"]["kiln_grouped_experts_tokens_per_s"] = \
             grouped["results"][0]["prefill_tokens_per_s"]
+        # Decode at the shortest context with every GEMM cuBLASLt does not
+        # take as a GEMV (KILN_MMA_GEMMS=off): what the tensor-core GEMMs gain.
+        log("Kiln: decode without the tensor-core GEMMs")
+        gemv, _ = kiln_bench(args.bundle, artifact, args.weights_dir, batches, contexts[:1],
+                             args.steps, args.repeats, synthetic=True,
+                             env={"KILN_MMA_GEMMS": "off"})
+        for r in gemv["results"]:
+            kiln[(r["batch"], r["context"])]["decode_tokens_per_s_gemv"] = \
+                r["decode_tokens_per_s"]
     except RuntimeError as e:
         result["kiln_error"] = str(e)
         log(f"Kiln failed: {e}")

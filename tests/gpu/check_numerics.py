@@ -17,11 +17,13 @@ Tolerances. Where both sides compute in fp32 on the same weights the logits
 differ by summation order only; the bound is a fraction of the row's
 largest logit: 1e-3 for the tiny models, 2e-3 for the V2-Lite model (sums
 over 2048-10944 terms), far inside bf16's resolution (2^-8 = 3.9e-3
-relative). GEMMs of 16 rows or more with bf16 weights run on cuBLASLt with
-activations rounded to bf16, which moves the logits as far as bf16
-arithmetic does (routing near-ties amplify it); there the V2-Lite bound is
-twice the distance between HF's own bf16 and fp32 runs, and the same
-prompts also run with KILN_CUBLASLT=0 against the fp32 bound. Greedy tokens must agree
+relative). GEMMs with bf16 weights run on cuBLASLt (16 rows or more) or on
+the tensor-core GEMM (2 rows or more per matrix) with activations rounded
+to bf16, which moves the logits as far as bf16 arithmetic does (routing
+near-ties amplify it); so for models with bf16 weights the bound is twice
+the distance between HF's own bf16 and fp32 runs, and the same prompts
+also run with KILN_CUBLASLT=0 KILN_MMA_GEMMS=off (every GEMM in fp32)
+against the fp32 bound. Greedy tokens must agree
 at every decode step where HF's top-2 margin exceeds twice the measured
 logit difference (a smaller margin is a tie the error may flip; such steps
 are reported, not failed).
@@ -147,6 +149,8 @@ def check_prompt(name, model, bundle, artifact, tokens, kiln_device, tmp, tolera
 
 
 REPORT_PATH = None
+# Every GEMM in Kiln's own kernels with fp32 activations.
+FP32_GEMMS = {"KILN_CUBLASLT": "0", "KILN_MMA_GEMMS": "off"}
 
 
 def report(results):
@@ -169,11 +173,20 @@ def check_tiny(bundle, manifest, tmp, kiln_device, torch_device, results):
             prompts = json.load(f)["prompts"]["tokens"]
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=torch.float32, attn_implementation="eager").to(torch_device).eval()
+        bf16_model = None
+        if name.endswith("-bf16"):
+            bf16_model = AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype=torch.bfloat16,
+                attn_implementation="eager").to(torch_device).eval()
         for p, tokens in enumerate(prompts):
             results.append(check_prompt(f"{name} prompt {p}", model, bundle, artifact, tokens,
-                                        kiln_device, tmp, 1e-3))
+                                        kiln_device, tmp, 1e-3, bf16_model=bf16_model))
+            if bf16_model is not None:
+                results.append(check_prompt(f"{name} prompt {p}, fp32 GEMMs", model, bundle,
+                                            artifact, tokens, kiln_device, tmp, 1e-3,
+                                            env=FP32_GEMMS))
             report(results)
-        del model
+        del model, bf16_model
 
 
 def check_v2lite(bundle, manifest, tmp, weights_dir, kiln_device, torch_device, results):
@@ -191,14 +204,14 @@ def check_v2lite(bundle, manifest, tmp, weights_dir, kiln_device, torch_device, 
     rng = np.random.default_rng(7)
     for p, length in enumerate([5, 37, 300]):
         tokens = [int(t) for t in rng.integers(0, model.config.vocab_size, size=length)]
-        # Prompts of 16 tokens or more run their GEMMs on cuBLASLt (bf16
-        # activations); KILN_CUBLASLT=0 checks the same steps in fp32.
+        # bf16 activations in cuBLASLt's and the tensor-core GEMMs; the
+        # same steps with every GEMM in fp32 after.
         results.append(check_prompt(f"v2-lite-4layer prompt {p}", model, bundle, artifact,
                                     tokens, kiln_device, tmp, 2e-3, weights_dir,
                                     bf16_model=bf16_model))
-        results.append(check_prompt(f"v2-lite-4layer prompt {p}, no cuBLASLt", model, bundle,
+        results.append(check_prompt(f"v2-lite-4layer prompt {p}, fp32 GEMMs", model, bundle,
                                     artifact, tokens, kiln_device, tmp, 2e-3, weights_dir,
-                                    env={"KILN_CUBLASLT": "0"}))
+                                    env=FP32_GEMMS))
         report(results)
 
 

@@ -2,7 +2,10 @@
 // (tests/e2e/EmulatedGpuTest.cpp on the host, tests/runtime/GpuExecutorTest.cpp
 // on a GPU): every step's logits of a ragged batch, prefilled in chunks where
 // the artifact's prefill bound is below the longest prompt, then greedy
-// decode steps on the whole batch.
+// decode steps on the whole batch. The device follows the reference's
+// greedy tokens, so that a near-tie its rounding breaks the other way does
+// not send the two down different sequences (expectSameSteps still checks
+// its own argmax wherever the reference's is clear).
 #ifndef KILN_TESTS_RUNTIME_DEVICESTEPS_H
 #define KILN_TESTS_RUNTIME_DEVICESTEPS_H
 
@@ -17,8 +20,11 @@
 
 namespace kiln::testing {
 
+/// Every step's logits; the tokens decoded are the argmax of `reference`'s
+/// logits of the same row where given, of the device's own otherwise.
 inline std::vector<std::vector<float>>
-runDeviceSteps(const Model &model, Device device, std::string &where) {
+runDeviceSteps(const Model &model, Device device, std::string &where,
+               const std::vector<std::vector<float>> *reference = nullptr) {
   SessionOptions options;
   options.device = device;
   absl::StatusOr<std::unique_ptr<Session>> session =
@@ -43,8 +49,12 @@ runDeviceSteps(const Model &model, Device device, std::string &where) {
     for (int id : *ids) {
       std::span<const float> logits = s.logits(id);
       steps.emplace_back(logits.begin(), logits.end());
+      const std::vector<float> &chooser =
+          reference && reference->size() >= steps.size()
+              ? (*reference)[steps.size() - 1]
+              : steps.back();
       next.push_back(static_cast<int32_t>(
-          std::max_element(logits.begin(), logits.end()) - logits.begin()));
+          std::max_element(chooser.begin(), chooser.end()) - chooser.begin()));
     }
     absl::Status decoded = s.decode(*ids, next);
     EXPECT_TRUE(decoded.ok()) << decoded.message();

@@ -70,7 +70,7 @@ TEST(GpuExecutor, MatchesTheCpuExecutor) {
     std::vector<std::vector<float>> cpu =
         testing::runDeviceSteps(**model, Device::Cpu, cpuWhere);
     std::vector<std::vector<float>> gpu =
-        testing::runDeviceSteps(**model, device, gpuWhere);
+        testing::runDeviceSteps(**model, device, gpuWhere, &cpu);
     for (const std::string &variable : variables)
       ::unsetenv(variable.c_str());
     std::printf("%s: %s\n", name.c_str(), gpuWhere.c_str());

@@ -13,6 +13,7 @@
 #include "runtime/kernels/KvAttention.h"
 #include "runtime/kernels/Library.h"
 #include "runtime/kernels/Matmul.h"
+#include "runtime/kernels/MmaGemm.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -74,6 +75,13 @@ struct Executor::Impl {
     PerExpert,
     Grouped
   } expertGemms = ExpertGemms::Auto;
+  /// GEMMs cuBLASLt does not take, with bf16 or FP8 weights: Auto runs
+  /// those of kMmaMinRows+ rows per matrix on the tensor cores
+  /// (MmaGemm.h), the rest as GEMVs; KILN_MMA_GEMMS=on or off forces
+  /// either (off keeps fp32 activations, as KILN_CUBLASLT=0 does for
+  /// cuBLASLt's GEMMs).
+  enum class MmaGemms { Auto, On, Off } mmaGemms = MmaGemms::Auto;
+  static constexpr int64_t kMmaMinRows = 2;
   /// Whether launches are being captured into a graph (no host reads).
   bool capturing = false;
   /// The expert offsets runExperts last read back: valid until the next
@@ -187,6 +195,8 @@ struct Executor::Impl {
     CUdeviceptr bf16X = 0;  // x already converted to bf16 (expert slices)
   };
   absl::Status runGemm(GemmCall c);
+  /// Whether the tensor-core GEMM takes `c` (after cuBLASLt declined it).
+  bool mmaTakes(const GemmCall &c) const;
   /// An FP8 GEMM whose shape and scale blocks cuBLASLt's block-scaled
   /// kernels take (operand alignment is checked where it is known).
   static bool blasFp8Shape(const GemmCall &c) {
@@ -831,8 +841,12 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
       fp8BlasUnsupported.insert(key); // the library kernels below take it
     }
   }
+  bool mma = mmaTakes(c);
+  int64_t matrices = p.offsets ? p.experts : c.matrices;
   if (c.quantized)
-    return launch("kiln_gemv_f8e4m3_q8", gemvGrid(p.n, c.matrices), p);
+    return mma ? launch("kiln_gemm_mma_f8e4m3_q8", mmaGemmGrid(p.n, matrices),
+                        p)
+               : launch("kiln_gemv_f8e4m3_q8", gemvGrid(p.n, matrices), p);
   if (c.fp8) {
     // Activations quantized per row of k (per head for head GEMMs).
     int64_t rows = p.rows * c.matrices;
@@ -850,8 +864,28 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
     p.xScale = reinterpret_cast<const float *>(fp8Scales);
   }
   std::string type = detail::elementTypeName(c.weightType);
-  return launch("kiln_gemv_" + type,
-                gemvGrid(p.n, p.offsets ? p.experts : c.matrices), p);
+  return mma ? launch("kiln_gemm_mma_" + type, mmaGemmGrid(p.n, matrices), p)
+             : launch("kiln_gemv_" + type, gemvGrid(p.n, matrices), p);
+}
+
+bool Executor::Impl::mmaTakes(const GemmCall &c) const {
+  const GemmParams &p = c.p;
+  if (mmaGemms == MmaGemms::Off || (c.weightType != art::ElementType::BF16 &&
+                                    c.weightType != art::ElementType::F8E4M3))
+    return false;
+  // Rows per matrix: grouped GEMMs' routed rows spread over the experts.
+  int64_t rows = p.offsets ? p.rows / std::max(p.experts, 1) : p.rows;
+  if (mmaGemms == MmaGemms::Auto && rows < kMmaMinRows)
+    return false;
+  // FP8 activations not quantized yet are quantized into fp8Codes (laid
+  // out as x) before the GEMM.
+  const void *x = c.quantized ? static_cast<const void *>(p.xCodes)
+                  : c.fp8     ? reinterpret_cast<const void *>(fp8Codes)
+                              : p.x;
+  uintptr_t xAlign = c.quantized ? 8 : 16;
+  return mmaGemmFits(p.k, c.fp8, c.quantized, p.blockRows, p.blockCols,
+                     p.xRowStride, p.xMatrixStride) &&
+         aligned16(p.w) && reinterpret_cast<uintptr_t>(x) % xAlign == 0;
 }
 
 absl::Status Executor::Impl::blasFp8(const GemmCall &c) {
@@ -1145,6 +1179,16 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
       return absl::InvalidArgumentError(
           "KILN_EXPERT_GEMMS is \"" + mode +
           "\"; expected auto, per-expert or grouped");
+  }
+  if (const char *mma = std::getenv("KILN_MMA_GEMMS")) {
+    std::string mode = mma;
+    if (mode == "on")
+      impl->mmaGemms = Impl::MmaGemms::On;
+    else if (mode == "off")
+      impl->mmaGemms = Impl::MmaGemms::Off;
+    else if (!mode.empty() && mode != "auto")
+      return absl::InvalidArgumentError("KILN_MMA_GEMMS is \"" + mode +
+                                        "\"; expected auto, on or off");
   }
   // KILN_CUBLASLT=0 keeps every GEMM in the library kernels (fp32
   // activations): the numerics check compares both paths.

@@ -5,11 +5,13 @@
 #include "runtime/kernels/KvAttention.h"
 #include "runtime/kernels/Library.h"
 #include "runtime/kernels/Matmul.h"
+#include "runtime/kernels/MmaGemm.h"
 
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -75,6 +77,9 @@ const std::vector<HostKernel> &hostKernels() {
       KILN_HOST_KERNEL(kiln_gemv_f16, GemmParams),
       KILN_HOST_KERNEL(kiln_gemv_f8e4m3, GemmParams),
       KILN_HOST_KERNEL(kiln_gemv_f8e4m3_q8, GemmParams),
+      KILN_HOST_KERNEL(kiln_gemm_mma_bf16, GemmParams),
+      KILN_HOST_KERNEL(kiln_gemm_mma_f8e4m3, GemmParams),
+      KILN_HOST_KERNEL(kiln_gemm_mma_f8e4m3_q8, GemmParams),
       KILN_HOST_KERNEL(kiln_quantize_rows, QuantizeRowsParams),
       KILN_HOST_KERNEL(kiln_quantize_fp8, QuantizeFp8Params),
       KILN_HOST_KERNEL(kiln_fp8_scales_by_block, Fp8ScalesByBlockParams),
@@ -115,12 +120,22 @@ Function *newFusedFunction(cpu::HostKernels::Entry entry, uint32_t arguments) {
 using Launch = std::function<void()>;
 using Graph = std::vector<Launch>;
 
+std::mutex launchCountMutex;
+std::map<std::string, int64_t, std::less<>> &launchCounts() {
+  static std::map<std::string, int64_t, std::less<>> counts;
+  return counts;
+}
+
 Launch bind(const Function &f, Dim3 grid, void **params) {
   if (f.library) {
     const auto *bytes = static_cast<const std::byte *>(params[0]);
     std::vector<std::byte> copy(bytes, bytes + f.library->paramBytes);
     const HostKernel *kernel = f.library;
     return [kernel, grid, copy = std::move(copy)] {
+      {
+        std::lock_guard<std::mutex> lock(launchCountMutex);
+        ++launchCounts()[kernel->name];
+      }
       kernel->run(grid, copy.data());
     };
   }
@@ -320,6 +335,12 @@ DriverApi table() {
 }
 
 } // namespace
+
+int64_t emulatedLaunches(std::string_view kernel) {
+  std::lock_guard<std::mutex> lock(launchCountMutex);
+  auto it = launchCounts().find(kernel);
+  return it == launchCounts().end() ? 0 : it->second;
+}
 
 Driver emulatedDriver() { return Driver::fromTable(table(), 13000); }
 

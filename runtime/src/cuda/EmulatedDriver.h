@@ -16,6 +16,7 @@
 #include "runtime/src/cuda/CudaDriver.h"
 
 #include <cstdint>
+#include <string_view>
 
 namespace kiln::cuda {
 
@@ -30,6 +31,10 @@ struct EmulatedImage {
 /// The emulated device: "host emulation", sm_90, 132 multiprocessors (as an
 /// H100 SXM, so that the executor makes the same launch decisions).
 Driver emulatedDriver();
+
+/// How many times the emulated device has run library kernel `kernel`
+/// (graph replays included), so that tests can tell which path ran.
+int64_t emulatedLaunches(std::string_view kernel);
 
 } // namespace kiln::cuda
 

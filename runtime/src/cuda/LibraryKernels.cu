@@ -4,3 +4,4 @@
 #include "KvAttention.h"
 #include "Library.h"
 #include "Matmul.h"
+#include "MmaGemm.h"

@@ -1,0 +1,304 @@
+// GEMMs of a few to a few dozen rows on the tensor cores (mma.sync,
+// WarpMma.h): out[m, n] = x[m, :] . w[n, :] (+ bias[n]) for bf16 and
+// block-scaled FP8 weights, dense, per head (grid.z) or grouped by expert
+// through device-side offsets, as the GEMVs of Matmul.h take them
+// (GemmParams). Decode steps of 32+ sequences give their experts and
+// absorbed-MLA heads several rows each; the GEMV applies each weight to its
+// rows on the CUDA cores, loading every activation once per weight row, so
+// it runs out of L1 bandwidth long before HBM's. Here a block owns 16 weight
+// rows (its warps split k), each activation is loaded once per 16 of them,
+// and the tensor cores do the products: the weights can stream at memory
+// speed.
+//
+// The weights are the mma's 16-row A operand and the tokens its 8-column B
+// operand (a small-batch GEMM's usual swap), so a weight row is loaded
+// straight from device memory into the fragment. The k order within 32
+// columns is permuted so that each lane reads 16 contiguous bytes of two
+// weight rows and 8 contiguous activations of a token: lane (g, t) takes
+// columns [8t, 8t + 8) of a 32-column slab, [8t, 8t + 4) feeding the
+// slab's first mma (as its logical k 2t, 2t+1, 2t+8, 2t+9) and
+// [8t + 4, 8t + 8) the second. A and B use the same permutation, so the sum
+// over k is unchanged.
+//
+// Numerics: activations are rounded to bf16 (as for cuBLASLt's bf16 GEMMs),
+// products summed in fp32. FP8 weights (e4m3, exact in bf16) are multiplied
+// by FP8-quantized activations (their codes, also exact in bf16) and each
+// 128 columns' sum is scaled by the weight's and the token's block scales,
+// which is the FP8 GEMV's arithmetic up to the order of the sums.
+//
+// Matrix-bound GEMMs belong to cuBLASLt (wgmma); these are memory-bound.
+#ifndef KILN_KERNELS_MMA_GEMM_H
+#define KILN_KERNELS_MMA_GEMM_H
+
+#include "Matmul.h"
+#include "WarpMma.h"
+
+namespace kiln {
+
+/// Weight rows per block (the mma's M). The block's warps split k and sum
+/// their products through shared memory at the end: a block per 16 rows
+/// keeps every multiprocessor busy on a few thousand output columns.
+constexpr int kMmaRows = 16;
+constexpr int kMmaWarps = KILN_BLOCK_THREADS / 32;
+/// Columns of k per mma pair (a slab) and per step of a warp (four slabs:
+/// eight 16-byte weight loads of each lane in flight, and one FP8 scale
+/// block).
+constexpr int kMmaSlab = 32;
+constexpr int kMmaStep = 128;
+/// Tokens per pass over the weights: kMmaFragments mma columns of 8.
+constexpr int kMmaFragments = 4;
+
+inline Dim3 mmaGemmGrid(int64_t n, int64_t matrices) {
+  return {static_cast<int>((n + kMmaRows - 1) / kMmaRows), 1,
+          static_cast<int>(matrices)};
+}
+
+/// Whether the mma GEMM takes these operands: k a multiple of 8 (whole
+/// 16-byte weight loads), activations at 16-byte (float) or 8-byte (e4m3
+/// codes) boundaries, and FP8 scale blocks of whole warps and steps.
+KILN_HOST_FN bool mmaGemmFits(int64_t k, bool fp8, bool codes,
+                              int64_t blockRows, int64_t blockCols,
+                              int64_t xRowStride, int64_t xMatrixStride) {
+  int64_t align = codes ? 8 : 4; // elements in 8 / 16 bytes
+  if (k % 8 != 0 || xRowStride % align != 0 || xMatrixStride % align != 0)
+    return false;
+  return !fp8 || (blockRows % kMmaRows == 0 && blockCols % kMmaStep == 0);
+}
+
+/// Eight weights of a row as four bf16 pairs; zeros at or past `k`.
+KILN_FN void loadWeightWords(const Bf16 *row, int64_t at, int64_t k,
+                             uint32_t *words) {
+  if (at >= k) {
+    words[0] = words[1] = words[2] = words[3] = 0;
+    return;
+  }
+#if defined(__CUDACC__)
+  uint4 bits = *reinterpret_cast<const uint4 *>(row + at);
+  words[0] = bits.x, words[1] = bits.y, words[2] = bits.z, words[3] = bits.w;
+#else
+  for (int j = 0; j < 4; ++j)
+    words[j] = uint32_t{row[at + 2 * j].bits} |
+               (uint32_t{row[at + 2 * j + 1].bits} << 16);
+#endif
+}
+
+/// e4m3 weights widened to bf16 (exactly: e4m3 has 3 mantissa bits).
+KILN_FN uint32_t e4m3PairToBf16(uint32_t codes) {
+  return (bitsFromFloat(decodeE4m3(codes & 0xffu)) >> 16) |
+         (bitsFromFloat(decodeE4m3((codes >> 8) & 0xffu)) & 0xffff0000u);
+}
+KILN_FN void loadWeightWords(const unsigned char *row, int64_t at, int64_t k,
+                             uint32_t *words) {
+  if (at >= k) {
+    words[0] = words[1] = words[2] = words[3] = 0;
+    return;
+  }
+  uint32_t low, high;
+#if defined(__CUDACC__)
+  uint2 bits = *reinterpret_cast<const uint2 *>(row + at);
+  low = bits.x, high = bits.y;
+#else
+  low = high = 0;
+  for (int j = 0; j < 4; ++j) {
+    low |= uint32_t{row[at + j]} << (8 * j);
+    high |= uint32_t{row[at + 4 + j]} << (8 * j);
+  }
+#endif
+  words[0] = e4m3PairToBf16(low), words[1] = e4m3PairToBf16(low >> 16);
+  words[2] = e4m3PairToBf16(high), words[3] = e4m3PairToBf16(high >> 16);
+}
+
+/// Eight activations of a token as four bf16 pairs; zeros past `k` or for
+/// a token past the pass (`valid` false).
+KILN_FN void loadActivationWords(const float *x, int64_t at, int64_t k,
+                                 bool valid, uint32_t *words) {
+  if (!valid || at >= k) {
+    words[0] = words[1] = words[2] = words[3] = 0;
+    return;
+  }
+  float v[8];
+#if defined(__CUDACC__)
+  float4 lo = *reinterpret_cast<const float4 *>(x + at);
+  float4 hi = *reinterpret_cast<const float4 *>(x + at + 4);
+  v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
+  v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+#else
+  for (int j = 0; j < 8; ++j)
+    v[j] = x[at + j];
+#endif
+  for (int j = 0; j < 4; ++j)
+    words[j] = packBf16x2(v[2 * j], v[2 * j + 1]);
+}
+/// Activations a fused kernel quantized: e4m3 codes, widened as weights are.
+KILN_FN void loadActivationWords(const unsigned char *x, int64_t at, int64_t k,
+                                 bool valid, uint32_t *words) {
+  loadWeightWords(x, valid ? at : k, k, words);
+}
+
+#if defined(__CUDACC__)
+/// Shared memory for sumOverWarps, one array for every pass width.
+typedef MmaC MmaPartials[kMmaFragments][32];
+KILN_FN MmaPartials *mmaPartials() {
+  __shared__ MmaPartials partials[kMmaWarps];
+  return partials;
+}
+#endif
+
+/// The sum of the block's warps' accumulators, in warp 0's (true there).
+template <int F> KILN_FN bool sumOverWarps(Lanes<MmaC> *acc) {
+#if defined(__CUDACC__)
+  MmaPartials *partial = mmaPartials();
+  for (int f = 0; f < F; ++f)
+    partial[KILN_WARP][f][KILN_LANE] = acc[f].value;
+  __syncthreads();
+  if (KILN_WARP == 0)
+    for (int w = 1; w < kMmaWarps; ++w)
+      for (int f = 0; f < F; ++f)
+        for (int i = 0; i < 4; ++i)
+          acc[f].value.r[i] += partial[w][f][KILN_LANE].r[i];
+  __syncthreads(); // `partial` is free for the next pass
+  return KILN_WARP == 0;
+#else
+  (void)acc;
+  return true; // the host's one warp did every step
+#endif
+}
+
+/// Tokens [first, first + count) (count <= 8F) of `matrix` against the
+/// block's weight rows.
+template <class W, bool Fp8, class A, int F>
+KILN_FN void mmaGemmPass(Dim3 block, const GemmParams &p, int64_t matrix,
+                         int64_t first, int count) {
+  const W *w = static_cast<const W *>(p.w);
+  int64_t kBlocks = Fp8 ? (p.k + p.blockCols - 1) / p.blockCols : 1;
+  int64_t nBlocks = Fp8 ? (p.n + p.blockRows - 1) / p.blockRows : 1;
+  const A *x =
+      activations<A>(p) + matrix * p.xMatrixStride + first * p.xRowStride;
+  // FP8: token `first`'s activation scales and the distance between two
+  // tokens' (rows are whole multiples of k apart).
+  const float *xScale =
+      Fp8 ? p.xScale + (first * p.xRowStride + matrix * p.xMatrixStride) / p.k *
+                           kBlocks
+          : nullptr;
+  int64_t xScaleStride = Fp8 ? p.xRowStride / p.k * kBlocks : 0;
+  int64_t n0 = int64_t{block.x} * kMmaRows;
+  const float *wScale =
+      Fp8 ? p.wScale + (matrix * nBlocks + n0 / p.blockRows) * kBlocks
+          : nullptr;
+  Lanes<MmaC> acc[F];
+  for (int f = 0; f < F; ++f)
+    KILN_FOR_EACH_LANE(lane) {
+      for (int i = 0; i < 4; ++i)
+        acc[f][lane].r[i] = 0.0f;
+    }
+  for (int64_t k0 = int64_t{KILN_WARP} * kMmaStep; k0 < p.k;
+       k0 += int64_t{KILN_WARPS} * kMmaStep) {
+    // The step's weights first: 8 loads of each lane in flight.
+    Lanes<MmaA> a[2 * kMmaStep / kMmaSlab];
+    KILN_FOR_EACH_LANE(lane) {
+      int g = lane / 4, t = lane % 4;
+      const W *low = w + (matrix * p.n + n0 + g) * p.k;
+      const W *high = low + 8 * p.k;
+      bool lowValid = n0 + g < p.n, highValid = n0 + g + 8 < p.n;
+      KILN_UNROLL
+      for (int s = 0; s < kMmaStep / kMmaSlab; ++s) {
+        int64_t at = k0 + s * kMmaSlab + 8 * t;
+        uint32_t lo[4], hi[4];
+        loadWeightWords(low, lowValid ? at : p.k, p.k, lo);
+        loadWeightWords(high, highValid ? at : p.k, p.k, hi);
+        a[2 * s][lane] = MmaA{{lo[0], hi[0], lo[1], hi[1]}};
+        a[2 * s + 1][lane] = MmaA{{lo[2], hi[2], lo[3], hi[3]}};
+      }
+    }
+    KILN_UNROLL
+    for (int f = 0; f < F; ++f) {
+      if (f * 8 >= count)
+        break; // warp-uniform
+      Lanes<MmaC> part;
+      Lanes<MmaC> &sum = Fp8 ? part : acc[f];
+      if (Fp8)
+        KILN_FOR_EACH_LANE(lane) {
+          for (int i = 0; i < 4; ++i)
+            part[lane].r[i] = 0.0f;
+        }
+      KILN_UNROLL
+      for (int s = 0; s < kMmaStep / kMmaSlab; ++s) {
+        Lanes<MmaB> b[2];
+        KILN_FOR_EACH_LANE(lane) {
+          int g = lane / 4, t = lane % 4, token = f * 8 + g;
+          uint32_t words[4];
+          loadActivationWords(x + token * p.xRowStride,
+                              k0 + s * kMmaSlab + 8 * t, p.k, token < count,
+                              words);
+          b[0][lane] = MmaB{{words[0], words[1]}};
+          b[1][lane] = MmaB{{words[2], words[3]}};
+        }
+        mmaBf16(sum, a[2 * s], b[0]);
+        mmaBf16(sum, a[2 * s + 1], b[1]);
+      }
+      if (Fp8) {
+        // One step lies in one scale block (mmaGemmFits).
+        int kBlock = static_cast<int>(k0 / p.blockCols);
+        float weightScale = wScale[kBlock];
+        KILN_FOR_EACH_LANE(lane) {
+          int t = lane % 4;
+          for (int i = 0; i < 4; ++i) {
+            int token = f * 8 + 2 * t + i % 2;
+            float tokenScale =
+                token < count ? xScale[token * xScaleStride + kBlock] : 0.0f;
+            acc[f][lane].r[i] += part[lane].r[i] * weightScale * tokenScale;
+          }
+        }
+      }
+    }
+  }
+  if (!sumOverWarps<F>(acc))
+    return;
+  KILN_UNROLL
+  for (int f = 0; f < F; ++f)
+    KILN_FOR_EACH_LANE(lane) {
+      int g = lane / 4, t = lane % 4;
+      for (int i = 0; i < 4; ++i) {
+        int token = f * 8 + 2 * t + i % 2;
+        int64_t n = n0 + g + 8 * (i / 2);
+        if (token < count && n < p.n)
+          p.out[matrix * p.outMatrixStride + (first + token) * p.outRowStride +
+                n] = acc[f][lane].r[i] + loadBias(p, n);
+      }
+    }
+}
+
+/// Dense and head GEMMs: the p.rows rows of matrix grid.z; grouped ones
+/// (p.offsets): expert grid.z's rows. 8 * kMmaFragments tokens per pass,
+/// with as few mma columns as the pass's tokens need.
+template <class W, bool Fp8, class A>
+KILN_FN void mmaGemmBlock(Dim3 block, const GemmParams &p) {
+  int64_t matrix = block.z;
+  int64_t first = p.offsets ? p.offsets[matrix] : 0;
+  int64_t end = p.offsets ? p.offsets[matrix + 1] : p.rows;
+  constexpr int kPass = 8 * kMmaFragments;
+  for (; first < end; first += kPass) {
+    int count = end - first < kPass ? static_cast<int>(end - first) : kPass;
+    if (count <= 8)
+      mmaGemmPass<W, Fp8, A, 1>(block, p, matrix, first, count);
+    else if (count <= 16)
+      mmaGemmPass<W, Fp8, A, 2>(block, p, matrix, first, count);
+    else
+      mmaGemmPass<W, Fp8, A, kMmaFragments>(block, p, matrix, first, count);
+  }
+}
+
+#define KILN_MMA_GEMM_KERNEL(suffix, W, Fp8, A)                                \
+  KILN_FN void kiln_gemm_mma_##suffix##_block(Dim3 block,                      \
+                                              const GemmParams &p) {           \
+    mmaGemmBlock<W, Fp8, A>(block, p);                                         \
+  }                                                                            \
+  KILN_KERNEL(kiln_gemm_mma_##suffix, GemmParams)
+KILN_MMA_GEMM_KERNEL(bf16, Bf16, false, float)
+KILN_MMA_GEMM_KERNEL(f8e4m3, unsigned char, true, float)
+KILN_MMA_GEMM_KERNEL(f8e4m3_q8, unsigned char, true, unsigned char)
+#undef KILN_MMA_GEMM_KERNEL
+
+} // namespace kiln
+
+#endif // KILN_KERNELS_MMA_GEMM_H

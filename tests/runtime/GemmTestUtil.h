@@ -1,0 +1,154 @@
+// Operands and checks shared by the tests of the CUDA executor's GEMM
+// kernels' host builds (MatmulKernelTest.cpp, MmaGemmKernelTest.cpp):
+// random weights of every type (FP8 with block scales), activations, FP8
+// activation quantization as the device does it, and the summation-order
+// bound the outputs are held to.
+//
+// Tolerance: both sides sum the same K products in fp32 in different
+// orders (the device kernel also scales each FP8 product instead of each
+// block's partial sum), so |got - want| <= 2 K eps sum_i |x_i w_i| (the
+// standard bound for two recursive summations), computed per output.
+#ifndef KILN_TESTS_RUNTIME_GEMM_TEST_UTIL_H
+#define KILN_TESTS_RUNTIME_GEMM_TEST_UTIL_H
+
+#include "Matmul.h"
+
+#include "kiln/Float.h"
+#include "runtime/src/cpu/Kernels.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace kiln::testing {
+
+struct Weights {
+  cpu::ElementType type;
+  std::vector<uint8_t> bytes; // the stored weights
+  std::vector<float> scales;  // FP8 block scales
+  std::vector<float> values;  // dequantized, for the error bound
+};
+
+/// [matrices, n, k] weights of `type` (FP8: random finite codes and
+/// positive 128x128 block scales).
+inline Weights makeWeights(cpu::ElementType type, int64_t matrices, int64_t n,
+                           int64_t k, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.5f);
+  Weights w{type, {}, {}, {}};
+  int64_t count = matrices * n * k;
+  w.values.resize(count);
+  if (type == cpu::ElementType::F8E4M3) {
+    int64_t nb = (n + 127) / 128, kb = (k + 127) / 128;
+    std::uniform_real_distribution<float> scale(0.001f, 0.01f);
+    w.scales.resize(matrices * nb * kb);
+    for (float &s : w.scales)
+      s = scale(rng);
+    w.bytes.resize(count);
+    std::uniform_int_distribution<int> code(0, 253);
+    for (int64_t i = 0; i < count; ++i) {
+      uint8_t c = static_cast<uint8_t>(code(rng));
+      if ((c & 0x7f) == 0x7f) // NaN
+        c = 0x7e;
+      w.bytes[i] = c;
+      int64_t m = i / (n * k), r = i / k % n, col = i % k;
+      w.values[i] =
+          e4m3ToFloat(c) * w.scales[(m * nb + r / 128) * kb + col / 128];
+    }
+    return w;
+  }
+  size_t size = type == cpu::ElementType::F32 ? 4 : 2;
+  w.bytes.resize(count * size);
+  for (int64_t i = 0; i < count; ++i) {
+    float v = normal(rng);
+    if (type == cpu::ElementType::BF16) {
+      uint16_t b = floatToBf16(v);
+      std::memcpy(&w.bytes[i * 2], &b, 2);
+      v = bf16ToFloat(b);
+    } else if (type == cpu::ElementType::F16) {
+      uint16_t h = floatToF16(v);
+      std::memcpy(&w.bytes[i * 2], &h, 2);
+      v = f16ToFloat(h);
+    } else {
+      std::memcpy(&w.bytes[i * 4], &v, 4);
+    }
+    w.values[i] = v;
+  }
+  return w;
+}
+
+inline cpu::Weight cpuWeight(const Weights &w) {
+  cpu::Weight c{w.bytes.data(), w.type};
+  if (w.type == cpu::ElementType::F8E4M3) {
+    c.scale = w.scales.data();
+    c.blockRows = 128;
+    c.blockCols = 128;
+  }
+  return c;
+}
+
+inline const char *name(cpu::ElementType type) {
+  switch (type) {
+  case cpu::ElementType::BF16:
+    return "bf16";
+  case cpu::ElementType::F16:
+    return "f16";
+  case cpu::ElementType::F8E4M3:
+    return "fp8";
+  default:
+    return "f32";
+  }
+}
+
+inline std::vector<float> randomRows(int64_t rows, int64_t k, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(rows * k);
+  for (float &v : x)
+    v = normal(rng);
+  return x;
+}
+
+/// FP8 activations as the device quantizes them: decoded codes + scales.
+struct Quantized {
+  std::vector<float> codes, scales;
+};
+inline Quantized quantize(const std::vector<float> &x, int64_t rows, int64_t k,
+                          bool pow2) {
+  Quantized q{std::vector<float>(rows * k),
+              std::vector<float>(rows * ((k + 127) / 128))};
+  kiln_quantize_rows_host(
+      {static_cast<int>(rows), 1, 1},
+      {x.data(), q.codes.data(), q.scales.data(), nullptr, k, 128, pow2});
+  return q;
+}
+
+/// Checks got against want with the summation bound over the dequantized
+/// operands (for FP8, the quantized activations).
+inline void expectClose(const std::vector<float> &got,
+                        const std::vector<float> &want,
+                        const std::vector<float> &x, int64_t xRowStride,
+                        const std::vector<float> &w, int64_t k,
+                        const std::function<int64_t(int64_t)> &xRowOf,
+                        const std::function<int64_t(int64_t)> &wRowOf,
+                        const std::string &what) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    double magnitude = 0;
+    const float *xr = x.data() + xRowOf(static_cast<int64_t>(i)) * xRowStride;
+    const float *wr = w.data() + wRowOf(static_cast<int64_t>(i)) * k;
+    for (int64_t j = 0; j < k; ++j)
+      magnitude += std::fabs(double(xr[j]) * wr[j]);
+    double bound = 2.0 * k * 0x1p-24 * magnitude + 1e-30;
+    ASSERT_NEAR(got[i], want[i], bound) << what << " output " << i;
+  }
+}
+
+} // namespace kiln::testing
+
+#endif // KILN_TESTS_RUNTIME_GEMM_TEST_UTIL_H

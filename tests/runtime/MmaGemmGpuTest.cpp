@@ -1,0 +1,201 @@
+// The tensor-core GEMMs (runtime/kernels/MmaGemm.h) on a GPU, from the
+// runtime's library fatbin, against their host builds on the same operands
+// (which MmaGemmKernelTest.cpp holds to the CPU kernels): the mma.sync
+// fragment layout, the warps' split of k and their sum through shared
+// memory are what only the GPU build has. Dense GEMMs of 1 to 70 rows (one
+// to three passes), a k the four warps split unevenly, a partial block of
+// output columns; grouped by expert; bf16 and FP8 weights (FP8 activations
+// as decoded floats and as e4m3 bytes). The outputs are poisoned first.
+// Without a GPU the tests are skipped, saying so (label gpu);
+// KILN_GPU_TESTS_EMULATE=1 runs them through the emulated driver.
+#include "MmaGemm.h"
+#include "runtime/src/cuda/CudaDriver.h"
+#include "runtime/src/cuda/EmulatedDriver.h"
+#include "runtime/src/cuda/LibraryFatbin.h"
+#include "tests/runtime/GemmTestUtil.h"
+#include "tests/runtime/GpuBuffers.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace kiln::cuda {
+namespace {
+
+using namespace kiln::testing;
+
+class MmaGemmGpu : public ::testing::Test {
+protected:
+  void SetUp() override {
+    // KILN_GPU_TESTS_EMULATE=1: through the emulated driver (the host build
+    // on both sides), to check the test itself without a GPU.
+    const char *emulate = std::getenv("KILN_GPU_TESTS_EMULATE");
+    absl::StatusOr<Driver> driver =
+        emulate && std::string(emulate) == "1"
+            ? absl::StatusOr<Driver>(emulatedDriver())
+            : Driver::load();
+    if (!driver.ok())
+      GTEST_SKIP() << "no CUDA here: " << driver.status().message();
+    absl::StatusOr<std::vector<DeviceInfo>> devices = driver->devices();
+    if (!devices.ok() || devices->empty())
+      GTEST_SKIP() << "the NVIDIA driver sees no GPU";
+    driver_.emplace(*std::move(driver));
+    gpu_.emplace(*driver_);
+    ASSERT_TRUE(gpu_->init().ok());
+    ASSERT_TRUE(
+        driver_
+            ->check(driver_->api().cuModuleLoadData(&module_, libraryFatbin()),
+                    "loading the library kernels")
+            .ok());
+  }
+  void TearDown() override {
+    if (module_)
+      driver_->api().cuModuleUnload(module_);
+  }
+
+public:
+  /// Runs library kernel `name` over `grid` with `p` (device pointers).
+  void launch(const char *name, Dim3 grid, GemmParams p) {
+    const DriverApi &a = driver_->api();
+    CUfunction f = nullptr;
+    ASSERT_TRUE(
+        driver_->check(a.cuModuleGetFunction(&f, module_, name), name).ok());
+    void *params[] = {&p};
+    ASSERT_TRUE(driver_
+                    ->check(a.cuLaunchKernel(f, grid.x, grid.y, grid.z,
+                                             KILN_BLOCK_THREADS, 1, 1, 0,
+                                             gpu_->stream(), params, nullptr),
+                            name)
+                    .ok());
+    ASSERT_TRUE(
+        driver_->check(a.cuStreamSynchronize(gpu_->stream()), name).ok());
+  }
+
+  template <class T> CUdeviceptr upload(const std::vector<T> &v) {
+    return gpu_->upload(v.data(), v.size() * sizeof(T));
+  }
+
+  std::optional<Driver> driver_;
+  std::optional<Gpu> gpu_;
+  CUmodule module_ = nullptr;
+};
+
+template <class T> T *device(CUdeviceptr p) { return reinterpret_cast<T *>(p); }
+
+enum class Fp8Input { None, Floats, Codes };
+
+/// One GEMM on the GPU and through the host build: rows of x, weights of
+/// `matrices` (grouped by `offsets` when given), the device's outputs held
+/// to the summation bound around the host's.
+void checkGemm(MmaGemmGpu &t, Gpu &gpu, Fp8Input input, int64_t rows, int64_t n,
+               int64_t k, const std::vector<int32_t> &offsets,
+               const std::string &what) {
+  bool fp8 = input != Fp8Input::None;
+  int64_t experts = offsets.empty() ? 1 : int64_t(offsets.size()) - 1;
+  Weights w =
+      makeWeights(fp8 ? cpu::ElementType::F8E4M3 : cpu::ElementType::BF16,
+                  experts, n, k, 41);
+  std::vector<float> x = randomRows(rows, k, 42);
+  int64_t kBlocks = (k + 127) / 128;
+  Quantized q = fp8 ? quantize(x, rows, k, false) : Quantized{};
+  std::vector<unsigned char> codes(fp8 ? rows * k : 0);
+  std::vector<float> codeScales(fp8 ? rows * kBlocks : 0);
+  if (input == Fp8Input::Codes)
+    kiln_quantize_fp8_host(
+        {static_cast<int>(rows), 1, 1},
+        {x.data(), codes.data(), codeScales.data(), k, 128, 0, 0});
+  GemmParams host{};
+  host.xRowStride = k;
+  host.outRowStride = n;
+  host.rows = offsets.empty() ? rows : 0;
+  host.n = n;
+  host.k = k;
+  host.blockRows = host.blockCols = 128;
+  host.experts = offsets.empty() ? 0 : static_cast<int>(experts);
+  GemmParams dev = host;
+  // Host operands.
+  host.x = input == Fp8Input::None     ? x.data()
+           : input == Fp8Input::Floats ? q.codes.data()
+                                       : nullptr;
+  host.xCodes = input == Fp8Input::Codes ? codes.data() : nullptr;
+  host.xScale = input == Fp8Input::Codes ? codeScales.data() : q.scales.data();
+  host.w = w.bytes.data();
+  host.wScale = w.scales.data();
+  host.offsets = offsets.empty() ? nullptr : offsets.data();
+  std::vector<float> want(rows * n, -1e30f);
+  host.out = want.data();
+  // Device operands.
+  if (host.x)
+    dev.x = device<const float>(input == Fp8Input::None ? t.upload(x)
+                                                        : t.upload(q.codes));
+  if (host.xCodes)
+    dev.xCodes = device<const unsigned char>(t.upload(codes));
+  if (fp8)
+    dev.xScale = device<const float>(
+        input == Fp8Input::Codes ? t.upload(codeScales) : t.upload(q.scales));
+  dev.w = device<const void>(t.upload(w.bytes));
+  if (fp8)
+    dev.wScale = device<const float>(t.upload(w.scales));
+  if (!offsets.empty())
+    dev.offsets = device<const int32_t>(t.upload(offsets));
+  std::vector<float> poison(rows * n, std::nanf(""));
+  CUdeviceptr out = t.upload(poison);
+  dev.out = device<float>(out);
+
+  const char *name = input == Fp8Input::None     ? "kiln_gemm_mma_bf16"
+                     : input == Fp8Input::Floats ? "kiln_gemm_mma_f8e4m3"
+                                                 : "kiln_gemm_mma_f8e4m3_q8";
+  Dim3 grid = mmaGemmGrid(n, experts);
+  t.launch(name, grid, dev);
+  if (input == Fp8Input::None)
+    kiln_gemm_mma_bf16_host(grid, host);
+  else if (input == Fp8Input::Floats)
+    kiln_gemm_mma_f8e4m3_host(grid, host);
+  else
+    kiln_gemm_mma_f8e4m3_q8_host(grid, host);
+  std::vector<float> got = gpu.download(out, rows * n);
+  // The operands as multiplied, for the bound.
+  std::vector<float> xs(x.size());
+  for (size_t i = 0; i < xs.size(); ++i)
+    xs[i] = fp8 ? q.codes[i] * q.scales[i / k * kBlocks + i % k / 128]
+                : bf16ToFloat(floatToBf16(x[i]));
+  auto expert = [&](int64_t row) {
+    int64_t e = 0;
+    while (!offsets.empty() && offsets[e + 1] <= row)
+      ++e;
+    return e;
+  };
+  expectClose(
+      got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
+      [&](int64_t i) { return expert(i / n) * n + i % n; }, what);
+}
+
+TEST_F(MmaGemmGpu, DenseMatchesTheHostBuild) {
+  for (Fp8Input input : {Fp8Input::None, Fp8Input::Floats, Fp8Input::Codes})
+    for (auto [rows, n, k] :
+         {std::tuple<int64_t, int64_t, int64_t>{1, 200, 1000},
+          {7, 2048, 2048},
+          {9, 200, 1000},
+          {33, 1408, 2048},
+          {70, 40, 384}})
+      checkGemm(*this, *gpu_, input, rows, n, k, {},
+                std::to_string(rows) + "x" + std::to_string(n) + "x" +
+                    std::to_string(k) + " input " +
+                    std::to_string(static_cast<int>(input)));
+}
+
+TEST_F(MmaGemmGpu, GroupedMatchesTheHostBuild) {
+  // Empty experts, a run of 40 rows (two passes), single rows, 7 rows.
+  std::vector<int32_t> offsets = {0, 0, 40, 40, 41, 48, 48, 49};
+  for (Fp8Input input : {Fp8Input::None, Fp8Input::Floats, Fp8Input::Codes})
+    checkGemm(*this, *gpu_, input, offsets.back(), 1408, 2048, offsets,
+              "grouped input " + std::to_string(static_cast<int>(input)));
+}
+
+} // namespace
+} // namespace kiln::cuda

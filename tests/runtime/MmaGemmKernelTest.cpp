@@ -1,0 +1,252 @@
+// Host builds of the tensor-core GEMMs (runtime/kernels/MmaGemm.h) against
+// the CPU kernels: dense, per head and grouped by expert, bf16 and FP8
+// weights (FP8 activations as floats or as e4m3 bytes). The host build runs
+// the kernel's per-lane fragment loads and stores and a host mma that
+// multiplies by the PTX fragment layout, so a wrong lane, register or k
+// permutation puts products in the wrong place, far outside the bound.
+//
+// bf16: the kernel rounds activations to bf16, so the reference is
+// cpu::linear on the rounded activations (fp32 products of the same
+// operands; only the summation order differs). FP8: the codes of both are
+// exact in bf16, so the reference is the CPU's FP8 GEMM itself.
+#include "MmaGemm.h"
+#include "tests/runtime/GemmTestUtil.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace kiln {
+namespace {
+
+using namespace kiln::testing;
+
+/// Activations as the mma GEMM multiplies them (rounded to bf16).
+std::vector<float> roundedToBf16(std::vector<float> x) {
+  for (float &v : x)
+    v = bf16ToFloat(floatToBf16(v));
+  return x;
+}
+
+enum class Fp8Input { None, Floats, Codes };
+
+void runMma(Fp8Input input, Dim3 grid, const GemmParams &p) {
+  switch (input) {
+  case Fp8Input::None:
+    return kiln_gemm_mma_bf16_host(grid, p);
+  case Fp8Input::Floats:
+    return kiln_gemm_mma_f8e4m3_host(grid, p);
+  case Fp8Input::Codes:
+    return kiln_gemm_mma_f8e4m3_q8_host(grid, p);
+  }
+}
+
+/// FP8 activations as a fused epilogue leaves them: e4m3 bytes, scales.
+struct Codes {
+  std::vector<unsigned char> bytes;
+  std::vector<float> scales;
+};
+Codes quantizeToBytes(const std::vector<float> &x, int64_t rows, int64_t k) {
+  Codes c{std::vector<unsigned char>(rows * k),
+          std::vector<float>(rows * ((k + 127) / 128))};
+  kiln_quantize_fp8_host(
+      {static_cast<int>(rows), 1, 1},
+      {x.data(), c.bytes.data(), c.scales.data(), k, 128, 0, 0});
+  return c;
+}
+
+/// p's activations for `input`: x rounded by the kernel (bf16), FP8 codes
+/// as floats, or e4m3 bytes. Returns the operands as multiplied, for the
+/// error bound.
+std::vector<float> setActivations(GemmParams &p, Fp8Input input,
+                                  const std::vector<float> &x, int64_t rows,
+                                  int64_t k, Quantized &q, Codes &codes) {
+  switch (input) {
+  case Fp8Input::None:
+    p.x = x.data();
+    return roundedToBf16(x);
+  case Fp8Input::Floats:
+    q = quantize(x, rows, k, false);
+    p.x = q.codes.data();
+    p.xScale = q.scales.data();
+    break;
+  case Fp8Input::Codes:
+    codes = quantizeToBytes(x, rows, k);
+    q = quantize(x, rows, k, false); // the same codes, decoded
+    p.x = nullptr;
+    p.xCodes = codes.bytes.data();
+    p.xScale = codes.scales.data();
+    break;
+  }
+  std::vector<float> xs(x.size());
+  int64_t kBlocks = (k + 127) / 128;
+  for (size_t i = 0; i < xs.size(); ++i)
+    xs[i] = q.codes[i] * q.scales[i / k * kBlocks + i % k / 128];
+  return xs;
+}
+
+const char *inputName(Fp8Input input) {
+  return input == Fp8Input::None     ? "bf16"
+         : input == Fp8Input::Floats ? "fp8"
+                                     : "fp8 codes";
+}
+
+TEST(MmaGemmKernel, LinearMatchesCpu) {
+  // Rows: one mma column of 8 (1, 5, 8), two (9), four (17, 32), and a
+  // second pass (40, 70). n: one block, a partial one (40, 200). k: a
+  // partial slab (72), whole steps (256), a partial step split unevenly
+  // over the warps (1000).
+  for (Fp8Input input : {Fp8Input::None, Fp8Input::Floats, Fp8Input::Codes})
+    for (auto [rows, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 16, 256},
+                              {5, 40, 72},
+                              {8, 200, 1000},
+                              {9, 64, 256},
+                              {17, 48, 1000},
+                              {32, 16, 128},
+                              {40, 200, 256},
+                              {70, 33, 384}})
+      for (bool bias : {false, true}) {
+        std::string what = std::string(inputName(input)) + " " +
+                           std::to_string(rows) + "x" + std::to_string(n) +
+                           "x" + std::to_string(k) + (bias ? " bias" : "");
+        bool fp8 = input != Fp8Input::None;
+        cpu::ElementType type =
+            fp8 ? cpu::ElementType::F8E4M3 : cpu::ElementType::BF16;
+        Weights w = makeWeights(type, 1, n, k, 31);
+        std::vector<float> x = randomRows(rows, k, 32);
+        std::vector<float> b = randomRows(1, n, 33);
+        GemmParams p{};
+        Quantized q;
+        Codes codes;
+        std::vector<float> xs = setActivations(p, input, x, rows, k, q, codes);
+        std::vector<float> want(rows * n), got(rows * n, -1e30f);
+        std::vector<float> scratch(
+            static_cast<size_t>(cpu::fp8ActivationScratch(rows, k, 128)));
+        cpu::Weight cpuBias =
+            bias ? cpu::Weight{b.data(), cpu::ElementType::F32} : cpu::Weight{};
+        if (fp8)
+          cpu::linear(x.data(), rows, k, cpuWeight(w), n, cpuBias, want.data(),
+                      {scratch.data(), false});
+        else
+          cpu::linear(xs.data(), rows, k, cpuWeight(w), n, cpuBias,
+                      want.data());
+        p.w = w.bytes.data();
+        p.wScale = w.scales.data();
+        p.bias = bias ? b.data() : nullptr;
+        p.biasType = bias ? BiasF32 : NoBias;
+        p.out = got.data();
+        p.xRowStride = k;
+        p.outRowStride = n;
+        p.rows = rows;
+        p.n = n;
+        p.k = k;
+        p.blockRows = p.blockCols = 128;
+        ASSERT_TRUE(
+            mmaGemmFits(k, fp8, input == Fp8Input::Codes, 128, 128, k, 0))
+            << what;
+        runMma(input, mmaGemmGrid(n, 1), p);
+        expectClose(
+            got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
+            [&](int64_t i) { return i % n; }, what);
+      }
+}
+
+TEST(MmaGemmKernel, HeadLinearMatchesCpu) {
+  // Absorbed MLA's per-head GEMMs: x [tokens, heads, k], w [heads, n, k].
+  const int64_t tokens = 11, heads = 4, k = 256, n = 160;
+  for (Fp8Input input : {Fp8Input::None, Fp8Input::Floats}) {
+    bool fp8 = input != Fp8Input::None;
+    cpu::ElementType type =
+        fp8 ? cpu::ElementType::F8E4M3 : cpu::ElementType::BF16;
+    Weights w = makeWeights(type, heads, n, k, 34);
+    std::vector<float> x = randomRows(tokens * heads, k, 35);
+    GemmParams p{};
+    Quantized q;
+    Codes codes;
+    std::vector<float> xs =
+        setActivations(p, input, x, tokens * heads, k, q, codes);
+    std::vector<float> want(tokens * heads * n), got(want.size(), -1e30f);
+    std::vector<float> scratch(
+        static_cast<size_t>(cpu::headLinearScratch(tokens, k, n)));
+    std::vector<float> act(
+        static_cast<size_t>(cpu::fp8ActivationScratch(tokens * heads, k, 128)));
+    cpu::headLinear(fp8 ? x.data() : xs.data(), tokens, heads, k, cpuWeight(w),
+                    n, want.data(), scratch.data(), {act.data(), false});
+    p.xMatrixStride = k;
+    p.w = w.bytes.data();
+    p.wScale = w.scales.data();
+    p.out = got.data();
+    p.xRowStride = heads * k;
+    p.outRowStride = heads * n;
+    p.outMatrixStride = n;
+    p.rows = tokens;
+    p.n = n;
+    p.k = k;
+    p.blockRows = p.blockCols = 128;
+    runMma(input, mmaGemmGrid(n, heads), p);
+    expectClose(
+        got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
+        [&](int64_t i) { return (i / n % heads) * n + i % n; },
+        inputName(input));
+  }
+}
+
+TEST(MmaGemmKernel, GroupedLinearReadsExpertOffsetsOnTheDevice) {
+  const int64_t experts = 6, n = 96, k = 384;
+  // Empty experts, a run of 40 rows (a pass of 32, then 8), one row, 7.
+  std::vector<int32_t> offsets = {0, 0, 40, 40, 41, 48, 48};
+  int64_t rows = offsets.back();
+  for (Fp8Input input : {Fp8Input::None, Fp8Input::Floats, Fp8Input::Codes}) {
+    bool fp8 = input != Fp8Input::None;
+    cpu::ElementType type =
+        fp8 ? cpu::ElementType::F8E4M3 : cpu::ElementType::BF16;
+    Weights w = makeWeights(type, experts, n, k, 36);
+    std::vector<float> x = randomRows(rows, k, 37);
+    GemmParams p{};
+    Quantized q;
+    Codes codes;
+    std::vector<float> xs = setActivations(p, input, x, rows, k, q, codes);
+    std::vector<float> want(rows * n), got(rows * n, -1e30f);
+    std::vector<float> act(
+        static_cast<size_t>(cpu::fp8ActivationScratch(rows, k, 128)));
+    cpu::groupedLinear(fp8 ? x.data() : xs.data(), k, cpuWeight(w), experts, n,
+                       offsets.data(), want.data(), {act.data(), false});
+    p.w = w.bytes.data();
+    p.wScale = w.scales.data();
+    p.out = got.data();
+    p.xRowStride = k;
+    p.outRowStride = n;
+    p.rows = 0; // ignored: offsets[experts] counts them
+    p.n = n;
+    p.k = k;
+    p.blockRows = p.blockCols = 128;
+    p.offsets = offsets.data();
+    p.experts = static_cast<int>(experts);
+    runMma(input, mmaGemmGrid(n, experts), p);
+    auto expert = [&](int64_t row) {
+      int e = 0;
+      while (offsets[e + 1] <= row)
+        ++e;
+      return e;
+    };
+    expectClose(
+        got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
+        [&](int64_t i) { return expert(i / n) * n + i % n; }, inputName(input));
+  }
+}
+
+TEST(MmaGemmKernel, FitsOnlyWholeLoadsAndScaleBlocks) {
+  EXPECT_TRUE(mmaGemmFits(2048, false, false, 0, 0, 2048, 0));
+  EXPECT_FALSE(mmaGemmFits(2044, false, false, 0, 0, 2044, 0)); // k % 8
+  EXPECT_FALSE(mmaGemmFits(2048, false, false, 0, 0, 2050, 0)); // row stride
+  EXPECT_FALSE(mmaGemmFits(128, false, false, 0, 0, 512, 130)); // per head
+  EXPECT_TRUE(mmaGemmFits(2048, true, true, 128, 128, 2056, 0));
+  EXPECT_FALSE(mmaGemmFits(2048, true, true, 128, 128, 2052, 0)); // codes: 8
+  EXPECT_FALSE(mmaGemmFits(2048, true, false, 8, 128, 2048, 0));  // rows < 16
+  EXPECT_FALSE(mmaGemmFits(2048, true, false, 128, 64, 2048, 0)); // k block
+}
+
+} // namespace
+} // namespace kiln
