@@ -15,7 +15,8 @@ Measures
     instead of tensor-core GEMMs);
   * prefill tokens/s of 2K tokens (batch 1); Kiln also with
     KILN_EXPERT_GEMMS=grouped (the experts as one grouped library GEMM
-    instead of one cuBLASLt GEMM per expert);
+    instead of one cuBLASLt GEMM per expert) and with KILN_MMA_ATTENTION=off
+    (attention on the CUDA cores in fp32 instead of the tensor cores);
   * the achieved fraction of HBM bandwidth at batch 1: bytes one decode step
     reads (every weight except the embedding table, of which one row; of
     each MoE layer's routed experts only the 6 of 64 selected; Kiln's f32
@@ -245,6 +246,13 @@ def main():
                                 env={"KILN_EXPERT_GEMMS": "grouped"})
         result["prefill"]["kiln_grouped_experts_tokens_per_s"] = \
             grouped["results"][0]["prefill_tokens_per_s"]
+        # Prefill attention on the CUDA cores in fp32 instead of the tensor
+        # cores: what the tensor-core attention gains.
+        fp32_attention, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1],
+                                       [prefill], 1, args.repeats, synthetic=False,
+                                       env={"KILN_MMA_ATTENTION": "off"})
+        result["prefill"]["kiln_cuda_core_attention_tokens_per_s"] = \
+            fp32_attention["results"][0]["prefill_tokens_per_s"]
         # Decode at the shortest context with every GEMM cuBLASLt does not
         # take as a GEMV (KILN_MMA_GEMMS=off): what the tensor-core GEMMs gain.
         log("Kiln: decode without the tensor-core GEMMs")

@@ -110,16 +110,17 @@ for stage in $stages; do
       tail -5 "$out/memcheck.log"
       record "compute-sanitizer memcheck (FP8 cuBLASLt, per-expert GEMMs)" $status
     fi
-    # The tensor-core GEMMs (bf16 and FP8 weights) for every GEMM they take.
+    # The tensor-core GEMMs (bf16 and FP8 weights) and attention for all
+    # they take.
     status=0
     for model in deepseek-v2-lite-bf16 deepseek-v3-fp8; do
-      KILN_MMA_GEMMS=on timeout "$(limit memcheck 180)" "$sanitizer" \
+      KILN_MMA_GEMMS=on KILN_MMA_ATTENTION=on timeout "$(limit memcheck 180)" "$sanitizer" \
         --tool memcheck --error-exitcode 1 --leak-check full --target-processes all \
         "$bundle/bin/kiln-run" run "$bundle/artifacts/compare/$model.kiln" --device cuda \
         --tokens 1,2,3,4,5,6,7 --max-new-tokens 6 >> "$out/memcheck.log" 2>&1 || status=1
     done
     tail -5 "$out/memcheck.log"
-    record "compute-sanitizer memcheck (tensor-core GEMMs)" $status
+    record "compute-sanitizer memcheck (tensor-core GEMMs and attention)" $status
     ;;
   profile)
     stamp "Nsight Compute: kernel times of V2-Lite decode steps"

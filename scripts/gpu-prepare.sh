@@ -95,9 +95,10 @@ variant llama-bf16 llama-bf16 1e-2
 # The same prompts with each expert's rows as their own GEMM (cuBLASLt where
 # an expert has 16 rows or more).
 compare+=('{"name": "deepseek-v2-lite-bf16-per-expert", "artifact": "deepseek-v2-lite-bf16", "tolerance": 1e-2, "env": {"KILN_EXPERT_GEMMS": "per-expert"}}')
-# Every GEMM the tensor-core kernels take (bf16, FP8) on them, single rows too.
-compare+=('{"name": "deepseek-v2-lite-bf16-mma", "artifact": "deepseek-v2-lite-bf16", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on"}}')
-compare+=('{"name": "llama-bf16-mma", "artifact": "llama-bf16", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on"}}')
+# Every GEMM (bf16, FP8) and attention the tensor-core kernels take on
+# them, decode's single rows too.
+compare+=('{"name": "deepseek-v2-lite-bf16-mma", "artifact": "deepseek-v2-lite-bf16", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on", "KILN_MMA_ATTENTION": "on"}}')
+compare+=('{"name": "llama-bf16-mma", "artifact": "llama-bf16", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on", "KILN_MMA_ATTENTION": "on"}}')
 compare+=('{"name": "deepseek-v3-fp8-mma", "artifact": "deepseek-v3-fp8", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on"}}')
 
 work="$(mktemp -d)"

@@ -103,6 +103,25 @@ KILN_FN void mmaBf16(Lanes<MmaC> &c, const Lanes<MmaA> &a,
 #endif
 }
 
+/// Each lane's value replaced by the largest (Max) or the sum of the four
+/// lanes of its group (lanes 4g .. 4g + 3: one row of an mma fragment).
+template <bool Max> KILN_FN void reduceOverGroup(Lanes<float> &v) {
+#if defined(__CUDACC__)
+  for (int offset = 1; offset < 4; offset <<= 1) {
+    float other = __shfl_xor_sync(0xffffffffu, v.value, offset);
+    v.value = Max ? fmaxf(v.value, other) : v.value + other;
+  }
+#else
+  for (int g = 0; g < 8; ++g) {
+    float r = v[4 * g];
+    for (int t = 1; t < 4; ++t)
+      r = Max ? fmaxf(r, v[4 * g + t]) : r + v[4 * g + t];
+    for (int t = 0; t < 4; ++t)
+      v[4 * g + t] = r;
+  }
+#endif
+}
+
 } // namespace kiln
 
 #endif // KILN_KERNELS_WARP_MMA_H

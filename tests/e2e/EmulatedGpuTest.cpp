@@ -43,24 +43,29 @@ struct Case {
   /// after reading the offsets back (what cuBLASLt takes on a GPU; the
   /// library GEMM here).
   std::string expertGemms = "auto";
-  /// KILN_MMA_GEMMS: on runs every bf16 and FP8 GEMM the library takes on
-  /// the (emulated) tensor cores, off none.
+  /// KILN_MMA_GEMMS: on runs every bf16 and FP8 GEMM the tensor-core GEMM
+  /// takes on it, off none.
   std::string mmaGemms = "auto";
+  /// KILN_MMA_ATTENTION: likewise for attention over f32 keys and values.
+  std::string mmaAttention = "auto";
 };
 
-/// bf16 weights on the tensor cores multiply activations rounded to bf16:
-/// within bf16 resolution of the CPU's fp32 activations. Everything else
-/// differs from the CPU only in the order of fp32 sums (FP8 codes are
-/// exact in bf16).
+/// bf16 weights on the tensor cores multiply activations rounded to bf16,
+/// and bf16 models' prefill attention runs on them in bf16: within bf16
+/// resolution of the CPU's fp32. Everything else differs from the CPU only
+/// in the order of fp32 sums (FP8 codes are exact in bf16).
 float tolerance(const Case &c) {
   bool bf16 = c.model.find("bf16") != std::string::npos;
-  return bf16 && c.mmaGemms != "off" ? 1e-2f : 1e-4f;
+  bool bf16Activations =
+      c.mmaAttention == "on" ||
+      (bf16 && (c.mmaGemms != "off" || c.mmaAttention != "off"));
+  return bf16Activations ? 1e-2f : 1e-4f;
 }
 
 void PrintTo(const Case &c, std::ostream *os) {
   *os << c.model << " mla=" << c.mla << (c.fp8Weights ? " fp8" : "")
       << " latent cache " << c.latentCache << " experts " << c.expertGemms
-      << " mma " << c.mmaGemms;
+      << " mma gemms " << c.mmaGemms << " attention " << c.mmaAttention;
 }
 
 std::string caseName(const ::testing::TestParamInfo<Case> &info) {
@@ -69,7 +74,10 @@ std::string caseName(const ::testing::TestParamInfo<Case> &info) {
       (info.param.fp8Weights ? "_fp8" : "") +
       (info.param.latentCache == "fp8" ? "_fp8cache" : "") +
       (info.param.expertGemms == "auto" ? "" : "_" + info.param.expertGemms) +
-      (info.param.mmaGemms == "auto" ? "" : "_mma_" + info.param.mmaGemms);
+      (info.param.mmaGemms == "auto" ? "" : "_mma_" + info.param.mmaGemms) +
+      (info.param.mmaAttention == "auto"
+           ? ""
+           : "_attention_" + info.param.mmaAttention);
   for (char &c : name)
     if (!std::isalnum(static_cast<unsigned char>(c)))
       c = '_';
@@ -81,6 +89,9 @@ int64_t mmaLaunches() {
   return cuda::emulatedLaunches("kiln_gemm_mma_bf16") +
          cuda::emulatedLaunches("kiln_gemm_mma_f8e4m3") +
          cuda::emulatedLaunches("kiln_gemm_mma_f8e4m3_q8");
+}
+int64_t mmaAttentionLaunches() {
+  return cuda::emulatedLaunches("kiln_attention_mma");
 }
 
 class EmulatedGpu : public ::testing::TestWithParam<Case> {};
@@ -100,6 +111,7 @@ TEST_P(EmulatedGpu, MatchesTheCpuExecutor) {
   ASSERT_TRUE(model.ok()) << model.status().message();
   ::setenv("KILN_EXPERT_GEMMS", c.expertGemms.c_str(), 1);
   ::setenv("KILN_MMA_GEMMS", c.mmaGemms.c_str(), 1);
+  ::setenv("KILN_MMA_ATTENTION", c.mmaAttention.c_str(), 1);
   {
     SessionOptions probe;
     probe.device = Device::Emulated;
@@ -111,17 +123,27 @@ TEST_P(EmulatedGpu, MatchesTheCpuExecutor) {
   std::string cpuWhere, gpuWhere;
   std::vector<std::vector<float>> cpu =
       testing::runDeviceSteps(**model, Device::Cpu, cpuWhere);
-  int64_t mmaBefore = mmaLaunches();
+  int64_t mmaBefore = mmaLaunches(), attentionBefore = mmaAttentionLaunches();
   std::vector<std::vector<float>> gpu =
       testing::runDeviceSteps(**model, Device::Emulated, gpuWhere, &cpu);
   // The tensor-core GEMMs take bf16 and FP8 weights: in auto, the GEMMs
-  // of the multi-row prefill chunks at least.
+  // of the multi-row prefill chunks at least. Their attention: bf16 models'
+  // prefill in auto (these models' head dimensions all fit it), every
+  // attention over f32 keys when on.
   int64_t mma = mmaLaunches() - mmaBefore;
-  bool f32Weights = !c.fp8Weights && c.model.find("bf16") == std::string::npos;
-  if (c.mmaGemms == "off" || f32Weights) {
+  bool bf16 = c.model.find("bf16") != std::string::npos;
+  if (c.mmaGemms == "off" || (!c.fp8Weights && !bf16)) {
     EXPECT_EQ(mma, 0);
   } else {
     EXPECT_GT(mma, 0);
+  }
+  int64_t attention = mmaAttentionLaunches() - attentionBefore;
+  bool fp8Cache = c.latentCache == "fp8";
+  if (c.mmaAttention == "off" || (c.mmaAttention == "auto" && !bf16) ||
+      fp8Cache) {
+    EXPECT_EQ(attention, 0);
+  } else {
+    EXPECT_GT(attention, 0);
   }
   EXPECT_EQ(cpuWhere, "cpu");
   EXPECT_EQ(gpuWhere.rfind("cuda: host emulation", 0), 0u) << gpuWhere;
@@ -131,6 +153,7 @@ TEST_P(EmulatedGpu, MatchesTheCpuExecutor) {
             std::string::npos)
       << gpuWhere;
   ::unsetenv("KILN_MMA_GEMMS");
+  ::unsetenv("KILN_MMA_ATTENTION");
   // In fp32 with different summation orders: each logit within 1e-4 of the
   // row's largest, far above the fp32 rounding of these short sums and far
   // below what a wrong kernel does (scaling one add's input by 1.001 fails
@@ -269,24 +292,40 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"deepseek-v3"}, Case{"deepseek-v3", "naive"},
         Case{"deepseek-v3", "absorbed", true, "fp8"}, Case{"deepseek-v2"},
         Case{"deepseek-v2-lite"},
-        Case{.model = "deepseek-v2-lite-bf16", .mmaGemms = "off"},
-        Case{"qwen2"}, Case{.model = "llama-bf16", .mmaGemms = "off"},
+        Case{.model = "deepseek-v2-lite-bf16",
+             .mmaGemms = "off",
+             .mmaAttention = "off"},
+        Case{"qwen2"},
+        Case{.model = "llama-bf16", .mmaGemms = "off", .mmaAttention = "off"},
         Case{"deepseek-v3", "auto", false, "f32", "per-expert"},
         Case{"deepseek-v3", "absorbed", true, "fp8", "per-expert"},
-        Case{"deepseek-v2-lite-bf16", "auto", false, "f32", "per-expert",
-             "off"},
-        // The tensor-core GEMMs for every GEMM they take (single decode
-        // rows too). bf16 in auto (each GEMM on the tensor cores or not by
-        // its rows) is not compared: its rounding resolves a router
-        // near-tie of this tiny MoE model the other way at one decode step
-        // (a different expert for one token: 9% of the row's maximum off,
-        // the next step within bf16 resolution again); FP8 in auto is
-        // compared, at 1e-4.
-        Case{.model = "deepseek-v2-lite-bf16", .mmaGemms = "on"},
-        Case{.model = "llama-bf16", .mmaGemms = "on"},
+        Case{.model = "deepseek-v2-lite-bf16",
+             .expertGemms = "per-expert",
+             .mmaGemms = "off",
+             .mmaAttention = "off"},
+        // The tensor-core kernels for everything they take (decode's single
+        // rows and absorbed-MLA attention too). bf16 MoE in auto (each
+        // GEMM on the tensor cores or not by its rows) is not compared: its
+        // rounding resolves a router near-tie of this tiny MoE model the
+        // other way at one decode step (a different expert for one token:
+        // 9% of the row's maximum off, the next step within bf16 resolution
+        // again); dense bf16 and FP8 in auto are.
+        Case{.model = "deepseek-v2-lite-bf16",
+             .mmaGemms = "on",
+             .mmaAttention = "on"},
+        Case{.model = "llama-bf16", .mmaGemms = "on", .mmaAttention = "on"},
         Case{.model = "llama-bf16"},
-        Case{"deepseek-v3", "absorbed", true, "fp8", "auto", "on"},
-        Case{"deepseek-v3", "absorbed", true, "f32", "per-expert", "on"}),
+        Case{.model = "deepseek-v3",
+             .mla = "absorbed",
+             .fp8Weights = true,
+             .latentCache = "fp8",
+             .mmaGemms = "on"},
+        Case{.model = "deepseek-v3",
+             .mla = "absorbed",
+             .fp8Weights = true,
+             .expertGemms = "per-expert",
+             .mmaGemms = "on"},
+        Case{.model = "deepseek-v3", .mmaAttention = "on"}),
     caseName);
 
 } // namespace

@@ -19,11 +19,12 @@ largest logit: 1e-3 for the tiny models, 2e-3 for the V2-Lite model (sums
 over 2048-10944 terms), far inside bf16's resolution (2^-8 = 3.9e-3
 relative). GEMMs with bf16 weights run on cuBLASLt (16 rows or more) or on
 the tensor-core GEMM (2 rows or more per matrix) with activations rounded
-to bf16, which moves the logits as far as bf16 arithmetic does (routing
-near-ties amplify it); so for models with bf16 weights the bound is twice
-the distance between HF's own bf16 and fp32 runs, and the same prompts
-also run with KILN_CUBLASLT=0 KILN_MMA_GEMMS=off (every GEMM in fp32)
-against the fp32 bound. Greedy tokens must agree
+to bf16, and such models' prefill attention on the tensor cores in bf16,
+which moves the logits as far as bf16 arithmetic does (routing near-ties
+amplify it); so for models with bf16 weights the bound is twice the
+distance between HF's own bf16 and fp32 runs, and the same prompts also
+run with KILN_CUBLASLT=0 KILN_MMA_GEMMS=off KILN_MMA_ATTENTION=off (all in
+fp32) against the fp32 bound. Greedy tokens must agree
 at every decode step where HF's top-2 margin exceeds twice the measured
 logit difference (a smaller margin is a tie the error may flip; such steps
 are reported, not failed).
@@ -149,8 +150,8 @@ def check_prompt(name, model, bundle, artifact, tokens, kiln_device, tmp, tolera
 
 
 REPORT_PATH = None
-# Every GEMM in Kiln's own kernels with fp32 activations.
-FP32_GEMMS = {"KILN_CUBLASLT": "0", "KILN_MMA_GEMMS": "off"}
+# Every GEMM and attention in Kiln's own kernels with fp32 activations.
+FP32_GEMMS = {"KILN_CUBLASLT": "0", "KILN_MMA_GEMMS": "off", "KILN_MMA_ATTENTION": "off"}
 
 
 def report(results):

@@ -13,6 +13,7 @@
 #include "runtime/kernels/KvAttention.h"
 #include "runtime/kernels/Library.h"
 #include "runtime/kernels/Matmul.h"
+#include "runtime/kernels/MmaAttention.h"
 #include "runtime/kernels/MmaGemm.h"
 
 #include <algorithm>
@@ -82,6 +83,12 @@ struct Executor::Impl {
   /// cuBLASLt's GEMMs).
   enum class MmaGemms { Auto, On, Off } mmaGemms = MmaGemms::Auto;
   static constexpr int64_t kMmaMinRows = 2;
+  /// Attention on the tensor cores (MmaAttention.h: bf16 operands) where
+  /// its shapes fit: Auto in prefill of models with bf16 GEMM weights
+  /// (whose activations cuBLASLt rounds to bf16 already);
+  /// KILN_MMA_ATTENTION=on or off forces either (on: decode too).
+  enum class MmaAttention { Auto, On, Off } mmaAttention = MmaAttention::Auto;
+  bool bf16Weights = false; // some GEMM of the plan has bf16 weights
   /// Whether launches are being captured into a graph (no host reads).
   bool capturing = false;
   /// The expert offsets runExperts last read back: valid until the next
@@ -1060,8 +1067,17 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
   if (p.splits > 1 &&
       size_t(rows * p.heads * p.splits * (2 + p.dv)) > attentionScratchFloats)
     return absl::InternalError("GPU attention: split scratch too small");
+  // float2 loads of query and key pairs.
+  bool pairs = !p.fp8Slot && p.k.rowStride % 2 == 0 &&
+               p.k.headStride % 2 == 0 && p.k.offset % 2 == 0 &&
+               (reinterpret_cast<uintptr_t>(p.q) & 7) == 0 &&
+               (reinterpret_cast<uintptr_t>(p.k.data) & 7) == 0;
+  bool mma =
+      pairs && mmaAttentionFits(p.dk, p.dv) &&
+      (mmaAttention == MmaAttention::On ||
+       (mmaAttention == MmaAttention::Auto && bf16Weights && shape.seq > 1));
   if (absl::Status s = launch(
-          "kiln_attention",
+          mma ? "kiln_attention_mma" : "kiln_attention",
           attentionGrid(shape.batch, shape.seq, p.heads, p.kvHeads, p.splits),
           p);
       !s.ok())
@@ -1180,6 +1196,24 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
           "KILN_EXPERT_GEMMS is \"" + mode +
           "\"; expected auto, per-expert or grouped");
   }
+  if (const char *mma = std::getenv("KILN_MMA_ATTENTION")) {
+    std::string mode = mma;
+    if (mode == "on")
+      impl->mmaAttention = Impl::MmaAttention::On;
+    else if (mode == "off")
+      impl->mmaAttention = Impl::MmaAttention::Off;
+    else if (!mode.empty() && mode != "auto")
+      return absl::InvalidArgumentError("KILN_MMA_ATTENTION is \"" + mode +
+                                        "\"; expected auto, on or off");
+  }
+  for (const art::EntryPoint *e : *model.plan->entry_points())
+    for (const art::Launch *l : *e->launches())
+      if ((l->kernel() == art::KernelKind::Linear ||
+           l->kernel() == art::KernelKind::Logits ||
+           l->kernel() == art::KernelKind::HeadLinear ||
+           l->kernel() == art::KernelKind::GroupedLinear) &&
+          l->args()->Get(1)->type() == art::ElementType::BF16)
+        impl->bf16Weights = true;
   if (const char *mma = std::getenv("KILN_MMA_GEMMS")) {
     std::string mode = mma;
     if (mode == "on")

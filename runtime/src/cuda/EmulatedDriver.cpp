@@ -5,6 +5,7 @@
 #include "runtime/kernels/KvAttention.h"
 #include "runtime/kernels/Library.h"
 #include "runtime/kernels/Matmul.h"
+#include "runtime/kernels/MmaAttention.h"
 #include "runtime/kernels/MmaGemm.h"
 
 #include <cstdlib>
@@ -72,6 +73,7 @@ const std::vector<HostKernel> &hostKernels() {
       KILN_HOST_KERNEL(kiln_kv_gather, KvGatherParams),
       KILN_HOST_KERNEL(kiln_attention, AttentionParams),
       KILN_HOST_KERNEL(kiln_attention_merge, AttentionParams),
+      KILN_HOST_KERNEL(kiln_attention_mma, AttentionParams),
       KILN_HOST_KERNEL(kiln_gemv_f32, GemmParams),
       KILN_HOST_KERNEL(kiln_gemv_bf16, GemmParams),
       KILN_HOST_KERNEL(kiln_gemv_f16, GemmParams),

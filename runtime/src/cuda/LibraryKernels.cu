@@ -4,4 +4,5 @@
 #include "KvAttention.h"
 #include "Library.h"
 #include "Matmul.h"
+#include "MmaAttention.h"
 #include "MmaGemm.h"

@@ -1,13 +1,17 @@
-// The tensor-core GEMMs (runtime/kernels/MmaGemm.h) on a GPU, from the
-// runtime's library fatbin, against their host builds on the same operands
-// (which MmaGemmKernelTest.cpp holds to the CPU kernels): the mma.sync
-// fragment layout, the warps' split of k and their sum through shared
-// memory are what only the GPU build has. Dense GEMMs of 1 to 70 rows (one
+// The tensor-core kernels (runtime/kernels/MmaGemm.h, MmaAttention.h) on a
+// GPU, from the runtime's library fatbin, against their host builds on the
+// same operands (which MmaGemmKernelTest.cpp and MmaAttentionKernelTest.cpp
+// hold to the CPU kernels): the mma.sync fragment layout, the group
+// shuffles, the warps' split of k or keys and their merge through shared
+// memory are what only the GPU build has. GEMMs: dense of 1 to 70 rows (one
 // to three passes), a k the four warps split unevenly, a partial block of
 // output columns; grouped by expert; bf16 and FP8 weights (FP8 activations
-// as decoded floats and as e4m3 bytes). The outputs are poisoned first.
+// as decoded floats and as e4m3 bytes). Attention: a prefill of 16-row
+// tiles with V2-Lite's head dimensions, ragged lengths, padding rows,
+// context splits. The outputs are poisoned first.
 // Without a GPU the tests are skipped, saying so (label gpu);
 // KILN_GPU_TESTS_EMULATE=1 runs them through the emulated driver.
+#include "MmaAttention.h"
 #include "MmaGemm.h"
 #include "runtime/src/cuda/CudaDriver.h"
 #include "runtime/src/cuda/EmulatedDriver.h"
@@ -17,6 +21,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <optional>
@@ -29,7 +34,7 @@ namespace {
 
 using namespace kiln::testing;
 
-class MmaGemmGpu : public ::testing::Test {
+class MmaGpu : public ::testing::Test {
 protected:
   void SetUp() override {
     // KILN_GPU_TESTS_EMULATE=1: through the emulated driver (the host build
@@ -60,7 +65,7 @@ protected:
 
 public:
   /// Runs library kernel `name` over `grid` with `p` (device pointers).
-  void launch(const char *name, Dim3 grid, GemmParams p) {
+  template <class Params> void launch(const char *name, Dim3 grid, Params p) {
     const DriverApi &a = driver_->api();
     CUfunction f = nullptr;
     ASSERT_TRUE(
@@ -92,7 +97,7 @@ enum class Fp8Input { None, Floats, Codes };
 /// One GEMM on the GPU and through the host build: rows of x, weights of
 /// `matrices` (grouped by `offsets` when given), the device's outputs held
 /// to the summation bound around the host's.
-void checkGemm(MmaGemmGpu &t, Gpu &gpu, Fp8Input input, int64_t rows, int64_t n,
+void checkGemm(MmaGpu &t, Gpu &gpu, Fp8Input input, int64_t rows, int64_t n,
                int64_t k, const std::vector<int32_t> &offsets,
                const std::string &what) {
   bool fp8 = input != Fp8Input::None;
@@ -175,7 +180,7 @@ void checkGemm(MmaGemmGpu &t, Gpu &gpu, Fp8Input input, int64_t rows, int64_t n,
       [&](int64_t i) { return expert(i / n) * n + i % n; }, what);
 }
 
-TEST_F(MmaGemmGpu, DenseMatchesTheHostBuild) {
+TEST_F(MmaGpu, GemmDenseMatchesTheHostBuild) {
   for (Fp8Input input : {Fp8Input::None, Fp8Input::Floats, Fp8Input::Codes})
     for (auto [rows, n, k] :
          {std::tuple<int64_t, int64_t, int64_t>{1, 200, 1000},
@@ -189,12 +194,75 @@ TEST_F(MmaGemmGpu, DenseMatchesTheHostBuild) {
                     std::to_string(static_cast<int>(input)));
 }
 
-TEST_F(MmaGemmGpu, GroupedMatchesTheHostBuild) {
+TEST_F(MmaGpu, GemmGroupedMatchesTheHostBuild) {
   // Empty experts, a run of 40 rows (two passes), single rows, 7 rows.
   std::vector<int32_t> offsets = {0, 0, 40, 40, 41, 48, 48, 49};
   for (Fp8Input input : {Fp8Input::None, Fp8Input::Floats, Fp8Input::Codes})
     checkGemm(*this, *gpu_, input, offsets.back(), 1408, 2048, offsets,
               "grouped input " + std::to_string(static_cast<int>(input)));
+}
+
+TEST_F(MmaGpu, AttentionPrefillMatchesTheHostBuild) {
+  const int64_t batch = 2, seq = 300, heads = 16, dk = 192, dv = 128;
+  std::vector<float> q = randomRows(batch * seq * heads, dk, 51);
+  std::vector<float> k = randomRows(batch * seq * heads, dk, 52);
+  std::vector<float> v = randomRows(batch * seq * heads, dv, 53);
+  for (float &x : q)
+    x *= 0.1f;
+  std::vector<int32_t> positions(batch * seq), kvLengths = {300, 170};
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t s = 0; s < seq; ++s)
+      positions[b * seq + s] = s < kvLengths[b] ? static_cast<int32_t>(s) : -1;
+  float maxValue = 0;
+  for (float x : v)
+    maxValue = std::max(maxValue, std::fabs(bf16ToFloat(floatToBf16(x))));
+  for (int splits : {1, 3}) {
+    AttentionParams host{};
+    host.seq = seq;
+    host.heads = heads;
+    host.kvHeads = heads;
+    host.dk = dk;
+    host.dv = dv;
+    host.scale = 0.07f;
+    host.splits = splits;
+    host.splitTokens = attentionSplitTokens(seq, splits);
+    host.tables = {nullptr, 0, 0, seq};
+    AttentionParams dev = host;
+    std::vector<float> want(batch * seq * heads * dv, -1e30f);
+    std::vector<float> scratch(batch * seq * heads * splits * (2 + dv));
+    host.q = q.data();
+    host.k = {k.data(), heads * dk, dk, 0};
+    host.v = {v.data(), heads * dv, dv, 0};
+    host.positions = positions.data();
+    host.kvLengths = kvLengths.data();
+    host.out = want.data();
+    host.scratch = scratch.data();
+    dev.q = device<const float>(upload(q));
+    dev.k = {device<const float>(upload(k)), heads * dk, dk, 0};
+    dev.v = {device<const float>(upload(v)), heads * dv, dv, 0};
+    dev.positions = device<const int32_t>(upload(positions));
+    dev.kvLengths = device<const int32_t>(upload(kvLengths));
+    std::vector<float> poison(want.size(), std::nanf(""));
+    CUdeviceptr out = upload(poison);
+    dev.out = device<float>(out);
+    dev.scratch = device<float>(upload(scratch));
+    Dim3 grid = attentionGrid(batch, seq, heads, heads, splits);
+    Dim3 merge{static_cast<int>(batch * seq), static_cast<int>(heads), 1};
+    launch("kiln_attention_mma", grid, dev);
+    kiln_attention_mma_host(grid, host);
+    if (splits > 1) {
+      launch("kiln_attention_merge", merge, dev);
+      kiln_attention_merge_host(merge, host);
+    }
+    std::vector<float> got = gpu_->download(out, want.size());
+    // Both round Q, K, V and the weights to bf16; expf and the sums differ
+    // by ulps, which may round a weight to the neighbouring bf16 (2^-8).
+    float bound = 0x1p-8f * maxValue +
+                  4.0f * static_cast<float>(seq) * 0x1p-24f * maxValue;
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_NEAR(got[i], want[i], bound)
+          << "splits " << splits << " element " << i;
+  }
 }
 
 } // namespace

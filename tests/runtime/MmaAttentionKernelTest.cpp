@@ -1,0 +1,157 @@
+// Host build of the tensor-core attention (runtime/kernels/MmaAttention.h)
+// against cpu::attention: prefill tiles of 1, 4 and 16 query vectors per kv
+// head whose rows end at different keys, padding rows, ragged lengths,
+// context splits merged, contiguous and paged (shuffled blocks) keys and
+// values, dk/dv of GQA models and of DeepSeek's heads from the latent
+// (192/128). The host build runs the kernel's per-lane fragment code with a
+// host mma, so a wrong lane, register or mask index is an error of the
+// order of the values.
+//
+// Tolerance: the reference attends over Q, K and V rounded to bf16 as the
+// kernel does; the kernel also rounds the softmax weights to bf16 (relative
+// error 2^-9 each) before P V, so each output (a convex combination of
+// values) is within 2^-9 max|v| plus fp32 summation error (bounded as in
+// KvAttentionKernelTest.cpp) of it.
+#include "MmaAttention.h"
+
+#include "kiln/Float.h"
+#include "runtime/src/cpu/Kernels.h"
+#include "tests/runtime/PagedTestUtil.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace kiln {
+namespace {
+
+std::vector<float> normal(size_t n, uint32_t seed, float scale) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float &x : v)
+    x = dist(rng);
+  return v;
+}
+
+std::vector<float> roundedToBf16(std::vector<float> v) {
+  for (float &x : v)
+    x = bf16ToFloat(floatToBf16(x));
+  return v;
+}
+
+float maxAbs(const std::vector<float> &v) {
+  float m = 0;
+  for (float x : v)
+    m = std::max(m, std::fabs(x));
+  return m;
+}
+
+/// (heads, kvHeads, dk, dv, paged)
+using Shape = std::tuple<int64_t, int64_t, int64_t, int64_t, bool>;
+class MmaAttention : public ::testing::TestWithParam<Shape> {};
+
+// One head per kv head (16-row tiles), GQA groups of 4 (4-row tiles) and
+// 20 (a chunk of 16 heads and one of 4); V2-Lite's naive prefill heads; a
+// dk that ends half-way through a 16-column mma step.
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, MmaAttention,
+    ::testing::Values(Shape{3, 3, 64, 48, false}, Shape{8, 2, 64, 48, false},
+                      Shape{40, 2, 64, 48, false}, Shape{2, 2, 192, 128, false},
+                      Shape{3, 3, 64, 48, true}, Shape{8, 2, 192, 128, true},
+                      Shape{4, 4, 24, 16, false}));
+
+TEST_P(MmaAttention, PrefillMatchesCpu) {
+  const auto [heads, kvHeads, dk, dv, paged] = GetParam();
+  const int64_t batch = 2, seq = 150, kvLen = 150, blockTokens = 64;
+  std::vector<float> q = normal(batch * seq * heads * dk, 41, 0.2f);
+  std::vector<float> k = normal(batch * kvLen * kvHeads * dk, 42, 1.0f);
+  std::vector<float> v = normal(batch * kvLen * kvHeads * dv, 43, 1.0f);
+  std::vector<int32_t> positions(batch * seq), kvLengths = {150, 90};
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t s = 0; s < seq; ++s)
+      positions[b * seq + s] = s < kvLengths[b] ? static_cast<int32_t>(s) : -1;
+  std::vector<float> want(batch * seq * heads * dv);
+  std::vector<float> qr = roundedToBf16(q), kr = roundedToBf16(k),
+                     vr = roundedToBf16(v);
+  cpu::attention(qr.data(), kr.data(), vr.data(), positions.data(),
+                 kvLengths.data(), batch, seq, heads, kvHeads, dk, dv,
+                 kvLen * kvHeads * dk, kvLen * kvHeads * dv, 0.125f,
+                 want.data());
+
+  AttentionParams p{};
+  p.q = q.data();
+  p.positions = positions.data();
+  p.kvLengths = kvLengths.data();
+  p.seq = seq;
+  p.heads = heads;
+  p.kvHeads = kvHeads;
+  p.dk = dk;
+  p.dv = dv;
+  p.scale = 0.125f;
+  // Paged: every token's keys and values in one cache row (keys first), in
+  // shuffled blocks; contiguous: [batch, kvLen, kvHeads, d].
+  std::mt19937 rng(44);
+  cpu::pagedtest::TestBlockTables tables;
+  std::vector<float> slot;
+  if (paged) {
+    tables =
+        cpu::pagedtest::shuffledBlockTables(rng, kvLengths, kvLen, blockTokens);
+    int64_t entry = kvHeads * (dk + dv);
+    slot.assign(tables.numBlocks * blockTokens * entry, std::nanf(""));
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t j = 0; j < kvLengths[b]; ++j) {
+        int64_t row = int64_t{tables.ids[b * tables.stride + j / blockTokens]} *
+                          blockTokens +
+                      j % blockTokens;
+        for (int64_t c = 0; c < kvHeads * dk; ++c)
+          slot[row * entry + c] = k[(b * kvLen + j) * kvHeads * dk + c];
+        for (int64_t c = 0; c < kvHeads * dv; ++c)
+          slot[row * entry + kvHeads * dk + c] =
+              v[(b * kvLen + j) * kvHeads * dv + c];
+      }
+    p.k = {slot.data(), entry, dk, 0};
+    p.v = {slot.data(), entry, dv, kvHeads * dk};
+    p.tables = {tables.ids.data(), tables.stride, blockTokens, 0};
+  } else {
+    p.k = {k.data(), kvHeads * dk, dk, 0};
+    p.v = {v.data(), kvHeads * dv, dv, 0};
+    p.tables = {nullptr, 0, 0, kvLen};
+  }
+  ASSERT_TRUE(mmaAttentionFits(dk, dv));
+  float bound = 0x1p-9f * maxAbs(vr) +
+                4.0f * static_cast<float>(kvLen) * 0x1p-24f * maxAbs(vr) +
+                1e-6f;
+  for (int splits : {1, 2, 3}) {
+    std::vector<float> got(want.size(), -1.0f), scratch;
+    p.out = got.data();
+    p.splits = splits;
+    p.splitTokens = attentionSplitTokens(kvLen, splits);
+    scratch.assign(batch * seq * heads * splits * (2 + dv), 0.0f);
+    p.scratch = scratch.data();
+    kiln_attention_mma_host(attentionGrid(batch, seq, heads, kvHeads, splits),
+                            p);
+    if (splits > 1)
+      kiln_attention_merge_host(
+          {static_cast<int>(batch * seq), static_cast<int>(heads), 1}, p);
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_NEAR(got[i], want[i], bound)
+          << "splits " << splits << " element " << i;
+  }
+}
+
+TEST(MmaAttentionFits, WholeFragmentsOnly) {
+  EXPECT_TRUE(mmaAttentionFits(192, 128));
+  EXPECT_TRUE(mmaAttentionFits(256, 8));
+  EXPECT_FALSE(mmaAttentionFits(576, 512)); // absorbed MLA: the other kernel
+  EXPECT_TRUE(mmaAttentionFits(24, 16));    // half a last k step
+  EXPECT_FALSE(mmaAttentionFits(20, 64));   // dk % 8
+  EXPECT_FALSE(mmaAttentionFits(64, 52));   // dv % 8
+}
+
+} // namespace
+} // namespace kiln
