@@ -114,16 +114,24 @@ KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
         for (int i = 0; i < 4; ++i)
           s[h][lane].r[i] = 0.0f;
     }
+    // The lane's two key rows, looked up once per chunk.
+    Lanes<const float *> keys[2];
+    KILN_FOR_EACH_LANE(lane) {
+      int g = lane / 4;
+      for (int h = 0; h < 2; ++h) {
+        int64_t j = j0 + 8 * h + g < t.end ? j0 + 8 * h + g : t.end - 1;
+        keys[h][lane] = F32Kv::key(p, kvRow(p.tables, t.b, j), t.kvHead);
+      }
+    }
     KILN_UNROLL
     for (int st = 0; st < kSteps; ++st) {
       if (st >= steps)
         break;
       Lanes<MmaB> k[2];
       KILN_FOR_EACH_LANE(lane) {
-        int g = lane / 4, tq = lane % 4;
+        int tq = lane % 4;
         for (int h = 0; h < 2; ++h) {
-          int64_t j = j0 + 8 * h + g < t.end ? j0 + 8 * h + g : t.end - 1;
-          const float *key = F32Kv::key(p, kvRow(p.tables, t.b, j), t.kvHead);
+          const float *key = keys[h][lane];
           int64_t c = 16 * st + 2 * tq;
           k[h][lane] = MmaB{{loadBf16Pair(key, c),
                              c + 8 < p.dk ? loadBf16Pair(key, c + 8) : 0u}};
@@ -134,20 +142,25 @@ KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
     }
     // Online softmax per vector (rows g and g + 8 of the lane's group): S
     // element i of tile h is vector g + 8 (i / 2), key j0 + 8h + 2t + i % 2.
+    // Bit 4h + i of `seen`: whether the element's vector sees its key (a NaN
+    // score it sees stays NaN, as in kiln_attention).
     Lanes<float> tileMax[2], scale[2];
+    Lanes<uint32_t> seen;
     KILN_FOR_EACH_LANE(lane) {
       int g = lane / 4, tq = lane % 4;
+      seen[lane] = 0;
       for (int r = 0; r < 2; ++r)
         tileMax[r][lane] = -3.402823466e38f;
       for (int h = 0; h < 2; ++h)
         for (int i = 0; i < 4; ++i) {
           int r = i / 2;
           int64_t j = j0 + 8 * h + 2 * tq + i % 2;
-          bool seen = j < shared.keyEnds[g + 8 * r] && j < t.end;
-          float score = s[h][lane].r[i] * p.scale;
-          s[h][lane].r[i] = seen ? score : -3.402823466e38f;
-          if (seen)
+          if (j < shared.keyEnds[g + 8 * r] && j < t.end) {
+            float score = s[h][lane].r[i] * p.scale;
+            s[h][lane].r[i] = score;
+            seen[lane] |= 1u << (4 * h + i);
             tileMax[r][lane] = fmaxf(tileMax[r][lane], score);
+          }
         }
     }
     reduceOverGroup<true>(tileMax[0]);
@@ -166,8 +179,9 @@ KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
       for (int h = 0; h < 2; ++h)
         for (int i = 0; i < 4; ++i) {
           int r = i / 2;
-          float score = s[h][lane].r[i];
-          e[h][i] = score > -3.402823466e38f ? expf(score - newMax[r]) : 0.0f;
+          e[h][i] = seen[lane] >> (4 * h + i) & 1u
+                        ? expf(s[h][lane].r[i] - newMax[r])
+                        : 0.0f;
           tileSum[r][lane] += e[h][i];
         }
       // P as the A fragment of P V: a0..a3 from tile 0, a4..a7 from tile 1.

@@ -7,8 +7,10 @@
 // rows on the CUDA cores, loading every activation once per weight row, so
 // it runs out of L1 bandwidth long before HBM's. Here a block owns 16 weight
 // rows (its warps split k), each activation is loaded once per 16 of them,
-// and the tensor cores do the products: the weights can stream at memory
-// speed.
+// and the tensor cores do the products. What remains is the activations'
+// traffic from L2: per k column 32 bytes of bf16 weights against 4 bytes
+// per token, so a pass of 32 tokens reads 4x the weight bytes from L2
+// (not yet measured; bf16 activations or more rows per block would cut it).
 //
 // The weights are the mma's 16-row A operand and the tokens its 8-column B
 // operand (a small-batch GEMM's usual swap), so a weight row is loaded
@@ -62,7 +64,8 @@ KILN_HOST_FN bool mmaGemmFits(int64_t k, bool fp8, bool codes,
   int64_t align = codes ? 8 : 4; // elements in 8 / 16 bytes
   if (k % 8 != 0 || xRowStride % align != 0 || xMatrixStride % align != 0)
     return false;
-  return !fp8 || (blockRows % kMmaRows == 0 && blockCols % kMmaStep == 0);
+  return !fp8 || (blockRows > 0 && blockCols > 0 && blockRows % kMmaRows == 0 &&
+                  blockCols % kMmaStep == 0);
 }
 
 /// Eight weights of a row as four bf16 pairs; zeros at or past `k`.

@@ -18,6 +18,7 @@
 #include "runtime/src/cuda/LibraryFatbin.h"
 #include "tests/runtime/GemmTestUtil.h"
 #include "tests/runtime/GpuBuffers.h"
+#include "tests/runtime/PagedTestUtil.h"
 
 #include <gtest/gtest.h>
 
@@ -25,6 +26,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <optional>
+#include <random>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -202,11 +204,19 @@ TEST_F(MmaGpu, GemmGroupedMatchesTheHostBuild) {
               "grouped input " + std::to_string(static_cast<int>(input)));
 }
 
-TEST_F(MmaGpu, AttentionPrefillMatchesTheHostBuild) {
-  const int64_t batch = 2, seq = 300, heads = 16, dk = 192, dv = 128;
+/// A prefill of two ragged sequences (padding rows) through
+/// kiln_attention_mma on the GPU and on the host, 1 and 3 context splits.
+/// Paged: keys and values of a token in one cache row (values after the
+/// keys, so at an offset), in shuffled blocks of 64.
+void checkAttention(MmaGpu &t, Gpu &gpu, int64_t heads, int64_t kvHeads,
+                    int64_t dk, int64_t dv, bool paged) {
+  const int64_t batch = 2, seq = 300, blockTokens = 64;
+  std::string what = std::to_string(heads) + "/" + std::to_string(kvHeads) +
+                     " heads, dk " + std::to_string(dk) + ", dv " +
+                     std::to_string(dv) + (paged ? ", paged" : "");
   std::vector<float> q = randomRows(batch * seq * heads, dk, 51);
-  std::vector<float> k = randomRows(batch * seq * heads, dk, 52);
-  std::vector<float> v = randomRows(batch * seq * heads, dv, 53);
+  std::vector<float> k = randomRows(batch * seq * kvHeads, dk, 52);
+  std::vector<float> v = randomRows(batch * seq * kvHeads, dv, 53);
   for (float &x : q)
     x *= 0.1f;
   std::vector<int32_t> positions(batch * seq), kvLengths = {300, 170};
@@ -216,53 +226,93 @@ TEST_F(MmaGpu, AttentionPrefillMatchesTheHostBuild) {
   float maxValue = 0;
   for (float x : v)
     maxValue = std::max(maxValue, std::fabs(bf16ToFloat(floatToBf16(x))));
+  std::mt19937 rng(54);
+  cpu::pagedtest::TestBlockTables tables;
+  std::vector<float> slot;
+  int64_t entry = kvHeads * (dk + dv);
+  if (paged) {
+    tables =
+        cpu::pagedtest::shuffledBlockTables(rng, kvLengths, seq, blockTokens);
+    slot.assign(tables.numBlocks * blockTokens * entry, 0.0f);
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t j = 0; j < kvLengths[b]; ++j) {
+        int64_t row = int64_t{tables.ids[b * tables.stride + j / blockTokens]} *
+                          blockTokens +
+                      j % blockTokens;
+        for (int64_t c = 0; c < kvHeads * dk; ++c)
+          slot[row * entry + c] = k[(b * seq + j) * kvHeads * dk + c];
+        for (int64_t c = 0; c < kvHeads * dv; ++c)
+          slot[row * entry + kvHeads * dk + c] =
+              v[(b * seq + j) * kvHeads * dv + c];
+      }
+  }
+  CUdeviceptr devSlot = paged ? t.upload(slot) : 0;
+  CUdeviceptr devK = paged ? 0 : t.upload(k), devV = paged ? 0 : t.upload(v);
   for (int splits : {1, 3}) {
     AttentionParams host{};
     host.seq = seq;
     host.heads = heads;
-    host.kvHeads = heads;
+    host.kvHeads = kvHeads;
     host.dk = dk;
     host.dv = dv;
     host.scale = 0.07f;
     host.splits = splits;
     host.splitTokens = attentionSplitTokens(seq, splits);
-    host.tables = {nullptr, 0, 0, seq};
     AttentionParams dev = host;
     std::vector<float> want(batch * seq * heads * dv, -1e30f);
     std::vector<float> scratch(batch * seq * heads * splits * (2 + dv));
     host.q = q.data();
-    host.k = {k.data(), heads * dk, dk, 0};
-    host.v = {v.data(), heads * dv, dv, 0};
     host.positions = positions.data();
     host.kvLengths = kvLengths.data();
     host.out = want.data();
     host.scratch = scratch.data();
-    dev.q = device<const float>(upload(q));
-    dev.k = {device<const float>(upload(k)), heads * dk, dk, 0};
-    dev.v = {device<const float>(upload(v)), heads * dv, dv, 0};
-    dev.positions = device<const int32_t>(upload(positions));
-    dev.kvLengths = device<const int32_t>(upload(kvLengths));
+    dev.q = device<const float>(t.upload(q));
+    dev.positions = device<const int32_t>(t.upload(positions));
+    dev.kvLengths = device<const int32_t>(t.upload(kvLengths));
+    if (paged) {
+      host.k = {slot.data(), entry, dk, 0};
+      host.v = {slot.data(), entry, dv, kvHeads * dk};
+      host.tables = {tables.ids.data(), tables.stride, blockTokens, 0};
+      dev.k = {device<const float>(devSlot), entry, dk, 0};
+      dev.v = {device<const float>(devSlot), entry, dv, kvHeads * dk};
+      dev.tables = {device<const int32_t>(t.upload(tables.ids)), tables.stride,
+                    blockTokens, 0};
+    } else {
+      host.k = {k.data(), kvHeads * dk, dk, 0};
+      host.v = {v.data(), kvHeads * dv, dv, 0};
+      host.tables = {nullptr, 0, 0, seq};
+      dev.k = {device<const float>(devK), kvHeads * dk, dk, 0};
+      dev.v = {device<const float>(devV), kvHeads * dv, dv, 0};
+      dev.tables = host.tables;
+    }
     std::vector<float> poison(want.size(), std::nanf(""));
-    CUdeviceptr out = upload(poison);
+    CUdeviceptr out = t.upload(poison);
     dev.out = device<float>(out);
-    dev.scratch = device<float>(upload(scratch));
-    Dim3 grid = attentionGrid(batch, seq, heads, heads, splits);
+    dev.scratch = device<float>(t.upload(scratch));
+    Dim3 grid = attentionGrid(batch, seq, heads, kvHeads, splits);
     Dim3 merge{static_cast<int>(batch * seq), static_cast<int>(heads), 1};
-    launch("kiln_attention_mma", grid, dev);
+    t.launch("kiln_attention_mma", grid, dev);
     kiln_attention_mma_host(grid, host);
     if (splits > 1) {
-      launch("kiln_attention_merge", merge, dev);
+      t.launch("kiln_attention_merge", merge, dev);
       kiln_attention_merge_host(merge, host);
     }
-    std::vector<float> got = gpu_->download(out, want.size());
+    std::vector<float> got = gpu.download(out, want.size());
     // Both round Q, K, V and the weights to bf16; expf and the sums differ
     // by ulps, which may round a weight to the neighbouring bf16 (2^-8).
     float bound = 0x1p-8f * maxValue +
                   4.0f * static_cast<float>(seq) * 0x1p-24f * maxValue;
     for (size_t i = 0; i < got.size(); ++i)
       ASSERT_NEAR(got[i], want[i], bound)
-          << "splits " << splits << " element " << i;
+          << what << ", splits " << splits << ", element " << i;
   }
+}
+
+TEST_F(MmaGpu, AttentionPrefillMatchesTheHostBuild) {
+  // V2-Lite's naive prefill heads (16-row tiles); paged GQA groups of 4 (4
+  // rows per tile) with a dk that ends half-way through an mma step.
+  checkAttention(*this, *gpu_, 16, 16, 192, 128, false);
+  checkAttention(*this, *gpu_, 8, 2, 136, 64, true);
 }
 
 } // namespace

@@ -88,7 +88,9 @@ struct Executor::Impl {
   /// (whose activations cuBLASLt rounds to bf16 already);
   /// KILN_MMA_ATTENTION=on or off forces either (on: decode too).
   enum class MmaAttention { Auto, On, Off } mmaAttention = MmaAttention::Auto;
-  bool bf16Weights = false; // some GEMM of the plan has bf16 weights
+  /// Some layer GEMM of the plan has bf16 weights (the output head of an
+  /// FP8 model does not count).
+  bool bf16Weights = false;
   /// Whether launches are being captured into a graph (no host reads).
   bool capturing = false;
   /// The expert offsets runExperts last read back: valid until the next
@@ -968,7 +970,13 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
     sub.p.offsets = nullptr;
     sub.p.experts = 0;
     sub.p.rows = count;
-    sub.p.x = p.x + first * p.k;
+    if (c.quantized) {
+      // e4m3 codes and their [rows, kBlocks] scales from a fused kernel.
+      sub.p.xCodes = p.xCodes + first * p.k;
+      sub.p.xScale = p.xScale + first * kBlocks;
+    } else {
+      sub.p.x = p.x + first * p.k;
+    }
     sub.p.out = p.out + first * p.n;
     sub.p.w = static_cast<const char *>(p.w) + e * p.n * p.k * weightBytes;
     if (c.fp8)
@@ -1209,7 +1217,6 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
   for (const art::EntryPoint *e : *model.plan->entry_points())
     for (const art::Launch *l : *e->launches())
       if ((l->kernel() == art::KernelKind::Linear ||
-           l->kernel() == art::KernelKind::Logits ||
            l->kernel() == art::KernelKind::HeadLinear ||
            l->kernel() == art::KernelKind::GroupedLinear) &&
           l->args()->Get(1)->type() == art::ElementType::BF16)
