@@ -188,7 +188,7 @@ struct AttentionParams {
   float *out;               // [rows, heads, dv]
   float *scratch;           // splits > 1: [rows, heads, splits, 2 + dv]
   int64_t seq, heads, kvHeads, dk, dv;
-  int64_t splitTokens; // keys per split, a multiple of 64
+  int64_t splitTokens; // keys per split, a multiple of kAttentionSplitKeys
   int splits;
   float scale;
 };
@@ -531,16 +531,22 @@ KILN_FN void kiln_attention_merge_block(Dim3 block, const AttentionParams &p) {
 }
 KILN_KERNEL(kiln_attention_merge, AttentionParams)
 
+/// The fewest keys a context split takes (a multiple of 16, the tensor-core
+/// attention's key chunk). Less than a key tile: a short context at batch
+/// 1 (16 blocks of 64 keys at 1K) spreads over 4x more multiprocessors.
+constexpr int kAttentionSplitKeys = 16;
+
 /// Splits for `blocks` (attentionBlocks) over contexts of up to maxKv keys:
-/// about two blocks per multiprocessor, each split at least one key tile,
-/// at most kMaxDeviceAttentionSplits. A block holds at most
-/// kAttentionHeadsPerBlock (row, head) vectors, so rows x heads x splits <=
-/// kAttentionHeadsPerBlock x 4 x multiprocessors (attentionScratchFloats).
+/// about two blocks per multiprocessor, each split at least
+/// kAttentionSplitKeys keys, at most kMaxDeviceAttentionSplits. A block holds
+/// at most kAttentionHeadsPerBlock (row, head) vectors, so rows x heads x
+/// splits <= kAttentionHeadsPerBlock x 4 x multiprocessors
+/// (attentionScratchFloats).
 inline int attentionSplits(int64_t maxKv, int64_t blocks, int multiprocessors) {
   if (blocks >= 2 * int64_t{multiprocessors})
     return 1;
   int64_t want = (2 * int64_t{multiprocessors} + blocks - 1) / blocks;
-  int64_t most = (maxKv + kAttentionKeyTile - 1) / kAttentionKeyTile;
+  int64_t most = (maxKv + kAttentionSplitKeys - 1) / kAttentionSplitKeys;
   int64_t splits = want < most ? want : most;
   splits = splits < 1 ? 1 : splits;
   return static_cast<int>(
@@ -548,7 +554,8 @@ inline int attentionSplits(int64_t maxKv, int64_t blocks, int multiprocessors) {
 }
 inline int64_t attentionSplitTokens(int64_t maxKv, int splits) {
   int64_t per = (maxKv + splits - 1) / splits;
-  return (per + 63) / 64 * 64;
+  return (per + kAttentionSplitKeys - 1) / kAttentionSplitKeys *
+         kAttentionSplitKeys;
 }
 /// Scratch floats of split attention on a GPU of `multiprocessors`.
 inline int64_t attentionScratchFloats(int multiprocessors, int64_t dv) {

@@ -319,5 +319,23 @@ TEST(KvAttentionKernel, GatherF32ZeroFillsPastTheBlocks) {
         }
 }
 
+// Context splits: about two blocks per multiprocessor (132), in whole
+// chunks of kAttentionSplitKeys keys, at most kMaxDeviceAttentionSplits.
+TEST(KvAttentionKernel, SplitsFillTheMultiprocessors) {
+  // Batch-1 decode at 1K (one block per split): 64 splits of 16 keys.
+  EXPECT_EQ(attentionSplits(1024, 1, 132), 64);
+  EXPECT_EQ(attentionSplitTokens(1024, 64), 16);
+  // At 8K the cap: 128 splits of 64 keys.
+  EXPECT_EQ(attentionSplits(8192, 1, 132), kMaxDeviceAttentionSplits);
+  EXPECT_EQ(attentionSplitTokens(8192, 128), 64);
+  // Batch 32: 9 splits; 1K / 9 rounded up to a whole chunk.
+  EXPECT_EQ(attentionSplits(1024, 32, 132), 9);
+  EXPECT_EQ(attentionSplitTokens(1024, 9), 128);
+  // Enough blocks (prefill): no split.
+  EXPECT_EQ(attentionSplits(2048, 264, 132), 1);
+  // Fewer keys than chunks wanted: a split per chunk.
+  EXPECT_EQ(attentionSplits(40, 1, 132), 3);
+}
+
 } // namespace
 } // namespace kiln
