@@ -155,6 +155,7 @@ struct Session::Impl {
   uint32_t maxBatch = 0;
   int64_t vocab = 0;
   bool promptLogits = true;      // SessionOptions::promptLogits
+  bool stepLogits = true;        // SessionOptions::stepLogits
   std::vector<int64_t> lengths;  // per sequence id; -1: not alive
   std::vector<float> lastLogits; // [maxBatch, vocab] per sequence id
   // The step being run: batch row b is sequence stepIds[b].
@@ -553,9 +554,10 @@ absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims,
       heldTokens[b] = static_cast<int32_t>(kv->tokenCapacity(stepIds[b]));
     cuda::StepInputs inputs{bound.tokens, bound.positions, bound.kvLengths,
                             stepTables, heldTokens.data()};
-    absl::Status s = gpu->run(bound.entry->name()->str(),
-                              {dims.batch, dims.seq, dims.kvLen, dims.routed},
-                              inputs, bound.logits, logitRows);
+    absl::Status s =
+        gpu->run(bound.entry->name()->str(),
+                 {dims.batch, dims.seq, dims.kvLen, dims.routed}, inputs,
+                 stepLogits ? bound.logits : nullptr, logitRows);
     if (!s.ok())
       return absl::Status(s.code(), model->info.path + ": entry point " +
                                         bound.entry->name()->str() + ": " +
@@ -623,7 +625,8 @@ Session::createSession(const Model &model, const SessionOptions &options) {
   const art::Model &plan = *m.plan;
   impl->model = &m;
   impl->vocab = plan.vocab_size();
-  impl->promptLogits = options.promptLogits;
+  impl->promptLogits = options.promptLogits && options.stepLogits;
+  impl->stepLogits = options.stepLogits;
   const art::EntryPoint *prefill = nullptr, *decode = nullptr;
   uint64_t arenaBytes = 64;
   for (const art::EntryPoint *e : *plan.entry_points()) {
@@ -936,7 +939,7 @@ Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
           !st.ok())
         return abandon(st);
       // Keep each sequence's last-token logits from the chunk holding it.
-      for (size_t i = 0; i < lastRows.size(); ++i)
+      for (size_t i = 0; s.stepLogits && i < lastRows.size(); ++i)
         std::memcpy(s.lastLogits.data() + group[lastOf[i]] * s.vocab,
                     s.prefill.logits + lastRows[i] * s.vocab,
                     sizeof(float) * static_cast<size_t>(s.vocab));
@@ -1001,8 +1004,8 @@ absl::Status Session::decode(std::span<const int> sequences,
     return st;
     // Batch 128 of a 102400-token vocabulary is 52 MB: copied by every
     // thread, not one.
-#pragma omp parallel for if (dims.batch >= 8) schedule(static)
-  for (int64_t b = 0; b < dims.batch; ++b)
+#pragma omp parallel for if (dims.batch >= 8 && s.stepLogits) schedule(static)
+  for (int64_t b = 0; b < (s.stepLogits ? dims.batch : 0); ++b)
     std::memcpy(s.lastLogits.data() + sequences[b] * s.vocab,
                 s.decode.logits + b * s.vocab,
                 sizeof(float) * static_cast<size_t>(s.vocab));
@@ -1064,6 +1067,8 @@ int64_t Session::freeCacheTokens() const {
 
 std::span<const float> Session::logits(int sequence) const {
   const Impl &s = *impl_;
+  if (!s.stepLogits)
+    return {};
   return {s.lastLogits.data() + sequence * static_cast<size_t>(s.vocab),
           static_cast<size_t>(s.vocab)};
 }
@@ -1074,7 +1079,7 @@ Session::promptLogits(int sequence, size_t position) const {
   if (!s.promptLogits)
     return absl::FailedPreconditionError(
         "prompt logits are not kept: the session was created without "
-        "SessionOptions::promptLogits");
+        "SessionOptions::promptLogits (or stepLogits)");
   int64_t pos = static_cast<int64_t>(position);
   auto row = std::find(s.lastPrefill.begin(), s.lastPrefill.end(), sequence);
   if (row == s.lastPrefill.end() || pos >= s.lengths[sequence] ||

@@ -199,6 +199,39 @@ TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
   EXPECT_EQ(logits[0], logits[1]);
 }
 
+// Without step logits nothing is copied back: the steps still run and
+// lengthen the sequences, logits() is empty and promptLogits() refused, on
+// either device.
+TEST(EmulatedGpuSession, StepsWithoutLogits) {
+  CompileSettings settings;
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v3",
+      ::testing::TempDir() + "/emulated_no_logits.kiln", settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  for (Device device : {Device::Emulated, Device::Cpu}) {
+    SessionOptions options;
+    options.device = device;
+    options.stepLogits = false;
+    absl::StatusOr<std::unique_ptr<Session>> session =
+        Session::create(**model, options);
+    if (absl::IsUnavailable(session.status()))
+      GTEST_SKIP() << session.status().message();
+    ASSERT_TRUE(session.ok()) << session.status().message();
+    Session &s = **session;
+    absl::StatusOr<std::vector<int>> ids = s.prefill({{5, 17, 3}, {7, 7}});
+    ASSERT_TRUE(ids.ok()) << ids.status().message();
+    std::vector<int32_t> next = {1, 2};
+    ASSERT_TRUE(s.decode(*ids, next).ok());
+    for (int id : *ids) {
+      EXPECT_TRUE(s.logits(id).empty());
+      EXPECT_EQ(s.length(id), id == (*ids)[0] ? 4u : 3u);
+      EXPECT_TRUE(absl::IsFailedPrecondition(s.promptLogits(id, 0).status()));
+    }
+  }
+}
+
 /// The CPU executor's steps against the emulated CUDA executor's with
 /// cuBLASLt emulated (KILN_EMULATE_CUBLASLT=1), the experts' GEMMs grouped
 /// or not (KILN_EXPERT_GEMMS auto and per-expert); each run must have made

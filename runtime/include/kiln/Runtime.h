@@ -140,6 +140,12 @@ struct SessionOptions {
   /// instead of the chunk's [batch, seq, vocab]: at 2K tokens and a 100K
   /// vocabulary, 0.4 MB instead of 0.8 GB.
   bool promptLogits = true;
+  /// Copy each step's logits to the host (what logits() and promptLogits()
+  /// return). Off, for benchmarks that feed their own tokens: a GPU
+  /// session leaves them on the device (at batch 128 and a 100K
+  /// vocabulary, 52 MB a decode step not copied twice), logits() is empty
+  /// and promptLogits() FailedPrecondition, on any device.
+  bool stepLogits = true;
 };
 
 /// The state of up to `maxBatch` live sequences, each with a stable id: its
@@ -190,7 +196,8 @@ public:
   size_t length(int sequence) const;
   /// Tokens the free cache blocks can still take.
   int64_t freeCacheTokens() const;
-  /// The logits of the newest token of `sequence` after its last step.
+  /// The logits of the newest token of `sequence` after its last step
+  /// (empty without SessionOptions::stepLogits).
   std::span<const float> logits(int sequence) const;
   /// Until the next step: the logits of position `position` of a prompt of
   /// the last prefill (of its last batch, positions of its last chunk

@@ -1342,6 +1342,8 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
           s.check(a.cuStreamSynchronize(s.stream), "running " + name);
       !st.ok())
     return st;
+  if (!logits)
+    return absl::OkStatus(); // left on the device (SessionOptions::stepLogits)
   size_t rowBytes = size_t(s.model->plan->vocab_size()) * sizeof(float);
   CUdeviceptr device = s.resolve(entry->logits());
   if (!rows)

@@ -72,7 +72,7 @@ public:
 
   /// Runs entry point `entry` ("prefill" or "decode") and writes the logits
   /// [batch, seq, vocab] to `logits`: every row, or only `rows` (indices
-  /// into batch x seq) where `rows` is given.
+  /// into batch x seq) where `rows` is given; none where `logits` is null.
   absl::Status run(const std::string &entry, const StepShape &shape,
                    const StepInputs &inputs, float *logits,
                    const std::vector<int64_t> *rows = nullptr);
