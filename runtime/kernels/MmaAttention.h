@@ -35,6 +35,19 @@ KILN_HOST_FN bool mmaAttentionFits(int64_t dk, int64_t dv) {
          dv <= kMmaAttentionMaxDv;
 }
 
+/// The wide variant: absorbed MLA's latent rows (dk 576, dv 512). Each warp
+/// owns a quarter of dv (at most 128 columns: its accumulators stay in
+/// registers) and scores every key itself (the tensor cores have the
+/// throughput; a key row read by one warp is in L1 for the others); Q is
+/// kept in shared memory as fragments.
+constexpr int kMmaAttentionWideMaxDk = 576;
+constexpr int kMmaAttentionWideMaxDv = 512;
+
+KILN_HOST_FN bool mmaAttentionWideFits(int64_t dk, int64_t dv) {
+  return dk % 8 == 0 && dk <= kMmaAttentionWideMaxDk && dv % 32 == 0 &&
+         dv <= kMmaAttentionWideMaxDv;
+}
+
 /// Two floats of a row, rounded to a bf16 pair.
 KILN_FN uint32_t loadBf16Pair(const float *row, int64_t c) {
 #if defined(__CUDACC__)
@@ -46,227 +59,289 @@ KILN_FN uint32_t loadBf16Pair(const float *row, int64_t c) {
 }
 
 /// The block's shared state: each warp's per-vector max and sum and its
-/// output, merged at the end.
+/// output, merged at the end (narrow); Q's fragments (wide).
 struct MmaAttentionShared {
   float max[kMmaAttentionWarps][16], sum[kMmaAttentionWarps][16];
   float out[kMmaAttentionWarps][16][kMmaAttentionMaxDv];
   int64_t keyEnds[16];
 };
+struct MmaAttentionWideShared {
+  MmaA q[kMmaAttentionWideMaxDk / 16][32];
+  int64_t keyEnds[16];
+};
 
+/// Lane `lane`'s A fragment of Q for dk columns [16 st, 16 st + 16): vectors
+/// g and g + 8 of its group, columns 2t, 2t + 1 (+ 8); zeros past dk (a dk
+/// of 8 more than a multiple of 16) and for vectors past the task's.
+KILN_FN MmaA queryFragment(const AttentionParams &p, const AttentionTask &t,
+                           int st, int lane) {
+  int g = lane / 4, tq = lane % 4;
+  MmaA a;
+  for (int i = 0; i < 4; ++i) {
+    int v = g + 8 * (i % 2);
+    int64_t c = 16 * st + 2 * tq + 8 * (i / 2);
+    a.r[i] =
+        v < t.rows * t.nh && c < p.dk
+            ? loadBf16Pair(
+                  p.q + ((t.row + v / t.nh) * p.heads + t.h0 + v % t.nh) * p.dk,
+                  c)
+            : 0u;
+  }
+  return a;
+}
+
+/// Narrow: each warp takes every 4th 16-key chunk for all of dv, merged
+/// through `merge` at the end. Wide: each warp takes every chunk for its
+/// quarter of dv (`part`; the host's one warp takes the 4 parts in turn).
+template <bool Wide>
 KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
-                       const AttentionTask &t, MmaAttentionShared &shared) {
-  constexpr int kSteps = kMmaAttentionMaxDk / 16,
-                kTiles = kMmaAttentionMaxDv / 8;
+                       const AttentionTask &t, int64_t *keyEnds,
+                       MmaAttentionShared *merge, MmaA (*qShared)[32]) {
+  constexpr int kSteps =
+      (Wide ? kMmaAttentionWideMaxDk : kMmaAttentionMaxDk) / 16;
+  constexpr int kTiles = kMmaAttentionMaxDv / 8; // per warp
   int64_t vectors = t.rows * t.nh;
   for (int v = KILN_THREAD; v < 16; v += KILN_THREADS)
-    shared.keyEnds[v] =
-        v < vectors ? attentionKeyEnd(p, t.row + v / t.nh, t.b) : 0;
+    keyEnds[v] = v < vectors ? attentionKeyEnd(p, t.row + v / t.nh, t.b) : 0;
+  int steps = static_cast<int>((p.dk + 15) / 16);
+  int tiles = static_cast<int>(Wide ? p.dv / 32 : p.dv / 8);
+
+  // Q as A fragments: in registers (narrow), or shared memory (wide: 36
+  // steps would take 144 registers).
+  Lanes<MmaA> q[Wide ? 1 : kSteps];
+  if (Wide) {
+    for (int i = KILN_THREAD; i < steps * 32; i += KILN_THREADS)
+      qShared[i / 32][i % 32] = queryFragment(p, t, i / 32, i % 32);
+  } else {
+    KILN_FOR_EACH_LANE(lane) {
+      KILN_UNROLL
+      for (int st = 0; st < kSteps; ++st) {
+        if (st >= steps)
+          break;
+        q[st][lane] = queryFragment(p, t, st, lane);
+      }
+    }
+  }
   KILN_SYNC();
-  // A dk of 8 more than a multiple of 16 leaves the last step's upper half
-  // zero.
-  int steps = static_cast<int>((p.dk + 15) / 16),
-      tiles = static_cast<int>(p.dv / 8);
 
-  // Q as A fragments: vector g and g + 8 of the lane's group, columns 2t,
-  // 2t + 1 (+ 8) of each 16.
-  Lanes<MmaA> q[kSteps];
-  KILN_FOR_EACH_LANE(lane) {
-    int g = lane / 4, tq = lane % 4;
-    const float *rows[2] = {nullptr, nullptr};
-    for (int half = 0; half < 2; ++half) {
-      int v = g + 8 * half;
-      if (v < vectors)
-        rows[half] =
-            p.q + ((t.row + v / t.nh) * p.heads + t.h0 + v % t.nh) * p.dk;
-    }
-    KILN_UNROLL
-    for (int s = 0; s < kSteps; ++s) {
-      if (s >= steps)
-        break;
-      for (int i = 0; i < 4; ++i) {
-        const float *row = rows[i % 2];
-        int64_t c = 16 * s + 2 * tq + 8 * (i / 2);
-        q[s][lane].r[i] = row && c < p.dk ? loadBf16Pair(row, c) : 0u;
-      }
-    }
-  }
-
-  Lanes<MmaC> out[kTiles];
-  Lanes<float> runMax[2], runSum[2];
-  KILN_FOR_EACH_LANE(lane) {
-    for (int f = 0; f < kTiles; ++f)
-      for (int i = 0; i < 4; ++i)
-        out[f][lane].r[i] = 0.0f;
-    for (int h = 0; h < 2; ++h) {
-      runMax[h][lane] = -3.402823466e38f;
-      runSum[h][lane] = 0.0f;
-    }
-  }
-
-  for (int64_t j0 = t.begin + 16 * KILN_WARP; j0 < t.end;
-       j0 += 16 * KILN_WARPS) {
-    // S = Q K^T for keys j0 + [0, 8) and j0 + [8, 16): key g of each, its
-    // columns 2t, 2t + 1 (+ 8). Keys past the task's end read its last key
-    // and are masked below.
-    Lanes<MmaC> s[2];
+  for (int part = Wide ? KILN_WARP : 0; part < (Wide ? kMmaAttentionWarps : 1);
+       part += Wide ? KILN_WARPS : 1) {
+    int64_t col0 = Wide ? part * (p.dv / kMmaAttentionWarps) : 0;
+    Lanes<MmaC> out[kTiles];
+    Lanes<float> runMax[2], runSum[2];
     KILN_FOR_EACH_LANE(lane) {
-      for (int h = 0; h < 2; ++h)
-        for (int i = 0; i < 4; ++i)
-          s[h][lane].r[i] = 0.0f;
-    }
-    // The lane's two key rows, looked up once per chunk.
-    Lanes<const float *> keys[2];
-    KILN_FOR_EACH_LANE(lane) {
-      int g = lane / 4;
-      for (int h = 0; h < 2; ++h) {
-        int64_t j = j0 + 8 * h + g < t.end ? j0 + 8 * h + g : t.end - 1;
-        keys[h][lane] = F32Kv::key(p, kvRow(p.tables, t.b, j), t.kvHead);
-      }
-    }
-    KILN_UNROLL
-    for (int st = 0; st < kSteps; ++st) {
-      if (st >= steps)
-        break;
-      Lanes<MmaB> k[2];
-      KILN_FOR_EACH_LANE(lane) {
-        int tq = lane % 4;
-        for (int h = 0; h < 2; ++h) {
-          const float *key = keys[h][lane];
-          int64_t c = 16 * st + 2 * tq;
-          k[h][lane] = MmaB{{loadBf16Pair(key, c),
-                             c + 8 < p.dk ? loadBf16Pair(key, c + 8) : 0u}};
-        }
-      }
-      mmaBf16(s[0], q[st], k[0]);
-      mmaBf16(s[1], q[st], k[1]);
-    }
-    // Online softmax per vector (rows g and g + 8 of the lane's group): S
-    // element i of tile h is vector g + 8 (i / 2), key j0 + 8h + 2t + i % 2.
-    // Bit 4h + i of `seen`: whether the element's vector sees its key (a NaN
-    // score it sees stays NaN, as in kiln_attention).
-    Lanes<float> tileMax[2], scale[2];
-    Lanes<uint32_t> seen;
-    KILN_FOR_EACH_LANE(lane) {
-      int g = lane / 4, tq = lane % 4;
-      seen[lane] = 0;
-      for (int r = 0; r < 2; ++r)
-        tileMax[r][lane] = -3.402823466e38f;
-      for (int h = 0; h < 2; ++h)
-        for (int i = 0; i < 4; ++i) {
-          int r = i / 2;
-          int64_t j = j0 + 8 * h + 2 * tq + i % 2;
-          if (j < shared.keyEnds[g + 8 * r] && j < t.end) {
-            float score = s[h][lane].r[i] * p.scale;
-            s[h][lane].r[i] = score;
-            seen[lane] |= 1u << (4 * h + i);
-            tileMax[r][lane] = fmaxf(tileMax[r][lane], score);
-          }
-        }
-    }
-    reduceOverGroup<true>(tileMax[0]);
-    reduceOverGroup<true>(tileMax[1]);
-    Lanes<float> tileSum[2];
-    Lanes<MmaA> probs;
-    KILN_FOR_EACH_LANE(lane) {
-      float newMax[2];
-      for (int r = 0; r < 2; ++r) {
-        newMax[r] = fmaxf(runMax[r][lane], tileMax[r][lane]);
-        scale[r][lane] = expf(runMax[r][lane] - newMax[r]); // 0 at first
-        runMax[r][lane] = newMax[r];
-        tileSum[r][lane] = 0.0f;
-      }
-      float e[2][4];
-      for (int h = 0; h < 2; ++h)
-        for (int i = 0; i < 4; ++i) {
-          int r = i / 2;
-          e[h][i] = seen[lane] >> (4 * h + i) & 1u
-                        ? expf(s[h][lane].r[i] - newMax[r])
-                        : 0.0f;
-          tileSum[r][lane] += e[h][i];
-        }
-      // P as the A fragment of P V: a0..a3 from tile 0, a4..a7 from tile 1.
-      probs[lane] =
-          MmaA{{packBf16x2(e[0][0], e[0][1]), packBf16x2(e[0][2], e[0][3]),
-                packBf16x2(e[1][0], e[1][1]), packBf16x2(e[1][2], e[1][3])}};
-    }
-    reduceOverGroup<false>(tileSum[0]);
-    reduceOverGroup<false>(tileSum[1]);
-    // O = O * scale + P V: value rows of keys 2t, 2t + 1, 2t + 8, 2t + 9,
-    // column g of each 8.
-    const float *values[4];
-    Lanes<MmaB> v[kTiles];
-    KILN_FOR_EACH_LANE(lane) {
-      int g = lane / 4, tq = lane % 4;
-      for (int r = 0; r < 2; ++r)
-        runSum[r][lane] = runSum[r][lane] * scale[r][lane] + tileSum[r][lane];
       for (int f = 0; f < kTiles; ++f)
         for (int i = 0; i < 4; ++i)
-          out[f][lane].r[i] *= scale[i / 2][lane];
-      for (int i = 0; i < 4; ++i) {
-        int64_t j = j0 + 2 * tq + i % 2 + 8 * (i / 2);
-        values[i] = F32Kv::value(
-            p, kvRow(p.tables, t.b, j < t.end ? j : t.end - 1), t.kvHead);
+          out[f][lane].r[i] = 0.0f;
+      for (int h = 0; h < 2; ++h) {
+        runMax[h][lane] = -3.402823466e38f;
+        runSum[h][lane] = 0.0f;
+      }
+    }
+
+    for (int64_t j0 = t.begin + (Wide ? 0 : 16 * KILN_WARP); j0 < t.end;
+         j0 += Wide ? 16 : 16 * KILN_WARPS) {
+      // S = Q K^T for keys j0 + [0, 8) and j0 + [8, 16): key g of each, its
+      // columns 2t, 2t + 1 (+ 8). Keys past the task's end read its last key
+      // and are masked below.
+      Lanes<MmaC> s[2];
+      KILN_FOR_EACH_LANE(lane) {
+        for (int h = 0; h < 2; ++h)
+          for (int i = 0; i < 4; ++i)
+            s[h][lane].r[i] = 0.0f;
+      }
+      // The lane's two key rows, looked up once per chunk.
+      Lanes<const float *> keys[2];
+      KILN_FOR_EACH_LANE(lane) {
+        int g = lane / 4;
+        for (int h = 0; h < 2; ++h) {
+          int64_t j = j0 + 8 * h + g < t.end ? j0 + 8 * h + g : t.end - 1;
+          keys[h][lane] = F32Kv::key(p, kvRow(p.tables, t.b, j), t.kvHead);
+        }
+      }
+      KILN_UNROLL
+      for (int st = 0; st < kSteps; ++st) {
+        if (st >= steps)
+          break;
+        Lanes<MmaB> k[2];
+        KILN_FOR_EACH_LANE(lane) {
+          int tq = lane % 4;
+          for (int h = 0; h < 2; ++h) {
+            const float *key = keys[h][lane];
+            int64_t c = 16 * st + 2 * tq;
+            k[h][lane] = MmaB{{loadBf16Pair(key, c),
+                               c + 8 < p.dk ? loadBf16Pair(key, c + 8) : 0u}};
+          }
+        }
+        if (Wide) {
+          Lanes<MmaA> a;
+          KILN_FOR_EACH_LANE(lane) { a[lane] = qShared[st][lane]; }
+          mmaBf16(s[0], a, k[0]);
+          mmaBf16(s[1], a, k[1]);
+        } else {
+          mmaBf16(s[0], q[st], k[0]);
+          mmaBf16(s[1], q[st], k[1]);
+        }
+      }
+      // Online softmax per vector (rows g and g + 8 of the lane's group): S
+      // element i of tile h is vector g + 8 (i / 2), key j0 + 8h + 2t + i % 2.
+      // Bit 4h + i of `seen`: whether the element's vector sees its key (a NaN
+      // score it sees stays NaN, as in kiln_attention).
+      Lanes<float> tileMax[2], scale[2];
+      Lanes<uint32_t> seen;
+      KILN_FOR_EACH_LANE(lane) {
+        int g = lane / 4, tq = lane % 4;
+        seen[lane] = 0;
+        for (int r = 0; r < 2; ++r)
+          tileMax[r][lane] = -3.402823466e38f;
+        for (int h = 0; h < 2; ++h)
+          for (int i = 0; i < 4; ++i) {
+            int r = i / 2;
+            int64_t j = j0 + 8 * h + 2 * tq + i % 2;
+            if (j < keyEnds[g + 8 * r] && j < t.end) {
+              float score = s[h][lane].r[i] * p.scale;
+              s[h][lane].r[i] = score;
+              seen[lane] |= 1u << (4 * h + i);
+              tileMax[r][lane] = fmaxf(tileMax[r][lane], score);
+            }
+          }
+      }
+      reduceOverGroup<true>(tileMax[0]);
+      reduceOverGroup<true>(tileMax[1]);
+      Lanes<float> tileSum[2];
+      Lanes<MmaA> probs;
+      KILN_FOR_EACH_LANE(lane) {
+        float newMax[2];
+        for (int r = 0; r < 2; ++r) {
+          newMax[r] = fmaxf(runMax[r][lane], tileMax[r][lane]);
+          scale[r][lane] = expf(runMax[r][lane] - newMax[r]); // 0 at first
+          runMax[r][lane] = newMax[r];
+          tileSum[r][lane] = 0.0f;
+        }
+        float e[2][4];
+        for (int h = 0; h < 2; ++h)
+          for (int i = 0; i < 4; ++i) {
+            int r = i / 2;
+            e[h][i] = seen[lane] >> (4 * h + i) & 1u
+                          ? expf(s[h][lane].r[i] - newMax[r])
+                          : 0.0f;
+            tileSum[r][lane] += e[h][i];
+          }
+        // P as the A fragment of P V: a0..a3 from tile 0, a4..a7 from tile 1.
+        probs[lane] =
+            MmaA{{packBf16x2(e[0][0], e[0][1]), packBf16x2(e[0][2], e[0][3]),
+                  packBf16x2(e[1][0], e[1][1]), packBf16x2(e[1][2], e[1][3])}};
+      }
+      reduceOverGroup<false>(tileSum[0]);
+      reduceOverGroup<false>(tileSum[1]);
+      // O = O * scale + P V: value rows of keys 2t, 2t + 1, 2t + 8, 2t + 9,
+      // column g of each 8.
+      const float *values[4];
+      Lanes<MmaB> v[kTiles];
+      KILN_FOR_EACH_LANE(lane) {
+        int g = lane / 4, tq = lane % 4;
+        for (int r = 0; r < 2; ++r)
+          runSum[r][lane] = runSum[r][lane] * scale[r][lane] + tileSum[r][lane];
+        for (int f = 0; f < kTiles; ++f)
+          for (int i = 0; i < 4; ++i)
+            out[f][lane].r[i] *= scale[i / 2][lane];
+        for (int i = 0; i < 4; ++i) {
+          int64_t j = j0 + 2 * tq + i % 2 + 8 * (i / 2);
+          values[i] = F32Kv::value(
+              p, kvRow(p.tables, t.b, j < t.end ? j : t.end - 1), t.kvHead);
+        }
+        KILN_UNROLL
+        for (int f = 0; f < kTiles; ++f) {
+          if (f >= tiles)
+            break;
+          int64_t c = col0 + 8 * f + g;
+          v[f][lane] = MmaB{{packBf16x2(values[0][c], values[1][c]),
+                             packBf16x2(values[2][c], values[3][c])}};
+        }
       }
       KILN_UNROLL
       for (int f = 0; f < kTiles; ++f) {
         if (f >= tiles)
           break;
-        int64_t c = 8 * f + g;
-        v[f][lane] = MmaB{{packBf16x2(values[0][c], values[1][c]),
-                           packBf16x2(values[2][c], values[3][c])}};
+        mmaBf16(out[f], probs, v[f]);
       }
     }
-    KILN_UNROLL
-    for (int f = 0; f < kTiles; ++f) {
-      if (f >= tiles)
-        break;
-      mmaBf16(out[f], probs, v[f]);
-    }
-  }
 
-  // Each warp's state to shared memory (lane t == 0 of a group holds its
-  // rows' max and sum, as every lane of it does).
-  KILN_FOR_EACH_LANE(lane) {
-    int g = lane / 4, tq = lane % 4;
-    if (tq == 0)
-      for (int r = 0; r < 2; ++r) {
-        shared.max[KILN_WARP][g + 8 * r] = runMax[r][lane];
-        shared.sum[KILN_WARP][g + 8 * r] = runSum[r][lane];
+    if (Wide) {
+      // Every part has the same softmax state: its columns go straight out
+      // (the max and sum of a split with part 0's).
+      KILN_FOR_EACH_LANE(lane) {
+        int g = lane / 4, tq = lane % 4;
+        for (int r = 0; r < 2; ++r) {
+          int v = g + 8 * r;
+          if (v >= vectors)
+            continue;
+          int64_t item = (t.row + v / t.nh) * p.heads + t.h0 + v % t.nh;
+          float sum = runSum[r][lane];
+          float *dst = p.splits == 1 ? p.out + item * p.dv
+                                     : p.scratch + (item * p.splits + block.y) *
+                                                       (2 + p.dv);
+          if (p.splits > 1 && part == 0 && tq == 0) {
+            dst[0] = sum > 0.0f ? runMax[r][lane] : -3.402823466e38f;
+            dst[1] = sum;
+          }
+          float inv = p.splits == 1 ? (sum > 0.0f ? 1.0f / sum : 0.0f) : 1.0f;
+          float *columns = p.splits == 1 ? dst : dst + 2;
+          KILN_UNROLL
+          for (int f = 0; f < kTiles; ++f) {
+            if (f >= tiles)
+              break;
+            for (int i = 2 * r; i < 2 * r + 2; ++i)
+              columns[col0 + 8 * f + 2 * tq + i % 2] = out[f][lane].r[i] * inv;
+          }
+        }
       }
-    KILN_UNROLL
-    for (int f = 0; f < kTiles; ++f) {
-      if (f >= tiles)
-        break;
-      for (int i = 0; i < 4; ++i)
-        shared.out[KILN_WARP][g + 8 * (i / 2)][8 * f + 2 * tq + i % 2] =
-            out[f][lane].r[i];
-    }
-  }
-  KILN_SYNC();
-  for (int64_t i = KILN_THREAD; i < vectors * p.dv; i += KILN_THREADS) {
-    int v = static_cast<int>(i / p.dv);
-    int64_t c = i % p.dv;
-    float m = -3.402823466e38f;
-    for (int w = 0; w < KILN_WARPS; ++w)
-      if (shared.sum[w][v] > 0.0f)
-        m = fmaxf(m, shared.max[w][v]);
-    float sum = 0.0f, value = 0.0f;
-    for (int w = 0; w < KILN_WARPS; ++w)
-      if (shared.sum[w][v] > 0.0f) {
-        float weight = expf(shared.max[w][v] - m);
-        sum += weight * shared.sum[w][v];
-        value += weight * shared.out[w][v][c];
-      }
-    int64_t item = (t.row + v / t.nh) * p.heads + t.h0 + v % t.nh;
-    if (p.splits == 1) {
-      p.out[item * p.dv + c] = sum > 0.0f ? value / sum : 0.0f;
     } else {
-      float *partial = p.scratch + (item * p.splits + block.y) * (2 + p.dv);
-      if (c == 0) {
-        partial[0] = sum > 0.0f ? m : -3.402823466e38f;
-        partial[1] = sum;
+      // Each warp's state to shared memory (lane t == 0 of a group holds its
+      // rows' max and sum, as every lane of it does).
+      KILN_FOR_EACH_LANE(lane) {
+        int g = lane / 4, tq = lane % 4;
+        if (tq == 0)
+          for (int r = 0; r < 2; ++r) {
+            merge->max[KILN_WARP][g + 8 * r] = runMax[r][lane];
+            merge->sum[KILN_WARP][g + 8 * r] = runSum[r][lane];
+          }
+        KILN_UNROLL
+        for (int f = 0; f < kTiles; ++f) {
+          if (f >= tiles)
+            break;
+          for (int i = 0; i < 4; ++i)
+            merge->out[KILN_WARP][g + 8 * (i / 2)][8 * f + 2 * tq + i % 2] =
+                out[f][lane].r[i];
+        }
       }
-      partial[2 + c] = value;
+      KILN_SYNC();
+      for (int64_t i = KILN_THREAD; i < vectors * p.dv; i += KILN_THREADS) {
+        int v = static_cast<int>(i / p.dv);
+        int64_t c = i % p.dv;
+        float m = -3.402823466e38f;
+        for (int w = 0; w < KILN_WARPS; ++w)
+          if (merge->sum[w][v] > 0.0f)
+            m = fmaxf(m, merge->max[w][v]);
+        float sum = 0.0f, value = 0.0f;
+        for (int w = 0; w < KILN_WARPS; ++w)
+          if (merge->sum[w][v] > 0.0f) {
+            float weight = expf(merge->max[w][v] - m);
+            sum += weight * merge->sum[w][v];
+            value += weight * merge->out[w][v][c];
+          }
+        int64_t item = (t.row + v / t.nh) * p.heads + t.h0 + v % t.nh;
+        if (p.splits == 1) {
+          p.out[item * p.dv + c] = sum > 0.0f ? value / sum : 0.0f;
+        } else {
+          float *partial = p.scratch + (item * p.splits + block.y) * (2 + p.dv);
+          if (c == 0) {
+            partial[0] = sum > 0.0f ? m : -3.402823466e38f;
+            partial[1] = sum;
+          }
+          partial[2 + c] = value;
+        }
+      }
     }
   }
 }
@@ -275,9 +350,19 @@ KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
 /// (mmaAttentionFits(dk, dv), f32 keys and values).
 KILN_FN void kiln_attention_mma_block(Dim3 block, const AttentionParams &p) {
   KILN_SHARED MmaAttentionShared shared;
-  mmaAttend(block, p, attentionTask(block, p), shared);
+  mmaAttend<false>(block, p, attentionTask(block, p), shared.keyEnds, &shared,
+                   nullptr);
 }
 KILN_KERNEL(kiln_attention_mma, AttentionParams)
+
+/// The same for mmaAttentionWideFits(dk, dv).
+KILN_FN void kiln_attention_mma_wide_block(Dim3 block,
+                                           const AttentionParams &p) {
+  KILN_SHARED MmaAttentionWideShared shared;
+  mmaAttend<true>(block, p, attentionTask(block, p), shared.keyEnds, nullptr,
+                  shared.q);
+}
+KILN_KERNEL(kiln_attention_mma_wide, AttentionParams)
 
 } // namespace kiln
 

@@ -65,16 +65,23 @@ INSTANTIATE_TEST_SUITE_P(
                       Shape{3, 3, 64, 48, true}, Shape{8, 2, 192, 128, true},
                       Shape{4, 4, 24, 16, false}));
 
-TEST_P(MmaAttention, PrefillMatchesCpu) {
-  const auto [heads, kvHeads, dk, dv, paged] = GetParam();
-  const int64_t batch = 2, seq = 150, kvLen = 150, blockTokens = 64;
+/// Queries of the last `seq` positions of two ragged sequences (kv lengths
+/// 150 and 90: a prefill when seq is 150, with padding rows before the
+/// shorter one's; a decode step when 1), 1 to 3 context splits, contiguous
+/// or paged keys and values.
+void expectMatchesCpu(int64_t heads, int64_t kvHeads, int64_t dk, int64_t dv,
+                      bool paged, int64_t seq, bool wide) {
+  const int64_t batch = 2, kvLen = 150, blockTokens = 64;
   std::vector<float> q = normal(batch * seq * heads * dk, 41, 0.2f);
   std::vector<float> k = normal(batch * kvLen * kvHeads * dk, 42, 1.0f);
   std::vector<float> v = normal(batch * kvLen * kvHeads * dv, 43, 1.0f);
   std::vector<int32_t> positions(batch * seq), kvLengths = {150, 90};
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t s = 0; s < seq; ++s)
-      positions[b * seq + s] = s < kvLengths[b] ? static_cast<int32_t>(s) : -1;
+      positions[b * seq + s] =
+          s + kvLengths[b] - seq >= 0
+              ? static_cast<int32_t>(s + kvLengths[b] - seq)
+              : -1;
   std::vector<float> want(batch * seq * heads * dv);
   std::vector<float> qr = roundedToBf16(q), kr = roundedToBf16(k),
                      vr = roundedToBf16(v);
@@ -122,7 +129,7 @@ TEST_P(MmaAttention, PrefillMatchesCpu) {
     p.v = {v.data(), kvHeads * dv, dv, 0};
     p.tables = {nullptr, 0, 0, kvLen};
   }
-  ASSERT_TRUE(mmaAttentionFits(dk, dv));
+  ASSERT_TRUE(wide ? mmaAttentionWideFits(dk, dv) : mmaAttentionFits(dk, dv));
   float bound = 0x1p-9f * maxAbs(vr) +
                 4.0f * static_cast<float>(kvLen) * 0x1p-24f * maxAbs(vr) +
                 1e-6f;
@@ -133,8 +140,11 @@ TEST_P(MmaAttention, PrefillMatchesCpu) {
     p.splitTokens = attentionSplitTokens(kvLen, splits);
     scratch.assign(batch * seq * heads * splits * (2 + dv), 0.0f);
     p.scratch = scratch.data();
-    kiln_attention_mma_host(attentionGrid(batch, seq, heads, kvHeads, splits),
-                            p);
+    Dim3 grid = attentionGrid(batch, seq, heads, kvHeads, splits);
+    if (wide)
+      kiln_attention_mma_wide_host(grid, p);
+    else
+      kiln_attention_mma_host(grid, p);
     if (splits > 1)
       kiln_attention_merge_host(
           {static_cast<int>(batch * seq), static_cast<int>(heads), 1}, p);
@@ -144,13 +154,33 @@ TEST_P(MmaAttention, PrefillMatchesCpu) {
   }
 }
 
+TEST_P(MmaAttention, PrefillMatchesCpu) {
+  const auto [heads, kvHeads, dk, dv, paged] = GetParam();
+  expectMatchesCpu(heads, kvHeads, dk, dv, paged, 150, false);
+}
+
+// The wide variant on absorbed MLA's shapes: 16 heads sharing one latent
+// row (dk 576, dv 512), decode and prefill, contiguous and paged; and a
+// smaller dv split over its 4 parts.
+TEST(MmaAttentionWide, MatchesCpu) {
+  for (bool paged : {false, true})
+    for (int64_t seq : {1, 150}) {
+      SCOPED_TRACE(::testing::Message() << "paged " << paged << " seq " << seq);
+      expectMatchesCpu(16, 1, 576, 512, paged, seq, true);
+    }
+  expectMatchesCpu(4, 2, 40, 32, false, 150, true);
+}
+
 TEST(MmaAttentionFits, WholeFragmentsOnly) {
   EXPECT_TRUE(mmaAttentionFits(192, 128));
   EXPECT_TRUE(mmaAttentionFits(256, 8));
-  EXPECT_FALSE(mmaAttentionFits(576, 512)); // absorbed MLA: the other kernel
-  EXPECT_TRUE(mmaAttentionFits(24, 16));    // half a last k step
-  EXPECT_FALSE(mmaAttentionFits(20, 64));   // dk % 8
-  EXPECT_FALSE(mmaAttentionFits(64, 52));   // dv % 8
+  EXPECT_FALSE(mmaAttentionFits(576, 512)); // absorbed MLA: the wide one
+  EXPECT_TRUE(mmaAttentionWideFits(576, 512));
+  EXPECT_FALSE(mmaAttentionWideFits(576, 520)); // dv % 32
+  EXPECT_FALSE(mmaAttentionWideFits(584, 512)); // dk past the fragments
+  EXPECT_TRUE(mmaAttentionFits(24, 16));        // half a last k step
+  EXPECT_FALSE(mmaAttentionFits(20, 64));       // dk % 8
+  EXPECT_FALSE(mmaAttentionFits(64, 52));       // dv % 8
 }
 
 } // namespace

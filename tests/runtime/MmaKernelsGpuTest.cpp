@@ -6,9 +6,10 @@
 // memory are what only the GPU build has. GEMMs: dense of 1 to 70 rows (one
 // to three passes), a k the four warps split unevenly, a partial block of
 // output columns; grouped by expert; bf16 and FP8 weights (FP8 activations
-// as decoded floats and as e4m3 bytes). Attention: a prefill of 16-row
-// tiles with V2-Lite's head dimensions, ragged lengths, padding rows,
-// context splits. The outputs are poisoned first.
+// as decoded floats and as e4m3 bytes). Attention: prefills with ragged
+// lengths, padding rows and context splits: 16-row tiles of V2-Lite's
+// naive heads, paged GQA, and absorbed MLA's latent rows (the wide
+// variant). The outputs are poisoned first.
 // Without a GPU the tests are skipped, saying so (label gpu);
 // KILN_GPU_TESTS_EMULATE=1 runs them through the emulated driver.
 #include "MmaAttention.h"
@@ -209,11 +210,12 @@ TEST_F(MmaGpu, GemmGroupedMatchesTheHostBuild) {
 /// Paged: keys and values of a token in one cache row (values after the
 /// keys, so at an offset), in shuffled blocks of 64.
 void checkAttention(MmaGpu &t, Gpu &gpu, int64_t heads, int64_t kvHeads,
-                    int64_t dk, int64_t dv, bool paged) {
+                    int64_t dk, int64_t dv, bool paged, bool wide = false) {
   const int64_t batch = 2, seq = 300, blockTokens = 64;
   std::string what = std::to_string(heads) + "/" + std::to_string(kvHeads) +
                      " heads, dk " + std::to_string(dk) + ", dv " +
-                     std::to_string(dv) + (paged ? ", paged" : "");
+                     std::to_string(dv) + (paged ? ", paged" : "") +
+                     (wide ? ", wide" : "");
   std::vector<float> q = randomRows(batch * seq * heads, dk, 51);
   std::vector<float> k = randomRows(batch * seq * kvHeads, dk, 52);
   std::vector<float> v = randomRows(batch * seq * kvHeads, dv, 53);
@@ -291,8 +293,13 @@ void checkAttention(MmaGpu &t, Gpu &gpu, int64_t heads, int64_t kvHeads,
     dev.scratch = device<float>(t.upload(scratch));
     Dim3 grid = attentionGrid(batch, seq, heads, kvHeads, splits);
     Dim3 merge{static_cast<int>(batch * seq), static_cast<int>(heads), 1};
-    t.launch("kiln_attention_mma", grid, dev);
-    kiln_attention_mma_host(grid, host);
+    if (wide) {
+      t.launch("kiln_attention_mma_wide", grid, dev);
+      kiln_attention_mma_wide_host(grid, host);
+    } else {
+      t.launch("kiln_attention_mma", grid, dev);
+      kiln_attention_mma_host(grid, host);
+    }
     if (splits > 1) {
       t.launch("kiln_attention_merge", merge, dev);
       kiln_attention_merge_host(merge, host);
@@ -313,6 +320,8 @@ TEST_F(MmaGpu, AttentionPrefillMatchesTheHostBuild) {
   // rows per tile) with a dk that ends half-way through an mma step.
   checkAttention(*this, *gpu_, 16, 16, 192, 128, false);
   checkAttention(*this, *gpu_, 8, 2, 136, 64, true);
+  // Absorbed MLA's latent rows: 16 heads on one kv head, dk 576, dv 512.
+  checkAttention(*this, *gpu_, 16, 1, 576, 512, true, true);
 }
 
 } // namespace

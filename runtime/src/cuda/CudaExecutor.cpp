@@ -84,9 +84,10 @@ struct Executor::Impl {
   enum class MmaGemms { Auto, On, Off } mmaGemms = MmaGemms::Auto;
   static constexpr int64_t kMmaMinRows = 2;
   /// Attention on the tensor cores (MmaAttention.h: bf16 operands) where
-  /// its shapes fit: Auto in prefill of models with bf16 GEMM weights
-  /// (whose activations cuBLASLt rounds to bf16 already);
-  /// KILN_MMA_ATTENTION=on or off forces either (on: decode too).
+  /// its shapes fit: Auto in models with bf16 layer weights (whose
+  /// activations the GEMMs round to bf16 already) where a block has 8+
+  /// query vectors (prefill; absorbed-MLA decode); KILN_MMA_ATTENTION=on
+  /// or off forces either.
   enum class MmaAttention { Auto, On, Off } mmaAttention = MmaAttention::Auto;
   /// Some layer GEMM of the plan has bf16 weights (the output head of an
   /// FP8 model does not count).
@@ -1080,12 +1081,23 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
                p.k.headStride % 2 == 0 && p.k.offset % 2 == 0 &&
                (reinterpret_cast<uintptr_t>(p.q) & 7) == 0 &&
                (reinterpret_cast<uintptr_t>(p.k.data) & 7) == 0;
-  bool mma =
-      pairs && mmaAttentionFits(p.dk, p.dv) &&
+  // Query vectors a block takes: Auto wants most of the mma's 16 rows
+  // used (prefill tiles; decode where 8+ heads share a kv head, as MLA's
+  // 16 share the latent row).
+  int64_t group = p.heads / p.kvHeads;
+  int64_t vectors = attentionTileRows(shape.seq, p.heads, p.kvHeads) *
+                    std::min<int64_t>(group, kAttentionHeadsPerBlock);
+  const char *kernel = "kiln_attention";
+  if (pairs &&
       (mmaAttention == MmaAttention::On ||
-       (mmaAttention == MmaAttention::Auto && bf16Weights && shape.seq > 1));
+       (mmaAttention == MmaAttention::Auto && bf16Weights && vectors >= 8))) {
+    if (mmaAttentionFits(p.dk, p.dv))
+      kernel = "kiln_attention_mma";
+    else if (mmaAttentionWideFits(p.dk, p.dv))
+      kernel = "kiln_attention_mma_wide";
+  }
   if (absl::Status s = launch(
-          mma ? "kiln_attention_mma" : "kiln_attention",
+          kernel,
           attentionGrid(shape.batch, shape.seq, p.heads, p.kvHeads, p.splits),
           p);
       !s.ok())

@@ -74,6 +74,7 @@ const std::vector<HostKernel> &hostKernels() {
       KILN_HOST_KERNEL(kiln_attention, AttentionParams),
       KILN_HOST_KERNEL(kiln_attention_merge, AttentionParams),
       KILN_HOST_KERNEL(kiln_attention_mma, AttentionParams),
+      KILN_HOST_KERNEL(kiln_attention_mma_wide, AttentionParams),
       KILN_HOST_KERNEL(kiln_gemv_f32, GemmParams),
       KILN_HOST_KERNEL(kiln_gemv_bf16, GemmParams),
       KILN_HOST_KERNEL(kiln_gemv_f16, GemmParams),
