@@ -138,6 +138,26 @@ KILN_FN void loadEight<unsigned char>(const unsigned char *w, int64_t count,
 }
 #endif
 
+/// What a pass over rows [first, ...) of `matrix` reads: the activations
+/// of row `first`; FP8: its activation scales and the distance between two
+/// rows' (rows are whole multiples of k apart, so that the GEMMs' loops do
+/// no 64-bit division per row), and the scale blocks along k and n.
+template <class A> struct GemmPass {
+  const A *x;
+  const float *xScale;
+  int64_t xScaleStride, kBlocks, nBlocks;
+};
+template <class A, bool Fp8>
+KILN_FN GemmPass<A> gemmPass(const GemmParams &p, int64_t matrix,
+                             int64_t first) {
+  int64_t kBlocks = Fp8 ? (p.k + p.blockCols - 1) / p.blockCols : 1;
+  int64_t row = first * p.xRowStride + matrix * p.xMatrixStride;
+  return {activations<A>(p) + row,
+          Fp8 ? p.xScale + row / p.k * kBlocks : nullptr,
+          Fp8 ? p.xRowStride / p.k * kBlocks : 0, kBlocks,
+          Fp8 ? (p.n + p.blockRows - 1) / p.blockRows : 1};
+}
+
 /// Rows [first, first + count) (count <= R <= kGemmRows) of `matrix`
 /// against the block's kGemvCols weight rows. R sizes the accumulators: a
 /// single decode row keeps few registers, so more warps (and their loads)
@@ -146,18 +166,8 @@ template <class W, bool Fp8, class A, int R>
 KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
                       int64_t first, int count) {
   const W *w = static_cast<const W *>(p.w);
-  int64_t kBlocks = Fp8 ? (p.k + p.blockCols - 1) / p.blockCols : 1;
-  int64_t nBlocks = Fp8 ? (p.n + p.blockRows - 1) / p.blockRows : 1;
-  const A *x =
-      activations<A>(p) + matrix * p.xMatrixStride + first * p.xRowStride;
-  // FP8: the activation scales of row `first` and the distance between
-  // rows' scales (rows are whole multiples of k apart), so that the loop
-  // below does no 64-bit division per row.
-  const float *xScale =
-      Fp8 ? p.xScale + (first * p.xRowStride + matrix * p.xMatrixStride) / p.k *
-                           kBlocks
-          : nullptr;
-  int64_t xScaleStride = Fp8 ? p.xRowStride / p.k * kBlocks : 0;
+  auto [x, xScale, xScaleStride, kBlocks, nBlocks] =
+      gemmPass<A, Fp8>(p, matrix, first);
   for (int c = KILN_WARP; c < kGemvCols; c += KILN_WARPS) {
     int64_t n = int64_t{block.x} * kGemvCols + c;
     if (n >= p.n)

@@ -173,17 +173,8 @@ template <class W, bool Fp8, class A, int F>
 KILN_FN void mmaGemmPass(Dim3 block, const GemmParams &p, int64_t matrix,
                          int64_t first, int count) {
   const W *w = static_cast<const W *>(p.w);
-  int64_t kBlocks = Fp8 ? (p.k + p.blockCols - 1) / p.blockCols : 1;
-  int64_t nBlocks = Fp8 ? (p.n + p.blockRows - 1) / p.blockRows : 1;
-  const A *x =
-      activations<A>(p) + matrix * p.xMatrixStride + first * p.xRowStride;
-  // FP8: token `first`'s activation scales and the distance between two
-  // tokens' (rows are whole multiples of k apart).
-  const float *xScale =
-      Fp8 ? p.xScale + (first * p.xRowStride + matrix * p.xMatrixStride) / p.k *
-                           kBlocks
-          : nullptr;
-  int64_t xScaleStride = Fp8 ? p.xRowStride / p.k * kBlocks : 0;
+  auto [x, xScale, xScaleStride, kBlocks, nBlocks] =
+      gemmPass<A, Fp8>(p, matrix, first);
   int64_t n0 = int64_t{block.x} * kMmaRows;
   const float *wScale =
       Fp8 ? p.wScale + (matrix * nBlocks + n0 / p.blockRows) * kBlocks

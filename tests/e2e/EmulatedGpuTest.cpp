@@ -199,6 +199,38 @@ TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
   EXPECT_EQ(logits[0], logits[1]);
 }
 
+// The executor's switches say which values they take.
+TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
+  CompileSettings settings;
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v3", ::testing::TempDir() + "/emulated_switches.kiln",
+      settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  SessionOptions options;
+  options.device = Device::Emulated;
+  for (auto [name, expected] :
+       {std::pair<const char *, const char *>{"KILN_MMA_GEMMS",
+                                              "expected auto, on or off"},
+        {"KILN_MMA_ATTENTION", "expected auto, on or off"},
+        {"KILN_EXPERT_GEMMS", "expected auto, per-expert or grouped"}}) {
+    ::setenv(name, "sometimes", 1);
+    absl::StatusOr<std::unique_ptr<Session>> session =
+        Session::create(**model, options);
+    ::unsetenv(name);
+    if (absl::IsUnavailable(session.status()))
+      GTEST_SKIP() << session.status().message();
+    ASSERT_FALSE(session.ok()) << name;
+    EXPECT_TRUE(absl::IsInvalidArgument(session.status())) << session.status();
+    std::string message(session.status().message());
+    EXPECT_NE(
+        message.find(std::string(name) + " is \"sometimes\"; " + expected),
+        std::string::npos)
+        << message;
+  }
+}
+
 // Without step logits nothing is copied back: the steps still run and
 // lengthen the sequences, logits() is empty and promptLogits() refused, on
 // either device.

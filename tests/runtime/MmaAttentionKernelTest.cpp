@@ -13,6 +13,7 @@
 // values) is within 2^-9 max|v| plus fp32 summation error (bounded as in
 // KvAttentionKernelTest.cpp) of it.
 #include "MmaAttention.h"
+#include "tests/runtime/GemmTestUtil.h"
 
 #include "kiln/Float.h"
 #include "runtime/src/cpu/Kernels.h"
@@ -29,14 +30,7 @@
 namespace kiln {
 namespace {
 
-std::vector<float> normal(size_t n, uint32_t seed, float scale) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float &x : v)
-    x = dist(rng);
-  return v;
-}
+using kiln::testing::randomRows;
 
 std::vector<float> roundedToBf16(std::vector<float> v) {
   for (float &x : v)
@@ -72,9 +66,11 @@ INSTANTIATE_TEST_SUITE_P(
 void expectMatchesCpu(int64_t heads, int64_t kvHeads, int64_t dk, int64_t dv,
                       bool paged, int64_t seq, bool wide) {
   const int64_t batch = 2, kvLen = 150, blockTokens = 64;
-  std::vector<float> q = normal(batch * seq * heads * dk, 41, 0.2f);
-  std::vector<float> k = normal(batch * kvLen * kvHeads * dk, 42, 1.0f);
-  std::vector<float> v = normal(batch * kvLen * kvHeads * dv, 43, 1.0f);
+  std::vector<float> q = randomRows(batch * seq * heads, dk, 41);
+  std::vector<float> k = randomRows(batch * kvLen * kvHeads, dk, 42);
+  std::vector<float> v = randomRows(batch * kvLen * kvHeads, dv, 43);
+  for (float &x : q)
+    x *= 0.2f;
   std::vector<int32_t> positions(batch * seq), kvLengths = {150, 90};
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t s = 0; s < seq; ++s)
@@ -109,18 +105,9 @@ void expectMatchesCpu(int64_t heads, int64_t kvHeads, int64_t dk, int64_t dv,
     tables =
         cpu::pagedtest::shuffledBlockTables(rng, kvLengths, kvLen, blockTokens);
     int64_t entry = kvHeads * (dk + dv);
-    slot.assign(tables.numBlocks * blockTokens * entry, std::nanf(""));
-    for (int64_t b = 0; b < batch; ++b)
-      for (int64_t j = 0; j < kvLengths[b]; ++j) {
-        int64_t row = int64_t{tables.ids[b * tables.stride + j / blockTokens]} *
-                          blockTokens +
-                      j % blockTokens;
-        for (int64_t c = 0; c < kvHeads * dk; ++c)
-          slot[row * entry + c] = k[(b * kvLen + j) * kvHeads * dk + c];
-        for (int64_t c = 0; c < kvHeads * dv; ++c)
-          slot[row * entry + kvHeads * dk + c] =
-              v[(b * kvLen + j) * kvHeads * dv + c];
-      }
+    slot = cpu::pagedtest::pagedKeysAndValues(tables, kvLengths, kvLen,
+                                              blockTokens, k, v, kvHeads, dk,
+                                              dv, std::nanf(""));
     p.k = {slot.data(), entry, dk, 0};
     p.v = {slot.data(), entry, dv, kvHeads * dk};
     p.tables = {tables.ids.data(), tables.stride, blockTokens, 0};

@@ -235,18 +235,8 @@ void checkAttention(MmaGpu &t, Gpu &gpu, int64_t heads, int64_t kvHeads,
   if (paged) {
     tables =
         cpu::pagedtest::shuffledBlockTables(rng, kvLengths, seq, blockTokens);
-    slot.assign(tables.numBlocks * blockTokens * entry, 0.0f);
-    for (int64_t b = 0; b < batch; ++b)
-      for (int64_t j = 0; j < kvLengths[b]; ++j) {
-        int64_t row = int64_t{tables.ids[b * tables.stride + j / blockTokens]} *
-                          blockTokens +
-                      j % blockTokens;
-        for (int64_t c = 0; c < kvHeads * dk; ++c)
-          slot[row * entry + c] = k[(b * seq + j) * kvHeads * dk + c];
-        for (int64_t c = 0; c < kvHeads * dv; ++c)
-          slot[row * entry + kvHeads * dk + c] =
-              v[(b * seq + j) * kvHeads * dv + c];
-      }
+    slot = cpu::pagedtest::pagedKeysAndValues(
+        tables, kvLengths, seq, blockTokens, k, v, kvHeads, dk, dv, 0.0f);
   }
   CUdeviceptr devSlot = paged ? t.upload(slot) : 0;
   CUdeviceptr devK = paged ? 0 : t.upload(k), devV = paged ? 0 : t.upload(v);

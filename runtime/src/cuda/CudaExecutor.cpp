@@ -19,9 +19,11 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <optional>
 #include <set>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 
@@ -1163,6 +1165,28 @@ void Executor::pinHostBuffer(void *data, size_t bytes) {
     s.pinned = data;
 }
 
+namespace {
+/// Environment variable `name` as the index of one of `modes`: unset or
+/// empty is the first.
+absl::StatusOr<int> environmentMode(const char *name,
+                                    std::initializer_list<const char *> modes) {
+  const char *value = std::getenv(name);
+  if (!value || !*value)
+    return 0;
+  std::string expected;
+  int index = 0;
+  for (const char *mode : modes) {
+    if (std::string(value) == mode)
+      return index;
+    expected += (index ? index + 1 == int(modes.size()) ? " or " : ", " : "") +
+                std::string(mode);
+    ++index;
+  }
+  return absl::InvalidArgumentError(std::string(name) + " is \"" + value +
+                                    "\"; expected " + expected);
+}
+} // namespace
+
 absl::StatusOr<std::unique_ptr<Executor>>
 Executor::create(const Model::Impl &model, const CacheLayout &cache,
                  bool requireGpuCode, bool emulate) {
@@ -1205,27 +1229,19 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
   impl->description = devices->front().name;
   if (absl::Status s = impl->loadModules(requireGpuCode); !s.ok())
     return s;
-  if (const char *experts = std::getenv("KILN_EXPERT_GEMMS")) {
-    std::string mode = experts;
-    if (mode == "per-expert")
-      impl->expertGemms = Impl::ExpertGemms::PerExpert;
-    else if (mode == "grouped")
-      impl->expertGemms = Impl::ExpertGemms::Grouped;
-    else if (!mode.empty() && mode != "auto")
-      return absl::InvalidArgumentError(
-          "KILN_EXPERT_GEMMS is \"" + mode +
-          "\"; expected auto, per-expert or grouped");
-  }
-  if (const char *mma = std::getenv("KILN_MMA_ATTENTION")) {
-    std::string mode = mma;
-    if (mode == "on")
-      impl->mmaAttention = Impl::MmaAttention::On;
-    else if (mode == "off")
-      impl->mmaAttention = Impl::MmaAttention::Off;
-    else if (!mode.empty() && mode != "auto")
-      return absl::InvalidArgumentError("KILN_MMA_ATTENTION is \"" + mode +
-                                        "\"; expected auto, on or off");
-  }
+  // The enums list their modes in this order, the default first.
+  absl::StatusOr<int> experts =
+      environmentMode("KILN_EXPERT_GEMMS", {"auto", "per-expert", "grouped"});
+  absl::StatusOr<int> mmaGemms =
+      environmentMode("KILN_MMA_GEMMS", {"auto", "on", "off"});
+  absl::StatusOr<int> mmaAttention =
+      environmentMode("KILN_MMA_ATTENTION", {"auto", "on", "off"});
+  for (const absl::StatusOr<int> *mode : {&experts, &mmaGemms, &mmaAttention})
+    if (!mode->ok())
+      return mode->status();
+  impl->expertGemms = static_cast<Impl::ExpertGemms>(*experts);
+  impl->mmaGemms = static_cast<Impl::MmaGemms>(*mmaGemms);
+  impl->mmaAttention = static_cast<Impl::MmaAttention>(*mmaAttention);
   for (const art::EntryPoint *e : *model.plan->entry_points())
     for (const art::Launch *l : *e->launches())
       if ((l->kernel() == art::KernelKind::Linear ||
@@ -1233,16 +1249,6 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
            l->kernel() == art::KernelKind::GroupedLinear) &&
           l->args()->Get(1)->type() == art::ElementType::BF16)
         impl->bf16Weights = true;
-  if (const char *mma = std::getenv("KILN_MMA_GEMMS")) {
-    std::string mode = mma;
-    if (mode == "on")
-      impl->mmaGemms = Impl::MmaGemms::On;
-    else if (mode == "off")
-      impl->mmaGemms = Impl::MmaGemms::Off;
-    else if (!mode.empty() && mode != "auto")
-      return absl::InvalidArgumentError("KILN_MMA_GEMMS is \"" + mode +
-                                        "\"; expected auto, on or off");
-  }
   // KILN_CUBLASLT=0 keeps every GEMM in the library kernels (fp32
   // activations): the numerics check compares both paths.
   const char *useBlas = std::getenv("KILN_CUBLASLT");
