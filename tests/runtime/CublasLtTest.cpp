@@ -30,15 +30,9 @@ namespace {
 class CublasLt : public ::testing::Test {
 protected:
   void SetUp() override {
-    absl::StatusOr<Driver> driver = Driver::load();
-    if (!driver.ok())
-      GTEST_SKIP() << "no CUDA here: " << driver.status().message();
-    absl::StatusOr<std::vector<DeviceInfo>> devices = driver->devices();
-    if (!devices.ok() || devices->empty())
-      GTEST_SKIP() << "the NVIDIA driver sees no GPU";
-    driver_.emplace(*std::move(driver));
-    gpu_.emplace(*driver_);
-    ASSERT_TRUE(gpu_->init().ok());
+    std::string skip = openGpu(Driver::load(), driver_, gpu_);
+    if (!skip.empty())
+      GTEST_SKIP() << skip;
     absl::StatusOr<BlasLt> blas = BlasLt::load();
     if (!blas.ok())
       GTEST_SKIP() << blas.status().message();

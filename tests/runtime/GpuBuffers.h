@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
+#include <string>
 #include <vector>
 
 namespace kiln::cuda {
@@ -63,6 +65,23 @@ private:
   CUstream stream_ = nullptr;
   std::vector<CUdeviceptr> buffers_;
 };
+
+/// Opens device 0 through `loaded` (a driver, or why there is none) into
+/// `driver` and `gpu`. Returns why a GPU test must skip, or nothing.
+inline std::string openGpu(absl::StatusOr<Driver> loaded,
+                           std::optional<Driver> &driver,
+                           std::optional<Gpu> &gpu) {
+  if (!loaded.ok())
+    return "no CUDA here: " + std::string(loaded.status().message());
+  absl::StatusOr<std::vector<DeviceInfo>> devices = loaded->devices();
+  if (!devices.ok() || devices->empty())
+    return "the NVIDIA driver sees no GPU";
+  driver.emplace(*std::move(loaded));
+  gpu.emplace(*driver);
+  absl::Status s = gpu->init();
+  EXPECT_TRUE(s.ok()) << s.message();
+  return "";
+}
 
 } // namespace kiln::cuda
 

@@ -43,18 +43,12 @@ protected:
     // KILN_GPU_TESTS_EMULATE=1: through the emulated driver (the host build
     // on both sides), to check the test itself without a GPU.
     const char *emulate = std::getenv("KILN_GPU_TESTS_EMULATE");
-    absl::StatusOr<Driver> driver =
-        emulate && std::string(emulate) == "1"
-            ? absl::StatusOr<Driver>(emulatedDriver())
-            : Driver::load();
-    if (!driver.ok())
-      GTEST_SKIP() << "no CUDA here: " << driver.status().message();
-    absl::StatusOr<std::vector<DeviceInfo>> devices = driver->devices();
-    if (!devices.ok() || devices->empty())
-      GTEST_SKIP() << "the NVIDIA driver sees no GPU";
-    driver_.emplace(*std::move(driver));
-    gpu_.emplace(*driver_);
-    ASSERT_TRUE(gpu_->init().ok());
+    std::string skip = openGpu(emulate && std::string(emulate) == "1"
+                                   ? absl::StatusOr<Driver>(emulatedDriver())
+                                   : Driver::load(),
+                               driver_, gpu_);
+    if (!skip.empty())
+      GTEST_SKIP() << skip;
     ASSERT_TRUE(
         driver_
             ->check(driver_->api().cuModuleLoadData(&module_, libraryFatbin()),
