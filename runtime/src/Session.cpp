@@ -1002,13 +1002,15 @@ absl::Status Session::decode(std::span<const int> sequences,
   dims.routed = dims.batch * s.model->plan->moe_top_k();
   if (absl::Status st = s.run(s.decode, dims); !st.ok())
     return st;
-    // Batch 128 of a 102400-token vocabulary is 52 MB: copied by every
-    // thread, not one.
-#pragma omp parallel for if (dims.batch >= 8 && s.stepLogits) schedule(static)
-  for (int64_t b = 0; b < (s.stepLogits ? dims.batch : 0); ++b)
-    std::memcpy(s.lastLogits.data() + sequences[b] * s.vocab,
-                s.decode.logits + b * s.vocab,
-                sizeof(float) * static_cast<size_t>(s.vocab));
+  // Batch 128 of a 102400-token vocabulary is 52 MB: copied by every
+  // thread, not one.
+  if (s.stepLogits) {
+#pragma omp parallel for if (dims.batch >= 8) schedule(static)
+    for (int64_t b = 0; b < dims.batch; ++b)
+      std::memcpy(s.lastLogits.data() + sequences[b] * s.vocab,
+                  s.decode.logits + b * s.vocab,
+                  sizeof(float) * static_cast<size_t>(s.vocab));
+  }
   for (int64_t b = 0; b < dims.batch; ++b)
     ++s.lengths[sequences[b]];
   s.lastPrefill.clear();

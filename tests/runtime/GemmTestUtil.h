@@ -18,6 +18,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -103,6 +104,20 @@ inline const char *name(cpu::ElementType type) {
   default:
     return "f32";
   }
+}
+
+/// Values as the tensor-core kernels multiply them (rounded to bf16).
+inline std::vector<float> roundedToBf16(std::vector<float> v) {
+  for (float &x : v)
+    x = bf16ToFloat(floatToBf16(x));
+  return v;
+}
+
+inline float maxAbs(const std::vector<float> &v) {
+  float m = 0;
+  for (float x : v)
+    m = std::max(m, std::fabs(x));
+  return m;
 }
 
 inline std::vector<float> randomRows(int64_t rows, int64_t k, uint32_t seed) {

@@ -11,6 +11,7 @@
 
 #include "runtime/src/cpu/Kernels.h"
 #include "runtime/src/cpu/PagedFp8.h"
+#include "tests/runtime/GemmTestUtil.h"
 #include "tests/runtime/PagedTestUtil.h"
 
 #include <gtest/gtest.h>
@@ -26,6 +27,7 @@ namespace {
 using cpu::pagedtest::prefixPositions;
 using cpu::pagedtest::shuffledBlockTables;
 using cpu::pagedtest::TestBlockTables;
+using kiln::testing::maxAbs;
 
 constexpr int64_t kBlockTokens = 64;
 
@@ -36,13 +38,6 @@ std::vector<float> normal(size_t n, uint32_t seed) {
   for (float &x : v)
     x = dist(rng);
   return v;
-}
-
-float maxAbs(const std::vector<float> &v) {
-  float m = 0;
-  for (float x : v)
-    m = std::max(m, std::fabs(x));
-  return m;
 }
 
 /// A batch with ragged lengths and one padding-only row, appended into a

@@ -30,20 +30,9 @@
 namespace kiln {
 namespace {
 
+using kiln::testing::maxAbs;
 using kiln::testing::randomRows;
-
-std::vector<float> roundedToBf16(std::vector<float> v) {
-  for (float &x : v)
-    x = bf16ToFloat(floatToBf16(x));
-  return v;
-}
-
-float maxAbs(const std::vector<float> &v) {
-  float m = 0;
-  for (float x : v)
-    m = std::max(m, std::fabs(x));
-  return m;
-}
+using kiln::testing::roundedToBf16;
 
 /// (heads, kvHeads, dk, dv, paged)
 using Shape = std::tuple<int64_t, int64_t, int64_t, int64_t, bool>;

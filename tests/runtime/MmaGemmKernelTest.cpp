@@ -23,13 +23,6 @@ namespace {
 
 using namespace kiln::testing;
 
-/// Activations as the mma GEMM multiplies them (rounded to bf16).
-std::vector<float> roundedToBf16(std::vector<float> x) {
-  for (float &v : x)
-    v = bf16ToFloat(floatToBf16(v));
-  return x;
-}
-
 enum class Fp8Input { None, Floats, Codes };
 
 void runMma(Fp8Input input, Dim3 grid, const GemmParams &p) {

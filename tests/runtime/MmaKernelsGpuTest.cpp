@@ -162,10 +162,9 @@ void checkGemm(MmaGpu &t, Gpu &gpu, Fp8Input input, int64_t rows, int64_t n,
     kiln_gemm_mma_f8e4m3_q8_host(grid, host);
   std::vector<float> got = gpu.download(out, rows * n);
   // The operands as multiplied, for the bound.
-  std::vector<float> xs(x.size());
-  for (size_t i = 0; i < xs.size(); ++i)
-    xs[i] = fp8 ? q.codes[i] * q.scales[i / k * kBlocks + i % k / 128]
-                : bf16ToFloat(floatToBf16(x[i]));
+  std::vector<float> xs = roundedToBf16(x);
+  for (size_t i = 0; fp8 && i < xs.size(); ++i)
+    xs[i] = q.codes[i] * q.scales[i / k * kBlocks + i % k / 128];
   auto expert = [&](int64_t row) {
     int64_t e = 0;
     while (!offsets.empty() && offsets[e + 1] <= row)
@@ -219,9 +218,7 @@ void checkAttention(MmaGpu &t, Gpu &gpu, int64_t heads, int64_t kvHeads,
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t s = 0; s < seq; ++s)
       positions[b * seq + s] = s < kvLengths[b] ? static_cast<int32_t>(s) : -1;
-  float maxValue = 0;
-  for (float x : v)
-    maxValue = std::max(maxValue, std::fabs(bf16ToFloat(floatToBf16(x))));
+  float maxValue = maxAbs(roundedToBf16(v));
   std::mt19937 rng(54);
   cpu::pagedtest::TestBlockTables tables;
   std::vector<float> slot;
