@@ -160,12 +160,13 @@ KILN_FN float blockSum(float value) {
 
 // Warps: 32 threads under CUDA; on the host one thread is the block's only
 // "warp" and its only lane.
-// KILN_UNROLL4 / KILN_UNROLL8: four or eight iterations of a loop of unknown
-// trip count in flight (independent loads overlap).
+// KILN_UNROLL4 / 8 / 16: that many iterations of a loop of unknown trip count
+// in flight (independent loads overlap).
 #if defined(__CUDACC__)
 #define KILN_UNROLL _Pragma("unroll")
 #define KILN_UNROLL4 _Pragma("unroll 4")
 #define KILN_UNROLL8 _Pragma("unroll 8")
+#define KILN_UNROLL16 _Pragma("unroll 16")
 #define KILN_WARP_SIZE 32
 #define KILN_LANE (static_cast<int>(threadIdx.x) % 32)
 #define KILN_WARP (static_cast<int>(threadIdx.x) / 32)
@@ -174,11 +175,48 @@ KILN_FN float blockSum(float value) {
 #define KILN_UNROLL _Pragma("GCC unroll 8")
 #define KILN_UNROLL4 _Pragma("GCC unroll 4")
 #define KILN_UNROLL8 _Pragma("GCC unroll 8")
+#define KILN_UNROLL16 _Pragma("GCC unroll 16")
 #define KILN_WARP_SIZE 1
 #define KILN_LANE 0
 #define KILN_WARP 0
 #define KILN_WARPS 1
 #endif
+
+/// Elements a thread of an elementwise loop has in flight.
+constexpr int kLoadsInFlight = 4;
+
+/// store(i, load(i)) for the thread's elements i = begin + thread + m *
+/// threads below `end`, kLoadsInFlight at a time with every load of a batch
+/// issued before its stores. A loop that loads and stores by turns waits a
+/// whole memory round trip per element: the compiler may not move a load
+/// above a store to memory that might alias it.
+template <class Load, class Store>
+KILN_FN void forEachElement(int64_t begin, int64_t end, Load load,
+                            Store store) {
+  using T = decltype(load(begin));
+  const int64_t stride = KILN_THREADS;
+  for (int64_t i = begin + KILN_THREAD; i < end; i += kLoadsInFlight * stride) {
+    T value[kLoadsInFlight] = {};
+    if (i + (kLoadsInFlight - 1) * stride < end) {
+      // A whole batch: no bounds checks, so no branches between its loads.
+      KILN_UNROLL
+      for (int u = 0; u < kLoadsInFlight; ++u)
+        value[u] = load(i + u * stride);
+      KILN_UNROLL
+      for (int u = 0; u < kLoadsInFlight; ++u)
+        store(i + u * stride, value[u]);
+      continue;
+    }
+    KILN_UNROLL
+    for (int u = 0; u < kLoadsInFlight; ++u)
+      if (i + u * stride < end)
+        value[u] = load(i + u * stride);
+    KILN_UNROLL
+    for (int u = 0; u < kLoadsInFlight; ++u)
+      if (i + u * stride < end)
+        store(i + u * stride, value[u]);
+  }
+}
 
 /// The sum of `value` over the lanes of the calling warp, returned to all
 /// of them (no block-wide synchronization).
@@ -306,22 +344,35 @@ KILN_FN void quantizeFp8(const float *x, int64_t n, int64_t blockCols, int pow2,
   }
 }
 
+/// Two values a forEachElement load returns together.
+struct FloatPair {
+  float a, b;
+};
+
+/// A store of one float element, for forEachElement.
+struct StoreTo {
+  float *out;
+  KILN_FN void operator()(int64_t i, float value) const { out[i] = value; }
+};
+
 KILN_FN void copy(const float *x, int count, float *out) {
-  for (int i = KILN_THREAD; i < count; i += KILN_THREADS)
-    out[i] = x[i];
+  forEachElement(
+      0, count, [&](int64_t i) { return x[i]; }, StoreTo{out});
 }
 
 KILN_FN void add(const float *a, const float *b, int count, float *out) {
-  for (int i = KILN_THREAD; i < count; i += KILN_THREADS)
-    out[i] = a[i] + b[i];
+  forEachElement(
+      0, count, [&](int64_t i) { return a[i] + b[i]; }, StoreTo{out});
 }
 
 /// silu(gate) * up, as cpu::swiglu.
+KILN_FN float swiglu(float gate, float up) {
+  return gate / (1.0f + expf(-gate)) * up;
+}
 KILN_FN void swiglu(const float *gate, const float *up, int count, float *out) {
-  for (int i = KILN_THREAD; i < count; i += KILN_THREADS) {
-    float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
-  }
+  forEachElement(
+      0, count, [&](int64_t i) { return swiglu(gate[i], up[i]); },
+      StoreTo{out});
 }
 
 /// `rows` rows of `dim` values, each normalized as cpu::rmsNorm.
@@ -336,31 +387,63 @@ KILN_FN void rmsNorm(const float *x, int rows, int dim, const W *weight,
       sum += xr[i] * xr[i];
     sum = blockSum(sum);
     float inv = 1.0f / sqrtf(sum / static_cast<float>(dim) + epsilon);
-    for (int i = KILN_THREAD; i < dim; i += KILN_THREADS)
-      yr[i] = (xr[i] * inv) * toFloat(weight[i]);
+    forEachElement(
+        0, dim, [&](int64_t i) { return (xr[i] * inv) * toFloat(weight[i]); },
+        StoreTo{yr});
   }
 }
 
 /// out[r, :] = x[r, offset : offset + size] over rows of `inDim`.
 KILN_FN void slice(const float *x, int rows, int inDim, int offset, int size,
                    float *out) {
-  for (int j = KILN_THREAD; j < rows * size; j += KILN_THREADS)
-    out[j] = x[(j / size) * inDim + offset + j % size];
+  forEachElement(
+      0, rows * size,
+      [&](int64_t j) { return x[(j / size) * inDim + offset + j % size]; },
+      StoreTo{out});
 }
 
 /// One input of a concat: rows of `dim` values into columns [offset,
 /// offset + dim) of rows of `outDim`.
 KILN_FN void concatPart(const float *x, int rows, int dim, int outDim,
                         int offset, float *out) {
-  for (int j = KILN_THREAD; j < rows * dim; j += KILN_THREADS)
-    out[(j / dim) * outDim + offset + j % dim] = x[j];
+  forEachElement(
+      0, rows * dim, [&](int64_t j) { return x[j]; },
+      [&](int64_t j, float value) {
+        out[(j / dim) * outDim + offset + j % dim] = value;
+      });
 }
 
 /// out[r, k, :] = x[r, 0, :] for k < repeat, rows of `inner` values.
 KILN_FN void broadcast(const float *x, int outer, int repeat, int inner,
                        float *out) {
-  for (int j = KILN_THREAD; j < outer * repeat * inner; j += KILN_THREADS)
-    out[j] = x[(j / (repeat * inner)) * inner + j % inner];
+  forEachElement(
+      0, outer * repeat * inner,
+      [&](int64_t j) { return x[(j / (repeat * inner)) * inner + j % inner]; },
+      StoreTo{out});
+}
+
+/// RoPE's rotation of `heads` rows of 2 * half values by the angles whose
+/// cosines and sines (times the attention factor) are cosv and sinv.
+KILN_FN void rotatePairs(const float *x, int heads, int half, const float *cosv,
+                         const float *sinv, bool interleaved, float *out) {
+  const int64_t dim = 2 * half;
+  // Pair j: head j / half, interleaved (2i, 2i + 1), otherwise
+  // rotate_half's (i, i + half), i = j % half.
+  auto first = [&](int64_t j) {
+    int64_t i = j % half;
+    return j / half * dim + (interleaved ? 2 * i : i);
+  };
+  int64_t second = interleaved ? 1 : half;
+  forEachElement(
+      0, int64_t{heads} * half,
+      [&](int64_t j) {
+        return FloatPair{x[first(j)], x[first(j) + second]};
+      },
+      [&](int64_t j, FloatPair v) {
+        int64_t i = j % half;
+        out[first(j)] = v.a * cosv[i] - v.b * sinv[i];
+        out[first(j) + second] = v.b * cosv[i] + v.a * sinv[i];
+      });
 }
 
 /// Rotates `heads` rows of 2 * Half values by the angles of `position`, as
@@ -383,17 +466,71 @@ KILN_FN void rope(const float *x, int heads, int32_t position,
     sinv[i] = static_cast<float>(sin(angle) * attention);
   }
   KILN_SYNC();
-  for (int j = KILN_THREAD; j < heads * Half; j += KILN_THREADS) {
-    int h = j / Half, i = j % Half;
-    const float *xh = x + h * dim;
-    float *oh = out + h * dim;
-    // interleaved: pairs (2i, 2i + 1); otherwise rotate_half's (i, i + Half).
-    int first = interleaved ? 2 * i : i;
-    int second = interleaved ? 2 * i + 1 : i + Half;
-    float a = xh[first], b = xh[second];
-    oh[first] = a * cosv[i] - b * sinv[i];
-    oh[second] = b * cosv[i] + a * sinv[i];
+  rotatePairs(x, heads, Half, cosv, sinv, interleaved, out);
+}
+
+/// Weight elements as floats (e4m3 codes decoded, unscaled).
+KILN_FN float loadWeight(const float *w, int64_t i) { return w[i]; }
+KILN_FN float loadWeight(const Bf16 *w, int64_t i) { return toFloat(w[i]); }
+KILN_FN float loadWeight(const F16 *w, int64_t i) { return toFloat(w[i]); }
+KILN_FN float loadWeight(const unsigned char *w, int64_t i) {
+  return decodeE4m3(w[i]);
+}
+
+/// Weights [0, 8) of a row, as floats, where all 8 are there and
+/// wholeLoadAligned: one 16-byte load of bf16 / f16, one 8-byte load of
+/// e4m3, two 16-byte loads of f32 on the GPU.
+template <class W> KILN_FN void loadEightWhole(const W *w, float *out) {
+  for (int j = 0; j < 8; ++j)
+    out[j] = loadWeight(w, j);
+}
+#if defined(__CUDACC__)
+template <class Half>
+KILN_FN void loadEightHalvesWhole(const Half *w, float *out) {
+  uint4 bits = *reinterpret_cast<const uint4 *>(w);
+  const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
+  for (int j = 0; j < 4; ++j) {
+    out[2 * j] = toFloat(Half{static_cast<uint16_t>(words[j] & 0xffffu)});
+    out[2 * j + 1] = toFloat(Half{static_cast<uint16_t>(words[j] >> 16)});
   }
+}
+template <> KILN_FN void loadEightWhole<Bf16>(const Bf16 *w, float *out) {
+  loadEightHalvesWhole(w, out);
+}
+template <> KILN_FN void loadEightWhole<F16>(const F16 *w, float *out) {
+  loadEightHalvesWhole(w, out);
+}
+template <>
+KILN_FN void loadEightWhole<unsigned char>(const unsigned char *w, float *out) {
+  uint2 bits = *reinterpret_cast<const uint2 *>(w);
+  for (int j = 0; j < 8; ++j)
+    out[j] = decodeE4m3(static_cast<unsigned char>(
+        ((j < 4 ? bits.x : bits.y) >> (8 * (j % 4))) & 0xffu));
+}
+template <> KILN_FN void loadEightWhole<float>(const float *w, float *out) {
+  float4 a = *reinterpret_cast<const float4 *>(w);
+  float4 b = *reinterpret_cast<const float4 *>(w + 4);
+  out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
+  out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
+#endif
+
+/// Whether loadEightWhole may read at w: 8 bytes for e4m3, 16 otherwise.
+template <class W> KILN_FN bool wholeLoadAligned(const W *w) {
+  unsigned long long mask = sizeof(W) == 1 ? 7 : 15;
+  return (reinterpret_cast<unsigned long long>(w) & mask) == 0;
+}
+
+/// Weights [k, k + 8) of a row (zeros past `count`), as floats: one
+/// loadEightWhole where the row allows.
+template <class W>
+KILN_FN void loadEight(const W *w, int64_t count, float *out) {
+  if (count >= 8 && wholeLoadAligned(w)) {
+    loadEightWhole(w, out);
+    return;
+  }
+  for (int j = 0; j < 8; ++j)
+    out[j] = j < count ? loadWeight(w, j) : 0.0f;
 }
 
 enum ScoringFunc { Softmax, Sigmoid };
@@ -431,6 +568,36 @@ KILN_FN void topK(const float *values, int n, int k, unsigned char *taken,
   }
 }
 
+/// logit[u] += the calling lane's share of x . row u of `rows` ([count,
+/// dim]; u < min(count, Rows)), 8 consecutive values per lane per step.
+/// Whole: Rows rows, wholeLoadAligned, of a dim that is a multiple of 8, so
+/// no bounds checks separate a step's loads.
+template <bool Whole, int Rows, class W>
+KILN_FN void routerDots(const float *x, int dim, const W *rows, int count,
+                        float *logit) {
+  KILN_UNROLL4
+  for (int64_t i = int64_t{KILN_LANE} * 8; i < dim;
+       i += int64_t{KILN_WARP_SIZE} * 8) {
+    float xv[8];
+    KILN_UNROLL
+    for (int j = 0; j < 8; ++j)
+      xv[j] = Whole || i + j < dim ? x[i + j] : 0.0f;
+    KILN_UNROLL
+    for (int u = 0; u < Rows; ++u) {
+      if (!Whole && u >= count)
+        break; // warp-uniform
+      float w[8];
+      if (Whole)
+        loadEightWhole(rows + u * int64_t{dim} + i, w);
+      else
+        loadEight(rows + u * int64_t{dim} + i, dim - i, w);
+      KILN_UNROLL
+      for (int j = 0; j < 8; ++j)
+        logit[u] += xv[j] * w[j];
+    }
+  }
+}
+
 /// DeepSeekMoE router of one token, as cpu::moeGate: logits x W^T (weight
 /// [experts, dim]) by the block's warps, then scores, selection and
 /// weights by one thread (the selection is a short serial scan). `bias` is
@@ -442,23 +609,21 @@ KILN_FN void moeGateN(const float *x, int dim, const W *weight, const B *bias,
   KILN_SHARED float scores[Capacity], choice[Capacity], groupScore[Capacity];
   KILN_SHARED unsigned char taken[Capacity];
   KILN_SHARED int32_t picked[Capacity > 2 ? Capacity : 2];
-  // A warp per 8 experts at a time, its lanes over dim: coalesced rows and
-  // 8 x 4 independent loads in flight per lane.
+  // A warp per 8 experts at a time, each lane 8 consecutive weights of
+  // each (one 16-byte load of a 16-bit row), 4 x 8 loads in flight per
+  // lane. The whole router runs on one multiprocessor per token, so its
+  // time is the round trips: a 64 x 2048 bf16 router takes 4 at a time per
+  // warp where 2-byte loads took 32.
   constexpr int kPerWarp = 8;
+  bool alignedRows = dim % 8 == 0 && wholeLoadAligned(weight);
   for (int e0 = KILN_WARP * kPerWarp; e0 < experts;
        e0 += KILN_WARPS * kPerWarp) {
-    float logit[kPerWarp];
-    KILN_UNROLL
-    for (int u = 0; u < kPerWarp; ++u)
-      logit[u] = 0.0f;
-    KILN_UNROLL4
-    for (int i = KILN_LANE; i < dim; i += KILN_WARP_SIZE) {
-      float xi = x[i];
-      KILN_UNROLL
-      for (int u = 0; u < kPerWarp; ++u)
-        if (e0 + u < experts)
-          logit[u] += xi * toFloat(weight[(e0 + u) * dim + i]);
-    }
+    float logit[kPerWarp] = {};
+    const W *rows = weight + int64_t{e0} * dim;
+    if (alignedRows && e0 + kPerWarp <= experts)
+      routerDots<true, kPerWarp>(x, dim, rows, kPerWarp, logit);
+    else
+      routerDots<false, kPerWarp>(x, dim, rows, experts - e0, logit);
     KILN_UNROLL
     for (int u = 0; u < kPerWarp; ++u) {
       float total = warpSum(logit[u]);

@@ -14,8 +14,10 @@
 
 namespace kiln {
 
-/// Elements one block of an elementwise kernel covers.
-constexpr int64_t kElementsPerBlock = 2048;
+/// Elements one block of an elementwise kernel covers: one batch of loads
+/// per thread (forEachElement).
+constexpr int64_t kElementsPerBlock =
+    int64_t{KILN_BLOCK_THREADS} * kLoadsInFlight;
 /// The most experts a device router takes (DeepSeek-V3 has 256).
 constexpr int kDeviceMaxExperts = 256;
 /// The most rotary dimensions the device RoPE takes.
@@ -62,9 +64,9 @@ template <class W>
 KILN_FN void embeddingBlock(Dim3 block, const EmbeddingParams &p) {
   const W *row =
       static_cast<const W *>(p.table) + int64_t{p.tokens[block.x]} * p.dim;
-  float *out = p.out + int64_t{block.x} * p.dim;
-  for (int64_t i = KILN_THREAD; i < p.dim; i += KILN_THREADS)
-    out[i] = toFloat(row[i]);
+  forEachElement(
+      0, p.dim, [&](int64_t i) { return toFloat(row[i]); },
+      StoreTo{p.out + int64_t{block.x} * p.dim});
 }
 KILN_TYPED_KERNEL(kiln_embedding, f32, EmbeddingParams, embeddingBlock, float)
 KILN_TYPED_KERNEL(kiln_embedding, bf16, EmbeddingParams, embeddingBlock, Bf16)
@@ -100,18 +102,18 @@ struct BinaryParams {
 
 KILN_FN void kiln_add_block(Dim3 block, const BinaryParams &p) {
   ElementRange r = blockElements(block, p.count);
-  for (int64_t i = r.begin + KILN_THREAD; i < r.end; i += KILN_THREADS)
-    p.out[i] = p.a[i] + p.b[i];
+  forEachElement(
+      r.begin, r.end, [&](int64_t i) { return p.a[i] + p.b[i]; },
+      StoreTo{p.out});
 }
 KILN_KERNEL(kiln_add, BinaryParams)
 
 /// a = gate, b = up.
 KILN_FN void kiln_swiglu_block(Dim3 block, const BinaryParams &p) {
   ElementRange r = blockElements(block, p.count);
-  for (int64_t i = r.begin + KILN_THREAD; i < r.end; i += KILN_THREADS) {
-    float g = p.a[i];
-    p.out[i] = g / (1.0f + expf(-g)) * p.b[i];
-  }
+  forEachElement(
+      r.begin, r.end, [&](int64_t i) { return swiglu(p.a[i], p.b[i]); },
+      StoreTo{p.out});
 }
 KILN_KERNEL(kiln_swiglu, BinaryParams)
 
@@ -125,8 +127,9 @@ struct ToBf16Params {
 
 KILN_FN void kiln_to_bf16_block(Dim3 block, const ToBf16Params &p) {
   ElementRange r = blockElements(block, p.count);
-  for (int64_t i = r.begin + KILN_THREAD; i < r.end; i += KILN_THREADS)
-    p.out[i] = encodeBf16(p.x[i]);
+  forEachElement(
+      r.begin, r.end, [&](int64_t i) { return encodeBf16(p.x[i]); },
+      [&](int64_t i, uint16_t bits) { p.out[i] = bits; });
 }
 KILN_KERNEL(kiln_to_bf16, ToBf16Params)
 
@@ -139,8 +142,12 @@ struct SliceParams {
 
 KILN_FN void kiln_slice_block(Dim3 block, const SliceParams &p) {
   ElementRange r = blockElements(block, p.rows * p.size);
-  for (int64_t j = r.begin + KILN_THREAD; j < r.end; j += KILN_THREADS)
-    p.out[j] = p.x[(j / p.size) * p.inDim + p.offset + j % p.size];
+  forEachElement(
+      r.begin, r.end,
+      [&](int64_t j) {
+        return p.x[(j / p.size) * p.inDim + p.offset + j % p.size];
+      },
+      StoreTo{p.out});
 }
 KILN_KERNEL(kiln_slice, SliceParams)
 
@@ -155,13 +162,16 @@ struct ConcatParams {
 
 KILN_FN void kiln_concat_block(Dim3 block, const ConcatParams &p) {
   ElementRange r = blockElements(block, p.rows * p.outDim);
-  for (int64_t j = r.begin + KILN_THREAD; j < r.end; j += KILN_THREADS) {
-    int64_t row = j / p.outDim, column = j % p.outDim;
-    int input = 0;
-    while (column >= p.dims[input]) // the dims sum to outDim
-      column -= p.dims[input++];
-    p.out[j] = p.inputs[input][row * p.dims[input] + column];
-  }
+  forEachElement(
+      r.begin, r.end,
+      [&](int64_t j) {
+        int64_t row = j / p.outDim, column = j % p.outDim;
+        int input = 0;
+        while (column >= p.dims[input]) // the dims sum to outDim
+          column -= p.dims[input++];
+        return p.inputs[input][row * p.dims[input] + column];
+      },
+      StoreTo{p.out});
 }
 KILN_KERNEL(kiln_concat, ConcatParams)
 
@@ -174,8 +184,12 @@ struct BroadcastParams {
 
 KILN_FN void kiln_broadcast_block(Dim3 block, const BroadcastParams &p) {
   ElementRange r = blockElements(block, p.rows * p.repeat * p.inner);
-  for (int64_t j = r.begin + KILN_THREAD; j < r.end; j += KILN_THREADS)
-    p.out[j] = p.x[(j / (p.repeat * p.inner)) * p.inner + j % p.inner];
+  forEachElement(
+      r.begin, r.end,
+      [&](int64_t j) {
+        return p.x[(j / (p.repeat * p.inner)) * p.inner + j % p.inner];
+      },
+      StoreTo{p.out});
 }
 KILN_KERNEL(kiln_broadcast, BroadcastParams)
 
@@ -209,14 +223,7 @@ KILN_FN void kiln_rope_block(Dim3 block, const RopeParams &p) {
     sinv[i] = static_cast<float>(sin(angle) * p.attention);
   }
   KILN_SYNC();
-  for (int j = KILN_THREAD; j < p.heads * p.half; j += KILN_THREADS) {
-    int h = j / p.half, i = j % p.half;
-    int first = p.interleaved ? 2 * i : i;
-    int second = p.interleaved ? 2 * i + 1 : i + p.half;
-    float a = x[h * dim + first], b = x[h * dim + second];
-    out[h * dim + first] = a * cosv[i] - b * sinv[i];
-    out[h * dim + second] = b * cosv[i] + a * sinv[i];
-  }
+  rotatePairs(x, p.heads, p.half, cosv, sinv, p.interleaved != 0, out);
 }
 KILN_KERNEL(kiln_rope, RopeParams)
 
@@ -262,14 +269,17 @@ KILN_TYPED_KERNEL(kiln_moe_gate, f16_bf16, MoeGateParams, moeGateBlock, F16,
 KILN_TYPED_KERNEL(kiln_moe_gate, f16_f16, MoeGateParams, moeGateBlock, F16, F16)
 
 /// Counting sort of the selections by expert, stable in selection order:
-/// offsets [experts + 1] and slots [n] (the selection of each routed row).
-/// One block (grid {1, 1, 1}); thread e owns experts e, e + threads, ...
-/// Out-of-range indices (never made by the router) are left out.
+/// offsets [experts + 1] and slots [n] (the selection of each routed row),
+/// and, where given, the experts with rows as GemmParams::activeExperts
+/// takes them. One block (grid {1, 1, 1}); thread e owns experts e, e +
+/// threads, ... Out-of-range indices (never made by the router) are left
+/// out.
 struct MoeRouteParams {
   const int32_t *indices; // [n]
   int32_t *offsets;       // [experts + 1]
   int32_t *slots;         // [n]
   int n, experts;
+  int32_t *activeExperts; // [1 + experts] or null
 };
 
 KILN_FN void kiln_moe_route_block(Dim3, const MoeRouteParams &p) {
@@ -283,8 +293,14 @@ KILN_FN void kiln_moe_route_block(Dim3, const MoeRouteParams &p) {
   KILN_SYNC();
   if (KILN_THREAD == 0) {
     start[0] = 0;
-    for (int e = 0; e < p.experts; ++e)
+    int active = 0;
+    for (int e = 0; e < p.experts; ++e) {
+      if (p.activeExperts && start[e + 1] > 0)
+        p.activeExperts[1 + active++] = e;
       start[e + 1] += start[e];
+    }
+    if (p.activeExperts)
+      p.activeExperts[0] = active;
   }
   KILN_SYNC();
   for (int e = KILN_THREAD; e <= p.experts; e += KILN_THREADS)
@@ -313,9 +329,9 @@ KILN_FN void kiln_moe_gather_block(Dim3 block, const MoeGatherParams &p) {
   if (block.x >= *p.routedRows)
     return;
   const float *src = p.x + int64_t{p.slots[block.x] / p.topK} * p.dim;
-  float *dst = p.routed + int64_t{block.x} * p.dim;
-  for (int64_t i = KILN_THREAD; i < p.dim; i += KILN_THREADS)
-    dst[i] = src[i];
+  forEachElement(
+      0, p.dim, [&](int64_t i) { return src[i]; },
+      StoreTo{p.routed + int64_t{block.x} * p.dim});
 }
 KILN_KERNEL(kiln_moe_gather, MoeGatherParams)
 
@@ -328,8 +344,11 @@ struct InvertSlotsParams {
 
 KILN_FN void kiln_invert_slots_block(Dim3 block, const InvertSlotsParams &p) {
   ElementRange r = blockElements(block, p.n);
-  for (int64_t i = r.begin + KILN_THREAD; i < r.end; i += KILN_THREADS)
-    p.rowOf[p.slots[i]] = static_cast<int32_t>(i);
+  forEachElement(
+      r.begin, r.end, [&](int64_t i) { return p.slots[i]; },
+      [&](int64_t i, int32_t slot) {
+        p.rowOf[slot] = static_cast<int32_t>(i);
+      });
 }
 KILN_KERNEL(kiln_invert_slots, InvertSlotsParams)
 
@@ -346,12 +365,36 @@ struct MoeCombineParams {
 KILN_FN void kiln_moe_combine_block(Dim3 block, const MoeCombineParams &p) {
   int64_t t = block.x;
   float *out = p.out + t * p.dim;
-  for (int64_t i = KILN_THREAD; i < p.dim; i += KILN_THREADS) {
-    float sum = 0.0f;
-    for (int j = 0; j < p.topK; ++j)
-      sum += p.weights[t * p.topK + j] *
-             p.y[int64_t{p.rowOf[t * p.topK + j]} * p.dim + i];
-    out[i] = sum;
+  // The selections' weights and rows, 8 at a time, are read once into
+  // registers: read per element, each would wait behind the last store.
+  constexpr int kChunk = 8;
+  for (int j0 = 0; j0 < p.topK; j0 += kChunk) {
+    int chunk = p.topK - j0 < kChunk ? p.topK - j0 : kChunk;
+    float weight[kChunk];
+    const float *y[kChunk];
+    KILN_UNROLL
+    for (int u = 0; u < kChunk; ++u) {
+      int64_t j = t * p.topK + j0 + (u < chunk ? u : 0);
+      weight[u] = p.weights[j];
+      y[u] = p.y + int64_t{p.rowOf[j]} * p.dim;
+    }
+    // A chunk after the first adds to the sum so far, in selection order.
+    forEachElement(
+        0, p.dim,
+        [&](int64_t i) {
+          float sum = j0 == 0 ? 0.0f : out[i];
+          // Every row loaded (those past the chunk repeat its first), so
+          // that the loads need no branches and go out together.
+          float term[kChunk];
+          KILN_UNROLL
+          for (int u = 0; u < kChunk; ++u)
+            term[u] = y[u][i];
+          KILN_UNROLL
+          for (int u = 0; u < kChunk; ++u)
+            sum += u < chunk ? weight[u] * term[u] : 0.0f;
+          return sum;
+        },
+        StoreTo{out});
   }
 }
 KILN_KERNEL(kiln_moe_combine, MoeCombineParams)

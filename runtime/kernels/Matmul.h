@@ -9,8 +9,10 @@
 //
 // Each warp owns one weight row (output column) and streams it, 8
 // consecutive weights per lane per step (one 16-byte load for bf16/f16
-// where the row allows; eight steps in flight: a 2048-wide bf16 row in one
-// round trip), applying them to up to kGemmRows activation rows at once;
+// where the row allows, and the activations' 8 in two; eight steps in
+// flight: a 2048-wide bf16 row in one round trip; no bounds checks between
+// them where k is a multiple of 8), applying them to up to kGemmRows
+// activation rows at once;
 // warp sums, no block synchronization. More rows take more passes over the
 // block's weight rows (from L1/L2 after the first). Grouped GEMMs read only
 // the experts with rows. FP8 GEMMs read activations quantized beforehand by
@@ -48,19 +50,42 @@ struct GemmParams {
   /// rows in all are offsets[experts]. Null otherwise.
   const int32_t *offsets;
   int experts;
+  /// Grouped GEMMs, optional: the number of experts with rows, then those
+  /// experts in order (kiln_moe_route writes it). Block z then takes the
+  /// z-th of them, so a decode step's grid spans the routed experts instead
+  /// of all of them (batch 1, top-6 of 64: 6 instead of 64 matrices of
+  /// blocks, most of which would find no rows and exit).
+  const int32_t *activeExperts;
 };
 
-KILN_FN float loadWeight(const float *w, int64_t i) { return w[i]; }
-KILN_FN float loadWeight(const Bf16 *w, int64_t i) { return toFloat(w[i]); }
-KILN_FN float loadWeight(const F16 *w, int64_t i) { return toFloat(w[i]); }
-KILN_FN float loadWeight(const unsigned char *w, int64_t i) {
-  return decodeE4m3(w[i]);
+/// The grid's z extent of a GEMM over `matrices` matrices: with
+/// activeExperts, no more than the rows can have experts.
+KILN_HOST_FN int64_t gemmGridMatrices(const GemmParams &p, int64_t matrices) {
+  if (p.offsets && p.activeExperts)
+    return p.rows < matrices ? (p.rows > 0 ? p.rows : 1) : matrices;
+  return matrices;
 }
 
-KILN_FN float loadActivation(const float *a, int j) { return a[j]; }
-KILN_FN float loadActivation(const unsigned char *a, int j) {
-  return decodeE4m3(a[j]);
+/// The matrix block.z covers and its rows [first, end): dense and head
+/// GEMMs matrix grid.z's p.rows rows; grouped ones (p.offsets) the rows of
+/// expert grid.z, or with activeExperts of the z-th expert that has rows
+/// (none past the last).
+struct GemmRows {
+  int64_t matrix, first, end;
+};
+KILN_FN GemmRows gemmRows(Dim3 block, const GemmParams &p) {
+  if (!p.offsets)
+    return {block.z, 0, p.rows};
+  int64_t matrix = block.z;
+  if (p.activeExperts) {
+    if (block.z >= p.activeExperts[0])
+      return {0, 0, 0};
+    matrix = p.activeExperts[1 + block.z];
+  }
+  return {matrix, p.offsets[matrix], p.offsets[matrix + 1]};
 }
+
+/// The activations a GEMM reads: floats, or e4m3 codes (xCodes).
 template <class A> KILN_FN const A *activations(const GemmParams &p);
 template <> KILN_FN const float *activations<float>(const GemmParams &p) {
   return p.x;
@@ -92,52 +117,6 @@ inline Dim3 gemvGrid(int64_t n, int64_t matrices) {
           static_cast<int>(matrices)};
 }
 
-/// Weights [k, k + 8) of a row (zeros past `count`), as floats.
-template <class W>
-KILN_FN void loadEight(const W *w, int64_t count, float *out) {
-  for (int j = 0; j < 8; ++j)
-    out[j] = j < count ? loadWeight(w, j) : 0.0f;
-}
-#if defined(__CUDACC__)
-/// bf16 / f16 rows whose length is a multiple of 8: one 16-byte load.
-template <class Half>
-KILN_FN void loadEightHalves(const Half *w, int64_t count, float *out) {
-  if (count < 8 || (reinterpret_cast<uintptr_t>(w) & 15) != 0) {
-    for (int j = 0; j < 8; ++j)
-      out[j] = j < count ? toFloat(w[j]) : 0.0f;
-    return;
-  }
-  uint4 bits = *reinterpret_cast<const uint4 *>(w);
-  const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
-  for (int j = 0; j < 4; ++j) {
-    out[2 * j] = toFloat(Half{static_cast<uint16_t>(words[j] & 0xffffu)});
-    out[2 * j + 1] = toFloat(Half{static_cast<uint16_t>(words[j] >> 16)});
-  }
-}
-template <>
-KILN_FN void loadEight<Bf16>(const Bf16 *w, int64_t count, float *out) {
-  loadEightHalves(w, count, out);
-}
-template <>
-KILN_FN void loadEight<F16>(const F16 *w, int64_t count, float *out) {
-  loadEightHalves(w, count, out);
-}
-/// e4m3 rows: one 8-byte load.
-template <>
-KILN_FN void loadEight<unsigned char>(const unsigned char *w, int64_t count,
-                                      float *out) {
-  if (count < 8 || (reinterpret_cast<uintptr_t>(w) & 7) != 0) {
-    for (int j = 0; j < 8; ++j)
-      out[j] = j < count ? decodeE4m3(w[j]) : 0.0f;
-    return;
-  }
-  uint2 bits = *reinterpret_cast<const uint2 *>(w);
-  for (int j = 0; j < 8; ++j)
-    out[j] = decodeE4m3(static_cast<unsigned char>(
-        ((j < 4 ? bits.x : bits.y) >> (8 * (j % 4))) & 0xffu));
-}
-#endif
-
 /// What a pass over rows [first, ...) of `matrix` reads: the activations
 /// of row `first`; FP8: its activation scales and the distance between two
 /// rows' (rows are whole multiples of k apart, so that the GEMMs' loops do
@@ -162,7 +141,7 @@ KILN_FN GemmPass<A> gemmPass(const GemmParams &p, int64_t matrix,
 /// against the block's kGemvCols weight rows. R sizes the accumulators: a
 /// single decode row keeps few registers, so more warps (and their loads)
 /// fit on a multiprocessor.
-template <class W, bool Fp8, class A, int R>
+template <class W, bool Fp8, class A, int R, bool Whole>
 KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
                       int64_t first, int count) {
   const W *w = static_cast<const W *>(p.w);
@@ -185,8 +164,10 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
     for (int64_t k = int64_t{KILN_LANE} * 8; k < p.k;
          k += int64_t{KILN_WARP_SIZE} * 8) {
       float weights[8];
-      loadEight(row + k, p.k - k, weights);
-      int end = p.k - k < 8 ? static_cast<int>(p.k - k) : 8;
+      if (Whole)
+        loadEightWhole(row + k, weights);
+      else
+        loadEight(row + k, p.k - k, weights);
       // FP8: the 8 weights share one K block (the executor sends blockCols
       // that are multiples of 8 here), so each row's chunk sum is scaled
       // once by the weight's and the activation's block scale.
@@ -199,11 +180,19 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
       for (int r = 0; r < R; ++r) {
         if (r >= count)
           break;
+        // Activations as the weights: whole (two 16-byte loads of floats,
+        // one 8-byte load of e4m3 codes), zeros past k otherwise. Eight
+        // scalar loads a step would cost the L1 more than the weights.
         const A *a = x + r * p.xRowStride + k;
+        float values[8];
+        if (Whole)
+          loadEightWhole(a, values);
+        else
+          loadEight(a, p.k - k, values);
         float sum = 0.0f;
         KILN_UNROLL
         for (int j = 0; j < 8; ++j)
-          sum += (j < end ? loadActivation(a, j) : 0.0f) * weights[j];
+          sum += values[j] * weights[j];
         if (Fp8)
           sum *= weightScale * xScale[r * xScaleStride + kBlock];
         acc[r] += sum;
@@ -222,29 +211,40 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
 }
 
 /// gemvRows with the fewest accumulators that hold `count` rows.
-template <class W, bool Fp8, class A>
+template <class W, bool Fp8, class A, bool Whole>
 KILN_FN void gemvSomeRows(Dim3 block, const GemmParams &p, int64_t matrix,
                           int64_t first, int count) {
   if (count == 1)
-    gemvRows<W, Fp8, A, 1>(block, p, matrix, first, count);
+    gemvRows<W, Fp8, A, 1, Whole>(block, p, matrix, first, count);
   else if (count <= 4)
-    gemvRows<W, Fp8, A, 4>(block, p, matrix, first, count);
+    gemvRows<W, Fp8, A, 4, Whole>(block, p, matrix, first, count);
   else
-    gemvRows<W, Fp8, A, kGemmRows>(block, p, matrix, first, count);
+    gemvRows<W, Fp8, A, kGemmRows, Whole>(block, p, matrix, first, count);
 }
 
-/// Dense and head GEMMs: the p.rows rows of matrix grid.z; grouped ones
-/// (p.offsets): expert grid.z's rows, so that only the experts that have
-/// rows are read. kGemmRows rows at a time.
+/// Whether every 8-value step of the weight and activation rows is whole
+/// and aligned for loadEightWhole: then no bounds checks separate the loads
+/// of the unrolled steps.
+template <class W, class A> KILN_FN bool gemvWholeSteps(const GemmParams &p) {
+  return p.k % 8 == 0 && p.xRowStride % 8 == 0 && p.xMatrixStride % 8 == 0 &&
+         wholeLoadAligned(static_cast<const W *>(p.w)) &&
+         wholeLoadAligned(activations<A>(p));
+}
+
+/// The rows gemmRows gives the block, kGemmRows at a time; grouped GEMMs
+/// read only the experts that have rows.
 template <class W, bool Fp8, class A = float>
 KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
-  int64_t matrix = block.z;
-  int64_t first = p.offsets ? p.offsets[matrix] : 0;
-  int64_t end = p.offsets ? p.offsets[matrix + 1] : p.rows;
-  for (; first < end; first += kGemmRows)
-    gemvSomeRows<W, Fp8, A>(
-        block, p, matrix, first,
-        end - first < kGemmRows ? static_cast<int>(end - first) : kGemmRows);
+  auto [matrix, first, end] = gemmRows(block, p);
+  bool whole = gemvWholeSteps<W, A>(p);
+  for (; first < end; first += kGemmRows) {
+    int count =
+        end - first < kGemmRows ? static_cast<int>(end - first) : kGemmRows;
+    if (whole)
+      gemvSomeRows<W, Fp8, A, true>(block, p, matrix, first, count);
+    else
+      gemvSomeRows<W, Fp8, A, false>(block, p, matrix, first, count);
+  }
 }
 
 #define KILN_GEMV_KERNEL(suffix, W, Fp8)                                       \

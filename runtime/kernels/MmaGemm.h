@@ -262,14 +262,11 @@ KILN_FN void mmaGemmPass(Dim3 block, const GemmParams &p, int64_t matrix,
     }
 }
 
-/// Dense and head GEMMs: the p.rows rows of matrix grid.z; grouped ones
-/// (p.offsets): expert grid.z's rows. 8 * kMmaFragments tokens per pass,
+/// The rows gemmRows gives the block, 8 * kMmaFragments tokens per pass,
 /// with as few mma columns as the pass's tokens need.
 template <class W, bool Fp8, class A>
 KILN_FN void mmaGemmBlock(Dim3 block, const GemmParams &p) {
-  int64_t matrix = block.z;
-  int64_t first = p.offsets ? p.offsets[matrix] : 0;
-  int64_t end = p.offsets ? p.offsets[matrix + 1] : p.rows;
+  auto [matrix, first, end] = gemmRows(block, p);
   constexpr int kPass = 8 * kMmaFragments;
   for (; first < end; first += kPass) {
     int count = end - first < kPass ? static_cast<int>(end - first) : kPass;

@@ -168,86 +168,125 @@ TEST(DeviceLibrary, RopeMatchesEveryScheme) {
 }
 
 TEST(DeviceLibrary, MoeGateDispatchCombineMatchTheCpuRouter) {
-  const int64_t tokens = 13, dim = 96, experts = 64, topK = 6;
-  std::vector<float> x = randomFloats(tokens * dim, 10);
-  std::vector<uint16_t> w = toBf16(randomFloats(experts * dim, 11, 0.2f));
-  std::vector<float> bias = randomFloats(experts, 12, 0.1f);
-  struct Case {
-    cpu::ScoringFunc scoring;
-    cpu::TopkMethod method;
-    int64_t nGroup, topkGroup;
-    bool norm, bias;
-  };
-  for (Case c : {Case{cpu::ScoringFunc::Softmax, cpu::TopkMethod::Greedy, 1, 1,
-                      false, false},
-                 Case{cpu::ScoringFunc::Softmax,
-                      cpu::TopkMethod::GroupLimitedGreedy, 8, 3, false, false},
-                 Case{cpu::ScoringFunc::Sigmoid, cpu::TopkMethod::NoauxTc, 8, 4,
-                      true, true}}) {
-    cpu::MoeGateParams params;
-    params.scoring = c.scoring;
-    params.method = c.method;
-    params.topK = topK;
-    params.nGroup = c.nGroup;
-    params.topkGroup = c.topkGroup;
-    params.normTopkProb = c.norm;
-    params.routedScalingFactor = 2.5;
-    std::vector<float> wantW(tokens * topK), gotW(tokens * topK),
-        logits(tokens * experts);
-    std::vector<int32_t> wantI(tokens * topK), gotI(tokens * topK);
-    cpu::Weight b = c.bias ? cpu::Weight{bias.data(), cpu::ElementType::F32}
-                           : cpu::Weight{};
-    cpu::moeGate(x.data(), tokens, dim, {w.data(), cpu::ElementType::BF16},
-                 experts, b, params, wantW.data(), wantI.data(), logits.data());
-    MoeGateConfig config{static_cast<ScoringFunc>(c.scoring),
-                         static_cast<TopkMethod>(c.method),
-                         static_cast<int>(c.nGroup),
-                         static_cast<int>(c.topkGroup),
-                         c.norm,
-                         2.5f};
-    kiln_moe_gate_bf16_f32_host(
-        tokenGrid(tokens),
-        {x.data(), w.data(), c.bias ? bias.data() : nullptr, gotW.data(),
-         gotI.data(), static_cast<int>(dim), static_cast<int>(experts),
-         static_cast<int>(topK), config});
-    // Random logits have no near ties, so the selections agree exactly.
-    EXPECT_EQ(gotI, wantI);
-    for (size_t i = 0; i < gotW.size(); ++i)
-      EXPECT_NEAR(gotW[i], wantW[i], 1e-5f * (1 + std::fabs(wantW[i])));
+  const int64_t tokens = 13, experts = 64, topK = 6;
+  // dim: whole 8-weight router steps; then a partial last one.
+  for (int64_t dim : {96, 100}) {
+    std::vector<float> x = randomFloats(tokens * dim, 10);
+    std::vector<uint16_t> w = toBf16(randomFloats(experts * dim, 11, 0.2f));
+    std::vector<float> bias = randomFloats(experts, 12, 0.1f);
+    struct Case {
+      cpu::ScoringFunc scoring;
+      cpu::TopkMethod method;
+      int64_t nGroup, topkGroup;
+      bool norm, bias;
+    };
+    for (Case c :
+         {Case{cpu::ScoringFunc::Softmax, cpu::TopkMethod::Greedy, 1, 1, false,
+               false},
+          Case{cpu::ScoringFunc::Softmax, cpu::TopkMethod::GroupLimitedGreedy,
+               8, 3, false, false},
+          Case{cpu::ScoringFunc::Sigmoid, cpu::TopkMethod::NoauxTc, 8, 4, true,
+               true}}) {
+      cpu::MoeGateParams params;
+      params.scoring = c.scoring;
+      params.method = c.method;
+      params.topK = topK;
+      params.nGroup = c.nGroup;
+      params.topkGroup = c.topkGroup;
+      params.normTopkProb = c.norm;
+      params.routedScalingFactor = 2.5;
+      std::vector<float> wantW(tokens * topK), gotW(tokens * topK),
+          logits(tokens * experts);
+      std::vector<int32_t> wantI(tokens * topK), gotI(tokens * topK);
+      cpu::Weight b = c.bias ? cpu::Weight{bias.data(), cpu::ElementType::F32}
+                             : cpu::Weight{};
+      cpu::moeGate(x.data(), tokens, dim, {w.data(), cpu::ElementType::BF16},
+                   experts, b, params, wantW.data(), wantI.data(),
+                   logits.data());
+      MoeGateConfig config{static_cast<ScoringFunc>(c.scoring),
+                           static_cast<TopkMethod>(c.method),
+                           static_cast<int>(c.nGroup),
+                           static_cast<int>(c.topkGroup),
+                           c.norm,
+                           2.5f};
+      kiln_moe_gate_bf16_f32_host(
+          tokenGrid(tokens),
+          {x.data(), w.data(), c.bias ? bias.data() : nullptr, gotW.data(),
+           gotI.data(), static_cast<int>(dim), static_cast<int>(experts),
+           static_cast<int>(topK), config});
+      // Random logits have no near ties, so the selections agree exactly.
+      EXPECT_EQ(gotI, wantI);
+      for (size_t i = 0; i < gotW.size(); ++i)
+        EXPECT_NEAR(gotW[i], wantW[i], 1e-5f * (1 + std::fabs(wantW[i])));
 
-    // Dispatch: offsets, slots and routed rows exactly.
-    int64_t n = tokens * topK;
-    std::vector<float> wantRouted(n * dim), gotRouted(n * dim);
-    std::vector<int32_t> wantOff(experts + 1), gotOff(experts + 1),
-        wantSlots(n), gotSlots(n);
-    cpu::moeDispatch(x.data(), wantI.data(), tokens, topK, dim, experts,
-                     wantRouted.data(), wantOff.data(), wantSlots.data());
-    kiln_moe_route_host({1, 1, 1},
-                        {wantI.data(), gotOff.data(), gotSlots.data(),
-                         static_cast<int>(n), static_cast<int>(experts)});
-    kiln_moe_gather_host(tokenGrid(n),
-                         {x.data(), gotSlots.data(), gotOff.data() + experts,
-                          gotRouted.data(), dim, static_cast<int>(topK)});
-    EXPECT_EQ(gotOff, wantOff);
-    EXPECT_EQ(gotSlots, wantSlots);
-    EXPECT_EQ(gotRouted, wantRouted);
+      // Dispatch: offsets, slots and routed rows exactly.
+      int64_t n = tokens * topK;
+      std::vector<float> wantRouted(n * dim), gotRouted(n * dim);
+      std::vector<int32_t> wantOff(experts + 1), gotOff(experts + 1),
+          wantSlots(n), gotSlots(n);
+      cpu::moeDispatch(x.data(), wantI.data(), tokens, topK, dim, experts,
+                       wantRouted.data(), wantOff.data(), wantSlots.data());
+      std::vector<int32_t> active(1 + experts, -1);
+      kiln_moe_route_host({1, 1, 1},
+                          {wantI.data(), gotOff.data(), gotSlots.data(),
+                           static_cast<int>(n), static_cast<int>(experts),
+                           active.data()});
+      // The experts with rows, in order, after their count.
+      std::vector<int32_t> wantActive;
+      for (int e = 0; e < experts; ++e)
+        if (wantOff[e + 1] > wantOff[e])
+          wantActive.push_back(e);
+      ASSERT_EQ(active[0], static_cast<int32_t>(wantActive.size()));
+      EXPECT_EQ(std::vector<int32_t>(active.begin() + 1,
+                                     active.begin() + 1 + active[0]),
+                wantActive);
+      kiln_moe_gather_host(tokenGrid(n),
+                           {x.data(), gotSlots.data(), gotOff.data() + experts,
+                            gotRouted.data(), dim, static_cast<int>(topK)});
+      EXPECT_EQ(gotOff, wantOff);
+      EXPECT_EQ(gotSlots, wantSlots);
+      EXPECT_EQ(gotRouted, wantRouted);
 
-    // Combine: the same products summed in the same k order.
-    std::vector<float> y = randomFloats(n * dim, 13);
-    std::vector<float> wantOut(tokens * dim), gotOut(tokens * dim);
-    std::vector<int32_t> rowOf(n), gotRowOf(n);
-    cpu::moeCombine(y.data(), wantW.data(), wantSlots.data(), tokens, topK, dim,
-                    wantOut.data(), rowOf.data());
-    kiln_invert_slots_host(elementwiseGrid(n),
-                           {gotSlots.data(), gotRowOf.data(), n});
-    EXPECT_EQ(gotRowOf, rowOf);
-    kiln_moe_combine_host(tokenGrid(tokens),
-                          {y.data(), wantW.data(), gotRowOf.data(),
-                           gotOut.data(), dim, static_cast<int>(topK)});
-    // topK products: the CPU may fuse multiply-adds, the host build not.
-    for (size_t i = 0; i < gotOut.size(); ++i)
-      EXPECT_NEAR(gotOut[i], wantOut[i], 1e-5f * (1 + std::fabs(wantOut[i])));
+      // Combine: the same products summed in the same k order.
+      std::vector<float> y = randomFloats(n * dim, 13);
+      std::vector<float> wantOut(tokens * dim), gotOut(tokens * dim);
+      std::vector<int32_t> rowOf(n), gotRowOf(n);
+      cpu::moeCombine(y.data(), wantW.data(), wantSlots.data(), tokens, topK,
+                      dim, wantOut.data(), rowOf.data());
+      kiln_invert_slots_host(elementwiseGrid(n),
+                             {gotSlots.data(), gotRowOf.data(), n});
+      EXPECT_EQ(gotRowOf, rowOf);
+      kiln_moe_combine_host(tokenGrid(tokens),
+                            {y.data(), wantW.data(), gotRowOf.data(),
+                             gotOut.data(), dim, static_cast<int>(topK)});
+      // topK products: the CPU may fuse multiply-adds, the host build not.
+      for (size_t i = 0; i < gotOut.size(); ++i)
+        EXPECT_NEAR(gotOut[i], wantOut[i], 1e-5f * (1 + std::fabs(wantOut[i])));
+    }
   }
+}
+
+TEST(DeviceLibrary, MoeCombineTakesSelectionsBeyondOneChunk) {
+  // 11 selections: a chunk of 8 in registers, then the sum carried on.
+  const int64_t tokens = 3, topK = 11, dim = 70, n = tokens * topK;
+  std::vector<float> y = randomFloats(n * dim, 31);
+  std::vector<float> weights = randomFloats(n, 32);
+  std::vector<int32_t> slots(n);
+  for (int64_t i = 0; i < n; ++i)
+    slots[i] =
+        static_cast<int32_t>((i * 7) % n); // a permutation: 7, 33 coprime
+  std::vector<float> want(tokens * dim), got(tokens * dim);
+  std::vector<int32_t> rowOf(n), gotRowOf(n);
+  cpu::moeCombine(y.data(), weights.data(), slots.data(), tokens, topK, dim,
+                  want.data(), rowOf.data());
+  kiln_invert_slots_host(elementwiseGrid(n),
+                         {slots.data(), gotRowOf.data(), n});
+  EXPECT_EQ(gotRowOf, rowOf);
+  kiln_moe_combine_host(tokenGrid(tokens),
+                        {y.data(), weights.data(), gotRowOf.data(), got.data(),
+                         dim, static_cast<int>(topK)});
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_NEAR(got[i], want[i], 1e-5f * (1 + std::fabs(want[i]))) << i;
 }
 
 } // namespace

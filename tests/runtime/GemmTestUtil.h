@@ -143,6 +143,19 @@ inline Quantized quantize(const std::vector<float> &x, int64_t rows, int64_t k,
   return q;
 }
 
+/// The experts with rows in `offsets` as kiln_moe_route lists them for
+/// GemmParams::activeExperts: their count, then the experts in order.
+inline std::vector<int32_t>
+activeExpertsOf(const std::vector<int32_t> &offsets) {
+  std::vector<int32_t> active{0};
+  for (size_t e = 0; e + 1 < offsets.size(); ++e)
+    if (offsets[e + 1] > offsets[e]) {
+      active.push_back(static_cast<int32_t>(e));
+      ++active[0];
+    }
+  return active;
+}
+
 /// Checks got against want with the summation bound over the dequantized
 /// operands (for FP8, the quantized activations).
 inline void expectClose(const std::vector<float> &got,

@@ -83,8 +83,7 @@ void attend(AttentionParams p, int64_t rows, int64_t maxKv, int splits,
   kiln_attention_host(
       attentionGrid(rows / p.seq, p.seq, p.heads, p.kvHeads, splits), p);
   if (splits > 1)
-    kiln_attention_merge_host(
-        {static_cast<int>(rows), static_cast<int>(p.heads), 1}, p);
+    kiln_attention_merge_host(attentionMergeGrid(rows, p.heads, p.dv), p);
 }
 
 void expectAttention(const std::vector<float> &got,

@@ -169,50 +169,61 @@ TEST(MatmulKernel, QuantizeFp8WritesScalesTokenMajorOrForCublasLt) {
 
 TEST(MatmulKernel, GroupedLinearReadsExpertOffsetsOnTheDevice) {
   const int64_t experts = 6, n = 96, k = 256;
-  // Empty experts, one long run crossing row tiles, a single row.
-  std::vector<int32_t> offsets = {0, 0, 11, 11, 12, 20, 20};
-  int64_t rows = offsets.back();
-  for (cpu::ElementType type : {cpu::ElementType::F32, cpu::ElementType::BF16,
-                                cpu::ElementType::F8E4M3}) {
-    Weights w = makeWeights(type, experts, n, k, 13);
-    std::vector<float> x = randomRows(rows, k, 14);
-    std::vector<float> want(rows * n), got(rows * n, -1.0f);
-    std::vector<float> act(
-        static_cast<size_t>(cpu::fp8ActivationScratch(rows, k, 128)));
-    cpu::groupedLinear(x.data(), k, cpuWeight(w), experts, n, offsets.data(),
-                       want.data(), {act.data(), false});
-    bool fp8 = type == cpu::ElementType::F8E4M3;
-    Quantized q = fp8 ? quantize(x, rows, k, false) : Quantized{};
-    GemmParams p{};
-    p.x = fp8 ? q.codes.data() : x.data();
-    p.xScale = q.scales.data();
-    p.w = w.bytes.data();
-    p.wScale = w.scales.data();
-    p.out = got.data();
-    p.xRowStride = k;
-    p.outRowStride = n;
-    p.rows = 0; // ignored: offsets[experts] counts them
-    p.n = n;
-    p.k = k;
-    p.blockRows = p.blockCols = 128;
-    p.offsets = offsets.data();
-    p.experts = static_cast<int>(experts);
-    // A block per (column tile, expert), the expert's rows kGemmRows at a
-    // time (the 11-row run takes two passes).
-    runGemv(type, gemvGrid(n, experts), p);
-    std::vector<float> xs = x;
-    if (fp8)
-      for (size_t i = 0; i < xs.size(); ++i)
-        xs[i] = q.codes[i] * q.scales[i / k * 2 + i % k / 128];
-    auto expert = [&](int64_t row) {
-      int e = 0;
-      while (offsets[e + 1] <= row)
-        ++e;
-      return e;
-    };
-    expectClose(
-        got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
-        [&](int64_t i) { return expert(i / n) * n + i % n; }, name(type));
+  // Empty experts, one long run crossing row tiles, a single row; then
+  // fewer rows than experts (a grid over the active experts is smaller).
+  for (const std::vector<int32_t> &offsets :
+       {std::vector<int32_t>{0, 0, 11, 11, 12, 20, 20},
+        std::vector<int32_t>{0, 0, 2, 2, 3, 3, 3}}) {
+    int64_t rows = offsets.back();
+    std::vector<int32_t> active = activeExpertsOf(offsets);
+    for (cpu::ElementType type : {cpu::ElementType::F32, cpu::ElementType::BF16,
+                                  cpu::ElementType::F8E4M3})
+      for (bool compact : {false, true}) {
+        std::string what = std::string(name(type)) + " rows " +
+                           std::to_string(rows) +
+                           (compact ? " over the active experts" : "");
+        Weights w = makeWeights(type, experts, n, k, 13);
+        std::vector<float> x = randomRows(rows, k, 14);
+        std::vector<float> want(rows * n), got(rows * n, -1.0f);
+        std::vector<float> act(
+            static_cast<size_t>(cpu::fp8ActivationScratch(rows, k, 128)));
+        cpu::groupedLinear(x.data(), k, cpuWeight(w), experts, n,
+                           offsets.data(), want.data(), {act.data(), false});
+        bool fp8 = type == cpu::ElementType::F8E4M3;
+        Quantized q = fp8 ? quantize(x, rows, k, false) : Quantized{};
+        GemmParams p{};
+        p.x = fp8 ? q.codes.data() : x.data();
+        p.xScale = q.scales.data();
+        p.w = w.bytes.data();
+        p.wScale = w.scales.data();
+        p.out = got.data();
+        p.xRowStride = k;
+        p.outRowStride = n;
+        // offsets[experts] counts the rows; p.rows bounds them (the grid).
+        p.rows = rows;
+        p.n = n;
+        p.k = k;
+        p.blockRows = p.blockCols = 128;
+        p.offsets = offsets.data();
+        p.experts = static_cast<int>(experts);
+        p.activeExperts = compact ? active.data() : nullptr;
+        // A block per (column tile, expert), the expert's rows kGemmRows at
+        // a time (the 11-row run takes two passes).
+        runGemv(type, gemvGrid(n, gemmGridMatrices(p, experts)), p);
+        std::vector<float> xs = x;
+        if (fp8)
+          for (size_t i = 0; i < xs.size(); ++i)
+            xs[i] = q.codes[i] * q.scales[i / k * 2 + i % k / 128];
+        auto expert = [&](int64_t row) {
+          int e = 0;
+          while (offsets[e + 1] <= row)
+            ++e;
+          return e;
+        };
+        expectClose(
+            got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
+            [&](int64_t i) { return expert(i / n) * n + i % n; }, what);
+      }
   }
 }
 

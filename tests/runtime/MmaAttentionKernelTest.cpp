@@ -122,8 +122,8 @@ void expectMatchesCpu(int64_t heads, int64_t kvHeads, int64_t dk, int64_t dv,
     else
       kiln_attention_mma_host(grid, p);
     if (splits > 1)
-      kiln_attention_merge_host(
-          {static_cast<int>(batch * seq), static_cast<int>(heads), 1}, p);
+      kiln_attention_merge_host(attentionMergeGrid(batch * seq, heads, p.dv),
+                                p);
     for (size_t i = 0; i < got.size(); ++i)
       ASSERT_NEAR(got[i], want[i], bound)
           << "splits " << splits << " element " << i;

@@ -188,45 +188,56 @@ TEST(MmaGemmKernel, HeadLinearMatchesCpu) {
 
 TEST(MmaGemmKernel, GroupedLinearReadsExpertOffsetsOnTheDevice) {
   const int64_t experts = 6, n = 96, k = 384;
-  // Empty experts, a run of 40 rows (a pass of 32, then 8), one row, 7.
-  std::vector<int32_t> offsets = {0, 0, 40, 40, 41, 48, 48};
-  int64_t rows = offsets.back();
-  for (Fp8Input input : {Fp8Input::None, Fp8Input::Floats, Fp8Input::Codes}) {
-    bool fp8 = input != Fp8Input::None;
-    cpu::ElementType type =
-        fp8 ? cpu::ElementType::F8E4M3 : cpu::ElementType::BF16;
-    Weights w = makeWeights(type, experts, n, k, 36);
-    std::vector<float> x = randomRows(rows, k, 37);
-    GemmParams p{};
-    Quantized q;
-    Codes codes;
-    std::vector<float> xs = setActivations(p, input, x, rows, k, q, codes);
-    std::vector<float> want(rows * n), got(rows * n, -1e30f);
-    std::vector<float> act(
-        static_cast<size_t>(cpu::fp8ActivationScratch(rows, k, 128)));
-    cpu::groupedLinear(fp8 ? x.data() : xs.data(), k, cpuWeight(w), experts, n,
-                       offsets.data(), want.data(), {act.data(), false});
-    p.w = w.bytes.data();
-    p.wScale = w.scales.data();
-    p.out = got.data();
-    p.xRowStride = k;
-    p.outRowStride = n;
-    p.rows = 0; // ignored: offsets[experts] counts them
-    p.n = n;
-    p.k = k;
-    p.blockRows = p.blockCols = 128;
-    p.offsets = offsets.data();
-    p.experts = static_cast<int>(experts);
-    runMma(input, mmaGemmGrid(n, experts), p);
-    auto expert = [&](int64_t row) {
-      int e = 0;
-      while (offsets[e + 1] <= row)
-        ++e;
-      return e;
-    };
-    expectClose(
-        got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
-        [&](int64_t i) { return expert(i / n) * n + i % n; }, inputName(input));
+  // Empty experts, a run of 40 rows (a pass of 32, then 8), one row, 7;
+  // then fewer rows than experts (a grid over the active experts is
+  // smaller).
+  for (const std::vector<int32_t> &offsets :
+       {std::vector<int32_t>{0, 0, 40, 40, 41, 48, 48},
+        std::vector<int32_t>{0, 0, 2, 2, 3, 3, 3}}) {
+    int64_t rows = offsets.back();
+    std::vector<int32_t> active = activeExpertsOf(offsets);
+    for (Fp8Input input : {Fp8Input::None, Fp8Input::Floats, Fp8Input::Codes})
+      for (bool compact : {false, true}) {
+        bool fp8 = input != Fp8Input::None;
+        cpu::ElementType type =
+            fp8 ? cpu::ElementType::F8E4M3 : cpu::ElementType::BF16;
+        Weights w = makeWeights(type, experts, n, k, 36);
+        std::vector<float> x = randomRows(rows, k, 37);
+        GemmParams p{};
+        Quantized q;
+        Codes codes;
+        std::vector<float> xs = setActivations(p, input, x, rows, k, q, codes);
+        std::vector<float> want(rows * n), got(rows * n, -1e30f);
+        std::vector<float> act(
+            static_cast<size_t>(cpu::fp8ActivationScratch(rows, k, 128)));
+        cpu::groupedLinear(fp8 ? x.data() : xs.data(), k, cpuWeight(w), experts,
+                           n, offsets.data(), want.data(), {act.data(), false});
+        p.w = w.bytes.data();
+        p.wScale = w.scales.data();
+        p.out = got.data();
+        p.xRowStride = k;
+        p.outRowStride = n;
+        // offsets[experts] counts the rows; p.rows bounds them (the grid).
+        p.rows = rows;
+        p.n = n;
+        p.k = k;
+        p.blockRows = p.blockCols = 128;
+        p.offsets = offsets.data();
+        p.experts = static_cast<int>(experts);
+        p.activeExperts = compact ? active.data() : nullptr;
+        runMma(input, mmaGemmGrid(n, gemmGridMatrices(p, experts)), p);
+        auto expert = [&](int64_t row) {
+          int e = 0;
+          while (offsets[e + 1] <= row)
+            ++e;
+          return e;
+        };
+        expectClose(
+            got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
+            [&](int64_t i) { return expert(i / n) * n + i % n; },
+            std::string(inputName(input)) + " rows " + std::to_string(rows) +
+                (compact ? " over the active experts" : ""));
+      }
   }
 }
 

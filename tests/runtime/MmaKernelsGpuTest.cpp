@@ -273,7 +273,7 @@ void checkAttention(MmaGpu &t, Gpu &gpu, int64_t heads, int64_t kvHeads,
     dev.out = device<float>(out);
     dev.scratch = device<float>(t.upload(scratch));
     Dim3 grid = attentionGrid(batch, seq, heads, kvHeads, splits);
-    Dim3 merge{static_cast<int>(batch * seq), static_cast<int>(heads), 1};
+    Dim3 merge = attentionMergeGrid(batch * seq, heads, host.dv);
     if (wide) {
       t.launch("kiln_attention_mma_wide", grid, dev);
       kiln_attention_mma_wide_host(grid, host);

@@ -120,6 +120,11 @@ struct Executor::Impl {
   CUdeviceptr tables = 0, held = 0;
   // Library scratch, sized at creation.
   CUdeviceptr attentionScratch = 0, rowOf = 0, fp8Codes = 0, fp8Scales = 0;
+  /// The experts with rows, as the last dispatch routed them
+  /// (GemmParams::activeExperts), and the offsets that dispatch wrote: a
+  /// grouped GEMM over those offsets spans only those experts.
+  CUdeviceptr activeExperts = 0;
+  const int32_t *routedOffsets = nullptr;
   size_t attentionScratchFloats = 0;
   // Rope inverse frequencies per rope launch, uploaded at creation.
   std::map<const art::Launch *, CUdeviceptr> ropeTables;
@@ -421,7 +426,7 @@ absl::Status Executor::Impl::uploadParameters() {
 absl::Status Executor::Impl::allocateState() {
   const art::Model &plan = *model->plan;
   uint64_t arenaBytes = 256;
-  size_t heads = 0, dv = 0, routed = 0;
+  size_t heads = 0, dv = 0, routed = 0, experts = 0;
   for (const art::EntryPoint *e : *plan.entry_points()) {
     arenaBytes = std::max<uint64_t>(arenaBytes, e->arena_bytes());
     routed = std::max<size_t>(routed, size_t{e->max_batch()} * e->max_seq() *
@@ -430,6 +435,8 @@ absl::Status Executor::Impl::allocateState() {
       if (l->kernel() == art::KernelKind::Attention) {
         heads = std::max<size_t>(heads, staticDim(l->args()->Get(0), 2));
         dv = std::max<size_t>(dv, staticDim(l->args()->Get(2), 3));
+      } else if (l->kernel() == art::KernelKind::MoeDispatch) {
+        experts = std::max<size_t>(experts, l->ints()->Get(0));
       }
   }
   absl::StatusOr<CUdeviceptr> a = allocate(arenaBytes, "the arena");
@@ -451,7 +458,8 @@ absl::Status Executor::Impl::allocateState() {
                    size_t(cache.maxBatch * cache.tableStride) * sizeof(int32_t),
                    "block tables"},
         {&held, size_t(cache.maxBatch) * sizeof(int32_t), "held tokens"},
-        {&rowOf, std::max<size_t>(routed, 1) * sizeof(int32_t), "MoE slots"}}) {
+        {&rowOf, std::max<size_t>(routed, 1) * sizeof(int32_t), "MoE slots"},
+        {&activeExperts, (1 + experts) * sizeof(int32_t), "routed experts"}}) {
     absl::StatusOr<CUdeviceptr> p = allocate(bytes, what);
     if (!p.ok())
       return p.status();
@@ -693,12 +701,14 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
   }
   case art::KernelKind::MoeDispatch: {
     expertOffsets.clear(); // recounted on the device
+    routedOffsets = i32(3);
     int64_t topK = lastDim(refs.Get(1));
     int64_t n = shape.batch * shape.seq * topK;
     if (absl::Status s =
             launch("kiln_moe_route", Dim3{1, 1, 1},
                    MoeRouteParams{i32(1), i32(3), i32(4), static_cast<int>(n),
-                                  static_cast<int>(ints(0))});
+                                  static_cast<int>(ints(0)),
+                                  reinterpret_cast<int32_t *>(activeExperts)});
         !s.ok())
       return s;
     return launch("kiln_moe_gather", tokenGrid(n),
@@ -771,6 +781,8 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
     p.k = staticDim(w, 2);
     p.rows = shape.routed;
     p.offsets = reinterpret_cast<const int32_t *>(resolve(refs.Get(2)));
+    if (p.offsets == routedOffsets)
+      p.activeExperts = reinterpret_cast<const int32_t *>(activeExperts);
     p.xRowStride = p.k;
     p.outRowStride = p.n;
     break;
@@ -854,7 +866,7 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
     }
   }
   bool mma = mmaTakes(c);
-  int64_t matrices = p.offsets ? p.experts : c.matrices;
+  int64_t matrices = gemmGridMatrices(p, p.offsets ? p.experts : c.matrices);
   if (c.quantized)
     return mma ? launch("kiln_gemm_mma_f8e4m3_q8", mmaGemmGrid(p.n, matrices),
                         p)
@@ -971,6 +983,7 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
     GemmCall sub = c;
     sub.dense = true;
     sub.p.offsets = nullptr;
+    sub.p.activeExperts = nullptr;
     sub.p.experts = 0;
     sub.p.rows = count;
     if (c.quantized) {
@@ -1107,7 +1120,7 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
   if (p.splits == 1)
     return absl::OkStatus();
   return launch("kiln_attention_merge",
-                Dim3{static_cast<int>(rows), static_cast<int>(p.heads), 1}, p);
+                attentionMergeGrid(rows, p.heads, p.dv), p);
 }
 
 bool Executor::Impl::graphable(const art::EntryPoint &entry) const {
