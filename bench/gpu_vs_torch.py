@@ -12,7 +12,8 @@ Measures
     (DynamicCache.batch_repeat_interleave), then timed single-token steps;
   * Kiln's decode at the shortest context also with KILN_MMA_GEMMS=off
     (decode_tokens_per_s_gemv: the GEMMs cuBLASLt does not take as GEMVs
-    instead of tensor-core GEMMs);
+    instead of tensor-core GEMMs), and at batch 1 with KILN_PDL=off
+    (decode_tokens_per_s_no_pdl: without programmatic dependent launch);
   * prefill tokens/s of 2K tokens (batch 1); Kiln also with
     KILN_EXPERT_GEMMS=grouped (the experts as one grouped library GEMM
     instead of one cuBLASLt GEMM per expert) and with KILN_MMA_ATTENTION=off
@@ -170,7 +171,9 @@ def summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, step_
                    "kiln_vs_eager": k / e if e else None,
                    "kiln_vs_compile": k / t if t else None,
                    "kiln_gemv_decode_tokens_per_s":
-                       kiln[(b, c)].get("decode_tokens_per_s_gemv")}
+                       kiln[(b, c)].get("decode_tokens_per_s_gemv"),
+                   "kiln_no_pdl_decode_tokens_per_s":
+                       kiln[(b, c)].get("decode_tokens_per_s_no_pdl")}
             if b == 1:
                 step_s = kiln[(b, c)]["decode_step_ms"] / 1e3
                 row["kiln_step_ms"] = step_s * 1e3
@@ -261,6 +264,15 @@ def main():
                              env={"KILN_MMA_GEMMS": "off"})
         for r in gemv["results"]:
             kiln[(r["batch"], r["context"])]["decode_tokens_per_s_gemv"] = \
+                r["decode_tokens_per_s"]
+        # Batch 1 without programmatic dependent launch: what overlapping
+        # each kernel's launch with the tail of the one before gains.
+        log("Kiln: batch-1 decode without programmatic dependent launch")
+        plain, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], contexts,
+                              args.steps, args.repeats, synthetic=True,
+                              env={"KILN_PDL": "off"})
+        for r in plain["results"]:
+            kiln[(r["batch"], r["context"])]["decode_tokens_per_s_no_pdl"] = \
                 r["decode_tokens_per_s"]
     except RuntimeError as e:
         result["kiln_error"] = str(e)

@@ -555,7 +555,8 @@ FailureOr<FusedKernel> Emitter::emit() {
       << body_ << "}\n\n";
   out << "#if defined(__CUDACC__)\n"
       << "extern \"C\" __global__ void __launch_bounds__(KILN_BLOCK_THREADS)\n"
-      << name_ << "(int64_t tokens" << params << ") {\n";
+      << name_ << "(int64_t tokens" << params << ") {\n"
+      << "  kiln::awaitPrecedingKernels();\n";
   if (scratch)
     out << "  __shared__ " << scratchDecl << "\n";
   out << "  for (int64_t token = blockIdx.x; token < tokens; token += "

@@ -100,6 +100,10 @@ compare+=('{"name": "deepseek-v2-lite-bf16-per-expert", "artifact": "deepseek-v2
 compare+=('{"name": "deepseek-v2-lite-bf16-mma", "artifact": "deepseek-v2-lite-bf16", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on", "KILN_MMA_ATTENTION": "on"}}')
 compare+=('{"name": "llama-bf16-mma", "artifact": "llama-bf16", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on", "KILN_MMA_ATTENTION": "on"}}')
 compare+=('{"name": "deepseek-v3-fp8-mma", "artifact": "deepseek-v3-fp8", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on"}}')
+# Plain launches (no programmatic dependent launch): where the default run
+# fails and this passes, suspect a kernel that touches memory before
+# awaitPrecedingKernels.
+compare+=('{"name": "deepseek-v2-lite-bf16-no-pdl", "artifact": "deepseek-v2-lite-bf16", "tolerance": 1e-2, "env": {"KILN_PDL": "off"}}')
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -65,6 +65,20 @@ struct Dim3 {
   int x, y, z;
 };
 
+/// The first thing every kernel does (library and generated): lets the next
+/// kernel in the stream be launched now, then waits until the kernels
+/// before this one have finished and their writes are visible. Launched
+/// with programmatic stream serialization (sm_90+; CudaExecutor's
+/// KILN_PDL), a kernel's launch and block scheduling thus overlap the tail
+/// of the one before, never its memory traffic; launched without it, both
+/// instructions do nothing.
+KILN_FN void awaitPrecedingKernels() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // A library kernel is a function `void <name>_block(Dim3 block, const
 // Params &p)` run once per block of a grid, and KILN_KERNEL(name, Params)
 // makes its entry: under CUDA `extern "C" __global__ void name(Params)`
@@ -75,6 +89,7 @@ struct Dim3 {
 #define KILN_KERNEL(name, Params)                                              \
   extern "C" __global__ void __launch_bounds__(KILN_BLOCK_THREADS)             \
       name(const Params p) {                                                   \
+    ::kiln::awaitPrecedingKernels();                                           \
     name##_block(::kiln::Dim3{static_cast<int>(blockIdx.x),                    \
                               static_cast<int>(blockIdx.y),                    \
                               static_cast<int>(blockIdx.z)},                   \

@@ -214,6 +214,7 @@ TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
        {std::pair<const char *, const char *>{"KILN_MMA_GEMMS",
                                               "expected auto, on or off"},
         {"KILN_MMA_ATTENTION", "expected auto, on or off"},
+        {"KILN_PDL", "expected auto, on or off"},
         {"KILN_EXPERT_GEMMS", "expected auto, per-expert or grouped"}}) {
     ::setenv(name, "sometimes", 1);
     absl::StatusOr<std::unique_ptr<Session>> session =
@@ -229,6 +230,42 @@ TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
         std::string::npos)
         << message;
   }
+}
+
+// Programmatic dependent launch: on by default on the (sm_90) emulated
+// device, every kernel then launched through cuLaunchKernelEx with the
+// attribute; KILN_PDL=off launches plainly. Same steps either way, bit for
+// bit (the same kernels in the same order), so the launch configuration's
+// grids are the plain launches' grids.
+TEST(EmulatedGpuSession, ProgrammaticLaunchByDefaultOrOff) {
+  CompileSettings settings;
+  std::filesystem::path artifact =
+      compileArtifact(kGolden / "deepseek-v2-lite",
+                      ::testing::TempDir() + "/emulated_pdl.kiln", settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::vector<std::vector<float>> steps[2];
+  for (int off : {0, 1}) {
+    if (off)
+      ::setenv("KILN_PDL", "off", 1);
+    int64_t before = cuda::emulatedProgrammaticLaunches();
+    std::string where;
+    steps[off] = testing::runDeviceSteps(**model, Device::Emulated, where);
+    ::unsetenv("KILN_PDL");
+    int64_t programmatic = cuda::emulatedProgrammaticLaunches() - before;
+    bool described =
+        where.find("programmatic dependent launch") != std::string::npos;
+    if (off) {
+      EXPECT_EQ(programmatic, 0);
+      EXPECT_FALSE(described) << where;
+    } else {
+      EXPECT_GT(programmatic, 0);
+      EXPECT_TRUE(described) << where;
+    }
+  }
+  ASSERT_FALSE(steps[0].empty());
+  EXPECT_EQ(steps[0], steps[1]);
 }
 
 // Without step logits nothing is copied back: the steps still run and

@@ -74,6 +74,7 @@ absl::StatusOr<Driver> Driver::load() {
        resolve(l, "cuGraphExecDestroy", a.cuGraphExecDestroy)},
       {"cuGraphDestroy", resolve(l, "cuGraphDestroy", a.cuGraphDestroy)},
   };
+  resolve(l, "cuLaunchKernelEx", a.cuLaunchKernelEx); // optional: null if not
   for (const Entry &e : entries)
     if (!e.ok)
       return absl::UnavailableError(

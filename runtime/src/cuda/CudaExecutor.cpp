@@ -91,6 +91,12 @@ struct Executor::Impl {
   /// query vectors (prefill; absorbed-MLA decode); KILN_MMA_ATTENTION=on
   /// or off forces either.
   enum class MmaAttention { Auto, On, Off } mmaAttention = MmaAttention::Auto;
+  /// Programmatic dependent launch (KILN_PDL=auto|on|off; auto: sm_90+
+  /// with a driver that captures it into graphs, CUDA 12.3+): every kernel
+  /// is launched so that it may start while the one before it finishes,
+  /// and waits for it first thing (awaitPrecedingKernels). A decode step is
+  /// a chain of ~100 short kernels, each otherwise paying the launch gap.
+  bool programmaticLaunch = false;
   /// Some layer GEMM of the plan has bf16 weights (the output head of an
   /// FP8 model does not count).
   bool bf16Weights = false;
@@ -163,14 +169,13 @@ struct Executor::Impl {
     if (grid.x == 0 || grid.y == 0 || grid.z == 0)
       return absl::OkStatus();
     void *args[] = {const_cast<Params *>(&params)};
-    return check(api().cuLaunchKernel(*f, static_cast<unsigned>(grid.x),
-                                      static_cast<unsigned>(grid.y),
-                                      static_cast<unsigned>(grid.z),
-                                      kLibraryThreads, 1, 1, 0, stream, args,
-                                      nullptr),
-                 name);
+    return launchKernel(*f, grid, kLibraryThreads, args, name);
   }
   static constexpr unsigned kLibraryThreads = KILN_BLOCK_THREADS;
+  /// Launches f on the stream, with programmatic stream serialization when
+  /// programmaticLaunch is set.
+  absl::Status launchKernel(CUfunction f, Dim3 grid, unsigned threads,
+                            void **args, const std::string &name);
 
   absl::Status launchFused(const art::FusedLaunch &group);
   absl::Status launchLibrary(const art::Launch &launch);
@@ -602,11 +607,34 @@ absl::Status Executor::Impl::launchFused(const art::FusedLaunch &group) {
     args[i + 1] = &pointers[i];
   }
   // One block per token, the grid capped (blocks then stride over tokens).
-  unsigned grid = static_cast<unsigned>(std::min<int64_t>(count, 1 << 20));
-  return check(api().cuLaunchKernel(*f, grid, 1, 1,
-                                    fusedThreads.at(group.kernel()->str()), 1,
-                                    1, 0, stream, args.data(), nullptr),
-               group.kernel()->str());
+  Dim3 grid{static_cast<int>(std::min<int64_t>(count, 1 << 20)), 1, 1};
+  return launchKernel(*f, grid, fusedThreads.at(group.kernel()->str()),
+                      args.data(), group.kernel()->str());
+}
+
+absl::Status Executor::Impl::launchKernel(CUfunction f, Dim3 grid,
+                                          unsigned threads, void **args,
+                                          const std::string &name) {
+  const DriverApi &a = api();
+  auto x = static_cast<unsigned>(grid.x), y = static_cast<unsigned>(grid.y),
+       z = static_cast<unsigned>(grid.z);
+  if (!programmaticLaunch)
+    return check(
+        a.cuLaunchKernel(f, x, y, z, threads, 1, 1, 0, stream, args, nullptr),
+        name);
+  CUlaunchAttribute attribute{};
+  attribute.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+  attribute.value.programmaticStreamSerializationAllowed = 1;
+  CUlaunchConfig config{};
+  config.gridDimX = x;
+  config.gridDimY = y;
+  config.gridDimZ = z;
+  config.blockDimX = threads;
+  config.blockDimY = config.blockDimZ = 1;
+  config.hStream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return check(a.cuLaunchKernelEx(&config, f, args, nullptr), name);
 }
 
 absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
@@ -1119,8 +1147,8 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
     return s;
   if (p.splits == 1)
     return absl::OkStatus();
-  return launch("kiln_attention_merge",
-                attentionMergeGrid(rows, p.heads, p.dv), p);
+  return launch("kiln_attention_merge", attentionMergeGrid(rows, p.heads, p.dv),
+                p);
 }
 
 bool Executor::Impl::graphable(const art::EntryPoint &entry) const {
@@ -1249,12 +1277,27 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
       environmentMode("KILN_MMA_GEMMS", {"auto", "on", "off"});
   absl::StatusOr<int> mmaAttention =
       environmentMode("KILN_MMA_ATTENTION", {"auto", "on", "off"});
-  for (const absl::StatusOr<int> *mode : {&experts, &mmaGemms, &mmaAttention})
+  absl::StatusOr<int> pdl = environmentMode("KILN_PDL", {"auto", "on", "off"});
+  for (const absl::StatusOr<int> *mode :
+       {&experts, &mmaGemms, &mmaAttention, &pdl})
     if (!mode->ok())
       return mode->status();
   impl->expertGemms = static_cast<Impl::ExpertGemms>(*experts);
   impl->mmaGemms = static_cast<Impl::MmaGemms>(*mmaGemms);
   impl->mmaAttention = static_cast<Impl::MmaAttention>(*mmaAttention);
+  std::string noPdl = devices->front().computeMajor < 9 ? "a GPU before sm_90"
+                      : !a.cuLaunchKernelEx             ? "no cuLaunchKernelEx"
+                      : impl->driver->version() < 12030
+                          ? "a driver before CUDA 12.3"
+                          : "";
+  if (*pdl == 1 && !noPdl.empty())
+    return absl::FailedPreconditionError(
+        "KILN_PDL=on, but programmatic dependent launch needs sm_90+ and a "
+        "CUDA 12.3+ driver: this is " +
+        noPdl);
+  impl->programmaticLaunch = *pdl != 2 && noPdl.empty();
+  if (impl->programmaticLaunch)
+    impl->description += ", programmatic dependent launch";
   for (const art::EntryPoint *e : *model.plan->entry_points())
     for (const art::Launch *l : *e->launches())
       if ((l->kernel() == art::KernelKind::Linear ||

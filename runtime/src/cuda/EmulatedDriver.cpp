@@ -8,6 +8,7 @@
 #include "runtime/kernels/MmaAttention.h"
 #include "runtime/kernels/MmaGemm.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -157,6 +158,19 @@ Launch bind(const Function &f, Dim3 grid, void **params) {
 // One emulated stream (the executor uses one): whether it is capturing,
 // and into which graph.
 thread_local Graph *capturing = nullptr;
+std::atomic<int64_t> programmaticLaunches{0};
+
+CUresult launchOrCapture(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
+                         void **params) {
+  const auto *function = reinterpret_cast<const Function *>(f);
+  Dim3 grid{static_cast<int>(gx), static_cast<int>(gy), static_cast<int>(gz)};
+  Launch launch = bind(*function, grid, params);
+  if (capturing)
+    capturing->push_back(std::move(launch));
+  else
+    launch();
+  return CUDA_SUCCESS;
+}
 
 CUdeviceptr toDevice(void *p) {
   return static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(p));
@@ -291,14 +305,17 @@ DriverApi table() {
   a.cuLaunchKernel = [](CUfunction f, unsigned gx, unsigned gy, unsigned gz,
                         unsigned, unsigned, unsigned, unsigned, CUstream,
                         void **params, void **) {
-    const auto *function = reinterpret_cast<const Function *>(f);
-    Dim3 grid{static_cast<int>(gx), static_cast<int>(gy), static_cast<int>(gz)};
-    Launch launch = bind(*function, grid, params);
-    if (capturing)
-      capturing->push_back(std::move(launch));
-    else
-      launch();
-    return ok();
+    return launchOrCapture(f, gx, gy, gz, params);
+  };
+  a.cuLaunchKernelEx = [](const CUlaunchConfig *config, CUfunction f,
+                          void **params, void **) {
+    for (unsigned i = 0; i < config->numAttrs; ++i)
+      if (config->attrs[i].id ==
+              CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION &&
+          config->attrs[i].value.programmaticStreamSerializationAllowed)
+        ++programmaticLaunches;
+    return launchOrCapture(f, config->gridDimX, config->gridDimY,
+                           config->gridDimZ, params);
   };
   a.cuStreamCreate = [](CUstream *s, unsigned) {
     *s = reinterpret_cast<CUstream>(uintptr_t{1});
@@ -344,6 +361,8 @@ int64_t emulatedLaunches(std::string_view kernel) {
   auto it = launchCounts().find(kernel);
   return it == launchCounts().end() ? 0 : it->second;
 }
+
+int64_t emulatedProgrammaticLaunches() { return programmaticLaunches; }
 
 Driver emulatedDriver() { return Driver::fromTable(table(), 13000); }
 

@@ -36,6 +36,11 @@ Driver emulatedDriver();
 /// (graph replays included), so that tests can tell which path ran.
 int64_t emulatedLaunches(std::string_view kernel);
 
+/// How many kernels were launched (or captured) with programmatic stream
+/// serialization. The emulation runs launches in order, which is what
+/// awaitPrecedingKernels makes of them on a GPU.
+int64_t emulatedProgrammaticLaunches();
+
 } // namespace kiln::cuda
 
 #endif // KILN_RUNTIME_CUDA_EMULATEDDRIVER_H
