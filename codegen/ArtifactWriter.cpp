@@ -29,8 +29,8 @@ ParameterRecipe recipeOf(const art::ParameterT &p) {
     recipe.scales = q->scale;
   }
   if (const art::HeadSliceT *t = p.transform.get())
-    recipe.slice = HeadSlice{t->heads, t->rows, t->offset, t->size,
-                             t->transpose};
+    recipe.slice =
+        HeadSlice{t->heads, t->rows, t->offset, t->size, t->transpose};
   return recipe;
 }
 
@@ -83,8 +83,8 @@ absl::Status writeArtifact(const std::filesystem::path &path, art::ModelT &plan,
     ParameterRecipe recipe = recipeOf(*p);
     ParameterSource source;
     const frontend::TensorInfo &first = *tensors->front().info;
-    source.type = artifactElementType(first.dtype).value_or(
-        art::ElementType::I32);
+    source.type =
+        artifactElementType(first.dtype).value_or(art::ElementType::I32);
     source.shape = first.shape;
     for (const frontend::CheckpointTensor &t : *tensors) {
       if (t.info->dtype != first.dtype || t.info->shape != first.shape)

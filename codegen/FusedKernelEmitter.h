@@ -44,9 +44,15 @@ struct FusedKernel {
   /// the order of `args`.
   std::string hostEntry;
   /// `extern "C" __global__ void <name>(int64_t tokens, <args>...)`, one
-  /// block of KILN_BLOCK_THREADS threads per token (a grid smaller than
-  /// `tokens` strides over them).
+  /// block of blockThreads threads per token (a grid smaller than `tokens`
+  /// strides over them).
   std::string cudaEntry;
+  /// kFusedBlockThreads, or for a group with a router (kiln.moe_gate) a
+  /// warp per kRouterExpertsPerWarp experts, up to kRouterMaxThreads: the
+  /// router's logits are the one read of a whole weight matrix in a fused
+  /// kernel, all by the token's block, so its time is the round trips of
+  /// its warps.
+  uint32_t blockThreads = 0;
   std::vector<KernelArg> args;
   /// Floats of the per-token scratch row (shared memory on the GPU).
   int64_t scratchFloats = 0;
@@ -57,6 +63,11 @@ struct FusedKernel {
 /// Threads per block of the CUDA kernels (the prelude's
 /// KILN_BLOCK_THREADS).
 inline constexpr uint32_t kFusedBlockThreads = 128;
+/// Experts a router warp scores at a time (the prelude's moeGateN).
+inline constexpr int64_t kRouterExpertsPerWarp = 8;
+/// The most threads of a router group's block. With 512, ptxas spills in
+/// DeepSeek-V3's router kernel (256 experts x 7168); with 256 it does not.
+inline constexpr uint32_t kRouterMaxThreads = 256;
 
 /// The prelude the sources include, by the name they include it with.
 inline constexpr const char *kFusedPreludeName = "FusedPrelude.h";

@@ -21,7 +21,7 @@ absl::Status addGpuModule(mlir::ModuleOp module, artifact::ModelT &plan,
     source += kernel->source;
     auto k = std::make_unique<artifact::GpuKernelT>();
     k->name = kernel->cudaEntry;
-    k->block_threads = kFusedBlockThreads;
+    k->block_threads = kernel->blockThreads;
     k->scratch_bytes =
         static_cast<uint32_t>(kernel->scratchFloats * sizeof(float));
     k->args = static_cast<uint32_t>(kernel->args.size());

@@ -124,11 +124,28 @@ void collectFp8Quantization(Value value, std::set<std::string> &out) {
   }
 }
 
+/// Bytes a token's results of `op` would take in a fused kernel's scratch
+/// row: fp32 elements, each value in a 16-byte aligned slot (as the
+/// generated kernels lay it out).
+int64_t scratchBytes(Operation *op) {
+  if (isa<ReshapeOp>(op)) // a view
+    return 0;
+  int64_t bytes = 0;
+  for (Value result : op->getResults())
+    bytes +=
+        (rowsOf(result.getType())->perToken + 3) / 4 * 4 * kOnChipElementBytes;
+  return bytes;
+}
+
 struct Group {
   SmallVector<Operation *> members;
   /// The latest member in block order, where the fused op goes.
   Operation *last;
   int64_t rowElements;
+  /// The members' scratchBytes but the first's (whose results the kernel
+  /// writes to memory: the group seeds at an op with users after it): an
+  /// upper bound of the kernel's scratch row.
+  int64_t scratchBytes = 0;
 };
 
 class BlockFuser {
@@ -149,7 +166,7 @@ public:
       if (!width || *width * kOnChipElementBytes > budget_)
         continue;
       size_t id = groups_.size();
-      groups_.push_back({{&op}, &op, *width});
+      groups_.push_back({{&op}, &op, *width, 0});
       groupOf_[&op] = id;
       SmallVector<Operation *> worklist{&op};
       while (!worklist.empty()) {
@@ -163,6 +180,7 @@ public:
           group.members.push_back(producer);
           group.rowElements =
               std::max(group.rowElements, *rowElements(producer));
+          group.scratchBytes += scratchBytes(producer);
           groupOf_[producer] = id;
           worklist.push_back(producer);
         }
@@ -189,7 +207,8 @@ private:
   }
 
   /// Whether `producer` may join group `id`: it is row-local, the group's
-  /// widest row stays within the budget, and every use outside the group
+  /// widest row and its scratch row stay within the budget, and every use
+  /// outside the group
   /// comes after the group's last op (the fused op takes that op's place,
   /// so no op moves; an op that consumed a group value and fed the group —
   /// a cycle — would come before it). A reshape joins only when all its uses
@@ -198,7 +217,8 @@ private:
     const Group &group = groups_[id];
     std::optional<int64_t> width = rowElements(producer);
     if (!width ||
-        std::max(group.rowElements, *width) * kOnChipElementBytes > budget_)
+        std::max(group.rowElements, *width) * kOnChipElementBytes > budget_ ||
+        group.scratchBytes + scratchBytes(producer) > budget_)
       return false;
     size_t last = position_.lookup(group.last);
     for (Operation *user : producer->getUsers()) {

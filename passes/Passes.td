@@ -144,6 +144,13 @@ def KilnFuse : Pass<"kiln-fuse", "::mlir::ModuleOp"> {
        router needs its whole row on chip before it can finish it; this
        bounds that, not what a kernel may stream through. DeepSeek-V3's
        7168-wide hidden rows take 28 KiB, its 576-wide query heads 2.3 KiB;
+       and so does the group's scratch: the values of a token its members
+       other than the seed compute (fp32, each in a 16-byte slot), which
+       a kernel keeps on chip for the members after them. The bound is
+       taken over all of them, though a kernel reuses a slot once its last
+       reader has run. DeepSeek-V3's query RoPE so joins the concat after
+       it (the RoPE's 128 heads x 64: 32 KiB) but not the slice before it
+       too (another 32 KiB);
     2. every use outside the group comes after the group's last op. The
        fused op takes the last op's place, so nothing else moves (KV-cache
        reads and writes keep their order, which SSA does not show), and no

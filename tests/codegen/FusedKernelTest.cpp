@@ -592,6 +592,69 @@ TEST(FusedKernels, SourcesCompileWithNvrtcForSm90a) {
   }
 }
 
+/// Every fused group of the full-size models has a kernel: kiln-fuse keeps
+/// each group's scratch row within what a generated kernel holds, at
+/// DeepSeek-V3's 128 heads too (whose query RoPE group once did not).
+TEST(FusedKernels, EveryGroupOfTheFullSizeModelsHasAKernel) {
+  MLIRContext context;
+  fs::path presets = fs::path(KILN_PROJECT_SOURCE_DIR) / "models/presets";
+  for (const char *name : {"deepseek-v3", "deepseek-v2", "deepseek-v2-lite"})
+    for (bool fp8 : {false, true}) {
+      OwningOpRef<ModuleOp> module =
+          optimizedModel(context, presets / (std::string(name) + ".json"), fp8);
+      ASSERT_TRUE(module) << name;
+      int groups = 0;
+      module->walk([&](FusedOp fused) {
+        ++groups;
+        EXPECT_TRUE(succeeded(::kiln::codegen::emitFusedKernel(fused)))
+            << name << (fp8 ? " fp8 " : " ") << fused.getName().str();
+      });
+      EXPECT_GT(groups, 0) << name;
+    }
+}
+
+/// A group with a router gets a warp per 8 of its experts (at least the
+/// usual 128 threads, at most 256), in the kernel's launch bounds and its
+/// launch (blockThreads); other groups keep 128.
+TEST(FusedKernels, RouterGroupsGetAWarpPerEightExperts) {
+  MLIRContext context;
+  context.loadDialect<KilnDialect, func::FuncDialect>();
+  for (auto [experts, threads] :
+       {std::pair{8, 128u}, {40, 160u}, {64, 256u}, {256, 256u}}) {
+    std::string source = "func.func @f(%x: tensor<?x?x32xf32>, %r: tensor<" +
+                         std::to_string(experts) + R"(x32xbf16>) {
+  %0:2 = kiln.fused "router"(%x, %r)
+      : (tensor<?x?x32xf32>, tensor<)" +
+                         std::to_string(experts) + R"(x32xbf16>)
+        -> (tensor<?x?x2xf32>, tensor<?x?x2xi32>) {
+  ^bb0(%a: tensor<?x?x32xf32>, %b: tensor<)" +
+                         std::to_string(experts) + R"(x32xbf16>):
+    %w, %i = kiln.moe_gate %a, %b softmax greedy
+        {top_k = 2 : i64, n_group = 1 : i64, topk_group = 1 : i64,
+         routed_scaling_factor = 1.0 : f64}
+        : (tensor<?x?x32xf32>, tensor<)" +
+                         std::to_string(experts) + R"(x32xbf16>)
+        -> (tensor<?x?x2xf32>, tensor<?x?x2xi32>)
+    kiln.yield %w, %i : tensor<?x?x2xf32>, tensor<?x?x2xi32>
+  }
+  return
+}
+)";
+    OwningOpRef<ModuleOp> module =
+        parseSourceString<ModuleOp>(source, &context);
+    ASSERT_TRUE(module) << experts;
+    module->walk([&](FusedOp fused) {
+      FailureOr<FusedKernel> kernel = ::kiln::codegen::emitFusedKernel(fused);
+      ASSERT_TRUE(succeeded(kernel));
+      EXPECT_EQ(kernel->blockThreads, threads) << experts << " experts";
+      EXPECT_NE(kernel->source.find("__launch_bounds__(" +
+                                    std::to_string(threads) + ")"),
+                std::string::npos)
+          << kernel->source;
+    });
+  }
+}
+
 TEST(FusedKernels, NvrtcReportsCompileErrorsWithTheLog) {
   absl::StatusOr<::kiln::codegen::CudaBinary> binary =
       ::kiln::codegen::compileCuda("__global__ void broken() { nope; }",

@@ -186,6 +186,34 @@ func.func @rope_concat(%q: tensor<?x?x24xf32>, %pos: tensor<?x?xi32>,
 
 // -----
 
+// The scratch bound: DeepSeek-V3's 128 query heads. The RoPE's 128 x 64
+// values (32 KiB a token) stay on chip for the concat; the slice's would be
+// another 32 KiB, over the 48 KiB a generated kernel keeps, so the slice
+// runs on its own and the kernel reads it.
+// CHECK-LABEL: func.func @rope_concat_wide
+// CHECK: %[[PE:.*]] = kiln.slice %arg0[128, 64]
+// CHECK-NEXT: kiln.fused "fused_0_rope_concat"(%[[PE]], %arg1, %arg2) : (tensor<?x?x128x64xf32>, tensor<?x?xi32>, tensor<?x?x128x512xf32>) -> tensor<?x?x128x576xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 2304 : i64, saved_bytes = 65536 : i64}}
+// CHECK-NEXT: ^bb0
+// CHECK-NEXT: kiln.rope
+// CHECK-NEXT: kiln.concat
+// CHECK-NEXT: kiln.yield
+// BUDGET-LABEL: func.func @rope_concat_wide
+// BUDGET-NOT: kiln.fused
+func.func @rope_concat_wide(%h: tensor<?x?x128x192xf32>, %pos: tensor<?x?xi32>,
+                            %lat: tensor<?x?x128x512xf32>)
+    -> tensor<?x?x128x576xf32> {
+  %pe = kiln.slice %h[128, 64]
+      : tensor<?x?x128x192xf32> -> tensor<?x?x128x64xf32>
+  %r = kiln.rope %pe, %pos {rope = #kiln.rope<kind = plain, theta = 10000.0>}
+      : (tensor<?x?x128x64xf32>, tensor<?x?xi32>) -> tensor<?x?x128x64xf32>
+  %c = kiln.concat %lat, %r
+      : tensor<?x?x128x512xf32>, tensor<?x?x128x64xf32>
+      -> tensor<?x?x128x576xf32>
+  return %c : tensor<?x?x128x576xf32>
+}
+
+// -----
+
 // The row budget splits a chain: the 64-wide residual add and norm do not
 // fit 128 bytes, the 16-wide tail after the GEMM does.
 // BUDGET-LABEL: func.func @budget_split
