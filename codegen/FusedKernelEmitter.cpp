@@ -158,6 +158,11 @@ private:
   FusedOp fused_;
   std::string name_;
   FusedKernel kernel_;
+  /// The group has a router: its kernel runs one block per token, which
+  /// may take every register it needs for the router's loads in flight
+  /// (`__launch_bounds__(threads, 1)`; ptxas otherwise spills DeepSeek-V3's
+  /// at 64 registers to fit four blocks).
+  bool routerBlock_ = false;
   std::string tables_;
   std::string body_;
   llvm::raw_string_ostream os_{body_};
@@ -458,6 +463,7 @@ LogicalResult Emitter::emitOp(Operation &op) {
             int64_t warps =
                 (weightType.getDimSize(0) + kRouterExpertsPerWarp - 1) /
                 kRouterExpertsPerWarp;
+            routerBlock_ = true;
             kernel_.blockThreads = std::max(
                 kernel_.blockThreads,
                 std::clamp<uint32_t>(static_cast<uint32_t>(warps) * 32,
@@ -564,7 +570,7 @@ FailureOr<FusedKernel> Emitter::emit() {
       << body_ << "}\n\n";
   out << "#if defined(__CUDACC__)\n"
       << "extern \"C\" __global__ void __launch_bounds__("
-      << kernel_.blockThreads << ")\n"
+      << kernel_.blockThreads << (routerBlock_ ? ", 1" : "") << ")\n"
       << name_ << "(int64_t tokens" << params << ") {\n"
       << "  kiln::awaitPrecedingKernels();\n";
   if (scratch)

@@ -182,6 +182,7 @@ KILN_FN float blockSum(float value) {
 #define KILN_UNROLL4 _Pragma("unroll 4")
 #define KILN_UNROLL8 _Pragma("unroll 8")
 #define KILN_UNROLL16 _Pragma("unroll 16")
+#define KILN_SYNCWARP() __syncwarp()
 #define KILN_WARP_SIZE 32
 #define KILN_LANE (static_cast<int>(threadIdx.x) % 32)
 #define KILN_WARP (static_cast<int>(threadIdx.x) / 32)
@@ -191,6 +192,7 @@ KILN_FN float blockSum(float value) {
 #define KILN_UNROLL4 _Pragma("GCC unroll 4")
 #define KILN_UNROLL8 _Pragma("GCC unroll 8")
 #define KILN_UNROLL16 _Pragma("GCC unroll 16")
+#define KILN_SYNCWARP() ((void)0)
 #define KILN_WARP_SIZE 1
 #define KILN_LANE 0
 #define KILN_WARP 0
@@ -583,6 +585,46 @@ KILN_FN void topK(const float *values, int n, int k, unsigned char *taken,
   }
 }
 
+/// Whether (a, i) comes before (b, j) in topK's order: larger values
+/// first, NaNs after every number, the lower index first among equals.
+KILN_FN bool ranksBefore(float a, int i, float b, int j) {
+  if (isNan(a) != isNan(b))
+    return isNan(b);
+  if (isNan(a) || a == b)
+    return i < j;
+  return a > b;
+}
+
+/// topK by the calling warp: each lane scans every 32nd value, then the
+/// lanes' candidates meet in a shuffle reduction under ranksBefore, a
+/// total order, so the pick is topK's. Lane 0 writes `taken` and `result`;
+/// every lane returns after them.
+KILN_FN void warpTopK(const float *values, int n, int k, unsigned char *taken,
+                      int32_t *result) {
+  for (int j = 0; j < k; ++j) {
+    int best = -1;
+    for (int i = KILN_LANE; i < n; i += KILN_WARP_SIZE)
+      if (!taken[i] &&
+          (best < 0 || ranksBefore(values[i], i, values[best], best)))
+        best = i;
+#if defined(__CUDACC__)
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      int other = __shfl_xor_sync(0xffffffffu, best, offset);
+      if (other >= 0 &&
+          (best < 0 || ranksBefore(values[other], other, values[best], best)))
+        best = other;
+    }
+#endif
+    if (best < 0)
+      best = 0;
+    if (KILN_LANE == 0) {
+      taken[best] = 1;
+      result[j] = best;
+    }
+    KILN_SYNCWARP();
+  }
+}
+
 /// logit[u] += the calling lane's share of x . row u of `rows` ([count,
 /// dim]; u < min(count, Rows)), 8 consecutive values per lane per step.
 /// Whole: Rows rows, wholeLoadAligned, of a dim that is a multiple of 8, so
@@ -623,7 +665,7 @@ KILN_FN void moeGateN(const float *x, int dim, const W *weight, const B *bias,
                       float *weights, int32_t *indices) {
   KILN_SHARED float scores[Capacity], choice[Capacity], groupScore[Capacity];
   KILN_SHARED unsigned char taken[Capacity];
-  KILN_SHARED int32_t picked[Capacity > 2 ? Capacity : 2];
+  KILN_SHARED int32_t picked[2 * Capacity]; // two per group
   // A warp per 8 experts at a time, each lane 8 consecutive weights of
   // each (one 16-byte load of a 16-bit row), 4 x 8 loads in flight per
   // lane. The whole router runs on one multiprocessor per token, so its
@@ -647,32 +689,46 @@ KILN_FN void moeGateN(const float *x, int dim, const W *weight, const B *bias,
     }
   }
   KILN_SYNC();
-  if (KILN_THREAD != 0)
+  // The selection: warp 0, its lanes over the experts (or groups), so that
+  // a 256-expert router's serial scans do not hold up the token. Every
+  // value is the serial code's: elementwise steps per lane, sums in expert
+  // order on lane 0, and warpTopK picks what topK picks.
+  if (KILN_WARP != 0)
     return;
   if (config.scoring == Softmax) {
+    // Every lane starts from scores[0], as the serial scan: a NaN there
+    // stays the maximum (and is every lane's), other NaNs never are.
     float mx = scores[0];
-    for (int e = 1; e < experts; ++e)
+    for (int e = KILN_LANE; e < experts; e += KILN_WARP_SIZE)
       mx = scores[e] > mx ? scores[e] : mx;
-    float sum = 0.0f;
-    for (int e = 0; e < experts; ++e) {
+    mx = warpMax(mx);
+    for (int e = KILN_LANE; e < experts; e += KILN_WARP_SIZE)
       scores[e] = expf(scores[e] - mx);
-      sum += scores[e];
-    }
+    KILN_SYNCWARP();
+    // Every lane sums in expert order (the same reads, broadcast).
+    float sum = 0.0f;
     for (int e = 0; e < experts; ++e)
+      sum += scores[e];
+    KILN_SYNCWARP();
+    for (int e = KILN_LANE; e < experts; e += KILN_WARP_SIZE)
       scores[e] /= sum;
   } else {
-    for (int e = 0; e < experts; ++e)
+    for (int e = KILN_LANE; e < experts; e += KILN_WARP_SIZE)
       scores[e] = 1.0f / (1.0f + expf(-scores[e]));
   }
   bool useBias = config.method == NoauxTc && bias;
-  for (int e = 0; e < experts; ++e)
+  for (int e = KILN_LANE; e < experts; e += KILN_WARP_SIZE) {
     choice[e] = scores[e] + (useBias ? toFloat(bias[e]) : 0.0f);
+    taken[e] = 0;
+  }
+  KILN_SYNCWARP();
 
   int groups =
       config.method == Greedy ? 1 : (config.nGroup > 1 ? config.nGroup : 1);
   int perGroup = experts / groups;
   if (config.method != Greedy && groups > 1) {
-    for (int g = 0; g < groups; ++g) {
+    // A lane per group, over its own slice of `taken` and `picked`.
+    for (int g = KILN_LANE; g < groups; g += KILN_WARP_SIZE) {
       const float *c = choice + g * perGroup;
       if (config.method == GroupLimitedGreedy) {
         // V2: a group scores its best expert (the first maximum).
@@ -682,37 +738,41 @@ KILN_FN void moeGateN(const float *x, int dim, const W *weight, const B *bias,
         groupScore[g] = best;
       } else {
         // V3: a group scores the sum of its two best biased experts.
-        for (int e = 0; e < perGroup; ++e)
-          taken[e] = 0;
         int two = perGroup < 2 ? perGroup : 2;
-        topK(c, perGroup, two, taken, picked);
+        int32_t *pair = picked + 2 * g;
+        topK(c, perGroup, two, taken + g * perGroup, pair);
         float sum = 0.0f;
         for (int j = 0; j < two; ++j)
-          sum += c[picked[j]];
+          sum += c[pair[j]];
         groupScore[g] = sum;
       }
     }
+    KILN_SYNCWARP();
     int keep = config.topkGroup < 0        ? 0
                : config.topkGroup > groups ? groups
                                            : config.topkGroup;
-    for (int g = 0; g < groups; ++g)
-      taken[g] = 0;
-    topK(groupScore, groups, keep, taken, picked);
+    for (int e = KILN_LANE; e < experts; e += KILN_WARP_SIZE)
+      taken[e] = 0;
+    KILN_SYNCWARP();
+    warpTopK(groupScore, groups, keep, taken, picked);
     // Experts of dropped groups: HF masks them with 0 (V2) or -inf (V3).
     float masked = config.method == GroupLimitedGreedy
                        ? 0.0f
                        : -floatFromBits(0x7f800000u);
-    for (int g = 0; g < groups; ++g)
-      if (!taken[g])
-        for (int e = g * perGroup; e < (g + 1) * perGroup; ++e) {
-          choice[e] = masked;
-          scores[e] = 0.0f;
-        }
+    for (int e = KILN_LANE; e < groups * perGroup; e += KILN_WARP_SIZE)
+      if (!taken[e / perGroup]) {
+        choice[e] = masked;
+        scores[e] = 0.0f;
+      }
+    KILN_SYNCWARP();
+    for (int e = KILN_LANE; e < experts; e += KILN_WARP_SIZE)
+      taken[e] = 0;
+    KILN_SYNCWARP();
   }
 
-  for (int e = 0; e < experts; ++e)
-    taken[e] = 0;
-  topK(choice, experts, topk, taken, indices);
+  warpTopK(choice, experts, topk, taken, indices);
+  if (KILN_LANE != 0)
+    return;
   float sum = 0.0f;
   for (int j = 0; j < topk; ++j) {
     weights[j] = scores[indices[j]];

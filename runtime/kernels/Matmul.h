@@ -71,12 +71,13 @@ KILN_HOST_FN int64_t gemmGridMatrices(const GemmParams &p, int64_t matrices) {
 /// expert grid.z, or with activeExperts of the z-th expert that has rows
 /// (none past the last).
 struct GemmRows {
-  int64_t matrix, first, end;
+  int matrix;
+  int64_t first, end;
 };
 KILN_FN GemmRows gemmRows(Dim3 block, const GemmParams &p) {
   if (!p.offsets)
     return {block.z, 0, p.rows};
-  int64_t matrix = block.z;
+  int matrix = block.z;
   if (p.activeExperts) {
     if (block.z >= p.activeExperts[0])
       return {0, 0, 0};
@@ -236,7 +237,9 @@ template <class W, class A> KILN_FN bool gemvWholeSteps(const GemmParams &p) {
 template <class W, bool Fp8, class A = float>
 KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
   auto [matrix, first, end] = gemmRows(block, p);
-  bool whole = gemvWholeSteps<W, A>(p);
+  // e4m3 activation codes keep the checked loads: the whole-step variant
+  // of their GEMV spills (ptxas, 32 bytes at 96 registers).
+  bool whole = sizeof(A) == sizeof(float) && gemvWholeSteps<W, A>(p);
   for (; first < end; first += kGemmRows) {
     int count =
         end - first < kGemmRows ? static_cast<int>(end - first) : kGemmRows;

@@ -614,8 +614,9 @@ TEST(FusedKernels, EveryGroupOfTheFullSizeModelsHasAKernel) {
 }
 
 /// A group with a router gets a warp per 8 of its experts (at least the
-/// usual 128 threads, at most 256), in the kernel's launch bounds and its
-/// launch (blockThreads); other groups keep 128.
+/// usual 128 threads, at most 256) and one block per multiprocessor's worth
+/// of registers, in the kernel's launch bounds and its launch
+/// (blockThreads); other groups keep 128.
 TEST(FusedKernels, RouterGroupsGetAWarpPerEightExperts) {
   MLIRContext context;
   context.loadDialect<KilnDialect, func::FuncDialect>();
@@ -648,7 +649,7 @@ TEST(FusedKernels, RouterGroupsGetAWarpPerEightExperts) {
       ASSERT_TRUE(succeeded(kernel));
       EXPECT_EQ(kernel->blockThreads, threads) << experts << " experts";
       EXPECT_NE(kernel->source.find("__launch_bounds__(" +
-                                    std::to_string(threads) + ")"),
+                                    std::to_string(threads) + ", 1)"),
                 std::string::npos)
           << kernel->source;
     });
