@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check, in one run on the GPU machine (CUDA, PyTorch and
 # transformers; no MLIR), from the repository root with gpu-bundle/ from
-# scripts/gpu-prepare.sh. Stages, in this order:
+# scripts/gpu-prepare.sh (or its gpu-bundle.tar.xz, unpacked first). Stages,
+# in this order:
 #
 #   tests     the GPU-labelled tests: the driver test and the CUDA executor
 #             against the CPU executor on every architecture
@@ -53,8 +54,13 @@ limit() { # stage, default seconds
   echo "${!var:-$2}"
 }
 
+# The archive, where it was carried, replaces what an earlier run unpacked.
+if [[ -f "$root/gpu-bundle.tar.xz" ]]; then
+  rm -rf "$bundle"
+  tar -C "$root" -xJf "$root/gpu-bundle.tar.xz"
+fi
 if [[ ! -f "$bundle/manifest.json" ]]; then
-  echo "gpu-check: no gpu-bundle/ (run scripts/gpu-prepare.sh on the build machine and carry it)"
+  echo "gpu-check: no gpu-bundle/ (run scripts/gpu-prepare.sh on the build machine and carry gpu-bundle.tar.xz)"
   exit 2
 fi
 stamp "environment"
