@@ -156,6 +156,15 @@ activeExpertsOf(const std::vector<int32_t> &offsets) {
   return active;
 }
 
+/// The expert whose rows [offsets[e], offsets[e + 1]) hold `row`; 0 for a
+/// dense GEMM (no offsets).
+inline int64_t expertOfRow(const std::vector<int32_t> &offsets, int64_t row) {
+  int64_t e = 0;
+  while (!offsets.empty() && offsets[e + 1] <= row)
+    ++e;
+  return e;
+}
+
 /// Checks got against want with the summation bound over the dequantized
 /// operands (for FP8, the quantized activations).
 inline void expectClose(const std::vector<float> &got,

@@ -214,15 +214,10 @@ TEST(MatmulKernel, GroupedLinearReadsExpertOffsetsOnTheDevice) {
         if (fp8)
           for (size_t i = 0; i < xs.size(); ++i)
             xs[i] = q.codes[i] * q.scales[i / k * 2 + i % k / 128];
-        auto expert = [&](int64_t row) {
-          int e = 0;
-          while (offsets[e + 1] <= row)
-            ++e;
-          return e;
-        };
         expectClose(
             got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
-            [&](int64_t i) { return expert(i / n) * n + i % n; }, what);
+            [&](int64_t i) { return expertOfRow(offsets, i / n) * n + i % n; },
+            what);
       }
   }
 }

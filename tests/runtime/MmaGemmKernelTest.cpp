@@ -226,15 +226,9 @@ TEST(MmaGemmKernel, GroupedLinearReadsExpertOffsetsOnTheDevice) {
         p.experts = static_cast<int>(experts);
         p.activeExperts = compact ? active.data() : nullptr;
         runMma(input, mmaGemmGrid(n, gemmGridMatrices(p, experts)), p);
-        auto expert = [&](int64_t row) {
-          int e = 0;
-          while (offsets[e + 1] <= row)
-            ++e;
-          return e;
-        };
         expectClose(
             got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
-            [&](int64_t i) { return expert(i / n) * n + i % n; },
+            [&](int64_t i) { return expertOfRow(offsets, i / n) * n + i % n; },
             std::string(inputName(input)) + " rows " + std::to_string(rows) +
                 (compact ? " over the active experts" : ""));
       }

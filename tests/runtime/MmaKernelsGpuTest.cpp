@@ -165,15 +165,9 @@ void checkGemm(MmaGpu &t, Gpu &gpu, Fp8Input input, int64_t rows, int64_t n,
   std::vector<float> xs = roundedToBf16(x);
   for (size_t i = 0; fp8 && i < xs.size(); ++i)
     xs[i] = q.codes[i] * q.scales[i / k * kBlocks + i % k / 128];
-  auto expert = [&](int64_t row) {
-    int64_t e = 0;
-    while (!offsets.empty() && offsets[e + 1] <= row)
-      ++e;
-    return e;
-  };
   expectClose(
       got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
-      [&](int64_t i) { return expert(i / n) * n + i % n; }, what);
+      [&](int64_t i) { return expertOfRow(offsets, i / n) * n + i % n; }, what);
 }
 
 TEST_F(MmaGpu, GemmDenseMatchesTheHostBuild) {
