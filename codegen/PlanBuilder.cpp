@@ -433,6 +433,12 @@ LogicalResult EntryPlanner::addLaunch(Operation *op, art::EntryPointT &entry) {
             fp8(grouped.getBlockSize(), grouped.getActUe8m0());
             return success();
           })
+          .Case([&](GatedLinearOp gated) {
+            launch->kernel = art::KernelKind::GatedLinear;
+            ints.push_back(gated.getExpertOffsets() ? 1 : 0);
+            fp8(gated.getBlockSize(), gated.getActUe8m0());
+            return success();
+          })
           .Case([&](MoECombineOp) {
             launch->kernel = art::KernelKind::MoeCombine;
             return success();

@@ -649,6 +649,67 @@ LogicalResult GroupedLinearOp::verify() {
                          getActUe8m0());
 }
 
+LogicalResult GatedLinearOp::verify() {
+  RankedTensorType input = getInput().getType();
+  RankedTensorType weight = getGateWeight().getType();
+  if (weight != getUpWeight().getType())
+    return emitOpError("gate_weight ")
+           << weight << " and up_weight " << getUpWeight().getType()
+           << " must have one type";
+  bool grouped = static_cast<bool>(getExpertOffsets());
+  if (failed(checkRank(*this, "gate_weight", weight, grouped ? 3 : 2)))
+    return failure();
+  if (grouped) {
+    if (failed(checkRank(*this, "input", input, 2)))
+      return failure();
+  } else if (input.getRank() < 1) {
+    return emitOpError("input must have rank >= 1");
+  }
+  bool quantizedInput = isFp8(input);
+  if (quantizedInput != static_cast<bool>(getInputScale()))
+    return emitOpError("an f8E4M3FN input needs input_scale, and only it");
+  int64_t out = weight.getDimSize(weight.getRank() - 2);
+  int64_t in = weight.getDimSize(weight.getRank() - 1);
+  if (quantizedInput) {
+    if (grouped)
+      return emitOpError("an f8E4M3FN input takes no expert_offsets");
+    if (!isFp8(weight) || !getBlockSize())
+      return emitOpError("an f8E4M3FN input needs f8E4M3FN weights");
+    if (!getResult().getType().getElementType().isF32())
+      return emitOpError("an f8E4M3FN input gives an f32 result");
+    SmallVector<int64_t> scales(input.getShape());
+    scales.back() = ceilDiv(in, (*getBlockSize())[1]);
+    if (failed(checkShape(*this, "input_scale", getInputScale().getType(),
+                          scales)))
+      return failure();
+  } else if (failed(checkSameElementType(*this, "result", getResult().getType(),
+                                         input))) {
+    return failure();
+  }
+  if (!dimsCompatible(input.getShape().back(), in))
+    return emitOpError("input's last dimension ")
+           << input.getShape().back() << " does not match the weights' " << in
+           << " input features";
+  SmallVector<int64_t> expected(input.getShape());
+  expected.back() = out;
+  if (grouped) {
+    int64_t experts = weight.getDimSize(0);
+    if (failed(checkShape(*this, "expert_offsets", getExpertOffsets().getType(),
+                          {ShapedType::isDynamic(experts) ? ShapedType::kDynamic
+                                                          : experts + 1})))
+      return failure();
+  }
+  if (failed(checkShape(*this, "result", getResult().getType(), expected)))
+    return failure();
+  if (static_cast<bool>(getGateScale()) != static_cast<bool>(getUpScale()))
+    return emitOpError("gate_scale and up_scale must be given together");
+  if (failed(checkBlockScale(*this, weight, getGateScale(), getBlockSize(),
+                             getActUe8m0())))
+    return failure();
+  return checkBlockScale(*this, weight, getUpScale(), getBlockSize(),
+                         getActUe8m0());
+}
+
 LogicalResult MoECombineOp::verify() {
   RankedTensorType outputs = getExpertOutputs().getType();
   RankedTensorType weights = getWeights().getType();

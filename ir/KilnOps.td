@@ -567,6 +567,50 @@ def Kiln_GroupedLinearOp : Kiln_Op<"grouped_linear", [Pure]> {
   let hasVerifier = 1;
 }
 
+def Kiln_GatedLinearOp
+    : Kiln_Op<"gated_linear", [Pure, AttrSizedOperandSegments]> {
+  let summary = "SwiGLU of two projections of one input: `silu(x Wg^T) * (x Wu^T)`";
+  let description = [{
+    A gated feed-forward's first half as one GEMM: `kiln.swiglu` of
+    `kiln.linear %x, %gate_weight` and `kiln.linear %x, %up_weight`
+    (`kiln-fuse-gated-linear` forms it), so that a kernel reads the input
+    once for both weights and writes only the activation. Without
+    `expert_offsets` the weights are `[out, in]` and apply to the last
+    dimension of `input`, as `kiln.linear`; with them they are
+    `[experts, out, in]` over rows grouped by expert, as
+    `kiln.grouped_linear`. `f8E4M3FN` weights need `gate_scale` and
+    `up_scale` with one `block_size`; an `f8E4M3FN` input (codes a fused
+    kernel quantized) needs `input_scale`, as `kiln.linear`'s, and gives
+    an f32 result. Both projections accumulate in fp32 as their
+    `kiln.linear` would, so the result is the unfused ops' to the bit.
+
+    ```mlir
+    %h = kiln.gated_linear %x, %wg, %wu
+        : (tensor<?x?x64xf32>, tensor<96x64xbf16>, tensor<96x64xbf16>)
+        -> tensor<?x?x96xf32>
+    %r = kiln.gated_linear %rows, %eg, %eu experts %offsets
+        : (tensor<?x64xf32>, tensor<8x32x64xbf16>, tensor<8x32x64xbf16>,
+           tensor<9xi32>) -> tensor<?x32xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_GemmInput:$input, Kiln_Weight:$gate_weight,
+                       Kiln_Weight:$up_weight,
+                       Optional<Kiln_IndexTensor>:$expert_offsets,
+                       Optional<Kiln_F32Tensor>:$gate_scale,
+                       Optional<Kiln_F32Tensor>:$up_scale,
+                       Optional<Kiln_F32Tensor>:$input_scale,
+                       OptionalAttr<DenseI64ArrayAttr>:$block_size,
+                       UnitAttr:$act_ue8m0);
+  let results = (outs Kiln_Activation:$result);
+  let assemblyFormat = [{
+    $input `,` $gate_weight `,` $up_weight
+    (`experts` $expert_offsets^)? (`scales` $gate_scale^ `,` $up_scale)?
+    (`input_scale` $input_scale^)? attr-dict
+    `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def Kiln_MoECombineOp : Kiln_Op<"moe_combine", [Pure]> {
   let summary = "Weighted sum of expert outputs back into token order";
   let description = [{

@@ -359,19 +359,49 @@ struct Fp8Input {
   }
 };
 
-/// FP8 `kiln.linear`s that read `value` whole and quantize it themselves
-/// (f32 in and out), by the quantization they apply.
-std::map<Fp8Input, SmallVector<LinearOp>> quantizingLinears(Value value) {
-  std::map<Fp8Input, SmallVector<LinearOp>> out;
+/// FP8 GEMMs that read `value` whole and quantize it themselves (f32 in
+/// and out): `kiln.linear`s and dense `kiln.gated_linear`s, by the
+/// quantization they apply.
+std::map<Fp8Input, SmallVector<Operation *>> quantizingLinears(Value value) {
+  std::map<Fp8Input, SmallVector<Operation *>> out;
+  if (!getElementTypeOrSelf(value.getType()).isF32())
+    return out;
   for (OpOperand &use : value.getUses()) {
-    auto linear = dyn_cast<LinearOp>(use.getOwner());
-    if (!linear || use.getOperandNumber() != 0 || !linear.getBlockSize() ||
-        linear.getInputScale() ||
-        !getElementTypeOrSelf(value.getType()).isF32())
+    if (use.getOperandNumber() != 0)
       continue;
-    out[{(*linear.getBlockSize())[1], linear.getActUe8m0()}].push_back(linear);
+    Operation *owner = use.getOwner();
+    if (auto linear = dyn_cast<LinearOp>(owner)) {
+      if (linear.getBlockSize() && !linear.getInputScale())
+        out[{(*linear.getBlockSize())[1], linear.getActUe8m0()}].push_back(
+            owner);
+    } else if (auto gated = dyn_cast<GatedLinearOp>(owner)) {
+      if (gated.getBlockSize() && !gated.getInputScale() &&
+          !gated.getExpertOffsets())
+        out[{(*gated.getBlockSize())[1], gated.getActUe8m0()}].push_back(owner);
+    }
   }
   return out;
+}
+
+/// `gemm` (from quantizingLinears) reading e4m3 `codes` and their `scales`
+/// in place of its f32 input.
+Operation *readingQuantized(Operation *gemm, Value codes, Value scales) {
+  OpBuilder at(gemm);
+  Operation *quantized;
+  if (auto linear = dyn_cast<LinearOp>(gemm))
+    quantized = at.create<LinearOp>(
+        linear.getLoc(), linear.getType(), codes, linear.getWeight(),
+        linear.getBias(), linear.getWeightScale(), scales,
+        linear.getBlockSizeAttr(), linear.getActUe8m0());
+  else {
+    auto gated = cast<GatedLinearOp>(gemm);
+    quantized = at.create<GatedLinearOp>(
+        gated.getLoc(), gated.getType(), codes, gated.getGateWeight(),
+        gated.getUpWeight(), Value(), gated.getGateScale(), gated.getUpScale(),
+        scales, gated.getBlockSizeAttr(), gated.getActUe8m0());
+  }
+  quantized->setDiscardableAttrs(gemm->getDiscardableAttrDictionary());
+  return quantized;
 }
 
 /// Moves the activation quantization of the FP8 `kiln.linear`s a group's
@@ -383,7 +413,7 @@ void quantizeInEpilogue(FusedOp fused) {
   auto yield = cast<YieldOp>(body.getTerminator());
   SmallVector<Value> yielded(yield.getValues());
   struct Rewrite {
-    SmallVector<LinearOp> linears;
+    SmallVector<Operation *> linears;
     unsigned codes; // index of the codes among the new results
   };
   SmallVector<Rewrite> rewrites;
@@ -396,7 +426,7 @@ void quantizeInEpilogue(FusedOp fused) {
       scaleShape.back() =
           (scaleShape.back() + quant.blockCols - 1) / quant.blockCols;
       auto q = b.create<QuantizeFp8Op>(
-          linears.front().getLoc(),
+          linears.front()->getLoc(),
           RankedTensorType::get(type.getShape(), b.getType<Float8E4M3FNType>()),
           RankedTensorType::get(scaleShape, b.getF32Type()), inner,
           quant.blockCols, quant.ue8m0);
@@ -434,16 +464,11 @@ void quantizeInEpilogue(FusedOp fused) {
   for (auto [position, i] : llvm::enumerate(kept))
     newResult[i] = replacement.getResult(position);
   for (const Rewrite &r : rewrites)
-    for (LinearOp linear : r.linears) {
-      OpBuilder at(linear);
-      auto quantized = at.create<LinearOp>(
-          linear.getLoc(), linear.getType(), newResult[r.codes],
-          linear.getWeight(), linear.getBias(), linear.getWeightScale(),
-          newResult[r.codes + 1], linear.getBlockSizeAttr(),
-          linear.getActUe8m0());
-      quantized->setDiscardableAttrs(linear->getDiscardableAttrDictionary());
-      linear.replaceAllUsesWith(quantized.getResult());
-      linear.erase();
+    for (Operation *linear : r.linears) {
+      Operation *quantized =
+          readingQuantized(linear, newResult[r.codes], newResult[r.codes + 1]);
+      linear->replaceAllUsesWith(quantized->getResults());
+      linear->erase();
     }
   for (auto [i, result] : llvm::enumerate(fused.getResults()))
     if (!result.use_empty())

@@ -113,6 +113,28 @@ def KilnAbsorbLatentKV : Pass<"kiln-absorb-latent-kv", "::mlir::ModuleOp"> {
   ];
 }
 
+def KilnFuseGatedLinear : Pass<"kiln-fuse-gated-linear", "::mlir::ModuleOp"> {
+  let summary = "Merges a SwiGLU's gate and up projections into one GEMM";
+  let description = [{
+    Rewrites `kiln.swiglu(kiln.linear(%x, %wg), kiln.linear(%x, %wu))` into
+    `kiln.gated_linear %x, %wg, %wu`, and the same of two
+    `kiln.grouped_linear` ops over one input and one `expert_offsets` (a
+    MoE layer's experts) into a grouped `kiln.gated_linear`. At decode a
+    gated FFN's first half is then one launch instead of three: the GEMV
+    reads each activation row once for both weights and writes only the
+    activation, not the two projections; the runtime still runs the two
+    GEMMs and the SwiGLU where a library GEMM (cuBLASLt, tensor cores)
+    takes the rows. The weights stay two parameters, as the checkpoint
+    stores them.
+
+    Both projections must read the same input (and its `input_scale`),
+    have no bias, equal weight types and FP8 blocks, and have no user but
+    the SwiGLU, which must take the gate first. Anything else is left
+    alone. Run before `kiln-fuse`, which would otherwise group the SwiGLU
+    with its row-local neighbours.
+  }];
+}
+
 def KilnFuse : Pass<"kiln-fuse", "::mlir::ModuleOp"> {
   let summary = "Groups chains of row-local ops into fused kernels";
   let description = [{
@@ -181,10 +203,11 @@ def KilnFuse : Pass<"kiln-fuse", "::mlir::ModuleOp"> {
     `" ue8m0"` with power-of-two scales) of the GEMMs the results feed.
 
     With `quantize-epilogue` (the default) the quantization then moves into
-    the group: for each result an FP8 `kiln.linear` reads whole (f32), the
-    body ends with a `kiln.quantize_fp8` per distinct `(block cols, ue8m0)`
-    and yields its codes and scales, and those linears take the quantized
-    input (`input_scale`). A result only such linears read is no longer
+    the group: for each result an FP8 `kiln.linear` or dense
+    `kiln.gated_linear` reads whole (f32), the body ends with a
+    `kiln.quantize_fp8` per distinct `(block cols, ue8m0)` and yields its
+    codes and scales, and those GEMMs take the quantized input
+    (`input_scale`). A result only such linears read is no longer
     yielded: the kernel writes 1 byte per value (plus a scale per block)
     instead of 4, and the GEMM skips its quantization pass. Grouped and
     head GEMMs (whose inputs are gathered or sliced after the group) still

@@ -23,6 +23,10 @@ void buildOptimizePipeline(PassManager &pm, const OptimizeOptions &options) {
   absorb.context = options.context;
   absorb.latentCacheDtype = options.latentCacheDtype;
   pm.addPass(createKilnAbsorbLatentKV(absorb));
+  // After quantization, whose FP8 projections it merges as they are; before
+  // kiln-fuse, which would take the SwiGLU into a row kernel.
+  if (options.fuseGatedLinear)
+    pm.addPass(createKilnFuseGatedLinear());
   // After absorption and quantization, which rewrite ops it would group.
   if (options.fuse)
     pm.addPass(createKilnFuse());

@@ -29,6 +29,8 @@ struct OptimizeOptions {
   std::string latentCacheDtype = "f32";
   /// Run kiln-fuse (row-local op chains into kiln.fused kernels).
   bool fuse = true;
+  /// Run kiln-fuse-gated-linear (a SwiGLU's two projections as one GEMM).
+  bool fuseGatedLinear = true;
 };
 
 /// Adds the optimize phase of `kiln compile-model` to `pm`.

@@ -59,13 +59,14 @@ SmallVector<Operation *> readers(Value v) {
   return ops;
 }
 
-/// A token-level SwiGLU (`[batch, seq, inter]`, so not a routed expert's)
-/// whose down projection is not added to a MoE layer's combined output (so
-/// not a shared expert) is a dense FFN layer.
-bool isDenseFfn(SwiGLUOp act) {
-  if (act.getResult().getType().getRank() != 3)
+/// A token-level SwiGLU activation (`[batch, seq, inter]`, so not a routed
+/// expert's; a kiln.swiglu or a kiln.gated_linear) whose down projection is
+/// not added to a MoE layer's combined output (so not a shared expert) is
+/// a dense FFN layer.
+bool isDenseFfn(TypedValue<RankedTensorType> act) {
+  if (act.getType().getRank() != 3)
     return false;
-  for (Operation *down : readers(act.getResult()))
+  for (Operation *down : readers(act))
     for (Value result : down->getResults())
       for (Operation *user : readers(result))
         if (isa<AddOp>(user) && llvm::any_of(user->getOperands(), [](Value v) {
@@ -116,7 +117,9 @@ struct SummarizePass
         attention += isa<AttentionOp>(op);
         moe += isa<MoEGateOp>(op);
         if (auto act = dyn_cast<SwiGLUOp>(op))
-          dense += isDenseFfn(act);
+          dense += isDenseFfn(act.getResult());
+        else if (auto gated = dyn_cast<GatedLinearOp>(op))
+          dense += isDenseFfn(gated.getResult());
       });
       func->setAttr(
           "kiln.layers",

@@ -56,6 +56,11 @@ struct GemmParams {
   /// of all of them (batch 1, top-6 of 64: 6 instead of 64 matrices of
   /// blocks, most of which would find no rows and exit).
   const int32_t *activeExperts;
+  /// Gated GEMVs (kiln.gated_linear): the up projection's weights, laid
+  /// out as w, and their FP8 block scales as wScale; `w` is the gate's.
+  /// out = silu(x w^T) * (x wUp^T).
+  const void *wUp;
+  const float *wUpScale;
 };
 
 /// The grid's z extent of a GEMM over `matrices` matrices: with
@@ -141,34 +146,52 @@ KILN_FN GemmPass<A> gemmPass(const GemmParams &p, int64_t matrix,
 /// Rows [first, first + count) (count <= R <= kGemmRows) of `matrix`
 /// against the block's kGemvCols weight rows. R sizes the accumulators: a
 /// single decode row keeps few registers, so more warps (and their loads)
-/// fit on a multiprocessor.
-template <class W, bool Fp8, class A, int R, bool Whole>
+/// fit on a multiprocessor. Gated: each warp also streams the up
+/// projection's row n, applies it to the same activations and writes
+/// silu(gate) * up (the gate and up sums are those of two plain GEMVs).
+template <class W, bool Fp8, class A, int R, bool Whole, bool Gated>
 KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
                       int64_t first, int count) {
   const W *w = static_cast<const W *>(p.w);
+  const W *wUp = static_cast<const W *>(p.wUp);
   auto [x, xScale, xScaleStride, kBlocks, nBlocks] =
       gemmPass<A, Fp8>(p, matrix, first);
+  // The gated accumulators and loads exist only in gated kernels.
+  constexpr int kUpRows = Gated ? R : 1;
+  constexpr int kUpWeights = Gated ? 8 : 1;
   for (int c = KILN_WARP; c < kGemvCols; c += KILN_WARPS) {
     int64_t n = int64_t{block.x} * kGemvCols + c;
     if (n >= p.n)
       break; // warp-uniform
-    const W *row = w + (matrix * p.n + n) * p.k;
-    const float *wScale =
-        Fp8 ? p.wScale + (matrix * nBlocks +
-                          static_cast<int>(n) / static_cast<int>(p.blockRows)) *
-                             kBlocks
-            : nullptr;
-    float acc[R];
+    int64_t rowAt = (matrix * p.n + n) * p.k;
+    const W *row = w + rowAt;
+    const W *upRow = Gated ? wUp + rowAt : nullptr;
+    int64_t scaleAt =
+        Fp8 ? (matrix * nBlocks +
+               static_cast<int>(n) / static_cast<int>(p.blockRows)) *
+                  kBlocks
+            : 0;
+    const float *wScale = Fp8 ? p.wScale + scaleAt : nullptr;
+    const float *upScale = Fp8 && Gated ? p.wUpScale + scaleAt : nullptr;
+    float acc[R], upAcc[kUpRows];
     for (int r = 0; r < R; ++r)
       acc[r] = 0.0f;
+    for (int r = 0; r < kUpRows; ++r)
+      upAcc[r] = 0.0f;
     KILN_UNROLL8
     for (int64_t k = int64_t{KILN_LANE} * 8; k < p.k;
          k += int64_t{KILN_WARP_SIZE} * 8) {
-      float weights[8];
+      float weights[8], upWeights[kUpWeights];
       if (Whole)
         loadEightWhole(row + k, weights);
       else
         loadEight(row + k, p.k - k, weights);
+      if (Gated) {
+        if (Whole)
+          loadEightWhole(upRow + k, upWeights);
+        else
+          loadEight(upRow + k, p.k - k, upWeights);
+      }
       // FP8: the 8 weights share one K block (the executor sends blockCols
       // that are multiples of 8 here), so each row's chunk sum is scaled
       // once by the weight's and the activation's block scale.
@@ -176,6 +199,7 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
       int kBlock =
           Fp8 ? static_cast<int>(k) / static_cast<int>(p.blockCols) : 0;
       float weightScale = Fp8 ? wScale[kBlock] : 1.0f;
+      float upWeightScale = Fp8 && Gated ? upScale[kBlock] : 1.0f;
       // Constant trip counts keep acc and weights in registers.
       KILN_UNROLL
       for (int r = 0; r < R; ++r) {
@@ -194,9 +218,19 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
         KILN_UNROLL
         for (int j = 0; j < 8; ++j)
           sum += values[j] * weights[j];
+        float activationScale = Fp8 ? xScale[r * xScaleStride + kBlock] : 1.0f;
         if (Fp8)
-          sum *= weightScale * xScale[r * xScaleStride + kBlock];
+          sum *= weightScale * activationScale;
         acc[r] += sum;
+        if (Gated) {
+          float upSum = 0.0f;
+          KILN_UNROLL
+          for (int j = 0; j < kUpWeights; ++j)
+            upSum += values[j] * upWeights[j];
+          if (Fp8)
+            upSum *= upWeightScale * activationScale;
+          upAcc[Gated ? r : 0] += upSum;
+        }
       }
     }
     KILN_UNROLL
@@ -204,23 +238,30 @@ KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
       if (r >= count)
         break;
       float total = warpSum(acc[r]);
+      float up = Gated ? warpSum(upAcc[Gated ? r : 0]) : 0.0f;
       if (KILN_LANE == 0)
         p.out[matrix * p.outMatrixStride + (first + r) * p.outRowStride + n] =
-            total + loadBias(p, n);
+            Gated ? swiglu(total, up) : total + loadBias(p, n);
     }
   }
 }
 
+/// Rows one pass of a GEMV takes: gated ones keep two accumulators per
+/// row, so half as many rows (8 spilled in ptxas at 128 registers).
+template <bool Gated>
+constexpr int kGemvPassRows = Gated ? kGemmRows / 2 : kGemmRows;
+
 /// gemvRows with the fewest accumulators that hold `count` rows.
-template <class W, bool Fp8, class A, bool Whole>
+template <class W, bool Fp8, class A, bool Whole, bool Gated>
 KILN_FN void gemvSomeRows(Dim3 block, const GemmParams &p, int64_t matrix,
                           int64_t first, int count) {
   if (count == 1)
-    gemvRows<W, Fp8, A, 1, Whole>(block, p, matrix, first, count);
+    gemvRows<W, Fp8, A, 1, Whole, Gated>(block, p, matrix, first, count);
   else if (count <= 4)
-    gemvRows<W, Fp8, A, 4, Whole>(block, p, matrix, first, count);
-  else
-    gemvRows<W, Fp8, A, kGemmRows, Whole>(block, p, matrix, first, count);
+    gemvRows<W, Fp8, A, 4, Whole, Gated>(block, p, matrix, first, count);
+  else if constexpr (!Gated)
+    gemvRows<W, Fp8, A, kGemmRows, Whole, Gated>(block, p, matrix, first,
+                                                 count);
 }
 
 /// Whether every 8-value step of the weight and activation rows is whole
@@ -229,24 +270,26 @@ KILN_FN void gemvSomeRows(Dim3 block, const GemmParams &p, int64_t matrix,
 template <class W, class A> KILN_FN bool gemvWholeSteps(const GemmParams &p) {
   return p.k % 8 == 0 && p.xRowStride % 8 == 0 && p.xMatrixStride % 8 == 0 &&
          wholeLoadAligned(static_cast<const W *>(p.w)) &&
+         (!p.wUp || wholeLoadAligned(static_cast<const W *>(p.wUp))) &&
          wholeLoadAligned(activations<A>(p));
 }
 
-/// The rows gemmRows gives the block, kGemmRows at a time; grouped GEMMs
+/// The rows gemmRows gives the block, kGemvPassRows at a time; grouped GEMMs
 /// read only the experts that have rows.
-template <class W, bool Fp8, class A = float>
+template <class W, bool Fp8, class A = float, bool Gated = false>
 KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
   auto [matrix, first, end] = gemmRows(block, p);
   // e4m3 activation codes keep the checked loads: the whole-step variant
   // of their GEMV spills (ptxas, 32 bytes at 96 registers).
   bool whole = sizeof(A) == sizeof(float) && gemvWholeSteps<W, A>(p);
-  for (; first < end; first += kGemmRows) {
+  constexpr int passRows = kGemvPassRows<Gated>;
+  for (; first < end; first += passRows) {
     int count =
-        end - first < kGemmRows ? static_cast<int>(end - first) : kGemmRows;
+        end - first < passRows ? static_cast<int>(end - first) : passRows;
     if (whole)
-      gemvSomeRows<W, Fp8, A, true>(block, p, matrix, first, count);
+      gemvSomeRows<W, Fp8, A, true, Gated>(block, p, matrix, first, count);
     else
-      gemvSomeRows<W, Fp8, A, false>(block, p, matrix, first, count);
+      gemvSomeRows<W, Fp8, A, false, Gated>(block, p, matrix, first, count);
   }
 }
 
@@ -254,7 +297,12 @@ KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
   KILN_FN void kiln_gemv_##suffix##_block(Dim3 block, const GemmParams &p) {   \
     gemvBlock<W, Fp8>(block, p);                                               \
   }                                                                            \
-  KILN_KERNEL(kiln_gemv_##suffix, GemmParams)
+  KILN_KERNEL(kiln_gemv_##suffix, GemmParams)                                  \
+  KILN_FN void kiln_gemv_gated_##suffix##_block(Dim3 block,                    \
+                                                const GemmParams &p) {         \
+    gemvBlock<W, Fp8, float, true>(block, p);                                  \
+  }                                                                            \
+  KILN_KERNEL(kiln_gemv_gated_##suffix, GemmParams)
 KILN_GEMV_KERNEL(f32, float, false)
 KILN_GEMV_KERNEL(bf16, Bf16, false)
 KILN_GEMV_KERNEL(f16, F16, false)
@@ -266,6 +314,10 @@ KILN_FN void kiln_gemv_f8e4m3_q8_block(Dim3 block, const GemmParams &p) {
   gemvBlock<unsigned char, true, unsigned char>(block, p);
 }
 KILN_KERNEL(kiln_gemv_f8e4m3_q8, GemmParams)
+KILN_FN void kiln_gemv_gated_f8e4m3_q8_block(Dim3 block, const GemmParams &p) {
+  gemvBlock<unsigned char, true, unsigned char, true>(block, p);
+}
+KILN_KERNEL(kiln_gemv_gated_f8e4m3_q8, GemmParams)
 
 /// FP8 activation quantization, as the CPU FP8 GEMMs: per row, per
 /// `blockCols` values, s = max(amax, 1e-4) / 448 (rounded up to a power of

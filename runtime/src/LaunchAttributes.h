@@ -44,6 +44,37 @@ inline unsigned broadcastAxis(const artifact::TensorRef &from,
   return axis;
 }
 
+/// Where a GatedLinear launch's arguments are: x, the gate and up weights,
+/// then the expert offsets (grouped: ints[0] = 1), the gate and up block
+/// scales (FP8: ints [grouped, block rows, block cols, ue8m0]), the input
+/// scales (x as e4m3 codes), and the result. Indices of absent ones are -1.
+struct GatedLinearArgs {
+  int offsets = -1, gateScale = -1, upScale = -1, inputScale = -1, out = -1;
+  bool fp8 = false;
+
+  /// The layout the launch's ints and x's type give, for `count` arguments;
+  /// out is -1 where the count does not match it.
+  static GatedLinearArgs of(const artifact::Launch &l, size_t count) {
+    GatedLinearArgs g;
+    const auto *ints = l.ints();
+    if (!ints || (ints->size() != 1 && ints->size() != 4) || count < 4)
+      return g;
+    int next = 3;
+    if (ints->Get(0) == 1)
+      g.offsets = next++;
+    g.fp8 = ints->size() == 4;
+    if (g.fp8) {
+      g.gateScale = next++;
+      g.upScale = next++;
+    }
+    if (l.args()->Get(0)->type() == artifact::ElementType::F8E4M3)
+      g.inputScale = next++;
+    if (static_cast<size_t>(next) + 1 == count)
+      g.out = next;
+    return g;
+  }
+};
+
 } // namespace kiln
 
 #endif // KILN_RUNTIME_LAUNCHATTRIBUTES_H

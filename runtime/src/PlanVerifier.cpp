@@ -4,6 +4,7 @@
 // types; and for each kernel, the operand count, attribute count and the
 // shape relations it indexes with. A plan that passes cannot make the
 // executor read or write out of bounds.
+#include "LaunchAttributes.h"
 #include "ModelImpl.h"
 
 #include "cpu/Kernels.h"
@@ -260,8 +261,9 @@ absl::Status Verifier::checkLaunch(const art::Launch &launch) {
   bool gemm = launch.kernel() == art::KernelKind::Linear ||
               launch.kernel() == art::KernelKind::GroupedLinear ||
               launch.kernel() == art::KernelKind::HeadLinear;
+  bool gated = launch.kernel() == art::KernelKind::GatedLinear;
   auto fp8Allowed = [&](size_t i) {
-    return (gemm && i == 1) ||
+    return (gemm && i == 1) || (gated && i <= 2) ||
            (launch.kernel() == art::KernelKind::Linear && i == 0) ||
            (launch.kernel() == art::KernelKind::QuantizeFp8 && i == 1);
   };
@@ -566,6 +568,51 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
         !isArena(a(1), F32) || !sameShape(a(0), a(1)))
       return bad("expects a cache view and an arena copy of its shape");
     return absl::OkStatus();
+  case art::KernelKind::GatedLinear: {
+    GatedLinearArgs g = GatedLinearArgs::of(launch, n);
+    if (g.out < 0 || floats || in(0) < 0 || in(0) > 1)
+      return bad("wrong number of operands or attributes");
+    const art::TensorRef *x = a(0), *gate = a(1), *up = a(2), *out = a(g.out);
+    bool grouped = g.offsets >= 0;
+    int r = grouped ? 3 : 2;
+    if (!isParam(gate) || !isParam(up) || gate->type() != up->type() ||
+        rank(gate) != r || rank(up) != r)
+      return bad(grouped ? "expects gate and up weights [E,out,in] of one type"
+                         : "expects gate and up weights [out,in] of one type");
+    for (int i = 0; i < r; ++i)
+      if (staticDim(gate, i) != staticDim(up, i))
+        return bad("gate and up weights differ in shape");
+    if (g.fp8 ? !fp8Scale(launch, gate, a(g.gateScale), 1) ||
+                    !fp8Scale(launch, up, a(g.upScale), 1)
+              : gate->type() == art::ElementType::F8E4M3)
+      return bad("FP8 weights need block scales [..., ceil(out/rows), "
+                 "ceil(in/cols)] f32 and block attributes");
+    if (g.inputScale >= 0) {
+      const art::TensorRef *scales = a(g.inputScale);
+      if (grouped || !g.fp8 || !isArena(x, art::ElementType::F8E4M3) ||
+          !isArena(scales, F32) || rank(scales) != rank(x) ||
+          !sameDims(x, 0, scales, 0, rank(x) - 1) ||
+          staticDim(scales, -1) !=
+              (staticDim(x, -1) + in(2) - 1) / std::max<int64_t>(1, in(2)))
+        return bad("expects e4m3 x [..., in] with scales [..., ceil(in / "
+                   "cols)] and FP8 dense weights");
+    } else if (!isArena(x, F32)) {
+      return bad("expects x [..., in] f32");
+    }
+    if (!isArena(out, F32) || rank(x) != rank(out) ||
+        staticDim(x, -1) != staticDim(gate, -1) ||
+        staticDim(out, -1) != staticDim(gate, -2) ||
+        !sameDims(x, 0, out, 0, rank(x) - 1))
+      return bad("expects x [..., in] and y [..., out]");
+    if (grouped) {
+      const art::TensorRef *offsets = a(g.offsets);
+      if (rank(x) != 2 || !isRows(x) || !isRows(out) ||
+          !isArena(offsets, I32) || rank(offsets) != 1 ||
+          staticDim(offsets, 0) != staticDim(gate, 0) + 1)
+        return bad("expects routed rows x [R,in], offsets [E+1], y [R,out]");
+    }
+    return absl::OkStatus();
+  }
   case art::KernelKind::MoeCombine: {
     if (!expect(4, 0, 0))
       return bad("wrong number of operands or attributes");

@@ -168,6 +168,7 @@ struct Session::Impl {
   std::vector<int32_t> combineScratch; // [tokens * top_k]
   std::vector<float> headScratch;      // per-head gathered rows
   std::vector<float> fp8Scratch;       // FP8 GEMMs' quantized activations
+  std::vector<float> upScratch;        // gated GEMMs' up projections
   int64_t lastChunkStart = 0, lastChunkSeq = 0;
   std::vector<int> lastPrefill; // sequences of the last prefill, by row
   std::string device = "cpu";
@@ -532,6 +533,53 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
                        {fp8Scratch.data(), ue8m0Activations(l, 0)});
     return absl::OkStatus();
   }
+  case art::KernelKind::GatedLinear: {
+    // The gate projection into the result, the up projection into scratch,
+    // then SwiGLU in place: the unfused ops' arithmetic.
+    GatedLinearArgs g = GatedLinearArgs::of(l, a.size());
+    const art::TensorRef *w = a[1].ref;
+    int rank = static_cast<int>(w->shape()->size());
+    int64_t out = staticDim(w, rank - 2), in = staticDim(w, rank - 1);
+    auto projection = [&](size_t at, int scale) {
+      cpu::Weight weights = weight(a[at]);
+      if (g.fp8) {
+        weights.scale = as<float>(a[scale]);
+        weights.blockRows = ints(1);
+        weights.blockCols = ints(2);
+      }
+      return weights;
+    };
+    float *gate = as<float>(a[g.out]);
+    cpu::Fp8Activations fp8{fp8Scratch.data(), ue8m0Activations(l, 1)};
+    int64_t rows;
+    if (g.offsets >= 0) {
+      int64_t experts = staticDim(w, 0);
+      const int32_t *offsets = as<int32_t>(a[g.offsets]);
+      if (offsets[0] != 0 || offsets[experts] > dims.routed ||
+          !std::is_sorted(offsets, offsets + experts + 1))
+        return error("bad expert offsets");
+      rows = offsets[experts];
+      cpu::groupedLinear(as<float>(a[0]), in, projection(1, g.gateScale),
+                         experts, out, offsets, gate, fp8);
+      cpu::groupedLinear(as<float>(a[0]), in, projection(2, g.upScale), experts,
+                         out, offsets, upScratch.data(), fp8);
+    } else if (g.inputScale >= 0) {
+      rows = numel(a[0].ref, dims) / in;
+      for (auto [at, scale, y] :
+           {std::tuple{1, g.gateScale, gate}, {2, g.upScale, upScratch.data()}})
+        cpu::linearQuantized(as<uint8_t>(a[0]), as<float>(a[g.inputScale]),
+                             rows, in, projection(at, scale), out,
+                             cpu::Weight{}, y, fp8Scratch.data());
+    } else {
+      rows = numel(a[0].ref, dims) / in;
+      cpu::linear(as<float>(a[0]), rows, in, projection(1, g.gateScale), out,
+                  cpu::Weight{}, gate, fp8);
+      cpu::linear(as<float>(a[0]), rows, in, projection(2, g.upScale), out,
+                  cpu::Weight{}, upScratch.data(), fp8);
+    }
+    cpu::swiglu(gate, upScratch.data(), rows * out, gate);
+    return absl::OkStatus();
+  }
   case art::KernelKind::MoeCombine: {
     int64_t tokens = dims.batch * dims.seq, topK = lastDim(a[1].ref);
     if (!allBelow(as<int32_t>(a[2]), dims.routed, tokens * topK))
@@ -750,18 +798,24 @@ Session::createSession(const Model &model, const SessionOptions &options) {
                              tokens, staticDim(w, 2), staticDim(w, 1))));
       }
   }
-  // FP8 GEMMs quantize their input rows into scratch.
-  size_t fp8Scratch = 0;
+  // FP8 GEMMs quantize their input rows into scratch; gated GEMMs keep
+  // their up projections there.
+  size_t fp8Scratch = 0, upScratch = 0;
   for (const art::EntryPoint *e : *plan.entry_points()) {
     art::SymbolSizes bounds{e->max_batch(), e->max_seq(), plan.max_context(),
                             uint64_t{e->max_batch()} * e->max_seq() *
                                 plan.moe_top_k()};
     for (const art::Launch *l : *e->launches()) {
       const art::TensorRef *x = l->args()->Get(0);
-      unsigned at = l->kernel() == art::KernelKind::Linear ? 1 : 0;
-      bool gemm = l->kernel() == art::KernelKind::Linear ||
-                  l->kernel() == art::KernelKind::GroupedLinear ||
+      bool withFlag = l->kernel() == art::KernelKind::Linear ||
+                      l->kernel() == art::KernelKind::GatedLinear;
+      unsigned at = withFlag ? 1 : 0;
+      bool gemm = withFlag || l->kernel() == art::KernelKind::GroupedLinear ||
                   l->kernel() == art::KernelKind::HeadLinear;
+      if (l->kernel() == art::KernelKind::GatedLinear)
+        upScratch = std::max<size_t>(
+            upScratch,
+            maxElements(l->args()->Get(l->args()->size() - 1), bounds));
       if (!gemm || !l->ints() || l->ints()->size() != at + 3)
         continue;
       int64_t in = lastDim(x);
@@ -772,6 +826,7 @@ Session::createSession(const Model &model, const SessionOptions &options) {
     }
   }
   impl->fp8Scratch.resize(fp8Scratch);
+  impl->upScratch.resize(upScratch);
   impl->headScratch.resize(headScratch);
   impl->gateScratch.resize(gateScratch);
   impl->combineScratch.resize(combineScratch);

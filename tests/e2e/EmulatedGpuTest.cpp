@@ -23,6 +23,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -299,6 +300,122 @@ TEST(EmulatedGpuSession, StepsWithoutLogits) {
       EXPECT_TRUE(absl::IsFailedPrecondition(s.promptLogits(id, 0).status()));
     }
   }
+}
+
+/// kiln.gated_linear against the unfused FFN (kiln-fuse-gated-linear off):
+/// the same GEMM sums and SwiGLU, so the same steps to the bit, on the CPU
+/// and on the emulated device: with the GEMVs (the decode graph's gated
+/// GEMVs, `gemv` the gated kernel it must launch) and with cuBLASLt and the
+/// tensor cores taking the rows (each projection on its own, then SwiGLU).
+void expectGatedLinearIsTheUnfusedFfn(const std::string &golden, bool fp8,
+                                      const std::string &gemv) {
+  std::unique_ptr<Model> models[2];
+  for (bool gated : {false, true}) {
+    CompileSettings settings;
+    settings.optimize.quantizeFp8 = fp8;
+    settings.optimize.fuseGatedLinear = gated;
+    std::filesystem::path artifact =
+        compileArtifact(kGolden / golden,
+                        ::testing::TempDir() + "/emulated_" + golden +
+                            (gated ? "_gated" : "_unfused") + ".kiln",
+                        settings);
+    ASSERT_FALSE(artifact.empty());
+    absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    models[gated] = std::move(*model);
+  }
+  struct Run {
+    Device device;
+    const char *blas, *mma;
+  };
+  for (Run run :
+       {Run{Device::Cpu, "0", "off"}, Run{Device::Emulated, "0", "off"},
+        Run{Device::Emulated, "1", "on"}}) {
+    SCOPED_TRACE(std::string(run.device == Device::Cpu ? "cpu" : "emulated") +
+                 " cuBLASLt " + run.blas + " mma " + run.mma);
+    ::setenv("KILN_EMULATE_CUBLASLT", run.blas, 1);
+    ::setenv("KILN_MMA_GEMMS", run.mma, 1);
+    std::vector<std::vector<float>> steps[2];
+    int64_t gatedGemvs[2];
+    for (bool gated : {false, true}) {
+      int64_t before = cuda::emulatedLaunches(gemv);
+      std::string where;
+      steps[gated] = testing::runDeviceSteps(*models[gated], run.device, where);
+      gatedGemvs[gated] = cuda::emulatedLaunches(gemv) - before;
+    }
+    ::unsetenv("KILN_EMULATE_CUBLASLT");
+    ::unsetenv("KILN_MMA_GEMMS");
+    ASSERT_FALSE(steps[0].empty());
+    EXPECT_EQ(steps[0], steps[1]);
+    EXPECT_EQ(gatedGemvs[0], 0);
+    if (run.device == Device::Emulated && std::string(run.mma) == "off") {
+      EXPECT_GT(gatedGemvs[1], 0) << gemv;
+    }
+  }
+}
+
+TEST(EmulatedGpuSession, GatedLinearIsTheUnfusedFfnBf16) {
+  expectGatedLinearIsTheUnfusedFfn("deepseek-v2-lite-bf16", false,
+                                   "kiln_gemv_gated_bf16");
+}
+
+// FP8: the dense FFNs' gated GEMVs read the codes the norm's kernel
+// quantized, the experts' quantize their routed rows.
+TEST(EmulatedGpuSession, GatedLinearIsTheUnfusedFfnFp8) {
+  expectGatedLinearIsTheUnfusedFfn("deepseek-v3", true,
+                                   "kiln_gemv_gated_f8e4m3_q8");
+  EXPECT_GT(cuda::emulatedLaunches("kiln_gemv_gated_f8e4m3"), 0);
+}
+
+/// A GatedLinear launch the plan verifier rejects at load, naming the
+/// kernel: `edit` applied to the decode step's first one.
+void expectGatedLinearRejected(
+    const std::string &name,
+    const std::function<void(artifact::LaunchT &)> &edit,
+    const std::string &why) {
+  CompileSettings settings;
+  settings.editPlan = [&](artifact::ModelT &plan) {
+    for (auto &entry : plan.entry_points)
+      for (auto &launch : entry->launches)
+        if (launch->kernel == artifact::KernelKind::GatedLinear) {
+          edit(*launch);
+          return;
+        }
+    ADD_FAILURE() << "no GatedLinear launch";
+  };
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v3", ::testing::TempDir() + "/" + name, settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_FALSE(model.ok());
+  std::string message(model.status().message());
+  EXPECT_NE(message.find("kernel GatedLinear: " + why), std::string::npos)
+      << message;
+}
+
+TEST(EmulatedGpuSession, MalformedGatedLinearLaunchesAreRejected) {
+  expectGatedLinearRejected(
+      "gated_no_result.kiln",
+      [](artifact::LaunchT &l) { l.args.pop_back(); },
+      "wrong number of operands");
+  expectGatedLinearRejected(
+      "gated_grouped_flag.kiln", [](artifact::LaunchT &l) { l.ints[0] = 2; },
+      "wrong number of operands");
+  // The up weight replaced by the input (an arena tensor).
+  expectGatedLinearRejected(
+      "gated_up_not_a_weight.kiln",
+      [](artifact::LaunchT &l) {
+        l.args[2] = std::make_unique<artifact::TensorRefT>(*l.args[0]);
+      },
+      "expects gate and up weights");
+  // The result narrower than the weights' rows.
+  expectGatedLinearRejected(
+      "gated_result_width.kiln",
+      [](artifact::LaunchT &l) {
+        artifact::Dim &last = l.args.back()->shape.back();
+        last = artifact::Dim(last.symbol(), last.size() - 1);
+      },
+      "expects x [..., in] and y [..., out]");
 }
 
 /// The CPU executor's steps against the emulated CUDA executor's with

@@ -1269,6 +1269,98 @@ func.func @grouped_scale_shape(%x: tensor<?x64xf32>, %w: tensor<8x32x64xf8E4M3FN
 }
 
 //===----------------------------------------------------------------------===//
+// kiln.gated_linear
+//===----------------------------------------------------------------------===//
+
+// -----
+
+func.func @gated_weights_differ(%x: tensor<?x?x64xf32>, %wg: tensor<96x64xbf16>, %wu: tensor<96x64xf32>) {
+  // expected-error @+1 {{'kiln.gated_linear' op gate_weight 'tensor<96x64xbf16>' and up_weight 'tensor<96x64xf32>' must have one type}}
+  %0 = kiln.gated_linear %x, %wg, %wu : (tensor<?x?x64xf32>, tensor<96x64xbf16>, tensor<96x64xf32>) -> tensor<?x?x96xf32>
+  return
+}
+
+// -----
+
+func.func @gated_dense_rank(%x: tensor<?x?x64xf32>, %w: tensor<8x96x64xbf16>) {
+  // expected-error @+1 {{'kiln.gated_linear' op gate_weight must have rank 2, got 3}}
+  %0 = kiln.gated_linear %x, %w, %w : (tensor<?x?x64xf32>, tensor<8x96x64xbf16>, tensor<8x96x64xbf16>) -> tensor<?x?x96xf32>
+  return
+}
+
+// -----
+
+func.func @gated_scalar_input(%x: tensor<f32>, %w: tensor<96x64xbf16>) {
+  // expected-error @+1 {{'kiln.gated_linear' op input must have rank >= 1}}
+  %0 = kiln.gated_linear %x, %w, %w : (tensor<f32>, tensor<96x64xbf16>, tensor<96x64xbf16>) -> tensor<96xf32>
+  return
+}
+
+// -----
+
+func.func @gated_grouped_input_rank(%x: tensor<?x?x64xf32>, %w: tensor<8x32x64xbf16>, %off: tensor<9xi32>) {
+  // expected-error @+1 {{'kiln.gated_linear' op input must have rank 2, got 3}}
+  %0 = kiln.gated_linear %x, %w, %w experts %off : (tensor<?x?x64xf32>, tensor<8x32x64xbf16>, tensor<8x32x64xbf16>, tensor<9xi32>) -> tensor<?x?x32xf32>
+  return
+}
+
+// -----
+
+func.func @gated_grouped_offsets(%x: tensor<?x64xf32>, %w: tensor<8x32x64xbf16>, %off: tensor<8xi32>) {
+  // expected-error @+1 {{'kiln.gated_linear' op expert_offsets has shape [8], expected [9]}}
+  %0 = kiln.gated_linear %x, %w, %w experts %off : (tensor<?x64xf32>, tensor<8x32x64xbf16>, tensor<8x32x64xbf16>, tensor<8xi32>) -> tensor<?x32xf32>
+  return
+}
+
+// -----
+
+func.func @gated_features(%x: tensor<?x?x32xf32>, %w: tensor<96x64xbf16>) {
+  // expected-error @+1 {{'kiln.gated_linear' op input's last dimension 32 does not match the weights' 64 input features}}
+  %0 = kiln.gated_linear %x, %w, %w : (tensor<?x?x32xf32>, tensor<96x64xbf16>, tensor<96x64xbf16>) -> tensor<?x?x96xf32>
+  return
+}
+
+// -----
+
+func.func @gated_result(%x: tensor<?x?x64xf32>, %w: tensor<96x64xbf16>) {
+  // expected-error @+1 {{'kiln.gated_linear' op result has shape [?, ?, 192], expected [?, ?, 96]}}
+  %0 = kiln.gated_linear %x, %w, %w : (tensor<?x?x64xf32>, tensor<96x64xbf16>, tensor<96x64xbf16>) -> tensor<?x?x192xf32>
+  return
+}
+
+// -----
+
+func.func @gated_fp8_needs_scales(%x: tensor<?x?x64xf32>, %w: tensor<96x64xf8E4M3FN>) {
+  // expected-error @+1 {{'kiln.gated_linear' op an f8E4M3FN weight needs a block scale}}
+  %0 = kiln.gated_linear %x, %w, %w {block_size = array<i64: 16, 16>} : (tensor<?x?x64xf32>, tensor<96x64xf8E4M3FN>, tensor<96x64xf8E4M3FN>) -> tensor<?x?x96xf32>
+  return
+}
+
+// -----
+
+func.func @gated_up_scale_shape(%x: tensor<?x?x64xf32>, %w: tensor<96x64xf8E4M3FN>, %s: tensor<6x4xf32>, %t: tensor<4x4xf32>) {
+  // expected-error @+1 {{'kiln.gated_linear' op scale has shape [4, 4], expected [6, 4]}}
+  %0 = kiln.gated_linear %x, %w, %w scales %s, %t {block_size = array<i64: 16, 16>} : (tensor<?x?x64xf32>, tensor<96x64xf8E4M3FN>, tensor<96x64xf8E4M3FN>, tensor<6x4xf32>, tensor<4x4xf32>) -> tensor<?x?x96xf32>
+  return
+}
+
+// -----
+
+func.func @gated_codes_grouped(%x: tensor<?x64xf8E4M3FN>, %w: tensor<8x32x64xf8E4M3FN>, %off: tensor<9xi32>, %s: tensor<8x2x4xf32>, %sx: tensor<?x4xf32>) {
+  // expected-error @+1 {{'kiln.gated_linear' op an f8E4M3FN input takes no expert_offsets}}
+  %0 = kiln.gated_linear %x, %w, %w experts %off scales %s, %s input_scale %sx {block_size = array<i64: 16, 16>} : (tensor<?x64xf8E4M3FN>, tensor<8x32x64xf8E4M3FN>, tensor<8x32x64xf8E4M3FN>, tensor<9xi32>, tensor<8x2x4xf32>, tensor<8x2x4xf32>, tensor<?x4xf32>) -> tensor<?x32xf32>
+  return
+}
+
+// -----
+
+func.func @gated_codes_without_scale(%x: tensor<?x?x64xf8E4M3FN>, %w: tensor<96x64xf8E4M3FN>, %s: tensor<6x4xf32>) {
+  // expected-error @+1 {{'kiln.gated_linear' op an f8E4M3FN input needs input_scale, and only it}}
+  %0 = kiln.gated_linear %x, %w, %w scales %s, %s {block_size = array<i64: 16, 16>} : (tensor<?x?x64xf8E4M3FN>, tensor<96x64xf8E4M3FN>, tensor<96x64xf8E4M3FN>, tensor<6x4xf32>, tensor<6x4xf32>) -> tensor<?x?x96xf32>
+  return
+}
+
+//===----------------------------------------------------------------------===//
 // kiln.moe_combine
 //===----------------------------------------------------------------------===//
 

@@ -384,6 +384,36 @@ func.func @moe(%x: tensor<?x?x64xf32>, %idx: tensor<?x?x2xi32>,
 
 // -----
 
+// A SwiGLU's two projections as one GEMM: dense, grouped by expert, and
+// FP8 on e4m3 input codes.
+
+// CHECK-LABEL: func.func @gated_linear
+// CHECK: kiln.gated_linear %arg0, %arg1, %arg2 : (tensor<?x?x64xf32>, tensor<96x64xbf16>, tensor<96x64xbf16>) -> tensor<?x?x96xf32>
+// CHECK: kiln.gated_linear %arg3, %arg4, %arg5 experts %arg6 : (tensor<?x64xf32>, tensor<8x32x64xbf16>, tensor<8x32x64xbf16>, tensor<9xi32>) -> tensor<?x32xf32>
+// CHECK: kiln.gated_linear %arg7, %arg8, %arg9 scales %arg10, %arg11 input_scale %arg12 {act_ue8m0, block_size = array<i64: 16, 16>} : (tensor<?x?x64xf8E4M3FN>, tensor<96x64xf8E4M3FN>, tensor<96x64xf8E4M3FN>, tensor<6x4xf32>, tensor<6x4xf32>, tensor<?x?x4xf32>) -> tensor<?x?x96xf32>
+func.func @gated_linear(%x: tensor<?x?x64xf32>, %wg: tensor<96x64xbf16>,
+                        %wu: tensor<96x64xbf16>, %r: tensor<?x64xf32>,
+                        %eg: tensor<8x32x64xbf16>, %eu: tensor<8x32x64xbf16>,
+                        %off: tensor<9xi32>, %q: tensor<?x?x64xf8E4M3FN>,
+                        %qg: tensor<96x64xf8E4M3FN>,
+                        %qu: tensor<96x64xf8E4M3FN>, %sg: tensor<6x4xf32>,
+                        %su: tensor<6x4xf32>, %sx: tensor<?x?x4xf32>) {
+  %0 = kiln.gated_linear %x, %wg, %wu
+      : (tensor<?x?x64xf32>, tensor<96x64xbf16>, tensor<96x64xbf16>)
+      -> tensor<?x?x96xf32>
+  %1 = kiln.gated_linear %r, %eg, %eu experts %off
+      : (tensor<?x64xf32>, tensor<8x32x64xbf16>, tensor<8x32x64xbf16>,
+         tensor<9xi32>) -> tensor<?x32xf32>
+  %2 = kiln.gated_linear %q, %qg, %qu scales %sg, %su input_scale %sx
+      {block_size = array<i64: 16, 16>, act_ue8m0}
+      : (tensor<?x?x64xf8E4M3FN>, tensor<96x64xf8E4M3FN>,
+         tensor<96x64xf8E4M3FN>, tensor<6x4xf32>, tensor<6x4xf32>,
+         tensor<?x?x4xf32>) -> tensor<?x?x96xf32>
+  return
+}
+
+// -----
+
 // bf16 activations through dispatch and combine.
 
 // CHECK-LABEL: func.func @moe_bf16

@@ -41,6 +41,7 @@ struct CompileModelOptions {
   std::string weights = "embed";
   bool noMtp = false;
   bool noFuse = false;
+  bool noFuseGatedLinear = false;
   std::string mla = "auto";
   uint32_t maxBatch = 8;
   uint32_t maxPrefillBatch = 0;
@@ -210,6 +211,7 @@ absl::Status compileModel(const CompileModelOptions &opts) {
   optimize.prefillTokens = plan.maxPrefill;
   optimize.context = plan.maxContext;
   optimize.fuse = !opts.noFuse;
+  optimize.fuseGatedLinear = !opts.noFuseGatedLinear;
   if (absl::Status s =
           applyQuantizeFlags(opts.quantize, model->config, optimize);
       !s.ok())
@@ -334,6 +336,9 @@ CommandRunner registerCompileModel(CLI::App &app) {
                "Leave out the multi-token-prediction module(s)");
   app.add_flag("--no-fuse", opts->noFuse,
                "Do not group row-local ops into kiln.fused kernels");
+  app.add_flag("--no-fuse-gated-linear", opts->noFuseGatedLinear,
+               "Keep a SwiGLU's gate and up projections as two GEMMs "
+               "(no kiln.gated_linear)");
   addQuantizeOptions(app, opts->quantize);
   app.add_option("--target", opts->targets,
                  "Code to put in the artifact, a comma list: cpu (the fused "

@@ -126,6 +126,8 @@ struct Executor::Impl {
   CUdeviceptr tables = 0, held = 0;
   // Library scratch, sized at creation.
   CUdeviceptr attentionScratch = 0, rowOf = 0, fp8Codes = 0, fp8Scales = 0;
+  /// Gated GEMMs run as two GEMMs: the up projections.
+  CUdeviceptr upProjections = 0;
   /// The experts with rows, as the last dispatch routed them
   /// (GemmParams::activeExperts), and the offsets that dispatch wrote: a
   /// grouped GEMM over those offsets spans only those experts.
@@ -181,6 +183,9 @@ struct Executor::Impl {
   absl::Status launchLibrary(const art::Launch &launch);
   absl::Status launchAttention(const art::Launch &launch);
   absl::Status launchGemm(const art::Launch &launch);
+  /// kiln.gated_linear: one gated GEMV where the GEMV would take both
+  /// projections, else the two GEMMs (up into upProjections) and SwiGLU.
+  absl::Status launchGated(const art::Launch &launch);
   absl::Status runLaunches(const art::EntryPoint &entry);
   /// Whether every launch of `entry` has the same arguments for all steps
   /// of one batch size (no KvLen-shaped arena tensors), so that it can be
@@ -194,13 +199,21 @@ struct Executor::Impl {
                   l.ints()->Get(0) == 0 && l.ints()->size() == 1);
     return dense && l.args()->Get(1)->type() == art::ElementType::BF16;
   }
+  /// Where a GEMM launch's FP8 block attributes start among its ints
+  /// (after Linear's bias flag and GatedLinear's grouped flag).
+  static unsigned fp8IntsAt(const art::Launch &l) {
+    return l.kernel() == art::KernelKind::Linear ||
+                   l.kernel() == art::KernelKind::GatedLinear
+               ? 1
+               : 0;
+  }
   /// An FP8 GEMM: ints end with [block rows, block cols, ue8m0].
   static bool fp8Gemm(const art::Launch &l) {
-    unsigned at = l.kernel() == art::KernelKind::Linear ? 1 : 0;
     bool gemm = l.kernel() == art::KernelKind::Linear ||
                 l.kernel() == art::KernelKind::GroupedLinear ||
-                l.kernel() == art::KernelKind::HeadLinear;
-    return gemm && l.ints() && l.ints()->size() == at + 3;
+                l.kernel() == art::KernelKind::HeadLinear ||
+                l.kernel() == art::KernelKind::GatedLinear;
+    return gemm && l.ints() && l.ints()->size() == fp8IntsAt(l) + 3;
   }
   int64_t contextBucket(int64_t kvLen) const;
 
@@ -216,7 +229,18 @@ struct Executor::Impl {
     bool dense = false;     // one matrix, no bias: cuBLASLt may take it
     CUdeviceptr bf16X = 0;  // x already converted to bf16 (expert slices)
   };
+  /// Runs `c` on cuBLASLt, the tensor cores or the GEMV; a gated call
+  /// (p.wUp) always on the gated GEMV.
   absl::Status runGemm(GemmCall c);
+  /// runGemm, or one GEMM per expert (runExperts) where that pays.
+  absl::Status dispatchGemm(const GemmCall &c);
+  /// Weights cuBLASLt has kernels for (bf16, or FP8 of its block shapes).
+  bool blasWeights(const GemmCall &c) const;
+  /// Whether a grouped GEMM runs one GEMM per expert (runExperts).
+  bool perExpert(const GemmCall &c) const;
+  /// Whether runGemm would give `c` to the GEMV, so that a gated call may
+  /// run as one gated GEMV.
+  bool gemvTakes(const GemmCall &c) const;
   /// Whether the tensor-core GEMM takes `c` (after cuBLASLt declined it).
   bool mmaTakes(const GemmCall &c) const;
   /// An FP8 GEMM whose shape and scale blocks cuBLASLt's block-scaled
@@ -383,10 +407,10 @@ absl::Status Executor::Impl::checkSupported() const {
       case art::KernelKind::Linear:
       case art::KernelKind::GroupedLinear:
       case art::KernelKind::HeadLinear:
+      case art::KernelKind::GatedLinear:
         // The 8 weights a lane loads share one FP8 scale block.
         if (fp8Gemm(*l)) {
-          unsigned at = l->kernel() == art::KernelKind::Linear ? 1 : 0;
-          if (l->ints()->Get(at + 1) % 8 != 0)
+          if (l->ints()->Get(fp8IntsAt(*l) + 1) % 8 != 0)
             why = "FP8 scale blocks of a width that is not a multiple of 8";
         }
         break;
@@ -477,20 +501,32 @@ absl::Status Executor::Impl::allocateState() {
   if (!scratch.ok())
     return scratch.status();
   attentionScratch = *scratch;
-  // FP8 GEMMs' quantized activations: codes (as floats) then scales.
-  size_t codes = 0;
+  // FP8 GEMMs' quantized activations: codes (as floats) then scales;
+  // gated GEMMs' up projections.
+  size_t codes = 0, ups = 0;
   for (const art::EntryPoint *e : *plan.entry_points()) {
     art::SymbolSizes bounds{e->max_batch(), e->max_seq(), plan.max_context(),
                             uint64_t{e->max_batch()} * e->max_seq() *
                                 plan.moe_top_k()};
-    for (const art::Launch *l : *e->launches())
-      if (fp8Gemm(*l)) {
-        const art::TensorRef *x = l->args()->Get(0);
-        uint64_t n = 1;
-        for (const art::Dim *d : *x->shape())
-          n *= bounds.of(*d);
-        codes = std::max<size_t>(codes, n);
-      }
+    auto elements = [&](const art::TensorRef *t) {
+      uint64_t n = 1;
+      for (const art::Dim *d : *t->shape())
+        n *= bounds.of(*d);
+      return static_cast<size_t>(n);
+    };
+    for (const art::Launch *l : *e->launches()) {
+      if (fp8Gemm(*l))
+        codes = std::max(codes, elements(l->args()->Get(0)));
+      if (l->kernel() == art::KernelKind::GatedLinear)
+        ups = std::max(ups, elements(l->args()->Get(l->args()->size() - 1)));
+    }
+  }
+  if (ups > 0) {
+    absl::StatusOr<CUdeviceptr> u =
+        allocate(ups * sizeof(float), "gated GEMMs' up projections");
+    if (!u.ok())
+      return u.status();
+    upProjections = *u;
   }
   if (blas) {
     size_t bf16 = 0;
@@ -500,7 +536,8 @@ absl::Status Executor::Impl::allocateState() {
                                   plan.moe_top_k()};
       for (const art::Launch *l : *e->launches())
         if (blasGemm(*l) ||
-            (l->kernel() == art::KernelKind::GroupedLinear &&
+            ((l->kernel() == art::KernelKind::GroupedLinear ||
+              l->kernel() == art::KernelKind::GatedLinear) &&
              l->args()->Get(1)->type() == art::ElementType::BF16)) {
           uint64_t n = 1;
           for (const art::Dim *d : *l->args()->Get(0)->shape())
@@ -767,6 +804,8 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
   case art::KernelKind::HeadLinear:
   case art::KernelKind::GroupedLinear:
     return launchGemm(l);
+  case art::KernelKind::GatedLinear:
+    return launchGated(l);
   case art::KernelKind::KvAppend:
   case art::KernelKind::Attention:
   case art::KernelKind::KvGather:
@@ -779,7 +818,7 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
   const auto &refs = *l.args();
   const art::TensorRef *x = refs.Get(0), *w = refs.Get(1);
   const art::TensorRef *out = refs.Get(refs.size() - 1);
-  unsigned at = l.kernel() == art::KernelKind::Linear ? 1 : 0;
+  unsigned at = fp8IntsAt(l);
   GemmCall c;
   c.weightType = w->type();
   c.fp8 = fp8Gemm(l);
@@ -844,14 +883,88 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
           reinterpret_cast<const float *>(resolve(refs.Get(refs.size() - 2)));
     }
   }
+  return dispatchGemm(c);
+}
+
+bool Executor::Impl::blasWeights(const GemmCall &c) const {
+  return blas && (c.weightType == art::ElementType::BF16 || blasFp8Shape(c));
+}
+
+bool Executor::Impl::perExpert(const GemmCall &c) const {
   // Auto: only weights cuBLASLt takes gain from a GEMM per expert.
-  bool blasTakes =
-      blas && (c.weightType == art::ElementType::BF16 || blasFp8Shape(c));
-  if (p.offsets && !capturing &&
-      (expertGemms == ExpertGemms::PerExpert ||
-       (expertGemms == ExpertGemms::Auto && blasTakes)))
-    return runExperts(c);
-  return runGemm(c);
+  return c.p.offsets && !capturing &&
+         (expertGemms == ExpertGemms::PerExpert ||
+          (expertGemms == ExpertGemms::Auto && blasWeights(c)));
+}
+
+absl::Status Executor::Impl::dispatchGemm(const GemmCall &c) {
+  return perExpert(c) ? runExperts(c) : runGemm(c);
+}
+
+bool Executor::Impl::gemvTakes(const GemmCall &c) const {
+  return !perExpert(c) &&
+         !(c.dense && c.p.rows >= kBlasMinRows && blasWeights(c)) &&
+         !mmaTakes(c);
+}
+
+absl::Status Executor::Impl::launchGated(const art::Launch &l) {
+  const auto &refs = *l.args();
+  GatedLinearArgs g = GatedLinearArgs::of(l, refs.size());
+  auto at = [&](int i) { return resolve(refs.Get(static_cast<unsigned>(i))); };
+  const art::TensorRef *x = refs.Get(0), *w = refs.Get(1);
+  int rank = static_cast<int>(w->shape()->size());
+  GemmCall c;
+  c.weightType = w->type();
+  c.fp8 = g.fp8;
+  GemmParams &p = c.p;
+  p.x = reinterpret_cast<const float *>(at(0));
+  p.w = reinterpret_cast<const void *>(at(1));
+  p.wUp = reinterpret_cast<const void *>(at(2));
+  p.out = reinterpret_cast<float *>(at(g.out));
+  p.n = staticDim(w, rank - 2);
+  p.k = staticDim(w, rank - 1);
+  p.xRowStride = p.k;
+  p.outRowStride = p.n;
+  if (g.offsets >= 0) {
+    p.experts = static_cast<int>(staticDim(w, 0));
+    p.rows = shape.routed;
+    p.offsets = reinterpret_cast<const int32_t *>(at(g.offsets));
+    if (p.offsets == routedOffsets)
+      p.activeExperts = reinterpret_cast<const int32_t *>(activeExperts);
+  } else {
+    p.rows = numel(x) / p.k;
+    c.dense = true;
+  }
+  if (c.fp8) {
+    p.blockRows = l.ints()->Get(1);
+    p.blockCols = l.ints()->Get(2);
+    c.pow2 = l.ints()->Get(3) == 1 ? 1 : 0;
+    p.wScale = reinterpret_cast<const float *>(at(g.gateScale));
+    p.wUpScale = reinterpret_cast<const float *>(at(g.upScale));
+    c.quantized = g.inputScale >= 0;
+    if (c.quantized) {
+      p.x = nullptr;
+      p.xCodes = reinterpret_cast<const unsigned char *>(at(0));
+      p.xScale = reinterpret_cast<const float *>(at(g.inputScale));
+    }
+  }
+  if (gemvTakes(c))
+    return runGemm(c);
+  // Library GEMMs take the rows: the projections one by one, then SwiGLU
+  // over the result in place.
+  GemmCall gate = c;
+  gate.p.wUp = nullptr;
+  gate.p.wUpScale = nullptr;
+  GemmCall up = gate;
+  up.p.w = p.wUp;
+  up.p.wScale = p.wUpScale;
+  up.p.out = reinterpret_cast<float *>(upProjections);
+  for (const GemmCall *call : {&gate, &up})
+    if (absl::Status s = dispatchGemm(*call); !s.ok())
+      return s;
+  int64_t count = numel(refs.Get(static_cast<unsigned>(g.out)));
+  return launch("kiln_swiglu", elementwiseGrid(count),
+                BinaryParams{p.out, up.p.out, p.out, count});
 }
 
 namespace {
@@ -862,7 +975,7 @@ bool aligned16(const void *p) {
 
 absl::Status Executor::Impl::runGemm(GemmCall c) {
   GemmParams &p = c.p;
-  if (blas && c.dense && p.rows >= kBlasMinRows) {
+  if (blas && c.dense && p.rows >= kBlasMinRows && !p.wUp) {
     // cuBLASLt wants 16-byte aligned operands (an expert's slice of rows
     // is where k is a multiple of 8).
     if (c.weightType == art::ElementType::BF16 && aligned16(p.w) &&
@@ -893,12 +1006,13 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
       fp8BlasUnsupported.insert(key); // the library kernels below take it
     }
   }
-  bool mma = mmaTakes(c);
+  bool mma = !p.wUp && mmaTakes(c);
+  std::string gemv = p.wUp ? "kiln_gemv_gated_" : "kiln_gemv_";
   int64_t matrices = gemmGridMatrices(p, p.offsets ? p.experts : c.matrices);
   if (c.quantized)
     return mma ? launch("kiln_gemm_mma_f8e4m3_q8", mmaGemmGrid(p.n, matrices),
                         p)
-               : launch("kiln_gemv_f8e4m3_q8", gemvGrid(p.n, matrices), p);
+               : launch(gemv + "f8e4m3_q8", gemvGrid(p.n, matrices), p);
   if (c.fp8) {
     // Activations quantized per row of k (per head for head GEMMs).
     int64_t rows = p.rows * c.matrices;
@@ -917,7 +1031,7 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
   }
   std::string type = detail::elementTypeName(c.weightType);
   return mma ? launch("kiln_gemm_mma_" + type, mmaGemmGrid(p.n, matrices), p)
-             : launch("kiln_gemv_" + type, gemvGrid(p.n, matrices), p);
+             : launch(gemv + type, gemvGrid(p.n, matrices), p);
 }
 
 bool Executor::Impl::mmaTakes(const GemmCall &c) const {
@@ -1302,7 +1416,8 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
     for (const art::Launch *l : *e->launches())
       if ((l->kernel() == art::KernelKind::Linear ||
            l->kernel() == art::KernelKind::HeadLinear ||
-           l->kernel() == art::KernelKind::GroupedLinear) &&
+           l->kernel() == art::KernelKind::GroupedLinear ||
+           l->kernel() == art::KernelKind::GatedLinear) &&
           l->args()->Get(1)->type() == art::ElementType::BF16)
         impl->bf16Weights = true;
   // KILN_CUBLASLT=0 keeps every GEMM in the library kernels (fp32
