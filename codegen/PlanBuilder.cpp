@@ -359,6 +359,7 @@ LogicalResult EntryPlanner::addLaunch(Operation *op, art::EntryPointT &entry) {
           })
           .Case([&](HeadLinearOp head) {
             launch->kernel = art::KernelKind::HeadLinear;
+            ints.push_back(head.getInputOffset().value_or(0));
             fp8(head.getBlockSize(), head.getActUe8m0());
             return success();
           })

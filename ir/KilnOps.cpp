@@ -369,8 +369,25 @@ LogicalResult HeadLinearOp::verify() {
                        "[heads, out, in]");
   SmallVector<int64_t> expected(input.getShape());
   size_t n = expected.size();
-  if (!dimsCompatible(expected[n - 2], weight.getDimSize(0)) ||
-      !dimsCompatible(expected[n - 1], weight.getDimSize(2)))
+  int64_t in = weight.getDimSize(2);
+  if (std::optional<int64_t> offset = getInputOffset()) {
+    // Columns [offset, offset + in) of each head's row.
+    if (*offset < 0 || ShapedType::isDynamic(expected[n - 1]) ||
+        ShapedType::isDynamic(in) || *offset + in > expected[n - 1])
+      return emitOpError("input_offset ")
+             << *offset << " + the weight's " << in
+             << " input features exceed the input's head width "
+             << expected[n - 1];
+    if (getWeightScale())
+      return emitOpError("input_offset takes no f8E4M3FN weight (its "
+                         "input is quantized whole)");
+  } else if (!dimsCompatible(expected[n - 1], in)) {
+    return emitOpError("input heads/features ")
+           << formatShape(input.getShape().take_back(2))
+           << " do not match the weight's [heads, _, in] "
+           << formatShape(weight.getShape());
+  }
+  if (!dimsCompatible(expected[n - 2], weight.getDimSize(0)))
     return emitOpError("input heads/features ")
            << formatShape(input.getShape().take_back(2))
            << " do not match the weight's [heads, _, in] "

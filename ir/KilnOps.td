@@ -266,7 +266,10 @@ def Kiln_HeadLinearOp : Kiln_Op<"head_linear", [Pure]> {
   let summary = "Per-head projection: `y[..., h, :] = x[..., h, :] W_h^T`";
   let description = [{
     `weight` stacks one `[out, in]` matrix per head: `[heads, out, in]`;
-    `input` is `[..., heads, in]`. An `f8E4M3FN` weight needs `scale`
+    `input` is `[..., heads, in]`, or with `input_offset` `[..., heads,
+    width]` of which each head's columns `[input_offset, input_offset +
+    in)` are read (a `kiln.slice` folded into the GEMM's strides by
+    `kiln-fold-head-slices`). An `f8E4M3FN` weight needs `scale`
     `[heads, ceil(out/rows), ceil(in/cols)]` with `block_size` and quantizes
     its input as `kiln.linear` does. Absorbed MLA uses it to map per-head
     queries into the latent space (`W_UK`) and attention outputs back out of
@@ -275,12 +278,15 @@ def Kiln_HeadLinearOp : Kiln_Op<"head_linear", [Pure]> {
     ```mlir
     %y = kiln.head_linear %x, %w
         : (tensor<?x?x4x16xf32>, tensor<4x32x16xf32>) -> tensor<?x?x4x32xf32>
+    %z = kiln.head_linear %q, %w {input_offset = 8 : i64}
+        : (tensor<?x?x4x24xf32>, tensor<4x32x16xf32>) -> tensor<?x?x4x32xf32>
     ```
   }];
   let arguments = (ins Kiln_Activation:$input, Kiln_Weight:$weight,
                        Optional<Kiln_F32Tensor>:$weight_scale,
                        OptionalAttr<DenseI64ArrayAttr>:$block_size,
-                       UnitAttr:$act_ue8m0);
+                       UnitAttr:$act_ue8m0,
+                       OptionalAttr<I64Attr>:$input_offset);
   let results = (outs Kiln_Activation:$result);
   let assemblyFormat = [{
     $input `,` $weight (`scale` $weight_scale^)? attr-dict `:`

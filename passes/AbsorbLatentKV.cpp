@@ -283,7 +283,7 @@ void Rewriter::rewrite(MlaSite m, MlaForm form) {
     DerivedWeight wUK = getParameter(m, ".w_uk", 0, m.nope, /*transpose=*/true);
     Value qLat = b_.create<HeadLinearOp>(
         loc, tensor({m.heads, m.kvr}, element), m.qNope, wUK.value, wUK.scale,
-        wUK.blockSize, wUK.scale ? m.actUe8m0 : UnitAttr());
+        wUK.blockSize, wUK.scale ? m.actUe8m0 : UnitAttr(), IntegerAttr());
     Value q =
         b_.create<ConcatOp>(loc, tensor({m.heads, m.kvr + m.rope}, element),
                             ValueRange{qLat, m.qPe});
@@ -295,7 +295,8 @@ void Rewriter::rewrite(MlaSite m, MlaForm form) {
         getParameter(m, ".w_uv", m.nope, m.vDim, /*transpose=*/false);
     out = b_.create<HeadLinearOp>(
         loc, tensor({m.heads, m.vDim}, element), latentAttn, wUV.value,
-        wUV.scale, wUV.blockSize, wUV.scale ? m.actUe8m0 : UnitAttr());
+        wUV.scale, wUV.blockSize, wUV.scale ? m.actUe8m0 : UnitAttr(),
+        IntegerAttr());
   } else {
     // Decompress every cached token with kv_b_proj, then per-head attention.
     Value cKv = b_.create<ReshapeOp>(

@@ -135,6 +135,21 @@ def KilnFuseGatedLinear : Pass<"kiln-fuse-gated-linear", "::mlir::ModuleOp"> {
   }];
 }
 
+def KilnFoldHeadSlices : Pass<"kiln-fold-head-slices", "::mlir::ModuleOp"> {
+  let summary = "Reads a sliced head projection input through the GEMM's strides";
+  let description = [{
+    Rewrites `kiln.head_linear(kiln.slice %x [offset, size], %w)` into
+    `kiln.head_linear %x, %w {input_offset = offset}`: the GEMM reads each
+    head's columns `[offset, offset + size)` of `%x` in place, so the slice
+    is no longer a kernel of its own. Absorbed MLA's decode slices each
+    query head's no-RoPE part (128 of DeepSeek's 192 columns) for `W_UK`:
+    one launch a layer, which a decode step at batch 1, a chain of short
+    kernels, pays in latency. A slice other ops also read stays for them.
+    FP8 head projections quantize their input rows whole and are left
+    alone.
+  }];
+}
+
 def KilnFuse : Pass<"kiln-fuse", "::mlir::ModuleOp"> {
   let summary = "Groups chains of row-local ops into fused kernels";
   let description = [{

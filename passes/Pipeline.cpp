@@ -23,6 +23,9 @@ void buildOptimizePipeline(PassManager &pm, const OptimizeOptions &options) {
   absorb.context = options.context;
   absorb.latentCacheDtype = options.latentCacheDtype;
   pm.addPass(createKilnAbsorbLatentKV(absorb));
+  // After absorption, which writes the sliced head GEMMs.
+  if (options.foldHeadSlices)
+    pm.addPass(createKilnFoldHeadSlices());
   // After quantization, whose FP8 projections it merges as they are; before
   // kiln-fuse, which would take the SwiGLU into a row kernel.
   if (options.fuseGatedLinear)

@@ -31,6 +31,8 @@ struct OptimizeOptions {
   bool fuse = true;
   /// Run kiln-fuse-gated-linear (a SwiGLU's two projections as one GEMM).
   bool fuseGatedLinear = true;
+  /// Run kiln-fold-head-slices (sliced head GEMM inputs read in place).
+  bool foldHeadSlices = true;
 };
 
 /// Adds the optimize phase of `kiln compile-model` to `pm`.

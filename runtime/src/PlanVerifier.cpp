@@ -531,18 +531,24 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
     return absl::OkStatus();
   }
   case art::KernelKind::HeadLinear: {
-    bool fp8 = ints == 3;
-    if (!expect(fp8 ? 4 : 3, fp8 ? 3 : 0, 0))
+    // ints: [input offset], then an FP8 weight's block attributes.
+    bool fp8 = ints == 4;
+    if (!expect(fp8 ? 4 : 3, fp8 ? 4 : 1, 0))
       return bad("wrong number of operands or attributes");
     const art::TensorRef *x = a(0), *w = a(1), *out = a(n - 1);
-    if (fp8 ? !fp8Scale(launch, w, a(2), 0)
+    if (fp8 ? !fp8Scale(launch, w, a(2), 1)
             : w->type() == art::ElementType::F8E4M3)
       return bad("an FP8 weight needs a block scale [H, ceil(out/rows), "
                  "ceil(in/cols)] f32 and block attributes");
-    if (!isArena(x, F32) || rank(x) < 2 || !isParam(w) || rank(w) != 3 ||
-        !isArena(out, F32) || rank(out) != rank(x) ||
-        staticDim(x, -2) != staticDim(w, 0) ||
-        staticDim(x, -1) != staticDim(w, 2) ||
+    // Each head's columns [offset, offset + in) of x; FP8 GEMMs quantize
+    // whole rows.
+    int64_t offset = in(0);
+    if (rank(x) < 1 || rank(w) != 3 || offset < 0 ||
+        offset > staticDim(x, -1) - staticDim(w, 2) ||
+        (fp8 && staticDim(x, -1) != staticDim(w, 2)))
+      return bad("input columns out of the input's rows");
+    if (!isArena(x, F32) || rank(x) < 2 || !isParam(w) || !isArena(out, F32) ||
+        rank(out) != rank(x) || staticDim(x, -2) != staticDim(w, 0) ||
         staticDim(out, -1) != staticDim(w, 1) ||
         !sameDims(x, 0, out, 0, rank(x) - 1))
       return bad("expects x [..., H, in], weight [H, out, in], "

@@ -448,10 +448,11 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
     const art::TensorRef *w = a[1].ref;
     int64_t heads = staticDim(w, 0), out = staticDim(w, 1);
     int64_t in = staticDim(w, 2);
-    cpu::headLinear(as<float>(a[0]), numel(a[0].ref, dims) / (heads * in),
-                    heads, in, gemmWeight(l, a, 2, 0), out, as<float>(a.back()),
-                    headScratch.data(),
-                    {fp8Scratch.data(), ue8m0Activations(l, 0)});
+    int64_t width = lastDim(a[0].ref);
+    cpu::headLinear(
+        as<float>(a[0]), numel(a[0].ref, dims) / (heads * width), heads, in,
+        gemmWeight(l, a, 2, 1), out, as<float>(a.back()), headScratch.data(),
+        {fp8Scratch.data(), ue8m0Activations(l, 1)}, ints(0), width);
     return absl::OkStatus();
   }
   case art::KernelKind::KvGather: {
@@ -808,10 +809,10 @@ Session::createSession(const Model &model, const SessionOptions &options) {
     for (const art::Launch *l : *e->launches()) {
       const art::TensorRef *x = l->args()->Get(0);
       bool withFlag = l->kernel() == art::KernelKind::Linear ||
-                      l->kernel() == art::KernelKind::GatedLinear;
+                      l->kernel() == art::KernelKind::GatedLinear ||
+                      l->kernel() == art::KernelKind::HeadLinear;
       unsigned at = withFlag ? 1 : 0;
-      bool gemm = withFlag || l->kernel() == art::KernelKind::GroupedLinear ||
-                  l->kernel() == art::KernelKind::HeadLinear;
+      bool gemm = withFlag || l->kernel() == art::KernelKind::GroupedLinear;
       if (l->kernel() == art::KernelKind::GatedLinear)
         upScratch = std::max<size_t>(
             upScratch,

@@ -367,21 +367,21 @@ TEST(EmulatedGpuSession, GatedLinearIsTheUnfusedFfnFp8) {
   EXPECT_GT(cuda::emulatedLaunches("kiln_gemv_gated_f8e4m3"), 0);
 }
 
-/// A GatedLinear launch the plan verifier rejects at load, naming the
-/// kernel: `edit` applied to the decode step's first one.
-void expectGatedLinearRejected(
-    const std::string &name,
-    const std::function<void(artifact::LaunchT &)> &edit,
-    const std::string &why) {
+/// A launch of `kind` the plan verifier rejects at load, naming the
+/// kernel: `edit` applied to the first one (DeepSeek-V3, absorbed MLA).
+void expectLaunchRejected(artifact::KernelKind kind, const std::string &name,
+                          const std::function<void(artifact::LaunchT &)> &edit,
+                          const std::string &why) {
   CompileSettings settings;
+  settings.optimize.mla = "absorbed";
   settings.editPlan = [&](artifact::ModelT &plan) {
     for (auto &entry : plan.entry_points)
       for (auto &launch : entry->launches)
-        if (launch->kernel == artifact::KernelKind::GatedLinear) {
+        if (launch->kernel == kind) {
           edit(*launch);
           return;
         }
-    ADD_FAILURE() << "no GatedLinear launch";
+    ADD_FAILURE() << "no " << artifact::EnumNameKernelKind(kind) << " launch";
   };
   std::filesystem::path artifact = compileArtifact(
       kGolden / "deepseek-v3", ::testing::TempDir() + "/" + name, settings);
@@ -389,14 +389,30 @@ void expectGatedLinearRejected(
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_FALSE(model.ok());
   std::string message(model.status().message());
-  EXPECT_NE(message.find("kernel GatedLinear: " + why), std::string::npos)
+  EXPECT_NE(message.find(std::string("kernel ") +
+                         artifact::EnumNameKernelKind(kind) + ": " + why),
+            std::string::npos)
       << message;
+}
+
+void expectGatedLinearRejected(
+    const std::string &name,
+    const std::function<void(artifact::LaunchT &)> &edit,
+    const std::string &why) {
+  expectLaunchRejected(artifact::KernelKind::GatedLinear, name, edit, why);
+}
+
+// A head GEMM's input columns past its input's rows.
+TEST(EmulatedGpuSession, HeadLinearInputColumnsAreVerified) {
+  expectLaunchRejected(
+      artifact::KernelKind::HeadLinear, "head_offset.kiln",
+      [](artifact::LaunchT &l) { l.ints[0] = 9; },
+      "input columns out of the input's rows");
 }
 
 TEST(EmulatedGpuSession, MalformedGatedLinearLaunchesAreRejected) {
   expectGatedLinearRejected(
-      "gated_no_result.kiln",
-      [](artifact::LaunchT &l) { l.args.pop_back(); },
+      "gated_no_result.kiln", [](artifact::LaunchT &l) { l.args.pop_back(); },
       "wrong number of operands");
   expectGatedLinearRejected(
       "gated_grouped_flag.kiln", [](artifact::LaunchT &l) { l.ints[0] = 2; },

@@ -1269,6 +1269,34 @@ func.func @grouped_scale_shape(%x: tensor<?x64xf32>, %w: tensor<8x32x64xf8E4M3FN
 }
 
 //===----------------------------------------------------------------------===//
+// kiln.head_linear input_offset
+//===----------------------------------------------------------------------===//
+
+// -----
+
+func.func @head_offset_past_row(%q: tensor<?x?x4x24xf32>, %w: tensor<4x32x16xbf16>) {
+  // expected-error @+1 {{'kiln.head_linear' op input_offset 9 + the weight's 16 input features exceed the input's head width 24}}
+  %0 = kiln.head_linear %q, %w {input_offset = 9 : i64} : (tensor<?x?x4x24xf32>, tensor<4x32x16xbf16>) -> tensor<?x?x4x32xf32>
+  return
+}
+
+// -----
+
+func.func @head_offset_negative(%q: tensor<?x?x4x24xf32>, %w: tensor<4x32x16xbf16>) {
+  // expected-error @+1 {{'kiln.head_linear' op input_offset -1 + the weight's 16 input features exceed the input's head width 24}}
+  %0 = kiln.head_linear %q, %w {input_offset = -1 : i64} : (tensor<?x?x4x24xf32>, tensor<4x32x16xbf16>) -> tensor<?x?x4x32xf32>
+  return
+}
+
+// -----
+
+func.func @head_offset_fp8(%q: tensor<?x?x4x24xf32>, %w: tensor<4x32x16xf8E4M3FN>, %s: tensor<4x2x1xf32>) {
+  // expected-error @+1 {{'kiln.head_linear' op input_offset takes no f8E4M3FN weight (its input is quantized whole)}}
+  %0 = kiln.head_linear %q, %w scale %s {block_size = array<i64: 16, 16>, input_offset = 0 : i64} : (tensor<?x?x4x24xf32>, tensor<4x32x16xf8E4M3FN>, tensor<4x2x1xf32>) -> tensor<?x?x4x32xf32>
+  return
+}
+
+//===----------------------------------------------------------------------===//
 // kiln.gated_linear
 //===----------------------------------------------------------------------===//
 

@@ -384,6 +384,18 @@ func.func @moe(%x: tensor<?x?x64xf32>, %idx: tensor<?x?x2xi32>,
 
 // -----
 
+// A head projection reading columns [8, 24) of each 24-wide head row.
+
+// CHECK-LABEL: func.func @head_linear_offset
+// CHECK: kiln.head_linear %arg0, %arg1 {input_offset = 8 : i64} : (tensor<?x?x4x24xf32>, tensor<4x32x16xbf16>) -> tensor<?x?x4x32xf32>
+func.func @head_linear_offset(%q: tensor<?x?x4x24xf32>, %w: tensor<4x32x16xbf16>) {
+  %0 = kiln.head_linear %q, %w {input_offset = 8 : i64}
+      : (tensor<?x?x4x24xf32>, tensor<4x32x16xbf16>) -> tensor<?x?x4x32xf32>
+  return
+}
+
+// -----
+
 // A SwiGLU's two projections as one GEMM: dense, grouped by expert, and
 // FP8 on e4m3 input codes.
 

@@ -130,6 +130,45 @@ TEST(MatmulKernel, HeadLinearMatchesCpu) {
   }
 }
 
+// kiln-fold-head-slices: each head's columns [offset, offset + k) of a
+// wider row, read in place (CPU: xOffset/xWidth; GEMV: strides), against
+// the slice copied out first.
+TEST(MatmulKernel, HeadLinearReadsAColumnRangeOfEachHead) {
+  const int64_t tokens = 11, heads = 4, width = 192, k = 128, n = 96;
+  Weights w = makeWeights(cpu::ElementType::BF16, heads, n, k, 15);
+  std::vector<float> x = randomRows(tokens * heads, width, 16);
+  std::vector<float> scratch(
+      static_cast<size_t>(cpu::headLinearScratch(tokens, k, n)));
+  for (int64_t offset : {int64_t{0}, int64_t{64}}) {
+    SCOPED_TRACE("offset " + std::to_string(offset));
+    std::vector<float> sliced(tokens * heads * k);
+    for (int64_t r = 0; r < tokens * heads; ++r)
+      std::copy_n(x.begin() + r * width + offset, k, sliced.begin() + r * k);
+    std::vector<float> want(tokens * heads * n), cpuGot(want.size()),
+        got(want.size());
+    cpu::headLinear(sliced.data(), tokens, heads, k, cpuWeight(w), n,
+                    want.data(), scratch.data());
+    cpu::headLinear(x.data(), tokens, heads, k, cpuWeight(w), n, cpuGot.data(),
+                    scratch.data(), {}, offset, width);
+    EXPECT_EQ(cpuGot, want);
+    GemmParams p{};
+    p.x = x.data() + offset;
+    p.xRowStride = heads * width;
+    p.xMatrixStride = width;
+    p.w = w.bytes.data();
+    p.out = got.data();
+    p.outRowStride = heads * n;
+    p.outMatrixStride = n;
+    p.rows = tokens;
+    p.n = n;
+    p.k = k;
+    runGemv(cpu::ElementType::BF16, gemvGrid(n, heads), p);
+    expectClose(
+        got, want, sliced, k, w.values, k, [&](int64_t i) { return i / n; },
+        [&](int64_t i) { return (i / n % heads) * n + i % n; }, "bf16");
+  }
+}
+
 TEST(MatmulKernel, QuantizeFp8WritesScalesTokenMajorOrForCublasLt) {
   // k with a partial last block; pow2 (UE8M0) and plain scales.
   const int64_t rows = 5, k = 300, groups = 3;

@@ -42,6 +42,7 @@ struct CompileModelOptions {
   bool noMtp = false;
   bool noFuse = false;
   bool noFuseGatedLinear = false;
+  bool noFoldHeadSlices = false;
   std::string mla = "auto";
   uint32_t maxBatch = 8;
   uint32_t maxPrefillBatch = 0;
@@ -212,6 +213,7 @@ absl::Status compileModel(const CompileModelOptions &opts) {
   optimize.context = plan.maxContext;
   optimize.fuse = !opts.noFuse;
   optimize.fuseGatedLinear = !opts.noFuseGatedLinear;
+  optimize.foldHeadSlices = !opts.noFoldHeadSlices;
   if (absl::Status s =
           applyQuantizeFlags(opts.quantize, model->config, optimize);
       !s.ok())
@@ -339,6 +341,9 @@ CommandRunner registerCompileModel(CLI::App &app) {
   app.add_flag("--no-fuse-gated-linear", opts->noFuseGatedLinear,
                "Keep a SwiGLU's gate and up projections as two GEMMs "
                "(no kiln.gated_linear)");
+  app.add_flag("--no-fold-head-slices", opts->noFoldHeadSlices,
+               "Keep a head projection's input slice as its own kernel "
+               "(no head_linear input_offset)");
   addQuantizeOptions(app, opts->quantize);
   app.add_option("--target", opts->targets,
                  "Code to put in the artifact, a comma list: cpu (the fused "

@@ -8,8 +8,9 @@ namespace kiln::cpu {
 
 void headLinear(const float *x, int64_t rows, int64_t heads, int64_t in,
                 Weight w, int64_t out, float *y, float *scratch,
-                Fp8Activations act) {
+                Fp8Activations act, int64_t xOffset, int64_t xWidth) {
   float *xh = scratch, *yh = scratch + rows * in;
+  int64_t width = xWidth > 0 ? xWidth : in;
   size_t matrixBytes = static_cast<size_t>(out * in) * elementSize(w.type);
   // FP8 scales of one head's matrix (none for other types).
   int64_t matrixScales = w.type == ElementType::F8E4M3
@@ -18,7 +19,7 @@ void headLinear(const float *x, int64_t rows, int64_t heads, int64_t in,
                              : 0;
   for (int64_t h = 0; h < heads; ++h) {
     for (int64_t r = 0; r < rows; ++r)
-      std::copy_n(x + (r * heads + h) * in, in, xh + r * in);
+      std::copy_n(x + (r * heads + h) * width + xOffset, in, xh + r * in);
     Weight wh = w;
     wh.data = static_cast<const std::byte *>(w.data) + h * matrixBytes;
     if (w.scale)

@@ -152,10 +152,12 @@ void linearQuantized(const uint8_t *codes, const float *scales, int64_t rows,
 /// Per-head projection: y[r, h, :] = x[r, h, :] w[h]^T for x [rows, heads,
 /// in], w [heads, out, in], y [rows, heads, out]. `scratch` holds
 /// headLinearScratch(rows, in, out) floats; an FP8 w quantizes the rows *
-/// heads rows of `in` into `act`.
+/// heads rows of `in` into `act`. With `xWidth` (> 0), x is [rows, heads,
+/// xWidth] and each head's columns [xOffset, xOffset + in) are read.
 void headLinear(const float *x, int64_t rows, int64_t heads, int64_t in,
                 Weight w, int64_t out, float *y, float *scratch,
-                Fp8Activations act = {});
+                Fp8Activations act = {}, int64_t xOffset = 0,
+                int64_t xWidth = 0);
 int64_t headLinearScratch(int64_t rows, int64_t in, int64_t out);
 
 void add(const float *a, const float *b, int64_t count, float *out);

@@ -200,10 +200,12 @@ struct Executor::Impl {
     return dense && l.args()->Get(1)->type() == art::ElementType::BF16;
   }
   /// Where a GEMM launch's FP8 block attributes start among its ints
-  /// (after Linear's bias flag and GatedLinear's grouped flag).
+  /// (after Linear's bias flag, GatedLinear's grouped flag and
+  /// HeadLinear's input offset).
   static unsigned fp8IntsAt(const art::Launch &l) {
     return l.kernel() == art::KernelKind::Linear ||
-                   l.kernel() == art::KernelKind::GatedLinear
+                   l.kernel() == art::KernelKind::GatedLinear ||
+                   l.kernel() == art::KernelKind::HeadLinear
                ? 1
                : 0;
   }
@@ -830,13 +832,16 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
   p.x = reinterpret_cast<const float *>(resolve(x));
   switch (l.kernel()) {
   case art::KernelKind::HeadLinear: {
-    // x [rows, heads, in], w [heads, out, in], out [rows, heads, out].
+    // x [rows, heads, width] read at columns [offset, offset + in) of each
+    // head, w [heads, out, in], out [rows, heads, out].
     c.matrices = staticDim(w, 0);
     p.n = staticDim(w, 1);
     p.k = staticDim(w, 2);
-    p.rows = numel(x) / (c.matrices * p.k);
-    p.xRowStride = c.matrices * p.k;
-    p.xMatrixStride = p.k;
+    int64_t width = lastDim(x);
+    p.x += l.ints()->Get(0);
+    p.rows = numel(x) / (c.matrices * width);
+    p.xRowStride = c.matrices * width;
+    p.xMatrixStride = width;
     p.outRowStride = c.matrices * p.n;
     p.outMatrixStride = p.n;
     break;
