@@ -271,15 +271,23 @@ KILN_TYPED_KERNEL(kiln_moe_gate, f16_f16, MoeGateParams, moeGateBlock, F16, F16)
 /// Counting sort of the selections by expert, stable in selection order:
 /// offsets [experts + 1] and slots [n] (the selection of each routed row),
 /// and, where given, the experts with rows as GemmParams::activeExperts
-/// takes them. One block (grid {1, 1, 1}); thread e owns experts e, e +
-/// threads, ... Out-of-range indices (never made by the router) are left
-/// out.
+/// takes them and rowOf (the routed row of each selection: what
+/// kiln_invert_slots computes for the combine). One block (grid {1, 1,
+/// 1}); thread e owns experts e, e + threads, ... Out-of-range indices
+/// (never made by the router) are left out. With `x`, the block also
+/// gathers the routed rows (as kiln_moe_gather): the executor asks for it
+/// where they are few (a decode step), saving the gather's launch.
 struct MoeRouteParams {
   const int32_t *indices; // [n]
   int32_t *offsets;       // [experts + 1]
   int32_t *slots;         // [n]
   int n, experts;
   int32_t *activeExperts; // [1 + experts] or null
+  int32_t *rowOf;         // [n] or null
+  const float *x;         // [n / topK, dim] or null: no gather
+  float *routed;          // [n, dim]
+  int64_t dim;
+  int topK;
 };
 
 KILN_FN void kiln_moe_route_block(Dim3, const MoeRouteParams &p) {
@@ -308,8 +316,20 @@ KILN_FN void kiln_moe_route_block(Dim3, const MoeRouteParams &p) {
   for (int e = KILN_THREAD; e < p.experts; e += KILN_THREADS) {
     int cursor = start[e];
     for (int i = 0; i < p.n; ++i)
-      if (p.indices[i] == e)
+      if (p.indices[i] == e) {
+        if (p.rowOf)
+          p.rowOf[i] = cursor;
         p.slots[cursor++] = i;
+      }
+  }
+  if (!p.x)
+    return;
+  KILN_SYNC(); // every slot written
+  for (int r = 0; r < start[p.experts]; ++r) {
+    const float *src = p.x + int64_t{p.slots[r] / p.topK} * p.dim;
+    forEachElement(
+        0, p.dim, [&](int64_t i) { return src[i]; },
+        StoreTo{p.routed + int64_t{r} * p.dim});
   }
 }
 KILN_KERNEL(kiln_moe_route, MoeRouteParams)

@@ -354,6 +354,32 @@ void expectGatedLinearIsTheUnfusedFfn(const std::string &golden, bool fp8,
   }
 }
 
+// A dispatch of few routed rows is one launch: the route kernel also
+// gathers the rows and inverts the slots for the combine (the tiny models'
+// steps all route fewer than kRouteGatherElements values). The steps match
+// the CPU executor's in EmulatedGpu.MatchesTheCpuExecutor.
+TEST(EmulatedGpuSession, FewRoutedRowsAreDispatchedInOneLaunch) {
+  CompileSettings settings;
+  std::filesystem::path artifact =
+      compileArtifact(kGolden / "deepseek-v3",
+                      ::testing::TempDir() + "/emulated_route.kiln", settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  auto launches = [](const char *kernel) {
+    return cuda::emulatedLaunches(kernel);
+  };
+  int64_t routes = launches("kiln_moe_route"),
+          gathers = launches("kiln_moe_gather"),
+          inverts = launches("kiln_invert_slots");
+  std::string where;
+  ASSERT_FALSE(
+      testing::runDeviceSteps(**model, Device::Emulated, where).empty());
+  EXPECT_GT(launches("kiln_moe_route"), routes);
+  EXPECT_EQ(launches("kiln_moe_gather"), gathers);
+  EXPECT_EQ(launches("kiln_invert_slots"), inverts);
+}
+
 TEST(EmulatedGpuSession, GatedLinearIsTheUnfusedFfnBf16) {
   expectGatedLinearIsTheUnfusedFfn("deepseek-v2-lite-bf16", false,
                                    "kiln_gemv_gated_bf16");

@@ -230,7 +230,8 @@ TEST(DeviceLibrary, MoeGateDispatchCombineMatchTheCpuRouter) {
       kiln_moe_route_host({1, 1, 1},
                           {wantI.data(), gotOff.data(), gotSlots.data(),
                            static_cast<int>(n), static_cast<int>(experts),
-                           active.data()});
+                           active.data(), nullptr, nullptr, nullptr, dim,
+                           static_cast<int>(topK)});
       // The experts with rows, in order, after their count.
       std::vector<int32_t> wantActive;
       for (int e = 0; e < experts; ++e)
@@ -246,6 +247,17 @@ TEST(DeviceLibrary, MoeGateDispatchCombineMatchTheCpuRouter) {
       EXPECT_EQ(gotOff, wantOff);
       EXPECT_EQ(gotSlots, wantSlots);
       EXPECT_EQ(gotRouted, wantRouted);
+      // The route kernel's own gather and inverse (a decode step's few
+      // rows): the same rows, and the combine's rowOf.
+      std::vector<float> routedByRoute(n * dim, -1.0f);
+      std::vector<int32_t> rowOfByRoute(n, -1), slotsByRoute(n);
+      kiln_moe_route_host({1, 1, 1},
+                          {wantI.data(), gotOff.data(), slotsByRoute.data(),
+                           static_cast<int>(n), static_cast<int>(experts),
+                           nullptr, rowOfByRoute.data(), x.data(),
+                           routedByRoute.data(), dim, static_cast<int>(topK)});
+      EXPECT_EQ(slotsByRoute, wantSlots);
+      EXPECT_EQ(routedByRoute, wantRouted);
 
       // Combine: the same products summed in the same k order.
       std::vector<float> y = randomFloats(n * dim, 13);
@@ -256,6 +268,7 @@ TEST(DeviceLibrary, MoeGateDispatchCombineMatchTheCpuRouter) {
       kiln_invert_slots_host(elementwiseGrid(n),
                              {gotSlots.data(), gotRowOf.data(), n});
       EXPECT_EQ(gotRowOf, rowOf);
+      EXPECT_EQ(rowOfByRoute, rowOf);
       kiln_moe_combine_host(tokenGrid(tokens),
                             {y.data(), wantW.data(), gotRowOf.data(),
                              gotOut.data(), dim, static_cast<int>(topK)});

@@ -133,6 +133,13 @@ struct Executor::Impl {
   /// grouped GEMM over those offsets spans only those experts.
   CUdeviceptr activeExperts = 0;
   const int32_t *routedOffsets = nullptr;
+  /// The slots the last dispatch wrote: its route kernel also wrote their
+  /// inverse into rowOf, so a combine over them needs no kiln_invert_slots.
+  const int32_t *routedSlots = nullptr;
+  /// Routed elements (rows x hidden) up to which the route kernel's one
+  /// block gathers the rows itself: a decode step's few rows (batch 1:
+  /// V2-Lite 6 x 2048, V3 8 x 7168) cost it less than another launch.
+  static constexpr int64_t kRouteGatherElements = int64_t{1} << 16;
   size_t attentionScratchFloats = 0;
   // Rope inverse frequencies per rope launch, uploaded at creation.
   std::map<const art::Launch *, CUdeviceptr> ropeTables;
@@ -769,15 +776,22 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
   case art::KernelKind::MoeDispatch: {
     expertOffsets.clear(); // recounted on the device
     routedOffsets = i32(3);
+    routedSlots = i32(4);
     int64_t topK = lastDim(refs.Get(1));
     int64_t n = shape.batch * shape.seq * topK;
+    bool gather = n * lastDim(x) > kRouteGatherElements;
     if (absl::Status s =
             launch("kiln_moe_route", Dim3{1, 1, 1},
                    MoeRouteParams{i32(1), i32(3), i32(4), static_cast<int>(n),
                                   static_cast<int>(ints(0)),
-                                  reinterpret_cast<int32_t *>(activeExperts)});
+                                  reinterpret_cast<int32_t *>(activeExperts),
+                                  reinterpret_cast<int32_t *>(rowOf),
+                                  gather ? nullptr : f32(0), f32(2), lastDim(x),
+                                  static_cast<int>(topK)});
         !s.ok())
       return s;
+    if (!gather)
+      return absl::OkStatus();
     return launch("kiln_moe_gather", tokenGrid(n),
                   MoeGatherParams{f32(0), i32(4), i32(3) + ints(0), f32(2),
                                   lastDim(x), static_cast<int>(topK)});
@@ -785,11 +799,12 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
   case art::KernelKind::MoeCombine: {
     int64_t count = shape.batch * shape.seq, topK = lastDim(refs.Get(1));
     int32_t *inverse = reinterpret_cast<int32_t *>(rowOf);
-    if (absl::Status s =
-            launch("kiln_invert_slots", elementwiseGrid(count * topK),
-                   InvertSlotsParams{i32(2), inverse, count * topK});
-        !s.ok())
-      return s;
+    if (i32(2) != routedSlots)
+      if (absl::Status s =
+              launch("kiln_invert_slots", elementwiseGrid(count * topK),
+                     InvertSlotsParams{i32(2), inverse, count * topK});
+          !s.ok())
+        return s;
     return launch("kiln_moe_combine", tokenGrid(count),
                   MoeCombineParams{f32(0), f32(1), inverse, f32(3), lastDim(x),
                                    static_cast<int>(topK)});
