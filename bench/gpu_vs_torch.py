@@ -13,7 +13,9 @@ Measures
   * Kiln's decode at the shortest context also with KILN_MMA_GEMMS=off
     (decode_tokens_per_s_gemv: the GEMMs cuBLASLt does not take as GEMVs
     instead of tensor-core GEMMs), and at batch 1 with KILN_PDL=off
-    (decode_tokens_per_s_no_pdl: without programmatic dependent launch);
+    (decode_tokens_per_s_no_pdl: without programmatic dependent launch)
+    and compiled without the gated FFN GEMMs and folded head slices
+    (decode_tokens_per_s_unfused: the manifest's unfused artifact);
   * prefill tokens/s of 2K tokens (batch 1); Kiln also with
     KILN_EXPERT_GEMMS=grouped (the experts as one grouped library GEMM
     instead of one cuBLASLt GEMM per expert) and with KILN_MMA_ATTENTION=off
@@ -173,7 +175,9 @@ def summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, step_
                    "kiln_gemv_decode_tokens_per_s":
                        kiln[(b, c)].get("decode_tokens_per_s_gemv"),
                    "kiln_no_pdl_decode_tokens_per_s":
-                       kiln[(b, c)].get("decode_tokens_per_s_no_pdl")}
+                       kiln[(b, c)].get("decode_tokens_per_s_no_pdl"),
+                   "kiln_unfused_decode_tokens_per_s":
+                       kiln[(b, c)].get("decode_tokens_per_s_unfused")}
             if b == 1:
                 step_s = kiln[(b, c)]["decode_step_ms"] / 1e3
                 row["kiln_step_ms"] = step_s * 1e3
@@ -274,6 +278,18 @@ def main():
         for r in plain["results"]:
             kiln[(r["batch"], r["context"])]["decode_tokens_per_s_no_pdl"] = \
                 r["decode_tokens_per_s"]
+        # Batch 1 compiled without kiln-fuse-gated-linear and
+        # kiln-fold-head-slices: what their saved launches gain.
+        unfused_name = manifest["v2lite"].get("unfused_artifact")
+        if unfused_name:
+            log("Kiln: batch-1 decode without the gated GEMMs and folded slices")
+            unfused, _ = kiln_bench(args.bundle,
+                                    os.path.join(args.bundle, "artifacts", unfused_name),
+                                    args.weights_dir, [1], contexts, args.steps,
+                                    args.repeats, synthetic=True)
+            for r in unfused["results"]:
+                kiln[(r["batch"], r["context"])]["decode_tokens_per_s_unfused"] = \
+                    r["decode_tokens_per_s"]
     except RuntimeError as e:
         result["kiln_error"] = str(e)
         log(f"Kiln failed: {e}")
