@@ -111,9 +111,11 @@ void collectFp8Quantization(Value value, std::set<std::string> &out) {
         llvm::TypeSwitch<Operation *,
                          std::pair<std::optional<ArrayRef<int64_t>>, bool>>(
             user)
-            .Case<LinearOp, HeadLinearOp, GroupedLinearOp>([](auto gemm) {
-              return std::make_pair(gemm.getBlockSize(), gemm.getActUe8m0());
-            })
+            .Case<LinearOp, HeadLinearOp, GroupedLinearOp, GatedLinearOp>(
+                [](auto gemm) {
+                  return std::make_pair(gemm.getBlockSize(),
+                                        gemm.getActUe8m0());
+                })
             .Default([](Operation *) {
               return std::make_pair(std::optional<ArrayRef<int64_t>>(), false);
             });

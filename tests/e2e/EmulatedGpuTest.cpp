@@ -328,9 +328,11 @@ void expectGatedLinearIsTheUnfusedFfn(const std::string &golden, bool fp8,
     Device device;
     const char *blas, *mma;
   };
+  // cuBLASLt with the GEMVs: outside capture (prefill) the experts' few
+  // rows are read back and stay one gated launch.
   for (Run run :
        {Run{Device::Cpu, "0", "off"}, Run{Device::Emulated, "0", "off"},
-        Run{Device::Emulated, "1", "on"}}) {
+        Run{Device::Emulated, "1", "off"}, Run{Device::Emulated, "1", "on"}}) {
     SCOPED_TRACE(std::string(run.device == Device::Cpu ? "cpu" : "emulated") +
                  " cuBLASLt " + run.blas + " mma " + run.mma);
     ::setenv("KILN_EMULATE_CUBLASLT", run.blas, 1);

@@ -80,16 +80,19 @@ WeightBytes weightBytes(mlir::ModuleOp module) {
   // Block scales are the f32 operands FP8 GEMMs take as `scale`.
   llvm::DenseSet<llvm::StringRef> scales;
   module.walk([&](mlir::Operation *op) {
-    mlir::Value scale;
+    llvm::SmallVector<mlir::Value, 2> scale;
     if (auto l = llvm::dyn_cast<mlir::kiln::LinearOp>(op))
-      scale = l.getWeightScale();
+      scale = {l.getWeightScale()};
     else if (auto g = llvm::dyn_cast<mlir::kiln::GroupedLinearOp>(op))
-      scale = g.getWeightScale();
+      scale = {g.getWeightScale()};
     else if (auto h = llvm::dyn_cast<mlir::kiln::HeadLinearOp>(op))
-      scale = h.getWeightScale();
-    if (auto get = scale ? scale.getDefiningOp<mlir::kiln::GetParameterOp>()
-                         : mlir::kiln::GetParameterOp())
-      scales.insert(get.getName());
+      scale = {h.getWeightScale()};
+    else if (auto gated = llvm::dyn_cast<mlir::kiln::GatedLinearOp>(op))
+      scale = {gated.getGateScale(), gated.getUpScale()};
+    for (mlir::Value s : scale)
+      if (auto get = s ? s.getDefiningOp<mlir::kiln::GetParameterOp>()
+                       : mlir::kiln::GetParameterOp())
+        scales.insert(get.getName());
   });
   WeightBytes bytes;
   module.walk([&](mlir::kiln::ParameterOp param) {

@@ -264,6 +264,10 @@ struct Executor::Impl {
   /// A grouped GEMM outside graph capture: the expert offsets read back,
   /// then one GEMM per expert with rows (cuBLASLt where it takes them).
   absl::Status runExperts(const GemmCall &c);
+  /// Whether the experts' rows (read back once per dispatch, into
+  /// expertOffsets) are too few for a GEMM per expert to pay (Auto): then
+  /// one grouped launch takes them.
+  absl::StatusOr<bool> fewRowsPerExpert(const GemmParams &p);
 };
 
 Executor::Impl::~Impl() {
@@ -799,12 +803,14 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
   case art::KernelKind::MoeCombine: {
     int64_t count = shape.batch * shape.seq, topK = lastDim(refs.Get(1));
     int32_t *inverse = reinterpret_cast<int32_t *>(rowOf);
-    if (i32(2) != routedSlots)
+    if (i32(2) != routedSlots) {
       if (absl::Status s =
               launch("kiln_invert_slots", elementwiseGrid(count * topK),
                      InvertSlotsParams{i32(2), inverse, count * topK});
           !s.ok())
         return s;
+      routedSlots = nullptr; // rowOf now inverts other slots
+    }
     return launch("kiln_moe_combine", tokenGrid(count),
                   MoeCombineParams{f32(0), f32(1), inverse, f32(3), lastDim(x),
                                    static_cast<int>(topK)});
@@ -970,6 +976,16 @@ absl::Status Executor::Impl::launchGated(const art::Launch &l) {
   }
   if (gemvTakes(c))
     return runGemm(c);
+  if (perExpert(c)) {
+    // Outside capture, as runExperts: few routed rows (a decode step) stay
+    // one grouped launch, the gated GEMV where the tensor cores do not
+    // take them.
+    absl::StatusOr<bool> few = fewRowsPerExpert(p);
+    if (!few.ok())
+      return few.status();
+    if (*few && !mmaTakes(c))
+      return runGemm(c);
+  }
   // Library GEMMs take the rows: the projections one by one, then SwiGLU
   // over the result in place.
   GemmCall gate = c;
@@ -1100,17 +1116,15 @@ absl::Status Executor::Impl::blasFp8(const GemmCall &c) {
                        kBlasWorkspaceBytes);
 }
 
-absl::Status Executor::Impl::runExperts(const GemmCall &c) {
-  const GemmParams &p = c.p;
-  const DriverApi &a = api();
+absl::StatusOr<bool> Executor::Impl::fewRowsPerExpert(const GemmParams &p) {
   std::vector<int32_t> &offsets = expertOffsets;
   if (offsets.empty()) {
     offsets.assign(static_cast<size_t>(p.experts) + 1, 0);
-    absl::Status s = check(a.cuStreamSynchronize(stream), "routing");
+    absl::Status s = check(api().cuStreamSynchronize(stream), "routing");
     if (s.ok())
-      s = check(a.cuMemcpyDtoH(offsets.data(),
-                               reinterpret_cast<CUdeviceptr>(p.offsets),
-                               offsets.size() * sizeof(int32_t)),
+      s = check(api().cuMemcpyDtoH(offsets.data(),
+                                   reinterpret_cast<CUdeviceptr>(p.offsets),
+                                   offsets.size() * sizeof(int32_t)),
                 "reading the expert offsets");
     if (!s.ok()) {
       offsets.clear();
@@ -1120,10 +1134,20 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
   int64_t rows = offsets.back(), active = 0;
   for (int e = 0; e < p.experts; ++e)
     active += offsets[e + 1] > offsets[e];
+  return expertGemms == ExpertGemms::Auto && rows < kBlasMinRows * active;
+}
+
+absl::Status Executor::Impl::runExperts(const GemmCall &c) {
+  const GemmParams &p = c.p;
   // Few rows per expert: one grouped launch of the library GEMM reads each
   // expert's weights once for all its rows, cheaper than a call per expert.
-  if (expertGemms == ExpertGemms::Auto && rows < kBlasMinRows * active)
+  absl::StatusOr<bool> few = fewRowsPerExpert(p);
+  if (!few.ok())
+    return few.status();
+  if (*few)
     return runGemm(c);
+  const std::vector<int32_t> &offsets = expertOffsets;
+  int64_t rows = offsets.back();
   uint64_t weightBytes = art::elementBytes(c.weightType);
   CUdeviceptr bf16 = 0;
   if (blas && c.weightType == art::ElementType::BF16) {
