@@ -82,6 +82,38 @@ bool isFp8(Type type) {
 
 /// FP8 weights carry fp32 block scales: checks that `scale`, `blockSize` and
 /// the weight dtype agree. `weightShape` is the `[..., out, in]` shape.
+/// A GEMM's input against its weights of `in` features (the last
+/// dimension): e4m3 codes (a fused kernel's quantized activations) need
+/// `inputScale` [..., ceil(in / cols)], FP8 weights and an f32 result; any
+/// other input gives a result of its element type.
+LogicalResult checkGemmInput(Operation *op, RankedTensorType input,
+                             ShapedType weight,
+                             TypedValue<RankedTensorType> inputScale,
+                             std::optional<ArrayRef<int64_t>> blockSize,
+                             RankedTensorType result) {
+  int64_t in = weight.getShape().back();
+  bool quantizedInput = isFp8(input);
+  if (quantizedInput != static_cast<bool>(inputScale))
+    return op->emitOpError("an f8E4M3FN input needs input_scale, and only it");
+  if (quantizedInput) {
+    if (!isFp8(weight) || !blockSize)
+      return op->emitOpError("an f8E4M3FN input needs an f8E4M3FN weight");
+    if (!result.getElementType().isF32())
+      return op->emitOpError("an f8E4M3FN input gives an f32 result");
+    SmallVector<int64_t> scales(input.getShape());
+    scales.back() = ceilDiv(in, (*blockSize)[1]);
+    if (failed(checkShape(op, "input_scale", inputScale.getType(), scales)))
+      return failure();
+  } else if (failed(checkSameElementType(op, "result", result, input))) {
+    return failure();
+  }
+  if (!dimsCompatible(input.getShape().back(), in))
+    return op->emitOpError("input's last dimension ")
+           << input.getShape().back() << " does not match the weight's " << in
+           << " input features";
+  return success();
+}
+
 LogicalResult checkBlockScale(Operation *op, ShapedType weight,
                               TypedValue<RankedTensorType> scale,
                               std::optional<ArrayRef<int64_t>> blockSize,
@@ -314,28 +346,10 @@ LogicalResult LinearOp::verify() {
     return emitOpError("input must have rank >= 1");
   if (failed(checkRank(*this, "weight", weight, 2)))
     return failure();
-  bool quantizedInput = isFp8(input);
-  if (quantizedInput != static_cast<bool>(getInputScale()))
-    return emitOpError("an f8E4M3FN input needs input_scale, and only it");
-  if (quantizedInput) {
-    if (!isFp8(weight) || !getBlockSize())
-      return emitOpError("an f8E4M3FN input needs an f8E4M3FN weight");
-    if (!getResult().getType().getElementType().isF32())
-      return emitOpError("an f8E4M3FN input gives an f32 result");
-    SmallVector<int64_t> scales(input.getShape());
-    scales.back() = ceilDiv(weight.getDimSize(1), (*getBlockSize())[1]);
-    if (failed(checkShape(*this, "input_scale", getInputScale().getType(),
-                          scales)))
-      return failure();
-  } else if (failed(checkSameElementType(*this, "result", getResult().getType(),
-                                         input))) {
+  if (failed(checkGemmInput(*this, input, weight, getInputScale(),
+                            getBlockSize(), getResult().getType())))
     return failure();
-  }
-  int64_t out = weight.getDimSize(0), in = weight.getDimSize(1);
-  if (!dimsCompatible(input.getShape().back(), in))
-    return emitOpError("input's last dimension ")
-           << input.getShape().back() << " does not match the weight's " << in
-           << " input features";
+  int64_t out = weight.getDimSize(0);
   SmallVector<int64_t> expected(input.getShape());
   expected.back() = out;
   if (failed(checkShape(*this, "result", getResult().getType(), expected)))
@@ -682,31 +696,12 @@ LogicalResult GatedLinearOp::verify() {
   } else if (input.getRank() < 1) {
     return emitOpError("input must have rank >= 1");
   }
-  bool quantizedInput = isFp8(input);
-  if (quantizedInput != static_cast<bool>(getInputScale()))
-    return emitOpError("an f8E4M3FN input needs input_scale, and only it");
-  int64_t out = weight.getDimSize(weight.getRank() - 2);
-  int64_t in = weight.getDimSize(weight.getRank() - 1);
-  if (quantizedInput) {
-    if (grouped)
-      return emitOpError("an f8E4M3FN input takes no expert_offsets");
-    if (!isFp8(weight) || !getBlockSize())
-      return emitOpError("an f8E4M3FN input needs f8E4M3FN weights");
-    if (!getResult().getType().getElementType().isF32())
-      return emitOpError("an f8E4M3FN input gives an f32 result");
-    SmallVector<int64_t> scales(input.getShape());
-    scales.back() = ceilDiv(in, (*getBlockSize())[1]);
-    if (failed(checkShape(*this, "input_scale", getInputScale().getType(),
-                          scales)))
-      return failure();
-  } else if (failed(checkSameElementType(*this, "result", getResult().getType(),
-                                         input))) {
+  if (grouped && isFp8(input))
+    return emitOpError("an f8E4M3FN input takes no expert_offsets");
+  if (failed(checkGemmInput(*this, input, weight, getInputScale(),
+                            getBlockSize(), getResult().getType())))
     return failure();
-  }
-  if (!dimsCompatible(input.getShape().back(), in))
-    return emitOpError("input's last dimension ")
-           << input.getShape().back() << " does not match the weights' " << in
-           << " input features";
+  int64_t out = weight.getDimSize(weight.getRank() - 2);
   SmallVector<int64_t> expected(input.getShape());
   expected.back() = out;
   if (grouped) {

@@ -1343,7 +1343,7 @@ func.func @gated_grouped_offsets(%x: tensor<?x64xf32>, %w: tensor<8x32x64xbf16>,
 // -----
 
 func.func @gated_features(%x: tensor<?x?x32xf32>, %w: tensor<96x64xbf16>) {
-  // expected-error @+1 {{'kiln.gated_linear' op input's last dimension 32 does not match the weights' 64 input features}}
+  // expected-error @+1 {{'kiln.gated_linear' op input's last dimension 32 does not match the weight's 64 input features}}
   %0 = kiln.gated_linear %x, %w, %w : (tensor<?x?x32xf32>, tensor<96x64xbf16>, tensor<96x64xbf16>) -> tensor<?x?x96xf32>
   return
 }
