@@ -70,19 +70,15 @@ void expectGatedIsUnfused(cpu::ElementType type, bool codes,
     bytes[i] = encodeE4m3(q.codes[i]);
   std::vector<int32_t> active = activeExpertsOf(offsets);
 
-  GemmParams p{};
+  // The plain GEMV of the gate; its outputs and the up weights are set
+  // below.
+  GemmParams p = gemmParams(gate, nullptr, rows, n, k);
   if (codes) {
     p.xCodes = bytes.data();
   } else {
     p.x = fp8 ? q.codes.data() : x.data();
   }
   p.xScale = q.scales.data();
-  p.xRowStride = k;
-  p.outRowStride = n;
-  p.rows = rows;
-  p.n = n;
-  p.k = k;
-  p.blockRows = p.blockCols = 128;
   if (!offsets.empty()) {
     p.offsets = offsets.data();
     p.experts = static_cast<int>(experts);
@@ -92,8 +88,6 @@ void expectGatedIsUnfused(cpu::ElementType type, bool codes,
 
   std::vector<float> g(rows * n), u(rows * n), want(rows * n);
   GemmParams plain = p;
-  plain.w = gate.bytes.data();
-  plain.wScale = gate.scales.data();
   plain.out = g.data();
   runGemv(type, false, codes, grid, plain);
   plain.w = up.bytes.data();
@@ -105,8 +99,6 @@ void expectGatedIsUnfused(cpu::ElementType type, bool codes,
 
   std::vector<float> got(rows * n, -7.0f);
   GemmParams gated = p;
-  gated.w = gate.bytes.data();
-  gated.wScale = gate.scales.data();
   gated.wUp = up.bytes.data();
   gated.wUpScale = up.scales.data();
   gated.out = got.data();

@@ -130,6 +130,34 @@ inline std::vector<float> randomRows(int64_t rows, int64_t k, uint32_t seed) {
 }
 
 /// FP8 activations as the device quantizes them: decoded codes + scales.
+/// GemmParams of `rows` activation rows against the [n, k] matrices of `w`
+/// (FP8 in blocks of 128) into `out`, rows k and n apart as dense and
+/// grouped GEMMs lay them out; the test sets the activations, bias and
+/// expert offsets.
+inline GemmParams gemmParams(const Weights &w, float *out, int64_t rows,
+                             int64_t n, int64_t k) {
+  GemmParams p{};
+  p.w = w.bytes.data();
+  p.wScale = w.scales.data();
+  p.out = out;
+  p.xRowStride = k;
+  p.outRowStride = n;
+  p.rows = rows;
+  p.n = n;
+  p.k = k;
+  p.blockRows = p.blockCols = 128;
+  return p;
+}
+
+/// A head GEMM's layout on top: x [rows, heads, xWidth] (each head's k
+/// values start its row), out [rows, heads, n].
+inline void setHeadLayout(GemmParams &p, int64_t heads, int64_t xWidth) {
+  p.xRowStride = heads * xWidth;
+  p.xMatrixStride = xWidth;
+  p.outRowStride = heads * p.n;
+  p.outMatrixStride = p.n;
+}
+
 struct Quantized {
   std::vector<float> codes, scales;
 };

@@ -60,20 +60,11 @@ TEST(MatmulKernel, LinearMatchesCpuForEveryWeightType) {
                       want.data(), {scratch.data(), pow2});
           bool fp8 = type == cpu::ElementType::F8E4M3;
           Quantized q = fp8 ? quantize(x, rows, k, pow2) : Quantized{};
-          GemmParams p{};
+          GemmParams p = gemmParams(w, got.data(), rows, n, k);
           p.x = fp8 ? q.codes.data() : x.data();
           p.xScale = q.scales.data();
-          p.w = w.bytes.data();
-          p.wScale = w.scales.data();
           p.bias = bias ? b.data() : nullptr;
           p.biasType = bias ? BiasF32 : NoBias;
-          p.out = got.data();
-          p.xRowStride = k;
-          p.outRowStride = n;
-          p.rows = rows;
-          p.n = n;
-          p.k = k;
-          p.blockRows = p.blockCols = 128;
           runGemv(type, gemvGrid(n, 1), p);
           // The bound over the operands as multiplied (FP8: quantized).
           std::vector<float> xs = x;
@@ -104,20 +95,10 @@ TEST(MatmulKernel, HeadLinearMatchesCpu) {
                     scratch.data(), {act.data(), false});
     bool fp8 = type == cpu::ElementType::F8E4M3;
     Quantized q = fp8 ? quantize(x, tokens * heads, k, false) : Quantized{};
-    GemmParams p{};
+    GemmParams p = gemmParams(w, got.data(), tokens, n, k);
+    setHeadLayout(p, heads, k);
     p.x = fp8 ? q.codes.data() : x.data();
     p.xScale = q.scales.data();
-    p.xMatrixStride = k;
-    p.w = w.bytes.data();
-    p.wScale = w.scales.data();
-    p.out = got.data();
-    p.xRowStride = heads * k;
-    p.outRowStride = heads * n;
-    p.outMatrixStride = n;
-    p.rows = tokens;
-    p.n = n;
-    p.k = k;
-    p.blockRows = p.blockCols = 128;
     runGemv(type, gemvGrid(n, heads), p);
     std::vector<float> xs = x;
     if (fp8)
@@ -151,17 +132,9 @@ TEST(MatmulKernel, HeadLinearReadsAColumnRangeOfEachHead) {
     cpu::headLinear(x.data(), tokens, heads, k, cpuWeight(w), n, cpuGot.data(),
                     scratch.data(), {}, offset, width);
     EXPECT_EQ(cpuGot, want);
-    GemmParams p{};
+    GemmParams p = gemmParams(w, got.data(), tokens, n, k);
+    setHeadLayout(p, heads, width);
     p.x = x.data() + offset;
-    p.xRowStride = heads * width;
-    p.xMatrixStride = width;
-    p.w = w.bytes.data();
-    p.out = got.data();
-    p.outRowStride = heads * n;
-    p.outMatrixStride = n;
-    p.rows = tokens;
-    p.n = n;
-    p.k = k;
     runGemv(cpu::ElementType::BF16, gemvGrid(n, heads), p);
     expectClose(
         got, want, sliced, k, w.values, k, [&](int64_t i) { return i / n; },
@@ -230,19 +203,10 @@ TEST(MatmulKernel, GroupedLinearReadsExpertOffsetsOnTheDevice) {
                            offsets.data(), want.data(), {act.data(), false});
         bool fp8 = type == cpu::ElementType::F8E4M3;
         Quantized q = fp8 ? quantize(x, rows, k, false) : Quantized{};
-        GemmParams p{};
+        // offsets[experts] counts the rows; p.rows bounds them (the grid).
+        GemmParams p = gemmParams(w, got.data(), rows, n, k);
         p.x = fp8 ? q.codes.data() : x.data();
         p.xScale = q.scales.data();
-        p.w = w.bytes.data();
-        p.wScale = w.scales.data();
-        p.out = got.data();
-        p.xRowStride = k;
-        p.outRowStride = n;
-        // offsets[experts] counts the rows; p.rows bounds them (the grid).
-        p.rows = rows;
-        p.n = n;
-        p.k = k;
-        p.blockRows = p.blockCols = 128;
         p.offsets = offsets.data();
         p.experts = static_cast<int>(experts);
         p.activeExperts = compact ? active.data() : nullptr;

@@ -110,11 +110,11 @@ TEST(MmaGemmKernel, LinearMatchesCpu) {
         Weights w = makeWeights(type, 1, n, k, 31);
         std::vector<float> x = randomRows(rows, k, 32);
         std::vector<float> b = randomRows(1, n, 33);
-        GemmParams p{};
+        std::vector<float> want(rows * n), got(rows * n, -1e30f);
+        GemmParams p = gemmParams(w, got.data(), rows, n, k);
         Quantized q;
         Codes codes;
         std::vector<float> xs = setActivations(p, input, x, rows, k, q, codes);
-        std::vector<float> want(rows * n), got(rows * n, -1e30f);
         std::vector<float> scratch(
             static_cast<size_t>(cpu::fp8ActivationScratch(rows, k, 128)));
         cpu::Weight cpuBias =
@@ -125,17 +125,8 @@ TEST(MmaGemmKernel, LinearMatchesCpu) {
         else
           cpu::linear(xs.data(), rows, k, cpuWeight(w), n, cpuBias,
                       want.data());
-        p.w = w.bytes.data();
-        p.wScale = w.scales.data();
         p.bias = bias ? b.data() : nullptr;
         p.biasType = bias ? BiasF32 : NoBias;
-        p.out = got.data();
-        p.xRowStride = k;
-        p.outRowStride = n;
-        p.rows = rows;
-        p.n = n;
-        p.k = k;
-        p.blockRows = p.blockCols = 128;
         ASSERT_TRUE(
             mmaGemmFits(k, fp8, input == Fp8Input::Codes, 128, 128, k, 0))
             << what;
@@ -155,29 +146,19 @@ TEST(MmaGemmKernel, HeadLinearMatchesCpu) {
         fp8 ? cpu::ElementType::F8E4M3 : cpu::ElementType::BF16;
     Weights w = makeWeights(type, heads, n, k, 34);
     std::vector<float> x = randomRows(tokens * heads, k, 35);
-    GemmParams p{};
+    std::vector<float> want(tokens * heads * n), got(want.size(), -1e30f);
+    GemmParams p = gemmParams(w, got.data(), tokens, n, k);
+    setHeadLayout(p, heads, k);
     Quantized q;
     Codes codes;
     std::vector<float> xs =
         setActivations(p, input, x, tokens * heads, k, q, codes);
-    std::vector<float> want(tokens * heads * n), got(want.size(), -1e30f);
     std::vector<float> scratch(
         static_cast<size_t>(cpu::headLinearScratch(tokens, k, n)));
     std::vector<float> act(
         static_cast<size_t>(cpu::fp8ActivationScratch(tokens * heads, k, 128)));
     cpu::headLinear(fp8 ? x.data() : xs.data(), tokens, heads, k, cpuWeight(w),
                     n, want.data(), scratch.data(), {act.data(), false});
-    p.xMatrixStride = k;
-    p.w = w.bytes.data();
-    p.wScale = w.scales.data();
-    p.out = got.data();
-    p.xRowStride = heads * k;
-    p.outRowStride = heads * n;
-    p.outMatrixStride = n;
-    p.rows = tokens;
-    p.n = n;
-    p.k = k;
-    p.blockRows = p.blockCols = 128;
     runMma(input, mmaGemmGrid(n, heads), p);
     expectClose(
         got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },
@@ -203,25 +184,16 @@ TEST(MmaGemmKernel, GroupedLinearReadsExpertOffsetsOnTheDevice) {
             fp8 ? cpu::ElementType::F8E4M3 : cpu::ElementType::BF16;
         Weights w = makeWeights(type, experts, n, k, 36);
         std::vector<float> x = randomRows(rows, k, 37);
-        GemmParams p{};
+        std::vector<float> want(rows * n), got(rows * n, -1e30f);
+        // offsets[experts] counts the rows; p.rows bounds them (the grid).
+        GemmParams p = gemmParams(w, got.data(), rows, n, k);
         Quantized q;
         Codes codes;
         std::vector<float> xs = setActivations(p, input, x, rows, k, q, codes);
-        std::vector<float> want(rows * n), got(rows * n, -1e30f);
         std::vector<float> act(
             static_cast<size_t>(cpu::fp8ActivationScratch(rows, k, 128)));
         cpu::groupedLinear(fp8 ? x.data() : xs.data(), k, cpuWeight(w), experts,
                            n, offsets.data(), want.data(), {act.data(), false});
-        p.w = w.bytes.data();
-        p.wScale = w.scales.data();
-        p.out = got.data();
-        p.xRowStride = k;
-        p.outRowStride = n;
-        // offsets[experts] counts the rows; p.rows bounds them (the grid).
-        p.rows = rows;
-        p.n = n;
-        p.k = k;
-        p.blockRows = p.blockCols = 128;
         p.offsets = offsets.data();
         p.experts = static_cast<int>(experts);
         p.activeExperts = compact ? active.data() : nullptr;
