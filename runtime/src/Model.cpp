@@ -38,8 +38,11 @@ absl::Status checkHeader(const art::FileHeader &h, uint64_t fileSize,
                           std::to_string(art::kFormatVersion) +
                           "); rebuild it or update Kiln");
   if (h.formatVersion != art::kFormatVersion)
-    return fail(path, "unsupported artifact format version " +
-                          std::to_string(h.formatVersion));
+    return fail(path, "artifact format version " +
+                          std::to_string(h.formatVersion) +
+                          " is older than this runtime's (" +
+                          std::to_string(art::kFormatVersion) +
+                          "); recompile it with kiln compile-model");
   // FlatBuffers checks alignment relative to the buffer's start, so the
   // start itself must be aligned (the writer puts it right after the header).
   if (h.planOffset % 16 != 0)
