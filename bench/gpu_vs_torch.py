@@ -14,8 +14,8 @@ Measures
     (decode_tokens_per_s_gemv: the GEMMs cuBLASLt does not take as GEMVs
     instead of tensor-core GEMMs), and at batch 1 with KILN_PDL=off
     (decode_tokens_per_s_no_pdl: without programmatic dependent launch)
-    and compiled without the gated FFN GEMMs and folded head slices
-    (decode_tokens_per_s_unfused: the manifest's unfused artifact);
+    and compiled without the gated FFN GEMMs, folded head slices and linear
+    groups (decode_tokens_per_s_unfused: the manifest's unfused artifact);
   * prefill tokens/s of 2K tokens (batch 1); Kiln also with
     KILN_EXPERT_GEMMS=grouped (the experts as one grouped library GEMM
     instead of one cuBLASLt GEMM per expert) and with KILN_MMA_ATTENTION=off
@@ -278,11 +278,13 @@ def main():
         for r in plain["results"]:
             kiln[(r["batch"], r["context"])]["decode_tokens_per_s_no_pdl"] = \
                 r["decode_tokens_per_s"]
-        # Batch 1 compiled without kiln-fuse-gated-linear and
-        # kiln-fold-head-slices: what their saved launches gain.
+        # Batch 1 compiled without kiln-fuse-gated-linear,
+        # kiln-fold-head-slices and kiln-group-linears: what their saved
+        # launches gain.
         unfused_name = manifest["v2lite"].get("unfused_artifact")
         if unfused_name:
-            log("Kiln: batch-1 decode without the gated GEMMs and folded slices")
+            log("Kiln: batch-1 decode without the gated GEMMs, folded slices "
+                "and linear groups")
             unfused, _ = kiln_bench(args.bundle,
                                     os.path.join(args.bundle, "artifacts", unfused_name),
                                     args.weights_dir, [1], contexts, args.steps,

@@ -83,10 +83,11 @@ public:
   LogicalResult plan(art::EntryPointT &entry);
 
 private:
-  /// The ops to launch, in order: fused groups contribute their members.
+  /// The ops to launch, in order: groups (kiln.fused, kiln.linear_group)
+  /// contribute their members.
   void flatten();
-  /// A fused group's block argument as the fused op's operand, its result
-  /// as the value its body yields.
+  /// A group's block argument as the group's operand, its result as the
+  /// value its body yields.
   Value resolve(Value value) const {
     auto it = aliases_.find(value);
     return it == aliases_.end() ? value : it->second;
@@ -107,9 +108,10 @@ private:
   const llvm::StringMap<uint32_t> &parameters_;
   const llvm::StringMap<uint32_t> &slots_;
   std::vector<Operation *> ops_;
-  /// A fused group and its members' positions in ops_, [first, last].
+  /// A group (kiln.fused or kiln.linear_group) and its members' positions
+  /// in ops_, [first, last].
   struct Group {
-    FusedOp op;
+    Operation *op;
     size_t first = 0, last = 0;
   };
   std::vector<Group> groups_;
@@ -131,26 +133,26 @@ int EntryPlanner::newBuffer(Value value, const ValueInfo &info,
 
 void EntryPlanner::flatten() {
   // The CPU executor runs each member as its own library kernel; a GPU
-  // executor runs the group's generated kernel instead (FusedLaunch).
+  // executor runs a fused group's generated kernel instead (FusedLaunch),
+  // and may run a linear group as one GEMV (LinearGroup).
   for (Operation &op : func_.getBody().front()) {
-    auto fused = dyn_cast<FusedOp>(op);
-    if (!fused) {
+    if (!isa<FusedOp, LinearGroupOp>(op)) {
       ops_.push_back(&op);
       continue;
     }
-    Block &body = fused.getBody().front();
+    Block &body = op.getRegion(0).front();
     for (auto [arg, input] :
-         llvm::zip_equal(body.getArguments(), fused.getInputs()))
+         llvm::zip_equal(body.getArguments(), op.getOperands()))
       aliases_[arg] = resolve(input);
-    Group group{fused, ops_.size(), ops_.size()};
+    Group group{&op, ops_.size(), ops_.size()};
     for (Operation &member : body.without_terminator()) {
       groupOf_[&member] = groups_.size();
       ops_.push_back(&member);
     }
     group.last = ops_.size() - 1;
     groups_.push_back(group);
-    for (auto [result, yielded] : llvm::zip_equal(
-             fused.getResults(), body.getTerminator()->getOperands()))
+    for (auto [result, yielded] :
+         llvm::zip_equal(op.getResults(), body.getTerminator()->getOperands()))
       aliases_[result] = resolve(yielded);
   }
 }
@@ -203,10 +205,10 @@ LogicalResult EntryPlanner::assignValues() {
     values_[arg] = info;
   }
 
-  // A fused group runs as one kernel on a GPU, which reads its inputs and
-  // writes its results in any order: every value a member reads lives to
-  // the group's end and every value it defines from the group's start, so
-  // no two of them share bytes.
+  // A group runs as one kernel on a GPU, which reads its inputs and writes
+  // its results in any order: every value a member reads lives to the
+  // group's end and every value it defines from the group's start, so no
+  // two of them share bytes.
   auto span = [&](Operation &op, size_t position) {
     auto it = groupOf_.find(&op);
     if (it == groupOf_.end())
@@ -463,20 +465,14 @@ LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
   entry.positions = ref(body.getArgument(1));
   entry.kv_lengths = ref(body.getArgument(2));
   entry.logits = ref(body.getTerminator()->getOperand(0));
-  std::vector<std::unique_ptr<art::FusedLaunchT>> fused(groups_.size());
+  // Each group's launches, [first, end), from its first member on.
+  std::vector<std::optional<std::pair<uint32_t, uint32_t>>> spans(
+      groups_.size());
   for (Operation &op : llvm::make_pointee_range(ops_)) {
-    if (auto it = groupOf_.find(&op); it != groupOf_.end()) {
-      std::unique_ptr<art::FusedLaunchT> &group = fused[it->second];
-      if (!group) {
-        group = std::make_unique<art::FusedLaunchT>();
-        FusedOp fusedOp = groups_[it->second].op;
-        group->kernel = fusedOp.getName().str();
-        group->first = static_cast<uint32_t>(entry.launches.size());
-        for (Value input : fusedOp.getInputs())
-          group->args.push_back(ref(input, fusedOp));
-        for (Value result : fusedOp.getResults())
-          group->args.push_back(ref(result));
-      }
+    auto it = groupOf_.find(&op);
+    if (it != groupOf_.end() && !spans[it->second]) {
+      auto at = static_cast<uint32_t>(entry.launches.size());
+      spans[it->second] = {at, at};
     }
     if (auto read = dyn_cast<KVReadOp>(op); read && gathered_.count(read)) {
       auto gather = std::make_unique<art::LaunchT>();
@@ -492,13 +488,30 @@ LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
       continue;
     if (failed(addLaunch(&op, entry)))
       return failure();
-    if (auto it = groupOf_.find(&op); it != groupOf_.end())
-      fused[it->second]->count = static_cast<uint32_t>(
-          entry.launches.size() - fused[it->second]->first);
+    if (it != groupOf_.end())
+      spans[it->second]->second = static_cast<uint32_t>(entry.launches.size());
   }
-  for (std::unique_ptr<art::FusedLaunchT> &group : fused)
-    if (group && group->count > 0)
-      entry.fused.push_back(std::move(group));
+  for (auto [group, span] : llvm::zip_equal(groups_, spans)) {
+    auto [first, end] = span.value_or(std::pair<uint32_t, uint32_t>());
+    if (end == first)
+      continue;
+    if (auto fusedOp = dyn_cast<FusedOp>(group.op)) {
+      auto fused = std::make_unique<art::FusedLaunchT>();
+      fused->kernel = fusedOp.getName().str();
+      fused->first = first;
+      fused->count = end - first;
+      for (Value input : fusedOp.getInputs())
+        fused->args.push_back(ref(input, fusedOp));
+      for (Value result : fusedOp.getResults())
+        fused->args.push_back(ref(result));
+      entry.fused.push_back(std::move(fused));
+    } else {
+      auto linears = std::make_unique<art::LinearGroupT>();
+      linears->first = first;
+      linears->count = end - first;
+      entry.linear_groups.push_back(std::move(linears));
+    }
+  }
   return success();
 }
 

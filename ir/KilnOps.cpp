@@ -745,32 +745,83 @@ bool FusedOp::canContain(Operation *op) {
              ReshapeOp, MoEGateOp, QuantizeFp8Op>(op);
 }
 
-LogicalResult FusedOp::verify() {
-  if (getName().empty())
-    return emitOpError("needs a kernel name");
-  if (getResults().empty())
-    return emitOpError("must yield at least one value");
-  Block &body = getBody().front();
-  if (body.getNumArguments() != getInputs().size())
-    return emitOpError("body takes ")
-           << body.getNumArguments() << " argument(s) for "
-           << getInputs().size() << " input(s)";
+namespace {
+
+/// The checks `kiln.fused` and `kiln.linear_group` share: the body's
+/// arguments are the inputs, and it ends by yielding the results.
+FailureOr<YieldOp> verifyGroupBody(Operation *op, Block &body,
+                                   ValueRange inputs) {
+  if (op->getNumResults() == 0)
+    return op->emitOpError("must yield at least one value");
+  if (body.getNumArguments() != inputs.size())
+    return op->emitOpError("body takes ")
+           << body.getNumArguments() << " argument(s) for " << inputs.size()
+           << " input(s)";
   for (auto [i, pair] : llvm::enumerate(
-           llvm::zip_equal(body.getArgumentTypes(), getInputs().getTypes())))
+           llvm::zip_equal(body.getArgumentTypes(), inputs.getTypes())))
     if (std::get<0>(pair) != std::get<1>(pair))
-      return emitOpError("body argument ")
+      return op->emitOpError("body argument ")
              << i << " has type " << std::get<0>(pair) << ", input has "
              << std::get<1>(pair);
   auto yield = dyn_cast_or_null<YieldOp>(body.empty() ? nullptr : &body.back());
   if (!yield)
-    return emitOpError("body must end with kiln.yield");
-  if (yield.getValues().getTypes() != getResultTypes())
-    return emitOpError("yields ")
+    return op->emitOpError("body must end with kiln.yield");
+  if (yield.getValues().getTypes() != op->getResultTypes())
+    return op->emitOpError("yields ")
            << yield.getValues().size()
            << " value(s) whose types differ from the results";
+  return yield;
+}
+
+} // namespace
+
+LogicalResult FusedOp::verify() {
+  if (getName().empty())
+    return emitOpError("needs a kernel name");
+  Block &body = getBody().front();
+  if (failed(verifyGroupBody(*this, body, getInputs())))
+    return failure();
   for (Operation &op : body.without_terminator())
     if (!canContain(&op))
       return op.emitOpError("cannot be fused: only row-local ops may be in "
                             "a kiln.fused body");
+  return success();
+}
+
+LogicalResult LinearGroupOp::verify() {
+  Block &body = getBody().front();
+  FailureOr<YieldOp> yield = verifyGroupBody(*this, body, getInputs());
+  if (failed(yield))
+    return failure();
+  SmallVector<LinearOp> linears;
+  for (Operation &op : body.without_terminator()) {
+    auto linear = dyn_cast<LinearOp>(op);
+    if (!linear)
+      return op.emitOpError("cannot be grouped: only kiln.linear ops may be "
+                            "in a kiln.linear_group body");
+    linears.push_back(linear);
+  }
+  if (linears.size() < 2 || linears.size() > kMaxLinears)
+    return emitOpError("groups ")
+           << linears.size() << " linear(s); a group takes 2 to "
+           << kMaxLinears;
+  for (auto [i, linear] : llvm::enumerate(linears))
+    if ((*yield).getValues()[i] != linear.getResult() ||
+        !linear.getResult().hasOneUse())
+      return emitOpError("must yield each linear's result once, in the "
+                         "body's order");
+  LinearOp first = linears.front();
+  for (LinearOp linear : llvm::drop_begin(linears)) {
+    if (linear.getInput() != first.getInput() ||
+        linear.getInputScale() != first.getInputScale())
+      return linear.emitOpError("reads another input than the group's first "
+                                "linear");
+    if (getElementTypeOrSelf(linear.getWeight().getType()) !=
+            getElementTypeOrSelf(first.getWeight().getType()) ||
+        linear.getBlockSize() != first.getBlockSize() ||
+        linear.getActUe8m0() != first.getActUe8m0())
+      return linear.emitOpError("has another weight type or FP8 block than "
+                                "the group's first linear");
+  }
   return success();
 }

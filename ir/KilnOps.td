@@ -684,9 +684,57 @@ def Kiln_FusedOp : Kiln_Op<"fused", [Pure, IsolatedFromAbove, SingleBlock]> {
   }];
 }
 
+def Kiln_LinearGroupOp
+    : Kiln_Op<"linear_group", [Pure, IsolatedFromAbove, SingleBlock]> {
+  let summary = "Linears of one input that run as one GEMM launch";
+  let description = [{
+    The `kiln.linear`s of the body read one input: the same body argument,
+    and the same `input_scale` where the input is FP8 codes. Their weights
+    have one element type and one FP8 block shape. A GPU executor can then
+    run them as one launch where it runs them as GEMVs (a decode step): one
+    grid streams every weight, instead of one short launch per linear. This
+    is MLA's `q_proj` (or `q_a_proj`) with `kv_a_proj_with_mqa`, and a
+    dense attention's q, k and v projections. Each linear keeps its own
+    weight, bias and scales and its own arithmetic, so the results are
+    those of the linears run one by one, to the bit; the CPU executor runs
+    them so.
+
+    The entry block's arguments stand for `inputs` in order; `kiln.yield`
+    returns each linear's result once, in the body's order. At most
+    `kMaxLinears` (4) linears, as the runtime's grouped GEMV takes.
+    `kiln-group-linears` forms the groups.
+
+    ```mlir
+    %q, %kv = kiln.linear_group(%x, %wq, %wkv)
+        : (tensor<?x?x64xf32>, tensor<96x64xbf16>, tensor<40x64xbf16>)
+        -> (tensor<?x?x96xf32>, tensor<?x?x40xf32>) {
+    ^bb0(%a: tensor<?x?x64xf32>, %b: tensor<96x64xbf16>,
+         %c: tensor<40x64xbf16>):
+      %0 = kiln.linear %a, %b : (tensor<?x?x64xf32>, tensor<96x64xbf16>)
+          -> tensor<?x?x96xf32>
+      %1 = kiln.linear %a, %c : (tensor<?x?x64xf32>, tensor<40x64xbf16>)
+          -> tensor<?x?x40xf32>
+      kiln.yield %0, %1 : tensor<?x?x96xf32>, tensor<?x?x40xf32>
+    }
+    ```
+  }];
+  let arguments = (ins Variadic<AnyRankedTensor>:$inputs);
+  let results = (outs Variadic<AnyRankedTensor>:$results);
+  let regions = (region SizedRegion<1>:$body);
+  let assemblyFormat = [{
+    `(` $inputs `)` `:` functional-type($inputs, $results)
+    attr-dict-with-keyword $body
+  }];
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// The most linears a group holds (the runtime's kGemvGroupMembers).
+    static constexpr unsigned kMaxLinears = 4;
+  }];
+}
+
 def Kiln_YieldOp : Kiln_Op<"yield", [Pure, Terminator,
-                                     HasParent<"FusedOp">]> {
-  let summary = "Returns the values a `kiln.fused` group writes to memory";
+                                     ParentOneOf<["FusedOp", "LinearGroupOp"]>]> {
+  let summary = "Returns the values a `kiln.fused` or `kiln.linear_group` writes";
   let description = [{
     ```mlir
     kiln.yield %s, %r : tensor<?x?x64xf32>, tensor<?x?x64xf32>

@@ -150,6 +150,27 @@ def KilnFoldHeadSlices : Pass<"kiln-fold-head-slices", "::mlir::ModuleOp"> {
   }];
 }
 
+def KilnGroupLinears : Pass<"kiln-group-linears", "::mlir::ModuleOp"> {
+  let summary = "Groups linears of one input into one GEMM launch";
+  let description = [{
+    Wraps `kiln.linear` ops that read the same input in a
+    `kiln.linear_group`, so that a decode step runs their GEMVs as one
+    launch instead of one each: MLA's `q_proj` (or `q_a_proj`) and
+    `kv_a_proj_with_mqa`, a dense attention's q, k and v projections. At
+    batch 1 a step is a chain of short kernels, each of which pays launch
+    latency and a ramp-up; a small GEMV such as `kv_a_proj_with_mqa` (576
+    output rows) also fills few multiprocessors on its own.
+
+    Linears group when they read the same input (and its `input_scale`),
+    have one weight element type and FP8 block shape, and take their other
+    operands from values defined before the group's first linear or from
+    `kiln.get_parameter`s, which the pass moves up to the group. Groups
+    keep program order and hold at most 4 linears; biases may differ. Run
+    after `kiln-fuse`, which has moved FP8 activation quantization into
+    the producing kernel by then, so that FP8 siblings read the same codes.
+  }];
+}
+
 def KilnFuse : Pass<"kiln-fuse", "::mlir::ModuleOp"> {
   let summary = "Groups chains of row-local ops into fused kernels";
   let description = [{

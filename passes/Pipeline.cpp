@@ -33,6 +33,10 @@ void buildOptimizePipeline(PassManager &pm, const OptimizeOptions &options) {
   // After absorption and quantization, which rewrite ops it would group.
   if (options.fuse)
     pm.addPass(createKilnFuse());
+  // After kiln-fuse, so that FP8 siblings read the codes its epilogues
+  // write.
+  if (options.groupLinears)
+    pm.addPass(createKilnGroupLinears());
   pm.addPass(createKilnSummarize());
 }
 

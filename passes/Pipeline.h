@@ -33,6 +33,8 @@ struct OptimizeOptions {
   bool fuseGatedLinear = true;
   /// Run kiln-fold-head-slices (sliced head GEMM inputs read in place).
   bool foldHeadSlices = true;
+  /// Run kiln-group-linears (linears of one input as one GEMM launch).
+  bool groupLinears = true;
 };
 
 /// Adds the optimize phase of `kiln compile-model` to `pm`.

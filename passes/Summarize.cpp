@@ -28,26 +28,30 @@ std::string typeName(Type type) {
   return name;
 }
 
-/// The value `v` stands for: a `kiln.fused` body argument is the fused op's
+/// Whether `op` is a group (`kiln.fused`, `kiln.linear_group`): its body's
+/// arguments stand for its operands and it yields its results.
+bool isGroup(Operation *op) { return isa<FusedOp, LinearGroupOp>(op); }
+
+/// The value `v` stands for: a group's body argument is the group's
 /// operand.
 Value outside(Value v) {
   auto arg = dyn_cast<BlockArgument>(v);
   if (!arg)
     return v;
-  auto fused = dyn_cast<FusedOp>(arg.getOwner()->getParentOp());
-  return fused ? fused.getInputs()[arg.getArgNumber()] : v;
+  Operation *parent = arg.getOwner()->getParentOp();
+  return isGroup(parent) ? parent->getOperand(arg.getArgNumber()) : v;
 }
 
-/// The ops that read `v`, seen through `kiln.fused` boundaries (into the
-/// groups that take it, and out of the group that yields it) and through
-/// FP8 activation quantization (the GEMM reads the codes).
+/// The ops that read `v`, seen through group boundaries (into the groups
+/// that take it, and out of the group that yields it) and through FP8
+/// activation quantization (the GEMM reads the codes).
 SmallVector<Operation *> readers(Value v) {
   SmallVector<Operation *> ops;
   for (OpOperand &use : v.getUses()) {
     Operation *owner = use.getOwner();
-    if (auto fused = dyn_cast<FusedOp>(owner))
-      llvm::append_range(
-          ops, readers(fused.getBody().getArgument(use.getOperandNumber())));
+    if (isGroup(owner))
+      llvm::append_range(ops, readers(owner->getRegion(0).getArgument(
+                                  use.getOperandNumber())));
     else if (isa<YieldOp>(owner))
       llvm::append_range(ops, readers(owner->getParentOp()->getResult(
                                   use.getOperandNumber())));

@@ -319,6 +319,52 @@ KILN_FN void kiln_gemv_gated_f8e4m3_q8_block(Dim3 block, const GemmParams &p) {
 }
 KILN_KERNEL(kiln_gemv_gated_f8e4m3_q8, GemmParams)
 
+/// Dense GEMVs of one input run as one launch (kiln.linear_group): member
+/// i takes blocks [firstBlock[i], firstBlock[i + 1]) of the grid and runs
+/// as its own kiln_gemv launch would, so each result is that launch's to
+/// the bit. The members share the weight type, and so the kernel.
+constexpr int kGemvGroupMembers = 4;
+
+struct GemvGroupParams {
+  GemmParams member[kGemvGroupMembers];
+  int firstBlock[kGemvGroupMembers + 1];
+  int members;
+};
+
+/// The grid of `p`'s members (set), after filling in their first blocks.
+inline Dim3 gemvGroupGrid(GemvGroupParams &p) {
+  int blocks = 0;
+  for (int i = 0; i < p.members; ++i) {
+    p.firstBlock[i] = blocks;
+    blocks += gemvGrid(p.member[i].n, 1).x;
+  }
+  p.firstBlock[p.members] = blocks;
+  return {blocks, 1, 1};
+}
+
+template <class W, bool Fp8, class A = float>
+KILN_FN void gemvGroupBlock(Dim3 block, const GemvGroupParams &p) {
+  int i = 0;
+  while (i + 1 < p.members && block.x >= p.firstBlock[i + 1])
+    ++i;
+  Dim3 own = block;
+  own.x -= p.firstBlock[i];
+  gemvBlock<W, Fp8, A>(own, p.member[i]);
+}
+
+#define KILN_GEMV_GROUP_KERNEL(suffix, W, Fp8, A)                              \
+  KILN_FN void kiln_gemv_group_##suffix##_block(Dim3 block,                    \
+                                                const GemvGroupParams &p) {    \
+    gemvGroupBlock<W, Fp8, A>(block, p);                                       \
+  }                                                                            \
+  KILN_KERNEL(kiln_gemv_group_##suffix, GemvGroupParams)
+KILN_GEMV_GROUP_KERNEL(f32, float, false, float)
+KILN_GEMV_GROUP_KERNEL(bf16, Bf16, false, float)
+KILN_GEMV_GROUP_KERNEL(f16, F16, false, float)
+KILN_GEMV_GROUP_KERNEL(f8e4m3, unsigned char, true, float)
+KILN_GEMV_GROUP_KERNEL(f8e4m3_q8, unsigned char, true, unsigned char)
+#undef KILN_GEMV_GROUP_KERNEL
+
 /// FP8 activation quantization, as the CPU FP8 GEMMs: per row, per
 /// `blockCols` values, s = max(amax, 1e-4) / 448 (rounded up to a power of
 /// two when pow2), codes e4m3(x / s), written back decoded (code values as

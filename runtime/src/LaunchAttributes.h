@@ -44,6 +44,10 @@ inline unsigned broadcastAxis(const artifact::TensorRef &from,
   return axis;
 }
 
+/// The most Linear launches a LinearGroup holds (kiln.linear_group's
+/// kMaxLinears; the CUDA executor's grouped GEMV takes that many).
+inline constexpr uint32_t kLinearGroupMaxMembers = 4;
+
 /// Where a GatedLinear launch's arguments are: x, the gate and up weights,
 /// then the expert offsets (grouped: ints[0] = 1), the gate and up block
 /// scales (FP8: ints [grouped, block rows, block cols, ue8m0]), the input

@@ -219,9 +219,11 @@ void describe(Model::Impl &impl, const std::filesystem::path &path) {
       info.gpuCode.push_back({m->arch()->str(), m->kernels()->size(),
                               m->cubin()->size(), m->ptx()->size()});
   for (const art::EntryPoint *e : *plan.entry_points()) {
-    info.entryPoints.push_back({e->name()->str(), e->max_batch(), e->max_seq(),
-                                e->arena_bytes(), e->launches()->size(),
-                                e->attention() ? e->attention()->str() : ""});
+    info.entryPoints.push_back(
+        {e->name()->str(), e->max_batch(), e->max_seq(), e->arena_bytes(),
+         e->launches()->size(), e->fused() ? e->fused()->size() : 0,
+         e->linear_groups() ? e->linear_groups()->size() : 0,
+         e->attention() ? e->attention()->str() : ""});
     info.maxBatch = std::max(info.maxBatch, e->max_batch());
   }
 }

@@ -53,6 +53,18 @@ private:
   /// Fused groups: in order, within the launches, arguments in bounds, and
   /// a kernel of every GPU module.
   absl::Status checkFused(const art::EntryPoint &entry);
+  /// Linear groups: in order, within the launches, apart from the fused
+  /// groups; members are Linear launches one GEMV kernel can run together
+  /// (one input, one weight type and FP8 block) whose results overlap no
+  /// other member's arguments.
+  absl::Status checkLinearGroups(const art::EntryPoint &entry);
+  /// Whether the arena bytes `a` and `b` span overlap.
+  bool overlap(const art::TensorRef *a, const art::TensorRef *b) const {
+    return a->storage() == art::Storage::Arena &&
+           b->storage() == art::Storage::Arena &&
+           a->offset() < b->offset() + arenaBytes(b) &&
+           b->offset() < a->offset() + arenaBytes(a);
+  }
   /// Bytes an arena reference spans at the entry point's bounds.
   uint64_t arenaBytes(const art::TensorRef *ref) const;
   /// An FP8 GEMM's weight and block scale, with ints [rows, cols, ue8m0]
@@ -756,6 +768,76 @@ absl::Status Verifier::run() {
     }
     if (absl::Status s = checkFused(*entry); !s.ok())
       return s;
+    if (absl::Status s = checkLinearGroups(*entry); !s.ok())
+      return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Verifier::checkLinearGroups(const art::EntryPoint &entry) {
+  if (!entry.linear_groups())
+    return absl::OkStatus();
+  uint64_t end = 0;
+  for (size_t i = 0; i < entry.linear_groups()->size(); ++i) {
+    const art::LinearGroup *group = entry.linear_groups()->Get(i);
+    where_ = "entry point " + entry.name()->str() + ", linear group " +
+             std::to_string(i) + ": ";
+    uint64_t first = group->first(), last = first + group->count();
+    if (group->count() < 2 || group->count() > kLinearGroupMaxMembers ||
+        first < end || last > entry.launches()->size())
+      return fail("needs 2 to " + std::to_string(kLinearGroupMaxMembers) +
+                  " launches after the previous group's");
+    end = last;
+    if (entry.fused())
+      for (const art::FusedLaunch *fused : *entry.fused())
+        if (first < uint64_t{fused->first()} + fused->count() &&
+            fused->first() < last)
+          return fail("overlaps a fused group");
+    auto member = [&](uint64_t m) {
+      return entry.launches()->Get(static_cast<flatbuffers::uoffset_t>(m));
+    };
+    const art::Launch &lead = *member(first);
+    // The launches verified on their own: a Linear's x comes first, its
+    // input scales (x as codes) just before its result.
+    auto inputScale = [](const art::Launch &l) {
+      return l.args()->Get(0)->type() == art::ElementType::F8E4M3
+                 ? l.args()->Get(l.args()->size() - 2)
+                 : nullptr;
+    };
+    auto same = [&](const art::TensorRef *a, const art::TensorRef *b) {
+      return (!a && !b) ||
+             (a && b && a->storage() == b->storage() &&
+              a->index() == b->index() && a->offset() == b->offset() &&
+              a->type() == b->type() && sameShape(a, b));
+    };
+    for (uint64_t m = first; m < last; ++m) {
+      const art::Launch &l = *member(m);
+      if (l.kernel() != art::KernelKind::Linear)
+        return fail("launch " + std::to_string(m) + " is not a Linear");
+      bool fp8 = l.ints()->size() == 4;
+      if (!same(l.args()->Get(0), lead.args()->Get(0)) ||
+          !same(inputScale(l), inputScale(lead)) ||
+          l.args()->Get(1)->type() != lead.args()->Get(1)->type() ||
+          l.ints()->size() != lead.ints()->size() ||
+          (fp8 && !std::equal(l.ints()->begin() + 1, l.ints()->end(),
+                              lead.ints()->begin() + 1)))
+        return fail("launch " + std::to_string(m) +
+                    " reads another input, weight type or FP8 block than "
+                    "launch " +
+                    std::to_string(first));
+    }
+    // One kernel runs the members together.
+    for (uint64_t m = first; m < last; ++m) {
+      const art::Launch &l = *member(m);
+      const art::TensorRef *out = l.args()->Get(l.args()->size() - 1);
+      for (uint64_t other = first; other < last; ++other)
+        if (other != m)
+          for (const art::TensorRef *arg : *member(other)->args())
+            if (overlap(out, arg))
+              return fail("the result of launch " + std::to_string(m) +
+                          " overlaps an argument of launch " +
+                          std::to_string(other));
+    }
   }
   return absl::OkStatus();
 }

@@ -395,6 +395,151 @@ TEST(EmulatedGpuSession, GatedLinearIsTheUnfusedFfnFp8) {
   EXPECT_GT(cuda::emulatedLaunches("kiln_gemv_gated_f8e4m3"), 0);
 }
 
+/// kiln.linear_group against its linears launched one by one
+/// (kiln-group-linears off): the same GEMV sums, so the same steps to the
+/// bit, on the CPU and on the emulated device, with the GEMVs (`group` the
+/// grouped kernel the decode steps must launch) and with cuBLASLt and the
+/// tensor cores taking the rows (the members one by one).
+void expectLinearGroupsAreTheLinears(const std::string &golden, bool fp8,
+                                     const std::string &group) {
+  std::unique_ptr<Model> models[2];
+  for (bool grouped : {false, true}) {
+    CompileSettings settings;
+    settings.optimize.quantizeFp8 = fp8;
+    settings.optimize.groupLinears = grouped;
+    std::filesystem::path artifact =
+        compileArtifact(kGolden / golden,
+                        ::testing::TempDir() + "/emulated_" + golden +
+                            (grouped ? "_grouped" : "_ungrouped") + ".kiln",
+                        settings);
+    ASSERT_FALSE(artifact.empty());
+    absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    models[grouped] = std::move(*model);
+  }
+  struct Run {
+    Device device;
+    const char *blas, *mma;
+  };
+  for (Run run :
+       {Run{Device::Cpu, "0", "off"}, Run{Device::Emulated, "0", "off"},
+        Run{Device::Emulated, "1", "off"}, Run{Device::Emulated, "1", "on"}}) {
+    SCOPED_TRACE(std::string(run.device == Device::Cpu ? "cpu" : "emulated") +
+                 " cuBLASLt " + run.blas + " mma " + run.mma);
+    ::setenv("KILN_EMULATE_CUBLASLT", run.blas, 1);
+    ::setenv("KILN_MMA_GEMMS", run.mma, 1);
+    std::vector<std::vector<float>> steps[2];
+    int64_t groupGemvs[2];
+    for (bool grouped : {false, true}) {
+      int64_t before = cuda::emulatedLaunches(group);
+      std::string where;
+      steps[grouped] =
+          testing::runDeviceSteps(*models[grouped], run.device, where);
+      groupGemvs[grouped] = cuda::emulatedLaunches(group) - before;
+    }
+    ::unsetenv("KILN_EMULATE_CUBLASLT");
+    ::unsetenv("KILN_MMA_GEMMS");
+    ASSERT_FALSE(steps[0].empty());
+    EXPECT_EQ(steps[0], steps[1]);
+    EXPECT_EQ(groupGemvs[0], 0);
+    if (run.device == Device::Emulated && std::string(run.mma) == "off") {
+      EXPECT_GT(groupGemvs[1], 0) << group;
+    }
+  }
+}
+
+// MLA's q_proj and kv_a_proj_with_mqa.
+TEST(EmulatedGpuSession, LinearGroupsAreTheLinearsBf16) {
+  expectLinearGroupsAreTheLinears("deepseek-v2-lite-bf16", false,
+                                  "kiln_gemv_group_bf16");
+}
+
+// q, k and v with their biases.
+TEST(EmulatedGpuSession, LinearGroupsAreTheLinearsWithBiases) {
+  expectLinearGroupsAreTheLinears("qwen2", false, "kiln_gemv_group_f32");
+}
+
+// FP8: q_a_proj and kv_a_proj_with_mqa read the codes the norm's kernel
+// quantized once for both.
+TEST(EmulatedGpuSession, LinearGroupsAreTheLinearsFp8) {
+  expectLinearGroupsAreTheLinears("deepseek-v3", true,
+                                  "kiln_gemv_group_f8e4m3_q8");
+}
+
+/// An artifact of DeepSeek-V3 (q_a_proj and kv_a_proj_with_mqa grouped)
+/// whose linear groups `edit` changes (given the first entry point that has
+/// some, and its first), which the plan verifier must reject at load,
+/// saying `why`.
+void expectLinearGroupRejected(
+    const std::string &name,
+    const std::function<void(artifact::EntryPointT &, artifact::LinearGroupT &)>
+        &edit,
+    const std::string &why) {
+  CompileSettings settings;
+  settings.editPlan = [&](artifact::ModelT &plan) {
+    for (auto &entry : plan.entry_points)
+      if (!entry->linear_groups.empty()) {
+        edit(*entry, *entry->linear_groups.front());
+        return;
+      }
+    ADD_FAILURE() << "no linear group";
+  };
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v3", ::testing::TempDir() + "/" + name, settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_FALSE(model.ok()) << name;
+  std::string message(model.status().message());
+  EXPECT_NE(message.find("linear group "), std::string::npos) << message;
+  EXPECT_NE(message.find(why), std::string::npos) << message;
+}
+
+TEST(EmulatedGpuSession, MalformedLinearGroupsAreRejected) {
+  using Entry = artifact::EntryPointT;
+  using Group = artifact::LinearGroupT;
+  expectLinearGroupRejected(
+      "linears_one.kiln", [](Entry &, Group &g) { g.count = 1; },
+      "needs 2 to 4 launches");
+  expectLinearGroupRejected(
+      "linears_past_end.kiln",
+      [](Entry &e, Group &g) {
+        g.first = static_cast<uint32_t>(e.launches.size() - 1);
+      },
+      "needs 2 to 4 launches");
+  // A group that starts right after a fused group (a layer's norm) taking
+  // that group's last launch.
+  expectLinearGroupRejected(
+      "linears_fused.kiln",
+      [](Entry &e, Group &) {
+        for (auto &g : e.linear_groups)
+          for (auto &f : e.fused)
+            if (f->first + f->count == g->first) {
+              g->first -= 1;
+              return;
+            }
+        ADD_FAILURE() << "no linear group after a fused group";
+      },
+      "overlaps a fused group");
+  expectLinearGroupRejected(
+      "linears_not_linear.kiln", [](Entry &, Group &g) { g.count += 1; },
+      "is not a Linear");
+  expectLinearGroupRejected(
+      "linears_other_input.kiln",
+      [](Entry &e, Group &g) {
+        auto &x = e.launches[g.first + 1]->args[0];
+        x->offset += 4;
+      },
+      "reads another input");
+  // The second member writes where the first writes.
+  expectLinearGroupRejected(
+      "linears_aliased.kiln",
+      [](Entry &e, Group &g) {
+        auto &out = e.launches[g.first + 1]->args.back();
+        out->offset = e.launches[g.first]->args.back()->offset;
+      },
+      "overlaps an argument of launch");
+}
+
 /// A launch of `kind` the plan verifier rejects at load, naming the
 /// kernel: `edit` applied to the first one (DeepSeek-V3, absorbed MLA).
 void expectLaunchRejected(artifact::KernelKind kind, const std::string &name,

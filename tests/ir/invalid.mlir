@@ -1566,6 +1566,86 @@ func.func @fused_from_above(%x: tensor<?x?x8xf32>) {
 // -----
 
 func.func @yield_outside(%x: tensor<?x?x8xf32>) {
-  // expected-error @+1 {{'kiln.yield' op expects parent op 'kiln.fused'}}
+  // expected-error @+1 {{'kiln.yield' op expects parent op to be one of 'kiln.fused, kiln.linear_group'}}
   kiln.yield %x : tensor<?x?x8xf32>
+}
+
+// -----
+
+func.func @linear_group_not_linear(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
+  %r:2 = kiln.linear_group(%x, %w) : (tensor<?x8xf32>, tensor<8x8xbf16>) -> (tensor<?x8xf32>, tensor<?x8xf32>) {
+  ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
+    %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    // expected-error @+1 {{'kiln.add' op cannot be grouped: only kiln.linear ops may be in a kiln.linear_group body}}
+    %1 = kiln.add %a, %a : tensor<?x8xf32>
+    kiln.yield %0, %1 : tensor<?x8xf32>, tensor<?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @linear_group_one(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
+  // expected-error @+1 {{'kiln.linear_group' op groups 1 linear(s); a group takes 2 to 4}}
+  %r = kiln.linear_group(%x, %w) : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32> {
+  ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
+    %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    kiln.yield %0 : tensor<?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @linear_group_five(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
+  // expected-error @+1 {{'kiln.linear_group' op groups 5 linear(s); a group takes 2 to 4}}
+  %r:5 = kiln.linear_group(%x, %w) : (tensor<?x8xf32>, tensor<8x8xbf16>) -> (tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>) {
+  ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
+    %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    %1 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    %2 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    %3 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    %4 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    kiln.yield %0, %1, %2, %3, %4 : tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @linear_group_order(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
+  // expected-error @+1 {{'kiln.linear_group' op must yield each linear's result once, in the body's order}}
+  %r:2 = kiln.linear_group(%x, %w) : (tensor<?x8xf32>, tensor<8x8xbf16>) -> (tensor<?x8xf32>, tensor<?x8xf32>) {
+  ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
+    %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    %1 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    kiln.yield %1, %0 : tensor<?x8xf32>, tensor<?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @linear_group_inputs(%x: tensor<?x8xf32>, %y: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
+  %r:2 = kiln.linear_group(%x, %y, %w) : (tensor<?x8xf32>, tensor<?x8xf32>, tensor<8x8xbf16>) -> (tensor<?x8xf32>, tensor<?x8xf32>) {
+  ^bb0(%a: tensor<?x8xf32>, %c: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
+    %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    // expected-error @+1 {{'kiln.linear' op reads another input than the group's first linear}}
+    %1 = kiln.linear %c, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    kiln.yield %0, %1 : tensor<?x8xf32>, tensor<?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @linear_group_types(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>, %v: tensor<8x8xf32>) {
+  %r:2 = kiln.linear_group(%x, %w, %v) : (tensor<?x8xf32>, tensor<8x8xbf16>, tensor<8x8xf32>) -> (tensor<?x8xf32>, tensor<?x8xf32>) {
+  ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>, %c: tensor<8x8xf32>):
+    %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    // expected-error @+1 {{'kiln.linear' op has another weight type or FP8 block than the group's first linear}}
+    %1 = kiln.linear %a, %c : (tensor<?x8xf32>, tensor<8x8xf32>) -> tensor<?x8xf32>
+    kiln.yield %0, %1 : tensor<?x8xf32>, tensor<?x8xf32>
+  }
+  return
 }

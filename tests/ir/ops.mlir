@@ -498,3 +498,39 @@ func.func @fused(%x: tensor<?x?x64xf32>, %y: tensor<?x?x64xf32>,
   }
   return %r#0, %r#1 : tensor<?x?x64xf32>, tensor<?x?x64xf32>
 }
+
+// -----
+
+// A linear group: linears of one input, run as one GEMM launch; here FP8
+// codes with their input scales.
+
+// CHECK-LABEL: func.func @linear_group
+// CHECK: %[[G:.*]]:2 = kiln.linear_group(%arg0, %arg1, %arg2, %arg3, %arg4, %arg5) : (tensor<?x?x64xf8E4M3FN>, tensor<96x64xf8E4M3FN>, tensor<6x4xf32>, tensor<?x?x4xf32>, tensor<40x64xf8E4M3FN>, tensor<3x4xf32>) -> (tensor<?x?x96xf32>, tensor<?x?x40xf32>) {
+// CHECK-NEXT: ^bb0(%[[X:.*]]: tensor<?x?x64xf8E4M3FN>, %[[W0:.*]]: tensor<96x64xf8E4M3FN>, %[[S0:.*]]: tensor<6x4xf32>, %[[XS:.*]]: tensor<?x?x4xf32>, %[[W1:.*]]: tensor<40x64xf8E4M3FN>, %[[S1:.*]]: tensor<3x4xf32>):
+// CHECK-NEXT: %[[Q:.*]] = kiln.linear %[[X]], %[[W0]] scale %[[S0]] input_scale %[[XS]] {block_size = array<i64: 16, 16>}
+// CHECK-NEXT: %[[KV:.*]] = kiln.linear %[[X]], %[[W1]] scale %[[S1]] input_scale %[[XS]] {block_size = array<i64: 16, 16>}
+// CHECK-NEXT: kiln.yield %[[Q]], %[[KV]] : tensor<?x?x96xf32>, tensor<?x?x40xf32>
+// CHECK-NEXT: }
+// CHECK-NEXT: return %[[G]]#0, %[[G]]#1
+func.func @linear_group(%x: tensor<?x?x64xf8E4M3FN>,
+                        %wq: tensor<96x64xf8E4M3FN>, %sq: tensor<6x4xf32>,
+                        %xs: tensor<?x?x4xf32>,
+                        %wkv: tensor<40x64xf8E4M3FN>, %skv: tensor<3x4xf32>)
+    -> (tensor<?x?x96xf32>, tensor<?x?x40xf32>) {
+  %r:2 = kiln.linear_group(%x, %wq, %sq, %xs, %wkv, %skv)
+      : (tensor<?x?x64xf8E4M3FN>, tensor<96x64xf8E4M3FN>, tensor<6x4xf32>,
+         tensor<?x?x4xf32>, tensor<40x64xf8E4M3FN>, tensor<3x4xf32>)
+      -> (tensor<?x?x96xf32>, tensor<?x?x40xf32>) {
+  ^bb0(%a: tensor<?x?x64xf8E4M3FN>, %b: tensor<96x64xf8E4M3FN>,
+       %c: tensor<6x4xf32>, %d: tensor<?x?x4xf32>,
+       %e: tensor<40x64xf8E4M3FN>, %f: tensor<3x4xf32>):
+    %q = kiln.linear %a, %b scale %c input_scale %d {block_size = array<i64: 16, 16>}
+        : (tensor<?x?x64xf8E4M3FN>, tensor<96x64xf8E4M3FN>, tensor<6x4xf32>,
+           tensor<?x?x4xf32>) -> tensor<?x?x96xf32>
+    %kv = kiln.linear %a, %e scale %f input_scale %d {block_size = array<i64: 16, 16>}
+        : (tensor<?x?x64xf8E4M3FN>, tensor<40x64xf8E4M3FN>, tensor<3x4xf32>,
+           tensor<?x?x4xf32>) -> tensor<?x?x40xf32>
+    kiln.yield %q, %kv : tensor<?x?x96xf32>, tensor<?x?x40xf32>
+  }
+  return %r#0, %r#1 : tensor<?x?x96xf32>, tensor<?x?x40xf32>
+}

@@ -43,6 +43,7 @@ struct CompileModelOptions {
   bool noFuse = false;
   bool noFuseGatedLinear = false;
   bool noFoldHeadSlices = false;
+  bool noGroupLinears = false;
   std::string mla = "auto";
   uint32_t maxBatch = 8;
   uint32_t maxPrefillBatch = 0;
@@ -214,6 +215,7 @@ absl::Status compileModel(const CompileModelOptions &opts) {
   optimize.fuse = !opts.noFuse;
   optimize.fuseGatedLinear = !opts.noFuseGatedLinear;
   optimize.foldHeadSlices = !opts.noFoldHeadSlices;
+  optimize.groupLinears = !opts.noGroupLinears;
   if (absl::Status s =
           applyQuantizeFlags(opts.quantize, model->config, optimize);
       !s.ok())
@@ -344,6 +346,9 @@ CommandRunner registerCompileModel(CLI::App &app) {
   app.add_flag("--no-fold-head-slices", opts->noFoldHeadSlices,
                "Keep a head projection's input slice as its own kernel "
                "(no head_linear input_offset)");
+  app.add_flag("--no-group-linears", opts->noGroupLinears,
+               "Launch linears of one input one by one (no "
+               "kiln.linear_group)");
   addQuantizeOptions(app, opts->quantize);
   app.add_option("--target", opts->targets,
                  "Code to put in the artifact, a comma list: cpu (the fused "

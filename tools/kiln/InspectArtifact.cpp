@@ -57,8 +57,10 @@ absl::Status inspect(const std::string &path, bool verifyWeights) {
   for (const EntryPointInfo &e : info.entryPoints)
     std::cout << "  " << e.name << ": batch <= " << e.maxBatch
               << ", tokens per sequence <= " << e.maxSeq << ", " << e.launches
-              << " launches, arena " << bytesString(e.arenaBytes)
-              << "\n    attention: " << e.attention << "\n";
+              << " launches (" << e.fusedGroups << " fused groups, "
+              << e.linearGroups << " linear groups), arena "
+              << bytesString(e.arenaBytes) << "\n    attention: " << e.attention
+              << "\n";
   for (const ModelInfo::GpuCode &g : info.gpuCode)
     std::cout << "gpu code:        " << g.arch << ": " << g.kernels
               << " fused kernels, cubin " << bytesString(g.cubinBytes)

@@ -89,10 +89,16 @@ WeightBytes weightBytes(mlir::ModuleOp module) {
       scale = {h.getWeightScale()};
     else if (auto gated = llvm::dyn_cast<mlir::kiln::GatedLinearOp>(op))
       scale = {gated.getGateScale(), gated.getUpScale()};
-    for (mlir::Value s : scale)
+    for (mlir::Value s : scale) {
+      // A grouped linear's scale is its group's operand.
+      if (auto arg = llvm::dyn_cast_if_present<mlir::BlockArgument>(s))
+        if (auto group = llvm::dyn_cast<mlir::kiln::LinearGroupOp>(
+                arg.getOwner()->getParentOp()))
+          s = group.getInputs()[arg.getArgNumber()];
       if (auto get = s ? s.getDefiningOp<mlir::kiln::GetParameterOp>()
                        : mlir::kiln::GetParameterOp())
         scales.insert(get.getName());
+    }
   });
   WeightBytes bytes;
   module.walk([&](mlir::kiln::ParameterOp param) {

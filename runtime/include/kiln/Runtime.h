@@ -58,6 +58,9 @@ struct EntryPointInfo {
   uint32_t maxSeq = 0;
   uint64_t arenaBytes = 0;
   size_t launches = 0;
+  /// Launches a GPU executor runs as one kernel: fused groups (generated
+  /// kernels) and linear groups (grouped GEMVs).
+  size_t fusedGroups = 0, linearGroups = 0;
   /// How attention was compiled (e.g. "mla absorbed, latent cache").
   std::string attention;
 };

@@ -190,6 +190,10 @@ struct Executor::Impl {
   absl::Status launchLibrary(const art::Launch &launch);
   absl::Status launchAttention(const art::Launch &launch);
   absl::Status launchGemm(const art::Launch &launch);
+  /// A LinearGroup: one grouped GEMV where the GEMV would take every
+  /// member, else the members one by one.
+  absl::Status launchLinearGroup(const art::EntryPoint &entry,
+                                 const art::LinearGroup &group);
   /// kiln.gated_linear: one gated GEMV where the GEMV would take both
   /// projections, else the two GEMMs (up into upProjections) and SwiGLU.
   absl::Status launchGated(const art::Launch &launch);
@@ -238,9 +242,14 @@ struct Executor::Impl {
     bool dense = false;     // one matrix, no bias: cuBLASLt may take it
     CUdeviceptr bf16X = 0;  // x already converted to bf16 (expert slices)
   };
+  /// A GEMM launch (Linear, Logits, HeadLinear, GroupedLinear) decoded.
+  GemmCall gemmCall(const art::Launch &launch) const;
   /// Runs `c` on cuBLASLt, the tensor cores or the GEMV; a gated call
   /// (p.wUp) always on the gated GEMV.
   absl::Status runGemm(GemmCall c);
+  /// An FP8 GEMM's f32 activations quantized per row of k (per head for
+  /// head GEMMs) into fp8Codes and fp8Scales, which `c` then reads.
+  absl::Status quantizeRows(GemmCall &c);
   /// runGemm, or one GEMM per expert (runExperts) where that pays.
   absl::Status dispatchGemm(const GemmCall &c);
   /// Weights cuBLASLt has kernels for (bf16, or FP8 of its block shapes).
@@ -838,6 +847,10 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
 }
 
 absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
+  return dispatchGemm(gemmCall(l));
+}
+
+Executor::Impl::GemmCall Executor::Impl::gemmCall(const art::Launch &l) const {
   const auto &refs = *l.args();
   const art::TensorRef *x = refs.Get(0), *w = refs.Get(1);
   const art::TensorRef *out = refs.Get(refs.size() - 1);
@@ -909,7 +922,40 @@ absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
           reinterpret_cast<const float *>(resolve(refs.Get(refs.size() - 2)));
     }
   }
-  return dispatchGemm(c);
+  return c;
+}
+
+absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
+                                               const art::LinearGroup &group) {
+  static_assert(kGemvGroupMembers == kLinearGroupMaxMembers);
+  std::vector<GemmCall> calls;
+  for (uint32_t i = 0; i < group.count(); ++i)
+    calls.push_back(gemmCall(*entry.launches()->Get(group.first() + i)));
+  if (!std::all_of(calls.begin(), calls.end(),
+                   [&](const GemmCall &c) { return gemvTakes(c); })) {
+    for (const GemmCall &c : calls)
+      if (absl::Status s = dispatchGemm(c); !s.ok())
+        return s;
+    return absl::OkStatus();
+  }
+  // The members read one input the same way (the plan verifier checked),
+  // so FP8 activations are quantized once for all of them.
+  GemmCall &lead = calls.front();
+  if (lead.fp8 && !lead.quantized) {
+    if (absl::Status s = quantizeRows(lead); !s.ok())
+      return s;
+    for (GemmCall &c : calls) {
+      c.p.x = lead.p.x;
+      c.p.xScale = lead.p.xScale;
+    }
+  }
+  GemvGroupParams p{};
+  p.members = static_cast<int>(calls.size());
+  for (size_t i = 0; i < calls.size(); ++i)
+    p.member[i] = calls[i].p;
+  std::string type =
+      lead.quantized ? "f8e4m3_q8" : detail::elementTypeName(lead.weightType);
+  return launch("kiln_gemv_group_" + type, gemvGroupGrid(p), p);
 }
 
 bool Executor::Impl::blasWeights(const GemmCall &c) const {
@@ -1049,25 +1095,30 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
     return mma ? launch("kiln_gemm_mma_f8e4m3_q8", mmaGemmGrid(p.n, matrices),
                         p)
                : launch(gemv + "f8e4m3_q8", gemvGrid(p.n, matrices), p);
-  if (c.fp8) {
-    // Activations quantized per row of k (per head for head GEMMs).
-    int64_t rows = p.rows * c.matrices;
-    QuantizeRowsParams q{p.x,
-                         reinterpret_cast<float *>(fp8Codes),
-                         reinterpret_cast<float *>(fp8Scales),
-                         p.offsets ? p.offsets + p.experts : nullptr,
-                         p.k,
-                         p.blockCols,
-                         c.pow2};
-    if (absl::Status s = launch("kiln_quantize_rows", tokenGrid(rows), q);
-        !s.ok())
+  if (c.fp8)
+    if (absl::Status s = quantizeRows(c); !s.ok())
       return s;
-    p.x = reinterpret_cast<const float *>(fp8Codes);
-    p.xScale = reinterpret_cast<const float *>(fp8Scales);
-  }
   std::string type = detail::elementTypeName(c.weightType);
   return mma ? launch("kiln_gemm_mma_" + type, mmaGemmGrid(p.n, matrices), p)
              : launch(gemv + type, gemvGrid(p.n, matrices), p);
+}
+
+absl::Status Executor::Impl::quantizeRows(GemmCall &c) {
+  GemmParams &p = c.p;
+  QuantizeRowsParams q{p.x,
+                       reinterpret_cast<float *>(fp8Codes),
+                       reinterpret_cast<float *>(fp8Scales),
+                       p.offsets ? p.offsets + p.experts : nullptr,
+                       p.k,
+                       p.blockCols,
+                       c.pow2};
+  if (absl::Status s =
+          launch("kiln_quantize_rows", tokenGrid(p.rows * c.matrices), q);
+      !s.ok())
+    return s;
+  p.x = reinterpret_cast<const float *>(fp8Codes);
+  p.xScale = reinterpret_cast<const float *>(fp8Scales);
+  return absl::OkStatus();
 }
 
 bool Executor::Impl::mmaTakes(const GemmCall &c) const {
@@ -1325,17 +1376,26 @@ int64_t Executor::Impl::contextBucket(int64_t kvLen) const {
 
 absl::Status Executor::Impl::runLaunches(const art::EntryPoint &entry) {
   const auto &launches = *entry.launches();
-  size_t group = 0;
+  size_t group = 0, linearGroup = 0;
   for (size_t i = 0; i < launches.size(); ++i) {
     const art::FusedLaunch *fused =
         generated && entry.fused() && group < entry.fused()->size()
             ? entry.fused()->Get(static_cast<flatbuffers::uoffset_t>(group))
+            : nullptr;
+    const art::LinearGroup *linears =
+        entry.linear_groups() && linearGroup < entry.linear_groups()->size()
+            ? entry.linear_groups()->Get(
+                  static_cast<flatbuffers::uoffset_t>(linearGroup))
             : nullptr;
     absl::Status s;
     if (fused && fused->first() == i) {
       s = launchFused(*fused);
       i += fused->count() - 1;
       ++group;
+    } else if (linears && linears->first() == i) {
+      s = launchLinearGroup(entry, *linears);
+      i += linears->count() - 1;
+      ++linearGroup;
     } else {
       s = launchLibrary(*launches.Get(static_cast<flatbuffers::uoffset_t>(i)));
     }

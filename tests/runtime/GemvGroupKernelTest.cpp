@@ -1,0 +1,138 @@
+// Host builds of the grouped GEMVs (kiln_gemv_group_*, runtime/kernels/
+// Matmul.h) against what kiln.linear_group replaces: each member's plain
+// GEMV launched on its own. A member's blocks run that GEMV's code over the
+// same weights and activations, so the results must agree to the bit; the
+// plain GEMVs themselves are checked against the CPU kernels in
+// MatmulKernelTest.cpp.
+#include "Matmul.h"
+#include "tests/runtime/GemmTestUtil.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace kiln {
+namespace {
+
+using namespace kiln::testing;
+
+/// The plain GEMV for weights of `type`; FP8 on e4m3 codes with `codes`.
+void runGemv(cpu::ElementType type, bool codes, const GemmParams &p) {
+  Dim3 grid = gemvGrid(p.n, 1);
+  switch (type) {
+  case cpu::ElementType::BF16:
+    return kiln_gemv_bf16_host(grid, p);
+  case cpu::ElementType::F16:
+    return kiln_gemv_f16_host(grid, p);
+  case cpu::ElementType::F8E4M3:
+    return codes ? kiln_gemv_f8e4m3_q8_host(grid, p)
+                 : kiln_gemv_f8e4m3_host(grid, p);
+  default:
+    return kiln_gemv_f32_host(grid, p);
+  }
+}
+
+/// The grouped GEMV of the same kernel family.
+void runGroup(cpu::ElementType type, bool codes, GemvGroupParams &p) {
+  Dim3 grid = gemvGroupGrid(p);
+  switch (type) {
+  case cpu::ElementType::BF16:
+    return kiln_gemv_group_bf16_host(grid, p);
+  case cpu::ElementType::F16:
+    return kiln_gemv_group_f16_host(grid, p);
+  case cpu::ElementType::F8E4M3:
+    return codes ? kiln_gemv_group_f8e4m3_q8_host(grid, p)
+                 : kiln_gemv_group_f8e4m3_host(grid, p);
+  default:
+    return kiln_gemv_group_f32_host(grid, p);
+  }
+}
+
+/// Members of `widths` output columns over one [rows, k] input; every
+/// other member has an f32 bias.
+void expectGroupIsTheMembers(cpu::ElementType type, bool codes, int64_t rows,
+                             int64_t k, const std::vector<int64_t> &widths) {
+  std::string what = std::string(name(type)) + (codes ? " codes " : " ") +
+                     std::to_string(rows) + " rows, k " + std::to_string(k) +
+                     ", " + std::to_string(widths.size()) + " members";
+  SCOPED_TRACE(what);
+  std::vector<float> x = randomRows(rows, k, 31);
+  bool fp8 = type == cpu::ElementType::F8E4M3;
+  Quantized q = fp8 ? quantize(x, rows, k, false) : Quantized{};
+  // e4m3 codes as bytes, as a fused kernel's epilogue writes them.
+  std::vector<unsigned char> bytes(q.codes.size());
+  for (size_t i = 0; i < bytes.size(); ++i)
+    bytes[i] = encodeE4m3(q.codes[i]);
+
+  size_t members = widths.size();
+  std::vector<Weights> weights;
+  std::vector<std::vector<float>> biases(members), want(members), got(members);
+  GemvGroupParams group{};
+  group.members = static_cast<int>(members);
+  for (size_t m = 0; m < members; ++m) {
+    int64_t n = widths[m];
+    weights.push_back(makeWeights(type, 1, n, k, 40 + static_cast<int>(m)));
+    want[m].assign(rows * n, 0.0f);
+    got[m].assign(rows * n, -7.0f);
+    GemmParams p = gemmParams(weights[m], want[m].data(), rows, n, k);
+    if (codes)
+      p.xCodes = bytes.data();
+    else
+      p.x = fp8 ? q.codes.data() : x.data();
+    p.xScale = q.scales.data();
+    if (m % 2 == 1) {
+      biases[m] = randomRows(1, n, 50 + static_cast<int>(m));
+      p.bias = biases[m].data();
+      p.biasType = BiasF32;
+    }
+    runGemv(type, codes, p);
+    p.out = got[m].data();
+    group.member[m] = p;
+  }
+  runGroup(type, codes, group);
+  for (size_t m = 0; m < members; ++m)
+    for (size_t i = 0; i < want[m].size(); ++i)
+      ASSERT_EQ(std::memcmp(&got[m][i], &want[m][i], sizeof(float)), 0)
+          << "member " << m << " row " << i / widths[m] << " column "
+          << i % widths[m] << ": " << got[m][i] << " (grouped) vs "
+          << want[m][i];
+}
+
+TEST(GemvGroupKernel, EachMemberIsItsOwnGemvToTheBit) {
+  // MLA's q and latent projections in small (a member of one block and a
+  // ragged one), a dense attention's q, k and v, and the most members a
+  // group takes; one decode row, a few rows, more rows than a pass takes,
+  // and k not a multiple of 8.
+  for (cpu::ElementType type :
+       {cpu::ElementType::F32, cpu::ElementType::BF16, cpu::ElementType::F16,
+        cpu::ElementType::F8E4M3}) {
+    expectGroupIsTheMembers(type, false, 1, 256, {192, 72});
+    expectGroupIsTheMembers(type, false, 3, 300, {64, 32, 32});
+    expectGroupIsTheMembers(type, false, 11, 136, {8, 129, 40, 200});
+  }
+}
+
+TEST(GemvGroupKernel, TakesActivationCodesAFusedKernelQuantized) {
+  expectGroupIsTheMembers(cpu::ElementType::F8E4M3, true, 1, 256, {192, 72});
+  expectGroupIsTheMembers(cpu::ElementType::F8E4M3, true, 5, 384,
+                          {130, 64, 64});
+}
+
+TEST(GemvGroupKernel, MembersTakeConsecutiveBlocks) {
+  GemvGroupParams p{};
+  p.members = 3;
+  p.member[0].n = 1;
+  p.member[1].n = kGemvCols + 1;
+  p.member[2].n = kGemvCols;
+  Dim3 grid = gemvGroupGrid(p);
+  EXPECT_EQ(grid.x, 4);
+  EXPECT_EQ(grid.y, 1);
+  EXPECT_EQ(grid.z, 1);
+  EXPECT_EQ(std::vector<int>(p.firstBlock, p.firstBlock + 4),
+            (std::vector<int>{0, 1, 3, 4}));
+}
+
+} // namespace
+} // namespace kiln
