@@ -9,7 +9,8 @@
 // as decoded floats and as e4m3 bytes). Attention: prefills with ragged
 // lengths, padding rows and context splits: 16-row tiles of V2-Lite's
 // naive heads, paged GQA, and absorbed MLA's latent rows (the wide
-// variant). The outputs are poisoned first.
+// variant). Also the grouped GEMV against its members' GEMVs, both on the
+// GPU. The outputs are poisoned first.
 // Without a GPU the tests are skipped, saying so (label gpu);
 // KILN_GPU_TESTS_EMULATE=1 runs them through the emulated driver.
 #include "MmaAttention.h"
@@ -26,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <random>
 #include <string>
@@ -190,6 +192,75 @@ TEST_F(MmaGpu, GemmGroupedMatchesTheHostBuild) {
   for (Fp8Input input : {Fp8Input::None, Fp8Input::Floats, Fp8Input::Codes})
     checkGemm(*this, *gpu_, input, offsets.back(), 1408, 2048, offsets,
               "grouped input " + std::to_string(static_cast<int>(input)));
+}
+
+/// The grouped GEMV (kiln.linear_group) on the GPU against each member's
+/// plain GEMV on the GPU: member i's blocks must run that GEMV's code on the
+/// same operands, so the results agree to the bit. The members' output
+/// widths `widths`, bf16 weights over f32 rows or FP8 weights over e4m3
+/// codes (MLA's q and latent projections at decode); every other member
+/// with a bias.
+void checkGemvGroup(MmaGpu &t, Gpu &gpu, bool fp8, int64_t rows, int64_t k,
+                    const std::vector<int64_t> &widths) {
+  std::string what = std::string(fp8 ? "fp8 codes " : "bf16 ") +
+                     std::to_string(rows) + " rows, k " + std::to_string(k);
+  SCOPED_TRACE(what);
+  std::vector<float> x = randomRows(rows, k, 61);
+  int64_t kBlocks = (k + 127) / 128;
+  std::vector<unsigned char> codes(rows * k);
+  std::vector<float> scales(rows * kBlocks);
+  kiln_quantize_fp8_host({static_cast<int>(rows), 1, 1},
+                         {x.data(), codes.data(), scales.data(), k, 128, 0, 0});
+  CUdeviceptr xDev = fp8 ? t.upload(codes) : t.upload(x);
+  CUdeviceptr scalesDev = t.upload(scales);
+  GemvGroupParams group{};
+  group.members = static_cast<int>(widths.size());
+  std::vector<CUdeviceptr> grouped, alone;
+  const char *plain = fp8 ? "kiln_gemv_f8e4m3_q8" : "kiln_gemv_bf16";
+  for (size_t m = 0; m < widths.size(); ++m) {
+    int64_t n = widths[m];
+    Weights w =
+        makeWeights(fp8 ? cpu::ElementType::F8E4M3 : cpu::ElementType::BF16, 1,
+                    n, k, 70 + static_cast<int>(m));
+    GemmParams p = gemmParams(w, nullptr, rows, n, k);
+    p.w = device<const void>(t.upload(w.bytes));
+    p.wScale = fp8 ? device<const float>(t.upload(w.scales)) : nullptr;
+    if (fp8) {
+      p.xCodes = device<const unsigned char>(xDev);
+      p.xScale = device<const float>(scalesDev);
+    } else {
+      p.x = device<const float>(xDev);
+    }
+    if (m % 2 == 1) {
+      p.bias = device<const void>(t.upload(randomRows(1, n, 80)));
+      p.biasType = BiasF32;
+    }
+    std::vector<float> poison(rows * n, std::nanf(""));
+    alone.push_back(t.upload(poison));
+    grouped.push_back(t.upload(poison));
+    p.out = device<float>(alone.back());
+    t.launch(plain, gemvGrid(n, 1), p);
+    p.out = device<float>(grouped.back());
+    group.member[m] = p;
+  }
+  t.launch(fp8 ? "kiln_gemv_group_f8e4m3_q8" : "kiln_gemv_group_bf16",
+           gemvGroupGrid(group), group);
+  for (size_t m = 0; m < widths.size(); ++m) {
+    size_t count = static_cast<size_t>(rows * widths[m]);
+    std::vector<float> want = gpu.download(alone[m], count);
+    std::vector<float> got = gpu.download(grouped[m], count);
+    for (size_t i = 0; i < count; ++i)
+      ASSERT_EQ(std::memcmp(&got[i], &want[i], sizeof(float)), 0)
+          << "member " << m << " element " << i << ": " << got[i] << " vs "
+          << want[i];
+  }
+}
+
+TEST_F(MmaGpu, GemvGroupIsEachMembersGemv) {
+  for (bool fp8 : {false, true}) {
+    checkGemvGroup(*this, *gpu_, fp8, 1, 2048, {3072, 576});
+    checkGemvGroup(*this, *gpu_, fp8, 3, 384, {64, 40, 200, 8});
+  }
 }
 
 /// A prefill of two ragged sequences (padding rows) through
