@@ -330,6 +330,8 @@ struct GemvGroupParams {
   int firstBlock[kGemvGroupMembers + 1];
   int members;
 };
+// A kernel's parameters take at most 4 KiB.
+static_assert(sizeof(GemvGroupParams) <= 4096);
 
 /// The grid of `p`'s members (set), after filling in their first blocks.
 inline Dim3 gemvGroupGrid(GemvGroupParams &p) {
