@@ -805,6 +805,9 @@ LogicalResult LinearGroupOp::verify() {
     return emitOpError("groups ")
            << linears.size() << " linear(s); a group takes 2 to "
            << kMaxLinears;
+  if ((*yield).getValues().size() != linears.size())
+    return emitOpError("must yield each linear's result once, in the "
+                       "body's order");
   for (auto [i, linear] : llvm::enumerate(linears))
     if ((*yield).getValues()[i] != linear.getResult() ||
         !linear.getResult().hasOneUse())

@@ -159,7 +159,7 @@ def KilnGroupLinears : Pass<"kiln-group-linears", "::mlir::ModuleOp"> {
     `kv_a_proj_with_mqa`, a dense attention's q, k and v projections. At
     batch 1 a step is a chain of short kernels, each of which pays launch
     latency and a ramp-up; a small GEMV such as `kv_a_proj_with_mqa` (576
-    output rows) also fills few multiprocessors on its own.
+    output rows) also keeps few loads in flight on its own.
 
     Linears group when they read the same input (and its `input_scale`),
     have one weight element type and FP8 block shape, and take their other

@@ -401,16 +401,19 @@ TEST(EmulatedGpuSession, GatedLinearIsTheUnfusedFfnFp8) {
 /// grouped kernel the decode steps must launch) and with cuBLASLt and the
 /// tensor cores taking the rows (the members one by one).
 void expectLinearGroupsAreTheLinears(const std::string &golden, bool fp8,
-                                     const std::string &group) {
+                                     const std::string &group,
+                                     bool fuse = true) {
   std::unique_ptr<Model> models[2];
   for (bool grouped : {false, true}) {
     CompileSettings settings;
     settings.optimize.quantizeFp8 = fp8;
+    settings.optimize.fuse = fuse;
     settings.optimize.groupLinears = grouped;
     std::filesystem::path artifact =
         compileArtifact(kGolden / golden,
                         ::testing::TempDir() + "/emulated_" + golden +
-                            (grouped ? "_grouped" : "_ungrouped") + ".kiln",
+                            (grouped ? "_grouped" : "_ungrouped") +
+                            (fuse ? "" : "_unfused") + ".kiln",
                         settings);
     ASSERT_FALSE(artifact.empty());
     absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
@@ -464,6 +467,13 @@ TEST(EmulatedGpuSession, LinearGroupsAreTheLinearsWithBiases) {
 TEST(EmulatedGpuSession, LinearGroupsAreTheLinearsFp8) {
   expectLinearGroupsAreTheLinears("deepseek-v3", true,
                                   "kiln_gemv_group_f8e4m3_q8");
+}
+
+// Without kiln-fuse no epilogue quantizes the shared input: the executor
+// quantizes it once for the group's FP8 GEMV.
+TEST(EmulatedGpuSession, LinearGroupsAreTheLinearsFp8Unfused) {
+  expectLinearGroupsAreTheLinears("deepseek-v3", true, "kiln_gemv_group_f8e4m3",
+                                  /*fuse=*/false);
 }
 
 /// An artifact of DeepSeek-V3 (q_a_proj and kv_a_proj_with_mqa grouped)

@@ -1649,3 +1649,43 @@ func.func @linear_group_types(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>, %v: ten
   }
   return
 }
+
+// -----
+
+func.func @linear_group_yields_fewer(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
+  // expected-error @+1 {{'kiln.linear_group' op must yield each linear's result once, in the body's order}}
+  %r:2 = kiln.linear_group(%x, %w) : (tensor<?x8xf32>, tensor<8x8xbf16>) -> (tensor<?x8xf32>, tensor<?x8xf32>) {
+  ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
+    %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    %1 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    %2 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    kiln.yield %0, %1 : tensor<?x8xf32>, tensor<?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @linear_group_yields_more(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
+  // expected-error @+1 {{'kiln.linear_group' op must yield each linear's result once, in the body's order}}
+  %r:3 = kiln.linear_group(%x, %w) : (tensor<?x8xf32>, tensor<8x8xbf16>) -> (tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>) {
+  ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
+    %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    %1 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    kiln.yield %0, %1, %a : tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @linear_group_input_scales(%x: tensor<?x32xf8E4M3FN>, %w: tensor<16x32xf8E4M3FN>, %s: tensor<1x2xf32>, %xs: tensor<?x2xf32>, %ys: tensor<?x2xf32>) {
+  %r:2 = kiln.linear_group(%x, %w, %s, %xs, %ys) : (tensor<?x32xf8E4M3FN>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>, tensor<?x2xf32>, tensor<?x2xf32>) -> (tensor<?x16xf32>, tensor<?x16xf32>) {
+  ^bb0(%a: tensor<?x32xf8E4M3FN>, %b: tensor<16x32xf8E4M3FN>, %c: tensor<1x2xf32>, %d: tensor<?x2xf32>, %e: tensor<?x2xf32>):
+    %0 = kiln.linear %a, %b scale %c input_scale %d {block_size = array<i64: 16, 16>} : (tensor<?x32xf8E4M3FN>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+    // expected-error @+1 {{'kiln.linear' op reads another input than the group's first linear}}
+    %1 = kiln.linear %a, %b scale %c input_scale %e {block_size = array<i64: 16, 16>} : (tensor<?x32xf8E4M3FN>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+    kiln.yield %0, %1 : tensor<?x16xf32>, tensor<?x16xf32>
+  }
+  return
+}
