@@ -202,9 +202,15 @@ LogicalResult Emitter::collectArgs() {
         arg.perToken ? param + " + token * " + std::to_string(arg.elements)
                      : param;
   }
-  for (Value result : fused_.getResults()) {
+  for (auto [j, result] : llvm::enumerate(fused_.getResults())) {
     auto type = cast<RankedTensorType>(result.getType());
     FailureOr<KernelElement> element = kernelElement(type.getElementType());
+    if (succeeded(element) && leadingDynamicDims(type) > 0 &&
+        (*element == KernelElement::BF16 || *element == KernelElement::F16))
+      return fused_.emitOpError("generated kernels compute f32 activations; "
+                                "result ")
+             << j << " is " << type.getElementType()
+             << " (compile with --activation-dtype f32)";
     if (failed(element) || *element == KernelElement::BF16 ||
         *element == KernelElement::F16 || leadingDynamicDims(type) == 0)
       return fused_.emitOpError("generated kernels yield per-token f32, i32 "
@@ -344,6 +350,16 @@ LogicalResult Emitter::emitOp(Operation &op) {
                 perToken(quantize.getInput()) / n, row(quantize.getInput()), n,
                 quantize.getBlockCols(), quantize.getUe8m0() ? 1 : 0,
                 row(quantize.getCodes()), row(quantize.getScales()), blocks);
+            return success();
+          })
+          .Case([&](EmbeddingOp embedding) -> LogicalResult {
+            FailureOr<std::string> table = whole(op, embedding.getTable());
+            if (failed(table))
+              return failure();
+            os_ << llvm::formatv("  kiln::embedding({0}, {1}, {2}, {3});\n",
+                                 row(embedding.getTokens()), *table,
+                                 lastDim(embedding.getResult()),
+                                 row(embedding.getResult()));
             return success();
           })
           .Case([&](AddOp add) {

@@ -741,8 +741,8 @@ LogicalResult MoECombineOp::verify() {
 //===----------------------------------------------------------------------===//
 
 bool FusedOp::canContain(Operation *op) {
-  return isa<RMSNormOp, AddOp, SwiGLUOp, RopeOp, SliceOp, ConcatOp, BroadcastOp,
-             ReshapeOp, MoEGateOp, QuantizeFp8Op>(op);
+  return isa<EmbeddingOp, RMSNormOp, AddOp, SwiGLUOp, RopeOp, SliceOp, ConcatOp,
+             BroadcastOp, ReshapeOp, MoEGateOp, QuantizeFp8Op>(op);
 }
 
 namespace {

@@ -651,7 +651,7 @@ def Kiln_FusedOp : Kiln_Op<"fused", [Pure, IsolatedFromAbove, SingleBlock]> {
     computes for it in registers or shared memory; only `inputs` are read
     from memory and only the values `kiln.yield` returns are written. The
     entry block's arguments stand for `inputs` in order. Only row-local ops
-    may appear in the body (`kiln.rms_norm`, `kiln.add`, `kiln.swiglu`,
+    may appear in the body (`kiln.embedding`, `kiln.rms_norm`, `kiln.add`, `kiln.swiglu`,
     `kiln.rope`, `kiln.slice`, `kiln.concat`, `kiln.broadcast`,
     `kiln.reshape`, `kiln.moe_gate`, `kiln.quantize_fp8`): a token's results depend only on the
     same token of the operands, plus whole weights. `name` names the

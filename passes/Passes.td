@@ -178,7 +178,8 @@ def KilnFuse : Pass<"kiln-fuse", "::mlir::ModuleOp"> {
     A row is a vector along the last dimension: one token's hidden state,
     or one head of a token for `[batch, seq, heads, d]` values (or a cached
     position, or a routed row). Row-local ops compute a token's rows from
-    the same token's rows plus whole weights: `kiln.rms_norm`, `kiln.add`
+    the same token's rows plus whole weights: `kiln.embedding` (the
+    token's row of the table), `kiln.rms_norm`, `kiln.add`
     (residuals), `kiln.swiglu`, `kiln.rope`, `kiln.slice`, `kiln.concat`,
     `kiln.broadcast`, `kiln.reshape` (it keeps the token dimensions) and
     `kiln.moe_gate` (router GEMV, softmax/sigmoid and grouped top-k over

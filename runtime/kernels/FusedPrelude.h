@@ -377,6 +377,16 @@ KILN_FN void copy(const float *x, int count, float *out) {
       0, count, [&](int64_t i) { return x[i]; }, StoreTo{out});
 }
 
+/// A token's embedding: row `*token` of `table` [vocab, dim] (tokens are
+/// checked by the host), as cpu::embedding.
+template <class W>
+KILN_FN void embedding(const int32_t *token, const W *table, int64_t dim,
+                       float *out) {
+  const W *row = table + int64_t{*token} * dim;
+  forEachElement(
+      0, dim, [&](int64_t i) { return toFloat(row[i]); }, StoreTo{out});
+}
+
 KILN_FN void add(const float *a, const float *b, int count, float *out) {
   forEachElement(
       0, count, [&](int64_t i) { return a[i] + b[i]; }, StoreTo{out});

@@ -62,11 +62,8 @@ struct EmbeddingParams {
 
 template <class W>
 KILN_FN void embeddingBlock(Dim3 block, const EmbeddingParams &p) {
-  const W *row =
-      static_cast<const W *>(p.table) + int64_t{p.tokens[block.x]} * p.dim;
-  forEachElement(
-      0, p.dim, [&](int64_t i) { return toFloat(row[i]); },
-      StoreTo{p.out + int64_t{block.x} * p.dim});
+  embedding(p.tokens + block.x, static_cast<const W *>(p.table), p.dim,
+            p.out + int64_t{block.x} * p.dim);
 }
 KILN_TYPED_KERNEL(kiln_embedding, f32, EmbeddingParams, embeddingBlock, float)
 KILN_TYPED_KERNEL(kiln_embedding, bf16, EmbeddingParams, embeddingBlock, Bf16)

@@ -101,7 +101,10 @@ struct Buffer {
   }
 };
 
-Buffer randomBuffer(const ::kiln::codegen::KernelArg &arg, std::mt19937 &rng) {
+/// `vocab` > 0: the input is token ids of an embedding table of that many
+/// rows.
+Buffer randomBuffer(const ::kiln::codegen::KernelArg &arg, std::mt19937 &rng,
+                    int64_t vocab) {
   Buffer b;
   b.element = arg.element;
   int64_t n = arg.perToken ? kTokens * arg.elements : arg.elements;
@@ -122,10 +125,11 @@ Buffer randomBuffer(const ::kiln::codegen::KernelArg &arg, std::mt19937 &rng) {
                                              : ::kiln::floatToF16(uniform(rng));
     break;
   case KernelElement::I32:
-    // The only per-token integers a group reads are positions.
+    // The per-token integers a group reads: token ids, or positions.
     b.i32.resize(n);
     for (int64_t i = 0; i < n; ++i)
-      b.i32[i] = kPositions[i % kTokens];
+      b.i32[i] = vocab > 0 ? static_cast<int32_t>((i * 37 + 3) % vocab)
+                           : kPositions[i % kTokens];
     break;
   }
   return b;
@@ -175,7 +179,12 @@ std::vector<RefValue> runReference(FusedOp fused, std::vector<Buffer> &inputs,
       values[r].f32.assign(kTokens * perToken(r), 0.0f);
       values[r].i32.assign(kTokens * perToken(r), 0);
     }
-    if (auto add = dyn_cast<AddOp>(op)) {
+    if (auto embedding = dyn_cast<EmbeddingOp>(op)) {
+      cpu::embedding(values[embedding.getTokens()].i32.data(), kTokens,
+                     values[embedding.getTable()].weight,
+                     lastDim(embedding.getResult()),
+                     f(embedding.getResult()).data());
+    } else if (auto add = dyn_cast<AddOp>(op)) {
       cpu::add(f(add.getLhs()).data(), f(add.getRhs()).data(),
                kTokens * perToken(add.getResult()), f(add.getResult()).data());
     } else if (auto swiglu = dyn_cast<SwiGLUOp>(op)) {
@@ -365,9 +374,16 @@ void checkGroups(ModuleOp module, const std::string &label,
     ASSERT_NE(entry, nullptr) << kernel.hostEntry;
     size_t numInputs = fused.getInputs().size();
     std::vector<Buffer> buffers;
-    for (const auto &arg : kernel.args)
+    // Token ids in range of the table that embeds them.
+    std::vector<int64_t> vocab(kernel.args.size(), 0);
+    fused.walk([&](EmbeddingOp embedding) {
+      auto table = cast<RankedTensorType>(embedding.getTable().getType());
+      vocab[cast<BlockArgument>(embedding.getTokens()).getArgNumber()] =
+          table.getDimSize(0);
+    });
+    for (auto [i, arg] : llvm::enumerate(kernel.args))
       buffers.push_back(arg.isResult ? resultBuffer(arg)
-                                     : randomBuffer(arg, rng));
+                                     : randomBuffer(arg, rng, vocab[i]));
     std::vector<void *> args;
     for (Buffer &b : buffers)
       args.push_back(b.data());

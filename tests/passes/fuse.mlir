@@ -2,13 +2,20 @@
 // kv_lora 32, qk_rope 8, a dense first layer, sigmoid noaux_tc routing) and
 // on small hand-written functions, one rule each.
 
-// Decode (absorbed MLA) per layer: the latent cache entry (slice, norm,
-// rope, concat), the query's rope half joined to the absorbed nope half, the
-// residual add with the next norm (the add is yielded: the next layer adds
-// to it), and in MoE layers the router with that norm.
+// Decode (absorbed MLA): the token's embedding with the first norm (the
+// embedding is yielded: the first residual adds to it); per layer the
+// latent cache entry (slice, norm, rope, concat), the query's rope half
+// joined to the absorbed nope half, the residual add with the next norm
+// (the add is yielded: the next layer adds to it), and in MoE layers the
+// router with that norm.
 // RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | FileCheck %s --check-prefix=V3
 // V3-LABEL: func.func @decode
-// V3: %[[ENTRY:.*]] = kiln.fused "fused_0_slice_rms_norm_reshape_rope_concat"(%{{.*}}, %{{.*}}, %arg1) : (tensor<?x?x40xf32>, tensor<32xbf16>, tensor<?x?xi32>) -> tensor<?x?x1x40xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 160 : i64, saved_bytes = 640 : i64}} {
+// V3: %[[EMB:.*]]:2 = kiln.fused "fused_0_embedding_rms_norm"(%arg0, %{{.*}}, %{{.*}}) : (tensor<?x?xi32>, tensor<256x64xbf16>, tensor<64xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>)
+// V3-NEXT: ^bb0(%[[TOK:.*]]: tensor<?x?xi32>, %[[TABLE:.*]]: tensor<256x64xbf16>, %[[NW:.*]]: tensor<64xbf16>):
+// V3-NEXT: %[[E:.*]] = kiln.embedding %[[TOK]], %[[TABLE]]
+// V3-NEXT: %[[EN:.*]] = kiln.rms_norm %[[E]], %[[NW]]
+// V3-NEXT: kiln.yield %[[E]], %[[EN]]
+// V3: %[[ENTRY:.*]] = kiln.fused "fused_1_slice_rms_norm_reshape_rope_concat"(%{{.*}}, %{{.*}}, %arg1) : (tensor<?x?x40xf32>, tensor<32xbf16>, tensor<?x?xi32>) -> tensor<?x?x1x40xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 160 : i64, saved_bytes = 640 : i64}} {
 // V3-NEXT: ^bb0(%[[LAT:.*]]: tensor<?x?x40xf32>, %[[W:.*]]: tensor<32xbf16>, %[[POS:.*]]: tensor<?x?xi32>):
 // V3-NEXT: %[[C:.*]] = kiln.slice %[[LAT]][0, 32]
 // V3-NEXT: %[[N:.*]] = kiln.rms_norm %[[C]], %[[W]]
@@ -21,42 +28,42 @@
 // V3-NEXT: }
 // V3-NEXT: kiln.kv_append @model.layers.0.self_attn.latent_cache, %[[ENTRY]]
 // V3: %[[QLAT:.*]] = kiln.head_linear
-// V3-NEXT: %[[Q:.*]] = kiln.fused "fused_1_slice_rope_concat"(%{{.*}}, %arg1, %[[QLAT]]) : (tensor<?x?x4x24xf32>, tensor<?x?xi32>, tensor<?x?x4x32xf32>) -> tensor<?x?x4x40xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 160 : i64, saved_bytes = 512 : i64}}
+// V3-NEXT: %[[Q:.*]] = kiln.fused "fused_2_slice_rope_concat"(%{{.*}}, %arg1, %[[QLAT]]) : (tensor<?x?x4x24xf32>, tensor<?x?xi32>, tensor<?x?x4x32xf32>) -> tensor<?x?x4x40xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 160 : i64, saved_bytes = 512 : i64}}
 // V3: kiln.attention %[[Q]]
 // V3: %[[O:.*]] = kiln.linear
-// V3: %[[RES:.*]]:2 = kiln.fused "fused_2_add_rms_norm"(%{{.*}}, %[[O]], %{{.*}}) : (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>) attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 256 : i64}}
+// V3: %[[RES:.*]]:2 = kiln.fused "fused_3_add_rms_norm"(%[[EMB]]#0, %[[O]], %{{.*}}) : (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>) attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 256 : i64}}
 // V3: kiln.yield %{{.*}}, %{{.*}} : tensor<?x?x64xf32>, tensor<?x?x64xf32>
 // The dense MLP's SwiGLU sits between GEMMs: alone, not wrapped.
 // V3: kiln.linear %[[RES]]#1
 // V3: kiln.swiglu
 // V3: %[[DOWN:.*]] = kiln.linear
-// V3: kiln.fused "fused_3_add_rms_norm"(%[[RES]]#0, %[[DOWN]], %{{.*}})
-// V3: %[[GATE:.*]]:4 = kiln.fused "fused_6_add_rms_norm_moe_gate"({{.*}}) : (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>, tensor<16x64xbf16>, tensor<16xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<?x?x4xf32>, tensor<?x?x4xi32>) attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 512 : i64}}
+// V3: kiln.fused "fused_4_add_rms_norm"(%[[RES]]#0, %[[DOWN]], %{{.*}})
+// V3: %[[GATE:.*]]:4 = kiln.fused "fused_7_add_rms_norm_moe_gate"({{.*}}) : (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>, tensor<16x64xbf16>, tensor<16xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<?x?x4xf32>, tensor<?x?x4xi32>) attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 512 : i64}}
 // V3: kiln.moe_gate
 // V3: kiln.moe_dispatch %[[GATE]]#1, %[[GATE]]#3
 // The routed experts' SwiGLU works on routed rows, between grouped GEMMs.
 // V3: kiln.swiglu %{{.*}}, %{{.*}} : tensor<?x32xf32>
 // V3: kiln.moe_combine %{{.*}}, %[[GATE]]#2
 // Shared experts' output + routed output + residual, then the next norm.
-// V3: kiln.fused "fused_7_add_rms_norm"({{.*}}) : (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>) attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 768 : i64}}
+// V3: kiln.fused "fused_8_add_rms_norm"({{.*}}) : (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>) attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 768 : i64}}
 // The final norm after the last residual adds feeds the output head.
-// V3: %[[FINAL:.*]] = kiln.fused "fused_11_add_rms_norm"({{.*}}) {{.*}} -> tensor<?x?x64xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 1024 : i64}}
+// V3: %[[FINAL:.*]] = kiln.fused "fused_12_add_rms_norm"({{.*}}) {{.*}} -> tensor<?x?x64xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 1024 : i64}}
 // V3: kiln.logits %[[FINAL]]
 // V3: return %{{.*}}, %[[FINAL]]
 // Prefill decompresses cached latents per token (naive_from_latent): the
 // key is assembled per cached row.
 // V3-LABEL: func.func @prefill
-// V3: kiln.fused "fused_14_slice_broadcast_concat"
+// V3: kiln.fused "fused_16_slice_broadcast_concat"
 
-// 12 kernels in @decode, 15 in @prefill.
+// 13 kernels in @decode, 16 in @prefill.
 // RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | grep -c 'kiln.fused "' | FileCheck %s --check-prefix=COUNT
-// COUNT: {{^27$}}
+// COUNT: {{^29$}}
 
 // Every function is fused, MTP modules included; kernel names stay unique.
 // RUN: kiln compile-model %presets/tiny-deepseek-v3.json --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | FileCheck %s --check-prefix=MTP
 // MTP-LABEL: func.func @mtp_1
-// MTP: kiln.fused "fused_27_rms_norm_concat"
-// MTP: kiln.fused "fused_32_add_rms_norm"
+// MTP: kiln.fused "fused_29_embedding_rms_norm_concat"
+// MTP: kiln.fused "fused_34_add_rms_norm"
 
 // FP8 GEMMs quantize their input per token per block: a group whose result
 // feeds one records that in `quantizes_for`, and a lone row-local op that
@@ -65,18 +72,18 @@
 // only they read is no longer written.
 // RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-quantize-fp8=block=16 -kiln-absorb-latent-kv=mode=absorbed -kiln-fuse | FileCheck %s --check-prefix=FP8
 // FP8-LABEL: func.func @forward
-// FP8: %[[N:.*]]:2 = kiln.fused "fused_0_rms_norm"({{.*}}) : (tensor<?x?x64xf32>, tensor<64xbf16>) -> (tensor<?x?x64xf8E4M3FN>, tensor<?x?x4xf32>) attributes {kiln.fusion = {kind = "row", quantizes_for = ["fp8 1x16"], row_bytes = 256 : i64, saved_bytes = 0 : i64}}
+// FP8: %[[N:.*]]:3 = kiln.fused "fused_0_embedding_rms_norm"({{.*}}) : (tensor<?x?xi32>, tensor<256x64xbf16>, tensor<64xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf8E4M3FN>, tensor<?x?x4xf32>) attributes {kiln.fusion = {kind = "row", quantizes_for = ["fp8 1x16"], row_bytes = 256 : i64, saved_bytes = 256 : i64}}
 // FP8: %[[NORM:.*]] = kiln.rms_norm
 // FP8-NEXT: %[[CODES:.*]], %[[SCALES:.*]] = kiln.quantize_fp8 %[[NORM]] {block_cols = 16 : i64} : (tensor<?x?x64xf32>) -> (tensor<?x?x64xf8E4M3FN>, tensor<?x?x4xf32>)
-// FP8-NEXT: kiln.yield %[[CODES]], %[[SCALES]]
-// FP8: kiln.linear %[[N]]#0, %{{.*}} scale %{{.*}} input_scale %[[N]]#1 {block_size = array<i64: 16, 16>, kiln.quant = "fp8"}
+// FP8-NEXT: kiln.yield %{{.*}}, %[[CODES]], %[[SCALES]]
+// FP8: kiln.linear %[[N]]#1, %{{.*}} scale %{{.*}} input_scale %[[N]]#2 {block_size = array<i64: 16, 16>, kiln.quant = "fp8"}
 // FP8: kiln.fused "fused_5_add_rms_norm"({{.*}}) {{.*}} attributes {kiln.fusion = {kind = "row", quantizes_for = ["fp8 1x16"], row_bytes = 256 : i64, saved_bytes = 256 : i64}}
 // FP8: kiln.fused "fused_6_swiglu"({{.*}}) {{.*}} quantizes_for = ["fp8 1x16"]
 // Without quantize-epilogue the linears quantize their own f32 input.
 // RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-quantize-fp8=block=16 -kiln-absorb-latent-kv=mode=absorbed -kiln-fuse=quantize-epilogue=false | FileCheck %s --check-prefix=NOEPI
 // NOEPI-NOT: kiln.quantize_fp8
-// NOEPI: %[[N:.*]] = kiln.fused "fused_0_rms_norm"
-// NOEPI: kiln.linear %[[N]], %{{.*}} scale %{{.*}} {block_size
+// NOEPI: %[[N:.*]]:2 = kiln.fused "fused_0_embedding_rms_norm"
+// NOEPI: kiln.linear %[[N]]#1, %{{.*}} scale %{{.*}} {block_size
 // The final norm feeds the bf16 output head: nothing to quantize.
 // FP8: kiln.fused "fused_{{[0-9]+}}_add_rms_norm"({{.*}}) {{.*}} attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 1024 : i64}}
 // FP8-NEXT: ^bb0
