@@ -177,7 +177,9 @@ def summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, step_
                    "kiln_no_pdl_decode_tokens_per_s":
                        kiln[(b, c)].get("decode_tokens_per_s_no_pdl"),
                    "kiln_unfused_decode_tokens_per_s":
-                       kiln[(b, c)].get("decode_tokens_per_s_unfused")}
+                       kiln[(b, c)].get("decode_tokens_per_s_unfused"),
+                   "kiln_decode_kernel_launches_per_step":
+                       kiln[(b, c)].get("decode_kernel_launches_per_step")}
             if b == 1:
                 step_s = kiln[(b, c)]["decode_step_ms"] / 1e3
                 row["kiln_step_ms"] = step_s * 1e3

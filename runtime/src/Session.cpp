@@ -656,6 +656,14 @@ Session::~Session() = default;
 
 const std::string &Session::device() const { return impl_->device; }
 
+int64_t Session::kernelLaunches() const {
+#ifdef KILN_HAVE_CUDA_EXECUTOR
+  if (impl_->gpu)
+    return impl_->gpu->kernelLaunches();
+#endif
+  return 0;
+}
+
 absl::StatusOr<std::unique_ptr<Session>>
 Session::create(const Model &model, const SessionOptions &options) {
   // A verified plan can still ask for more memory than the machine has.

@@ -200,6 +200,55 @@ TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
   EXPECT_EQ(logits[0], logits[1]);
 }
 
+/// Kernel launches each of three decode steps of one sequence runs
+/// (Session::kernelLaunches), the first captured into a graph and the
+/// others replaying it; DeepSeek-V3's golden, linear groups on or off.
+std::vector<int64_t> decodeLaunches(Device device, bool groupLinears) {
+  CompileSettings settings;
+  settings.optimize.groupLinears = groupLinears;
+  std::filesystem::path artifact =
+      compileArtifact(kGolden / "deepseek-v3",
+                      ::testing::TempDir() + "/emulated_launches" +
+                          (groupLinears ? "_grouped" : "") + ".kiln",
+                      settings);
+  if (artifact.empty())
+    return {};
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  EXPECT_TRUE(model.ok()) << model.status().message();
+  SessionOptions options;
+  options.device = device;
+  absl::StatusOr<std::unique_ptr<Session>> session =
+      model.ok() ? Session::create(**model, options) : model.status();
+  EXPECT_TRUE(session.ok()) << session.status().message();
+  if (!session.ok())
+    return {};
+  Session &s = **session;
+  absl::StatusOr<std::vector<int>> ids = s.prefill({{5, 17, 3}});
+  EXPECT_TRUE(ids.ok()) << ids.status().message();
+  std::vector<int64_t> launches;
+  for (int32_t token : {4, 8, 15}) {
+    int64_t before = s.kernelLaunches();
+    EXPECT_TRUE(s.decode(*ids, std::vector<int32_t>{token}).ok());
+    launches.push_back(s.kernelLaunches() - before);
+  }
+  return launches;
+}
+
+// The launch counter counts replayed graphs as their kernels, none on the
+// CPU; each linear group (one a layer: q_a_proj with kv_a_proj_with_mqa) is
+// one launch fewer.
+TEST(EmulatedGpuSession, KernelLaunchesCountEveryStep) {
+  EXPECT_EQ(decodeLaunches(Device::Cpu, true), (std::vector<int64_t>{0, 0, 0}));
+  std::vector<int64_t> grouped = decodeLaunches(Device::Emulated, true);
+  std::vector<int64_t> apart = decodeLaunches(Device::Emulated, false);
+  ASSERT_EQ(grouped.size(), 3u);
+  ASSERT_EQ(apart.size(), 3u);
+  EXPECT_GT(grouped[0], 0);
+  EXPECT_EQ(grouped[1], grouped[0]);
+  EXPECT_EQ(grouped[2], grouped[0]);
+  EXPECT_EQ(apart[0] - grouped[0], 3); // the golden's 3 layers
+}
+
 // The executor's switches say which values they take.
 TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
   CompileSettings settings;

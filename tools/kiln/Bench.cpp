@@ -91,6 +91,7 @@ absl::Status bench(const BenchOptions &opts) {
           p.push_back(token(rng));
       std::vector<int32_t> next(batch);
       double bestPrefill = 1e30, bestDecode = 1e30;
+      int64_t decodeLaunches = 0;
       for (int r = 0; r < opts.repeats; ++r) {
         auto start = std::chrono::steady_clock::now();
         for (int id : s.sequences())
@@ -104,6 +105,7 @@ absl::Status bench(const BenchOptions &opts) {
           for (int id : *ids)
             if (absl::Status st = s.extendUncomputed(id, context - 1); !st.ok())
               return st;
+        int64_t launches = s.kernelLaunches();
         start = std::chrono::steady_clock::now();
         for (int step = 0; step < opts.steps; ++step) {
           for (int b = 0; b < batch; ++b)
@@ -112,6 +114,7 @@ absl::Status bench(const BenchOptions &opts) {
             return st;
         }
         bestDecode = std::min(bestDecode, seconds(start));
+        decodeLaunches = s.kernelLaunches() - launches;
       }
       json << (first ? "" : ",") << "\n    {\"batch\": " << batch
            << ", \"context\": " << context << ", \"prefill_tokens_per_s\": "
@@ -120,6 +123,8 @@ absl::Status bench(const BenchOptions &opts) {
                    : std::to_string(batch * context / bestPrefill))
            << ", \"decode_tokens_per_s\": " << batch * opts.steps / bestDecode
            << ", \"decode_step_ms\": " << 1e3 * bestDecode / opts.steps
+           << ", \"decode_kernel_launches_per_step\": "
+           << static_cast<double>(decodeLaunches) / opts.steps
            << ", \"kv_cache_bytes\": "
            << info.kvCacheBytesPerToken * batch * (context + opts.steps) << "}";
       first = false;

@@ -192,6 +192,11 @@ public:
   /// not used when the artifact carries GPU code.
   const std::string &device() const;
 
+  /// GPU kernels the session's steps have run (library and generated
+  /// kernels, each cuBLASLt call as one); 0 on the CPU. For benchmarks:
+  /// what a step costs in launches.
+  int64_t kernelLaunches() const;
+
   /// Live sequence ids, increasing.
   std::vector<int> sequences() const;
   size_t numSequences() const;

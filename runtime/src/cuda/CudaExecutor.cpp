@@ -143,7 +143,16 @@ struct Executor::Impl {
   size_t attentionScratchFloats = 0;
   // Rope inverse frequencies per rope launch, uploaded at creation.
   std::map<const art::Launch *, CUdeviceptr> ropeTables;
-  std::map<GraphKey, CUgraphExec> graphs;
+  /// A captured decode step and the kernels it runs.
+  struct DecodeGraph {
+    CUgraphExec exec;
+    int64_t launches;
+  };
+  std::map<GraphKey, DecodeGraph> graphs;
+  /// Kernels run (launched outside capture, or replayed in a graph) and
+  /// launched into the graph being captured.
+  int64_t launchesRun = 0, launchesCaptured = 0;
+  void countLaunch() { ++(capturing ? launchesCaptured : launchesRun); }
   void *pinned = nullptr;
 
   // The step being launched.
@@ -286,7 +295,7 @@ Executor::Impl::~Impl() {
   if (pinned)
     a.cuMemHostUnregister(pinned);
   for (auto &[key, graph] : graphs)
-    a.cuGraphExecDestroy(graph);
+    a.cuGraphExecDestroy(graph.exec);
   for (DeviceBuffer &b : allocations)
     a.cuMemFree(b.ptr);
   if (generated)
@@ -675,6 +684,7 @@ absl::Status Executor::Impl::launchKernel(CUfunction f, Dim3 grid,
                                           unsigned threads, void **args,
                                           const std::string &name) {
   const DriverApi &a = api();
+  countLaunch();
   auto x = static_cast<unsigned>(grid.x), y = static_cast<unsigned>(grid.y),
        z = static_cast<unsigned>(grid.z);
   if (!programmaticLaunch)
@@ -1073,6 +1083,7 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
             !s.ok())
           return s;
       }
+      countLaunch();
       return blas->gemmBf16(stream, p.rows, p.n, p.k, x,
                             reinterpret_cast<CUdeviceptr>(p.w),
                             reinterpret_cast<CUdeviceptr>(p.out), blasWorkspace,
@@ -1160,6 +1171,7 @@ absl::Status Executor::Impl::blasFp8(const GemmCall &c) {
   }
   if (!s.ok())
     return s;
+  countLaunch();
   return blas->gemmFp8(stream, p.rows, p.n, p.k, codes, fp8Scales,
                        reinterpret_cast<CUdeviceptr>(p.w),
                        reinterpret_cast<CUdeviceptr>(p.wScale),
@@ -1416,6 +1428,8 @@ Executor::~Executor() = default;
 
 const std::string &Executor::description() const { return impl_->description; }
 
+int64_t Executor::kernelLaunches() const { return impl_->launchesRun; }
+
 void Executor::pinHostBuffer(void *data, size_t bytes) {
   Impl &s = *impl_;
   if (s.pinned || bytes == 0)
@@ -1599,6 +1613,7 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
     if (it == s.graphs.end()) {
       s.shape.kvLen = key.bucket;
       s.capturing = true;
+      s.launchesCaptured = 0;
       if (absl::Status st =
               s.check(a.cuStreamBeginCapture(
                           s.stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
@@ -1622,12 +1637,14 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
       a.cuGraphDestroy(graph);
       if (!made.ok())
         return made;
-      it = s.graphs.emplace(key, exec).first;
+      it = s.graphs.emplace(key, Impl::DecodeGraph{exec, s.launchesCaptured})
+               .first;
     }
     if (absl::Status st =
-            s.check(a.cuGraphLaunch(it->second, s.stream), "decode graph");
+            s.check(a.cuGraphLaunch(it->second.exec, s.stream), "decode graph");
         !st.ok())
       return st;
+    s.launchesRun += it->second.launches;
   } else if (absl::Status st = s.runLaunches(*entry); !st.ok()) {
     return st;
   }

@@ -70,6 +70,10 @@ public:
   /// speed; a driver that refuses leaves them pageable (still correct).
   void pinHostBuffer(void *data, size_t bytes);
 
+  /// Kernels the steps have run so far: library and generated kernels, a
+  /// replayed graph's as many as it holds, each cuBLASLt call as one.
+  int64_t kernelLaunches() const;
+
   /// Runs entry point `entry` ("prefill" or "decode") and writes the logits
   /// [batch, seq, vocab] to `logits`: every row, or only `rows` (indices
   /// into batch x seq) where `rows` is given; none where `logits` is null.
