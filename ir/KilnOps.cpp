@@ -788,43 +788,77 @@ LogicalResult FusedOp::verify() {
   return success();
 }
 
+namespace {
+
+/// What selects a grouped GEMM's kernel: gatedness, weight and input
+/// element types, FP8 block and activation scale rounding.
+struct GemmKernel {
+  bool gated;
+  Type weight, input;
+  std::optional<ArrayRef<int64_t>> block;
+  bool ue8m0;
+  bool operator==(const GemmKernel &o) const {
+    return gated == o.gated && weight == o.weight && input == o.input &&
+           block == o.block && ue8m0 == o.ue8m0;
+  }
+};
+
+/// The kernel `op` needs, if a linear group may hold it.
+std::optional<GemmKernel> gemmKernel(Operation *op) {
+  auto of = [](Value weight, Value input) {
+    return std::pair(getElementTypeOrSelf(weight.getType()),
+                     getElementTypeOrSelf(input.getType()));
+  };
+  if (auto l = dyn_cast<LinearOp>(op)) {
+    auto [w, x] = of(l.getWeight(), l.getInput());
+    return GemmKernel{false, w, x, l.getBlockSize(), l.getActUe8m0()};
+  }
+  if (auto g = dyn_cast<GroupedLinearOp>(op)) {
+    auto [w, x] = of(g.getWeight(), g.getInput());
+    return GemmKernel{false, w, x, g.getBlockSize(), g.getActUe8m0()};
+  }
+  if (auto g = dyn_cast<GatedLinearOp>(op)) {
+    auto [w, x] = of(g.getGateWeight(), g.getInput());
+    return GemmKernel{true, w, x, g.getBlockSize(), g.getActUe8m0()};
+  }
+  return std::nullopt;
+}
+
+} // namespace
+
+bool LinearGroupOp::canGroup(Operation *a, Operation *b) {
+  std::optional<GemmKernel> ka = gemmKernel(a), kb = gemmKernel(b);
+  return ka && kb && *ka == *kb;
+}
+
 LogicalResult LinearGroupOp::verify() {
   Block &body = getBody().front();
   FailureOr<YieldOp> yield = verifyGroupBody(*this, body, getInputs());
   if (failed(yield))
     return failure();
-  SmallVector<LinearOp> linears;
+  SmallVector<Operation *> gemms;
   for (Operation &op : body.without_terminator()) {
-    auto linear = dyn_cast<LinearOp>(op);
-    if (!linear)
-      return op.emitOpError("cannot be grouped: only kiln.linear ops may be "
+    if (!gemmKernel(&op))
+      return op.emitOpError("cannot be grouped: only kiln.linear, "
+                            "kiln.grouped_linear and kiln.gated_linear may be "
                             "in a kiln.linear_group body");
-    linears.push_back(linear);
+    gemms.push_back(&op);
   }
-  if (linears.size() < 2 || linears.size() > kMaxLinears)
+  if (gemms.size() < 2 || gemms.size() > kMaxLinears)
     return emitOpError("groups ")
-           << linears.size() << " linear(s); a group takes 2 to "
-           << kMaxLinears;
-  if ((*yield).getValues().size() != linears.size())
-    return emitOpError("must yield each linear's result once, in the "
-                       "body's order");
-  for (auto [i, linear] : llvm::enumerate(linears))
-    if ((*yield).getValues()[i] != linear.getResult() ||
-        !linear.getResult().hasOneUse())
-      return emitOpError("must yield each linear's result once, in the "
-                         "body's order");
-  LinearOp first = linears.front();
-  for (LinearOp linear : llvm::drop_begin(linears)) {
-    if (linear.getInput() != first.getInput() ||
-        linear.getInputScale() != first.getInputScale())
-      return linear.emitOpError("reads another input than the group's first "
-                                "linear");
-    if (getElementTypeOrSelf(linear.getWeight().getType()) !=
-            getElementTypeOrSelf(first.getWeight().getType()) ||
-        linear.getBlockSize() != first.getBlockSize() ||
-        linear.getActUe8m0() != first.getActUe8m0())
-      return linear.emitOpError("has another weight type or FP8 block than "
-                                "the group's first linear");
-  }
+           << gemms.size() << " GEMM(s); a group takes 2 to " << kMaxLinears;
+  if ((*yield).getValues().size() != gemms.size())
+    return emitOpError("must yield each GEMM's result once, in the body's "
+                       "order");
+  for (auto [i, gemm] : llvm::enumerate(gemms))
+    if ((*yield).getValues()[i] != gemm->getResult(0) ||
+        !gemm->getResult(0).hasOneUse())
+      return emitOpError("must yield each GEMM's result once, in the body's "
+                         "order");
+  for (Operation *gemm : llvm::drop_begin(gemms))
+    if (!canGroup(gemms.front(), gemm))
+      return gemm->emitOpError("needs another kernel than the group's first "
+                               "GEMM (gatedness, weight or input type, FP8 "
+                               "block)");
   return success();
 }

@@ -686,22 +686,23 @@ def Kiln_FusedOp : Kiln_Op<"fused", [Pure, IsolatedFromAbove, SingleBlock]> {
 
 def Kiln_LinearGroupOp
     : Kiln_Op<"linear_group", [Pure, IsolatedFromAbove, SingleBlock]> {
-  let summary = "Linears of one input that run as one GEMM launch";
+  let summary = "Independent GEMMs that run as one launch";
   let description = [{
-    The `kiln.linear`s of the body read one input: the same body argument,
-    and the same `input_scale` where the input is FP8 codes. Their weights
-    have one element type and one FP8 block shape. A GPU executor can then
-    run them as one launch where it runs them as GEMVs (a decode step): one
-    grid streams every weight, instead of one short launch per linear. This
-    is MLA's `q_proj` (or `q_a_proj`) with `kv_a_proj_with_mqa`, and a
-    dense attention's q, k and v projections. Each linear keeps its own
-    weight, bias and scales and its own arithmetic, so the results are
-    those of the linears run one by one, to the bit; the CPU executor runs
-    them so.
+    The GEMMs of the body (`kiln.linear`, `kiln.grouped_linear`,
+    `kiln.gated_linear`) read only the group's inputs, never each other's
+    results, and need one kernel: one gatedness, weight and input element
+    type and FP8 block. A GPU executor can then run them as one launch where
+    it runs them as GEMVs (a decode step): one grid streams every weight,
+    instead of one short launch per GEMM. This is MLA's `q_proj` (or
+    `q_a_proj`) with `kv_a_proj_with_mqa` and a dense attention's q, k and
+    v projections, which read one input, and a MoE layer's routed experts
+    with its shared expert, which do not. Each GEMM keeps its own operands
+    and arithmetic, so the results are those of the GEMMs run one by one,
+    to the bit; the CPU executor runs them so.
 
     The entry block's arguments stand for `inputs` in order; `kiln.yield`
-    returns each linear's result once, in the body's order. At most
-    `kMaxLinears` (4) linears, as the runtime's grouped GEMV takes.
+    returns each GEMM's result once, in the body's order. At most
+    `kMaxLinears` (4) GEMMs, as the runtime's grouped GEMV takes.
     `kiln-group-linears` forms the groups.
 
     ```mlir
@@ -727,8 +728,11 @@ def Kiln_LinearGroupOp
   }];
   let hasVerifier = 1;
   let extraClassDeclaration = [{
-    /// The most linears a group holds (the runtime's kGemvGroupMembers).
+    /// The most GEMMs a group holds (the runtime's kGemvGroupMembers).
     static constexpr unsigned kMaxLinears = 4;
+    /// Whether one kernel can run GEMMs `a` and `b` (each a kiln.linear,
+    /// kiln.grouped_linear or kiln.gated_linear).
+    static bool canGroup(::mlir::Operation *a, ::mlir::Operation *b);
   }];
 }
 

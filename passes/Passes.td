@@ -151,22 +151,28 @@ def KilnFoldHeadSlices : Pass<"kiln-fold-head-slices", "::mlir::ModuleOp"> {
 }
 
 def KilnGroupLinears : Pass<"kiln-group-linears", "::mlir::ModuleOp"> {
-  let summary = "Groups linears of one input into one GEMM launch";
+  let summary = "Groups independent GEMMs into one launch";
   let description = [{
-    Wraps `kiln.linear` ops that read the same input in a
-    `kiln.linear_group`, so that a decode step runs their GEMVs as one
-    launch instead of one each: MLA's `q_proj` (or `q_a_proj`) and
-    `kv_a_proj_with_mqa`, a dense attention's q, k and v projections. At
-    batch 1 a step is a chain of short kernels, each of which pays launch
-    latency and a ramp-up; a small GEMV such as `kv_a_proj_with_mqa` (576
-    output rows) also keeps few loads in flight on its own.
+    Wraps GEMMs (`kiln.linear`, `kiln.grouped_linear`, `kiln.gated_linear`)
+    that one kernel can run together in a `kiln.linear_group`, so that a
+    decode step runs their GEMVs as one launch instead of one each: MLA's
+    `q_proj` (or `q_a_proj`) with `kv_a_proj_with_mqa` and a dense
+    attention's q, k and v, which read one input; a MoE layer's routed
+    experts with its shared expert, first their gated GEMMs, then their
+    down projections. At batch 1 a step is a chain of short kernels, each
+    of which pays launch latency and a ramp-up; a small GEMV such as
+    `kv_a_proj_with_mqa` (576 output rows) also keeps few loads in flight
+    on its own.
 
-    Linears group when they read the same input (and its `input_scale`),
-    have one weight element type and FP8 block shape, and take their other
-    operands from values defined before the group's first linear or from
-    `kiln.get_parameter`s, which the pass moves up to the group. Groups
-    keep program order and hold at most 4 linears; biases may differ. Run
-    after `kiln-fuse`, which has moved FP8 activation quantization into
+    In program order, each GEMM not yet grouped takes the following GEMMs,
+    up to 32 ops on, that need the same kernel (gatedness, weight and input
+    element types, FP8 block; FP8 GEMMs that quantize f32 activations must
+    also read one input) and whose operands are all available at its place:
+    defined before it, or `kiln.get_parameter`s, which move up. So no member
+    reads another's result. Groups hold at most 4 GEMMs. A group makes its
+    results available from its place on, so the pass runs in rounds until
+    none forms (a MoE layer's down projections pair up in the second).
+    Run after `kiln-fuse`, which has moved FP8 activation quantization into
     the producing kernel by then, so that FP8 siblings read the same codes.
   }];
 }

@@ -319,39 +319,47 @@ KILN_FN void kiln_gemv_gated_f8e4m3_q8_block(Dim3 block, const GemmParams &p) {
 }
 KILN_KERNEL(kiln_gemv_gated_f8e4m3_q8, GemmParams)
 
-/// Dense GEMVs of one input run as one launch (kiln.linear_group): member
-/// i takes blocks [firstBlock[i], firstBlock[i + 1]) of the grid and runs
-/// as its own kiln_gemv launch would, so each result is that launch's to
-/// the bit. The members share the weight type, and so the kernel.
+/// Independent GEMVs run as one launch (kiln.linear_group): member i takes
+/// blocks [firstBlock[i], firstBlock[i + 1]) of the grid, its own grid
+/// (columnBlocks[i] x its matrices) flattened, and runs as its own
+/// kiln_gemv launch would, so each result is that launch's to the bit. The
+/// members share the weight type, the activation type and gatedness, and
+/// so the kernel.
 constexpr int kGemvGroupMembers = 4;
 
 struct GemvGroupParams {
   GemmParams member[kGemvGroupMembers];
+  int columnBlocks[kGemvGroupMembers];
   int firstBlock[kGemvGroupMembers + 1];
   int members;
 };
 // A kernel's parameters take at most 4 KiB.
 static_assert(sizeof(GemvGroupParams) <= 4096);
 
-/// The grid of `p`'s members (set), after filling in their first blocks.
+/// The grid of `p`'s members (set), after filling in their own grids'
+/// widths and their first blocks. Grouped members span the matrices
+/// gemmGridMatrices gives them.
 inline Dim3 gemvGroupGrid(GemvGroupParams &p) {
   int blocks = 0;
   for (int i = 0; i < p.members; ++i) {
+    const GemmParams &m = p.member[i];
+    Dim3 own = gemvGrid(m.n, gemmGridMatrices(m, m.offsets ? m.experts : 1));
+    p.columnBlocks[i] = own.x;
     p.firstBlock[i] = blocks;
-    blocks += gemvGrid(p.member[i].n, 1).x;
+    blocks += own.x * own.z;
   }
   p.firstBlock[p.members] = blocks;
   return {blocks, 1, 1};
 }
 
-template <class W, bool Fp8, class A = float>
+template <class W, bool Fp8, class A = float, bool Gated = false>
 KILN_FN void gemvGroupBlock(Dim3 block, const GemvGroupParams &p) {
   int i = 0;
   while (i + 1 < p.members && block.x >= p.firstBlock[i + 1])
     ++i;
-  Dim3 own = block;
-  own.x -= p.firstBlock[i];
-  gemvBlock<W, Fp8, A>(own, p.member[i]);
+  int local = block.x - p.firstBlock[i];
+  Dim3 own{local % p.columnBlocks[i], 1, local / p.columnBlocks[i]};
+  gemvBlock<W, Fp8, A, Gated>(own, p.member[i]);
 }
 
 #define KILN_GEMV_GROUP_KERNEL(suffix, W, Fp8, A)                              \
@@ -359,7 +367,12 @@ KILN_FN void gemvGroupBlock(Dim3 block, const GemvGroupParams &p) {
                                                 const GemvGroupParams &p) {    \
     gemvGroupBlock<W, Fp8, A>(block, p);                                       \
   }                                                                            \
-  KILN_KERNEL(kiln_gemv_group_##suffix, GemvGroupParams)
+  KILN_KERNEL(kiln_gemv_group_##suffix, GemvGroupParams)                       \
+  KILN_FN void kiln_gemv_group_gated_##suffix##_block(                         \
+      Dim3 block, const GemvGroupParams &p) {                                  \
+    gemvGroupBlock<W, Fp8, A, true>(block, p);                                 \
+  }                                                                            \
+  KILN_KERNEL(kiln_gemv_group_gated_##suffix, GemvGroupParams)
 KILN_GEMV_GROUP_KERNEL(f32, float, false, float)
 KILN_GEMV_GROUP_KERNEL(bf16, Bf16, false, float)
 KILN_GEMV_GROUP_KERNEL(f16, F16, false, float)

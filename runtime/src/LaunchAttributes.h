@@ -44,8 +44,8 @@ inline unsigned broadcastAxis(const artifact::TensorRef &from,
   return axis;
 }
 
-/// The most Linear launches a LinearGroup holds (kiln.linear_group's
-/// kMaxLinears; the CUDA executor's grouped GEMV takes that many).
+/// The most launches a LinearGroup holds (kiln.linear_group's kMaxLinears;
+/// the CUDA executor's grouped GEMV takes that many).
 inline constexpr uint32_t kLinearGroupMaxMembers = 4;
 
 /// Where a GatedLinear launch's arguments are: x, the gate and up weights,

@@ -12,6 +12,7 @@
 #include "kiln/PlanShapes.h"
 
 #include <algorithm>
+#include <vector>
 
 namespace kiln::detail {
 namespace {
@@ -54,9 +55,9 @@ private:
   /// a kernel of every GPU module.
   absl::Status checkFused(const art::EntryPoint &entry);
   /// Linear groups: in order, within the launches, apart from the fused
-  /// groups; members are Linear launches one GEMV kernel can run together
-  /// (one input, one weight type and FP8 block) whose results overlap no
-  /// other member's arguments.
+  /// groups; members are GEMM launches one GEMV kernel can run together
+  /// (one gatedness, weight and input type, FP8 block) whose results
+  /// overlap no other member's arguments (so none reads another's).
   absl::Status checkLinearGroups(const art::EntryPoint &entry);
   /// Whether the arena bytes `a` and `b` span overlap.
   bool overlap(const art::TensorRef *a, const art::TensorRef *b) const {
@@ -797,34 +798,32 @@ absl::Status Verifier::checkLinearGroups(const art::EntryPoint &entry) {
       return entry.launches()->Get(static_cast<flatbuffers::uoffset_t>(m));
     };
     const art::Launch &lead = *member(first);
-    // The launches verified on their own: a Linear's x comes first, its
-    // input scales (x as codes) just before its result.
-    auto inputScale = [](const art::Launch &l) {
-      return l.args()->Get(0)->type() == art::ElementType::F8E4M3
-                 ? l.args()->Get(l.args()->size() - 2)
-                 : nullptr;
-    };
-    auto same = [&](const art::TensorRef *a, const art::TensorRef *b) {
-      return (!a && !b) ||
-             (a && b && a->storage() == b->storage() &&
-              a->index() == b->index() && a->offset() == b->offset() &&
-              a->type() == b->type() && sameShape(a, b));
+    // The launches are verified on their own by now. One kernel runs the
+    // members: one gatedness, weight type, activation type (f32, or e4m3
+    // codes) and FP8 block.
+    auto fp8Block = [](const art::Launch &l) {
+      unsigned at = l.kernel() == art::KernelKind::GroupedLinear ? 0 : 1;
+      std::vector<int64_t> block;
+      if (l.ints() && l.ints()->size() == at + 3)
+        block.assign(l.ints()->begin() + at, l.ints()->end());
+      return block;
     };
     for (uint64_t m = first; m < last; ++m) {
       const art::Launch &l = *member(m);
-      if (l.kernel() != art::KernelKind::Linear)
-        return fail("launch " + std::to_string(m) + " is not a Linear");
-      bool fp8 = l.ints()->size() == 4;
-      if (!same(l.args()->Get(0), lead.args()->Get(0)) ||
-          !same(inputScale(l), inputScale(lead)) ||
-          l.args()->Get(1)->type() != lead.args()->Get(1)->type() ||
-          l.ints()->size() != lead.ints()->size() ||
-          (fp8 && !std::equal(l.ints()->begin() + 1, l.ints()->end(),
-                              lead.ints()->begin() + 1)))
+      if (l.kernel() != art::KernelKind::Linear &&
+          l.kernel() != art::KernelKind::GatedLinear &&
+          l.kernel() != art::KernelKind::GroupedLinear)
         return fail("launch " + std::to_string(m) +
-                    " reads another input, weight type or FP8 block than "
-                    "launch " +
-                    std::to_string(first));
+                    " is not a Linear, GatedLinear or GroupedLinear");
+      bool gated = l.kernel() == art::KernelKind::GatedLinear;
+      if (gated != (lead.kernel() == art::KernelKind::GatedLinear) ||
+          l.args()->Get(0)->type() != lead.args()->Get(0)->type() ||
+          l.args()->Get(1)->type() != lead.args()->Get(1)->type() ||
+          fp8Block(l) != fp8Block(lead))
+        return fail("launch " + std::to_string(m) +
+                    " needs another kernel than launch " +
+                    std::to_string(first) +
+                    " (gatedness, weight or input type, FP8 block)");
     }
     // One kernel runs the members together.
     for (uint64_t m = first; m < last; ++m) {

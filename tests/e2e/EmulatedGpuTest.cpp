@@ -203,7 +203,8 @@ TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
 /// Kernel launches each of three decode steps of one sequence runs
 /// (Session::kernelLaunches), the first captured into a graph and the
 /// others replaying it; DeepSeek-V3's golden, linear groups on or off.
-std::vector<int64_t> decodeLaunches(Device device, bool groupLinears) {
+std::vector<int64_t> decodeLaunches(Device device, bool groupLinears,
+                                    size_t *linearGroups = nullptr) {
   CompileSettings settings;
   settings.optimize.groupLinears = groupLinears;
   std::filesystem::path artifact =
@@ -215,6 +216,10 @@ std::vector<int64_t> decodeLaunches(Device device, bool groupLinears) {
     return {};
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   EXPECT_TRUE(model.ok()) << model.status().message();
+  if (model.ok() && linearGroups)
+    for (const EntryPointInfo &e : (*model)->info().entryPoints)
+      if (e.name == "decode")
+        *linearGroups = e.linearGroups;
   SessionOptions options;
   options.device = device;
   absl::StatusOr<std::unique_ptr<Session>> session =
@@ -235,18 +240,23 @@ std::vector<int64_t> decodeLaunches(Device device, bool groupLinears) {
 }
 
 // The launch counter counts replayed graphs as their kernels, none on the
-// CPU; each linear group (one a layer: q_a_proj with kv_a_proj_with_mqa) is
-// one launch fewer.
+// CPU; each linear group (a pair here: q_a_proj with kv_a_proj_with_mqa,
+// and in MoE layers the routed with the shared experts' gated and down
+// GEMMs) is one launch fewer.
 TEST(EmulatedGpuSession, KernelLaunchesCountEveryStep) {
   EXPECT_EQ(decodeLaunches(Device::Cpu, true), (std::vector<int64_t>{0, 0, 0}));
-  std::vector<int64_t> grouped = decodeLaunches(Device::Emulated, true);
+  size_t groups = 0;
+  std::vector<int64_t> grouped =
+      decodeLaunches(Device::Emulated, true, &groups);
   std::vector<int64_t> apart = decodeLaunches(Device::Emulated, false);
   ASSERT_EQ(grouped.size(), 3u);
   ASSERT_EQ(apart.size(), 3u);
   EXPECT_GT(grouped[0], 0);
   EXPECT_EQ(grouped[1], grouped[0]);
   EXPECT_EQ(grouped[2], grouped[0]);
-  EXPECT_EQ(apart[0] - grouped[0], 3); // the golden's 3 layers
+  // 3 layers, 2 of them MoE.
+  EXPECT_EQ(groups, 3u + 2 * 2);
+  EXPECT_EQ(apart[0] - grouped[0], static_cast<int64_t>(groups));
 }
 
 // The executor's switches say which values they take.
@@ -506,6 +516,12 @@ TEST(EmulatedGpuSession, LinearGroupsAreTheLinearsBf16) {
                                   "kiln_gemv_group_bf16");
 }
 
+// A MoE layer's routed and shared experts' gated GEMMs.
+TEST(EmulatedGpuSession, LinearGroupsAreTheLinearsExperts) {
+  expectLinearGroupsAreTheLinears("deepseek-v2-lite-bf16", false,
+                                  "kiln_gemv_group_gated_bf16");
+}
+
 // q, k and v with their biases.
 TEST(EmulatedGpuSession, LinearGroupsAreTheLinearsWithBiases) {
   expectLinearGroupsAreTheLinears("qwen2", false, "kiln_gemv_group_f32");
@@ -582,13 +598,20 @@ TEST(EmulatedGpuSession, MalformedLinearGroupsAreRejected) {
   expectLinearGroupRejected(
       "linears_not_linear.kiln", [](Entry &, Group &g) { g.count += 1; },
       "is not a Linear");
+  // A MoE layer's gated pair (routed and shared experts) taking the next
+  // launch, a plain GEMM.
   expectLinearGroupRejected(
-      "linears_other_input.kiln",
-      [](Entry &e, Group &g) {
-        auto &x = e.launches[g.first + 1]->args[0];
-        x->offset += 4;
+      "linears_other_kernel.kiln",
+      [](Entry &e, Group &) {
+        for (auto &g : e.linear_groups)
+          if (e.launches[g->first]->kernel ==
+              artifact::KernelKind::GatedLinear) {
+            g->count += 1;
+            return;
+          }
+        ADD_FAILURE() << "no gated linear group";
       },
-      "reads another input");
+      "needs another kernel than launch");
   // The second member writes where the first writes.
   expectLinearGroupRejected(
       "linears_aliased.kiln",

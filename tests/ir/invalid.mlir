@@ -1576,7 +1576,7 @@ func.func @linear_group_not_linear(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
   %r:2 = kiln.linear_group(%x, %w) : (tensor<?x8xf32>, tensor<8x8xbf16>) -> (tensor<?x8xf32>, tensor<?x8xf32>) {
   ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
     %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
-    // expected-error @+1 {{'kiln.add' op cannot be grouped: only kiln.linear ops may be in a kiln.linear_group body}}
+    // expected-error @+1 {{'kiln.add' op cannot be grouped: only kiln.linear, kiln.grouped_linear and kiln.gated_linear may be in a kiln.linear_group body}}
     %1 = kiln.add %a, %a : tensor<?x8xf32>
     kiln.yield %0, %1 : tensor<?x8xf32>, tensor<?x8xf32>
   }
@@ -1586,7 +1586,7 @@ func.func @linear_group_not_linear(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
 // -----
 
 func.func @linear_group_one(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
-  // expected-error @+1 {{'kiln.linear_group' op groups 1 linear(s); a group takes 2 to 4}}
+  // expected-error @+1 {{'kiln.linear_group' op groups 1 GEMM(s); a group takes 2 to 4}}
   %r = kiln.linear_group(%x, %w) : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32> {
   ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
     %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
@@ -1598,7 +1598,7 @@ func.func @linear_group_one(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
 // -----
 
 func.func @linear_group_five(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
-  // expected-error @+1 {{'kiln.linear_group' op groups 5 linear(s); a group takes 2 to 4}}
+  // expected-error @+1 {{'kiln.linear_group' op groups 5 GEMM(s); a group takes 2 to 4}}
   %r:5 = kiln.linear_group(%x, %w) : (tensor<?x8xf32>, tensor<8x8xbf16>) -> (tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>) {
   ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
     %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
@@ -1614,7 +1614,7 @@ func.func @linear_group_five(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
 // -----
 
 func.func @linear_group_order(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
-  // expected-error @+1 {{'kiln.linear_group' op must yield each linear's result once, in the body's order}}
+  // expected-error @+1 {{'kiln.linear_group' op must yield each GEMM's result once, in the body's order}}
   %r:2 = kiln.linear_group(%x, %w) : (tensor<?x8xf32>, tensor<8x8xbf16>) -> (tensor<?x8xf32>, tensor<?x8xf32>) {
   ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
     %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
@@ -1626,12 +1626,12 @@ func.func @linear_group_order(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
 
 // -----
 
-func.func @linear_group_inputs(%x: tensor<?x8xf32>, %y: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
-  %r:2 = kiln.linear_group(%x, %y, %w) : (tensor<?x8xf32>, tensor<?x8xf32>, tensor<8x8xbf16>) -> (tensor<?x8xf32>, tensor<?x8xf32>) {
-  ^bb0(%a: tensor<?x8xf32>, %c: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
+func.func @linear_group_gated(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
+  %r:2 = kiln.linear_group(%x, %w) : (tensor<?x8xf32>, tensor<8x8xbf16>) -> (tensor<?x8xf32>, tensor<?x8xf32>) {
+  ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
     %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
-    // expected-error @+1 {{'kiln.linear' op reads another input than the group's first linear}}
-    %1 = kiln.linear %c, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
+    // expected-error @+1 {{'kiln.gated_linear' op needs another kernel than the group's first GEMM (gatedness, weight or input type, FP8 block)}}
+    %1 = kiln.gated_linear %a, %b, %b : (tensor<?x8xf32>, tensor<8x8xbf16>, tensor<8x8xbf16>) -> tensor<?x8xf32>
     kiln.yield %0, %1 : tensor<?x8xf32>, tensor<?x8xf32>
   }
   return
@@ -1643,7 +1643,7 @@ func.func @linear_group_types(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>, %v: ten
   %r:2 = kiln.linear_group(%x, %w, %v) : (tensor<?x8xf32>, tensor<8x8xbf16>, tensor<8x8xf32>) -> (tensor<?x8xf32>, tensor<?x8xf32>) {
   ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>, %c: tensor<8x8xf32>):
     %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
-    // expected-error @+1 {{'kiln.linear' op has another weight type or FP8 block than the group's first linear}}
+    // expected-error @+1 {{'kiln.linear' op needs another kernel than the group's first GEMM (gatedness, weight or input type, FP8 block)}}
     %1 = kiln.linear %a, %c : (tensor<?x8xf32>, tensor<8x8xf32>) -> tensor<?x8xf32>
     kiln.yield %0, %1 : tensor<?x8xf32>, tensor<?x8xf32>
   }
@@ -1653,7 +1653,7 @@ func.func @linear_group_types(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>, %v: ten
 // -----
 
 func.func @linear_group_yields_fewer(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
-  // expected-error @+1 {{'kiln.linear_group' op must yield each linear's result once, in the body's order}}
+  // expected-error @+1 {{'kiln.linear_group' op must yield each GEMM's result once, in the body's order}}
   %r:2 = kiln.linear_group(%x, %w) : (tensor<?x8xf32>, tensor<8x8xbf16>) -> (tensor<?x8xf32>, tensor<?x8xf32>) {
   ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
     %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
@@ -1667,7 +1667,7 @@ func.func @linear_group_yields_fewer(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) 
 // -----
 
 func.func @linear_group_yields_more(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
-  // expected-error @+1 {{'kiln.linear_group' op must yield each linear's result once, in the body's order}}
+  // expected-error @+1 {{'kiln.linear_group' op must yield each GEMM's result once, in the body's order}}
   %r:3 = kiln.linear_group(%x, %w) : (tensor<?x8xf32>, tensor<8x8xbf16>) -> (tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>) {
   ^bb0(%a: tensor<?x8xf32>, %b: tensor<8x8xbf16>):
     %0 = kiln.linear %a, %b : (tensor<?x8xf32>, tensor<8x8xbf16>) -> tensor<?x8xf32>
@@ -1679,12 +1679,12 @@ func.func @linear_group_yields_more(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
 
 // -----
 
-func.func @linear_group_input_scales(%x: tensor<?x32xf8E4M3FN>, %w: tensor<16x32xf8E4M3FN>, %s: tensor<1x2xf32>, %xs: tensor<?x2xf32>, %ys: tensor<?x2xf32>) {
-  %r:2 = kiln.linear_group(%x, %w, %s, %xs, %ys) : (tensor<?x32xf8E4M3FN>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>, tensor<?x2xf32>, tensor<?x2xf32>) -> (tensor<?x16xf32>, tensor<?x16xf32>) {
-  ^bb0(%a: tensor<?x32xf8E4M3FN>, %b: tensor<16x32xf8E4M3FN>, %c: tensor<1x2xf32>, %d: tensor<?x2xf32>, %e: tensor<?x2xf32>):
+func.func @linear_group_input_types(%x: tensor<?x32xf8E4M3FN>, %y: tensor<?x32xf32>, %w: tensor<16x32xf8E4M3FN>, %s: tensor<1x2xf32>, %xs: tensor<?x2xf32>) {
+  %r:2 = kiln.linear_group(%x, %y, %w, %s, %xs) : (tensor<?x32xf8E4M3FN>, tensor<?x32xf32>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>, tensor<?x2xf32>) -> (tensor<?x16xf32>, tensor<?x16xf32>) {
+  ^bb0(%a: tensor<?x32xf8E4M3FN>, %f: tensor<?x32xf32>, %b: tensor<16x32xf8E4M3FN>, %c: tensor<1x2xf32>, %d: tensor<?x2xf32>):
     %0 = kiln.linear %a, %b scale %c input_scale %d {block_size = array<i64: 16, 16>} : (tensor<?x32xf8E4M3FN>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>, tensor<?x2xf32>) -> tensor<?x16xf32>
-    // expected-error @+1 {{'kiln.linear' op reads another input than the group's first linear}}
-    %1 = kiln.linear %a, %b scale %c input_scale %e {block_size = array<i64: 16, 16>} : (tensor<?x32xf8E4M3FN>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+    // expected-error @+1 {{'kiln.linear' op needs another kernel than the group's first GEMM (gatedness, weight or input type, FP8 block)}}
+    %1 = kiln.linear %f, %b scale %c {block_size = array<i64: 16, 16>} : (tensor<?x32xf32>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>) -> tensor<?x16xf32>
     kiln.yield %0, %1 : tensor<?x16xf32>, tensor<?x16xf32>
   }
   return

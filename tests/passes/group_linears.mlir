@@ -1,7 +1,7 @@
-// kiln-group-linears: linears of one input become one kiln.linear_group;
-// the builder's models (MLA's q and latent projections, a dense attention's
-// q, k and v, FP8 siblings after kiln-fuse), then one rule per hand-written
-// function.
+// kiln-group-linears: GEMMs that can share a launch become one
+// kiln.linear_group; the builder's models (MLA's q and latent projections,
+// a MoE layer's routed and shared experts, a dense attention's q, k and v,
+// FP8 siblings after kiln-fuse), then one rule per hand-written function.
 
 // DeepSeek-V3: q_a_proj and kv_a_proj_with_mqa read the normed hidden state.
 // RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-fuse-gated-linear -kiln-group-linears | FileCheck %s --check-prefix=V3
@@ -12,6 +12,22 @@
 // V3-NEXT: %[[B:.*]] = kiln.linear %[[X]], %[[WKV]]
 // V3-NEXT: kiln.yield %[[A]], %[[B]]
 // V3: kiln.rms_norm %[[Q]]#0
+
+// A MoE layer: the shared expert's gated GEMM moves up beside the routed
+// experts' (different inputs: routed rows and the token rows), and in the
+// next round the two down projections pair up.
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-fuse-gated-linear -kiln-group-linears | FileCheck %s --check-prefix=MOE
+// MOE-LABEL: func.func @forward
+// MOE: %[[ROUTED:.*]], %[[OFF:.*]], %{{.*}} = kiln.moe_dispatch %[[NORMED:[^,]*]],
+// MOE: %[[UP:.*]]:2 = kiln.linear_group(%[[ROUTED]], %{{.*}}, %{{.*}}, %[[OFF]], %[[NORMED]], %{{.*}}, %{{.*}})
+// MOE-NEXT: ^bb0
+// MOE-NEXT: kiln.gated_linear {{.*}} experts
+// MOE-NEXT: kiln.gated_linear
+// MOE: %[[DOWN:.*]]:2 = kiln.linear_group(%[[UP]]#0, %{{.*}}, %[[OFF]], %[[UP]]#1, %{{.*}})
+// MOE-NEXT: ^bb0
+// MOE-NEXT: kiln.grouped_linear
+// MOE-NEXT: kiln.linear
+// MOE: kiln.moe_combine %[[DOWN]]#0
 
 // Qwen2: q, k and v with their biases.
 // RUN: kiln compile-model %presets/tiny-qwen2.json --compile-to=import | kiln-opt -kiln-fuse-gated-linear -kiln-group-linears | FileCheck %s --check-prefix=QWEN
@@ -70,21 +86,28 @@ module {
 
 // -----
 
-// Other inputs, or another weight type, make other launches.
+// GEMMs of other inputs share a launch; another weight type, or a GEMM
+// that reads another's result, does not.
 
 // CHECK-LABEL: func.func @apart
+// CHECK-NEXT: %[[G:.*]]:2 = kiln.linear_group(%arg0, %arg2, %arg1, %arg3)
+// CHECK: kiln.linear %arg0, %arg4
+// CHECK-NEXT: kiln.add
+// CHECK-NEXT: kiln.add
+// CHECK-NEXT: kiln.linear %{{.*}}, %arg5
 // CHECK-NOT: kiln.linear_group
 // CHECK: return
 func.func @apart(%x: tensor<?x?x64xf32>, %y: tensor<?x?x64xf32>,
                  %w0: tensor<32x64xbf16>, %w1: tensor<32x64xbf16>,
-                 %w2: tensor<32x64xf32>)
-    -> (tensor<?x?x32xf32>, tensor<?x?x32xf32>) {
+                 %w2: tensor<32x64xf32>, %w3: tensor<16x32xbf16>)
+    -> (tensor<?x?x32xf32>, tensor<?x?x16xf32>) {
   %a = kiln.linear %x, %w0 : (tensor<?x?x64xf32>, tensor<32x64xbf16>) -> tensor<?x?x32xf32>
   %b = kiln.linear %y, %w1 : (tensor<?x?x64xf32>, tensor<32x64xbf16>) -> tensor<?x?x32xf32>
   %c = kiln.linear %x, %w2 : (tensor<?x?x64xf32>, tensor<32x64xf32>) -> tensor<?x?x32xf32>
   %s = kiln.add %a, %b : tensor<?x?x32xf32>
   %t = kiln.add %s, %c : tensor<?x?x32xf32>
-  return %t, %t : tensor<?x?x32xf32>, tensor<?x?x32xf32>
+  %v = kiln.linear %t, %w3 : (tensor<?x?x32xf32>, tensor<16x32xbf16>) -> tensor<?x?x16xf32>
+  return %t, %v : tensor<?x?x32xf32>, tensor<?x?x16xf32>
 }
 
 // -----

@@ -1,9 +1,9 @@
 // Host builds of the grouped GEMVs (kiln_gemv_group_*, runtime/kernels/
-// Matmul.h) against what kiln.linear_group replaces: each member's plain
-// GEMV launched on its own. A member's blocks run that GEMV's code over the
-// same weights and activations, so the results must agree to the bit; the
-// plain GEMVs themselves are checked against the CPU kernels in
-// MatmulKernelTest.cpp.
+// Matmul.h) against what kiln.linear_group replaces: each member's GEMV
+// (plain or gated, dense or grouped by expert) launched on its own. A member's
+// blocks run that GEMV's code over the same weights and activations, so the
+// results must agree to the bit; the plain GEMVs themselves are checked against
+// the CPU kernels in MatmulKernelTest.cpp.
 #include "Matmul.h"
 #include "tests/runtime/GemmTestUtil.h"
 
@@ -118,6 +118,61 @@ TEST(GemvGroupKernel, TakesActivationCodesAFusedKernelQuantized) {
   expectGroupIsTheMembers(cpu::ElementType::F8E4M3, true, 1, 256, {192, 72});
   expectGroupIsTheMembers(cpu::ElementType::F8E4M3, true, 5, 384,
                           {130, 64, 64});
+}
+
+/// A MoE layer's pair: the routed experts' GEMM (rows grouped by expert
+/// over the experts that have rows) and the shared expert's (dense, other
+/// rows), plain or gated, bf16, against each one's own GEMV launch.
+void expectExpertsAndSharedExpert(bool gated) {
+  SCOPED_TRACE(gated ? "gated" : "plain");
+  const int64_t k = 256, n = 96, sharedN = 192, tokens = 2;
+  std::vector<int32_t> offsets = {0, 0, 3, 3, 5, 6, 6};
+  int64_t experts = static_cast<int64_t>(offsets.size()) - 1;
+  int64_t routed = offsets.back();
+  std::vector<int32_t> active = activeExpertsOf(offsets);
+  std::vector<float> rows = randomRows(routed, k, 91),
+                     tokenRows = randomRows(tokens, k, 92);
+  Weights w = makeWeights(cpu::ElementType::BF16, experts, n, k, 93),
+          wUp = makeWeights(cpu::ElementType::BF16, experts, n, k, 94),
+          shared = makeWeights(cpu::ElementType::BF16, 1, sharedN, k, 95),
+          sharedUp = makeWeights(cpu::ElementType::BF16, 1, sharedN, k, 96);
+  std::vector<float> wantRouted(routed * n), wantShared(tokens * sharedN),
+      gotRouted(routed * n, -7.0f), gotShared(tokens * sharedN, -7.0f);
+  GemmParams r = gemmParams(w, wantRouted.data(), routed, n, k);
+  r.x = rows.data();
+  r.offsets = offsets.data();
+  r.experts = static_cast<int>(experts);
+  r.activeExperts = active.data();
+  GemmParams d = gemmParams(shared, wantShared.data(), tokens, sharedN, k);
+  d.x = tokenRows.data();
+  if (gated) {
+    r.wUp = wUp.bytes.data();
+    d.wUp = sharedUp.bytes.data();
+  }
+  for (const GemmParams &p : {r, d}) {
+    Dim3 grid = gemvGrid(p.n, gemmGridMatrices(p, p.offsets ? p.experts : 1));
+    gated ? kiln_gemv_gated_bf16_host(grid, p) : kiln_gemv_bf16_host(grid, p);
+  }
+  GemvGroupParams group{};
+  group.members = 2;
+  group.member[0] = r;
+  group.member[0].out = gotRouted.data();
+  group.member[1] = d;
+  group.member[1].out = gotShared.data();
+  Dim3 grid = gemvGroupGrid(group);
+  gated ? kiln_gemv_group_gated_bf16_host(grid, group)
+        : kiln_gemv_group_bf16_host(grid, group);
+  for (size_t i = 0; i < wantRouted.size(); ++i)
+    ASSERT_EQ(std::memcmp(&gotRouted[i], &wantRouted[i], sizeof(float)), 0)
+        << "routed " << i;
+  for (size_t i = 0; i < wantShared.size(); ++i)
+    ASSERT_EQ(std::memcmp(&gotShared[i], &wantShared[i], sizeof(float)), 0)
+        << "shared " << i;
+}
+
+TEST(GemvGroupKernel, RoutedAndSharedExpertsShareALaunch) {
+  expectExpertsAndSharedExpert(false);
+  expectExpertsAndSharedExpert(true);
 }
 
 TEST(GemvGroupKernel, MembersTakeConsecutiveBlocks) {

@@ -17,7 +17,8 @@ namespace kiln::artifact {
 inline constexpr char kMagic[8] = {'K', 'I', 'L', 'N', 'A', 'R', 'T', '\0'};
 /// Bumped on any incompatible change of the header or the schema, including
 /// the meaning of a launch's operands or attributes. 2: HeadLinear's ints
-/// start with the input column offset; the GatedLinear kernel.
+/// start with the input column offset; the GatedLinear kernel; linear
+/// groups.
 inline constexpr uint32_t kFormatVersion = 2;
 inline constexpr uint64_t kWeightsAlignment = 4096;
 /// Alignment of each parameter inside the weights section.

@@ -199,8 +199,9 @@ struct Executor::Impl {
   absl::Status launchLibrary(const art::Launch &launch);
   absl::Status launchAttention(const art::Launch &launch);
   absl::Status launchGemm(const art::Launch &launch);
-  /// A LinearGroup: one grouped GEMV where the GEMV would take every
-  /// member, else the members one by one.
+  /// A LinearGroup: one grouped GEMV (gated or plain) where the GEMV would
+  /// take every member (and FP8 activations to quantize are one input),
+  /// else the members one by one.
   absl::Status launchLinearGroup(const art::EntryPoint &entry,
                                  const art::LinearGroup &group);
   /// kiln.gated_linear: one gated GEMV where the GEMV would take both
@@ -253,6 +254,8 @@ struct Executor::Impl {
   };
   /// A GEMM launch (Linear, Logits, HeadLinear, GroupedLinear) decoded.
   GemmCall gemmCall(const art::Launch &launch) const;
+  /// A GatedLinear launch decoded (p.wUp set).
+  GemmCall gatedCall(const art::Launch &launch) const;
   /// Runs `c` on cuBLASLt, the tensor cores or the GEMV; a gated call
   /// (p.wUp) always on the gated GEMV.
   absl::Status runGemm(GemmCall c);
@@ -938,20 +941,33 @@ Executor::Impl::GemmCall Executor::Impl::gemmCall(const art::Launch &l) const {
 absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
                                                const art::LinearGroup &group) {
   static_assert(kGemvGroupMembers == kLinearGroupMaxMembers);
+  std::vector<const art::Launch *> members;
   std::vector<GemmCall> calls;
-  for (uint32_t i = 0; i < group.count(); ++i)
-    calls.push_back(gemmCall(*entry.launches()->Get(group.first() + i)));
-  if (!std::all_of(calls.begin(), calls.end(),
-                   [&](const GemmCall &c) { return gemvTakes(c); })) {
-    for (const GemmCall &c : calls)
-      if (absl::Status s = dispatchGemm(c); !s.ok())
+  for (uint32_t i = 0; i < group.count(); ++i) {
+    const art::Launch *l = entry.launches()->Get(group.first() + i);
+    members.push_back(l);
+    calls.push_back(l->kernel() == art::KernelKind::GatedLinear ? gatedCall(*l)
+                                                                : gemmCall(*l));
+  }
+  // FP8 GEMMs of f32 activations quantize them into one scratch buffer,
+  // so only members of one input share a launch.
+  GemmCall &lead = calls.front();
+  bool quantizeOnce =
+      lead.fp8 && !lead.quantized &&
+      std::all_of(calls.begin(), calls.end(), [&](const GemmCall &c) {
+        return c.p.x == lead.p.x && c.p.k == lead.p.k && !c.p.offsets;
+      });
+  bool together =
+      std::all_of(calls.begin(), calls.end(),
+                  [&](const GemmCall &c) { return gemvTakes(c); }) &&
+      (!lead.fp8 || lead.quantized || quantizeOnce);
+  if (!together) {
+    for (const art::Launch *l : members)
+      if (absl::Status s = launchLibrary(*l); !s.ok())
         return s;
     return absl::OkStatus();
   }
-  // The members read one input the same way (the plan verifier checked),
-  // so FP8 activations are quantized once for all of them.
-  GemmCall &lead = calls.front();
-  if (lead.fp8 && !lead.quantized) {
+  if (quantizeOnce) {
     if (absl::Status s = quantizeRows(lead); !s.ok())
       return s;
     for (GemmCall &c : calls) {
@@ -965,7 +981,9 @@ absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
     p.member[i] = calls[i].p;
   std::string type =
       lead.quantized ? "f8e4m3_q8" : detail::elementTypeName(lead.weightType);
-  return launch("kiln_gemv_group_" + type, gemvGroupGrid(p), p);
+  return launch(std::string("kiln_gemv_group_") + (lead.p.wUp ? "gated_" : "") +
+                    type,
+                gemvGroupGrid(p), p);
 }
 
 bool Executor::Impl::blasWeights(const GemmCall &c) const {
@@ -989,7 +1007,7 @@ bool Executor::Impl::gemvTakes(const GemmCall &c) const {
          !mmaTakes(c);
 }
 
-absl::Status Executor::Impl::launchGated(const art::Launch &l) {
+Executor::Impl::GemmCall Executor::Impl::gatedCall(const art::Launch &l) const {
   const auto &refs = *l.args();
   GatedLinearArgs g = GatedLinearArgs::of(l, refs.size());
   auto at = [&](int i) { return resolve(refs.Get(static_cast<unsigned>(i))); };
@@ -1030,6 +1048,12 @@ absl::Status Executor::Impl::launchGated(const art::Launch &l) {
       p.xScale = reinterpret_cast<const float *>(at(g.inputScale));
     }
   }
+  return c;
+}
+
+absl::Status Executor::Impl::launchGated(const art::Launch &l) {
+  GemmCall c = gatedCall(l);
+  const GemmParams &p = c.p;
   if (gemvTakes(c))
     return runGemm(c);
   if (perExpert(c)) {
@@ -1054,7 +1078,7 @@ absl::Status Executor::Impl::launchGated(const art::Launch &l) {
   for (const GemmCall *call : {&gate, &up})
     if (absl::Status s = dispatchGemm(*call); !s.ok())
       return s;
-  int64_t count = numel(refs.Get(static_cast<unsigned>(g.out)));
+  int64_t count = numel(l.args()->Get(l.args()->size() - 1));
   return launch("kiln_swiglu", elementwiseGrid(count),
                 BinaryParams{p.out, up.p.out, p.out, count});
 }
