@@ -361,34 +361,36 @@ TEST(EmulatedGpuSession, StepsWithoutLogits) {
   }
 }
 
-/// kiln.gated_linear against the unfused FFN (kiln-fuse-gated-linear off):
-/// the same GEMM sums and SwiGLU, so the same steps to the bit, on the CPU
-/// and on the emulated device: with the GEMVs (the decode graph's gated
-/// GEMVs, `gemv` the gated kernel it must launch) and with cuBLASLt and the
-/// tensor cores taking the rows (each projection on its own, then SwiGLU).
-void expectGatedLinearIsTheUnfusedFfn(const std::string &golden, bool fp8,
-                                      const std::string &gemv) {
+/// A rewrite that keeps every GEMM sum (and SwiGLU) as it was: `golden`
+/// compiled without and with it (`apply(settings, on)`), run on the CPU
+/// and on the emulated device, with the GEMVs and with cuBLASLt and the
+/// tensor cores taking the rows, gives the same steps to the bit; only the
+/// rewritten form launches `kernel`, and does where the GEMVs take the
+/// rows (`name` tells the artifacts apart).
+void expectSameStepsWithRewrite(
+    const std::string &golden, const std::string &name,
+    const std::function<void(CompileSettings &, bool)> &apply,
+    const std::string &kernel) {
   std::unique_ptr<Model> models[2];
-  for (bool gated : {false, true}) {
+  for (bool on : {false, true}) {
     CompileSettings settings;
-    settings.optimize.quantizeFp8 = fp8;
-    settings.optimize.fuseGatedLinear = gated;
+    apply(settings, on);
     std::filesystem::path artifact =
         compileArtifact(kGolden / golden,
-                        ::testing::TempDir() + "/emulated_" + golden +
-                            (gated ? "_gated" : "_unfused") + ".kiln",
+                        ::testing::TempDir() + "/emulated_" + golden + "_" +
+                            name + (on ? "_on" : "_off") + ".kiln",
                         settings);
     ASSERT_FALSE(artifact.empty());
     absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
     ASSERT_TRUE(model.ok()) << model.status().message();
-    models[gated] = std::move(*model);
+    models[on] = std::move(*model);
   }
   struct Run {
     Device device;
     const char *blas, *mma;
   };
   // cuBLASLt with the GEMVs: outside capture (prefill) the experts' few
-  // rows are read back and stay one gated launch.
+  // rows are read back and stay one grouped launch.
   for (Run run :
        {Run{Device::Cpu, "0", "off"}, Run{Device::Emulated, "0", "off"},
         Run{Device::Emulated, "1", "off"}, Run{Device::Emulated, "1", "on"}}) {
@@ -397,22 +399,37 @@ void expectGatedLinearIsTheUnfusedFfn(const std::string &golden, bool fp8,
     ::setenv("KILN_EMULATE_CUBLASLT", run.blas, 1);
     ::setenv("KILN_MMA_GEMMS", run.mma, 1);
     std::vector<std::vector<float>> steps[2];
-    int64_t gatedGemvs[2];
-    for (bool gated : {false, true}) {
-      int64_t before = cuda::emulatedLaunches(gemv);
+    int64_t launches[2];
+    for (bool on : {false, true}) {
+      int64_t before = cuda::emulatedLaunches(kernel);
       std::string where;
-      steps[gated] = testing::runDeviceSteps(*models[gated], run.device, where);
-      gatedGemvs[gated] = cuda::emulatedLaunches(gemv) - before;
+      steps[on] = testing::runDeviceSteps(*models[on], run.device, where);
+      launches[on] = cuda::emulatedLaunches(kernel) - before;
     }
     ::unsetenv("KILN_EMULATE_CUBLASLT");
     ::unsetenv("KILN_MMA_GEMMS");
     ASSERT_FALSE(steps[0].empty());
     EXPECT_EQ(steps[0], steps[1]);
-    EXPECT_EQ(gatedGemvs[0], 0);
+    EXPECT_EQ(launches[0], 0);
     if (run.device == Device::Emulated && std::string(run.mma) == "off") {
-      EXPECT_GT(gatedGemvs[1], 0) << gemv;
+      EXPECT_GT(launches[1], 0) << kernel;
     }
   }
+}
+
+/// kiln.gated_linear against the unfused FFN (kiln-fuse-gated-linear off):
+/// the decode graph's gated GEMVs (`gemv` the gated kernel it must launch),
+/// or each projection on its own, then SwiGLU, where library GEMMs take
+/// the rows.
+void expectGatedLinearIsTheUnfusedFfn(const std::string &golden, bool fp8,
+                                      const std::string &gemv) {
+  expectSameStepsWithRewrite(
+      golden, fp8 ? "gated_fp8" : "gated",
+      [&](CompileSettings &settings, bool on) {
+        settings.optimize.quantizeFp8 = fp8;
+        settings.optimize.fuseGatedLinear = on;
+      },
+      gemv);
 }
 
 // A dispatch of few routed rows is one launch: the route kernel also
@@ -454,60 +471,21 @@ TEST(EmulatedGpuSession, GatedLinearIsTheUnfusedFfnFp8) {
   EXPECT_GT(cuda::emulatedLaunches("kiln_gemv_gated_f8e4m3"), 0);
 }
 
-/// kiln.linear_group against its linears launched one by one
-/// (kiln-group-linears off): the same GEMV sums, so the same steps to the
-/// bit, on the CPU and on the emulated device, with the GEMVs (`group` the
-/// grouped kernel the decode steps must launch) and with cuBLASLt and the
-/// tensor cores taking the rows (the members one by one).
+/// kiln.linear_group against its GEMMs launched one by one
+/// (kiln-group-linears off): the grouped GEMV (`group` the kernel the decode
+/// steps must launch), or the members where library GEMMs take the rows.
 void expectLinearGroupsAreTheLinears(const std::string &golden, bool fp8,
                                      const std::string &group,
                                      bool fuse = true) {
-  std::unique_ptr<Model> models[2];
-  for (bool grouped : {false, true}) {
-    CompileSettings settings;
-    settings.optimize.quantizeFp8 = fp8;
-    settings.optimize.fuse = fuse;
-    settings.optimize.groupLinears = grouped;
-    std::filesystem::path artifact =
-        compileArtifact(kGolden / golden,
-                        ::testing::TempDir() + "/emulated_" + golden +
-                            (grouped ? "_grouped" : "_ungrouped") +
-                            (fuse ? "" : "_unfused") + ".kiln",
-                        settings);
-    ASSERT_FALSE(artifact.empty());
-    absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-    ASSERT_TRUE(model.ok()) << model.status().message();
-    models[grouped] = std::move(*model);
-  }
-  struct Run {
-    Device device;
-    const char *blas, *mma;
-  };
-  for (Run run :
-       {Run{Device::Cpu, "0", "off"}, Run{Device::Emulated, "0", "off"},
-        Run{Device::Emulated, "1", "off"}, Run{Device::Emulated, "1", "on"}}) {
-    SCOPED_TRACE(std::string(run.device == Device::Cpu ? "cpu" : "emulated") +
-                 " cuBLASLt " + run.blas + " mma " + run.mma);
-    ::setenv("KILN_EMULATE_CUBLASLT", run.blas, 1);
-    ::setenv("KILN_MMA_GEMMS", run.mma, 1);
-    std::vector<std::vector<float>> steps[2];
-    int64_t groupGemvs[2];
-    for (bool grouped : {false, true}) {
-      int64_t before = cuda::emulatedLaunches(group);
-      std::string where;
-      steps[grouped] =
-          testing::runDeviceSteps(*models[grouped], run.device, where);
-      groupGemvs[grouped] = cuda::emulatedLaunches(group) - before;
-    }
-    ::unsetenv("KILN_EMULATE_CUBLASLT");
-    ::unsetenv("KILN_MMA_GEMMS");
-    ASSERT_FALSE(steps[0].empty());
-    EXPECT_EQ(steps[0], steps[1]);
-    EXPECT_EQ(groupGemvs[0], 0);
-    if (run.device == Device::Emulated && std::string(run.mma) == "off") {
-      EXPECT_GT(groupGemvs[1], 0) << group;
-    }
-  }
+  expectSameStepsWithRewrite(
+      golden,
+      std::string("grouped") + (fp8 ? "_fp8" : "") + (fuse ? "" : "_unfused"),
+      [&](CompileSettings &settings, bool on) {
+        settings.optimize.quantizeFp8 = fp8;
+        settings.optimize.fuse = fuse;
+        settings.optimize.groupLinears = on;
+      },
+      group);
 }
 
 // MLA's q_proj and kv_a_proj_with_mqa.

@@ -149,6 +149,23 @@ inline GemmParams gemmParams(const Weights &w, float *out, int64_t rows,
   return p;
 }
 
+/// The plain GEMV's host build for weights of `type`; FP8 on e4m3 codes
+/// (p.xCodes) with `codes`.
+inline void runGemv(cpu::ElementType type, Dim3 grid, const GemmParams &p,
+                    bool codes = false) {
+  switch (type) {
+  case cpu::ElementType::BF16:
+    return kiln_gemv_bf16_host(grid, p);
+  case cpu::ElementType::F16:
+    return kiln_gemv_f16_host(grid, p);
+  case cpu::ElementType::F8E4M3:
+    return codes ? kiln_gemv_f8e4m3_q8_host(grid, p)
+                 : kiln_gemv_f8e4m3_host(grid, p);
+  default:
+    return kiln_gemv_f32_host(grid, p);
+  }
+}
+
 /// A head GEMM's layout on top: x [rows, heads, xWidth] (each head's k
 /// values start its row), out [rows, heads, n].
 inline void setHeadLayout(GemmParams &p, int64_t heads, int64_t xWidth) {

@@ -19,19 +19,6 @@ namespace {
 
 using namespace kiln::testing;
 
-void runGemv(cpu::ElementType type, Dim3 grid, const GemmParams &p) {
-  switch (type) {
-  case cpu::ElementType::BF16:
-    return kiln_gemv_bf16_host(grid, p);
-  case cpu::ElementType::F16:
-    return kiln_gemv_f16_host(grid, p);
-  case cpu::ElementType::F8E4M3:
-    return kiln_gemv_f8e4m3_host(grid, p);
-  default:
-    return kiln_gemv_f32_host(grid, p);
-  }
-}
-
 TEST(MatmulKernel, LinearMatchesCpuForEveryWeightType) {
   for (cpu::ElementType type :
        {cpu::ElementType::F32, cpu::ElementType::BF16, cpu::ElementType::F16,
