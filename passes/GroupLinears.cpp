@@ -27,9 +27,17 @@ namespace {
 /// one result.
 bool isGemm(Operation *op) { return LinearGroupOp::canGroup(op, op); }
 
+/// Whether `gemm` groups its rows by expert.
+bool perExpert(Operation *gemm) {
+  if (auto gated = dyn_cast<GatedLinearOp>(gemm))
+    return static_cast<bool>(gated.getExpertOffsets());
+  return isa<GroupedLinearOp>(gemm);
+}
+
 /// Whether `b` may share a launch with `a` (LinearGroupOp::canGroup): FP8
 /// GEMMs of f32 activations quantize them into one scratch buffer, so
-/// those must also read one input.
+/// those must also read one input, row by row (no experts), as the
+/// executor's grouped launch takes them.
 bool canShareLaunch(Operation *a, Operation *b) {
   if (!LinearGroupOp::canGroup(a, b))
     return false;
@@ -37,7 +45,8 @@ bool canShareLaunch(Operation *a, Operation *b) {
   bool quantizesInput =
       isa<Float8E4M3FNType>(getElementTypeOrSelf(a->getOperand(1).getType())) &&
       getElementTypeOrSelf(input.getType()).isF32();
-  return !quantizesInput || b->getOperand(0) == input;
+  return !quantizesInput ||
+         (b->getOperand(0) == input && !perExpert(a) && !perExpert(b));
 }
 
 /// The ops defining `gemm`'s operands after `first` in its block, if all

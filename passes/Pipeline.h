@@ -33,7 +33,7 @@ struct OptimizeOptions {
   bool fuseGatedLinear = true;
   /// Run kiln-fold-head-slices (sliced head GEMM inputs read in place).
   bool foldHeadSlices = true;
-  /// Run kiln-group-linears (linears of one input as one GEMM launch).
+  /// Run kiln-group-linears (independent GEMMs of one kernel as one launch).
   bool groupLinears = true;
 };
 

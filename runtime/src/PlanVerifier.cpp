@@ -331,8 +331,10 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
     if (!expect(3, 0, 0) || !isArena(a(0), I32) || rank(a(0)) != 2 ||
         !isParam(a(1)) || rank(a(1)) != 2 || !isArena(a(2), F32) ||
         rank(a(2)) != 3 || !sameDims(a(0), 0, a(2), 0, 2) ||
-        staticDim(a(2), 2) != staticDim(a(1), 1))
-      return bad("expects tokens [B,S], table [V,D], out [B,S,D]");
+        staticDim(a(2), 2) != staticDim(a(1), 1) ||
+        staticDim(a(1), 0) < static_cast<int64_t>(plan_.vocab_size()))
+      return bad("expects tokens [B,S], table [V,D] with a row for every "
+                 "token id, out [B,S,D]");
     return absl::OkStatus();
   case art::KernelKind::RMSNorm:
     if (!expect(3, 0, 1) || !isArena(a(0), F32) || !isParam(a(1)) ||

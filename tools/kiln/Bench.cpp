@@ -113,8 +113,11 @@ absl::Status bench(const BenchOptions &opts) {
           if (absl::Status st = s.decode(*ids, next); !st.ok())
             return st;
         }
-        bestDecode = std::min(bestDecode, seconds(start));
-        decodeLaunches = s.kernelLaunches() - launches;
+        double decode = seconds(start);
+        if (decode < bestDecode) {
+          bestDecode = decode;
+          decodeLaunches = s.kernelLaunches() - launches;
+        }
       }
       json << (first ? "" : ",") << "\n    {\"batch\": " << batch
            << ", \"context\": " << context << ", \"prefill_tokens_per_s\": "

@@ -347,8 +347,8 @@ CommandRunner registerCompileModel(CLI::App &app) {
                "Keep a head projection's input slice as its own kernel "
                "(no head_linear input_offset)");
   app.add_flag("--no-group-linears", opts->noGroupLinears,
-               "Launch linears of one input one by one (no "
-               "kiln.linear_group)");
+               "Launch every GEMM on its own (no kiln.linear_group of "
+               "independent GEMMs)");
   addQuantizeOptions(app, opts->quantize);
   app.add_option("--target", opts->targets,
                  "Code to put in the artifact, a comma list: cpu (the fused "

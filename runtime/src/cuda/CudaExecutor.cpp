@@ -152,7 +152,12 @@ struct Executor::Impl {
   /// Kernels run (launched outside capture, or replayed in a graph) and
   /// launched into the graph being captured.
   int64_t launchesRun = 0, launchesCaptured = 0;
-  void countLaunch() { ++(capturing ? launchesCaptured : launchesRun); }
+  /// `launched`, counting a launch when it succeeded.
+  absl::Status counted(absl::Status launched) {
+    if (launched.ok())
+      ++(capturing ? launchesCaptured : launchesRun);
+    return launched;
+  }
   void *pinned = nullptr;
 
   // The step being launched.
@@ -687,13 +692,12 @@ absl::Status Executor::Impl::launchKernel(CUfunction f, Dim3 grid,
                                           unsigned threads, void **args,
                                           const std::string &name) {
   const DriverApi &a = api();
-  countLaunch();
   auto x = static_cast<unsigned>(grid.x), y = static_cast<unsigned>(grid.y),
        z = static_cast<unsigned>(grid.z);
   if (!programmaticLaunch)
-    return check(
+    return counted(check(
         a.cuLaunchKernel(f, x, y, z, threads, 1, 1, 0, stream, args, nullptr),
-        name);
+        name));
   CUlaunchAttribute attribute{};
   attribute.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
   attribute.value.programmaticStreamSerializationAllowed = 1;
@@ -706,7 +710,7 @@ absl::Status Executor::Impl::launchKernel(CUfunction f, Dim3 grid,
   config.hStream = stream;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  return check(a.cuLaunchKernelEx(&config, f, args, nullptr), name);
+  return counted(check(a.cuLaunchKernelEx(&config, f, args, nullptr), name));
 }
 
 absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
@@ -955,7 +959,8 @@ absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
   bool quantizeOnce =
       lead.fp8 && !lead.quantized &&
       std::all_of(calls.begin(), calls.end(), [&](const GemmCall &c) {
-        return c.p.x == lead.p.x && c.p.k == lead.p.k && !c.p.offsets;
+        return c.p.x == lead.p.x && c.p.k == lead.p.k &&
+               c.p.rows == lead.p.rows && !c.p.offsets;
       });
   bool together =
       std::all_of(calls.begin(), calls.end(),
@@ -1107,11 +1112,10 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
             !s.ok())
           return s;
       }
-      countLaunch();
-      return blas->gemmBf16(stream, p.rows, p.n, p.k, x,
-                            reinterpret_cast<CUdeviceptr>(p.w),
-                            reinterpret_cast<CUdeviceptr>(p.out), blasWorkspace,
-                            kBlasWorkspaceBytes);
+      return counted(blas->gemmBf16(stream, p.rows, p.n, p.k, x,
+                                    reinterpret_cast<CUdeviceptr>(p.w),
+                                    reinterpret_cast<CUdeviceptr>(p.out),
+                                    blasWorkspace, kBlasWorkspaceBytes));
     }
     auto key = std::make_tuple(p.rows, p.n, p.k);
     if (blasFp8Shape(c) && aligned16(p.w) && aligned16(p.out) &&
@@ -1195,12 +1199,13 @@ absl::Status Executor::Impl::blasFp8(const GemmCall &c) {
   }
   if (!s.ok())
     return s;
-  countLaunch();
-  return blas->gemmFp8(stream, p.rows, p.n, p.k, codes, fp8Scales,
-                       reinterpret_cast<CUdeviceptr>(p.w),
-                       reinterpret_cast<CUdeviceptr>(p.wScale),
-                       reinterpret_cast<CUdeviceptr>(p.out), blasWorkspace,
-                       kBlasWorkspaceBytes);
+  // Unimplemented: cuBLASLt declined, and the library kernels run it.
+  absl::Status gemm = blas->gemmFp8(stream, p.rows, p.n, p.k, codes, fp8Scales,
+                                    reinterpret_cast<CUdeviceptr>(p.w),
+                                    reinterpret_cast<CUdeviceptr>(p.wScale),
+                                    reinterpret_cast<CUdeviceptr>(p.out),
+                                    blasWorkspace, kBlasWorkspaceBytes);
+  return gemm.code() == absl::StatusCode::kUnimplemented ? gemm : counted(gemm);
 }
 
 absl::StatusOr<bool> Executor::Impl::fewRowsPerExpert(const GemmParams &p) {
