@@ -64,10 +64,7 @@ void expectGatedIsUnfused(cpu::ElementType type, bool codes,
   std::vector<float> x = randomRows(rows, k, 23);
   bool fp8 = type == cpu::ElementType::F8E4M3;
   Quantized q = fp8 ? quantize(x, rows, k, false) : Quantized{};
-  // e4m3 codes as bytes, as a fused kernel's epilogue writes them.
-  std::vector<unsigned char> bytes(q.codes.size());
-  for (size_t i = 0; i < bytes.size(); ++i)
-    bytes[i] = encodeE4m3(q.codes[i]);
+  std::vector<unsigned char> bytes = e4m3Bytes(q);
   std::vector<int32_t> active = activeExpertsOf(offsets);
 
   // The plain GEMV of the gate; its outputs and the up weights are set

@@ -188,6 +188,14 @@ inline Quantized quantize(const std::vector<float> &x, int64_t rows, int64_t k,
   return q;
 }
 
+/// `q`'s codes as e4m3 bytes, as a fused kernel's epilogue writes them.
+inline std::vector<unsigned char> e4m3Bytes(const Quantized &q) {
+  std::vector<unsigned char> bytes(q.codes.size());
+  for (size_t i = 0; i < bytes.size(); ++i)
+    bytes[i] = encodeE4m3(q.codes[i]);
+  return bytes;
+}
+
 /// The experts with rows in `offsets` as kiln_moe_route lists them for
 /// GemmParams::activeExperts: their count, then the experts in order.
 inline std::vector<int32_t>

@@ -45,10 +45,7 @@ void expectGroupIsTheMembers(cpu::ElementType type, bool codes, int64_t rows,
   std::vector<float> x = randomRows(rows, k, 31);
   bool fp8 = type == cpu::ElementType::F8E4M3;
   Quantized q = fp8 ? quantize(x, rows, k, false) : Quantized{};
-  // e4m3 codes as bytes, as a fused kernel's epilogue writes them.
-  std::vector<unsigned char> bytes(q.codes.size());
-  for (size_t i = 0; i < bytes.size(); ++i)
-    bytes[i] = encodeE4m3(q.codes[i]);
+  std::vector<unsigned char> bytes = e4m3Bytes(q);
 
   size_t members = widths.size();
   std::vector<Weights> weights;
