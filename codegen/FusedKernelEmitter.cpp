@@ -126,11 +126,12 @@ std::string locName(Location loc) {
   return "";
 }
 
-std::string shapeText(RankedTensorType type) {
+/// `leading` names the leading dynamic dimensions: tokens, or routed rows.
+std::string shapeText(RankedTensorType type, StringRef leadingName) {
   std::string s = "[";
   size_t leading = leadingDynamicDims(type);
   if (leading)
-    s += "tokens";
+    s += leadingName;
   for (int64_t d : type.getShape().drop_front(leading)) {
     if (s.size() > 1)
       s += ", ";
@@ -183,11 +184,17 @@ LogicalResult Emitter::collectArgs() {
       return fused_.emitOpError("generated kernels take f32, bf16, f16 or i32 "
                                 "inputs, not ")
              << type.getElementType() << " (input " << i << ")";
+    Value blockArg = body.getArgument(i);
     KernelArg arg;
-    arg.perToken = leadingDynamicDims(type) > 0;
+    arg.indexedRows = !blockArg.use_empty() &&
+                      llvm::all_of(blockArg.getUses(), [](OpOperand &use) {
+                        return isa<MoECombineOp>(use.getOwner()) &&
+                               use.getOperandNumber() == 0;
+                      });
+    arg.perToken = leadingDynamicDims(type) > 0 && !arg.indexedRows;
     arg.element = *element;
     arg.elements = staticElements(type);
-    if (arg.perToken && *element != KernelElement::F32 &&
+    if ((arg.perToken || arg.indexedRows) && *element != KernelElement::F32 &&
         *element != KernelElement::I32)
       return fused_.emitOpError("generated kernels compute f32 activations; "
                                 "input ")
@@ -197,7 +204,6 @@ LogicalResult Emitter::collectArgs() {
       arg.parameter = param.getName().str();
     kernel_.args.push_back(arg);
     std::string param = "in" + std::to_string(i);
-    Value blockArg = body.getArgument(i);
     names_[blockArg] =
         arg.perToken ? param + " + token * " + std::to_string(arg.elements)
                      : param;
@@ -360,6 +366,17 @@ LogicalResult Emitter::emitOp(Operation &op) {
                                  row(embedding.getTokens()), *table,
                                  lastDim(embedding.getResult()),
                                  row(embedding.getResult()));
+            return success();
+          })
+          .Case([&](MoECombineOp combine) -> LogicalResult {
+            FailureOr<std::string> rows = whole(op, combine.getExpertOutputs());
+            if (failed(rows))
+              return failure();
+            os_ << llvm::formatv(
+                "  kiln::moeCombine({0}, {1}, {2}, {3}, {4}, {5});\n", *rows,
+                row(combine.getWeights()), row(combine.getSelectionRows()),
+                lastDim(combine.getWeights()), lastDim(combine.getResult()),
+                row(combine.getResult()));
             return success();
           })
           .Case([&](AddOp add) {
@@ -559,7 +576,8 @@ FailureOr<FusedKernel> Emitter::emit() {
                                : Value(fused_.getInputs()[i]);
     argComments += llvm::formatv(
         "//   {0,-5} {1,-4} {2}{3}\n", name, elementName(arg.element),
-        shapeText(cast<RankedTensorType>(value.getType())),
+        shapeText(cast<RankedTensorType>(value.getType()),
+                  arg.indexedRows ? "rows" : "tokens"),
         arg.parameter.empty() ? "" : "  " + arg.parameter);
   }
   casts.pop_back(); // the last comma

@@ -30,8 +30,12 @@ struct KernelArg {
   /// or routed rows [R]) that the kernel flattens to its token index;
   /// whole tensors (weights) are read entirely by every token.
   bool perToken = false;
+  /// A whole input whose rows the kernel reads by index (kiln.moe_combine's
+  /// expert outputs, [routed rows, d]): as many rows as the step routed.
+  bool indexedRows = false;
   KernelElement element = KernelElement::F32;
-  /// Elements per token (per-token) or in all (whole).
+  /// Elements per token (per-token), per row (indexed rows) or in all
+  /// (whole).
   int64_t elements = 0;
   /// The checkpoint parameter a whole input reads, when it is one.
   std::string parameter;

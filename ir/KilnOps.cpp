@@ -651,9 +651,11 @@ LogicalResult MoEDispatchOp::verify() {
       failed(checkShape(*this, "routed", getRouted().getType(),
                         {ShapedType::kDynamic, input.getDimSize(2)})) ||
       failed(checkShape(*this, "expert_offsets", getExpertOffsets().getType(),
-                        {static_cast<int64_t>(getNumExperts()) + 1})))
+                        {static_cast<int64_t>(getNumExperts()) + 1})) ||
+      failed(checkRank(*this, "slots", getSlots().getType(), 1)))
     return failure();
-  return checkRank(*this, "slots", getSlots().getType(), 1);
+  return checkShape(*this, "selection_rows", getSelectionRows().getType(),
+                    indices.getShape());
 }
 
 LogicalResult GroupedLinearOp::verify() {
@@ -727,7 +729,8 @@ LogicalResult MoECombineOp::verify() {
   RankedTensorType weights = getWeights().getType();
   if (failed(checkRank(*this, "expert_outputs", outputs, 2)) ||
       failed(checkRank(*this, "weights", weights, 3)) ||
-      failed(checkRank(*this, "slots", getSlots().getType(), 1)) ||
+      failed(checkShape(*this, "selection_rows", getSelectionRows().getType(),
+                        weights.getShape())) ||
       failed(checkSameElementType(*this, "result", getResult().getType(),
                                   outputs)))
     return failure();
@@ -742,7 +745,8 @@ LogicalResult MoECombineOp::verify() {
 
 bool FusedOp::canContain(Operation *op) {
   return isa<EmbeddingOp, RMSNormOp, AddOp, SwiGLUOp, RopeOp, SliceOp, ConcatOp,
-             BroadcastOp, ReshapeOp, MoEGateOp, QuantizeFp8Op>(op);
+             BroadcastOp, ReshapeOp, MoEGateOp, MoECombineOp, QuantizeFp8Op>(
+      op);
 }
 
 namespace {

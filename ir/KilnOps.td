@@ -525,21 +525,25 @@ def Kiln_MoEDispatchOp : Kiln_Op<"moe_dispatch", [Pure]> {
     For `indices` `[batch, seq, top_k]`, produces `routed` `[n, hidden]`
     (`n = batch * seq * top_k`): one copy of each token row per selected
     expert, ordered by expert; `expert_offsets` `[num_experts + 1]`, where
-    expert `e` owns rows `[offsets[e], offsets[e+1])`; and `slots` `[n]`:
-    for each routed row, the flat index `(b * seq + s) * top_k + k` of the
-    selection it came from, used by `kiln.moe_combine`.
+    expert `e` owns rows `[offsets[e], offsets[e+1])`; `slots` `[n]`: for
+    each routed row, the flat index `(b * seq + s) * top_k + k` of the
+    selection it came from; and `selection_rows` `[batch, seq, top_k]`,
+    its inverse: the routed row that holds each selection's copy, which
+    `kiln.moe_combine` reads token by token (so that a fused kernel can
+    combine a token's expert outputs).
 
     ```mlir
-    %r, %off, %slots = kiln.moe_dispatch %x, %i {num_experts = 8 : i64}
+    %r, %off, %slots, %rows = kiln.moe_dispatch %x, %i {num_experts = 8 : i64}
         : (tensor<?x?x64xf32>, tensor<?x?x2xi32>)
-        -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?xi32>)
+        -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?xi32>, tensor<?x?x2xi32>)
     ```
   }];
   let arguments = (ins Kiln_Activation:$input, Kiln_IndexTensor:$indices,
                        I64Attr:$num_experts);
   let results = (outs Kiln_Activation:$routed,
                       Kiln_IndexTensor:$expert_offsets,
-                      Kiln_IndexTensor:$slots);
+                      Kiln_IndexTensor:$slots,
+                      Kiln_IndexTensor:$selection_rows);
   let assemblyFormat = [{
     $input `,` $indices attr-dict `:` functional-type(operands, results)
   }];
@@ -620,20 +624,24 @@ def Kiln_GatedLinearOp
 def Kiln_MoECombineOp : Kiln_Op<"moe_combine", [Pure]> {
   let summary = "Weighted sum of expert outputs back into token order";
   let description = [{
-    `result[b, s] = sum_k weights[b, s, k] * expert_outputs[r]` where `r` is
-    the routed row whose `slots[r]` is `(b * seq + s) * top_k + k`.
+    `result[b, s] = sum_k weights[b, s, k] * expert_outputs[selection_rows[b,
+    s, k]]`, summed in `k` order; `selection_rows` is `kiln.moe_dispatch`'s.
+    A token's result reads only that token's weights and rows, so
+    `kiln-fuse` may put the combine in the kernel of the ops that follow
+    (the residual add and the next norm).
 
     ```mlir
-    %y = kiln.moe_combine %out, %w, %slots
-        : (tensor<?x64xf32>, tensor<?x?x2xf32>, tensor<?xi32>)
+    %y = kiln.moe_combine %out, %w, %rows
+        : (tensor<?x64xf32>, tensor<?x?x2xf32>, tensor<?x?x2xi32>)
         -> tensor<?x?x64xf32>
     ```
   }];
   let arguments = (ins Kiln_Activation:$expert_outputs,
-                       Kiln_F32Tensor:$weights, Kiln_IndexTensor:$slots);
+                       Kiln_F32Tensor:$weights,
+                       Kiln_IndexTensor:$selection_rows);
   let results = (outs Kiln_Activation:$result);
   let assemblyFormat = [{
-    $expert_outputs `,` $weights `,` $slots attr-dict `:`
+    $expert_outputs `,` $weights `,` $selection_rows attr-dict `:`
     functional-type(operands, results)
   }];
   let hasVerifier = 1;
@@ -651,11 +659,13 @@ def Kiln_FusedOp : Kiln_Op<"fused", [Pure, IsolatedFromAbove, SingleBlock]> {
     computes for it in registers or shared memory; only `inputs` are read
     from memory and only the values `kiln.yield` returns are written. The
     entry block's arguments stand for `inputs` in order. Only row-local ops
-    may appear in the body (`kiln.embedding`, `kiln.rms_norm`, `kiln.add`, `kiln.swiglu`,
-    `kiln.rope`, `kiln.slice`, `kiln.concat`, `kiln.broadcast`,
-    `kiln.reshape`, `kiln.moe_gate`, `kiln.quantize_fp8`): a token's results depend only on the
-    same token of the operands, plus whole weights. `name` names the
-    kernel; `kiln-fuse` records why it formed the group in `kiln.fusion`.
+    may appear in the body (`kiln.embedding`, `kiln.rms_norm`, `kiln.add`,
+    `kiln.swiglu`, `kiln.rope`, `kiln.slice`, `kiln.concat`,
+    `kiln.broadcast`, `kiln.reshape`, `kiln.moe_gate`, `kiln.moe_combine`,
+    `kiln.quantize_fp8`): a token's results depend only on the same token
+    of the operands, plus whole weights and the expert output rows its own
+    `kiln.moe_combine` selections name. `name` names the kernel;
+    `kiln-fuse` records why it formed the group in `kiln.fusion`.
 
     ```mlir
     %h, %n = kiln.fused "fused_0_add_rms_norm"(%x, %y, %w)
@@ -679,7 +689,7 @@ def Kiln_FusedOp : Kiln_Op<"fused", [Pure, IsolatedFromAbove, SingleBlock]> {
   let hasVerifier = 1;
   let extraClassDeclaration = [{
     /// True for the ops a fused body may hold: ops whose result rows depend
-    /// only on the same rows of their operands.
+    /// only on the same rows of their operands (and on rows those name).
     static bool canContain(::mlir::Operation *op);
   }];
 }

@@ -95,7 +95,9 @@ Value buildMoe(GraphBuilder &g, Value x, const std::string &prefix) {
       RankedTensorType::get({ShapedType::kDynamic, hidden}, g.activationType());
   auto dispatch = g.b().create<MoEDispatchOp>(
       g.loc(prefix + ".dispatch"), rowsType, g.indexTensor({experts + 1}),
-      g.indexTensor({ShapedType::kDynamic}), x, gate.getIndices(), experts);
+      g.indexTensor({ShapedType::kDynamic}),
+      g.indexTensor({ShapedType::kDynamic, ShapedType::kDynamic, topK}), x,
+      gate.getIndices(), experts);
   Value rows = dispatch.getRouted(), offsets = dispatch.getExpertOffsets();
   Value up1 = expertProjection(g, rows, offsets, prefix, "gate_proj", experts,
                                inter, hidden);
@@ -106,7 +108,7 @@ Value buildMoe(GraphBuilder &g, Value x, const std::string &prefix) {
                                 hidden, inter);
   Value out = g.b().create<MoECombineOp>(
       g.loc(prefix + ".combine"), g.activation({hidden}), down,
-      gate.getWeights(), dispatch.getSlots());
+      gate.getWeights(), dispatch.getSelectionRows());
 
   if (moe.nSharedExperts > 0) {
     Value shared = buildDenseMlp(g, x, prefix + ".shared_experts",

@@ -67,11 +67,18 @@ int64_t tokenBytes(Value value) {
          8;
 }
 
+/// Whether `op` reads operand `i` as a whole kernel input that rows index,
+/// not row by row: `kiln.moe_combine`'s expert outputs, whose rows a token's
+/// selections name. Its producer stays outside the group.
+bool readsIndexedRows(Operation *op, unsigned i) {
+  return isa<MoECombineOp>(op) && i == 0;
+}
+
 /// The widest row (in elements) `op` reads or writes, or nullopt when `op`
 /// may not be fused: it must be a kind a fused body holds, its results and
 /// its operands with dynamic dimensions must share the same token
-/// dimensions, and its other operands must be fully static (weights, which
-/// every row reads whole).
+/// dimensions (but those it reads as indexed rows), and its other operands
+/// must be fully static (weights, which every row reads whole).
 std::optional<int64_t> rowElements(Operation *op) {
   if (!FusedOp::canContain(op) || op->getNumResults() == 0)
     return std::nullopt;
@@ -85,9 +92,13 @@ std::optional<int64_t> rowElements(Operation *op) {
       return std::nullopt;
     widest = std::max(widest, rows->row);
   }
-  for (Value operand : op->getOperands()) {
-    std::optional<Rows> rows = rowsOf(operand.getType());
-    if (!rows || (rows->leading != 0 && rows->leading != first->leading))
+  for (OpOperand &use : op->getOpOperands()) {
+    std::optional<Rows> rows = rowsOf(use.get().getType());
+    if (!rows)
+      return std::nullopt;
+    if (readsIndexedRows(op, use.getOperandNumber()))
+      continue;
+    if (rows->leading != 0 && rows->leading != first->leading)
       return std::nullopt;
     if (rows->leading != 0)
       widest = std::max(widest, rows->row);
@@ -173,9 +184,10 @@ public:
       SmallVector<Operation *> worklist{&op};
       while (!worklist.empty()) {
         Operation *member = worklist.pop_back_val();
-        for (Value operand : member->getOperands()) {
-          Operation *producer = operand.getDefiningOp();
+        for (OpOperand &use : member->getOpOperands()) {
+          Operation *producer = use.get().getDefiningOp();
           if (!producer || producer->getBlock() != &block_ ||
+              readsIndexedRows(member, use.getOperandNumber()) ||
               groupOf_.count(producer) || !canJoin(producer, id))
             continue;
           Group &group = groups_[id];

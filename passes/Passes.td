@@ -187,17 +187,19 @@ def KilnFuse : Pass<"kiln-fuse", "::mlir::ModuleOp"> {
     the same token's rows plus whole weights: `kiln.embedding` (the
     token's row of the table), `kiln.rms_norm`, `kiln.add`
     (residuals), `kiln.swiglu`, `kiln.rope`, `kiln.slice`, `kiln.concat`,
-    `kiln.broadcast`, `kiln.reshape` (it keeps the token dimensions) and
+    `kiln.broadcast`, `kiln.reshape` (it keeps the token dimensions),
     `kiln.moe_gate` (router GEMV, softmax/sigmoid and grouped top-k over
-    one token's expert scores). A fused kernel gives each token (or row) to
-    one CUDA block (one thread team on the CPU), which keeps what it
-    computes in registers or shared memory, so those values never go
-    through memory. Ops that need other tokens are boundaries: GEMMs
-    (`linear`, `grouped_linear`, `head_linear`, `logits`) tile over many
-    tokens against a weight, `attention` reads every cached position,
-    `embedding`, the KV cache ops and `moe_dispatch`/`moe_combine` gather or
-    permute tokens, and `get_parameter` stays outside (weights are group
-    inputs).
+    one token's expert scores) and `kiln.moe_combine` (the weighted sum of
+    the expert output rows a token's selections name: those rows are a
+    whole group input, like a weight, and their producer never joins). A
+    fused kernel gives each token (or row) to one CUDA block (one thread
+    team on the CPU), which keeps what it computes in registers or shared
+    memory, so those values never go through memory. Ops that need other
+    tokens are boundaries: GEMMs (`linear`, `grouped_linear`,
+    `head_linear`, `logits`) tile over many tokens against a weight,
+    `attention` reads every cached position, the KV cache ops and
+    `moe_dispatch` gather or permute tokens, and `get_parameter` stays
+    outside (weights are group inputs).
 
     Greedy, per function, latest op first: an op not yet grouped seeds a
     group, which grows upwards: a producer of a member joins when

@@ -387,6 +387,45 @@ KILN_FN void embedding(const int32_t *token, const W *table, int64_t dim,
       0, dim, [&](int64_t i) { return toFloat(row[i]); }, StoreTo{out});
 }
 
+/// A token's MoE combine: out = sum_k weights[k] * y[selectionRows[k]] over
+/// its topK selections, in k order from zero, as cpu::moeCombine. The
+/// selections' weights and rows, 8 at a time, are read once into
+/// registers: read per element, each would wait behind the last store.
+KILN_FN void moeCombine(const float *y, const float *weights,
+                        const int32_t *selectionRows, int topK, int64_t dim,
+                        float *out) {
+  constexpr int kChunk = 8;
+  for (int j0 = 0; j0 < topK; j0 += kChunk) {
+    int chunk = topK - j0 < kChunk ? topK - j0 : kChunk;
+    float weight[kChunk];
+    const float *rows[kChunk];
+    KILN_UNROLL
+    for (int u = 0; u < kChunk; ++u) {
+      int j = j0 + (u < chunk ? u : 0);
+      weight[u] = weights[j];
+      rows[u] = y + int64_t{selectionRows[j]} * dim;
+    }
+    // A chunk after the first adds to the sum so far, in selection order.
+    forEachElement(
+        0, dim,
+        [&](int64_t i) {
+          float sum = j0 == 0 ? 0.0f : out[i];
+          // Every row loaded (those past the chunk repeat its first), so
+          // that the loads need no branches and go out together.
+          float term[kChunk];
+          KILN_UNROLL
+          for (int u = 0; u < kChunk; ++u)
+            term[u] = rows[u][i];
+          KILN_UNROLL
+          for (int u = 0; u < kChunk; ++u)
+            if (u < chunk)
+              sum += weight[u] * term[u];
+          return sum;
+        },
+        StoreTo{out});
+  }
+}
+
 KILN_FN void add(const float *a, const float *b, int count, float *out) {
   forEachElement(
       0, count, [&](int64_t i) { return a[i] + b[i]; }, StoreTo{out});

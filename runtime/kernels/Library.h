@@ -225,8 +225,7 @@ KILN_FN void kiln_rope_block(Dim3 block, const RopeParams &p) {
 KILN_KERNEL(kiln_rope, RopeParams)
 
 // -- MoE: the router per token, then dispatch (route + gather rows) and
-// combine (invert the slots + weighted sum), as cpu::moeGate /
-// moeDispatch / moeCombine.
+// combine (weighted sum), as cpu::moeGate / moeDispatch / moeCombine.
 
 struct MoeGateParams {
   const float *x;     // [tokens, dim]
@@ -266,21 +265,21 @@ KILN_TYPED_KERNEL(kiln_moe_gate, f16_bf16, MoeGateParams, moeGateBlock, F16,
 KILN_TYPED_KERNEL(kiln_moe_gate, f16_f16, MoeGateParams, moeGateBlock, F16, F16)
 
 /// Counting sort of the selections by expert, stable in selection order:
-/// offsets [experts + 1] and slots [n] (the selection of each routed row),
-/// and, where given, the experts with rows as GemmParams::activeExperts
-/// takes them and rowOf (the routed row of each selection: what
-/// kiln_invert_slots computes for the combine). One block (grid {1, 1,
-/// 1}); thread e owns experts e, e + threads, ... Out-of-range indices
-/// (never made by the router) are left out. With `x`, the block also
-/// gathers the routed rows (as kiln_moe_gather): the executor asks for it
-/// where they are few (a decode step), saving the gather's launch.
+/// offsets [experts + 1], slots [n] (the selection of each routed row),
+/// selectionRows [n] (the routed row of each selection, which the combine
+/// reads) and, where given, the experts with rows as
+/// GemmParams::activeExperts takes them. One block (grid {1, 1, 1});
+/// thread e owns experts e, e + threads, ... Out-of-range indices (never
+/// made by the router) are left out. With `x`, the block also gathers the
+/// routed rows (as kiln_moe_gather): the executor asks for it where they
+/// are few (a decode step), saving the gather's launch.
 struct MoeRouteParams {
   const int32_t *indices; // [n]
   int32_t *offsets;       // [experts + 1]
   int32_t *slots;         // [n]
   int n, experts;
   int32_t *activeExperts; // [1 + experts] or null
-  int32_t *rowOf;         // [n] or null
+  int32_t *selectionRows; // [n]
   const float *x;         // [n / topK, dim] or null: no gather
   float *routed;          // [n, dim]
   int64_t dim;
@@ -314,8 +313,7 @@ KILN_FN void kiln_moe_route_block(Dim3, const MoeRouteParams &p) {
     int cursor = start[e];
     for (int i = 0; i < p.n; ++i)
       if (p.indices[i] == e) {
-        if (p.rowOf)
-          p.rowOf[i] = cursor;
+        p.selectionRows[i] = cursor;
         p.slots[cursor++] = i;
       }
   }
@@ -352,28 +350,12 @@ KILN_FN void kiln_moe_gather_block(Dim3 block, const MoeGatherParams &p) {
 }
 KILN_KERNEL(kiln_moe_gather, MoeGatherParams)
 
-/// rowOf[slots[r]] = r over the n routed rows (grid elementwiseGrid(n)).
-struct InvertSlotsParams {
-  const int32_t *slots;
-  int32_t *rowOf;
-  int64_t n;
-};
-
-KILN_FN void kiln_invert_slots_block(Dim3 block, const InvertSlotsParams &p) {
-  ElementRange r = blockElements(block, p.n);
-  forEachElement(
-      r.begin, r.end, [&](int64_t i) { return p.slots[i]; },
-      [&](int64_t i, int32_t slot) {
-        p.rowOf[slot] = static_cast<int32_t>(i);
-      });
-}
-KILN_KERNEL(kiln_invert_slots, InvertSlotsParams)
-
-/// out[t, :] = sum_k weights[t, k] * y[rowOf[t * topK + k], :], in k order.
+/// out[t, :] = sum_k weights[t, k] * y[selectionRows[t * topK + k], :], in
+/// k order: a block per token, as a fused kernel's kiln::moeCombine.
 struct MoeCombineParams {
   const float *y;
   const float *weights;
-  const int32_t *rowOf;
+  const int32_t *selectionRows;
   float *out;
   int64_t dim;
   int topK;
@@ -381,38 +363,8 @@ struct MoeCombineParams {
 
 KILN_FN void kiln_moe_combine_block(Dim3 block, const MoeCombineParams &p) {
   int64_t t = block.x;
-  float *out = p.out + t * p.dim;
-  // The selections' weights and rows, 8 at a time, are read once into
-  // registers: read per element, each would wait behind the last store.
-  constexpr int kChunk = 8;
-  for (int j0 = 0; j0 < p.topK; j0 += kChunk) {
-    int chunk = p.topK - j0 < kChunk ? p.topK - j0 : kChunk;
-    float weight[kChunk];
-    const float *y[kChunk];
-    KILN_UNROLL
-    for (int u = 0; u < kChunk; ++u) {
-      int64_t j = t * p.topK + j0 + (u < chunk ? u : 0);
-      weight[u] = p.weights[j];
-      y[u] = p.y + int64_t{p.rowOf[j]} * p.dim;
-    }
-    // A chunk after the first adds to the sum so far, in selection order.
-    forEachElement(
-        0, p.dim,
-        [&](int64_t i) {
-          float sum = j0 == 0 ? 0.0f : out[i];
-          // Every row loaded (those past the chunk repeat its first), so
-          // that the loads need no branches and go out together.
-          float term[kChunk];
-          KILN_UNROLL
-          for (int u = 0; u < kChunk; ++u)
-            term[u] = y[u][i];
-          KILN_UNROLL
-          for (int u = 0; u < kChunk; ++u)
-            sum += u < chunk ? weight[u] * term[u] : 0.0f;
-          return sum;
-        },
-        StoreTo{out});
-  }
+  moeCombine(p.y, p.weights + t * p.topK, p.selectionRows + t * p.topK, p.topK,
+             p.dim, p.out + t * p.dim);
 }
 KILN_KERNEL(kiln_moe_combine, MoeCombineParams)
 

@@ -230,7 +230,7 @@ size_t resultCount(art::KernelKind kind) {
   case art::KernelKind::MoeGate:
     return 2;
   case art::KernelKind::MoeDispatch:
-    return 3;
+    return 4;
   default:
     return 1;
   }
@@ -509,11 +509,11 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
     return absl::OkStatus();
   }
   case art::KernelKind::MoeDispatch: {
-    if (!expect(5, 1, 0))
+    if (!expect(6, 1, 0))
       return bad("wrong number of operands or attributes");
     int64_t experts = in(0);
     const art::TensorRef *x = a(0), *indices = a(1), *routed = a(2),
-                         *offsets = a(3), *slots = a(4);
+                         *offsets = a(3), *slots = a(4), *rows = a(5);
     if (!isArena(x, F32) || rank(x) != 3 || !isTokenMajor(x) ||
         !isArena(indices, I32) || rank(indices) != 3 ||
         !sameDims(indices, 0, x, 0, 2) ||
@@ -522,9 +522,10 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
         staticDim(routed, 1) != staticDim(x, 2) || !isArena(offsets, I32) ||
         rank(offsets) != 1 || staticDim(offsets, 0) != experts + 1 ||
         experts < 1 || experts > cpu::kMaxExperts || !isArena(slots, I32) ||
-        rank(slots) != 1 || !isRows(slots))
+        rank(slots) != 1 || !isRows(slots) || !isArena(rows, I32) ||
+        rank(rows) != 3 || !sameDims(rows, 0, indices, 0, 3))
       return bad("expects x [B,S,D], indices [B,S,k], routed [R,D], "
-                 "offsets [E+1], slots [R]");
+                 "offsets [E+1], slots [R], selection rows [B,S,k]");
     return absl::OkStatus();
   }
   case art::KernelKind::GroupedLinear: {
@@ -637,16 +638,17 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
   case art::KernelKind::MoeCombine: {
     if (!expect(4, 0, 0))
       return bad("wrong number of operands or attributes");
-    const art::TensorRef *y = a(0), *weights = a(1), *slots = a(2), *out = a(3);
+    const art::TensorRef *y = a(0), *weights = a(1), *rows = a(2), *out = a(3);
     if (!isArena(y, F32) || rank(y) != 2 || !isRows(y) ||
         !isArena(weights, F32) || rank(weights) != 3 ||
         !isTokenMajor(weights) ||
         staticDim(weights, 2) != static_cast<int64_t>(plan_.moe_top_k()) ||
-        !isArena(slots, I32) || rank(slots) != 1 || !isRows(slots) ||
-        !isArena(out, F32) || rank(out) != 3 ||
-        !sameDims(out, 0, weights, 0, 2) ||
+        !isArena(rows, I32) || rank(rows) != 3 ||
+        !sameDims(rows, 0, weights, 0, 3) || !isArena(out, F32) ||
+        rank(out) != 3 || !sameDims(out, 0, weights, 0, 2) ||
         staticDim(out, 2) != staticDim(y, 1))
-      return bad("expects y [R,D], weights [B,S,k], slots [R], out [B,S,D]");
+      return bad("expects y [R,D], weights [B,S,k], selection rows [B,S,k], "
+                 "out [B,S,D]");
     return absl::OkStatus();
   }
   }

@@ -164,11 +164,10 @@ struct Session::Impl {
   const int32_t *stepTables = nullptr;
   std::vector<float> attentionScratch;
   // Kernel scratch, sized at creation so that steps never allocate.
-  std::vector<float> gateScratch;      // router logits [tokens, experts]
-  std::vector<int32_t> combineScratch; // [tokens * top_k]
-  std::vector<float> headScratch;      // per-head gathered rows
-  std::vector<float> fp8Scratch;       // FP8 GEMMs' quantized activations
-  std::vector<float> upScratch;        // gated GEMMs' up projections
+  std::vector<float> gateScratch; // router logits [tokens, experts]
+  std::vector<float> headScratch; // per-head gathered rows
+  std::vector<float> fp8Scratch;  // FP8 GEMMs' quantized activations
+  std::vector<float> upScratch;   // gated GEMMs' up projections
   int64_t lastChunkStart = 0, lastChunkSeq = 0;
   std::vector<int> lastPrefill; // sequences of the last prefill, by row
   std::string device = "cpu";
@@ -519,7 +518,7 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
       return error("expert index out of range");
     cpu::moeDispatch(as<float>(a[0]), as<int32_t>(a[1]), tokens, topK,
                      lastDim(a[0].ref), experts, as<float>(a[2]),
-                     as<int32_t>(a[3]), as<int32_t>(a[4]));
+                     as<int32_t>(a[3]), as<int32_t>(a[4]), as<int32_t>(a[5]));
     return absl::OkStatus();
   }
   case art::KernelKind::GroupedLinear: {
@@ -583,11 +582,10 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
   }
   case art::KernelKind::MoeCombine: {
     int64_t tokens = dims.batch * dims.seq, topK = lastDim(a[1].ref);
-    if (!allBelow(as<int32_t>(a[2]), dims.routed, tokens * topK))
-      return error("routing slot out of range");
+    if (!allBelow(as<int32_t>(a[2]), tokens * topK, dims.routed))
+      return error("routed row out of range");
     cpu::moeCombine(as<float>(a[0]), as<float>(a[1]), as<int32_t>(a[2]), tokens,
-                    topK, lastDim(a[0].ref), as<float>(a[3]),
-                    combineScratch.data());
+                    topK, lastDim(a[0].ref), as<float>(a[3]));
     return absl::OkStatus();
   }
   }
@@ -783,7 +781,7 @@ Session::createSession(const Model &model, const SessionOptions &options) {
       }
   impl->attentionScratch.resize(static_cast<size_t>(
       cpu::attentionPagedScratch(impl->maxBatch, heads, dv)));
-  size_t gateScratch = 0, combineScratch = 0;
+  size_t gateScratch = 0;
   for (const art::EntryPoint *e : *plan.entry_points()) {
     size_t tokens = size_t{e->max_batch()} * e->max_seq();
     for (const art::Launch *l : *e->launches())
@@ -791,10 +789,6 @@ Session::createSession(const Model &model, const SessionOptions &options) {
         gateScratch = std::max<size_t>(
             gateScratch,
             tokens * static_cast<size_t>(staticDim(l->args()->Get(1), 0)));
-    for (const art::Launch *l : *e->launches())
-      if (l->kernel() == art::KernelKind::MoeCombine)
-        combineScratch =
-            std::max<size_t>(combineScratch, tokens * plan.moe_top_k());
   }
   size_t headScratch = 0;
   for (const art::EntryPoint *e : *plan.entry_points()) {
@@ -838,7 +832,6 @@ Session::createSession(const Model &model, const SessionOptions &options) {
   impl->upScratch.resize(upScratch);
   impl->headScratch.resize(headScratch);
   impl->gateScratch.resize(gateScratch);
-  impl->combineScratch.resize(combineScratch);
   if (absl::Status s = impl->bind(prefill, impl->prefill); !s.ok())
     return s;
   if (absl::Status s = impl->bind(decode, impl->decode); !s.ok())

@@ -24,6 +24,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
@@ -31,6 +32,7 @@
 #include <fstream>
 #include <iostream>
 #include <limits>
+#include <numeric>
 #include <random>
 #include <sstream>
 #include <unistd.h>
@@ -101,13 +103,22 @@ struct Buffer {
   }
 };
 
-/// `vocab` > 0: the input is token ids of an embedding table of that many
-/// rows.
+/// What an input's integers index, or how many rows it has.
+struct InputRange {
+  /// > 0: token ids of an embedding table of that many rows.
+  int64_t vocab = 0;
+  /// > 0: a kiln.moe_combine's selection rows (a permutation of that many
+  /// routed rows), or the number of rows of its indexed expert outputs.
+  int64_t routedRows = 0;
+};
+
 Buffer randomBuffer(const ::kiln::codegen::KernelArg &arg, std::mt19937 &rng,
-                    int64_t vocab) {
+                    InputRange range) {
   Buffer b;
   b.element = arg.element;
-  int64_t n = arg.perToken ? kTokens * arg.elements : arg.elements;
+  int64_t n = arg.perToken      ? kTokens * arg.elements
+              : arg.indexedRows ? range.routedRows * arg.elements
+                                : arg.elements;
   std::uniform_real_distribution<float> uniform(-2.0f, 2.0f);
   switch (arg.element) {
   case KernelElement::F8E4M3: // only results (the emitter rejects inputs)
@@ -125,11 +136,18 @@ Buffer randomBuffer(const ::kiln::codegen::KernelArg &arg, std::mt19937 &rng,
                                              : ::kiln::floatToF16(uniform(rng));
     break;
   case KernelElement::I32:
-    // The per-token integers a group reads: token ids, or positions.
+    // The per-token integers a group reads: token ids, selection rows, or
+    // positions.
     b.i32.resize(n);
+    if (range.routedRows > 0) {
+      std::iota(b.i32.begin(), b.i32.end(), 0);
+      std::shuffle(b.i32.begin(), b.i32.end(), rng);
+      break;
+    }
     for (int64_t i = 0; i < n; ++i)
-      b.i32[i] = vocab > 0 ? static_cast<int32_t>((i * 37 + 3) % vocab)
-                           : kPositions[i % kTokens];
+      b.i32[i] = range.vocab > 0
+                     ? static_cast<int32_t>((i * 37 + 3) % range.vocab)
+                     : kPositions[i % kTokens];
     break;
   }
   return b;
@@ -164,7 +182,8 @@ std::vector<RefValue> runReference(FusedOp fused, std::vector<Buffer> &inputs,
   for (auto [i, arg] : llvm::enumerate(body.getArguments())) {
     RefValue v;
     const auto &info = kernel.args[i];
-    if (info.perToken && info.element == KernelElement::F32)
+    if ((info.perToken || info.indexedRows) &&
+        info.element == KernelElement::F32)
       v.f32 = inputs[i].f32;
     else if (info.perToken)
       v.i32 = inputs[i].i32;
@@ -184,6 +203,12 @@ std::vector<RefValue> runReference(FusedOp fused, std::vector<Buffer> &inputs,
                      values[embedding.getTable()].weight,
                      lastDim(embedding.getResult()),
                      f(embedding.getResult()).data());
+    } else if (auto combine = dyn_cast<MoECombineOp>(op)) {
+      cpu::moeCombine(
+          f(combine.getExpertOutputs()).data(), f(combine.getWeights()).data(),
+          values[combine.getSelectionRows()].i32.data(), kTokens,
+          lastDim(combine.getWeights()), lastDim(combine.getResult()),
+          f(combine.getResult()).data());
     } else if (auto add = dyn_cast<AddOp>(op)) {
       cpu::add(f(add.getLhs()).data(), f(add.getRhs()).data(),
                kTokens * perToken(add.getResult()), f(add.getResult()).data());
@@ -374,16 +399,22 @@ void checkGroups(ModuleOp module, const std::string &label,
     ASSERT_NE(entry, nullptr) << kernel.hostEntry;
     size_t numInputs = fused.getInputs().size();
     std::vector<Buffer> buffers;
-    // Token ids in range of the table that embeds them.
-    std::vector<int64_t> vocab(kernel.args.size(), 0);
+    // Token ids in range of the table that embeds them; selection rows a
+    // permutation of the routed rows the combine reads.
+    std::vector<InputRange> ranges(kernel.args.size());
     fused.walk([&](EmbeddingOp embedding) {
       auto table = cast<RankedTensorType>(embedding.getTable().getType());
-      vocab[cast<BlockArgument>(embedding.getTokens()).getArgNumber()] =
+      ranges[cast<BlockArgument>(embedding.getTokens()).getArgNumber()].vocab =
           table.getDimSize(0);
+    });
+    fused.walk([&](MoECombineOp combine) {
+      int64_t routed = kTokens * lastDim(combine.getWeights());
+      for (Value v : {combine.getExpertOutputs(), combine.getSelectionRows()})
+        ranges[cast<BlockArgument>(v).getArgNumber()].routedRows = routed;
     });
     for (auto [i, arg] : llvm::enumerate(kernel.args))
       buffers.push_back(arg.isResult ? resultBuffer(arg)
-                                     : randomBuffer(arg, rng, vocab[i]));
+                                     : randomBuffer(arg, rng, ranges[i]));
     std::vector<void *> args;
     for (Buffer &b : buffers)
       args.push_back(b.data());

@@ -1115,7 +1115,7 @@ func.func @gate_method(%x: tensor<?x?x64xf32>, %w: tensor<8x64xbf16>) {
 
 func.func @dispatch_rank(%x: tensor<?x64xf32>, %i: tensor<?x?x2xi32>) {
   // expected-error @+1 {{'kiln.moe_dispatch' op input must have rank 3, got 2}}
-  %0:3 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?xi32>)
+  %0:4 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?xi32>, tensor<?x?x2xi32>)
   return
 }
 
@@ -1123,7 +1123,7 @@ func.func @dispatch_rank(%x: tensor<?x64xf32>, %i: tensor<?x?x2xi32>) {
 
 func.func @dispatch_indices_rank(%x: tensor<?x?x64xf32>, %i: tensor<?x2xi32>) {
   // expected-error @+1 {{'kiln.moe_dispatch' op indices must have rank 3, got 2}}
-  %0:3 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<?x?x64xf32>, tensor<?x2xi32>) -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?xi32>)
+  %0:4 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<?x?x64xf32>, tensor<?x2xi32>) -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?xi32>, tensor<?x?x2xi32>)
   return
 }
 
@@ -1131,7 +1131,7 @@ func.func @dispatch_indices_rank(%x: tensor<?x?x64xf32>, %i: tensor<?x2xi32>) {
 
 func.func @dispatch_num_experts(%x: tensor<?x?x64xf32>, %i: tensor<?x?x2xi32>) {
   // expected-error @+1 {{'kiln.moe_dispatch' op num_experts must be positive}}
-  %0:3 = kiln.moe_dispatch %x, %i {num_experts = 0 : i64} : (tensor<?x?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x64xf32>, tensor<1xi32>, tensor<?xi32>)
+  %0:4 = kiln.moe_dispatch %x, %i {num_experts = 0 : i64} : (tensor<?x?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x64xf32>, tensor<1xi32>, tensor<?xi32>, tensor<?x?x2xi32>)
   return
 }
 
@@ -1139,7 +1139,7 @@ func.func @dispatch_num_experts(%x: tensor<?x?x64xf32>, %i: tensor<?x?x2xi32>) {
 
 func.func @dispatch_indices(%x: tensor<3x?x64xf32>, %i: tensor<2x?x2xi32>) {
   // expected-error @+1 {{'kiln.moe_dispatch' op indices has shape [2, ?, 2], expected [3, ?, 2]}}
-  %0:3 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<3x?x64xf32>, tensor<2x?x2xi32>) -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?xi32>)
+  %0:4 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<3x?x64xf32>, tensor<2x?x2xi32>) -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?xi32>, tensor<2x?x2xi32>)
   return
 }
 
@@ -1147,7 +1147,7 @@ func.func @dispatch_indices(%x: tensor<3x?x64xf32>, %i: tensor<2x?x2xi32>) {
 
 func.func @dispatch_routed_dtype(%x: tensor<?x?x64xf32>, %i: tensor<?x?x2xi32>) {
   // expected-error @+1 {{'kiln.moe_dispatch' op routed element type 'bf16' must match 'f32'}}
-  %0:3 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<?x?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x64xbf16>, tensor<9xi32>, tensor<?xi32>)
+  %0:4 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<?x?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x64xbf16>, tensor<9xi32>, tensor<?xi32>, tensor<?x?x2xi32>)
   return
 }
 
@@ -1155,7 +1155,7 @@ func.func @dispatch_routed_dtype(%x: tensor<?x?x64xf32>, %i: tensor<?x?x2xi32>) 
 
 func.func @dispatch_routed(%x: tensor<?x?x64xf32>, %i: tensor<?x?x2xi32>) {
   // expected-error @+1 {{'kiln.moe_dispatch' op routed has shape [?, 32], expected [?, 64]}}
-  %0:3 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<?x?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x32xf32>, tensor<9xi32>, tensor<?xi32>)
+  %0:4 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<?x?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x32xf32>, tensor<9xi32>, tensor<?xi32>, tensor<?x?x2xi32>)
   return
 }
 
@@ -1163,7 +1163,7 @@ func.func @dispatch_routed(%x: tensor<?x?x64xf32>, %i: tensor<?x?x2xi32>) {
 
 func.func @dispatch_offsets(%x: tensor<?x?x64xf32>, %i: tensor<?x?x2xi32>) {
   // expected-error @+1 {{'kiln.moe_dispatch' op expert_offsets has shape [8], expected [9]}}
-  %0:3 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<?x?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x64xf32>, tensor<8xi32>, tensor<?xi32>)
+  %0:4 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<?x?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x64xf32>, tensor<8xi32>, tensor<?xi32>, tensor<?x?x2xi32>)
   return
 }
 
@@ -1171,7 +1171,15 @@ func.func @dispatch_offsets(%x: tensor<?x?x64xf32>, %i: tensor<?x?x2xi32>) {
 
 func.func @dispatch_slots(%x: tensor<?x?x64xf32>, %i: tensor<?x?x2xi32>) {
   // expected-error @+1 {{'kiln.moe_dispatch' op slots must have rank 1, got 2}}
-  %0:3 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<?x?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?x2xi32>)
+  %0:4 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<?x?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?x2xi32>, tensor<?x?x2xi32>)
+  return
+}
+
+// -----
+
+func.func @dispatch_selection_rows(%x: tensor<?x?x64xf32>, %i: tensor<?x?x2xi32>) {
+  // expected-error @+1 {{'kiln.moe_dispatch' op selection_rows has shape [?, 2], expected [?, ?, 2]}}
+  %0:4 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64} : (tensor<?x?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?xi32>, tensor<?x2xi32>)
   return
 }
 
@@ -1394,49 +1402,49 @@ func.func @gated_codes_without_scale(%x: tensor<?x?x64xf8E4M3FN>, %w: tensor<96x
 
 // -----
 
-func.func @combine_outputs_rank(%o: tensor<?x?x64xf32>, %w: tensor<?x?x2xf32>, %s: tensor<?xi32>) {
+func.func @combine_outputs_rank(%o: tensor<?x?x64xf32>, %w: tensor<?x?x2xf32>, %s: tensor<?x?x2xi32>) {
   // expected-error @+1 {{'kiln.moe_combine' op expert_outputs must have rank 2, got 3}}
-  %0 = kiln.moe_combine %o, %w, %s : (tensor<?x?x64xf32>, tensor<?x?x2xf32>, tensor<?xi32>) -> tensor<?x?x64xf32>
+  %0 = kiln.moe_combine %o, %w, %s : (tensor<?x?x64xf32>, tensor<?x?x2xf32>, tensor<?x?x2xi32>) -> tensor<?x?x64xf32>
   return
 }
 
 // -----
 
-func.func @combine_weights_rank(%o: tensor<?x64xf32>, %w: tensor<?x2xf32>, %s: tensor<?xi32>) {
+func.func @combine_weights_rank(%o: tensor<?x64xf32>, %w: tensor<?x2xf32>, %s: tensor<?x?x2xi32>) {
   // expected-error @+1 {{'kiln.moe_combine' op weights must have rank 3, got 2}}
-  %0 = kiln.moe_combine %o, %w, %s : (tensor<?x64xf32>, tensor<?x2xf32>, tensor<?xi32>) -> tensor<?x?x64xf32>
+  %0 = kiln.moe_combine %o, %w, %s : (tensor<?x64xf32>, tensor<?x2xf32>, tensor<?x?x2xi32>) -> tensor<?x?x64xf32>
   return
 }
 
 // -----
 
-func.func @combine_slots_rank(%o: tensor<?x64xf32>, %w: tensor<?x?x2xf32>, %s: tensor<?x?xi32>) {
-  // expected-error @+1 {{'kiln.moe_combine' op slots must have rank 1, got 2}}
-  %0 = kiln.moe_combine %o, %w, %s : (tensor<?x64xf32>, tensor<?x?x2xf32>, tensor<?x?xi32>) -> tensor<?x?x64xf32>
+func.func @combine_selection_rows(%o: tensor<?x64xf32>, %w: tensor<?x?x2xf32>, %s: tensor<?x?x3xi32>) {
+  // expected-error @+1 {{'kiln.moe_combine' op selection_rows has shape [?, ?, 3], expected [?, ?, 2]}}
+  %0 = kiln.moe_combine %o, %w, %s : (tensor<?x64xf32>, tensor<?x?x2xf32>, tensor<?x?x3xi32>) -> tensor<?x?x64xf32>
   return
 }
 
 // -----
 
-func.func @combine_dtype(%o: tensor<?x64xbf16>, %w: tensor<?x?x2xf32>, %s: tensor<?xi32>) {
+func.func @combine_dtype(%o: tensor<?x64xbf16>, %w: tensor<?x?x2xf32>, %s: tensor<?x?x2xi32>) {
   // expected-error @+1 {{'kiln.moe_combine' op result element type 'f32' must match 'bf16'}}
-  %0 = kiln.moe_combine %o, %w, %s : (tensor<?x64xbf16>, tensor<?x?x2xf32>, tensor<?xi32>) -> tensor<?x?x64xf32>
+  %0 = kiln.moe_combine %o, %w, %s : (tensor<?x64xbf16>, tensor<?x?x2xf32>, tensor<?x?x2xi32>) -> tensor<?x?x64xf32>
   return
 }
 
 // -----
 
-func.func @combine_result(%o: tensor<?x64xf32>, %w: tensor<2x?x2xf32>, %s: tensor<?xi32>) {
+func.func @combine_result(%o: tensor<?x64xf32>, %w: tensor<2x?x2xf32>, %s: tensor<?x?x2xi32>) {
   // expected-error @+1 {{'kiln.moe_combine' op result has shape [?, ?, 32], expected [2, ?, 64]}}
-  %0 = kiln.moe_combine %o, %w, %s : (tensor<?x64xf32>, tensor<2x?x2xf32>, tensor<?xi32>) -> tensor<?x?x32xf32>
+  %0 = kiln.moe_combine %o, %w, %s : (tensor<?x64xf32>, tensor<2x?x2xf32>, tensor<?x?x2xi32>) -> tensor<?x?x32xf32>
   return
 }
 
 // -----
 
-func.func @combine_weights_dtype(%o: tensor<?x64xf32>, %w: tensor<?x?x2xbf16>, %s: tensor<?xi32>) {
+func.func @combine_weights_dtype(%o: tensor<?x64xf32>, %w: tensor<?x?x2xbf16>, %s: tensor<?x?x2xi32>) {
   // expected-error @+1 {{'kiln.moe_combine' op operand #1 must be ranked tensor of 32-bit float values, but got 'tensor<?x?x2xbf16>'}}
-  %0 = kiln.moe_combine %o, %w, %s : (tensor<?x64xf32>, tensor<?x?x2xbf16>, tensor<?xi32>) -> tensor<?x?x64xf32>
+  %0 = kiln.moe_combine %o, %w, %s : (tensor<?x64xf32>, tensor<?x?x2xbf16>, tensor<?x?x2xi32>) -> tensor<?x?x64xf32>
   return
 }
 

@@ -352,19 +352,19 @@ func.func @moe_gate(%x: tensor<?x?x64xf32>, %w: tensor<64x64xbf16>,
 // The whole routed-expert path, with bf16 and FP8 experts.
 
 // CHECK-LABEL: func.func @moe
-// CHECK: %[[R:.*]], %[[OFF:.*]], %[[SLOTS:.*]] = kiln.moe_dispatch %arg0, %arg1 {num_experts = 8 : i64} : (tensor<?x?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?xi32>)
+// CHECK: %[[R:.*]], %[[OFF:.*]], %[[SLOTS:.*]], %[[ROWS:.*]] = kiln.moe_dispatch %arg0, %arg1 {num_experts = 8 : i64} : (tensor<?x?x64xf32>, tensor<?x?x2xi32>) -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?xi32>, tensor<?x?x2xi32>)
 // CHECK: %[[G:.*]] = kiln.grouped_linear %[[R]], %arg2, %[[OFF]] : (tensor<?x64xf32>, tensor<8x32x64xbf16>, tensor<9xi32>) -> tensor<?x32xf32>
 // CHECK: %[[U:.*]] = kiln.grouped_linear %[[R]], %arg3, %[[OFF]] scale %arg4 {block_size = array<i64: 16, 16>} : (tensor<?x64xf32>, tensor<8x32x64xf8E4M3FN>, tensor<9xi32>, tensor<8x2x4xf32>) -> tensor<?x32xf32>
 // CHECK: %[[A:.*]] = kiln.swiglu %[[G]], %[[U]] : tensor<?x32xf32>
 // CHECK: %[[D:.*]] = kiln.grouped_linear %[[A]], %arg5, %[[OFF]] : (tensor<?x32xf32>, tensor<8x64x32xbf16>, tensor<9xi32>) -> tensor<?x64xf32>
-// CHECK: kiln.moe_combine %[[D]], %arg6, %[[SLOTS]] : (tensor<?x64xf32>, tensor<?x?x2xf32>, tensor<?xi32>) -> tensor<?x?x64xf32>
+// CHECK: kiln.moe_combine %[[D]], %arg6, %[[ROWS]] : (tensor<?x64xf32>, tensor<?x?x2xf32>, tensor<?x?x2xi32>) -> tensor<?x?x64xf32>
 func.func @moe(%x: tensor<?x?x64xf32>, %idx: tensor<?x?x2xi32>,
                %wg: tensor<8x32x64xbf16>, %wu: tensor<8x32x64xf8E4M3FN>,
                %su: tensor<8x2x4xf32>, %wd: tensor<8x64x32xbf16>,
                %weights: tensor<?x?x2xf32>) -> tensor<?x?x64xf32> {
-  %r, %off, %slots = kiln.moe_dispatch %x, %idx {num_experts = 8 : i64}
+  %r, %off, %slots, %rows = kiln.moe_dispatch %x, %idx {num_experts = 8 : i64}
       : (tensor<?x?x64xf32>, tensor<?x?x2xi32>)
-      -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?xi32>)
+      -> (tensor<?x64xf32>, tensor<9xi32>, tensor<?xi32>, tensor<?x?x2xi32>)
   %g = kiln.grouped_linear %r, %wg, %off
       : (tensor<?x64xf32>, tensor<8x32x64xbf16>, tensor<9xi32>)
       -> tensor<?x32xf32>
@@ -376,8 +376,8 @@ func.func @moe(%x: tensor<?x?x64xf32>, %idx: tensor<?x?x2xi32>,
   %d = kiln.grouped_linear %a, %wd, %off
       : (tensor<?x32xf32>, tensor<8x64x32xbf16>, tensor<9xi32>)
       -> tensor<?x64xf32>
-  %y = kiln.moe_combine %d, %weights, %slots
-      : (tensor<?x64xf32>, tensor<?x?x2xf32>, tensor<?xi32>)
+  %y = kiln.moe_combine %d, %weights, %rows
+      : (tensor<?x64xf32>, tensor<?x?x2xf32>, tensor<?x?x2xi32>)
       -> tensor<?x?x64xf32>
   return %y : tensor<?x?x64xf32>
 }
@@ -429,15 +429,15 @@ func.func @gated_linear(%x: tensor<?x?x64xf32>, %wg: tensor<96x64xbf16>,
 // bf16 activations through dispatch and combine.
 
 // CHECK-LABEL: func.func @moe_bf16
-// CHECK: kiln.moe_dispatch %arg0, %arg1 {num_experts = 256 : i64} : (tensor<?x?x16xbf16>, tensor<?x?x8xi32>) -> (tensor<?x16xbf16>, tensor<257xi32>, tensor<?xi32>)
-// CHECK: kiln.moe_combine %{{.*}}, %arg2, %{{.*}} : (tensor<?x16xbf16>, tensor<?x?x8xf32>, tensor<?xi32>) -> tensor<?x?x16xbf16>
+// CHECK: kiln.moe_dispatch %arg0, %arg1 {num_experts = 256 : i64} : (tensor<?x?x16xbf16>, tensor<?x?x8xi32>) -> (tensor<?x16xbf16>, tensor<257xi32>, tensor<?xi32>, tensor<?x?x8xi32>)
+// CHECK: kiln.moe_combine %{{.*}}, %arg2, %{{.*}} : (tensor<?x16xbf16>, tensor<?x?x8xf32>, tensor<?x?x8xi32>) -> tensor<?x?x16xbf16>
 func.func @moe_bf16(%x: tensor<?x?x16xbf16>, %idx: tensor<?x?x8xi32>,
                     %w: tensor<?x?x8xf32>) -> tensor<?x?x16xbf16> {
-  %r, %off, %slots = kiln.moe_dispatch %x, %idx {num_experts = 256 : i64}
+  %r, %off, %slots, %rows = kiln.moe_dispatch %x, %idx {num_experts = 256 : i64}
       : (tensor<?x?x16xbf16>, tensor<?x?x8xi32>)
-      -> (tensor<?x16xbf16>, tensor<257xi32>, tensor<?xi32>)
-  %y = kiln.moe_combine %r, %w, %slots
-      : (tensor<?x16xbf16>, tensor<?x?x8xf32>, tensor<?xi32>)
+      -> (tensor<?x16xbf16>, tensor<257xi32>, tensor<?xi32>, tensor<?x?x8xi32>)
+  %y = kiln.moe_combine %r, %w, %rows
+      : (tensor<?x16xbf16>, tensor<?x?x8xf32>, tensor<?x?x8xi32>)
       -> tensor<?x?x16xbf16>
   return %y : tensor<?x?x16xbf16>
 }

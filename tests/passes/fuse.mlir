@@ -40,14 +40,20 @@
 // V3: kiln.fused "fused_4_add_rms_norm"(%[[RES]]#0, %[[DOWN]], %{{.*}})
 // V3: %[[GATE:.*]]:4 = kiln.fused "fused_7_add_rms_norm_moe_gate"({{.*}}) : (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>, tensor<16x64xbf16>, tensor<16xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<?x?x4xf32>, tensor<?x?x4xi32>) attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 512 : i64}}
 // V3: kiln.moe_gate
-// V3: kiln.moe_dispatch %[[GATE]]#1, %[[GATE]]#3
+// V3: %{{.*}}, %{{.*}}, %{{.*}}, %[[ROWS:.*]] = kiln.moe_dispatch %[[GATE]]#1, %[[GATE]]#3
 // The routed experts' SwiGLU works on routed rows, between grouped GEMMs.
 // V3: kiln.swiglu %{{.*}}, %{{.*}} : tensor<?x32xf32>
-// V3: kiln.moe_combine %{{.*}}, %[[GATE]]#2
-// Shared experts' output + routed output + residual, then the next norm.
-// V3: kiln.fused "fused_8_add_rms_norm"({{.*}}) : (tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>) attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 768 : i64}}
+// V3: %[[ROUTED:.*]] = kiln.grouped_linear
+// The combine (the routed rows each token's selections name, read whole like
+// a weight), the shared experts' output and the residual, then the next
+// norm: one kernel.
+// V3: kiln.fused "fused_8_moe_combine_add_rms_norm"(%[[ROUTED]], %[[GATE]]#2, %[[ROWS]], %{{.*}}, %[[GATE]]#0, %{{.*}}) : (tensor<?x64xf32>, tensor<?x?x4xf32>, tensor<?x?x4xi32>, tensor<?x?x64xf32>, tensor<?x?x64xf32>, tensor<64xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>) attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 1280 : i64}}
+// V3-NEXT: ^bb0(%[[Y:.*]]: tensor<?x64xf32>, %[[WTS:.*]]: tensor<?x?x4xf32>, %[[SEL:.*]]: tensor<?x?x4xi32>, %[[SHARED:.*]]: tensor<?x?x64xf32>, %[[RESID:.*]]: tensor<?x?x64xf32>, %{{.*}}: tensor<64xbf16>):
+// V3-NEXT: %[[MOE:.*]] = kiln.moe_combine %[[Y]], %[[WTS]], %[[SEL]]
+// V3-NEXT: %[[SUM:.*]] = kiln.add %[[MOE]], %[[SHARED]]
+// V3-NEXT: kiln.add %[[RESID]], %[[SUM]]
 // The final norm after the last residual adds feeds the output head.
-// V3: %[[FINAL:.*]] = kiln.fused "fused_12_add_rms_norm"({{.*}}) {{.*}} -> tensor<?x?x64xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 1024 : i64}}
+// V3: %[[FINAL:.*]] = kiln.fused "fused_12_moe_combine_add_rms_norm"({{.*}}) {{.*}} -> tensor<?x?x64xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 1536 : i64}}
 // V3: kiln.logits %[[FINAL]]
 // V3: return %{{.*}}, %[[FINAL]]
 // Prefill decompresses cached latents per token (naive_from_latent): the
@@ -63,7 +69,7 @@
 // RUN: kiln compile-model %presets/tiny-deepseek-v3.json --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | FileCheck %s --check-prefix=MTP
 // MTP-LABEL: func.func @mtp_1
 // MTP: kiln.fused "fused_29_embedding_rms_norm_concat"
-// MTP: kiln.fused "fused_34_add_rms_norm"
+// MTP: kiln.fused "fused_34_moe_combine_add_rms_norm"
 
 // FP8 GEMMs quantize their input per token per block: a group whose result
 // feeds one records that in `quantizes_for`, and a lone row-local op that
@@ -85,7 +91,7 @@
 // NOEPI: %[[N:.*]]:2 = kiln.fused "fused_0_embedding_rms_norm"
 // NOEPI: kiln.linear %[[N]]#1, %{{.*}} scale %{{.*}} {block_size
 // The final norm feeds the bf16 output head: nothing to quantize.
-// FP8: kiln.fused "fused_{{[0-9]+}}_add_rms_norm"({{.*}}) {{.*}} attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 1024 : i64}}
+// FP8: kiln.fused "fused_{{[0-9]+}}_moe_combine_add_rms_norm"({{.*}}) {{.*}} attributes {kiln.fusion = {kind = "row", row_bytes = 256 : i64, saved_bytes = 1536 : i64}}
 // FP8-NEXT: ^bb0
 // FP8: kiln.logits
 
@@ -266,9 +272,9 @@ func.func @norm_gate(%h: tensor<?x?x16xf32>, %w: tensor<16xf32>,
        norm_topk_prob, routed_scaling_factor = 2.5 : f64}
       : (tensor<?x?x16xf32>, tensor<8x16xf32>, tensor<8xf32>)
       -> (tensor<?x?x2xf32>, tensor<?x?x2xi32>)
-  %r, %off, %slots = kiln.moe_dispatch %n, %idx {num_experts = 8 : i64}
+  %r, %off, %slots, %rows = kiln.moe_dispatch %n, %idx {num_experts = 8 : i64}
       : (tensor<?x?x16xf32>, tensor<?x?x2xi32>)
-      -> (tensor<?x16xf32>, tensor<9xi32>, tensor<?xi32>)
+      -> (tensor<?x16xf32>, tensor<9xi32>, tensor<?xi32>, tensor<?x?x2xi32>)
   return %r, %wts : tensor<?x16xf32>, tensor<?x?x2xf32>
 }
 
@@ -353,4 +359,34 @@ func.func @routed_rows(%g: tensor<?x8xf32>, %u: tensor<?x8xf32>,
   %a = kiln.swiglu %g, %u : tensor<?x8xf32>
   %s = kiln.add %a, %r : tensor<?x8xf32>
   return %s : tensor<?x8xf32>
+}
+
+// -----
+
+// The combine reads the expert output rows its selections name: they are a
+// whole group input, so the routed rows' own chain (here an add over routed
+// rows) stays outside even though it is row-local; it forms its own kernel
+// with the SwiGLU before it. The combine joins the residual add and norm;
+// saved per row: the write and read of the combined and of the summed row
+// (4 x 8 x 4 bytes).
+// CHECK-LABEL: func.func @combine_joins_norm
+// CHECK: %[[ROUTED:.*]] = kiln.fused "fused_0_swiglu_add"(%arg0, %arg1, %arg2) : (tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>) -> tensor<?x8xf32>
+// CHECK: kiln.fused "fused_1_moe_combine_add_rms_norm"(%[[ROUTED]], %arg3, %arg4, %arg5, %arg6) : (tensor<?x8xf32>, tensor<?x?x2xf32>, tensor<?x?x2xi32>, tensor<?x?x8xf32>, tensor<8xf32>) -> tensor<?x?x8xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 32 : i64, saved_bytes = 128 : i64}}
+// CHECK-NEXT: ^bb0(%[[Y:.*]]: tensor<?x8xf32>, %[[W:.*]]: tensor<?x?x2xf32>, %[[ROWS:.*]]: tensor<?x?x2xi32>, %[[RES:.*]]: tensor<?x?x8xf32>, %{{.*}}: tensor<8xf32>):
+// CHECK-NEXT: %[[MOE:.*]] = kiln.moe_combine %[[Y]], %[[W]], %[[ROWS]]
+// CHECK-NEXT: %[[SUM:.*]] = kiln.add %[[RES]], %[[MOE]]
+// CHECK-NEXT: kiln.rms_norm %[[SUM]]
+func.func @combine_joins_norm(%g: tensor<?x8xf32>, %u: tensor<?x8xf32>,
+                              %b: tensor<?x8xf32>, %w: tensor<?x?x2xf32>,
+                              %rows: tensor<?x?x2xi32>, %res: tensor<?x?x8xf32>,
+                              %nw: tensor<8xf32>) -> tensor<?x?x8xf32> {
+  %a = kiln.swiglu %g, %u : tensor<?x8xf32>
+  %y = kiln.add %a, %b : tensor<?x8xf32>
+  %moe = kiln.moe_combine %y, %w, %rows
+      : (tensor<?x8xf32>, tensor<?x?x2xf32>, tensor<?x?x2xi32>)
+      -> tensor<?x?x8xf32>
+  %s = kiln.add %res, %moe : tensor<?x?x8xf32>
+  %n = kiln.rms_norm %s, %nw {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x8xf32>, tensor<8xf32>) -> tensor<?x?x8xf32>
+  return %n : tensor<?x?x8xf32>
 }

@@ -18,7 +18,7 @@
 // next round the two down projections pair up.
 // RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-fuse-gated-linear -kiln-group-linears | FileCheck %s --check-prefix=MOE
 // MOE-LABEL: func.func @forward
-// MOE: %[[ROUTED:.*]], %[[OFF:.*]], %{{.*}} = kiln.moe_dispatch %[[NORMED:[^,]*]],
+// MOE: %[[ROUTED:[^,]*]], %[[OFF:[^,]*]], %{{.*}}, %{{.*}} = kiln.moe_dispatch %[[NORMED:[^,]*]],
 // MOE: %[[UP:.*]]:2 = kiln.linear_group(%[[ROUTED]], %{{.*}}, %{{.*}}, %[[OFF]], %[[NORMED]], %{{.*}}, %{{.*}})
 // MOE-NEXT: ^bb0
 // MOE-NEXT: kiln.gated_linear {{.*}} experts

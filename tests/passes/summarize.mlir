@@ -44,13 +44,13 @@ module {
          routed_scaling_factor = 1.0 : f64}
         : (tensor<?x?x16xf32>, tensor<4x16xf32>)
         -> (tensor<?x?x2xf32>, tensor<?x?x2xi32>)
-    %r:3 = kiln.moe_dispatch %x, %i {num_experts = 4 : i64}
+    %r:4 = kiln.moe_dispatch %x, %i {num_experts = 4 : i64}
         : (tensor<?x?x16xf32>, tensor<?x?x2xi32>)
-        -> (tensor<?x16xf32>, tensor<5xi32>, tensor<?xi32>)
+        -> (tensor<?x16xf32>, tensor<5xi32>, tensor<?xi32>, tensor<?x?x2xi32>)
     // Routed experts' SwiGLU works on rows: not a dense FFN.
     %ra = kiln.swiglu %r#0, %r#0 : tensor<?x16xf32>
-    %moe = kiln.moe_combine %ra, %w, %r#2
-        : (tensor<?x16xf32>, tensor<?x?x2xf32>, tensor<?xi32>)
+    %moe = kiln.moe_combine %ra, %w, %r#3
+        : (tensor<?x16xf32>, tensor<?x?x2xf32>, tensor<?x?x2xi32>)
         -> tensor<?x?x16xf32>
     // The shared expert's down projection is added to the MoE output: not
     // a dense FFN either.
@@ -111,19 +111,22 @@ module attributes {kiln.summary = {stale}} {
   // CHECK-LABEL: func.func @a
   // CHECK-SAME: kiln.layers = {attention = 0 : i64, dense_ffn = 0 : i64, moe = 0 : i64}
   func.func @a(%x: tensor<?x?x64xbf16>, %i: tensor<?x?x8xi32>) {
-    %r:3 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64}
+    %r:4 = kiln.moe_dispatch %x, %i {num_experts = 8 : i64}
         : (tensor<?x?x64xbf16>, tensor<?x?x8xi32>)
-        -> (tensor<?x64xbf16>, tensor<9xi32>, tensor<?xi32>)
+        -> (tensor<?x64xbf16>, tensor<9xi32>, tensor<?xi32>,
+            tensor<?x?x8xi32>)
     return
   }
   // CHECK-LABEL: func.func @b
   func.func @b(%x: tensor<?x?x64xbf16>, %i: tensor<?x?x8xi32>) {
-    %r:3 = kiln.moe_dispatch %x, %i {num_experts = 16 : i64}
+    %r:4 = kiln.moe_dispatch %x, %i {num_experts = 16 : i64}
         : (tensor<?x?x64xbf16>, tensor<?x?x8xi32>)
-        -> (tensor<?x64xbf16>, tensor<17xi32>, tensor<?xi32>)
-    %s:3 = kiln.moe_dispatch %x, %i {num_experts = 2 : i64}
+        -> (tensor<?x64xbf16>, tensor<17xi32>, tensor<?xi32>,
+            tensor<?x?x8xi32>)
+    %s:4 = kiln.moe_dispatch %x, %i {num_experts = 2 : i64}
         : (tensor<?x?x64xbf16>, tensor<?x?x8xi32>)
-        -> (tensor<?x64xbf16>, tensor<3xi32>, tensor<?xi32>)
+        -> (tensor<?x64xbf16>, tensor<3xi32>, tensor<?xi32>,
+            tensor<?x?x8xi32>)
     return
   }
 }

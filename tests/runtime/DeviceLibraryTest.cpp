@@ -219,18 +219,19 @@ TEST(DeviceLibrary, MoeGateDispatchCombineMatchTheCpuRouter) {
       for (size_t i = 0; i < gotW.size(); ++i)
         EXPECT_NEAR(gotW[i], wantW[i], 1e-5f * (1 + std::fabs(wantW[i])));
 
-      // Dispatch: offsets, slots and routed rows exactly.
+      // Dispatch: offsets, slots, selection rows and routed rows exactly.
       int64_t n = tokens * topK;
       std::vector<float> wantRouted(n * dim), gotRouted(n * dim);
       std::vector<int32_t> wantOff(experts + 1), gotOff(experts + 1),
-          wantSlots(n), gotSlots(n);
+          wantSlots(n), gotSlots(n), wantRows(n), gotRows(n, -1);
       cpu::moeDispatch(x.data(), wantI.data(), tokens, topK, dim, experts,
-                       wantRouted.data(), wantOff.data(), wantSlots.data());
+                       wantRouted.data(), wantOff.data(), wantSlots.data(),
+                       wantRows.data());
       std::vector<int32_t> active(1 + experts, -1);
       kiln_moe_route_host({1, 1, 1},
                           {wantI.data(), gotOff.data(), gotSlots.data(),
                            static_cast<int>(n), static_cast<int>(experts),
-                           active.data(), nullptr, nullptr, nullptr, dim,
+                           active.data(), gotRows.data(), nullptr, nullptr, dim,
                            static_cast<int>(topK)});
       // The experts with rows, in order, after their count.
       std::vector<int32_t> wantActive;
@@ -246,35 +247,32 @@ TEST(DeviceLibrary, MoeGateDispatchCombineMatchTheCpuRouter) {
                             gotRouted.data(), dim, static_cast<int>(topK)});
       EXPECT_EQ(gotOff, wantOff);
       EXPECT_EQ(gotSlots, wantSlots);
+      EXPECT_EQ(gotRows, wantRows);
       EXPECT_EQ(gotRouted, wantRouted);
-      // The route kernel's own gather and inverse (a decode step's few
-      // rows): the same rows, and the combine's rowOf.
+      // The route kernel's own gather (a decode step's few rows): the same
+      // rows.
       std::vector<float> routedByRoute(n * dim, -1.0f);
-      std::vector<int32_t> rowOfByRoute(n, -1), slotsByRoute(n);
+      std::vector<int32_t> rowsByRoute(n, -1), slotsByRoute(n);
       kiln_moe_route_host({1, 1, 1},
                           {wantI.data(), gotOff.data(), slotsByRoute.data(),
                            static_cast<int>(n), static_cast<int>(experts),
-                           nullptr, rowOfByRoute.data(), x.data(),
+                           nullptr, rowsByRoute.data(), x.data(),
                            routedByRoute.data(), dim, static_cast<int>(topK)});
       EXPECT_EQ(slotsByRoute, wantSlots);
+      EXPECT_EQ(rowsByRoute, wantRows);
       EXPECT_EQ(routedByRoute, wantRouted);
 
-      // Combine: the same products summed in the same k order.
+      // Combine: the same products summed in the same k order, neither
+      // contracted to multiply-adds (a portable CPU build, the host build
+      // with -ffp-contract=off as the CUDA one with --fmad=false).
       std::vector<float> y = randomFloats(n * dim, 13);
       std::vector<float> wantOut(tokens * dim), gotOut(tokens * dim);
-      std::vector<int32_t> rowOf(n), gotRowOf(n);
-      cpu::moeCombine(y.data(), wantW.data(), wantSlots.data(), tokens, topK,
-                      dim, wantOut.data(), rowOf.data());
-      kiln_invert_slots_host(elementwiseGrid(n),
-                             {gotSlots.data(), gotRowOf.data(), n});
-      EXPECT_EQ(gotRowOf, rowOf);
-      EXPECT_EQ(rowOfByRoute, rowOf);
+      cpu::moeCombine(y.data(), wantW.data(), wantRows.data(), tokens, topK,
+                      dim, wantOut.data());
       kiln_moe_combine_host(tokenGrid(tokens),
-                            {y.data(), wantW.data(), gotRowOf.data(),
+                            {y.data(), wantW.data(), gotRows.data(),
                              gotOut.data(), dim, static_cast<int>(topK)});
-      // topK products: the CPU may fuse multiply-adds, the host build not.
-      for (size_t i = 0; i < gotOut.size(); ++i)
-        EXPECT_NEAR(gotOut[i], wantOut[i], 1e-5f * (1 + std::fabs(wantOut[i])));
+      EXPECT_EQ(gotOut, wantOut);
     }
   }
 }
@@ -284,22 +282,16 @@ TEST(DeviceLibrary, MoeCombineTakesSelectionsBeyondOneChunk) {
   const int64_t tokens = 3, topK = 11, dim = 70, n = tokens * topK;
   std::vector<float> y = randomFloats(n * dim, 31);
   std::vector<float> weights = randomFloats(n, 32);
-  std::vector<int32_t> slots(n);
+  std::vector<int32_t> rows(n);
   for (int64_t i = 0; i < n; ++i)
-    slots[i] =
-        static_cast<int32_t>((i * 7) % n); // a permutation: 7, 33 coprime
+    rows[i] = static_cast<int32_t>((i * 7) % n); // a permutation: 7, 33 coprime
   std::vector<float> want(tokens * dim), got(tokens * dim);
-  std::vector<int32_t> rowOf(n), gotRowOf(n);
-  cpu::moeCombine(y.data(), weights.data(), slots.data(), tokens, topK, dim,
-                  want.data(), rowOf.data());
-  kiln_invert_slots_host(elementwiseGrid(n),
-                         {slots.data(), gotRowOf.data(), n});
-  EXPECT_EQ(gotRowOf, rowOf);
+  cpu::moeCombine(y.data(), weights.data(), rows.data(), tokens, topK, dim,
+                  want.data());
   kiln_moe_combine_host(tokenGrid(tokens),
-                        {y.data(), weights.data(), gotRowOf.data(), got.data(),
-                         dim, static_cast<int>(topK)});
-  for (size_t i = 0; i < got.size(); ++i)
-    EXPECT_NEAR(got[i], want[i], 1e-5f * (1 + std::fabs(want[i]))) << i;
+                        {y.data(), weights.data(), rows.data(), got.data(), dim,
+                         static_cast<int>(topK)});
+  EXPECT_EQ(got, want);
 }
 
 } // namespace

@@ -819,12 +819,16 @@ TEST(Kernels, MoeDispatchGroupedLinearCombine) {
   }
   int64_t n = tokens * topK;
   std::vector<float> routed(n * dim);
-  std::vector<int32_t> offsets(experts + 1), slots(n);
+  std::vector<int32_t> offsets(experts + 1), slots(n), selectionRows(n);
   moeDispatch(x.data(), indices.data(), tokens, topK, dim, experts,
-              routed.data(), offsets.data(), slots.data());
-  // Grouped by expert, stable in selection order, rows copied.
+              routed.data(), offsets.data(), slots.data(),
+              selectionRows.data());
+  // Grouped by expert, stable in selection order, rows copied; the
+  // selection rows invert the slots.
   ASSERT_EQ(offsets[0], 0);
   ASSERT_EQ(offsets[experts], n);
+  for (int64_t i = 0; i < n; ++i)
+    ASSERT_EQ(slots[selectionRows[i]], i);
   for (int64_t e = 0; e < experts; ++e)
     for (int32_t r = offsets[e]; r < offsets[e + 1]; ++r) {
       ASSERT_EQ(indices[slots[r]], e);
@@ -837,9 +841,8 @@ TEST(Kernels, MoeDispatchGroupedLinearCombine) {
 
   std::vector<float> out(tokens * dim);
   // Identity experts: out = x * sum(weights).
-  std::vector<int32_t> rowOf(n);
-  moeCombine(routed.data(), weights.data(), slots.data(), tokens, topK, dim,
-             out.data(), rowOf.data());
+  moeCombine(routed.data(), weights.data(), selectionRows.data(), tokens, topK,
+             dim, out.data());
   for (int64_t t = 0; t < tokens; ++t) {
     double ws = 0;
     for (int64_t j = 0; j < topK; ++j)
@@ -856,8 +859,8 @@ TEST(Kernels, MoeDispatchGroupedLinearCombine) {
   std::vector<float> y(n * dim);
   groupedLinear(routed.data(), dim, {diag.data(), ElementType::F32}, experts,
                 dim, offsets.data(), y.data());
-  moeCombine(y.data(), weights.data(), slots.data(), tokens, topK, dim,
-             out.data(), rowOf.data());
+  moeCombine(y.data(), weights.data(), selectionRows.data(), tokens, topK, dim,
+             out.data());
   for (int64_t t = 0; t < tokens; ++t) {
     double ws = 0;
     for (int64_t j = 0; j < topK; ++j)

@@ -236,11 +236,12 @@ void moeGate(const float *x, int64_t tokens, int64_t dim, Weight w,
 
 /// Groups the tokens * topK selections by expert (stable: token order within
 /// an expert). routed [tokens * topK, dim], offsets [experts + 1], slots
-/// [tokens * topK] (the flat selection index of each routed row). experts
-/// <= kMaxExperts.
+/// [tokens * topK] (the flat selection index of each routed row) and
+/// selectionRows [tokens * topK], its inverse (the routed row of each
+/// selection). experts <= kMaxExperts.
 void moeDispatch(const float *x, const int32_t *indices, int64_t tokens,
                  int64_t topK, int64_t dim, int64_t experts, float *routed,
-                 int32_t *offsets, int32_t *slots);
+                 int32_t *offsets, int32_t *slots, int32_t *selectionRows);
 
 /// Rows [offsets[e], offsets[e+1]) of x [rows, in] times expert e's [out, in]
 /// matrix of w [experts, out, in]. An FP8 w quantizes the offsets[experts]
@@ -249,12 +250,11 @@ void groupedLinear(const float *x, int64_t in, Weight w, int64_t experts,
                    int64_t out, const int32_t *offsets, float *y,
                    Fp8Activations act = {});
 
-/// out[t, :] = sum_k weights[t, k] * y[r(t, k), :] with slots[r] = t * topK +
-/// k, summed in k order. `rowOf` is caller-provided scratch of
-/// [tokens * topK] ints (the inverse of `slots`).
-void moeCombine(const float *y, const float *weights, const int32_t *slots,
-                int64_t tokens, int64_t topK, int64_t dim, float *out,
-                int32_t *rowOf);
+/// out[t, :] = sum_k weights[t, k] * y[selectionRows[t * topK + k], :],
+/// summed in k order.
+void moeCombine(const float *y, const float *weights,
+                const int32_t *selectionRows, int64_t tokens, int64_t topK,
+                int64_t dim, float *out);
 
 //===----------------------------------------------------------------------===//
 // Paged KV cache (runtime/src/cpu/Paged.cpp)

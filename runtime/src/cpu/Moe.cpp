@@ -131,7 +131,7 @@ void moeGate(const float *x, int64_t tokens, int64_t dim, Weight w,
 
 void moeDispatch(const float *x, const int32_t *indices, int64_t tokens,
                  int64_t topK, int64_t dim, int64_t experts, float *routed,
-                 int32_t *offsets, int32_t *slots) {
+                 int32_t *offsets, int32_t *slots, int32_t *selectionRows) {
   int64_t n = tokens * topK;
   // Counting sort by expert, stable in selection order.
   std::fill(offsets, offsets + experts + 1, 0);
@@ -141,8 +141,10 @@ void moeDispatch(const float *x, const int32_t *indices, int64_t tokens,
     offsets[e + 1] += offsets[e];
   std::array<int32_t, kMaxExperts> cursor;
   std::copy(offsets, offsets + experts, cursor.begin());
-  for (int64_t i = 0; i < n; ++i)
-    slots[cursor[indices[i]]++] = static_cast<int32_t>(i);
+  for (int64_t i = 0; i < n; ++i) {
+    selectionRows[i] = cursor[indices[i]]++;
+    slots[selectionRows[i]] = static_cast<int32_t>(i);
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < n; ++r) {
     const float *src = x + (slots[r] / topK) * dim;
@@ -150,19 +152,17 @@ void moeDispatch(const float *x, const int32_t *indices, int64_t tokens,
   }
 }
 
-void moeCombine(const float *y, const float *weights, const int32_t *slots,
-                int64_t tokens, int64_t topK, int64_t dim, float *out,
-                int32_t *rowOf) {
-  int64_t n = tokens * topK;
-  for (int64_t r = 0; r < n; ++r)
-    rowOf[slots[r]] = static_cast<int32_t>(r);
+void moeCombine(const float *y, const float *weights,
+                const int32_t *selectionRows, int64_t tokens, int64_t topK,
+                int64_t dim, float *out) {
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < tokens; ++t) {
     float *ot = out + t * dim;
     std::fill(ot, ot + dim, 0.0f);
     for (int64_t j = 0; j < topK; ++j) {
       float wj = weights[t * topK + j];
-      const float *yr = y + static_cast<int64_t>(rowOf[t * topK + j]) * dim;
+      const float *yr =
+          y + static_cast<int64_t>(selectionRows[t * topK + j]) * dim;
 #pragma omp simd
       for (int64_t i = 0; i < dim; ++i)
         ot[i] += wj * yr[i];

@@ -125,7 +125,7 @@ struct Executor::Impl {
   std::vector<CUdeviceptr> slots; // per cache slot
   CUdeviceptr tables = 0, held = 0;
   // Library scratch, sized at creation.
-  CUdeviceptr attentionScratch = 0, rowOf = 0, fp8Codes = 0, fp8Scales = 0;
+  CUdeviceptr attentionScratch = 0, fp8Codes = 0, fp8Scales = 0;
   /// Gated GEMMs run as two GEMMs: the up projections.
   CUdeviceptr upProjections = 0;
   /// The experts with rows, as the last dispatch routed them
@@ -133,9 +133,6 @@ struct Executor::Impl {
   /// grouped GEMM over those offsets spans only those experts.
   CUdeviceptr activeExperts = 0;
   const int32_t *routedOffsets = nullptr;
-  /// The slots the last dispatch wrote: its route kernel also wrote their
-  /// inverse into rowOf, so a combine over them needs no kiln_invert_slots.
-  const int32_t *routedSlots = nullptr;
   /// Routed elements (rows x hidden) up to which the route kernel's one
   /// block gathers the rows itself: a decode step's few rows (batch 1:
   /// V2-Lite 6 x 2048, V3 8 x 7168) cost it less than another launch.
@@ -494,11 +491,9 @@ absl::Status Executor::Impl::uploadParameters() {
 absl::Status Executor::Impl::allocateState() {
   const art::Model &plan = *model->plan;
   uint64_t arenaBytes = 256;
-  size_t heads = 0, dv = 0, routed = 0, experts = 0;
+  size_t heads = 0, dv = 0, experts = 0;
   for (const art::EntryPoint *e : *plan.entry_points()) {
     arenaBytes = std::max<uint64_t>(arenaBytes, e->arena_bytes());
-    routed = std::max<size_t>(routed, size_t{e->max_batch()} * e->max_seq() *
-                                          plan.moe_top_k());
     for (const art::Launch *l : *e->launches())
       if (l->kernel() == art::KernelKind::Attention) {
         heads = std::max<size_t>(heads, staticDim(l->args()->Get(0), 2));
@@ -526,7 +521,6 @@ absl::Status Executor::Impl::allocateState() {
                    size_t(cache.maxBatch * cache.tableStride) * sizeof(int32_t),
                    "block tables"},
         {&held, size_t(cache.maxBatch) * sizeof(int32_t), "held tokens"},
-        {&rowOf, std::max<size_t>(routed, 1) * sizeof(int32_t), "MoE slots"},
         {&activeExperts, (1 + experts) * sizeof(int32_t), "routed experts"}}) {
     absl::StatusOr<CUdeviceptr> p = allocate(bytes, what);
     if (!p.ok())
@@ -806,7 +800,6 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
   case art::KernelKind::MoeDispatch: {
     expertOffsets.clear(); // recounted on the device
     routedOffsets = i32(3);
-    routedSlots = i32(4);
     int64_t topK = lastDim(refs.Get(1));
     int64_t n = shape.batch * shape.seq * topK;
     bool gather = n * lastDim(x) > kRouteGatherElements;
@@ -815,9 +808,8 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
                    MoeRouteParams{i32(1), i32(3), i32(4), static_cast<int>(n),
                                   static_cast<int>(ints(0)),
                                   reinterpret_cast<int32_t *>(activeExperts),
-                                  reinterpret_cast<int32_t *>(rowOf),
-                                  gather ? nullptr : f32(0), f32(2), lastDim(x),
-                                  static_cast<int>(topK)});
+                                  i32(5), gather ? nullptr : f32(0), f32(2),
+                                  lastDim(x), static_cast<int>(topK)});
         !s.ok())
       return s;
     if (!gather)
@@ -828,17 +820,8 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
   }
   case art::KernelKind::MoeCombine: {
     int64_t count = shape.batch * shape.seq, topK = lastDim(refs.Get(1));
-    int32_t *inverse = reinterpret_cast<int32_t *>(rowOf);
-    if (i32(2) != routedSlots) {
-      if (absl::Status s =
-              launch("kiln_invert_slots", elementwiseGrid(count * topK),
-                     InvertSlotsParams{i32(2), inverse, count * topK});
-          !s.ok())
-        return s;
-      routedSlots = nullptr; // rowOf now inverts other slots
-    }
     return launch("kiln_moe_combine", tokenGrid(count),
-                  MoeCombineParams{f32(0), f32(1), inverse, f32(3), lastDim(x),
+                  MoeCombineParams{f32(0), f32(1), i32(2), f32(3), lastDim(x),
                                    static_cast<int>(topK)});
   }
   case art::KernelKind::QuantizeFp8: {

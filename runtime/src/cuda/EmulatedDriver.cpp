@@ -67,7 +67,6 @@ const std::vector<HostKernel> &hostKernels() {
       KILN_HOST_KERNEL(kiln_moe_gate_f16_f16, MoeGateParams),
       KILN_HOST_KERNEL(kiln_moe_route, MoeRouteParams),
       KILN_HOST_KERNEL(kiln_moe_gather, MoeGatherParams),
-      KILN_HOST_KERNEL(kiln_invert_slots, InvertSlotsParams),
       KILN_HOST_KERNEL(kiln_moe_combine, MoeCombineParams),
       KILN_HOST_KERNEL(kiln_kv_append, KvAppendParams),
       KILN_HOST_KERNEL(kiln_kv_append_fp8, KvAppendParams),
