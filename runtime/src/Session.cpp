@@ -168,6 +168,9 @@ struct Session::Impl {
   std::vector<float> headScratch; // per-head gathered rows
   std::vector<float> fp8Scratch;  // FP8 GEMMs' quantized activations
   std::vector<float> upScratch;   // gated GEMMs' up projections
+  // The selection rows the last dispatch wrote: the only ones a combine may
+  // take as row indices.
+  const int32_t *dispatchedRows = nullptr;
   int64_t lastChunkStart = 0, lastChunkSeq = 0;
   std::vector<int> lastPrefill; // sequences of the last prefill, by row
   std::string device = "cpu";
@@ -519,6 +522,7 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
     cpu::moeDispatch(as<float>(a[0]), as<int32_t>(a[1]), tokens, topK,
                      lastDim(a[0].ref), experts, as<float>(a[2]),
                      as<int32_t>(a[3]), as<int32_t>(a[4]), as<int32_t>(a[5]));
+    dispatchedRows = as<int32_t>(a[5]);
     return absl::OkStatus();
   }
   case art::KernelKind::GroupedLinear: {
@@ -582,8 +586,9 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
   }
   case art::KernelKind::MoeCombine: {
     int64_t tokens = dims.batch * dims.seq, topK = lastDim(a[1].ref);
-    if (!allBelow(as<int32_t>(a[2]), tokens * topK, dims.routed))
-      return error("routed row out of range");
+    if (as<int32_t>(a[2]) != dispatchedRows)
+      return error("the combine reads selection rows no dispatch before it "
+                   "wrote");
     cpu::moeCombine(as<float>(a[0]), as<float>(a[1]), as<int32_t>(a[2]), tokens,
                     topK, lastDim(a[0].ref), as<float>(a[3]));
     return absl::OkStatus();

@@ -669,6 +669,62 @@ TEST(EmulatedGpuSession, MalformedGatedLinearLaunchesAreRejected) {
       "expects x [..., in] and y [..., out]");
 }
 
+// A combine reading the dispatch's slots ([R]) where its selection rows
+// ([B, S, k]) belong, as a format-2 plan did, and a dispatch that writes no
+// selection rows.
+TEST(EmulatedGpuSession, MoeSelectionRowsAreVerified) {
+  expectLaunchRejected(
+      artifact::KernelKind::MoeCombine, "combine_slots.kiln",
+      [](artifact::LaunchT &l) {
+        auto &rows = l.args[2];
+        rows->shape.erase(rows->shape.begin() + 1, rows->shape.end());
+        rows->shape[0] = artifact::Dim(artifact::DimSymbol::RoutedRows, 0);
+      },
+      "expects y [R,D], weights [B,S,k], selection rows [B,S,k]");
+  expectLaunchRejected(
+      artifact::KernelKind::MoeDispatch, "dispatch_no_rows.kiln",
+      [](artifact::LaunchT &l) { l.args.pop_back(); },
+      "wrong number of operands");
+}
+
+// A combine whose selection rows are another [B, S, k] tensor (the router's
+// expert indices) passes the plan verifier; the CPU and CUDA executors,
+// which take them as row indices, run only the rows the last dispatch
+// wrote.
+TEST(EmulatedGpuSession, CombineReadsOnlyTheDispatchsSelectionRows) {
+  CompileSettings settings;
+  settings.optimize.fuse = false;
+  settings.editPlan = [](artifact::ModelT &plan) {
+    for (auto &entry : plan.entry_points) {
+      const artifact::TensorRefT *indices = nullptr;
+      for (auto &launch : entry->launches)
+        if (launch->kernel == artifact::KernelKind::MoeDispatch)
+          indices = launch->args[1].get();
+        else if (launch->kernel == artifact::KernelKind::MoeCombine && indices)
+          launch->args[2] = std::make_unique<artifact::TensorRefT>(*indices);
+    }
+  };
+  std::filesystem::path artifact =
+      compileArtifact(kGolden / "deepseek-v3",
+                      ::testing::TempDir() + "/combine_indices.kiln", settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  for (Device device : {Device::Cpu, Device::Emulated}) {
+    SessionOptions options;
+    options.device = device;
+    absl::StatusOr<std::unique_ptr<Session>> session =
+        Session::create(**model, options);
+    ASSERT_TRUE(session.ok()) << session.status().message();
+    absl::StatusOr<std::vector<int>> ids = (*session)->prefill({{5, 17, 3}});
+    ASSERT_FALSE(ids.ok());
+    EXPECT_NE(ids.status().message().find("the combine reads selection rows "
+                                          "no dispatch before it wrote"),
+              std::string::npos)
+        << ids.status().message();
+  }
+}
+
 /// The CPU executor's steps against the emulated CUDA executor's with
 /// cuBLASLt emulated (KILN_EMULATE_CUBLASLT=1), the experts' GEMMs grouped
 /// or not (KILN_EXPERT_GEMMS auto and per-expert); each run must have made

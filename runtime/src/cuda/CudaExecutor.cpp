@@ -133,6 +133,9 @@ struct Executor::Impl {
   /// grouped GEMM over those offsets spans only those experts.
   CUdeviceptr activeExperts = 0;
   const int32_t *routedOffsets = nullptr;
+  /// The selection rows the last dispatch wrote: the only ones a combine
+  /// may read (the device trusts them as row indices).
+  const int32_t *routedSelectionRows = nullptr;
   /// Routed elements (rows x hidden) up to which the route kernel's one
   /// block gathers the rows itself: a decode step's few rows (batch 1:
   /// V2-Lite 6 x 2048, V3 8 x 7168) cost it less than another launch.
@@ -800,6 +803,7 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
   case art::KernelKind::MoeDispatch: {
     expertOffsets.clear(); // recounted on the device
     routedOffsets = i32(3);
+    routedSelectionRows = i32(5);
     int64_t topK = lastDim(refs.Get(1));
     int64_t n = shape.batch * shape.seq * topK;
     bool gather = n * lastDim(x) > kRouteGatherElements;
@@ -819,6 +823,9 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
                                   lastDim(x), static_cast<int>(topK)});
   }
   case art::KernelKind::MoeCombine: {
+    if (i32(2) != routedSelectionRows)
+      return absl::InvalidArgumentError(
+          "the combine reads selection rows no dispatch before it wrote");
     int64_t count = shape.batch * shape.seq, topK = lastDim(refs.Get(1));
     return launch("kiln_moe_combine", tokenGrid(count),
                   MoeCombineParams{f32(0), f32(1), i32(2), f32(3), lastDim(x),
