@@ -330,16 +330,20 @@ KILN_FN float roundUpPow2(float s) {
   return floatFromBits(bits & 0xff800000u);
 }
 
-/// The activation scale of x[c0, c1), as the CPU FP8 GEMMs: s =
-/// max(amax, 1e-4) / 448 (a power of two when pow2). Called by every thread
+/// The activation scale of a block whose largest |x| is amax, as the CPU
+/// FP8 GEMMs: s = max(amax, 1e-4) / 448 (a power of two when pow2).
+KILN_FN float fp8ScaleOf(float amax, int pow2) {
+  float s = (amax > 1e-4f ? amax : 1e-4f) / 448.0f;
+  return pow2 ? roundUpPow2(s) : s;
+}
+
+/// The activation scale of x[c0, c1) (fp8ScaleOf). Called by every thread
 /// of the block (the amax is a block reduction).
 KILN_FN float fp8BlockScale(const float *x, int64_t c0, int64_t c1, int pow2) {
   float amax = 0.0f;
   for (int64_t c = c0 + KILN_THREAD; c < c1; c += KILN_THREADS)
     amax = fmaxf(amax, fabsf(x[c]));
-  amax = blockMax(amax);
-  float s = (amax > 1e-4f ? amax : 1e-4f) / 448.0f;
-  return pow2 ? roundUpPow2(s) : s;
+  return fp8ScaleOf(blockMax(amax), pow2);
 }
 
 /// DeepSeek-V3's activation quantization of one row of `n` values, as

@@ -61,6 +61,9 @@ struct GemmParams {
   /// out = silu(x w^T) * (x wUp^T).
   const void *wUp;
   const float *wUpScale;
+  /// FP8 GEMVs that quantize their f32 activations themselves
+  /// (kiln_gemv_*f8e4m3_qin): power-of-two (UE8M0) activation scales.
+  int actPow2;
 };
 
 /// The grid's z extent of a GEMM over `matrices` matrices: with
@@ -144,18 +147,20 @@ KILN_FN GemmPass<A> gemmPass(const GemmParams &p, int64_t matrix,
 }
 
 /// Rows [first, first + count) (count <= R <= kGemmRows) of `matrix`
-/// against the block's kGemvCols weight rows. R sizes the accumulators: a
+/// against the block's kGemvCols weight rows; their activations are rows
+/// [xFirst, xFirst + count) of p's (first, or 0 where a block quantized
+/// them into shared memory). R sizes the accumulators: a
 /// single decode row keeps few registers, so more warps (and their loads)
 /// fit on a multiprocessor. Gated: each warp also streams the up
 /// projection's row n, applies it to the same activations and writes
 /// silu(gate) * up (the gate and up sums are those of two plain GEMVs).
 template <class W, bool Fp8, class A, int R, bool Whole, bool Gated>
 KILN_FN void gemvRows(Dim3 block, const GemmParams &p, int64_t matrix,
-                      int64_t first, int count) {
+                      int64_t first, int64_t xFirst, int count) {
   const W *w = static_cast<const W *>(p.w);
   const W *wUp = static_cast<const W *>(p.wUp);
   auto [x, xScale, xScaleStride, kBlocks, nBlocks] =
-      gemmPass<A, Fp8>(p, matrix, first);
+      gemmPass<A, Fp8>(p, matrix, xFirst);
   // The gated accumulators and loads exist only in gated kernels.
   constexpr int kUpRows = Gated ? R : 1;
   constexpr int kUpWeights = Gated ? 8 : 1;
@@ -254,14 +259,16 @@ constexpr int kGemvPassRows = Gated ? kGemmRows / 2 : kGemmRows;
 /// gemvRows with the fewest accumulators that hold `count` rows.
 template <class W, bool Fp8, class A, bool Whole, bool Gated>
 KILN_FN void gemvSomeRows(Dim3 block, const GemmParams &p, int64_t matrix,
-                          int64_t first, int count) {
+                          int64_t first, int64_t xFirst, int count) {
   if (count == 1)
-    gemvRows<W, Fp8, A, 1, Whole, Gated>(block, p, matrix, first, count);
+    gemvRows<W, Fp8, A, 1, Whole, Gated>(block, p, matrix, first, xFirst,
+                                         count);
   else if (count <= 4)
-    gemvRows<W, Fp8, A, 4, Whole, Gated>(block, p, matrix, first, count);
+    gemvRows<W, Fp8, A, 4, Whole, Gated>(block, p, matrix, first, xFirst,
+                                         count);
   else if constexpr (!Gated)
     gemvRows<W, Fp8, A, kGemmRows, Whole, Gated>(block, p, matrix, first,
-                                                 count);
+                                                 xFirst, count);
 }
 
 /// Whether every 8-value step of the weight and activation rows is whole
@@ -287,9 +294,11 @@ KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
     int count =
         end - first < passRows ? static_cast<int>(end - first) : passRows;
     if (whole)
-      gemvSomeRows<W, Fp8, A, true, Gated>(block, p, matrix, first, count);
+      gemvSomeRows<W, Fp8, A, true, Gated>(block, p, matrix, first, first,
+                                           count);
     else
-      gemvSomeRows<W, Fp8, A, false, Gated>(block, p, matrix, first, count);
+      gemvSomeRows<W, Fp8, A, false, Gated>(block, p, matrix, first, first,
+                                            count);
   }
 }
 
@@ -318,6 +327,83 @@ KILN_FN void kiln_gemv_gated_f8e4m3_q8_block(Dim3 block, const GemmParams &p) {
   gemvBlock<unsigned char, true, unsigned char, true>(block, p);
 }
 KILN_KERNEL(kiln_gemv_gated_f8e4m3_q8, GemmParams)
+
+/// FP8 GEMVs of f32 activations that quantize them themselves, as
+/// kiln_quantize_rows would before kiln_gemv_f8e4m3: a block quantizes the
+/// rows of each pass into shared memory (e4m3 codes and 1 x blockCols
+/// scales), then runs the e4m3-code GEMV over them. A decode step so saves
+/// the quantization's launch. Each block quantizes its own copy; a warp
+/// takes a block of columns at a time (its amax is exact in any order, so
+/// codes and scales are kiln_quantize_rows' to the bit, and the results its
+/// GEMV's).
+constexpr int64_t kGemvQuantizeBytes = 16384;
+constexpr int64_t kGemvQuantizeScales = 512;
+
+/// Whether a row of k activations in blocks of blockCols fits the shared
+/// memory of kiln_gemv_*f8e4m3_qin.
+KILN_HOST_FN bool gemvQuantizesRows(int64_t k, int64_t blockCols) {
+  return k >= 1 && k <= kGemvQuantizeBytes && blockCols >= 1 &&
+         (k + blockCols - 1) / blockCols <= kGemvQuantizeScales;
+}
+
+/// Rows [first, first + count) of `matrix`'s activations into codes
+/// [count, k] and scales [count, ceil(k / blockCols)].
+KILN_FN void quantizeGemvRows(const GemmParams &p, int64_t matrix,
+                              int64_t first, int count, unsigned char *codes,
+                              float *scales) {
+  int64_t kBlocks = (p.k + p.blockCols - 1) / p.blockCols;
+  for (int64_t g = KILN_WARP; g < count * kBlocks; g += KILN_WARPS) {
+    int64_t r = g / kBlocks, c0 = g % kBlocks * p.blockCols;
+    int64_t c1 = c0 + p.blockCols < p.k ? c0 + p.blockCols : p.k;
+    const float *x =
+        p.x + (first + r) * p.xRowStride + matrix * p.xMatrixStride;
+    float amax = 0.0f;
+    for (int64_t c = c0 + KILN_LANE; c < c1; c += KILN_WARP_SIZE)
+      amax = fmaxf(amax, fabsf(x[c]));
+    float s = fp8ScaleOf(warpMax(amax), p.actPow2);
+    for (int64_t c = c0 + KILN_LANE; c < c1; c += KILN_WARP_SIZE)
+      codes[r * p.k + c] = encodeE4m3(x[c] / s);
+    if (KILN_LANE == 0)
+      scales[g] = s;
+  }
+}
+
+template <bool Gated>
+KILN_FN void gemvQuantizingBlock(Dim3 block, const GemmParams &p) {
+  KILN_SHARED unsigned char codes[kGemvQuantizeBytes];
+  KILN_SHARED float scales[kGemvQuantizeScales];
+  auto [matrix, first, end] = gemmRows(block, p);
+  int64_t kBlocks = (p.k + p.blockCols - 1) / p.blockCols;
+  int64_t fit = kGemvQuantizeBytes / p.k < kGemvQuantizeScales / kBlocks
+                    ? kGemvQuantizeBytes / p.k
+                    : kGemvQuantizeScales / kBlocks;
+  int passRows =
+      fit < kGemvPassRows<Gated> ? static_cast<int>(fit) : kGemvPassRows<Gated>;
+  GemmParams q = p;
+  q.x = nullptr;
+  q.xCodes = codes;
+  q.xScale = scales;
+  q.xRowStride = p.k;
+  q.xMatrixStride = 0;
+  for (; first < end; first += passRows) {
+    int count =
+        end - first < passRows ? static_cast<int>(end - first) : passRows;
+    KILN_SYNC(); // the last pass has read its codes
+    quantizeGemvRows(p, matrix, first, count, codes, scales);
+    KILN_SYNC();
+    gemvSomeRows<unsigned char, true, unsigned char, false, Gated>(
+        block, q, matrix, first, 0, count);
+  }
+}
+
+KILN_FN void kiln_gemv_f8e4m3_qin_block(Dim3 block, const GemmParams &p) {
+  gemvQuantizingBlock<false>(block, p);
+}
+KILN_KERNEL(kiln_gemv_f8e4m3_qin, GemmParams)
+KILN_FN void kiln_gemv_gated_f8e4m3_qin_block(Dim3 block, const GemmParams &p) {
+  gemvQuantizingBlock<true>(block, p);
+}
+KILN_KERNEL(kiln_gemv_gated_f8e4m3_qin, GemmParams)
 
 /// Independent GEMVs run as one launch (kiln.linear_group): member i takes
 /// blocks [firstBlock[i], firstBlock[i + 1]) of the grid, its own grid

@@ -466,11 +466,11 @@ TEST(EmulatedGpuSession, GatedLinearIsTheUnfusedFfnBf16) {
 }
 
 // FP8: the dense FFNs' gated GEMVs read the codes the norm's kernel
-// quantized, the experts' quantize their routed rows.
+// quantized, the experts' quantize their routed rows themselves.
 TEST(EmulatedGpuSession, GatedLinearIsTheUnfusedFfnFp8) {
   expectGatedLinearIsTheUnfusedFfn("deepseek-v3", true,
                                    "kiln_gemv_gated_f8e4m3_q8");
-  EXPECT_GT(cuda::emulatedLaunches("kiln_gemv_gated_f8e4m3"), 0);
+  EXPECT_GT(cuda::emulatedLaunches("kiln_gemv_gated_f8e4m3_qin"), 0);
 }
 
 /// kiln.linear_group against its GEMMs launched one by one

@@ -1124,6 +1124,11 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
     return mma ? launch("kiln_gemm_mma_f8e4m3_q8", mmaGemmGrid(p.n, matrices),
                         p)
                : launch(gemv + "f8e4m3_q8", gemvGrid(p.n, matrices), p);
+  if (c.fp8 && !mma && gemvQuantizesRows(p.k, p.blockCols)) {
+    // The GEMV quantizes its rows itself: no kiln_quantize_rows launch.
+    p.actPow2 = c.pow2;
+    return launch(gemv + "f8e4m3_qin", gemvGrid(p.n, matrices), p);
+  }
   if (c.fp8)
     if (absl::Status s = quantizeRows(c); !s.ok())
       return s;
