@@ -27,28 +27,6 @@ namespace {
 /// one result.
 bool isGemm(Operation *op) { return LinearGroupOp::canGroup(op, op); }
 
-/// Whether `gemm` groups its rows by expert.
-bool perExpert(Operation *gemm) {
-  if (auto gated = dyn_cast<GatedLinearOp>(gemm))
-    return static_cast<bool>(gated.getExpertOffsets());
-  return isa<GroupedLinearOp>(gemm);
-}
-
-/// Whether `b` may share a launch with `a` (LinearGroupOp::canGroup): FP8
-/// GEMMs of f32 activations quantize them into one scratch buffer, so
-/// those must also read one input, row by row (no experts), as the
-/// executor's grouped launch takes them.
-bool canShareLaunch(Operation *a, Operation *b) {
-  if (!LinearGroupOp::canGroup(a, b))
-    return false;
-  Value input = a->getOperand(0);
-  bool quantizesInput =
-      isa<Float8E4M3FNType>(getElementTypeOrSelf(a->getOperand(1).getType())) &&
-      getElementTypeOrSelf(input.getType()).isF32();
-  return !quantizesInput ||
-         (b->getOperand(0) == input && !perExpert(a) && !perExpert(b));
-}
-
 /// The ops defining `gemm`'s operands after `first` in its block, if all
 /// of them can move up to `first` (operand-free and side-effect-free, as
 /// kiln.get_parameter); nullopt if one cannot, e.g. `first` itself or
@@ -143,7 +121,7 @@ struct GroupLinearsPass
         Operation *gemm = gemms[j];
         if (position[gemm] - position[first] > kLookahead)
           break;
-        if (taken.contains(gemm) || !canShareLaunch(first, gemm))
+        if (taken.contains(gemm) || !LinearGroupOp::canGroup(first, gemm))
           continue;
         std::optional<SmallVector<Operation *>> late =
             lateDefinitions(gemm, first);

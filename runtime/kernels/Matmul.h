@@ -438,13 +438,21 @@ inline Dim3 gemvGroupGrid(GemvGroupParams &p) {
   return {blocks, 1, 1};
 }
 
-template <class W, bool Fp8, class A = float, bool Gated = false>
-KILN_FN void gemvGroupBlock(Dim3 block, const GemvGroupParams &p) {
+/// The member whose blocks hold `block`, and the block of that member's own
+/// grid it stands for.
+KILN_FN int gemvGroupMember(Dim3 block, const GemvGroupParams &p, Dim3 &own) {
   int i = 0;
   while (i + 1 < p.members && block.x >= p.firstBlock[i + 1])
     ++i;
   int local = block.x - p.firstBlock[i];
-  Dim3 own{local % p.columnBlocks[i], 1, local / p.columnBlocks[i]};
+  own = {local % p.columnBlocks[i], 1, local / p.columnBlocks[i]};
+  return i;
+}
+
+template <class W, bool Fp8, class A = float, bool Gated = false>
+KILN_FN void gemvGroupBlock(Dim3 block, const GemvGroupParams &p) {
+  Dim3 own;
+  int i = gemvGroupMember(block, p, own);
   gemvBlock<W, Fp8, A, Gated>(own, p.member[i]);
 }
 
@@ -465,6 +473,25 @@ KILN_GEMV_GROUP_KERNEL(f16, F16, false, float)
 KILN_GEMV_GROUP_KERNEL(f8e4m3, unsigned char, true, float)
 KILN_GEMV_GROUP_KERNEL(f8e4m3_q8, unsigned char, true, unsigned char)
 #undef KILN_GEMV_GROUP_KERNEL
+
+/// FP8 members of f32 activations, each quantizing its own rows as
+/// kiln_gemv_f8e4m3_qin: members of different inputs share a launch.
+template <bool Gated>
+KILN_FN void gemvQuantizingGroupBlock(Dim3 block, const GemvGroupParams &p) {
+  Dim3 own;
+  int i = gemvGroupMember(block, p, own);
+  gemvQuantizingBlock<Gated>(own, p.member[i]);
+}
+KILN_FN void kiln_gemv_group_f8e4m3_qin_block(Dim3 block,
+                                              const GemvGroupParams &p) {
+  gemvQuantizingGroupBlock<false>(block, p);
+}
+KILN_KERNEL(kiln_gemv_group_f8e4m3_qin, GemvGroupParams)
+KILN_FN void kiln_gemv_group_gated_f8e4m3_qin_block(Dim3 block,
+                                                    const GemvGroupParams &p) {
+  gemvQuantizingGroupBlock<true>(block, p);
+}
+KILN_KERNEL(kiln_gemv_group_gated_f8e4m3_qin, GemvGroupParams)
 
 /// FP8 activation quantization, as the CPU FP8 GEMMs: per row, per
 /// `blockCols` values, s = max(amax, 1e-4) / 448 (rounded up to a power of

@@ -943,11 +943,18 @@ absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
     calls.push_back(l->kernel() == art::KernelKind::GatedLinear ? gatedCall(*l)
                                                                 : gemmCall(*l));
   }
-  // FP8 GEMMs of f32 activations quantize them into one scratch buffer,
-  // so only members of one input share a launch.
+  // FP8 GEMMs of f32 activations: each member's blocks quantize its own
+  // rows where they fit the quantizing GEMV; otherwise the activations are
+  // quantized into one scratch buffer, so only members of one input share
+  // a launch.
   GemmCall &lead = calls.front();
-  bool quantizeOnce =
+  bool quantizeIn =
       lead.fp8 && !lead.quantized &&
+      std::all_of(calls.begin(), calls.end(), [&](const GemmCall &c) {
+        return gemvQuantizesRows(c.p.k, c.p.blockCols);
+      });
+  bool quantizeOnce =
+      lead.fp8 && !lead.quantized && !quantizeIn &&
       std::all_of(calls.begin(), calls.end(), [&](const GemmCall &c) {
         return c.p.x == lead.p.x && c.p.k == lead.p.k &&
                c.p.rows == lead.p.rows && !c.p.offsets;
@@ -955,7 +962,7 @@ absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
   bool together =
       std::all_of(calls.begin(), calls.end(),
                   [&](const GemmCall &c) { return gemvTakes(c); }) &&
-      (!lead.fp8 || lead.quantized || quantizeOnce);
+      (!lead.fp8 || lead.quantized || quantizeIn || quantizeOnce);
   if (!together) {
     for (const art::Launch *l : members)
       if (absl::Status s = launchLibrary(*l); !s.ok())
@@ -972,10 +979,13 @@ absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
   }
   GemvGroupParams p{};
   p.members = static_cast<int>(calls.size());
-  for (size_t i = 0; i < calls.size(); ++i)
+  for (size_t i = 0; i < calls.size(); ++i) {
     p.member[i] = calls[i].p;
-  std::string type =
-      lead.quantized ? "f8e4m3_q8" : detail::elementTypeName(lead.weightType);
+    p.member[i].actPow2 = calls[i].pow2;
+  }
+  std::string type = lead.quantized ? "f8e4m3_q8"
+                     : quantizeIn   ? "f8e4m3_qin"
+                                    : detail::elementTypeName(lead.weightType);
   return launch(std::string("kiln_gemv_group_") + (lead.p.wUp ? "gated_" : "") +
                     type,
                 gemvGroupGrid(p), p);

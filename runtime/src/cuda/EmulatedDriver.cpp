@@ -97,6 +97,8 @@ const std::vector<HostKernel> &hostKernels() {
       KILN_HOST_KERNEL(kiln_gemv_group_gated_f16, GemvGroupParams),
       KILN_HOST_KERNEL(kiln_gemv_group_gated_f8e4m3, GemvGroupParams),
       KILN_HOST_KERNEL(kiln_gemv_group_gated_f8e4m3_q8, GemvGroupParams),
+      KILN_HOST_KERNEL(kiln_gemv_group_f8e4m3_qin, GemvGroupParams),
+      KILN_HOST_KERNEL(kiln_gemv_group_gated_f8e4m3_qin, GemvGroupParams),
       KILN_HOST_KERNEL(kiln_gemm_mma_bf16, GemmParams),
       KILN_HOST_KERNEL(kiln_gemm_mma_f8e4m3, GemmParams),
       KILN_HOST_KERNEL(kiln_gemm_mma_f8e4m3_q8, GemmParams),
