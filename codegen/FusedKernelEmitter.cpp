@@ -186,11 +186,9 @@ LogicalResult Emitter::collectArgs() {
              << type.getElementType() << " (input " << i << ")";
     Value blockArg = body.getArgument(i);
     KernelArg arg;
-    arg.indexedRows = !blockArg.use_empty() &&
-                      llvm::all_of(blockArg.getUses(), [](OpOperand &use) {
-                        return isa<MoECombineOp>(use.getOwner()) &&
-                               use.getOperandNumber() == 0;
-                      });
+    arg.indexedRows =
+        !blockArg.use_empty() &&
+        llvm::all_of(blockArg.getUses(), FusedOp::readsIndexedRows);
     arg.perToken = leadingDynamicDims(type) > 0 && !arg.indexedRows;
     arg.element = *element;
     arg.elements = staticElements(type);

@@ -749,6 +749,10 @@ bool FusedOp::canContain(Operation *op) {
       op);
 }
 
+bool FusedOp::readsIndexedRows(OpOperand &use) {
+  return isa<MoECombineOp>(use.getOwner()) && use.getOperandNumber() == 0;
+}
+
 namespace {
 
 /// The checks `kiln.fused` and `kiln.linear_group` share: the body's

@@ -691,6 +691,10 @@ def Kiln_FusedOp : Kiln_Op<"fused", [Pure, IsolatedFromAbove, SingleBlock]> {
     /// True for the ops a fused body may hold: ops whose result rows depend
     /// only on the same rows of their operands (and on rows those name).
     static bool canContain(::mlir::Operation *op);
+    /// True for an operand a body op reads whole, by the row indices of
+    /// other operands, not row by row: `kiln.moe_combine`'s expert outputs.
+    /// Its value is a whole group input, whose producer never joins.
+    static bool readsIndexedRows(::mlir::OpOperand &use);
   }];
 }
 

@@ -67,13 +67,6 @@ int64_t tokenBytes(Value value) {
          8;
 }
 
-/// Whether `op` reads operand `i` as a whole kernel input that rows index,
-/// not row by row: `kiln.moe_combine`'s expert outputs, whose rows a token's
-/// selections name. Its producer stays outside the group.
-bool readsIndexedRows(Operation *op, unsigned i) {
-  return isa<MoECombineOp>(op) && i == 0;
-}
-
 /// The widest row (in elements) `op` reads or writes, or nullopt when `op`
 /// may not be fused: it must be a kind a fused body holds, its results and
 /// its operands with dynamic dimensions must share the same token
@@ -96,7 +89,7 @@ std::optional<int64_t> rowElements(Operation *op) {
     std::optional<Rows> rows = rowsOf(use.get().getType());
     if (!rows)
       return std::nullopt;
-    if (readsIndexedRows(op, use.getOperandNumber()))
+    if (FusedOp::readsIndexedRows(use))
       continue;
     if (rows->leading != 0 && rows->leading != first->leading)
       return std::nullopt;
@@ -187,8 +180,8 @@ public:
         for (OpOperand &use : member->getOpOperands()) {
           Operation *producer = use.get().getDefiningOp();
           if (!producer || producer->getBlock() != &block_ ||
-              readsIndexedRows(member, use.getOperandNumber()) ||
-              groupOf_.count(producer) || !canJoin(producer, id))
+              FusedOp::readsIndexedRows(use) || groupOf_.count(producer) ||
+              !canJoin(producer, id))
             continue;
           Group &group = groups_[id];
           group.members.push_back(producer);
