@@ -799,7 +799,9 @@ LogicalResult FusedOp::verify() {
 namespace {
 
 /// What selects a grouped GEMM's kernel: gatedness, weight and input
-/// element types, FP8 block and activation scale rounding.
+/// element types, FP8 block and activation scale rounding. FP8 GEMMs of f32
+/// activations quantize their rows in the grouped GEMV, so they group with
+/// those that read e4m3 codes: their input type is the codes' for this.
 struct GemmKernel {
   bool gated;
   Type weight, input;
@@ -814,8 +816,11 @@ struct GemmKernel {
 /// The kernel `op` needs, if a linear group may hold it.
 std::optional<GemmKernel> gemmKernel(Operation *op) {
   auto of = [](Value weight, Value input) {
-    return std::pair(getElementTypeOrSelf(weight.getType()),
-                     getElementTypeOrSelf(input.getType()));
+    Type w = getElementTypeOrSelf(weight.getType());
+    Type x = getElementTypeOrSelf(input.getType());
+    if (isa<Float8E4M3FNType>(w) && x.isF32())
+      x = w;
+    return std::pair(w, x);
   };
   if (auto l = dyn_cast<LinearOp>(op)) {
     auto [w, x] = of(l.getWeight(), l.getInput());

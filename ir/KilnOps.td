@@ -705,7 +705,9 @@ def Kiln_LinearGroupOp
     The GEMMs of the body (`kiln.linear`, `kiln.grouped_linear`,
     `kiln.gated_linear`) read only the group's inputs, never each other's
     results, and need one kernel: one gatedness, weight and input element
-    type and FP8 block. A GPU executor can then run them as one launch where
+    type and FP8 block. FP8 GEMMs may mix f32 inputs, whose rows the grouped
+    GEMV quantizes, with e4m3 codes a fused kernel quantized (a MoE layer's
+    routed rows beside its shared expert's normed input). A GPU executor can then run them as one launch where
     it runs them as GEMVs (a decode step): one grid streams every weight,
     instead of one short launch per GEMM. This is MLA's `q_proj` (or
     `q_a_proj`) with `kv_a_proj_with_mqa` and a dense attention's q, k and

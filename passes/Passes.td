@@ -167,8 +167,8 @@ def KilnGroupLinears : Pass<"kiln-group-linears", "::mlir::ModuleOp"> {
     In program order, each GEMM not yet grouped takes the following GEMMs,
     up to 32 ops on, that need the same kernel (gatedness, weight and input
     element types, FP8 block; FP8 GEMMs of f32 activations each quantize
-    their own rows in the grouped GEMV) and whose operands are all
-    available at its place:
+    their own rows in the grouped GEMV, so they group with FP8 GEMMs of
+    e4m3 codes) and whose operands are all available at its place:
     defined before it, or `kiln.get_parameter`s, which move up. So no member
     reads another's result. Groups hold at most 4 GEMMs. A group makes its
     results available from its place on, so the pass runs in rounds until

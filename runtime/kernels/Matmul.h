@@ -475,12 +475,18 @@ KILN_GEMV_GROUP_KERNEL(f8e4m3_q8, unsigned char, true, unsigned char)
 #undef KILN_GEMV_GROUP_KERNEL
 
 /// FP8 members of f32 activations, each quantizing its own rows as
-/// kiln_gemv_f8e4m3_qin: members of different inputs share a launch.
+/// kiln_gemv_f8e4m3_qin: members of different inputs share a launch. A
+/// member given e4m3 codes and their scales instead (x null) runs as
+/// kiln_gemv_f8e4m3_q8, so the experts' routed rows and the shared
+/// expert's codes (from the norm's kernel) share one.
 template <bool Gated>
 KILN_FN void gemvQuantizingGroupBlock(Dim3 block, const GemvGroupParams &p) {
   Dim3 own;
   int i = gemvGroupMember(block, p, own);
-  gemvQuantizingBlock<Gated>(own, p.member[i]);
+  if (p.member[i].x)
+    gemvQuantizingBlock<Gated>(own, p.member[i]);
+  else
+    gemvBlock<unsigned char, true, unsigned char, Gated>(own, p.member[i]);
 }
 KILN_FN void kiln_gemv_group_f8e4m3_qin_block(Dim3 block,
                                               const GemvGroupParams &p) {

@@ -803,14 +803,22 @@ absl::Status Verifier::checkLinearGroups(const art::EntryPoint &entry) {
     };
     const art::Launch &lead = *member(first);
     // The launches are verified on their own by now. One kernel runs the
-    // members: one gatedness, weight type, activation type (f32, or e4m3
-    // codes) and FP8 block.
+    // members: one gatedness, weight type, activation type and FP8 block;
+    // FP8 members may mix f32 activations (which the grouped GEMV
+    // quantizes) with e4m3 codes.
     auto fp8Block = [](const art::Launch &l) {
       unsigned at = l.kernel() == art::KernelKind::GroupedLinear ? 0 : 1;
       std::vector<int64_t> block;
       if (l.ints() && l.ints()->size() == at + 3)
         block.assign(l.ints()->begin() + at, l.ints()->end());
       return block;
+    };
+    auto activations = [](const art::Launch &l) {
+      art::ElementType x = l.args()->Get(0)->type();
+      return l.args()->Get(1)->type() == art::ElementType::F8E4M3 &&
+                     x == art::ElementType::F32
+                 ? art::ElementType::F8E4M3
+                 : x;
     };
     for (uint64_t m = first; m < last; ++m) {
       const art::Launch &l = *member(m);
@@ -821,7 +829,7 @@ absl::Status Verifier::checkLinearGroups(const art::EntryPoint &entry) {
                     " is not a Linear, GatedLinear or GroupedLinear");
       bool gated = l.kernel() == art::KernelKind::GatedLinear;
       if (gated != (lead.kernel() == art::KernelKind::GatedLinear) ||
-          l.args()->Get(0)->type() != lead.args()->Get(0)->type() ||
+          activations(l) != activations(lead) ||
           l.args()->Get(1)->type() != lead.args()->Get(1)->type() ||
           fp8Block(l) != fp8Block(lead))
         return fail("launch " + std::to_string(m) +

@@ -428,6 +428,9 @@ void expectGatedLinearIsTheUnfusedFfn(const std::string &golden, bool fp8,
       [&](CompileSettings &settings, bool on) {
         settings.optimize.quantizeFp8 = fp8;
         settings.optimize.fuseGatedLinear = on;
+        // Each gated GEMM in its own launch (LinearGroupsAreTheLinears*
+        // covers their groups).
+        settings.optimize.groupLinears = false;
       },
       gemv);
 }
@@ -508,10 +511,16 @@ TEST(EmulatedGpuSession, LinearGroupsAreTheLinearsWithBiases) {
 }
 
 // FP8: q_a_proj and kv_a_proj_with_mqa read the codes the norm's kernel
-// quantized once for both.
+// quantized once for both. A MoE layer's routed experts (f32 rows, which
+// the group quantizes) share a launch with its shared expert (the norm
+// kernel's codes): their gated GEMMs, then their down projections.
 TEST(EmulatedGpuSession, LinearGroupsAreTheLinearsFp8) {
+  int64_t gated = cuda::emulatedLaunches("kiln_gemv_group_gated_f8e4m3_qin"),
+          down = cuda::emulatedLaunches("kiln_gemv_group_f8e4m3_qin");
   expectLinearGroupsAreTheLinears("deepseek-v3", true,
                                   "kiln_gemv_group_f8e4m3_q8");
+  EXPECT_GT(cuda::emulatedLaunches("kiln_gemv_group_gated_f8e4m3_qin"), gated);
+  EXPECT_GT(cuda::emulatedLaunches("kiln_gemv_group_f8e4m3_qin"), down);
 }
 
 // Without kiln-fuse no epilogue quantizes the inputs: each member's blocks

@@ -1687,13 +1687,13 @@ func.func @linear_group_yields_more(%x: tensor<?x8xf32>, %w: tensor<8x8xbf16>) {
 
 // -----
 
-func.func @linear_group_input_types(%x: tensor<?x32xf8E4M3FN>, %y: tensor<?x32xf32>, %w: tensor<16x32xf8E4M3FN>, %s: tensor<1x2xf32>, %xs: tensor<?x2xf32>) {
-  %r:2 = kiln.linear_group(%x, %y, %w, %s, %xs) : (tensor<?x32xf8E4M3FN>, tensor<?x32xf32>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>, tensor<?x2xf32>) -> (tensor<?x16xf32>, tensor<?x16xf32>) {
-  ^bb0(%a: tensor<?x32xf8E4M3FN>, %f: tensor<?x32xf32>, %b: tensor<16x32xf8E4M3FN>, %c: tensor<1x2xf32>, %d: tensor<?x2xf32>):
-    %0 = kiln.linear %a, %b scale %c input_scale %d {block_size = array<i64: 16, 16>} : (tensor<?x32xf8E4M3FN>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+func.func @linear_group_input_types(%x: tensor<?x32xbf16>, %y: tensor<?x32xf32>, %w: tensor<16x32xbf16>) {
+  %r:2 = kiln.linear_group(%x, %y, %w) : (tensor<?x32xbf16>, tensor<?x32xf32>, tensor<16x32xbf16>) -> (tensor<?x16xbf16>, tensor<?x16xf32>) {
+  ^bb0(%a: tensor<?x32xbf16>, %f: tensor<?x32xf32>, %b: tensor<16x32xbf16>):
+    %0 = kiln.linear %a, %b : (tensor<?x32xbf16>, tensor<16x32xbf16>) -> tensor<?x16xbf16>
     // expected-error @+1 {{'kiln.linear' op needs another kernel than the group's first GEMM (gatedness, weight or input type, FP8 block)}}
-    %1 = kiln.linear %f, %b scale %c {block_size = array<i64: 16, 16>} : (tensor<?x32xf32>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>) -> tensor<?x16xf32>
-    kiln.yield %0, %1 : tensor<?x16xf32>, tensor<?x16xf32>
+    %1 = kiln.linear %f, %b : (tensor<?x32xf32>, tensor<16x32xbf16>) -> tensor<?x16xf32>
+    kiln.yield %0, %1 : tensor<?x16xbf16>, tensor<?x16xf32>
   }
   return
 }

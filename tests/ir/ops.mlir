@@ -534,3 +534,24 @@ func.func @linear_group(%x: tensor<?x?x64xf8E4M3FN>,
   }
   return %r#0, %r#1 : tensor<?x?x96xf32>, tensor<?x?x40xf32>
 }
+
+// -----
+
+// FP8 GEMMs of f32 rows (quantized in the grouped GEMV) beside those of
+// e4m3 codes: a MoE layer's routed and shared experts.
+
+// CHECK-LABEL: func.func @linear_group_fp8_mixed
+// CHECK: kiln.linear_group(%arg0, %arg1, %arg2, %arg3, %arg4) : (tensor<?x32xf32>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>, tensor<?x32xf8E4M3FN>, tensor<?x2xf32>)
+// CHECK-NEXT: ^bb0
+// CHECK-NEXT: kiln.linear %{{.*}}, %{{.*}} scale %{{.*}} {block_size
+// CHECK-NEXT: kiln.linear %{{.*}}, %{{.*}} scale %{{.*}} input_scale %{{.*}} {block_size
+func.func @linear_group_fp8_mixed(%y: tensor<?x32xf32>, %w: tensor<16x32xf8E4M3FN>, %s: tensor<1x2xf32>, %x: tensor<?x32xf8E4M3FN>, %xs: tensor<?x2xf32>)
+    -> (tensor<?x16xf32>, tensor<?x16xf32>) {
+  %r:2 = kiln.linear_group(%y, %w, %s, %x, %xs) : (tensor<?x32xf32>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>, tensor<?x32xf8E4M3FN>, tensor<?x2xf32>) -> (tensor<?x16xf32>, tensor<?x16xf32>) {
+  ^bb0(%f: tensor<?x32xf32>, %b: tensor<16x32xf8E4M3FN>, %c: tensor<1x2xf32>, %a: tensor<?x32xf8E4M3FN>, %d: tensor<?x2xf32>):
+    %0 = kiln.linear %f, %b scale %c {block_size = array<i64: 16, 16>} : (tensor<?x32xf32>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>) -> tensor<?x16xf32>
+    %1 = kiln.linear %a, %b scale %c input_scale %d {block_size = array<i64: 16, 16>} : (tensor<?x32xf8E4M3FN>, tensor<16x32xf8E4M3FN>, tensor<1x2xf32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+    kiln.yield %0, %1 : tensor<?x16xf32>, tensor<?x16xf32>
+  }
+  return %r#0, %r#1 : tensor<?x16xf32>, tensor<?x16xf32>
+}

@@ -45,6 +45,19 @@
 // FP8-NEXT: ^bb0(%[[X:.*]]: tensor<?x?x64xf8E4M3FN>, %[[W0:.*]]: tensor<48x64xf8E4M3FN>, %[[S0:.*]]: tensor<3x4xf32>, %[[XS:.*]]: tensor<?x?x4xf32>, %[[W1:.*]]: tensor<40x64xf8E4M3FN>, %[[S1:.*]]: tensor<3x4xf32>):
 // FP8-NEXT: kiln.linear %[[X]], %[[W0]] scale %[[S0]] input_scale %[[XS]]
 // FP8-NEXT: kiln.linear %[[X]], %[[W1]] scale %[[S1]] input_scale %[[XS]]
+// A MoE layer: the routed experts' gated GEMM (f32 rows, which the grouped
+// GEMV quantizes) groups with the shared expert's (the codes the norm's
+// kernel wrote), and then the down projections pair up.
+// FP8: %[[ROUTED:[^,]*]], %[[OFF:[^,]*]], %{{.*}}, %{{.*}} = kiln.moe_dispatch %[[M:[^#]*]]#
+// FP8: %[[UP:.*]]:2 = kiln.linear_group(%[[ROUTED]], {{.*}}, %[[M]]#{{[0-9]+}}, {{.*}}) : (tensor<?x64xf32>, {{.*}}, tensor<?x?x64xf8E4M3FN>,
+// FP8-NEXT: ^bb0
+// FP8-NEXT: kiln.gated_linear {{.*}} experts
+// FP8-NEXT: kiln.gated_linear {{.*}} input_scale
+// FP8: %[[DOWN:.*]]:2 = kiln.linear_group(%[[UP]]#0, {{.*}}, %[[UP]]#1,
+// FP8-NEXT: ^bb0
+// FP8-NEXT: kiln.grouped_linear
+// FP8-NEXT: kiln.linear
+// FP8: kiln.moe_combine
 
 // With the gated GEMMs not formed, a SwiGLU's gate and up projections group
 // instead, and the summary still counts the dense FFN layer.

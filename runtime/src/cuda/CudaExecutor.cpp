@@ -943,26 +943,27 @@ absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
     calls.push_back(l->kernel() == art::KernelKind::GatedLinear ? gatedCall(*l)
                                                                 : gemmCall(*l));
   }
-  // FP8 GEMMs of f32 activations: each member's blocks quantize its own
-  // rows where they fit the quantizing GEMV; otherwise the activations are
-  // quantized into one scratch buffer, so only members of one input share
-  // a launch.
+  // FP8 GEMMs of f32 activations: each member's blocks quantize their own
+  // rows where they fit the quantizing GEMV (members given e4m3 codes use
+  // those); otherwise the activations are quantized into one scratch
+  // buffer, so only members of one input share a launch.
   GemmCall &lead = calls.front();
+  auto all = [&](auto &&predicate) {
+    return std::all_of(calls.begin(), calls.end(), predicate);
+  };
+  bool codes = all([](const GemmCall &c) { return c.quantized; });
+  bool floats = all([](const GemmCall &c) { return !c.quantized; });
   bool quantizeIn =
-      lead.fp8 && !lead.quantized &&
-      std::all_of(calls.begin(), calls.end(), [&](const GemmCall &c) {
-        return gemvQuantizesRows(c.p.k, c.p.blockCols);
+      lead.fp8 && !codes && all([](const GemmCall &c) {
+        return c.quantized || gemvQuantizesRows(c.p.k, c.p.blockCols);
       });
   bool quantizeOnce =
-      lead.fp8 && !lead.quantized && !quantizeIn &&
-      std::all_of(calls.begin(), calls.end(), [&](const GemmCall &c) {
+      lead.fp8 && floats && !quantizeIn && all([&](const GemmCall &c) {
         return c.p.x == lead.p.x && c.p.k == lead.p.k &&
                c.p.rows == lead.p.rows && !c.p.offsets;
       });
-  bool together =
-      std::all_of(calls.begin(), calls.end(),
-                  [&](const GemmCall &c) { return gemvTakes(c); }) &&
-      (!lead.fp8 || lead.quantized || quantizeIn || quantizeOnce);
+  bool together = all([&](const GemmCall &c) { return gemvTakes(c); }) &&
+                  (!lead.fp8 || codes || quantizeIn || quantizeOnce);
   if (!together) {
     for (const art::Launch *l : members)
       if (absl::Status s = launchLibrary(*l); !s.ok())
@@ -983,9 +984,9 @@ absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
     p.member[i] = calls[i].p;
     p.member[i].actPow2 = calls[i].pow2;
   }
-  std::string type = lead.quantized ? "f8e4m3_q8"
-                     : quantizeIn   ? "f8e4m3_qin"
-                                    : detail::elementTypeName(lead.weightType);
+  std::string type = lead.fp8 && codes ? "f8e4m3_q8"
+                     : quantizeIn      ? "f8e4m3_qin"
+                                  : detail::elementTypeName(lead.weightType);
   return launch(std::string("kiln_gemv_group_") + (lead.p.wUp ? "gated_" : "") +
                     type,
                 gemvGroupGrid(p), p);
