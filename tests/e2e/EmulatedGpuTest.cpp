@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <functional>
 #include <span>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -259,6 +260,31 @@ TEST(EmulatedGpuSession, KernelLaunchesCountEveryStep) {
   EXPECT_EQ(apart[0] - grouped[0], static_cast<int64_t>(groups));
 }
 
+// KILN_LOG_LAUNCHES=1 logs each launch as it is made: the captured decode
+// step once, a line per kernel it counts, then none while the graph
+// replays.
+TEST(EmulatedGpuSession, LaunchLogListsTheCapturedStep) {
+  ::setenv("KILN_LOG_LAUNCHES", "1", 1);
+  ::testing::internal::CaptureStderr();
+  std::vector<int64_t> launches = decodeLaunches(Device::Emulated, true);
+  std::string log = ::testing::internal::GetCapturedStderr();
+  ::unsetenv("KILN_LOG_LAUNCHES");
+  ASSERT_EQ(launches.size(), 3u);
+  int64_t captured = 0, run = 0;
+  std::istringstream lines(log);
+  for (std::string line; std::getline(lines, line);)
+    if (line.rfind("kiln: launch ", 0) == 0)
+      ++(line.find(" (captured)") != std::string::npos ? captured : run);
+  EXPECT_EQ(captured, launches[0]);
+  EXPECT_GT(run, 0); // the prefill, not captured
+  EXPECT_NE(log.find("kiln: launch kiln_moe_route grid 1,1,1 (captured)"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("_moe_combine_add_rms_norm grid 1,1,1 (captured)"),
+            std::string::npos)
+      << log;
+}
+
 // The executor's switches say which values they take.
 TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
   CompileSettings settings;
@@ -275,6 +301,7 @@ TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
                                               "expected auto, on or off"},
         {"KILN_MMA_ATTENTION", "expected auto, on or off"},
         {"KILN_PDL", "expected auto, on or off"},
+        {"KILN_LOG_LAUNCHES", "expected 0 or 1"},
         {"KILN_EXPERT_GEMMS", "expected auto, per-expert or grouped"}}) {
     ::setenv(name, "sometimes", 1);
     absl::StatusOr<std::unique_ptr<Session>> session =

@@ -17,6 +17,7 @@
 #include "runtime/kernels/MmaGemm.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
@@ -152,10 +153,20 @@ struct Executor::Impl {
   /// Kernels run (launched outside capture, or replayed in a graph) and
   /// launched into the graph being captured.
   int64_t launchesRun = 0, launchesCaptured = 0;
-  /// `launched`, counting a launch when it succeeded.
-  absl::Status counted(absl::Status launched) {
-    if (launched.ok())
-      ++(capturing ? launchesCaptured : launchesRun);
+  /// KILN_LOG_LAUNCHES=1: each launch to stderr as it is made (a captured
+  /// decode step once, at capture), with its grid or GEMM shape, so that a
+  /// step's kernels can be read off on any device, the emulated one too.
+  bool logLaunches = false;
+  /// `launched`, counting a launch when it succeeded and logging it as
+  /// `what()` says.
+  template <class What>
+  absl::Status counted(absl::Status launched, const What &what) {
+    if (!launched.ok())
+      return launched;
+    ++(capturing ? launchesCaptured : launchesRun);
+    if (logLaunches)
+      std::fprintf(stderr, "kiln: launch %s%s\n", what().c_str(),
+                   capturing ? " (captured)" : "");
     return launched;
   }
   void *pinned = nullptr;
@@ -691,10 +702,15 @@ absl::Status Executor::Impl::launchKernel(CUfunction f, Dim3 grid,
   const DriverApi &a = api();
   auto x = static_cast<unsigned>(grid.x), y = static_cast<unsigned>(grid.y),
        z = static_cast<unsigned>(grid.z);
+  auto what = [&] {
+    return name + " grid " + std::to_string(x) + "," + std::to_string(y) + "," +
+           std::to_string(z);
+  };
   if (!programmaticLaunch)
-    return counted(check(
-        a.cuLaunchKernel(f, x, y, z, threads, 1, 1, 0, stream, args, nullptr),
-        name));
+    return counted(check(a.cuLaunchKernel(f, x, y, z, threads, 1, 1, 0, stream,
+                                          args, nullptr),
+                         name),
+                   what);
   CUlaunchAttribute attribute{};
   attribute.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
   attribute.value.programmaticStreamSerializationAllowed = 1;
@@ -707,7 +723,8 @@ absl::Status Executor::Impl::launchKernel(CUfunction f, Dim3 grid,
   config.hStream = stream;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  return counted(check(a.cuLaunchKernelEx(&config, f, args, nullptr), name));
+  return counted(check(a.cuLaunchKernelEx(&config, f, args, nullptr), name),
+                 what);
 }
 
 absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
@@ -1093,6 +1110,11 @@ namespace {
 bool aligned16(const void *p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
+/// rows x n x k, as the launch log names a library GEMM.
+std::string gemmShape(const GemmParams &p) {
+  return std::to_string(p.rows) + "x" + std::to_string(p.n) + "x" +
+         std::to_string(p.k);
+}
 } // namespace
 
 absl::Status Executor::Impl::runGemm(GemmCall c) {
@@ -1116,7 +1138,8 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
       return counted(blas->gemmBf16(stream, p.rows, p.n, p.k, x,
                                     reinterpret_cast<CUdeviceptr>(p.w),
                                     reinterpret_cast<CUdeviceptr>(p.out),
-                                    blasWorkspace, kBlasWorkspaceBytes));
+                                    blasWorkspace, kBlasWorkspaceBytes),
+                     [&] { return "cuBLASLt bf16 GEMM " + gemmShape(p); });
     }
     auto key = std::make_tuple(p.rows, p.n, p.k);
     if (blasFp8Shape(c) && aligned16(p.w) && aligned16(p.out) &&
@@ -1211,7 +1234,10 @@ absl::Status Executor::Impl::blasFp8(const GemmCall &c) {
                                     reinterpret_cast<CUdeviceptr>(p.wScale),
                                     reinterpret_cast<CUdeviceptr>(p.out),
                                     blasWorkspace, kBlasWorkspaceBytes);
-  return gemm.code() == absl::StatusCode::kUnimplemented ? gemm : counted(gemm);
+  return gemm.code() == absl::StatusCode::kUnimplemented
+             ? gemm
+             : counted(gemm,
+                       [&] { return "cuBLASLt FP8 GEMM " + gemmShape(p); });
 }
 
 absl::StatusOr<bool> Executor::Impl::fewRowsPerExpert(const GemmParams &p) {
@@ -1545,8 +1571,10 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
   absl::StatusOr<int> mmaAttention =
       environmentMode("KILN_MMA_ATTENTION", {"auto", "on", "off"});
   absl::StatusOr<int> pdl = environmentMode("KILN_PDL", {"auto", "on", "off"});
+  absl::StatusOr<int> logLaunches =
+      environmentMode("KILN_LOG_LAUNCHES", {"0", "1"});
   for (const absl::StatusOr<int> *mode :
-       {&experts, &mmaGemms, &mmaAttention, &pdl})
+       {&experts, &mmaGemms, &mmaAttention, &pdl, &logLaunches})
     if (!mode->ok())
       return mode->status();
   impl->expertGemms = static_cast<Impl::ExpertGemms>(*experts);
@@ -1563,6 +1591,7 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
         "CUDA 12.3+ driver: this is " +
         noPdl);
   impl->programmaticLaunch = *pdl != 2 && noPdl.empty();
+  impl->logLaunches = *logLaunches == 1;
   if (impl->programmaticLaunch)
     impl->description += ", programmatic dependent launch";
   for (const art::EntryPoint *e : *model.plan->entry_points())
