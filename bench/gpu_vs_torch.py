@@ -281,12 +281,12 @@ def main():
             kiln[(r["batch"], r["context"])]["decode_tokens_per_s_no_pdl"] = \
                 r["decode_tokens_per_s"]
         # Batch 1 compiled without kiln-fuse-gated-linear,
-        # kiln-fold-head-slices and kiln-group-linears: what their saved
-        # launches gain.
+        # kiln-fold-head-slices, kiln-group-linears and kiln-fuse's
+        # horizontal merge: what their saved launches gain.
         unfused_name = manifest["v2lite"].get("unfused_artifact")
         if unfused_name:
-            log("Kiln: batch-1 decode without the gated GEMMs, folded slices "
-                "and linear groups")
+            log("Kiln: batch-1 decode without the gated GEMMs, folded slices, "
+                "linear groups and merged fused kernels")
             unfused, _ = kiln_bench(args.bundle,
                                     os.path.join(args.bundle, "artifacts", unfused_name),
                                     args.weights_dir, [1], contexts, args.steps,

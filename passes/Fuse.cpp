@@ -357,6 +357,231 @@ private:
   SmallVector<Group> groups_;
 };
 
+/// Ops whose results index the same tokens as their first operand with as
+/// many leading dynamic dimensions: GEMMs over tokens, attention (its
+/// queries'), reshapes and fused or fusable row-local ops.
+bool keepsTokens(Operation *op) {
+  if (auto gated = dyn_cast<GatedLinearOp>(op))
+    return !gated.getExpertOffsets();
+  return isa<FusedOp, LinearGroupOp, LinearOp, HeadLinearOp, AttentionOp>(op) ||
+         FusedOp::canContain(op);
+}
+
+/// Where `value`'s `leading` (token) dimensions come from: followed back
+/// through ops that keep them to a function argument or an op that makes
+/// them (a dispatch's routed rows, a cache read's positions). Two values of
+/// one origin index the same rows.
+Value tokenOrigin(Value value, size_t leading) {
+  while (Operation *def = value.getDefiningOp()) {
+    if (!keepsTokens(def))
+      break;
+    Value next;
+    for (OpOperand &use : def->getOpOperands()) {
+      std::optional<Rows> rows = rowsOf(use.get().getType());
+      if (rows && rows->leading == leading && !FusedOp::readsIndexedRows(use)) {
+        next = use.get();
+        break;
+      }
+    }
+    if (!next)
+      break;
+    value = next;
+  }
+  return value;
+}
+
+/// The token origins of `fused`'s inputs with `leading` dynamic dimensions.
+llvm::SmallPtrSet<Value, 4> tokenOrigins(FusedOp fused, size_t leading) {
+  llvm::SmallPtrSet<Value, 4> origins;
+  for (Value input : fused.getInputs())
+    if (std::optional<Rows> rows = rowsOf(input.getType());
+        rows && rows->leading == leading)
+      origins.insert(tokenOrigin(input, leading));
+  return origins;
+}
+
+/// Leading dynamic dimensions of `fused`'s rows (those of its results);
+/// none when its results do not all have the same rows.
+std::optional<size_t> leadingDims(FusedOp fused) {
+  std::optional<size_t> leading;
+  for (Type type : fused->getResultTypes()) {
+    std::optional<Rows> rows = rowsOf(type);
+    if (!rows || rows->leading == 0 || (leading && *leading != rows->leading))
+      return std::nullopt;
+    leading = rows->leading;
+  }
+  return leading;
+}
+
+/// Scratch bytes per token `fused`'s kernel keeps for values it does not
+/// yield (fp32, 16-byte slots), as kiln-fuse bounds a group's.
+int64_t bodyScratchBytes(FusedOp fused) {
+  Block &body = fused.getBody().front();
+  llvm::SmallPtrSet<Value, 8> yielded;
+  for (Value v : body.getTerminator()->getOperands())
+    yielded.insert(v);
+  int64_t bytes = 0;
+  for (Operation &op : body.without_terminator()) {
+    if (isa<ReshapeOp>(op))
+      continue;
+    for (Value result : op.getResults())
+      if (std::optional<Rows> rows = rowsOf(result.getType());
+          rows && !yielded.contains(result))
+        bytes += (rows->perToken + 3) / 4 * 4 * kOnChipElementBytes;
+  }
+  return bytes;
+}
+
+/// Fused kernels this many ops apart or more are not merged.
+constexpr size_t kHorizontalLookahead = 32;
+
+/// Merges `later` into `earlier` when they can run as one kernel
+/// (kiln-fuse's horizontal step, Passes.td): their rows index the same
+/// tokens, `later` reads nothing computed from `earlier`, the ops between
+/// them that `later` needs are free of memory effects (they move up before
+/// `earlier`), and the merged scratch row stays within `budget`. Returns
+/// the merged op, or null.
+FusedOp mergeHorizontally(FusedOp earlier, FusedOp later, int64_t budget,
+                          unsigned index) {
+  std::optional<size_t> leading = leadingDims(earlier);
+  if (!leading || leadingDims(later) != leading)
+    return nullptr;
+  llvm::SmallPtrSet<Value, 4> origins = tokenOrigins(earlier, *leading);
+  if (llvm::none_of(tokenOrigins(later, *leading),
+                    [&](Value origin) { return origins.contains(origin); }))
+    return nullptr;
+  int64_t rowBytes = 0, saved = 0;
+  int64_t chains = 0;
+  for (FusedOp op : {earlier, later}) {
+    // Only kernels this pass described (hand-written ones keep their own).
+    auto fusion = op->getAttrOfType<DictionaryAttr>("kiln.fusion");
+    auto row = fusion ? fusion.getAs<IntegerAttr>("row_bytes") : nullptr;
+    auto savedBytes =
+        fusion ? fusion.getAs<IntegerAttr>("saved_bytes") : nullptr;
+    if (!row || !savedBytes)
+      return nullptr;
+    rowBytes = std::max(rowBytes, row.getInt());
+    saved += savedBytes.getInt();
+    auto merged = fusion.getAs<IntegerAttr>("chains");
+    chains += merged ? merged.getInt() : 1;
+  }
+  if (bodyScratchBytes(earlier) + bodyScratchBytes(later) > budget)
+    return nullptr;
+
+  // The ops between them: those computed from `earlier`, and those `later`
+  // needs (which move up).
+  llvm::SmallPtrSet<Operation *, 16> fromEarlier{earlier}, needed;
+  SmallVector<Operation *> between;
+  for (Operation *op = earlier->getNextNode(); op != later;
+       op = op->getNextNode()) {
+    if (!op || between.size() >= kHorizontalLookahead)
+      return nullptr;
+    between.push_back(op);
+    for (Value operand : op->getOperands())
+      if (Operation *def = operand.getDefiningOp();
+          def && fromEarlier.contains(def)) {
+        fromEarlier.insert(op);
+        break;
+      }
+  }
+  SmallVector<Operation *> worklist{later};
+  while (!worklist.empty()) {
+    Operation *op = worklist.pop_back_val();
+    for (Value operand : op->getOperands()) {
+      Operation *def = operand.getDefiningOp();
+      if (!def || def->getBlock() != earlier->getBlock() ||
+          def->isBeforeInBlock(earlier) || needed.contains(def))
+        continue;
+      if (fromEarlier.contains(def) || !isMemoryEffectFree(def))
+        return nullptr;
+      needed.insert(def);
+      worklist.push_back(def);
+    }
+  }
+  for (Operation *op : between)
+    if (needed.contains(op))
+      op->moveBefore(earlier);
+
+  llvm::SetVector<Value> inputs;
+  inputs.insert(earlier.getInputs().begin(), earlier.getInputs().end());
+  inputs.insert(later.getInputs().begin(), later.getInputs().end());
+  SmallVector<Type> types(earlier->getResultTypes());
+  types.append(later->getResultTypes().begin(), later->getResultTypes().end());
+  auto kinds = [](FusedOp op) {
+    StringRef name = op.getName();
+    return name.drop_front(std::min(name.size(), name.find('_', 6) + 1));
+  };
+  std::string name = llvm::formatv("fused_{0}_{1}_and_{2}", index,
+                                   kinds(earlier), kinds(later))
+                         .str();
+  OpBuilder b(earlier);
+  auto merged =
+      b.create<FusedOp>(b.getFusedLoc({earlier.getLoc(), later.getLoc()}),
+                        types, name, inputs.getArrayRef());
+  Builder attrs(b.getContext());
+  NamedAttrList fusion(
+      earlier->getAttrOfType<DictionaryAttr>("kiln.fusion").getValue());
+  fusion.set("row_bytes", attrs.getI64IntegerAttr(rowBytes));
+  fusion.set("saved_bytes", attrs.getI64IntegerAttr(saved));
+  fusion.set("chains", attrs.getI64IntegerAttr(chains));
+  merged->setAttr("kiln.fusion", fusion.getDictionary(b.getContext()));
+  SmallVector<Location> argLocs;
+  for (Value input : inputs)
+    argLocs.push_back(input.getLoc());
+  Block *body =
+      b.createBlock(&merged.getBody(), {},
+                    ValueRange(inputs.getArrayRef()).getTypes(), argLocs);
+  llvm::DenseMap<Value, unsigned> position;
+  for (auto [i, input] : llvm::enumerate(inputs))
+    position[input] = static_cast<unsigned>(i);
+  SmallVector<Value> results;
+  for (FusedOp op : {earlier, later}) {
+    Block &from = op.getBody().front();
+    IRMapping mapping;
+    for (auto [arg, input] :
+         llvm::zip_equal(from.getArguments(), op.getInputs()))
+      mapping.map(arg, body->getArgument(position.lookup(input)));
+    for (Operation &inner : from.without_terminator())
+      b.clone(inner, mapping);
+    for (Value v : from.getTerminator()->getOperands())
+      results.push_back(mapping.lookup(v));
+  }
+  b.create<YieldOp>(merged.getLoc(), results);
+  unsigned at = 0;
+  for (FusedOp op : {earlier, later})
+    for (Value result : op->getResults())
+      result.replaceAllUsesWith(merged->getResult(at++));
+  later.erase();
+  earlier.erase();
+  return merged;
+}
+
+/// Merges the block's fused kernels horizontally, each with the next one
+/// after it while they merge.
+void mergeHorizontally(Block &block, unsigned &counter, int64_t budget) {
+  auto nextFused = [](Operation *op) -> FusedOp {
+    for (op = op->getNextNode(); op; op = op->getNextNode())
+      if (auto fused = dyn_cast<FusedOp>(op))
+        return fused;
+    return nullptr;
+  };
+  FusedOp current;
+  for (Operation &op : block)
+    if ((current = dyn_cast<FusedOp>(op)))
+      break;
+  while (current) {
+    FusedOp next = nextFused(current);
+    if (!next)
+      return;
+    if (FusedOp merged = mergeHorizontally(current, next, budget, counter)) {
+      ++counter;
+      current = merged;
+    } else {
+      current = next;
+    }
+  }
+}
+
 /// The FP8 activation quantization a GEMM applies to its input.
 struct Fp8Input {
   int64_t blockCols;
@@ -495,12 +720,20 @@ struct FusePass : public mlir::kiln::impl::KilnFuseBase<FusePass> {
     }
     // Kernel names stay unique when the pass runs again.
     unsigned counter = 0;
-    module.walk([&](FusedOp) { ++counter; });
+    module.walk([&](FusedOp op) {
+      StringRef name = op.getName();
+      unsigned index;
+      if (name.consume_front("fused_") &&
+          !name.split('_').first.getAsInteger(10, index))
+        counter = std::max(counter, index + 1);
+    });
     for (auto func : module.getOps<func::FuncOp>())
       for (Block &block : func.getBody()) {
         BlockFuser fuser(block, rowBytes);
         fuser.formGroups();
         fuser.materialize(counter);
+        if (horizontal)
+          mergeHorizontally(block, counter, rowBytes);
       }
     if (!quantizeEpilogue)
       return;

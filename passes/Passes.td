@@ -248,6 +248,20 @@ def KilnFuse : Pass<"kiln-fuse", "::mlir::ModuleOp"> {
     `quantizes_for` lists the FP8 activation quantizations (`"fp8 1x128"`,
     `" ue8m0"` with power-of-two scales) of the GEMMs the results feed.
 
+    With `horizontal` (the default) fused kernels then merge sideways: each
+    `kiln.fused` op takes the next one in its block (within 32 ops) when
+    their rows index the same tokens (some inputs of both trace back,
+    through ops that keep token dimensions, to one value), the later reads
+    nothing computed from the earlier, every op between them that the
+    later needs is free of memory effects, and the two scratch rows fit
+    `row-bytes` together. Those ops move up before the earlier kernel, and
+    one kernel at its place runs both bodies for each token, yielding both
+    kernels' results: the same work in one launch instead of two. MLA's
+    latent-cache row (its norm and key RoPE) so joins the query's RoPE
+    (`fused_<n>_..._and_slice_rope_concat`), the query's `W_UK` GEMM moving
+    up. The merged op's `kiln.fusion` records `chains`, the kernels it
+    holds; its `row_bytes` is theirs at most, its `saved_bytes` their sum.
+
     With `quantize-epilogue` (the default) the quantization then moves into
     the group: for each result an FP8 `kiln.linear` or dense
     `kiln.gated_linear` reads whole (f32), the body ends with a
@@ -265,6 +279,8 @@ def KilnFuse : Pass<"kiln-fuse", "::mlir::ModuleOp"> {
     Option<"quantizeEpilogue", "quantize-epilogue", "bool",
            /*default=*/"true",
            "Quantize the inputs of FP8 linears in the producing group">,
+    Option<"horizontal", "horizontal", "bool", /*default=*/"true",
+           "Merge independent fused kernels of the same tokens into one">,
   ];
 }
 

@@ -31,8 +31,11 @@ void buildOptimizePipeline(PassManager &pm, const OptimizeOptions &options) {
   if (options.fuseGatedLinear)
     pm.addPass(createKilnFuseGatedLinear());
   // After absorption and quantization, which rewrite ops it would group.
-  if (options.fuse)
-    pm.addPass(createKilnFuse());
+  if (options.fuse) {
+    KilnFuseOptions fuse;
+    fuse.horizontal = options.fuseHorizontal;
+    pm.addPass(createKilnFuse(fuse));
+  }
   // After kiln-fuse, so that FP8 siblings read the codes its epilogues
   // write.
   if (options.groupLinears)

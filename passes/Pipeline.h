@@ -29,6 +29,8 @@ struct OptimizeOptions {
   std::string latentCacheDtype = "f32";
   /// Run kiln-fuse (row-local op chains into kiln.fused kernels).
   bool fuse = true;
+  /// Let kiln-fuse merge independent fused kernels of the same tokens.
+  bool fuseHorizontal = true;
   /// Run kiln-fuse-gated-linear (a SwiGLU's two projections as one GEMM).
   bool fuseGatedLinear = true;
   /// Run kiln-fold-head-slices (sliced head GEMM inputs read in place).

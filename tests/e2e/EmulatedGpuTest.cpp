@@ -205,13 +205,16 @@ TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
 /// (Session::kernelLaunches), the first captured into a graph and the
 /// others replaying it; DeepSeek-V3's golden, linear groups on or off.
 std::vector<int64_t> decodeLaunches(Device device, bool groupLinears,
-                                    size_t *linearGroups = nullptr) {
+                                    size_t *linearGroups = nullptr,
+                                    bool fuseHorizontal = true) {
   CompileSettings settings;
   settings.optimize.groupLinears = groupLinears;
+  settings.optimize.fuseHorizontal = fuseHorizontal;
   std::filesystem::path artifact =
       compileArtifact(kGolden / "deepseek-v3",
                       ::testing::TempDir() + "/emulated_launches" +
-                          (groupLinears ? "_grouped" : "") + ".kiln",
+                          (groupLinears ? "_grouped" : "") +
+                          (fuseHorizontal ? "" : "_apart") + ".kiln",
                       settings);
   if (artifact.empty())
     return {};
@@ -392,8 +395,9 @@ TEST(EmulatedGpuSession, StepsWithoutLogits) {
 /// compiled without and with it (`apply(settings, on)`), run on the CPU
 /// and on the emulated device, with the GEMVs and with cuBLASLt and the
 /// tensor cores taking the rows, gives the same steps to the bit; only the
-/// rewritten form launches `kernel`, and does where the GEMVs take the
-/// rows (`name` tells the artifacts apart).
+/// rewritten form launches `kernel` (a library kernel; empty: none to
+/// check), and does where the GEMVs take the rows (`name` tells the
+/// artifacts apart).
 void expectSameStepsWithRewrite(
     const std::string &golden, const std::string &name,
     const std::function<void(CompileSettings &, bool)> &apply,
@@ -437,11 +441,33 @@ void expectSameStepsWithRewrite(
     ::unsetenv("KILN_MMA_GEMMS");
     ASSERT_FALSE(steps[0].empty());
     EXPECT_EQ(steps[0], steps[1]);
+    if (kernel.empty())
+      continue;
     EXPECT_EQ(launches[0], 0);
     if (run.device == Device::Emulated && std::string(run.mma) == "off") {
       EXPECT_GT(launches[1], 0) << kernel;
     }
   }
+}
+
+// Horizontal fusion: each attention layer's latent-cache entry and query
+// RoPE run as one kernel, a launch fewer per layer (3 here), with the same
+// steps to the bit on either device and every GEMM path.
+TEST(EmulatedGpuSession, HorizontalFusionSavesALaunchPerAttentionLayer) {
+  std::vector<int64_t> merged = decodeLaunches(Device::Emulated, true);
+  std::vector<int64_t> apart =
+      decodeLaunches(Device::Emulated, true, nullptr, false);
+  ASSERT_EQ(merged.size(), 3u);
+  ASSERT_EQ(apart.size(), 3u);
+  EXPECT_EQ(apart[0] - merged[0], 3);
+  EXPECT_EQ(apart[2] - merged[2], 3);
+  for (const char *golden : {"deepseek-v3", "deepseek-v2-lite-bf16"})
+    expectSameStepsWithRewrite(
+        golden, "horizontal",
+        [](CompileSettings &settings, bool on) {
+          settings.optimize.fuseHorizontal = on;
+        },
+        "");
 }
 
 /// kiln.gated_linear against the unfused FFN (kiln-fuse-gated-linear off):

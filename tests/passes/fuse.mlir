@@ -8,7 +8,7 @@
 // joined to the absorbed nope half, the residual add with the next norm
 // (the add is yielded: the next layer adds to it), and in MoE layers the
 // router with that norm.
-// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | FileCheck %s --check-prefix=V3
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse=horizontal=false | FileCheck %s --check-prefix=V3
 // V3-LABEL: func.func @decode
 // V3: %[[EMB:.*]]:2 = kiln.fused "fused_0_embedding_rms_norm"(%arg0, %{{.*}}, %{{.*}}) : (tensor<?x?xi32>, tensor<256x64xbf16>, tensor<64xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>)
 // V3-NEXT: ^bb0(%[[TOK:.*]]: tensor<?x?xi32>, %[[TABLE:.*]]: tensor<256x64xbf16>, %[[NW:.*]]: tensor<64xbf16>):
@@ -61,12 +61,34 @@
 // V3-LABEL: func.func @prefill
 // V3: kiln.fused "fused_16_slice_broadcast_concat"
 
-// 13 kernels in @decode, 16 in @prefill.
-// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | grep -c 'kiln.fused "' | FileCheck %s --check-prefix=COUNT
+// 13 kernels in @decode, 16 in @prefill; merged horizontally (below), each
+// layer's latent-cache row and query RoPE share one: 10 and 13.
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse=horizontal=false | grep -c 'kiln.fused "' | FileCheck %s --check-prefix=COUNT
 // COUNT: {{^29$}}
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | grep -c 'kiln.fused "' | FileCheck %s --check-prefix=MERGED
+// MERGED: {{^23$}}
+
+// Horizontal merging: the latent-cache entry and the query's RoPE read the
+// same tokens and neither reads the other, so they run as one kernel at the
+// first one's place; the W_UK GEMM the second needs moves up before it. The
+// cache append still follows the entry, and the attention reads the query.
+// HORIZ-LABEL: func.func @decode
+// HORIZ: %[[QLAT:.*]] = kiln.head_linear
+// HORIZ-NEXT: %[[M:.*]]:2 = kiln.fused "fused_13_slice_rms_norm_reshape_rope_concat_and_slice_rope_concat"(%{{.*}}, %{{.*}}, %arg1, %{{.*}}, %[[QLAT]]) : {{.*}} -> (tensor<?x?x1x40xf32>, tensor<?x?x4x40xf32>) attributes {kiln.fusion = {chains = 2 : i64, kind = "row", row_bytes = 160 : i64, saved_bytes = 1152 : i64}}
+// HORIZ: kiln.concat
+// HORIZ: kiln.rope
+// HORIZ: kiln.concat
+// HORIZ-NEXT: kiln.yield %{{.*}}, %{{.*}} : tensor<?x?x1x40xf32>, tensor<?x?x4x40xf32>
+// HORIZ-NEXT: }
+// HORIZ-NEXT: kiln.kv_append @model.layers.0.self_attn.latent_cache, %[[M]]#0
+// HORIZ: kiln.attention %[[M]]#1
+// Kernels over cached positions (prefill's decompressed keys) index other
+// rows than the tokens' and stay apart.
+// HORIZ-LABEL: func.func @prefill
+// HORIZ: kiln.fused "fused_{{[0-9]+}}_slice_broadcast_concat"
 
 // Every function is fused, MTP modules included; kernel names stay unique.
-// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | FileCheck %s --check-prefix=MTP
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse=horizontal=false | FileCheck %s --check-prefix=MTP
 // MTP-LABEL: func.func @mtp_1
 // MTP: kiln.fused "fused_29_embedding_rms_norm_concat"
 // MTP: kiln.fused "fused_34_moe_combine_add_rms_norm"
@@ -96,11 +118,13 @@
 // FP8: kiln.logits
 
 // The fused IR parses, verifies and prints back the same.
-// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | kiln-opt | FileCheck %s --check-prefix=V3
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse=horizontal=false | kiln-opt | FileCheck %s --check-prefix=V3
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | kiln-opt | FileCheck %s --check-prefix=HORIZ
 
 // Hand-written cases.
 // RUN: kiln-opt %s -split-input-file -kiln-fuse | FileCheck %s
 // RUN: kiln-opt %s -split-input-file -kiln-fuse=row-bytes=128 | FileCheck %s --check-prefix=BUDGET
+// RUN: kiln-opt %s -split-input-file -kiln-fuse=horizontal=false | FileCheck %s --check-prefix=APART
 // RUN: not kiln-opt %s -split-input-file -kiln-fuse=row-bytes=2 2>&1 | FileCheck %s --check-prefix=BAD
 // BAD: kiln-fuse: row-bytes must be >= 4
 
@@ -389,4 +413,85 @@ func.func @combine_joins_norm(%g: tensor<?x8xf32>, %u: tensor<?x8xf32>,
   %n = kiln.rms_norm %s, %nw {epsilon = 1.0e-06 : f64}
       : (tensor<?x?x8xf32>, tensor<8xf32>) -> tensor<?x?x8xf32>
   return %n : tensor<?x?x8xf32>
+}
+
+// -----
+
+// Horizontal: two add + norm kernels of the same tokens, neither reading
+// the other, run as one at the first one's place; the GEMM only the second
+// needs moves up before it. Without `horizontal` they stay two.
+// CHECK-LABEL: func.func @horizontal
+// CHECK: %[[L:.*]] = kiln.linear %arg0, %arg3
+// CHECK-NEXT: %[[M:.*]]:2 = kiln.fused "fused_2_add_rms_norm_and_add_rms_norm"(%arg0, %arg1, %arg2, %[[L]]) : {{.*}} attributes {kiln.fusion = {chains = 2 : i64, kind = "row", row_bytes = 64 : i64, saved_bytes = 256 : i64}}
+// CHECK-NEXT: ^bb0(%[[X:.*]]: tensor<?x?x16xf32>, %[[Y:.*]]: tensor<?x?x16xf32>, %[[W:.*]]: tensor<16xf32>, %[[LIN:.*]]: tensor<?x?x16xf32>):
+// CHECK-NEXT: %[[S0:.*]] = kiln.add %[[X]], %[[Y]]
+// CHECK-NEXT: %[[N0:.*]] = kiln.rms_norm %[[S0]], %[[W]]
+// CHECK-NEXT: %[[S1:.*]] = kiln.add %[[LIN]], %[[Y]]
+// CHECK-NEXT: %[[N1:.*]] = kiln.rms_norm %[[S1]], %[[W]]
+// CHECK-NEXT: kiln.yield %[[N0]], %[[N1]]
+// CHECK-NEXT: }
+// CHECK-NEXT: return %[[M]]#0, %[[M]]#1
+// APART-LABEL: func.func @horizontal
+// APART: kiln.fused "fused_0_add_rms_norm"
+// APART: kiln.linear
+// APART: kiln.fused "fused_1_add_rms_norm"
+func.func @horizontal(%x: tensor<?x?x16xf32>, %y: tensor<?x?x16xf32>,
+                      %w: tensor<16xf32>, %v: tensor<16x16xbf16>)
+    -> (tensor<?x?x16xf32>, tensor<?x?x16xf32>) {
+  %s = kiln.add %x, %y : tensor<?x?x16xf32>
+  %n = kiln.rms_norm %s, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  %l = kiln.linear %x, %v : (tensor<?x?x16xf32>, tensor<16x16xbf16>) -> tensor<?x?x16xf32>
+  %t = kiln.add %l, %y : tensor<?x?x16xf32>
+  %m = kiln.rms_norm %t, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  return %n, %m : tensor<?x?x16xf32>, tensor<?x?x16xf32>
+}
+
+// -----
+
+// The second kernel reads the first's result through a GEMM: no merge.
+// CHECK-LABEL: func.func @horizontal_dependent
+// CHECK: kiln.fused "fused_0_add_rms_norm"
+// CHECK: kiln.linear
+// CHECK: kiln.fused "fused_1_add_rms_norm"
+func.func @horizontal_dependent(%x: tensor<?x?x16xf32>, %y: tensor<?x?x16xf32>,
+                                %w: tensor<16xf32>, %v: tensor<16x16xbf16>)
+    -> tensor<?x?x16xf32> {
+  %s = kiln.add %x, %y : tensor<?x?x16xf32>
+  %n = kiln.rms_norm %s, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  %l = kiln.linear %n, %v : (tensor<?x?x16xf32>, tensor<16x16xbf16>) -> tensor<?x?x16xf32>
+  %t = kiln.add %l, %y : tensor<?x?x16xf32>
+  %m = kiln.rms_norm %t, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  return %m : tensor<?x?x16xf32>
+}
+
+// -----
+
+// The second kernel needs attention over the cache, which reads it: the
+// cache read cannot move up past the first kernel, so no merge. Rows of
+// other tokens (cached positions) never merge with the tokens' either.
+kiln.kv_cache @cache : tensor<1x16xf32>
+// CHECK-LABEL: func.func @horizontal_cache_read
+// CHECK: kiln.fused "fused_0_add_rms_norm"
+// CHECK: kiln.kv_read
+// CHECK: kiln.fused "fused_1_reshape_add_rms_norm"
+func.func @horizontal_cache_read(%x: tensor<?x?x16xf32>, %y: tensor<?x?x16xf32>,
+                                 %w: tensor<16xf32>, %q: tensor<?x?x1x16xf32>,
+                                 %pos: tensor<?x?xi32>, %lens: tensor<?xi32>)
+    -> (tensor<?x?x16xf32>, tensor<?x?x16xf32>) {
+  %s = kiln.add %x, %y : tensor<?x?x16xf32>
+  %n = kiln.rms_norm %s, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  %k = kiln.kv_read @cache, %lens : tensor<?xi32> -> tensor<?x?x1x16xf32>
+  %a = kiln.attention %q, %k, %k, %pos, %lens {scale = 0.25 : f64}
+      : (tensor<?x?x1x16xf32>, tensor<?x?x1x16xf32>, tensor<?x?x1x16xf32>,
+         tensor<?x?xi32>, tensor<?xi32>) -> tensor<?x?x1x16xf32>
+  %o = kiln.reshape %a : tensor<?x?x1x16xf32> -> tensor<?x?x16xf32>
+  %t = kiln.add %o, %y : tensor<?x?x16xf32>
+  %m = kiln.rms_norm %t, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  return %n, %m : tensor<?x?x16xf32>, tensor<?x?x16xf32>
 }

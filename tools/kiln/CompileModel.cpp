@@ -41,6 +41,7 @@ struct CompileModelOptions {
   std::string weights = "embed";
   bool noMtp = false;
   bool noFuse = false;
+  bool noFuseHorizontal = false;
   bool noFuseGatedLinear = false;
   bool noFoldHeadSlices = false;
   bool noGroupLinears = false;
@@ -213,6 +214,7 @@ absl::Status compileModel(const CompileModelOptions &opts) {
   optimize.prefillTokens = plan.maxPrefill;
   optimize.context = plan.maxContext;
   optimize.fuse = !opts.noFuse;
+  optimize.fuseHorizontal = !opts.noFuseHorizontal;
   optimize.fuseGatedLinear = !opts.noFuseGatedLinear;
   optimize.foldHeadSlices = !opts.noFoldHeadSlices;
   optimize.groupLinears = !opts.noGroupLinears;
@@ -340,6 +342,9 @@ CommandRunner registerCompileModel(CLI::App &app) {
                "Leave out the multi-token-prediction module(s)");
   app.add_flag("--no-fuse", opts->noFuse,
                "Do not group row-local ops into kiln.fused kernels");
+  app.add_flag("--no-fuse-horizontal", opts->noFuseHorizontal,
+               "Keep independent fused kernels of the same tokens apart (no "
+               "merged kiln.fused)");
   app.add_flag("--no-fuse-gated-linear", opts->noFuseGatedLinear,
                "Keep a SwiGLU's gate and up projections as two GEMMs "
                "(no kiln.gated_linear)");
