@@ -143,6 +143,21 @@ int64_t scratchBytes(Operation *op) {
   return bytes;
 }
 
+/// A `kiln.fused` op named `name` over `inputs` at `b`'s insertion point,
+/// described by `fusion`, with an entry block whose arguments stand for the
+/// inputs; `b` is left at the start of that block.
+FusedOp createFused(OpBuilder &b, Location loc, TypeRange results,
+                    StringRef name, ArrayRef<Value> inputs,
+                    DictionaryAttr fusion) {
+  auto fused = b.create<FusedOp>(loc, results, name, inputs);
+  fused->setAttr("kiln.fusion", fusion);
+  SmallVector<Location> argLocs;
+  for (Value input : inputs)
+    argLocs.push_back(input.getLoc());
+  b.createBlock(&fused.getBody(), {}, ValueRange(inputs).getTypes(), argLocs);
+  return fused;
+}
+
 struct Group {
   SmallVector<Operation *> members;
   /// The latest member in block order, where the fused op goes.
@@ -320,16 +335,10 @@ private:
       name += ("_" + kind).str();
 
     OpBuilder b(group.last);
-    auto fused =
-        b.create<FusedOp>(b.getFusedLoc(locs), ValueRange(yielded).getTypes(),
-                          name, inputs.getArrayRef());
-    fused->setAttr("kiln.fusion", fusion);
-    SmallVector<Location> argLocs;
-    for (Value input : inputs)
-      argLocs.push_back(input.getLoc());
-    Block *body =
-        b.createBlock(&fused.getBody(), {},
-                      ValueRange(inputs.getArrayRef()).getTypes(), argLocs);
+    FusedOp fused =
+        createFused(b, b.getFusedLoc(locs), ValueRange(yielded).getTypes(),
+                    name, inputs.getArrayRef(), fusion);
+    Block *body = &fused.getBody().front();
     IRMapping mapping;
     mapping.map(inputs.getArrayRef(), body->getArguments());
     for (Operation *member : group.members)
@@ -515,22 +524,15 @@ FusedOp mergeHorizontally(FusedOp earlier, FusedOp later, int64_t budget,
                                    kinds(earlier), kinds(later))
                          .str();
   OpBuilder b(earlier);
-  auto merged =
-      b.create<FusedOp>(b.getFusedLoc({earlier.getLoc(), later.getLoc()}),
-                        types, name, inputs.getArrayRef());
-  Builder attrs(b.getContext());
   NamedAttrList fusion(
       earlier->getAttrOfType<DictionaryAttr>("kiln.fusion").getValue());
-  fusion.set("row_bytes", attrs.getI64IntegerAttr(rowBytes));
-  fusion.set("saved_bytes", attrs.getI64IntegerAttr(saved));
-  fusion.set("chains", attrs.getI64IntegerAttr(chains));
-  merged->setAttr("kiln.fusion", fusion.getDictionary(b.getContext()));
-  SmallVector<Location> argLocs;
-  for (Value input : inputs)
-    argLocs.push_back(input.getLoc());
-  Block *body =
-      b.createBlock(&merged.getBody(), {},
-                    ValueRange(inputs.getArrayRef()).getTypes(), argLocs);
+  fusion.set("row_bytes", b.getI64IntegerAttr(rowBytes));
+  fusion.set("saved_bytes", b.getI64IntegerAttr(saved));
+  fusion.set("chains", b.getI64IntegerAttr(chains));
+  FusedOp merged = createFused(
+      b, b.getFusedLoc({earlier.getLoc(), later.getLoc()}), types, name,
+      inputs.getArrayRef(), fusion.getDictionary(b.getContext()));
+  Block *body = &merged.getBody().front();
   llvm::DenseMap<Value, unsigned> position;
   for (auto [i, input] : llvm::enumerate(inputs))
     position[input] = static_cast<unsigned>(i);

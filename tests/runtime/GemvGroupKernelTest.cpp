@@ -103,20 +103,27 @@ TEST(GemvGroupKernel, TakesActivationCodesAFusedKernelQuantized) {
 
 /// A MoE layer's pair: the routed experts' GEMM (rows grouped by expert
 /// over the experts that have rows) and the shared expert's (dense, other
-/// rows), plain or gated, bf16, against each one's own GEMV launch.
-void expectExpertsAndSharedExpert(bool gated) {
-  SCOPED_TRACE(gated ? "gated" : "plain");
-  const int64_t k = 256, n = 96, sharedN = 192, tokens = 2;
+/// rows), plain or gated, against each one's own GEMV launch. bf16, or FP8
+/// as an FP8 model's decode step runs them: the routed rows in f32, which
+/// the group quantizes (kiln_gemv_*f8e4m3_qin), beside the e4m3 codes the
+/// norm's kernel wrote for the shared expert (kiln_gemv_*f8e4m3_q8).
+void expectExpertsAndSharedExpert(bool gated, bool fp8) {
+  SCOPED_TRACE(std::string(gated ? "gated" : "plain") + (fp8 ? " fp8" : ""));
+  const int64_t k = 384, n = 96, sharedN = 160, tokens = 2;
+  cpu::ElementType type =
+      fp8 ? cpu::ElementType::F8E4M3 : cpu::ElementType::BF16;
   std::vector<int32_t> offsets = {0, 0, 3, 3, 5, 6, 6};
   int64_t experts = static_cast<int64_t>(offsets.size()) - 1;
   int64_t routed = offsets.back();
   std::vector<int32_t> active = activeExpertsOf(offsets);
   std::vector<float> rows = randomRows(routed, k, 91),
                      tokenRows = randomRows(tokens, k, 92);
-  Weights w = makeWeights(cpu::ElementType::BF16, experts, n, k, 93),
-          wUp = makeWeights(cpu::ElementType::BF16, experts, n, k, 94),
-          shared = makeWeights(cpu::ElementType::BF16, 1, sharedN, k, 95),
-          sharedUp = makeWeights(cpu::ElementType::BF16, 1, sharedN, k, 96);
+  Quantized tokenCodes = quantize(tokenRows, tokens, k, false);
+  std::vector<unsigned char> tokenBytes = e4m3Bytes(tokenCodes);
+  Weights w = makeWeights(type, experts, n, k, 93),
+          wUp = makeWeights(type, experts, n, k, 94),
+          shared = makeWeights(type, 1, sharedN, k, 95),
+          sharedUp = makeWeights(type, 1, sharedN, k, 96);
   std::vector<float> wantRouted(routed * n), wantShared(tokens * sharedN),
       gotRouted(routed * n, -7.0f), gotShared(tokens * sharedN, -7.0f);
   GemmParams r = gemmParams(w, wantRouted.data(), routed, n, k);
@@ -125,14 +132,31 @@ void expectExpertsAndSharedExpert(bool gated) {
   r.experts = static_cast<int>(experts);
   r.activeExperts = active.data();
   GemmParams d = gemmParams(shared, wantShared.data(), tokens, sharedN, k);
-  d.x = tokenRows.data();
+  if (fp8) {
+    d.xCodes = tokenBytes.data();
+    d.xScale = tokenCodes.scales.data();
+  } else {
+    d.x = tokenRows.data();
+  }
   if (gated) {
     r.wUp = wUp.bytes.data();
+    r.wUpScale = wUp.scales.data();
     d.wUp = sharedUp.bytes.data();
+    d.wUpScale = sharedUp.scales.data();
   }
-  for (const GemmParams &p : {r, d}) {
-    Dim3 grid = gemvGrid(p.n, gemmGridMatrices(p, p.offsets ? p.experts : 1));
-    gated ? kiln_gemv_gated_bf16_host(grid, p) : kiln_gemv_bf16_host(grid, p);
+  Dim3 routedGrid = gemvGrid(r.n, gemmGridMatrices(r, r.experts)),
+       sharedGrid = gemvGrid(d.n, 1);
+  if (!fp8) {
+    gated ? kiln_gemv_gated_bf16_host(routedGrid, r)
+          : kiln_gemv_bf16_host(routedGrid, r);
+    gated ? kiln_gemv_gated_bf16_host(sharedGrid, d)
+          : kiln_gemv_bf16_host(sharedGrid, d);
+  } else if (gated) {
+    kiln_gemv_gated_f8e4m3_qin_host(routedGrid, r);
+    kiln_gemv_gated_f8e4m3_q8_host(sharedGrid, d);
+  } else {
+    kiln_gemv_f8e4m3_qin_host(routedGrid, r);
+    kiln_gemv_f8e4m3_q8_host(sharedGrid, d);
   }
   GemvGroupParams group{};
   group.members = 2;
@@ -141,19 +165,25 @@ void expectExpertsAndSharedExpert(bool gated) {
   group.member[1] = d;
   group.member[1].out = gotShared.data();
   Dim3 grid = gemvGroupGrid(group);
-  gated ? kiln_gemv_group_gated_bf16_host(grid, group)
-        : kiln_gemv_group_bf16_host(grid, group);
+  if (!fp8)
+    gated ? kiln_gemv_group_gated_bf16_host(grid, group)
+          : kiln_gemv_group_bf16_host(grid, group);
+  else
+    gated ? kiln_gemv_group_gated_f8e4m3_qin_host(grid, group)
+          : kiln_gemv_group_f8e4m3_qin_host(grid, group);
   for (size_t i = 0; i < wantRouted.size(); ++i)
     ASSERT_EQ(std::memcmp(&gotRouted[i], &wantRouted[i], sizeof(float)), 0)
-        << "routed " << i;
+        << "routed " << i << ": " << gotRouted[i] << " vs " << wantRouted[i];
   for (size_t i = 0; i < wantShared.size(); ++i)
     ASSERT_EQ(std::memcmp(&gotShared[i], &wantShared[i], sizeof(float)), 0)
-        << "shared " << i;
+        << "shared " << i << ": " << gotShared[i] << " vs " << wantShared[i];
 }
 
 TEST(GemvGroupKernel, RoutedAndSharedExpertsShareALaunch) {
-  expectExpertsAndSharedExpert(false);
-  expectExpertsAndSharedExpert(true);
+  for (bool fp8 : {false, true}) {
+    expectExpertsAndSharedExpert(false, fp8);
+    expectExpertsAndSharedExpert(true, fp8);
+  }
 }
 
 TEST(GemvGroupKernel, MembersTakeConsecutiveBlocks) {

@@ -2,8 +2,8 @@
 // themselves (kiln_gemv_*f8e4m3_qin, runtime/kernels/Matmul.h) against what
 // they replace: kiln_quantize_rows, then the GEMV on the decoded codes.
 // The codes and scales are the same, and so is the arithmetic after them,
-// so the results must agree to the bit. Their grouped forms take members
-// given codes beside those they quantize.
+// so the results must agree to the bit. (Their grouped forms, with members
+// given codes beside those they quantize: GemvGroupKernelTest.cpp.)
 #include "Library.h"
 #include "Matmul.h"
 #include "tests/runtime/GemmTestUtil.h"
@@ -107,71 +107,6 @@ TEST(QuantizingGemvKernel, IsQuantizeRowsThenTheGemvToTheBit) {
     for (bool gated : {false, true})
       for (bool pow2 : {false, true})
         expectQuantizingIsQuantizeThenGemv(problem, gated, pow2);
-}
-
-/// An FP8 MoE layer's pair in one quantizing group: the routed experts'
-/// GEMM of f32 rows (quantized in the group) and the shared expert's of the
-/// e4m3 codes a fused kernel wrote, against each one's own launch
-/// (kiln_gemv_*f8e4m3_qin and kiln_gemv_*f8e4m3_q8).
-void expectMixedGroupIsItsMembers(bool gated) {
-  SCOPED_TRACE(gated ? "gated" : "plain");
-  const int64_t k = 384, n = 96, sharedN = 160, tokens = 2;
-  std::vector<int32_t> offsets = {0, 0, 3, 3, 5, 6, 6};
-  int64_t experts = static_cast<int64_t>(offsets.size()) - 1;
-  int64_t routed = offsets.back();
-  std::vector<int32_t> active = activeExpertsOf(offsets);
-  std::vector<float> rows = randomRows(routed, k, 61);
-  Quantized tokenCodes = quantize(randomRows(tokens, k, 62), tokens, k, false);
-  std::vector<unsigned char> tokenBytes = e4m3Bytes(tokenCodes);
-  Weights w = makeWeights(cpu::ElementType::F8E4M3, experts, n, k, 63),
-          wUp = makeWeights(cpu::ElementType::F8E4M3, experts, n, k, 64),
-          shared = makeWeights(cpu::ElementType::F8E4M3, 1, sharedN, k, 65),
-          sharedUp = makeWeights(cpu::ElementType::F8E4M3, 1, sharedN, k, 66);
-  std::vector<float> wantRouted(routed * n), wantShared(tokens * sharedN),
-      gotRouted(routed * n, -7.0f), gotShared(tokens * sharedN, -7.0f);
-  GemmParams r = gemmParams(w, wantRouted.data(), routed, n, k);
-  r.x = rows.data();
-  r.offsets = offsets.data();
-  r.experts = static_cast<int>(experts);
-  r.activeExperts = active.data();
-  GemmParams d = gemmParams(shared, wantShared.data(), tokens, sharedN, k);
-  d.xCodes = tokenBytes.data();
-  d.xScale = tokenCodes.scales.data();
-  if (gated) {
-    r.wUp = wUp.bytes.data();
-    r.wUpScale = wUp.scales.data();
-    d.wUp = sharedUp.bytes.data();
-    d.wUpScale = sharedUp.scales.data();
-  }
-  Dim3 routedGrid = gemvGrid(r.n, gemmGridMatrices(r, r.experts));
-  Dim3 sharedGrid = gemvGrid(d.n, 1);
-  if (gated) {
-    kiln_gemv_gated_f8e4m3_qin_host(routedGrid, r);
-    kiln_gemv_gated_f8e4m3_q8_host(sharedGrid, d);
-  } else {
-    kiln_gemv_f8e4m3_qin_host(routedGrid, r);
-    kiln_gemv_f8e4m3_q8_host(sharedGrid, d);
-  }
-  GemvGroupParams group{};
-  group.members = 2;
-  group.member[0] = r;
-  group.member[0].out = gotRouted.data();
-  group.member[1] = d;
-  group.member[1].out = gotShared.data();
-  Dim3 grid = gemvGroupGrid(group);
-  gated ? kiln_gemv_group_gated_f8e4m3_qin_host(grid, group)
-        : kiln_gemv_group_f8e4m3_qin_host(grid, group);
-  for (size_t i = 0; i < wantRouted.size(); ++i)
-    ASSERT_EQ(std::memcmp(&gotRouted[i], &wantRouted[i], sizeof(float)), 0)
-        << "routed " << i << ": " << gotRouted[i] << " vs " << wantRouted[i];
-  for (size_t i = 0; i < wantShared.size(); ++i)
-    ASSERT_EQ(std::memcmp(&gotShared[i], &wantShared[i], sizeof(float)), 0)
-        << "shared " << i << ": " << gotShared[i] << " vs " << wantShared[i];
-}
-
-TEST(QuantizingGemvKernel, GroupTakesMembersOfCodesBesideF32Rows) {
-  expectMixedGroupIsItsMembers(false);
-  expectMixedGroupIsItsMembers(true);
 }
 
 TEST(QuantizingGemvKernel, FitsRowsOfUpTo16KiBValues) {
