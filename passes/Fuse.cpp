@@ -516,9 +516,9 @@ FusedOp mergeHorizontally(FusedOp earlier, FusedOp later, int64_t budget,
   inputs.insert(later.getInputs().begin(), later.getInputs().end());
   SmallVector<Type> types(earlier->getResultTypes());
   types.append(later->getResultTypes().begin(), later->getResultTypes().end());
+  // "fused_<n>_<kinds>" -> "<kinds>".
   auto kinds = [](FusedOp op) {
-    StringRef name = op.getName();
-    return name.drop_front(std::min(name.size(), name.find('_', 6) + 1));
+    return op.getName().split('_').second.split('_').second;
   };
   std::string name = llvm::formatv("fused_{0}_{1}_and_{2}", index,
                                    kinds(earlier), kinds(later))

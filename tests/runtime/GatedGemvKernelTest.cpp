@@ -77,9 +77,7 @@ void expectGatedIsUnfused(cpu::ElementType type, bool codes,
   }
   p.xScale = q.scales.data();
   if (!offsets.empty()) {
-    p.offsets = offsets.data();
-    p.experts = static_cast<int>(experts);
-    p.activeExperts = active.data();
+    setExperts(p, offsets, active.data());
   }
   Dim3 grid = gemvGrid(n, gemmGridMatrices(p, experts));
 

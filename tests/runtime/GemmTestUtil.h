@@ -209,6 +209,16 @@ activeExpertsOf(const std::vector<int32_t> &offsets) {
   return active;
 }
 
+/// `p` grouped by expert: expert e's rows [offsets[e], offsets[e + 1]),
+/// those with rows listed in `active` (activeExpertsOf; null: every expert
+/// gets its blocks).
+inline void setExperts(GemmParams &p, const std::vector<int32_t> &offsets,
+                       const int32_t *active) {
+  p.offsets = offsets.data();
+  p.experts = static_cast<int>(offsets.size()) - 1;
+  p.activeExperts = active;
+}
+
 /// The expert whose rows [offsets[e], offsets[e + 1]) hold `row`; 0 for a
 /// dense GEMM (no offsets).
 inline int64_t expertOfRow(const std::vector<int32_t> &offsets, int64_t row) {

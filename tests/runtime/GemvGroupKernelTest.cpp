@@ -128,9 +128,7 @@ void expectExpertsAndSharedExpert(bool gated, bool fp8) {
       gotRouted(routed * n, -7.0f), gotShared(tokens * sharedN, -7.0f);
   GemmParams r = gemmParams(w, wantRouted.data(), routed, n, k);
   r.x = rows.data();
-  r.offsets = offsets.data();
-  r.experts = static_cast<int>(experts);
-  r.activeExperts = active.data();
+  setExperts(r, offsets, active.data());
   GemmParams d = gemmParams(shared, wantShared.data(), tokens, sharedN, k);
   if (fp8) {
     d.xCodes = tokenBytes.data();

@@ -194,9 +194,7 @@ TEST(MatmulKernel, GroupedLinearReadsExpertOffsetsOnTheDevice) {
         GemmParams p = gemmParams(w, got.data(), rows, n, k);
         p.x = fp8 ? q.codes.data() : x.data();
         p.xScale = q.scales.data();
-        p.offsets = offsets.data();
-        p.experts = static_cast<int>(experts);
-        p.activeExperts = compact ? active.data() : nullptr;
+        setExperts(p, offsets, compact ? active.data() : nullptr);
         // A block per (column tile, expert), the expert's rows kGemmRows at
         // a time (the 11-row run takes two passes).
         runGemv(type, gemvGrid(n, gemmGridMatrices(p, experts)), p);

@@ -194,9 +194,7 @@ TEST(MmaGemmKernel, GroupedLinearReadsExpertOffsetsOnTheDevice) {
             static_cast<size_t>(cpu::fp8ActivationScratch(rows, k, 128)));
         cpu::groupedLinear(fp8 ? x.data() : xs.data(), k, cpuWeight(w), experts,
                            n, offsets.data(), want.data(), {act.data(), false});
-        p.offsets = offsets.data();
-        p.experts = static_cast<int>(experts);
-        p.activeExperts = compact ? active.data() : nullptr;
+        setExperts(p, offsets, compact ? active.data() : nullptr);
         runMma(input, mmaGemmGrid(n, gemmGridMatrices(p, experts)), p);
         expectClose(
             got, want, xs, k, w.values, k, [&](int64_t i) { return i / n; },

@@ -50,9 +50,7 @@ void expectQuantizingIsQuantizeThenGemv(const Problem &problem, bool gated,
     p.wUpScale = up.scales.data();
   }
   if (!offsets.empty()) {
-    p.offsets = offsets.data();
-    p.experts = static_cast<int>(matrices);
-    p.activeExperts = active.data();
+    setExperts(p, offsets, active.data());
   }
   Dim3 grid = gemvGrid(n, gemmGridMatrices(p, matrices));
   int64_t outputs = rows * matrices * n;
