@@ -13,6 +13,7 @@
 #include "runtime/src/cpu/Kernels.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/SymbolTable.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
@@ -168,6 +169,10 @@ private:
   std::string body_;
   llvm::raw_string_ostream os_{body_};
   llvm::DenseMap<Value, std::string> names_;
+  /// Parameter names of kernel_.args, in order.
+  std::vector<std::string> argNames_;
+  /// The body's kv_appends: their (rows, slot) parameters' suffix.
+  llvm::DenseMap<Operation *, unsigned> appends_;
   /// Values computed into results: result index.
   llvm::DenseMap<Value, unsigned> inResult_;
   /// Values computed into the scratch row: float offset.
@@ -202,9 +207,36 @@ LogicalResult Emitter::collectArgs() {
       arg.parameter = param.getName().str();
     kernel_.args.push_back(arg);
     std::string param = "in" + std::to_string(i);
+    argNames_.push_back(param);
     names_[blockArg] =
         arg.perToken ? param + " + token * " + std::to_string(arg.elements)
                      : param;
+  }
+  for (auto append : body.getOps<KVAppendOp>()) {
+    auto slot = SymbolTable::lookupNearestSymbolFrom<KVCacheOp>(
+        fused_, append.getCacheAttr());
+    auto value = cast<RankedTensorType>(append.getValue().getType());
+    if (!slot || slot.getStorage() || !value.getElementType().isF32() ||
+        leadingDynamicDims(value) != 2)
+      return append.emitOpError("generated kernels store [batch, seq] f32 "
+                                "rows into f32 cache slots only");
+    unsigned k = static_cast<unsigned>(appends_.size());
+    appends_[append] = k;
+    KernelArg rows;
+    rows.role = ArgRole::CacheRows;
+    rows.perToken = true;
+    rows.element = KernelElement::I32;
+    rows.elements = 1;
+    rows.parameter = append.getCache().str();
+    KernelArg rowsOfSlot = rows;
+    rowsOfSlot.role = ArgRole::CacheSlot;
+    rowsOfSlot.perToken = false;
+    rowsOfSlot.element = KernelElement::F32;
+    rowsOfSlot.elements = staticElements(value);
+    kernel_.args.push_back(rows);
+    kernel_.args.push_back(rowsOfSlot);
+    argNames_.push_back("rows" + std::to_string(k));
+    argNames_.push_back("slot" + std::to_string(k));
   }
   for (auto [j, result] : llvm::enumerate(fused_.getResults())) {
     auto type = cast<RankedTensorType>(result.getType());
@@ -221,11 +253,12 @@ LogicalResult Emitter::collectArgs() {
                                 "or f8E4M3FN values, not ")
              << type;
     KernelArg arg;
-    arg.isResult = true;
+    arg.role = ArgRole::Result;
     arg.perToken = true;
     arg.element = *element;
     arg.elements = staticElements(type);
     kernel_.args.push_back(arg);
+    argNames_.push_back("out" + std::to_string(j));
   }
   return success();
 }
@@ -342,6 +375,16 @@ LogicalResult Emitter::emitOp(Operation &op) {
 
   LogicalResult emitted =
       llvm::TypeSwitch<Operation *, LogicalResult>(&op)
+          .Case([&](KVAppendOp append) {
+            // The token's row, unless it has no cache row (padding).
+            unsigned k = appends_.lookup(append);
+            os_ << llvm::formatv(
+                "  if (rows{0}[token] >= 0)\n"
+                "    kiln::copy({1}, {2}, slot{0} + int64_t{{rows{0}[token]} * "
+                "{2});\n",
+                k, row(append.getValue()), perToken(append.getValue()));
+            return success();
+          })
           .Case([&](QuantizeFp8Op quantize) {
             // One call per row of the last dimension (e.g. per head).
             int64_t n = lastDim(quantize.getInput());
@@ -560,22 +603,30 @@ FailureOr<FusedKernel> Emitter::emit() {
 
   // Parameters, their comments, and the host entry's casts.
   size_t inputs = fused_.getInputs().size();
+  size_t results = kernel_.args.size() - fused_.getNumResults();
   std::string params, argComments, casts, forward;
   for (auto [i, arg] : llvm::enumerate(kernel_.args)) {
-    std::string name = arg.isResult ? "out" + std::to_string(i - inputs)
-                                    : "in" + std::to_string(i);
+    const std::string &name = argNames_[i];
+    bool writes = arg.role == ArgRole::Result || arg.role == ArgRole::CacheSlot;
     std::string type =
-        std::string(arg.isResult ? "" : "const ") + cppType(arg.element) + " *";
+        std::string(writes ? "" : "const ") + cppType(arg.element) + " *";
     params += ", " + type + name;
     forward += ", " + name;
     casts +=
         "\n        static_cast<" + type + ">(args[" + std::to_string(i) + "]),";
-    Value value = arg.isResult ? Value(fused_.getResult(i - inputs))
-                               : Value(fused_.getInputs()[i]);
+    std::string shape;
+    if (arg.role == ArgRole::CacheRows)
+      shape = "[tokens]";
+    else if (arg.role == ArgRole::CacheSlot)
+      shape = "[cache rows, " + std::to_string(arg.elements) + "]";
+    else
+      shape = shapeText(cast<RankedTensorType>(
+                            (i < inputs ? Value(fused_.getInputs()[i])
+                                        : Value(fused_.getResult(i - results)))
+                                .getType()),
+                        arg.indexedRows ? "rows" : "tokens");
     argComments += llvm::formatv(
-        "//   {0,-5} {1,-4} {2}{3}\n", name, elementName(arg.element),
-        shapeText(cast<RankedTensorType>(value.getType()),
-                  arg.indexedRows ? "rows" : "tokens"),
+        "//   {0,-5} {1,-4} {2}{3}\n", name, elementName(arg.element), shape,
         arg.parameter.empty() ? "" : "  " + arg.parameter);
   }
   casts.pop_back(); // the last comma

@@ -22,10 +22,21 @@ namespace kiln::codegen {
 /// The element types a fused kernel argument may have.
 enum class KernelElement { F32, BF16, F16, I32, F8E4M3 };
 
-/// One pointer argument of a fused kernel: the group's inputs in order, then
-/// its results.
+/// What a fused kernel argument is. The arguments are the group's inputs in
+/// order, then a (CacheRows, CacheSlot) pair per `kiln.kv_append` of the
+/// body in order, then the group's results.
+enum class ArgRole {
+  Input,
+  /// [tokens] i32: the row of the cache slot each token's entry goes to
+  /// (the block table applied to its position), -1 for none.
+  CacheRows,
+  /// The f32 rows of a cache slot, written at CacheRows.
+  CacheSlot,
+  Result,
+};
+
 struct KernelArg {
-  bool isResult = false;
+  ArgRole role = ArgRole::Input;
   /// Per-token tensors have leading dynamic dimensions ([B, S], [B, KvLen]
   /// or routed rows [R]) that the kernel flattens to its token index;
   /// whole tensors (weights) are read entirely by every token.
@@ -37,7 +48,8 @@ struct KernelArg {
   /// Elements per token (per-token), per row (indexed rows) or in all
   /// (whole).
   int64_t elements = 0;
-  /// The checkpoint parameter a whole input reads, when it is one.
+  /// The checkpoint parameter a whole input reads, when it is one; the slot
+  /// a cache argument names.
   std::string parameter;
 };
 
@@ -81,7 +93,7 @@ const std::string &fusedPreludeSource();
 /// Emits `fused`. Fails (with an error on the op) for what the generated
 /// kernels do not support: bf16 activations, FP8 weights, broadcasts of
 /// more than one dimension, a moe_gate whose indices stay in the group,
-/// intermediates beyond 48 KiB per token.
+/// intermediates beyond 48 KiB per token, kv_appends to FP8 slots.
 mlir::FailureOr<FusedKernel> emitFusedKernel(mlir::kiln::FusedOp fused);
 
 /// The `kiln.fused` groups the plan executes, in order: those of @prefill

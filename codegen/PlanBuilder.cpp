@@ -101,6 +101,7 @@ private:
   const ValueInfo &infoFor(Value value, Operation *user) const;
   std::unique_ptr<art::TensorRefT> ref(Value value,
                                        Operation *user = nullptr) const;
+  std::unique_ptr<art::TensorRefT> ref(const ValueInfo &info) const;
   int newBuffer(Value value, const ValueInfo &info, size_t position);
 
   func::FuncOp func_;
@@ -117,6 +118,9 @@ private:
   std::vector<Group> groups_;
   llvm::DenseMap<Operation *, size_t> groupOf_;
   llvm::DenseMap<Value, Value> aliases_;
+  /// The cache rows fused kv_appends write at ([Batch, Seq] i32), when a
+  /// group has one.
+  std::optional<ValueInfo> cacheRows_;
   llvm::DenseMap<Value, ValueInfo> values_;
   llvm::DenseMap<Value, ValueInfo> gathered_;
   std::vector<Buffer> buffers_;
@@ -148,6 +152,8 @@ void EntryPlanner::flatten() {
     for (Operation &member : body.without_terminator()) {
       groupOf_[&member] = groups_.size();
       ops_.push_back(&member);
+      if (isa<KVAppendOp>(member))
+        cacheRows_.emplace();
     }
     group.last = ops_.size() - 1;
     groups_.push_back(group);
@@ -203,6 +209,14 @@ LogicalResult EntryPlanner::assignValues() {
     info.buffer = newBuffer(arg, info, 0);
     buffers_[info.buffer].last = end;
     values_[arg] = info;
+    if (i == 1 && cacheRows_) {
+      // Shaped as the positions, which the runtime maps to rows.
+      cacheRows_->type = info.type;
+      cacheRows_->leading = info.leading;
+      cacheRows_->shape = info.shape;
+      cacheRows_->buffer = newBuffer(arg, info, 0);
+      buffers_[cacheRows_->buffer].last = end;
+    }
   }
 
   // A group runs as one kernel on a GPU, which reads its inputs and writes
@@ -306,7 +320,11 @@ void EntryPlanner::assignOffsets(art::EntryPointT &entry) {
 
 std::unique_ptr<art::TensorRefT> EntryPlanner::ref(Value value,
                                                    Operation *user) const {
-  const ValueInfo &info = infoFor(value, user);
+  return ref(infoFor(value, user));
+}
+
+std::unique_ptr<art::TensorRefT>
+EntryPlanner::ref(const ValueInfo &info) const {
   auto t = std::make_unique<art::TensorRefT>();
   t->storage = info.storage;
   t->index = info.index;
@@ -465,6 +483,8 @@ LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
   entry.positions = ref(body.getArgument(1));
   entry.kv_lengths = ref(body.getArgument(2));
   entry.logits = ref(body.getTerminator()->getOperand(0));
+  if (cacheRows_)
+    entry.cache_rows = ref(*cacheRows_);
   // Each group's launches, [first, end), from its first member on.
   std::vector<std::optional<std::pair<uint32_t, uint32_t>>> spans(
       groups_.size());
@@ -502,6 +522,16 @@ LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
       fused->count = end - first;
       for (Value input : fusedOp.getInputs())
         fused->args.push_back(ref(input, fusedOp));
+      for (auto append : fusedOp.getBody().getOps<KVAppendOp>()) {
+        fused->args.push_back(ref(*cacheRows_));
+        ValueInfo slot;
+        slot.storage = art::Storage::KvRows;
+        slot.index = slots_.lookup(append.getCache());
+        slot.shape = symbolicShape(
+            cast<RankedTensorType>(append.getValue().getType()), {});
+        slot.shape.erase(slot.shape.begin(), slot.shape.begin() + 2);
+        fused->args.push_back(ref(slot));
+      }
       for (Value result : fusedOp.getResults())
         fused->args.push_back(ref(result));
       entry.fused.push_back(std::move(fused));

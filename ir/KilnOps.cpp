@@ -745,8 +745,8 @@ LogicalResult MoECombineOp::verify() {
 
 bool FusedOp::canContain(Operation *op) {
   return isa<EmbeddingOp, RMSNormOp, AddOp, SwiGLUOp, RopeOp, SliceOp, ConcatOp,
-             BroadcastOp, ReshapeOp, MoEGateOp, MoECombineOp, QuantizeFp8Op>(
-      op);
+             BroadcastOp, ReshapeOp, MoEGateOp, MoECombineOp, QuantizeFp8Op,
+             KVAppendOp>(op);
 }
 
 bool FusedOp::readsIndexedRows(OpOperand &use) {

@@ -651,21 +651,25 @@ def Kiln_MoECombineOp : Kiln_Op<"moe_combine", [Pure]> {
 // Fusion
 //===----------------------------------------------------------------------===//
 
-def Kiln_FusedOp : Kiln_Op<"fused", [Pure, IsolatedFromAbove, SingleBlock]> {
+def Kiln_FusedOp : Kiln_Op<"fused", [RecursiveMemoryEffects,
+    RecursivelySpeculatable, IsolatedFromAbove, SingleBlock]> {
   let summary = "A group of row-local ops that runs as one kernel";
   let description = [{
     The ops of the body run as one kernel launch: a block of threads owns
     one token (or one row of it) at a time and keeps the values the body
     computes for it in registers or shared memory; only `inputs` are read
-    from memory and only the values `kiln.yield` returns are written. The
-    entry block's arguments stand for `inputs` in order. Only row-local ops
-    may appear in the body (`kiln.embedding`, `kiln.rms_norm`, `kiln.add`,
+    from memory and only the values `kiln.yield` returns (and the cache
+    rows a `kiln.kv_append` in the body stores) are written. The entry
+    block's arguments stand for `inputs` in order. Only row-local ops may
+    appear in the body (`kiln.embedding`, `kiln.rms_norm`, `kiln.add`,
     `kiln.swiglu`, `kiln.rope`, `kiln.slice`, `kiln.concat`,
     `kiln.broadcast`, `kiln.reshape`, `kiln.moe_gate`, `kiln.moe_combine`,
-    `kiln.quantize_fp8`): a token's results depend only on the same token
-    of the operands, plus whole weights and the expert output rows its own
-    `kiln.moe_combine` selections name. `name` names the kernel;
-    `kiln-fuse` records why it formed the group in `kiln.fusion`.
+    `kiln.quantize_fp8`, `kiln.kv_append`): a token's results depend only
+    on the same token of the operands, plus whole weights and the expert
+    output rows its own `kiln.moe_combine` selections name. `name` names
+    the kernel; `kiln-fuse` records why it formed the group in
+    `kiln.fusion`. The op has the memory effects of its body: none, or a
+    cache write.
 
     ```mlir
     %h, %n = kiln.fused "fused_0_add_rms_norm"(%x, %y, %w)
@@ -689,7 +693,8 @@ def Kiln_FusedOp : Kiln_Op<"fused", [Pure, IsolatedFromAbove, SingleBlock]> {
   let hasVerifier = 1;
   let extraClassDeclaration = [{
     /// True for the ops a fused body may hold: ops whose result rows depend
-    /// only on the same rows of their operands (and on rows those name).
+    /// only on the same rows of their operands (and on rows those name),
+    /// and `kiln.kv_append`, which stores a row of the token it is given.
     static bool canContain(::mlir::Operation *op);
     /// True for an operand a body op reads whole, by the row indices of
     /// other operands, not row by row: `kiln.moe_combine`'s expert outputs.

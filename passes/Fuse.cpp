@@ -11,6 +11,8 @@
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/IRMapping.h"
+#include "mlir/IR/SymbolTable.h"
+#include "mlir/Interfaces/SideEffectInterfaces.h"
 #include "llvm/ADT/SetVector.h"
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
@@ -453,7 +455,9 @@ constexpr size_t kHorizontalLookahead = 32;
 FusedOp mergeHorizontally(FusedOp earlier, FusedOp later, int64_t budget,
                           unsigned index) {
   std::optional<size_t> leading = leadingDims(earlier);
-  if (!leading || leadingDims(later) != leading)
+  // `later`'s body moves up to `earlier`: a cache write in it would move
+  // across whatever lies between.
+  if (!leading || leadingDims(later) != leading || !isMemoryEffectFree(later))
     return nullptr;
   llvm::SmallPtrSet<Value, 4> origins = tokenOrigins(earlier, *leading);
   if (llvm::none_of(tokenOrigins(later, *leading),
@@ -582,6 +586,152 @@ void mergeHorizontally(Block &block, unsigned &counter, int64_t budget) {
       current = next;
     }
   }
+}
+
+/// Whether `op` may read or write the KV cache (or has effects it does not
+/// declare): a cache write does not move across it.
+bool mayTouchCache(Operation *op) {
+  std::optional<SmallVector<MemoryEffects::EffectInstance>> effects =
+      getEffectsRecursively(op);
+  if (!effects)
+    return true;
+  return llvm::any_of(*effects, [](const MemoryEffects::EffectInstance &e) {
+    return e.getResource() == KVCacheResource::get();
+  });
+}
+
+/// The `kiln.kv_append`s of `fused`'s results that its kernel can do: the
+/// row goes to the cache from on chip, and the append's launch (and its
+/// read of the row) goes. The append must store a whole result of the
+/// kernel's [batch, seq] rows into an f32 slot (an FP8 slot's quantization
+/// stays in its own kernel), its positions must exist at the kernel, and
+/// no op between the kernel and the append may touch the cache, as the
+/// write moves up to the kernel. A result only such appends read is no
+/// longer yielded while the scratch row stays within `budget` and the
+/// kernel keeps a result (whose rows give its token count).
+void storeCacheRowsInKernel(FusedOp fused, int64_t budget) {
+  // Only kernels this pass described (hand-written ones keep their own).
+  auto described = fused->getAttrOfType<DictionaryAttr>("kiln.fusion");
+  if (!described || !described.getAs<IntegerAttr>("saved_bytes"))
+    return;
+  Block *block = fused->getBlock();
+  struct Write {
+    KVAppendOp append;
+    unsigned result;
+    ReshapeOp view; // between the result and the append, if any
+  };
+  SmallVector<Write> writes;
+  auto consider = [&](KVAppendOp append, unsigned result, ReshapeOp view) {
+    if (append->getBlock() != block)
+      return;
+    auto slot = SymbolTable::lookupNearestSymbolFrom<KVCacheOp>(
+        append, append.getCacheAttr());
+    if (!slot || slot.getStorage())
+      return;
+    Value positions = append.getPositions();
+    Operation *def = positions.getDefiningOp();
+    if (def ? def->getBlock() != block || !def->isBeforeInBlock(fused)
+            : cast<BlockArgument>(positions).getOwner() != block)
+      return;
+    for (Operation *op = fused->getNextNode(); op != append.getOperation();
+         op = op->getNextNode())
+      if (mayTouchCache(op))
+        return;
+    writes.push_back({append, result, view});
+  };
+  for (auto [j, result] : llvm::enumerate(fused.getResults())) {
+    std::optional<Rows> rows = rowsOf(result.getType());
+    if (!rows || rows->leading != 2)
+      continue;
+    for (Operation *user : result.getUsers()) {
+      if (auto append = dyn_cast<KVAppendOp>(user);
+          append && append.getValue() == result)
+        consider(append, static_cast<unsigned>(j), nullptr);
+      if (auto view = dyn_cast<ReshapeOp>(user))
+        for (Operation *viewUser : view->getUsers())
+          if (auto append = dyn_cast<KVAppendOp>(viewUser);
+              append && append.getValue() == view.getResult())
+            consider(append, static_cast<unsigned>(j), view);
+    }
+  }
+  if (writes.empty())
+    return;
+
+  // What goes from outside the kernel: the appends, and the views only
+  // they read.
+  llvm::SmallPtrSet<Operation *, 4> moved;
+  for (Write &w : writes)
+    moved.insert(w.append);
+  auto isMoved = [&](Operation *user) {
+    return moved.contains(user) ||
+           (isa<ReshapeOp>(user) &&
+            llvm::all_of(user->getUsers(), [&](Operation *viewUser) {
+              return moved.contains(viewUser);
+            }));
+  };
+  SmallVector<unsigned> kept, dropped;
+  for (auto [j, result] : llvm::enumerate(fused.getResults()))
+    (llvm::all_of(result.getUsers(), isMoved) ? dropped : kept)
+        .push_back(static_cast<unsigned>(j));
+  int64_t scratch = bodyScratchBytes(fused);
+  for (unsigned j : dropped)
+    scratch += (rowsOf(fused.getResult(j).getType())->perToken + 3) / 4 * 4 *
+               kOnChipElementBytes;
+  if (kept.empty() || scratch > budget) {
+    kept.clear();
+    dropped.clear();
+    for (unsigned j = 0; j < fused.getNumResults(); ++j)
+      kept.push_back(j);
+  }
+
+  Block &body = fused.getBody().front();
+  auto yield = cast<YieldOp>(body.getTerminator());
+  SmallVector<Value> inputs(fused.getInputs());
+  OpBuilder b(fused.getContext());
+  int64_t saved = 0;
+  for (Write &w : writes) {
+    Value positions = w.append.getPositions();
+    Value inner;
+    if (auto *it = llvm::find(inputs, positions); it != inputs.end()) {
+      inner = body.getArgument(static_cast<unsigned>(it - inputs.begin()));
+    } else {
+      inputs.push_back(positions);
+      inner = body.addArgument(positions.getType(), positions.getLoc());
+    }
+    // Right after the row, whose scratch slot it then frees.
+    Value row = yield.getOperand(w.result);
+    b.setInsertionPointAfterValue(row);
+    if (w.view)
+      row = b.create<ReshapeOp>(w.view.getLoc(), w.view.getType(), row);
+    b.create<KVAppendOp>(w.append.getLoc(), w.append.getCacheAttr(), row,
+                         inner);
+    // The append's read of the row; and its write, when no longer yielded.
+    saved += tokenBytes(w.append.getValue()) *
+             (llvm::is_contained(dropped, w.result) ? 2 : 1);
+  }
+  SmallVector<Value> newYield;
+  for (unsigned j : kept)
+    newYield.push_back(yield.getOperand(j));
+  yield->setOperands(newYield);
+
+  OpBuilder outer(fused);
+  auto replacement = outer.create<FusedOp>(
+      fused.getLoc(), ValueRange(newYield).getTypes(), fused.getName(), inputs);
+  replacement->setAttrs(fused->getAttrs());
+  replacement.setName((fused.getName() + "_kv_append").str());
+  NamedAttrList fusion(described.getValue());
+  saved += described.getAs<IntegerAttr>("saved_bytes").getInt();
+  fusion.set("saved_bytes", outer.getI64IntegerAttr(saved));
+  replacement->setAttr("kiln.fusion", fusion.getDictionary(fused.getContext()));
+  replacement.getBody().takeBody(fused.getBody());
+  for (Write &w : writes) {
+    w.append->erase();
+    if (w.view && w.view->use_empty())
+      w.view->erase();
+  }
+  for (auto [position, j] : llvm::enumerate(kept))
+    fused.getResult(j).replaceAllUsesWith(replacement.getResult(position));
+  fused.erase();
 }
 
 /// The FP8 activation quantization a GEMM applies to its input.
@@ -736,6 +886,11 @@ struct FusePass : public mlir::kiln::impl::KilnFuseBase<FusePass> {
         fuser.materialize(counter);
         if (horizontal)
           mergeHorizontally(block, counter, rowBytes);
+        if (cacheEpilogue) {
+          SmallVector<FusedOp> fused(block.getOps<FusedOp>());
+          for (FusedOp op : fused)
+            storeCacheRowsInKernel(op, rowBytes);
+        }
       }
     if (!quantizeEpilogue)
       return;

@@ -262,6 +262,19 @@ def KilnFuse : Pass<"kiln-fuse", "::mlir::ModuleOp"> {
     up. The merged op's `kiln.fusion` records `chains`, the kernels it
     holds; its `row_bytes` is theirs at most, its `saved_bytes` their sum.
 
+    With `cache-epilogue` (the default) a fused kernel then also stores the
+    rows a `kiln.kv_append` writes of one of its results, when the slot is
+    f32 (an FP8 slot's quantization stays in the append's kernel), the
+    positions exist at the kernel and no op between the kernel and the
+    append reads or writes the cache (the write moves up to the kernel).
+    The append joins the body; a result only such appends read is no
+    longer yielded (unless the kernel would have no result left, or the
+    row would not fit `row-bytes`). `_kv_append` ends the kernel's name.
+    The row goes to the cache from on chip: the append's launch goes, and
+    its read of the row, and the row's write when no longer yielded (in
+    `saved_bytes`). MLA's latent-cache row so goes straight to the cache
+    from the kernel that normalizes it and rotates its key part.
+
     With `quantize-epilogue` (the default) the quantization then moves into
     the group: for each result an FP8 `kiln.linear` or dense
     `kiln.gated_linear` reads whole (f32), the body ends with a
@@ -281,6 +294,8 @@ def KilnFuse : Pass<"kiln-fuse", "::mlir::ModuleOp"> {
            "Quantize the inputs of FP8 linears in the producing group">,
     Option<"horizontal", "horizontal", "bool", /*default=*/"true",
            "Merge independent fused kernels of the same tokens into one">,
+    Option<"cacheEpilogue", "cache-epilogue", "bool", /*default=*/"true",
+           "Store KV-cache rows in the fused kernel that computes them">,
   ];
 }
 

@@ -34,6 +34,7 @@ void buildOptimizePipeline(PassManager &pm, const OptimizeOptions &options) {
   if (options.fuse) {
     KilnFuseOptions fuse;
     fuse.horizontal = options.fuseHorizontal;
+    fuse.cacheEpilogue = options.fuseKvAppend;
     pm.addPass(createKilnFuse(fuse));
   }
   // After kiln-fuse, so that FP8 siblings read the codes its epilogues

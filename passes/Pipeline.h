@@ -31,6 +31,8 @@ struct OptimizeOptions {
   bool fuse = true;
   /// Let kiln-fuse merge independent fused kernels of the same tokens.
   bool fuseHorizontal = true;
+  /// Let kiln-fuse store KV-cache rows in the kernel that computes them.
+  bool fuseKvAppend = true;
   /// Run kiln-fuse-gated-linear (a SwiGLU's two projections as one GEMM).
   bool fuseGatedLinear = true;
   /// Run kiln-fold-head-slices (sliced head GEMM inputs read in place).

@@ -138,13 +138,13 @@ import gpu_common as g; print(g.V2LITE_MAX_BATCH, g.V2LITE_MAX_CONTEXT, g.V2LITE
     --max-context "$context" --max-prefill "$prefill" --max-prefill-batch "$prefill_batch"
   # The same model without this pipeline's launch-saving rewrites (gated
   # FFN GEMMs, folded head slices, linear groups, horizontally merged fused
-  # kernels): the benchmark times its
+  # kernels, cache rows stored by fused kernels): the benchmark times its
   # batch-1 decode in the same run. External weights: the artifact is small.
   "$kiln" compile-model "$work/v2lite4" -o "$bundle/artifacts/v2lite4-unfused.kiln" \
     --weights=external --target=cpu,sm_90a --max-batch "$batch" \
     --max-context "$context" --max-prefill "$prefill" --max-prefill-batch "$prefill_batch" \
     --no-fuse-gated-linear --no-fold-head-slices --no-group-linears \
-    --no-fuse-horizontal
+    --no-fuse-horizontal --no-fuse-kv-append
   v2lite="{\"artifact\": \"v2lite4.kiln\", \"unfused_artifact\": \"v2lite4-unfused.kiln\", \"max_batch\": $batch, \"max_context\": $context, \"max_prefill\": $prefill}"
 fi
 

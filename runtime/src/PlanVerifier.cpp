@@ -218,6 +218,23 @@ absl::Status Verifier::checkRef(const art::TensorRef *ref, const char *role) {
                   slot->name()->str());
     return absl::OkStatus();
   }
+  case art::Storage::KvRows: {
+    if (ref->index() >= plan_.kv_slots()->size())
+      return fail(std::string(role) + " names cache slot " +
+                  std::to_string(ref->index()));
+    const art::KvSlot *slot = plan_.kv_slots()->Get(ref->index());
+    const auto &entry = *slot->entry_shape();
+    bool same = slot->type() == art::ElementType::F32 &&
+                slot->fp8_columns() == 0 &&
+                ref->type() == art::ElementType::F32 && ref->offset() == 0 &&
+                r == static_cast<int>(entry.size());
+    for (int i = 0; same && i < r; ++i)
+      same = staticDim(ref, i) == entry.Get(i);
+    if (!same)
+      return fail(std::string(role) + " is not the f32 rows of cache slot " +
+                  slot->name()->str());
+    return absl::OkStatus();
+  }
   }
   return fail(std::string(role) + " has an unknown storage kind");
 }
@@ -265,9 +282,13 @@ absl::Status Verifier::checkLaunch(const art::Launch &launch) {
   size_t n = args ? args->size() : 0;
   if (!aligned(launch.ints()) || !aligned(launch.floats()))
     return fail("misaligned launch attributes");
-  for (size_t i = 0; i < n; ++i)
+  for (size_t i = 0; i < n; ++i) {
     if (absl::Status s = checkRef(args->Get(i), "argument"); !s.ok())
       return s;
+    if (args->Get(i)->storage() == art::Storage::KvRows)
+      return fail("argument " + std::to_string(i) +
+                  " is a cache slot's rows, which only fused kernels write");
+  }
   // FP8 weights only where a GEMM takes them with their block scale (the
   // GEMM cases check the scale); FP8 activation codes only as what
   // QuantizeFp8 writes and a Linear reads.
@@ -762,6 +783,13 @@ absl::Status Verifier::run() {
         staticDim(entry->logits(), 2) != plan_.vocab_size())
       return fail("inputs must be tokens/positions [B,S] i32, kv_lengths "
                   "[B] i32; logits [B,S,vocab] f32");
+    if (const art::TensorRef *rows = entry->cache_rows()) {
+      if (absl::Status s = checkRef(rows, "cache_rows"); !s.ok())
+        return s;
+      if (!isArena(rows, art::ElementType::I32) ||
+          !sameShape(rows, entry->positions()))
+        return fail("cache_rows must be [B,S] i32 in the arena");
+    }
     for (size_t i = 0; i < entry->launches()->size(); ++i) {
       const art::Launch *launch = entry->launches()->Get(i);
       where_ = "entry point " + entry->name()->str() + ", launch " +
@@ -869,11 +897,24 @@ absl::Status Verifier::checkFused(const art::EntryPoint &entry) {
                   "previous group's");
     end = uint64_t{group->first()} + group->count();
     where_ += group->kernel()->str() + ": ";
-    for (const art::TensorRef *arg : *group->args()) {
+    const art::TensorRef *rows = entry.cache_rows();
+    for (size_t a = 0; a < group->args()->size(); ++a) {
+      const art::TensorRef *arg = group->args()->Get(a);
       if (absl::Status s = checkRef(arg, "argument"); !s.ok())
         return s;
       if (arg->storage() == art::Storage::KvCache)
         return fail("reads the KV cache (fused kernels read arena copies)");
+      // A slot's rows follow the entry point's cache rows they are written
+      // at.
+      const art::TensorRef *before =
+          a ? group->args()->Get(static_cast<flatbuffers::uoffset_t>(a - 1))
+            : nullptr;
+      if (arg->storage() == art::Storage::KvRows &&
+          (!rows || !before || !isArena(before, art::ElementType::I32) ||
+           before->offset() != rows->offset() || !sameShape(before, rows)))
+        return fail("argument " + std::to_string(a) +
+                    " writes a cache slot's rows but does not follow the "
+                    "entry point's cache_rows");
     }
     // The last argument is a result: per token, in the arena.
     const art::TensorRef *result =

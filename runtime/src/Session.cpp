@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 
 namespace kiln {
@@ -181,6 +182,7 @@ struct Session::Impl {
   // inputs and logits (`staging`) and the cache's bookkeeping.
   std::unique_ptr<cuda::Executor> gpu;
   std::vector<int32_t> heldTokens;
+  std::vector<int32_t> cacheRows; // the step's, for EntryPoint.cache_rows
 #endif
   // KILN_PROFILE=1: time per kernel kind, printed when the session ends.
   struct Profile {
@@ -236,6 +238,11 @@ struct Session::Impl {
   absl::Status run(const BoundEntry &bound, const StepDims &dims,
                    const std::vector<int64_t> *logitRows = nullptr);
   absl::Status launch(const BoundLaunch &bl, const StepDims &dims);
+  /// Each token's row in the cache slots (its position through its
+  /// sequence's block table), -1 for a negative position: where fused
+  /// kernels store cache rows (EntryPoint.cache_rows).
+  absl::Status mapCacheRows(const BoundEntry &bound, const StepDims &dims,
+                            int32_t *rows) const;
 };
 
 std::byte *Session::Impl::resolve(const art::TensorRef *ref) {
@@ -245,6 +252,7 @@ std::byte *Session::Impl::resolve(const art::TensorRef *ref) {
   case art::Storage::KvCache:
     // The slot's block storage; `offset` (a column of the entry, for
     // column-range views) is applied by the kernels.
+  case art::Storage::KvRows:
     return reinterpret_cast<std::byte *>(kv->slotData(ref->index()));
   default:
     return arena.get() + ref->offset();
@@ -597,6 +605,32 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
   return error("unknown kernel");
 }
 
+absl::Status Session::Impl::mapCacheRows(const BoundEntry &bound,
+                                         const StepDims &dims,
+                                         int32_t *rows) const {
+  int64_t stride = kv->tableStride(), blockTokens = kv->blockTokens();
+  for (int64_t b = 0; b < dims.batch; ++b)
+    for (int64_t j = 0; j < dims.seq; ++j) {
+      int64_t t = b * dims.seq + j;
+      int32_t position = bound.positions[t];
+      if (position < 0) {
+        rows[t] = -1;
+        continue;
+      }
+      if (position >= kv->tokenCapacity(stepIds[b]))
+        return absl::InvalidArgumentError(
+            model->info.path + ": entry point " + bound.entry->name()->str() +
+            ": position " + std::to_string(position) +
+            " beyond the blocks of sequence " + std::to_string(stepIds[b]));
+      // Below numBlocks * blockTokens, which the session checked fits.
+      rows[t] = static_cast<int32_t>(
+          int64_t{stepTables[b * stride + position / blockTokens]} *
+              blockTokens +
+          position % blockTokens);
+    }
+  return absl::OkStatus();
+}
+
 absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims,
                                 const std::vector<int64_t> *logitRows) {
 #ifdef KILN_HAVE_CUDA_EXECUTOR
@@ -606,6 +640,12 @@ absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims,
       heldTokens[b] = static_cast<int32_t>(kv->tokenCapacity(stepIds[b]));
     cuda::StepInputs inputs{bound.tokens, bound.positions, bound.kvLengths,
                             stepTables, heldTokens.data()};
+    if (bound.entry->cache_rows()) {
+      cacheRows.resize(static_cast<size_t>(dims.batch * dims.seq));
+      if (absl::Status s = mapCacheRows(bound, dims, cacheRows.data()); !s.ok())
+        return s;
+      inputs.cacheRows = cacheRows.data();
+    }
     absl::Status s =
         gpu->run(bound.entry->name()->str(),
                  {dims.batch, dims.seq, dims.kvLen, dims.routed}, inputs,
@@ -617,6 +657,12 @@ absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims,
     return absl::OkStatus();
   }
 #endif
+  if (const art::TensorRef *rows = bound.entry->cache_rows())
+    if (absl::Status s = mapCacheRows(
+            bound, dims,
+            reinterpret_cast<int32_t *>(arena.get() + rows->offset()));
+        !s.ok())
+      return s;
   auto fused = bound.fused.begin();
   for (size_t i = 0; i < bound.launches.size(); ++i) {
     auto start = profile ? std::chrono::steady_clock::now()
@@ -726,6 +772,14 @@ Session::createSession(const Model &model, const SessionOptions &options) {
                         cacheOptions.blockTokens;
   cacheOptions.numBlocks =
       options.kvBlocks > 0 ? options.kvBlocks : perSequence * impl->maxBatch;
+  if ((prefill->cache_rows() || decode->cache_rows()) &&
+      cacheOptions.numBlocks >
+          std::numeric_limits<int32_t>::max() / cacheOptions.blockTokens)
+    return absl::InvalidArgumentError(
+        m.info.path + ": a KV cache of " +
+        std::to_string(cacheOptions.numBlocks) +
+        " blocks has more rows than the fused kernels that store cache rows "
+        "index (2^31)");
   if (absl::Status s = impl->chooseDevice(options, cacheOptions, perSequence);
       !s.ok())
     return s;
@@ -765,6 +819,9 @@ Session::createSession(const Model &model, const SessionOptions &options) {
     }
 #ifdef KILN_HAVE_CUDA_EXECUTOR
     impl->gpu->pinHostBuffer(impl->staging.data(), impl->staging.size());
+    impl->cacheRows.reserve(
+        std::max(size_t{prefill->max_batch()} * prefill->max_seq(),
+                 size_t{decode->max_batch()} * decode->max_seq()));
 #endif
     return std::unique_ptr<Session>(new Session(std::move(impl)));
   }

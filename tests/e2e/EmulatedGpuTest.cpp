@@ -206,16 +206,18 @@ TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
 /// others replaying it; DeepSeek-V3's golden, linear groups on or off.
 std::vector<int64_t> decodeLaunches(Device device, bool groupLinears,
                                     size_t *linearGroups = nullptr,
-                                    bool fuseHorizontal = true) {
+                                    bool fuseHorizontal = true,
+                                    bool fuseKvAppend = true) {
   CompileSettings settings;
   settings.optimize.groupLinears = groupLinears;
   settings.optimize.fuseHorizontal = fuseHorizontal;
-  std::filesystem::path artifact =
-      compileArtifact(kGolden / "deepseek-v3",
-                      ::testing::TempDir() + "/emulated_launches" +
-                          (groupLinears ? "_grouped" : "") +
-                          (fuseHorizontal ? "" : "_apart") + ".kiln",
-                      settings);
+  settings.optimize.fuseKvAppend = fuseKvAppend;
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v3",
+      ::testing::TempDir() + "/emulated_launches" +
+          (groupLinears ? "_grouped" : "") + (fuseHorizontal ? "" : "_apart") +
+          (fuseKvAppend ? "" : "_appends") + ".kiln",
+      settings);
   if (artifact.empty())
     return {};
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
@@ -470,6 +472,28 @@ TEST(EmulatedGpuSession, HorizontalFusionSavesALaunchPerAttentionLayer) {
         "");
 }
 
+// Cache rows stored by the kernel that computes them: each attention
+// layer's latent-cache row goes to the cache from its merged kernel, whose
+// kv_append launch goes (3 here). The steps, which read back what earlier
+// steps stored (prompts of 22, 3 and 1 tokens, so padded positions too),
+// are the same to the bit on either device and every GEMM path.
+TEST(EmulatedGpuSession, FusedCacheWritesSaveALaunchPerAttentionLayer) {
+  std::vector<int64_t> fused = decodeLaunches(Device::Emulated, true);
+  std::vector<int64_t> apart =
+      decodeLaunches(Device::Emulated, true, nullptr, true, false);
+  ASSERT_EQ(fused.size(), 3u);
+  ASSERT_EQ(apart.size(), 3u);
+  EXPECT_EQ(apart[0] - fused[0], 3);
+  EXPECT_EQ(apart[2] - fused[2], 3);
+  for (const char *golden : {"deepseek-v3", "deepseek-v2-lite-bf16"})
+    expectSameStepsWithRewrite(
+        golden, "kv_append",
+        [](CompileSettings &settings, bool on) {
+          settings.optimize.fuseKvAppend = on;
+        },
+        "");
+}
+
 /// kiln.gated_linear against the unfused FFN (kiln-fuse-gated-linear off):
 /// the decode graph's gated GEMVs (`gemv` the gated kernel it must launch),
 /// or each projection on its own, then SwiGLU, where library GEMMs take
@@ -663,6 +687,75 @@ TEST(EmulatedGpuSession, MalformedLinearGroupsAreRejected) {
         out->offset = e.launches[g.first]->args.back()->offset;
       },
       "overlaps an argument of launch");
+}
+
+/// An artifact of DeepSeek-V3 whose first fused group that stores cache
+/// rows, and its entry point, `edit` changes; the plan verifier must reject
+/// it at load, saying `why`.
+void expectCacheRowsRejected(
+    const std::string &name,
+    const std::function<void(artifact::EntryPointT &, artifact::FusedLaunchT &,
+                             size_t slotArg)> &edit,
+    const std::string &why) {
+  CompileSettings settings;
+  settings.editPlan = [&](artifact::ModelT &plan) {
+    for (auto &entry : plan.entry_points)
+      for (auto &fused : entry->fused)
+        for (size_t a = 0; a < fused->args.size(); ++a)
+          if (fused->args[a]->storage == artifact::Storage::KvRows) {
+            edit(*entry, *fused, a);
+            return;
+          }
+    ADD_FAILURE() << "no fused group stores cache rows";
+  };
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v3", ::testing::TempDir() + "/" + name, settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_FALSE(model.ok()) << name;
+  std::string message(model.status().message());
+  EXPECT_NE(message.find(why), std::string::npos) << message;
+}
+
+TEST(EmulatedGpuSession, MalformedCacheRowsAreRejected) {
+  using Entry = artifact::EntryPointT;
+  using Fused = artifact::FusedLaunchT;
+  expectCacheRowsRejected(
+      "rows_missing.kiln",
+      [](Entry &e, Fused &, size_t) { e.cache_rows.reset(); },
+      "does not follow the entry point's cache_rows");
+  // The slot's rows after the positions instead of the cache rows.
+  expectCacheRowsRejected(
+      "rows_not_before.kiln",
+      [](Entry &e, Fused &f, size_t a) {
+        f.args[a - 1]->offset = e.positions->offset;
+      },
+      "does not follow the entry point's cache_rows");
+  expectCacheRowsRejected(
+      "rows_shape.kiln",
+      [](Entry &e, Fused &, size_t) { e.cache_rows->shape.pop_back(); },
+      "cache_rows must be [B,S] i32 in the arena");
+  expectCacheRowsRejected(
+      "rows_slot_width.kiln",
+      [](Entry &, Fused &f, size_t a) {
+        f.args[a]->shape.back() = artifact::Dim(artifact::DimSymbol::Static, 8);
+      },
+      "is not the f32 rows of cache slot");
+  expectCacheRowsRejected(
+      "rows_slot_index.kiln",
+      [](Entry &, Fused &f, size_t a) { f.args[a]->index = 1000; },
+      "names cache slot 1000");
+  // A plain kv_append writing the slot's rows in place of its value.
+  expectCacheRowsRejected(
+      "rows_in_launch.kiln",
+      [](Entry &e, Fused &f, size_t a) {
+        for (auto &l : e.launches)
+          if (l->kernel == artifact::KernelKind::KvAppend) {
+            l->args[0] = std::make_unique<artifact::TensorRefT>(*f.args[a]);
+            return;
+          }
+      },
+      "which only fused kernels write");
 }
 
 /// A launch of `kind` the plan verifier rejects at load, naming the

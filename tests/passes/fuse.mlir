@@ -8,7 +8,7 @@
 // joined to the absorbed nope half, the residual add with the next norm
 // (the add is yielded: the next layer adds to it), and in MoE layers the
 // router with that norm.
-// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse=horizontal=false | FileCheck %s --check-prefix=V3
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse="horizontal=false cache-epilogue=false" | FileCheck %s --check-prefix=V3
 // V3-LABEL: func.func @decode
 // V3: %[[EMB:.*]]:2 = kiln.fused "fused_0_embedding_rms_norm"(%arg0, %{{.*}}, %{{.*}}) : (tensor<?x?xi32>, tensor<256x64xbf16>, tensor<64xbf16>) -> (tensor<?x?x64xf32>, tensor<?x?x64xf32>)
 // V3-NEXT: ^bb0(%[[TOK:.*]]: tensor<?x?xi32>, %[[TABLE:.*]]: tensor<256x64xbf16>, %[[NW:.*]]: tensor<64xbf16>):
@@ -70,8 +70,10 @@
 
 // Horizontal merging: the latent-cache entry and the query's RoPE read the
 // same tokens and neither reads the other, so they run as one kernel at the
-// first one's place; the W_UK GEMM the second needs moves up before it. The
-// cache append still follows the entry, and the attention reads the query.
+// first one's place; the W_UK GEMM the second needs moves up before it.
+// Without cache-epilogue the cache append still follows the entry, and the
+// attention reads the query.
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse=cache-epilogue=false | FileCheck %s --check-prefix=HORIZ
 // HORIZ-LABEL: func.func @decode
 // HORIZ: %[[QLAT:.*]] = kiln.head_linear
 // HORIZ-NEXT: %[[M:.*]]:2 = kiln.fused "fused_13_slice_rms_norm_reshape_rope_concat_and_slice_rope_concat"(%{{.*}}, %{{.*}}, %arg1, %{{.*}}, %[[QLAT]]) : {{.*}} -> (tensor<?x?x1x40xf32>, tensor<?x?x4x40xf32>) attributes {kiln.fusion = {chains = 2 : i64, kind = "row", row_bytes = 160 : i64, saved_bytes = 1152 : i64}}
@@ -86,6 +88,28 @@
 // rows than the tokens' and stay apart.
 // HORIZ-LABEL: func.func @prefill
 // HORIZ: kiln.fused "fused_{{[0-9]+}}_slice_broadcast_concat"
+
+// Cache rows stored in the kernel (cache-epilogue, the default): the
+// append joins the merged kernel's body right after the row it stores, the
+// row is no longer yielded, and saved_bytes gains its write and the
+// append's read (2 x 160 bytes). The attention reads the query, the only
+// result; the append's launch is gone.
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | FileCheck %s --check-prefix=CACHE
+// CACHE-LABEL: func.func @decode
+// CACHE: %[[M:.*]] = kiln.fused "fused_13_slice_rms_norm_reshape_rope_concat_and_slice_rope_concat_kv_append"(%{{.*}}, %{{.*}}, %arg1, %{{.*}}, %{{.*}}) : {{.*}} -> tensor<?x?x4x40xf32> attributes {kiln.fusion = {chains = 2 : i64, kind = "row", row_bytes = 160 : i64, saved_bytes = 1472 : i64}}
+// CACHE-NEXT: ^bb0(%{{.*}}: tensor<?x?x40xf32>, %{{.*}}: tensor<32xbf16>, %[[POS:.*]]: tensor<?x?xi32>,
+// CACHE: %[[ROW:.*]] = kiln.concat
+// CACHE-NEXT: kiln.kv_append @model.layers.0.self_attn.latent_cache, %[[ROW]] at %[[POS]]
+// CACHE: kiln.yield %{{.*}} : tensor<?x?x4x40xf32>
+// CACHE-NEXT: }
+// CACHE-NOT: kiln.kv_append
+// CACHE: kiln.attention %[[M]],
+// Prefill too (the query's and the latent's kernels merged the other way
+// round there).
+// CACHE-LABEL: func.func @prefill
+// CACHE: kiln.fused "fused_{{[0-9]+}}_reshape_slice_rope_concat_and_slice_rms_norm_reshape_rope_concat_kv_append"
+// CACHE: kiln.kv_append @model.layers.0.self_attn.latent_cache
+// CACHE: kiln.yield
 
 // Every function is fused, MTP modules included; kernel names stay unique.
 // RUN: kiln compile-model %presets/tiny-deepseek-v3.json --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse=horizontal=false | FileCheck %s --check-prefix=MTP
@@ -118,8 +142,9 @@
 // FP8: kiln.logits
 
 // The fused IR parses, verifies and prints back the same.
-// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse=horizontal=false | kiln-opt | FileCheck %s --check-prefix=V3
-// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | kiln-opt | FileCheck %s --check-prefix=HORIZ
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse="horizontal=false cache-epilogue=false" | kiln-opt | FileCheck %s --check-prefix=V3
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse=cache-epilogue=false | kiln-opt | FileCheck %s --check-prefix=HORIZ
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv -kiln-fuse | kiln-opt | FileCheck %s --check-prefix=CACHE
 
 // Hand-written cases.
 // RUN: kiln-opt %s -split-input-file -kiln-fuse | FileCheck %s
@@ -494,4 +519,79 @@ func.func @horizontal_cache_read(%x: tensor<?x?x16xf32>, %y: tensor<?x?x16xf32>,
   %m = kiln.rms_norm %t, %w {epsilon = 1.0e-06 : f64}
       : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
   return %n, %m : tensor<?x?x16xf32>, tensor<?x?x16xf32>
+}
+
+// -----
+
+// A kernel's result that only a cache append reads (through a view): the
+// append joins the body after the row and the row is no longer written;
+// the norm, which the function returns, still is. The append's read and the row's write add
+// 2 x 64 bytes to saved_bytes (64 before: the sum's write and read).
+kiln.kv_cache @cache : tensor<1x16xf32>
+// CHECK-LABEL: func.func @cache_write
+// CHECK: %[[F:.*]] = kiln.fused "fused_0_add_rms_norm_kv_append"(%{{.*}}, %{{.*}}, %{{.*}}, %[[POS:.*]]) : (tensor<?x?x16xf32>, tensor<?x?x16xf32>, tensor<16xf32>, tensor<?x?xi32>) -> tensor<?x?x16xf32> attributes {kiln.fusion = {kind = "row", row_bytes = 64 : i64, saved_bytes = 192 : i64}}
+// CHECK-NEXT: ^bb0(%{{.*}}: tensor<?x?x16xf32>, %{{.*}}: tensor<?x?x16xf32>, %{{.*}}: tensor<16xf32>, %[[P:.*]]: tensor<?x?xi32>):
+// CHECK: %[[ROW:.*]] = kiln.reshape
+// CHECK-NEXT: kiln.kv_append @cache, %[[ROW]] at %[[P]]
+// CHECK: kiln.yield %{{.*}} : tensor<?x?x16xf32>
+// CHECK-NEXT: }
+// CHECK-NEXT: return %[[F]]
+// APART-LABEL: func.func @cache_write
+// APART: kiln.kv_append @cache
+func.func @cache_write(%x: tensor<?x?x16xf32>, %y: tensor<?x?x16xf32>,
+                       %w: tensor<16xf32>, %pos: tensor<?x?xi32>)
+    -> tensor<?x?x16xf32> {
+  %s = kiln.add %x, %y : tensor<?x?x16xf32>
+  %n = kiln.rms_norm %s, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  %r = kiln.reshape %s : tensor<?x?x16xf32> -> tensor<?x?x1x16xf32>
+  kiln.kv_append @cache, %r at %pos : tensor<?x?x1x16xf32>, tensor<?x?xi32>
+  return %n : tensor<?x?x16xf32>
+}
+
+// -----
+
+// The kernel's only result: stored in the kernel and still yielded (a
+// kernel keeps a result, whose rows count its tokens).
+kiln.kv_cache @cache : tensor<1x16xf32>
+// CHECK-LABEL: func.func @cache_write_only_result
+// CHECK: kiln.fused "fused_0_add_rms_norm_kv_append"
+// CHECK: kiln.kv_append @cache
+// CHECK: kiln.yield %{{.*}} : tensor<?x?x16xf32>
+// CHECK-NOT: kiln.kv_append
+func.func @cache_write_only_result(%x: tensor<?x?x16xf32>,
+                                   %y: tensor<?x?x16xf32>, %w: tensor<16xf32>,
+                                   %pos: tensor<?x?xi32>) {
+  %s = kiln.add %x, %y : tensor<?x?x16xf32>
+  %n = kiln.rms_norm %s, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  %r = kiln.reshape %n : tensor<?x?x16xf32> -> tensor<?x?x1x16xf32>
+  kiln.kv_append @cache, %r at %pos : tensor<?x?x1x16xf32>, tensor<?x?xi32>
+  return
+}
+
+// -----
+
+// No store in the kernel: a cache read lies between the kernel and the
+// append (the write would move before it); an FP8 slot quantizes in its
+// own kernel.
+kiln.kv_cache @cache : tensor<1x16xf32>
+kiln.kv_cache @latent : tensor<1x16xf32> {storage = #kiln.fp8_cache<columns = 8>}
+// CHECK-LABEL: func.func @cache_write_kept_apart
+// CHECK: kiln.fused "fused_0_add_rms_norm"(
+// CHECK: kiln.kv_read @cache
+// CHECK: kiln.kv_append @cache
+// CHECK: kiln.kv_append @latent
+func.func @cache_write_kept_apart(%x: tensor<?x?x16xf32>,
+                                  %y: tensor<?x?x16xf32>, %w: tensor<16xf32>,
+                                  %pos: tensor<?x?xi32>, %lens: tensor<?xi32>)
+    -> (tensor<?x?x16xf32>, tensor<?x?x1x16xf32>) {
+  %s = kiln.add %x, %y : tensor<?x?x16xf32>
+  %n = kiln.rms_norm %s, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  %r = kiln.reshape %n : tensor<?x?x16xf32> -> tensor<?x?x1x16xf32>
+  %k = kiln.kv_read @cache, %lens : tensor<?xi32> -> tensor<?x?x1x16xf32>
+  kiln.kv_append @cache, %r at %pos : tensor<?x?x1x16xf32>, tensor<?x?xi32>
+  kiln.kv_append @latent, %r at %pos : tensor<?x?x1x16xf32>, tensor<?x?xi32>
+  return %s, %k : tensor<?x?x16xf32>, tensor<?x?x1x16xf32>
 }

@@ -42,6 +42,7 @@ struct CompileModelOptions {
   bool noMtp = false;
   bool noFuse = false;
   bool noFuseHorizontal = false;
+  bool noFuseKvAppend = false;
   bool noFuseGatedLinear = false;
   bool noFoldHeadSlices = false;
   bool noGroupLinears = false;
@@ -215,6 +216,7 @@ absl::Status compileModel(const CompileModelOptions &opts) {
   optimize.context = plan.maxContext;
   optimize.fuse = !opts.noFuse;
   optimize.fuseHorizontal = !opts.noFuseHorizontal;
+  optimize.fuseKvAppend = !opts.noFuseKvAppend;
   optimize.fuseGatedLinear = !opts.noFuseGatedLinear;
   optimize.foldHeadSlices = !opts.noFoldHeadSlices;
   optimize.groupLinears = !opts.noGroupLinears;
@@ -345,6 +347,9 @@ CommandRunner registerCompileModel(CLI::App &app) {
   app.add_flag("--no-fuse-horizontal", opts->noFuseHorizontal,
                "Keep independent fused kernels of the same tokens apart (no "
                "merged kiln.fused)");
+  app.add_flag("--no-fuse-kv-append", opts->noFuseKvAppend,
+               "Keep KV-cache writes in their own kernels (no kiln.kv_append "
+               "in a kiln.fused)");
   app.add_flag("--no-fuse-gated-linear", opts->noFuseGatedLinear,
                "Keep a SwiGLU's gate and up projections as two GEMMs "
                "(no kiln.gated_linear)");

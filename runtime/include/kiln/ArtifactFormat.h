@@ -19,8 +19,9 @@ inline constexpr char kMagic[8] = {'K', 'I', 'L', 'N', 'A', 'R', 'T', '\0'};
 /// the meaning of a launch's operands or attributes. 2: HeadLinear's ints
 /// start with the input column offset; the GatedLinear kernel; linear
 /// groups. 3: MoeDispatch also writes each selection's routed row, which
-/// MoeCombine reads in place of the slots.
-inline constexpr uint32_t kFormatVersion = 3;
+/// MoeCombine reads in place of the slots. 4: fused kernels store KV-cache
+/// rows (Storage::KvRows, EntryPoint.cache_rows).
+inline constexpr uint32_t kFormatVersion = 4;
 inline constexpr uint64_t kWeightsAlignment = 4096;
 /// Alignment of each parameter inside the weights section.
 inline constexpr uint64_t kParameterAlignment = 64;

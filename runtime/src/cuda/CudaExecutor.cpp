@@ -638,6 +638,7 @@ CUdeviceptr Executor::Impl::resolve(const art::TensorRef *ref) const {
   case art::Storage::Parameter:
     return parameters[ref->index()];
   case art::Storage::KvCache:
+  case art::Storage::KvRows:
     return slots[ref->index()];
   default:
     return arena + ref->offset();
@@ -1668,6 +1669,15 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
                size_t(shape.batch) * sizeof(int32_t))})
     if (!st.ok())
       return st;
+  if (const art::TensorRef *rows = entry->cache_rows()) {
+    if (!inputs.cacheRows)
+      return absl::InvalidArgumentError(
+          name + " stores cache rows, but the step has none");
+    if (absl::Status st = upload(s.resolve(rows), inputs.cacheRows,
+                                 size_t(tokens) * sizeof(int32_t));
+        !st.ok())
+      return st;
+  }
 
   if (shape.seq == 1 && s.graphable(*entry)) {
     // The graph's kernels read every per-step value from device memory;

@@ -49,6 +49,8 @@ struct StepInputs {
   const int32_t *tokens = nullptr, *positions = nullptr, *kvLengths = nullptr;
   const int32_t *tables = nullptr;
   const int32_t *heldTokens = nullptr;
+  /// Each token's row in the cache slots, for EntryPoint.cache_rows.
+  const int32_t *cacheRows = nullptr;
 };
 
 class Executor {
