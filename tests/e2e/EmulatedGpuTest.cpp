@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <functional>
+#include <numeric>
 #include <span>
 #include <sstream>
 #include <string>
@@ -199,6 +200,39 @@ TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
     }
   }
   EXPECT_EQ(logits[0], logits[1]);
+}
+
+// cuBLASLt GEMMs read bf16 rows, which the executor converts from f32:
+// once for the GEMMs of one input that run one after another, a linear
+// group's members run one by one (a layer's q, k and v) and a gated FFN's
+// two projections. Llama's golden (2 layers, bf16 weights), one prefill of
+// 3 x 16 rows (one chunk), which cuBLASLt takes: per layer 7 GEMMs from 4
+// conversions (q/k/v, o_proj, gate/up, down), plus the output head's own.
+TEST(EmulatedGpuSession, LibraryGemmsOfOneInputShareItsBf16Rows) {
+  CompileSettings settings;
+  std::filesystem::path artifact =
+      compileArtifact(kGolden / "llama-bf16",
+                      ::testing::TempDir() + "/emulated_shared_bf16.kiln",
+                      settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  ::setenv("KILN_EMULATE_CUBLASLT", "1", 1);
+  SessionOptions options;
+  options.device = Device::Emulated;
+  absl::StatusOr<std::unique_ptr<Session>> session =
+      Session::create(**model, options);
+  ::unsetenv("KILN_EMULATE_CUBLASLT");
+  ASSERT_TRUE(session.ok()) << session.status().message();
+  int64_t conversions = cuda::emulatedLaunches("kiln_to_bf16");
+  int64_t gemms = cuda::emulatedBlasLtCalls().bf16;
+  std::vector<int32_t> prompt(16);
+  std::iota(prompt.begin(), prompt.end(), 3);
+  ASSERT_TRUE((*session)->prefill({prompt, prompt, prompt}).ok());
+  conversions = cuda::emulatedLaunches("kiln_to_bf16") - conversions;
+  gemms = cuda::emulatedBlasLtCalls().bf16 - gemms;
+  EXPECT_EQ(gemms, 2 * 7 + 1);
+  EXPECT_EQ(conversions, 2 * 4 + 1);
 }
 
 /// Kernel launches each of three decode steps of one sequence runs

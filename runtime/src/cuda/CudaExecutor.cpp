@@ -24,6 +24,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -275,6 +276,15 @@ struct Executor::Impl {
   /// Runs `c` on cuBLASLt, the tensor cores or the GEMV; a gated call
   /// (p.wUp) always on the gated GEMV.
   absl::Status runGemm(GemmCall c);
+  /// Whether cuBLASLt runs `c` on bf16 weights, reading its rows as bf16
+  /// (c.bf16X, or a conversion runGemm launches).
+  bool blasBf16Takes(const GemmCall &c) const;
+  /// `count` f32 values converted into bf16Activations.
+  absl::StatusOr<CUdeviceptr> toBf16(const float *x, int64_t count);
+  /// When every one of `calls` is a cuBLASLt bf16 GEMM of the same rows,
+  /// converts them once for all (their bf16X); otherwise each converts its
+  /// own, as no other conversion may come between.
+  absl::Status convertSharedRows(std::span<GemmCall> calls);
   /// An FP8 GEMM's f32 activations quantized per row of k (per head for
   /// head GEMMs) into fp8Codes and fp8Scales, which `c` then reads.
   absl::Status quantizeRows(GemmCall &c);
@@ -983,8 +993,14 @@ absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
   bool together = all([&](const GemmCall &c) { return gemvTakes(c); }) &&
                   (!lead.fp8 || codes || quantizeIn || quantizeOnce);
   if (!together) {
-    for (const art::Launch *l : members)
-      if (absl::Status s = launchLibrary(*l); !s.ok())
+    // One by one; GEMMs of one input on cuBLASLt share its bf16 copy.
+    if (absl::Status s = convertSharedRows(calls); !s.ok())
+      return s;
+    for (size_t i = 0; i < members.size(); ++i)
+      if (absl::Status s = members[i]->kernel() == art::KernelKind::GatedLinear
+                               ? launchGated(*members[i])
+                               : dispatchGemm(calls[i]);
+          !s.ok())
         return s;
     return absl::OkStatus();
   }
@@ -1080,6 +1096,8 @@ absl::Status Executor::Impl::launchGated(const art::Launch &l) {
   const GemmParams &p = c.p;
   if (gemvTakes(c))
     return runGemm(c);
+  // A GEMM per expert (runExperts) for each projection.
+  bool perExpertGemms = false;
   if (perExpert(c)) {
     // Outside capture, as runExperts: few routed rows (a decode step) stay
     // one grouped launch, the gated GEMV where the tensor cores do not
@@ -1089,6 +1107,7 @@ absl::Status Executor::Impl::launchGated(const art::Launch &l) {
       return few.status();
     if (*few && !mmaTakes(c))
       return runGemm(c);
+    perExpertGemms = !*few;
   }
   // Library GEMMs take the rows: the projections one by one, then SwiGLU
   // over the result in place.
@@ -1099,8 +1118,20 @@ absl::Status Executor::Impl::launchGated(const art::Launch &l) {
   up.p.w = p.wUp;
   up.p.wScale = p.wUpScale;
   up.p.out = reinterpret_cast<float *>(upProjections);
-  for (const GemmCall *call : {&gate, &up})
-    if (absl::Status s = dispatchGemm(*call); !s.ok())
+  // cuBLASLt reads bf16 rows: one conversion serves both projections (of
+  // every routed row, where each expert's GEMMs read their slice).
+  GemmCall pair[2] = {gate, up};
+  if (perExpertGemms && blas && gate.weightType == art::ElementType::BF16) {
+    absl::StatusOr<CUdeviceptr> rows =
+        toBf16(p.x, int64_t{expertOffsets.back()} * p.k);
+    if (!rows.ok())
+      return rows.status();
+    pair[0].bf16X = pair[1].bf16X = *rows;
+  } else if (absl::Status s = convertSharedRows(pair); !s.ok()) {
+    return s;
+  }
+  for (const GemmCall &call : pair)
+    if (absl::Status s = dispatchGemm(call); !s.ok())
       return s;
   int64_t count = numel(l.args()->Get(l.args()->size() - 1));
   return launch("kiln_swiglu", elementwiseGrid(count),
@@ -1118,30 +1149,61 @@ std::string gemmShape(const GemmParams &p) {
 }
 } // namespace
 
+bool Executor::Impl::blasBf16Takes(const GemmCall &c) const {
+  const GemmParams &p = c.p;
+  // cuBLASLt wants 16-byte aligned operands (an expert's slice of rows is
+  // where k is a multiple of 8).
+  return blas && c.dense && p.rows >= kBlasMinRows && !p.wUp &&
+         c.weightType == art::ElementType::BF16 && aligned16(p.w) &&
+         aligned16(p.out) &&
+         (!c.bf16X || aligned16(reinterpret_cast<const void *>(c.bf16X)));
+}
+
+absl::StatusOr<CUdeviceptr> Executor::Impl::toBf16(const float *x,
+                                                   int64_t count) {
+  if (absl::Status s =
+          launch("kiln_to_bf16", elementwiseGrid(count),
+                 ToBf16Params{x, reinterpret_cast<uint16_t *>(bf16Activations),
+                              count});
+      !s.ok())
+    return s;
+  return bf16Activations;
+}
+
+absl::Status Executor::Impl::convertSharedRows(std::span<GemmCall> calls) {
+  const GemmParams &lead = calls.front().p;
+  bool shared = calls.size() > 1 &&
+                std::all_of(calls.begin(), calls.end(), [&](const GemmCall &c) {
+                  return blasBf16Takes(c) && !c.bf16X && c.p.x == lead.x &&
+                         c.p.rows == lead.rows && c.p.k == lead.k;
+                });
+  if (!shared)
+    return absl::OkStatus();
+  absl::StatusOr<CUdeviceptr> rows = toBf16(lead.x, lead.rows * lead.k);
+  if (!rows.ok())
+    return rows.status();
+  for (GemmCall &c : calls)
+    c.bf16X = *rows;
+  return absl::OkStatus();
+}
+
 absl::Status Executor::Impl::runGemm(GemmCall c) {
   GemmParams &p = c.p;
-  if (blas && c.dense && p.rows >= kBlasMinRows && !p.wUp) {
-    // cuBLASLt wants 16-byte aligned operands (an expert's slice of rows
-    // is where k is a multiple of 8).
-    if (c.weightType == art::ElementType::BF16 && aligned16(p.w) &&
-        aligned16(p.out) &&
-        (!c.bf16X || aligned16(reinterpret_cast<const void *>(c.bf16X)))) {
-      CUdeviceptr x = c.bf16X;
-      if (!x) {
-        int64_t count = p.rows * p.k;
-        x = bf16Activations;
-        if (absl::Status s = launch(
-                "kiln_to_bf16", elementwiseGrid(count),
-                ToBf16Params{p.x, reinterpret_cast<uint16_t *>(x), count});
-            !s.ok())
-          return s;
-      }
-      return counted(blas->gemmBf16(stream, p.rows, p.n, p.k, x,
-                                    reinterpret_cast<CUdeviceptr>(p.w),
-                                    reinterpret_cast<CUdeviceptr>(p.out),
-                                    blasWorkspace, kBlasWorkspaceBytes),
-                     [&] { return "cuBLASLt bf16 GEMM " + gemmShape(p); });
+  if (blasBf16Takes(c)) {
+    CUdeviceptr x = c.bf16X;
+    if (!x) {
+      absl::StatusOr<CUdeviceptr> rows = toBf16(p.x, p.rows * p.k);
+      if (!rows.ok())
+        return rows.status();
+      x = *rows;
     }
+    return counted(blas->gemmBf16(stream, p.rows, p.n, p.k, x,
+                                  reinterpret_cast<CUdeviceptr>(p.w),
+                                  reinterpret_cast<CUdeviceptr>(p.out),
+                                  blasWorkspace, kBlasWorkspaceBytes),
+                   [&] { return "cuBLASLt bf16 GEMM " + gemmShape(p); });
+  }
+  if (blas && c.dense && p.rows >= kBlasMinRows && !p.wUp) {
     auto key = std::make_tuple(p.rows, p.n, p.k);
     if (blasFp8Shape(c) && aligned16(p.w) && aligned16(p.out) &&
         aligned16(c.quantized ? static_cast<const void *>(p.xCodes) : p.x) &&
@@ -1274,16 +1336,13 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
   const std::vector<int32_t> &offsets = expertOffsets;
   int64_t rows = offsets.back();
   uint64_t weightBytes = art::elementBytes(c.weightType);
-  CUdeviceptr bf16 = 0;
-  if (blas && c.weightType == art::ElementType::BF16) {
+  CUdeviceptr bf16 = c.bf16X;
+  if (!bf16 && blas && c.weightType == art::ElementType::BF16) {
     // Every routed row converted once; each expert's GEMM reads its slice.
-    bf16 = bf16Activations;
-    int64_t count = rows * p.k;
-    if (absl::Status s = launch(
-            "kiln_to_bf16", elementwiseGrid(count),
-            ToBf16Params{p.x, reinterpret_cast<uint16_t *>(bf16), count});
-        !s.ok())
-      return s;
+    absl::StatusOr<CUdeviceptr> converted = toBf16(p.x, rows * p.k);
+    if (!converted.ok())
+      return converted.status();
+    bf16 = *converted;
   }
   int64_t nBlocks = c.fp8 ? (p.n + p.blockRows - 1) / p.blockRows : 0;
   int64_t kBlocks = c.fp8 ? (p.k + p.blockCols - 1) / p.blockCols : 0;
