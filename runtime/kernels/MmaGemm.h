@@ -168,85 +168,99 @@ template <int F> KILN_FN bool sumOverWarps(Lanes<MmaC> *acc) {
 }
 
 /// Tokens [first, first + count) (count <= 8F) of `matrix` against the
-/// block's weight rows.
-template <class W, bool Fp8, class A, int F>
+/// block's weight rows. Gated (p.wUp): the block's rows of the gate and of
+/// the up projection, each step's gate products then its up products into
+/// their own sums (the order two plain GEMMs sum in), and the block writes
+/// silu(gate) * up.
+template <class W, bool Fp8, class A, int F, bool Gated>
 KILN_FN void mmaGemmPass(Dim3 block, const GemmParams &p, int64_t matrix,
                          int64_t first, int count) {
-  const W *w = static_cast<const W *>(p.w);
+  constexpr int kProjections = Gated ? 2 : 1;
   auto [x, xScale, xScaleStride, kBlocks, nBlocks] =
       gemmPass<A, Fp8>(p, matrix, first);
   int64_t n0 = int64_t{block.x} * kMmaRows;
-  const float *wScale =
-      Fp8 ? p.wScale + (matrix * nBlocks + n0 / p.blockRows) * kBlocks
-          : nullptr;
-  Lanes<MmaC> acc[F];
-  for (int f = 0; f < F; ++f)
-    KILN_FOR_EACH_LANE(lane) {
-      for (int i = 0; i < 4; ++i)
-        acc[f][lane].r[i] = 0.0f;
-    }
+  int64_t scaleAt =
+      Fp8 ? (matrix * nBlocks + n0 / p.blockRows) * kBlocks : int64_t{0};
+  Lanes<MmaC> acc[kProjections][F];
+  for (int m = 0; m < kProjections; ++m)
+    for (int f = 0; f < F; ++f)
+      KILN_FOR_EACH_LANE(lane) {
+        for (int i = 0; i < 4; ++i)
+          acc[m][f][lane].r[i] = 0.0f;
+      }
   for (int64_t k0 = int64_t{KILN_WARP} * kMmaStep; k0 < p.k;
        k0 += int64_t{KILN_WARPS} * kMmaStep) {
-    // The step's weights first: 8 loads of each lane in flight.
-    Lanes<MmaA> a[2 * kMmaStep / kMmaSlab];
-    KILN_FOR_EACH_LANE(lane) {
-      int g = lane / 4, t = lane % 4;
-      const W *low = w + (matrix * p.n + n0 + g) * p.k;
-      const W *high = low + 8 * p.k;
-      bool lowValid = n0 + g < p.n, highValid = n0 + g + 8 < p.n;
-      KILN_UNROLL
-      for (int s = 0; s < kMmaStep / kMmaSlab; ++s) {
-        int64_t at = k0 + s * kMmaSlab + 8 * t;
-        uint32_t lo[4], hi[4];
-        loadWeightWords(low, lowValid ? at : p.k, p.k, lo);
-        loadWeightWords(high, highValid ? at : p.k, p.k, hi);
-        a[2 * s][lane] = MmaA{{lo[0], hi[0], lo[1], hi[1]}};
-        a[2 * s + 1][lane] = MmaA{{lo[2], hi[2], lo[3], hi[3]}};
-      }
-    }
     KILN_UNROLL
-    for (int f = 0; f < F; ++f) {
-      if (f * 8 >= count)
-        break; // warp-uniform
-      Lanes<MmaC> part;
-      Lanes<MmaC> &sum = Fp8 ? part : acc[f];
-      if (Fp8)
-        KILN_FOR_EACH_LANE(lane) {
-          for (int i = 0; i < 4; ++i)
-            part[lane].r[i] = 0.0f;
+    for (int m = 0; m < kProjections; ++m) {
+      const W *w = static_cast<const W *>(m ? p.wUp : p.w);
+      const float *wScale =
+          Fp8 ? (m ? p.wUpScale : p.wScale) + scaleAt : nullptr;
+      // The step's weights first: 8 loads of each lane in flight.
+      Lanes<MmaA> a[2 * kMmaStep / kMmaSlab];
+      KILN_FOR_EACH_LANE(lane) {
+        int g = lane / 4, t = lane % 4;
+        const W *low = w + (matrix * p.n + n0 + g) * p.k;
+        const W *high = low + 8 * p.k;
+        bool lowValid = n0 + g < p.n, highValid = n0 + g + 8 < p.n;
+        KILN_UNROLL
+        for (int s = 0; s < kMmaStep / kMmaSlab; ++s) {
+          int64_t at = k0 + s * kMmaSlab + 8 * t;
+          uint32_t lo[4], hi[4];
+          loadWeightWords(low, lowValid ? at : p.k, p.k, lo);
+          loadWeightWords(high, highValid ? at : p.k, p.k, hi);
+          a[2 * s][lane] = MmaA{{lo[0], hi[0], lo[1], hi[1]}};
+          a[2 * s + 1][lane] = MmaA{{lo[2], hi[2], lo[3], hi[3]}};
         }
-      KILN_UNROLL
-      for (int s = 0; s < kMmaStep / kMmaSlab; ++s) {
-        Lanes<MmaB> b[2];
-        KILN_FOR_EACH_LANE(lane) {
-          int g = lane / 4, t = lane % 4, token = f * 8 + g;
-          uint32_t words[4];
-          loadActivationWords(x + token * p.xRowStride,
-                              k0 + s * kMmaSlab + 8 * t, p.k, token < count,
-                              words);
-          b[0][lane] = MmaB{{words[0], words[1]}};
-          b[1][lane] = MmaB{{words[2], words[3]}};
-        }
-        mmaBf16(sum, a[2 * s], b[0]);
-        mmaBf16(sum, a[2 * s + 1], b[1]);
       }
-      if (Fp8) {
-        // One step lies in one scale block (mmaGemmFits).
-        int kBlock = static_cast<int>(k0 / p.blockCols);
-        float weightScale = wScale[kBlock];
-        KILN_FOR_EACH_LANE(lane) {
-          int t = lane % 4;
-          for (int i = 0; i < 4; ++i) {
-            int token = f * 8 + 2 * t + i % 2;
-            float tokenScale =
-                token < count ? xScale[token * xScaleStride + kBlock] : 0.0f;
-            acc[f][lane].r[i] += part[lane].r[i] * weightScale * tokenScale;
+      KILN_UNROLL
+      for (int f = 0; f < F; ++f) {
+        if (f * 8 >= count)
+          break; // warp-uniform
+        Lanes<MmaC> part;
+        Lanes<MmaC> &sum = Fp8 ? part : acc[m][f];
+        if (Fp8)
+          KILN_FOR_EACH_LANE(lane) {
+            for (int i = 0; i < 4; ++i)
+              part[lane].r[i] = 0.0f;
+          }
+        KILN_UNROLL
+        for (int s = 0; s < kMmaStep / kMmaSlab; ++s) {
+          Lanes<MmaB> b[2];
+          KILN_FOR_EACH_LANE(lane) {
+            int g = lane / 4, t = lane % 4, token = f * 8 + g;
+            uint32_t words[4];
+            loadActivationWords(x + token * p.xRowStride,
+                                k0 + s * kMmaSlab + 8 * t, p.k, token < count,
+                                words);
+            b[0][lane] = MmaB{{words[0], words[1]}};
+            b[1][lane] = MmaB{{words[2], words[3]}};
+          }
+          mmaBf16(sum, a[2 * s], b[0]);
+          mmaBf16(sum, a[2 * s + 1], b[1]);
+        }
+        if (Fp8) {
+          // One step lies in one scale block (mmaGemmFits).
+          int kBlock = static_cast<int>(k0 / p.blockCols);
+          float weightScale = wScale[kBlock];
+          KILN_FOR_EACH_LANE(lane) {
+            int t = lane % 4;
+            for (int i = 0; i < 4; ++i) {
+              int token = f * 8 + 2 * t + i % 2;
+              float tokenScale =
+                  token < count ? xScale[token * xScaleStride + kBlock] : 0.0f;
+              acc[m][f][lane].r[i] +=
+                  part[lane].r[i] * weightScale * tokenScale;
+            }
           }
         }
       }
     }
   }
-  if (!sumOverWarps<F>(acc))
+  // Every warp takes part in each sum (they synchronize).
+  bool lead = sumOverWarps<F>(acc[0]);
+  if (Gated)
+    sumOverWarps<F>(acc[kProjections - 1]);
+  if (!lead)
     return;
   KILN_UNROLL
   for (int f = 0; f < F; ++f)
@@ -257,37 +271,45 @@ KILN_FN void mmaGemmPass(Dim3 block, const GemmParams &p, int64_t matrix,
         int64_t n = n0 + g + 8 * (i / 2);
         if (token < count && n < p.n)
           p.out[matrix * p.outMatrixStride + (first + token) * p.outRowStride +
-                n] = acc[f][lane].r[i] + loadBias(p, n);
+                n] = Gated ? swiglu(acc[0][f][lane].r[i],
+                                    acc[kProjections - 1][f][lane].r[i])
+                           : acc[0][f][lane].r[i] + loadBias(p, n);
       }
     }
 }
 
 /// The rows gemmRows gives the block, 8 * kMmaFragments tokens per pass,
 /// with as few mma columns as the pass's tokens need.
-template <class W, bool Fp8, class A>
+template <class W, bool Fp8, class A, bool Gated>
 KILN_FN void mmaGemmBlock(Dim3 block, const GemmParams &p) {
   auto [matrix, first, end] = gemmRows(block, p);
   constexpr int kPass = 8 * kMmaFragments;
   for (; first < end; first += kPass) {
     int count = end - first < kPass ? static_cast<int>(end - first) : kPass;
     if (count <= 8)
-      mmaGemmPass<W, Fp8, A, 1>(block, p, matrix, first, count);
+      mmaGemmPass<W, Fp8, A, 1, Gated>(block, p, matrix, first, count);
     else if (count <= 16)
-      mmaGemmPass<W, Fp8, A, 2>(block, p, matrix, first, count);
+      mmaGemmPass<W, Fp8, A, 2, Gated>(block, p, matrix, first, count);
     else
-      mmaGemmPass<W, Fp8, A, kMmaFragments>(block, p, matrix, first, count);
+      mmaGemmPass<W, Fp8, A, kMmaFragments, Gated>(block, p, matrix, first,
+                                                   count);
   }
 }
 
-#define KILN_MMA_GEMM_KERNEL(suffix, W, Fp8, A)                                \
+#define KILN_MMA_GEMM_KERNEL(suffix, W, Fp8, A, Gated)                         \
   KILN_FN void kiln_gemm_mma_##suffix##_block(Dim3 block,                      \
                                               const GemmParams &p) {           \
-    mmaGemmBlock<W, Fp8, A>(block, p);                                         \
+    mmaGemmBlock<W, Fp8, A, Gated>(block, p);                                  \
   }                                                                            \
   KILN_KERNEL(kiln_gemm_mma_##suffix, GemmParams)
-KILN_MMA_GEMM_KERNEL(bf16, Bf16, false, float)
-KILN_MMA_GEMM_KERNEL(f8e4m3, unsigned char, true, float)
-KILN_MMA_GEMM_KERNEL(f8e4m3_q8, unsigned char, true, unsigned char)
+KILN_MMA_GEMM_KERNEL(bf16, Bf16, false, float, false)
+KILN_MMA_GEMM_KERNEL(f8e4m3, unsigned char, true, float, false)
+KILN_MMA_GEMM_KERNEL(f8e4m3_q8, unsigned char, true, unsigned char, false)
+// silu(x Wg^T) * (x Wu^T) in one launch: a SwiGLU FFN's or an expert's two
+// projections (GemmParams.wUp).
+KILN_MMA_GEMM_KERNEL(gated_bf16, Bf16, false, float, true)
+KILN_MMA_GEMM_KERNEL(gated_f8e4m3, unsigned char, true, float, true)
+KILN_MMA_GEMM_KERNEL(gated_f8e4m3_q8, unsigned char, true, unsigned char, true)
 #undef KILN_MMA_GEMM_KERNEL
 
 } // namespace kiln

@@ -210,10 +210,9 @@ TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
 // conversions (q/k/v, o_proj, gate/up, down), plus the output head's own.
 TEST(EmulatedGpuSession, LibraryGemmsOfOneInputShareItsBf16Rows) {
   CompileSettings settings;
-  std::filesystem::path artifact =
-      compileArtifact(kGolden / "llama-bf16",
-                      ::testing::TempDir() + "/emulated_shared_bf16.kiln",
-                      settings);
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "llama-bf16",
+      ::testing::TempDir() + "/emulated_shared_bf16.kiln", settings);
   ASSERT_FALSE(artifact.empty());
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_TRUE(model.ok()) << model.status().message();
@@ -534,6 +533,15 @@ TEST(EmulatedGpuSession, FusedCacheWritesSaveALaunchPerAttentionLayer) {
 /// the rows.
 void expectGatedLinearIsTheUnfusedFfn(const std::string &golden, bool fp8,
                                       const std::string &gemv) {
+  // Where the tensor cores take the rows (mma on), the gated GEMM is one
+  // launch of the gated mma kernel, the same bits as the projections' two
+  // mma GEMMs and SwiGLU.
+  auto gatedMma = [] {
+    return cuda::emulatedLaunches("kiln_gemm_mma_gated_bf16") +
+           cuda::emulatedLaunches("kiln_gemm_mma_gated_f8e4m3") +
+           cuda::emulatedLaunches("kiln_gemm_mma_gated_f8e4m3_q8");
+  };
+  int64_t before = gatedMma();
   expectSameStepsWithRewrite(
       golden, fp8 ? "gated_fp8" : "gated",
       [&](CompileSettings &settings, bool on) {
@@ -544,6 +552,7 @@ void expectGatedLinearIsTheUnfusedFfn(const std::string &golden, bool fp8,
         settings.optimize.groupLinears = false;
       },
       gemv);
+  EXPECT_GT(gatedMma(), before);
 }
 
 // A dispatch of few routed rows is one launch: the route kernel also

@@ -205,6 +205,62 @@ TEST(MmaGemmKernel, GroupedLinearReadsExpertOffsetsOnTheDevice) {
   }
 }
 
+void runGatedMma(Fp8Input input, Dim3 grid, const GemmParams &p) {
+  switch (input) {
+  case Fp8Input::None:
+    return kiln_gemm_mma_gated_bf16_host(grid, p);
+  case Fp8Input::Floats:
+    return kiln_gemm_mma_gated_f8e4m3_host(grid, p);
+  case Fp8Input::Codes:
+    return kiln_gemm_mma_gated_f8e4m3_q8_host(grid, p);
+  }
+}
+
+// The gated kernel is the gate's GEMM, the up projection's GEMM and SwiGLU
+// over them, to the bit: each sum in the order a plain GEMM takes it.
+// Dense (one and two passes, a partial block of n) and grouped by expert.
+TEST(MmaGemmKernel, GatedIsGateAndUpThenSwiglu) {
+  const int64_t k = 384;
+  for (Fp8Input input : {Fp8Input::None, Fp8Input::Floats, Fp8Input::Codes})
+    for (auto [rows, n, experts] :
+         {std::tuple<int64_t, int64_t, int64_t>{5, 40, 1},
+          {40, 96, 1},
+          {48, 96, 6}}) {
+      std::string what = std::string(inputName(input)) + " " +
+                         std::to_string(rows) + "x" + std::to_string(n) +
+                         " experts " + std::to_string(experts);
+      bool fp8 = input != Fp8Input::None;
+      cpu::ElementType type =
+          fp8 ? cpu::ElementType::F8E4M3 : cpu::ElementType::BF16;
+      Weights gate = makeWeights(type, experts, n, k, 41);
+      Weights up = makeWeights(type, experts, n, k, 42);
+      std::vector<float> x = randomRows(rows, k, 43);
+      std::vector<int32_t> offsets{0, 0, 20, 20, 21, 30, 48};
+      std::vector<int32_t> active = activeExpertsOf(offsets);
+      std::vector<float> g(rows * n), u(rows * n), got(rows * n, -1e30f);
+      Quantized q;
+      Codes codes;
+      GemmParams p = gemmParams(gate, got.data(), rows, n, k);
+      setActivations(p, input, x, rows, k, q, codes);
+      if (experts > 1)
+        setExperts(p, offsets, active.data());
+      Dim3 grid = mmaGemmGrid(n, gemmGridMatrices(p, experts));
+      // The plain GEMMs: the same activations, one weight each.
+      GemmParams gateOnly = p, upOnly = p;
+      gateOnly.out = g.data();
+      upOnly.out = u.data();
+      upOnly.w = up.bytes.data();
+      upOnly.wScale = fp8 ? up.scales.data() : nullptr;
+      runMma(input, grid, gateOnly);
+      runMma(input, grid, upOnly);
+      p.wUp = up.bytes.data();
+      p.wUpScale = fp8 ? up.scales.data() : nullptr;
+      runGatedMma(input, grid, p);
+      for (int64_t i = 0; i < rows * n; ++i)
+        ASSERT_EQ(got[i], swiglu(g[i], u[i])) << what << " element " << i;
+    }
+}
+
 TEST(MmaGemmKernel, FitsOnlyWholeLoadsAndScaleBlocks) {
   EXPECT_TRUE(mmaGemmFits(2048, false, false, 0, 0, 2048, 0));
   EXPECT_FALSE(mmaGemmFits(2044, false, false, 0, 0, 2044, 0)); // k % 8

@@ -186,6 +186,87 @@ TEST_F(MmaGpu, GemmDenseMatchesTheHostBuild) {
                     std::to_string(static_cast<int>(input)));
 }
 
+/// The gated GEMM on the GPU against the plain GEMMs of its two weights on
+/// the GPU and SwiGLU over them: the same sums, so the same bits.
+void checkGatedGemm(MmaGpu &t, Gpu &gpu, Fp8Input input, int64_t rows,
+                    int64_t n, int64_t k, const std::vector<int32_t> &offsets,
+                    const std::string &what) {
+  bool fp8 = input != Fp8Input::None;
+  int64_t experts = offsets.empty() ? 1 : int64_t(offsets.size()) - 1;
+  cpu::ElementType type =
+      fp8 ? cpu::ElementType::F8E4M3 : cpu::ElementType::BF16;
+  Weights gate = makeWeights(type, experts, n, k, 45),
+          up = makeWeights(type, experts, n, k, 46);
+  std::vector<float> x = randomRows(rows, k, 47);
+  int64_t kBlocks = (k + 127) / 128;
+  Quantized q = fp8 ? quantize(x, rows, k, false) : Quantized{};
+  std::vector<unsigned char> codes(fp8 ? rows * k : 0);
+  std::vector<float> codeScales(fp8 ? rows * kBlocks : 0);
+  if (input == Fp8Input::Codes)
+    kiln_quantize_fp8_host(
+        {static_cast<int>(rows), 1, 1},
+        {x.data(), codes.data(), codeScales.data(), k, 128, 0, 0});
+  GemmParams p{};
+  p.xRowStride = k;
+  p.outRowStride = n;
+  p.rows = offsets.empty() ? rows : 0;
+  p.n = n;
+  p.k = k;
+  p.blockRows = p.blockCols = 128;
+  p.experts = offsets.empty() ? 0 : static_cast<int>(experts);
+  if (input == Fp8Input::Codes) {
+    p.xCodes = device<const unsigned char>(t.upload(codes));
+    p.xScale = device<const float>(t.upload(codeScales));
+  } else {
+    p.x = device<const float>(input == Fp8Input::None ? t.upload(x)
+                                                      : t.upload(q.codes));
+    if (fp8)
+      p.xScale = device<const float>(t.upload(q.scales));
+  }
+  if (!offsets.empty())
+    p.offsets = device<const int32_t>(t.upload(offsets));
+  std::vector<float> poison(rows * n, std::nanf(""));
+  CUdeviceptr outs[3] = {t.upload(poison), t.upload(poison), t.upload(poison)};
+  const void *w[2] = {device<const void>(t.upload(gate.bytes)),
+                      device<const void>(t.upload(up.bytes))};
+  const float *scales[2] = {
+      fp8 ? device<const float>(t.upload(gate.scales)) : nullptr,
+      fp8 ? device<const float>(t.upload(up.scales)) : nullptr};
+  std::string suffix = input == Fp8Input::None     ? "bf16"
+                       : input == Fp8Input::Floats ? "f8e4m3"
+                                                   : "f8e4m3_q8";
+  Dim3 grid = mmaGemmGrid(n, experts);
+  for (int m = 0; m < 2; ++m) {
+    GemmParams plain = p;
+    plain.w = w[m];
+    plain.wScale = scales[m];
+    plain.out = device<float>(outs[m]);
+    t.launch(("kiln_gemm_mma_" + suffix).c_str(), grid, plain);
+  }
+  GemmParams gated = p;
+  gated.w = w[0];
+  gated.wScale = scales[0];
+  gated.wUp = w[1];
+  gated.wUpScale = scales[1];
+  gated.out = device<float>(outs[2]);
+  t.launch(("kiln_gemm_mma_gated_" + suffix).c_str(), grid, gated);
+  std::vector<float> g = gpu.download(outs[0], rows * n),
+                     u = gpu.download(outs[1], rows * n),
+                     got = gpu.download(outs[2], rows * n);
+  for (int64_t i = 0; i < rows * n; ++i)
+    ASSERT_EQ(got[i], swiglu(g[i], u[i])) << what << " element " << i;
+}
+
+TEST_F(MmaGpu, GemmGatedIsGateAndUpThenSwiglu) {
+  std::vector<int32_t> offsets = {0, 0, 40, 40, 41, 48, 48, 49};
+  for (Fp8Input input : {Fp8Input::None, Fp8Input::Floats, Fp8Input::Codes}) {
+    std::string name = " input " + std::to_string(static_cast<int>(input));
+    checkGatedGemm(*this, *gpu_, input, 33, 1408, 2048, {}, "dense" + name);
+    checkGatedGemm(*this, *gpu_, input, offsets.back(), 1408, 2048, offsets,
+                   "grouped" + name);
+  }
+}
+
 TEST_F(MmaGpu, GemmGroupedMatchesTheHostBuild) {
   // Empty experts, a run of 40 rows (two passes), single rows, 7 rows.
   std::vector<int32_t> offsets = {0, 0, 40, 40, 41, 48, 48, 49};

@@ -294,6 +294,8 @@ struct Executor::Impl {
   bool blasWeights(const GemmCall &c) const;
   /// Whether a grouped GEMM runs one GEMM per expert (runExperts).
   bool perExpert(const GemmCall &c) const;
+  /// Whether a dense GEMM has the rows and weights cuBLASLt takes.
+  bool blasDense(const GemmCall &c) const;
   /// Whether runGemm would give `c` to the GEMV, so that a gated call may
   /// run as one gated GEMV.
   bool gemvTakes(const GemmCall &c) const;
@@ -1041,10 +1043,12 @@ absl::Status Executor::Impl::dispatchGemm(const GemmCall &c) {
   return perExpert(c) ? runExperts(c) : runGemm(c);
 }
 
+bool Executor::Impl::blasDense(const GemmCall &c) const {
+  return c.dense && c.p.rows >= kBlasMinRows && blasWeights(c);
+}
+
 bool Executor::Impl::gemvTakes(const GemmCall &c) const {
-  return !perExpert(c) &&
-         !(c.dense && c.p.rows >= kBlasMinRows && blasWeights(c)) &&
-         !mmaTakes(c);
+  return !perExpert(c) && !blasDense(c) && !mmaTakes(c);
 }
 
 Executor::Impl::GemmCall Executor::Impl::gatedCall(const art::Launch &l) const {
@@ -1094,23 +1098,23 @@ Executor::Impl::GemmCall Executor::Impl::gatedCall(const art::Launch &l) const {
 absl::Status Executor::Impl::launchGated(const art::Launch &l) {
   GemmCall c = gatedCall(l);
   const GemmParams &p = c.p;
-  if (gemvTakes(c))
+  // The gated GEMV, or the gated tensor-core GEMM: one launch.
+  if (!perExpert(c) && !blasDense(c))
     return runGemm(c);
   // A GEMM per expert (runExperts) for each projection.
   bool perExpertGemms = false;
   if (perExpert(c)) {
     // Outside capture, as runExperts: few routed rows (a decode step) stay
-    // one grouped launch, the gated GEMV where the tensor cores do not
-    // take them.
+    // one grouped launch.
     absl::StatusOr<bool> few = fewRowsPerExpert(p);
     if (!few.ok())
       return few.status();
-    if (*few && !mmaTakes(c))
+    if (*few)
       return runGemm(c);
-    perExpertGemms = !*few;
+    perExpertGemms = true;
   }
-  // Library GEMMs take the rows: the projections one by one, then SwiGLU
-  // over the result in place.
+  // cuBLASLt takes the rows: the projections one by one, then SwiGLU over
+  // the result in place.
   GemmCall gate = c;
   gate.p.wUp = nullptr;
   gate.p.wUpScale = nullptr;
@@ -1214,12 +1218,12 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
       fp8BlasUnsupported.insert(key); // the library kernels below take it
     }
   }
-  bool mma = !p.wUp && mmaTakes(c);
+  bool mma = mmaTakes(c);
   std::string gemv = p.wUp ? "kiln_gemv_gated_" : "kiln_gemv_";
+  std::string gemm = p.wUp ? "kiln_gemm_mma_gated_" : "kiln_gemm_mma_";
   int64_t matrices = gemmGridMatrices(p, p.offsets ? p.experts : c.matrices);
   if (c.quantized)
-    return mma ? launch("kiln_gemm_mma_f8e4m3_q8", mmaGemmGrid(p.n, matrices),
-                        p)
+    return mma ? launch(gemm + "f8e4m3_q8", mmaGemmGrid(p.n, matrices), p)
                : launch(gemv + "f8e4m3_q8", gemvGrid(p.n, matrices), p);
   if (c.fp8 && !mma && gemvQuantizesRows(p.k, p.blockCols)) {
     // The GEMV quantizes its rows itself: no kiln_quantize_rows launch.
@@ -1230,7 +1234,7 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
     if (absl::Status s = quantizeRows(c); !s.ok())
       return s;
   std::string type = detail::elementTypeName(c.weightType);
-  return mma ? launch("kiln_gemm_mma_" + type, mmaGemmGrid(p.n, matrices), p)
+  return mma ? launch(gemm + type, mmaGemmGrid(p.n, matrices), p)
              : launch(gemv + type, gemvGrid(p.n, matrices), p);
 }
 
@@ -1269,7 +1273,8 @@ bool Executor::Impl::mmaTakes(const GemmCall &c) const {
   uintptr_t xAlign = c.quantized ? 8 : 16;
   return mmaGemmFits(p.k, c.fp8, c.quantized, p.blockRows, p.blockCols,
                      p.xRowStride, p.xMatrixStride) &&
-         aligned16(p.w) && reinterpret_cast<uintptr_t>(x) % xAlign == 0;
+         aligned16(p.w) && (!p.wUp || aligned16(p.wUp)) &&
+         reinterpret_cast<uintptr_t>(x) % xAlign == 0;
 }
 
 absl::Status Executor::Impl::blasFp8(const GemmCall &c) {
