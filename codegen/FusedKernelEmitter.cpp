@@ -173,6 +173,8 @@ private:
   std::vector<std::string> argNames_;
   /// The body's kv_appends: their (rows, slot) parameters' suffix.
   llvm::DenseMap<Operation *, unsigned> appends_;
+  /// The FP8 layout of each kv_append's slot, by suffix; null for f32.
+  std::vector<Fp8CacheAttr> appendStorage_;
   /// Values computed into results: result index.
   llvm::DenseMap<Value, unsigned> inResult_;
   /// Values computed into the scratch row: float offset.
@@ -216,23 +218,27 @@ LogicalResult Emitter::collectArgs() {
     auto slot = SymbolTable::lookupNearestSymbolFrom<KVCacheOp>(
         fused_, append.getCacheAttr());
     auto value = cast<RankedTensorType>(append.getValue().getType());
-    if (!slot || slot.getStorage() || !value.getElementType().isF32() ||
+    if (!slot || !value.getElementType().isF32() ||
         leadingDynamicDims(value) != 2)
       return append.emitOpError("generated kernels store [batch, seq] f32 "
-                                "rows into f32 cache slots only");
+                                "rows only");
     unsigned k = static_cast<unsigned>(appends_.size());
     appends_[append] = k;
+    appendStorage_.push_back(slot.getStorageAttr());
     KernelArg rows;
     rows.role = ArgRole::CacheRows;
     rows.perToken = true;
     rows.element = KernelElement::I32;
     rows.elements = 1;
     rows.parameter = append.getCache().str();
+    // An FP8 slot's rows are bytes in its layout (KVCacheOp's storage).
     KernelArg rowsOfSlot = rows;
     rowsOfSlot.role = ArgRole::CacheSlot;
     rowsOfSlot.perToken = false;
-    rowsOfSlot.element = KernelElement::F32;
-    rowsOfSlot.elements = staticElements(value);
+    rowsOfSlot.element =
+        slot.getStorage() ? KernelElement::F8E4M3 : KernelElement::F32;
+    rowsOfSlot.elements = slot.getStorage() ? slot.getStoredBytesPerToken()
+                                            : staticElements(value);
     kernel_.args.push_back(rows);
     kernel_.args.push_back(rowsOfSlot);
     argNames_.push_back("rows" + std::to_string(k));
@@ -378,11 +384,23 @@ LogicalResult Emitter::emitOp(Operation &op) {
           .Case([&](KVAppendOp append) {
             // The token's row, unless it has no cache row (padding).
             unsigned k = appends_.lookup(append);
+            int64_t n = perToken(append.getValue());
+            if (Fp8CacheAttr fp8 = appendStorage_[k]) {
+              int64_t bytes =
+                  kernel_.args[fused_.getInputs().size() + 2 * k + 1].elements;
+              os_ << llvm::formatv(
+                  "  if (rows{0}[token] >= 0)\n"
+                  "    kiln::storeFp8Row({1}, kiln::Fp8Rows{{{2}, {3}}, "
+                  "slot{0} + int64_t{{rows{0}[token]} * {4});\n",
+                  k, row(append.getValue()), fp8.getColumns(),
+                  n - fp8.getColumns(), bytes);
+              return success();
+            }
             os_ << llvm::formatv(
                 "  if (rows{0}[token] >= 0)\n"
                 "    kiln::copy({1}, {2}, slot{0} + int64_t{{rows{0}[token]} * "
                 "{2});\n",
-                k, row(append.getValue()), perToken(append.getValue()));
+                k, row(append.getValue()), n);
             return success();
           })
           .Case([&](QuantizeFp8Op quantize) {
@@ -618,7 +636,8 @@ FailureOr<FusedKernel> Emitter::emit() {
     if (arg.role == ArgRole::CacheRows)
       shape = "[tokens]";
     else if (arg.role == ArgRole::CacheSlot)
-      shape = "[cache rows, " + std::to_string(arg.elements) + "]";
+      shape = "[cache rows, " + std::to_string(arg.elements) +
+              (arg.element == KernelElement::F8E4M3 ? " bytes]" : "]");
     else
       shape = shapeText(cast<RankedTensorType>(
                             (i < inputs ? Value(fused_.getInputs()[i])

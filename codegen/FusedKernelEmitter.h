@@ -30,7 +30,8 @@ enum class ArgRole {
   /// [tokens] i32: the row of the cache slot each token's entry goes to
   /// (the block table applied to its position), -1 for none.
   CacheRows,
-  /// The f32 rows of a cache slot, written at CacheRows.
+  /// The rows of a cache slot, written at CacheRows: f32, or an FP8 slot's
+  /// bytes (e4m3 codes, scales and a bf16 tail, as KVCacheOp lays them out).
   CacheSlot,
   Result,
 };
@@ -93,7 +94,7 @@ const std::string &fusedPreludeSource();
 /// Emits `fused`. Fails (with an error on the op) for what the generated
 /// kernels do not support: bf16 activations, FP8 weights, broadcasts of
 /// more than one dimension, a moe_gate whose indices stay in the group,
-/// intermediates beyond 48 KiB per token, kv_appends to FP8 slots.
+/// intermediates beyond 48 KiB per token.
 mlir::FailureOr<FusedKernel> emitFusedKernel(mlir::kiln::FusedOp fused);
 
 /// The `kiln.fused` groups the plan executes, in order: those of @prefill

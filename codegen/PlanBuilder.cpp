@@ -527,6 +527,11 @@ LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
         ValueInfo slot;
         slot.storage = art::Storage::KvRows;
         slot.index = slots_.lookup(append.getCache());
+        // An FP8 slot's rows are its stored bytes.
+        auto cache = SymbolTable::lookupNearestSymbolFrom<KVCacheOp>(
+            append, append.getCacheAttr());
+        if (cache && cache.getStorage())
+          slot.type = art::ElementType::F8E4M3;
         slot.shape = symbolicShape(
             cast<RankedTensorType>(append.getValue().getType()), {});
         slot.shape.erase(slot.shape.begin(), slot.shape.begin() + 2);

@@ -601,14 +601,14 @@ bool mayTouchCache(Operation *op) {
 }
 
 /// The `kiln.kv_append`s of `fused`'s results that its kernel can do: the
-/// row goes to the cache from on chip, and the append's launch (and its
-/// read of the row) goes. The append must store a whole result of the
-/// kernel's [batch, seq] rows into an f32 slot (an FP8 slot's quantization
-/// stays in its own kernel), its positions must exist at the kernel, and
-/// no op between the kernel and the append may touch the cache, as the
-/// write moves up to the kernel. A result only such appends read is no
-/// longer yielded while the scratch row stays within `budget` and the
-/// kernel keeps a result (whose rows give its token count).
+/// row goes to the cache from on chip (quantized there for an FP8 slot),
+/// and the append's launch (and its read of the row) goes. The append must
+/// store a whole result of the kernel's [batch, seq] rows (or a view of
+/// one), its positions must exist at the kernel, and no op between the kernel
+/// and the append may touch the cache, as the write moves up to the kernel. A
+/// result only such appends read is no longer yielded while the scratch row
+/// stays within `budget` and the kernel keeps a result (whose rows give its
+/// token count).
 void storeCacheRowsInKernel(FusedOp fused, int64_t budget) {
   // Only kernels this pass described (hand-written ones keep their own).
   auto described = fused->getAttrOfType<DictionaryAttr>("kiln.fusion");
@@ -624,9 +624,8 @@ void storeCacheRowsInKernel(FusedOp fused, int64_t budget) {
   auto consider = [&](KVAppendOp append, unsigned result, ReshapeOp view) {
     if (append->getBlock() != block)
       return;
-    auto slot = SymbolTable::lookupNearestSymbolFrom<KVCacheOp>(
-        append, append.getCacheAttr());
-    if (!slot || slot.getStorage())
+    if (!SymbolTable::lookupNearestSymbolFrom<KVCacheOp>(append,
+                                                         append.getCacheAttr()))
       return;
     Value positions = append.getPositions();
     Operation *def = positions.getDefiningOp();

@@ -263,10 +263,10 @@ def KilnFuse : Pass<"kiln-fuse", "::mlir::ModuleOp"> {
     holds; its `row_bytes` is theirs at most, its `saved_bytes` their sum.
 
     With `cache-epilogue` (the default) a fused kernel then also stores the
-    rows a `kiln.kv_append` writes of one of its results, when the slot is
-    f32 (an FP8 slot's quantization stays in the append's kernel), the
-    positions exist at the kernel and no op between the kernel and the
-    append reads or writes the cache (the write moves up to the kernel).
+    rows a `kiln.kv_append` writes of one of its results (or of a view of
+    one; an FP8 slot's rows quantized there), when the positions exist at
+    the kernel and no op between the kernel and the append reads or writes
+    the cache (the write moves up to the kernel).
     The append joins the body; a result only such appends read is no
     longer yielded (unless the kernel would have no result left, or the
     row would not fit `row-bytes`). `_kv_append` ends the kernel's name.

@@ -365,6 +365,54 @@ KILN_FN void quantizeFp8(const float *x, int64_t n, int64_t blockCols, int pow2,
   }
 }
 
+/// Values per FP8 scale group of a cache row (cpu::Fp8LatentLayout::kGroup).
+constexpr int kFp8CacheGroup = 128;
+
+/// An FP8 latent row layout (cpu::Fp8LatentLayout); quantColumns == 0 for
+/// f32 rows.
+struct Fp8Rows {
+  int64_t quantColumns, bf16Columns;
+};
+KILN_FN int64_t fp8ScaleOffset(Fp8Rows l) {
+  return (l.quantColumns + 3) / 4 * 4;
+}
+KILN_FN int64_t fp8Bf16Offset(Fp8Rows l) {
+  return fp8ScaleOffset(l) +
+         4 * ((l.quantColumns + kFp8CacheGroup - 1) / kFp8CacheGroup);
+}
+KILN_FN int64_t fp8RowBytes(Fp8Rows l) {
+  return (fp8Bf16Offset(l) + 2 * l.bf16Columns + 3) / 4 * 4;
+}
+/// One cache row of an FP8 slot from `x` (quantColumns + bf16Columns
+/// values), as cpu::kvAppendPagedFp8 stores it, byte for byte: e4m3 codes
+/// with an fp32 scale per kFp8CacheGroup of the first quantColumns, the
+/// rest in bf16, padding zeroed. Called by every thread of the block.
+KILN_FN void storeFp8Row(const float *x, Fp8Rows l, unsigned char *row) {
+  float *scales = reinterpret_cast<float *>(row + fp8ScaleOffset(l));
+  for (int64_t g0 = 0; g0 < l.quantColumns; g0 += kFp8CacheGroup) {
+    int64_t g1 = g0 + kFp8CacheGroup < l.quantColumns ? g0 + kFp8CacheGroup
+                                                      : l.quantColumns;
+    float amax = 0.0f;
+    for (int64_t c = g0 + KILN_THREAD; c < g1; c += KILN_THREADS)
+      amax = fmaxf(amax, fabsf(x[c]));
+    amax = blockMax(amax);
+    float s = (amax > 1e-4f ? amax : 1e-4f) / 448.0f;
+    for (int64_t c = g0 + KILN_THREAD; c < g1; c += KILN_THREADS)
+      row[c] = encodeE4m3(x[c] / s);
+    if (KILN_THREAD == 0)
+      scales[g0 / kFp8CacheGroup] = s;
+  }
+  uint16_t *tail = reinterpret_cast<uint16_t *>(row + fp8Bf16Offset(l));
+  for (int64_t c = KILN_THREAD; c < l.bf16Columns; c += KILN_THREADS)
+    tail[c] = encodeBf16(x[l.quantColumns + c]);
+  for (int64_t c = l.quantColumns + KILN_THREAD; c < fp8ScaleOffset(l);
+       c += KILN_THREADS)
+    row[c] = 0;
+  int64_t used = fp8Bf16Offset(l) + 2 * l.bf16Columns;
+  for (int64_t c = used + KILN_THREAD; c < fp8RowBytes(l); c += KILN_THREADS)
+    row[c] = 0;
+}
+
 /// Two values a forEachElement load returns together.
 struct FloatPair {
   float a, b;

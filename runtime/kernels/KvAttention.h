@@ -26,8 +26,6 @@ constexpr int kDeviceMaxHeadDim = 576;
 constexpr int kDeviceMaxValueDim = 512;
 /// Most context splits per query row.
 constexpr int kMaxDeviceAttentionSplits = 128;
-/// Values per FP8 scale group (cpu::Fp8LatentLayout::kGroup).
-constexpr int kFp8CacheGroup = 128;
 
 /// Rows of keys or values: paged (through block tables) or contiguous per
 /// sequence. Element c of kv head g of token j of sequence b is at data +
@@ -51,21 +49,6 @@ KILN_FN int64_t kvRow(const KvTables &t, int64_t b, int64_t j) {
          j % t.blockTokens;
 }
 
-/// An FP8 latent row layout (cpu::Fp8LatentLayout); quantColumns == 0 for
-/// f32 rows.
-struct Fp8Rows {
-  int64_t quantColumns, bf16Columns;
-};
-KILN_FN int64_t fp8ScaleOffset(Fp8Rows l) {
-  return (l.quantColumns + 3) / 4 * 4;
-}
-KILN_FN int64_t fp8Bf16Offset(Fp8Rows l) {
-  return fp8ScaleOffset(l) +
-         4 * ((l.quantColumns + kFp8CacheGroup - 1) / kFp8CacheGroup);
-}
-KILN_FN int64_t fp8RowBytes(Fp8Rows l) {
-  return (fp8Bf16Offset(l) + 2 * l.bf16Columns + 3) / 4 * 4;
-}
 /// Column c of an FP8 row, dequantized as the CPU kernels do.
 KILN_FN float fp8Column(const unsigned char *row, Fp8Rows l, int64_t c) {
   if (c < l.quantColumns) {
@@ -107,34 +90,10 @@ KILN_FN void kiln_kv_append_fp8_block(Dim3 block, const KvAppendParams &p) {
   if (position < 0)
     return;
   Fp8Rows l = p.fp8;
-  int64_t columns = l.quantColumns + l.bf16Columns;
-  const float *x = p.x + int64_t{block.x} * columns;
-  unsigned char *row =
-      static_cast<unsigned char *>(p.slot) +
-      kvRow(p.tables, block.x / p.seq, position) * fp8RowBytes(l);
-  float *scales = reinterpret_cast<float *>(row + fp8ScaleOffset(l));
-  for (int64_t g0 = 0; g0 < l.quantColumns; g0 += kFp8CacheGroup) {
-    int64_t g1 = g0 + kFp8CacheGroup < l.quantColumns ? g0 + kFp8CacheGroup
-                                                      : l.quantColumns;
-    float amax = 0.0f;
-    for (int64_t c = g0 + KILN_THREAD; c < g1; c += KILN_THREADS)
-      amax = fmaxf(amax, fabsf(x[c]));
-    amax = blockMax(amax);
-    float s = (amax > 1e-4f ? amax : 1e-4f) / 448.0f;
-    for (int64_t c = g0 + KILN_THREAD; c < g1; c += KILN_THREADS)
-      row[c] = encodeE4m3(x[c] / s);
-    if (KILN_THREAD == 0)
-      scales[g0 / kFp8CacheGroup] = s;
-  }
-  uint16_t *tail = reinterpret_cast<uint16_t *>(row + fp8Bf16Offset(l));
-  for (int64_t c = KILN_THREAD; c < l.bf16Columns; c += KILN_THREADS)
-    tail[c] = encodeBf16(x[l.quantColumns + c]);
-  for (int64_t c = l.quantColumns + KILN_THREAD; c < fp8ScaleOffset(l);
-       c += KILN_THREADS)
-    row[c] = 0;
-  int64_t used = fp8Bf16Offset(l) + 2 * l.bf16Columns;
-  for (int64_t c = used + KILN_THREAD; c < fp8RowBytes(l); c += KILN_THREADS)
-    row[c] = 0;
+  const float *x = p.x + int64_t{block.x} * (l.quantColumns + l.bf16Columns);
+  storeFp8Row(x, l,
+              static_cast<unsigned char *>(p.slot) +
+                  kvRow(p.tables, block.x / p.seq, position) * fp8RowBytes(l));
 }
 KILN_KERNEL(kiln_kv_append_fp8, KvAppendParams)
 

@@ -224,14 +224,16 @@ absl::Status Verifier::checkRef(const art::TensorRef *ref, const char *role) {
                   std::to_string(ref->index()));
     const art::KvSlot *slot = plan_.kv_slots()->Get(ref->index());
     const auto &entry = *slot->entry_shape();
-    bool same = slot->type() == art::ElementType::F32 &&
-                slot->fp8_columns() == 0 &&
-                ref->type() == art::ElementType::F32 && ref->offset() == 0 &&
-                r == static_cast<int>(entry.size());
+    // f32 rows, or an FP8 slot's stored bytes.
+    bool fp8 = slot->fp8_columns() > 0;
+    bool same = (fp8 ? ref->type() == art::ElementType::F8E4M3
+                     : slot->type() == art::ElementType::F32 &&
+                           ref->type() == art::ElementType::F32) &&
+                ref->offset() == 0 && r == static_cast<int>(entry.size());
     for (int i = 0; same && i < r; ++i)
       same = staticDim(ref, i) == entry.Get(i);
     if (!same)
-      return fail(std::string(role) + " is not the f32 rows of cache slot " +
+      return fail(std::string(role) + " is not the rows of cache slot " +
                   slot->name()->str());
     return absl::OkStatus();
   }

@@ -14,9 +14,11 @@
 #include "models/Import.h"
 #include "passes/Pipeline.h"
 #include "runtime/src/cpu/Kernels.h"
+#include "runtime/src/cpu/PagedFp8.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/MLIRContext.h"
+#include "mlir/IR/SymbolTable.h"
 #include "mlir/Parser/Parser.h"
 #include "mlir/Pass/PassManager.h"
 #include "llvm/ADT/DenseMap.h"
@@ -28,6 +30,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -192,10 +195,11 @@ struct RefValue {
 
 /// Runs `fused`'s members one by one with the reference CPU kernels and
 /// returns the values it yields; its kv_appends store into `caches` (one
-/// per append, in order) through cacheTables().
+/// per append, in order, the slots' bytes, 0xff where no row went) through
+/// cacheTables().
 std::vector<RefValue> runReference(FusedOp fused, std::vector<Buffer> &inputs,
                                    const FusedKernel &kernel,
-                                   std::vector<std::vector<float>> &caches) {
+                                   std::vector<std::vector<uint8_t>> &caches) {
   Block &body = fused.getBody().front();
   llvm::DenseMap<Value, RefValue> values;
   for (auto [i, arg] : llvm::enumerate(body.getArguments())) {
@@ -311,13 +315,22 @@ std::vector<RefValue> runReference(FusedOp fused, std::vector<Buffer> &inputs,
       values[reshape.getResult()] = values[reshape.getInput()];
     } else if (auto append = dyn_cast<KVAppendOp>(op)) {
       std::vector<int32_t> tables = cacheTables();
-      std::vector<float> &cache = caches.emplace_back(
-          kCacheBlocks * kCacheBlockTokens * perToken(append.getValue()),
-          std::numeric_limits<float>::quiet_NaN());
-      cpu::kvAppendPaged(f(append.getValue()).data(),
-                         values[append.getPositions()].i32.data(), kTokens, 1,
-                         perToken(append.getValue()), cache.data(),
-                         tables.data(), kTableStride, kCacheBlockTokens);
+      auto slot = SymbolTable::lookupNearestSymbolFrom<KVCacheOp>(
+          fused, append.getCacheAttr());
+      int64_t n = perToken(append.getValue());
+      std::vector<uint8_t> &cache = caches.emplace_back(
+          kCacheBlocks * kCacheBlockTokens * slot.getStoredBytesPerToken(),
+          0xff);
+      const int32_t *positions = values[append.getPositions()].i32.data();
+      if (Fp8CacheAttr fp8 = slot.getStorageAttr())
+        cpu::kvAppendPagedFp8(f(append.getValue()).data(), positions, kTokens,
+                              1, {fp8.getColumns(), n - fp8.getColumns()},
+                              reinterpret_cast<std::byte *>(cache.data()),
+                              tables.data(), kTableStride, kCacheBlockTokens);
+      else
+        cpu::kvAppendPaged(f(append.getValue()).data(), positions, kTokens, 1,
+                           n, reinterpret_cast<float *>(cache.data()),
+                           tables.data(), kTableStride, kCacheBlockTokens);
     } else {
       ADD_FAILURE() << "no reference for " << op.getName().getStringRef().str();
     }
@@ -368,6 +381,66 @@ Bound bound(FusedOp fused, Value yielded) {
     b.absolute = 2.0 * logit * gate.getRoutedScalingFactor().convertToDouble();
   }
   return b;
+}
+
+/// Row `r` of a cache slot's bytes as the values it holds: f32, or an FP8
+/// row's codes times their group's scale and its bf16 tail.
+std::vector<float> cacheRow(const uint8_t *bytes, int64_t r, KVCacheOp slot) {
+  int64_t rowBytes = slot.getStoredBytesPerToken();
+  int64_t n = slot.getEntryTensorType().getNumElements();
+  const uint8_t *row = bytes + r * rowBytes;
+  std::vector<float> values(n);
+  Fp8CacheAttr fp8 = slot.getStorageAttr();
+  if (!fp8) {
+    std::memcpy(values.data(), row, 4 * n);
+    return values;
+  }
+  cpu::Fp8LatentLayout l{fp8.getColumns(), n - fp8.getColumns()};
+  for (int64_t c = 0; c < n; ++c) {
+    float scale, value;
+    uint16_t tail;
+    if (c < l.quantColumns) {
+      std::memcpy(&scale, row + l.scaleOffset() + 4 * (c / l.kGroup), 4);
+      value = ::kiln::e4m3ToFloat(row[c]) * scale;
+    } else {
+      std::memcpy(&tail, row + l.bf16Offset() + 2 * (c - l.quantColumns), 2);
+      value = ::kiln::bf16ToFloat(tail);
+    }
+    values[c] = value;
+  }
+  return values;
+}
+
+/// The rows a kernel stored against the reference's: a row no token went
+/// to untouched (every byte 0xff) in both; the others' values within `b`
+/// (for an FP8 slot, plus a code step: an input off by the bound may round
+/// to the neighbouring code, or its bf16 to the neighbouring value).
+void expectSameCacheRows(const uint8_t *got, const std::vector<uint8_t> &want,
+                         KVCacheOp slot, Bound b, double &maxError,
+                         const std::string &what) {
+  int64_t rowBytes = slot.getStoredBytesPerToken();
+  if (slot.getStorage()) {
+    b.relative += 0x1p-3;
+    b.absolute += 0x1p-9;
+  }
+  for (int64_t r = 0; r < kCacheBlocks * kCacheBlockTokens; ++r) {
+    const uint8_t *wantRow = want.data() + r * rowBytes;
+    if (std::all_of(wantRow, wantRow + rowBytes,
+                    [](uint8_t byte) { return byte == 0xff; })) {
+      ASSERT_EQ(std::memcmp(got + r * rowBytes, wantRow, rowBytes), 0)
+          << what << ": row " << r << " written, but no token goes there";
+      continue;
+    }
+    std::vector<float> values = cacheRow(got, r, slot),
+                       reference = cacheRow(want.data(), r, slot);
+    for (size_t c = 0; c < values.size(); ++c) {
+      double error = std::abs(double{values[c]} - reference[c]);
+      maxError = std::max(maxError, error);
+      ASSERT_LE(error, b.relative * std::abs(reference[c]) + b.absolute)
+          << what << ": row " << r << " column " << c << ": " << values[c]
+          << " vs reference " << reference[c];
+    }
+  }
 }
 
 struct GroupReport {
@@ -467,9 +540,16 @@ void checkGroups(ModuleOp module, const std::string &label,
         buffers.push_back(std::move(rows));
         ++append;
       } else if (arg.role == ArgRole::CacheSlot) {
+        // f32 rows or an FP8 slot's bytes, all 0xff (an f32 NaN) to start.
         Buffer cache;
-        cache.f32.assign(kCacheBlocks * kCacheBlockTokens * arg.elements,
-                         std::numeric_limits<float>::quiet_NaN());
+        cache.element = arg.element;
+        int64_t n = kCacheBlocks * kCacheBlockTokens * arg.elements;
+        if (arg.element == KernelElement::F32)
+          cache.f32.resize(n);
+        else
+          cache.u8.resize(n);
+        std::memset(cache.data(), 0xff,
+                    arg.element == KernelElement::F32 ? 4 * n : n);
         slots.push_back(buffers.size());
         buffers.push_back(std::move(cache));
       } else {
@@ -482,28 +562,17 @@ void checkGroups(ModuleOp module, const std::string &label,
     entry(kTokens, args.data());
 
     std::vector<Buffer> inputs(buffers.begin(), buffers.begin() + numInputs);
-    std::vector<std::vector<float>> caches;
+    std::vector<std::vector<uint8_t>> caches;
     std::vector<RefValue> expected =
         runReference(fused, inputs, kernel, caches);
-    // Each stored row within the bound of the value it stores; NaN (as
-    // filled) exactly where no token went.
     ASSERT_EQ(caches.size(), slots.size());
     for (auto [k, append] : llvm::enumerate(appends)) {
-      const std::vector<float> &got = buffers[slots[k]].f32;
-      ASSERT_EQ(caches[k].size(), got.size());
-      Bound b = bound(fused, append.getValue());
-      for (size_t i = 0; i < got.size(); ++i) {
-        double ref = caches[k][i], value = got[i];
-        ASSERT_EQ(std::isnan(ref), std::isnan(value))
-            << "cache row element " << i << " of kv_append " << k;
-        if (std::isnan(ref))
-          continue;
-        report.maxError = std::max(report.maxError, std::abs(value - ref));
-        ASSERT_LE(std::abs(value - ref),
-                  b.relative * std::abs(ref) + b.absolute)
-            << "cache row element " << i << " of kv_append " << k << ": "
-            << value << " vs reference " << ref;
-      }
+      auto slot = SymbolTable::lookupNearestSymbolFrom<KVCacheOp>(
+          fused, append.getCacheAttr());
+      expectSameCacheRows(
+          static_cast<const uint8_t *>(buffers[slots[k]].data()), caches[k],
+          slot, bound(fused, append.getValue()), report.maxError,
+          "kv_append " + std::to_string(k));
     }
     report.cacheWrites += static_cast<int>(caches.size());
     size_t firstResult = kernel.args.size() - fused.getNumResults();
@@ -538,7 +607,7 @@ void checkGroups(ModuleOp module, const std::string &label,
 }
 
 OwningOpRef<ModuleOp> optimizedModel(MLIRContext &context, const fs::path &path,
-                                     bool fp8) {
+                                     bool fp8, bool fp8Cache) {
   absl::StatusOr<::kiln::models::ImportedModel> model =
       ::kiln::models::importModel(context, path);
   EXPECT_TRUE(model.ok()) << model.status();
@@ -550,6 +619,10 @@ OwningOpRef<ModuleOp> optimizedModel(MLIRContext &context, const fs::path &path,
   // linears end with their activation quantization.
   options.quantizeFp8 = fp8;
   options.fp8Block = 16;
+  // "<model>-fp8kv": MLA's latent cache in FP8, which the kernels that
+  // store its rows quantize.
+  if (fp8Cache)
+    options.latentCacheDtype = "fp8";
   mlir::kiln::buildOptimizePipeline(pm, options);
   EXPECT_TRUE(succeeded(pm.run(*model->module))) << path;
   return std::move(model->module);
@@ -560,13 +633,15 @@ class TinyModels : public ::testing::TestWithParam<std::string> {};
 TEST_P(TinyModels, HostBuildMatchesReferenceKernels) {
   MLIRContext context;
   std::string name = GetParam();
-  bool fp8 = name.ends_with("-fp8");
-  std::string model = fp8 ? name.substr(0, name.size() - 4) : name;
+  bool fp8 = name.ends_with("-fp8"), fp8Cache = name.ends_with("-fp8kv");
+  std::string model = fp8        ? name.substr(0, name.size() - 4)
+                      : fp8Cache ? name.substr(0, name.size() - 6)
+                                 : name;
   fs::path source = KILN_PROJECT_SOURCE_DIR;
   fs::path path = model.rfind("tiny-", 0) == 0
                       ? source / "models/presets" / (model + ".json")
                       : source / "tests/golden" / model;
-  OwningOpRef<ModuleOp> module = optimizedModel(context, path, fp8);
+  OwningOpRef<ModuleOp> module = optimizedModel(context, path, fp8, fp8Cache);
   ASSERT_TRUE(module);
   GroupReport report;
   checkGroups(*module, name, report);
@@ -584,7 +659,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values("tiny-deepseek-v3", "tiny-deepseek-v2",
                       "tiny-deepseek-v2-lite", "tiny-qwen2", "tiny-llama",
                       "deepseek-v3", "deepseek-v2", "deepseek-v2-lite", "qwen2",
-                      "llama", "deepseek-v3-fp8", "qwen2-fp8"),
+                      "llama", "deepseek-v3-fp8", "qwen2-fp8",
+                      "deepseek-v2-lite-fp8kv"),
     [](const ::testing::TestParamInfo<std::string> &info) {
       std::string name = info.param;
       for (char &c : name)
@@ -675,16 +751,23 @@ TEST(FusedKernels, SourcesCompileWithNvrtcForSm90a) {
       {::kiln::codegen::kFusedPreludeName,
        ::kiln::codegen::fusedPreludeSource()}};
   fs::path source = KILN_PROJECT_SOURCE_DIR;
-  // The last: FP8 weights, groups ending in kiln.quantize_fp8.
-  for (auto [name, fp8] : {std::pair{"tiny-deepseek-v3", false},
-                           {"tiny-deepseek-v2", false},
-                           {"tiny-deepseek-v2-lite", false},
-                           {"tiny-qwen2", false},
-                           {"tiny-deepseek-v3", true}}) {
-    SCOPED_TRACE(std::string(name) + (fp8 ? " fp8" : ""));
+  // FP8 weights: groups ending in kiln.quantize_fp8; an FP8 latent cache:
+  // groups storing its quantized rows.
+  struct Variant {
+    const char *name;
+    bool fp8, fp8Cache;
+  };
+  for (auto [name, fp8, fp8Cache] : {Variant{"tiny-deepseek-v3", false, false},
+                                     {"tiny-deepseek-v2", false, false},
+                                     {"tiny-deepseek-v2-lite", false, false},
+                                     {"tiny-qwen2", false, false},
+                                     {"tiny-deepseek-v3", true, false},
+                                     {"tiny-deepseek-v2-lite", false, true}}) {
+    SCOPED_TRACE(std::string(name) + (fp8 ? " fp8" : "") +
+                 (fp8Cache ? " fp8 cache" : ""));
     OwningOpRef<ModuleOp> module = optimizedModel(
-        context, source / "models/presets" / (std::string(name) + ".json"),
-        fp8);
+        context, source / "models/presets" / (std::string(name) + ".json"), fp8,
+        fp8Cache);
     ASSERT_TRUE(module);
     std::string all, first, firstName;
     int count = 0;
@@ -737,7 +820,8 @@ TEST(FusedKernels, EveryGroupOfTheFullSizeModelsHasAKernel) {
   for (const char *name : {"deepseek-v3", "deepseek-v2", "deepseek-v2-lite"})
     for (bool fp8 : {false, true}) {
       OwningOpRef<ModuleOp> module =
-          optimizedModel(context, presets / (std::string(name) + ".json"), fp8);
+          optimizedModel(context, presets / (std::string(name) + ".json"), fp8,
+                         /*fp8Cache=*/false);
       ASSERT_TRUE(module) << name;
       int groups = 0;
       module->walk([&](FusedOp fused) {

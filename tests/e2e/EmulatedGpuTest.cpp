@@ -507,9 +507,9 @@ TEST(EmulatedGpuSession, HorizontalFusionSavesALaunchPerAttentionLayer) {
 
 // Cache rows stored by the kernel that computes them: each attention
 // layer's latent-cache row goes to the cache from its merged kernel, whose
-// kv_append launch goes (3 here). The steps, which read back what earlier
-// steps stored (prompts of 22, 3 and 1 tokens, so padded positions too),
-// are the same to the bit on either device and every GEMM path.
+// kv_append launch goes (3 here), f32 or FP8. The steps, which read back what
+// earlier steps stored (prompts of 22, 3 and 1 tokens, so padded positions
+// too), are the same to the bit on either device and every GEMM path.
 TEST(EmulatedGpuSession, FusedCacheWritesSaveALaunchPerAttentionLayer) {
   std::vector<int64_t> fused = decodeLaunches(Device::Emulated, true);
   std::vector<int64_t> apart =
@@ -525,6 +525,25 @@ TEST(EmulatedGpuSession, FusedCacheWritesSaveALaunchPerAttentionLayer) {
           settings.optimize.fuseKvAppend = on;
         },
         "");
+  // An FP8 latent cache: the kernel quantizes the row as the append kernel
+  // does, byte for byte, so the steps that read it back are the same too.
+  expectSameStepsWithRewrite(
+      "deepseek-v2-lite-bf16", "kv_append_fp8",
+      [](CompileSettings &settings, bool on) {
+        settings.optimize.latentCacheDtype = "fp8";
+        settings.optimize.fuseKvAppend = on;
+      },
+      "");
+  // No append kernel runs where the fused kernels store the rows.
+  absl::StatusOr<std::unique_ptr<Model>> model =
+      Model::open(::testing::TempDir() +
+                  "/emulated_deepseek-v2-lite-bf16_kv_append_fp8_on.kiln");
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  int64_t appends = cuda::emulatedLaunches("kiln_kv_append_fp8");
+  std::string where;
+  ASSERT_FALSE(
+      testing::runDeviceSteps(**model, Device::Emulated, where).empty());
+  EXPECT_EQ(cuda::emulatedLaunches("kiln_kv_append_fp8"), appends);
 }
 
 /// kiln.gated_linear against the unfused FFN (kiln-fuse-gated-linear off):
@@ -783,7 +802,7 @@ TEST(EmulatedGpuSession, MalformedCacheRowsAreRejected) {
       [](Entry &, Fused &f, size_t a) {
         f.args[a]->shape.back() = artifact::Dim(artifact::DimSymbol::Static, 8);
       },
-      "is not the f32 rows of cache slot");
+      "is not the rows of cache slot");
   expectCacheRowsRejected(
       "rows_slot_index.kiln",
       [](Entry &, Fused &f, size_t a) { f.args[a]->index = 1000; },

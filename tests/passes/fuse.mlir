@@ -573,8 +573,7 @@ func.func @cache_write_only_result(%x: tensor<?x?x16xf32>,
 // -----
 
 // No store in the kernel: a cache read lies between the kernel and the
-// append (the write would move before it); an FP8 slot quantizes in its
-// own kernel.
+// appends (the writes would move before it), even to another slot.
 kiln.kv_cache @cache : tensor<1x16xf32>
 kiln.kv_cache @latent : tensor<1x16xf32> {storage = #kiln.fp8_cache<columns = 8>}
 // CHECK-LABEL: func.func @cache_write_kept_apart
@@ -594,4 +593,23 @@ func.func @cache_write_kept_apart(%x: tensor<?x?x16xf32>,
   kiln.kv_append @cache, %r at %pos : tensor<?x?x1x16xf32>, tensor<?x?xi32>
   kiln.kv_append @latent, %r at %pos : tensor<?x?x1x16xf32>, tensor<?x?xi32>
   return %s, %k : tensor<?x?x16xf32>, tensor<?x?x1x16xf32>
+}
+
+// -----
+
+// An FP8 slot: the kernel quantizes the row it stores.
+kiln.kv_cache @latent : tensor<1x16xf32> {storage = #kiln.fp8_cache<columns = 8>}
+// CHECK-LABEL: func.func @cache_write_fp8
+// CHECK: kiln.fused "fused_0_add_rms_norm_kv_append"
+// CHECK: kiln.kv_append @latent
+// CHECK: kiln.yield
+func.func @cache_write_fp8(%x: tensor<?x?x16xf32>, %y: tensor<?x?x16xf32>,
+                           %w: tensor<16xf32>, %pos: tensor<?x?xi32>)
+    -> tensor<?x?x16xf32> {
+  %s = kiln.add %x, %y : tensor<?x?x16xf32>
+  %n = kiln.rms_norm %s, %w {epsilon = 1.0e-06 : f64}
+      : (tensor<?x?x16xf32>, tensor<16xf32>) -> tensor<?x?x16xf32>
+  %r = kiln.reshape %s : tensor<?x?x16xf32> -> tensor<?x?x1x16xf32>
+  kiln.kv_append @latent, %r at %pos : tensor<?x?x1x16xf32>, tensor<?x?xi32>
+  return %n : tensor<?x?x16xf32>
 }
