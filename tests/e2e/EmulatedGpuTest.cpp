@@ -236,21 +236,15 @@ TEST(EmulatedGpuSession, LibraryGemmsOfOneInputShareItsBf16Rows) {
 
 /// Kernel launches each of three decode steps of one sequence runs
 /// (Session::kernelLaunches), the first captured into a graph and the
-/// others replaying it; DeepSeek-V3's golden, linear groups on or off.
-std::vector<int64_t> decodeLaunches(Device device, bool groupLinears,
-                                    size_t *linearGroups = nullptr,
-                                    bool fuseHorizontal = true,
-                                    bool fuseKvAppend = true) {
-  CompileSettings settings;
-  settings.optimize.groupLinears = groupLinears;
-  settings.optimize.fuseHorizontal = fuseHorizontal;
-  settings.optimize.fuseKvAppend = fuseKvAppend;
+/// others replaying it; DeepSeek-V3's golden compiled with `settings`
+/// (to an artifact named after `name`).
+std::vector<int64_t> decodeLaunches(Device device,
+                                    const CompileSettings &settings,
+                                    const std::string &name,
+                                    size_t *linearGroups = nullptr) {
   std::filesystem::path artifact = compileArtifact(
       kGolden / "deepseek-v3",
-      ::testing::TempDir() + "/emulated_launches" +
-          (groupLinears ? "_grouped" : "") + (fuseHorizontal ? "" : "_apart") +
-          (fuseKvAppend ? "" : "_appends") + ".kiln",
-      settings);
+      ::testing::TempDir() + "/emulated_launches_" + name + ".kiln", settings);
   if (artifact.empty())
     return {};
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
@@ -283,11 +277,15 @@ std::vector<int64_t> decodeLaunches(Device device, bool groupLinears,
 // and in MoE layers the routed with the shared experts' gated and down
 // GEMMs) is one launch fewer.
 TEST(EmulatedGpuSession, KernelLaunchesCountEveryStep) {
-  EXPECT_EQ(decodeLaunches(Device::Cpu, true), (std::vector<int64_t>{0, 0, 0}));
+  EXPECT_EQ(decodeLaunches(Device::Cpu, {}, "grouped"),
+            (std::vector<int64_t>{0, 0, 0}));
   size_t groups = 0;
   std::vector<int64_t> grouped =
-      decodeLaunches(Device::Emulated, true, &groups);
-  std::vector<int64_t> apart = decodeLaunches(Device::Emulated, false);
+      decodeLaunches(Device::Emulated, {}, "grouped", &groups);
+  CompileSettings ungrouped;
+  ungrouped.optimize.groupLinears = false;
+  std::vector<int64_t> apart =
+      decodeLaunches(Device::Emulated, ungrouped, "ungrouped");
   ASSERT_EQ(grouped.size(), 3u);
   ASSERT_EQ(apart.size(), 3u);
   EXPECT_GT(grouped[0], 0);
@@ -304,7 +302,8 @@ TEST(EmulatedGpuSession, KernelLaunchesCountEveryStep) {
 TEST(EmulatedGpuSession, LaunchLogListsTheCapturedStep) {
   ::setenv("KILN_LOG_LAUNCHES", "1", 1);
   ::testing::internal::CaptureStderr();
-  std::vector<int64_t> launches = decodeLaunches(Device::Emulated, true);
+  std::vector<int64_t> launches =
+      decodeLaunches(Device::Emulated, {}, "grouped");
   std::string log = ::testing::internal::GetCapturedStderr();
   ::unsetenv("KILN_LOG_LAUNCHES");
   ASSERT_EQ(launches.size(), 3u);
@@ -485,46 +484,45 @@ void expectSameStepsWithRewrite(
   }
 }
 
-// Horizontal fusion: each attention layer's latent-cache entry and query
-// RoPE run as one kernel, a launch fewer per layer (3 here), with the same
-// steps to the bit on either device and every GEMM path.
-TEST(EmulatedGpuSession, HorizontalFusionSavesALaunchPerAttentionLayer) {
-  std::vector<int64_t> merged = decodeLaunches(Device::Emulated, true);
-  std::vector<int64_t> apart =
-      decodeLaunches(Device::Emulated, true, nullptr, false);
-  ASSERT_EQ(merged.size(), 3u);
-  ASSERT_EQ(apart.size(), 3u);
-  EXPECT_EQ(apart[0] - merged[0], 3);
-  EXPECT_EQ(apart[2] - merged[2], 3);
+/// A rewrite (`toggle` turns it on or off) that saves a decode launch per
+/// attention layer (3 in DeepSeek-V3's golden) and leaves the steps the same
+/// to the bit on either device and every GEMM path, for DeepSeek-V3's and
+/// V2-Lite's goldens.
+void expectALaunchSavedPerAttentionLayer(
+    const std::string &name,
+    const std::function<void(CompileSettings &, bool)> &toggle) {
+  std::vector<int64_t> launches[2];
+  for (bool on : {false, true}) {
+    CompileSettings settings;
+    toggle(settings, on);
+    launches[on] = decodeLaunches(Device::Emulated, settings,
+                                  name + (on ? "_on" : "_off"));
+    ASSERT_EQ(launches[on].size(), 3u);
+  }
+  EXPECT_EQ(launches[0][0] - launches[1][0], 3);
+  EXPECT_EQ(launches[0][2] - launches[1][2], 3);
   for (const char *golden : {"deepseek-v3", "deepseek-v2-lite-bf16"})
-    expectSameStepsWithRewrite(
-        golden, "horizontal",
-        [](CompileSettings &settings, bool on) {
-          settings.optimize.fuseHorizontal = on;
-        },
-        "");
+    expectSameStepsWithRewrite(golden, name, toggle, "");
+}
+
+// Horizontal fusion: each attention layer's latent-cache entry and query
+// RoPE run as one kernel.
+TEST(EmulatedGpuSession, HorizontalFusionSavesALaunchPerAttentionLayer) {
+  expectALaunchSavedPerAttentionLayer("horizontal",
+                                      [](CompileSettings &settings, bool on) {
+                                        settings.optimize.fuseHorizontal = on;
+                                      });
 }
 
 // Cache rows stored by the kernel that computes them: each attention
 // layer's latent-cache row goes to the cache from its merged kernel, whose
-// kv_append launch goes (3 here), f32 or FP8. The steps, which read back what
-// earlier steps stored (prompts of 22, 3 and 1 tokens, so padded positions
-// too), are the same to the bit on either device and every GEMM path.
+// kv_append launch goes, f32 or FP8. The steps read back what earlier
+// steps stored (prompts of 22, 3 and 1 tokens, so padded positions too).
 TEST(EmulatedGpuSession, FusedCacheWritesSaveALaunchPerAttentionLayer) {
-  std::vector<int64_t> fused = decodeLaunches(Device::Emulated, true);
-  std::vector<int64_t> apart =
-      decodeLaunches(Device::Emulated, true, nullptr, true, false);
-  ASSERT_EQ(fused.size(), 3u);
-  ASSERT_EQ(apart.size(), 3u);
-  EXPECT_EQ(apart[0] - fused[0], 3);
-  EXPECT_EQ(apart[2] - fused[2], 3);
-  for (const char *golden : {"deepseek-v3", "deepseek-v2-lite-bf16"})
-    expectSameStepsWithRewrite(
-        golden, "kv_append",
-        [](CompileSettings &settings, bool on) {
-          settings.optimize.fuseKvAppend = on;
-        },
-        "");
+  expectALaunchSavedPerAttentionLayer("kv_append",
+                                      [](CompileSettings &settings, bool on) {
+                                        settings.optimize.fuseKvAppend = on;
+                                      });
   // An FP8 latent cache: the kernel quantizes the row as the append kernel
   // does, byte for byte, so the steps that read it back are the same too.
   expectSameStepsWithRewrite(
@@ -670,6 +668,22 @@ TEST(EmulatedGpuSession, LinearGroupsAreTheLinearsFp8Unfused) {
                                   /*fuse=*/false);
 }
 
+/// DeepSeek-V3's golden compiled with `settings` (whose editPlan breaks
+/// the plan) to `name`: the plan verifier must reject it at load with a
+/// message that says each of `what`.
+void expectRejectedAtLoad(const std::string &name,
+                          const CompileSettings &settings,
+                          std::initializer_list<std::string> what) {
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v3", ::testing::TempDir() + "/" + name, settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_FALSE(model.ok()) << name;
+  std::string message(model.status().message());
+  for (const std::string &part : what)
+    EXPECT_NE(message.find(part), std::string::npos) << message;
+}
+
 /// An artifact of DeepSeek-V3 (q_a_proj and kv_a_proj_with_mqa grouped)
 /// whose linear groups `edit` changes (given the first entry point that has
 /// some, and its first), which the plan verifier must reject at load,
@@ -688,14 +702,7 @@ void expectLinearGroupRejected(
       }
     ADD_FAILURE() << "no linear group";
   };
-  std::filesystem::path artifact = compileArtifact(
-      kGolden / "deepseek-v3", ::testing::TempDir() + "/" + name, settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_FALSE(model.ok()) << name;
-  std::string message(model.status().message());
-  EXPECT_NE(message.find("linear group "), std::string::npos) << message;
-  EXPECT_NE(message.find(why), std::string::npos) << message;
+  expectRejectedAtLoad(name, settings, {"linear group ", why});
 }
 
 TEST(EmulatedGpuSession, MalformedLinearGroupsAreRejected) {
@@ -770,13 +777,7 @@ void expectCacheRowsRejected(
           }
     ADD_FAILURE() << "no fused group stores cache rows";
   };
-  std::filesystem::path artifact = compileArtifact(
-      kGolden / "deepseek-v3", ::testing::TempDir() + "/" + name, settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_FALSE(model.ok()) << name;
-  std::string message(model.status().message());
-  EXPECT_NE(message.find(why), std::string::npos) << message;
+  expectRejectedAtLoad(name, settings, {why});
 }
 
 TEST(EmulatedGpuSession, MalformedCacheRowsAreRejected) {
@@ -836,16 +837,9 @@ void expectLaunchRejected(artifact::KernelKind kind, const std::string &name,
         }
     ADD_FAILURE() << "no " << artifact::EnumNameKernelKind(kind) << " launch";
   };
-  std::filesystem::path artifact = compileArtifact(
-      kGolden / "deepseek-v3", ::testing::TempDir() + "/" + name, settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_FALSE(model.ok());
-  std::string message(model.status().message());
-  EXPECT_NE(message.find(std::string("kernel ") +
-                         artifact::EnumNameKernelKind(kind) + ": " + why),
-            std::string::npos)
-      << message;
+  expectRejectedAtLoad(name, settings,
+                       {std::string("kernel ") +
+                        artifact::EnumNameKernelKind(kind) + ": " + why});
 }
 
 void expectGatedLinearRejected(

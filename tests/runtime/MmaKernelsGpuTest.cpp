@@ -93,6 +93,44 @@ template <class T> T *device(CUdeviceptr p) { return reinterpret_cast<T *>(p); }
 
 enum class Fp8Input { None, Floats, Codes };
 
+/// x's FP8 forms: its codes as floats with their scales (Fp8Input::Floats),
+/// and as e4m3 bytes with theirs (Fp8Input::Codes, as a fused epilogue
+/// writes them).
+struct Fp8Activations {
+  Quantized q;
+  std::vector<unsigned char> codes;
+  std::vector<float> codeScales;
+};
+Fp8Activations fp8Activations(Fp8Input input, const std::vector<float> &x,
+                              int64_t rows, int64_t k) {
+  Fp8Activations a;
+  if (input == Fp8Input::None)
+    return a;
+  a.q = quantize(x, rows, k, false);
+  a.codes.resize(rows * k);
+  a.codeScales.resize(rows * ((k + 127) / 128));
+  if (input == Fp8Input::Codes)
+    kiln_quantize_fp8_host(
+        {static_cast<int>(rows), 1, 1},
+        {x.data(), a.codes.data(), a.codeScales.data(), k, 128, 0, 0});
+  return a;
+}
+
+/// A GEMM's shape: rows of k (or `offsets`' rows over its experts), n
+/// outputs, 128 x 128 FP8 blocks; no operands yet.
+GemmParams gemmShape(int64_t rows, int64_t n, int64_t k,
+                     const std::vector<int32_t> &offsets) {
+  GemmParams p{};
+  p.xRowStride = k;
+  p.outRowStride = n;
+  p.rows = offsets.empty() ? rows : 0;
+  p.n = n;
+  p.k = k;
+  p.blockRows = p.blockCols = 128;
+  p.experts = offsets.empty() ? 0 : static_cast<int>(offsets.size() - 1);
+  return p;
+}
+
 /// One GEMM on the GPU and through the host build: rows of x, weights of
 /// `matrices` (grouped by `offsets` when given), the device's outputs held
 /// to the summation bound around the host's.
@@ -106,21 +144,8 @@ void checkGemm(MmaGpu &t, Gpu &gpu, Fp8Input input, int64_t rows, int64_t n,
                   experts, n, k, 41);
   std::vector<float> x = randomRows(rows, k, 42);
   int64_t kBlocks = (k + 127) / 128;
-  Quantized q = fp8 ? quantize(x, rows, k, false) : Quantized{};
-  std::vector<unsigned char> codes(fp8 ? rows * k : 0);
-  std::vector<float> codeScales(fp8 ? rows * kBlocks : 0);
-  if (input == Fp8Input::Codes)
-    kiln_quantize_fp8_host(
-        {static_cast<int>(rows), 1, 1},
-        {x.data(), codes.data(), codeScales.data(), k, 128, 0, 0});
-  GemmParams host{};
-  host.xRowStride = k;
-  host.outRowStride = n;
-  host.rows = offsets.empty() ? rows : 0;
-  host.n = n;
-  host.k = k;
-  host.blockRows = host.blockCols = 128;
-  host.experts = offsets.empty() ? 0 : static_cast<int>(experts);
+  auto [q, codes, codeScales] = fp8Activations(input, x, rows, k);
+  GemmParams host = gemmShape(rows, n, k, offsets);
   GemmParams dev = host;
   // Host operands.
   host.x = input == Fp8Input::None     ? x.data()
@@ -198,22 +223,8 @@ void checkGatedGemm(MmaGpu &t, Gpu &gpu, Fp8Input input, int64_t rows,
   Weights gate = makeWeights(type, experts, n, k, 45),
           up = makeWeights(type, experts, n, k, 46);
   std::vector<float> x = randomRows(rows, k, 47);
-  int64_t kBlocks = (k + 127) / 128;
-  Quantized q = fp8 ? quantize(x, rows, k, false) : Quantized{};
-  std::vector<unsigned char> codes(fp8 ? rows * k : 0);
-  std::vector<float> codeScales(fp8 ? rows * kBlocks : 0);
-  if (input == Fp8Input::Codes)
-    kiln_quantize_fp8_host(
-        {static_cast<int>(rows), 1, 1},
-        {x.data(), codes.data(), codeScales.data(), k, 128, 0, 0});
-  GemmParams p{};
-  p.xRowStride = k;
-  p.outRowStride = n;
-  p.rows = offsets.empty() ? rows : 0;
-  p.n = n;
-  p.k = k;
-  p.blockRows = p.blockCols = 128;
-  p.experts = offsets.empty() ? 0 : static_cast<int>(experts);
+  auto [q, codes, codeScales] = fp8Activations(input, x, rows, k);
+  GemmParams p = gemmShape(rows, n, k, offsets);
   if (input == Fp8Input::Codes) {
     p.xCodes = device<const unsigned char>(t.upload(codes));
     p.xScale = device<const float>(t.upload(codeScales));
