@@ -13,6 +13,7 @@
 // GPU. The outputs are poisoned first.
 // Without a GPU the tests are skipped, saying so (label gpu);
 // KILN_GPU_TESTS_EMULATE=1 runs them through the emulated driver.
+#include "Library.h"
 #include "MmaAttention.h"
 #include "MmaGemm.h"
 #include "runtime/src/cuda/CudaDriver.h"
@@ -211,8 +212,9 @@ TEST_F(MmaGpu, GemmDenseMatchesTheHostBuild) {
                     std::to_string(static_cast<int>(input)));
 }
 
-/// The gated GEMM on the GPU against the plain GEMMs of its two weights on
-/// the GPU and SwiGLU over them: the same sums, so the same bits.
+/// The gated GEMM on the GPU against the plain GEMMs of its two weights and
+/// kiln_swiglu over them, all on the GPU: the same sums and the same
+/// device SwiGLU, so the same bits.
 void checkGatedGemm(MmaGpu &t, Gpu &gpu, Fp8Input input, int64_t rows,
                     int64_t n, int64_t k, const std::vector<int32_t> &offsets,
                     const std::string &what) {
@@ -237,7 +239,8 @@ void checkGatedGemm(MmaGpu &t, Gpu &gpu, Fp8Input input, int64_t rows,
   if (!offsets.empty())
     p.offsets = device<const int32_t>(t.upload(offsets));
   std::vector<float> poison(rows * n, std::nanf(""));
-  CUdeviceptr outs[3] = {t.upload(poison), t.upload(poison), t.upload(poison)};
+  CUdeviceptr outs[4] = {t.upload(poison), t.upload(poison), t.upload(poison),
+                         t.upload(poison)};
   const void *w[2] = {device<const void>(t.upload(gate.bytes)),
                       device<const void>(t.upload(up.bytes))};
   const float *scales[2] = {
@@ -261,11 +264,14 @@ void checkGatedGemm(MmaGpu &t, Gpu &gpu, Fp8Input input, int64_t rows,
   gated.wUpScale = scales[1];
   gated.out = device<float>(outs[2]);
   t.launch(("kiln_gemm_mma_gated_" + suffix).c_str(), grid, gated);
-  std::vector<float> g = gpu.download(outs[0], rows * n),
-                     u = gpu.download(outs[1], rows * n),
+  t.launch("kiln_swiglu", elementwiseGrid(rows * n),
+           BinaryParams{device<const float>(outs[0]),
+                        device<const float>(outs[1]), device<float>(outs[3]),
+                        rows * n});
+  std::vector<float> want = gpu.download(outs[3], rows * n),
                      got = gpu.download(outs[2], rows * n);
   for (int64_t i = 0; i < rows * n; ++i)
-    ASSERT_EQ(got[i], swiglu(g[i], u[i])) << what << " element " << i;
+    ASSERT_EQ(got[i], want[i]) << what << " element " << i;
 }
 
 TEST_F(MmaGpu, GemmGatedIsGateAndUpThenSwiglu) {
