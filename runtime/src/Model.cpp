@@ -5,6 +5,7 @@
 #include "kiln/ArtifactFormat.h"
 #include "kiln/ParameterRecipe.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -219,10 +220,17 @@ void describe(Model::Impl &impl, const std::filesystem::path &path) {
       info.gpuCode.push_back({m->arch()->str(), m->kernels()->size(),
                               m->cubin()->size(), m->ptx()->size()});
   for (const art::EntryPoint *e : *plan.entry_points()) {
+    size_t storing = 0;
+    if (e->fused())
+      for (const art::FusedLaunch *group : *e->fused())
+        storing += std::any_of(group->args()->begin(), group->args()->end(),
+                               [](const art::TensorRef *arg) {
+                                 return arg->storage() == art::Storage::KvRows;
+                               });
     info.entryPoints.push_back(
         {e->name()->str(), e->max_batch(), e->max_seq(), e->arena_bytes(),
          e->launches()->size(), e->fused() ? e->fused()->size() : 0,
-         e->linear_groups() ? e->linear_groups()->size() : 0,
+         e->linear_groups() ? e->linear_groups()->size() : 0, storing,
          e->attention() ? e->attention()->str() : ""});
     info.maxBatch = std::max(info.maxBatch, e->max_batch());
   }

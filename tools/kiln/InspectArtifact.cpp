@@ -58,6 +58,7 @@ absl::Status inspect(const std::string &path, bool verifyWeights) {
     std::cout << "  " << e.name << ": batch <= " << e.maxBatch
               << ", tokens per sequence <= " << e.maxSeq << ", " << e.launches
               << " launches (" << e.fusedGroups << " fused groups, "
+              << e.cacheStoringGroups << " storing cache rows, "
               << e.linearGroups << " linear groups), arena "
               << bytesString(e.arenaBytes) << "\n    attention: " << e.attention
               << "\n";

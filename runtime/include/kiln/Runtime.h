@@ -61,6 +61,9 @@ struct EntryPointInfo {
   /// Launches a GPU executor runs as one kernel: fused groups (generated
   /// kernels) and linear groups (grouped GEMVs).
   size_t fusedGroups = 0, linearGroups = 0;
+  /// Fused groups that store KV-cache rows (their kv_appends run in the
+  /// kernel).
+  size_t cacheStoringGroups = 0;
   /// How attention was compiled (e.g. "mla absorbed, latent cache").
   std::string attention;
 };
