@@ -171,10 +171,14 @@ private:
   llvm::DenseMap<Value, std::string> names_;
   /// Parameter names of kernel_.args, in order.
   std::vector<std::string> argNames_;
-  /// The body's kv_appends: their (rows, slot) parameters' suffix.
-  llvm::DenseMap<Operation *, unsigned> appends_;
-  /// The FP8 layout of each kv_append's slot, by suffix; null for f32.
-  std::vector<Fp8CacheAttr> appendStorage_;
+  /// A kv_append of the body: its (rows<k>, slot<k>) parameters, and its
+  /// slot's FP8 layout (null for f32) and bytes per row.
+  struct CacheStore {
+    unsigned k;
+    Fp8CacheAttr fp8;
+    int64_t rowBytes;
+  };
+  llvm::DenseMap<Operation *, CacheStore> appends_;
   /// Values computed into results: result index.
   llvm::DenseMap<Value, unsigned> inResult_;
   /// Values computed into the scratch row: float offset.
@@ -223,8 +227,8 @@ LogicalResult Emitter::collectArgs() {
       return append.emitOpError("generated kernels store [batch, seq] f32 "
                                 "rows only");
     unsigned k = static_cast<unsigned>(appends_.size());
-    appends_[append] = k;
-    appendStorage_.push_back(slot.getStorageAttr());
+    appends_[append] = {k, slot.getStorageAttr(),
+                        slot.getStoredBytesPerToken()};
     KernelArg rows;
     rows.role = ArgRole::CacheRows;
     rows.perToken = true;
@@ -383,11 +387,9 @@ LogicalResult Emitter::emitOp(Operation &op) {
       llvm::TypeSwitch<Operation *, LogicalResult>(&op)
           .Case([&](KVAppendOp append) {
             // The token's row, unless it has no cache row (padding).
-            unsigned k = appends_.lookup(append);
+            auto [k, fp8, bytes] = appends_.lookup(append);
             int64_t n = perToken(append.getValue());
-            if (Fp8CacheAttr fp8 = appendStorage_[k]) {
-              int64_t bytes =
-                  kernel_.args[fused_.getInputs().size() + 2 * k + 1].elements;
+            if (fp8) {
               os_ << llvm::formatv(
                   "  if (rows{0}[token] >= 0)\n"
                   "    kiln::storeFp8Row({1}, kiln::Fp8Rows{{{2}, {3}}, "
@@ -621,7 +623,7 @@ FailureOr<FusedKernel> Emitter::emit() {
 
   // Parameters, their comments, and the host entry's casts.
   size_t inputs = fused_.getInputs().size();
-  size_t results = kernel_.args.size() - fused_.getNumResults();
+  size_t firstResult = kernel_.args.size() - fused_.getNumResults();
   std::string params, argComments, casts, forward;
   for (auto [i, arg] : llvm::enumerate(kernel_.args)) {
     const std::string &name = argNames_[i];
@@ -639,11 +641,12 @@ FailureOr<FusedKernel> Emitter::emit() {
       shape = "[cache rows, " + std::to_string(arg.elements) +
               (arg.element == KernelElement::F8E4M3 ? " bytes]" : "]");
     else
-      shape = shapeText(cast<RankedTensorType>(
-                            (i < inputs ? Value(fused_.getInputs()[i])
-                                        : Value(fused_.getResult(i - results)))
-                                .getType()),
-                        arg.indexedRows ? "rows" : "tokens");
+      shape =
+          shapeText(cast<RankedTensorType>(
+                        (i < inputs ? Value(fused_.getInputs()[i])
+                                    : Value(fused_.getResult(i - firstResult)))
+                            .getType()),
+                    arg.indexedRows ? "rows" : "tokens");
     argComments += llvm::formatv(
         "//   {0,-5} {1,-4} {2}{3}\n", name, elementName(arg.element), shape,
         arg.parameter.empty() ? "" : "  " + arg.parameter);

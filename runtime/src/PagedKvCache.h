@@ -91,6 +91,13 @@ public:
   }
   /// Entries per table row: the blocks of maxSequenceTokens positions.
   int64_t tableStride() const { return tableStride_; }
+  /// The row of every slot that `position` of batch row `b` of `tables`
+  /// (from batchTables) lies in.
+  int64_t row(const int32_t *tables, int64_t b, int64_t position) const {
+    return int64_t{tables[b * tableStride_ + position / blockTokens_]} *
+               blockTokens_ +
+           position % blockTokens_;
+  }
 
   /// Gathers the tables of a batch, row b for sequences[b] (a negative id is
   /// a padding row, all -1), rows tableStride() apart, for the kernels. The

@@ -496,9 +496,7 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
           std::fill_n(row, rowsPerToken * n, 0.0f);
           continue;
         }
-        int64_t block = stepTables[b * stride + t / blockTokens];
-        const float *src =
-            slot + (block * blockTokens + t % blockTokens) * entry;
+        const float *src = slot + kv->row(stepTables, b, t) * entry;
         for (int64_t r = 0; r < rowsPerToken; ++r)
           std::memcpy(row + r * n, src + r * width,
                       sizeof(float) * static_cast<size_t>(n));
@@ -608,7 +606,6 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
 absl::Status Session::Impl::mapCacheRows(const BoundEntry &bound,
                                          const StepDims &dims,
                                          int32_t *rows) const {
-  int64_t stride = kv->tableStride(), blockTokens = kv->blockTokens();
   for (int64_t b = 0; b < dims.batch; ++b)
     for (int64_t j = 0; j < dims.seq; ++j) {
       int64_t t = b * dims.seq + j;
@@ -623,10 +620,7 @@ absl::Status Session::Impl::mapCacheRows(const BoundEntry &bound,
             ": position " + std::to_string(position) +
             " beyond the blocks of sequence " + std::to_string(stepIds[b]));
       // Below numBlocks * blockTokens, which the session checked fits.
-      rows[t] = static_cast<int32_t>(
-          int64_t{stepTables[b * stride + position / blockTokens]} *
-              blockTokens +
-          position % blockTokens);
+      rows[t] = static_cast<int32_t>(kv->row(stepTables, b, position));
     }
   return absl::OkStatus();
 }

@@ -274,7 +274,7 @@ struct Executor::Impl {
   /// A GatedLinear launch decoded (p.wUp set).
   GemmCall gatedCall(const art::Launch &launch) const;
   /// Runs `c` on cuBLASLt, the tensor cores or the GEMV; a gated call
-  /// (p.wUp) always on the gated GEMV.
+  /// (p.wUp) on the gated tensor-core GEMM or the gated GEMV.
   absl::Status runGemm(GemmCall c);
   /// Whether cuBLASLt runs `c` on bf16 weights, reading its rows as bf16
   /// (c.bf16X, or a conversion runGemm launches).
@@ -1115,17 +1115,17 @@ absl::Status Executor::Impl::launchGated(const art::Launch &l) {
   }
   // cuBLASLt takes the rows: the projections one by one, then SwiGLU over
   // the result in place.
-  GemmCall gate = c;
-  gate.p.wUp = nullptr;
-  gate.p.wUpScale = nullptr;
-  GemmCall up = gate;
-  up.p.w = p.wUp;
-  up.p.wScale = p.wUpScale;
-  up.p.out = reinterpret_cast<float *>(upProjections);
+  GemmCall pair[2] = {c, c}; // gate, up
+  for (GemmCall &call : pair) {
+    call.p.wUp = nullptr;
+    call.p.wUpScale = nullptr;
+  }
+  pair[1].p.w = p.wUp;
+  pair[1].p.wScale = p.wUpScale;
+  pair[1].p.out = reinterpret_cast<float *>(upProjections);
   // cuBLASLt reads bf16 rows: one conversion serves both projections (of
   // every routed row, where each expert's GEMMs read their slice).
-  GemmCall pair[2] = {gate, up};
-  if (perExpertGemms && blas && gate.weightType == art::ElementType::BF16) {
+  if (perExpertGemms && blas && c.weightType == art::ElementType::BF16) {
     absl::StatusOr<CUdeviceptr> rows =
         toBf16(p.x, int64_t{expertOffsets.back()} * p.k);
     if (!rows.ok())
@@ -1139,7 +1139,7 @@ absl::Status Executor::Impl::launchGated(const art::Launch &l) {
       return s;
   int64_t count = numel(l.args()->Get(l.args()->size() - 1));
   return launch("kiln_swiglu", elementwiseGrid(count),
-                BinaryParams{p.out, up.p.out, p.out, count});
+                BinaryParams{p.out, pair[1].p.out, p.out, count});
 }
 
 namespace {
@@ -1157,9 +1157,8 @@ bool Executor::Impl::blasBf16Takes(const GemmCall &c) const {
   const GemmParams &p = c.p;
   // cuBLASLt wants 16-byte aligned operands (an expert's slice of rows is
   // where k is a multiple of 8).
-  return blas && c.dense && p.rows >= kBlasMinRows && !p.wUp &&
-         c.weightType == art::ElementType::BF16 && aligned16(p.w) &&
-         aligned16(p.out) &&
+  return blasDense(c) && !p.wUp && c.weightType == art::ElementType::BF16 &&
+         aligned16(p.w) && aligned16(p.out) &&
          (!c.bf16X || aligned16(reinterpret_cast<const void *>(c.bf16X)));
 }
 
@@ -1207,7 +1206,7 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
                                   blasWorkspace, kBlasWorkspaceBytes),
                    [&] { return "cuBLASLt bf16 GEMM " + gemmShape(p); });
   }
-  if (blas && c.dense && p.rows >= kBlasMinRows && !p.wUp) {
+  if (blasDense(c) && !p.wUp) {
     auto key = std::make_tuple(p.rows, p.n, p.k);
     if (blasFp8Shape(c) && aligned16(p.w) && aligned16(p.out) &&
         aligned16(c.quantized ? static_cast<const void *>(p.xCodes) : p.x) &&
