@@ -1,13 +1,13 @@
 // Decode attention over DeepSeek's absorbed-MLA latent cache (576 columns,
 // values its first 512, one kv head): attentionPaged on the fp32 cache
-// against attentionPagedFp8 on the FP8 one (656 bytes per token instead of
+// against attentionPagedPacked on the FP8 one (656 bytes per token instead of
 // 2,304). Prints one JSON object per configuration: median and best
 // milliseconds per call and the cache bytes read per second at the median.
 //
 // Usage: fp8-kv-attention [heads=16] [repeats=20]; threads from
 // OMP_NUM_THREADS.
 #include "runtime/src/cpu/Kernels.h"
-#include "runtime/src/cpu/PagedFp8.h"
+#include "runtime/src/cpu/PagedPacked.h"
 
 #include <omp.h>
 
@@ -62,7 +62,7 @@ void run(int64_t batch, int64_t context, int64_t heads, int repeats) {
 
   // Both caches hold the same latents, appended in chunks of 4,096 tokens.
   std::vector<float> fp32(numBlocks * kBlockTokens * kDk);
-  Fp8LatentLayout layout{kLatent, kRope};
+  PackedRowLayout layout{kLatent, kRope};
   std::vector<std::byte> fp8(numBlocks * kBlockTokens * layout.rowBytes());
   int64_t chunk = std::min<int64_t>(context, 4096);
   std::vector<float> x(batch * chunk * kDk);
@@ -75,8 +75,8 @@ void run(int64_t batch, int64_t context, int64_t heads, int repeats) {
         appendPos[b * chunk + s] = static_cast<int32_t>(p0 + s);
     kvAppendPaged(x.data(), appendPos.data(), batch, chunk, kDk, fp32.data(),
                   ids.data(), blocksPerSeq, kBlockTokens);
-    kvAppendPagedFp8(x.data(), appendPos.data(), batch, chunk, layout,
-                     fp8.data(), ids.data(), blocksPerSeq, kBlockTokens);
+    kvAppendPagedPacked(x.data(), appendPos.data(), batch, chunk, layout,
+                        fp8.data(), ids.data(), blocksPerSeq, kBlockTokens);
   }
 
   PagedView k{fp32.data(), kDk, kDk, 0}, v{fp32.data(), kDk, kLatent, 0};
@@ -86,9 +86,9 @@ void run(int64_t batch, int64_t context, int64_t heads, int repeats) {
                    scratch.data(), scratchFloats);
   });
   auto [fp8Median, fp8Best] = timeMs(repeats, [&] {
-    attentionPagedFp8(q.data(), fp8.data(), layout, tables, positions.data(),
-                      kvLengths.data(), batch, 1, heads, kDk, kLatent, scale,
-                      out.data(), scratch.data(), scratchFloats);
+    attentionPagedPacked(q.data(), fp8.data(), layout, tables, positions.data(),
+                         kvLengths.data(), batch, 1, heads, kDk, kLatent, scale,
+                         out.data(), scratch.data(), scratchFloats);
   });
   double tokens = static_cast<double>(batch * context);
   std::printf(

@@ -16,6 +16,8 @@ Measures
     (decode_tokens_per_s_no_pdl: without programmatic dependent launch)
     and compiled without the gated FFN GEMMs, folded head slices and linear
     groups (decode_tokens_per_s_unfused: the manifest's unfused artifact);
+    and with a bf16 latent cache (kiln_bf16_cache_decode_tokens_per_s: the
+    manifest's bf16_cache_artifact, compiled with --kv-cache-dtype=bf16);
   * prefill tokens/s of 2K tokens (batch 1); Kiln also with
     KILN_EXPERT_GEMMS=grouped (the experts as one grouped library GEMM
     instead of one cuBLASLt GEMM per expert) and with KILN_MMA_ATTENTION=off
@@ -178,6 +180,8 @@ def summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, step_
                        kiln[(b, c)].get("decode_tokens_per_s_no_pdl"),
                    "kiln_unfused_decode_tokens_per_s":
                        kiln[(b, c)].get("decode_tokens_per_s_unfused"),
+                   "kiln_bf16_cache_decode_tokens_per_s":
+                       kiln[(b, c)].get("decode_tokens_per_s_bf16_cache"),
                    "kiln_decode_kernel_launches_per_step":
                        kiln[(b, c)].get("decode_kernel_launches_per_step")}
             if b == 1:
@@ -293,6 +297,19 @@ def main():
                                     args.repeats, synthetic=True)
             for r in unfused["results"]:
                 kiln[(r["batch"], r["context"])]["decode_tokens_per_s_unfused"] = \
+                    r["decode_tokens_per_s"]
+        # The same model with a bf16 latent cache (HF's bf16 model caches in
+        # bf16 too): half the f32 cache's bytes at every batch and context.
+        bf16_cache_name = manifest["v2lite"].get("bf16_cache_artifact")
+        if bf16_cache_name:
+            log("Kiln: decode with a bf16 latent cache")
+            bf16_cache, _ = kiln_bench(args.bundle,
+                                       os.path.join(args.bundle, "artifacts",
+                                                    bf16_cache_name),
+                                       args.weights_dir, batches, contexts, args.steps,
+                                       args.repeats, synthetic=True)
+            for r in bf16_cache["results"]:
+                kiln[(r["batch"], r["context"])]["decode_tokens_per_s_bf16_cache"] = \
                     r["decode_tokens_per_s"]
     except RuntimeError as e:
         result["kiln_error"] = str(e)

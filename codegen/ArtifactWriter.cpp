@@ -137,8 +137,8 @@ absl::Status writeArtifact(const std::filesystem::path &path, art::ModelT &plan,
   if (fp8)
     plan.required_features |= art::kFeatureFp8Weights;
   for (const auto &slot : plan.kv_slots)
-    if (slot->fp8_columns > 0)
-      plan.required_features |= art::kFeatureFp8KvCache;
+    if (slot->packed)
+      plan.required_features |= art::kFeaturePackedKvCache;
   if (mode == WeightsMode::External) {
     std::error_code ec;
     plan.weights_dir =

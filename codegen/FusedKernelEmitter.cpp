@@ -172,10 +172,10 @@ private:
   /// Parameter names of kernel_.args, in order.
   std::vector<std::string> argNames_;
   /// A kv_append of the body: its (rows<k>, slot<k>) parameters, and its
-  /// slot's FP8 layout (null for f32) and bytes per row.
+  /// slot's packed layout (null for f32) and bytes per row.
   struct CacheStore {
     unsigned k;
-    Fp8CacheAttr fp8;
+    PackedCacheAttr packed;
     int64_t rowBytes;
   };
   llvm::DenseMap<Operation *, CacheStore> appends_;
@@ -235,7 +235,7 @@ LogicalResult Emitter::collectArgs() {
     rows.element = KernelElement::I32;
     rows.elements = 1;
     rows.parameter = append.getCache().str();
-    // An FP8 slot's rows are bytes in its layout (KVCacheOp's storage).
+    // A packed slot's rows are bytes in its layout (KVCacheOp's storage).
     KernelArg rowsOfSlot = rows;
     rowsOfSlot.role = ArgRole::CacheSlot;
     rowsOfSlot.perToken = false;
@@ -387,15 +387,15 @@ LogicalResult Emitter::emitOp(Operation &op) {
       llvm::TypeSwitch<Operation *, LogicalResult>(&op)
           .Case([&](KVAppendOp append) {
             // The token's row, unless it has no cache row (padding).
-            auto [k, fp8, bytes] = appends_.lookup(append);
+            auto [k, packed, bytes] = appends_.lookup(append);
             int64_t n = perToken(append.getValue());
-            if (fp8) {
+            if (packed) {
               os_ << llvm::formatv(
                   "  if (rows{0}[token] >= 0)\n"
-                  "    kiln::storeFp8Row({1}, kiln::Fp8Rows{{{2}, {3}}, "
+                  "    kiln::storePackedRow({1}, kiln::PackedRows{{{2}, {3}}, "
                   "slot{0} + int64_t{{rows{0}[token]} * {4});\n",
-                  k, row(append.getValue()), fp8.getColumns(),
-                  n - fp8.getColumns(), bytes);
+                  k, row(append.getValue()), packed.getFp8Columns(),
+                  n - packed.getFp8Columns(), bytes);
               return success();
             }
             os_ << llvm::formatv(

@@ -527,7 +527,8 @@ LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
         ValueInfo slot;
         slot.storage = art::Storage::KvRows;
         slot.index = slots_.lookup(append.getCache());
-        // An FP8 slot's rows are its stored bytes.
+        // A packed slot's rows are its stored bytes (typed e4m3, its
+        // narrowest element).
         auto cache = SymbolTable::lookupNearestSymbolFrom<KVCacheOp>(
             append, append.getCacheAttr());
         if (cache && cache.getStorage())
@@ -650,8 +651,10 @@ FailureOr<std::unique_ptr<art::ModelT>> buildPlan(ModuleOp module,
         return slot.emitOpError("the runtime's KV cache holds f32 entries; "
                                 "compile with f32 activations");
       s->type = *type;
-      if (Fp8CacheAttr storage = slot.getStorageAttr())
-        s->fp8_columns = storage.getColumns();
+      if (PackedCacheAttr storage = slot.getStorageAttr()) {
+        s->packed = true;
+        s->fp8_columns = storage.getFp8Columns();
+      }
       s->entry_shape.assign(slot.getEntryTensorType().getShape().begin(),
                             slot.getEntryTensorType().getShape().end());
       slots[s->name] = model->kv_slots.size();

@@ -156,21 +156,23 @@ def Kiln_Fp8QuantAttr : Kiln_Attr<"Fp8Quant", "fp8_quant"> {
   let genVerifyDecl = 1;
 }
 
-def Kiln_Fp8CacheAttr : Kiln_Attr<"Fp8Cache", "fp8_cache"> {
-  let summary = "FP8 storage of a KV-cache slot's leading columns";
+def Kiln_PackedCacheAttr : Kiln_Attr<"PackedCache", "packed_cache"> {
+  let summary = "Compact storage of a KV-cache slot: e4m3 then bf16 columns";
   let description = [{
-    The first `columns` values of each cached entry (the MLA latent `c_kv`)
-    are stored as e4m3 with one fp32 scale per 128 values, `s = max(amax,
-    1e-4) / 448`; the remaining columns (the decoupled RoPE key) are stored
-    as bf16. DeepSeek-V3's 512 + 64 latent takes 656 bytes per token and
-    layer.
+    Each cached entry (the MLA latent `[c_kv | k_pe]`) is stored as one
+    packed row: its first `fp8_columns` values as e4m3 with one fp32 scale
+    per 128 values, `s = max(amax, 1e-4) / 448`, the remaining values as
+    bf16. `fp8_columns = 0` is a bf16 cache (`--kv-cache-dtype=bf16`, the
+    cache of a bf16 model in vLLM or transformers): 1,152 bytes per token
+    and layer for a 512 + 64 latent. `fp8_columns = kv_lora_rank` is
+    DeepSeek-V3's FP8 latent with a bf16 RoPE key: 656 bytes.
 
     ```mlir
     kiln.kv_cache @l.latent_cache : tensor<1x576xf32>
-        {storage = #kiln.fp8_cache<columns = 512>}
+        {storage = #kiln.packed_cache<fp8_columns = 512>}
     ```
   }];
-  let parameters = (ins "int64_t":$columns);
+  let parameters = (ins "int64_t":$fp8_columns);
   let assemblyFormat = "`<` struct(params) `>`";
   let genVerifyDecl = 1;
 }

@@ -86,18 +86,19 @@ LogicalResult RopeAttr::verify(function_ref<InFlightDiagnostic()> emitError,
   return success();
 }
 
-LogicalResult
-Fp8QuantAttr::verify(function_ref<InFlightDiagnostic()> emitError,
-                     int64_t blockRows, int64_t blockCols, bool, bool) {
+LogicalResult Fp8QuantAttr::verify(function_ref<InFlightDiagnostic()> emitError,
+                                   int64_t blockRows, int64_t blockCols, bool,
+                                   bool) {
   if (blockRows < 1 || blockCols < 1)
     return emitError() << "fp8_quant needs block_rows and block_cols >= 1";
   return success();
 }
 
-LogicalResult Fp8CacheAttr::verify(function_ref<InFlightDiagnostic()> emitError,
-                                   int64_t columns) {
-  if (columns < 1)
-    return emitError() << "fp8_cache needs columns >= 1";
+LogicalResult
+PackedCacheAttr::verify(function_ref<InFlightDiagnostic()> emitError,
+                        int64_t fp8Columns) {
+  if (fp8Columns < 0)
+    return emitError() << "packed_cache needs fp8_columns >= 0";
   return success();
 }
 

@@ -225,15 +225,15 @@ LogicalResult KVCacheOp::verify() {
   if (!isa<Float32Type, BFloat16Type, Float8E4M3FNType>(element))
     return emitOpError("cache entries must be f32, bf16 or f8E4M3FN, got ")
            << element;
-  if (Fp8CacheAttr storage = getStorageAttr()) {
+  if (PackedCacheAttr storage = getStorageAttr()) {
     if (!isa<Float32Type, BFloat16Type>(element) || type.getRank() != 2 ||
         type.getDimSize(0) != 1)
-      return emitOpError("fp8_cache storage needs a [1, n] f32 or bf16 "
+      return emitOpError("packed_cache storage needs a [1, n] f32 or bf16 "
                          "entry, got ")
              << type;
-    if (storage.getColumns() > type.getDimSize(1))
-      return emitOpError("fp8_cache columns (")
-             << storage.getColumns() << ") exceed the entry's "
+    if (storage.getFp8Columns() > type.getDimSize(1))
+      return emitOpError("packed_cache fp8_columns (")
+             << storage.getFp8Columns() << ") exceed the entry's "
              << type.getDimSize(1);
   }
   return success();
@@ -242,13 +242,13 @@ LogicalResult KVCacheOp::verify() {
 int64_t KVCacheOp::getStoredBytesPerToken() {
   RankedTensorType type = getEntryTensorType();
   int64_t elements = type.getNumElements();
-  Fp8CacheAttr storage = getStorageAttr();
+  PackedCacheAttr storage = getStorageAttr();
   if (!storage)
     return elements * type.getElementTypeBitWidth() / 8;
   // e4m3 codes (padded to 4 bytes so that the scales stay aligned), one
   // fp32 scale per 128 of them, bf16 for the rest, padded to 4 bytes: the
-  // runtime's Fp8LatentLayout.
-  int64_t codes = storage.getColumns();
+  // runtime's PackedRowLayout.
+  int64_t codes = storage.getFp8Columns();
   int64_t bytes =
       (codes + 3) / 4 * 4 + 4 * ((codes + 127) / 128) + 2 * (elements - codes);
   return (bytes + 3) / 4 * 4;

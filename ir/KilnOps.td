@@ -99,11 +99,11 @@ def Kiln_KVCacheOp : Kiln_Op<"kv_cache", [Symbol]> {
     ```
 
     `storage` stores entries in a narrower form than `entry_type` (see
-    `#kiln.fp8_cache`); reads still produce `entry_type` values.
+    `#kiln.packed_cache`); reads still produce `entry_type` values.
   }];
   let arguments = (ins SymbolNameAttr:$sym_name,
                        TypeAttrOf<AnyRankedTensor>:$entry_type,
-                       OptionalAttr<Kiln_Fp8CacheAttr>:$storage);
+                       OptionalAttr<Kiln_PackedCacheAttr>:$storage);
   let assemblyFormat = "$sym_name `:` $entry_type attr-dict";
   let hasVerifier = 1;
   let extraClassDeclaration = [{

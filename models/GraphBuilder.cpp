@@ -146,7 +146,7 @@ UnitAttr GraphBuilder::actUe8m0(const Weight &w) {
 void GraphBuilder::kvCache(const std::string &name, RankedTensorType entry) {
   moduleBuilder_.setInsertionPoint(builder_.getBlock()->getParentOp());
   moduleBuilder_.create<KVCacheOp>(loc(name), builder_.getStringAttr(name),
-                                   TypeAttr::get(entry), Fp8CacheAttr());
+                                   TypeAttr::get(entry), PackedCacheAttr());
 }
 
 Value GraphBuilder::linear(Value x, const std::string &prefix, int64_t out,

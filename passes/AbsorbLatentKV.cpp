@@ -19,7 +19,10 @@
 #include "mlir/IR/IRMapping.h"
 #include "mlir/IR/SymbolTable.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <optional>
 
 namespace mlir::kiln {
 #define GEN_PASS_DEF_KILNABSORBLATENTKV
@@ -171,8 +174,10 @@ struct DerivedWeight {
 
 class Rewriter {
 public:
-  Rewriter(ModuleOp module, bool fp8Cache)
-      : module_(module), b_(module.getContext()), fp8Cache_(fp8Cache) {}
+  /// `packedFp8Columns`: the latent slots' storage (no value: f32).
+  Rewriter(ModuleOp module, std::optional<int64_t> packedFp8Columns)
+      : module_(module), b_(module.getContext()),
+        packedFp8Columns_(packedFp8Columns) {}
 
   void rewrite(MlaSite m, MlaForm form);
 
@@ -191,7 +196,7 @@ private:
 
   ModuleOp module_;
   OpBuilder b_;
-  bool fp8Cache_;
+  std::optional<int64_t> packedFp8Columns_;
 };
 
 /// The prefix of the layer's attention, from its K slot ("...self_attn").
@@ -210,7 +215,10 @@ StringRef Rewriter::latentSlot(MlaSite m) {
     b_.create<KVCacheOp>(
         old.getLoc(), b_.getStringAttr(name),
         TypeAttr::get(RankedTensorType::get({1, m.kvr + m.rope}, element)),
-        fp8Cache_ ? Fp8CacheAttr::get(b_.getContext(), m.kvr) : Fp8CacheAttr());
+        packedFp8Columns_
+            ? PackedCacheAttr::get(b_.getContext(),
+                                   std::min(*packedFp8Columns_, m.kvr))
+            : PackedCacheAttr());
   }
   return cast<KVCacheOp>(module_.lookupSymbol(name)).getSymName();
 }
@@ -362,9 +370,10 @@ struct AbsorbLatentKVPass
 
   void runOnOperation() override {
     ModuleOp module = getOperation();
-    if (latentCacheDtype != "f32" && latentCacheDtype != "fp8") {
+    if (latentCacheDtype != "f32" && latentCacheDtype != "bf16" &&
+        latentCacheDtype != "fp8") {
       module.emitError("kiln-absorb-latent-kv: latent-cache-dtype must be "
-                       "f32 or fp8, got '")
+                       "f32, bf16 or fp8, got '")
           << latentCacheDtype << "'";
       return signalPassFailure();
     }
@@ -454,7 +463,14 @@ struct AbsorbLatentKVPass
   }
 
   void rewriteAll(ModuleOp module, std::vector<MlaSite> sites, MlaForm form) {
-    Rewriter rewriter(module, latentCacheDtype == "fp8");
+    // bf16: a packed row without e4m3 columns; fp8: c_kv's kv_lora_rank
+    // columns in e4m3 (the site's kvr bounds the int64 max).
+    std::optional<int64_t> packed;
+    if (latentCacheDtype == "bf16")
+      packed = 0;
+    else if (latentCacheDtype == "fp8")
+      packed = std::numeric_limits<int64_t>::max();
+    Rewriter rewriter(module, packed);
     for (MlaSite m : sites)
       rewriter.rewrite(m, form);
     // Slots and parameters nothing uses any more.

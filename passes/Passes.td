@@ -96,8 +96,9 @@ def KilnAbsorbLatentKV : Pass<"kiln-absorb-latent-kv", "::mlir::ModuleOp"> {
     `kv_b_proj` weights whose blocks straddle heads.
 
     `latent-cache-dtype=fp8` stores the latent slots as
-    `#kiln.fp8_cache<columns = kv_lora_rank>`: `c_kv` in e4m3 with one
-    scale per 128 values, the RoPE key in bf16.
+    `#kiln.packed_cache<fp8_columns = kv_lora_rank>`: `c_kv` in e4m3 with
+    one scale per 128 values, the RoPE key in bf16; `latent-cache-dtype=bf16`
+    as `#kiln.packed_cache<fp8_columns = 0>`: every column in bf16.
   }];
   let options = [
     Option<"mode", "mode", "std::string", /*default=*/"\"auto\"",
@@ -109,7 +110,7 @@ def KilnAbsorbLatentKV : Pass<"kiln-absorb-latent-kv", "::mlir::ModuleOp"> {
     Option<"context", "context", "int64_t", /*default=*/"4096",
            "Cached positions per sequence, for the cost model">,
     Option<"latentCacheDtype", "latent-cache-dtype", "std::string",
-           /*default=*/"\"f32\"", "f32 or fp8: how latent slots store c_kv">,
+           /*default=*/"\"f32\"", "f32, bf16 or fp8: how latent slots store their rows">,
   ];
 }
 

@@ -365,30 +365,34 @@ KILN_FN void quantizeFp8(const float *x, int64_t n, int64_t blockCols, int pow2,
   }
 }
 
-/// Values per FP8 scale group of a cache row (cpu::Fp8LatentLayout::kGroup).
+/// Values per FP8 scale group of a cache row (cpu::PackedRowLayout::kGroup).
 constexpr int kFp8CacheGroup = 128;
 
-/// An FP8 latent row layout (cpu::Fp8LatentLayout); quantColumns == 0 for
-/// f32 rows.
-struct Fp8Rows {
+/// A packed latent row layout (cpu::PackedRowLayout): quantColumns e4m3
+/// codes, their scales, then bf16Columns bf16 values (no e4m3 columns: a
+/// bf16 row). No columns at all for f32 rows.
+struct PackedRows {
   int64_t quantColumns, bf16Columns;
 };
-KILN_FN int64_t fp8ScaleOffset(Fp8Rows l) {
+KILN_FN bool isPacked(PackedRows l) {
+  return l.quantColumns + l.bf16Columns > 0;
+}
+KILN_FN int64_t packedScaleOffset(PackedRows l) {
   return (l.quantColumns + 3) / 4 * 4;
 }
-KILN_FN int64_t fp8Bf16Offset(Fp8Rows l) {
-  return fp8ScaleOffset(l) +
+KILN_FN int64_t packedBf16Offset(PackedRows l) {
+  return packedScaleOffset(l) +
          4 * ((l.quantColumns + kFp8CacheGroup - 1) / kFp8CacheGroup);
 }
-KILN_FN int64_t fp8RowBytes(Fp8Rows l) {
-  return (fp8Bf16Offset(l) + 2 * l.bf16Columns + 3) / 4 * 4;
+KILN_FN int64_t packedRowBytes(PackedRows l) {
+  return (packedBf16Offset(l) + 2 * l.bf16Columns + 3) / 4 * 4;
 }
-/// One cache row of an FP8 slot from `x` (quantColumns + bf16Columns
-/// values), as cpu::kvAppendPagedFp8 stores it, byte for byte: e4m3 codes
+/// One cache row of a packed slot from `x` (quantColumns + bf16Columns
+/// values), as cpu::kvAppendPagedPacked stores it, byte for byte: e4m3 codes
 /// with an fp32 scale per kFp8CacheGroup of the first quantColumns, the
 /// rest in bf16, padding zeroed. Called by every thread of the block.
-KILN_FN void storeFp8Row(const float *x, Fp8Rows l, unsigned char *row) {
-  float *scales = reinterpret_cast<float *>(row + fp8ScaleOffset(l));
+KILN_FN void storePackedRow(const float *x, PackedRows l, unsigned char *row) {
+  float *scales = reinterpret_cast<float *>(row + packedScaleOffset(l));
   for (int64_t g0 = 0; g0 < l.quantColumns; g0 += kFp8CacheGroup) {
     int64_t g1 = g0 + kFp8CacheGroup < l.quantColumns ? g0 + kFp8CacheGroup
                                                       : l.quantColumns;
@@ -402,14 +406,14 @@ KILN_FN void storeFp8Row(const float *x, Fp8Rows l, unsigned char *row) {
     if (KILN_THREAD == 0)
       scales[g0 / kFp8CacheGroup] = s;
   }
-  uint16_t *tail = reinterpret_cast<uint16_t *>(row + fp8Bf16Offset(l));
+  uint16_t *tail = reinterpret_cast<uint16_t *>(row + packedBf16Offset(l));
   for (int64_t c = KILN_THREAD; c < l.bf16Columns; c += KILN_THREADS)
     tail[c] = encodeBf16(x[l.quantColumns + c]);
-  for (int64_t c = l.quantColumns + KILN_THREAD; c < fp8ScaleOffset(l);
+  for (int64_t c = l.quantColumns + KILN_THREAD; c < packedScaleOffset(l);
        c += KILN_THREADS)
     row[c] = 0;
-  int64_t used = fp8Bf16Offset(l) + 2 * l.bf16Columns;
-  for (int64_t c = used + KILN_THREAD; c < fp8RowBytes(l); c += KILN_THREADS)
+  int64_t used = packedBf16Offset(l) + 2 * l.bf16Columns;
+  for (int64_t c = used + KILN_THREAD; c < packedRowBytes(l); c += KILN_THREADS)
     row[c] = 0;
 }
 

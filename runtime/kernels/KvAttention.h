@@ -1,8 +1,8 @@
-// The CUDA executor's KV-cache kernels: append (f32 and FP8 latent rows),
+// The CUDA executor's KV-cache kernels: append (f32 and packed latent rows),
 // gather, and attention over paged or contiguous keys and values with the
 // context split across blocks (FlashDecoding) and merged. Semantics of
-// runtime/src/cpu (kvAppendPaged, kvAppendPagedFp8, attention,
-// attentionPaged, attentionPagedFp8, the KvGather launch); the host builds
+// runtime/src/cpu (kvAppendPaged, kvAppendPagedPacked, attention,
+// attentionPaged, attentionPagedPacked, the KvGather launch); the host builds
 // are tested against them in tests/runtime/KvAttentionKernelTest.cpp.
 //
 // Attention: one block per (query tile, kv head, split) takes up to 16
@@ -50,14 +50,14 @@ KILN_FN int64_t kvRow(const KvTables &t, int64_t b, int64_t j) {
 }
 
 /// Column c of an FP8 row, dequantized as the CPU kernels do.
-KILN_FN float fp8Column(const unsigned char *row, Fp8Rows l, int64_t c) {
+KILN_FN float packedColumn(const unsigned char *row, PackedRows l, int64_t c) {
   if (c < l.quantColumns) {
     const float *scales =
-        reinterpret_cast<const float *>(row + fp8ScaleOffset(l));
+        reinterpret_cast<const float *>(row + packedScaleOffset(l));
     return decodeE4m3(row[c]) * scales[c / kFp8CacheGroup];
   }
   const uint16_t *tail =
-      reinterpret_cast<const uint16_t *>(row + fp8Bf16Offset(l));
+      reinterpret_cast<const uint16_t *>(row + packedBf16Offset(l));
   return toFloat(Bf16{tail[c - l.quantColumns]});
 }
 
@@ -69,7 +69,7 @@ struct KvAppendParams {
   void *slot;
   KvTables tables;
   int64_t seq, entry; // entry: floats per token (f32 slots)
-  Fp8Rows fp8;        // FP8 slots: the row layout
+  PackedRows packed;  // packed slots: the row layout
 };
 
 KILN_FN void kiln_kv_append_block(Dim3 block, const KvAppendParams &p) {
@@ -84,18 +84,19 @@ KILN_FN void kiln_kv_append_block(Dim3 block, const KvAppendParams &p) {
 }
 KILN_KERNEL(kiln_kv_append, KvAppendParams)
 
-/// Quantizes as cpu::kvAppendPagedFp8 (byte for byte, padding zeroed).
-KILN_FN void kiln_kv_append_fp8_block(Dim3 block, const KvAppendParams &p) {
+/// Packs as cpu::kvAppendPagedPacked (byte for byte, padding zeroed).
+KILN_FN void kiln_kv_append_packed_block(Dim3 block, const KvAppendParams &p) {
   int32_t position = p.positions[block.x];
   if (position < 0)
     return;
-  Fp8Rows l = p.fp8;
+  PackedRows l = p.packed;
   const float *x = p.x + int64_t{block.x} * (l.quantColumns + l.bf16Columns);
-  storeFp8Row(x, l,
-              static_cast<unsigned char *>(p.slot) +
-                  kvRow(p.tables, block.x / p.seq, position) * fp8RowBytes(l));
+  storePackedRow(x, l,
+                 static_cast<unsigned char *>(p.slot) +
+                     kvRow(p.tables, block.x / p.seq, position) *
+                         packedRowBytes(l));
 }
-KILN_KERNEL(kiln_kv_append_fp8, KvAppendParams)
+KILN_KERNEL(kiln_kv_append_packed, KvAppendParams)
 
 // -- Gather: columns [column, column + n) of every row of each token into
 // out [batch, kvLen, rowsPerToken, n]; tokens a sequence's blocks do not
@@ -107,7 +108,7 @@ struct KvGatherParams {
   const int32_t *held; // [batch] positions the blocks cover
   float *out;
   int64_t kvLen, rowsPerToken, width, column, n, entry;
-  Fp8Rows fp8; // FP8 slots (one row per token)
+  PackedRows packed; // packed slots (one row per token)
 };
 
 KILN_FN void kiln_kv_gather_block(Dim3 block, const KvGatherParams &p) {
@@ -120,11 +121,11 @@ KILN_FN void kiln_kv_gather_block(Dim3 block, const KvGatherParams &p) {
     return;
   }
   int64_t row = kvRow(p.tables, b, t);
-  if (p.fp8.quantColumns > 0) {
-    const unsigned char *bytes =
-        static_cast<const unsigned char *>(p.slot) + row * fp8RowBytes(p.fp8);
+  if (isPacked(p.packed)) {
+    const unsigned char *bytes = static_cast<const unsigned char *>(p.slot) +
+                                 row * packedRowBytes(p.packed);
     for (int64_t i = KILN_THREAD; i < p.n; i += KILN_THREADS)
-      out[i] = fp8Column(bytes, p.fp8, p.column + i);
+      out[i] = packedColumn(bytes, p.packed, p.column + i);
     return;
   }
   const float *src =
@@ -140,8 +141,8 @@ struct AttentionParams {
   const float *q; // [rows = batch * seq, heads, dk]
   KvRows k, v;
   KvTables tables;
-  const unsigned char *fp8Slot; // FP8 latent keys/values (k, v unused)
-  Fp8Rows fp8;
+  const unsigned char *packedSlot; // packed latent keys/values (k, v unused)
+  PackedRows packed;
   const int32_t *positions; // [rows]
   const int32_t *kvLengths; // [batch]
   float *out;               // [rows, heads, dv]
@@ -212,16 +213,16 @@ struct F32Kv {
     return row[c];
   }
 };
-struct Fp8Kv {
+struct PackedKv {
   using Row = const unsigned char *;
   KILN_FN static Row key(const AttentionParams &p, int64_t row, int64_t) {
-    return p.fp8Slot + row * fp8RowBytes(p.fp8);
+    return p.packedSlot + row * packedRowBytes(p.packed);
   }
   KILN_FN static Row value(const AttentionParams &p, int64_t row, int64_t g) {
     return key(p, row, g);
   }
   KILN_FN static float at(const AttentionParams &p, Row row, int64_t c) {
-    return fp8Column(row, p.fp8, c);
+    return packedColumn(row, p.packed, c);
   }
 };
 
@@ -439,12 +440,14 @@ KILN_FN void kiln_attention_block(Dim3 block, const AttentionParams &p) {
   KILN_SHARED int64_t keyEnds[kAttentionHeadsPerBlock];
   AttentionTask t = attentionTask(block, p);
   int64_t vectors = t.rows * t.nh;
-  if (p.fp8Slot) {
+  if (p.packedSlot) {
     // FP8 latent caches are MLA's: one kv head for all the heads.
     if (vectors > 8)
-      attendHeads<16, Fp8Kv>(block, p, t, qs, probs, stats, tileRows, keyEnds);
+      attendHeads<16, PackedKv>(block, p, t, qs, probs, stats, tileRows,
+                                keyEnds);
     else
-      attendHeads<8, Fp8Kv>(block, p, t, qs, probs, stats, tileRows, keyEnds);
+      attendHeads<8, PackedKv>(block, p, t, qs, probs, stats, tileRows,
+                               keyEnds);
   } else if (vectors > 8) {
     attendHeads<16, F32Kv>(block, p, t, qs, probs, stats, tileRows, keyEnds);
   } else if (vectors > 4) {

@@ -1,5 +1,6 @@
 // Attention on the tensor cores (mma.sync, WarpMma.h) for f32 keys and
-// values of up to 256 / 128 dimensions: a prefill's naive or GQA attention
+// values, or packed latent rows (bf16 or FP8 caches), of up to 256 / 128
+// dimensions: a prefill's naive or GQA attention
 // (DeepSeek's heads from the latent: dk 192, dv 128; Llama / Qwen: 128).
 // Same parameters, grid, tasks, splits and merge as kiln_attention
 // (KvAttention.h): a block takes up to 16 query vectors of one kv head (16
@@ -58,6 +59,29 @@ KILN_FN uint32_t loadBf16Pair(const float *row, int64_t c) {
 #endif
 }
 
+/// Columns c, c + 1 (c even) of a key row as a bf16 pair: an f32 row's
+/// rounded, a packed row's bf16 columns as stored (one 4-byte load), its
+/// e4m3 columns dequantized and rounded (quantColumns even).
+KILN_FN uint32_t keyPair(const AttentionParams &, const float *row, int64_t c) {
+  return loadBf16Pair(row, c);
+}
+KILN_FN uint32_t keyPair(const AttentionParams &p, const unsigned char *row,
+                         int64_t c) {
+  if (c < p.packed.quantColumns)
+    return packBf16x2(packedColumn(row, p.packed, c),
+                      packedColumn(row, p.packed, c + 1));
+  const unsigned char *tail = row + packedBf16Offset(p.packed);
+  int64_t at = 2 * (c - p.packed.quantColumns);
+#if defined(__CUDACC__)
+  return *reinterpret_cast<const uint32_t *>(tail + at);
+#else
+  uint32_t bits = 0;
+  for (int i = 0; i < 4; ++i)
+    bits |= uint32_t{tail[at + i]} << (8 * i);
+  return bits;
+#endif
+}
+
 /// The block's shared state: each warp's per-vector max and sum and its
 /// output, merged at the end (narrow); Q's fragments (wide).
 struct MmaAttentionShared {
@@ -93,7 +117,8 @@ KILN_FN MmaA queryFragment(const AttentionParams &p, const AttentionTask &t,
 /// Narrow: each warp takes every 4th 16-key chunk for all of dv, merged
 /// through `merge` at the end. Wide: each warp takes every chunk for its
 /// quarter of dv (`part`; the host's one warp takes the 4 parts in turn).
-template <bool Wide>
+/// Kv: F32Kv or PackedKv (KvAttention.h), where the key and value rows are.
+template <bool Wide, typename Kv>
 KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
                        const AttentionTask &t, int64_t *keyEnds,
                        MmaAttentionShared *merge, MmaA (*qShared)[32]) {
@@ -151,12 +176,12 @@ KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
             s[h][lane].r[i] = 0.0f;
       }
       // The lane's two key rows, looked up once per chunk.
-      Lanes<const float *> keys[2];
+      Lanes<typename Kv::Row> keys[2];
       KILN_FOR_EACH_LANE(lane) {
         int g = lane / 4;
         for (int h = 0; h < 2; ++h) {
           int64_t j = j0 + 8 * h + g < t.end ? j0 + 8 * h + g : t.end - 1;
-          keys[h][lane] = F32Kv::key(p, kvRow(p.tables, t.b, j), t.kvHead);
+          keys[h][lane] = Kv::key(p, kvRow(p.tables, t.b, j), t.kvHead);
         }
       }
       KILN_UNROLL
@@ -167,10 +192,10 @@ KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
         KILN_FOR_EACH_LANE(lane) {
           int tq = lane % 4;
           for (int h = 0; h < 2; ++h) {
-            const float *key = keys[h][lane];
+            typename Kv::Row key = keys[h][lane];
             int64_t c = 16 * st + 2 * tq;
-            k[h][lane] = MmaB{{loadBf16Pair(key, c),
-                               c + 8 < p.dk ? loadBf16Pair(key, c + 8) : 0u}};
+            k[h][lane] = MmaB{{keyPair(p, key, c),
+                               c + 8 < p.dk ? keyPair(p, key, c + 8) : 0u}};
           }
         }
         if (Wide) {
@@ -236,7 +261,7 @@ KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
       reduceOverGroup<false>(tileSum[1]);
       // O = O * scale + P V: value rows of keys 2t, 2t + 1, 2t + 8, 2t + 9,
       // column g of each 8.
-      const float *values[4];
+      typename Kv::Row values[4];
       Lanes<MmaB> v[kTiles];
       KILN_FOR_EACH_LANE(lane) {
         int g = lane / 4, tq = lane % 4;
@@ -247,7 +272,7 @@ KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
             out[f][lane].r[i] *= scale[i / 2][lane];
         for (int i = 0; i < 4; ++i) {
           int64_t j = j0 + 2 * tq + i % 2 + 8 * (i / 2);
-          values[i] = F32Kv::value(
+          values[i] = Kv::value(
               p, kvRow(p.tables, t.b, j < t.end ? j : t.end - 1), t.kvHead);
         }
         KILN_UNROLL
@@ -255,8 +280,9 @@ KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
           if (f >= tiles)
             break;
           int64_t c = col0 + 8 * f + g;
-          v[f][lane] = MmaB{{packBf16x2(values[0][c], values[1][c]),
-                             packBf16x2(values[2][c], values[3][c])}};
+          v[f][lane] = MmaB{
+              {packBf16x2(Kv::at(p, values[0], c), Kv::at(p, values[1], c)),
+               packBf16x2(Kv::at(p, values[2], c), Kv::at(p, values[3], c))}};
         }
       }
       KILN_UNROLL
@@ -347,11 +373,15 @@ KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
 }
 
 /// Grid attentionGrid(batch, seq, heads, kvHeads, splits), as kiln_attention
-/// (mmaAttentionFits(dk, dv), f32 keys and values).
+/// (mmaAttentionFits(dk, dv); f32 keys and values, or a packed slot's rows
+/// with an even quantColumns).
 KILN_FN void kiln_attention_mma_block(Dim3 block, const AttentionParams &p) {
   KILN_SHARED MmaAttentionShared shared;
-  mmaAttend<false>(block, p, attentionTask(block, p), shared.keyEnds, &shared,
-                   nullptr);
+  AttentionTask t = attentionTask(block, p);
+  if (p.packedSlot)
+    mmaAttend<false, PackedKv>(block, p, t, shared.keyEnds, &shared, nullptr);
+  else
+    mmaAttend<false, F32Kv>(block, p, t, shared.keyEnds, &shared, nullptr);
 }
 KILN_KERNEL(kiln_attention_mma, AttentionParams)
 
@@ -359,8 +389,11 @@ KILN_KERNEL(kiln_attention_mma, AttentionParams)
 KILN_FN void kiln_attention_mma_wide_block(Dim3 block,
                                            const AttentionParams &p) {
   KILN_SHARED MmaAttentionWideShared shared;
-  mmaAttend<true>(block, p, attentionTask(block, p), shared.keyEnds, nullptr,
-                  shared.q);
+  AttentionTask t = attentionTask(block, p);
+  if (p.packedSlot)
+    mmaAttend<true, PackedKv>(block, p, t, shared.keyEnds, nullptr, shared.q);
+  else
+    mmaAttend<true, F32Kv>(block, p, t, shared.keyEnds, nullptr, shared.q);
 }
 KILN_KERNEL(kiln_attention_mma_wide, AttentionParams)
 

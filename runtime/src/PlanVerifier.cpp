@@ -8,7 +8,7 @@
 #include "ModelImpl.h"
 
 #include "cpu/Kernels.h"
-#include "cpu/PagedFp8.h"
+#include "cpu/PagedPacked.h"
 #include "kiln/PlanShapes.h"
 
 #include <algorithm>
@@ -72,12 +72,12 @@ private:
   /// starting at `at`.
   bool fp8Scale(const art::Launch &launch, const art::TensorRef *w,
                 const art::TensorRef *scale, unsigned at) const;
-  /// Whether an attention or gather reads slot `index` in FP8 form.
-  const art::KvSlot *fp8Slot(const art::TensorRef *ref) const {
+  /// Whether an attention or gather reads slot `index` in packed form.
+  const art::KvSlot *packedSlot(const art::TensorRef *ref) const {
     if (ref->storage() != art::Storage::KvCache)
       return nullptr;
     const art::KvSlot *slot = plan_.kv_slots()->Get(ref->index());
-    return slot->fp8_columns() > 0 ? slot : nullptr;
+    return slot->packed() ? slot : nullptr;
   }
 
   // Shape queries on verified references.
@@ -224,11 +224,10 @@ absl::Status Verifier::checkRef(const art::TensorRef *ref, const char *role) {
                   std::to_string(ref->index()));
     const art::KvSlot *slot = plan_.kv_slots()->Get(ref->index());
     const auto &entry = *slot->entry_shape();
-    // f32 rows, or an FP8 slot's stored bytes.
-    bool fp8 = slot->fp8_columns() > 0;
-    bool same = (fp8 ? ref->type() == art::ElementType::F8E4M3
-                     : slot->type() == art::ElementType::F32 &&
-                           ref->type() == art::ElementType::F32) &&
+    // f32 rows, or a packed slot's stored bytes.
+    bool same = (slot->packed() ? ref->type() == art::ElementType::F8E4M3
+                                : slot->type() == art::ElementType::F32 &&
+                                      ref->type() == art::ElementType::F32) &&
                 ref->offset() == 0 && r == static_cast<int>(entry.size());
     for (int i = 0; same && i < r; ++i)
       same = staticDim(ref, i) == entry.Get(i);
@@ -495,16 +494,16 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
     if ((k->storage() == art::Storage::KvCache) !=
         (v->storage() == art::Storage::KvCache))
       return bad("k and v must both be cache views or both be computed");
-    // An FP8 latent slot is read whole as the single kv head's keys, and
-    // values are a prefix of its e4m3 columns.
-    const art::KvSlot *kSlot = fp8Slot(k), *vSlot = fp8Slot(v);
+    // A packed latent slot is read whole as the single kv head's keys, and
+    // values are a prefix of its columns.
+    const art::KvSlot *kSlot = packedSlot(k), *vSlot = packedSlot(v);
     if ((kSlot || vSlot) &&
         (kSlot != vSlot || staticDim(k, 2) != 1 || k->offset() != 0 ||
          v->offset() != 0 || staticDim(k, 3) != kSlot->entry_shape()->Get(1) ||
-         staticDim(k, 3) > cpu::kMaxFp8LatentColumns ||
-         staticDim(v, 3) > kSlot->fp8_columns()))
-      return bad("an FP8 latent slot must give keys (whole rows, one kv "
-                 "head) and values (a prefix of its e4m3 columns)");
+         staticDim(k, 3) > cpu::kMaxPackedColumns ||
+         staticDim(v, 3) > staticDim(k, 3)))
+      return bad("a packed latent slot must give keys (whole rows, one kv "
+                 "head) and values (a prefix of its columns)");
     return absl::OkStatus();
   }
   case art::KernelKind::MoeGate: {
@@ -722,11 +721,12 @@ absl::Status Verifier::run() {
       if (d < 1 || d > kMaxStaticDim)
         return fail("cache slot " + slot->name()->str() + " has a bad shape");
     const auto &entry = *slot->entry_shape();
-    if (slot->fp8_columns() != 0 &&
-        (entry.size() != 2 || entry.Get(0) != 1 || slot->fp8_columns() < 0 ||
-         slot->fp8_columns() > entry.Get(1)))
+    if ((slot->packed() || slot->fp8_columns() != 0) &&
+        (!slot->packed() || entry.size() != 2 || entry.Get(0) != 1 ||
+         slot->fp8_columns() < 0 || slot->fp8_columns() > entry.Get(1)))
       return fail("cache slot " + slot->name()->str() +
-                  " has FP8 columns that do not fit a [1, n] entry");
+                  " has a packed row that does not fit a [1, n] entry, or "
+                  "FP8 columns without one");
   }
   if (plan_.gpu_modules())
     for (const art::GpuModule *m : *plan_.gpu_modules()) {
@@ -969,8 +969,8 @@ uint64_t slotBytesPerToken(const art::KvSlot &slot) {
   uint64_t elements = 1;
   for (int64_t d : *slot.entry_shape())
     elements *= static_cast<uint64_t>(d);
-  if (slot.fp8_columns() > 0)
-    return cpu::Fp8LatentLayout{
+  if (slot.packed())
+    return cpu::PackedRowLayout{
         slot.fp8_columns(), static_cast<int64_t>(elements) - slot.fp8_columns()}
         .rowBytes();
   return elements * elementBytes(slot.type());

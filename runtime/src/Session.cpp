@@ -7,7 +7,7 @@
 #include "LaunchAttributes.h"
 #include "PagedKvCache.h"
 #include "cpu/Kernels.h"
-#include "cpu/PagedFp8.h"
+#include "cpu/PagedPacked.h"
 #include "kiln/PlanShapes.h"
 #ifdef KILN_HAVE_CUDA_EXECUTOR
 #include "cuda/CudaExecutor.h"
@@ -150,8 +150,8 @@ struct Session::Impl {
   std::unique_ptr<std::byte[], FreeDeleter> arena;
   std::unique_ptr<PagedKvCache> kv;
   std::vector<int64_t> cacheEntry; // floats per token per slot
-  // FP8 slots' row layout (quantColumns == 0: an f32 slot).
-  std::vector<cpu::Fp8LatentLayout> fp8Layout;
+  // Packed slots' row layout (no columns: an f32 slot).
+  std::vector<cpu::PackedRowLayout> packedLayout;
   BoundEntry prefill, decode;
   uint32_t maxBatch = 0;
   int64_t vocab = 0;
@@ -397,11 +397,11 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
               "position " + std::to_string(positions[b * dims.seq + j]) +
               " beyond the blocks of sequence " + std::to_string(stepIds[b]));
     unsigned slot = static_cast<unsigned>(ints(0));
-    if (fp8Layout[slot].quantColumns > 0) {
-      cpu::kvAppendPagedFp8(as<float>(a[0]), positions, dims.batch, dims.seq,
-                            fp8Layout[slot],
-                            reinterpret_cast<std::byte *>(kv->slotData(slot)),
-                            stepTables, kv->tableStride(), kv->blockTokens());
+    if (packedLayout[slot].packed()) {
+      cpu::kvAppendPagedPacked(
+          as<float>(a[0]), positions, dims.batch, dims.seq, packedLayout[slot],
+          reinterpret_cast<std::byte *>(kv->slotData(slot)), stepTables,
+          kv->tableStride(), kv->blockTokens());
       return absl::OkStatus();
     }
     cpu::kvAppendPaged(as<float>(a[0]), positions, dims.batch, dims.seq,
@@ -419,9 +419,9 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
       for (int64_t b = 0; b < dims.batch; ++b)
         if (kvLengths[b] < 0 || kvLengths[b] > kv->tokenCapacity(stepIds[b]))
           return error("kv length out of range");
-      if (const cpu::Fp8LatentLayout &layout = fp8Layout[k->index()];
-          layout.quantColumns > 0) {
-        cpu::attentionPagedFp8(
+      if (const cpu::PackedRowLayout &layout = packedLayout[k->index()];
+          layout.packed()) {
+        cpu::attentionPagedPacked(
             as<float>(a[0]),
             reinterpret_cast<const std::byte *>(kv->slotData(k->index())),
             layout, {stepTables, kv->tableStride(), kv->blockTokens()},
@@ -473,13 +473,13 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
     int64_t width = entry / rowsPerToken;
     int64_t blockTokens = kv->blockTokens(), stride = kv->tableStride();
     float *dst = as<float>(a[1]);
-    if (const cpu::Fp8LatentLayout &layout = fp8Layout[view->index()];
-        layout.quantColumns > 0) {
-      // FP8 slots hold one row per token (checked by the verifier).
+    if (const cpu::PackedRowLayout &layout = packedLayout[view->index()];
+        layout.packed()) {
+      // Packed slots hold one row per token (checked by the verifier).
       for (int64_t b = 0; b < dims.batch; ++b) {
         int64_t held = std::min(kv->tokenCapacity(stepIds[b]), dims.kvLen);
         float *rows = dst + b * dims.kvLen * n;
-        cpu::gatherPagedFp8(
+        cpu::gatherPagedPacked(
             reinterpret_cast<const std::byte *>(kv->slotData(view->index())),
             layout, stepTables + b * stride, blockTokens, held,
             static_cast<int64_t>(view->offset()), n, rows);
@@ -747,13 +747,13 @@ Session::createSession(const Model &model, const SessionOptions &options) {
     int64_t entry = 1;
     for (int64_t d : *slot->entry_shape())
       entry *= d;
-    // The pool counts floats per token; FP8 rows are whole floats too.
-    cpu::Fp8LatentLayout layout;
-    if (slot->fp8_columns() > 0) {
+    // The pool counts floats per token; packed rows are whole floats too.
+    cpu::PackedRowLayout layout;
+    if (slot->packed()) {
       layout = {slot->fp8_columns(), entry - slot->fp8_columns()};
       entry = layout.rowBytes() / static_cast<int64_t>(sizeof(float));
     }
-    impl->fp8Layout.push_back(layout);
+    impl->packedLayout.push_back(layout);
     impl->cacheEntry.push_back(entry);
   }
   // By default as many blocks as max batch sequences of full context; the
@@ -912,7 +912,7 @@ absl::Status Session::Impl::chooseDevice(const SessionOptions &options,
 #ifdef KILN_HAVE_CUDA_EXECUTOR
   cuda::CacheLayout layout;
   layout.slotFloats = cache.slotEntries;
-  layout.fp8 = fp8Layout;
+  layout.packed = packedLayout;
   layout.numBlocks = cache.numBlocks;
   layout.blockTokens = cache.blockTokens;
   layout.tableStride = tableStride;

@@ -14,7 +14,7 @@
 #include "models/Import.h"
 #include "passes/Pipeline.h"
 #include "runtime/src/cpu/Kernels.h"
-#include "runtime/src/cpu/PagedFp8.h"
+#include "runtime/src/cpu/PagedPacked.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/MLIRContext.h"
@@ -322,11 +322,12 @@ std::vector<RefValue> runReference(FusedOp fused, std::vector<Buffer> &inputs,
           kCacheBlocks * kCacheBlockTokens * slot.getStoredBytesPerToken(),
           0xff);
       const int32_t *positions = values[append.getPositions()].i32.data();
-      if (Fp8CacheAttr fp8 = slot.getStorageAttr())
-        cpu::kvAppendPagedFp8(f(append.getValue()).data(), positions, kTokens,
-                              1, {fp8.getColumns(), n - fp8.getColumns()},
-                              reinterpret_cast<std::byte *>(cache.data()),
-                              tables.data(), kTableStride, kCacheBlockTokens);
+      if (PackedCacheAttr fp8 = slot.getStorageAttr())
+        cpu::kvAppendPagedPacked(
+            f(append.getValue()).data(), positions, kTokens, 1,
+            {fp8.getFp8Columns(), n - fp8.getFp8Columns()},
+            reinterpret_cast<std::byte *>(cache.data()), tables.data(),
+            kTableStride, kCacheBlockTokens);
       else
         cpu::kvAppendPaged(f(append.getValue()).data(), positions, kTokens, 1,
                            n, reinterpret_cast<float *>(cache.data()),
@@ -390,12 +391,12 @@ std::vector<float> cacheRow(const uint8_t *bytes, int64_t r, KVCacheOp slot) {
   int64_t n = slot.getEntryTensorType().getNumElements();
   const uint8_t *row = bytes + r * rowBytes;
   std::vector<float> values(n);
-  Fp8CacheAttr fp8 = slot.getStorageAttr();
+  PackedCacheAttr fp8 = slot.getStorageAttr();
   if (!fp8) {
     std::memcpy(values.data(), row, 4 * n);
     return values;
   }
-  cpu::Fp8LatentLayout l{fp8.getColumns(), n - fp8.getColumns()};
+  cpu::PackedRowLayout l{fp8.getFp8Columns(), n - fp8.getFp8Columns()};
   for (int64_t c = 0; c < n; ++c) {
     float scale, value;
     uint16_t tail;

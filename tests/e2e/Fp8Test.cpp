@@ -47,8 +47,8 @@ constexpr double kFp8OverBf16 = 16.0;
 std::vector<std::vector<int32_t>> randomPrompts(int count, int length,
                                                 int64_t vocab, unsigned seed) {
   std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(vocab) -
-                                                      1);
+  std::uniform_int_distribution<int32_t> token(0,
+                                               static_cast<int32_t>(vocab) - 1);
   std::vector<std::vector<int32_t>> prompts(count);
   for (auto &p : prompts)
     for (int i = 0; i < length; ++i)
@@ -65,8 +65,8 @@ struct Logits {
 };
 
 Logits runAll(const std::filesystem::path &artifact,
-           const std::vector<std::vector<int32_t>> &prompts, int steps,
-           const std::vector<std::vector<int32_t>> &feed = {}) {
+              const std::vector<std::vector<int32_t>> &prompts, int steps,
+              const std::vector<std::vector<int32_t>> &feed = {}) {
   Logits run;
   auto model = Model::open(artifact);
   EXPECT_TRUE(model.ok()) << errorOf(model);
@@ -174,14 +174,14 @@ testing::CompileSettings settings(bool fp8, int64_t block = 128) {
 Agreement bf16Sensitivity(const std::filesystem::path &dir,
                           const std::vector<std::vector<int32_t>> &prompts,
                           int steps) {
-  Logits f32 = runAll(testing::compileArtifact(kGolden / "deepseek-v3",
-                                               dir / "sens-f32.kiln",
-                                               settings(false)),
-                      prompts, steps);
-  Logits bf16 = runAll(testing::compileArtifact(kGolden / "deepseek-v3-bf16",
-                                                dir / "sens-bf16.kiln",
-                                                settings(false)),
-                       prompts, steps, f32.greedy);
+  Logits f32 =
+      runAll(testing::compileArtifact(kGolden / "deepseek-v3",
+                                      dir / "sens-f32.kiln", settings(false)),
+             prompts, steps);
+  Logits bf16 =
+      runAll(testing::compileArtifact(kGolden / "deepseek-v3-bf16",
+                                      dir / "sens-bf16.kiln", settings(false)),
+             prompts, steps, f32.greedy);
   Agreement a = compare(bf16, f32);
   report("bf16_vs_f32", a);
   return a;
@@ -206,12 +206,12 @@ TEST(Fp8, TinyDeepSeekV3AgreesWithBf16OverAThousandPositions) {
   std::filesystem::path dir = freshTempDir();
   std::filesystem::path model = kGolden / "deepseek-v3-bf16";
   auto prompts = randomPrompts(8, 128, 256, 7);
-  Logits bf16 =
-      runAll(testing::compileArtifact(model, dir / "bf16.kiln", settings(false)),
-             prompts, 16);
-  Logits fp8 = runAll(
-      testing::compileArtifact(model, dir / "fp8.kiln", settings(true)),
-      prompts, 16, bf16.greedy);
+  Logits bf16 = runAll(
+      testing::compileArtifact(model, dir / "bf16.kiln", settings(false)),
+      prompts, 16);
+  Logits fp8 =
+      runAll(testing::compileArtifact(model, dir / "fp8.kiln", settings(true)),
+             prompts, 16, bf16.greedy);
   Agreement a = compare(fp8, bf16);
   report("fp8_vs_bf16", a);
   EXPECT_GE(a.positions, 1000);
@@ -354,21 +354,21 @@ TEST(Fp8, NativeCheckpointMatchesQuantizingAtCompileAndLoad) {
   testing::CompileSettings asShipped = settings(false);
   asShipped.optimize.quantizeFp8 = true;
   asShipped.optimize.checkpointOnly = true;
-  Logits native = runAll(testing::compileArtifact(dir / "native",
-                                               dir / "native.kiln", asShipped),
-                      prompts, 8);
+  Logits native = runAll(
+      testing::compileArtifact(dir / "native", dir / "native.kiln", asShipped),
+      prompts, 8);
   testing::CompileSettings atCompile = settings(true, kBlock);
-  Logits compiled = runAll(
-      testing::compileArtifact(f32, dir / "compiled.kiln", atCompile), prompts,
-      8);
+  Logits compiled =
+      runAll(testing::compileArtifact(f32, dir / "compiled.kiln", atCompile),
+             prompts, 8);
   testing::CompileSettings atLoad = atCompile;
   atLoad.weights = codegen::WeightsMode::External;
   Logits loaded = runAll(
       testing::compileArtifact(f32, dir / "loaded.kiln", atLoad), prompts, 8);
   Logits plain = runAll(testing::compileArtifact(dir / "dequantized",
-                                              dir / "dequantized.kiln",
-                                              settings(false)),
-                     prompts, 8, native.greedy);
+                                                 dir / "dequantized.kiln",
+                                                 settings(false)),
+                        prompts, 8, native.greedy);
 
   // The same codes, scales and kernels: the same numbers.
   ASSERT_EQ(native.rows.size(), compiled.rows.size());
@@ -404,6 +404,36 @@ TEST(Fp8, LatentKvCacheAgreesWithF32Cache) {
   Agreement a = compare(fp8, reference);
   report("fp8_cache_vs_f32_cache", a);
   expectFp8Bound(a, bf16Sensitivity(dir, prompts, 24), 1);
+}
+
+// The bf16 latent cache (a packed row without e4m3 columns) against the f32
+// cache: 2 bytes a value, and logits no further from the f32 cache's than a
+// model with every weight rounded to bf16 is from its f32 weights (here
+// only the cached latent is rounded).
+TEST(LatentCache, Bf16AgreesWithF32Cache) {
+  std::filesystem::path dir = freshTempDir();
+  std::filesystem::path model = kGolden / "deepseek-v3";
+  auto prompts = randomPrompts(8, 100, 256, 6);
+  testing::CompileSettings f32Cache = settings(false);
+  f32Cache.optimize.mla = "absorbed";
+  testing::CompileSettings bf16Cache = f32Cache;
+  bf16Cache.optimize.latentCacheDtype = "bf16";
+  Logits reference = runAll(
+      testing::compileArtifact(model, dir / "f32.kiln", f32Cache), prompts, 24);
+  std::filesystem::path bf16Artifact =
+      testing::compileArtifact(model, dir / "bf16.kiln", bf16Cache);
+  Logits bf16 = runAll(bf16Artifact, prompts, 24, reference.greedy);
+  auto opened = Model::open(bf16Artifact);
+  ASSERT_TRUE(opened.ok()) << errorOf(opened);
+  // 3 layers of 32 + 8 bf16 values.
+  EXPECT_EQ((*opened)->info().kvCacheBytesPerToken, 3u * 2 * (32 + 8));
+  Agreement a = compare(bf16, reference);
+  report("bf16_cache_vs_f32_cache", a);
+  Agreement weights = bf16Sensitivity(dir, prompts, 24);
+  EXPECT_GT(a.maxDiff, 0.0) << "the cache was not rounded";
+  EXPECT_LE(a.meanRelative, weights.meanRelative);
+  EXPECT_EQ(a.nearTies, a.positions - a.top1)
+      << "a top-1 disagreement with a margin the bf16 error cannot close";
 }
 
 } // namespace

@@ -106,13 +106,18 @@ kiln.kv_cache @half : tensor<8x128xf16>
 
 // -----
 
-// expected-error @+1 {{'kiln.kv_cache' op fp8_cache storage needs a [1, n] f32 or bf16 entry, got 'tensor<8x128xf32>'}}
-kiln.kv_cache @heads : tensor<8x128xf32> {storage = #kiln.fp8_cache<columns = 64>}
+// expected-error @+1 {{'kiln.kv_cache' op packed_cache storage needs a [1, n] f32 or bf16 entry, got 'tensor<8x128xf32>'}}
+kiln.kv_cache @heads : tensor<8x128xf32> {storage = #kiln.packed_cache<fp8_columns = 64>}
 
 // -----
 
-// expected-error @+1 {{'kiln.kv_cache' op fp8_cache columns (600) exceed the entry's 576}}
-kiln.kv_cache @wide : tensor<1x576xf32> {storage = #kiln.fp8_cache<columns = 600>}
+// expected-error @+1 {{'kiln.kv_cache' op packed_cache fp8_columns (600) exceed the entry's 576}}
+kiln.kv_cache @wide : tensor<1x576xf32> {storage = #kiln.packed_cache<fp8_columns = 600>}
+
+// -----
+
+// expected-error @+1 {{packed_cache needs fp8_columns >= 0}}
+kiln.kv_cache @negative : tensor<1x576xf32> {storage = #kiln.packed_cache<fp8_columns = -1>}
 
 // -----
 

@@ -61,12 +61,15 @@ func.func @get_parameter() -> (tensor<64xbf16>, tensor<256x128xf8E4M3FN>) {
 // CHECK: kiln.kv_cache @model.layers.0.self_attn.k : tensor<8x128xf32>
 // CHECK: kiln.kv_cache @model.layers.0.self_attn.v : tensor<8x128xbf16>
 // CHECK: kiln.kv_cache @latent : tensor<576xf8E4M3FN>
-// CHECK: kiln.kv_cache @fp8_latent : tensor<1x576xf32> {storage = #kiln.fp8_cache<columns = 512>}
+// CHECK: kiln.kv_cache @fp8_latent : tensor<1x576xf32> {storage = #kiln.packed_cache<fp8_columns = 512>}
+// CHECK: kiln.kv_cache @bf16_latent : tensor<1x576xf32> {storage = #kiln.packed_cache<fp8_columns = 0>}
 kiln.kv_cache @model.layers.0.self_attn.k : tensor<8x128xf32>
 kiln.kv_cache @model.layers.0.self_attn.v : tensor<8x128xbf16>
 kiln.kv_cache @latent : tensor<576xf8E4M3FN>
 kiln.kv_cache @fp8_latent : tensor<1x576xf32>
-    {storage = #kiln.fp8_cache<columns = 512>}
+    {storage = #kiln.packed_cache<fp8_columns = 512>}
+kiln.kv_cache @bf16_latent : tensor<1x576xf32>
+    {storage = #kiln.packed_cache<fp8_columns = 0>}
 
 // CHECK-LABEL: func.func @kv_cache
 // CHECK: kiln.kv_append @model.layers.0.self_attn.k, %arg0 at %arg1 : tensor<?x?x8x128xf32>, tensor<?x?xi32>

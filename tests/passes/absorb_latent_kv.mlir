@@ -95,6 +95,10 @@ module {}
 // layer, 61 layers.
 // RUN: kiln compile-model %presets/deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv="mode=absorbed latent-cache-dtype=fp8" -kiln-summarize | FileCheck %s --check-prefix=FP8CACHE
 // FP8CACHE: kv_cache_bytes_per_token = 40016 : i64
-// FP8CACHE: kiln.kv_cache @model.layers.0.self_attn.latent_cache : tensor<1x576xf32> {storage = #kiln.fp8_cache<columns = 512>}
-// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | not kiln-opt -kiln-absorb-latent-kv=latent-cache-dtype=bf16 2>&1 | FileCheck %s --check-prefix=BADDTYPE
-// BADDTYPE: latent-cache-dtype must be f32 or fp8, got 'bf16'
+// FP8CACHE: kiln.kv_cache @model.layers.0.self_attn.latent_cache : tensor<1x576xf32> {storage = #kiln.packed_cache<fp8_columns = 512>}
+// bf16: the same packed row without e4m3 columns, 61 x 576 x 2 bytes.
+// RUN: kiln compile-model %presets/deepseek-v3.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv="mode=absorbed latent-cache-dtype=bf16" -kiln-summarize | FileCheck %s --check-prefix=BF16CACHE
+// BF16CACHE: kv_cache_bytes_per_token = 70272 : i64
+// BF16CACHE: kiln.kv_cache @model.layers.0.self_attn.latent_cache : tensor<1x576xf32> {storage = #kiln.packed_cache<fp8_columns = 0>}
+// RUN: kiln compile-model %presets/tiny-deepseek-v3.json --no-mtp --compile-to=import | not kiln-opt -kiln-absorb-latent-kv=latent-cache-dtype=int8 2>&1 | FileCheck %s --check-prefix=BADDTYPE
+// BADDTYPE: latent-cache-dtype must be f32, bf16 or fp8, got 'int8'

@@ -575,7 +575,7 @@ func.func @cache_write_only_result(%x: tensor<?x?x16xf32>,
 // No store in the kernel: a cache read lies between the kernel and the
 // appends (the writes would move before it), even to another slot.
 kiln.kv_cache @cache : tensor<1x16xf32>
-kiln.kv_cache @latent : tensor<1x16xf32> {storage = #kiln.fp8_cache<columns = 8>}
+kiln.kv_cache @latent : tensor<1x16xf32> {storage = #kiln.packed_cache<fp8_columns = 8>}
 // CHECK-LABEL: func.func @cache_write_kept_apart
 // CHECK: kiln.fused "fused_0_add_rms_norm"(
 // CHECK: kiln.kv_read @cache
@@ -598,7 +598,7 @@ func.func @cache_write_kept_apart(%x: tensor<?x?x16xf32>,
 // -----
 
 // An FP8 slot: the kernel quantizes the row it stores.
-kiln.kv_cache @latent : tensor<1x16xf32> {storage = #kiln.fp8_cache<columns = 8>}
+kiln.kv_cache @latent : tensor<1x16xf32> {storage = #kiln.packed_cache<fp8_columns = 8>}
 // CHECK-LABEL: func.func @cache_write_fp8
 // CHECK: kiln.fused "fused_0_add_rms_norm_kv_append"
 // CHECK: kiln.kv_append @latent

@@ -1,7 +1,8 @@
 // Host builds of the CUDA executor's KV-cache kernels
 // (runtime/kernels/KvAttention.h) against the CPU kernels: appends exactly
-// (FP8 rows byte for byte), gathers exactly, attention (paged MLA latent,
-// FP8 latent, contiguous GQA; split contexts merged) within fp32 rounding.
+// (packed rows byte for byte), gathers exactly, attention (paged MLA latent,
+// FP8 and bf16 latent, contiguous GQA; split contexts merged) within fp32
+// rounding.
 //
 // Attention tolerance: both compute the same softmax in fp32 with other
 // summation orders and exponent offsets; each output is a convex
@@ -10,7 +11,7 @@
 #include "KvAttention.h"
 
 #include "runtime/src/cpu/Kernels.h"
-#include "runtime/src/cpu/PagedFp8.h"
+#include "runtime/src/cpu/PagedPacked.h"
 #include "tests/runtime/GemmTestUtil.h"
 #include "tests/runtime/PagedTestUtil.h"
 
@@ -194,11 +195,13 @@ TEST_P(ContiguousGqa, PrefillMatchesCpu) {
   }
 }
 
-TEST(KvAttentionKernel, Fp8LatentAppendGatherAndAttentionMatchCpu) {
-  const int64_t heads = 4, dk = 576, dv = 512, quant = 512;
-  cpu::Fp8LatentLayout layout{quant, dk - quant};
-  Fp8Rows rows{quant, dk - quant};
-  ASSERT_EQ(fp8RowBytes(rows), layout.rowBytes());
+/// Append, gather and attention over a packed latent slot of `quant` e4m3
+/// columns (the rest bf16) against the CPU's packed kernels.
+void expectPackedLatentMatchesCpu(int64_t quant) {
+  const int64_t heads = 4, dk = 576, dv = 512;
+  cpu::PackedRowLayout layout{quant, dk - quant};
+  PackedRows rows{quant, dk - quant};
+  ASSERT_EQ(packedRowBytes(rows), layout.rowBytes());
   std::vector<int32_t> kvLengths{70, 3};
   int64_t batch = 2, maxTokens = 70;
   std::mt19937 rng(41);
@@ -211,13 +214,13 @@ TEST(KvAttentionKernel, Fp8LatentAppendGatherAndAttentionMatchCpu) {
   size_t bytes = t.numBlocks * kBlockTokens * layout.rowBytes();
   std::vector<std::byte> want(bytes, std::byte{0x5a});
   std::vector<std::byte> got = want;
-  cpu::kvAppendPagedFp8(x.data(), positions.data(), batch, maxTokens, layout,
-                        want.data(), t.ids.data(), t.stride, kBlockTokens);
+  cpu::kvAppendPagedPacked(x.data(), positions.data(), batch, maxTokens, layout,
+                           want.data(), t.ids.data(), t.stride, kBlockTokens);
   KvAppendParams a{x.data(),   positions.data(),
                    got.data(), {t.ids.data(), t.stride, kBlockTokens, 0},
                    maxTokens,  0,
                    rows};
-  kiln_kv_append_fp8_host({static_cast<int>(batch * maxTokens), 1, 1}, a);
+  kiln_kv_append_packed_host({static_cast<int>(batch * maxTokens), 1, 1}, a);
   ASSERT_EQ(0, std::memcmp(got.data(), want.data(), bytes));
 
   // Gather columns [500, 576) of sequence 0, tokens past its blocks zero.
@@ -232,14 +235,14 @@ TEST(KvAttentionKernel, Fp8LatentAppendGatherAndAttentionMatchCpu) {
                    rows};
   kiln_kv_gather_host({static_cast<int>(batch * kvLen), 1, 1}, g);
   std::vector<float> reference(128 * n);
-  cpu::gatherPagedFp8(want.data(), layout, t.ids.data(), kBlockTokens, 128,
-                      column, n, reference.data());
+  cpu::gatherPagedPacked(want.data(), layout, t.ids.data(), kBlockTokens, 128,
+                         column, n, reference.data());
   for (int64_t i = 0; i < 128 * n; ++i)
     ASSERT_EQ(gathered[i], reference[i]) << i;
   for (int64_t i = 128 * n; i < kvLen * n; ++i)
     ASSERT_EQ(gathered[i], 0.0f) << i;
 
-  // Decode attention over the FP8 latent.
+  // Decode attention over the packed latent.
   std::vector<int32_t> queryPositions = {69, 2};
   std::vector<float> q = normal(batch * heads * dk, 43);
   for (float &v : q)
@@ -247,7 +250,7 @@ TEST(KvAttentionKernel, Fp8LatentAppendGatherAndAttentionMatchCpu) {
   std::vector<float> wantOut(batch * heads * dv);
   std::vector<float> cpuScratch(
       static_cast<size_t>(cpu::attentionPagedScratch(batch, heads, dv)));
-  cpu::attentionPagedFp8(
+  cpu::attentionPagedPacked(
       q.data(), want.data(), layout, {t.ids.data(), t.stride, kBlockTokens},
       queryPositions.data(), kvLengths.data(), batch, 1, heads, dk, dv, 0.06f,
       wantOut.data(), cpuScratch.data(),
@@ -255,8 +258,8 @@ TEST(KvAttentionKernel, Fp8LatentAppendGatherAndAttentionMatchCpu) {
   AttentionParams p{};
   p.q = q.data();
   p.tables = {t.ids.data(), t.stride, kBlockTokens, 0};
-  p.fp8Slot = reinterpret_cast<const unsigned char *>(got.data());
-  p.fp8 = rows;
+  p.packedSlot = reinterpret_cast<const unsigned char *>(got.data());
+  p.packed = rows;
   p.positions = queryPositions.data();
   p.kvLengths = kvLengths.data();
   p.seq = 1;
@@ -271,8 +274,16 @@ TEST(KvAttentionKernel, Fp8LatentAppendGatherAndAttentionMatchCpu) {
     p.out = out.data();
     attend(p, batch, maxTokens, splits, scratch);
     expectAttention(out, wantOut, maxAbs(x), maxTokens,
-                    "fp8 splits " + std::to_string(splits));
+                    "packed splits " + std::to_string(splits));
   }
+}
+
+TEST(KvAttentionKernel, Fp8LatentAppendGatherAndAttentionMatchCpu) {
+  expectPackedLatentMatchesCpu(512);
+}
+
+TEST(KvAttentionKernel, Bf16LatentAppendGatherAndAttentionMatchCpu) {
+  expectPackedLatentMatchesCpu(0);
 }
 
 TEST(KvAttentionKernel, GatherF32ZeroFillsPastTheBlocks) {

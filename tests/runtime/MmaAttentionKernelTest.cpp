@@ -3,9 +3,9 @@
 // head whose rows end at different keys, padding rows, ragged lengths,
 // context splits merged, contiguous and paged (shuffled blocks) keys and
 // values, dk/dv of GQA models and of DeepSeek's heads from the latent
-// (192/128). The host build runs the kernel's per-lane fragment code with a
-// host mma, so a wrong lane, register or mask index is an error of the
-// order of the values.
+// (192/128), and packed latent rows (bf16 and FP8 caches). The host build runs
+// the kernel's per-lane fragment code with a host mma, so a wrong lane,
+// register or mask index is an error of the order of the values.
 //
 // Tolerance: the reference attends over Q, K and V rounded to bf16 as the
 // kernel does; the kernel also rounds the softmax weights to bf16 (relative
@@ -17,11 +17,13 @@
 
 #include "kiln/Float.h"
 #include "runtime/src/cpu/Kernels.h"
+#include "runtime/src/cpu/PagedPacked.h"
 #include "tests/runtime/PagedTestUtil.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstddef>
 #include <random>
 #include <string>
 #include <tuple>
@@ -145,6 +147,118 @@ TEST(MmaAttentionWide, MatchesCpu) {
       expectMatchesCpu(16, 1, 576, 512, paged, seq, true);
     }
   expectMatchesCpu(4, 2, 40, 32, false, 150, true);
+}
+
+/// Attention over a packed latent slot (`quant` e4m3 columns, the rest
+/// bf16; one kv head for all `heads`, values the rows' first dv columns),
+/// stored by cpu::kvAppendPagedPacked into shuffled blocks whose unused
+/// bytes are 0xff (NaN in e4m3 and bf16: a read past a sequence shows).
+/// The reference attends over the rows as cpu::gatherPagedPacked reads them
+/// back, rounded to bf16 (a no-op for a bf16 row), with Q rounded too.
+void expectPackedMatchesCpu(int64_t heads, int64_t dk, int64_t dv,
+                            int64_t quant, int64_t seq, bool wide) {
+  const int64_t batch = 2, kvLen = 150, blockTokens = 64;
+  std::vector<int32_t> kvLengths = {150, 90};
+  cpu::PackedRowLayout layout{quant, dk - quant};
+  std::mt19937 rng(45);
+  cpu::pagedtest::TestBlockTables tables =
+      cpu::pagedtest::shuffledBlockTables(rng, kvLengths, kvLen, blockTokens);
+  std::vector<std::byte> slot(
+      tables.numBlocks * blockTokens * layout.rowBytes(), std::byte{0xff});
+  std::vector<float> latent = randomRows(batch * kvLen, dk, 46);
+  std::vector<int32_t> cached =
+      cpu::pagedtest::prefixPositions(kvLengths, kvLen);
+  cpu::kvAppendPagedPacked(latent.data(), cached.data(), batch, kvLen, layout,
+                           slot.data(), tables.ids.data(), tables.stride,
+                           blockTokens);
+  std::vector<float> rows(batch * kvLen * dk, 0.0f);
+  for (int64_t b = 0; b < batch; ++b)
+    cpu::gatherPagedPacked(slot.data(), layout,
+                           tables.ids.data() + b * tables.stride, blockTokens,
+                           kvLengths[b], 0, dk, rows.data() + b * kvLen * dk);
+  std::vector<float> kr = roundedToBf16(rows), vr(batch * kvLen * dv);
+  for (int64_t r = 0; r < batch * kvLen; ++r)
+    std::copy_n(kr.begin() + r * dk, dv, vr.begin() + r * dv);
+
+  std::vector<float> q = randomRows(batch * seq * heads, dk, 47);
+  for (float &x : q)
+    x *= 0.05f;
+  std::vector<int32_t> positions(batch * seq);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t s = 0; s < seq; ++s)
+      positions[b * seq + s] =
+          s + kvLengths[b] - seq >= 0
+              ? static_cast<int32_t>(s + kvLengths[b] - seq)
+              : -1;
+  std::vector<float> qr = roundedToBf16(q), want(batch * seq * heads * dv);
+  cpu::attention(qr.data(), kr.data(), vr.data(), positions.data(),
+                 kvLengths.data(), batch, seq, heads, 1, dk, dv, kvLen * dk,
+                 kvLen * dv, 0.125f, want.data());
+
+  AttentionParams p{};
+  p.q = q.data();
+  p.packedSlot = reinterpret_cast<const unsigned char *>(slot.data());
+  p.packed = {quant, dk - quant};
+  p.tables = {tables.ids.data(), tables.stride, blockTokens, 0};
+  p.positions = positions.data();
+  p.kvLengths = kvLengths.data();
+  p.seq = seq;
+  p.heads = heads;
+  p.kvHeads = 1;
+  p.dk = dk;
+  p.dv = dv;
+  p.scale = 0.125f;
+  ASSERT_TRUE(wide ? mmaAttentionWideFits(dk, dv) : mmaAttentionFits(dk, dv));
+  float bound = 0x1p-9f * maxAbs(vr) +
+                4.0f * static_cast<float>(kvLen) * 0x1p-24f * maxAbs(vr) +
+                1e-6f;
+  for (int splits : {1, 3}) {
+    std::vector<float> got(want.size(), -1.0f), scratch;
+    p.out = got.data();
+    p.splits = splits;
+    p.splitTokens = attentionSplitTokens(kvLen, splits);
+    scratch.assign(batch * seq * heads * splits * (2 + dv), 0.0f);
+    p.scratch = scratch.data();
+    Dim3 grid = attentionGrid(batch, seq, heads, 1, splits);
+    if (wide)
+      kiln_attention_mma_wide_host(grid, p);
+    else
+      kiln_attention_mma_host(grid, p);
+    if (splits > 1)
+      kiln_attention_merge_host(attentionMergeGrid(batch * seq, heads, p.dv),
+                                p);
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_NEAR(got[i], want[i], bound)
+          << "splits " << splits << " element " << i;
+  }
+}
+
+// Absorbed MLA over a bf16 latent cache (no e4m3 columns) and an FP8 one
+// (c_kv in e4m3, the RoPE key in bf16), decode and prefill; the narrow
+// kernel on a small packed row whose values span both kinds of columns.
+TEST(MmaAttentionPacked, Bf16LatentMatchesCpu) {
+  for (int64_t seq : {1, 150}) {
+    SCOPED_TRACE(::testing::Message() << "seq " << seq);
+    expectPackedMatchesCpu(16, 576, 512, 0, seq, true);
+  }
+}
+
+TEST(MmaAttentionPacked, Fp8LatentMatchesCpu) {
+  for (int64_t seq : {1, 150}) {
+    SCOPED_TRACE(::testing::Message() << "seq " << seq);
+    expectPackedMatchesCpu(16, 576, 512, 512, seq, true);
+  }
+}
+
+TEST(MmaAttentionPacked, NarrowKernelTakesPackedRows) {
+  expectPackedMatchesCpu(8, 160, 128, 96, 150, false);
+  expectPackedMatchesCpu(8, 160, 128, 0, 1, false);
+  // The tiny DeepSeek-V3's absorbed rows: 32 + 8 columns, 4 heads.
+  for (int64_t quant : {0, 32})
+    for (int64_t seq : {1, 150}) {
+      SCOPED_TRACE(::testing::Message() << "quant " << quant << " seq " << seq);
+      expectPackedMatchesCpu(4, 40, 32, quant, seq, false);
+    }
 }
 
 TEST(MmaAttentionFits, WholeFragmentsOnly) {

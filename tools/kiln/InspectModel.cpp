@@ -60,10 +60,12 @@ absl::Status inspectModel(const std::string &path, const std::string &mla,
   int64_t layers = model->config.numHiddenLayers;
   int64_t cacheBytes = count("kv_cache_bytes_per_token");
   int64_t cacheElements = 0;
-  bool fp8Cache = false;
+  std::string storage = build.bf16Activations ? "bf16" : "f32";
   module.walk([&](mlir::kiln::KVCacheOp slot) {
     cacheElements += slot.getEntryTensorType().getNumElements();
-    fp8Cache |= static_cast<bool>(slot.getStorageAttr());
+    if (mlir::kiln::PackedCacheAttr packed = slot.getStorageAttr())
+      storage = packed.getFp8Columns() > 0 ? "fp8 latent with bf16 rope"
+                                           : "bf16 latent";
   });
   std::cout << "model:           " << path << " (shape-only)\n"
             << "architecture:    "
@@ -77,10 +79,7 @@ absl::Status inspectModel(const std::string &path, const std::string &mla,
               << " bytes\n";
   std::cout << "kv cache:        " << cacheBytes << " bytes per token ("
             << cacheElements / layers << " elements per token per layer, "
-            << (fp8Cache                ? "fp8 latent with bf16 rope"
-                : build.bf16Activations ? "bf16"
-                                        : "f32")
-            << ")\n"
+            << storage << ")\n"
             << "attention:\n";
   for (llvm::StringRef entry : {"prefill", "decode"}) {
     auto func = module.lookupSymbol<mlir::func::FuncOp>(entry);

@@ -24,9 +24,9 @@ void addQuantizeOptions(CLI::App &app, QuantizeFlags &flags) {
   app.add_flag("--ue8m0", flags.ue8m0,
                "Power-of-two (UE8M0) FP8 scales for weights and activations");
   app.add_option("--kv-cache-dtype", flags.kvCacheDtype,
-                 "MLA latent cache storage: f32, or fp8 (c_kv as e4m3 with a "
-                 "scale per 128 values, the RoPE key as bf16)")
-      ->check(CLI::IsMember({"f32", "fp8"}))
+                 "MLA latent cache storage: f32, bf16, or fp8 (c_kv as e4m3 "
+                 "with a scale per 128 values, the RoPE key as bf16)")
+      ->check(CLI::IsMember({"f32", "bf16", "fp8"}))
       ->capture_default_str();
 }
 
@@ -56,17 +56,18 @@ absl::Status applyQuantizeFlags(const QuantizeFlags &flags,
 absl::Status checkKvCacheDtype(const QuantizeFlags &flags,
                                mlir::ModuleOp module,
                                const std::string &model) {
-  if (flags.kvCacheDtype != "fp8")
+  if (flags.kvCacheDtype == "f32")
     return absl::OkStatus();
-  bool fp8 = false;
+  bool packed = false;
   module.walk([&](mlir::kiln::KVCacheOp slot) {
-    fp8 |= static_cast<bool>(slot.getStorageAttr());
+    packed |= static_cast<bool>(slot.getStorageAttr());
   });
-  if (fp8)
+  if (packed)
     return absl::OkStatus();
   return absl::InvalidArgumentError(
-      model + ": --kv-cache-dtype=fp8 stores the MLA latent cache in FP8, "
-              "and this model has none (not an MLA model, or --mla=naive)");
+      model + ": --kv-cache-dtype=" + flags.kvCacheDtype +
+      " stores the MLA latent cache in " + flags.kvCacheDtype +
+      ", and this model has none (not an MLA model, or --mla=naive)");
 }
 
 int64_t WeightBytes::total() const {

@@ -34,8 +34,8 @@ absl::Status applyQuantizeFlags(const QuantizeFlags &flags,
                                 const frontend::ModelConfig &config,
                                 mlir::kiln::OptimizeOptions &optimize);
 
-/// After the optimize phase: fails when --kv-cache-dtype=fp8 found no latent
-/// cache to store in FP8.
+/// After the optimize phase: fails when --kv-cache-dtype=bf16|fp8 found no
+/// latent cache to store that way.
 absl::Status checkKvCacheDtype(const QuantizeFlags &flags,
                                mlir::ModuleOp module, const std::string &model);
 

@@ -20,8 +20,9 @@ inline constexpr char kMagic[8] = {'K', 'I', 'L', 'N', 'A', 'R', 'T', '\0'};
 /// start with the input column offset; the GatedLinear kernel; linear
 /// groups. 3: MoeDispatch also writes each selection's routed row, which
 /// MoeCombine reads in place of the slots. 4: fused kernels store KV-cache
-/// rows (Storage::KvRows, EntryPoint.cache_rows).
-inline constexpr uint32_t kFormatVersion = 4;
+/// rows (Storage::KvRows, EntryPoint.cache_rows). 5: KvSlot.packed (bf16
+/// latent caches as packed rows without e4m3 columns).
+inline constexpr uint32_t kFormatVersion = 5;
 inline constexpr uint64_t kWeightsAlignment = 4096;
 /// Alignment of each parameter inside the weights section.
 inline constexpr uint64_t kParameterAlignment = 64;
@@ -32,12 +33,12 @@ enum Feature : uint64_t {
   kFeatureExternalWeights = 1u << 1,
   /// FP8 GEMMs with block scales (and weights quantized at load).
   kFeatureFp8Weights = 1u << 2,
-  /// KV slots with FP8 storage (KvSlot.fp8_columns).
-  kFeatureFp8KvCache = 1u << 3,
+  /// KV slots with packed e4m3 / bf16 rows (KvSlot.packed).
+  kFeaturePackedKvCache = 1u << 3,
 };
 inline constexpr uint64_t kKnownFeatures =
     kFeatureEmbeddedWeights | kFeatureExternalWeights | kFeatureFp8Weights |
-    kFeatureFp8KvCache;
+    kFeaturePackedKvCache;
 
 /// The machine a HostModule's shared object runs on (the compiler's own,
 /// which builds it with the host C++ compiler): the runtime loads only a

@@ -1389,18 +1389,19 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
   };
   KvTables paged{reinterpret_cast<const int32_t *>(tables), cache.tableStride,
                  cache.blockTokens, 0};
-  auto fp8Of = [&](size_t slot) {
-    return Fp8Rows{cache.fp8[slot].quantColumns, cache.fp8[slot].bf16Columns};
+  auto packedOf = [&](size_t slot) {
+    return PackedRows{cache.packed[slot].quantColumns,
+                      cache.packed[slot].bf16Columns};
   };
   switch (l.kernel()) {
   case art::KernelKind::KvAppend: {
     size_t slot = static_cast<size_t>(l.ints()->Get(0));
     KvAppendParams p{
-        f32(0),     i32(1),    reinterpret_cast<void *>(slots[slot]),
-        paged,      shape.seq, cache.slotFloats[slot],
-        fp8Of(slot)};
-    bool fp8 = p.fp8.quantColumns > 0;
-    return launch(fp8 ? "kiln_kv_append_fp8" : "kiln_kv_append",
+        f32(0),        i32(1),    reinterpret_cast<void *>(slots[slot]),
+        paged,         shape.seq, cache.slotFloats[slot],
+        packedOf(slot)};
+    return launch(isPacked(p.packed) ? "kiln_kv_append_packed"
+                                     : "kiln_kv_append",
                   tokenGrid(shape.batch * shape.seq), p);
   }
   case art::KernelKind::KvGather: {
@@ -1418,7 +1419,7 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
                      static_cast<int64_t>(view->offset()),
                      n,
                      entry,
-                     fp8Of(slot)};
+                     packedOf(slot)};
     return launch("kiln_kv_gather", tokenGrid(shape.batch * shape.kvLen), p);
   }
   default:
@@ -1439,9 +1440,9 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
   p.scale = static_cast<float>(l.floats()->Get(0));
   if (k->storage() == art::Storage::KvCache) {
     p.tables = paged;
-    if (cache.fp8[k->index()].quantColumns > 0) {
-      p.fp8Slot = reinterpret_cast<const unsigned char *>(slots[k->index()]);
-      p.fp8 = fp8Of(k->index());
+    if (cache.packed[k->index()].packed()) {
+      p.packedSlot = reinterpret_cast<const unsigned char *>(slots[k->index()]);
+      p.packed = packedOf(k->index());
     } else {
       p.k = {reinterpret_cast<const float *>(slots[k->index()]),
              cache.slotFloats[k->index()], p.dk,
@@ -1465,21 +1466,27 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
   if (p.splits > 1 &&
       size_t(rows * p.heads * p.splits * (2 + p.dv)) > attentionScratchFloats)
     return absl::InternalError("GPU attention: split scratch too small");
-  // float2 loads of query and key pairs.
-  bool pairs = !p.fp8Slot && p.k.rowStride % 2 == 0 &&
-               p.k.headStride % 2 == 0 && p.k.offset % 2 == 0 &&
-               (reinterpret_cast<uintptr_t>(p.q) & 7) == 0 &&
-               (reinterpret_cast<uintptr_t>(p.k.data) & 7) == 0;
+  // float2 loads of query and key pairs; a packed row's key pairs never
+  // straddle its e4m3 and bf16 columns.
+  bool pairs =
+      (reinterpret_cast<uintptr_t>(p.q) & 7) == 0 &&
+      (p.packedSlot ? p.packed.quantColumns % 2 == 0
+                    : p.k.rowStride % 2 == 0 && p.k.headStride % 2 == 0 &&
+                          p.k.offset % 2 == 0 &&
+                          (reinterpret_cast<uintptr_t>(p.k.data) & 7) == 0);
   // Query vectors a block takes: Auto wants most of the mma's 16 rows
   // used (prefill tiles; decode where 8+ heads share a kv head, as MLA's
-  // 16 share the latent row).
+  // 16 share the latent row), where the model is bf16 already: its
+  // weights, or a bf16 latent cache (a packed row without e4m3 columns).
   int64_t group = p.heads / p.kvHeads;
   int64_t vectors = attentionTileRows(shape.seq, p.heads, p.kvHeads) *
                     std::min<int64_t>(group, kAttentionHeadsPerBlock);
   const char *kernel = "kiln_attention";
   if (pairs &&
       (mmaAttention == MmaAttention::On ||
-       (mmaAttention == MmaAttention::Auto && bf16Weights && vectors >= 8))) {
+       (mmaAttention == MmaAttention::Auto &&
+        (bf16Weights || (p.packedSlot && p.packed.quantColumns == 0)) &&
+        vectors >= 8))) {
     if (mmaAttentionFits(p.dk, p.dv))
       kernel = "kiln_attention_mma";
     else if (mmaAttentionWideFits(p.dk, p.dv))

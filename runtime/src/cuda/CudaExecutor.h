@@ -17,7 +17,7 @@
 #define KILN_RUNTIME_CUDA_CUDAEXECUTOR_H
 
 #include "ModelImpl.h"
-#include "cpu/PagedFp8.h"
+#include "cpu/PagedPacked.h"
 
 #include "absl/status/statusor.h"
 
@@ -31,8 +31,8 @@ namespace kiln::cuda {
 struct CacheLayout {
   /// Floats per token of each slot (an FP8 slot's row bytes / 4).
   std::vector<int64_t> slotFloats;
-  /// FP8 slots' row layout (quantColumns == 0: an f32 slot).
-  std::vector<cpu::Fp8LatentLayout> fp8;
+  /// Packed slots' row layout (no columns: an f32 slot).
+  std::vector<cpu::PackedRowLayout> packed;
   int64_t numBlocks = 0, blockTokens = 0, tableStride = 0;
   int maxBatch = 0;
 };

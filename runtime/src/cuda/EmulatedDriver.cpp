@@ -69,7 +69,7 @@ const std::vector<HostKernel> &hostKernels() {
       KILN_HOST_KERNEL(kiln_moe_gather, MoeGatherParams),
       KILN_HOST_KERNEL(kiln_moe_combine, MoeCombineParams),
       KILN_HOST_KERNEL(kiln_kv_append, KvAppendParams),
-      KILN_HOST_KERNEL(kiln_kv_append_fp8, KvAppendParams),
+      KILN_HOST_KERNEL(kiln_kv_append_packed, KvAppendParams),
       KILN_HOST_KERNEL(kiln_kv_gather, KvGatherParams),
       KILN_HOST_KERNEL(kiln_attention, AttentionParams),
       KILN_HOST_KERNEL(kiln_attention_merge, AttentionParams),

@@ -1,9 +1,9 @@
-// Kernels over the FP8 latent cache. With one kv head every query head reads
-// the same rows, so attention dequantizes a tile of keys at a time into fp32
-// on the stack and lets all the heads of its work item (up to 128: a decode
-// row of DeepSeek-V3 is a single item) use it: each cached byte is read from
-// memory and decoded once per query row, not once per head. Work items are
-// query rows with their heads; prefill items take several rows of one
+// Kernels over the packed (FP8 or bf16) latent cache. With one kv head every
+// query head reads the same rows, so attention dequantizes a tile of keys at a
+// time into fp32 on the stack and lets all the heads of its work item (up to
+// 128: a decode row of DeepSeek-V3 is a single item) use it: each cached byte
+// is read from memory and decoded once per query row, not once per head. Work
+// items are query rows with their heads; prefill items take several rows of one
 // sequence, which share the tiles too. Decode has fewer items than threads
 // and splits the context as attentionPaged does.
 //
@@ -11,7 +11,7 @@
 // fields is its value times 2^-8, subnormals included, so F16C converts it
 // exactly) and computes scores and the value sum in register blocks of
 // several heads and keys, which load each tile vector once for several FMAs.
-#include "runtime/src/cpu/PagedFp8.h"
+#include "runtime/src/cpu/PagedPacked.h"
 
 #include "runtime/src/cpu/PagedAttention.h"
 
@@ -28,7 +28,7 @@
 namespace kiln::cpu {
 namespace {
 
-constexpr int64_t kGroup = Fp8LatentLayout::kGroup;
+constexpr int64_t kGroup = PackedRowLayout::kGroup;
 constexpr float kE4m3Max = 448.0f;
 // Keeps the scale of an all-zero group finite.
 constexpr float kMinAmax = 1e-4f;
@@ -39,7 +39,7 @@ constexpr int64_t kMaxPairs = 256;
 constexpr int64_t kMaxItemRows = kMaxPairs;
 // The key tile: as many keys as fit in kTileFloats, at most kMaxTileKeys
 // (16 DeepSeek rows, 36 KiB: more would leave L1 and L2 for longer).
-constexpr int64_t kTileFloats = kMaxFp8LatentColumns;
+constexpr int64_t kTileFloats = kMaxPackedColumns;
 constexpr int64_t kMaxTileKeys = 16;
 // Fewer keys per split would spend more on the merge than the split saves.
 constexpr int64_t kMinSplitKeys = 256;
@@ -50,13 +50,13 @@ const std::byte *rowAt(const std::byte *slot, int64_t rowBytes,
   return slot + (block * blockTokens + pos % blockTokens) * rowBytes;
 }
 
-float scaleAt(const std::byte *row, Fp8LatentLayout l, int64_t group) {
+float scaleAt(const std::byte *row, PackedRowLayout l, int64_t group) {
   float s;
   std::memcpy(&s, row + l.scaleOffset() + group * 4, sizeof(s));
   return s;
 }
 
-void quantizeRow(const float *x, Fp8LatentLayout l, std::byte *row) {
+void quantizeRow(const float *x, PackedRowLayout l, std::byte *row) {
   auto *codes = reinterpret_cast<uint8_t *>(row);
   for (int64_t g = 0; g < l.scaleGroups(); ++g) {
     int64_t c0 = g * kGroup, c1 = std::min(c0 + kGroup, l.quantColumns);
@@ -80,7 +80,7 @@ void quantizeRow(const float *x, Fp8LatentLayout l, std::byte *row) {
 
 /// Columns [c0, c1) of a row as fp32 into out[0, c1 - c0).
 [[gnu::always_inline]] inline void dequantizePortable(const std::byte *row,
-                                                      Fp8LatentLayout l,
+                                                      PackedRowLayout l,
                                                       int64_t c0, int64_t c1,
                                                       float *out) {
   const auto *codes = reinterpret_cast<const uint8_t *>(row);
@@ -124,7 +124,7 @@ KILN_AVX2 inline void decode16(const uint8_t *codes, __m256 scale256,
 }
 
 /// dequantizePortable.
-KILN_AVX2_ENTRY void dequantizeAvx2(const std::byte *row, Fp8LatentLayout l,
+KILN_AVX2_ENTRY void dequantizeAvx2(const std::byte *row, PackedRowLayout l,
                                     int64_t c0, int64_t c1, float *out) {
   const auto *codes = reinterpret_cast<const uint8_t *>(row);
   int64_t quantEnd = std::min(c1, l.quantColumns);
@@ -326,10 +326,10 @@ accumulatePortable(const float *p, int64_t pStride, const float *alpha,
   }
 }
 
-struct Fp8Args {
+struct PackedArgs {
   const float *q;
   const std::byte *slot;
-  Fp8LatentLayout layout;
+  PackedRowLayout layout;
   BlockTables tables;
   const int32_t *positions, *kvLengths;
   int64_t seq, heads, dk, dv;
@@ -337,7 +337,7 @@ struct Fp8Args {
 };
 
 /// Keys query row `row` (of sequence b) attends to.
-int64_t keyCount(const Fp8Args &a, int64_t row, int64_t b) {
+int64_t keyCount(const PackedArgs &a, int64_t row, int64_t b) {
   int32_t pos = a.positions[row];
   return pos < 0 ? 0 : std::min<int64_t>(pos + 1, a.kvLengths[b]);
 }
@@ -362,7 +362,7 @@ struct Item {
 };
 
 template <bool Avx2>
-[[gnu::always_inline]] inline void attendImpl(const Fp8Args &a,
+[[gnu::always_inline]] inline void attendImpl(const PackedArgs &a,
                                               const Item &it) {
   int64_t dk = a.dk, dv = a.dv, nh = it.nh;
   int64_t stride = tileStride(dk), keys = tileKeys(dk);
@@ -440,21 +440,21 @@ template <bool Avx2>
   }
 }
 
-void attendGeneric(const Fp8Args &a, const Item &it) {
+void attendGeneric(const PackedArgs &a, const Item &it) {
   attendImpl<false>(a, it);
 }
 
-__attribute__((target("avx2,fma,f16c"))) void attendAvx2(const Fp8Args &a,
+__attribute__((target("avx2,fma,f16c"))) void attendAvx2(const PackedArgs &a,
                                                          const Item &it) {
   attendImpl<true>(a, it);
 }
 
 } // namespace
 
-void kvAppendPagedFp8(const float *x, const int32_t *positions, int64_t batch,
-                      int64_t seq, Fp8LatentLayout layout, std::byte *slotData,
-                      const int32_t *blockTables, int64_t tableStride,
-                      int64_t blockTokens) {
+void kvAppendPagedPacked(const float *x, const int32_t *positions,
+                         int64_t batch, int64_t seq, PackedRowLayout layout,
+                         std::byte *slotData, const int32_t *blockTables,
+                         int64_t tableStride, int64_t blockTokens) {
   int64_t rowBytes = layout.rowBytes();
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < batch; ++b)
@@ -469,9 +469,10 @@ void kvAppendPagedFp8(const float *x, const int32_t *positions, int64_t batch,
     }
 }
 
-void gatherPagedFp8(const std::byte *slotData, Fp8LatentLayout layout,
-                    const int32_t *table, int64_t blockTokens, int64_t tokens,
-                    int64_t column, int64_t count, float *out) {
+void gatherPagedPacked(const std::byte *slotData, PackedRowLayout layout,
+                       const int32_t *table, int64_t blockTokens,
+                       int64_t tokens, int64_t column, int64_t count,
+                       float *out) {
   int64_t rowBytes = layout.rowBytes();
   bool avx2 = vectorKernelsActive();
 #pragma omp parallel for schedule(static)
@@ -484,14 +485,14 @@ void gatherPagedFp8(const std::byte *slotData, Fp8LatentLayout layout,
   }
 }
 
-void attentionPagedFp8(const float *q, const std::byte *slotData,
-                       Fp8LatentLayout layout, BlockTables tables,
-                       const int32_t *positions, const int32_t *kvLengths,
-                       int64_t batch, int64_t seq, int64_t heads, int64_t dk,
-                       int64_t dv, float scale, float *out, float *scratch,
-                       int64_t scratchFloats) {
-  Fp8Args args{q,   slotData, layout, tables, positions, kvLengths,
-               seq, heads,    dk,     dv,     scale};
+void attentionPagedPacked(const float *q, const std::byte *slotData,
+                          PackedRowLayout layout, BlockTables tables,
+                          const int32_t *positions, const int32_t *kvLengths,
+                          int64_t batch, int64_t seq, int64_t heads, int64_t dk,
+                          int64_t dv, float scale, float *out, float *scratch,
+                          int64_t scratchFloats) {
+  PackedArgs args{q,   slotData, layout, tables, positions, kvLengths,
+                  seq, heads,    dk,     dv,     scale};
   int64_t queries = batch * seq;
   if (queries == 0 || heads == 0)
     return;

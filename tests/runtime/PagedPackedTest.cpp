@@ -9,7 +9,7 @@
 // Tolerance: attention does fp32 arithmetic on exactly the dequantized
 // values; its outputs are convex combinations of values of magnitude <= 4,
 // so 2e-5 absolute is ~1e-5 relative to their scale.
-#include "runtime/src/cpu/PagedFp8.h"
+#include "runtime/src/cpu/PagedPacked.h"
 
 #include "kiln/Float.h"
 #include "tests/runtime/ForEachIsa.h"
@@ -30,26 +30,34 @@ namespace {
 
 constexpr double kTol = 2e-5;
 
-TEST(PagedFp8, LayoutSizes) {
-  Fp8LatentLayout deepseek{512, 64};
+TEST(PagedPacked, LayoutSizes) {
+  PackedRowLayout deepseek{512, 64};
   EXPECT_EQ(deepseek.scaleGroups(), 4);
   EXPECT_EQ(deepseek.scaleOffset(), 512);
   EXPECT_EQ(deepseek.bf16Offset(), 528);
   EXPECT_EQ(deepseek.rowBytes(), 656);
   EXPECT_EQ(deepseek.columns(), 576);
 
-  Fp8LatentLayout tiny{32, 16};
+  PackedRowLayout tiny{32, 16};
   EXPECT_EQ(tiny.scaleGroups(), 1);
   EXPECT_EQ(tiny.scaleOffset(), 32);
   EXPECT_EQ(tiny.bf16Offset(), 36);
   EXPECT_EQ(tiny.rowBytes(), 68);
 
   // Codes padded before the scales, a partial last group, rows padded.
-  Fp8LatentLayout odd{130, 3};
+  PackedRowLayout odd{130, 3};
   EXPECT_EQ(odd.scaleGroups(), 2);
   EXPECT_EQ(odd.scaleOffset(), 132);
   EXPECT_EQ(odd.bf16Offset(), 140);
   EXPECT_EQ(odd.rowBytes(), 148);
+
+  // A bf16 row (no e4m3 columns): 2 bytes a value, nothing else.
+  PackedRowLayout bf16{0, 576};
+  EXPECT_EQ(bf16.scaleGroups(), 0);
+  EXPECT_EQ(bf16.bf16Offset(), 0);
+  EXPECT_EQ(bf16.rowBytes(), 1152);
+  EXPECT_TRUE(bf16.packed());
+  EXPECT_FALSE(PackedRowLayout{}.packed()); // an f32 slot
 }
 
 /// A row as the cache should hold it, quantized independently of the
@@ -85,7 +93,7 @@ RefRow quantizeRef(const float *x, int64_t quant, int64_t bf16Cols) {
 /// Latent rows whose 128-groups span several orders of magnitude (and
 /// include an all-zero group and exact zeros), so that scales differ.
 std::vector<float> latentRows(std::mt19937 &rng, int64_t rows,
-                              Fp8LatentLayout l) {
+                              PackedRowLayout l) {
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   std::uniform_int_distribution<int> exponent(-3, 2);
   std::vector<float> x(rows * l.columns());
@@ -104,15 +112,16 @@ std::vector<float> latentRows(std::mt19937 &rng, int64_t rows,
 struct Pool {
   std::vector<std::byte> storage;
   int64_t blockBytes;
-  Pool(int64_t numBlocks, int64_t blockTokens, Fp8LatentLayout l)
+  Pool(int64_t numBlocks, int64_t blockTokens, PackedRowLayout l)
       : storage((numBlocks + 1) * blockTokens * l.rowBytes(), std::byte{0xff}),
         blockBytes(blockTokens * l.rowBytes()) {}
   std::byte *data() { return storage.data() + blockBytes; }
 };
 
-TEST(PagedFp8, AppendQuantizesAndGatherDequantizes) {
-  for (Fp8LatentLayout l : {Fp8LatentLayout{512, 64}, Fp8LatentLayout{32, 16},
-                            Fp8LatentLayout{130, 3}, Fp8LatentLayout{40, 6}}) {
+TEST(PagedPacked, AppendQuantizesAndGatherDequantizes) {
+  for (PackedRowLayout l : {PackedRowLayout{512, 64}, PackedRowLayout{32, 16},
+                            PackedRowLayout{130, 3}, PackedRowLayout{40, 6},
+                            PackedRowLayout{0, 40}, PackedRowLayout{0, 3}}) {
     SCOPED_TRACE(std::to_string(l.quantColumns) + "+" +
                  std::to_string(l.bf16Columns));
     std::mt19937 rng(static_cast<uint32_t>(l.quantColumns));
@@ -129,8 +138,8 @@ TEST(PagedFp8, AppendQuantizesAndGatherDequantizes) {
     tables[2 * stride + 0] = 0;
     tables[2 * stride + 5] = 19;
     Pool pool(numBlocks, bt, l);
-    kvAppendPagedFp8(x.data(), positions.data(), batch, seq, l, pool.data(),
-                     tables.data(), stride, bt);
+    kvAppendPagedPacked(x.data(), positions.data(), batch, seq, l, pool.data(),
+                        tables.data(), stride, bt);
     int64_t rowBytes = l.rowBytes();
     std::vector<bool> written(numBlocks * bt, false);
     for (int64_t b = 0; b < batch; ++b)
@@ -165,10 +174,12 @@ TEST(PagedFp8, AppendQuantizesAndGatherDequantizes) {
               {l.quantColumns - 3, 5},
               {1, l.quantColumns - 1},
               {l.quantColumns + 1, l.bf16Columns - 1}}) {
+          if (column < 0 || count < 1 || column + count > l.columns())
+            continue; // a bf16 row has no e4m3 part to cut across
           forEachIsa([&] {
             std::vector<float> out((p + 1) * count);
-            gatherPagedFp8(pool.data(), l, table, bt, p + 1, column, count,
-                           out.data());
+            gatherPagedPacked(pool.data(), l, table, bt, p + 1, column, count,
+                              out.data());
             for (int64_t c = 0; c < count; ++c)
               ASSERT_EQ(out[p * count + c], ref.values[column + c])
                   << "column " << column + c;
@@ -198,7 +209,7 @@ template <typename F> void withThreads(int threads, F body) {
 
 struct Fp8Case {
   int64_t batch, seq, heads;
-  Fp8LatentLayout layout;
+  PackedRowLayout layout;
   int64_t dv, maxTokens;
   std::vector<int32_t> positions, kvLengths;
   int64_t blockTokens = 64;
@@ -241,14 +252,14 @@ std::vector<float> attentionRef(const Fp8Case &c, const std::vector<float> &q,
 }
 
 /// Appends random latents of c.kvLengths[b] tokens per sequence into
-/// shuffled blocks and checks attentionPagedFp8 against attentionRef on the
+/// shuffled blocks and checks attentionPagedPacked against attentionRef on the
 /// dequantized rows, unsplit and split for each thread count. With
 /// `e4m3Error`, also checks the error against the unquantized rows.
 void checkFp8(const Fp8Case &c, uint32_t seed,
               std::initializer_list<int> threadCounts = {0},
               bool e4m3Error = false) {
   std::mt19937 rng(seed);
-  Fp8LatentLayout l = c.layout;
+  PackedRowLayout l = c.layout;
   int64_t dk = l.columns(), dv = c.dv, bt = c.blockTokens;
   std::vector<float> x = latentRows(rng, c.batch * c.maxTokens, l);
   std::vector<float> q = latentRows(rng, c.batch * c.seq * c.heads, l);
@@ -267,16 +278,16 @@ void checkFp8(const Fp8Case &c, uint32_t seed,
   std::vector<int32_t> appendPos =
       pagedtest::prefixPositions(c.kvLengths, c.maxTokens);
   Pool pool(numBlocks, bt, l);
-  kvAppendPagedFp8(x.data(), appendPos.data(), c.batch, c.maxTokens, l,
-                   pool.data(), tables.data(), stride, bt);
+  kvAppendPagedPacked(x.data(), appendPos.data(), c.batch, c.maxTokens, l,
+                      pool.data(), tables.data(), stride, bt);
 
   BlockTables bts{tables.data(), stride, bt};
   auto run = [&](float *scratch, int64_t scratchFloats) {
     std::vector<float> out(ref.size(), -7.0f);
-    attentionPagedFp8(q.data(), pool.data(), l, bts, c.positions.data(),
-                      c.kvLengths.data(), c.batch, c.seq, c.heads, dk, dv,
-                      static_cast<float>(scale), out.data(), scratch,
-                      scratchFloats);
+    attentionPagedPacked(q.data(), pool.data(), l, bts, c.positions.data(),
+                         c.kvLengths.data(), c.batch, c.seq, c.heads, dk, dv,
+                         static_cast<float>(scale), out.data(), scratch,
+                         scratchFloats);
     return out;
   };
   auto compare = [&](const std::vector<float> &out) {
@@ -337,39 +348,45 @@ void checkFp8(const Fp8Case &c, uint32_t seed,
   EXPECT_LT(meanErr / meanValue, 0.1);
 }
 
-TEST(PagedFp8, DecodeTiny) {
+TEST(PagedPacked, DecodeTiny) {
   // Ragged lengths, an empty sequence, a padded row, several blocks.
   Fp8Case c{
       4, 1, 16, {32, 16}, 32, 1100, {0, 299, -1, 1099}, {1, 300, 0, 1100}};
   checkFp8(c, 1, {1, 0, 3, 8});
 }
 
-TEST(PagedFp8, DecodeDeepSeekDims) {
+TEST(PagedPacked, DecodeDeepSeekDims) {
   Fp8Case c{2, 1, 16, {512, 64}, 512, 700, {699, 64}, {700, 65}};
   checkFp8(c, 2, {0, 4}, /*e4m3Error=*/true);
 }
 
-TEST(PagedFp8, DecodeManyHeads) {
+TEST(PagedPacked, DecodeBf16Rows) {
+  // A bf16 latent (no e4m3 columns): values are bf16 columns too.
+  Fp8Case c{2, 1, 16, {0, 576}, 512, 700, {699, 64}, {700, 65}};
+  checkFp8(c, 8, {0, 4});
+}
+
+TEST(PagedPacked, DecodeManyHeads) {
   // 160 heads: two chunks of 80.
   Fp8Case c{1, 1, 160, {32, 16}, 32, 600, {599}, {600}, 16};
   checkFp8(c, 3, {0, 5});
 }
 
-TEST(PagedFp8, OddDimsAndBlocks) {
+TEST(PagedPacked, OddDimsAndBlocks) {
   // Partial vectors everywhere: 40 codes (2.5 vectors of 16), 6 bf16
   // values, dk 46, dv 36, 5 heads, blocks of 7 tokens.
   Fp8Case c{3, 1, 5, {40, 6}, 36, 500, {499, 12, 300}, {500, 13, 400}, 7};
   checkFp8(c, 4, {0, 2, 6});
 }
 
-TEST(PagedFp8, ShortPrefillSplits) {
+TEST(PagedPacked, ShortPrefillSplits) {
   // Three rows continuing a long context: fewer items than threads, so each
   // row's context is split.
   Fp8Case c{1, 3, 16, {32, 16}, 32, 603, {600, 601, 602}, {603}};
   checkFp8(c, 7, {8});
 }
 
-TEST(PagedFp8, CausalPrefill) {
+TEST(PagedPacked, CausalPrefill) {
   // Sequence 0 continues at position 40; sequence 1 starts at 0 with two
   // padded rows at the end.
   int64_t seq = 37;
