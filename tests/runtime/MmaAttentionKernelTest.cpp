@@ -24,6 +24,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <initializer_list>
 #include <random>
 #include <string>
 #include <tuple>
@@ -49,6 +50,34 @@ INSTANTIATE_TEST_SUITE_P(
                       Shape{40, 2, 64, 48, false}, Shape{2, 2, 192, 128, false},
                       Shape{3, 3, 64, 48, true}, Shape{8, 2, 192, 128, true},
                       Shape{4, 4, 24, 16, false}));
+
+/// Runs the kernel (wide or narrow) over `p`'s queries with each number of
+/// context splits (merged by kiln_attention_merge), each output within
+/// `bound` of `want`.
+void expectSplitsMatch(AttentionParams p, int64_t batch, int64_t kvLen,
+                       std::initializer_list<int> splitCounts, bool wide,
+                       const std::vector<float> &want, float bound) {
+  for (int splits : splitCounts) {
+    std::vector<float> got(want.size(), -1.0f);
+    std::vector<float> scratch(batch * p.seq * p.heads * splits * (2 + p.dv),
+                               0.0f);
+    p.out = got.data();
+    p.splits = splits;
+    p.splitTokens = attentionSplitTokens(kvLen, splits);
+    p.scratch = scratch.data();
+    Dim3 grid = attentionGrid(batch, p.seq, p.heads, p.kvHeads, splits);
+    if (wide)
+      kiln_attention_mma_wide_host(grid, p);
+    else
+      kiln_attention_mma_host(grid, p);
+    if (splits > 1)
+      kiln_attention_merge_host(
+          attentionMergeGrid(batch * p.seq, p.heads, p.dv), p);
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_NEAR(got[i], want[i], bound)
+          << "splits " << splits << " element " << i;
+  }
+}
 
 /// Queries of the last `seq` positions of two ragged sequences (kv lengths
 /// 150 and 90: a prefill when seq is 150, with padding rows before the
@@ -111,25 +140,7 @@ void expectMatchesCpu(int64_t heads, int64_t kvHeads, int64_t dk, int64_t dv,
   float bound = 0x1p-9f * maxAbs(vr) +
                 4.0f * static_cast<float>(kvLen) * 0x1p-24f * maxAbs(vr) +
                 1e-6f;
-  for (int splits : {1, 2, 3}) {
-    std::vector<float> got(want.size(), -1.0f), scratch;
-    p.out = got.data();
-    p.splits = splits;
-    p.splitTokens = attentionSplitTokens(kvLen, splits);
-    scratch.assign(batch * seq * heads * splits * (2 + dv), 0.0f);
-    p.scratch = scratch.data();
-    Dim3 grid = attentionGrid(batch, seq, heads, kvHeads, splits);
-    if (wide)
-      kiln_attention_mma_wide_host(grid, p);
-    else
-      kiln_attention_mma_host(grid, p);
-    if (splits > 1)
-      kiln_attention_merge_host(attentionMergeGrid(batch * seq, heads, p.dv),
-                                p);
-    for (size_t i = 0; i < got.size(); ++i)
-      ASSERT_NEAR(got[i], want[i], bound)
-          << "splits " << splits << " element " << i;
-  }
+  expectSplitsMatch(p, batch, kvLen, {1, 2, 3}, wide, want, bound);
 }
 
 TEST_P(MmaAttention, PrefillMatchesCpu) {
@@ -212,25 +223,7 @@ void expectPackedMatchesCpu(int64_t heads, int64_t dk, int64_t dv,
   float bound = 0x1p-9f * maxAbs(vr) +
                 4.0f * static_cast<float>(kvLen) * 0x1p-24f * maxAbs(vr) +
                 1e-6f;
-  for (int splits : {1, 3}) {
-    std::vector<float> got(want.size(), -1.0f), scratch;
-    p.out = got.data();
-    p.splits = splits;
-    p.splitTokens = attentionSplitTokens(kvLen, splits);
-    scratch.assign(batch * seq * heads * splits * (2 + dv), 0.0f);
-    p.scratch = scratch.data();
-    Dim3 grid = attentionGrid(batch, seq, heads, 1, splits);
-    if (wide)
-      kiln_attention_mma_wide_host(grid, p);
-    else
-      kiln_attention_mma_host(grid, p);
-    if (splits > 1)
-      kiln_attention_merge_host(attentionMergeGrid(batch * seq, heads, p.dv),
-                                p);
-    for (size_t i = 0; i < got.size(); ++i)
-      ASSERT_NEAR(got[i], want[i], bound)
-          << "splits " << splits << " element " << i;
-  }
+  expectSplitsMatch(p, batch, kvLen, {1, 3}, wide, want, bound);
 }
 
 // Absorbed MLA over a bf16 latent cache (no e4m3 columns) and an FP8 one
