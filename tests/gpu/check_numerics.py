@@ -11,7 +11,8 @@ artifacts compiled with --target=cpu,sm_90a, a manifest):
     position and 8 greedy decode steps;
   * the 4-layer model with DeepSeek-V2-Lite's dimensions: its checkpoint is
     written here (bench/gpu_common.py, bf16) and read by both; HF computes
-    in float32 on the bf16 weights, as Kiln does.
+    in float32 on the bf16 weights, as Kiln does; also compiled with a bf16
+    latent cache (--kv-cache-dtype=bf16), held to the bf16 bound below.
 
 Tolerances. Where both sides compute in fp32 on the same weights the logits
 differ by summation order only; the bound is a fraction of the row's
@@ -196,6 +197,9 @@ def check_v2lite(bundle, manifest, tmp, weights_dir, kiln_device, torch_device, 
 
     gpu_common.write_v2lite_checkpoint(weights_dir, log=log)
     artifact = os.path.join(bundle, "artifacts", manifest["v2lite"]["artifact"])
+    bf16_cache = manifest["v2lite"].get("bf16_cache_artifact")
+    if bf16_cache:
+        bf16_cache = os.path.join(bundle, "artifacts", bf16_cache)
     model = AutoModelForCausalLM.from_pretrained(
         weights_dir, dtype=torch.float32, attn_implementation="eager").to(torch_device).eval()
     import numpy as np
@@ -213,6 +217,12 @@ def check_v2lite(bundle, manifest, tmp, weights_dir, kiln_device, torch_device, 
         results.append(check_prompt(f"v2-lite-4layer prompt {p}, fp32 GEMMs", model, bundle,
                                     artifact, tokens, kiln_device, tmp, 2e-3, weights_dir,
                                     env=FP32_GEMMS))
+        # The bf16 latent cache rounds what HF's bf16 run rounds too: the
+        # same bound as the bf16-activation GEMMs.
+        if bf16_cache:
+            results.append(check_prompt(f"v2-lite-4layer prompt {p}, bf16 latent cache",
+                                        model, bundle, bf16_cache, tokens, kiln_device, tmp,
+                                        2e-3, weights_dir, bf16_model=bf16_model))
         report(results)
 
 
