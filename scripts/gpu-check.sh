@@ -117,9 +117,9 @@ for stage in $stages; do
       record "compute-sanitizer memcheck (FP8 cuBLASLt, per-expert GEMMs)" $status
     fi
     # The tensor-core GEMMs (bf16 and FP8 weights) and attention for all
-    # they take.
+    # they take (f32 rows, and a bf16 latent cache's packed rows).
     status=0
-    for model in deepseek-v2-lite-bf16 deepseek-v3-fp8; do
+    for model in deepseek-v2-lite-bf16 deepseek-v3-fp8 deepseek-v3-bf16cache; do
       KILN_MMA_GEMMS=on KILN_MMA_ATTENTION=on timeout "$(limit memcheck 180)" "$sanitizer" \
         --tool memcheck --error-exitcode 1 --leak-check full --target-processes all \
         "$bundle/bin/kiln-run" run "$bundle/artifacts/compare/$model.kiln" --device cuda \

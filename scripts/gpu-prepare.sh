@@ -91,6 +91,7 @@ variant() { # name, model (a golden model's name or a checkpoint folder), tolera
 variant deepseek-v3 deepseek-v3 1e-3
 variant deepseek-v3-naive deepseek-v3 1e-3 --mla naive
 variant deepseek-v3-fp8 deepseek-v3 1e-2 --mla absorbed --quantize fp8 --kv-cache-dtype fp8
+variant deepseek-v3-bf16cache deepseek-v3 1e-2 --mla absorbed --kv-cache-dtype bf16
 variant deepseek-v2 deepseek-v2 1e-3
 variant deepseek-v2-lite deepseek-v2-lite 1e-3
 variant deepseek-v2-lite-bf16 deepseek-v2-lite-bf16 1e-2
@@ -104,6 +105,7 @@ compare+=('{"name": "deepseek-v2-lite-bf16-per-expert", "artifact": "deepseek-v2
 compare+=('{"name": "deepseek-v2-lite-bf16-mma", "artifact": "deepseek-v2-lite-bf16", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on", "KILN_MMA_ATTENTION": "on"}}')
 compare+=('{"name": "llama-bf16-mma", "artifact": "llama-bf16", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on", "KILN_MMA_ATTENTION": "on"}}')
 compare+=('{"name": "deepseek-v3-fp8-mma", "artifact": "deepseek-v3-fp8", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on"}}')
+compare+=('{"name": "deepseek-v3-bf16cache-mma", "artifact": "deepseek-v3-bf16cache", "tolerance": 1e-2, "env": {"KILN_MMA_ATTENTION": "on"}}')
 # Plain launches (no programmatic dependent launch): where the default run
 # fails and this passes, suspect a kernel that touches memory before
 # awaitPrecedingKernels.
