@@ -830,6 +830,48 @@ TEST(EmulatedGpuSession, MalformedCacheRowsAreRejected) {
       "which only fused kernels write");
 }
 
+/// DeepSeek-V3 absorbed with a bf16 latent cache whose latent slots `edit`
+/// changes; the plan verifier must reject it at load, saying `why`.
+void expectPackedSlotsRejected(
+    const std::string &name,
+    const std::function<void(artifact::KvSlotT &)> &edit,
+    const std::string &why) {
+  CompileSettings settings;
+  settings.optimize.mla = "absorbed";
+  settings.optimize.latentCacheDtype = "bf16";
+  settings.editPlan = [&](artifact::ModelT &plan) {
+    ASSERT_FALSE(plan.kv_slots.empty());
+    for (auto &slot : plan.kv_slots) {
+      ASSERT_TRUE(slot->packed) << slot->name;
+      edit(*slot);
+    }
+  };
+  expectRejectedAtLoad(name, settings, {why});
+}
+
+TEST(EmulatedGpuSession, MalformedPackedSlotsAreRejected) {
+  using Slot = artifact::KvSlotT;
+  expectPackedSlotsRejected(
+      "packed_too_wide.kiln", [](Slot &s) { s.fp8_columns = 600; },
+      "has a packed row that does not fit a [1, n] entry");
+  expectPackedSlotsRejected(
+      "packed_negative.kiln", [](Slot &s) { s.fp8_columns = -1; },
+      "has a packed row that does not fit a [1, n] entry");
+  // FP8 columns on an f32 slot.
+  expectPackedSlotsRejected(
+      "packed_fp8_unpacked.kiln",
+      [](Slot &s) {
+        s.packed = false;
+        s.fp8_columns = 16;
+      },
+      "or FP8 columns without one");
+  // Read as f32 rows: the fused kernels' stores of packed bytes no longer
+  // match the slot.
+  expectPackedSlotsRejected(
+      "packed_as_f32.kiln", [](Slot &s) { s.packed = false; },
+      "is not the rows of cache slot");
+}
+
 /// A launch of `kind` the plan verifier rejects at load, naming the
 /// kernel: `edit` applied to the first one (DeepSeek-V3, absorbed MLA).
 void expectLaunchRejected(artifact::KernelKind kind, const std::string &name,
