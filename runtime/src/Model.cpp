@@ -213,8 +213,12 @@ void describe(Model::Impl &impl, const std::filesystem::path &path) {
     info.parameterCount += count;
     info.parameterBytes[detail::elementTypeName(p->type())] += p->bytes();
   }
-  for (const art::KvSlot *slot : *plan.kv_slots())
+  for (const art::KvSlot *slot : *plan.kv_slots()) {
     info.kvCacheBytesPerToken += detail::slotBytesPerToken(*slot);
+    if (slot->packed())
+      info.kvCacheStorage =
+          slot->fp8_columns() > 0 ? "fp8 latent with bf16 rope" : "bf16 latent";
+  }
   if (plan.gpu_modules())
     for (const art::GpuModule *m : *plan.gpu_modules())
       info.gpuCode.push_back({m->arch()->str(), m->kernels()->size(),

@@ -52,7 +52,7 @@ absl::Status inspect(const std::string &path, bool verifyWeights) {
     std::cout << "  " << type << ":" << std::string(13 - type.size(), ' ')
               << bytesString(bytes) << "\n";
   std::cout << "kv cache:        " << bytesString(info.kvCacheBytesPerToken)
-            << " per token\n"
+            << " per token (" << info.kvCacheStorage << ")\n"
             << "entry points:\n";
   for (const EntryPointInfo &e : info.entryPoints)
     std::cout << "  " << e.name << ": batch <= " << e.maxBatch

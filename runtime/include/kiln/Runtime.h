@@ -81,6 +81,9 @@ struct ModelInfo {
   /// Parameter bytes by element type name ("f32", "bf16", ...).
   std::map<std::string, uint64_t> parameterBytes;
   uint64_t kvCacheBytesPerToken = 0;
+  /// How the cache stores its entries: "f32", or an MLA latent's packed
+  /// rows, "bf16 latent" or "fp8 latent with bf16 rope".
+  std::string kvCacheStorage = "f32";
   std::vector<EntryPointInfo> entryPoints;
   /// Generated GPU code the artifact carries.
   struct GpuCode {
