@@ -1,11 +1,10 @@
 // Attention on the tensor cores (mma.sync, WarpMma.h) for f32 keys and
-// values, or packed latent rows (bf16 or FP8 caches), of up to 256 / 128
-// dimensions: a prefill's naive or GQA attention
-// (DeepSeek's heads from the latent: dk 192, dv 128; Llama / Qwen: 128).
-// Same parameters, grid, tasks, splits and merge as kiln_attention
-// (KvAttention.h): a block takes up to 16 query vectors of one kv head (16
-// consecutive rows where a kv head has one query head) and the keys of its
-// split; here they are the 16 rows of the mma's A operand.
+// values, or a bf16 latent cache's rows, of up to 256 / 128 dimensions: a
+// prefill's naive or GQA attention (DeepSeek's heads from the latent: dk 192,
+// dv 128; Llama / Qwen: 128). Same parameters, grid, tasks, splits and merge as
+// kiln_attention (KvAttention.h): a block takes up to 16 query vectors of one
+// kv head (16 consecutive rows where a kv head has one query head) and the keys
+// of its split; here they are the 16 rows of the mma's A operand.
 //
 // The block's 4 warps take 16-key chunks in turn, each with its own online
 // softmax (FlashAttention-2 in registers): S = Q K^T as two 16 x 8 mma
@@ -59,27 +58,37 @@ KILN_FN uint32_t loadBf16Pair(const float *row, int64_t c) {
 #endif
 }
 
+/// A bf16 latent slot's rows (a packed row without e4m3 columns, one per
+/// token): keys are whole rows, values their first dv columns, as stored.
+struct Bf16Kv {
+  using Row = const uint16_t *;
+  KILN_FN static Row key(const AttentionParams &p, int64_t row, int64_t) {
+    return reinterpret_cast<Row>(p.packedSlot + row * packedRowBytes(p.packed));
+  }
+  KILN_FN static Row value(const AttentionParams &p, int64_t row, int64_t g) {
+    return key(p, row, g);
+  }
+};
+
 /// Columns c, c + 1 (c even) of a key row as a bf16 pair: an f32 row's
-/// rounded, a packed row's bf16 columns as stored (one 4-byte load), its
-/// e4m3 columns dequantized and rounded (quantColumns even).
-KILN_FN uint32_t keyPair(const AttentionParams &, const float *row, int64_t c) {
+/// rounded, a bf16 row's as stored (one 4-byte load).
+KILN_FN uint32_t keyPair(const float *row, int64_t c) {
   return loadBf16Pair(row, c);
 }
-KILN_FN uint32_t keyPair(const AttentionParams &p, const unsigned char *row,
-                         int64_t c) {
-  if (c < p.packed.quantColumns)
-    return packBf16x2(packedColumn(row, p.packed, c),
-                      packedColumn(row, p.packed, c + 1));
-  const unsigned char *tail = row + packedBf16Offset(p.packed);
-  int64_t at = 2 * (c - p.packed.quantColumns);
+KILN_FN uint32_t keyPair(const uint16_t *row, int64_t c) {
 #if defined(__CUDACC__)
-  return *reinterpret_cast<const uint32_t *>(tail + at);
+  return *reinterpret_cast<const uint32_t *>(row + c);
 #else
-  uint32_t bits = 0;
-  for (int i = 0; i < 4; ++i)
-    bits |= uint32_t{tail[at + i]} << (8 * i);
-  return bits;
+  return uint32_t{row[c]} | (uint32_t{row[c + 1]} << 16);
 #endif
+}
+
+/// Column c of two value rows as a bf16 pair (the first row's low).
+KILN_FN uint32_t valuePair(const float *a, const float *b, int64_t c) {
+  return packBf16x2(a[c], b[c]);
+}
+KILN_FN uint32_t valuePair(const uint16_t *a, const uint16_t *b, int64_t c) {
+  return uint32_t{a[c]} | (uint32_t{b[c]} << 16);
 }
 
 /// The block's shared state: each warp's per-vector max and sum and its
@@ -117,7 +126,7 @@ KILN_FN MmaA queryFragment(const AttentionParams &p, const AttentionTask &t,
 /// Narrow: each warp takes every 4th 16-key chunk for all of dv, merged
 /// through `merge` at the end. Wide: each warp takes every chunk for its
 /// quarter of dv (`part`; the host's one warp takes the 4 parts in turn).
-/// Kv: F32Kv or PackedKv (KvAttention.h), where the key and value rows are.
+/// Kv: F32Kv (KvAttention.h) or Bf16Kv, where the key and value rows are.
 template <bool Wide, typename Kv>
 KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
                        const AttentionTask &t, int64_t *keyEnds,
@@ -194,8 +203,8 @@ KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
           for (int h = 0; h < 2; ++h) {
             typename Kv::Row key = keys[h][lane];
             int64_t c = 16 * st + 2 * tq;
-            k[h][lane] = MmaB{{keyPair(p, key, c),
-                               c + 8 < p.dk ? keyPair(p, key, c + 8) : 0u}};
+            k[h][lane] = MmaB{
+                {keyPair(key, c), c + 8 < p.dk ? keyPair(key, c + 8) : 0u}};
           }
         }
         if (Wide) {
@@ -280,9 +289,8 @@ KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
           if (f >= tiles)
             break;
           int64_t c = col0 + 8 * f + g;
-          v[f][lane] = MmaB{
-              {packBf16x2(Kv::at(p, values[0], c), Kv::at(p, values[1], c)),
-               packBf16x2(Kv::at(p, values[2], c), Kv::at(p, values[3], c))}};
+          v[f][lane] = MmaB{{valuePair(values[0], values[1], c),
+                             valuePair(values[2], values[3], c)}};
         }
       }
       KILN_UNROLL
@@ -373,29 +381,42 @@ KILN_FN void mmaAttend(Dim3 block, const AttentionParams &p,
 }
 
 /// Grid attentionGrid(batch, seq, heads, kvHeads, splits), as kiln_attention
-/// (mmaAttentionFits(dk, dv); f32 keys and values, or a packed slot's rows
-/// with an even quantColumns).
+/// (mmaAttentionFits(dk, dv), f32 keys and values). Each key and value
+/// source is its own kernel: one kernel for both spilled (ptxas allocates
+/// registers for the larger path everywhere).
 KILN_FN void kiln_attention_mma_block(Dim3 block, const AttentionParams &p) {
   KILN_SHARED MmaAttentionShared shared;
-  AttentionTask t = attentionTask(block, p);
-  if (p.packedSlot)
-    mmaAttend<false, PackedKv>(block, p, t, shared.keyEnds, &shared, nullptr);
-  else
-    mmaAttend<false, F32Kv>(block, p, t, shared.keyEnds, &shared, nullptr);
+  mmaAttend<false, F32Kv>(block, p, attentionTask(block, p), shared.keyEnds,
+                          &shared, nullptr);
 }
 KILN_KERNEL(kiln_attention_mma, AttentionParams)
+
+/// The same over a bf16 latent slot's rows.
+KILN_FN void kiln_attention_mma_bf16_rows_block(Dim3 block,
+                                                const AttentionParams &p) {
+  KILN_SHARED MmaAttentionShared shared;
+  mmaAttend<false, Bf16Kv>(block, p, attentionTask(block, p), shared.keyEnds,
+                           &shared, nullptr);
+}
+KILN_KERNEL(kiln_attention_mma_bf16_rows, AttentionParams)
 
 /// The same for mmaAttentionWideFits(dk, dv).
 KILN_FN void kiln_attention_mma_wide_block(Dim3 block,
                                            const AttentionParams &p) {
   KILN_SHARED MmaAttentionWideShared shared;
-  AttentionTask t = attentionTask(block, p);
-  if (p.packedSlot)
-    mmaAttend<true, PackedKv>(block, p, t, shared.keyEnds, nullptr, shared.q);
-  else
-    mmaAttend<true, F32Kv>(block, p, t, shared.keyEnds, nullptr, shared.q);
+  mmaAttend<true, F32Kv>(block, p, attentionTask(block, p), shared.keyEnds,
+                         nullptr, shared.q);
 }
 KILN_KERNEL(kiln_attention_mma_wide, AttentionParams)
+
+/// The wide variant over a bf16 latent slot's rows.
+KILN_FN void kiln_attention_mma_wide_bf16_rows_block(Dim3 block,
+                                                     const AttentionParams &p) {
+  KILN_SHARED MmaAttentionWideShared shared;
+  mmaAttend<true, Bf16Kv>(block, p, attentionTask(block, p), shared.keyEnds,
+                          nullptr, shared.q);
+}
+KILN_KERNEL(kiln_attention_mma_wide_bf16_rows, AttentionParams)
 
 } // namespace kiln
 

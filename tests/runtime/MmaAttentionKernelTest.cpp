@@ -3,7 +3,7 @@
 // head whose rows end at different keys, padding rows, ragged lengths,
 // context splits merged, contiguous and paged (shuffled blocks) keys and
 // values, dk/dv of GQA models and of DeepSeek's heads from the latent
-// (192/128), and packed latent rows (bf16 and FP8 caches). The host build runs
+// (192/128), and a bf16 latent cache's rows. The host build runs
 // the kernel's per-lane fragment code with a host mma, so a wrong lane,
 // register or mask index is an error of the order of the values.
 //
@@ -66,8 +66,12 @@ void expectSplitsMatch(AttentionParams p, int64_t batch, int64_t kvLen,
     p.splitTokens = attentionSplitTokens(kvLen, splits);
     p.scratch = scratch.data();
     Dim3 grid = attentionGrid(batch, p.seq, p.heads, p.kvHeads, splits);
-    if (wide)
+    if (wide && p.packedSlot)
+      kiln_attention_mma_wide_bf16_rows_host(grid, p);
+    else if (wide)
       kiln_attention_mma_wide_host(grid, p);
+    else if (p.packedSlot)
+      kiln_attention_mma_bf16_rows_host(grid, p);
     else
       kiln_attention_mma_host(grid, p);
     if (splits > 1)
@@ -160,17 +164,17 @@ TEST(MmaAttentionWide, MatchesCpu) {
   expectMatchesCpu(4, 2, 40, 32, false, 150, true);
 }
 
-/// Attention over a packed latent slot (`quant` e4m3 columns, the rest
-/// bf16; one kv head for all `heads`, values the rows' first dv columns),
-/// stored by cpu::kvAppendPagedPacked into shuffled blocks whose unused
-/// bytes are 0xff (NaN in e4m3 and bf16: a read past a sequence shows).
-/// The reference attends over the rows as cpu::gatherPagedPacked reads them
-/// back, rounded to bf16 (a no-op for a bf16 row), with Q rounded too.
-void expectPackedMatchesCpu(int64_t heads, int64_t dk, int64_t dv,
-                            int64_t quant, int64_t seq, bool wide) {
+/// Attention over a bf16 latent slot (packed rows without e4m3 columns;
+/// one kv head for all `heads`, values the rows' first dv columns), stored
+/// by cpu::kvAppendPagedPacked into shuffled blocks whose unused bytes are
+/// 0xff (NaN in bf16: a read past a sequence shows). The reference attends
+/// over the rows as cpu::gatherPagedPacked reads them back (bf16 values),
+/// with Q rounded to bf16 too.
+void expectBf16RowsMatchCpu(int64_t heads, int64_t dk, int64_t dv, int64_t seq,
+                            bool wide) {
   const int64_t batch = 2, kvLen = 150, blockTokens = 64;
   std::vector<int32_t> kvLengths = {150, 90};
-  cpu::PackedRowLayout layout{quant, dk - quant};
+  cpu::PackedRowLayout layout{0, dk};
   std::mt19937 rng(45);
   cpu::pagedtest::TestBlockTables tables =
       cpu::pagedtest::shuffledBlockTables(rng, kvLengths, kvLen, blockTokens);
@@ -209,7 +213,7 @@ void expectPackedMatchesCpu(int64_t heads, int64_t dk, int64_t dv,
   AttentionParams p{};
   p.q = q.data();
   p.packedSlot = reinterpret_cast<const unsigned char *>(slot.data());
-  p.packed = {quant, dk - quant};
+  p.packed = {0, dk};
   p.tables = {tables.ids.data(), tables.stride, blockTokens, 0};
   p.positions = positions.data();
   p.kvLengths = kvLengths.data();
@@ -226,32 +230,22 @@ void expectPackedMatchesCpu(int64_t heads, int64_t dk, int64_t dv,
   expectSplitsMatch(p, batch, kvLen, {1, 3}, wide, want, bound);
 }
 
-// Absorbed MLA over a bf16 latent cache (no e4m3 columns) and an FP8 one
-// (c_kv in e4m3, the RoPE key in bf16), decode and prefill; the narrow
-// kernel on a small packed row whose values span both kinds of columns.
-TEST(MmaAttentionPacked, Bf16LatentMatchesCpu) {
+// Absorbed MLA over a bf16 latent cache, decode and prefill; the narrow
+// kernel on a smaller row and on the tiny DeepSeek-V3's (32 + 8 columns,
+// 4 heads).
+TEST(MmaAttentionBf16Rows, WideMatchesCpu) {
   for (int64_t seq : {1, 150}) {
     SCOPED_TRACE(::testing::Message() << "seq " << seq);
-    expectPackedMatchesCpu(16, 576, 512, 0, seq, true);
+    expectBf16RowsMatchCpu(16, 576, 512, seq, true);
   }
 }
 
-TEST(MmaAttentionPacked, Fp8LatentMatchesCpu) {
+TEST(MmaAttentionBf16Rows, NarrowMatchesCpu) {
+  expectBf16RowsMatchCpu(8, 160, 128, 150, false);
   for (int64_t seq : {1, 150}) {
     SCOPED_TRACE(::testing::Message() << "seq " << seq);
-    expectPackedMatchesCpu(16, 576, 512, 512, seq, true);
+    expectBf16RowsMatchCpu(4, 40, 32, seq, false);
   }
-}
-
-TEST(MmaAttentionPacked, NarrowKernelTakesPackedRows) {
-  expectPackedMatchesCpu(8, 160, 128, 96, 150, false);
-  expectPackedMatchesCpu(8, 160, 128, 0, 1, false);
-  // The tiny DeepSeek-V3's absorbed rows: 32 + 8 columns, 4 heads.
-  for (int64_t quant : {0, 32})
-    for (int64_t seq : {1, 150}) {
-      SCOPED_TRACE(::testing::Message() << "quant " << quant << " seq " << seq);
-      expectPackedMatchesCpu(4, 40, 32, quant, seq, false);
-    }
 }
 
 TEST(MmaAttentionFits, WholeFragmentsOnly) {

@@ -1466,11 +1466,11 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
   if (p.splits > 1 &&
       size_t(rows * p.heads * p.splits * (2 + p.dv)) > attentionScratchFloats)
     return absl::InternalError("GPU attention: split scratch too small");
-  // float2 loads of query and key pairs; a packed row's key pairs never
-  // straddle its e4m3 and bf16 columns.
+  // float2 loads of query and key pairs; of packed rows only a bf16 cache's
+  // (no e4m3 columns), loaded as stored.
   bool pairs =
       (reinterpret_cast<uintptr_t>(p.q) & 7) == 0 &&
-      (p.packedSlot ? p.packed.quantColumns % 2 == 0
+      (p.packedSlot ? p.packed.quantColumns == 0
                     : p.k.rowStride % 2 == 0 && p.k.headStride % 2 == 0 &&
                           p.k.offset % 2 == 0 &&
                           (reinterpret_cast<uintptr_t>(p.k.data) & 7) == 0);
@@ -1482,15 +1482,15 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
   int64_t vectors = attentionTileRows(shape.seq, p.heads, p.kvHeads) *
                     std::min<int64_t>(group, kAttentionHeadsPerBlock);
   const char *kernel = "kiln_attention";
-  if (pairs &&
-      (mmaAttention == MmaAttention::On ||
-       (mmaAttention == MmaAttention::Auto &&
-        (bf16Weights || (p.packedSlot && p.packed.quantColumns == 0)) &&
-        vectors >= 8))) {
+  if (pairs && (mmaAttention == MmaAttention::On ||
+                (mmaAttention == MmaAttention::Auto &&
+                 (bf16Weights || p.packedSlot) && vectors >= 8))) {
     if (mmaAttentionFits(p.dk, p.dv))
-      kernel = "kiln_attention_mma";
+      kernel =
+          p.packedSlot ? "kiln_attention_mma_bf16_rows" : "kiln_attention_mma";
     else if (mmaAttentionWideFits(p.dk, p.dv))
-      kernel = "kiln_attention_mma_wide";
+      kernel = p.packedSlot ? "kiln_attention_mma_wide_bf16_rows"
+                            : "kiln_attention_mma_wide";
   }
   if (absl::Status s = launch(
           kernel,
