@@ -19,10 +19,7 @@
 #include "mlir/IR/IRMapping.h"
 #include "mlir/IR/SymbolTable.h"
 
-#include <algorithm>
 #include <cmath>
-#include <limits>
-#include <optional>
 
 namespace mlir::kiln {
 #define GEN_PASS_DEF_KILNABSORBLATENTKV
@@ -174,10 +171,9 @@ struct DerivedWeight {
 
 class Rewriter {
 public:
-  /// `packedFp8Columns`: the latent slots' storage (no value: f32).
-  Rewriter(ModuleOp module, std::optional<int64_t> packedFp8Columns)
-      : module_(module), b_(module.getContext()),
-        packedFp8Columns_(packedFp8Columns) {}
+  /// `cacheDtype`: how the latent slots store their rows (f32, bf16, fp8).
+  Rewriter(ModuleOp module, StringRef cacheDtype)
+      : module_(module), b_(module.getContext()), cacheDtype_(cacheDtype) {}
 
   void rewrite(MlaSite m, MlaForm form);
 
@@ -196,7 +192,7 @@ private:
 
   ModuleOp module_;
   OpBuilder b_;
-  std::optional<int64_t> packedFp8Columns_;
+  StringRef cacheDtype_;
 };
 
 /// The prefix of the layer's attention, from its K slot ("...self_attn").
@@ -215,10 +211,10 @@ StringRef Rewriter::latentSlot(MlaSite m) {
     b_.create<KVCacheOp>(
         old.getLoc(), b_.getStringAttr(name),
         TypeAttr::get(RankedTensorType::get({1, m.kvr + m.rope}, element)),
-        packedFp8Columns_
-            ? PackedCacheAttr::get(b_.getContext(),
-                                   std::min(*packedFp8Columns_, m.kvr))
-            : PackedCacheAttr());
+        cacheDtype_ == "f32"
+            ? PackedCacheAttr()
+            : PackedCacheAttr::get(b_.getContext(),
+                                   cacheDtype_ == "fp8" ? m.kvr : 0));
   }
   return cast<KVCacheOp>(module_.lookupSymbol(name)).getSymName();
 }
@@ -463,14 +459,8 @@ struct AbsorbLatentKVPass
   }
 
   void rewriteAll(ModuleOp module, std::vector<MlaSite> sites, MlaForm form) {
-    // bf16: a packed row without e4m3 columns; fp8: c_kv's kv_lora_rank
-    // columns in e4m3 (the site's kvr bounds the int64 max).
-    std::optional<int64_t> packed;
-    if (latentCacheDtype == "bf16")
-      packed = 0;
-    else if (latentCacheDtype == "fp8")
-      packed = std::numeric_limits<int64_t>::max();
-    Rewriter rewriter(module, packed);
+    // fp8: c_kv's columns in e4m3; bf16: a packed row without e4m3 columns.
+    Rewriter rewriter(module, latentCacheDtype);
     for (MlaSite m : sites)
       rewriter.rewrite(m, form);
     // Slots and parameters nothing uses any more.

@@ -51,6 +51,20 @@ INSTANTIATE_TEST_SUITE_P(
                       Shape{3, 3, 64, 48, true}, Shape{8, 2, 192, 128, true},
                       Shape{4, 4, 24, 16, false}));
 
+/// Query positions of the last `seq` tokens of each sequence; -1 (padding)
+/// before a sequence shorter than `seq`.
+std::vector<int32_t> lastPositions(const std::vector<int32_t> &kvLengths,
+                                   int64_t seq) {
+  std::vector<int32_t> positions(kvLengths.size() * seq);
+  for (size_t b = 0; b < kvLengths.size(); ++b)
+    for (int64_t s = 0; s < seq; ++s)
+      positions[b * seq + s] =
+          s + kvLengths[b] - seq >= 0
+              ? static_cast<int32_t>(s + kvLengths[b] - seq)
+              : -1;
+  return positions;
+}
+
 /// Runs the kernel (wide or narrow) over `p`'s queries with each number of
 /// context splits (merged by kiln_attention_merge), each output within
 /// `bound` of `want`.
@@ -95,13 +109,8 @@ void expectMatchesCpu(int64_t heads, int64_t kvHeads, int64_t dk, int64_t dv,
   std::vector<float> v = randomRows(batch * kvLen * kvHeads, dv, 43);
   for (float &x : q)
     x *= 0.2f;
-  std::vector<int32_t> positions(batch * seq), kvLengths = {150, 90};
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t s = 0; s < seq; ++s)
-      positions[b * seq + s] =
-          s + kvLengths[b] - seq >= 0
-              ? static_cast<int32_t>(s + kvLengths[b] - seq)
-              : -1;
+  std::vector<int32_t> kvLengths = {150, 90};
+  std::vector<int32_t> positions = lastPositions(kvLengths, seq);
   std::vector<float> want(batch * seq * heads * dv);
   std::vector<float> qr = roundedToBf16(q), kr = roundedToBf16(k),
                      vr = roundedToBf16(v);
@@ -198,13 +207,7 @@ void expectBf16RowsMatchCpu(int64_t heads, int64_t dk, int64_t dv, int64_t seq,
   std::vector<float> q = randomRows(batch * seq * heads, dk, 47);
   for (float &x : q)
     x *= 0.05f;
-  std::vector<int32_t> positions(batch * seq);
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t s = 0; s < seq; ++s)
-      positions[b * seq + s] =
-          s + kvLengths[b] - seq >= 0
-              ? static_cast<int32_t>(s + kvLengths[b] - seq)
-              : -1;
+  std::vector<int32_t> positions = lastPositions(kvLengths, seq);
   std::vector<float> qr = roundedToBf16(q), want(batch * seq * heads * dv);
   cpu::attention(qr.data(), kr.data(), vr.data(), positions.data(),
                  kvLengths.data(), batch, seq, heads, 1, dk, dv, kvLen * dk,
