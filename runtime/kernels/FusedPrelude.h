@@ -7,7 +7,10 @@
 //   shuffles and shared memory, and KILN_SYNC() is __syncthreads();
 // - as host C++: one thread owns one token (the host entry spreads tokens
 //   over OpenMP threads); KILN_THREAD is 0, KILN_THREADS 1 and KILN_SYNC()
-//   does nothing, so the same loops run the whole row in order.
+//   does nothing, so the same loops run the whole row in order;
+// - as host C++ with CUDA's threads (KILN_HOST_SIMT, HostSimt.h; tests
+//   only): a block's threads are fibers, so that the split over threads
+//   and warps, shared memory, barriers and shuffles run without a GPU.
 //
 // The functions follow the reference CPU kernels (runtime/src/cpu) in what
 // they compute, operation for operation, so that the host build matches them
@@ -37,14 +40,36 @@ typedef unsigned short uint16_t;
 #define KILN_HOST_FN inline
 #endif
 
+/// Threads per block of the CUDA kernels: a multiple of the warp size.
+#ifndef KILN_BLOCK_THREADS
+#define KILN_BLOCK_THREADS 128
+#endif
+
+// KILN_SIMT: the kernel runs with CUDA's threads, warps and shared memory:
+// on the GPU, or on the host under KILN_HOST_SIMT (HostSimt.h), a build
+// for tests only. Without it a host block is one thread.
 #if defined(__CUDACC__)
+#define KILN_SIMT 1
 #define KILN_FN __device__ __forceinline__
 #define KILN_THREAD static_cast<int>(threadIdx.x)
 #define KILN_THREADS static_cast<int>(blockDim.x)
 #define KILN_SYNC() __syncthreads()
 #define KILN_SHARED __shared__
 #define KILN_TABLE __constant__ const
+#define KILN_SHFL_XOR(value, laneMask)                                         \
+  __shfl_xor_sync(0xffffffffu, value, laneMask)
+#elif defined(KILN_HOST_SIMT)
+#include "HostSimt.h"
+#define KILN_SIMT 1
+#define KILN_FN inline
+#define KILN_THREAD (::kiln::simt::threadIndex())
+#define KILN_THREADS (::kiln::simt::threadCount())
+#define KILN_SYNC() ::kiln::simt::syncThreads()
+#define KILN_SHARED static thread_local
+#define KILN_TABLE static const
+#define KILN_SHFL_XOR(value, laneMask) ::kiln::simt::shuffleXor(value, laneMask)
 #else
+#define KILN_SIMT 0
 #define KILN_FN inline
 #define KILN_THREAD 0
 #define KILN_THREADS 1
@@ -53,12 +78,21 @@ typedef unsigned short uint16_t;
 #define KILN_TABLE static const
 #endif
 
-/// Threads per block of the CUDA kernels: a multiple of the warp size.
-#ifndef KILN_BLOCK_THREADS
-#define KILN_BLOCK_THREADS 128
+// The host SIMT build's kernels live in their own inline namespace, so that
+// a test binary links them beside the runtime's plain host build.
+#if defined(KILN_HOST_SIMT)
+#define KILN_KERNELS_BEGIN                                                     \
+  namespace kiln {                                                             \
+  inline namespace host_simt {
+#define KILN_KERNELS_END                                                       \
+  }                                                                            \
+  }
+#else
+#define KILN_KERNELS_BEGIN namespace kiln {
+#define KILN_KERNELS_END }
 #endif
 
-namespace kiln {
+KILN_KERNELS_BEGIN
 
 /// A block's index in its grid (CUDA's blockIdx).
 struct Dim3 {
@@ -94,6 +128,19 @@ KILN_FN void awaitPrecedingKernels() {
                               static_cast<int>(blockIdx.y),                    \
                               static_cast<int>(blockIdx.z)},                   \
                  p);                                                           \
+  }
+#elif defined(KILN_HOST_SIMT)
+#define KILN_KERNEL(name, Params)                                              \
+  inline void name##_host(::kiln::Dim3 grid, const Params &p) {                \
+    long long blocks = 1LL * grid.x * grid.y * grid.z;                         \
+    _Pragma("omp parallel for schedule(dynamic, 1)") for (long long i = 0;     \
+                                                          i < blocks; ++i) {   \
+      ::kiln::Dim3 block{static_cast<int>(i % grid.x),                         \
+                         static_cast<int>(i / grid.x % grid.y),                \
+                         static_cast<int>(i / (1LL * grid.x * grid.y))};       \
+      ::kiln::simt::runBlock(KILN_BLOCK_THREADS, block.x, block.y, block.z,    \
+                             [&] { name##_block(block, p); });                 \
+    }                                                                          \
   }
 #else
 #define KILN_KERNEL(name, Params)                                              \
@@ -155,26 +202,26 @@ KILN_FN float toFloat(F16 value) {
 
 /// The sum of every thread's `value`, returned to all threads.
 KILN_FN float blockSum(float value) {
-#if defined(__CUDACC__)
-  __shared__ float partial[32];
+#if KILN_SIMT
+  KILN_SHARED float partial[32];
   for (int offset = 16; offset > 0; offset >>= 1)
-    value += __shfl_xor_sync(0xffffffffu, value, offset);
+    value += KILN_SHFL_XOR(value, offset);
   int warp = KILN_THREAD / 32, lane = KILN_THREAD % 32;
   if (lane == 0)
     partial[warp] = value;
-  __syncthreads();
+  KILN_SYNC();
   // Every warp reduces the partial sums, so all threads get the total
   // without another round through shared memory.
   value = lane < (KILN_THREADS + 31) / 32 ? partial[lane] : 0.0f;
   for (int offset = 16; offset > 0; offset >>= 1)
-    value += __shfl_xor_sync(0xffffffffu, value, offset);
-  __syncthreads(); // `partial` is free for the next call
+    value += KILN_SHFL_XOR(value, offset);
+  KILN_SYNC(); // `partial` is free for the next call
 #endif
   return value;
 }
 
-// Warps: 32 threads under CUDA; on the host one thread is the block's only
-// "warp" and its only lane.
+// Warps: 32 threads under CUDA and KILN_HOST_SIMT; on the plain host one
+// thread is the block's only "warp" and its only lane.
 // KILN_UNROLL4 / 8 / 16: that many iterations of a loop of unknown trip count
 // in flight (independent loads overlap).
 #if defined(__CUDACC__)
@@ -187,6 +234,16 @@ KILN_FN float blockSum(float value) {
 #define KILN_LANE (static_cast<int>(threadIdx.x) % 32)
 #define KILN_WARP (static_cast<int>(threadIdx.x) / 32)
 #define KILN_WARPS (static_cast<int>(blockDim.x) / 32)
+#elif defined(KILN_HOST_SIMT)
+#define KILN_UNROLL _Pragma("GCC unroll 8")
+#define KILN_UNROLL4 _Pragma("GCC unroll 4")
+#define KILN_UNROLL8 _Pragma("GCC unroll 8")
+#define KILN_UNROLL16 _Pragma("GCC unroll 16")
+#define KILN_SYNCWARP() ::kiln::simt::syncWarp()
+#define KILN_WARP_SIZE 32
+#define KILN_LANE (KILN_THREAD % 32)
+#define KILN_WARP (KILN_THREAD / 32)
+#define KILN_WARPS (KILN_THREADS / 32)
 #else
 #define KILN_UNROLL _Pragma("GCC unroll 8")
 #define KILN_UNROLL4 _Pragma("GCC unroll 4")
@@ -238,36 +295,36 @@ KILN_FN void forEachElement(int64_t begin, int64_t end, Load load,
 /// The sum of `value` over the lanes of the calling warp, returned to all
 /// of them (no block-wide synchronization).
 KILN_FN float warpSum(float value) {
-#if defined(__CUDACC__)
+#if KILN_SIMT
   for (int offset = 16; offset > 0; offset >>= 1)
-    value += __shfl_xor_sync(0xffffffffu, value, offset);
+    value += KILN_SHFL_XOR(value, offset);
 #endif
   return value;
 }
 
 /// The largest `value` of the calling warp's lanes, returned to all of them.
 KILN_FN float warpMax(float value) {
-#if defined(__CUDACC__)
+#if KILN_SIMT
   for (int offset = 16; offset > 0; offset >>= 1)
-    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+    value = fmaxf(value, KILN_SHFL_XOR(value, offset));
 #endif
   return value;
 }
 
 /// The largest of every thread's `value`, returned to all threads.
 KILN_FN float blockMax(float value) {
-#if defined(__CUDACC__)
-  __shared__ float partial[32];
+#if KILN_SIMT
+  KILN_SHARED float partial[32];
   for (int offset = 16; offset > 0; offset >>= 1)
-    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+    value = fmaxf(value, KILN_SHFL_XOR(value, offset));
   int warp = KILN_THREAD / 32, lane = KILN_THREAD % 32;
   if (lane == 0)
     partial[warp] = value;
-  __syncthreads();
+  KILN_SYNC();
   value = lane < (KILN_THREADS + 31) / 32 ? partial[lane] : -3.402823466e38f;
   for (int offset = 16; offset > 0; offset >>= 1)
-    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
-  __syncthreads();
+    value = fmaxf(value, KILN_SHFL_XOR(value, offset));
+  KILN_SYNC();
 #endif
   return value;
 }
@@ -712,9 +769,9 @@ KILN_FN void warpTopK(const float *values, int n, int k, unsigned char *taken,
       if (!taken[i] &&
           (best < 0 || ranksBefore(values[i], i, values[best], best)))
         best = i;
-#if defined(__CUDACC__)
+#if KILN_SIMT
     for (int offset = 16; offset > 0; offset >>= 1) {
-      int other = __shfl_xor_sync(0xffffffffu, best, offset);
+      int other = KILN_SHFL_XOR(best, offset);
       if (other >= 0 &&
           (best < 0 || ranksBefore(values[other], other, values[best], best)))
         best = other;
@@ -900,6 +957,6 @@ KILN_FN void moeGate(const float *x, int dim, const W *weight, const B *bias,
                     indices);
 }
 
-} // namespace kiln
+KILN_KERNELS_END
 
 #endif // KILN_FUSED_PRELUDE_H

@@ -19,7 +19,7 @@
 
 #include "FusedPrelude.h"
 
-namespace kiln {
+KILN_KERNELS_BEGIN
 
 /// Largest dk / dv the device attention takes (MLA's latent: 576 / 512).
 constexpr int kDeviceMaxHeadDim = 576;
@@ -163,7 +163,7 @@ constexpr int kAttentionKeyTile = 64;
 constexpr int kAttentionKeysPerPass = 4;
 
 /// Columns of dv one thread keeps per head.
-#if defined(__CUDACC__)
+#if KILN_SIMT
 constexpr int kAttentionSlots =
     (kDeviceMaxValueDim + KILN_BLOCK_THREADS - 1) / KILN_BLOCK_THREADS;
 #else
@@ -541,6 +541,6 @@ inline int64_t attentionScratchFloats(int multiprocessors, int64_t dv) {
   return int64_t{kAttentionHeadsPerBlock} * 4 * multiprocessors * (2 + dv);
 }
 
-} // namespace kiln
+KILN_KERNELS_END
 
 #endif // KILN_KERNELS_KVATTENTION_H

@@ -12,7 +12,7 @@
 
 #include "FusedPrelude.h"
 
-namespace kiln {
+KILN_KERNELS_BEGIN
 
 /// Elements one block of an elementwise kernel covers: one batch of loads
 /// per thread (forEachElement).
@@ -368,6 +368,6 @@ KILN_FN void kiln_moe_combine_block(Dim3 block, const MoeCombineParams &p) {
 }
 KILN_KERNEL(kiln_moe_combine, MoeCombineParams)
 
-} // namespace kiln
+KILN_KERNELS_END
 
 #endif // KILN_KERNELS_LIBRARY_H

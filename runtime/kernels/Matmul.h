@@ -23,7 +23,7 @@
 
 #include "FusedPrelude.h"
 
-namespace kiln {
+KILN_KERNELS_BEGIN
 
 /// Activation rows one pass over the weights takes.
 constexpr int kGemmRows = 8;
@@ -577,6 +577,6 @@ KILN_FN void kiln_fp8_scales_by_block_block(Dim3 block,
 }
 KILN_KERNEL(kiln_fp8_scales_by_block, Fp8ScalesByBlockParams)
 
-} // namespace kiln
+KILN_KERNELS_END
 
 #endif // KILN_KERNELS_MATMUL_H

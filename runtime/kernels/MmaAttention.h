@@ -23,7 +23,7 @@
 #include "KvAttention.h"
 #include "WarpMma.h"
 
-namespace kiln {
+KILN_KERNELS_BEGIN
 
 /// The largest dk / dv the tensor-core attention takes (multiples of 8).
 constexpr int kMmaAttentionMaxDk = 256;
@@ -418,6 +418,6 @@ KILN_FN void kiln_attention_mma_wide_bf16_rows_block(Dim3 block,
 }
 KILN_KERNEL(kiln_attention_mma_wide_bf16_rows, AttentionParams)
 
-} // namespace kiln
+KILN_KERNELS_END
 
 #endif // KILN_KERNELS_MMA_ATTENTION_H

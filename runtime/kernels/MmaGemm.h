@@ -35,7 +35,7 @@
 #include "Matmul.h"
 #include "WarpMma.h"
 
-namespace kiln {
+KILN_KERNELS_BEGIN
 
 /// Weight rows per block (the mma's M). The block's warps split k and sum
 /// their products through shared memory at the end: a block per 16 rows
@@ -138,28 +138,28 @@ KILN_FN void loadActivationWords(const unsigned char *x, int64_t at, int64_t k,
   loadWeightWords(x, valid ? at : k, k, words);
 }
 
-#if defined(__CUDACC__)
+#if KILN_SIMT
 /// Shared memory for sumOverWarps, one array for every pass width.
 typedef MmaC MmaPartials[kMmaFragments][32];
 KILN_FN MmaPartials *mmaPartials() {
-  __shared__ MmaPartials partials[kMmaWarps];
+  KILN_SHARED MmaPartials partials[kMmaWarps];
   return partials;
 }
 #endif
 
 /// The sum of the block's warps' accumulators, in warp 0's (true there).
 template <int F> KILN_FN bool sumOverWarps(Lanes<MmaC> *acc) {
-#if defined(__CUDACC__)
+#if KILN_SIMT
   MmaPartials *partial = mmaPartials();
   for (int f = 0; f < F; ++f)
     partial[KILN_WARP][f][KILN_LANE] = acc[f].value;
-  __syncthreads();
+  KILN_SYNC();
   if (KILN_WARP == 0)
     for (int w = 1; w < kMmaWarps; ++w)
       for (int f = 0; f < F; ++f)
         for (int i = 0; i < 4; ++i)
           acc[f].value.r[i] += partial[w][f][KILN_LANE].r[i];
-  __syncthreads(); // `partial` is free for the next pass
+  KILN_SYNC(); // `partial` is free for the next pass
   return KILN_WARP == 0;
 #else
   (void)acc;
@@ -312,6 +312,6 @@ KILN_MMA_GEMM_KERNEL(gated_f8e4m3, unsigned char, true, float, true)
 KILN_MMA_GEMM_KERNEL(gated_f8e4m3_q8, unsigned char, true, unsigned char, true)
 #undef KILN_MMA_GEMM_KERNEL
 
-} // namespace kiln
+KILN_KERNELS_END
 
 #endif // KILN_KERNELS_MMA_GEMM_H

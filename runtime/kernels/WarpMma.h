@@ -11,7 +11,8 @@
 // matrices by the layout the PTX ISA documents for m16n8k16 (section
 // "Matrix Fragments for mma.m16n8k16 with floating point type") and
 // multiplies them, so the host build checks every index a kernel computes
-// for its fragments.
+// for its fragments. The host SIMT build (HostSimt.h) is per lane as on the
+// GPU; its mmaBf16 gathers the warp's fragments from the other lanes.
 //
 // Fragments (g = lane / 4, t = lane % 4; register i holds elements 2i, 2i+1,
 // the lower index in the low 16 bits):
@@ -24,7 +25,7 @@
 
 #include "FusedPrelude.h"
 
-namespace kiln {
+KILN_KERNELS_BEGIN
 
 struct MmaA {
   uint32_t r[4];
@@ -36,7 +37,7 @@ struct MmaC {
   float r[4];
 };
 
-#if defined(__CUDACC__)
+#if KILN_SIMT
 template <class T> struct Lanes {
   T value;
   KILN_FN T &operator[](int) { return value; }
@@ -72,6 +73,32 @@ KILN_FN uint32_t packBf16x2(float low, float high) {
 inline float bf16Element(const uint32_t *registers, int i) {
   return floatFromBits((registers[i / 2] >> (16 * (i % 2)) & 0xffffu) << 16);
 }
+
+/// The host's mma: the warp's A and B fragments (every lane's) gathered
+/// into matrices by the PTX layout, their product added to lane `lane`'s
+/// C fragment, or every lane's where `lane` is negative.
+template <class ALanes, class BLanes>
+void hostMmaBf16(MmaC *c, const ALanes &a, const BLanes &b, int lane) {
+  float am[16][16], bm[16][8];
+  for (int l = 0; l < 32; ++l) {
+    int g = l / 4, t = l % 4;
+    for (int i = 0; i < 8; ++i)
+      am[g + 8 * ((i / 2) % 2)][2 * t + i % 2 + 8 * (i / 4)] =
+          bf16Element(a[l].r, i);
+    for (int i = 0; i < 4; ++i)
+      bm[2 * t + i % 2 + 8 * (i / 2)][g] = bf16Element(b[l].r, i);
+  }
+  for (int l = lane < 0 ? 0 : lane; l < (lane < 0 ? 32 : lane + 1); ++l) {
+    int g = l / 4, t = l % 4;
+    for (int i = 0; i < 4; ++i) {
+      int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+      float sum = 0.0f;
+      for (int k = 0; k < 16; ++k)
+        sum += am[row][k] * bm[k][col];
+      c[lane < 0 ? l : 0].r[i] += sum;
+    }
+  }
+}
 #endif
 
 /// c += a . b over one 16 x 8 x 16 tile, the warp's lanes together.
@@ -87,35 +114,23 @@ KILN_FN void mmaBf16(Lanes<MmaC> &c, const Lanes<MmaA> &a,
                : "+f"(d.r[0]), "+f"(d.r[1]), "+f"(d.r[2]), "+f"(d.r[3])
                : "r"(x.r[0]), "r"(x.r[1]), "r"(x.r[2]), "r"(x.r[3]),
                  "r"(y.r[0]), "r"(y.r[1]));
+#elif KILN_SIMT
+  MmaA as[32];
+  MmaB bs[32];
+  ::kiln::simt::allGather(a.value, as);
+  ::kiln::simt::allGather(b.value, bs);
+  hostMmaBf16(&c.value, as, bs, KILN_LANE);
 #else
-  float am[16][16], bm[16][8];
-  for (int lane = 0; lane < 32; ++lane) {
-    int g = lane / 4, t = lane % 4;
-    for (int i = 0; i < 8; ++i)
-      am[g + 8 * ((i / 2) % 2)][2 * t + i % 2 + 8 * (i / 4)] =
-          bf16Element(a[lane].r, i);
-    for (int i = 0; i < 4; ++i)
-      bm[2 * t + i % 2 + 8 * (i / 2)][g] = bf16Element(b[lane].r, i);
-  }
-  for (int lane = 0; lane < 32; ++lane) {
-    int g = lane / 4, t = lane % 4;
-    for (int i = 0; i < 4; ++i) {
-      int row = g + 8 * (i / 2), col = 2 * t + i % 2;
-      float sum = 0.0f;
-      for (int k = 0; k < 16; ++k)
-        sum += am[row][k] * bm[k][col];
-      c[lane].r[i] += sum;
-    }
-  }
+  hostMmaBf16(c.value, a, b, -1);
 #endif
 }
 
 /// Each lane's value replaced by the largest (Max) or the sum of the four
 /// lanes of its group (lanes 4g .. 4g + 3: one row of an mma fragment).
 template <bool Max> KILN_FN void reduceOverGroup(Lanes<float> &v) {
-#if defined(__CUDACC__)
+#if KILN_SIMT
   for (int offset = 1; offset < 4; offset <<= 1) {
-    float other = __shfl_xor_sync(0xffffffffu, v.value, offset);
+    float other = KILN_SHFL_XOR(v.value, offset);
     v.value = Max ? fmaxf(v.value, other) : v.value + other;
   }
 #else
@@ -129,6 +144,6 @@ template <bool Max> KILN_FN void reduceOverGroup(Lanes<float> &v) {
 #endif
 }
 
-} // namespace kiln
+KILN_KERNELS_END
 
 #endif // KILN_KERNELS_WARP_MMA_H

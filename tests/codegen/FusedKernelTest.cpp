@@ -451,8 +451,11 @@ struct GroupReport {
 };
 
 /// Emits every group of `module`, builds the host code, runs and compares.
-void checkGroups(ModuleOp module, const std::string &label,
-                 GroupReport &report) {
+/// simt: the host build with CUDA's threads (KILN_HOST_SIMT, HostSimt.h),
+/// so that the kernels' split over threads and warps, shared memory,
+/// barriers and shuffles run too.
+void checkGroups(ModuleOp module, const std::string &label, GroupReport &report,
+                 bool simt = false) {
   std::vector<FusedOp> groups;
   std::vector<FusedKernel> kernels;
   module.walk([&](FusedOp fused) {
@@ -464,10 +467,15 @@ void checkGroups(ModuleOp module, const std::string &label,
   ASSERT_FALSE(groups.empty()) << label;
 
   fs::path dir = fs::path(::testing::TempDir()) /
-                 ("kiln-fused-" + label + "-" + std::to_string(::getpid()));
+                 ("kiln-fused-" + label + (simt ? "-simt-" : "-") +
+                  std::to_string(::getpid()));
   fs::create_directories(dir);
   std::ofstream(dir / ::kiln::codegen::kFusedPreludeName)
       << ::kiln::codegen::fusedPreludeSource();
+  if (simt)
+    fs::copy_file(fs::path(KILN_PROJECT_SOURCE_DIR) /
+                      "runtime/kernels/HostSimt.h",
+                  dir / "HostSimt.h", fs::copy_options::overwrite_existing);
   {
     std::ofstream all(dir / "all.cpp");
     for (const FusedKernel &k : kernels) {
@@ -480,7 +488,8 @@ void checkGroups(ModuleOp module, const std::string &label,
   // and the reference kernels' portable code.
   std::string command = std::string(KILN_HOST_CXX) +
                         " -std=c++17 -O2 -fPIC -shared -fopenmp "
-                        "-ffp-contract=off -Wall -Werror -I" +
+                        "-ffp-contract=off -Wall -Werror " +
+                        (simt ? "-DKILN_HOST_SIMT=1 " : "") + "-I" +
                         dir.string() + " " + (dir / "all.cpp").string() +
                         " -o " + library.string() + " 2> " +
                         (dir / "build.log").string();
@@ -629,9 +638,12 @@ OwningOpRef<ModuleOp> optimizedModel(MLIRContext &context, const fs::path &path,
   return std::move(model->module);
 }
 
-class TinyModels : public ::testing::TestWithParam<std::string> {};
+class TinyModels : public ::testing::TestWithParam<std::string> {
+protected:
+  void checkModel(bool simt);
+};
 
-TEST_P(TinyModels, HostBuildMatchesReferenceKernels) {
+void TinyModels::checkModel(bool simt) {
   MLIRContext context;
   std::string name = GetParam();
   bool fp8 = name.ends_with("-fp8"), fp8Cache = name.ends_with("-fp8kv");
@@ -645,15 +657,19 @@ TEST_P(TinyModels, HostBuildMatchesReferenceKernels) {
   OwningOpRef<ModuleOp> module = optimizedModel(context, path, fp8, fp8Cache);
   ASSERT_TRUE(module);
   GroupReport report;
-  checkGroups(*module, name, report);
-  std::cout << name << ": " << report.groups << " fused groups compared ("
-            << report.cacheWrites << " storing cache rows), max |error| "
-            << report.maxError << "\n";
+  checkGroups(*module, name, report, simt);
+  std::cout << name << (simt ? " (host SIMT)" : "") << ": " << report.groups
+            << " fused groups compared (" << report.cacheWrites
+            << " storing cache rows), max |error| " << report.maxError << "\n";
   // MLA's latent-cache row goes to the cache from its fused kernel.
   if (model.find("deepseek") != std::string::npos) {
     EXPECT_GT(report.cacheWrites, 0);
   }
 }
+
+TEST_P(TinyModels, HostBuildMatchesReferenceKernels) { checkModel(false); }
+
+TEST_P(TinyModels, HostSimtBuildMatchesReferenceKernels) { checkModel(true); }
 
 INSTANTIATE_TEST_SUITE_P(
     Models, TinyModels,
@@ -738,6 +754,9 @@ TEST(FusedKernels, HandWrittenGroupsMatchReferenceKernels) {
   GroupReport report;
   checkGroups(*module, "hand-written", report);
   EXPECT_EQ(report.groups, 5);
+  GroupReport simt;
+  checkGroups(*module, "hand-written", simt, /*simt=*/true);
+  EXPECT_EQ(simt.groups, 5);
   std::cout << "hand-written: " << report.groups
             << " fused groups compared, max |error| " << report.maxError
             << "\n";
