@@ -168,6 +168,13 @@ TEST_P(EmulatedGpu, MatchesTheCpuExecutor) {
   EXPECT_NE(gpuWhere.find("generated kernels: host builds (emulated)"),
             std::string::npos)
       << gpuWhere;
+  // Under KILN_EMULATE_SIMT=1 (CTest's simt. run) the library kernels run
+  // with CUDA's threads.
+  const char *simt = std::getenv("KILN_EMULATE_SIMT");
+  EXPECT_EQ(gpuWhere.find("library kernels with CUDA threads") !=
+                std::string::npos,
+            simt && std::string(simt) == "1")
+      << gpuWhere;
   ::unsetenv("KILN_MMA_GEMMS");
   ::unsetenv("KILN_MMA_ATTENTION");
   // In fp32 with different summation orders: each logit within 1e-4 of the

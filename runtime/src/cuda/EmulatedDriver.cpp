@@ -2,11 +2,9 @@
 
 #include "runtime/src/cuda/LibraryFatbin.h"
 
-#include "runtime/kernels/KvAttention.h"
-#include "runtime/kernels/Library.h"
-#include "runtime/kernels/Matmul.h"
-#include "runtime/kernels/MmaAttention.h"
-#include "runtime/kernels/MmaGemm.h"
+#include "runtime/src/cuda/EmulatedKernels.h"
+
+#include "runtime/kernels/FusedPrelude.h"
 
 #include <atomic>
 #include <cstdlib>
@@ -23,94 +21,16 @@
 namespace kiln::cuda {
 namespace {
 
-/// A library kernel's host build and the size of its parameter struct.
-struct HostKernel {
-  const char *name;
-  void (*run)(Dim3 grid, const void *params);
-  size_t paramBytes;
-};
-
-template <class Params, void (*Host)(Dim3, const Params &)>
-HostKernel hostKernel(const char *name) {
-  return {name,
-          [](Dim3 grid, const void *params) {
-            Host(grid, *static_cast<const Params *>(params));
-          },
-          sizeof(Params)};
+/// The library kernels' host builds: with CUDA's threads
+/// (KILN_EMULATE_SIMT=1, tests only; HostSimt.h) or plain.
+bool simtRequested() {
+  const char *simt = std::getenv("KILN_EMULATE_SIMT");
+  return simt && std::string_view(simt) == "1";
 }
-
-#define KILN_HOST_KERNEL(name, Params) hostKernel<Params, name##_host>(#name)
-
 const std::vector<HostKernel> &hostKernels() {
-  static const std::vector<HostKernel> kernels = {
-      KILN_HOST_KERNEL(kiln_embedding_f32, EmbeddingParams),
-      KILN_HOST_KERNEL(kiln_embedding_bf16, EmbeddingParams),
-      KILN_HOST_KERNEL(kiln_embedding_f16, EmbeddingParams),
-      KILN_HOST_KERNEL(kiln_rms_norm_f32, RmsNormParams),
-      KILN_HOST_KERNEL(kiln_rms_norm_bf16, RmsNormParams),
-      KILN_HOST_KERNEL(kiln_rms_norm_f16, RmsNormParams),
-      KILN_HOST_KERNEL(kiln_add, BinaryParams),
-      KILN_HOST_KERNEL(kiln_swiglu, BinaryParams),
-      KILN_HOST_KERNEL(kiln_to_bf16, ToBf16Params),
-      KILN_HOST_KERNEL(kiln_slice, SliceParams),
-      KILN_HOST_KERNEL(kiln_concat, ConcatParams),
-      KILN_HOST_KERNEL(kiln_broadcast, BroadcastParams),
-      KILN_HOST_KERNEL(kiln_rope, RopeParams),
-      KILN_HOST_KERNEL(kiln_moe_gate_f32_f32, MoeGateParams),
-      KILN_HOST_KERNEL(kiln_moe_gate_f32_bf16, MoeGateParams),
-      KILN_HOST_KERNEL(kiln_moe_gate_f32_f16, MoeGateParams),
-      KILN_HOST_KERNEL(kiln_moe_gate_bf16_f32, MoeGateParams),
-      KILN_HOST_KERNEL(kiln_moe_gate_bf16_bf16, MoeGateParams),
-      KILN_HOST_KERNEL(kiln_moe_gate_bf16_f16, MoeGateParams),
-      KILN_HOST_KERNEL(kiln_moe_gate_f16_f32, MoeGateParams),
-      KILN_HOST_KERNEL(kiln_moe_gate_f16_bf16, MoeGateParams),
-      KILN_HOST_KERNEL(kiln_moe_gate_f16_f16, MoeGateParams),
-      KILN_HOST_KERNEL(kiln_moe_route, MoeRouteParams),
-      KILN_HOST_KERNEL(kiln_moe_gather, MoeGatherParams),
-      KILN_HOST_KERNEL(kiln_moe_combine, MoeCombineParams),
-      KILN_HOST_KERNEL(kiln_kv_append, KvAppendParams),
-      KILN_HOST_KERNEL(kiln_kv_append_packed, KvAppendParams),
-      KILN_HOST_KERNEL(kiln_kv_gather, KvGatherParams),
-      KILN_HOST_KERNEL(kiln_attention, AttentionParams),
-      KILN_HOST_KERNEL(kiln_attention_merge, AttentionParams),
-      KILN_HOST_KERNEL(kiln_attention_mma, AttentionParams),
-      KILN_HOST_KERNEL(kiln_attention_mma_bf16_rows, AttentionParams),
-      KILN_HOST_KERNEL(kiln_attention_mma_wide, AttentionParams),
-      KILN_HOST_KERNEL(kiln_attention_mma_wide_bf16_rows, AttentionParams),
-      KILN_HOST_KERNEL(kiln_gemv_f32, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemv_bf16, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemv_f16, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemv_f8e4m3, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemv_f8e4m3_q8, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemv_f8e4m3_qin, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemv_gated_f32, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemv_gated_bf16, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemv_gated_f16, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemv_gated_f8e4m3, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemv_gated_f8e4m3_q8, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemv_gated_f8e4m3_qin, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemv_group_f32, GemvGroupParams),
-      KILN_HOST_KERNEL(kiln_gemv_group_bf16, GemvGroupParams),
-      KILN_HOST_KERNEL(kiln_gemv_group_f16, GemvGroupParams),
-      KILN_HOST_KERNEL(kiln_gemv_group_f8e4m3, GemvGroupParams),
-      KILN_HOST_KERNEL(kiln_gemv_group_f8e4m3_q8, GemvGroupParams),
-      KILN_HOST_KERNEL(kiln_gemv_group_gated_f32, GemvGroupParams),
-      KILN_HOST_KERNEL(kiln_gemv_group_gated_bf16, GemvGroupParams),
-      KILN_HOST_KERNEL(kiln_gemv_group_gated_f16, GemvGroupParams),
-      KILN_HOST_KERNEL(kiln_gemv_group_gated_f8e4m3, GemvGroupParams),
-      KILN_HOST_KERNEL(kiln_gemv_group_gated_f8e4m3_q8, GemvGroupParams),
-      KILN_HOST_KERNEL(kiln_gemv_group_f8e4m3_qin, GemvGroupParams),
-      KILN_HOST_KERNEL(kiln_gemv_group_gated_f8e4m3_qin, GemvGroupParams),
-      KILN_HOST_KERNEL(kiln_gemm_mma_bf16, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemm_mma_f8e4m3, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemm_mma_f8e4m3_q8, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemm_mma_gated_bf16, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemm_mma_gated_f8e4m3, GemmParams),
-      KILN_HOST_KERNEL(kiln_gemm_mma_gated_f8e4m3_q8, GemmParams),
-      KILN_HOST_KERNEL(kiln_quantize_rows, QuantizeRowsParams),
-      KILN_HOST_KERNEL(kiln_quantize_fp8, QuantizeFp8Params),
-      KILN_HOST_KERNEL(kiln_fp8_scales_by_block, Fp8ScalesByBlockParams),
-  };
+  static const std::vector<HostKernel> &kernels =
+      simtRequested() && !simtHostKernels().empty() ? simtHostKernels()
+                                                    : plainHostKernels();
   return kernels;
 }
 
@@ -163,7 +83,7 @@ Launch bind(const Function &f, Dim3 grid, void **params) {
         std::lock_guard<std::mutex> lock(launchCountMutex);
         ++launchCounts()[kernel->name];
       }
-      kernel->run(grid, copy.data());
+      kernel->run(grid.x, grid.y, grid.z, copy.data());
     };
   }
   // (int64_t tokens, T *arg...): each parameter by value, as on the GPU.
@@ -234,7 +154,10 @@ DriverApi table() {
     return ok();
   };
   a.cuDeviceGetName = [](char *name, int size, CUdevice) {
-    std::strncpy(name, "host emulation", static_cast<size_t>(size) - 1);
+    const char *what = &hostKernels() == &simtHostKernels()
+                           ? "host emulation, library kernels with CUDA threads"
+                           : "host emulation";
+    std::strncpy(name, what, static_cast<size_t>(size) - 1);
     return ok();
   };
   a.cuDeviceGetAttribute = [](int *value, CUdevice_attribute attr, CUdevice) {

@@ -1,0 +1,18 @@
+#include "runtime/src/cuda/EmulatedKernels.h"
+
+#include "runtime/kernels/KvAttention.h"
+#include "runtime/kernels/Library.h"
+#include "runtime/kernels/Matmul.h"
+#include "runtime/kernels/MmaAttention.h"
+#include "runtime/kernels/MmaGemm.h"
+
+namespace kiln::cuda {
+
+const std::vector<HostKernel> &plainHostKernels() {
+  static const std::vector<HostKernel> kernels = {
+#include "runtime/src/cuda/EmulatedKernels.def"
+  };
+  return kernels;
+}
+
+} // namespace kiln::cuda
