@@ -19,7 +19,8 @@
 // Errors a GPU may not report are fatal here, with the block and thread:
 //
 // - a barrier some threads never reach (a barrier in divergent code);
-// - a warp barrier or shuffle after lanes of the warp have returned.
+// - a warp barrier or shuffle after lanes of the warp have returned;
+// - lanes of a warp at different warp operations (a shuffle, a __syncwarp).
 #ifndef KILN_KERNELS_HOST_SIMT_H
 #define KILN_KERNELS_HOST_SIMT_H
 
@@ -163,16 +164,19 @@ public:
 
   void syncThreads() { wait(State::AtBlockBarrier); }
   void syncWarp() { wait(State::AtWarpBarrier); }
+  /// A warp barrier of an exchange (shuffle, gather): every lane of the
+  /// warp must be at one, not at a plain __syncwarp.
+  void exchangeBarrier() { wait(State::AtExchange); }
 
   /// The value of lane (this lane ^ laneMask) of the warp.
   template <class T> T shuffleXor(T value, int laneMask) {
     static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= sizeof(Slot));
     std::memcpy(exchange_[current_].bytes, &value, sizeof(T));
-    syncWarp();
+    exchangeBarrier();
     int source = (current_ & ~(kWarpSize - 1)) | ((current_ ^ laneMask) & 31);
     T other;
     std::memcpy(&other, exchange_[source].bytes, sizeof(T));
-    syncWarp(); // the slots are free again
+    exchangeBarrier(); // the slots are free again
     return other;
   }
 
@@ -180,11 +184,11 @@ public:
   template <class T> void allGather(const T &value, T *lanes) {
     static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= sizeof(Slot));
     std::memcpy(exchange_[current_].bytes, &value, sizeof(T));
-    syncWarp();
+    exchangeBarrier();
     int first = current_ & ~(kWarpSize - 1);
     for (int lane = 0; lane < kWarpSize; ++lane)
       std::memcpy(&lanes[lane], exchange_[first + lane].bytes, sizeof(T));
-    syncWarp();
+    exchangeBarrier();
   }
 
 private:
@@ -192,6 +196,7 @@ private:
     Ready,
     AtBlockBarrier,
     AtWarpBarrier,
+    AtExchange,
     Done
   };
   struct Fiber {
@@ -222,18 +227,22 @@ private:
   bool release() {
     bool live = false, released = false;
     for (int w = 0; w * kWarpSize < threads_; ++w) {
-      int waiting = 0, done = 0, lanes = 0;
+      int syncing = 0, exchanging = 0, done = 0, lanes = 0;
       for (int t = w * kWarpSize; t < threads_ && t < (w + 1) * kWarpSize;
            ++t, ++lanes) {
-        waiting += fibers_[t].state == State::AtWarpBarrier;
+        syncing += fibers_[t].state == State::AtWarpBarrier;
+        exchanging += fibers_[t].state == State::AtExchange;
         done += fibers_[t].state == State::Done;
       }
-      if (waiting == 0)
-        continue;
-      if (waiting + done != lanes)
+      int waiting = syncing + exchanging;
+      if (waiting == 0 || waiting + done != lanes)
         continue;
       if (done > 0)
         fail("a warp barrier or shuffle after lanes of the warp returned",
+             w * kWarpSize);
+      if (syncing > 0 && exchanging > 0)
+        fail("lanes of the warp meet at different warp operations (a "
+             "shuffle and a __syncwarp)",
              w * kWarpSize);
       for (int t = w * kWarpSize; t < (w + 1) * kWarpSize && t < threads_; ++t)
         fibers_[t].state = State::Ready;
@@ -252,7 +261,8 @@ private:
       return false;
     if (!allAtBlockBarrier) {
       for (int t = 0; t < threads_; ++t)
-        if (fibers_[t].state == State::AtWarpBarrier)
+        if (fibers_[t].state == State::AtWarpBarrier ||
+            fibers_[t].state == State::AtExchange)
           fail("a barrier that can never complete: this thread waits at a "
                "warp barrier while others wait at the block's",
                t);
