@@ -684,28 +684,19 @@ FailureOr<FusedKernel> Emitter::emit() {
          "gridDim.x)\n"
       << "    " << name_ << "_token(token" << forward << scratchArg << ");\n"
       << "}\n"
-      // Tests only: CUDA's threads on the host (HostSimt.h).
-      << "#elif defined(KILN_HOST_SIMT)\n"
+      << "#else\n"
+      // One block per token: the body once, or with CUDA's threads under
+      // KILN_HOST_SIMT (tests only; HostSimt.h).
       << "extern \"C\" void " << kernel_.hostEntry
       << "(int64_t tokens, void **args) {\n"
       << "#pragma omp parallel for schedule(static)\n"
       << "  for (int64_t token = 0; token < tokens; ++token)\n"
-      << "    ::kiln::simt::runBlock(" << kernel_.blockThreads
-      << ", static_cast<int>(token), 0, 0, [&] {\n";
+      << "    kiln::runHostBlock(" << kernel_.blockThreads
+      << ", token, [&] {\n";
   if (scratch)
     out << "      KILN_SHARED " << scratchDecl << "\n";
   out << "      " << name_ << "_token(token," << casts << scratchArg << ");\n"
       << "    });\n"
-      << "}\n"
-      << "#else\n"
-      << "extern \"C\" void " << kernel_.hostEntry
-      << "(int64_t tokens, void **args) {\n"
-      << "#pragma omp parallel for schedule(static)\n"
-      << "  for (int64_t token = 0; token < tokens; ++token) {\n";
-  if (scratch)
-    out << "    " << scratchDecl << "\n";
-  out << "    " << name_ << "_token(token," << casts << scratchArg << ");\n"
-      << "  }\n"
       << "}\n"
       << "#endif\n";
   return kernel_;

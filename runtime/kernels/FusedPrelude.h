@@ -156,6 +156,21 @@ KILN_FN void awaitPrecedingKernels() {
   }
 #endif
 
+#if !defined(__CUDACC__)
+/// A generated kernel's block for one token on the host: body() once, or
+/// as each of `threads` threads under KILN_HOST_SIMT.
+template <class Body>
+inline void runHostBlock(int threads, int64_t token, const Body &body) {
+#if defined(KILN_HOST_SIMT)
+  ::kiln::simt::runBlock(threads, static_cast<int>(token), 0, 0, body);
+#else
+  (void)threads;
+  (void)token;
+  body();
+#endif
+}
+#endif
+
 /// 16-bit weight elements, stored as their bits.
 struct Bf16 {
   uint16_t bits;
