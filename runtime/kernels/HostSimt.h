@@ -1,6 +1,6 @@
 // CUDA's thread model on the host, for a third build of the kernels
-// (KILN_HOST_SIMT): each block runs KILN_BLOCK_THREADS threads, as fibers
-// on the OS thread that runs the block, in warps of 32.
+// (KILN_HOST_SIMT, tests only): each block runs its threads as fibers on
+// the OS thread that runs the block, in warps of 32.
 //
 // The plain host build runs one thread per block, so a kernel's split of
 // its work over threads and warps, its shared memory, its barriers and its
@@ -18,7 +18,8 @@
 //
 // Errors a GPU may not report are fatal here, with the block and thread:
 //
-// - a barrier some threads never reach (a barrier in divergent code);
+// - a barrier that can never complete (threads of the block wait at a
+//   block barrier while others of it wait at a warp barrier);
 // - a warp barrier or shuffle after lanes of the warp have returned;
 // - lanes of a warp at different warp operations (a shuffle, a __syncwarp).
 #ifndef KILN_KERNELS_HOST_SIMT_H
@@ -164,9 +165,6 @@ public:
 
   void syncThreads() { wait(State::AtBlockBarrier); }
   void syncWarp() { wait(State::AtWarpBarrier); }
-  /// A warp barrier of an exchange (shuffle, gather): every lane of the
-  /// warp must be at one, not at a plain __syncwarp.
-  void exchangeBarrier() { wait(State::AtExchange); }
 
   /// The value of lane (this lane ^ laneMask) of the warp.
   template <class T> T shuffleXor(T value, int laneMask) {
@@ -215,6 +213,10 @@ private:
     void *unused;
     kiln_simt_switch(&unused, r.scheduler_);
   }
+
+  /// A warp barrier of an exchange (shuffle, gather): every lane of the
+  /// warp must be at one, not at a plain __syncwarp.
+  void exchangeBarrier() { wait(State::AtExchange); }
 
   void wait(State state) {
     fibers_[current_].state = state;
