@@ -227,32 +227,31 @@ private:
   /// when every thread has returned. A barrier that can never complete is
   /// fatal.
   bool release() {
-    bool live = false, released = false;
-    for (int w = 0; w * kWarpSize < threads_; ++w) {
-      int syncing = 0, exchanging = 0, done = 0, lanes = 0;
-      for (int t = w * kWarpSize; t < threads_ && t < (w + 1) * kWarpSize;
-           ++t, ++lanes) {
+    bool released = false;
+    for (int first = 0; first < threads_; first += kWarpSize) {
+      int syncing = 0, exchanging = 0, done = 0;
+      for (int t = first; t < first + kWarpSize; ++t) {
         syncing += fibers_[t].state == State::AtWarpBarrier;
         exchanging += fibers_[t].state == State::AtExchange;
         done += fibers_[t].state == State::Done;
       }
       int waiting = syncing + exchanging;
-      if (waiting == 0 || waiting + done != lanes)
+      if (waiting == 0 || waiting + done != kWarpSize)
         continue;
       if (done > 0)
         fail("a warp barrier or shuffle after lanes of the warp returned",
-             w * kWarpSize);
+             first);
       if (syncing > 0 && exchanging > 0)
         fail("lanes of the warp meet at different warp operations (a "
              "shuffle and a __syncwarp)",
-             w * kWarpSize);
-      for (int t = w * kWarpSize; t < (w + 1) * kWarpSize && t < threads_; ++t)
+             first);
+      for (int t = first; t < first + kWarpSize; ++t)
         fibers_[t].state = State::Ready;
       released = true;
     }
     if (released)
       return true;
-    bool allAtBlockBarrier = true;
+    bool live = false, allAtBlockBarrier = true;
     for (int t = 0; t < threads_; ++t) {
       if (fibers_[t].state == State::Done)
         continue;

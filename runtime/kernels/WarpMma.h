@@ -74,31 +74,35 @@ inline float bf16Element(const uint32_t *registers, int i) {
   return floatFromBits((registers[i / 2] >> (16 * (i % 2)) & 0xffffu) << 16);
 }
 
-/// The host's mma: the warp's A and B fragments (every lane's) gathered
-/// into matrices by the PTX layout, their product added to lane `lane`'s
-/// C fragment, or every lane's where `lane` is negative.
-template <class ALanes, class BLanes>
-void hostMmaBf16(MmaC *c, const ALanes &a, const BLanes &b, int lane) {
-  float am[16][16], bm[16][8];
-  for (int l = 0; l < 32; ++l) {
-    int g = l / 4, t = l % 4;
-    for (int i = 0; i < 8; ++i)
-      am[g + 8 * ((i / 2) % 2)][2 * t + i % 2 + 8 * (i / 4)] =
-          bf16Element(a[l].r, i);
-    for (int i = 0; i < 4; ++i)
-      bm[2 * t + i % 2 + 8 * (i / 2)][g] = bf16Element(b[l].r, i);
+/// The host's mma: the warp's A and B fragments (every lane's) as the
+/// matrices they hold by the PTX layout.
+struct HostMmaOperands {
+  float a[16][16], b[16][8];
+
+  template <class ALanes, class BLanes>
+  HostMmaOperands(const ALanes &fa, const BLanes &fb) {
+    for (int lane = 0; lane < 32; ++lane) {
+      int g = lane / 4, t = lane % 4;
+      for (int i = 0; i < 8; ++i)
+        a[g + 8 * ((i / 2) % 2)][2 * t + i % 2 + 8 * (i / 4)] =
+            bf16Element(fa[lane].r, i);
+      for (int i = 0; i < 4; ++i)
+        b[2 * t + i % 2 + 8 * (i / 2)][g] = bf16Element(fb[lane].r, i);
+    }
   }
-  for (int l = lane < 0 ? 0 : lane; l < (lane < 0 ? 32 : lane + 1); ++l) {
-    int g = l / 4, t = l % 4;
+
+  /// Lane `lane`'s part of a . b added to its C fragment.
+  void addProduct(MmaC &c, int lane) const {
+    int g = lane / 4, t = lane % 4;
     for (int i = 0; i < 4; ++i) {
       int row = g + 8 * (i / 2), col = 2 * t + i % 2;
       float sum = 0.0f;
       for (int k = 0; k < 16; ++k)
-        sum += am[row][k] * bm[k][col];
-      c[lane < 0 ? l : 0].r[i] += sum;
+        sum += a[row][k] * b[k][col];
+      c.r[i] += sum;
     }
   }
-}
+};
 #endif
 
 /// c += a . b over one 16 x 8 x 16 tile, the warp's lanes together.
@@ -119,9 +123,11 @@ KILN_FN void mmaBf16(Lanes<MmaC> &c, const Lanes<MmaA> &a,
   MmaB bs[32];
   ::kiln::simt::allGather(a.value, as);
   ::kiln::simt::allGather(b.value, bs);
-  hostMmaBf16(&c.value, as, bs, KILN_LANE);
+  HostMmaOperands(as, bs).addProduct(c.value, KILN_LANE);
 #else
-  hostMmaBf16(c.value, a, b, -1);
+  HostMmaOperands operands(a, b);
+  for (int lane = 0; lane < 32; ++lane)
+    operands.addProduct(c[lane], lane);
 #endif
 }
 

@@ -21,12 +21,13 @@
 namespace kiln::cuda {
 namespace {
 
-/// The library kernels' host builds: with CUDA's threads
-/// (KILN_EMULATE_SIMT=1, tests only; HostSimt.h) or plain.
 bool simtRequested() {
   const char *simt = std::getenv("KILN_EMULATE_SIMT");
   return simt && std::string_view(simt) == "1";
 }
+
+/// The library kernels' host builds: with CUDA's threads
+/// (KILN_EMULATE_SIMT=1, tests only; HostSimt.h) or plain.
 const std::vector<HostKernel> &hostKernels() {
   static const std::vector<HostKernel> &kernels =
       simtRequested() && !simtHostKernels().empty() ? simtHostKernels()
