@@ -175,6 +175,12 @@ def Kiln_PackedCacheAttr : Kiln_Attr<"PackedCache", "packed_cache"> {
   let parameters = (ins "int64_t":$fp8_columns);
   let assemblyFormat = "`<` struct(params) `>`";
   let genVerifyDecl = 1;
+  let extraClassDeclaration = [{
+    /// Bytes of one stored row of `elements` values: the runtime's
+    /// PackedRowLayout (e4m3 codes padded to 4 bytes so that the scales
+    /// stay aligned, the scales, the bf16 rest, padded to 4 bytes).
+    int64_t getRowBytes(int64_t elements) const;
+  }];
 }
 
 #endif // KILN_ATTRS_TD

@@ -102,6 +102,13 @@ PackedCacheAttr::verify(function_ref<InFlightDiagnostic()> emitError,
   return success();
 }
 
+int64_t PackedCacheAttr::getRowBytes(int64_t elements) const {
+  int64_t codes = getFp8Columns();
+  int64_t bytes =
+      (codes + 3) / 4 * 4 + 4 * ((codes + 127) / 128) + 2 * (elements - codes);
+  return (bytes + 3) / 4 * 4;
+}
+
 LogicalResult
 HeadSliceAttr::verify(function_ref<InFlightDiagnostic()> emitError,
                       int64_t heads, int64_t rows, int64_t offset, int64_t size,

@@ -245,13 +245,7 @@ int64_t KVCacheOp::getStoredBytesPerToken() {
   PackedCacheAttr storage = getStorageAttr();
   if (!storage)
     return elements * type.getElementTypeBitWidth() / 8;
-  // e4m3 codes (padded to 4 bytes so that the scales stay aligned), one
-  // fp32 scale per 128 of them, bf16 for the rest, padded to 4 bytes: the
-  // runtime's PackedRowLayout.
-  int64_t codes = storage.getFp8Columns();
-  int64_t bytes =
-      (codes + 3) / 4 * 4 + 4 * ((codes + 127) / 128) + 2 * (elements - codes);
-  return (bytes + 3) / 4 * 4;
+  return storage.getRowBytes(elements);
 }
 
 LogicalResult KVAppendOp::verify() {

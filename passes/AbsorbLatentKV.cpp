@@ -141,15 +141,16 @@ std::optional<MlaSite> matchMla(AttentionOp attention) {
   return m;
 }
 
-/// Time of one step of the entry point by a roofline model, for `form`.
+/// Time of one step of the entry point by a roofline model, for `form`,
+/// with latent-cache rows of `latentRowBytes`.
 double stepCost(MlaSite m, MlaForm form, double batch, double queries,
-                double context) {
+                double context, double latentRowBytes) {
   // Nominal CPU ceilings; only the ratio of the two forms matters.
   constexpr double kFlopsPerSecond = 1e11, kBytesPerSecond = 2e10;
   double h = m.heads, nope = m.nope, rope = m.rope, v = m.vDim, kvr = m.kvr;
   double weightBytes =
       h * (nope + v) * kvr * (m.kvB.getType().getElementTypeBitWidth() / 8.0);
-  double cacheBytes = batch * context * (kvr + rope) * 4;
+  double cacheBytes = batch * context * latentRowBytes;
   double flops, bytes = cacheBytes + weightBytes;
   if (form == MlaForm::Absorbed) {
     flops = 2 * batch * queries * h * kvr * (nope + v) +
@@ -161,6 +162,25 @@ double stepCost(MlaSite m, MlaForm form, double batch, double queries,
     bytes += batch * context * h * (nope + rope + v) * 4 * 2;
   }
   return flops / kFlopsPerSecond + bytes / kBytesPerSecond;
+}
+
+/// How a latent slot stores its rows for `cacheDtype`: f32 as the entry
+/// type (no packed storage), fp8 with c_kv's columns in e4m3, bf16 as a
+/// packed row without e4m3 columns.
+PackedCacheAttr latentStorage(MLIRContext *context, StringRef cacheDtype,
+                              MlaSite m) {
+  if (cacheDtype == "f32")
+    return PackedCacheAttr();
+  return PackedCacheAttr::get(context, cacheDtype == "fp8" ? m.kvr : 0);
+}
+
+/// Bytes of one latent-cache row ([c_kv | k_pe]) as the slot stores it.
+int64_t latentRowBytes(MLIRContext *context, StringRef cacheDtype, MlaSite m) {
+  int64_t elements = m.kvr + m.rope;
+  if (PackedCacheAttr storage = latentStorage(context, cacheDtype, m))
+    return storage.getRowBytes(elements);
+  Type element = cast<RankedTensorType>(m.latent.getType()).getElementType();
+  return elements * element.getIntOrFloatBitWidth() / 8;
 }
 
 /// A derived weight and, for FP8, its block scale.
@@ -211,10 +231,7 @@ StringRef Rewriter::latentSlot(MlaSite m) {
     b_.create<KVCacheOp>(
         old.getLoc(), b_.getStringAttr(name),
         TypeAttr::get(RankedTensorType::get({1, m.kvr + m.rope}, element)),
-        cacheDtype_ == "f32"
-            ? PackedCacheAttr()
-            : PackedCacheAttr::get(b_.getContext(),
-                                   cacheDtype_ == "fp8" ? m.kvr : 0));
+        latentStorage(b_.getContext(), cacheDtype_, m));
   }
   return cast<KVCacheOp>(module_.lookupSymbol(name)).getSymName();
 }
@@ -395,11 +412,13 @@ struct AbsorbLatentKVPass
     // One choice per entry point, from the first MLA layer's dimensions
     // (all layers share them).
     MlaSite m = sites.front();
+    double rowBytes = latentRowBytes(&getContext(), latentCacheDtype, m);
     auto decide = [&](StringRef entry, double queries, double context,
                       MlaForm &form) {
-      double absorbed = stepCost(m, MlaForm::Absorbed, batch, queries, context);
-      double naive =
-          stepCost(m, MlaForm::NaiveFromLatent, batch, queries, context);
+      double absorbed =
+          stepCost(m, MlaForm::Absorbed, batch, queries, context, rowBytes);
+      double naive = stepCost(m, MlaForm::NaiveFromLatent, batch, queries,
+                              context, rowBytes);
       form = mode == "absorbed" || absorbed <= naive ? MlaForm::Absorbed
                                                      : MlaForm::NaiveFromLatent;
       return b.getDictionaryAttr({
@@ -459,7 +478,6 @@ struct AbsorbLatentKVPass
   }
 
   void rewriteAll(ModuleOp module, std::vector<MlaSite> sites, MlaForm form) {
-    // fp8: c_kv's columns in e4m3; bf16: a packed row without e4m3 columns.
     Rewriter rewriter(module, latentCacheDtype);
     for (MlaSite m : sites)
       rewriter.rewrite(m, form);

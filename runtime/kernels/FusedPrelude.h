@@ -31,6 +31,8 @@ typedef unsigned short uint16_t;
 #else
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #endif
 
 // KILN_HOST_FN: shape arithmetic both the kernels and the executor call.
@@ -170,6 +172,26 @@ inline void runHostBlock(int threads, int64_t token, const Body &body) {
 #endif
 }
 #endif
+
+/// A GPU stops on a vector load (8 or 16 bytes) from an address that is
+/// not a multiple of its size; the host builds load the same elements one
+/// at a time, which works anywhere. Where a host build stands in for a
+/// vector load it checks the address, so the kernel tests and the emulated
+/// device stop, naming the load, where the executor's fit checks or a
+/// kernel's offsets would let a misaligned one reach the GPU.
+KILN_FN void requireAlignedLoad(const void *at, unsigned bytes) {
+#if defined(__CUDACC__)
+  (void)at, (void)bytes;
+#else
+  if (reinterpret_cast<uintptr_t>(at) % bytes != 0) {
+    fprintf(stderr,
+            "kiln kernel: a %u-byte vector load from %p is misaligned (a GPU "
+            "stops on it)\n",
+            bytes, at);
+    abort();
+  }
+#endif
+}
 
 /// 16-bit weight elements, stored as their bits.
 struct Bf16 {
@@ -675,6 +697,7 @@ KILN_FN float loadWeight(const unsigned char *w, int64_t i) {
 /// wholeLoadAligned: one 16-byte load of bf16 / f16, one 8-byte load of
 /// e4m3, two 16-byte loads of f32 on the GPU.
 template <class W> KILN_FN void loadEightWhole(const W *w, float *out) {
+  requireAlignedLoad(w, sizeof(W) == 1 ? 8 : 16);
   for (int j = 0; j < 8; ++j)
     out[j] = loadWeight(w, j);
 }

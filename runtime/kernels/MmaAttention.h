@@ -54,6 +54,7 @@ KILN_FN uint32_t loadBf16Pair(const float *row, int64_t c) {
   float2 v = *reinterpret_cast<const float2 *>(row + c);
   return packBf16x2(v.x, v.y);
 #else
+  requireAlignedLoad(row + c, 8);
   return packBf16x2(row[c], row[c + 1]);
 #endif
 }
@@ -79,6 +80,7 @@ KILN_FN uint32_t keyPair(const uint16_t *row, int64_t c) {
 #if defined(__CUDACC__)
   return *reinterpret_cast<const uint32_t *>(row + c);
 #else
+  requireAlignedLoad(row + c, 4);
   return uint32_t{row[c]} | (uint32_t{row[c + 1]} << 16);
 #endif
 }

@@ -79,6 +79,7 @@ KILN_FN void loadWeightWords(const Bf16 *row, int64_t at, int64_t k,
   uint4 bits = *reinterpret_cast<const uint4 *>(row + at);
   words[0] = bits.x, words[1] = bits.y, words[2] = bits.z, words[3] = bits.w;
 #else
+  requireAlignedLoad(row + at, 16);
   for (int j = 0; j < 4; ++j)
     words[j] = uint32_t{row[at + 2 * j].bits} |
                (uint32_t{row[at + 2 * j + 1].bits} << 16);
@@ -101,6 +102,7 @@ KILN_FN void loadWeightWords(const unsigned char *row, int64_t at, int64_t k,
   uint2 bits = *reinterpret_cast<const uint2 *>(row + at);
   low = bits.x, high = bits.y;
 #else
+  requireAlignedLoad(row + at, 8);
   low = high = 0;
   for (int j = 0; j < 4; ++j) {
     low |= uint32_t{row[at + j]} << (8 * j);
@@ -126,6 +128,7 @@ KILN_FN void loadActivationWords(const float *x, int64_t at, int64_t k,
   v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
   v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
 #else
+  requireAlignedLoad(x + at, 16);
   for (int j = 0; j < 8; ++j)
     v[j] = x[at + j];
 #endif

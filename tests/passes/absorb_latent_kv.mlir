@@ -50,6 +50,17 @@
 // AUTO: kiln.linear {{.*}} : (tensor<?x?x32xf32>, tensor<128x32xbf16>) -> tensor<?x?x128xf32>
 // AUTO: kiln.attention {{.*}}kiln.mla = "naive_from_latent"
 
+// The cost counts the latent cache's bytes as stored: a row of 32 + 8
+// values is 160 bytes in f32, 80 in bf16 and 52 in fp8 (32 e4m3 codes, one
+// scale, 8 bf16). Absorbed decode at batch 8 over 2,048 keys: 9,502,720
+// flops / 1e11 + (8,192 weight bytes + 8 x 2,048 x row bytes) / 2e10.
+// RUN: kiln compile-model %presets/tiny-deepseek-v2-lite.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv | FileCheck %s --check-prefix=COSTF32
+// RUN: kiln compile-model %presets/tiny-deepseek-v2-lite.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv=latent-cache-dtype=bf16 | FileCheck %s --check-prefix=COSTBF16
+// RUN: kiln compile-model %presets/tiny-deepseek-v2-lite.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv=latent-cache-dtype=fp8 | FileCheck %s --check-prefix=COSTFP8
+// COSTF32: cost_absorbed_s = 2.265088{{0*[0-9]?}}E-4 : f64, {{.*}}entry = "decode"
+// COSTBF16: cost_absorbed_s = 1.609728{{0*[0-9]?}}E-4 : f64, {{.*}}entry = "decode"
+// COSTFP8: cost_absorbed_s = 1.38035{{19*[0-9]?}}E-4 : f64, {{.*}}entry = "decode"
+
 // With a short prefill both entry points absorb and @forward stays whole.
 // RUN: kiln compile-model %presets/tiny-deepseek-v2-lite.json --no-mtp --compile-to=import | kiln-opt -kiln-absorb-latent-kv=prefill-tokens=4 | FileCheck %s --check-prefix=SHORT
 // SHORT-LABEL: func.func @forward

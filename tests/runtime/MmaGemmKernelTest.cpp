@@ -14,6 +14,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -270,6 +271,35 @@ TEST(MmaGemmKernel, FitsOnlyWholeLoadsAndScaleBlocks) {
   EXPECT_FALSE(mmaGemmFits(2048, true, true, 128, 128, 2052, 0)); // codes: 8
   EXPECT_FALSE(mmaGemmFits(2048, true, false, 8, 128, 2048, 0));  // rows < 16
   EXPECT_FALSE(mmaGemmFits(2048, true, false, 128, 64, 2048, 0)); // k block
+}
+
+// A GPU stops on an 8- or 16-byte load from an address that is not a
+// multiple of its size; the host builds load element by element, and stop
+// there too (requireAlignedLoad), so that a misaligned operand shows in CI.
+TEST(MmaGemmKernelDeathTest, VectorLoadsFromMisalignedAddressesStop) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  int64_t rows = 8, n = 16, k = 256;
+  Weights w = makeWeights(cpu::ElementType::BF16, 1, n, k, 41);
+  std::vector<float> x = randomRows(rows + 1, k, 42), out(rows * n);
+  GemmParams p = gemmParams(w, out.data(), rows, n, k);
+  p.x = x.data();
+  runMma(Fp8Input::None, mmaGemmGrid(n, 1), p); // aligned: runs
+
+  p.x = x.data() + 1; // 4 bytes past a 16-byte boundary
+  EXPECT_DEATH(runMma(Fp8Input::None, mmaGemmGrid(n, 1), p),
+               "16-byte vector load from .* is misaligned");
+  std::vector<uint8_t> shifted(w.bytes.size() + 2);
+  std::copy(w.bytes.begin(), w.bytes.end(), shifted.begin() + 2);
+  p.x = x.data();
+  p.w = shifted.data() + 2; // one bf16 past
+  EXPECT_DEATH(runMma(Fp8Input::None, mmaGemmGrid(n, 1), p),
+               "16-byte vector load from .* is misaligned");
+  // The GEMVs' and the router's whole loads (FusedPrelude.h).
+  float eight[8];
+  EXPECT_DEATH(loadEightWhole(x.data() + 2, eight),
+               "16-byte vector load from .* is misaligned");
+  EXPECT_DEATH(loadEightWhole(shifted.data() + 4, eight),
+               "8-byte vector load from .* is misaligned");
 }
 
 } // namespace
