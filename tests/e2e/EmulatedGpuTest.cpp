@@ -13,6 +13,7 @@
 #include "models/Presets.h"
 #include "runtime/src/cuda/EmulatedBlasLt.h"
 #include "runtime/src/cuda/EmulatedDriver.h"
+#include "runtime/src/cuda/LibraryFatbin.h"
 #include "tests/e2e/E2eUtil.h"
 #include "tests/runtime/DeviceSteps.h"
 
@@ -1029,6 +1030,46 @@ void expectEmulatedCublasLtMatches(const std::filesystem::path &artifact,
     EXPECT_GT(cuda::emulatedBlasLtCalls().*kind, before);
     testing::expectSameSteps(cpu, gpu, tolerance);
   }
+}
+
+// The emulated driver refuses what a GPU refuses at launch
+// (CUDA_ERROR_INVALID_VALUE), before running anything, so that a grid or
+// block the executor gets wrong fails here and not on a GPU.
+TEST(EmulatedDriver, RefusesLaunchConfigurationsAGpuRefuses) {
+  cuda::Driver driver = cuda::emulatedDriver();
+  const cuda::DriverApi &a = driver.api();
+  CUmodule module = nullptr;
+  ASSERT_EQ(a.cuModuleLoadData(&module, cuda::libraryFatbin()), CUDA_SUCCESS);
+  CUfunction f = nullptr;
+  ASSERT_EQ(a.cuModuleGetFunction(&f, module, "kiln_slice"), CUDA_SUCCESS);
+  struct Config {
+    unsigned gx, gy, gz, bx, by, shared;
+    const char *what;
+  };
+  for (Config c : {Config{0, 1, 1, 128, 1, 0, "no blocks"},
+                   Config{1, 65536, 1, 128, 1, 0, "grid y past 65,535"},
+                   Config{1, 1, 65536, 128, 1, 0, "grid z past 65,535"},
+                   Config{0x80000000u, 1, 1, 128, 1, 0, "grid x of 2^31"},
+                   Config{1, 1, 1, 256, 1, 0, "a library block of 256"},
+                   Config{1, 1, 1, 64, 2, 0, "a block along y"},
+                   Config{1, 1, 1, 128, 1, 16, "dynamic shared memory"}}) {
+    // No parameters: a launch that got past the check would crash.
+    EXPECT_EQ(a.cuLaunchKernel(f, c.gx, c.gy, c.gz, c.bx, c.by, 1, c.shared,
+                               nullptr, nullptr, nullptr),
+              CUDA_ERROR_INVALID_VALUE)
+        << c.what;
+    CUlaunchConfig config{};
+    config.gridDimX = c.gx, config.gridDimY = c.gy, config.gridDimZ = c.gz;
+    config.blockDimX = c.bx, config.blockDimY = c.by, config.blockDimZ = 1;
+    config.sharedMemBytes = c.shared;
+    EXPECT_EQ(a.cuLaunchKernelEx(&config, f, nullptr, nullptr),
+              CUDA_ERROR_INVALID_VALUE)
+        << c.what << " (cuLaunchKernelEx)";
+  }
+  const char *text = nullptr;
+  a.cuGetErrorString(CUDA_ERROR_INVALID_VALUE, &text);
+  EXPECT_NE(std::string(text).find("a GPU refuses"), std::string::npos);
+  a.cuModuleUnload(module);
 }
 
 // cuBLASLt's block-scaled FP8 GEMMs through its host emulation: a

@@ -104,9 +104,29 @@ Launch bind(const Function &f, Dim3 grid, void **params) {
 thread_local Graph *capturing = nullptr;
 std::atomic<int64_t> programmaticLaunches{0};
 
+/// Whether a GPU takes this launch configuration (else cuLaunchKernel
+/// fails with CUDA_ERROR_INVALID_VALUE, and the emulated driver does too):
+/// a grid of at least one block, x below 2^31 and y, z at most 65,535; a
+/// block along x of whole warps, at most 1,024 threads, and for a library
+/// kernel exactly KILN_BLOCK_THREADS (its __launch_bounds__, and the thread
+/// count its host builds run); no dynamic shared memory (no kernel declares
+/// any). The host builds would run any grid and ignore the block.
+bool launchConfigValid(const Function &f, unsigned gx, unsigned gy, unsigned gz,
+                       unsigned bx, unsigned by, unsigned bz,
+                       unsigned sharedBytes) {
+  bool grid = gx >= 1 && gx <= 0x7fffffffu && gy >= 1 && gy <= 65535 &&
+              gz >= 1 && gz <= 65535;
+  bool block = by == 1 && bz == 1 && bx % 32 == 0 && bx >= 32 && bx <= 1024 &&
+               (!f.library || bx == KILN_BLOCK_THREADS);
+  return grid && block && sharedBytes == 0;
+}
+
 CUresult launchOrCapture(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
-                         void **params) {
+                         unsigned bx, unsigned by, unsigned bz,
+                         unsigned sharedBytes, void **params) {
   const auto *function = reinterpret_cast<const Function *>(f);
+  if (!launchConfigValid(*function, gx, gy, gz, bx, by, bz, sharedBytes))
+    return CUDA_ERROR_INVALID_VALUE;
   Dim3 grid{static_cast<int>(gx), static_cast<int>(gy), static_cast<int>(gz)};
   Launch launch = bind(*function, grid, params);
   if (capturing)
@@ -143,6 +163,9 @@ DriverApi table() {
             : r == CUDA_ERROR_NOT_FOUND ? "no such kernel (emulated driver)"
             : r == CUDA_ERROR_OUT_OF_MEMORY
                 ? "out of host memory (emulated driver)"
+            : r == CUDA_ERROR_INVALID_VALUE
+                ? "a grid, block or shared memory size a GPU refuses "
+                  "(emulated driver)"
                 : "emulated driver error";
     return ok();
   };
@@ -250,9 +273,10 @@ DriverApi table() {
     return ok();
   };
   a.cuLaunchKernel = [](CUfunction f, unsigned gx, unsigned gy, unsigned gz,
-                        unsigned, unsigned, unsigned, unsigned, CUstream,
-                        void **params, void **) {
-    return launchOrCapture(f, gx, gy, gz, params);
+                        unsigned bx, unsigned by, unsigned bz,
+                        unsigned sharedBytes, CUstream, void **params,
+                        void **) {
+    return launchOrCapture(f, gx, gy, gz, bx, by, bz, sharedBytes, params);
   };
   a.cuLaunchKernelEx = [](const CUlaunchConfig *config, CUfunction f,
                           void **params, void **) {
@@ -262,7 +286,9 @@ DriverApi table() {
           config->attrs[i].value.programmaticStreamSerializationAllowed)
         ++programmaticLaunches;
     return launchOrCapture(f, config->gridDimX, config->gridDimY,
-                           config->gridDimZ, params);
+                           config->gridDimZ, config->blockDimX,
+                           config->blockDimY, config->blockDimZ,
+                           config->sharedMemBytes, params);
   };
   a.cuStreamCreate = [](CUstream *s, unsigned) {
     *s = reinterpret_cast<CUstream>(uintptr_t{1});
