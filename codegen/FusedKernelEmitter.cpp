@@ -690,13 +690,15 @@ FailureOr<FusedKernel> Emitter::emit() {
       << "extern \"C\" void " << kernel_.hostEntry
       << "(int64_t tokens, void **args) {\n"
       << "#pragma omp parallel for schedule(static)\n"
-      << "  for (int64_t token = 0; token < tokens; ++token)\n"
+      << "  for (int64_t n = 0; n < tokens; ++n) {\n"
+      << "    int64_t token = kiln::hostBlockIndex(n, tokens);\n"
       << "    kiln::runHostBlock(" << kernel_.blockThreads
       << ", token, [&] {\n";
   if (scratch)
     out << "      KILN_SHARED " << scratchDecl << "\n";
   out << "      " << name_ << "_token(token," << casts << scratchArg << ");\n"
       << "    });\n"
+      << "  }\n"
       << "}\n"
       << "#endif\n";
   return kernel_;

@@ -33,6 +33,7 @@ typedef unsigned short uint16_t;
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #endif
 
 // KILN_HOST_FN: shape arithmetic both the kernels and the executor call.
@@ -115,6 +116,21 @@ KILN_FN void awaitPrecedingKernels() {
 #endif
 }
 
+#if !defined(__CUDACC__)
+/// The i-th of a launch's `blocks` blocks that a host build runs: in order,
+/// or last first under KILN_HOST_BLOCK_ORDER=reverse (tests). A GPU runs a
+/// launch's blocks in any order and at once, so a block that reads what
+/// another block of the same launch writes races there; in reverse order
+/// it reads something else, and a test against the CPU kernels fails.
+inline long long hostBlockIndex(long long i, long long blocks) {
+  static const bool reverse = [] {
+    const char *order = getenv("KILN_HOST_BLOCK_ORDER");
+    return order && strcmp(order, "reverse") == 0;
+  }();
+  return reverse ? blocks - 1 - i : i;
+}
+#endif
+
 // A library kernel is a function `void <name>_block(Dim3 block, const
 // Params &p)` run once per block of a grid, and KILN_KERNEL(name, Params)
 // makes its entry: under CUDA `extern "C" __global__ void name(Params)`
@@ -135,8 +151,9 @@ KILN_FN void awaitPrecedingKernels() {
 #define KILN_KERNEL(name, Params)                                              \
   inline void name##_host(::kiln::Dim3 grid, const Params &p) {                \
     long long blocks = 1LL * grid.x * grid.y * grid.z;                         \
-    _Pragma("omp parallel for schedule(dynamic, 1)") for (long long i = 0;     \
-                                                          i < blocks; ++i) {   \
+    _Pragma("omp parallel for schedule(dynamic, 1)") for (long long n = 0;     \
+                                                          n < blocks; ++n) {   \
+      long long i = ::kiln::hostBlockIndex(n, blocks);                         \
       ::kiln::Dim3 block{static_cast<int>(i % grid.x),                         \
                          static_cast<int>(i / grid.x % grid.y),                \
                          static_cast<int>(i / (1LL * grid.x * grid.y))};       \
@@ -148,13 +165,15 @@ KILN_FN void awaitPrecedingKernels() {
 #define KILN_KERNEL(name, Params)                                              \
   inline void name##_host(::kiln::Dim3 grid, const Params &p) {                \
     long long blocks = 1LL * grid.x * grid.y * grid.z;                         \
-    _Pragma("omp parallel for schedule(dynamic, 1)") for (long long i = 0;     \
-                                                          i < blocks; ++i)     \
-        name##_block(                                                          \
-            ::kiln::Dim3{static_cast<int>(i % grid.x),                         \
-                         static_cast<int>(i / grid.x % grid.y),                \
-                         static_cast<int>(i / (1LL * grid.x * grid.y))},       \
-            p);                                                                \
+    _Pragma("omp parallel for schedule(dynamic, 1)") for (long long n = 0;     \
+                                                          n < blocks; ++n) {   \
+      long long i = ::kiln::hostBlockIndex(n, blocks);                         \
+      name##_block(                                                            \
+          ::kiln::Dim3{static_cast<int>(i % grid.x),                           \
+                       static_cast<int>(i / grid.x % grid.y),                  \
+                       static_cast<int>(i / (1LL * grid.x * grid.y))},         \
+          p);                                                                  \
+    }                                                                          \
   }
 #endif
 

@@ -9,14 +9,50 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <string_view>
 #include <vector>
 
 namespace kiln {
 namespace {
+
+/// Records the order in which a host build runs a launch's blocks.
+struct BlockOrderParams {
+  std::atomic<int> *next;
+  int *ran;
+};
+KILN_FN void test_block_order_block(Dim3 block, const BlockOrderParams &p) {
+  if (KILN_THREAD == 0)
+    p.ran[p.next->fetch_add(1)] = block.x + 4 * block.y;
+}
+KILN_KERNEL(test_block_order, BlockOrderParams)
+
+// Every block once; under KILN_HOST_BLOCK_ORDER=reverse (CTest's
+// reverse-blocks. runs, one OpenMP thread) the last block first.
+TEST(HostBlockOrder, EveryBlockOnceAndLastFirstInReverse) {
+  const char *order = std::getenv("KILN_HOST_BLOCK_ORDER");
+  const char *threads = std::getenv("OMP_NUM_THREADS");
+  bool reverse = order && std::string_view(order) == "reverse";
+  bool serial = threads && std::string_view(threads) == "1";
+  std::atomic<int> next{0};
+  std::vector<int> ran(12, -1);
+  test_block_order_host(Dim3{4, 3, 1}, {&next, ran.data()});
+  ASSERT_EQ(next.load(), 12);
+  std::vector<int> sorted = ran, blocks(12);
+  std::sort(sorted.begin(), sorted.end());
+  std::iota(blocks.begin(), blocks.end(), 0);
+  EXPECT_EQ(sorted, blocks);
+  if (serial) {
+    EXPECT_EQ(ran, reverse ? std::vector<int>(blocks.rbegin(), blocks.rend())
+                           : blocks);
+  }
+}
 
 std::vector<float> randomFloats(size_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 rng(seed);
