@@ -360,6 +360,7 @@ TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
         {"KILN_MMA_ATTENTION", "expected auto, on or off"},
         {"KILN_PDL", "expected auto, on or off"},
         {"KILN_LOG_LAUNCHES", "expected 0 or 1"},
+        {"KILN_CUDA_GRAPHS", "expected on or off"},
         {"KILN_EXPERT_GEMMS", "expected auto, per-expert or grouped"}}) {
     ::setenv(name, "sometimes", 1);
     absl::StatusOr<std::unique_ptr<Session>> session =
@@ -1006,7 +1007,9 @@ TEST(EmulatedGpuSession, CombineReadsOnlyTheDispatchsSelectionRows) {
 /// GEMMs of the emulation's `kind`.
 void expectEmulatedCublasLtMatches(const std::filesystem::path &artifact,
                                    int64_t cuda::EmulatedBlasLtCalls::*kind,
-                                   float tolerance) {
+                                   float tolerance,
+                                   const std::vector<std::vector<int32_t>>
+                                       &prompts = testing::raggedPrompts()) {
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_TRUE(model.ok()) << model.status().message();
   for (const char *experts : {"auto", "per-expert"}) {
@@ -1018,10 +1021,10 @@ void expectEmulatedCublasLtMatches(const std::filesystem::path &artifact,
     // the bf16 cases of EmulatedGpu for why not by rows).
     ::setenv("KILN_MMA_GEMMS", "on", 1);
     std::string cpuWhere, gpuWhere;
-    std::vector<std::vector<float>> cpu =
-        testing::runDeviceSteps(**model, Device::Cpu, cpuWhere);
-    std::vector<std::vector<float>> gpu =
-        testing::runDeviceSteps(**model, Device::Emulated, gpuWhere, &cpu);
+    std::vector<std::vector<float>> cpu = testing::runDeviceSteps(
+        **model, Device::Cpu, cpuWhere, nullptr, prompts);
+    std::vector<std::vector<float>> gpu = testing::runDeviceSteps(
+        **model, Device::Emulated, gpuWhere, &cpu, prompts);
     ::unsetenv("KILN_EMULATE_CUBLASLT");
     ::unsetenv("KILN_EXPERT_GEMMS");
     ::unsetenv("KILN_MMA_GEMMS");
@@ -1070,6 +1073,54 @@ TEST(EmulatedDriver, RefusesLaunchConfigurationsAGpuRefuses) {
   a.cuGetErrorString(CUDA_ERROR_INVALID_VALUE, &text);
   EXPECT_NE(std::string(text).find("a GPU refuses"), std::string::npos);
   a.cuModuleUnload(module);
+}
+
+// Capture as CUDA does it: asynchronous copies become the graph's nodes
+// (run by each replay, not by the capture), and a call that waits for the
+// device fails and invalidates the capture.
+TEST(EmulatedDriver, CaptureRecordsStreamWorkAndRefusesWaits) {
+  cuda::Driver driver = cuda::emulatedDriver();
+  const cuda::DriverApi &a = driver.api();
+  CUstream stream = nullptr;
+  ASSERT_EQ(a.cuStreamCreate(&stream, 0), CUDA_SUCCESS);
+  CUdeviceptr device = 0;
+  ASSERT_EQ(a.cuMemAlloc(&device, sizeof(int32_t)), CUDA_SUCCESS);
+  int32_t value = 5, back = 0;
+  ASSERT_EQ(a.cuMemsetD8Async(device, 0, sizeof(int32_t), stream),
+            CUDA_SUCCESS);
+
+  ASSERT_EQ(a.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+            CUDA_SUCCESS);
+  ASSERT_EQ(a.cuMemcpyHtoDAsync(device, &value, sizeof(value), stream),
+            CUDA_SUCCESS);
+  CUgraph graph = nullptr;
+  ASSERT_EQ(a.cuStreamEndCapture(stream, &graph), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuMemcpyDtoH(&back, device, sizeof(back)), CUDA_SUCCESS);
+  EXPECT_EQ(back, 0) << "the capture ran the copy";
+  CUgraphExec exec = nullptr;
+  ASSERT_EQ(a.cuGraphInstantiateWithFlags(&exec, graph, 0), CUDA_SUCCESS);
+  value = 7; // a replay reads the source when it runs
+  ASSERT_EQ(a.cuGraphLaunch(exec, stream), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuMemcpyDtoH(&back, device, sizeof(back)), CUDA_SUCCESS);
+  EXPECT_EQ(back, 7);
+  a.cuGraphExecDestroy(exec);
+  a.cuGraphDestroy(graph);
+
+  ASSERT_EQ(a.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+            CUDA_SUCCESS);
+  EXPECT_EQ(a.cuStreamSynchronize(stream),
+            CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  EXPECT_EQ(a.cuMemcpyDtoH(&back, device, sizeof(back)),
+            CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  EXPECT_EQ(a.cuMemcpyHtoD(device, &value, sizeof(value)),
+            CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+  graph = reinterpret_cast<CUgraph>(uintptr_t{1});
+  EXPECT_EQ(a.cuStreamEndCapture(stream, &graph),
+            CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+  EXPECT_EQ(graph, nullptr);
+  EXPECT_EQ(a.cuStreamSynchronize(stream), CUDA_SUCCESS); // capture is over
+  a.cuMemFree(device);
+  a.cuStreamDestroy(stream);
 }
 
 // cuBLASLt's block-scaled FP8 GEMMs through its host emulation: a
@@ -1125,6 +1176,56 @@ TEST(EmulatedCublasLt, Bf16MatchesTheCpu) {
   ASSERT_FALSE(artifact.empty());
   expectEmulatedCublasLtMatches(artifact, &cuda::EmulatedBlasLtCalls::bf16,
                                 1e-2f);
+}
+
+// Decode steps of 20 sequences: cuBLASLt takes the dense GEMMs (16+ rows)
+// inside the captured decode graph. Each replay must run them, as a GPU
+// runs a graph's GEMM nodes: the steps with graphs give the logits of the
+// steps launched kernel by kernel (KILN_CUDA_GRAPHS=off) bit for bit, after
+// as many cuBLASLt GEMMs, more than the prefill alone made.
+TEST(EmulatedCublasLt, DecodeGraphsReplayTheirGemms) {
+  CompileSettings settings;
+  settings.plan.maxBatch = 20;
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v2-lite-bf16",
+      ::testing::TempDir() + "/emulated_blas_decode.kiln", settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::vector<std::vector<int32_t>> prompts;
+  for (int32_t i = 0; i < 20; ++i)
+    prompts.push_back({1 + i, 7, 3 + 2 * i});
+  ::setenv("KILN_EMULATE_CUBLASLT", "1", 1);
+  auto bf16Calls = [] { return cuda::emulatedBlasLtCalls().bf16; };
+  int64_t before = bf16Calls();
+  {
+    SessionOptions options;
+    options.device = Device::Emulated;
+    absl::StatusOr<std::unique_ptr<Session>> session =
+        Session::create(**model, options);
+    ASSERT_TRUE(session.ok()) << session.status().message();
+    ASSERT_TRUE((*session)->prefill(prompts).ok());
+  }
+  int64_t prefillCalls = bf16Calls() - before;
+  std::string eagerWhere, graphWhere;
+  ::setenv("KILN_CUDA_GRAPHS", "off", 1);
+  before = bf16Calls();
+  std::vector<std::vector<float>> eager = testing::runDeviceSteps(
+      **model, Device::Emulated, eagerWhere, nullptr, prompts);
+  int64_t eagerCalls = bf16Calls() - before;
+  ::unsetenv("KILN_CUDA_GRAPHS");
+  before = bf16Calls();
+  std::vector<std::vector<float>> graphs = testing::runDeviceSteps(
+      **model, Device::Emulated, graphWhere, &eager, prompts);
+  int64_t graphCalls = bf16Calls() - before;
+  ::unsetenv("KILN_EMULATE_CUBLASLT");
+  EXPECT_NE(eagerWhere.find("no CUDA graphs"), std::string::npos) << eagerWhere;
+  EXPECT_EQ(graphWhere.find("no CUDA graphs"), std::string::npos) << graphWhere;
+  EXPECT_GT(eagerCalls, prefillCalls);
+  EXPECT_EQ(graphCalls, eagerCalls);
+  ASSERT_EQ(graphs.size(), eager.size());
+  for (size_t i = 0; i < eager.size(); ++i)
+    ASSERT_EQ(graphs[i], eager[i]) << "step row " << i;
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -20,11 +20,21 @@
 
 namespace kiln::testing {
 
+/// The prompts of runDeviceSteps: a 22-token prompt (prefilled in chunks
+/// where the artifact's bound is lower), a short one and a single token.
+inline std::vector<std::vector<int32_t>> raggedPrompts() {
+  return {{5,  17, 3,  99, 42, 7,  8,  1,  2,  64, 31,
+           12, 9,  10, 11, 13, 14, 15, 16, 18, 19, 20},
+          {7, 7, 100},
+          {1}};
+}
+
 /// Every step's logits; the tokens decoded are the argmax of `reference`'s
 /// logits of the same row where given, of the device's own otherwise.
-inline std::vector<std::vector<float>>
-runDeviceSteps(const Model &model, Device device, std::string &where,
-               const std::vector<std::vector<float>> *reference = nullptr) {
+inline std::vector<std::vector<float>> runDeviceSteps(
+    const Model &model, Device device, std::string &where,
+    const std::vector<std::vector<float>> *reference = nullptr,
+    const std::vector<std::vector<int32_t>> &prompts = raggedPrompts()) {
   SessionOptions options;
   options.device = device;
   absl::StatusOr<std::unique_ptr<Session>> session =
@@ -34,11 +44,6 @@ runDeviceSteps(const Model &model, Device device, std::string &where,
     return {};
   Session &s = **session;
   where = s.device();
-  std::vector<std::vector<int32_t>> prompts = {{5,  17, 3,  99, 42, 7,  8,  1,
-                                                2,  64, 31, 12, 9,  10, 11, 13,
-                                                14, 15, 16, 18, 19, 20},
-                                               {7, 7, 100},
-                                               {1}};
   absl::StatusOr<std::vector<int>> ids = s.prefill(prompts);
   EXPECT_TRUE(ids.ok()) << ids.status().message();
   if (!ids.ok())

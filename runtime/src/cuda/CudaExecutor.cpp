@@ -93,6 +93,10 @@ struct Executor::Impl {
   /// query vectors (prefill; absorbed-MLA decode); KILN_MMA_ATTENTION=on
   /// or off forces either.
   enum class MmaAttention { Auto, On, Off } mmaAttention = MmaAttention::Auto;
+  /// Decode steps captured as a CUDA graph per (batch, context bucket)
+  /// and replayed (KILN_CUDA_GRAPHS=on, the default), or launched one
+  /// kernel at a time (off: for comparison and debugging).
+  bool decodeGraphs = true;
   /// Programmatic dependent launch (KILN_PDL=auto|on|off; auto: sm_90+
   /// with a driver that captures it into graphs, CUDA 12.3+): every kernel
   /// is launched so that it may start while the one before it finishes,
@@ -1644,10 +1648,13 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
   absl::StatusOr<int> pdl = environmentMode("KILN_PDL", {"auto", "on", "off"});
   absl::StatusOr<int> logLaunches =
       environmentMode("KILN_LOG_LAUNCHES", {"0", "1"});
+  absl::StatusOr<int> graphs =
+      environmentMode("KILN_CUDA_GRAPHS", {"on", "off"});
   for (const absl::StatusOr<int> *mode :
-       {&experts, &mmaGemms, &mmaAttention, &pdl, &logLaunches})
+       {&experts, &mmaGemms, &mmaAttention, &pdl, &logLaunches, &graphs})
     if (!mode->ok())
       return mode->status();
+  impl->decodeGraphs = *graphs == 0;
   impl->expertGemms = static_cast<Impl::ExpertGemms>(*experts);
   impl->mmaGemms = static_cast<Impl::MmaGemms>(*mmaGemms);
   impl->mmaAttention = static_cast<Impl::MmaAttention>(*mmaAttention);
@@ -1665,6 +1672,8 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
   impl->logLaunches = *logLaunches == 1;
   if (impl->programmaticLaunch)
     impl->description += ", programmatic dependent launch";
+  if (!impl->decodeGraphs)
+    impl->description += ", no CUDA graphs (KILN_CUDA_GRAPHS=off)";
   for (const art::EntryPoint *e : *model.plan->entry_points())
     for (const art::Launch *l : *e->launches())
       if ((l->kernel() == art::KernelKind::Linear ||
@@ -1749,7 +1758,7 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
       return st;
   }
 
-  if (shape.seq == 1 && s.graphable(*entry)) {
+  if (shape.seq == 1 && s.decodeGraphs && s.graphable(*entry)) {
     // The graph's kernels read every per-step value from device memory;
     // its launches depend only on the batch size and the context bucket.
     GraphKey key{shape.batch, s.contextBucket(shape.kvLen)};

@@ -1,6 +1,7 @@
 #include "runtime/src/cuda/EmulatedBlasLt.h"
 
 #include "kiln/Float.h"
+#include "runtime/src/cuda/EmulatedDriver.h"
 
 #include <atomic>
 #include <cstring>
@@ -51,16 +52,10 @@ float element(const Layout &l, const void *data, int64_t i) {
   return e4m3ToFloat(static_cast<const uint8_t *>(data)[i]);
 }
 
-cublasStatus_t
-matmul(cublasLtHandle_t, cublasLtMatmulDesc_t descriptor, const void *alpha,
-       const void *aData, cublasLtMatrixLayout_t aDesc, const void *bData,
-       cublasLtMatrixLayout_t bDesc, const void *, const void *,
-       cublasLtMatrixLayout_t, void *dData, cublasLtMatrixLayout_t dDesc,
-       const cublasLtMatmulAlgo_t *, void *, size_t, cudaStream_t) {
-  const Desc &d = *desc(descriptor);
-  const Layout &a = *layout(aDesc), &b = *layout(bDesc), &out = *layout(dDesc);
-  if (!supported(d, a, b, out))
-    return CUBLAS_STATUS_NOT_SUPPORTED;
+/// D = scale * A^T B (block-scaled for e4m3) in fp32, as `matmul` checked
+/// the operands.
+void gemm(const Desc &d, const Layout &a, const Layout &b, const Layout &out,
+          float scale, const void *aData, const void *bData, float *dOut) {
   // A: k x n (taken transposed), B: k x m, D: n x m, all column-major.
   int64_t k = static_cast<int64_t>(a.rows), n = static_cast<int64_t>(a.cols),
           m = static_cast<int64_t>(b.cols);
@@ -71,8 +66,6 @@ matmul(cublasLtHandle_t, cublasLtMatmulDesc_t descriptor, const void *alpha,
   // scales [k / 128][m] with columns padded to 4 (BlasLt::gemmFp8).
   int64_t aScaleStride = (kBlocks + 3) / 4 * 4;
   int64_t bScaleStride = (m + 3) / 4 * 4;
-  float scale = *static_cast<const float *>(alpha);
-  float *dOut = static_cast<float *>(dData);
 #pragma omp parallel for collapse(2)
   for (int64_t j = 0; j < m; ++j)
     for (int64_t i = 0; i < n; ++i) {
@@ -89,6 +82,27 @@ matmul(cublasLtHandle_t, cublasLtMatmulDesc_t descriptor, const void *alpha,
       }
       dOut[i + j * out.ld] = scale * total;
     }
+}
+
+cublasStatus_t
+matmul(cublasLtHandle_t, cublasLtMatmulDesc_t descriptor, const void *alpha,
+       const void *aData, cublasLtMatrixLayout_t aDesc, const void *bData,
+       cublasLtMatrixLayout_t bDesc, const void *, const void *,
+       cublasLtMatrixLayout_t, void *dData, cublasLtMatrixLayout_t dDesc,
+       const cublasLtMatmulAlgo_t *, void *, size_t, cudaStream_t) {
+  const Desc &d = *desc(descriptor);
+  const Layout &a = *layout(aDesc), &b = *layout(bDesc), &out = *layout(dDesc);
+  if (!supported(d, a, b, out))
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  // Stream work, as the emulated driver's kernels: run now, or, inside a
+  // captured decode step, by every replay of the graph. The descriptors
+  // are copied (the caller may change or free them) and alpha read now
+  // (host pointer mode).
+  float scale = *static_cast<const float *>(alpha);
+  emulatedEnqueue(
+      [d, a, b, out, scale, aData, bData, dOut = static_cast<float *>(dData)] {
+        gemm(d, a, b, out, scale, aData, bData, dOut);
+      });
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -100,9 +100,32 @@ Launch bind(const Function &f, Dim3 grid, void **params) {
 }
 
 // One emulated stream (the executor uses one): whether it is capturing,
-// and into which graph.
+// into which graph, and whether a call CUDA refuses during capture has
+// invalidated it.
 thread_local Graph *capturing = nullptr;
+thread_local bool captureInvalidated = false;
 std::atomic<int64_t> programmaticLaunches{0};
+
+/// Work on the emulated stream: run now, or, while the stream is captured,
+/// recorded in the graph (a CUDA graph's node), so that each replay runs
+/// it and capture itself runs nothing.
+void enqueue(Launch work) {
+  if (capturing)
+    capturing->push_back(std::move(work));
+  else
+    work();
+}
+
+/// Whether a call that waits for the device (a synchronous copy, a stream
+/// synchronization) comes during capture. CUDA refuses those on the
+/// capturing thread (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED) and invalidates
+/// the capture, so the emulation does too.
+bool refusedInCapture() {
+  if (!capturing)
+    return false;
+  captureInvalidated = true;
+  return true;
+}
 
 /// Whether a GPU takes this launch configuration (else cuLaunchKernel
 /// fails with CUDA_ERROR_INVALID_VALUE, and the emulated driver does too):
@@ -128,11 +151,7 @@ CUresult launchOrCapture(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
   if (!launchConfigValid(*function, gx, gy, gz, bx, by, bz, sharedBytes))
     return CUDA_ERROR_INVALID_VALUE;
   Dim3 grid{static_cast<int>(gx), static_cast<int>(gy), static_cast<int>(gz)};
-  Launch launch = bind(*function, grid, params);
-  if (capturing)
-    capturing->push_back(std::move(launch));
-  else
-    launch();
+  enqueue(bind(*function, grid, params));
   return CUDA_SUCCESS;
 }
 
@@ -165,6 +184,12 @@ DriverApi table() {
                 ? "out of host memory (emulated driver)"
             : r == CUDA_ERROR_INVALID_VALUE
                 ? "a grid, block or shared memory size a GPU refuses "
+                  "(emulated driver)"
+            : r == CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+                ? "operation not permitted when stream is capturing "
+                  "(emulated driver)"
+            : r == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+                ? "capture invalidated by an operation it does not permit "
                   "(emulated driver)"
                 : "emulated driver error";
     return ok();
@@ -213,21 +238,27 @@ DriverApi table() {
     return ok();
   };
   a.cuMemcpyHtoD = [](CUdeviceptr dst, const void *src, size_t bytes) {
+    if (refusedInCapture())
+      return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     std::memcpy(toHost(dst), src, bytes);
     return ok();
   };
   a.cuMemcpyDtoH = [](void *dst, CUdeviceptr src, size_t bytes) {
+    if (refusedInCapture())
+      return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     std::memcpy(dst, toHost(src), bytes);
     return ok();
   };
+  // Asynchronous copies and fills are stream work: captured, they are the
+  // graph's nodes, reading their source when a replay reaches them.
   a.cuMemcpyHtoDAsync = [](CUdeviceptr dst, const void *src, size_t bytes,
                            CUstream) {
-    std::memcpy(toHost(dst), src, bytes);
+    enqueue([dst, src, bytes] { std::memcpy(toHost(dst), src, bytes); });
     return ok();
   };
   a.cuMemsetD8Async = [](CUdeviceptr dst, unsigned char value, size_t bytes,
                          CUstream) {
-    std::memset(toHost(dst), value, bytes);
+    enqueue([dst, value, bytes] { std::memset(toHost(dst), value, bytes); });
     return ok();
   };
   // Host memory is host memory: nothing to page-lock.
@@ -295,14 +326,21 @@ DriverApi table() {
     return ok();
   };
   a.cuStreamDestroy = [](CUstream) { return ok(); };
-  a.cuStreamSynchronize = [](CUstream) { return ok(); };
+  a.cuStreamSynchronize = [](CUstream) {
+    return refusedInCapture() ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : ok();
+  };
   a.cuStreamBeginCapture = [](CUstream, CUstreamCaptureMode) {
     capturing = new Graph;
+    captureInvalidated = false;
     return ok();
   };
   a.cuStreamEndCapture = [](CUstream, CUgraph *graph) {
-    *graph = reinterpret_cast<CUgraph>(capturing);
+    std::unique_ptr<Graph> captured(capturing);
     capturing = nullptr;
+    *graph = nullptr;
+    if (captureInvalidated)
+      return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    *graph = reinterpret_cast<CUgraph>(captured.release());
     return ok();
   };
   a.cuGraphInstantiateWithFlags = [](CUgraphExec *exec, CUgraph graph,
@@ -334,6 +372,8 @@ int64_t emulatedLaunches(std::string_view kernel) {
   auto it = launchCounts().find(kernel);
   return it == launchCounts().end() ? 0 : it->second;
 }
+
+void emulatedEnqueue(std::function<void()> work) { enqueue(std::move(work)); }
 
 int64_t emulatedProgrammaticLaunches() { return programmaticLaunches; }
 

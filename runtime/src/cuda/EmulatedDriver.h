@@ -16,6 +16,7 @@
 #include "runtime/src/cuda/CudaDriver.h"
 
 #include <cstdint>
+#include <functional>
 #include <string_view>
 
 namespace kiln::cuda {
@@ -35,6 +36,10 @@ Driver emulatedDriver();
 /// How many times the emulated device has run library kernel `kernel`
 /// (graph replays included), so that tests can tell which path ran.
 int64_t emulatedLaunches(std::string_view kernel);
+
+/// Work on the emulated stream (the cuBLASLt emulation's GEMMs): run now,
+/// or recorded in the graph being captured and run by its replays.
+void emulatedEnqueue(std::function<void()> work);
 
 /// How many kernels were launched (or captured) with programmatic stream
 /// serialization. The emulation runs launches in order, which is what
