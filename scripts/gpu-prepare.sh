@@ -106,6 +106,17 @@ compare+=('{"name": "deepseek-v2-lite-bf16-mma", "artifact": "deepseek-v2-lite-b
 compare+=('{"name": "llama-bf16-mma", "artifact": "llama-bf16", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on", "KILN_MMA_ATTENTION": "on"}}')
 compare+=('{"name": "deepseek-v3-fp8-mma", "artifact": "deepseek-v3-fp8", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on"}}')
 compare+=('{"name": "deepseek-v3-bf16cache-mma", "artifact": "deepseek-v3-bf16cache", "tolerance": 1e-2, "env": {"KILN_MMA_ATTENTION": "on"}}')
+# Decode batches of 20 (cuBLASLt's GEMMs inside the decode graph, the
+# tensor-core GEMMs of several rows per matrix: a serving batch's path).
+# The MoE model's bf16 activations put its logits up to 1% of the row's
+# largest apart from the CPU's (tests/e2e/EmulatedGpuTest.cpp).
+for model in llama-bf16 deepseek-v2-lite-bf16; do
+  "$kiln" compile-model "$root/tests/golden/$model" \
+    -o "$bundle/artifacts/compare/$model-wide.kiln" \
+    --target=cpu,sm_90a --max-batch 20 --max-prefill 16 --max-context 64
+done
+compare+=('{"name": "llama-bf16-wide", "tolerance": 1e-2, "sequences": 20}')
+compare+=('{"name": "deepseek-v2-lite-bf16-wide", "tolerance": 2e-2, "sequences": 20}')
 # Plain launches (no programmatic dependent launch): where the default run
 # fails and this passes, suspect a kernel that touches memory before
 # awaitPrecedingKernels.

@@ -29,6 +29,15 @@ inline std::vector<std::vector<int32_t>> raggedPrompts() {
           {1}};
 }
 
+/// `count` three-token prompts, for decode steps of `count` rows (16+:
+/// cuBLASLt's GEMMs inside the decode graph, as in a serving batch).
+inline std::vector<std::vector<int32_t>> widePrompts(int32_t count) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (int32_t i = 0; i < count; ++i)
+    prompts.push_back({1 + i, 7, 3 + 2 * i});
+  return prompts;
+}
+
 /// Every step's logits; the tokens decoded are the argmax of `reference`'s
 /// logits of the same row where given, of the device's own otherwise.
 inline std::vector<std::vector<float>> runDeviceSteps(

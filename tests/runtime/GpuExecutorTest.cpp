@@ -1,11 +1,11 @@
 // The CUDA executor on a real GPU against the CPU executor, on the artifacts
 // scripts/gpu-prepare.sh compiles (every architecture's golden checkpoint;
 // naive and absorbed MLA; FP8 weights with an FP8 latent cache; prefill in
-// chunks): the steps of tests/runtime/DeviceSteps.h, logits within each
-// artifact's tolerance (its manifest entry: fp32 summation order for f32
-// weights, bf16 resolution where cuBLASLt rounds activations to bf16 or FP8
-// codes may round apart). The CPU executor is checked against Hugging Face
-// in tests/e2e/GoldenTest.cpp.
+// chunks; decode batches of 20): the steps of tests/runtime/DeviceSteps.h,
+// logits within each artifact's tolerance (its manifest entry: fp32
+// summation order for f32 weights, bf16 resolution where cuBLASLt rounds
+// activations to bf16 or FP8 codes may round apart). The CPU executor is
+// checked against Hugging Face in tests/e2e/GoldenTest.cpp.
 //
 // Runtime-only (no MLIR), so that it runs on a GPU machine without the
 // compiler: KILN_GPU_BUNDLE names the bundle. Without a GPU the test is
@@ -66,11 +66,18 @@ TEST(GpuExecutor, MatchesTheCpuExecutor) {
         ::setenv(variable.c_str(), value.get<std::string>().c_str(), 1);
         variables.push_back(variable);
       }
+    // "sequences": that many three-token prompts (a decode batch of 16+
+    // rows puts cuBLASLt's GEMMs inside the decode graph), else the ragged
+    // three of DeviceSteps.h.
+    std::vector<std::vector<int32_t>> prompts =
+        entry.contains("sequences")
+            ? testing::widePrompts(entry["sequences"].get<int32_t>())
+            : testing::raggedPrompts();
     std::string cpuWhere, gpuWhere;
-    std::vector<std::vector<float>> cpu =
-        testing::runDeviceSteps(**model, Device::Cpu, cpuWhere);
+    std::vector<std::vector<float>> cpu = testing::runDeviceSteps(
+        **model, Device::Cpu, cpuWhere, nullptr, prompts);
     std::vector<std::vector<float>> gpu =
-        testing::runDeviceSteps(**model, device, gpuWhere, &cpu);
+        testing::runDeviceSteps(**model, device, gpuWhere, &cpu, prompts);
     for (const std::string &variable : variables)
       ::unsetenv(variable.c_str());
     std::printf("%s: %s\n", name.c_str(), gpuWhere.c_str());
