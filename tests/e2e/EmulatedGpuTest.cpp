@@ -13,6 +13,7 @@
 #include "models/Presets.h"
 #include "runtime/src/cuda/EmulatedBlasLt.h"
 #include "runtime/src/cuda/EmulatedDriver.h"
+#include "runtime/src/cuda/EmulatedKernels.h"
 #include "runtime/src/cuda/LibraryFatbin.h"
 #include "tests/e2e/E2eUtil.h"
 #include "tests/runtime/DeviceSteps.h"
@@ -1073,6 +1074,14 @@ TEST(EmulatedDriver, RefusesLaunchConfigurationsAGpuRefuses) {
   a.cuGetErrorString(CUDA_ERROR_INVALID_VALUE, &text);
   EXPECT_NE(std::string(text).find("a GPU refuses"), std::string::npos);
   a.cuModuleUnload(module);
+}
+
+// A kernel's parameters are one struct passed by value, which CUDA takes up
+// to 4 KiB on every driver (32 KiB only from CUDA 12.1 drivers on).
+TEST(EmulatedDriver, LibraryKernelParametersFitFourKiB) {
+  ASSERT_FALSE(cuda::plainHostKernels().empty());
+  for (const cuda::HostKernel &kernel : cuda::plainHostKernels())
+    EXPECT_LE(kernel.paramBytes, 4096u) << kernel.name;
 }
 
 // Capture as CUDA does it: asynchronous copies become the graph's nodes
