@@ -362,6 +362,7 @@ TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
         {"KILN_PDL", "expected auto, on or off"},
         {"KILN_LOG_LAUNCHES", "expected 0 or 1"},
         {"KILN_CUDA_GRAPHS", "expected on or off"},
+        {"KILN_EMULATE_CUBLASLT", "expected 0, 1 or decline"},
         {"KILN_EXPERT_GEMMS", "expected auto, per-expert or grouped"}}) {
     ::setenv(name, "sometimes", 1);
     absl::StatusOr<std::unique_ptr<Session>> session =
@@ -1257,6 +1258,41 @@ TEST(EmulatedCublasLt, WideDecodeMatchesTheCpu) {
     expectEmulatedCublasLtMatches(artifact, &cuda::EmulatedBlasLtCalls::bf16,
                                   tolerance, prompts);
   }
+}
+
+// A cuBLASLt without an algorithm for a GEMM (a shape or configuration it
+// has no kernel for) leaves the GEMM to the library kernels: prefill and
+// decode batches of 20 (each bf16 GEMM of 16+ rows asks, in the captured
+// step too) run with no cuBLASLt GEMM, in fp32 as the CPU (the tensor-core
+// kernels off).
+TEST(EmulatedCublasLt, DeclinedGemmsRunInTheLibraryKernels) {
+  CompileSettings settings;
+  settings.plan.maxBatch = 20;
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v2-lite-bf16",
+      ::testing::TempDir() + "/emulated_blas_declined.kiln", settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::vector<std::vector<int32_t>> prompts = testing::widePrompts(20);
+  ::setenv("KILN_EMULATE_CUBLASLT", "decline", 1);
+  ::setenv("KILN_MMA_GEMMS", "off", 1);
+  ::setenv("KILN_MMA_ATTENTION", "off", 1);
+  std::string cpuWhere, gpuWhere;
+  std::vector<std::vector<float>> cpu =
+      testing::runDeviceSteps(**model, Device::Cpu, cpuWhere, nullptr, prompts);
+  cuda::EmulatedBlasLtCalls before = cuda::emulatedBlasLtCalls();
+  std::vector<std::vector<float>> gpu = testing::runDeviceSteps(
+      **model, Device::Emulated, gpuWhere, &cpu, prompts);
+  cuda::EmulatedBlasLtCalls after = cuda::emulatedBlasLtCalls();
+  for (const char *name :
+       {"KILN_EMULATE_CUBLASLT", "KILN_MMA_GEMMS", "KILN_MMA_ATTENTION"})
+    ::unsetenv(name);
+  EXPECT_NE(gpuWhere.find("declining every GEMM"), std::string::npos)
+      << gpuWhere;
+  EXPECT_EQ(after.bf16, before.bf16);
+  EXPECT_EQ(after.fp8, before.fp8);
+  testing::expectSameSteps(cpu, gpu, 1e-4f);
 }
 
 INSTANTIATE_TEST_SUITE_P(

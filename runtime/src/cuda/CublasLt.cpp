@@ -195,6 +195,11 @@ absl::Status BlasLt::run(const Plan &p, CUstream stream, CUdeviceptr x,
   return check(status, "cublasLtMatmul");
 }
 
+absl::Status BlasLt::prepareBf16(int64_t m, int64_t n, int64_t k,
+                                 size_t workspaceBytes) {
+  return plan(Operands::Bf16, m, n, k, workspaceBytes).status();
+}
+
 absl::Status BlasLt::gemmBf16(CUstream stream, int64_t m, int64_t n, int64_t k,
                               CUdeviceptr x, CUdeviceptr w, CUdeviceptr out,
                               CUdeviceptr workspace, size_t workspaceBytes) {

@@ -74,6 +74,12 @@ public:
                         CUdeviceptr x, CUdeviceptr w, CUdeviceptr out,
                         CUdeviceptr workspace, size_t workspaceBytes);
 
+  /// Finds gemmBf16's algorithm for this shape (once; cached with its
+  /// descriptors): Unimplemented where cuBLASLt has none, so that the
+  /// caller keeps its own kernel before it converts anything for this one.
+  absl::Status prepareBf16(int64_t m, int64_t n, int64_t k,
+                           size_t workspaceBytes);
+
   /// The same GEMM on e4m3 operands with DeepSeek-V3's block scales:
   /// xScale[k / 128][m rounded up to 4] (one per token per 128 values of k,
   /// token-minor: cuBLASLt's VEC128 layout), wScale[n / 128][k / 128] (one

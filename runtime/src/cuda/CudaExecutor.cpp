@@ -70,8 +70,10 @@ struct Executor::Impl {
   /// Rows from which a bf16 GEMM goes to cuBLASLt (fewer: the GEMV-like
   /// kernel reads each weight once for all rows).
   static constexpr int64_t kBlasMinRows = 16;
-  /// FP8 GEMM shapes cuBLASLt has no algorithm for (asked once).
-  std::set<std::tuple<int64_t, int64_t, int64_t>> fp8BlasUnsupported;
+  /// GEMM shapes (rows, n, k) cuBLASLt has no algorithm for, by operand
+  /// type (asked once; the library kernels take them).
+  std::set<std::tuple<int64_t, int64_t, int64_t>> bf16BlasUnsupported,
+      fp8BlasUnsupported;
   /// How grouped (expert) GEMMs run outside graph capture: Auto takes one
   /// cuBLASLt GEMM per expert where experts average kBlasMinRows rows;
   /// KILN_EXPERT_GEMMS=per-expert or grouped forces either.
@@ -281,8 +283,10 @@ struct Executor::Impl {
   /// (p.wUp) on the gated tensor-core GEMM or the gated GEMV.
   absl::Status runGemm(GemmCall c);
   /// Whether cuBLASLt runs `c` on bf16 weights, reading its rows as bf16
-  /// (c.bf16X, or a conversion runGemm launches).
-  bool blasBf16Takes(const GemmCall &c) const;
+  /// (c.bf16X, or a conversion runGemm launches): the operands suit it and
+  /// it has an algorithm for the shape (asked before anything is converted,
+  /// so a decline inside a captured step leaves no conversion behind).
+  absl::StatusOr<bool> blasBf16Takes(const GemmCall &c);
   /// `count` f32 values converted into bf16Activations.
   absl::StatusOr<CUdeviceptr> toBf16(const float *x, int64_t count);
   /// When every one of `calls` is a cuBLASLt bf16 GEMM of the same rows,
@@ -1157,13 +1161,24 @@ std::string gemmShape(const GemmParams &p) {
 }
 } // namespace
 
-bool Executor::Impl::blasBf16Takes(const GemmCall &c) const {
+absl::StatusOr<bool> Executor::Impl::blasBf16Takes(const GemmCall &c) {
   const GemmParams &p = c.p;
   // cuBLASLt wants 16-byte aligned operands (an expert's slice of rows is
   // where k is a multiple of 8).
-  return blasDense(c) && !p.wUp && c.weightType == art::ElementType::BF16 &&
-         aligned16(p.w) && aligned16(p.out) &&
-         (!c.bf16X || aligned16(reinterpret_cast<const void *>(c.bf16X)));
+  auto key = std::make_tuple(p.rows, p.n, p.k);
+  if (!blasDense(c) || p.wUp || c.weightType != art::ElementType::BF16 ||
+      !aligned16(p.w) || !aligned16(p.out) ||
+      (c.bf16X && !aligned16(reinterpret_cast<const void *>(c.bf16X))) ||
+      bf16BlasUnsupported.count(key))
+    return false;
+  absl::Status ready = blas->prepareBf16(p.rows, p.n, p.k, kBlasWorkspaceBytes);
+  if (absl::IsUnimplemented(ready)) {
+    bf16BlasUnsupported.insert(key); // the library kernels take it
+    return false;
+  }
+  if (!ready.ok())
+    return ready;
+  return true;
 }
 
 absl::StatusOr<CUdeviceptr> Executor::Impl::toBf16(const float *x,
@@ -1179,13 +1194,17 @@ absl::StatusOr<CUdeviceptr> Executor::Impl::toBf16(const float *x,
 
 absl::Status Executor::Impl::convertSharedRows(std::span<GemmCall> calls) {
   const GemmParams &lead = calls.front().p;
-  bool shared = calls.size() > 1 &&
-                std::all_of(calls.begin(), calls.end(), [&](const GemmCall &c) {
-                  return blasBf16Takes(c) && !c.bf16X && c.p.x == lead.x &&
-                         c.p.rows == lead.rows && c.p.k == lead.k;
-                });
-  if (!shared)
+  if (calls.size() < 2)
     return absl::OkStatus();
+  for (const GemmCall &c : calls) {
+    if (c.bf16X || c.p.x != lead.x || c.p.rows != lead.rows || c.p.k != lead.k)
+      return absl::OkStatus();
+    absl::StatusOr<bool> takes = blasBf16Takes(c);
+    if (!takes.ok())
+      return takes.status();
+    if (!*takes)
+      return absl::OkStatus();
+  }
   absl::StatusOr<CUdeviceptr> rows = toBf16(lead.x, lead.rows * lead.k);
   if (!rows.ok())
     return rows.status();
@@ -1196,7 +1215,10 @@ absl::Status Executor::Impl::convertSharedRows(std::span<GemmCall> calls) {
 
 absl::Status Executor::Impl::runGemm(GemmCall c) {
   GemmParams &p = c.p;
-  if (blasBf16Takes(c)) {
+  absl::StatusOr<bool> blasBf16 = blasBf16Takes(c);
+  if (!blasBf16.ok())
+    return blasBf16.status();
+  if (*blasBf16) {
     CUdeviceptr x = c.bf16X;
     if (!x) {
       absl::StatusOr<CUdeviceptr> rows = toBf16(p.x, p.rows * p.k);
@@ -1689,14 +1711,21 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
     impl->description += ", no cuBLASLt (KILN_CUBLASLT=0)";
   } else if (emulate) {
     // KILN_EMULATE_CUBLASLT=1: the host emulation of cuBLASLt, so that the
-    // paths through it (and their glue) run without a GPU.
-    const char *emulateBlas = std::getenv("KILN_EMULATE_CUBLASLT");
-    if (emulateBlas && std::string(emulateBlas) == "1") {
-      absl::StatusOr<BlasLt> blas = BlasLt::fromApi(emulatedBlasLtApi());
+    // paths through it (and their glue) run without a GPU; =decline: one
+    // with no algorithm for any GEMM, so that the fallbacks run.
+    absl::StatusOr<int> emulateBlas =
+        environmentMode("KILN_EMULATE_CUBLASLT", {"0", "1", "decline"});
+    if (!emulateBlas.ok())
+      return emulateBlas.status();
+    if (*emulateBlas != 0) {
+      bool decline = *emulateBlas == 2;
+      absl::StatusOr<BlasLt> blas = BlasLt::fromApi(emulatedBlasLtApi(decline));
       if (!blas.ok())
         return blas.status();
       impl->blas.emplace(*std::move(blas));
-      impl->description += ", cuBLASLt (emulated)";
+      impl->description += decline ? ", cuBLASLt (emulated, declining every "
+                                     "GEMM)"
+                                   : ", cuBLASLt (emulated)";
     }
   } else {
     absl::StatusOr<BlasLt> blas = BlasLt::load();

@@ -108,7 +108,7 @@ matmul(cublasLtHandle_t, cublasLtMatmulDesc_t descriptor, const void *alpha,
 
 } // namespace
 
-BlasLtApi emulatedBlasLtApi() {
+BlasLtApi emulatedBlasLtApi(bool declineEverything) {
   BlasLtApi api{};
   api.create = [](cublasLtHandle_t *h) {
     *h = reinterpret_cast<cublasLtHandle_t>(uintptr_t{1});
@@ -185,6 +185,15 @@ BlasLtApi emulatedBlasLtApi() {
           results[0] = cublasLtMatmulHeuristicResult_t{};
         return CUBLAS_STATUS_SUCCESS;
       };
+  if (declineEverything)
+    api.algoGetHeuristic = [](cublasLtHandle_t, cublasLtMatmulDesc_t,
+                              cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
+                              cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
+                              cublasLtMatmulPreference_t, int,
+                              cublasLtMatmulHeuristicResult_t[], int *found) {
+      *found = 0;
+      return CUBLAS_STATUS_SUCCESS;
+    };
   api.matmul = matmul;
   return api;
 }

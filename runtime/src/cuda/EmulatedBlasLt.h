@@ -17,7 +17,10 @@
 
 namespace kiln::cuda {
 
-BlasLtApi emulatedBlasLtApi();
+/// The emulation; with `declineEverything`, one whose algorithm query
+/// finds nothing for any GEMM (KILN_EMULATE_CUBLASLT=decline), as cuBLASLt
+/// does for a configuration it has no kernel for.
+BlasLtApi emulatedBlasLtApi(bool declineEverything = false);
 
 /// GEMMs the emulation has run in this process, by operand type.
 struct EmulatedBlasLtCalls {
