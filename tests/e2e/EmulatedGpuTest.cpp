@@ -1188,17 +1188,23 @@ TEST(EmulatedCublasLt, Bf16MatchesTheCpu) {
                                 1e-2f);
 }
 
+/// Golden model `golden` compiled for decode batches of 20 (the wide
+/// tests' artifact).
+std::filesystem::path wideBatchArtifact(const std::string &golden) {
+  CompileSettings settings;
+  settings.plan.maxBatch = 20;
+  return compileArtifact(
+      kGolden / golden,
+      ::testing::TempDir() + "/emulated_wide_" + golden + ".kiln", settings);
+}
+
 // Decode steps of 20 sequences: cuBLASLt takes the dense GEMMs (16+ rows)
 // inside the captured decode graph. Each replay must run them, as a GPU
 // runs a graph's GEMM nodes: the steps with graphs give the logits of the
 // steps launched kernel by kernel (KILN_CUDA_GRAPHS=off) bit for bit, after
 // as many cuBLASLt GEMMs, more than the prefill alone made.
 TEST(EmulatedCublasLt, DecodeGraphsReplayTheirGemms) {
-  CompileSettings settings;
-  settings.plan.maxBatch = 20;
-  std::filesystem::path artifact = compileArtifact(
-      kGolden / "deepseek-v2-lite-bf16",
-      ::testing::TempDir() + "/emulated_blas_decode.kiln", settings);
+  std::filesystem::path artifact = wideBatchArtifact("deepseek-v2-lite-bf16");
   ASSERT_FALSE(artifact.empty());
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_TRUE(model.ok()) << model.status().message();
@@ -1249,11 +1255,7 @@ TEST(EmulatedCublasLt, WideDecodeMatchesTheCpu) {
        {std::pair<const char *, float>{"llama-bf16", 1e-2f},
         {"deepseek-v2-lite-bf16", 2e-2f}}) {
     SCOPED_TRACE(golden);
-    CompileSettings settings;
-    settings.plan.maxBatch = 20;
-    std::filesystem::path artifact = compileArtifact(
-        kGolden / golden,
-        ::testing::TempDir() + "/emulated_wide_" + golden + ".kiln", settings);
+    std::filesystem::path artifact = wideBatchArtifact(golden);
     ASSERT_FALSE(artifact.empty());
     expectEmulatedCublasLtMatches(artifact, &cuda::EmulatedBlasLtCalls::bf16,
                                   tolerance, prompts);
@@ -1266,11 +1268,7 @@ TEST(EmulatedCublasLt, WideDecodeMatchesTheCpu) {
 // step too) run with no cuBLASLt GEMM, in fp32 as the CPU (the tensor-core
 // kernels off).
 TEST(EmulatedCublasLt, DeclinedGemmsRunInTheLibraryKernels) {
-  CompileSettings settings;
-  settings.plan.maxBatch = 20;
-  std::filesystem::path artifact = compileArtifact(
-      kGolden / "deepseek-v2-lite-bf16",
-      ::testing::TempDir() + "/emulated_blas_declined.kiln", settings);
+  std::filesystem::path artifact = wideBatchArtifact("deepseek-v2-lite-bf16");
   ASSERT_FALSE(artifact.empty());
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_TRUE(model.ok()) << model.status().message();
