@@ -11,8 +11,9 @@
 #   numerics  against Hugging Face on the same GPU (tests/gpu/check_numerics.py):
 #             every tiny golden model and the 4-layer V2-Lite-dimension model
 #   memcheck  compute-sanitizer memcheck on prefill + decode steps of a tiny
-#             model, and of the hidden-512 FP8 model with per-expert GEMMs
-#             (cuBLASLt's block-scaled FP8 kernels)
+#             model, of the hidden-512 FP8 model with per-expert GEMMs
+#             (cuBLASLt's block-scaled FP8 kernels), with the tensor-core
+#             kernels on, and of a decode batch of 20
 #   profile   Nsight Compute's time per kernel of V2-Lite decode steps
 #             (which kernel holds the step back), at each batch x context of
 #             KILN_GPU_PROFILE_POINTS (default 1x1024), and of a prefill of
@@ -127,6 +128,17 @@ for stage in $stages; do
     done
     tail -5 "$out/memcheck.log"
     record "compute-sanitizer memcheck (tensor-core GEMMs and attention)" $status
+    # A decode batch of 20: cuBLASLt's GEMMs and the tensor-core GEMMs of
+    # several rows per matrix inside the captured decode graph's replays.
+    prompts=()
+    for i in $(seq 1 20); do prompts+=(--prompt "$i,7,$((3 + 2 * i))"); done
+    timeout "$(limit memcheck 180)" "$sanitizer" --tool memcheck --error-exitcode 1 \
+      --leak-check full --target-processes all \
+      "$bundle/bin/kiln-run" generate "$bundle/artifacts/compare/deepseek-v2-lite-bf16-wide.kiln" \
+      --device cuda "${prompts[@]}" --max-new-tokens 4 >> "$out/memcheck.log" 2>&1
+    status=$?
+    tail -5 "$out/memcheck.log"
+    record "compute-sanitizer memcheck (decode batch of 20)" $status
     ;;
   profile)
     stamp "Nsight Compute: kernel times of V2-Lite decode steps"
