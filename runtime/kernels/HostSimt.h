@@ -12,9 +12,10 @@
 //   runs one block at a time;
 // - a fiber runs until it waits: at KILN_SYNC() (every live thread of the
 //   block), KILN_SYNCWARP() or a shuffle (every lane of its warp);
-// - the order fibers take turns is KILN_SIMT_ORDER (`forward`, the
-//   default, or `reverse`). A missing barrier shows as a stale read in one
-//   order or the other.
+// - the order fibers take turns is KILN_SIMT_ORDER: `forward` (the
+//   default), `reverse`, or `shuffle` (a new permutation every round, the
+//   same in every run: seeded by the block and the round). A missing
+//   barrier shows as a stale read in one order or another.
 //
 // Errors a GPU may not report are fatal here, with the block and thread:
 //
@@ -126,8 +127,12 @@ public:
       mprotect(stacks_ + t * (kStackBytes + page_), page_, PROT_NONE);
     fibers_ = std::make_unique<Fiber[]>(threads_);
     exchange_ = std::make_unique<Slot[]>(threads_);
+    turns_ = std::make_unique<int[]>(threads_);
     const char *order = std::getenv("KILN_SIMT_ORDER");
-    reverse_ = order && std::strcmp(order, "reverse") == 0;
+    order_ = !order                               ? Order::Forward
+             : std::strcmp(order, "reverse") == 0 ? Order::Reverse
+             : std::strcmp(order, "shuffle") == 0 ? Order::Shuffle
+                                                  : Order::Forward;
   }
   ~BlockRunner() {
     munmap(stacks_, static_cast<size_t>(threads_) * (kStackBytes + page_));
@@ -146,9 +151,10 @@ public:
                              &BlockRunner::entry, this);
       f.state = State::Ready;
     }
-    for (;;) {
+    for (uint64_t round = 0;; ++round) {
+      orderTurns(round);
       for (int i = 0; i < threads_; ++i) {
-        int t = reverse_ ? threads_ - 1 - i : i;
+        int t = turns_[i];
         if (fibers_[t].state != State::Ready)
           continue;
         current_ = t;
@@ -212,6 +218,31 @@ private:
     r.fibers_[r.current_].state = State::Done;
     void *unused;
     kiln_simt_switch(&unused, r.scheduler_);
+  }
+
+  enum class Order { Forward, Reverse, Shuffle };
+
+  /// turns_: the order the threads take turns in this round.
+  void orderTurns(uint64_t round) {
+    for (int i = 0; i < threads_; ++i)
+      turns_[i] = order_ == Order::Reverse ? threads_ - 1 - i : i;
+    if (order_ != Order::Shuffle)
+      return;
+    // Fisher-Yates with splitmix64 of (block, round): reproducible.
+    uint64_t state = (uint64_t(block_[0]) * 0x9e3779b97f4a7c15ull) ^
+                     (uint64_t(block_[1]) << 20) ^ (uint64_t(block_[2]) << 40) ^
+                     (round * 0xbf58476d1ce4e5b9ull);
+    for (int i = threads_ - 1; i > 0; --i) {
+      state += 0x9e3779b97f4a7c15ull;
+      uint64_t z = state;
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      z ^= z >> 31;
+      int j = static_cast<int>(z % static_cast<uint64_t>(i + 1));
+      int swap = turns_[i];
+      turns_[i] = turns_[j];
+      turns_[j] = swap;
+    }
   }
 
   /// A warp barrier of an exchange (shuffle, gather): every lane of the
@@ -290,7 +321,8 @@ private:
   std::unique_ptr<Slot[]> exchange_;
   void *scheduler_ = nullptr;
   int current_ = -1;
-  bool reverse_ = false;
+  Order order_ = Order::Forward;
+  std::unique_ptr<int[]> turns_;
   int block_[3] = {0, 0, 0};
   const void *body_ = nullptr;
   void (*invoke_)(const void *) = nullptr;

@@ -7,6 +7,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <numeric>
+#include <string>
 #include <vector>
 
 namespace kiln {
@@ -22,6 +26,38 @@ TEST(HostSimt, ThreadsKnowTheirIndexWarpAndLane) {
   });
   for (int t = 0; t < 256; ++t)
     EXPECT_EQ(seen[t], t);
+}
+
+// The threads' first turns follow KILN_SIMT_ORDER (CTest runs each order):
+// in index order, last first, or shuffled, the same shuffle for the same
+// block every time.
+TEST(HostSimt, ThreadsTakeTurnsInTheConfiguredOrder) {
+  auto firstTurns = [](int block) {
+    std::vector<int> turns;
+    simt::runBlock(128, block, 0, 0, [&] {
+      turns.push_back(KILN_THREAD);
+      KILN_SYNC();
+    });
+    return turns;
+  };
+  std::vector<int> turns = firstTurns(7), forward(128);
+  std::iota(forward.begin(), forward.end(), 0);
+  std::vector<int> reverse(forward.rbegin(), forward.rend());
+  const char *order = std::getenv("KILN_SIMT_ORDER");
+  std::string mode = order ? order : "forward";
+  if (mode == "reverse") {
+    EXPECT_EQ(turns, reverse);
+  } else if (mode == "shuffle") {
+    std::vector<int> sorted = turns;
+    std::sort(sorted.begin(), sorted.end());
+    EXPECT_EQ(sorted, forward);
+    EXPECT_NE(turns, forward);
+    EXPECT_NE(turns, reverse);
+    EXPECT_EQ(firstTurns(7), turns);
+    EXPECT_NE(firstTurns(8), turns);
+  } else {
+    EXPECT_EQ(turns, forward);
+  }
 }
 
 TEST(HostSimt, ABarrierMakesEveryThreadsWriteVisible) {
