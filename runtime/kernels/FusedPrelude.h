@@ -129,6 +129,38 @@ inline long long hostBlockIndex(long long i, long long blocks) {
   }();
   return reverse ? blocks - 1 - i : i;
 }
+
+/// One block on the host: body() once, or as each of `threads` threads
+/// under KILN_HOST_SIMT.
+template <class Body>
+inline void runHostBlock(int threads, Dim3 block, const Body &body) {
+#if defined(KILN_HOST_SIMT)
+  ::kiln::simt::runBlock(threads, block.x, block.y, block.z, body);
+#else
+  (void)threads;
+  (void)block;
+  body();
+#endif
+}
+/// A generated kernel's block for one token.
+template <class Body>
+inline void runHostBlock(int threads, int64_t token, const Body &body) {
+  runHostBlock(threads, Dim3{static_cast<int>(token), 0, 0}, body);
+}
+
+/// Every block of `grid` (body(block)), spread over OpenMP threads, each
+/// with the library kernels' KILN_BLOCK_THREADS.
+template <class Body> inline void runHostGrid(Dim3 grid, const Body &body) {
+  long long blocks = 1LL * grid.x * grid.y * grid.z;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (long long n = 0; n < blocks; ++n) {
+    long long i = hostBlockIndex(n, blocks);
+    Dim3 block{static_cast<int>(i % grid.x),
+               static_cast<int>(i / grid.x % grid.y),
+               static_cast<int>(i / (1LL * grid.x * grid.y))};
+    runHostBlock(KILN_BLOCK_THREADS, block, [&] { body(block); });
+  }
+}
 #endif
 
 // A library kernel is a function `void <name>_block(Dim3 block, const
@@ -136,7 +168,7 @@ inline long long hostBlockIndex(long long i, long long blocks) {
 // makes its entry: under CUDA `extern "C" __global__ void name(Params)`
 // (the whole struct is the one kernel parameter, so the runtime launches it
 // with {&params}); on the host `void name_host(Dim3 grid, const Params &)`,
-// which runs every block of `grid`, blocks spread over OpenMP threads.
+// which runs every block of `grid` (runHostGrid).
 #if defined(__CUDACC__)
 #define KILN_KERNEL(name, Params)                                              \
   extern "C" __global__ void __launch_bounds__(KILN_BLOCK_THREADS)             \
@@ -147,49 +179,12 @@ inline long long hostBlockIndex(long long i, long long blocks) {
                               static_cast<int>(blockIdx.z)},                   \
                  p);                                                           \
   }
-#elif defined(KILN_HOST_SIMT)
-#define KILN_KERNEL(name, Params)                                              \
-  inline void name##_host(::kiln::Dim3 grid, const Params &p) {                \
-    long long blocks = 1LL * grid.x * grid.y * grid.z;                         \
-    _Pragma("omp parallel for schedule(dynamic, 1)") for (long long n = 0;     \
-                                                          n < blocks; ++n) {   \
-      long long i = ::kiln::hostBlockIndex(n, blocks);                         \
-      ::kiln::Dim3 block{static_cast<int>(i % grid.x),                         \
-                         static_cast<int>(i / grid.x % grid.y),                \
-                         static_cast<int>(i / (1LL * grid.x * grid.y))};       \
-      ::kiln::simt::runBlock(KILN_BLOCK_THREADS, block.x, block.y, block.z,    \
-                             [&] { name##_block(block, p); });                 \
-    }                                                                          \
-  }
 #else
 #define KILN_KERNEL(name, Params)                                              \
   inline void name##_host(::kiln::Dim3 grid, const Params &p) {                \
-    long long blocks = 1LL * grid.x * grid.y * grid.z;                         \
-    _Pragma("omp parallel for schedule(dynamic, 1)") for (long long n = 0;     \
-                                                          n < blocks; ++n) {   \
-      long long i = ::kiln::hostBlockIndex(n, blocks);                         \
-      name##_block(                                                            \
-          ::kiln::Dim3{static_cast<int>(i % grid.x),                           \
-                       static_cast<int>(i / grid.x % grid.y),                  \
-                       static_cast<int>(i / (1LL * grid.x * grid.y))},         \
-          p);                                                                  \
-    }                                                                          \
+    ::kiln::runHostGrid(grid,                                                  \
+                        [&](::kiln::Dim3 block) { name##_block(block, p); });  \
   }
-#endif
-
-#if !defined(__CUDACC__)
-/// A generated kernel's block for one token on the host: body() once, or
-/// as each of `threads` threads under KILN_HOST_SIMT.
-template <class Body>
-inline void runHostBlock(int threads, int64_t token, const Body &body) {
-#if defined(KILN_HOST_SIMT)
-  ::kiln::simt::runBlock(threads, static_cast<int>(token), 0, 0, body);
-#else
-  (void)threads;
-  (void)token;
-  body();
-#endif
-}
 #endif
 
 /// A GPU stops on a vector load (8 or 16 bytes) from an address that is
