@@ -264,12 +264,43 @@ KILN_TYPED_KERNEL(kiln_moe_gate, f16_bf16, MoeGateParams, moeGateBlock, F16,
                   Bf16)
 KILN_TYPED_KERNEL(kiln_moe_gate, f16_f16, MoeGateParams, moeGateBlock, F16, F16)
 
+/// The lanes of the calling warp whose `value` equals this lane's (bit l:
+/// lane l), every lane of the warp taking part. A host block's one thread
+/// is its own warp.
+KILN_FN uint32_t warpPeers(int value) {
+#if defined(__CUDACC__)
+  return __match_any_sync(0xffffffffu, value);
+#elif defined(KILN_HOST_SIMT)
+  int lanes[32];
+  ::kiln::simt::allGather(value, lanes);
+  uint32_t peers = 0;
+  for (int lane = 0; lane < 32; ++lane)
+    peers |= uint32_t{lanes[lane] == value} << lane;
+  return peers;
+#else
+  (void)value;
+  return 1;
+#endif
+}
+
+KILN_FN int popCount(uint32_t bits) {
+#if defined(__CUDACC__)
+  return __popc(bits);
+#else
+  return __builtin_popcount(bits);
+#endif
+}
+
 /// Counting sort of the selections by expert, stable in selection order:
 /// offsets [experts + 1], slots [n] (the selection of each routed row),
 /// selectionRows [n] (the routed row of each selection, which the combine
 /// reads) and, where given, the experts with rows as
-/// GemmParams::activeExperts takes them. One block (grid {1, 1, 1});
-/// thread e owns experts e, e + threads, ... Out-of-range indices (never
+/// GemmParams::activeExperts takes them. One block (grid {1, 1, 1}). Each
+/// warp sorts a consecutive chunk of the selections, a warp-wide step (a
+/// match of equal experts) per 32 of them, into its own counters per
+/// expert; a scan over (expert, warp) then gives each chunk's place. A
+/// 2K-token prefill's 12K selections take 96 steps a warp, where a thread
+/// per expert read all of them, twice. Out-of-range indices (never
 /// made by the router) are left out. With `x`, the block also gathers the
 /// routed rows (as kiln_moe_gather): the executor asks for it where they
 /// are few (a decode step), saving the gather's launch.
@@ -286,22 +317,66 @@ struct MoeRouteParams {
   int topK;
 };
 
+/// What a route step gives one lane: its selection's expert (-1 where it
+/// has none or an out-of-range one), the lanes of the same expert, and
+/// whether this lane is the first of them (it moves their counter).
+struct RouteStep {
+  int expert;
+  uint32_t peers;
+  int before; // peers in lower lanes
+  bool leads;
+};
+
+KILN_FN RouteStep routeStep(const MoeRouteParams &p, int i, int end) {
+  int e = i < end ? p.indices[i] : -1;
+  if (e < 0 || e >= p.experts)
+    e = -1;
+  uint32_t peers = warpPeers(e);
+  uint32_t lower =
+      KILN_LANE == 0 ? 0u : peers & (0xffffffffu >> (32 - KILN_LANE));
+  int before = popCount(lower);
+  return {e, peers, before, e >= 0 && before == 0};
+}
+
 KILN_FN void kiln_moe_route_block(Dim3, const MoeRouteParams &p) {
+  constexpr int kMaxWarps = KILN_BLOCK_THREADS / 32;
   KILN_SHARED int32_t start[kDeviceMaxExperts + 1];
+  // [warp][expert]: the warp's count, then where its next row goes.
+  KILN_SHARED int32_t cursor[kMaxWarps * kDeviceMaxExperts];
+  int warps = KILN_WARPS;
+  int chunk = (p.n + warps - 1) / warps;
+  int begin = KILN_WARP * chunk;
+  int end = begin + chunk < p.n ? begin + chunk : p.n;
+  int32_t *mine = cursor + KILN_WARP * p.experts;
+  for (int i = KILN_THREAD; i < warps * p.experts; i += KILN_THREADS)
+    cursor[i] = 0;
+  KILN_SYNC();
+  for (int first = begin; first < end; first += KILN_WARP_SIZE) {
+    RouteStep s = routeStep(p, first + KILN_LANE, end);
+    if (s.leads)
+      mine[s.expert] += popCount(s.peers);
+    KILN_SYNCWARP(); // the next step's leader may be another lane
+  }
+  KILN_SYNC();
+  // Each expert's chunks in warp order, then the experts in order.
   for (int e = KILN_THREAD; e < p.experts; e += KILN_THREADS) {
-    int count = 0;
-    for (int i = 0; i < p.n; ++i)
-      count += p.indices[i] == e;
-    start[e + 1] = count;
+    int total = 0;
+    for (int w = 0; w < warps; ++w) {
+      int count = cursor[w * p.experts + e];
+      cursor[w * p.experts + e] = total;
+      total += count;
+    }
+    start[e + 1] = total;
   }
   KILN_SYNC();
   if (KILN_THREAD == 0) {
+    int active = 0, sum = 0;
     start[0] = 0;
-    int active = 0;
     for (int e = 0; e < p.experts; ++e) {
       if (p.activeExperts && start[e + 1] > 0)
         p.activeExperts[1 + active++] = e;
-      start[e + 1] += start[e];
+      sum += start[e + 1];
+      start[e + 1] = sum;
     }
     if (p.activeExperts)
       p.activeExperts[0] = active;
@@ -309,13 +384,21 @@ KILN_FN void kiln_moe_route_block(Dim3, const MoeRouteParams &p) {
   KILN_SYNC();
   for (int e = KILN_THREAD; e <= p.experts; e += KILN_THREADS)
     p.offsets[e] = start[e];
-  for (int e = KILN_THREAD; e < p.experts; e += KILN_THREADS) {
-    int cursor = start[e];
-    for (int i = 0; i < p.n; ++i)
-      if (p.indices[i] == e) {
-        p.selectionRows[i] = cursor;
-        p.slots[cursor++] = i;
-      }
+  for (int i = KILN_THREAD; i < warps * p.experts; i += KILN_THREADS)
+    cursor[i] += start[i % p.experts];
+  KILN_SYNC();
+  for (int first = begin; first < end; first += KILN_WARP_SIZE) {
+    int i = first + KILN_LANE;
+    RouteStep s = routeStep(p, i, end);
+    if (s.expert >= 0) {
+      int row = mine[s.expert] + s.before;
+      p.selectionRows[i] = row;
+      p.slots[row] = i;
+    }
+    KILN_SYNCWARP(); // every peer read the counter
+    if (s.leads)
+      mine[s.expert] += popCount(s.peers);
+    KILN_SYNCWARP();
   }
   if (!p.x)
     return;

@@ -313,6 +313,61 @@ TEST(DeviceLibrary, MoeGateDispatchCombineMatchTheCpuRouter) {
   }
 }
 
+// The route's counting sort against the plain stable sort, where each warp
+// sorts many 32-selection steps and their chunks meet: a prefill's count of
+// selections, DeepSeek-V3's 256 experts, counts that are no multiple of the
+// warps or of 32, every selection on one expert, and out-of-range indices
+// (left out, as the CPU dispatch leaves no row for them).
+TEST(DeviceLibrary, MoeRouteSortsManySelectionsStably) {
+  struct Case {
+    int n, experts;
+    bool oneExpert, outOfRange;
+  };
+  for (Case c : {Case{12288, 64, false, false}, Case{4099, 256, false, true},
+                 Case{777, 160, true, false}, Case{1, 8, false, false},
+                 Case{37, 3, false, true}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "n " << c.n << ", experts " << c.experts);
+    std::mt19937 rng(c.n);
+    std::uniform_int_distribution<int> expert(0, c.experts - 1);
+    std::vector<int32_t> indices(c.n);
+    for (int i = 0; i < c.n; ++i) {
+      indices[i] = c.oneExpert ? c.experts / 2 : expert(rng);
+      if (c.outOfRange && i % 7 == 3)
+        indices[i] = i % 2 ? -1 : c.experts + i;
+    }
+    std::vector<int32_t> wantOff(c.experts + 1, 0), wantSlots,
+        wantRows(c.n, -1);
+    for (int e = 0; e < c.experts; ++e) {
+      for (int i = 0; i < c.n; ++i)
+        if (indices[i] == e) {
+          wantRows[i] = static_cast<int32_t>(wantSlots.size());
+          wantSlots.push_back(i);
+        }
+      wantOff[e + 1] = static_cast<int32_t>(wantSlots.size());
+    }
+    std::vector<int32_t> wantActive{0};
+    for (int e = 0; e < c.experts; ++e)
+      if (wantOff[e + 1] > wantOff[e]) {
+        ++wantActive[0];
+        wantActive.push_back(e);
+      }
+    std::vector<int32_t> off(c.experts + 1, -1), slots(c.n, -1), rows(c.n, -1),
+        active(1 + c.experts, -1);
+    kiln_moe_route_host({1, 1, 1}, {indices.data(), off.data(), slots.data(),
+                                    c.n, c.experts, active.data(), rows.data(),
+                                    nullptr, nullptr, 1, 1});
+    EXPECT_EQ(off, wantOff);
+    EXPECT_EQ(
+        std::vector<int32_t>(slots.begin(), slots.begin() + wantSlots.size()),
+        wantSlots);
+    EXPECT_EQ(rows, wantRows);
+    EXPECT_EQ(std::vector<int32_t>(active.begin(),
+                                   active.begin() + wantActive.size()),
+              wantActive);
+  }
+}
+
 TEST(DeviceLibrary, MoeCombineTakesSelectionsBeyondOneChunk) {
   // 11 selections: a chunk of 8 in registers, then the sum carried on.
   const int64_t tokens = 3, topK = 11, dim = 70, n = tokens * topK;
