@@ -35,6 +35,11 @@
 namespace kiln {
 namespace {
 
+/// `name` in this test program's own directory (removed when it ends).
+std::string scratchFile(const std::string &name) {
+  return (frontend::testing::programTempDir() / name).string();
+}
+
 using testing::compileArtifact;
 using testing::CompileSettings;
 using testing::kGolden;
@@ -120,8 +125,7 @@ TEST_P(EmulatedGpu, MatchesTheCpuExecutor) {
   settings.optimize.quantizeFp8 = c.fp8Weights;
   settings.optimize.latentCacheDtype = c.latentCache;
   std::filesystem::path artifact = compileArtifact(
-      kGolden / c.model,
-      ::testing::TempDir() + "/emulated_" + caseName({c, 0}) + ".kiln",
+      kGolden / c.model, scratchFile("emulated_" + caseName({c, 0}) + ".kiln"),
       settings);
   ASSERT_FALSE(artifact.empty());
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
@@ -190,9 +194,9 @@ TEST_P(EmulatedGpu, MatchesTheCpuExecutor) {
 // same logits() as with them, and promptLogits() says why it has none.
 TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
   CompileSettings settings;
-  std::filesystem::path artifact = compileArtifact(
-      kGolden / "deepseek-v3",
-      ::testing::TempDir() + "/emulated_last_logits.kiln", settings);
+  std::filesystem::path artifact =
+      compileArtifact(kGolden / "deepseek-v3",
+                      scratchFile("emulated_last_logits.kiln"), settings);
   ASSERT_FALSE(artifact.empty());
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_TRUE(model.ok()) << model.status().message();
@@ -232,9 +236,9 @@ TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
 // conversions (q/k/v, o_proj, gate/up, down), plus the output head's own.
 TEST(EmulatedGpuSession, LibraryGemmsOfOneInputShareItsBf16Rows) {
   CompileSettings settings;
-  std::filesystem::path artifact = compileArtifact(
-      kGolden / "llama-bf16",
-      ::testing::TempDir() + "/emulated_shared_bf16.kiln", settings);
+  std::filesystem::path artifact =
+      compileArtifact(kGolden / "llama-bf16",
+                      scratchFile("emulated_shared_bf16.kiln"), settings);
   ASSERT_FALSE(artifact.empty());
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_TRUE(model.ok()) << model.status().message();
@@ -266,7 +270,7 @@ std::vector<int64_t> decodeLaunches(Device device,
                                     size_t *linearGroups = nullptr) {
   std::filesystem::path artifact = compileArtifact(
       kGolden / "deepseek-v3",
-      ::testing::TempDir() + "/emulated_launches_" + name + ".kiln", settings);
+      scratchFile("emulated_launches_" + name + ".kiln"), settings);
   if (artifact.empty())
     return {};
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
@@ -348,8 +352,7 @@ TEST(EmulatedGpuSession, LaunchLogListsTheCapturedStep) {
 TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
   CompileSettings settings;
   std::filesystem::path artifact = compileArtifact(
-      kGolden / "deepseek-v3", ::testing::TempDir() + "/emulated_switches.kiln",
-      settings);
+      kGolden / "deepseek-v3", scratchFile("emulated_switches.kiln"), settings);
   ASSERT_FALSE(artifact.empty());
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_TRUE(model.ok()) << model.status().message();
@@ -387,9 +390,8 @@ TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
 // grids are the plain launches' grids.
 TEST(EmulatedGpuSession, ProgrammaticLaunchByDefaultOrOff) {
   CompileSettings settings;
-  std::filesystem::path artifact =
-      compileArtifact(kGolden / "deepseek-v2-lite",
-                      ::testing::TempDir() + "/emulated_pdl.kiln", settings);
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v2-lite", scratchFile("emulated_pdl.kiln"), settings);
   ASSERT_FALSE(artifact.empty());
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_TRUE(model.ok()) << model.status().message();
@@ -421,9 +423,9 @@ TEST(EmulatedGpuSession, ProgrammaticLaunchByDefaultOrOff) {
 // either device.
 TEST(EmulatedGpuSession, StepsWithoutLogits) {
   CompileSettings settings;
-  std::filesystem::path artifact = compileArtifact(
-      kGolden / "deepseek-v3",
-      ::testing::TempDir() + "/emulated_no_logits.kiln", settings);
+  std::filesystem::path artifact =
+      compileArtifact(kGolden / "deepseek-v3",
+                      scratchFile("emulated_no_logits.kiln"), settings);
   ASSERT_FALSE(artifact.empty());
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_TRUE(model.ok()) << model.status().message();
@@ -466,8 +468,8 @@ void expectSameStepsWithRewrite(
     apply(settings, on);
     std::filesystem::path artifact =
         compileArtifact(kGolden / golden,
-                        ::testing::TempDir() + "/emulated_" + golden + "_" +
-                            name + (on ? "_on" : "_off") + ".kiln",
+                        scratchFile("emulated_" + golden + "_" + name +
+                                    (on ? "_on" : "_off") + ".kiln"),
                         settings);
     ASSERT_FALSE(artifact.empty());
     absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
@@ -557,9 +559,8 @@ TEST(EmulatedGpuSession, FusedCacheWritesSaveALaunchPerAttentionLayer) {
       },
       "");
   // No append kernel runs where the fused kernels store the rows.
-  absl::StatusOr<std::unique_ptr<Model>> model =
-      Model::open(::testing::TempDir() +
-                  "/emulated_deepseek-v2-lite-bf16_kv_append_fp8_on.kiln");
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(
+      scratchFile("emulated_deepseek-v2-lite-bf16_kv_append_fp8_on.kiln"));
   ASSERT_TRUE(model.ok()) << model.status().message();
   int64_t appends = cuda::emulatedLaunches("kiln_kv_append_packed");
   std::string where;
@@ -604,9 +605,8 @@ void expectGatedLinearIsTheUnfusedFfn(const std::string &golden, bool fp8,
 // EmulatedGpu.MatchesTheCpuExecutor.
 TEST(EmulatedGpuSession, FewRoutedRowsAreDispatchedInOneLaunch) {
   CompileSettings settings;
-  std::filesystem::path artifact =
-      compileArtifact(kGolden / "deepseek-v3",
-                      ::testing::TempDir() + "/emulated_route.kiln", settings);
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v3", scratchFile("emulated_route.kiln"), settings);
   ASSERT_FALSE(artifact.empty());
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_TRUE(model.ok()) << model.status().message();
@@ -698,8 +698,8 @@ TEST(EmulatedGpuSession, LinearGroupsAreTheLinearsFp8Unfused) {
 void expectRejectedAtLoad(const std::string &name,
                           const CompileSettings &settings,
                           std::initializer_list<std::string> what) {
-  std::filesystem::path artifact = compileArtifact(
-      kGolden / "deepseek-v3", ::testing::TempDir() + "/" + name, settings);
+  std::filesystem::path artifact =
+      compileArtifact(kGolden / "deepseek-v3", scratchFile(name), settings);
   ASSERT_FALSE(artifact.empty());
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_FALSE(model.ok()) << name;
@@ -982,9 +982,8 @@ TEST(EmulatedGpuSession, CombineReadsOnlyTheDispatchsSelectionRows) {
           launch->args[2] = std::make_unique<artifact::TensorRefT>(*indices);
     }
   };
-  std::filesystem::path artifact =
-      compileArtifact(kGolden / "deepseek-v3",
-                      ::testing::TempDir() + "/combine_indices.kiln", settings);
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v3", scratchFile("combine_indices.kiln"), settings);
   ASSERT_FALSE(artifact.empty());
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_TRUE(model.ok()) << model.status().message();
@@ -1163,15 +1162,15 @@ TEST(EmulatedCublasLt, BlockScaledFp8MatchesTheCpu) {
   init.configJson = config.dump();
   init.configName = "fp8-probe";
   init.seed = 3;
-  init.outputDir = ::testing::TempDir() + "/fp8_probe";
+  init.outputDir = scratchFile("fp8_probe");
   init.dtype = frontend::DType::F32;
   absl::Status written = models::initModel(context, init);
   ASSERT_TRUE(written.ok()) << written.message();
   CompileSettings settings;
   settings.optimize.mla = "absorbed";
   settings.optimize.quantizeFp8 = true;
-  std::filesystem::path artifact = compileArtifact(
-      init.outputDir, ::testing::TempDir() + "/fp8_probe.kiln", settings);
+  std::filesystem::path artifact =
+      compileArtifact(init.outputDir, scratchFile("fp8_probe.kiln"), settings);
   ASSERT_FALSE(artifact.empty());
   expectEmulatedCublasLtMatches(artifact, &cuda::EmulatedBlasLtCalls::fp8,
                                 1e-4f);
@@ -1181,8 +1180,8 @@ TEST(EmulatedCublasLt, BlockScaledFp8MatchesTheCpu) {
 // within bf16 resolution of the CPU's fp32 activations).
 TEST(EmulatedCublasLt, Bf16MatchesTheCpu) {
   std::filesystem::path artifact = compileArtifact(
-      kGolden / "deepseek-v2-lite-bf16",
-      ::testing::TempDir() + "/emulated_blas_bf16.kiln", CompileSettings{});
+      kGolden / "deepseek-v2-lite-bf16", scratchFile("emulated_blas_bf16.kiln"),
+      CompileSettings{});
   ASSERT_FALSE(artifact.empty());
   expectEmulatedCublasLtMatches(artifact, &cuda::EmulatedBlasLtCalls::bf16,
                                 1e-2f);
@@ -1193,9 +1192,9 @@ TEST(EmulatedCublasLt, Bf16MatchesTheCpu) {
 std::filesystem::path wideBatchArtifact(const std::string &golden) {
   CompileSettings settings;
   settings.plan.maxBatch = 20;
-  return compileArtifact(
-      kGolden / golden,
-      ::testing::TempDir() + "/emulated_wide_" + golden + ".kiln", settings);
+  return compileArtifact(kGolden / golden,
+                         scratchFile("emulated_wide_" + golden + ".kiln"),
+                         settings);
 }
 
 // Decode steps of 20 sequences: cuBLASLt takes the dense GEMMs (16+ rows)
