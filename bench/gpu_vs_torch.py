@@ -12,7 +12,9 @@ Measures
     (DynamicCache.batch_repeat_interleave), then timed single-token steps;
   * Kiln's decode at the shortest context also with KILN_MMA_GEMMS=off
     (decode_tokens_per_s_gemv: the GEMMs cuBLASLt does not take as GEMVs
-    instead of tensor-core GEMMs), and at batch 1 with KILN_PDL=off
+    instead of tensor-core GEMMs) and with KILN_CUBLASLT=0
+    (decode_tokens_per_s_no_cublaslt: the GEMMs of 16+ rows on Kiln's
+    tensor-core GEMMs too), and at batch 1 with KILN_PDL=off
     (decode_tokens_per_s_no_pdl: without programmatic dependent launch)
     and compiled without the gated FFN GEMMs, folded head slices and linear
     groups (decode_tokens_per_s_unfused: the manifest's unfused artifact);
@@ -178,6 +180,8 @@ def summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, step_
                        kiln[(b, c)].get("decode_tokens_per_s_gemv"),
                    "kiln_no_pdl_decode_tokens_per_s":
                        kiln[(b, c)].get("decode_tokens_per_s_no_pdl"),
+                   "kiln_no_cublaslt_decode_tokens_per_s":
+                       kiln[(b, c)].get("decode_tokens_per_s_no_cublaslt"),
                    "kiln_unfused_decode_tokens_per_s":
                        kiln[(b, c)].get("decode_tokens_per_s_unfused"),
                    "kiln_bf16_cache_decode_tokens_per_s":
@@ -252,65 +256,6 @@ def main():
         pre, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], [prefill], 1,
                             args.repeats, synthetic=False)
         result["prefill"]["kiln_tokens_per_s"] = pre["results"][0]["prefill_tokens_per_s"]
-        # The experts as one grouped library GEMM instead of one cuBLASLt GEMM
-        # per expert: what the per-expert path gains.
-        grouped, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], [prefill], 1,
-                                args.repeats, synthetic=False,
-                                env={"KILN_EXPERT_GEMMS": "grouped"})
-        result["prefill"]["kiln_grouped_experts_tokens_per_s"] = \
-            grouped["results"][0]["prefill_tokens_per_s"]
-        # Prefill attention on the CUDA cores in fp32 instead of the tensor
-        # cores: what the tensor-core attention gains.
-        fp32_attention, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1],
-                                       [prefill], 1, args.repeats, synthetic=False,
-                                       env={"KILN_MMA_ATTENTION": "off"})
-        result["prefill"]["kiln_cuda_core_attention_tokens_per_s"] = \
-            fp32_attention["results"][0]["prefill_tokens_per_s"]
-        # Decode at the shortest context with every GEMM cuBLASLt does not
-        # take as a GEMV (KILN_MMA_GEMMS=off): what the tensor-core GEMMs gain.
-        log("Kiln: decode without the tensor-core GEMMs")
-        gemv, _ = kiln_bench(args.bundle, artifact, args.weights_dir, batches, contexts[:1],
-                             args.steps, args.repeats, synthetic=True,
-                             env={"KILN_MMA_GEMMS": "off"})
-        for r in gemv["results"]:
-            kiln[(r["batch"], r["context"])]["decode_tokens_per_s_gemv"] = \
-                r["decode_tokens_per_s"]
-        # Batch 1 without programmatic dependent launch: what overlapping
-        # each kernel's launch with the tail of the one before gains.
-        log("Kiln: batch-1 decode without programmatic dependent launch")
-        plain, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], contexts,
-                              args.steps, args.repeats, synthetic=True,
-                              env={"KILN_PDL": "off"})
-        for r in plain["results"]:
-            kiln[(r["batch"], r["context"])]["decode_tokens_per_s_no_pdl"] = \
-                r["decode_tokens_per_s"]
-        # Batch 1 compiled without kiln-fuse-gated-linear,
-        # kiln-fold-head-slices, kiln-group-linears and kiln-fuse's
-        # horizontal merge: what their saved launches gain.
-        unfused_name = manifest["v2lite"].get("unfused_artifact")
-        if unfused_name:
-            log("Kiln: batch-1 decode without the gated GEMMs, folded slices, "
-                "linear groups and merged fused kernels")
-            unfused, _ = kiln_bench(args.bundle,
-                                    os.path.join(args.bundle, "artifacts", unfused_name),
-                                    args.weights_dir, [1], contexts, args.steps,
-                                    args.repeats, synthetic=True)
-            for r in unfused["results"]:
-                kiln[(r["batch"], r["context"])]["decode_tokens_per_s_unfused"] = \
-                    r["decode_tokens_per_s"]
-        # The same model with a bf16 latent cache (HF's bf16 model caches in
-        # bf16 too): half the f32 cache's bytes at every batch and context.
-        bf16_cache_name = manifest["v2lite"].get("bf16_cache_artifact")
-        if bf16_cache_name:
-            log("Kiln: decode with a bf16 latent cache")
-            bf16_cache, _ = kiln_bench(args.bundle,
-                                       os.path.join(args.bundle, "artifacts",
-                                                    bf16_cache_name),
-                                       args.weights_dir, batches, contexts, args.steps,
-                                       args.repeats, synthetic=True)
-            for r in bf16_cache["results"]:
-                kiln[(r["batch"], r["context"])]["decode_tokens_per_s_bf16_cache"] = \
-                    r["decode_tokens_per_s"]
     except RuntimeError as e:
         result["kiln_error"] = str(e)
         log(f"Kiln failed: {e}")
@@ -326,6 +271,7 @@ def main():
             progress()
     result["prefill"]["eager_tokens_per_s"] = hf_prefill(model, vocab, prefill, args.repeats)
     progress()
+    compiled_model = None
     if args.compile_mode != "none":
         try:
             compiled_model = torch.compile(model, mode=args.compile_mode, dynamic=True)
@@ -340,6 +286,92 @@ def main():
         except Exception as e:  # recorded, the rest of the report stands
             result["torch_compile_error"] = f"{type(e).__name__}: {e}"[:2000]
             log(f"torch.compile failed: {result['torch_compile_error']}")
+    del model, compiled_model
+    torch.cuda.empty_cache()
+    progress()
+    # Kiln's variants last: a run cut short still has every peer's numbers.
+    if "kiln_error" not in result:
+        try:
+            # The experts as one grouped library GEMM instead of one cuBLASLt GEMM
+            # per expert: what the per-expert path gains.
+            grouped, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], [prefill], 1,
+                                    args.repeats, synthetic=False,
+                                    env={"KILN_EXPERT_GEMMS": "grouped"})
+            result["prefill"]["kiln_grouped_experts_tokens_per_s"] = \
+                grouped["results"][0]["prefill_tokens_per_s"]
+            progress()
+            # Prefill attention on the CUDA cores in fp32 instead of the tensor
+            # cores: what the tensor-core attention gains.
+            fp32_attention, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1],
+                                           [prefill], 1, args.repeats, synthetic=False,
+                                           env={"KILN_MMA_ATTENTION": "off"})
+            result["prefill"]["kiln_cuda_core_attention_tokens_per_s"] = \
+                fp32_attention["results"][0]["prefill_tokens_per_s"]
+            progress()
+            # Decode at the shortest context with every GEMM cuBLASLt does not
+            # take as a GEMV (KILN_MMA_GEMMS=off): what the tensor-core GEMMs gain.
+            log("Kiln: decode without the tensor-core GEMMs")
+            gemv, _ = kiln_bench(args.bundle, artifact, args.weights_dir, batches, contexts[:1],
+                                 args.steps, args.repeats, synthetic=True,
+                                 env={"KILN_MMA_GEMMS": "off"})
+            for r in gemv["results"]:
+                kiln[(r["batch"], r["context"])]["decode_tokens_per_s_gemv"] = \
+                    r["decode_tokens_per_s"]
+            progress()
+            # Decode at the shortest context with no cuBLASLt (KILN_CUBLASLT=0):
+            # the GEMMs of 16+ rows (every dense one at batch 32 and 128) on
+            # Kiln's tensor-core GEMMs too, one launch per gated FFN and no bf16
+            # conversions: which of the two serves a decode batch better.
+            log("Kiln: decode without cuBLASLt")
+            own, _ = kiln_bench(args.bundle, artifact, args.weights_dir, batches, contexts[:1],
+                                args.steps, args.repeats, synthetic=True,
+                                env={"KILN_CUBLASLT": "0"})
+            for r in own["results"]:
+                kiln[(r["batch"], r["context"])]["decode_tokens_per_s_no_cublaslt"] = \
+                    r["decode_tokens_per_s"]
+            progress()
+            # Batch 1 without programmatic dependent launch: what overlapping
+            # each kernel's launch with the tail of the one before gains.
+            log("Kiln: batch-1 decode without programmatic dependent launch")
+            plain, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], contexts,
+                                  args.steps, args.repeats, synthetic=True,
+                                  env={"KILN_PDL": "off"})
+            for r in plain["results"]:
+                kiln[(r["batch"], r["context"])]["decode_tokens_per_s_no_pdl"] = \
+                    r["decode_tokens_per_s"]
+            progress()
+            # Batch 1 compiled without kiln-fuse-gated-linear,
+            # kiln-fold-head-slices, kiln-group-linears and kiln-fuse's
+            # horizontal merge: what their saved launches gain.
+            unfused_name = manifest["v2lite"].get("unfused_artifact")
+            if unfused_name:
+                log("Kiln: batch-1 decode without the gated GEMMs, folded slices, "
+                    "linear groups and merged fused kernels")
+                unfused, _ = kiln_bench(args.bundle,
+                                        os.path.join(args.bundle, "artifacts", unfused_name),
+                                        args.weights_dir, [1], contexts, args.steps,
+                                        args.repeats, synthetic=True)
+                for r in unfused["results"]:
+                    kiln[(r["batch"], r["context"])]["decode_tokens_per_s_unfused"] = \
+                        r["decode_tokens_per_s"]
+                progress()
+            # The same model with a bf16 latent cache (HF's bf16 model caches in
+            # bf16 too): half the f32 cache's bytes at every batch and context.
+            bf16_cache_name = manifest["v2lite"].get("bf16_cache_artifact")
+            if bf16_cache_name:
+                log("Kiln: decode with a bf16 latent cache")
+                bf16_cache, _ = kiln_bench(args.bundle,
+                                           os.path.join(args.bundle, "artifacts",
+                                                        bf16_cache_name),
+                                           args.weights_dir, batches, contexts, args.steps,
+                                           args.repeats, synthetic=True)
+                for r in bf16_cache["results"]:
+                    kiln[(r["batch"], r["context"])]["decode_tokens_per_s_bf16_cache"] = \
+                        r["decode_tokens_per_s"]
+                progress()
+        except RuntimeError as e:
+            result["kiln_variant_error"] = str(e)
+            log(f"Kiln variant failed: {e}")
     print(progress())
 
 
