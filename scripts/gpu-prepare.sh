@@ -117,6 +117,9 @@ for model in llama-bf16 deepseek-v2-lite-bf16; do
 done
 compare+=('{"name": "llama-bf16-wide", "tolerance": 1e-2, "sequences": 20}')
 compare+=('{"name": "deepseek-v2-lite-bf16-wide", "tolerance": 2e-2, "sequences": 20}')
+# The same batch with no cuBLASLt: its 20-row GEMMs on the tensor-core
+# GEMMs (the benchmark's KILN_CUBLASLT=0 decode).
+compare+=('{"name": "deepseek-v2-lite-bf16-wide-no-cublaslt", "artifact": "deepseek-v2-lite-bf16-wide", "tolerance": 2e-2, "sequences": 20, "env": {"KILN_CUBLASLT": "0"}}')
 # Plain launches (no programmatic dependent launch): where the default run
 # fails and this passes, suspect a kernel that touches memory before
 # awaitPrecedingKernels.

@@ -1132,6 +1132,46 @@ TEST(EmulatedDriver, CaptureRecordsStreamWorkAndRefusesWaits) {
   a.cuStreamDestroy(stream);
 }
 
+// Streams as CUDA orders them: work on a stream runs no earlier than
+// something waits for it. A synchronous copy waits for blocking streams
+// only; a non-blocking stream's work is seen after a stream
+// synchronization, or by another stream that waited on one of its events.
+TEST(EmulatedDriver, StreamWorkRunsWhenWaitedFor) {
+  cuda::Driver driver = cuda::emulatedDriver();
+  const cuda::DriverApi &a = driver.api();
+  CUstream blocking = nullptr, side = nullptr, main = nullptr;
+  ASSERT_EQ(a.cuStreamCreate(&blocking, 0), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuStreamCreate(&side, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuStreamCreate(&main, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  CUdeviceptr device = 0;
+  ASSERT_EQ(a.cuMemAlloc(&device, 2), CUDA_SUCCESS);
+  uint8_t back[2] = {0, 0};
+  ASSERT_EQ(a.cuMemsetD8Async(device, 1, 2, blocking), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuMemcpyDtoH(back, device, 2), CUDA_SUCCESS);
+  EXPECT_EQ(back[0], 1) << "a synchronous copy waits for blocking streams";
+
+  ASSERT_EQ(a.cuMemsetD8Async(device, 2, 1, side), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuMemcpyDtoH(back, device, 2), CUDA_SUCCESS);
+  EXPECT_EQ(back[0], 1) << "nothing waited for the non-blocking stream";
+  CUevent written = nullptr;
+  ASSERT_EQ(a.cuEventCreate(&written, CU_EVENT_DISABLE_TIMING), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuEventRecord(written, side), CUDA_SUCCESS);
+  // Work after the event is not waited for.
+  ASSERT_EQ(a.cuMemsetD8Async(device + 1, 3, 1, side), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuStreamWaitEvent(main, written, 0), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuStreamSynchronize(main), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuMemcpyDtoH(back, device, 2), CUDA_SUCCESS);
+  EXPECT_EQ(back[0], 2) << "the wait ran the side stream up to the event";
+  EXPECT_EQ(back[1], 1) << "and no further";
+  ASSERT_EQ(a.cuStreamSynchronize(side), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuMemcpyDtoH(back, device, 2), CUDA_SUCCESS);
+  EXPECT_EQ(back[1], 3);
+  a.cuEventDestroy(written);
+  a.cuMemFree(device);
+  for (CUstream s : {blocking, side, main})
+    a.cuStreamDestroy(s);
+}
+
 // cuBLASLt's block-scaled FP8 GEMMs through its host emulation: a
 // one-layer DeepSeek-V3-style model with hidden size 512 (k a multiple of
 // 512 everywhere; both experts take every token), FP8 weights. The

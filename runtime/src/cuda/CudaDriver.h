@@ -52,6 +52,10 @@ struct DriverApi {
   CUresult (*cuStreamSynchronize)(CUstream);
   CUresult (*cuStreamBeginCapture)(CUstream, CUstreamCaptureMode);
   CUresult (*cuStreamEndCapture)(CUstream, CUgraph *);
+  CUresult (*cuEventCreate)(CUevent *, unsigned int);
+  CUresult (*cuEventDestroy)(CUevent);
+  CUresult (*cuEventRecord)(CUevent, CUstream);
+  CUresult (*cuStreamWaitEvent)(CUstream, CUevent, unsigned int);
   CUresult (*cuGraphInstantiateWithFlags)(CUgraphExec *, CUgraph,
                                           unsigned long long);
   CUresult (*cuGraphLaunch)(CUgraphExec, CUstream);

@@ -116,6 +116,19 @@ struct Executor::Impl {
   CUdevice device = 0;
   CUcontext context = nullptr;
   CUstream stream = nullptr;
+  /// Streams beside `stream` that a prefill's per-expert cuBLASLt GEMMs
+  /// take turns on (made at the first), so that the GEMMs of a few hundred
+  /// rows each, a fraction of the multiprocessors apiece, run side by side;
+  /// each has its own cuBLASLt workspace, and `done` joins it back.
+  static constexpr int kExpertStreams = 4;
+  struct SideStream {
+    CUstream stream = nullptr;
+    CUdeviceptr workspace = 0;
+    CUevent done = nullptr;
+  };
+  std::vector<SideStream> expertStreams;
+  /// Recorded on `stream` where the expert GEMMs fork from it.
+  CUevent expertsReady = nullptr;
   CUmodule library = nullptr, generated = nullptr;
   /// Whether the driver is the host emulation, and the module it loads for
   /// the generated kernels there.
@@ -325,6 +338,11 @@ struct Executor::Impl {
   /// expertOffsets) are too few for a GEMM per expert to pay (Auto): then
   /// one grouped launch takes them.
   absl::StatusOr<bool> fewRowsPerExpert(const GemmParams &p);
+  /// Makes the expert streams (once) and lets them start after the work
+  /// queued on `stream` so far.
+  absl::Status forkExpertStreams();
+  /// Makes `stream`'s later work wait for the expert streams'.
+  absl::Status joinExpertStreams();
 };
 
 Executor::Impl::~Impl() {
@@ -335,6 +353,14 @@ Executor::Impl::~Impl() {
     a.cuMemHostUnregister(pinned);
   for (auto &[key, graph] : graphs)
     a.cuGraphExecDestroy(graph.exec);
+  for (SideStream &side : expertStreams) {
+    if (side.done)
+      a.cuEventDestroy(side.done);
+    if (side.stream)
+      a.cuStreamDestroy(side.stream);
+  }
+  if (expertsReady)
+    a.cuEventDestroy(expertsReady);
   for (DeviceBuffer &b : allocations)
     a.cuMemFree(b.ptr);
   if (generated)
@@ -512,8 +538,12 @@ absl::Status Executor::Impl::uploadParameters() {
         allocate(p->bytes(), "parameter " + p->name()->str());
     if (!ptr.ok())
       return ptr.status();
+    // On `stream`, after allocate's zero fill: a synchronous copy is not
+    // ordered with a non-blocking stream's work, and the fill could land
+    // after it.
     if (absl::Status s =
-            check(api().cuMemcpyHtoD(*ptr, model->parameterData[i], p->bytes()),
+            check(api().cuMemcpyHtoDAsync(*ptr, model->parameterData[i],
+                                          p->bytes(), stream),
                   "uploading parameter " + p->name()->str());
         !s.ok())
       return s;
@@ -643,9 +673,10 @@ absl::Status Executor::Impl::allocateState() {
           allocate(inv.size() * sizeof(double), "rope table");
       if (!t.ok())
         return t.status();
-      if (absl::Status s = check(
-              api().cuMemcpyHtoD(*t, inv.data(), inv.size() * sizeof(double)),
-              "uploading a rope table");
+      if (absl::Status s =
+              check(api().cuMemcpyHtoDAsync(
+                        *t, inv.data(), inv.size() * sizeof(double), stream),
+                    "uploading a rope table");
           !s.ok())
         return s;
       ropeTables[l] = *t;
@@ -1376,6 +1407,16 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
   }
   int64_t nBlocks = c.fp8 ? (p.n + p.blockRows - 1) / p.blockRows : 0;
   int64_t kBlocks = c.fp8 ? (p.k + p.blockCols - 1) / p.blockCols : 0;
+  // bf16 experts share no scratch (their rows are converted above, each
+  // writes its own rows of p.out), so they may run side by side; FP8 ones
+  // quantize into shared buffers and stay on `stream`.
+  bool spread = bf16 != 0;
+  if (spread)
+    if (absl::Status s = forkExpertStreams(); !s.ok())
+      return s;
+  CUstream own = stream;
+  CUdeviceptr ownWorkspace = blasWorkspace;
+  int turn = 0;
   for (int e = 0; e < p.experts; ++e) {
     int64_t first = offsets[e], count = offsets[e + 1] - first;
     if (count <= 0)
@@ -1399,7 +1440,70 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
       sub.p.wScale = p.wScale + e * nBlocks * kBlocks;
     if (bf16)
       sub.bf16X = bf16 + first * p.k * 2;
-    if (absl::Status s = runGemm(sub); !s.ok())
+    if (spread) {
+      const SideStream &side = expertStreams[turn++ % kExpertStreams];
+      stream = side.stream;
+      blasWorkspace = side.workspace;
+    }
+    absl::Status s = runGemm(sub);
+    stream = own;
+    blasWorkspace = ownWorkspace;
+    if (!s.ok())
+      return s;
+  }
+  return spread ? joinExpertStreams() : absl::OkStatus();
+}
+
+absl::Status Executor::Impl::forkExpertStreams() {
+  const DriverApi &a = api();
+  if (expertStreams.empty()) {
+    if (absl::Status s =
+            check(a.cuEventCreate(&expertsReady, CU_EVENT_DISABLE_TIMING),
+                  "cuEventCreate");
+        !s.ok())
+      return s;
+    for (int i = 0; i < kExpertStreams; ++i) {
+      SideStream &side = expertStreams.emplace_back();
+      absl::StatusOr<CUdeviceptr> workspace = allocate(
+          kBlasWorkspaceBytes, "an expert stream's cuBLASLt workspace");
+      if (!workspace.ok())
+        return workspace.status();
+      side.workspace = *workspace;
+      if (absl::Status s =
+              check(a.cuStreamCreate(&side.stream, CU_STREAM_NON_BLOCKING),
+                    "cuStreamCreate");
+          !s.ok())
+        return s;
+      if (absl::Status s =
+              check(a.cuEventCreate(&side.done, CU_EVENT_DISABLE_TIMING),
+                    "cuEventCreate");
+          !s.ok())
+        return s;
+    }
+  }
+  if (absl::Status s =
+          check(a.cuEventRecord(expertsReady, stream), "cuEventRecord");
+      !s.ok())
+    return s;
+  for (const SideStream &side : expertStreams)
+    if (absl::Status s =
+            check(a.cuStreamWaitEvent(side.stream, expertsReady, 0),
+                  "cuStreamWaitEvent");
+        !s.ok())
+      return s;
+  return absl::OkStatus();
+}
+
+absl::Status Executor::Impl::joinExpertStreams() {
+  const DriverApi &a = api();
+  for (const SideStream &side : expertStreams) {
+    if (absl::Status s =
+            check(a.cuEventRecord(side.done, side.stream), "cuEventRecord");
+        !s.ok())
+      return s;
+    if (absl::Status s = check(a.cuStreamWaitEvent(stream, side.done, 0),
+                               "cuStreamWaitEvent");
+        !s.ok())
       return s;
   }
   return absl::OkStatus();

@@ -89,20 +89,21 @@ matmul(cublasLtHandle_t, cublasLtMatmulDesc_t descriptor, const void *alpha,
        const void *aData, cublasLtMatrixLayout_t aDesc, const void *bData,
        cublasLtMatrixLayout_t bDesc, const void *, const void *,
        cublasLtMatrixLayout_t, void *dData, cublasLtMatrixLayout_t dDesc,
-       const cublasLtMatmulAlgo_t *, void *, size_t, cudaStream_t) {
+       const cublasLtMatmulAlgo_t *, void *, size_t, cudaStream_t stream) {
   const Desc &d = *desc(descriptor);
   const Layout &a = *layout(aDesc), &b = *layout(bDesc), &out = *layout(dDesc);
   if (!supported(d, a, b, out))
     return CUBLAS_STATUS_NOT_SUPPORTED;
-  // Stream work, as the emulated driver's kernels: run now, or, inside a
-  // captured decode step, by every replay of the graph. The descriptors
-  // are copied (the caller may change or free them) and alpha read now
-  // (host pointer mode).
+  // Stream work, as the emulated driver's kernels: run when the stream is
+  // waited for, or, inside a captured decode step, by every replay. The
+  // descriptors are copied (the caller may change or free them) and alpha read
+  // now (host pointer mode).
   float scale = *static_cast<const float *>(alpha);
   emulatedEnqueue(
       [d, a, b, out, scale, aData, bData, dOut = static_cast<float *>(dData)] {
         gemm(d, a, b, out, scale, aData, bData, dOut);
-      });
+      },
+      stream);
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -99,21 +99,90 @@ Launch bind(const Function &f, Dim3 grid, void **params) {
   };
 }
 
-// One emulated stream (the executor uses one): whether it is capturing,
-// into which graph, and whether a call CUDA refuses during capture has
-// invalidated it.
+/// A stream's work not yet run. The emulation runs stream work when
+/// something waits for it, as late as CUDA lets a GPU run it: a stream
+/// synchronization, another stream's wait on one of its events (which runs
+/// it up to the event first), a synchronous copy (blocking streams only:
+/// CUDA's legacy stream does not wait for CU_STREAM_NON_BLOCKING ones), a
+/// free. So a read of device memory that no wait orders after the work
+/// writing it reads what was there before, here as it may on a GPU.
+struct Stream {
+  bool blocking = true;
+  std::deque<Launch> pending;
+  uint64_t enqueued = 0, ran = 0;
+};
+/// An event: the point of its stream's work the last record marked.
+struct Event {
+  Stream *stream = nullptr;
+  uint64_t mark = 0;
+};
+
+/// The null stream and the created ones, per host thread (an executor and
+/// its streams live on one).
+thread_local Stream nullStream;
+thread_local std::vector<Stream *> liveStreams;
+Stream *streamOf(CUstream s) {
+  return s ? reinterpret_cast<Stream *>(s) : &nullStream;
+}
+
+/// Runs `s`'s work up to its `upTo`-th item (a wait runs the stream it
+/// waits for first).
+void runUpTo(Stream *s, uint64_t upTo) {
+  while (s->ran < upTo && !s->pending.empty()) {
+    Launch work = std::move(s->pending.front());
+    s->pending.pop_front();
+    ++s->ran;
+    work();
+  }
+}
+void runAll(Stream *s) { runUpTo(s, s->enqueued); }
+/// What a synchronous copy waits for: the null and blocking streams (all
+/// streams: a free or a graph's destruction, so no work outlives what it
+/// reads).
+void runBlockingStreams(bool all) {
+  runAll(&nullStream);
+  for (Stream *s : liveStreams)
+    if (all || s->blocking)
+      runAll(s);
+}
+
+/// Host memory the executor page-locked (cuMemHostRegister): an
+/// asynchronous copy from it reads it when the copy runs. From pageable
+/// memory CUDA stages the source when the call is made, so the caller may
+/// reuse it at once; the emulation copies it then too.
+std::mutex pinnedMutex;
+std::map<uintptr_t, size_t> &pinnedRanges() {
+  static std::map<uintptr_t, size_t> ranges;
+  return ranges;
+}
+bool pinned(const void *p, size_t bytes) {
+  std::lock_guard<std::mutex> lock(pinnedMutex);
+  auto address = reinterpret_cast<uintptr_t>(p);
+  auto it = pinnedRanges().upper_bound(address);
+  if (it == pinnedRanges().begin())
+    return false;
+  --it;
+  return address + bytes <= it->first + it->second;
+}
+
+// Capture of one stream at a time: into which graph, and whether a call
+// CUDA refuses during capture has invalidated it.
 thread_local Graph *capturing = nullptr;
+thread_local Stream *captured = nullptr;
 thread_local bool captureInvalidated = false;
 std::atomic<int64_t> programmaticLaunches{0};
 
-/// Work on the emulated stream: run now, or, while the stream is captured,
-/// recorded in the graph (a CUDA graph's node), so that each replay runs
-/// it and capture itself runs nothing.
-void enqueue(Launch work) {
-  if (capturing)
+/// Work on stream `s`: recorded in the graph while `s` is captured (a CUDA
+/// graph's node, so that each replay runs it and capture itself runs
+/// nothing), else queued.
+void enqueue(Launch work, CUstream stream) {
+  Stream *s = streamOf(stream);
+  if (capturing && s == captured) {
     capturing->push_back(std::move(work));
-  else
-    work();
+    return;
+  }
+  s->pending.push_back(std::move(work));
+  ++s->enqueued;
 }
 
 /// Whether a call that waits for the device (a synchronous copy, a stream
@@ -146,12 +215,12 @@ bool launchConfigValid(const Function &f, unsigned gx, unsigned gy, unsigned gz,
 
 CUresult launchOrCapture(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
                          unsigned bx, unsigned by, unsigned bz,
-                         unsigned sharedBytes, void **params) {
+                         unsigned sharedBytes, CUstream stream, void **params) {
   const auto *function = reinterpret_cast<const Function *>(f);
   if (!launchConfigValid(*function, gx, gy, gz, bx, by, bz, sharedBytes))
     return CUDA_ERROR_INVALID_VALUE;
   Dim3 grid{static_cast<int>(gx), static_cast<int>(gy), static_cast<int>(gz)};
-  enqueue(bind(*function, grid, params));
+  enqueue(bind(*function, grid, params), stream);
   return CUDA_SUCCESS;
 }
 
@@ -234,36 +303,60 @@ DriverApi table() {
     return ok();
   };
   a.cuMemFree = [](CUdeviceptr p) {
+    runBlockingStreams(true); // a free waits for the device
     std::free(toHost(p));
     return ok();
   };
   a.cuMemcpyHtoD = [](CUdeviceptr dst, const void *src, size_t bytes) {
     if (refusedInCapture())
       return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    runBlockingStreams(false);
     std::memcpy(toHost(dst), src, bytes);
     return ok();
   };
   a.cuMemcpyDtoH = [](void *dst, CUdeviceptr src, size_t bytes) {
     if (refusedInCapture())
       return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    runBlockingStreams(false);
     std::memcpy(dst, toHost(src), bytes);
     return ok();
   };
   // Asynchronous copies and fills are stream work: captured, they are the
   // graph's nodes, reading their source when a replay reaches them.
   a.cuMemcpyHtoDAsync = [](CUdeviceptr dst, const void *src, size_t bytes,
-                           CUstream) {
-    enqueue([dst, src, bytes] { std::memcpy(toHost(dst), src, bytes); });
+                           CUstream stream) {
+    // A captured copy reads its source when a replay reaches it.
+    if (pinned(src, bytes) || (capturing && streamOf(stream) == captured)) {
+      enqueue([dst, src, bytes] { std::memcpy(toHost(dst), src, bytes); },
+              stream);
+      return ok();
+    }
+    const auto *from = static_cast<const std::byte *>(src);
+    enqueue(
+        [dst, staged = std::vector<std::byte>(from, from + bytes)] {
+          std::memcpy(toHost(dst), staged.data(), staged.size());
+        },
+        stream);
     return ok();
   };
   a.cuMemsetD8Async = [](CUdeviceptr dst, unsigned char value, size_t bytes,
-                         CUstream) {
-    enqueue([dst, value, bytes] { std::memset(toHost(dst), value, bytes); });
+                         CUstream stream) {
+    enqueue([dst, value, bytes] { std::memset(toHost(dst), value, bytes); },
+            stream);
     return ok();
   };
-  // Host memory is host memory: nothing to page-lock.
-  a.cuMemHostRegister = [](void *, size_t, unsigned) { return ok(); };
-  a.cuMemHostUnregister = [](void *) { return ok(); };
+  // Host memory is host memory: nothing to page-lock, but copies from it
+  // read it when they run.
+  a.cuMemHostRegister = [](void *p, size_t bytes, unsigned) {
+    std::lock_guard<std::mutex> lock(pinnedMutex);
+    pinnedRanges()[reinterpret_cast<uintptr_t>(p)] = bytes;
+    return ok();
+  };
+  a.cuMemHostUnregister = [](void *p) {
+    std::lock_guard<std::mutex> lock(pinnedMutex);
+    pinnedRanges().erase(reinterpret_cast<uintptr_t>(p));
+    return ok();
+  };
   a.cuModuleLoadData = [](CUmodule *m, const void *image) {
     if (image == libraryFatbin()) {
       *m = kLibraryModule;
@@ -305,9 +398,10 @@ DriverApi table() {
   };
   a.cuLaunchKernel = [](CUfunction f, unsigned gx, unsigned gy, unsigned gz,
                         unsigned bx, unsigned by, unsigned bz,
-                        unsigned sharedBytes, CUstream, void **params,
+                        unsigned sharedBytes, CUstream stream, void **params,
                         void **) {
-    return launchOrCapture(f, gx, gy, gz, bx, by, bz, sharedBytes, params);
+    return launchOrCapture(f, gx, gy, gz, bx, by, bz, sharedBytes, stream,
+                           params);
   };
   a.cuLaunchKernelEx = [](const CUlaunchConfig *config, CUfunction f,
                           void **params, void **) {
@@ -319,28 +413,67 @@ DriverApi table() {
     return launchOrCapture(f, config->gridDimX, config->gridDimY,
                            config->gridDimZ, config->blockDimX,
                            config->blockDimY, config->blockDimZ,
-                           config->sharedMemBytes, params);
+                           config->sharedMemBytes, config->hStream, params);
   };
-  a.cuStreamCreate = [](CUstream *s, unsigned) {
-    *s = reinterpret_cast<CUstream>(uintptr_t{1});
+  a.cuStreamCreate = [](CUstream *s, unsigned flags) {
+    auto *stream = new Stream;
+    stream->blocking = (flags & CU_STREAM_NON_BLOCKING) == 0;
+    liveStreams.push_back(stream);
+    *s = reinterpret_cast<CUstream>(stream);
     return ok();
   };
-  a.cuStreamDestroy = [](CUstream) { return ok(); };
-  a.cuStreamSynchronize = [](CUstream) {
-    return refusedInCapture() ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : ok();
+  a.cuStreamDestroy = [](CUstream s) {
+    // Work already queued still runs, as CUDA finishes it.
+    Stream *stream = streamOf(s);
+    runAll(stream);
+    std::erase(liveStreams, stream);
+    delete stream;
+    return ok();
   };
-  a.cuStreamBeginCapture = [](CUstream, CUstreamCaptureMode) {
+  a.cuStreamSynchronize = [](CUstream s) {
+    if (refusedInCapture())
+      return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    runAll(streamOf(s));
+    return ok();
+  };
+  a.cuStreamBeginCapture = [](CUstream s, CUstreamCaptureMode) {
     capturing = new Graph;
+    captured = streamOf(s);
     captureInvalidated = false;
     return ok();
   };
   a.cuStreamEndCapture = [](CUstream, CUgraph *graph) {
-    std::unique_ptr<Graph> captured(capturing);
+    std::unique_ptr<Graph> recorded(capturing);
     capturing = nullptr;
+    captured = nullptr;
     *graph = nullptr;
     if (captureInvalidated)
       return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
-    *graph = reinterpret_cast<CUgraph>(captured.release());
+    *graph = reinterpret_cast<CUgraph>(recorded.release());
+    return ok();
+  };
+  a.cuEventCreate = [](CUevent *e, unsigned) {
+    *e = reinterpret_cast<CUevent>(new Event);
+    return ok();
+  };
+  a.cuEventDestroy = [](CUevent e) {
+    delete reinterpret_cast<Event *>(e);
+    return ok();
+  };
+  a.cuEventRecord = [](CUevent e, CUstream s) {
+    Stream *stream = streamOf(s);
+    if (capturing && stream == captured)
+      return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED; // not emulated
+    *reinterpret_cast<Event *>(e) = Event{stream, stream->enqueued};
+    return ok();
+  };
+  a.cuStreamWaitEvent = [](CUstream s, CUevent e, unsigned) {
+    Event event = *reinterpret_cast<Event *>(e);
+    if (!event.stream)
+      return ok(); // never recorded: nothing to wait for
+    if (capturing && streamOf(s) == captured)
+      return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED; // not emulated
+    enqueue([event] { runUpTo(event.stream, event.mark); }, s);
     return ok();
   };
   a.cuGraphInstantiateWithFlags = [](CUgraphExec *exec, CUgraph graph,
@@ -349,12 +482,18 @@ DriverApi table() {
         new Graph(*reinterpret_cast<Graph *>(graph)));
     return ok();
   };
-  a.cuGraphLaunch = [](CUgraphExec exec, CUstream) {
-    for (const Launch &launch : *reinterpret_cast<Graph *>(exec))
-      launch();
+  a.cuGraphLaunch = [](CUgraphExec exec, CUstream s) {
+    const Graph *graph = reinterpret_cast<Graph *>(exec);
+    enqueue(
+        [graph] {
+          for (const Launch &launch : *graph)
+            launch();
+        },
+        s);
     return ok();
   };
   a.cuGraphExecDestroy = [](CUgraphExec exec) {
+    runBlockingStreams(true); // no queued replay outlives its graph
     delete reinterpret_cast<Graph *>(exec);
     return ok();
   };
@@ -373,7 +512,9 @@ int64_t emulatedLaunches(std::string_view kernel) {
   return it == launchCounts().end() ? 0 : it->second;
 }
 
-void emulatedEnqueue(std::function<void()> work) { enqueue(std::move(work)); }
+void emulatedEnqueue(std::function<void()> work, CUstream stream) {
+  enqueue(std::move(work), stream);
+}
 
 int64_t emulatedProgrammaticLaunches() { return programmaticLaunches; }
 

@@ -37,9 +37,10 @@ Driver emulatedDriver();
 /// (graph replays included), so that tests can tell which path ran.
 int64_t emulatedLaunches(std::string_view kernel);
 
-/// Work on the emulated stream (the cuBLASLt emulation's GEMMs): run now,
-/// or recorded in the graph being captured and run by its replays.
-void emulatedEnqueue(std::function<void()> work);
+/// Work on emulated stream `stream` (the cuBLASLt emulation's GEMMs): run
+/// when something waits for the stream, or recorded in the graph being
+/// captured and run by its replays.
+void emulatedEnqueue(std::function<void()> work, CUstream stream);
 
 /// How many kernels were launched (or captured) with programmatic stream
 /// serialization. The emulation runs launches in order, which is what
