@@ -16,6 +16,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 namespace kiln::cuda {
@@ -108,6 +109,7 @@ Launch bind(const Function &f, Dim3 grid, void **params) {
 /// writing it reads what was there before, here as it may on a GPU.
 struct Stream {
   bool blocking = true;
+  std::thread::id owner = std::this_thread::get_id();
   std::deque<Launch> pending;
   uint64_t enqueued = 0, ran = 0;
 };
@@ -117,10 +119,15 @@ struct Event {
   uint64_t mark = 0;
 };
 
-/// The null stream and the created ones, per host thread (an executor and
-/// its streams live on one).
+/// The null stream (per host thread) and the created streams. Waits run
+/// only the calling thread's streams: an executor and its streams live on
+/// one thread, and another thread's queue is not this one's to run.
 thread_local Stream nullStream;
-thread_local std::vector<Stream *> liveStreams;
+std::mutex streamsMutex;
+std::vector<Stream *> &liveStreams() {
+  static std::vector<Stream *> streams;
+  return streams;
+}
 Stream *streamOf(CUstream s) {
   return s ? reinterpret_cast<Stream *>(s) : &nullStream;
 }
@@ -141,9 +148,15 @@ void runAll(Stream *s) { runUpTo(s, s->enqueued); }
 /// reads).
 void runBlockingStreams(bool all) {
   runAll(&nullStream);
-  for (Stream *s : liveStreams)
-    if (all || s->blocking)
-      runAll(s);
+  std::vector<Stream *> mine;
+  {
+    std::lock_guard<std::mutex> lock(streamsMutex);
+    for (Stream *s : liveStreams())
+      if (s->owner == std::this_thread::get_id() && (all || s->blocking))
+        mine.push_back(s);
+  }
+  for (Stream *s : mine)
+    runAll(s);
 }
 
 /// Host memory the executor page-locked (cuMemHostRegister): an
@@ -418,7 +431,8 @@ DriverApi table() {
   a.cuStreamCreate = [](CUstream *s, unsigned flags) {
     auto *stream = new Stream;
     stream->blocking = (flags & CU_STREAM_NON_BLOCKING) == 0;
-    liveStreams.push_back(stream);
+    std::lock_guard<std::mutex> lock(streamsMutex);
+    liveStreams().push_back(stream);
     *s = reinterpret_cast<CUstream>(stream);
     return ok();
   };
@@ -426,7 +440,10 @@ DriverApi table() {
     // Work already queued still runs, as CUDA finishes it.
     Stream *stream = streamOf(s);
     runAll(stream);
-    std::erase(liveStreams, stream);
+    {
+      std::lock_guard<std::mutex> lock(streamsMutex);
+      std::erase(liveStreams(), stream);
+    }
     delete stream;
     return ok();
   };
