@@ -22,7 +22,9 @@ Measures
     manifest's bf16_cache_artifact, compiled with --kv-cache-dtype=bf16);
   * prefill tokens/s of 2K tokens (batch 1); Kiln also with
     KILN_EXPERT_GEMMS=grouped (the experts as one grouped library GEMM
-    instead of one cuBLASLt GEMM per expert) and with KILN_MMA_ATTENTION=off
+    instead of one cuBLASLt GEMM per expert), with KILN_EXPERT_STREAMS=0
+    (the per-expert GEMMs on one stream instead of four side streams) and
+    with KILN_MMA_ATTENTION=off
     (attention on the CUDA cores in fp32 instead of the tensor cores);
   * the achieved fraction of HBM bandwidth at batch 1: bytes one decode step
     reads (every weight except the embedding table, of which one row; of
@@ -299,6 +301,14 @@ def main():
                                     env={"KILN_EXPERT_GEMMS": "grouped"})
             result["prefill"]["kiln_grouped_experts_tokens_per_s"] = \
                 grouped["results"][0]["prefill_tokens_per_s"]
+            progress()
+            # Every per-expert GEMM on the executor's one stream
+            # (KILN_EXPERT_STREAMS=0): what the side streams gain.
+            one_stream, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1],
+                                       [prefill], 1, args.repeats, synthetic=False,
+                                       env={"KILN_EXPERT_STREAMS": "0"})
+            result["prefill"]["kiln_one_stream_experts_tokens_per_s"] = \
+                one_stream["results"][0]["prefill_tokens_per_s"]
             progress()
             # Prefill attention on the CUDA cores in fp32 instead of the tensor
             # cores: what the tensor-core attention gains.

@@ -366,7 +366,8 @@ TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
         {"KILN_LOG_LAUNCHES", "expected 0 or 1"},
         {"KILN_CUDA_GRAPHS", "expected on or off"},
         {"KILN_EMULATE_CUBLASLT", "expected 0, 1 or decline"},
-        {"KILN_EXPERT_GEMMS", "expected auto, per-expert or grouped"}}) {
+        {"KILN_EXPERT_GEMMS", "expected auto, per-expert or grouped"},
+        {"KILN_EXPERT_STREAMS", "expected a count from 0 to 16"}}) {
     ::setenv(name, "sometimes", 1);
     absl::StatusOr<std::unique_ptr<Session>> session =
         Session::create(**model, options);
@@ -1004,8 +1005,9 @@ TEST(EmulatedGpuSession, CombineReadsOnlyTheDispatchsSelectionRows) {
 
 /// The CPU executor's steps against the emulated CUDA executor's with
 /// cuBLASLt emulated (KILN_EMULATE_CUBLASLT=1), the experts' GEMMs grouped
-/// or not (KILN_EXPERT_GEMMS auto and per-expert); each run must have made
-/// GEMMs of the emulation's `kind`.
+/// or not (KILN_EXPERT_GEMMS auto and per-expert, the latter on the side
+/// streams and on the executor's one, KILN_EXPERT_STREAMS=0); each run must
+/// have made GEMMs of the emulation's `kind`.
 void expectEmulatedCublasLtMatches(const std::filesystem::path &artifact,
                                    int64_t cuda::EmulatedBlasLtCalls::*kind,
                                    float tolerance,
@@ -1013,11 +1015,15 @@ void expectEmulatedCublasLtMatches(const std::filesystem::path &artifact,
                                        &prompts = testing::raggedPrompts()) {
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_TRUE(model.ok()) << model.status().message();
-  for (const char *experts : {"auto", "per-expert"}) {
-    SCOPED_TRACE(experts);
+  for (auto [experts, streams] :
+       {std::pair<const char *, const char *>{"auto", ""},
+        {"per-expert", ""},
+        {"per-expert", "0"}}) {
+    SCOPED_TRACE(std::string(experts) + " streams " + streams);
     int64_t before = cuda::emulatedBlasLtCalls().*kind;
     ::setenv("KILN_EMULATE_CUBLASLT", "1", 1);
     ::setenv("KILN_EXPERT_GEMMS", experts, 1);
+    ::setenv("KILN_EXPERT_STREAMS", streams, 1);
     // What cuBLASLt declines runs on the tensor cores, every such GEMM (see
     // the bf16 cases of EmulatedGpu for why not by rows).
     ::setenv("KILN_MMA_GEMMS", "on", 1);
@@ -1028,6 +1034,7 @@ void expectEmulatedCublasLtMatches(const std::filesystem::path &artifact,
         **model, Device::Emulated, gpuWhere, &cpu, prompts);
     ::unsetenv("KILN_EMULATE_CUBLASLT");
     ::unsetenv("KILN_EXPERT_GEMMS");
+    ::unsetenv("KILN_EXPERT_STREAMS");
     ::unsetenv("KILN_MMA_GEMMS");
     EXPECT_NE(gpuWhere.find("cuBLASLt (emulated)"), std::string::npos)
         << gpuWhere;

@@ -120,7 +120,9 @@ struct Executor::Impl {
   /// take turns on (made at the first), so that the GEMMs of a few hundred
   /// rows each, a fraction of the multiprocessors apiece, run side by side;
   /// each has its own cuBLASLt workspace, and `done` joins it back.
-  static constexpr int kExpertStreams = 4;
+  /// KILN_EXPERT_STREAMS=0..16 sets how many (default 4; 0: none, every
+  /// GEMM on `stream`).
+  int expertStreamCount = 4;
   struct SideStream {
     CUstream stream = nullptr;
     CUdeviceptr workspace = 0;
@@ -1410,7 +1412,7 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
   // bf16 experts share no scratch (their rows are converted above, each
   // writes its own rows of p.out), so they may run side by side; FP8 ones
   // quantize into shared buffers and stay on `stream`.
-  bool spread = bf16 != 0;
+  bool spread = bf16 != 0 && expertStreamCount > 0;
   if (spread)
     if (absl::Status s = forkExpertStreams(); !s.ok())
       return s;
@@ -1441,7 +1443,7 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
     if (bf16)
       sub.bf16X = bf16 + first * p.k * 2;
     if (spread) {
-      const SideStream &side = expertStreams[turn++ % kExpertStreams];
+      const SideStream &side = expertStreams[turn++ % expertStreamCount];
       stream = side.stream;
       blasWorkspace = side.workspace;
     }
@@ -1462,7 +1464,7 @@ absl::Status Executor::Impl::forkExpertStreams() {
                   "cuEventCreate");
         !s.ok())
       return s;
-    for (int i = 0; i < kExpertStreams; ++i) {
+    for (int i = 0; i < expertStreamCount; ++i) {
       SideStream &side = expertStreams.emplace_back();
       absl::StatusOr<CUdeviceptr> workspace = allocate(
           kBlasWorkspaceBytes, "an expert stream's cuBLASLt workspace");
@@ -1720,6 +1722,20 @@ absl::StatusOr<int> environmentMode(const char *name,
   return absl::InvalidArgumentError(std::string(name) + " is \"" + value +
                                     "\"; expected " + expected);
 }
+/// Environment variable `name` as a count in [0, most]: unset or empty is
+/// `fallback`.
+absl::StatusOr<int> environmentCount(const char *name, int fallback, int most) {
+  const char *value = std::getenv(name);
+  if (!value || !*value)
+    return fallback;
+  char *end = nullptr;
+  long count = std::strtol(value, &end, 10);
+  if (*end != '\0' || count < 0 || count > most)
+    return absl::InvalidArgumentError(std::string(name) + " is \"" + value +
+                                      "\"; expected a count from 0 to " +
+                                      std::to_string(most));
+  return static_cast<int>(count);
+}
 } // namespace
 
 absl::StatusOr<std::unique_ptr<Executor>>
@@ -1776,11 +1792,15 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
       environmentMode("KILN_LOG_LAUNCHES", {"0", "1"});
   absl::StatusOr<int> graphs =
       environmentMode("KILN_CUDA_GRAPHS", {"on", "off"});
+  absl::StatusOr<int> expertStreams =
+      environmentCount("KILN_EXPERT_STREAMS", 4, 16);
   for (const absl::StatusOr<int> *mode :
-       {&experts, &mmaGemms, &mmaAttention, &pdl, &logLaunches, &graphs})
+       {&experts, &mmaGemms, &mmaAttention, &pdl, &logLaunches, &graphs,
+        &expertStreams})
     if (!mode->ok())
       return mode->status();
   impl->decodeGraphs = *graphs == 0;
+  impl->expertStreamCount = *expertStreams;
   impl->expertGemms = static_cast<Impl::ExpertGemms>(*experts);
   impl->mmaGemms = static_cast<Impl::MmaGemms>(*mmaGemms);
   impl->mmaAttention = static_cast<Impl::MmaAttention>(*mmaAttention);
