@@ -292,64 +292,49 @@ def main():
     torch.cuda.empty_cache()
     progress()
     # Kiln's variants last: a run cut short still has every peer's numbers.
+    def prefill_variant(key, env):
+        run, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], [prefill], 1,
+                            args.repeats, synthetic=False, env=env)
+        result["prefill"][key] = run["results"][0]["prefill_tokens_per_s"]
+        progress()
+
+    def decode_variant(key, bs, cs, env=None, path=artifact):
+        run, _ = kiln_bench(args.bundle, path, args.weights_dir, bs, cs, args.steps,
+                            args.repeats, synthetic=True, env=env)
+        for r in run["results"]:
+            kiln[(r["batch"], r["context"])][key] = r["decode_tokens_per_s"]
+        progress()
+
     if "kiln_error" not in result:
         try:
-            # The experts as one grouped library GEMM instead of one cuBLASLt GEMM
-            # per expert: what the per-expert path gains.
-            grouped, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], [prefill], 1,
-                                    args.repeats, synthetic=False,
-                                    env={"KILN_EXPERT_GEMMS": "grouped"})
-            result["prefill"]["kiln_grouped_experts_tokens_per_s"] = \
-                grouped["results"][0]["prefill_tokens_per_s"]
-            progress()
-            # Every per-expert GEMM on the executor's one stream
-            # (KILN_EXPERT_STREAMS=0): what the side streams gain.
-            one_stream, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1],
-                                       [prefill], 1, args.repeats, synthetic=False,
-                                       env={"KILN_EXPERT_STREAMS": "0"})
-            result["prefill"]["kiln_one_stream_experts_tokens_per_s"] = \
-                one_stream["results"][0]["prefill_tokens_per_s"]
-            progress()
-            # Prefill attention on the CUDA cores in fp32 instead of the tensor
-            # cores: what the tensor-core attention gains.
-            fp32_attention, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1],
-                                           [prefill], 1, args.repeats, synthetic=False,
-                                           env={"KILN_MMA_ATTENTION": "off"})
-            result["prefill"]["kiln_cuda_core_attention_tokens_per_s"] = \
-                fp32_attention["results"][0]["prefill_tokens_per_s"]
-            progress()
-            # Decode at the shortest context with every GEMM cuBLASLt does not
-            # take as a GEMV (KILN_MMA_GEMMS=off): what the tensor-core GEMMs gain.
+            log("Kiln: prefill variants")
+            # The experts as one grouped library GEMM instead of one cuBLASLt
+            # GEMM per expert: what the per-expert path gains.
+            prefill_variant("kiln_grouped_experts_tokens_per_s",
+                            {"KILN_EXPERT_GEMMS": "grouped"})
+            # Every per-expert GEMM on the executor's one stream: what the
+            # side streams gain.
+            prefill_variant("kiln_one_stream_experts_tokens_per_s",
+                            {"KILN_EXPERT_STREAMS": "0"})
+            # Attention on the CUDA cores in fp32 instead of the tensor cores:
+            # what the tensor-core attention gains.
+            prefill_variant("kiln_cuda_core_attention_tokens_per_s",
+                            {"KILN_MMA_ATTENTION": "off"})
+            # Decode at the shortest context with every GEMM cuBLASLt does
+            # not take as a GEMV: what the tensor-core GEMMs gain.
             log("Kiln: decode without the tensor-core GEMMs")
-            gemv, _ = kiln_bench(args.bundle, artifact, args.weights_dir, batches, contexts[:1],
-                                 args.steps, args.repeats, synthetic=True,
-                                 env={"KILN_MMA_GEMMS": "off"})
-            for r in gemv["results"]:
-                kiln[(r["batch"], r["context"])]["decode_tokens_per_s_gemv"] = \
-                    r["decode_tokens_per_s"]
-            progress()
-            # Decode at the shortest context with no cuBLASLt (KILN_CUBLASLT=0):
-            # the GEMMs of 16+ rows (every dense one at batch 32 and 128) on
-            # Kiln's tensor-core GEMMs too, one launch per gated FFN and no bf16
-            # conversions: which of the two serves a decode batch better.
+            decode_variant("decode_tokens_per_s_gemv", batches, contexts[:1],
+                           {"KILN_MMA_GEMMS": "off"})
+            # No cuBLASLt: the GEMMs of 16+ rows (every dense one at batch 32
+            # and 128) on Kiln's tensor-core GEMMs too, one launch per gated
+            # FFN and no bf16 conversions: which serves a decode batch better.
             log("Kiln: decode without cuBLASLt")
-            own, _ = kiln_bench(args.bundle, artifact, args.weights_dir, batches, contexts[:1],
-                                args.steps, args.repeats, synthetic=True,
-                                env={"KILN_CUBLASLT": "0"})
-            for r in own["results"]:
-                kiln[(r["batch"], r["context"])]["decode_tokens_per_s_no_cublaslt"] = \
-                    r["decode_tokens_per_s"]
-            progress()
+            decode_variant("decode_tokens_per_s_no_cublaslt", batches, contexts[:1],
+                           {"KILN_CUBLASLT": "0"})
             # Batch 1 without programmatic dependent launch: what overlapping
             # each kernel's launch with the tail of the one before gains.
             log("Kiln: batch-1 decode without programmatic dependent launch")
-            plain, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], contexts,
-                                  args.steps, args.repeats, synthetic=True,
-                                  env={"KILN_PDL": "off"})
-            for r in plain["results"]:
-                kiln[(r["batch"], r["context"])]["decode_tokens_per_s_no_pdl"] = \
-                    r["decode_tokens_per_s"]
-            progress()
+            decode_variant("decode_tokens_per_s_no_pdl", [1], contexts, {"KILN_PDL": "off"})
             # Batch 1 compiled without kiln-fuse-gated-linear,
             # kiln-fold-head-slices, kiln-group-linears and kiln-fuse's
             # horizontal merge: what their saved launches gain.
@@ -357,28 +342,16 @@ def main():
             if unfused_name:
                 log("Kiln: batch-1 decode without the gated GEMMs, folded slices, "
                     "linear groups and merged fused kernels")
-                unfused, _ = kiln_bench(args.bundle,
-                                        os.path.join(args.bundle, "artifacts", unfused_name),
-                                        args.weights_dir, [1], contexts, args.steps,
-                                        args.repeats, synthetic=True)
-                for r in unfused["results"]:
-                    kiln[(r["batch"], r["context"])]["decode_tokens_per_s_unfused"] = \
-                        r["decode_tokens_per_s"]
-                progress()
-            # The same model with a bf16 latent cache (HF's bf16 model caches in
-            # bf16 too): half the f32 cache's bytes at every batch and context.
+                decode_variant("decode_tokens_per_s_unfused", [1], contexts,
+                               path=os.path.join(args.bundle, "artifacts", unfused_name))
+            # The same model with a bf16 latent cache (HF's bf16 model caches
+            # in bf16 too): half the f32 cache's bytes at every batch and
+            # context.
             bf16_cache_name = manifest["v2lite"].get("bf16_cache_artifact")
             if bf16_cache_name:
                 log("Kiln: decode with a bf16 latent cache")
-                bf16_cache, _ = kiln_bench(args.bundle,
-                                           os.path.join(args.bundle, "artifacts",
-                                                        bf16_cache_name),
-                                           args.weights_dir, batches, contexts, args.steps,
-                                           args.repeats, synthetic=True)
-                for r in bf16_cache["results"]:
-                    kiln[(r["batch"], r["context"])]["decode_tokens_per_s_bf16_cache"] = \
-                        r["decode_tokens_per_s"]
-                progress()
+                decode_variant("decode_tokens_per_s_bf16_cache", batches, contexts,
+                               path=os.path.join(args.bundle, "artifacts", bf16_cache_name))
         except RuntimeError as e:
             result["kiln_variant_error"] = str(e)
             log(f"Kiln variant failed: {e}")
