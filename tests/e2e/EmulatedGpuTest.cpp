@@ -1007,7 +1007,9 @@ TEST(EmulatedGpuSession, CombineReadsOnlyTheDispatchsSelectionRows) {
 /// cuBLASLt emulated (KILN_EMULATE_CUBLASLT=1), the experts' GEMMs grouped
 /// or not (KILN_EXPERT_GEMMS auto and per-expert, the latter on the side
 /// streams and on the executor's one, KILN_EXPERT_STREAMS=0); each run must
-/// have made GEMMs of the emulation's `kind`.
+/// have made GEMMs of the emulation's `kind`, and bf16 experts' per-expert
+/// GEMMs (only they) must have run on the side streams where there are
+/// some.
 void expectEmulatedCublasLtMatches(const std::filesystem::path &artifact,
                                    int64_t cuda::EmulatedBlasLtCalls::*kind,
                                    float tolerance,
@@ -1030,8 +1032,19 @@ void expectEmulatedCublasLtMatches(const std::filesystem::path &artifact,
     std::string cpuWhere, gpuWhere;
     std::vector<std::vector<float>> cpu = testing::runDeviceSteps(
         **model, Device::Cpu, cpuWhere, nullptr, prompts);
+    int64_t routes = cuda::emulatedLaunches("kiln_moe_route");
+    ::setenv("KILN_LOG_LAUNCHES", "1", 1);
+    ::testing::internal::CaptureStderr();
     std::vector<std::vector<float>> gpu = testing::runDeviceSteps(
         **model, Device::Emulated, gpuWhere, &cpu, prompts);
+    std::string log = ::testing::internal::GetCapturedStderr();
+    ::unsetenv("KILN_LOG_LAUNCHES");
+    bool moe = cuda::emulatedLaunches("kiln_moe_route") > routes;
+    bool spread = moe && kind == &cuda::EmulatedBlasLtCalls::bf16 &&
+                  std::string_view(experts) == "per-expert" && !*streams;
+    EXPECT_EQ(log.find("cuBLASLt bf16 GEMM") != std::string::npos &&
+                  log.find(" (expert stream)") != std::string::npos,
+              spread);
     ::unsetenv("KILN_EMULATE_CUBLASLT");
     ::unsetenv("KILN_EXPERT_GEMMS");
     ::unsetenv("KILN_EXPERT_STREAMS");

@@ -115,7 +115,10 @@ struct Executor::Impl {
   std::vector<int32_t> expertOffsets;
   CUdevice device = 0;
   CUcontext context = nullptr;
+  /// The stream launches go to (an expert stream while runExperts spreads
+  /// its GEMMs, onExpertStream).
   CUstream stream = nullptr;
+  bool onExpertStream = false;
   /// Streams beside `stream` that a prefill's per-expert cuBLASLt GEMMs
   /// take turns on (made at the first), so that the GEMMs of a few hundred
   /// rows each, a fraction of the multiprocessors apiece, run side by side;
@@ -187,8 +190,9 @@ struct Executor::Impl {
       return launched;
     ++(capturing ? launchesCaptured : launchesRun);
     if (logLaunches)
-      std::fprintf(stderr, "kiln: launch %s%s\n", what().c_str(),
-                   capturing ? " (captured)" : "");
+      std::fprintf(stderr, "kiln: launch %s%s%s\n", what().c_str(),
+                   capturing ? " (captured)" : "",
+                   onExpertStream ? " (expert stream)" : "");
     return launched;
   }
   void *pinned = nullptr;
@@ -1446,10 +1450,12 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
       const SideStream &side = expertStreams[turn++ % expertStreamCount];
       stream = side.stream;
       blasWorkspace = side.workspace;
+      onExpertStream = true;
     }
     absl::Status s = runGemm(sub);
     stream = own;
     blasWorkspace = ownWorkspace;
+    onExpertStream = false;
     if (!s.ok())
       return s;
   }
