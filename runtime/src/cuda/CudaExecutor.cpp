@@ -355,6 +355,13 @@ Executor::Impl::~Impl() {
   if (!driver)
     return;
   const DriverApi &a = api();
+  // Nothing queued may outlive the memory it reads (a step that failed
+  // part way leaves work behind).
+  if (stream)
+    a.cuStreamSynchronize(stream);
+  for (SideStream &side : expertStreams)
+    if (side.stream)
+      a.cuStreamSynchronize(side.stream);
   if (pinned)
     a.cuMemHostUnregister(pinned);
   for (auto &[key, graph] : graphs)
