@@ -344,6 +344,8 @@ struct Executor::Impl {
   /// expertOffsets) are too few for a GEMM per expert to pay (Auto): then
   /// one grouped launch takes them.
   absl::StatusOr<bool> fewRowsPerExpert(const GemmParams &p);
+  /// The expert streams, their events and workspaces: all, or none.
+  absl::Status makeExpertStreams();
   /// Makes the expert streams (once) and lets them start after the work
   /// queued on `stream` so far.
   absl::Status forkExpertStreams();
@@ -1429,7 +1431,7 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
       return s;
   CUstream own = stream;
   CUdeviceptr ownWorkspace = blasWorkspace;
-  int turn = 0;
+  size_t turn = 0;
   for (int e = 0; e < p.experts; ++e) {
     int64_t first = offsets[e], count = offsets[e + 1] - first;
     if (count <= 0)
@@ -1454,7 +1456,7 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
     if (bf16)
       sub.bf16X = bf16 + first * p.k * 2;
     if (spread) {
-      const SideStream &side = expertStreams[turn++ % expertStreamCount];
+      const SideStream &side = expertStreams[turn++ % expertStreams.size()];
       stream = side.stream;
       blasWorkspace = side.workspace;
       onExpertStream = true;
@@ -1469,33 +1471,46 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
   return spread ? joinExpertStreams() : absl::OkStatus();
 }
 
+absl::Status Executor::Impl::makeExpertStreams() {
+  const DriverApi &a = api();
+  absl::Status made = check(
+      a.cuEventCreate(&expertsReady, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
+  for (int i = 0; made.ok() && i < expertStreamCount; ++i) {
+    SideStream &side = expertStreams.emplace_back();
+    absl::StatusOr<CUdeviceptr> workspace =
+        allocate(kBlasWorkspaceBytes, "an expert stream's cuBLASLt workspace");
+    made = workspace.status();
+    if (made.ok()) {
+      side.workspace = *workspace;
+      made = check(a.cuStreamCreate(&side.stream, CU_STREAM_NON_BLOCKING),
+                   "cuStreamCreate");
+    }
+    if (made.ok())
+      made = check(a.cuEventCreate(&side.done, CU_EVENT_DISABLE_TIMING),
+                   "cuEventCreate");
+  }
+  if (made.ok())
+    return made;
+  // None or all: a later prefill tries again from nothing (the workspaces
+  // stay with the allocations).
+  for (SideStream &side : expertStreams) {
+    if (side.done)
+      a.cuEventDestroy(side.done);
+    if (side.stream)
+      a.cuStreamDestroy(side.stream);
+  }
+  expertStreams.clear();
+  if (expertsReady)
+    a.cuEventDestroy(expertsReady);
+  expertsReady = nullptr;
+  return made;
+}
+
 absl::Status Executor::Impl::forkExpertStreams() {
   const DriverApi &a = api();
-  if (expertStreams.empty()) {
-    if (absl::Status s =
-            check(a.cuEventCreate(&expertsReady, CU_EVENT_DISABLE_TIMING),
-                  "cuEventCreate");
-        !s.ok())
+  if (expertStreams.empty())
+    if (absl::Status s = makeExpertStreams(); !s.ok())
       return s;
-    for (int i = 0; i < expertStreamCount; ++i) {
-      SideStream &side = expertStreams.emplace_back();
-      absl::StatusOr<CUdeviceptr> workspace = allocate(
-          kBlasWorkspaceBytes, "an expert stream's cuBLASLt workspace");
-      if (!workspace.ok())
-        return workspace.status();
-      side.workspace = *workspace;
-      if (absl::Status s =
-              check(a.cuStreamCreate(&side.stream, CU_STREAM_NON_BLOCKING),
-                    "cuStreamCreate");
-          !s.ok())
-        return s;
-      if (absl::Status s =
-              check(a.cuEventCreate(&side.done, CU_EVENT_DISABLE_TIMING),
-                    "cuEventCreate");
-          !s.ok())
-        return s;
-    }
-  }
   if (absl::Status s =
           check(a.cuEventRecord(expertsReady, stream), "cuEventRecord");
       !s.ok())
