@@ -337,9 +337,11 @@ struct Executor::Impl {
   /// cuBLASLt's block-scaled FP8 GEMM: activations quantized (or their
   /// scales rewritten) into its layout first.
   absl::Status blasFp8(const GemmCall &c);
-  /// A grouped GEMM outside graph capture: the expert offsets read back,
-  /// then one GEMM per expert with rows (cuBLASLt where it takes them).
-  absl::Status runExperts(const GemmCall &c);
+  /// Grouped GEMMs of one input (one, or a gated FFN's two projections)
+  /// outside graph capture: the expert offsets read back, then each expert
+  /// with rows runs its GEMMs (cuBLASLt where it takes them), bf16 experts
+  /// side by side on the expert streams.
+  absl::Status runExperts(std::span<const GemmCall> calls);
   /// Whether the experts' rows (read back once per dispatch, into
   /// expertOffsets) are too few for a GEMM per expert to pay (Auto): then
   /// one grouped launch takes them.
@@ -1094,7 +1096,7 @@ bool Executor::Impl::perExpert(const GemmCall &c) const {
 }
 
 absl::Status Executor::Impl::dispatchGemm(const GemmCall &c) {
-  return perExpert(c) ? runExperts(c) : runGemm(c);
+  return perExpert(c) ? runExperts({&c, 1}) : runGemm(c);
 }
 
 bool Executor::Impl::blasDense(const GemmCall &c) const {
@@ -1188,9 +1190,16 @@ absl::Status Executor::Impl::launchGated(const art::Launch &l) {
   } else if (absl::Status s = convertSharedRows(pair); !s.ok()) {
     return s;
   }
-  for (const GemmCall &call : pair)
-    if (absl::Status s = dispatchGemm(call); !s.ok())
+  // Per expert: an expert's two projections one after the other on one
+  // stream, the experts side by side.
+  if (perExpertGemms) {
+    if (absl::Status s = runExperts(pair); !s.ok())
       return s;
+  } else {
+    for (const GemmCall &call : pair)
+      if (absl::Status s = dispatchGemm(call); !s.ok())
+        return s;
+  }
   int64_t count = numel(l.args()->Get(l.args()->size() - 1));
   return launch("kiln_swiglu", elementwiseGrid(count),
                 BinaryParams{p.out, pair[1].p.out, p.out, count});
@@ -1400,21 +1409,26 @@ absl::StatusOr<bool> Executor::Impl::fewRowsPerExpert(const GemmParams &p) {
   return expertGemms == ExpertGemms::Auto && rows < kBlasMinRows * active;
 }
 
-absl::Status Executor::Impl::runExperts(const GemmCall &c) {
+absl::Status Executor::Impl::runExperts(std::span<const GemmCall> calls) {
+  const GemmCall &c = calls.front();
   const GemmParams &p = c.p;
   // Few rows per expert: one grouped launch of the library GEMM reads each
   // expert's weights once for all its rows, cheaper than a call per expert.
   absl::StatusOr<bool> few = fewRowsPerExpert(p);
   if (!few.ok())
     return few.status();
-  if (*few)
-    return runGemm(c);
+  if (*few) {
+    for (const GemmCall &call : calls)
+      if (absl::Status s = runGemm(call); !s.ok())
+        return s;
+    return absl::OkStatus();
+  }
   const std::vector<int32_t> &offsets = expertOffsets;
   int64_t rows = offsets.back();
   uint64_t weightBytes = art::elementBytes(c.weightType);
   CUdeviceptr bf16 = c.bf16X;
   if (!bf16 && blas && c.weightType == art::ElementType::BF16) {
-    // Every routed row converted once; each expert's GEMM reads its slice.
+    // Every routed row converted once; each expert's GEMMs read its slice.
     absl::StatusOr<CUdeviceptr> converted = toBf16(p.x, rows * p.k);
     if (!converted.ok())
       return converted.status();
@@ -1423,8 +1437,9 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
   int64_t nBlocks = c.fp8 ? (p.n + p.blockRows - 1) / p.blockRows : 0;
   int64_t kBlocks = c.fp8 ? (p.k + p.blockCols - 1) / p.blockCols : 0;
   // bf16 experts share no scratch (their rows are converted above, each
-  // writes its own rows of p.out), so they may run side by side; FP8 ones
-  // quantize into shared buffers and stay on `stream`.
+  // GEMM writes its own rows of its output), so they may run side by side,
+  // an expert's GEMMs on one stream; FP8 ones quantize into shared buffers
+  // and stay on `stream`.
   bool spread = bf16 != 0 && expertStreamCount > 0;
   if (spread)
     if (absl::Status s = forkExpertStreams(); !s.ok())
@@ -1436,32 +1451,37 @@ absl::Status Executor::Impl::runExperts(const GemmCall &c) {
     int64_t first = offsets[e], count = offsets[e + 1] - first;
     if (count <= 0)
       continue;
-    GemmCall sub = c;
-    sub.dense = true;
-    sub.p.offsets = nullptr;
-    sub.p.activeExperts = nullptr;
-    sub.p.experts = 0;
-    sub.p.rows = count;
-    if (c.quantized) {
-      // e4m3 codes and their [rows, kBlocks] scales from a fused kernel.
-      sub.p.xCodes = p.xCodes + first * p.k;
-      sub.p.xScale = p.xScale + first * kBlocks;
-    } else {
-      sub.p.x = p.x + first * p.k;
-    }
-    sub.p.out = p.out + first * p.n;
-    sub.p.w = static_cast<const char *>(p.w) + e * p.n * p.k * weightBytes;
-    if (c.fp8)
-      sub.p.wScale = p.wScale + e * nBlocks * kBlocks;
-    if (bf16)
-      sub.bf16X = bf16 + first * p.k * 2;
     if (spread) {
       const SideStream &side = expertStreams[turn++ % expertStreams.size()];
       stream = side.stream;
       blasWorkspace = side.workspace;
       onExpertStream = true;
     }
-    absl::Status s = runGemm(sub);
+    absl::Status s;
+    for (const GemmCall &call : calls) {
+      GemmCall sub = call;
+      sub.dense = true;
+      sub.p.offsets = nullptr;
+      sub.p.activeExperts = nullptr;
+      sub.p.experts = 0;
+      sub.p.rows = count;
+      if (call.quantized) {
+        // e4m3 codes and their [rows, kBlocks] scales from a fused kernel.
+        sub.p.xCodes = p.xCodes + first * p.k;
+        sub.p.xScale = p.xScale + first * kBlocks;
+      } else {
+        sub.p.x = p.x + first * p.k;
+      }
+      sub.p.out = call.p.out + first * p.n;
+      sub.p.w =
+          static_cast<const char *>(call.p.w) + e * p.n * p.k * weightBytes;
+      if (call.fp8)
+        sub.p.wScale = call.p.wScale + e * nBlocks * kBlocks;
+      if (bf16)
+        sub.bf16X = bf16 + first * p.k * 2;
+      if (s = runGemm(sub); !s.ok())
+        break;
+    }
     stream = own;
     blasWorkspace = ownWorkspace;
     onExpertStream = false;
