@@ -1006,7 +1006,9 @@ TEST(EmulatedGpuSession, CombineReadsOnlyTheDispatchsSelectionRows) {
 /// The CPU executor's steps against the emulated CUDA executor's with
 /// cuBLASLt emulated (KILN_EMULATE_CUBLASLT=1), the experts' GEMMs grouped
 /// or not (KILN_EXPERT_GEMMS auto and per-expert, the latter on the side
-/// streams and on the executor's one, KILN_EXPERT_STREAMS=0); each run must
+/// streams, run late and early (KILN_EMULATE_STREAMS=early-side: a missing
+/// join, then a missing fork, reads too early), and on the executor's one,
+/// KILN_EXPERT_STREAMS=0); each run must
 /// have made GEMMs of the emulation's `kind`, and bf16 experts' per-expert
 /// GEMMs (only they) must have run on the side streams where there are
 /// some.
@@ -1017,15 +1019,18 @@ void expectEmulatedCublasLtMatches(const std::filesystem::path &artifact,
                                        &prompts = testing::raggedPrompts()) {
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_TRUE(model.ok()) << model.status().message();
-  for (auto [experts, streams] :
-       {std::pair<const char *, const char *>{"auto", ""},
-        {"per-expert", ""},
-        {"per-expert", "0"}}) {
-    SCOPED_TRACE(std::string(experts) + " streams " + streams);
+  struct Run {
+    const char *experts, *streams, *order;
+  };
+  for (auto [experts, streams, order] :
+       {Run{"auto", "", ""}, Run{"per-expert", "", ""},
+        Run{"per-expert", "", "early-side"}, Run{"per-expert", "0", ""}}) {
+    SCOPED_TRACE(std::string(experts) + " streams " + streams + " " + order);
     int64_t before = cuda::emulatedBlasLtCalls().*kind;
     ::setenv("KILN_EMULATE_CUBLASLT", "1", 1);
     ::setenv("KILN_EXPERT_GEMMS", experts, 1);
     ::setenv("KILN_EXPERT_STREAMS", streams, 1);
+    ::setenv("KILN_EMULATE_STREAMS", order, 1);
     // What cuBLASLt declines runs on the tensor cores, every such GEMM (see
     // the bf16 cases of EmulatedGpu for why not by rows).
     ::setenv("KILN_MMA_GEMMS", "on", 1);
@@ -1048,6 +1053,7 @@ void expectEmulatedCublasLtMatches(const std::filesystem::path &artifact,
     ::unsetenv("KILN_EMULATE_CUBLASLT");
     ::unsetenv("KILN_EXPERT_GEMMS");
     ::unsetenv("KILN_EXPERT_STREAMS");
+    ::unsetenv("KILN_EMULATE_STREAMS");
     ::unsetenv("KILN_MMA_GEMMS");
     EXPECT_NE(gpuWhere.find("cuBLASLt (emulated)"), std::string::npos)
         << gpuWhere;

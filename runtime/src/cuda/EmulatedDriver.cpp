@@ -100,15 +100,21 @@ Launch bind(const Function &f, Dim3 grid, void **params) {
   };
 }
 
-/// A stream's work not yet run. The emulation runs stream work when
-/// something waits for it, as late as CUDA lets a GPU run it: a stream
-/// synchronization, another stream's wait on one of its events (which runs
-/// it up to the event first), a synchronous copy (blocking streams only:
-/// CUDA's legacy stream does not wait for CU_STREAM_NON_BLOCKING ones), a
-/// free. So a read of device memory that no wait orders after the work
-/// writing it reads what was there before, here as it may on a GPU.
+/// A stream's work not yet run. Stream work runs as late as CUDA lets a
+/// GPU run it: when something waits for it (a stream synchronization;
+/// another stream's wait on one of its events, which runs it up to the
+/// event; a synchronous copy, for blocking streams only, as CUDA's legacy
+/// stream does not wait for CU_STREAM_NON_BLOCKING ones; a free). So a read
+/// of device memory that no wait orders after the work writing it reads
+/// what was there before, as it may on a GPU. KILN_EMULATE_STREAMS=
+/// early-side takes the other extreme for the streams a thread makes beside
+/// its first (the executor's expert streams): their work runs as soon as it
+/// is queued, after what it waits for, so work that does not wait for what
+/// it reads reads it too early.
 struct Stream {
   bool blocking = true;
+  /// Runs its work as soon as it is queued (KILN_EMULATE_STREAMS=early-side).
+  bool early = false;
   std::thread::id owner = std::this_thread::get_id();
   std::deque<Launch> pending;
   uint64_t enqueued = 0, ran = 0;
@@ -196,6 +202,8 @@ void enqueue(Launch work, CUstream stream) {
   }
   s->pending.push_back(std::move(work));
   ++s->enqueued;
+  if (s->early)
+    runAll(s);
 }
 
 /// Whether a call that waits for the device (a synchronous copy, a stream
@@ -431,7 +439,11 @@ DriverApi table() {
   a.cuStreamCreate = [](CUstream *s, unsigned flags) {
     auto *stream = new Stream;
     stream->blocking = (flags & CU_STREAM_NON_BLOCKING) == 0;
+    const char *order = std::getenv("KILN_EMULATE_STREAMS");
+    bool earlySide = order && std::string_view(order) == "early-side";
     std::lock_guard<std::mutex> lock(streamsMutex);
+    for (Stream *other : liveStreams())
+      stream->early |= earlySide && other->owner == stream->owner;
     liveStreams().push_back(stream);
     *s = reinterpret_cast<CUstream>(stream);
     return ok();
