@@ -348,6 +348,9 @@ struct Executor::Impl {
   absl::StatusOr<bool> fewRowsPerExpert(const GemmParams &p);
   /// The expert streams, their events and workspaces: all, or none.
   absl::Status makeExpertStreams();
+  /// Destroys the expert streams and their events (not the workspaces,
+  /// which are allocations).
+  void releaseExpertStreams();
   /// Makes the expert streams (once) and lets them start after the work
   /// queued on `stream` so far.
   absl::Status forkExpertStreams();
@@ -370,14 +373,7 @@ Executor::Impl::~Impl() {
     a.cuMemHostUnregister(pinned);
   for (auto &[key, graph] : graphs)
     a.cuGraphExecDestroy(graph.exec);
-  for (SideStream &side : expertStreams) {
-    if (side.done)
-      a.cuEventDestroy(side.done);
-    if (side.stream)
-      a.cuStreamDestroy(side.stream);
-  }
-  if (expertsReady)
-    a.cuEventDestroy(expertsReady);
+  releaseExpertStreams();
   for (DeviceBuffer &b : allocations)
     a.cuMemFree(b.ptr);
   if (generated)
@@ -1513,6 +1509,12 @@ absl::Status Executor::Impl::makeExpertStreams() {
     return made;
   // None or all: a later prefill tries again from nothing (the workspaces
   // stay with the allocations).
+  releaseExpertStreams();
+  return made;
+}
+
+void Executor::Impl::releaseExpertStreams() {
+  const DriverApi &a = api();
   for (SideStream &side : expertStreams) {
     if (side.done)
       a.cuEventDestroy(side.done);
@@ -1523,7 +1525,6 @@ absl::Status Executor::Impl::makeExpertStreams() {
   if (expertsReady)
     a.cuEventDestroy(expertsReady);
   expertsReady = nullptr;
-  return made;
 }
 
 absl::Status Executor::Impl::forkExpertStreams() {

@@ -190,16 +190,17 @@ thread_local Graph *capturing = nullptr;
 thread_local Stream *captured = nullptr;
 thread_local bool captureInvalidated = false;
 std::atomic<int64_t> programmaticLaunches{0};
+bool isCaptured(CUstream s) { return capturing && streamOf(s) == captured; }
 
 /// Work on stream `s`: recorded in the graph while `s` is captured (a CUDA
 /// graph's node, so that each replay runs it and capture itself runs
 /// nothing), else queued.
 void enqueue(Launch work, CUstream stream) {
-  Stream *s = streamOf(stream);
-  if (capturing && s == captured) {
+  if (isCaptured(stream)) {
     capturing->push_back(std::move(work));
     return;
   }
+  Stream *s = streamOf(stream);
   s->pending.push_back(std::move(work));
   ++s->enqueued;
   if (s->early)
@@ -346,8 +347,7 @@ DriverApi table() {
   // graph's nodes, reading their source when a replay reaches them.
   a.cuMemcpyHtoDAsync = [](CUdeviceptr dst, const void *src, size_t bytes,
                            CUstream stream) {
-    // A captured copy reads its source when a replay reaches it.
-    if (pinned(src, bytes) || (capturing && streamOf(stream) == captured)) {
+    if (pinned(src, bytes) || isCaptured(stream)) {
       enqueue([dst, src, bytes] { std::memcpy(toHost(dst), src, bytes); },
               stream);
       return ok();
@@ -491,7 +491,7 @@ DriverApi table() {
   };
   a.cuEventRecord = [](CUevent e, CUstream s) {
     Stream *stream = streamOf(s);
-    if (capturing && stream == captured)
+    if (isCaptured(s))
       return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED; // not emulated
     *reinterpret_cast<Event *>(e) = Event{stream, stream->enqueued};
     return ok();
@@ -500,7 +500,7 @@ DriverApi table() {
     Event event = *reinterpret_cast<Event *>(e);
     if (!event.stream)
       return ok(); // never recorded: nothing to wait for
-    if (capturing && streamOf(s) == captured)
+    if (isCaptured(s))
       return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED; // not emulated
     enqueue([event] { runUpTo(event.stream, event.mark); }, s);
     return ok();
