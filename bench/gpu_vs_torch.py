@@ -26,6 +26,12 @@ Measures
     (the per-expert GEMMs on one stream instead of four side streams) and
     with KILN_MMA_ATTENTION=off
     (attention on the CUDA cores in fp32 instead of the tensor cores);
+  * where Kiln's time goes, kernel by kernel (`kiln-run bench --profile`:
+    each point once more with CUDA events after every launch, the decode
+    steps launched one by one as their graph holds them): per point the
+    kernels of a decode step (kiln_decode_profile) and of the prefill
+    (prefill.kiln_kernel_profile), the generated kernels grouped by what
+    they fuse, the longest first, each with its share of the profiled time;
   * the achieved fraction of HBM bandwidth at batch 1: bytes one decode step
     reads (every weight except the embedding table, of which one row; of
     each MoE layer's routed experts only the 6 of 64 selected; Kiln's f32
@@ -47,6 +53,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -105,18 +112,38 @@ def decode_bytes(weights_dir, config, context):
 
 
 def kiln_bench(bundle, artifact, weights_dir, batches, contexts, steps, repeats, synthetic,
-               env=None):
+               env=None, profile=False):
     argv = [os.path.join(bundle, "bin", "kiln-run"), "bench", artifact, "--device", "cuda",
             "--weights-dir", weights_dir, "--batch", ",".join(map(str, batches)),
             "--context", ",".join(map(str, contexts)), "--steps", str(steps),
             "--repeats", str(repeats)]
     if synthetic:
         argv.append("--synthetic-context")
+    if profile:
+        argv.append("--profile")
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise RuntimeError(f"kiln-run bench failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout), proc.stderr.strip()
+
+
+def top_kernels(profile, count=12):
+    """A kernel profile of `kiln-run bench --profile` grouped by kernel (the
+    generated kernels by what they fuse: fused_<n>_ dropped), the longest
+    first, each with its share of the profiled time."""
+    if not profile:
+        return None
+    groups = {}
+    for k in profile["kernels"]:
+        name = re.sub(r"^fused_\d+_", "fused: ", k["kernel"])
+        g = groups.setdefault(name, {"kernel": name, "launches": 0, "ms": 0.0})
+        g["launches"] += k["launches"]
+        g["ms"] += k["ms"]
+    rows = sorted(groups.values(), key=lambda g: -g["ms"])
+    for g in rows:
+        g["share"] = g["ms"] / profile["ms"] if profile["ms"] else None
+    return {"ms": profile["ms"], "kernels": rows[:count]}
 
 
 def hf_decode(model, vocab, batch, context, steps, repeats):
@@ -189,7 +216,10 @@ def summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, step_
                    "kiln_bf16_cache_decode_tokens_per_s":
                        kiln[(b, c)].get("decode_tokens_per_s_bf16_cache"),
                    "kiln_decode_kernel_launches_per_step":
-                       kiln[(b, c)].get("decode_kernel_launches_per_step")}
+                       kiln[(b, c)].get("decode_kernel_launches_per_step"),
+                   "kiln_decode_profile":
+                       top_kernels(kiln[(b, c)].get("decode_kernel_profile")),
+                   "kiln_profile_error": kiln[(b, c)].get("kernel_profile_error")}
             if b == 1:
                 step_s = kiln[(b, c)]["decode_step_ms"] / 1e3
                 row["kiln_step_ms"] = step_s * 1e3
@@ -251,13 +281,21 @@ def main():
     try:  # a Kiln failure is reported with the peers' numbers
         log("Kiln: decode")
         decode, where = kiln_bench(args.bundle, artifact, args.weights_dir, batches, contexts,
-                                   args.steps, args.repeats, synthetic=True)
+                                   args.steps, args.repeats, synthetic=True, profile=True)
         result["kiln_device"] = where
         kiln.update({(r["batch"], r["context"]): r for r in decode["results"]})
+        for r in decode["results"]:
+            top = top_kernels(r.get("decode_kernel_profile"))
+            if top:
+                log(f"Kiln decode batch {r['batch']}, context {r['context']}: "
+                    + ", ".join(f"{k['kernel']} {100 * k['share']:.0f}%"
+                                for k in top["kernels"][:4]))
         log("Kiln: prefill")
         pre, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], [prefill], 1,
-                            args.repeats, synthetic=False)
+                            args.repeats, synthetic=False, profile=True)
         result["prefill"]["kiln_tokens_per_s"] = pre["results"][0]["prefill_tokens_per_s"]
+        result["prefill"]["kiln_kernel_profile"] = top_kernels(
+            pre["results"][0].get("prefill_kernel_profile"))
     except RuntimeError as e:
         result["kiln_error"] = str(e)
         log(f"Kiln failed: {e}")

@@ -124,6 +124,11 @@ compare+=('{"name": "deepseek-v2-lite-bf16-wide-no-cublaslt", "artifact": "deeps
 # fails and this passes, suspect a kernel that touches memory before
 # awaitPrecedingKernels.
 compare+=('{"name": "deepseek-v2-lite-bf16-no-pdl", "artifact": "deepseek-v2-lite-bf16", "tolerance": 1e-2, "env": {"KILN_PDL": "off"}}')
+# The kernel profile on (KILN_PROFILE=1: a hold kernel, an event after each
+# launch, decode steps launched one by one as their graph holds them, the
+# per-expert GEMMs on one stream); the profile is printed as each session
+# ends.
+compare+=('{"name": "deepseek-v2-lite-bf16-profiled", "artifact": "deepseek-v2-lite-bf16", "tolerance": 1e-2, "env": {"KILN_PROFILE": "1", "KILN_EXPERT_GEMMS": "per-expert"}}')
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

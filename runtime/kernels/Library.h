@@ -451,6 +451,31 @@ KILN_FN void kiln_moe_combine_block(Dim3 block, const MoeCombineParams &p) {
 }
 KILN_KERNEL(kiln_moe_combine, MoeCombineParams)
 
+// -- Hold: keeps its stream busy for `nanoseconds` (one thread sleeping on
+// the global timer). The executor's kernel profile starts a step with it,
+// so that the host has queued the step's launches, and the events between
+// them, before the GPU reaches them: the events then time the kernels, not
+// the host's pace. The host builds return at once.
+struct HoldParams {
+  long long nanoseconds;
+};
+
+KILN_FN void kiln_hold_block(Dim3, const HoldParams &p) {
+#if defined(__CUDA_ARCH__)
+  if (KILN_THREAD != 0)
+    return;
+  unsigned long long start, now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do {
+    __nanosleep(10000);
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  } while (now - start < static_cast<unsigned long long>(p.nanoseconds));
+#else
+  (void)p;
+#endif
+}
+KILN_KERNEL(kiln_hold, HoldParams)
+
 KILN_KERNELS_END
 
 #endif // KILN_KERNELS_LIBRARY_H

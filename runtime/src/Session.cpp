@@ -184,29 +184,25 @@ struct Session::Impl {
   std::vector<int32_t> heldTokens;
   std::vector<int32_t> cacheRows; // the step's, for EntryPoint.cache_rows
 #endif
-  // KILN_PROFILE=1: time per kernel kind, printed when the session ends.
+  // The kernel profile (Session::setKernelProfiling) of CPU steps: time
+  // per kernel kind. KILN_PROFILE=1 turns it on (on either device) and
+  // prints it when the session ends.
   struct Profile {
     double seconds = 0;
     int64_t launches = 0;
   };
-  bool profile = false;
+  bool profile = false, printProfile = false;
   std::array<Profile, static_cast<size_t>(art::KernelKind::MAX) + 1>
       profileByKernel{};
   Profile fusedProfile; // the artifact's CPU kernels
+  std::vector<KernelTime> kernelProfile() const;
   ~Impl() {
-    if (!profile)
+    if (!printProfile)
       return;
-    std::fprintf(stderr, "kiln profile (kernel, launches, seconds):\n");
-    if (fusedProfile.launches)
-      std::fprintf(stderr, "  %-14s %8lld %10.4f\n", "fused (generated)",
-                   static_cast<long long>(fusedProfile.launches),
-                   fusedProfile.seconds);
-    for (size_t k = 0; k < profileByKernel.size(); ++k)
-      if (profileByKernel[k].launches)
-        std::fprintf(stderr, "  %-14s %8lld %10.4f\n",
-                     art::EnumNameKernelKind(static_cast<art::KernelKind>(k)),
-                     static_cast<long long>(profileByKernel[k].launches),
-                     profileByKernel[k].seconds);
+    std::fprintf(stderr, "kiln profile (seconds, launches, kernel):\n");
+    for (const KernelTime &t : kernelProfile())
+      std::fprintf(stderr, "  %10.6f %8lld  %s\n", t.seconds,
+                   static_cast<long long>(t.launches), t.kernel.c_str());
   }
 
   bool alive(int sequence) const {
@@ -699,6 +695,50 @@ Session::~Session() = default;
 
 const std::string &Session::device() const { return impl_->device; }
 
+std::vector<KernelTime> Session::Impl::kernelProfile() const {
+#ifdef KILN_HAVE_CUDA_EXECUTOR
+  if (gpu)
+    return gpu->profile();
+#endif
+  std::vector<KernelTime> times;
+  if (fusedProfile.launches)
+    times.push_back(
+        {"fused (generated)", fusedProfile.launches, fusedProfile.seconds});
+  for (size_t k = 0; k < profileByKernel.size(); ++k)
+    if (profileByKernel[k].launches)
+      times.push_back({art::EnumNameKernelKind(static_cast<art::KernelKind>(k)),
+                       profileByKernel[k].launches,
+                       profileByKernel[k].seconds});
+  std::stable_sort(times.begin(), times.end(),
+                   [](const KernelTime &a, const KernelTime &b) {
+                     return a.seconds > b.seconds;
+                   });
+  return times;
+}
+
+void Session::setKernelProfiling(bool on) {
+#ifdef KILN_HAVE_CUDA_EXECUTOR
+  if (impl_->gpu) {
+    impl_->gpu->setProfiling(on);
+    return;
+  }
+#endif
+  impl_->profile = on;
+}
+
+std::vector<KernelTime> Session::kernelProfile() const {
+  return impl_->kernelProfile();
+}
+
+void Session::resetKernelProfile() {
+#ifdef KILN_HAVE_CUDA_EXECUTOR
+  if (impl_->gpu)
+    impl_->gpu->resetProfile();
+#endif
+  impl_->profileByKernel = {};
+  impl_->fusedProfile = {};
+}
+
 int64_t Session::kernelLaunches() const {
 #ifdef KILN_HAVE_CUDA_EXECUTOR
   if (impl_->gpu)
@@ -778,6 +818,8 @@ Session::createSession(const Model &model, const SessionOptions &options) {
       !s.ok())
     return s;
   cacheOptions.hostStorage = !impl->onGpu();
+  const char *profile = std::getenv("KILN_PROFILE");
+  impl->printProfile = profile && *profile && std::string(profile) != "0";
   absl::StatusOr<PagedKvCache> cache = PagedKvCache::create(cacheOptions);
   if (!cache.ok())
     return cache.status();
@@ -813,6 +855,7 @@ Session::createSession(const Model &model, const SessionOptions &options) {
     }
 #ifdef KILN_HAVE_CUDA_EXECUTOR
     impl->gpu->pinHostBuffer(impl->staging.data(), impl->staging.size());
+    impl->gpu->setProfiling(impl->printProfile);
     impl->cacheRows.reserve(
         std::max(size_t{prefill->max_batch()} * prefill->max_seq(),
                  size_t{decode->max_batch()} * decode->max_seq()));
@@ -826,8 +869,7 @@ Session::createSession(const Model &model, const SessionOptions &options) {
     return absl::ResourceExhaustedError(
         "cannot allocate the " + std::to_string(arenaBytes) + "-byte arena");
   std::memset(impl->arena.get(), 0, arenaBytes);
-  const char *profile = std::getenv("KILN_PROFILE");
-  impl->profile = profile && *profile && std::string(profile) != "0";
+  impl->profile = impl->printProfile;
   int64_t heads = 0, dv = 0;
   for (const art::EntryPoint *e : *plan.entry_points())
     for (const art::Launch *l : *e->launches())

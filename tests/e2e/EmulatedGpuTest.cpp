@@ -23,6 +23,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <functional>
@@ -30,6 +31,7 @@
 #include <span>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace kiln {
@@ -450,6 +452,151 @@ TEST(EmulatedGpuSession, StepsWithoutLogits) {
       EXPECT_TRUE(absl::IsFailedPrecondition(s.promptLogits(id, 0).status()));
     }
   }
+}
+
+int64_t profiledLaunches(const std::vector<KernelTime> &profile) {
+  int64_t launches = 0;
+  for (const KernelTime &t : profile)
+    launches += t.launches;
+  return launches;
+}
+
+// The kernel profile times every launch a step counts, once, the longest
+// first, while it is on; the hold before a profiled step is nobody's
+// kernel. Profiled decode steps run without the graph and launch what its
+// replay runs; off again, the steps replay the graph and time nothing. On
+// the CPU it times kernel kinds.
+TEST(EmulatedGpuSession, KernelProfileTimesEachLaunch) {
+  std::filesystem::path artifact =
+      compileArtifact(kGolden / "deepseek-v3",
+                      scratchFile("emulated_profile.kiln"), CompileSettings{});
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  SessionOptions options;
+  options.device = Device::Emulated;
+  absl::StatusOr<std::unique_ptr<Session>> session =
+      Session::create(**model, options);
+  if (absl::IsUnavailable(session.status()))
+    GTEST_SKIP() << session.status().message();
+  ASSERT_TRUE(session.ok()) << session.status().message();
+  Session &s = **session;
+  absl::StatusOr<std::vector<int>> ids = s.prefill({{5, 17, 3}, {7, 7}});
+  ASSERT_TRUE(ids.ok()) << ids.status().message();
+  EXPECT_TRUE(s.kernelProfile().empty()) << "off by default";
+  std::vector<int32_t> next = {1, 2};
+  int64_t before = s.kernelLaunches();
+  ASSERT_TRUE(s.decode(*ids, next).ok());
+  int64_t replayed = s.kernelLaunches() - before;
+  ASSERT_GT(replayed, 0);
+
+  s.setKernelProfiling(true);
+  ::setenv("KILN_LOG_LAUNCHES", "1", 1);
+  ::testing::internal::CaptureStderr();
+  before = s.kernelLaunches();
+  absl::StatusOr<std::vector<int>> more = s.prefill({{9, 4, 4, 2}});
+  ASSERT_TRUE(more.ok()) << more.status().message();
+  std::vector<KernelTime> prefill = s.kernelProfile();
+  EXPECT_EQ(profiledLaunches(prefill), s.kernelLaunches() - before);
+  s.resetKernelProfile();
+  ASSERT_TRUE(s.release(more->front()).ok());
+  before = s.kernelLaunches();
+  for (int step = 0; step < 2; ++step)
+    ASSERT_TRUE(s.decode(*ids, next).ok());
+  std::string log = ::testing::internal::GetCapturedStderr();
+  ::unsetenv("KILN_LOG_LAUNCHES");
+  std::vector<KernelTime> decode = s.kernelProfile();
+  EXPECT_EQ(profiledLaunches(decode), s.kernelLaunches() - before);
+  EXPECT_EQ(profiledLaunches(decode), 2 * replayed);
+  EXPECT_EQ(log.find("(captured)"), std::string::npos)
+      << "profiled steps run without graphs:\n"
+      << log;
+  for (const std::vector<KernelTime> *profile : {&prefill, &decode}) {
+    ASSERT_FALSE(profile->empty());
+    for (size_t i = 0; i < profile->size(); ++i) {
+      const KernelTime &t = (*profile)[i];
+      EXPECT_NE(t.kernel, "kiln_hold");
+      EXPECT_NE(t.kernel, "");
+      EXPECT_GT(t.launches, 0) << t.kernel;
+      EXPECT_GE(t.seconds, 0.0) << t.kernel;
+      if (i) {
+        EXPECT_LE(t.seconds, (*profile)[i - 1].seconds) << t.kernel;
+      }
+    }
+  }
+  auto timed = [&](const std::string &kernel) {
+    for (const KernelTime &t : decode)
+      if (t.kernel == kernel)
+        return t.launches;
+    return int64_t{0};
+  };
+  // Two steps of the model's two MoE layers.
+  EXPECT_EQ(timed("kiln_moe_route"), 4);
+
+  s.setKernelProfiling(false);
+  s.resetKernelProfile();
+  before = s.kernelLaunches();
+  ASSERT_TRUE(s.decode(*ids, next).ok());
+  EXPECT_EQ(s.kernelLaunches() - before, replayed);
+  EXPECT_TRUE(s.kernelProfile().empty());
+
+  options.device = Device::Cpu;
+  absl::StatusOr<std::unique_ptr<Session>> cpu =
+      Session::create(**model, options);
+  ASSERT_TRUE(cpu.ok()) << cpu.status().message();
+  (*cpu)->setKernelProfiling(true);
+  ASSERT_TRUE((*cpu)->prefill({{5, 17, 3}}).ok());
+  std::vector<KernelTime> kinds = (*cpu)->kernelProfile();
+  ASSERT_FALSE(kinds.empty());
+  bool moeGate = false;
+  for (const KernelTime &t : kinds)
+    moeGate |= t.kernel == "fused (generated)" || t.kernel == "MoeGate";
+  EXPECT_TRUE(moeGate);
+  (*cpu)->resetKernelProfile();
+  EXPECT_TRUE((*cpu)->kernelProfile().empty());
+}
+
+// KILN_PROFILE=1 profiles a session from its start and prints the profile
+// at its end. The profiled steps are the unprofiled ones to the bit, with
+// the per-expert cuBLASLt GEMMs a prefill spreads over side streams run on
+// the executor's one stream, where events time them.
+TEST(EmulatedGpuSession, ProfiledStepsAreTheSameSteps) {
+  std::filesystem::path artifact =
+      compileArtifact(kGolden / "deepseek-v2-lite-bf16",
+                      scratchFile("emulated_profile_bf16.kiln"), {});
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  ::setenv("KILN_EMULATE_CUBLASLT", "1", 1);
+  ::setenv("KILN_EXPERT_GEMMS", "per-expert", 1);
+  ::setenv("KILN_LOG_LAUNCHES", "1", 1);
+  std::vector<std::vector<float>> steps[2];
+  std::string logs[2];
+  for (int profiled : {0, 1}) {
+    if (profiled)
+      ::setenv("KILN_PROFILE", "1", 1);
+    ::testing::internal::CaptureStderr();
+    std::string where;
+    steps[profiled] = testing::runDeviceSteps(**model, Device::Emulated, where);
+    logs[profiled] = ::testing::internal::GetCapturedStderr();
+    ::unsetenv("KILN_PROFILE");
+  }
+  for (const char *name :
+       {"KILN_EMULATE_CUBLASLT", "KILN_EXPERT_GEMMS", "KILN_LOG_LAUNCHES"})
+    ::unsetenv(name);
+  ASSERT_FALSE(steps[0].empty());
+  EXPECT_EQ(steps[0], steps[1]);
+  EXPECT_NE(logs[0].find("(expert stream)"), std::string::npos) << logs[0];
+  EXPECT_NE(logs[0].find("(captured)"), std::string::npos) << logs[0];
+  EXPECT_EQ(logs[0].find("kiln profile"), std::string::npos) << logs[0];
+  EXPECT_EQ(logs[1].find("(expert stream)"), std::string::npos) << logs[1];
+  EXPECT_EQ(logs[1].find("(captured)"), std::string::npos) << logs[1];
+  size_t printed = logs[1].find("kiln profile (seconds, launches, kernel):");
+  ASSERT_NE(printed, std::string::npos) << logs[1];
+  EXPECT_NE(logs[1].find("  cuBLASLt bf16 GEMM", printed), std::string::npos)
+      << logs[1].substr(printed);
+  EXPECT_NE(logs[1].find("  kiln_moe_route", printed), std::string::npos)
+      << logs[1].substr(printed);
 }
 
 /// A rewrite that keeps every GEMM sum (and SwiGLU) as it was: `golden`
@@ -1196,6 +1343,43 @@ TEST(EmulatedDriver, StreamWorkRunsWhenWaitedFor) {
   a.cuMemFree(device);
   for (CUstream s : {blocking, side, main})
     a.cuStreamDestroy(s);
+}
+
+// Event timing as CUDA's: a record is stream work, so the time between two
+// records is known once both have run, and covers the work between them.
+TEST(EmulatedDriver, EventsTimeTheWorkBetweenThem) {
+  cuda::Driver driver = cuda::emulatedDriver();
+  const cuda::DriverApi &a = driver.api();
+  CUstream stream = nullptr;
+  ASSERT_EQ(a.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  CUevent before = nullptr, after = nullptr, never = nullptr;
+  for (CUevent *e : {&before, &after, &never})
+    ASSERT_EQ(a.cuEventCreate(e, 0), CUDA_SUCCESS);
+  float ms = -1;
+  EXPECT_EQ(a.cuEventElapsedTime(&ms, before, after), CUDA_ERROR_INVALID_HANDLE)
+      << "neither was recorded";
+  ASSERT_EQ(a.cuEventRecord(before, stream), CUDA_SUCCESS);
+  cuda::emulatedEnqueue(
+      [] { std::this_thread::sleep_for(std::chrono::milliseconds(20)); },
+      stream);
+  ASSERT_EQ(a.cuEventRecord(after, stream), CUDA_SUCCESS);
+  EXPECT_EQ(a.cuEventElapsedTime(&ms, before, after), CUDA_ERROR_NOT_READY)
+      << "nothing waited for the stream, so its work has not run";
+  ASSERT_EQ(a.cuStreamSynchronize(stream), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuEventElapsedTime(&ms, before, after), CUDA_SUCCESS);
+  EXPECT_GE(ms, 20.0f);
+  EXPECT_LT(ms, 10000.0f);
+  EXPECT_EQ(a.cuEventElapsedTime(&ms, before, never),
+            CUDA_ERROR_INVALID_HANDLE);
+  // Recorded again: the time is of the new record, unknown until it runs.
+  ASSERT_EQ(a.cuEventRecord(after, stream), CUDA_SUCCESS);
+  EXPECT_EQ(a.cuEventElapsedTime(&ms, before, after), CUDA_ERROR_NOT_READY);
+  // Destroyed before its record ran, as CUDA permits.
+  ASSERT_EQ(a.cuEventDestroy(after), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuStreamSynchronize(stream), CUDA_SUCCESS);
+  for (CUevent e : {before, never})
+    a.cuEventDestroy(e);
+  a.cuStreamDestroy(stream);
 }
 
 // cuBLASLt's block-scaled FP8 GEMMs through its host emulation: a

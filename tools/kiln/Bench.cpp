@@ -2,7 +2,9 @@
 //
 // Prefill and decode throughput of an artifact at given batch sizes and
 // context lengths, printed as JSON. Each point prefills `batch` prompts of
-// `context` tokens, then times `steps` decode steps.
+// `context` tokens, then times `steps` decode steps. With --profile each
+// point runs once more with the session's kernel profile on, and reports
+// where the prefill's and a decode step's time goes, kernel by kernel.
 //
 //===----------------------------------------------------------------------===//
 #include "tools/kiln/Commands.h"
@@ -17,6 +19,7 @@
 #include <omp.h>
 #include <random>
 #include <sstream>
+#include <string_view>
 
 namespace kiln::tools {
 namespace {
@@ -28,6 +31,7 @@ struct BenchOptions {
   int steps = 32;
   int repeats = 3;
   bool syntheticContext = false;
+  bool profile = false;
   Device device = Device::Auto;
   std::string weightsDir;
 };
@@ -35,6 +39,72 @@ struct BenchOptions {
 double seconds(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
       .count();
+}
+
+/// `text` as the contents of a JSON string.
+std::string jsonEscaped(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '"' || c == '\\')
+      out += '\\';
+    if (static_cast<unsigned char>(c) < 0x20)
+      out += ' '; // a message's line breaks: one line in the JSON
+    else
+      out += c;
+  }
+  return out;
+}
+
+/// A kernel profile as a JSON object: the time, and each kernel's launches
+/// and time, per `runs` (a decode profile's steps).
+std::string profileJson(const std::vector<KernelTime> &times, int runs) {
+  double total = 0;
+  for (const KernelTime &t : times)
+    total += t.seconds;
+  std::ostringstream json;
+  json << "{\"ms\": " << 1e3 * total / runs << ", \"kernels\": [";
+  for (size_t i = 0; i < times.size(); ++i)
+    json << (i ? ", " : "") << "{\"kernel\": \"" << jsonEscaped(times[i].kernel)
+         << "\", \"launches\": "
+         << static_cast<double>(times[i].launches) / runs
+         << ", \"ms\": " << 1e3 * times[i].seconds / runs << "}";
+  json << "]}";
+  return json.str();
+}
+
+/// The point's prefill and `steps` decode steps once more, profiled: JSON
+/// members for the point's object.
+absl::StatusOr<std::string>
+profiledRun(Session &s, const std::vector<std::vector<int32_t>> &prompts,
+            int context, const BenchOptions &opts, std::mt19937 &rng,
+            std::uniform_int_distribution<int32_t> &token) {
+  for (int id : s.sequences())
+    if (absl::Status st = s.release(id); !st.ok())
+      return st;
+  s.setKernelProfiling(true);
+  s.resetKernelProfile();
+  std::string json;
+  absl::StatusOr<std::vector<int>> ids = s.prefill(prompts);
+  if (!ids.ok())
+    return ids.status();
+  if (!opts.syntheticContext)
+    json +=
+        ", \"prefill_kernel_profile\": " + profileJson(s.kernelProfile(), 1);
+  else
+    for (int id : *ids)
+      if (absl::Status st = s.extendUncomputed(id, context - 1); !st.ok())
+        return st;
+  s.resetKernelProfile();
+  std::vector<int32_t> next(ids->size());
+  for (int step = 0; step < opts.steps; ++step) {
+    for (int32_t &t : next)
+      t = token(rng);
+    if (absl::Status st = s.decode(*ids, next); !st.ok())
+      return st;
+  }
+  json += ", \"decode_kernel_profile\": " +
+          profileJson(s.kernelProfile(), opts.steps);
+  return json;
 }
 
 absl::Status bench(const BenchOptions &opts) {
@@ -66,8 +136,9 @@ absl::Status bench(const BenchOptions &opts) {
       0, static_cast<int32_t>(info.vocabSize - 1));
 
   std::ostringstream json;
-  json << "{\n  \"artifact\": \"" << info.path << "\",\n  \"architecture\": \""
-       << info.architecture << "\",\n  \"device\": \"" << s.device()
+  json << "{\n  \"artifact\": \"" << jsonEscaped(info.path)
+       << "\",\n  \"architecture\": \"" << info.architecture
+       << "\",\n  \"device\": \"" << s.device()
        << "\",\n  \"threads\": " << omp_get_max_threads()
        << ",\n  \"decode_steps\": " << opts.steps << ",\n  \"results\": [";
   bool first = true;
@@ -119,6 +190,18 @@ absl::Status bench(const BenchOptions &opts) {
           decodeLaunches = s.kernelLaunches() - launches;
         }
       }
+      std::string profile;
+      if (opts.profile) {
+        // A failed profile leaves the timings above standing.
+        absl::StatusOr<std::string> run =
+            profiledRun(s, prompts, context, opts, rng, token);
+        s.setKernelProfiling(false);
+        profile = run.ok()
+                      ? *run
+                      : ", \"kernel_profile_error\": \"" +
+                            jsonEscaped(std::string(run.status().message())) +
+                            "\"";
+      }
       json << (first ? "" : ",") << "\n    {\"batch\": " << batch
            << ", \"context\": " << context << ", \"prefill_tokens_per_s\": "
            << (opts.syntheticContext
@@ -129,7 +212,8 @@ absl::Status bench(const BenchOptions &opts) {
            << ", \"decode_kernel_launches_per_step\": "
            << static_cast<double>(decodeLaunches) / opts.steps
            << ", \"kv_cache_bytes\": "
-           << info.kvCacheBytesPerToken * batch * (context + opts.steps) << "}";
+           << info.kvCacheBytesPerToken * batch * (context + opts.steps)
+           << profile << "}";
       first = false;
     }
   json << "\n  ]\n}\n";
@@ -155,6 +239,10 @@ CommandRunner registerBench(CLI::App &app) {
   app.add_flag("--synthetic-context", opts->syntheticContext,
                "Fill the context with uncomputed positions instead of a "
                "prefill (times decode only)");
+  app.add_flag("--profile", opts->profile,
+               "After each point's timed runs, run it once more with the "
+               "kernel profile on and report each kernel's time per prefill "
+               "and per decode step");
   app.add_option("--repeats", opts->repeats, "Best of this many runs")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();

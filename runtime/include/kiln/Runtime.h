@@ -157,6 +157,16 @@ struct SessionOptions {
   bool stepLogits = true;
 };
 
+/// The time one kernel took over the steps a kernel profile covered
+/// (Session::setKernelProfiling).
+struct KernelTime {
+  /// GPU: the kernel's name (a library kernel, a generated one, or
+  /// "cuBLASLt bf16 GEMM"); CPU: the launch kind, or "fused (generated)".
+  std::string kernel;
+  int64_t launches = 0;
+  double seconds = 0;
+};
+
 /// The state of up to `maxBatch` live sequences, each with a stable id: its
 /// tokens in a paged KV cache, its length, and its latest logits. Sequences
 /// can start (prefill) and end (release) at any step, so a batch keeps
@@ -202,6 +212,20 @@ public:
   /// kernels, each cuBLASLt call as one); 0 on the CPU. For benchmarks:
   /// what a step costs in launches.
   int64_t kernelLaunches() const;
+
+  /// Times every kernel of the steps from now on (on), or no longer (off).
+  /// On a GPU each launch is timed between CUDA events, so the steps run
+  /// without CUDA graphs and on one stream, after a hold that lets the
+  /// host queue a step's launches before the GPU reaches them: slower than
+  /// unprofiled steps, and without programmatic launch overlap, but each
+  /// kernel's share is the GPU's, not the host's. On the CPU each launch is
+  /// timed on the host clock. KILN_PROFILE=1 turns it on at creation and
+  /// prints the profile when the session ends.
+  void setKernelProfiling(bool on);
+  /// The kernel times since profiling was turned on or last reset, the
+  /// longest first.
+  std::vector<KernelTime> kernelProfile() const;
+  void resetKernelProfile();
 
   /// Live sequence ids, increasing.
   std::vector<int> sequences() const;

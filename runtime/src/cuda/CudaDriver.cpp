@@ -80,6 +80,9 @@ absl::StatusOr<Driver> Driver::load() {
       {"cuGraphDestroy", resolve(l, "cuGraphDestroy", a.cuGraphDestroy)},
   };
   resolve(l, "cuLaunchKernelEx", a.cuLaunchKernelEx); // optional: null if not
+  if (!resolve(l, "cuEventElapsedTime_v2", a.cuEventElapsedTime) &&
+      !resolve(l, "cuEventElapsedTime", a.cuEventElapsedTime))
+    return absl::UnavailableError("libcuda.so.1 lacks cuEventElapsedTime");
   for (const Entry &e : entries)
     if (!e.ok)
       return absl::UnavailableError(

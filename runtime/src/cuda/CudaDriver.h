@@ -55,6 +55,9 @@ struct DriverApi {
   CUresult (*cuEventCreate)(CUevent *, unsigned int);
   CUresult (*cuEventDestroy)(CUevent);
   CUresult (*cuEventRecord)(CUevent, CUstream);
+  /// cuEventElapsedTime_v2, or the first version where the driver lacks it
+  /// (the same signature: milliseconds between two completed records).
+  CUresult (*cuEventElapsedTime)(float *, CUevent, CUevent);
   CUresult (*cuStreamWaitEvent)(CUstream, CUevent, unsigned int);
   CUresult (*cuGraphInstantiateWithFlags)(CUgraphExec *, CUgraph,
                                           unsigned long long);

@@ -6,6 +6,7 @@
 #include "runtime/src/cuda/CudaDriver.h"
 #include "runtime/src/cuda/EmulatedBlasLt.h"
 #include "runtime/src/cuda/EmulatedDriver.h"
+#include "runtime/src/cuda/KernelProfiler.h"
 #include "runtime/src/cuda/LibraryFatbin.h"
 
 // The library kernels' parameter structs and grids (the host never runs
@@ -17,6 +18,7 @@
 #include "runtime/kernels/MmaGemm.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -108,8 +110,12 @@ struct Executor::Impl {
   /// Some layer GEMM of the plan has bf16 weights (the output head of an
   /// FP8 model does not count).
   bool bf16Weights = false;
-  /// Whether launches are being captured into a graph (no host reads).
+  /// Whether launches are being captured into a graph.
   bool capturing = false;
+  /// Whether the step launches what its decode graph holds: captured, or
+  /// profiled as a graph would run it (the context bucket's kvLen, no host
+  /// reads such as the expert offsets).
+  bool graphStep = false;
   /// The expert offsets runExperts last read back: valid until the next
   /// dispatch (which clears them), so a layer's grouped GEMMs share them.
   std::vector<int32_t> expertOffsets;
@@ -182,10 +188,21 @@ struct Executor::Impl {
   /// decode step once, at capture), with its grid or GEMM shape, so that a
   /// step's kernels can be read off on any device, the emulated one too.
   bool logLaunches = false;
-  /// `launched`, counting a launch when it succeeded and logging it as
-  /// `what()` says.
+  /// The kernel profile (Executor::setProfiling): made at the first, kept
+  /// with its totals while profiling is off.
+  std::unique_ptr<KernelProfiler> profiler;
+  bool profiling = false;
+  /// A profiled step's hold keeps the GPU waiting 1.5 times the longest
+  /// the host has taken to queue the launches between a hold and a wait
+  /// since profiling began; the first hold guesses.
+  static constexpr double kFirstHoldSeconds = 0.02;
+  double longestQueueSeconds = 0;
+  std::chrono::steady_clock::time_point heldAt;
+  /// `launched`, counting a launch when it succeeded, logging it as
+  /// `what()` says and, profiling, marking its end as `kernel`'s.
   template <class What>
-  absl::Status counted(absl::Status launched, const What &what) {
+  absl::Status counted(absl::Status launched, const std::string &kernel,
+                       const What &what) {
     if (!launched.ok())
       return launched;
     ++(capturing ? launchesCaptured : launchesRun);
@@ -193,8 +210,16 @@ struct Executor::Impl {
       std::fprintf(stderr, "kiln: launch %s%s%s\n", what().c_str(),
                    capturing ? " (captured)" : "",
                    onExpertStream ? " (expert stream)" : "");
+    if (profiling && !capturing)
+      return profiler->mark(stream, kernel);
     return launched;
   }
+  /// Profiling: holds the stream (kiln_hold) while the host queues what
+  /// follows, and marks the hold's end as nobody's time.
+  absl::Status holdForProfile();
+  /// Profiling, before the host waits for the stream: how long it took to
+  /// queue the launches since the hold, which sizes the next hold.
+  void queuedForProfile();
   void *pinned = nullptr;
 
   // The step being launched.
@@ -369,6 +394,7 @@ Executor::Impl::~Impl() {
   for (SideStream &side : expertStreams)
     if (side.stream)
       a.cuStreamSynchronize(side.stream);
+  profiler.reset(); // its events, before the context goes
   if (pinned)
     a.cuMemHostUnregister(pinned);
   for (auto &[key, graph] : graphs)
@@ -775,7 +801,7 @@ absl::Status Executor::Impl::launchKernel(CUfunction f, Dim3 grid,
     return counted(check(a.cuLaunchKernel(f, x, y, z, threads, 1, 1, 0, stream,
                                           args, nullptr),
                          name),
-                   what);
+                   name, what);
   CUlaunchAttribute attribute{};
   attribute.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
   attribute.value.programmaticStreamSerializationAllowed = 1;
@@ -789,7 +815,7 @@ absl::Status Executor::Impl::launchKernel(CUfunction f, Dim3 grid,
   config.attrs = &attribute;
   config.numAttrs = 1;
   return counted(check(a.cuLaunchKernelEx(&config, f, args, nullptr), name),
-                 what);
+                 name, what);
 }
 
 absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
@@ -1086,7 +1112,7 @@ bool Executor::Impl::blasWeights(const GemmCall &c) const {
 
 bool Executor::Impl::perExpert(const GemmCall &c) const {
   // Auto: only weights cuBLASLt takes gain from a GEMM per expert.
-  return c.p.offsets && !capturing &&
+  return c.p.offsets && !graphStep &&
          (expertGemms == ExpertGemms::PerExpert ||
           (expertGemms == ExpertGemms::Auto && blasWeights(c)));
 }
@@ -1281,6 +1307,7 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
                                   reinterpret_cast<CUdeviceptr>(p.w),
                                   reinterpret_cast<CUdeviceptr>(p.out),
                                   blasWorkspace, kBlasWorkspaceBytes),
+                   "cuBLASLt bf16 GEMM",
                    [&] { return "cuBLASLt bf16 GEMM " + gemmShape(p); });
   }
   if (blasDense(c) && !p.wUp) {
@@ -1380,7 +1407,7 @@ absl::Status Executor::Impl::blasFp8(const GemmCall &c) {
                                     blasWorkspace, kBlasWorkspaceBytes);
   return gemm.code() == absl::StatusCode::kUnimplemented
              ? gemm
-             : counted(gemm,
+             : counted(gemm, "cuBLASLt FP8 GEMM",
                        [&] { return "cuBLASLt FP8 GEMM " + gemmShape(p); });
 }
 
@@ -1388,12 +1415,16 @@ absl::StatusOr<bool> Executor::Impl::fewRowsPerExpert(const GemmParams &p) {
   std::vector<int32_t> &offsets = expertOffsets;
   if (offsets.empty()) {
     offsets.assign(static_cast<size_t>(p.experts) + 1, 0);
+    if (profiling)
+      queuedForProfile();
     absl::Status s = check(api().cuStreamSynchronize(stream), "routing");
     if (s.ok())
       s = check(api().cuMemcpyDtoH(offsets.data(),
                                    reinterpret_cast<CUdeviceptr>(p.offsets),
                                    offsets.size() * sizeof(int32_t)),
                 "reading the expert offsets");
+    if (s.ok() && profiling)
+      s = holdForProfile();
     if (!s.ok()) {
       offsets.clear();
       return s;
@@ -1436,7 +1467,8 @@ absl::Status Executor::Impl::runExperts(std::span<const GemmCall> calls) {
   // GEMM writes its own rows of its output), so they may run side by side,
   // an expert's GEMMs on one stream; FP8 ones quantize into shared buffers
   // and stay on `stream`.
-  bool spread = bf16 != 0 && expertStreamCount > 0;
+  // Profiled steps time their launches on `stream` alone.
+  bool spread = bf16 != 0 && expertStreamCount > 0 && !profiling;
   if (spread)
     if (absl::Status s = forkExpertStreams(); !s.ok())
       return s;
@@ -1736,12 +1768,58 @@ absl::Status Executor::Impl::runLaunches(const art::EntryPoint &entry) {
   return absl::OkStatus();
 }
 
+absl::Status Executor::Impl::holdForProfile() {
+  absl::StatusOr<CUfunction> hold = function("kiln_hold");
+  if (!hold.ok())
+    return hold.status();
+  double seconds =
+      longestQueueSeconds > 0 ? 1.5 * longestQueueSeconds : kFirstHoldSeconds;
+  HoldParams params{static_cast<long long>(seconds * 1e9)};
+  void *args[] = {&params};
+  // Not a step's kernel: neither counted nor logged.
+  if (absl::Status s =
+          check(api().cuLaunchKernel(*hold, 1, 1, 1, kLibraryThreads, 1, 1, 0,
+                                     stream, args, nullptr),
+                "kiln_hold");
+      !s.ok())
+    return s;
+  heldAt = std::chrono::steady_clock::now();
+  return profiler->mark(stream, "");
+}
+
+void Executor::Impl::queuedForProfile() {
+  double queued =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - heldAt)
+          .count();
+  longestQueueSeconds = std::max(longestQueueSeconds, queued);
+}
+
 Executor::Executor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Executor::~Executor() = default;
 
 const std::string &Executor::description() const { return impl_->description; }
 
 int64_t Executor::kernelLaunches() const { return impl_->launchesRun; }
+
+void Executor::setProfiling(bool on) {
+  Impl &s = *impl_;
+  if (on && !s.profiling) {
+    if (!s.profiler)
+      s.profiler = std::make_unique<KernelProfiler>(*s.driver);
+    s.longestQueueSeconds = 0;
+  }
+  s.profiling = on;
+}
+
+std::vector<KernelTime> Executor::profile() const {
+  return impl_->profiler ? impl_->profiler->totals()
+                         : std::vector<KernelTime>{};
+}
+
+void Executor::resetProfile() {
+  if (impl_->profiler)
+    impl_->profiler->reset();
+}
 
 void Executor::pinHostBuffer(void *data, size_t bytes) {
   Impl &s = *impl_;
@@ -1960,14 +2038,15 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
       return st;
   }
 
-  if (shape.seq == 1 && s.decodeGraphs && s.graphable(*entry)) {
+  bool graph = shape.seq == 1 && s.decodeGraphs && s.graphable(*entry);
+  if (graph && !s.profiling) {
     // The graph's kernels read every per-step value from device memory;
     // its launches depend only on the batch size and the context bucket.
     GraphKey key{shape.batch, s.contextBucket(shape.kvLen)};
     auto it = s.graphs.find(key);
     if (it == s.graphs.end()) {
       s.shape.kvLen = key.bucket;
-      s.capturing = true;
+      s.capturing = s.graphStep = true;
       s.launchesCaptured = 0;
       if (absl::Status st =
               s.check(a.cuStreamBeginCapture(
@@ -1979,7 +2058,7 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
       CUgraph graph = nullptr;
       absl::Status ended =
           s.check(a.cuStreamEndCapture(s.stream, &graph), "capturing decode");
-      s.capturing = false;
+      s.capturing = s.graphStep = false;
       if (!launched.ok() || !ended.ok()) {
         if (graph)
           a.cuGraphDestroy(graph);
@@ -2000,13 +2079,31 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
         !st.ok())
       return st;
     s.launchesRun += it->second.launches;
-  } else if (absl::Status st = s.runLaunches(*entry); !st.ok()) {
-    return st;
+  } else {
+    // Profiled, a graph's step runs its launches one by one.
+    if (graph) {
+      s.shape.kvLen = s.contextBucket(shape.kvLen);
+      s.graphStep = true;
+    }
+    absl::Status st = s.profiling ? s.holdForProfile() : absl::OkStatus();
+    if (st.ok())
+      st = s.runLaunches(*entry);
+    s.graphStep = false;
+    if (!st.ok()) {
+      if (s.profiling)
+        s.profiler->discard();
+      return st;
+    }
   }
+  if (s.profiling)
+    s.queuedForProfile();
   if (absl::Status st =
           s.check(a.cuStreamSynchronize(s.stream), "running " + name);
       !st.ok())
     return st;
+  if (s.profiling)
+    if (absl::Status st = s.profiler->collect(); !st.ok())
+      return st;
   if (!logits)
     return absl::OkStatus(); // left on the device (SessionOptions::stepLogits)
   size_t rowBytes = size_t(s.model->plan->vocab_size()) * sizeof(float);

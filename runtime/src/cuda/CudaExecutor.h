@@ -76,6 +76,14 @@ public:
   /// replayed graph's as many as it holds, each cuBLASLt call as one.
   int64_t kernelLaunches() const;
 
+  /// The kernel profile (Session::setKernelProfiling): while on, steps run
+  /// without graphs and side streams, each after a hold (kiln_hold), with
+  /// an event after every launch; the times add up per kernel name.
+  void setProfiling(bool on);
+  /// The times since profiling began or the last reset, the longest first.
+  std::vector<KernelTime> profile() const;
+  void resetProfile();
+
   /// Runs entry point `entry` ("prefill" or "decode") and writes the logits
   /// [batch, seq, vocab] to `logits`: every row, or only `rows` (indices
   /// into batch x seq) where `rows` is given; none where `logits` is null.

@@ -7,6 +7,7 @@
 #include "runtime/kernels/FusedPrelude.h"
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -119,10 +120,19 @@ struct Stream {
   std::deque<Launch> pending;
   uint64_t enqueued = 0, ran = 0;
 };
-/// An event: the point of its stream's work the last record marked.
+/// An event: the point of its stream's work the last record marked, and
+/// when the work up to it ran (the host's clock, once it has: a record is
+/// itself stream work, as on a GPU). Shared with the queued record, which
+/// may run after the event is destroyed, as CUDA allows.
 struct Event {
   Stream *stream = nullptr;
   uint64_t mark = 0;
+  struct Time {
+    uint64_t record = 0; // which record the time is of
+    bool reached = false;
+    std::chrono::steady_clock::time_point at;
+  };
+  std::shared_ptr<Time> time = std::make_shared<Time>();
 };
 
 /// The null stream (per host thread) and the created streams. Waits run
@@ -279,6 +289,10 @@ DriverApi table() {
             : r == CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
                 ? "operation not permitted when stream is capturing "
                   "(emulated driver)"
+            : r == CUDA_ERROR_NOT_READY
+                ? "the event's work has not run yet (emulated driver)"
+            : r == CUDA_ERROR_INVALID_HANDLE
+                ? "an event never recorded (emulated driver)"
             : r == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
                 ? "capture invalidated by an operation it does not permit "
                   "(emulated driver)"
@@ -493,7 +507,30 @@ DriverApi table() {
     Stream *stream = streamOf(s);
     if (isCaptured(s))
       return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED; // not emulated
-    *reinterpret_cast<Event *>(e) = Event{stream, stream->enqueued};
+    auto *event = reinterpret_cast<Event *>(e);
+    std::shared_ptr<Event::Time> time = event->time;
+    uint64_t record = ++time->record;
+    time->reached = false;
+    enqueue(
+        [time, record] {
+          if (time->record != record)
+            return; // recorded again since
+          time->reached = true;
+          time->at = std::chrono::steady_clock::now();
+        },
+        s);
+    event->stream = stream;
+    event->mark = stream->enqueued;
+    return ok();
+  };
+  a.cuEventElapsedTime = [](float *ms, CUevent start, CUevent end) {
+    const Event::Time &from = *reinterpret_cast<Event *>(start)->time;
+    const Event::Time &to = *reinterpret_cast<Event *>(end)->time;
+    if (!from.record || !to.record)
+      return CUDA_ERROR_INVALID_HANDLE;
+    if (!from.reached || !to.reached)
+      return CUDA_ERROR_NOT_READY;
+    *ms = std::chrono::duration<float, std::milli>(to.at - from.at).count();
     return ok();
   };
   a.cuStreamWaitEvent = [](CUstream s, CUevent e, unsigned) {

@@ -1,0 +1,64 @@
+#include "runtime/src/cuda/KernelProfiler.h"
+
+#include <algorithm>
+#include <utility>
+
+namespace kiln::cuda {
+
+KernelProfiler::~KernelProfiler() {
+  for (CUevent e : events_)
+    driver_->api().cuEventDestroy(e);
+}
+
+absl::Status KernelProfiler::mark(CUstream stream, std::string kernel) {
+  const DriverApi &a = driver_->api();
+  if (marks_ == events_.size()) {
+    CUevent event = nullptr;
+    // Default flags: an event made with CU_EVENT_DISABLE_TIMING has no time.
+    if (absl::Status s =
+            driver_->check(a.cuEventCreate(&event, 0), "the kernel profile");
+        !s.ok())
+      return s;
+    events_.push_back(event);
+    kernels_.emplace_back();
+  }
+  if (absl::Status s = driver_->check(a.cuEventRecord(events_[marks_], stream),
+                                      "the kernel profile");
+      !s.ok())
+    return s;
+  kernels_[marks_++] = std::move(kernel);
+  return absl::OkStatus();
+}
+
+absl::Status KernelProfiler::collect() {
+  const DriverApi &a = driver_->api();
+  size_t marks = std::exchange(marks_, 0);
+  for (size_t i = 1; i < marks; ++i) {
+    if (kernels_[i].empty())
+      continue;
+    float ms = 0;
+    if (absl::Status s = driver_->check(
+            a.cuEventElapsedTime(&ms, events_[i - 1], events_[i]),
+            "the kernel profile's event times");
+        !s.ok())
+      return s;
+    KernelTime &t = totals_[kernels_[i]];
+    t.kernel = kernels_[i];
+    ++t.launches;
+    t.seconds += ms / 1e3;
+  }
+  return absl::OkStatus();
+}
+
+std::vector<KernelTime> KernelProfiler::totals() const {
+  std::vector<KernelTime> times;
+  for (const auto &[kernel, time] : totals_)
+    times.push_back(time);
+  std::stable_sort(times.begin(), times.end(),
+                   [](const KernelTime &a, const KernelTime &b) {
+                     return a.seconds > b.seconds;
+                   });
+  return times;
+}
+
+} // namespace kiln::cuda
