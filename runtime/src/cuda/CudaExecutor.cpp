@@ -193,10 +193,13 @@ struct Executor::Impl {
   std::unique_ptr<KernelProfiler> profiler;
   bool profiling = false;
   /// A profiled step's hold keeps the GPU waiting 1.5 times the longest
-  /// the host has taken to queue the launches between a hold and a wait
-  /// since profiling began; the first hold guesses.
-  static constexpr double kFirstHoldSeconds = 0.02;
-  double longestQueueSeconds = 0;
+  /// the host has taken to queue the launches between a hold and a wait in
+  /// a step of the same entry point since profiling began (the first hold
+  /// guesses), at most kMaxHoldSeconds: a host that found the stream's
+  /// queue full waited for the hold itself.
+  static constexpr double kFirstHoldSeconds = 0.02, kMaxHoldSeconds = 0.1;
+  std::map<const art::EntryPoint *, double> longestQueueSeconds;
+  const art::EntryPoint *profiledEntry = nullptr;
   std::chrono::steady_clock::time_point heldAt;
   /// `launched`, counting a launch when it succeeded, logging it as
   /// `what()` says and, profiling, marking its end as `kernel`'s.
@@ -1772,8 +1775,10 @@ absl::Status Executor::Impl::holdForProfile() {
   absl::StatusOr<CUfunction> hold = function("kiln_hold");
   if (!hold.ok())
     return hold.status();
-  double seconds =
-      longestQueueSeconds > 0 ? 1.5 * longestQueueSeconds : kFirstHoldSeconds;
+  auto queued = longestQueueSeconds.find(profiledEntry);
+  double seconds = queued == longestQueueSeconds.end()
+                       ? kFirstHoldSeconds
+                       : std::min(1.5 * queued->second, kMaxHoldSeconds);
   HoldParams params{static_cast<long long>(seconds * 1e9)};
   void *args[] = {&params};
   // Not a step's kernel: neither counted nor logged.
@@ -1791,7 +1796,8 @@ void Executor::Impl::queuedForProfile() {
   double queued =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - heldAt)
           .count();
-  longestQueueSeconds = std::max(longestQueueSeconds, queued);
+  double &longest = longestQueueSeconds[profiledEntry];
+  longest = std::max(longest, queued);
 }
 
 Executor::Executor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -1806,7 +1812,7 @@ void Executor::setProfiling(bool on) {
   if (on && !s.profiling) {
     if (!s.profiler)
       s.profiler = std::make_unique<KernelProfiler>(*s.driver);
-    s.longestQueueSeconds = 0;
+    s.longestQueueSeconds.clear();
   }
   s.profiling = on;
 }
@@ -2010,6 +2016,7 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
   if (!entry)
     return absl::InvalidArgumentError("no entry point " + name);
   s.shape = shape;
+  s.profiledEntry = entry;
   int64_t tokens = shape.batch * shape.seq;
   auto upload = [&](CUdeviceptr dst, const void *src, size_t bytes) {
     return s.check(a.cuMemcpyHtoDAsync(dst, src, bytes, s.stream),
