@@ -141,7 +141,14 @@ absl::Status bench(const BenchOptions &opts) {
        << "\",\n  \"device\": \"" << s.device()
        << "\",\n  \"threads\": " << omp_get_max_threads()
        << ",\n  \"decode_steps\": " << opts.steps << ",\n  \"results\": [";
-  bool first = true;
+  // Every point is timed before any is profiled: a profile that breaks the
+  // device (a GPU fault ends its context) costs no timing.
+  struct Point {
+    int context;
+    std::vector<std::vector<int32_t>> prompts;
+    std::string json; // the point's members
+  };
+  std::vector<Point> points;
   for (int batch : opts.batches)
     for (int context : opts.contexts) {
       if (batch > static_cast<int>(info.maxBatch) ||
@@ -190,32 +197,34 @@ absl::Status bench(const BenchOptions &opts) {
           decodeLaunches = s.kernelLaunches() - launches;
         }
       }
-      std::string profile;
-      if (opts.profile) {
-        // A failed profile leaves the timings above standing.
-        absl::StatusOr<std::string> run =
-            profiledRun(s, prompts, context, opts, rng, token);
-        s.setKernelProfiling(false);
-        profile = run.ok()
-                      ? *run
-                      : ", \"kernel_profile_error\": \"" +
-                            jsonEscaped(std::string(run.status().message())) +
-                            "\"";
-      }
-      json << (first ? "" : ",") << "\n    {\"batch\": " << batch
-           << ", \"context\": " << context << ", \"prefill_tokens_per_s\": "
-           << (opts.syntheticContext
-                   ? std::string("null")
-                   : std::to_string(batch * context / bestPrefill))
-           << ", \"decode_tokens_per_s\": " << batch * opts.steps / bestDecode
-           << ", \"decode_step_ms\": " << 1e3 * bestDecode / opts.steps
-           << ", \"decode_kernel_launches_per_step\": "
-           << static_cast<double>(decodeLaunches) / opts.steps
-           << ", \"kv_cache_bytes\": "
-           << info.kvCacheBytesPerToken * batch * (context + opts.steps)
-           << profile << "}";
-      first = false;
+      std::ostringstream point;
+      point << "\"batch\": " << batch << ", \"context\": " << context
+            << ", \"prefill_tokens_per_s\": "
+            << (opts.syntheticContext
+                    ? std::string("null")
+                    : std::to_string(batch * context / bestPrefill))
+            << ", \"decode_tokens_per_s\": " << batch * opts.steps / bestDecode
+            << ", \"decode_step_ms\": " << 1e3 * bestDecode / opts.steps
+            << ", \"decode_kernel_launches_per_step\": "
+            << static_cast<double>(decodeLaunches) / opts.steps
+            << ", \"kv_cache_bytes\": "
+            << info.kvCacheBytesPerToken * batch * (context + opts.steps);
+      points.push_back({context, std::move(prompts), point.str()});
     }
+  if (opts.profile)
+    for (Point &p : points) {
+      // A failed profile leaves the timings standing.
+      absl::StatusOr<std::string> run =
+          profiledRun(s, p.prompts, p.context, opts, rng, token);
+      s.setKernelProfiling(false);
+      p.json += run.ok()
+                    ? *run
+                    : ", \"kernel_profile_error\": \"" +
+                          jsonEscaped(std::string(run.status().message())) +
+                          "\"";
+    }
+  for (size_t i = 0; i < points.size(); ++i)
+    json << (i ? "," : "") << "\n    {" << points[i].json << "}";
   json << "\n  ]\n}\n";
   std::cout << json.str();
   return absl::OkStatus();
