@@ -31,7 +31,10 @@ Measures
     steps launched one by one as their graph holds them): per point the
     kernels of a decode step (kiln_decode_profile) and of the prefill
     (prefill.kiln_kernel_profile), the generated kernels grouped by what
-    they fuse, the longest first, each with its share of the profiled time;
+    they fuse, the longest first, each with its share of the profiled time
+    and, for GEMMs whose weight bytes Kiln knows (all but the grouped
+    expert GEMMs), the rate it read its weights at (weight_bytes_per_s:
+    at batch 1, the GEMVs' fraction of HBM bandwidth);
   * the achieved fraction of HBM bandwidth at batch 1: bytes one decode step
     reads (every weight except the embedding table, of which one row; of
     each MoE layer's routed experts only the 6 of 64 selected; Kiln's f32
@@ -131,18 +134,25 @@ def kiln_bench(bundle, artifact, weights_dir, batches, contexts, steps, repeats,
 def top_kernels(profile, count=12):
     """A kernel profile of `kiln-run bench --profile` grouped by kernel (the
     generated kernels by what they fuse: fused_<n>_ dropped), the longest
-    first, each with its share of the profiled time."""
+    first, each with its share of the profiled time and, where Kiln knows
+    the weight bytes its launches read (GEMMs but grouped expert GEMMs),
+    the rate it read them at."""
     if not profile:
         return None
     groups = {}
     for k in profile["kernels"]:
         name = re.sub(r"^fused_\d+_", "fused: ", k["kernel"])
-        g = groups.setdefault(name, {"kernel": name, "launches": 0, "ms": 0.0})
+        g = groups.setdefault(name, {"kernel": name, "launches": 0, "ms": 0.0,
+                                     "weight_bytes": 0})
         g["launches"] += k["launches"]
         g["ms"] += k["ms"]
+        known = g["weight_bytes"] is not None and "weight_bytes" in k
+        g["weight_bytes"] = g["weight_bytes"] + k["weight_bytes"] if known else None
     rows = sorted(groups.values(), key=lambda g: -g["ms"])
     for g in rows:
         g["share"] = g["ms"] / profile["ms"] if profile["ms"] else None
+        g["weight_bytes_per_s"] = (g["weight_bytes"] / (g["ms"] / 1e3)
+                                   if g["weight_bytes"] and g["ms"] else None)
     return {"ms": profile["ms"], "kernels": rows[:count]}
 
 
@@ -289,6 +299,8 @@ def main():
             if top:
                 log(f"Kiln decode batch {r['batch']}, context {r['context']}: "
                     + ", ".join(f"{k['kernel']} {100 * k['share']:.0f}%"
+                                + (f" ({k['weight_bytes_per_s'] / 1e12:.2f} TB/s)"
+                                   if k["weight_bytes_per_s"] else "")
                                 for k in top["kernels"][:4]))
         log("Kiln: prefill")
         pre, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], [prefill], 1,

@@ -703,12 +703,12 @@ std::vector<KernelTime> Session::Impl::kernelProfile() const {
   std::vector<KernelTime> times;
   if (fusedProfile.launches)
     times.push_back(
-        {"fused (generated)", fusedProfile.launches, fusedProfile.seconds});
+        {"fused (generated)", fusedProfile.launches, fusedProfile.seconds, -1});
   for (size_t k = 0; k < profileByKernel.size(); ++k)
     if (profileByKernel[k].launches)
       times.push_back({art::EnumNameKernelKind(static_cast<art::KernelKind>(k)),
-                       profileByKernel[k].launches,
-                       profileByKernel[k].seconds});
+                       profileByKernel[k].launches, profileByKernel[k].seconds,
+                       -1});
   std::stable_sort(times.begin(), times.end(),
                    [](const KernelTime &a, const KernelTime &b) {
                      return a.seconds > b.seconds;

@@ -532,6 +532,16 @@ TEST(EmulatedGpuSession, KernelProfileTimesEachLaunch) {
   };
   // Two steps of the model's two MoE layers.
   EXPECT_EQ(timed("kiln_moe_route"), 4);
+  // Weight bytes where known: the GEMMs but the grouped expert GEMMs.
+  int64_t gemmBytes = 0;
+  for (const KernelTime &t : decode) {
+    if (t.kernel.rfind("kiln_gemv_", 0) == 0 ||
+        t.kernel.rfind("kiln_gemm_", 0) == 0)
+      gemmBytes = std::max(gemmBytes, t.weightBytes);
+    else
+      EXPECT_EQ(t.weightBytes, -1) << t.kernel;
+  }
+  EXPECT_GT(gemmBytes, 0);
 
   s.setKernelProfiling(false);
   s.resetKernelProfile();

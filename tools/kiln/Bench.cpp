@@ -55,19 +55,25 @@ std::string jsonEscaped(std::string_view text) {
   return out;
 }
 
-/// A kernel profile as a JSON object: the time, and each kernel's launches
-/// and time, per `runs` (a decode profile's steps).
+/// A kernel profile as a JSON object: the time, and each kernel's launches,
+/// time and (where known) weight bytes read, per `runs` (a decode
+/// profile's steps).
 std::string profileJson(const std::vector<KernelTime> &times, int runs) {
   double total = 0;
   for (const KernelTime &t : times)
     total += t.seconds;
   std::ostringstream json;
   json << "{\"ms\": " << 1e3 * total / runs << ", \"kernels\": [";
-  for (size_t i = 0; i < times.size(); ++i)
-    json << (i ? ", " : "") << "{\"kernel\": \"" << jsonEscaped(times[i].kernel)
-         << "\", \"launches\": "
-         << static_cast<double>(times[i].launches) / runs
-         << ", \"ms\": " << 1e3 * times[i].seconds / runs << "}";
+  for (size_t i = 0; i < times.size(); ++i) {
+    const KernelTime &t = times[i];
+    json << (i ? ", " : "") << "{\"kernel\": \"" << jsonEscaped(t.kernel)
+         << "\", \"launches\": " << static_cast<double>(t.launches) / runs
+         << ", \"ms\": " << 1e3 * t.seconds / runs;
+    if (t.weightBytes >= 0)
+      json << ", \"weight_bytes\": "
+           << static_cast<double>(t.weightBytes) / runs;
+    json << "}";
+  }
   json << "]}";
   return json.str();
 }

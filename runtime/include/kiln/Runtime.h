@@ -165,6 +165,10 @@ struct KernelTime {
   std::string kernel;
   int64_t launches = 0;
   double seconds = 0;
+  /// The weight bytes its launches read, where the executor knows them for
+  /// every launch (GPU GEMMs but grouped expert GEMMs, whose experts with
+  /// rows only the device knows); -1 otherwise.
+  int64_t weightBytes = -1;
 };
 
 /// The state of up to `maxBatch` live sequences, each with a stable id: its

@@ -30,6 +30,7 @@
 #include <string>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 
 namespace kiln::cuda {
 namespace {
@@ -201,11 +202,15 @@ struct Executor::Impl {
   std::map<const art::EntryPoint *, double> longestQueueSeconds;
   const art::EntryPoint *profiledEntry = nullptr;
   std::chrono::steady_clock::time_point heldAt;
+  /// The weight bytes the next counted launch reads, for the profile: set
+  /// by a GEMM just before its launch; -1 where unknown.
+  int64_t launchWeightBytes = -1;
   /// `launched`, counting a launch when it succeeded, logging it as
   /// `what()` says and, profiling, marking its end as `kernel`'s.
   template <class What>
   absl::Status counted(absl::Status launched, const std::string &kernel,
                        const What &what) {
+    int64_t weightBytes = std::exchange(launchWeightBytes, -1);
     if (!launched.ok())
       return launched;
     ++(capturing ? launchesCaptured : launchesRun);
@@ -214,7 +219,7 @@ struct Executor::Impl {
                    capturing ? " (captured)" : "",
                    onExpertStream ? " (expert stream)" : "");
     if (profiling && !capturing)
-      return profiler->mark(stream, kernel);
+      return profiler->mark(stream, kernel, weightBytes);
     return launched;
   }
   /// Profiling: holds the stream (kiln_hold) while the host queues what
@@ -324,6 +329,16 @@ struct Executor::Impl {
   };
   /// A GEMM launch (Linear, Logits, HeadLinear, GroupedLinear) decoded.
   GemmCall gemmCall(const art::Launch &launch) const;
+  /// The weight bytes `c` reads (both projections of a gated call, FP8
+  /// scales left out); -1 for a grouped GEMM, whose experts with rows only
+  /// the device knows.
+  static int64_t weightBytesRead(const GemmCall &c) {
+    if (c.p.offsets)
+      return -1;
+    return c.matrices * c.p.n * c.p.k *
+           static_cast<int64_t>(art::elementBytes(c.weightType)) *
+           (c.p.wUp ? 2 : 1);
+  }
   /// A GatedLinear launch decoded (p.wUp set).
   GemmCall gatedCall(const art::Launch &launch) const;
   /// Runs `c` on cuBLASLt, the tensor cores or the GEMV; a gated call
@@ -1104,6 +1119,11 @@ absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
   std::string type = lead.fp8 && codes ? "f8e4m3_q8"
                      : quantizeIn      ? "f8e4m3_qin"
                                   : detail::elementTypeName(lead.weightType);
+  int64_t bytes = 0;
+  for (const GemmCall &c : calls)
+    bytes =
+        bytes < 0 || weightBytesRead(c) < 0 ? -1 : bytes + weightBytesRead(c);
+  launchWeightBytes = bytes;
   return launch(std::string("kiln_gemv_group_") + (lead.p.wUp ? "gated_" : "") +
                     type,
                 gemvGroupGrid(p), p);
@@ -1306,6 +1326,7 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
         return rows.status();
       x = *rows;
     }
+    launchWeightBytes = weightBytesRead(c);
     return counted(blas->gemmBf16(stream, p.rows, p.n, p.k, x,
                                   reinterpret_cast<CUdeviceptr>(p.w),
                                   reinterpret_cast<CUdeviceptr>(p.out),
@@ -1328,6 +1349,7 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
   std::string gemv = p.wUp ? "kiln_gemv_gated_" : "kiln_gemv_";
   std::string gemm = p.wUp ? "kiln_gemm_mma_gated_" : "kiln_gemm_mma_";
   int64_t matrices = gemmGridMatrices(p, p.offsets ? p.experts : c.matrices);
+  launchWeightBytes = weightBytesRead(c);
   if (c.quantized)
     return mma ? launch(gemm + "f8e4m3_q8", mmaGemmGrid(p.n, matrices), p)
                : launch(gemv + "f8e4m3_q8", gemvGrid(p.n, matrices), p);
@@ -1336,9 +1358,11 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
     p.actPow2 = c.pow2;
     return launch(gemv + "f8e4m3_qin", gemvGrid(p.n, matrices), p);
   }
-  if (c.fp8)
+  if (c.fp8) {
     if (absl::Status s = quantizeRows(c); !s.ok())
       return s;
+    launchWeightBytes = weightBytesRead(c);
+  }
   std::string type = detail::elementTypeName(c.weightType);
   return mma ? launch(gemm + type, mmaGemmGrid(p.n, matrices), p)
              : launch(gemv + type, gemvGrid(p.n, matrices), p);
@@ -1403,6 +1427,7 @@ absl::Status Executor::Impl::blasFp8(const GemmCall &c) {
   if (!s.ok())
     return s;
   // Unimplemented: cuBLASLt declined, and the library kernels run it.
+  launchWeightBytes = weightBytesRead(c);
   absl::Status gemm = blas->gemmFp8(stream, p.rows, p.n, p.k, codes, fp8Scales,
                                     reinterpret_cast<CUdeviceptr>(p.w),
                                     reinterpret_cast<CUdeviceptr>(p.wScale),

@@ -10,7 +10,8 @@ KernelProfiler::~KernelProfiler() {
     driver_->api().cuEventDestroy(e);
 }
 
-absl::Status KernelProfiler::mark(CUstream stream, std::string kernel) {
+absl::Status KernelProfiler::mark(CUstream stream, std::string kernel,
+                                  int64_t weightBytes) {
   const DriverApi &a = driver_->api();
   if (marks_ == events_.size()) {
     CUevent event = nullptr;
@@ -21,11 +22,13 @@ absl::Status KernelProfiler::mark(CUstream stream, std::string kernel) {
       return s;
     events_.push_back(event);
     kernels_.emplace_back();
+    weightBytes_.push_back(-1);
   }
   if (absl::Status s = driver_->check(a.cuEventRecord(events_[marks_], stream),
                                       "the kernel profile");
       !s.ok())
     return s;
+  weightBytes_[marks_] = weightBytes;
   kernels_[marks_++] = std::move(kernel);
   return absl::OkStatus();
 }
@@ -42,10 +45,18 @@ absl::Status KernelProfiler::collect() {
             "the kernel profile's event times");
         !s.ok())
       return s;
-    KernelTime &t = totals_[kernels_[i]];
-    t.kernel = kernels_[i];
+    auto [at, added] = totals_.try_emplace(kernels_[i]);
+    KernelTime &t = at->second;
+    if (added) {
+      t.kernel = kernels_[i];
+      t.weightBytes = 0;
+    }
     ++t.launches;
     t.seconds += ms / 1e3;
+    // Unknown for one launch: unknown for the kernel.
+    t.weightBytes = t.weightBytes < 0 || weightBytes_[i] < 0
+                        ? -1
+                        : t.weightBytes + weightBytes_[i];
   }
   return absl::OkStatus();
 }

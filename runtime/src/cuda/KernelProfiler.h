@@ -23,10 +23,12 @@ public:
   KernelProfiler &operator=(const KernelProfiler &) = delete;
 
   /// Records the next event of the step on `stream`: the time since the
-  /// mark before it is `kernel`'s; an empty name leaves that time out (the
-  /// step's first mark, one after a hold). Events are made as the marks
-  /// need them and reused by later steps.
-  absl::Status mark(CUstream stream, std::string kernel);
+  /// mark before it is `kernel`'s, which read `weightBytes` of weights (-1:
+  /// unknown); an empty name leaves that time out (the step's first mark,
+  /// one after a hold). Events are made as the marks need them and reused
+  /// by later steps.
+  absl::Status mark(CUstream stream, std::string kernel,
+                    int64_t weightBytes = -1);
   /// After the stream has run the step's marks: adds each interval to its
   /// kernel's total, and starts the next step's marks.
   absl::Status collect();
@@ -40,8 +42,10 @@ public:
 private:
   const Driver *driver_;
   std::vector<CUevent> events_;
-  /// The kernel each used event ends, for the first marks_ events.
+  /// The kernel each used event ends and its weight bytes, for the first
+  /// marks_ events.
   std::vector<std::string> kernels_;
+  std::vector<int64_t> weightBytes_;
   size_t marks_ = 0;
   std::map<std::string, KernelTime> totals_;
 };

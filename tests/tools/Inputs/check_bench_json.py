@@ -36,6 +36,10 @@ for p in points:
         assert launches == p["decode_kernel_launches_per_step"], (
             launches, p["decode_kernel_launches_per_step"])
         assert "kiln_moe_route" in [k["kernel"] for k in profiles["decode"]["kernels"]]
+        # Weight bytes where the executor knows them: GEMMs only.
+        known = [k for k in profiles["decode"]["kernels"] if "weight_bytes" in k]
+        assert known and all(k["kernel"].startswith(("kiln_gemv_", "kiln_gemm_"))
+                             and k["weight_bytes"] > 0 for k in known), known
     if mode == "cpu":
         assert p["decode_kernel_launches_per_step"] == 0
         assert "MoeGate" in [k["kernel"] for k in profiles["decode"]["kernels"]] or any(
