@@ -2,12 +2,13 @@
 # Builds the runtime and its tests with AddressSanitizer and
 # UndefinedBehaviorSanitizer (build-asan/) and runs the tests that execute
 # kernel code on the CPU: the reference kernels, the host builds of the CUDA
-# library kernels, and the end-to-end runs on the CPU and on the emulated
-# CUDA device (whose kernels are those host builds, with shared memory as
-# stack arrays, so an out-of-bounds index is reported here before
-# compute-sanitizer sees it on a GPU). Not part of scripts/test.sh: the
-# instrumented build takes about 45 minutes on 2 cores. Exits non-zero on
-# any report or failed test.
+# library kernels (also with CUDA's threads as fibers, HostSimt.h, which
+# tells AddressSanitizer of every switch), and the end-to-end runs on the
+# CPU and on the emulated CUDA device (whose kernels are those host builds,
+# with shared memory as stack arrays, so an out-of-bounds index is reported
+# here before compute-sanitizer sees it on a GPU). Not part of
+# scripts/test.sh: the instrumented build takes about 45 minutes on 2 cores.
+# Exits non-zero on any report or failed test.
 #
 #   KILN_SANITIZE_JOBS  build parallelism (default: nproc)
 set -euo pipefail
@@ -23,7 +24,8 @@ cmake -G Ninja -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DLLVM_DIR="$(llvm-config-19 --cmakedir)" \
   -DMLIR_DIR="$(llvm-config-19 --prefix)/lib/cmake/mlir" >/dev/null
 tests=(kiln-kernels-tests kiln-paged-tests kiln-fp8-tests kiln-sampler-tests
-       kiln-runtime-tests kiln-device-kernels-tests kiln-e2e-tests)
+       kiln-runtime-tests kiln-device-kernels-tests
+       kiln-device-kernels-simt-tests kiln-e2e-tests)
 ninja -C "$build" -j"${KILN_SANITIZE_JOBS:-$(nproc)}" "${tests[@]}"
 
 # allow_user_poisoning=0: LLVM's allocators poison their free slabs when the

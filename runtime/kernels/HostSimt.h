@@ -23,6 +23,10 @@
 //   block barrier while others of it wait at a warp barrier);
 // - a warp barrier or shuffle after lanes of the warp have returned;
 // - lanes of a warp at different warp operations (a shuffle, a __syncwarp).
+//
+// Under AddressSanitizer every switch is announced to it
+// (__sanitizer_start/finish_switch_fiber), so that it knows which stack
+// runs and checks the kernels' fibers as any other code.
 #ifndef KILN_KERNELS_HOST_SIMT_H
 #define KILN_KERNELS_HOST_SIMT_H
 
@@ -38,6 +42,17 @@
 
 #if !defined(__x86_64__)
 #error "KILN_HOST_SIMT switches fibers with x86-64 code"
+#endif
+
+#if defined(__SANITIZE_ADDRESS__)
+#define KILN_SIMT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KILN_SIMT_ASAN 1
+#endif
+#endif
+#if defined(KILN_SIMT_ASAN)
+#include <sanitizer/common_interface_defs.h>
 #endif
 
 // kiln_simt_switch(from, to): saves the callee-saved registers and the
@@ -89,6 +104,31 @@ extern "C" void kiln_simt_start();
 namespace kiln::simt {
 
 constexpr int kWarpSize = 32;
+
+/// Where a switch goes, for AddressSanitizer: the stack about to run.
+/// `fakeStack` keeps the leaving stack's fake frames (nullptr: it never
+/// runs again).
+struct StackRange {
+  const void *bottom = nullptr;
+  size_t size = 0;
+};
+inline void switchingTo(void **fakeStack, StackRange to) {
+#if defined(KILN_SIMT_ASAN)
+  __sanitizer_start_switch_fiber(fakeStack, to.bottom, to.size);
+#else
+  (void)fakeStack, (void)to;
+#endif
+}
+/// After a switch, on the stack it went to: `from` becomes the stack that
+/// ran before (where given).
+inline void switched(void *fakeStack, StackRange *from) {
+#if defined(KILN_SIMT_ASAN)
+  __sanitizer_finish_switch_fiber(fakeStack, from ? &from->bottom : nullptr,
+                                  from ? &from->size : nullptr);
+#else
+  (void)fakeStack, (void)from;
+#endif
+}
 
 /// A new stack's saved state for kiln_simt_switch: it enters
 /// kiln_simt_start, which calls entry(argument) with the stack aligned as
@@ -158,7 +198,10 @@ public:
         if (fibers_[t].state != State::Ready)
           continue;
         current_ = t;
+        void *fakeStack = nullptr;
+        switchingTo(&fakeStack, fiberStack(t));
         kiln_simt_switch(&scheduler_, fibers_[t].stack);
+        switched(fakeStack, nullptr);
       }
       if (!release())
         break;
@@ -214,10 +257,17 @@ private:
 
   static void entry(void *runner) {
     auto &r = *static_cast<BlockRunner *>(runner);
+    switched(nullptr, &r.schedulerStack_);
     r.invoke_(r.body_);
     r.fibers_[r.current_].state = State::Done;
+    switchingTo(nullptr, r.schedulerStack_);
     void *unused;
     kiln_simt_switch(&unused, r.scheduler_);
+  }
+
+  /// Fiber t's stack, above its guard page.
+  StackRange fiberStack(int t) const {
+    return {stacks_ + t * (kStackBytes + page_) + page_, kStackBytes};
   }
 
   enum class Order { Forward, Reverse, Shuffle };
@@ -251,7 +301,10 @@ private:
 
   void wait(State state) {
     fibers_[current_].state = state;
+    void *fakeStack = nullptr;
+    switchingTo(&fakeStack, schedulerStack_);
     kiln_simt_switch(&fibers_[current_].stack, scheduler_);
+    switched(fakeStack, &schedulerStack_);
   }
 
   /// Lets the threads waiting at a barrier that is complete go on; false
@@ -320,6 +373,8 @@ private:
   std::unique_ptr<Fiber[]> fibers_;
   std::unique_ptr<Slot[]> exchange_;
   void *scheduler_ = nullptr;
+  /// The stack run() is on (AddressSanitizer's, as a fiber first sees it).
+  StackRange schedulerStack_;
   int current_ = -1;
   Order order_ = Order::Forward;
   std::unique_ptr<int[]> turns_;
