@@ -259,8 +259,10 @@ struct Executor::Impl {
     absl::StatusOr<CUfunction> f = function(name);
     if (!f.ok())
       return f.status();
-    if (grid.x == 0 || grid.y == 0 || grid.z == 0)
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0) {
+      launchWeightBytes = -1; // nothing launched
       return absl::OkStatus();
+    }
     void *args[] = {const_cast<Params *>(&params)};
     return launchKernel(*f, grid, kLibraryThreads, args, name);
   }
@@ -1349,21 +1351,22 @@ absl::Status Executor::Impl::runGemm(GemmCall c) {
   std::string gemv = p.wUp ? "kiln_gemv_gated_" : "kiln_gemv_";
   std::string gemm = p.wUp ? "kiln_gemm_mma_gated_" : "kiln_gemm_mma_";
   int64_t matrices = gemmGridMatrices(p, p.offsets ? p.experts : c.matrices);
-  launchWeightBytes = weightBytesRead(c);
-  if (c.quantized)
+  if (c.quantized) {
+    launchWeightBytes = weightBytesRead(c);
     return mma ? launch(gemm + "f8e4m3_q8", mmaGemmGrid(p.n, matrices), p)
                : launch(gemv + "f8e4m3_q8", gemvGrid(p.n, matrices), p);
+  }
   if (c.fp8 && !mma && gemvQuantizesRows(p.k, p.blockCols)) {
     // The GEMV quantizes its rows itself: no kiln_quantize_rows launch.
     p.actPow2 = c.pow2;
+    launchWeightBytes = weightBytesRead(c);
     return launch(gemv + "f8e4m3_qin", gemvGrid(p.n, matrices), p);
   }
-  if (c.fp8) {
+  if (c.fp8)
     if (absl::Status s = quantizeRows(c); !s.ok())
       return s;
-    launchWeightBytes = weightBytesRead(c);
-  }
   std::string type = detail::elementTypeName(c.weightType);
+  launchWeightBytes = weightBytesRead(c);
   return mma ? launch(gemm + type, mmaGemmGrid(p.n, matrices), p)
              : launch(gemv + type, gemvGrid(p.n, matrices), p);
 }
@@ -1433,10 +1436,12 @@ absl::Status Executor::Impl::blasFp8(const GemmCall &c) {
                                     reinterpret_cast<CUdeviceptr>(p.wScale),
                                     reinterpret_cast<CUdeviceptr>(p.out),
                                     blasWorkspace, kBlasWorkspaceBytes);
-  return gemm.code() == absl::StatusCode::kUnimplemented
-             ? gemm
-             : counted(gemm, "cuBLASLt FP8 GEMM",
-                       [&] { return "cuBLASLt FP8 GEMM " + gemmShape(p); });
+  if (gemm.code() == absl::StatusCode::kUnimplemented) {
+    launchWeightBytes = -1; // nothing launched
+    return gemm;
+  }
+  return counted(gemm, "cuBLASLt FP8 GEMM",
+                 [&] { return "cuBLASLt FP8 GEMM " + gemmShape(p); });
 }
 
 absl::StatusOr<bool> Executor::Impl::fewRowsPerExpert(const GemmParams &p) {
