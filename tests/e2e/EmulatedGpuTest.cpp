@@ -542,6 +542,12 @@ TEST(EmulatedGpuSession, KernelProfileTimesEachLaunch) {
       EXPECT_EQ(t.weightBytes, -1) << t.kernel;
   }
   EXPECT_GT(gemmBytes, 0);
+  // The dense layer's gated FFN: gate and up, 128 x 64 f32 each.
+  for (const KernelTime &t : decode)
+    if (t.kernel == "kiln_gemv_gated_f32") {
+      EXPECT_EQ(t.weightBytes, t.launches * 2 * 128 * 64 * 4);
+    }
+  EXPECT_EQ(timed("kiln_gemv_gated_f32"), 2); // one a step
 
   s.setKernelProfiling(false);
   s.resetKernelProfile();
