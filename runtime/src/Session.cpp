@@ -709,10 +709,12 @@ std::vector<KernelTime> Session::Impl::kernelProfile() const {
       times.push_back({art::EnumNameKernelKind(static_cast<art::KernelKind>(k)),
                        profileByKernel[k].launches, profileByKernel[k].seconds,
                        -1});
-  std::stable_sort(times.begin(), times.end(),
-                   [](const KernelTime &a, const KernelTime &b) {
-                     return a.seconds > b.seconds;
-                   });
+  // Ties by name, so that the order does not depend on the sort.
+  std::sort(times.begin(), times.end(),
+            [](const KernelTime &a, const KernelTime &b) {
+              return a.seconds != b.seconds ? a.seconds > b.seconds
+                                            : a.kernel < b.kernel;
+            });
   return times;
 }
 

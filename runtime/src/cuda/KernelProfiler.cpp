@@ -65,10 +65,12 @@ std::vector<KernelTime> KernelProfiler::totals() const {
   std::vector<KernelTime> times;
   for (const auto &[kernel, time] : totals_)
     times.push_back(time);
-  std::stable_sort(times.begin(), times.end(),
-                   [](const KernelTime &a, const KernelTime &b) {
-                     return a.seconds > b.seconds;
-                   });
+  // Ties by name, so that the order does not depend on the sort.
+  std::sort(times.begin(), times.end(),
+            [](const KernelTime &a, const KernelTime &b) {
+              return a.seconds != b.seconds ? a.seconds > b.seconds
+                                            : a.kernel < b.kernel;
+            });
   return times;
 }
 
