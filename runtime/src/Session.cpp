@@ -4,6 +4,7 @@
 // allocates.
 #include "ModelImpl.h"
 
+#include "KernelTimes.h"
 #include "LaunchAttributes.h"
 #include "PagedKvCache.h"
 #include "cpu/Kernels.h"
@@ -709,12 +710,7 @@ std::vector<KernelTime> Session::Impl::kernelProfile() const {
       times.push_back({art::EnumNameKernelKind(static_cast<art::KernelKind>(k)),
                        profileByKernel[k].launches, profileByKernel[k].seconds,
                        -1});
-  // Ties by name, so that the order does not depend on the sort.
-  std::sort(times.begin(), times.end(),
-            [](const KernelTime &a, const KernelTime &b) {
-              return a.seconds != b.seconds ? a.seconds > b.seconds
-                                            : a.kernel < b.kernel;
-            });
+  sortLongestFirst(times);
   return times;
 }
 

@@ -1,5 +1,7 @@
 #include "runtime/src/cuda/KernelProfiler.h"
 
+#include "runtime/src/KernelTimes.h"
+
 #include <algorithm>
 #include <utility>
 
@@ -65,12 +67,7 @@ std::vector<KernelTime> KernelProfiler::totals() const {
   std::vector<KernelTime> times;
   for (const auto &[kernel, time] : totals_)
     times.push_back(time);
-  // Ties by name, so that the order does not depend on the sort.
-  std::sort(times.begin(), times.end(),
-            [](const KernelTime &a, const KernelTime &b) {
-              return a.seconds != b.seconds ? a.seconds > b.seconds
-                                            : a.kernel < b.kernel;
-            });
+  sortLongestFirst(times);
   return times;
 }
 
