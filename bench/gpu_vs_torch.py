@@ -15,7 +15,9 @@ Measures
     instead of tensor-core GEMMs) and with KILN_CUBLASLT=0
     (decode_tokens_per_s_no_cublaslt: the GEMMs of 16+ rows on Kiln's
     tensor-core GEMMs too), and at batch 1 with KILN_PDL=off
-    (decode_tokens_per_s_no_pdl: without programmatic dependent launch)
+    (decode_tokens_per_s_no_pdl: without programmatic dependent launch),
+    with KILN_MOE_SELECTIONS=off (decode_tokens_per_s_routed: the MoE
+    route launch instead of grouped GEMVs in selection order)
     and compiled without the gated FFN GEMMs, folded head slices and linear
     groups (decode_tokens_per_s_unfused: the manifest's unfused artifact);
     and with a bf16 latent cache (kiln_bf16_cache_decode_tokens_per_s: the
@@ -219,6 +221,8 @@ def summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, step_
                        kiln[(b, c)].get("decode_tokens_per_s_gemv"),
                    "kiln_no_pdl_decode_tokens_per_s":
                        kiln[(b, c)].get("decode_tokens_per_s_no_pdl"),
+                   "kiln_routed_decode_tokens_per_s":
+                       kiln[(b, c)].get("decode_tokens_per_s_routed"),
                    "kiln_no_cublaslt_decode_tokens_per_s":
                        kiln[(b, c)].get("decode_tokens_per_s_no_cublaslt"),
                    "kiln_unfused_decode_tokens_per_s":
@@ -385,6 +389,11 @@ def main():
             # each kernel's launch with the tail of the one before gains.
             log("Kiln: batch-1 decode without programmatic dependent launch")
             decode_variant("decode_tokens_per_s_no_pdl", [1], contexts, {"KILN_PDL": "off"})
+            # Batch 1 with the MoE route launch back: what running the
+            # grouped GEMVs in selection order gains.
+            log("Kiln: batch-1 decode with the MoE route launch")
+            decode_variant("decode_tokens_per_s_routed", [1], contexts[:1],
+                           {"KILN_MOE_SELECTIONS": "off"})
             # Batch 1 compiled without kiln-fuse-gated-linear,
             # kiln-fold-head-slices, kiln-group-linears and kiln-fuse's
             # horizontal merge: what their saved launches gain.

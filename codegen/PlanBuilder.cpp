@@ -96,6 +96,11 @@ private:
   FailureOr<Leading> leadingOf(Operation &op, RankedTensorType type);
   void assignOffsets(art::EntryPointT &entry);
   LogicalResult addLaunch(Operation *op, art::EntryPointT &entry);
+  /// The ops that read `dispatch`'s routed rows, where all of them are
+  /// grouped GEMMs (kiln.grouped_linear, kiln.gated_linear) reading them as
+  /// their input outside fused groups; none otherwise. A GPU may run those
+  /// GEMMs in selection order, from the dispatch's own input and indices.
+  SmallVector<Operation *> routedReaders(MoEDispatchOp dispatch) const;
   /// How `user` sees `value`: attention reads cache views in place; any
   /// other op reads the arena copy a KvGather launch makes.
   const ValueInfo &infoFor(Value value, Operation *user) const;
@@ -284,7 +289,52 @@ LogicalResult EntryPlanner::assignValues() {
     }
     ++position;
   }
+  // A GPU may run a decode step's few routed rows through the grouped GEMMs
+  // straight from the dispatch's input and indices (selection order, no
+  // route launch), so both live as long as the expert offsets do.
+  for (Operation *op : ops_)
+    if (auto dispatch = dyn_cast<MoEDispatchOp>(op);
+        dispatch && !routedReaders(dispatch).empty()) {
+      size_t last =
+          buffers_[infoFor(dispatch.getExpertOffsets(), op).buffer].last;
+      for (Value operand : dispatch->getOperands())
+        if (int b = infoFor(operand, op).buffer; b >= 0)
+          buffers_[b].last = std::max(buffers_[b].last, last);
+    }
   return success();
+}
+
+SmallVector<Operation *>
+EntryPlanner::routedReaders(MoEDispatchOp dispatch) const {
+  Value routed = dispatch.getRouted();
+  auto offsetsOf = [&](Operation *op) -> Value {
+    if (auto grouped = dyn_cast<GroupedLinearOp>(op))
+      return resolve(grouped.getExpertOffsets());
+    if (auto gated = dyn_cast<GatedLinearOp>(op))
+      return gated.getExpertOffsets() ? resolve(gated.getExpertOffsets())
+                                      : Value();
+    return Value();
+  };
+  SmallVector<Operation *> readers;
+  for (Operation *op : ops_) {
+    auto operands = op->getOperands();
+    auto read = llvm::find_if(
+        operands, [&](Value operand) { return resolve(operand) == routed; });
+    if (read == operands.end())
+      continue;
+    auto group = groupOf_.find(op);
+    bool fused =
+        group != groupOf_.end() && isa<FusedOp>(groups_[group->second].op);
+    // Only as a grouped GEMM's input, the rows this dispatch grouped.
+    if (fused || read != operands.begin() ||
+        llvm::count(
+            llvm::map_range(operands, [&](Value v) { return resolve(v); }),
+            routed) != 1 ||
+        offsetsOf(op) != dispatch.getExpertOffsets())
+      return {};
+    readers.push_back(op);
+  }
+  return readers;
 }
 
 void EntryPlanner::assignOffsets(art::EntryPointT &entry) {
@@ -447,6 +497,10 @@ LogicalResult EntryPlanner::addLaunch(Operation *op, art::EntryPointT &entry) {
           .Case([&](MoEDispatchOp dispatch) {
             launch->kernel = art::KernelKind::MoeDispatch;
             ints.push_back(dispatch.getNumExperts());
+            // Then whether a GPU may skip the dispatch (its routed rows read
+            // only by grouped GEMMs, its input and indices alive while they
+            // run); plan() appends where those GEMMs are.
+            ints.push_back(routedReaders(dispatch).empty() ? 0 : 1);
             return success();
           })
           .Case([&](GroupedLinearOp grouped) {
@@ -485,6 +539,7 @@ LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
   entry.logits = ref(body.getTerminator()->getOperand(0));
   if (cacheRows_)
     entry.cache_rows = ref(*cacheRows_);
+  llvm::DenseMap<Operation *, uint32_t> launchOf;
   // Each group's launches, [first, end), from its first member on.
   std::vector<std::optional<std::pair<uint32_t, uint32_t>>> spans(
       groups_.size());
@@ -508,9 +563,17 @@ LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
       continue;
     if (failed(addLaunch(&op, entry)))
       return failure();
+    launchOf[&op] = static_cast<uint32_t>(entry.launches.size() - 1);
     if (it != groupOf_.end())
       spans[it->second]->second = static_cast<uint32_t>(entry.launches.size());
   }
+  // Each skippable dispatch's ints end with the launches that read its
+  // routed rows, as distances after the dispatch's own.
+  for (Operation *op : ops_)
+    if (auto dispatch = dyn_cast<MoEDispatchOp>(op))
+      for (Operation *reader : routedReaders(dispatch))
+        entry.launches[launchOf.at(op)]->ints.push_back(launchOf.at(reader) -
+                                                        launchOf.at(op));
   for (auto [group, span] : llvm::zip_equal(groups_, spans)) {
     auto [first, end] = span.value_or(std::pair<uint32_t, uint32_t>());
     if (end == first)

@@ -64,11 +64,24 @@ struct GemmParams {
   /// FP8 GEMVs that quantize their f32 activations themselves
   /// (kiln_gemv_*f8e4m3_qin): power-of-two (UE8M0) activation scales.
   int actPow2;
+  /// Grouped GEMVs of a decode step's few routed rows, in place of offsets
+  /// (the executor's choice; not the quantizing GEMVs): routed row r, the
+  /// (r % topK)-th selection of token r / topK, uses matrix selections[r]
+  /// and activation row r / selectionFanOut (topK where x holds the
+  /// tokens' rows, 1 where it holds the routed rows). No route sorts them
+  /// and no gather copies them. Block z takes routed row z.
+  const int32_t *selections;
+  int selectionFanOut;
+  /// With selections, optional: each routed row r's entry set to r (the
+  /// slot inverse a combine reads, which no route writes then).
+  int32_t *selectionRows;
 };
 
 /// The grid's z extent of a GEMM over `matrices` matrices: with
 /// activeExperts, no more than the rows can have experts.
 KILN_HOST_FN int64_t gemmGridMatrices(const GemmParams &p, int64_t matrices) {
+  if (p.selections)
+    return p.rows;
   if (p.offsets && p.activeExperts)
     return p.rows < matrices ? (p.rows > 0 ? p.rows : 1) : matrices;
   return matrices;
@@ -83,6 +96,12 @@ struct GemmRows {
   int64_t first, end;
 };
 KILN_FN GemmRows gemmRows(Dim3 block, const GemmParams &p) {
+  if (p.selections) {
+    // An expert out of range gets no rows, as the route skips it.
+    int expert = p.selections[block.z];
+    bool valid = expert >= 0 && expert < p.experts;
+    return {valid ? expert : 0, block.z, valid ? block.z + 1 : block.z};
+  }
   if (!p.offsets)
     return {block.z, 0, p.rows};
   int matrix = block.z;
@@ -286,6 +305,8 @@ template <class W, class A> KILN_FN bool gemvWholeSteps(const GemmParams &p) {
 template <class W, bool Fp8, class A = float, bool Gated = false>
 KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
   auto [matrix, first, end] = gemmRows(block, p);
+  if (p.selectionRows && block.x == 0 && KILN_THREAD == 0)
+    p.selectionRows[first] = static_cast<int32_t>(first);
   // e4m3 activation codes keep the checked loads: the whole-step variant
   // of their GEMV spills (ptxas, 32 bytes at 96 registers).
   bool whole = sizeof(A) == sizeof(float) && gemvWholeSteps<W, A>(p);
@@ -293,11 +314,13 @@ KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
   for (; first < end; first += passRows) {
     int count =
         end - first < passRows ? static_cast<int>(end - first) : passRows;
+    // A selection's one row reads its token's activations.
+    int64_t xFirst = p.selections ? first / p.selectionFanOut : first;
     if (whole)
-      gemvSomeRows<W, Fp8, A, true, Gated>(block, p, matrix, first, first,
+      gemvSomeRows<W, Fp8, A, true, Gated>(block, p, matrix, first, xFirst,
                                            count);
     else
-      gemvSomeRows<W, Fp8, A, false, Gated>(block, p, matrix, first, first,
+      gemvSomeRows<W, Fp8, A, false, Gated>(block, p, matrix, first, xFirst,
                                             count);
   }
 }

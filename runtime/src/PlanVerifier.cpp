@@ -59,6 +59,10 @@ private:
   /// (one gatedness, weight and input type, FP8 block) whose results
   /// overlap no other member's arguments (so none reads another's).
   absl::Status checkLinearGroups(const art::EntryPoint &entry);
+  /// MoE dispatches a GPU may skip: the launches their ints name read the
+  /// dispatch's routed rows as the input of a grouped GEMM of its offsets,
+  /// outside the fused groups.
+  absl::Status checkRoutedReaders(const art::EntryPoint &entry);
   /// Whether the arena bytes `a` and `b` span overlap.
   bool overlap(const art::TensorRef *a, const art::TensorRef *b) const {
     return a->storage() == art::Storage::Arena &&
@@ -531,7 +535,10 @@ absl::Status Verifier::checkKernel(const art::Launch &launch) {
     return absl::OkStatus();
   }
   case art::KernelKind::MoeDispatch: {
-    if (!expect(6, 1, 0))
+    // Then optionally whether a GPU may skip it (0 or 1) and, if it may,
+    // where the launches reading its routed rows are (checkRoutedReaders).
+    if (n != 6 || floats != 0 || ints < 1 ||
+        (ints > 1 && (in(1) < 0 || in(1) > 1 || (in(1) == 0) != (ints == 2))))
       return bad("wrong number of operands or attributes");
     int64_t experts = in(0);
     const art::TensorRef *x = a(0), *indices = a(1), *routed = a(2),
@@ -805,6 +812,8 @@ absl::Status Verifier::run() {
       return s;
     if (absl::Status s = checkLinearGroups(*entry); !s.ok())
       return s;
+    if (absl::Status s = checkRoutedReaders(*entry); !s.ok())
+      return s;
   }
   return absl::OkStatus();
 }
@@ -878,6 +887,49 @@ absl::Status Verifier::checkLinearGroups(const art::EntryPoint &entry) {
               return fail("the result of launch " + std::to_string(m) +
                           " overlaps an argument of launch " +
                           std::to_string(other));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Verifier::checkRoutedReaders(const art::EntryPoint &entry) {
+  const auto &launches = *entry.launches();
+  for (size_t i = 0; i < launches.size(); ++i) {
+    const art::Launch &dispatch = *launches.Get(i);
+    if (dispatch.kernel() != art::KernelKind::MoeDispatch ||
+        dispatch.ints()->size() < 3)
+      continue;
+    where_ = "entry point " + entry.name()->str() + ", launch " +
+             std::to_string(i) + ": ";
+    auto same = [](const art::TensorRef *a, const art::TensorRef *b) {
+      return a->storage() == art::Storage::Arena &&
+             b->storage() == art::Storage::Arena &&
+             a->offset() == b->offset() && a->type() == b->type();
+    };
+    for (size_t k = 2; k < dispatch.ints()->size(); ++k) {
+      int64_t delta = dispatch.ints()->Get(k);
+      if (delta < 1 || delta >= static_cast<int64_t>(launches.size() - i))
+        return fail("kernel MoeDispatch: a routed-row reader " +
+                    std::to_string(delta) +
+                    " launches on is past the entry point's launches");
+      size_t at = i + static_cast<size_t>(delta);
+      const art::Launch &reader = *launches.Get(at);
+      int offsets = -1;
+      if (reader.kernel() == art::KernelKind::GroupedLinear)
+        offsets = 2;
+      else if (reader.kernel() == art::KernelKind::GatedLinear)
+        offsets = GatedLinearArgs::of(reader, reader.args()->size()).offsets;
+      bool fused = false;
+      if (entry.fused())
+        for (const art::FusedLaunch *group : *entry.fused())
+          fused |= at >= group->first() && at < group->first() + group->count();
+      if (offsets < 0 || fused ||
+          !same(reader.args()->Get(0), dispatch.args()->Get(2)) ||
+          !same(reader.args()->Get(offsets), dispatch.args()->Get(3)))
+        return fail("kernel MoeDispatch: names a routed-row reader that is "
+                    "not a grouped GEMM of its routed rows and offsets "
+                    "outside the fused groups (launch " +
+                    std::to_string(at) + ")");
     }
   }
   return absl::OkStatus();

@@ -342,7 +342,12 @@ TEST(EmulatedGpuSession, LaunchLogListsTheCapturedStep) {
       ++(line.find(" (captured)") != std::string::npos ? captured : run);
   EXPECT_EQ(captured, launches[0]);
   EXPECT_GT(run, 0); // the prefill, not captured
-  EXPECT_NE(log.find("kiln: launch kiln_moe_route grid 1,1,1 (captured)"),
+  // A step of one sequence (top-4: 4 selections) runs its grouped GEMVs in
+  // selection order, with no route launch.
+  EXPECT_EQ(log.find("kiln: launch kiln_moe_route grid 1,1,1 (captured)"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("kiln: launch kiln_gemv_group_gated_f32 grid"),
             std::string::npos)
       << log;
   EXPECT_NE(log.find("_moe_combine_add_rms_norm grid 1,1,1 (captured)"),
@@ -369,7 +374,8 @@ TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
         {"KILN_CUDA_GRAPHS", "expected on or off"},
         {"KILN_EMULATE_CUBLASLT", "expected 0, 1 or decline"},
         {"KILN_EXPERT_GEMMS", "expected auto, per-expert or grouped"},
-        {"KILN_EXPERT_STREAMS", "expected a count from 0 to 16"}}) {
+        {"KILN_EXPERT_STREAMS", "expected a count from 0 to 16"},
+        {"KILN_MOE_SELECTIONS", "expected auto or off"}}) {
     ::setenv(name, "sometimes", 1);
     absl::StatusOr<std::unique_ptr<Session>> session =
         Session::create(**model, options);
@@ -530,9 +536,10 @@ TEST(EmulatedGpuSession, KernelProfileTimesEachLaunch) {
         return t.launches;
     return int64_t{0};
   };
-  // Two steps of the model's two MoE layers.
-  EXPECT_EQ(timed("kiln_moe_route"), 4);
-  // Weight bytes where known: the GEMMs but the grouped expert GEMMs.
+  // Two sequences of top-4: 8 selections a step, which the grouped GEMVs
+  // take in selection order, with no route launch.
+  EXPECT_EQ(timed("kiln_moe_route"), 0);
+  // Weight bytes where known: every GEMM.
   int64_t gemmBytes = 0;
   for (const KernelTime &t : decode) {
     if (t.kernel.rfind("kiln_gemv_", 0) == 0 ||
@@ -548,6 +555,14 @@ TEST(EmulatedGpuSession, KernelProfileTimesEachLaunch) {
       EXPECT_EQ(t.weightBytes, t.launches * 2 * 128 * 64 * 4);
     }
   EXPECT_EQ(timed("kiln_gemv_gated_f32"), 2); // one a step
+  // Each MoE layer's routed (a selection's block reads its expert's gate
+  // and up, 32 x 64 f32 each) and shared experts' (one of 32 x 64) gated
+  // GEMMs in one launch.
+  for (const KernelTime &t : decode)
+    if (t.kernel == "kiln_gemv_group_gated_f32") {
+      EXPECT_EQ(t.weightBytes, t.launches * (8 + 1) * 2 * 32 * 64 * 4);
+    }
+  EXPECT_EQ(timed("kiln_gemv_group_gated_f32"), 4); // two a step
 
   s.setKernelProfiling(false);
   s.resetKernelProfile();
@@ -786,6 +801,96 @@ TEST(EmulatedGpuSession, FewRoutedRowsAreDispatchedInOneLaunch) {
   EXPECT_GT(launches("kiln_moe_route"), routes);
   EXPECT_EQ(launches("kiln_moe_gather"), gathers);
   EXPECT_EQ(launches("kiln_moe_combine"), combines);
+}
+
+/// The steps of `golden` (its default artifact, `edit`ed) on the emulated
+/// device for `prompts` with KILN_MOE_SELECTIONS=auto (first) and =off, and
+/// the route launches each ran.
+struct SelectionRuns {
+  std::vector<std::vector<float>> steps[2];
+  int64_t routes[2] = {0, 0};
+};
+SelectionRuns
+runWithAndWithoutSelections(const std::string &golden, const std::string &name,
+                            const std::vector<std::vector<int32_t>> &prompts,
+                            std::function<void(artifact::ModelT &)> edit = {}) {
+  CompileSettings settings;
+  settings.editPlan = std::move(edit);
+  std::filesystem::path artifact =
+      compileArtifact(kGolden / golden, scratchFile(name), settings);
+  EXPECT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model =
+      artifact.empty() ? absl::NotFoundError(name) : Model::open(artifact);
+  EXPECT_TRUE(model.ok()) << model.status().message();
+  SelectionRuns runs;
+  if (!model.ok())
+    return runs;
+  for (int off : {0, 1}) {
+    ::setenv("KILN_MOE_SELECTIONS", off ? "off" : "auto", 1);
+    int64_t before = cuda::emulatedLaunches("kiln_moe_route");
+    std::string where;
+    runs.steps[off] = testing::runDeviceSteps(**model, Device::Emulated, where,
+                                              nullptr, prompts);
+    runs.routes[off] = cuda::emulatedLaunches("kiln_moe_route") - before;
+    ::unsetenv("KILN_MOE_SELECTIONS");
+  }
+  return runs;
+}
+
+// A decode step of 8 or fewer selections runs the grouped GEMVs in
+// selection order (each routed row its token's row against its expert) and
+// launches no route; the sums are the routed order's, so the steps are the
+// same to the bit. The prefills (several tokens) still route. Checked for
+// f32 and bf16 weights, a dense gated GEMV and linear groups (the routed
+// with the shared experts), batch 1 of top-4 and batch 3 of top-2; the
+// MatchesTheCpuExecutor cases check such steps against the CPU executor.
+TEST(EmulatedGpuSession, FewSelectionsRunInSelectionOrder) {
+  struct Check {
+    const char *golden;
+    std::vector<std::vector<int32_t>> prompts;
+  };
+  for (const Check &c : {Check{"deepseek-v3", {{5, 17, 3}}},
+                         Check{"deepseek-v2-lite-bf16", {{5, 17, 3}}},
+                         Check{"deepseek-v2-lite", testing::raggedPrompts()}}) {
+    SCOPED_TRACE(c.golden);
+    SelectionRuns runs = runWithAndWithoutSelections(
+        c.golden, std::string("selections_") + c.golden + ".kiln", c.prompts);
+    ASSERT_FALSE(runs.steps[0].empty());
+    EXPECT_EQ(runs.steps[0], runs.steps[1]);
+    EXPECT_GT(runs.routes[0], 0); // the prefill's
+    EXPECT_LT(runs.routes[0], runs.routes[1]);
+  }
+}
+
+// A skippable dispatch's ints name the GEMMs that read its routed rows (a
+// MoE layer's gated routed-expert GEMM here), and the plan keeps its x and
+// indices alive while they run; an artifact without them (as before they
+// existed) may reuse those bytes, so its steps route every dispatch, and
+// are still right.
+TEST(EmulatedGpuSession, DispatchesWithoutRoutedReadersRoute) {
+  int64_t edited = 0;
+  SelectionRuns runs = runWithAndWithoutSelections(
+      "deepseek-v3", "selections_old_plan.kiln", {{5, 17, 3}},
+      [&](artifact::ModelT &plan) {
+        for (auto &entry : plan.entry_points)
+          for (size_t i = 0; i < entry->launches.size(); ++i) {
+            auto &launch = entry->launches[i];
+            if (launch->kernel != artifact::KernelKind::MoeDispatch)
+              continue;
+            EXPECT_EQ(launch->ints.size(), 3u);
+            EXPECT_EQ(launch->ints[1], 1);
+            if (launch->ints.size() == 3) {
+              EXPECT_EQ(entry->launches[i + launch->ints[2]]->kernel,
+                        artifact::KernelKind::GatedLinear);
+            }
+            launch->ints.resize(1);
+            ++edited;
+          }
+      });
+  EXPECT_GT(edited, 0);
+  ASSERT_FALSE(runs.steps[0].empty());
+  EXPECT_EQ(runs.steps[0], runs.steps[1]);
+  EXPECT_EQ(runs.routes[0], runs.routes[1]);
 }
 
 TEST(EmulatedGpuSession, GatedLinearIsTheUnfusedFfnBf16) {
@@ -1127,6 +1232,28 @@ TEST(EmulatedGpuSession, MoeSelectionRowsAreVerified) {
       artifact::KernelKind::MoeDispatch, "dispatch_no_rows.kiln",
       [](artifact::LaunchT &l) { l.args.pop_back(); },
       "wrong number of operands");
+  // Skippable, but no reader named; readers named, but not skippable.
+  expectLaunchRejected(
+      artifact::KernelKind::MoeDispatch, "dispatch_no_readers.kiln",
+      [](artifact::LaunchT &l) { l.ints.resize(2); },
+      "wrong number of operands or attributes");
+  expectLaunchRejected(
+      artifact::KernelKind::MoeDispatch, "dispatch_not_skippable.kiln",
+      [](artifact::LaunchT &l) { l.ints[1] = 0; },
+      "wrong number of operands or attributes");
+  // A reader past the launches, and one that is not a GEMM of the routed
+  // rows (the launch before the gated GEMM: the gate, or the shared
+  // expert's GEMM of a linear group).
+  expectLaunchRejected(
+      artifact::KernelKind::MoeDispatch, "dispatch_reader_past_end.kiln",
+      [](artifact::LaunchT &l) { l.ints[2] = 100000; },
+      "a routed-row reader 100000 launches on is past the entry point's "
+      "launches");
+  expectLaunchRejected(
+      artifact::KernelKind::MoeDispatch, "dispatch_reader_other.kiln",
+      [](artifact::LaunchT &l) { l.ints[2] += 1; },
+      "names a routed-row reader that is not a grouped GEMM of its routed "
+      "rows and offsets outside the fused groups");
 }
 
 // A combine whose selection rows are another [B, S, k] tensor (the router's

@@ -210,5 +210,53 @@ TEST(MatmulKernel, GroupedLinearReadsExpertOffsetsOnTheDevice) {
   }
 }
 
+// A decode step's few selections in selection order: routed row r is token
+// r / topK's row (x holds the tokens) against expert selections[r], with no
+// route sorting them; each row's entry of selectionRows becomes r. A row of
+// an expert out of range gets no output, as the route skips it. Then a GEMM
+// of those routed rows (fan-out 1), as the down projection reads the gated
+// GEMM's. Against the naive sums in double.
+TEST(MatmulKernel, GroupedLinearInSelectionOrder) {
+  const int64_t experts = 6, n = 96, k = 256, tokens = 2, topK = 3;
+  const int64_t rows = tokens * topK;
+  std::vector<int32_t> selections = {4, 0, 5, 5, 2, experts};
+  for (cpu::ElementType type : {cpu::ElementType::F32, cpu::ElementType::BF16})
+    for (int fanOut : {static_cast<int>(topK), 1}) {
+      std::string what = std::string(name(type)) + " fan-out " +
+                         std::to_string(fanOut);
+      Weights w = makeWeights(type, experts, n, k, 13);
+      int64_t xRows = rows / fanOut;
+      std::vector<float> x = randomRows(xRows, k, 14);
+      std::vector<float> want(rows * n, -1.0f), got(rows * n, -1.0f);
+      for (int64_t r = 0; r < rows; ++r)
+        if (selections[r] < experts)
+          for (int64_t c = 0; c < n; ++c) {
+            double sum = 0;
+            for (int64_t j = 0; j < k; ++j)
+              sum += double(x[r / fanOut * k + j]) *
+                     w.values[(selections[r] * n + c) * k + j];
+            want[r * n + c] = static_cast<float>(sum);
+          }
+      std::vector<int32_t> selectionRows(rows, -7);
+      GemmParams p = gemmParams(w, got.data(), rows, n, k);
+      p.x = x.data();
+      p.experts = static_cast<int>(experts);
+      p.selections = selections.data();
+      p.selectionFanOut = fanOut;
+      p.selectionRows = selectionRows.data();
+      runGemv(type, gemvGrid(n, gemmGridMatrices(p, experts)), p);
+      for (int64_t r = 0; r < rows; ++r)
+        EXPECT_EQ(selectionRows[r], r) << what;
+      expectClose(
+          got, want, x, k, w.values, k,
+          [&](int64_t i) { return i / n / fanOut; },
+          [&](int64_t i) {
+            int64_t e = selections[i / n];
+            return (e < experts ? e : 0) * n + i % n;
+          },
+          what);
+    }
+}
+
 } // namespace
 } // namespace kiln

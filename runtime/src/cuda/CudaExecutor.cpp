@@ -173,6 +173,31 @@ struct Executor::Impl {
   /// block gathers the rows itself: a decode step's few rows (batch 1:
   /// V2-Lite 6 x 2048, V3 8 x 7168) cost it less than another launch.
   static constexpr int64_t kRouteGatherElements = int64_t{1} << 16;
+  /// A decode step's routed rows up to kSelectionRows (batch 1: V2-Lite's
+  /// top-6, V3's top-8) go to the grouped GEMVs in selection order
+  /// (GemmParams::selections): each row is its token's row against its
+  /// selected expert, so the step runs no route and no gather. Only where
+  /// the plan names the GEMMs that read the routed rows (routedReaders;
+  /// it then keeps the dispatch's x and indices alive while they run, and
+  /// artifacts before it do not); not where the grouped GEMMs have FP8
+  /// weights (the quantizing GEMVs index rows as the route sorts them) or
+  /// KILN_MMA_GEMMS=on puts them on the tensor cores.
+  static constexpr int64_t kSelectionRows = 8;
+  bool selectionDispatch = false;
+  /// The launches that read each skippable dispatch's routed rows (from
+  /// its ints; the plan keeps its x and indices alive while they run).
+  std::map<const art::Launch *, std::set<const art::Launch *>> routedReaders;
+  /// The last dispatch's, while its grouped GEMMs run in selection order.
+  struct Selections {
+    const int32_t *experts = nullptr; // [tokens, topK]
+    const float *x = nullptr;         // the tokens' rows
+    /// The GEMMs that read the routed rows: they read x instead. The
+    /// others read earlier GEMMs' rows, already in selection order.
+    const std::set<const art::Launch *> *readers = nullptr;
+    int32_t *selectionRows = nullptr;
+    int topK = 0;
+    int64_t rows = 0;
+  } selections;
   size_t attentionScratchFloats = 0;
   // Rope inverse frequencies per rope launch, uploaded at creation.
   std::map<const art::Launch *, CUdeviceptr> ropeTables;
@@ -333,16 +358,21 @@ struct Executor::Impl {
   GemmCall gemmCall(const art::Launch &launch) const;
   /// The weight bytes `c` reads (both projections of a gated call, FP8
   /// scales left out); -1 for a grouped GEMM, whose experts with rows only
-  /// the device knows.
+  /// the device knows. In selection order each selection reads its
+  /// expert's matrix.
   static int64_t weightBytesRead(const GemmCall &c) {
     if (c.p.offsets)
       return -1;
-    return c.matrices * c.p.n * c.p.k *
+    int64_t matrices = c.p.selections ? c.p.rows : c.matrices;
+    return matrices * c.p.n * c.p.k *
            static_cast<int64_t>(art::elementBytes(c.weightType)) *
            (c.p.wUp ? 2 : 1);
   }
   /// A GatedLinear launch decoded (p.wUp set).
   GemmCall gatedCall(const art::Launch &launch) const;
+  /// `c`, launch `l`'s (a grouped GEMM of the last dispatch's rows), in
+  /// selection order.
+  void selectionOrder(GemmCall &c, const art::Launch &l) const;
   /// Runs `c` on cuBLASLt, the tensor cores or the GEMV; a gated call
   /// (p.wUp) on the gated tensor-core GEMM or the gated GEMV.
   absl::Status runGemm(GemmCall c);
@@ -934,6 +964,14 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
     routedSelectionRows = i32(5);
     int64_t topK = lastDim(refs.Get(1));
     int64_t n = shape.batch * shape.seq * topK;
+    selections = {};
+    auto readers = routedReaders.find(&l);
+    if (selectionDispatch && readers != routedReaders.end() && shape.seq == 1 &&
+        n <= kSelectionRows) {
+      selections = {
+          i32(1), f32(0), &readers->second, i32(5), static_cast<int>(topK), n};
+      return absl::OkStatus();
+    }
     bool gather = n * lastDim(x) > kRouteGatherElements;
     if (absl::Status s =
             launch("kiln_moe_route", Dim3{1, 1, 1},
@@ -1026,6 +1064,7 @@ Executor::Impl::GemmCall Executor::Impl::gemmCall(const art::Launch &l) const {
       p.activeExperts = reinterpret_cast<const int32_t *>(activeExperts);
     p.xRowStride = p.k;
     p.outRowStride = p.n;
+    selectionOrder(c, l);
     break;
   default:
     p.n = staticDim(w, 0);
@@ -1154,6 +1193,23 @@ bool Executor::Impl::gemvTakes(const GemmCall &c) const {
   return !perExpert(c) && !blasDense(c) && !mmaTakes(c);
 }
 
+void Executor::Impl::selectionOrder(GemmCall &c, const art::Launch &l) const {
+  GemmParams &p = c.p;
+  if (!selections.experts || p.offsets != routedOffsets)
+    return;
+  p.selections = selections.experts;
+  p.selectionRows = selections.selectionRows;
+  p.offsets = nullptr;
+  p.activeExperts = nullptr;
+  p.rows = selections.rows;
+  // The first GEMMs read the rows the route would have gathered: the
+  // tokens' own rows instead. Later ones read earlier ones' routed rows.
+  bool tokens = selections.readers->count(&l) > 0;
+  if (tokens)
+    p.x = selections.x;
+  p.selectionFanOut = tokens ? selections.topK : 1;
+}
+
 Executor::Impl::GemmCall Executor::Impl::gatedCall(const art::Launch &l) const {
   const auto &refs = *l.args();
   GatedLinearArgs g = GatedLinearArgs::of(l, refs.size());
@@ -1178,6 +1234,7 @@ Executor::Impl::GemmCall Executor::Impl::gatedCall(const art::Launch &l) const {
     p.offsets = reinterpret_cast<const int32_t *>(at(g.offsets));
     if (p.offsets == routedOffsets)
       p.activeExperts = reinterpret_cast<const int32_t *>(activeExperts);
+    selectionOrder(c, l);
   } else {
     p.rows = numel(x) / p.k;
     c.dense = true;
@@ -1391,6 +1448,8 @@ absl::Status Executor::Impl::quantizeRows(GemmCall &c) {
 
 bool Executor::Impl::mmaTakes(const GemmCall &c) const {
   const GemmParams &p = c.p;
+  if (p.selections)
+    return false; // a row per selection: the GEMV's
   if (mmaGemms == MmaGemms::Off || (c.weightType != art::ElementType::BF16 &&
                                     c.weightType != art::ElementType::F8E4M3))
     return false;
@@ -1957,9 +2016,11 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
       environmentMode("KILN_CUDA_GRAPHS", {"on", "off"});
   absl::StatusOr<int> expertStreams =
       environmentCount("KILN_EXPERT_STREAMS", 4, 16);
+  absl::StatusOr<int> selections =
+      environmentMode("KILN_MOE_SELECTIONS", {"auto", "off"});
   for (const absl::StatusOr<int> *mode :
        {&experts, &mmaGemms, &mmaAttention, &pdl, &logLaunches, &graphs,
-        &expertStreams})
+        &expertStreams, &selections})
     if (!mode->ok())
       return mode->status();
   impl->decodeGraphs = *graphs == 0;
@@ -1991,6 +2052,21 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
            l->kernel() == art::KernelKind::GatedLinear) &&
           l->args()->Get(1)->type() == art::ElementType::BF16)
         impl->bf16Weights = true;
+  impl->selectionDispatch =
+      *selections == 0 && impl->mmaGemms != Impl::MmaGemms::On;
+  for (const art::EntryPoint *e : *model.plan->entry_points())
+    for (flatbuffers::uoffset_t i = 0; i < e->launches()->size(); ++i) {
+      const art::Launch *l = e->launches()->Get(i);
+      if (l->kernel() == art::KernelKind::MoeDispatch)
+        for (flatbuffers::uoffset_t k = 2; k < l->ints()->size(); ++k)
+          impl->routedReaders[l].insert(e->launches()->Get(
+              i + static_cast<flatbuffers::uoffset_t>(l->ints()->Get(k))));
+    }
+  for (const art::EntryPoint *e : *model.plan->entry_points())
+    for (const art::Launch *l : *e->launches())
+      if (Impl::fp8Gemm(*l) && (l->kernel() == art::KernelKind::GroupedLinear ||
+                                l->kernel() == art::KernelKind::GatedLinear))
+        impl->selectionDispatch = false;
   // KILN_CUBLASLT=0 keeps every GEMM in the library kernels (fp32
   // activations): the numerics check compares both paths.
   const char *useBlas = std::getenv("KILN_CUBLASLT");

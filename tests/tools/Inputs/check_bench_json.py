@@ -35,7 +35,13 @@ for p in points:
         launches = sum(k["launches"] for k in profiles["decode"]["kernels"])
         assert launches == p["decode_kernel_launches_per_step"], (
             launches, p["decode_kernel_launches_per_step"])
-        assert "kiln_moe_route" in [k["kernel"] for k in profiles["decode"]["kernels"]]
+        # Batch 1's few MoE selections go to the grouped GEMVs in selection
+        # order, with no route launch; the prefill routes.
+        decode_names = [k["kernel"] for k in profiles["decode"]["kernels"]]
+        if p["batch"] == 1:
+            assert "kiln_moe_route" not in decode_names, decode_names
+        if "prefill" in profiles:
+            assert "kiln_moe_route" in [k["kernel"] for k in profiles["prefill"]["kernels"]]
         # Weight bytes where the executor knows them: GEMMs only.
         known = [k for k in profiles["decode"]["kernels"] if "weight_bytes" in k]
         assert known and all(k["kernel"].startswith(("kiln_gemv_", "kiln_gemm_"))
