@@ -100,7 +100,7 @@ private:
   /// grouped GEMMs (kiln.grouped_linear, kiln.gated_linear) reading them as
   /// their input outside fused groups; none otherwise. A GPU may run those
   /// GEMMs in selection order, from the dispatch's own input and indices.
-  SmallVector<Operation *> routedReaders(MoEDispatchOp dispatch) const;
+  SmallVector<Operation *> findRoutedReaders(MoEDispatchOp dispatch) const;
   /// How `user` sees `value`: attention reads cache views in place; any
   /// other op reads the arena copy a KvGather launch makes.
   const ValueInfo &infoFor(Value value, Operation *user) const;
@@ -126,6 +126,8 @@ private:
   /// The cache rows fused kv_appends write at ([Batch, Seq] i32), when a
   /// group has one.
   std::optional<ValueInfo> cacheRows_;
+  /// findRoutedReaders of each dispatch that has them (assignValues).
+  llvm::DenseMap<Operation *, SmallVector<Operation *>> routedReaders_;
   llvm::DenseMap<Value, ValueInfo> values_;
   llvm::DenseMap<Value, ValueInfo> gathered_;
   std::vector<Buffer> buffers_;
@@ -293,8 +295,11 @@ LogicalResult EntryPlanner::assignValues() {
   // straight from the dispatch's input and indices (selection order, no
   // route launch), so both live as long as the expert offsets do.
   for (Operation *op : ops_)
-    if (auto dispatch = dyn_cast<MoEDispatchOp>(op);
-        dispatch && !routedReaders(dispatch).empty()) {
+    if (auto dispatch = dyn_cast<MoEDispatchOp>(op)) {
+      SmallVector<Operation *> readers = findRoutedReaders(dispatch);
+      if (readers.empty())
+        continue;
+      routedReaders_[op] = std::move(readers);
       size_t last =
           buffers_[infoFor(dispatch.getExpertOffsets(), op).buffer].last;
       for (Value operand : dispatch->getOperands())
@@ -305,7 +310,7 @@ LogicalResult EntryPlanner::assignValues() {
 }
 
 SmallVector<Operation *>
-EntryPlanner::routedReaders(MoEDispatchOp dispatch) const {
+EntryPlanner::findRoutedReaders(MoEDispatchOp dispatch) const {
   Value routed = dispatch.getRouted();
   auto offsetsOf = [&](Operation *op) -> Value {
     if (auto grouped = dyn_cast<GroupedLinearOp>(op))
@@ -317,20 +322,20 @@ EntryPlanner::routedReaders(MoEDispatchOp dispatch) const {
   };
   SmallVector<Operation *> readers;
   for (Operation *op : ops_) {
-    auto operands = op->getOperands();
-    auto read = llvm::find_if(
-        operands, [&](Value operand) { return resolve(operand) == routed; });
-    if (read == operands.end())
+    bool reads = false;
+    for (auto [i, operand] : llvm::enumerate(op->getOperands()))
+      if (resolve(operand) == routed) {
+        if (i != 0)
+          return {}; // only as a GEMM's input
+        reads = true;
+      }
+    if (!reads)
       continue;
     auto group = groupOf_.find(op);
     bool fused =
         group != groupOf_.end() && isa<FusedOp>(groups_[group->second].op);
-    // Only as a grouped GEMM's input, the rows this dispatch grouped.
-    if (fused || read != operands.begin() ||
-        llvm::count(
-            llvm::map_range(operands, [&](Value v) { return resolve(v); }),
-            routed) != 1 ||
-        offsetsOf(op) != dispatch.getExpertOffsets())
+    // A grouped GEMM of the rows this dispatch grouped.
+    if (fused || offsetsOf(op) != dispatch.getExpertOffsets())
       return {};
     readers.push_back(op);
   }
@@ -500,7 +505,7 @@ LogicalResult EntryPlanner::addLaunch(Operation *op, art::EntryPointT &entry) {
             // Then whether a GPU may skip the dispatch (its routed rows read
             // only by grouped GEMMs, its input and indices alive while they
             // run); plan() appends where those GEMMs are.
-            ints.push_back(routedReaders(dispatch).empty() ? 0 : 1);
+            ints.push_back(routedReaders_.count(dispatch) ? 1 : 0);
             return success();
           })
           .Case([&](GroupedLinearOp grouped) {
@@ -569,11 +574,10 @@ LogicalResult EntryPlanner::plan(art::EntryPointT &entry) {
   }
   // Each skippable dispatch's ints end with the launches that read its
   // routed rows, as distances after the dispatch's own.
-  for (Operation *op : ops_)
-    if (auto dispatch = dyn_cast<MoEDispatchOp>(op))
-      for (Operation *reader : routedReaders(dispatch))
-        entry.launches[launchOf.at(op)]->ints.push_back(launchOf.at(reader) -
-                                                        launchOf.at(op));
+  for (auto &[dispatch, readers] : routedReaders_)
+    for (Operation *reader : readers)
+      entry.launches[launchOf.at(dispatch)]->ints.push_back(
+          launchOf.at(reader) - launchOf.at(dispatch));
   for (auto [group, span] : llvm::zip_equal(groups_, spans)) {
     auto [first, end] = span.value_or(std::pair<uint32_t, uint32_t>());
     if (end == first)

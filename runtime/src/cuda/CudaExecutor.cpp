@@ -2061,12 +2061,10 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
         for (flatbuffers::uoffset_t k = 2; k < l->ints()->size(); ++k)
           impl->routedReaders[l].insert(e->launches()->Get(
               i + static_cast<flatbuffers::uoffset_t>(l->ints()->Get(k))));
-    }
-  for (const art::EntryPoint *e : *model.plan->entry_points())
-    for (const art::Launch *l : *e->launches())
       if (Impl::fp8Gemm(*l) && (l->kernel() == art::KernelKind::GroupedLinear ||
                                 l->kernel() == art::KernelKind::GatedLinear))
         impl->selectionDispatch = false;
+    }
   // KILN_CUBLASLT=0 keeps every GEMM in the library kernels (fp32
   // activations): the numerics check compares both paths.
   const char *useBlas = std::getenv("KILN_CUBLASLT");
