@@ -262,17 +262,19 @@ TEST(EmulatedGpuSession, LibraryGemmsOfOneInputShareItsBf16Rows) {
   EXPECT_EQ(conversions, 2 * 4 + 1);
 }
 
-/// Kernel launches each of three decode steps of one sequence runs
+/// Kernel launches each of three decode steps of `sequences` sequences runs
 /// (Session::kernelLaunches), the first captured into a graph and the
-/// others replaying it; DeepSeek-V3's golden compiled with `settings`
-/// (to an artifact named after `name`).
+/// others replaying it; `golden` compiled with `settings` (to an artifact
+/// named after `name`).
 std::vector<int64_t> decodeLaunches(Device device,
                                     const CompileSettings &settings,
                                     const std::string &name,
-                                    size_t *linearGroups = nullptr) {
+                                    size_t *linearGroups = nullptr,
+                                    int32_t sequences = 1,
+                                    const std::string &golden = "deepseek-v3") {
   std::filesystem::path artifact = compileArtifact(
-      kGolden / "deepseek-v3",
-      scratchFile("emulated_launches_" + name + ".kiln"), settings);
+      kGolden / golden, scratchFile("emulated_launches_" + name + ".kiln"),
+      settings);
   if (artifact.empty())
     return {};
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
@@ -289,12 +291,17 @@ std::vector<int64_t> decodeLaunches(Device device,
   if (!session.ok())
     return {};
   Session &s = **session;
-  absl::StatusOr<std::vector<int>> ids = s.prefill({{5, 17, 3}});
+  std::vector<std::vector<int32_t>> prompts;
+  for (int32_t i = 0; i < sequences; ++i)
+    prompts.push_back({5 + i, 17, 3 + 2 * i});
+  absl::StatusOr<std::vector<int>> ids = s.prefill(prompts);
   EXPECT_TRUE(ids.ok()) << ids.status().message();
+  if (!ids.ok())
+    return {};
   std::vector<int64_t> launches;
   for (int32_t token : {4, 8, 15}) {
     int64_t before = s.kernelLaunches();
-    EXPECT_TRUE(s.decode(*ids, std::vector<int32_t>{token}).ok());
+    EXPECT_TRUE(s.decode(*ids, std::vector<int32_t>(ids->size(), token)).ok());
     launches.push_back(s.kernelLaunches() - before);
   }
   return launches;
@@ -322,6 +329,34 @@ TEST(EmulatedGpuSession, KernelLaunchesCountEveryStep) {
   // 3 layers, 2 of them MoE.
   EXPECT_EQ(groups, 3u + 2 * 2);
   EXPECT_EQ(apart[0] - grouped[0], static_cast<int64_t>(groups));
+}
+
+// Three sequences of V2-Lite's bf16 golden: the tensor-core GEMM takes
+// the q and latent projections (3 rows) and the shared experts (every
+// token), the GEMV the routed experts' selections. Each group is still one
+// launch, members on the tensor cores beside GEMVs (kiln_gemm_group_*).
+TEST(EmulatedGpuSession, GroupsOfAFewTokensAreOneLaunch) {
+  int64_t plain = cuda::emulatedLaunches("kiln_gemm_group_bf16"),
+          gated = cuda::emulatedLaunches("kiln_gemm_group_gated_bf16");
+  size_t groups = 0;
+  std::vector<int64_t> grouped =
+      decodeLaunches(Device::Emulated, {}, "v2lite_grouped_3", &groups, 3,
+                     "deepseek-v2-lite-bf16");
+  CompileSettings ungrouped;
+  ungrouped.optimize.groupLinears = false;
+  std::vector<int64_t> apart =
+      decodeLaunches(Device::Emulated, ungrouped, "v2lite_ungrouped_3", nullptr,
+                     3, "deepseek-v2-lite-bf16");
+  ASSERT_EQ(grouped.size(), 3u);
+  ASSERT_EQ(apart.size(), 3u);
+  // 3 layers, 2 of them MoE.
+  EXPECT_EQ(groups, 3u + 2 * 2);
+  EXPECT_EQ(apart[0] - grouped[0], static_cast<int64_t>(groups));
+  // The prefill (9 rows) and each decode step: the q and latent projections
+  // of each layer and the MoE layers' down projections; their gated GEMMs.
+  EXPECT_EQ(cuda::emulatedLaunches("kiln_gemm_group_bf16") - plain, 4 * 5);
+  EXPECT_EQ(cuda::emulatedLaunches("kiln_gemm_group_gated_bf16") - gated,
+            4 * 2);
 }
 
 // KILN_LOG_LAUNCHES=1 logs each launch as it is made: the captured decode

@@ -13,9 +13,9 @@
 // GPU. The outputs are poisoned first.
 // Without a GPU the tests are skipped, saying so (label gpu);
 // KILN_GPU_TESTS_EMULATE=1 runs them through the emulated driver.
+#include "GemmGroup.h"
 #include "Library.h"
 #include "MmaAttention.h"
-#include "MmaGemm.h"
 #include "runtime/src/cuda/CudaDriver.h"
 #include "runtime/src/cuda/EmulatedDriver.h"
 #include "runtime/src/cuda/LibraryFatbin.h"
@@ -292,16 +292,21 @@ TEST_F(MmaGpu, GemmGroupedMatchesTheHostBuild) {
               "grouped input " + std::to_string(static_cast<int>(input)));
 }
 
-/// The grouped GEMV (kiln.linear_group) on the GPU against each member's
-/// plain GEMV on the GPU: member i's blocks must run that GEMV's code on the
+/// A grouped GEMM (kiln.linear_group) on the GPU against each member's own
+/// launch on the GPU: member i's blocks must run that launch's code on the
 /// same operands, so the results agree to the bit. The members' output
 /// widths `widths`, bf16 weights over f32 rows or FP8 weights over e4m3
 /// codes (MLA's q and latent projections at decode); every other member
-/// with a bias.
-void checkGemvGroup(MmaGpu &t, Gpu &gpu, bool fp8, int64_t rows, int64_t k,
-                    const std::vector<int64_t> &widths) {
+/// with a bias. Members in `mma` run on the tensor cores (bf16:
+/// kiln_gemm_group_* against kiln_gemm_mma_*), the rest as GEMVs.
+void checkGemmGroup(MmaGpu &t, Gpu &gpu, bool fp8, int64_t rows, int64_t k,
+                    const std::vector<int64_t> &widths,
+                    const std::vector<int> &mma) {
   std::string what = std::string(fp8 ? "fp8 codes " : "bf16 ") +
-                     std::to_string(rows) + " rows, k " + std::to_string(k);
+                     std::to_string(rows) + " rows, k " + std::to_string(k) +
+                     ", " +
+                     std::to_string(std::count(mma.begin(), mma.end(), 1)) +
+                     " on the tensor cores";
   SCOPED_TRACE(what);
   std::vector<float> x = randomRows(rows, k, 61);
   int64_t kBlocks = (k + 127) / 128;
@@ -311,10 +316,10 @@ void checkGemvGroup(MmaGpu &t, Gpu &gpu, bool fp8, int64_t rows, int64_t k,
                          {x.data(), codes.data(), scales.data(), k, 128, 0, 0});
   CUdeviceptr xDev = fp8 ? t.upload(codes) : t.upload(x);
   CUdeviceptr scalesDev = t.upload(scales);
-  GemvGroupParams group{};
+  GemmGroupParams group{};
   group.members = static_cast<int>(widths.size());
   std::vector<CUdeviceptr> grouped, alone;
-  const char *plain = fp8 ? "kiln_gemv_f8e4m3_q8" : "kiln_gemv_bf16";
+  std::string type = fp8 ? "f8e4m3_q8" : "bf16";
   for (size_t m = 0; m < widths.size(); ++m) {
     int64_t n = widths[m];
     Weights w =
@@ -337,12 +342,17 @@ void checkGemvGroup(MmaGpu &t, Gpu &gpu, bool fp8, int64_t rows, int64_t k,
     alone.push_back(t.upload(poison));
     grouped.push_back(t.upload(poison));
     p.out = device<float>(alone.back());
-    t.launch(plain, gemvGrid(n, 1), p);
+    if (mma[m])
+      t.launch(("kiln_gemm_mma_" + type).c_str(), mmaGemmGrid(n, 1), p);
+    else
+      t.launch(("kiln_gemv_" + type).c_str(), gemvGrid(n, 1), p);
     p.out = device<float>(grouped.back());
     group.member[m] = p;
+    group.mma[m] = mma[m];
   }
-  t.launch(fp8 ? "kiln_gemv_group_f8e4m3_q8" : "kiln_gemv_group_bf16",
-           gemvGroupGrid(group), group);
+  bool gemvs = std::count(mma.begin(), mma.end(), 1) == 0;
+  std::string kernel = (gemvs ? "kiln_gemv_group_" : "kiln_gemm_group_") + type;
+  t.launch(kernel.c_str(), gemmGroupGrid(group), group);
   for (size_t m = 0; m < widths.size(); ++m) {
     size_t count = static_cast<size_t>(rows * widths[m]);
     std::vector<float> want = gpu.download(alone[m], count);
@@ -354,11 +364,15 @@ void checkGemvGroup(MmaGpu &t, Gpu &gpu, bool fp8, int64_t rows, int64_t k,
   }
 }
 
-TEST_F(MmaGpu, GemvGroupIsEachMembersGemv) {
+TEST_F(MmaGpu, GemmGroupIsEachMembersLaunch) {
   for (bool fp8 : {false, true}) {
-    checkGemvGroup(*this, *gpu_, fp8, 1, 2048, {3072, 576});
-    checkGemvGroup(*this, *gpu_, fp8, 3, 384, {64, 40, 200, 8});
+    checkGemmGroup(*this, *gpu_, fp8, 1, 2048, {3072, 576}, {0, 0});
+    checkGemmGroup(*this, *gpu_, fp8, 3, 384, {64, 40, 200, 8}, {0, 0, 0, 0});
   }
+  // bf16: a decode step of a few tokens, MLA's projections on the tensor
+  // cores, and members of both kinds in one launch.
+  checkGemmGroup(*this, *gpu_, false, 4, 2048, {3072, 576}, {1, 1});
+  checkGemmGroup(*this, *gpu_, false, 40, 384, {64, 40, 200, 8}, {1, 0, 1, 0});
 }
 
 /// A prefill of two ragged sequences (padding rows) through

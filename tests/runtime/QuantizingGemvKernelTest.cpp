@@ -3,7 +3,7 @@
 // they replace: kiln_quantize_rows, then the GEMV on the decoded codes.
 // The codes and scales are the same, and so is the arithmetic after them,
 // so the results must agree to the bit. (Their grouped forms, with members
-// given codes beside those they quantize: GemvGroupKernelTest.cpp.)
+// given codes beside those they quantize: GemmGroupKernelTest.cpp.)
 #include "Library.h"
 #include "Matmul.h"
 #include "tests/runtime/GemmTestUtil.h"

@@ -11,6 +11,7 @@
 
 // The library kernels' parameter structs and grids (the host never runs
 // their bodies here).
+#include "runtime/kernels/GemmGroup.h"
 #include "runtime/kernels/KvAttention.h"
 #include "runtime/kernels/Library.h"
 #include "runtime/kernels/Matmul.h"
@@ -398,9 +399,10 @@ struct Executor::Impl {
   bool perExpert(const GemmCall &c) const;
   /// Whether a dense GEMM has the rows and weights cuBLASLt takes.
   bool blasDense(const GemmCall &c) const;
-  /// Whether runGemm would give `c` to the GEMV, so that a gated call may
-  /// run as one gated GEMV.
-  bool gemvTakes(const GemmCall &c) const;
+  /// Whether runGemm would give `c` to a library kernel (the GEMV or the
+  /// tensor-core GEMM), not to cuBLASLt: a linear group's members may then
+  /// share one launch.
+  bool libraryKernelsTake(const GemmCall &c) const;
   /// Whether the tensor-core GEMM takes `c` (after cuBLASLt declined it).
   bool mmaTakes(const GemmCall &c) const;
   /// An FP8 GEMM whose shape and scale blocks cuBLASLt's block-scaled
@@ -1101,7 +1103,7 @@ Executor::Impl::GemmCall Executor::Impl::gemmCall(const art::Launch &l) const {
 
 absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
                                                const art::LinearGroup &group) {
-  static_assert(kGemvGroupMembers == kLinearGroupMaxMembers);
+  static_assert(kGemmGroupMembers == kLinearGroupMaxMembers);
   std::vector<const art::Launch *> members;
   std::vector<GemmCall> calls;
   for (uint32_t i = 0; i < group.count(); ++i) {
@@ -1110,6 +1112,9 @@ absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
     calls.push_back(l->kernel() == art::KernelKind::GatedLinear ? gatedCall(*l)
                                                                 : gemmCall(*l));
   }
+  // Members on cuBLASLt, or run expert by expert, launch on their own;
+  // otherwise the members share one launch, each as a GEMV or, where the
+  // mma GEMM takes its rows, on the tensor cores.
   // FP8 GEMMs of f32 activations: each member's blocks quantize their own
   // rows where they fit the quantizing GEMV (members given e4m3 codes use
   // those); otherwise the activations are quantized into one scratch
@@ -1118,10 +1123,14 @@ absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
   auto all = [&](auto &&predicate) {
     return std::all_of(calls.begin(), calls.end(), predicate);
   };
+  std::vector<int> mma;
+  for (const GemmCall &c : calls)
+    mma.push_back(mmaTakes(c));
+  bool gemvs = std::none_of(mma.begin(), mma.end(), [](int m) { return m; });
   bool codes = all([](const GemmCall &c) { return c.quantized; });
   bool floats = all([](const GemmCall &c) { return !c.quantized; });
   bool quantizeIn =
-      lead.fp8 && !codes && all([](const GemmCall &c) {
+      lead.fp8 && !codes && gemvs && all([](const GemmCall &c) {
         return c.quantized || gemvQuantizesRows(c.p.k, c.p.blockCols);
       });
   bool quantizeOnce =
@@ -1129,8 +1138,11 @@ absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
         return c.p.x == lead.p.x && c.p.k == lead.p.k &&
                c.p.rows == lead.p.rows && !c.p.offsets;
       });
-  bool together = all([&](const GemmCall &c) { return gemvTakes(c); }) &&
-                  (!lead.fp8 || codes || quantizeIn || quantizeOnce);
+  // Members on the tensor cores share a launch in bf16 (kiln_gemm_group_*).
+  bool together =
+      all([&](const GemmCall &c) { return libraryKernelsTake(c); }) &&
+      (gemvs || lead.weightType == art::ElementType::BF16) &&
+      (!lead.fp8 || codes || quantizeIn || quantizeOnce);
   if (!together) {
     // One by one; GEMMs of one input on cuBLASLt share its bf16 copy.
     if (absl::Status s = convertSharedRows(calls); !s.ok())
@@ -1151,11 +1163,12 @@ absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
       c.p.xScale = lead.p.xScale;
     }
   }
-  GemvGroupParams p{};
+  GemmGroupParams p{};
   p.members = static_cast<int>(calls.size());
   for (size_t i = 0; i < calls.size(); ++i) {
     p.member[i] = calls[i].p;
     p.member[i].actPow2 = calls[i].pow2;
+    p.mma[i] = mma[i];
   }
   std::string type = lead.fp8 && codes ? "f8e4m3_q8"
                      : quantizeIn      ? "f8e4m3_qin"
@@ -1165,9 +1178,9 @@ absl::Status Executor::Impl::launchLinearGroup(const art::EntryPoint &entry,
     bytes =
         bytes < 0 || weightBytesRead(c) < 0 ? -1 : bytes + weightBytesRead(c);
   launchWeightBytes = bytes;
-  return launch(std::string("kiln_gemv_group_") + (lead.p.wUp ? "gated_" : "") +
-                    type,
-                gemvGroupGrid(p), p);
+  return launch(std::string(gemvs ? "kiln_gemv_group_" : "kiln_gemm_group_") +
+                    (lead.p.wUp ? "gated_" : "") + type,
+                gemmGroupGrid(p), p);
 }
 
 bool Executor::Impl::blasWeights(const GemmCall &c) const {
@@ -1189,8 +1202,8 @@ bool Executor::Impl::blasDense(const GemmCall &c) const {
   return c.dense && c.p.rows >= kBlasMinRows && blasWeights(c);
 }
 
-bool Executor::Impl::gemvTakes(const GemmCall &c) const {
-  return !perExpert(c) && !blasDense(c) && !mmaTakes(c);
+bool Executor::Impl::libraryKernelsTake(const GemmCall &c) const {
+  return !perExpert(c) && !blasDense(c);
 }
 
 void Executor::Impl::selectionOrder(GemmCall &c, const art::Launch &l) const {

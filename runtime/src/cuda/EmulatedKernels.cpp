@@ -1,5 +1,6 @@
 #include "runtime/src/cuda/EmulatedKernels.h"
 
+#include "runtime/kernels/GemmGroup.h"
 #include "runtime/kernels/KvAttention.h"
 #include "runtime/kernels/Library.h"
 #include "runtime/kernels/Matmul.h"

@@ -8,6 +8,7 @@
 
 #include "runtime/src/cuda/EmulatedKernels.h"
 
+#include "runtime/kernels/GemmGroup.h"
 #include "runtime/kernels/KvAttention.h"
 #include "runtime/kernels/Library.h"
 #include "runtime/kernels/Matmul.h"

@@ -5,4 +5,5 @@
 #include "Library.h"
 #include "Matmul.h"
 #include "MmaAttention.h"
+#include "GemmGroup.h"
 #include "MmaGemm.h"

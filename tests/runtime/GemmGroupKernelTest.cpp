@@ -1,10 +1,11 @@
-// Host builds of the grouped GEMVs (kiln_gemv_group_*, runtime/kernels/
-// Matmul.h) against what kiln.linear_group replaces: each member's GEMV
-// (plain or gated, dense or grouped by expert) launched on its own. A member's
-// blocks run that GEMV's code over the same weights and activations, so the
-// results must agree to the bit; the plain GEMVs themselves are checked against
-// the CPU kernels in MatmulKernelTest.cpp.
-#include "Matmul.h"
+// Host builds of the grouped GEMMs (kiln_gemv_group_* and kiln_gemm_group_*,
+// runtime/kernels/GemmGroup.h) against what kiln.linear_group replaces: each
+// member's GEMV or tensor-core GEMM (plain or gated, dense or grouped by
+// expert) launched on its own. A member's blocks run that launch's code over
+// the same weights and activations, so the results must agree to the bit; the
+// GEMVs and mma GEMMs themselves are checked against the CPU kernels in
+// MatmulKernelTest.cpp and MmaGemmKernelTest.cpp.
+#include "GemmGroup.h"
 #include "tests/runtime/GemmTestUtil.h"
 
 #include <gtest/gtest.h>
@@ -19,8 +20,8 @@ namespace {
 using namespace kiln::testing;
 
 /// The grouped GEMV of the same kernel family.
-void runGroup(cpu::ElementType type, bool codes, GemvGroupParams &p) {
-  Dim3 grid = gemvGroupGrid(p);
+void runGroup(cpu::ElementType type, bool codes, GemmGroupParams &p) {
+  Dim3 grid = gemmGroupGrid(p);
   switch (type) {
   case cpu::ElementType::BF16:
     return kiln_gemv_group_bf16_host(grid, p);
@@ -50,7 +51,7 @@ void expectGroupIsTheMembers(cpu::ElementType type, bool codes, int64_t rows,
   size_t members = widths.size();
   std::vector<Weights> weights;
   std::vector<std::vector<float>> biases(members), want(members), got(members);
-  GemvGroupParams group{};
+  GemmGroupParams group{};
   group.members = static_cast<int>(members);
   for (size_t m = 0; m < members; ++m) {
     int64_t n = widths[m];
@@ -81,7 +82,7 @@ void expectGroupIsTheMembers(cpu::ElementType type, bool codes, int64_t rows,
           << want[m][i];
 }
 
-TEST(GemvGroupKernel, EachMemberIsItsOwnGemvToTheBit) {
+TEST(GemmGroupKernel, EachMemberIsItsOwnGemvToTheBit) {
   // MLA's q and latent projections in small (a member of one block and a
   // ragged one), a dense attention's q, k and v, and the most members a
   // group takes; one decode row, a few rows, more rows than a pass takes,
@@ -95,7 +96,7 @@ TEST(GemvGroupKernel, EachMemberIsItsOwnGemvToTheBit) {
   }
 }
 
-TEST(GemvGroupKernel, TakesActivationCodesAFusedKernelQuantized) {
+TEST(GemmGroupKernel, TakesActivationCodesAFusedKernelQuantized) {
   expectGroupIsTheMembers(cpu::ElementType::F8E4M3, true, 1, 256, {192, 72});
   expectGroupIsTheMembers(cpu::ElementType::F8E4M3, true, 5, 384,
                           {130, 64, 64});
@@ -156,13 +157,13 @@ void expectExpertsAndSharedExpert(bool gated, bool fp8) {
     kiln_gemv_f8e4m3_qin_host(routedGrid, r);
     kiln_gemv_f8e4m3_q8_host(sharedGrid, d);
   }
-  GemvGroupParams group{};
+  GemmGroupParams group{};
   group.members = 2;
   group.member[0] = r;
   group.member[0].out = gotRouted.data();
   group.member[1] = d;
   group.member[1].out = gotShared.data();
-  Dim3 grid = gemvGroupGrid(group);
+  Dim3 grid = gemmGroupGrid(group);
   if (!fp8)
     gated ? kiln_gemv_group_gated_bf16_host(grid, group)
           : kiln_gemv_group_bf16_host(grid, group);
@@ -177,25 +178,108 @@ void expectExpertsAndSharedExpert(bool gated, bool fp8) {
         << "shared " << i << ": " << gotShared[i] << " vs " << wantShared[i];
 }
 
-TEST(GemvGroupKernel, RoutedAndSharedExpertsShareALaunch) {
+TEST(GemmGroupKernel, RoutedAndSharedExpertsShareALaunch) {
   for (bool fp8 : {false, true}) {
     expectExpertsAndSharedExpert(false, fp8);
     expectExpertsAndSharedExpert(true, fp8);
   }
 }
 
-TEST(GemvGroupKernel, MembersTakeConsecutiveBlocks) {
-  GemvGroupParams p{};
+/// A bf16 member's own launch: its GEMV or (mma) its tensor-core GEMM,
+/// plain or gated (p.wUp).
+void runAlone(bool mma, const GemmParams &p) {
+  int64_t matrices = gemmGridMatrices(p, p.offsets ? p.experts : 1);
+  if (mma) {
+    Dim3 grid = mmaGemmGrid(p.n, matrices);
+    return p.wUp ? kiln_gemm_mma_gated_bf16_host(grid, p)
+                 : kiln_gemm_mma_bf16_host(grid, p);
+  }
+  Dim3 grid = gemvGrid(p.n, matrices);
+  return p.wUp ? kiln_gemv_gated_bf16_host(grid, p)
+               : kiln_gemv_bf16_host(grid, p);
+}
+
+/// A decode step of a few tokens: a MoE layer's routed experts (a row or
+/// two each, over the experts that have rows: GEMVs) beside its shared
+/// expert (every token: the mma GEMM), and a dense member of more rows than
+/// one mma pass takes with a partial block of columns; plain and gated.
+/// Each member against its own launch, to the bit.
+void expectMixedGroupIsTheMembers(bool gated) {
+  SCOPED_TRACE(gated ? "gated" : "plain");
+  const int64_t k = 384;
+  std::vector<int32_t> offsets = {0, 1, 1, 3, 4, 6};
+  std::vector<int32_t> active = activeExpertsOf(offsets);
+  struct Member {
+    int64_t rows, n, experts;
+    bool mma;
+  };
+  const std::vector<Member> shapes = {
+      {offsets.back(), 96, static_cast<int64_t>(offsets.size()) - 1, false},
+      {3, 160, 1, true},
+      {40, 40, 1, true}};
+  std::vector<std::vector<float>> x(shapes.size()), want(shapes.size()),
+      got(shapes.size());
+  std::vector<Weights> weights, ups;
+  std::vector<float> bias = randomRows(1, shapes[2].n, 69);
+  GemmGroupParams group{};
+  group.members = static_cast<int>(shapes.size());
+  for (size_t m = 0; m < shapes.size(); ++m) {
+    auto [rows, n, experts, mma] = shapes[m];
+    int seed = 60 + 3 * static_cast<int>(m);
+    x[m] = randomRows(rows, k, seed);
+    weights.push_back(
+        makeWeights(cpu::ElementType::BF16, experts, n, k, seed + 1));
+    ups.push_back(makeWeights(cpu::ElementType::BF16, experts, n, k, seed + 2));
+    want[m].assign(rows * n, 0.0f);
+    got[m].assign(rows * n, -7.0f);
+    GemmParams p = gemmParams(weights[m], want[m].data(), rows, n, k);
+    p.x = x[m].data();
+    if (experts > 1)
+      setExperts(p, offsets, active.data());
+    if (gated) {
+      p.wUp = ups[m].bytes.data();
+    } else if (m == 2) {
+      p.bias = bias.data();
+      p.biasType = BiasF32;
+    }
+    runAlone(mma, p);
+    p.out = got[m].data();
+    group.member[m] = p;
+    group.mma[m] = mma;
+  }
+  Dim3 grid = gemmGroupGrid(group);
+  gated ? kiln_gemm_group_gated_bf16_host(grid, group)
+        : kiln_gemm_group_bf16_host(grid, group);
+  for (size_t m = 0; m < shapes.size(); ++m)
+    for (size_t i = 0; i < want[m].size(); ++i)
+      ASSERT_EQ(std::memcmp(&got[m][i], &want[m][i], sizeof(float)), 0)
+          << "member " << m << " element " << i << ": " << got[m][i]
+          << " (grouped) vs " << want[m][i];
+}
+
+TEST(GemmGroupKernel, MembersOnTheTensorCoresBesideGemvs) {
+  expectMixedGroupIsTheMembers(false);
+  expectMixedGroupIsTheMembers(true);
+}
+
+TEST(GemmGroupKernel, MembersTakeConsecutiveBlocks) {
+  GemmGroupParams p{};
   p.members = 3;
   p.member[0].n = 1;
   p.member[1].n = kGemvCols + 1;
   p.member[2].n = kGemvCols;
-  Dim3 grid = gemvGroupGrid(p);
+  Dim3 grid = gemmGroupGrid(p);
   EXPECT_EQ(grid.x, 4);
   EXPECT_EQ(grid.y, 1);
   EXPECT_EQ(grid.z, 1);
   EXPECT_EQ(std::vector<int>(p.firstBlock, p.firstBlock + 4),
             (std::vector<int>{0, 1, 3, 4}));
+  // A member on the tensor cores takes a block per kMmaRows columns.
+  p.mma[1] = 1;
+  p.member[1].n = 2 * kMmaRows + 1;
+  EXPECT_EQ(gemmGroupGrid(p).x, 5);
+  EXPECT_EQ(std::vector<int>(p.firstBlock, p.firstBlock + 4),
+            (std::vector<int>{0, 1, 4, 5}));
 }
 
 } // namespace
