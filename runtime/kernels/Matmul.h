@@ -65,7 +65,8 @@ struct GemmParams {
   /// (kiln_gemv_*f8e4m3_qin): power-of-two (UE8M0) activation scales.
   int actPow2;
   /// Grouped GEMVs of a decode step's few routed rows, in place of offsets
-  /// (the executor's choice; not the quantizing GEMVs): routed row r, the
+  /// (the executor's choice; the quantizing FP8 GEMVs quantize the row
+  /// they read): routed row r, the
   /// (r % topK)-th selection of token r / topK, uses matrix selections[r]
   /// and activation row r / selectionFanOut (topK where x holds the
   /// tokens' rows, 1 where it holds the routed rows). No route sorts them
@@ -300,13 +301,25 @@ template <class W, class A> KILN_FN bool gemvWholeSteps(const GemmParams &p) {
          wholeLoadAligned(activations<A>(p));
 }
 
+/// In selection order, block z's entry of selectionRows (z, also for an
+/// expert out of range), written from the first column block.
+KILN_FN void writeSelectionRow(Dim3 block, const GemmParams &p, int64_t first) {
+  if (p.selectionRows && block.x == 0 && KILN_THREAD == 0)
+    p.selectionRows[first] = static_cast<int32_t>(first);
+}
+
+/// The activation row of routed row `row`: in selection order its token's
+/// (where x holds the tokens) or its own.
+KILN_FN int64_t gemvActivationRow(const GemmParams &p, int64_t row) {
+  return p.selections ? row / p.selectionFanOut : row;
+}
+
 /// The rows gemmRows gives the block, kGemvPassRows at a time; grouped GEMMs
 /// read only the experts that have rows.
 template <class W, bool Fp8, class A = float, bool Gated = false>
 KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
   auto [matrix, first, end] = gemmRows(block, p);
-  if (p.selectionRows && block.x == 0 && KILN_THREAD == 0)
-    p.selectionRows[first] = static_cast<int32_t>(first);
+  writeSelectionRow(block, p, first);
   // e4m3 activation codes keep the checked loads: the whole-step variant
   // of their GEMV spills (ptxas, 32 bytes at 96 registers).
   bool whole = sizeof(A) == sizeof(float) && gemvWholeSteps<W, A>(p);
@@ -315,7 +328,7 @@ KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
     int count =
         end - first < passRows ? static_cast<int>(end - first) : passRows;
     // A selection's one row reads its token's activations.
-    int64_t xFirst = p.selections ? first / p.selectionFanOut : first;
+    int64_t xFirst = gemvActivationRow(p, first);
     if (whole)
       gemvSomeRows<W, Fp8, A, true, Gated>(block, p, matrix, first, xFirst,
                                            count);
@@ -369,17 +382,17 @@ KILN_HOST_FN bool gemvQuantizesRows(int64_t k, int64_t blockCols) {
          (k + blockCols - 1) / blockCols <= kGemvQuantizeScales;
 }
 
-/// Rows [first, first + count) of `matrix`'s activations into codes
+/// Rows [xFirst, xFirst + count) of `matrix`'s activations into codes
 /// [count, k] and scales [count, ceil(k / blockCols)].
 KILN_FN void quantizeGemvRows(const GemmParams &p, int64_t matrix,
-                              int64_t first, int count, unsigned char *codes,
+                              int64_t xFirst, int count, unsigned char *codes,
                               float *scales) {
   int64_t kBlocks = (p.k + p.blockCols - 1) / p.blockCols;
   for (int64_t g = KILN_WARP; g < count * kBlocks; g += KILN_WARPS) {
     int64_t r = g / kBlocks, c0 = g % kBlocks * p.blockCols;
     int64_t c1 = c0 + p.blockCols < p.k ? c0 + p.blockCols : p.k;
     const float *x =
-        p.x + (first + r) * p.xRowStride + matrix * p.xMatrixStride;
+        p.x + (xFirst + r) * p.xRowStride + matrix * p.xMatrixStride;
     float amax = 0.0f;
     for (int64_t c = c0 + KILN_LANE; c < c1; c += KILN_WARP_SIZE)
       amax = fmaxf(amax, fabsf(x[c]));
@@ -396,6 +409,7 @@ KILN_FN void gemvQuantizingBlock(Dim3 block, const GemmParams &p) {
   KILN_SHARED unsigned char codes[kGemvQuantizeBytes];
   KILN_SHARED float scales[kGemvQuantizeScales];
   auto [matrix, first, end] = gemmRows(block, p);
+  writeSelectionRow(block, p, first);
   int64_t kBlocks = (p.k + p.blockCols - 1) / p.blockCols;
   int64_t fit = kGemvQuantizeBytes / p.k < kGemvQuantizeScales / kBlocks
                     ? kGemvQuantizeBytes / p.k
@@ -412,7 +426,8 @@ KILN_FN void gemvQuantizingBlock(Dim3 block, const GemmParams &p) {
     int count =
         end - first < passRows ? static_cast<int>(end - first) : passRows;
     KILN_SYNC(); // the last pass has read its codes
-    quantizeGemvRows(p, matrix, first, count, codes, scales);
+    quantizeGemvRows(p, matrix, gemvActivationRow(p, first), count, codes,
+                     scales);
     KILN_SYNC();
     gemvSomeRows<unsigned char, true, unsigned char, false, Gated>(
         block, q, matrix, first, 0, count);

@@ -838,9 +838,10 @@ TEST(EmulatedGpuSession, FewRoutedRowsAreDispatchedInOneLaunch) {
   EXPECT_EQ(launches("kiln_moe_combine"), combines);
 }
 
-/// The steps of `golden` (its default artifact, `edit`ed) on the emulated
-/// device for `prompts` with KILN_MOE_SELECTIONS=auto (first) and =off, and
-/// the route launches each ran.
+/// The steps of `golden` (its default artifact, or with --quantize fp8,
+/// `edit`ed) on the emulated device for `prompts` with
+/// KILN_MOE_SELECTIONS=auto (first) and =off, and the route launches each
+/// ran.
 struct SelectionRuns {
   std::vector<std::vector<float>> steps[2];
   int64_t routes[2] = {0, 0};
@@ -848,9 +849,11 @@ struct SelectionRuns {
 SelectionRuns
 runWithAndWithoutSelections(const std::string &golden, const std::string &name,
                             const std::vector<std::vector<int32_t>> &prompts,
-                            std::function<void(artifact::ModelT &)> edit = {}) {
+                            std::function<void(artifact::ModelT &)> edit = {},
+                            bool fp8 = false) {
   CompileSettings settings;
   settings.editPlan = std::move(edit);
+  settings.optimize.quantizeFp8 = fp8;
   std::filesystem::path artifact =
       compileArtifact(kGolden / golden, scratchFile(name), settings);
   EXPECT_FALSE(artifact.empty());
@@ -876,20 +879,27 @@ runWithAndWithoutSelections(const std::string &golden, const std::string &name,
 // selection order (each routed row its token's row against its expert) and
 // launches no route; the sums are the routed order's, so the steps are the
 // same to the bit. The prefills (several tokens) still route. Checked for
-// f32 and bf16 weights, a dense gated GEMV and linear groups (the routed
-// with the shared experts), batch 1 of top-4 and batch 3 of top-2; the
-// MatchesTheCpuExecutor cases check such steps against the CPU executor.
+// f32, bf16 and FP8 weights (whose GEMVs quantize the rows they read), a
+// dense gated GEMV and linear groups (the routed with the shared experts),
+// batch 1 of top-4 and batch 3 of top-2; the MatchesTheCpuExecutor cases
+// check such steps against the CPU executor.
 TEST(EmulatedGpuSession, FewSelectionsRunInSelectionOrder) {
   struct Check {
     const char *golden;
     std::vector<std::vector<int32_t>> prompts;
+    bool fp8 = false;
   };
-  for (const Check &c : {Check{"deepseek-v3", {{5, 17, 3}}},
-                         Check{"deepseek-v2-lite-bf16", {{5, 17, 3}}},
-                         Check{"deepseek-v2-lite", testing::raggedPrompts()}}) {
-    SCOPED_TRACE(c.golden);
+  for (const Check &c :
+       {Check{"deepseek-v3", {{5, 17, 3}}},
+        Check{"deepseek-v2-lite-bf16", {{5, 17, 3}}},
+        Check{"deepseek-v2-lite", testing::raggedPrompts()},
+        Check{"deepseek-v3", {{5, 17, 3}}, true},
+        Check{"deepseek-v2-lite", testing::raggedPrompts(), true}}) {
+    SCOPED_TRACE(std::string(c.golden) + (c.fp8 ? " fp8" : ""));
     SelectionRuns runs = runWithAndWithoutSelections(
-        c.golden, std::string("selections_") + c.golden + ".kiln", c.prompts);
+        c.golden,
+        std::string("selections_") + c.golden + (c.fp8 ? "_fp8" : "") + ".kiln",
+        c.prompts, {}, c.fp8);
     ASSERT_FALSE(runs.steps[0].empty());
     EXPECT_EQ(runs.steps[0], runs.steps[1]);
     EXPECT_GT(runs.routes[0], 0); // the prefill's

@@ -220,26 +220,36 @@ TEST(MatmulKernel, GroupedLinearInSelectionOrder) {
   const int64_t experts = 6, n = 96, k = 256, tokens = 2, topK = 3;
   const int64_t rows = tokens * topK;
   std::vector<int32_t> selections = {4, 0, 5, 5, 2, experts};
-  for (cpu::ElementType type : {cpu::ElementType::F32, cpu::ElementType::BF16})
+  for (cpu::ElementType type : {cpu::ElementType::F32, cpu::ElementType::BF16,
+                                cpu::ElementType::F8E4M3})
     for (int fanOut : {static_cast<int>(topK), 1}) {
-      std::string what = std::string(name(type)) + " fan-out " +
-                         std::to_string(fanOut);
+      std::string what =
+          std::string(name(type)) + " fan-out " + std::to_string(fanOut);
       Weights w = makeWeights(type, experts, n, k, 13);
       int64_t xRows = rows / fanOut;
       std::vector<float> x = randomRows(xRows, k, 14);
+      // FP8: the GEMV reads the rows quantized (kiln_quantize_rows), and
+      // the reference their values.
+      bool fp8 = type == cpu::ElementType::F8E4M3;
+      Quantized q = fp8 ? quantize(x, xRows, k, false) : Quantized{};
+      std::vector<float> xs = x;
+      if (fp8)
+        for (size_t i = 0; i < xs.size(); ++i)
+          xs[i] = q.codes[i] * q.scales[i / k * 2 + i % k / 128];
       std::vector<float> want(rows * n, -1.0f), got(rows * n, -1.0f);
       for (int64_t r = 0; r < rows; ++r)
         if (selections[r] < experts)
           for (int64_t c = 0; c < n; ++c) {
             double sum = 0;
             for (int64_t j = 0; j < k; ++j)
-              sum += double(x[r / fanOut * k + j]) *
+              sum += double(xs[r / fanOut * k + j]) *
                      w.values[(selections[r] * n + c) * k + j];
             want[r * n + c] = static_cast<float>(sum);
           }
       std::vector<int32_t> selectionRows(rows, -7);
       GemmParams p = gemmParams(w, got.data(), rows, n, k);
-      p.x = x.data();
+      p.x = fp8 ? q.codes.data() : x.data();
+      p.xScale = q.scales.data();
       p.experts = static_cast<int>(experts);
       p.selections = selections.data();
       p.selectionFanOut = fanOut;
@@ -248,7 +258,7 @@ TEST(MatmulKernel, GroupedLinearInSelectionOrder) {
       for (int64_t r = 0; r < rows; ++r)
         EXPECT_EQ(selectionRows[r], r) << what;
       expectClose(
-          got, want, x, k, w.values, k,
+          got, want, xs, k, w.values, k,
           [&](int64_t i) { return i / n / fanOut; },
           [&](int64_t i) {
             int64_t e = selections[i / n];

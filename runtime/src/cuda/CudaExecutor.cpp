@@ -180,9 +180,8 @@ struct Executor::Impl {
   /// selected expert, so the step runs no route and no gather. Only where
   /// the plan names the GEMMs that read the routed rows (routedReaders;
   /// it then keeps the dispatch's x and indices alive while they run, and
-  /// artifacts before it do not); not where the grouped GEMMs have FP8
-  /// weights (the quantizing GEMVs index rows as the route sorts them) or
-  /// KILN_MMA_GEMMS=on puts them on the tensor cores.
+  /// artifacts before it do not); not where KILN_MMA_GEMMS=on puts the
+  /// grouped GEMMs on the tensor cores.
   static constexpr int64_t kSelectionRows = 8;
   bool selectionDispatch = false;
   /// The launches that read each skippable dispatch's routed rows (from
@@ -1450,8 +1449,11 @@ absl::Status Executor::Impl::quantizeRows(GemmCall &c) {
                        p.k,
                        p.blockCols,
                        c.pow2};
-  if (absl::Status s =
-          launch("kiln_quantize_rows", tokenGrid(p.rows * c.matrices), q);
+  // In selection order x holds a row per selectionFanOut selections.
+  int64_t rows = p.selections
+                     ? (p.rows + p.selectionFanOut - 1) / p.selectionFanOut
+                     : p.rows * c.matrices;
+  if (absl::Status s = launch("kiln_quantize_rows", tokenGrid(rows), q);
       !s.ok())
     return s;
   p.x = reinterpret_cast<const float *>(fp8Codes);
@@ -2074,9 +2076,6 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
         for (flatbuffers::uoffset_t k = 2; k < l->ints()->size(); ++k)
           impl->routedReaders[l].insert(e->launches()->Get(
               i + static_cast<flatbuffers::uoffset_t>(l->ints()->Get(k))));
-      if (Impl::fp8Gemm(*l) && (l->kernel() == art::KernelKind::GroupedLinear ||
-                                l->kernel() == art::KernelKind::GatedLinear))
-        impl->selectionDispatch = false;
     }
   // KILN_CUBLASLT=0 keeps every GEMM in the library kernels (fp32
   // activations): the numerics check compares both paths.
