@@ -65,12 +65,11 @@ struct GemmParams {
   /// (kiln_gemv_*f8e4m3_qin): power-of-two (UE8M0) activation scales.
   int actPow2;
   /// Grouped GEMVs of a decode step's few routed rows, in place of offsets
-  /// (the executor's choice; the quantizing FP8 GEMVs quantize the row
-  /// they read): routed row r, the
-  /// (r % topK)-th selection of token r / topK, uses matrix selections[r]
-  /// and activation row r / selectionFanOut (topK where x holds the
-  /// tokens' rows, 1 where it holds the routed rows). No route sorts them
-  /// and no gather copies them. Block z takes routed row z.
+  /// (the executor's choice): routed row r, the (r % topK)-th selection of
+  /// token r / topK, uses matrix selections[r] and activation row
+  /// r / selectionFanOut (topK where x holds the tokens' rows, 1 where it
+  /// holds the routed rows), which the quantizing FP8 GEMVs quantize. No
+  /// route sorts them and no gather copies them. Block z takes routed row z.
   const int32_t *selections;
   int selectionFanOut;
   /// With selections, optional: each routed row r's entry set to r (the
