@@ -2059,19 +2059,17 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
     impl->description += ", programmatic dependent launch";
   if (!impl->decodeGraphs)
     impl->description += ", no CUDA graphs (KILN_CUDA_GRAPHS=off)";
+  impl->selectionDispatch =
+      *selections == 0 && impl->mmaGemms != Impl::MmaGemms::On;
   for (const art::EntryPoint *e : *model.plan->entry_points())
-    for (const art::Launch *l : *e->launches())
+    for (flatbuffers::uoffset_t i = 0; i < e->launches()->size(); ++i) {
+      const art::Launch *l = e->launches()->Get(i);
       if ((l->kernel() == art::KernelKind::Linear ||
            l->kernel() == art::KernelKind::HeadLinear ||
            l->kernel() == art::KernelKind::GroupedLinear ||
            l->kernel() == art::KernelKind::GatedLinear) &&
           l->args()->Get(1)->type() == art::ElementType::BF16)
         impl->bf16Weights = true;
-  impl->selectionDispatch =
-      *selections == 0 && impl->mmaGemms != Impl::MmaGemms::On;
-  for (const art::EntryPoint *e : *model.plan->entry_points())
-    for (flatbuffers::uoffset_t i = 0; i < e->launches()->size(); ++i) {
-      const art::Launch *l = e->launches()->Get(i);
       if (l->kernel() == art::KernelKind::MoeDispatch)
         for (flatbuffers::uoffset_t k = 2; k < l->ints()->size(); ++k)
           impl->routedReaders[l].insert(e->launches()->Get(
