@@ -17,7 +17,10 @@ Measures
     tensor-core GEMMs too), and at batch 1 with KILN_PDL=off
     (decode_tokens_per_s_no_pdl: without programmatic dependent launch),
     with KILN_MOE_SELECTIONS=off (decode_tokens_per_s_routed: the MoE
-    route launch instead of grouped GEMVs in selection order)
+    route launch instead of grouped GEMVs in selection order), with
+    KILN_PREFETCH_WEIGHTS=off (decode_tokens_per_s_no_prefetch: the GEMM
+    kernels without asking the L2 for their weights before awaiting the
+    kernels before them)
     and compiled without the gated FFN GEMMs, folded head slices and linear
     groups (decode_tokens_per_s_unfused: the manifest's unfused artifact);
     and with a bf16 latent cache (kiln_bf16_cache_decode_tokens_per_s: the
@@ -223,6 +226,8 @@ def summarize(result, batches, contexts, kiln, eager, compiled, bandwidth, step_
                        kiln[(b, c)].get("decode_tokens_per_s_no_pdl"),
                    "kiln_routed_decode_tokens_per_s":
                        kiln[(b, c)].get("decode_tokens_per_s_routed"),
+                   "kiln_no_prefetch_decode_tokens_per_s":
+                       kiln[(b, c)].get("decode_tokens_per_s_no_prefetch"),
                    "kiln_no_cublaslt_decode_tokens_per_s":
                        kiln[(b, c)].get("decode_tokens_per_s_no_cublaslt"),
                    "kiln_unfused_decode_tokens_per_s":
@@ -394,6 +399,11 @@ def main():
             log("Kiln: batch-1 decode with the MoE route launch")
             decode_variant("decode_tokens_per_s_routed", [1], contexts[:1],
                            {"KILN_MOE_SELECTIONS": "off"})
+            # Batch 1 without the GEMM kernels' weight prefetch: what asking
+            # the L2 for the weights while the kernel before finishes gains.
+            log("Kiln: batch-1 decode without the weight prefetch")
+            decode_variant("decode_tokens_per_s_no_prefetch", [1], contexts[:1],
+                           {"KILN_PREFETCH_WEIGHTS": "off"})
             # Batch 1 compiled without kiln-fuse-gated-linear,
             # kiln-fold-head-slices, kiln-group-linears and kiln-fuse's
             # horizontal merge: what their saved launches gain.

@@ -15,6 +15,7 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/SymbolTable.h"
 #include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/SetVector.h"
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/raw_ostream.h"
@@ -79,6 +80,20 @@ const char *cppType(KernelElement element) {
     return "unsigned char";
   }
   return "float";
+}
+
+int64_t elementBytes(KernelElement element) {
+  switch (element) {
+  case KernelElement::BF16:
+  case KernelElement::F16:
+    return 2;
+  case KernelElement::F8E4M3:
+    return 1;
+  case KernelElement::F32:
+  case KernelElement::I32:
+    return 4;
+  }
+  return 4;
 }
 
 const char *elementName(KernelElement element) {
@@ -155,6 +170,13 @@ private:
   std::string row(Value value) { return names_.lookup(value); }
   /// A whole input's kernel parameter.
   FailureOr<std::string> whole(Operation &op, Value value);
+  /// Marks `value`, a whole input (whole() accepted it), prefetched.
+  void prefetchWhole(Value value) {
+    prefetched_.insert(cast<BlockArgument>(value).getArgNumber());
+  }
+  int64_t wholeBytes(unsigned arg) const {
+    return kernel_.args[arg].elements * elementBytes(kernel_.args[arg].element);
+  }
   std::string newName(Operation &op, StringRef suffix = "");
 
   FusedOp fused_;
@@ -169,6 +191,10 @@ private:
   std::string body_;
   llvm::raw_string_ostream os_{body_};
   llvm::DenseMap<Value, std::string> names_;
+  /// Whole inputs every token's block reads all of (a norm's weight, a
+  /// router's): the blocks ask the L2 for them before awaiting the kernels
+  /// before (prefetchShareToL2). Argument indices, in order.
+  llvm::SetVector<unsigned> prefetched_;
   /// Parameter names of kernel_.args, in order.
   std::vector<std::string> argNames_;
   /// A kv_append of the body: its (rows<k>, slot<k>) parameters, and its
@@ -458,6 +484,7 @@ LogicalResult Emitter::emitOp(Operation &op) {
             FailureOr<std::string> weight = whole(op, norm.getWeight());
             if (failed(weight))
               return failure();
+            prefetchWhole(norm.getWeight());
             int64_t dim = lastDim(norm.getInput());
             float epsilon =
                 static_cast<float>(norm.getEpsilon().convertToDouble());
@@ -545,6 +572,7 @@ LogicalResult Emitter::emitOp(Operation &op) {
             FailureOr<std::string> weight = whole(op, gate.getWeight());
             if (failed(weight))
               return failure();
+            prefetchWhole(gate.getWeight());
             std::string bias = "static_cast<const float *>(nullptr)";
             if (Value b = gate.getCorrectionBias()) {
               FailureOr<std::string> name = whole(op, b);
@@ -676,8 +704,17 @@ FailureOr<FusedKernel> Emitter::emit() {
   out << "#if defined(__CUDACC__)\n"
       << "extern \"C\" __global__ void __launch_bounds__("
       << kernel_.blockThreads << (routerBlock_ ? ", 1" : "") << ")\n"
-      << name_ << "(int64_t tokens" << params << ") {\n"
-      << "  kiln::awaitPrecedingKernels();\n";
+      << name_ << "(int64_t tokens" << params << ") {\n";
+  if (prefetched_.empty()) {
+    out << "  kiln::awaitPrecedingKernels();\n";
+  } else {
+    out << "  kiln::launchDependentKernels();\n";
+    for (unsigned i : prefetched_)
+      out << llvm::formatv("  kiln::prefetchShareToL2({0}, {1}, blockIdx.x, "
+                           "gridDim.x);\n",
+                           argNames_[i], wholeBytes(i));
+    out << "  kiln::awaitPrecedingWrites();\n";
+  }
   if (scratch)
     out << "  __shared__ " << scratchDecl << "\n";
   out << "  for (int64_t token = blockIdx.x; token < tokens; token += "
@@ -696,6 +733,10 @@ FailureOr<FusedKernel> Emitter::emit() {
       << ", token, [&] {\n";
   if (scratch)
     out << "      KILN_SHARED " << scratchDecl << "\n";
+  for (unsigned i : prefetched_)
+    out << llvm::formatv(
+        "      kiln::prefetchShareToL2(args[{0}], {1}, token, tokens);\n", i,
+        wholeBytes(i));
   out << "      " << name_ << "_token(token," << casts << scratchArg << ");\n"
       << "    });\n"
       << "  }\n"

@@ -25,6 +25,7 @@
 
 #if defined(__CUDACC_RTC__)
 typedef long long int64_t;
+typedef unsigned long long uint64_t;
 typedef int int32_t;
 typedef unsigned int uint32_t;
 typedef unsigned short uint16_t;
@@ -107,13 +108,74 @@ struct Dim3 {
 /// before this one have finished and their writes are visible. Launched
 /// with programmatic stream serialization (sm_90+; CudaExecutor's
 /// KILN_PDL), a kernel's launch and block scheduling thus overlap the tail
-/// of the one before, never its memory traffic; launched without it, both
-/// instructions do nothing.
-KILN_FN void awaitPrecedingKernels() {
+/// of the one before; launched without it, both instructions do nothing.
+/// Kernels that read weights ask for them in between (prefetchToL2), so
+/// their first loads overlap that tail too.
+KILN_FN void launchDependentKernels() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+KILN_FN void awaitPrecedingWrites() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+KILN_FN void awaitPrecedingKernels() {
+  launchDependentKernels();
+  awaitPrecedingWrites();
+}
+
+#if !defined(__CUDACC__)
+/// Tests: called with each range a host build's prefetchToL2 is given.
+inline void (*hostPrefetchObserver)(const void *at, long long bytes) = nullptr;
+#endif
+
+/// Asks the L2 for the whole 16-byte granules of [at, at + bytes) without
+/// waiting for them (sm_90's bulk prefetch), from the block's thread 0.
+/// A block calls it for the weights it will read before it awaits the
+/// kernels before it: no kernel writes weights, so they may stream in while
+/// those kernels finish, the latency-bound ones (a norm, an attention
+/// merge) included. A hint: no result depends on it. Host builds read the
+/// range's first and last bytes instead, so that a range past its tensor
+/// fails under AddressSanitizer.
+KILN_FN void prefetchToL2(const void *at, int64_t bytes) {
+  if (bytes <= 0 || KILN_THREAD != 0)
+    return;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  uint64_t begin = (reinterpret_cast<uint64_t>(at) + 15) & ~uint64_t{15};
+  uint64_t end = (reinterpret_cast<uint64_t>(at) + bytes) & ~uint64_t{15};
+  // The instruction's size is 32-bit; 64 KiB a request keeps it far from
+  // that.
+  constexpr uint64_t kRequest = uint64_t{1} << 16;
+  for (; begin < end; begin += kRequest) {
+    uint32_t size =
+        static_cast<uint32_t>(end - begin < kRequest ? end - begin : kRequest);
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(begin),
+                 "r"(size)
+                 : "memory");
+  }
+#elif !defined(__CUDACC__)
+  const volatile unsigned char *range =
+      static_cast<const unsigned char *>(at);
+  (void)range[0];
+  (void)range[bytes - 1];
+  if (hostPrefetchObserver)
+    hostPrefetchObserver(at, bytes);
+#else
+  (void)at;
+#endif
+}
+
+/// Part `part` of `parts` of prefetchToL2(at, bytes), cut at 16-byte
+/// offsets: the blocks of a generated kernel share a weight every one of
+/// them reads (a router's, a norm's), so that at one token it is asked for
+/// whole and at many once.
+KILN_FN void prefetchShareToL2(const void *at, int64_t bytes, int64_t part,
+                               int64_t parts) {
+  int64_t begin = bytes * part / parts / 16 * 16;
+  int64_t end = part + 1 == parts ? bytes : bytes * (part + 1) / parts / 16 * 16;
+  prefetchToL2(static_cast<const unsigned char *>(at) + begin, end - begin);
 }
 
 #if !defined(__CUDACC__)
@@ -184,6 +246,32 @@ template <class Body> inline void runHostGrid(Dim3 grid, const Body &body) {
   inline void name##_host(::kiln::Dim3 grid, const Params &p) {                \
     ::kiln::runHostGrid(grid,                                                  \
                         [&](::kiln::Dim3 block) { name##_block(block, p); });  \
+  }
+#endif
+
+// KILN_KERNEL_PREFETCHING(name, Params, prefetch): KILN_KERNEL for kernels
+// that read weights, where `prefetch(block, p)` asks the L2 for the block's
+// (prefetchToL2) between letting the next kernel launch and awaiting the
+// ones before.
+#if defined(__CUDACC__)
+#define KILN_KERNEL_PREFETCHING(name, Params, prefetch)                        \
+  extern "C" __global__ void __launch_bounds__(KILN_BLOCK_THREADS)             \
+      name(const Params p) {                                                   \
+    ::kiln::Dim3 block{static_cast<int>(blockIdx.x),                           \
+                       static_cast<int>(blockIdx.y),                           \
+                       static_cast<int>(blockIdx.z)};                          \
+    ::kiln::launchDependentKernels();                                          \
+    prefetch(block, p);                                                        \
+    ::kiln::awaitPrecedingWrites();                                            \
+    name##_block(block, p);                                                    \
+  }
+#else
+#define KILN_KERNEL_PREFETCHING(name, Params, prefetch)                        \
+  inline void name##_host(::kiln::Dim3 grid, const Params &p) {                \
+    ::kiln::runHostGrid(grid, [&](::kiln::Dim3 block) {                        \
+      prefetch(block, p);                                                      \
+      name##_block(block, p);                                                  \
+    });                                                                        \
   }
 #endif
 

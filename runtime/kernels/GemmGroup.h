@@ -67,17 +67,28 @@ KILN_FN void gemvGroupBlock(Dim3 block, const GemmGroupParams &p) {
   gemvBlock<W, Fp8, A, Gated>(own, p.member[i]);
 }
 
+/// The weight rows gemvGroupBlock's and gemmGroupBlock's block reads.
+template <class W>
+KILN_FN void prefetchGroupBlock(Dim3 block, const GemmGroupParams &p) {
+  Dim3 own;
+  int i = gemmGroupMember(block, p, own);
+  if (p.mma[i])
+    prefetchMmaGemmBlock<W>(own, p.member[i]);
+  else
+    prefetchGemvBlock<W>(own, p.member[i]);
+}
+
 #define KILN_GEMV_GROUP_KERNEL(suffix, W, Fp8, A)                              \
   KILN_FN void kiln_gemv_group_##suffix##_block(Dim3 block,                    \
                                                 const GemmGroupParams &p) {    \
     gemvGroupBlock<W, Fp8, A>(block, p);                                       \
   }                                                                            \
-  KILN_KERNEL(kiln_gemv_group_##suffix, GemmGroupParams)                       \
+  KILN_KERNEL_PREFETCHING(kiln_gemv_group_##suffix, GemmGroupParams, prefetchGroupBlock<W>)                       \
   KILN_FN void kiln_gemv_group_gated_##suffix##_block(                         \
       Dim3 block, const GemmGroupParams &p) {                                  \
     gemvGroupBlock<W, Fp8, A, true>(block, p);                                 \
   }                                                                            \
-  KILN_KERNEL(kiln_gemv_group_gated_##suffix, GemmGroupParams)
+  KILN_KERNEL_PREFETCHING(kiln_gemv_group_gated_##suffix, GemmGroupParams, prefetchGroupBlock<W>)
 KILN_GEMV_GROUP_KERNEL(f32, float, false, float)
 KILN_GEMV_GROUP_KERNEL(bf16, Bf16, false, float)
 KILN_GEMV_GROUP_KERNEL(f16, F16, false, float)
@@ -103,12 +114,14 @@ KILN_FN void kiln_gemv_group_f8e4m3_qin_block(Dim3 block,
                                               const GemmGroupParams &p) {
   gemvQuantizingGroupBlock<false>(block, p);
 }
-KILN_KERNEL(kiln_gemv_group_f8e4m3_qin, GemmGroupParams)
+KILN_KERNEL_PREFETCHING(kiln_gemv_group_f8e4m3_qin, GemmGroupParams,
+                        prefetchGroupBlock<unsigned char>)
 KILN_FN void kiln_gemv_group_gated_f8e4m3_qin_block(Dim3 block,
                                                     const GemmGroupParams &p) {
   gemvQuantizingGroupBlock<true>(block, p);
 }
-KILN_KERNEL(kiln_gemv_group_gated_f8e4m3_qin, GemmGroupParams)
+KILN_KERNEL_PREFETCHING(kiln_gemv_group_gated_f8e4m3_qin, GemmGroupParams,
+                        prefetchGroupBlock<unsigned char>)
 
 /// Members on the tensor cores (mma[i]) beside GEMV members. A kernel of
 /// its own, not a branch of the GEMV groups': it takes the mma GEMM's
@@ -130,12 +143,12 @@ KILN_FN void gemmGroupBlock(Dim3 block, const GemmGroupParams &p) {
                                                 const GemmGroupParams &p) {    \
     gemmGroupBlock<W, Fp8, A, false>(block, p);                                \
   }                                                                            \
-  KILN_KERNEL(kiln_gemm_group_##suffix, GemmGroupParams)                       \
+  KILN_KERNEL_PREFETCHING(kiln_gemm_group_##suffix, GemmGroupParams, prefetchGroupBlock<W>)                       \
   KILN_FN void kiln_gemm_group_gated_##suffix##_block(                         \
       Dim3 block, const GemmGroupParams &p) {                                  \
     gemmGroupBlock<W, Fp8, A, true>(block, p);                                 \
   }                                                                            \
-  KILN_KERNEL(kiln_gemm_group_gated_##suffix, GemmGroupParams)
+  KILN_KERNEL_PREFETCHING(kiln_gemm_group_gated_##suffix, GemmGroupParams, prefetchGroupBlock<W>)
 KILN_GEMM_GROUP_KERNEL(bf16, Bf16, false, float)
 #undef KILN_GEMM_GROUP_KERNEL
 

@@ -75,6 +75,10 @@ struct GemmParams {
   /// With selections, optional: each routed row r's entry set to r (the
   /// slot inverse a combine reads, which no route writes then).
   int32_t *selectionRows;
+  /// Nonzero: the blocks do not ask the L2 for their weights before
+  /// awaiting the kernels before them (prefetchWeightRows;
+  /// KILN_PREFETCH_WEIGHTS=off).
+  int noPrefetch;
 };
 
 /// The grid's z extent of a GEMM over `matrices` matrices: with
@@ -337,16 +341,45 @@ KILN_FN void gemvBlock(Dim3 block, const GemmParams &p) {
   }
 }
 
+/// Weight rows [first, first + rows) of matrix `matrix` (w, and wUp where
+/// gated), as far as the matrix goes, asked of the L2 by a dense or
+/// per-head GEMM's block before it awaits the kernels before it. A grouped
+/// GEMM's experts come from those kernels (the route, the gate's
+/// selections), so it asks for nothing.
+template <class W>
+KILN_FN void prefetchWeightRows(const GemmParams &p, int64_t matrix,
+                                int64_t first, int64_t rows) {
+  if (p.offsets || p.selections || p.noPrefetch)
+    return;
+  if (first + rows > p.n)
+    rows = p.n - first;
+  if (rows <= 0)
+    return;
+  int64_t at = (matrix * p.n + first) * p.k;
+  int64_t bytes = rows * p.k * static_cast<int64_t>(sizeof(W));
+  prefetchToL2(static_cast<const W *>(p.w) + at, bytes);
+  if (p.wUp)
+    prefetchToL2(static_cast<const W *>(p.wUp) + at, bytes);
+}
+
+/// The weight rows gemvBlock's block reads.
+template <class W>
+KILN_FN void prefetchGemvBlock(Dim3 block, const GemmParams &p) {
+  prefetchWeightRows<W>(p, block.z, int64_t{block.x} * kGemvCols, kGemvCols);
+}
+
 #define KILN_GEMV_KERNEL(suffix, W, Fp8)                                       \
   KILN_FN void kiln_gemv_##suffix##_block(Dim3 block, const GemmParams &p) {   \
     gemvBlock<W, Fp8>(block, p);                                               \
   }                                                                            \
-  KILN_KERNEL(kiln_gemv_##suffix, GemmParams)                                  \
+  KILN_KERNEL_PREFETCHING(kiln_gemv_##suffix, GemmParams,                      \
+                          prefetchGemvBlock<W>)                                \
   KILN_FN void kiln_gemv_gated_##suffix##_block(Dim3 block,                    \
                                                 const GemmParams &p) {         \
     gemvBlock<W, Fp8, float, true>(block, p);                                  \
   }                                                                            \
-  KILN_KERNEL(kiln_gemv_gated_##suffix, GemmParams)
+  KILN_KERNEL_PREFETCHING(kiln_gemv_gated_##suffix, GemmParams,                \
+                          prefetchGemvBlock<W>)
 KILN_GEMV_KERNEL(f32, float, false)
 KILN_GEMV_KERNEL(bf16, Bf16, false)
 KILN_GEMV_KERNEL(f16, F16, false)
@@ -357,11 +390,13 @@ KILN_GEMV_KERNEL(f8e4m3, unsigned char, true)
 KILN_FN void kiln_gemv_f8e4m3_q8_block(Dim3 block, const GemmParams &p) {
   gemvBlock<unsigned char, true, unsigned char>(block, p);
 }
-KILN_KERNEL(kiln_gemv_f8e4m3_q8, GemmParams)
+KILN_KERNEL_PREFETCHING(kiln_gemv_f8e4m3_q8, GemmParams,
+                        prefetchGemvBlock<unsigned char>)
 KILN_FN void kiln_gemv_gated_f8e4m3_q8_block(Dim3 block, const GemmParams &p) {
   gemvBlock<unsigned char, true, unsigned char, true>(block, p);
 }
-KILN_KERNEL(kiln_gemv_gated_f8e4m3_q8, GemmParams)
+KILN_KERNEL_PREFETCHING(kiln_gemv_gated_f8e4m3_q8, GemmParams,
+                        prefetchGemvBlock<unsigned char>)
 
 /// FP8 GEMVs of f32 activations that quantize them themselves, as
 /// kiln_quantize_rows would before kiln_gemv_f8e4m3: a block quantizes the
@@ -436,11 +471,13 @@ KILN_FN void gemvQuantizingBlock(Dim3 block, const GemmParams &p) {
 KILN_FN void kiln_gemv_f8e4m3_qin_block(Dim3 block, const GemmParams &p) {
   gemvQuantizingBlock<false>(block, p);
 }
-KILN_KERNEL(kiln_gemv_f8e4m3_qin, GemmParams)
+KILN_KERNEL_PREFETCHING(kiln_gemv_f8e4m3_qin, GemmParams,
+                        prefetchGemvBlock<unsigned char>)
 KILN_FN void kiln_gemv_gated_f8e4m3_qin_block(Dim3 block, const GemmParams &p) {
   gemvQuantizingBlock<true>(block, p);
 }
-KILN_KERNEL(kiln_gemv_gated_f8e4m3_qin, GemmParams)
+KILN_KERNEL_PREFETCHING(kiln_gemv_gated_f8e4m3_qin, GemmParams,
+                        prefetchGemvBlock<unsigned char>)
 
 /// FP8 activation quantization, as the CPU FP8 GEMMs: per row, per
 /// `blockCols` values, s = max(amax, 1e-4) / 448 (rounded up to a power of

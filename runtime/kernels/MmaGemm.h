@@ -299,12 +299,19 @@ KILN_FN void mmaGemmBlock(Dim3 block, const GemmParams &p) {
   }
 }
 
+/// The weight rows mmaGemmBlock's block reads.
+template <class W>
+KILN_FN void prefetchMmaGemmBlock(Dim3 block, const GemmParams &p) {
+  prefetchWeightRows<W>(p, block.z, int64_t{block.x} * kMmaRows, kMmaRows);
+}
+
 #define KILN_MMA_GEMM_KERNEL(suffix, W, Fp8, A, Gated)                         \
   KILN_FN void kiln_gemm_mma_##suffix##_block(Dim3 block,                      \
                                               const GemmParams &p) {           \
     mmaGemmBlock<W, Fp8, A, Gated>(block, p);                                  \
   }                                                                            \
-  KILN_KERNEL(kiln_gemm_mma_##suffix, GemmParams)
+  KILN_KERNEL_PREFETCHING(kiln_gemm_mma_##suffix, GemmParams,                  \
+                          prefetchMmaGemmBlock<W>)
 KILN_MMA_GEMM_KERNEL(bf16, Bf16, false, float, false)
 KILN_MMA_GEMM_KERNEL(f8e4m3, unsigned char, true, float, false)
 KILN_MMA_GEMM_KERNEL(f8e4m3_q8, unsigned char, true, unsigned char, false)

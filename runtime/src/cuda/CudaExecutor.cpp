@@ -184,6 +184,10 @@ struct Executor::Impl {
   /// grouped GEMMs on the tensor cores.
   static constexpr int64_t kSelectionRows = 8;
   bool selectionDispatch = false;
+  /// KILN_PREFETCH_WEIGHTS=off: the GEMM kernels' blocks do not ask the L2
+  /// for their weights before awaiting the kernels before them (the
+  /// benchmark's comparison).
+  bool prefetchWeights = true;
   /// The launches that read each skippable dispatch's routed rows (from
   /// its ints; the plan keeps its x and indices alive while they run).
   std::map<const art::Launch *, std::set<const art::Launch *>> routedReaders;
@@ -1035,6 +1039,7 @@ Executor::Impl::GemmCall Executor::Impl::gemmCall(const art::Launch &l) const {
   c.dense = blasGemm(l) || (c.fp8 && l.kernel() == art::KernelKind::Linear &&
                             l.ints()->Get(0) == 0);
   GemmParams &p = c.p;
+  p.noPrefetch = !prefetchWeights;
   p.w = reinterpret_cast<const void *>(resolve(w));
   p.out = reinterpret_cast<float *>(resolve(out));
   p.x = reinterpret_cast<const float *>(resolve(x));
@@ -1232,6 +1237,7 @@ Executor::Impl::GemmCall Executor::Impl::gatedCall(const art::Launch &l) const {
   c.weightType = w->type();
   c.fp8 = g.fp8;
   GemmParams &p = c.p;
+  p.noPrefetch = !prefetchWeights;
   p.x = reinterpret_cast<const float *>(at(0));
   p.w = reinterpret_cast<const void *>(at(1));
   p.wUp = reinterpret_cast<const void *>(at(2));
@@ -2033,11 +2039,14 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
       environmentCount("KILN_EXPERT_STREAMS", 4, 16);
   absl::StatusOr<int> selections =
       environmentMode("KILN_MOE_SELECTIONS", {"auto", "off"});
+  absl::StatusOr<int> prefetch =
+      environmentMode("KILN_PREFETCH_WEIGHTS", {"on", "off"});
   for (const absl::StatusOr<int> *mode :
        {&experts, &mmaGemms, &mmaAttention, &pdl, &logLaunches, &graphs,
-        &expertStreams, &selections})
+        &expertStreams, &selections, &prefetch})
     if (!mode->ok())
       return mode->status();
+  impl->prefetchWeights = *prefetch == 0;
   impl->decodeGraphs = *graphs == 0;
   impl->expertStreamCount = *expertStreams;
   impl->expertGemms = static_cast<Impl::ExpertGemms>(*experts);
