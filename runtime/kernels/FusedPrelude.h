@@ -145,16 +145,14 @@ KILN_FN void prefetchToL2(const void *at, int64_t bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   uint64_t begin = (reinterpret_cast<uint64_t>(at) + 15) & ~uint64_t{15};
   uint64_t end = (reinterpret_cast<uint64_t>(at) + bytes) & ~uint64_t{15};
-  // The instruction's size is 32-bit; 64 KiB a request keeps it far from
-  // that.
-  constexpr uint64_t kRequest = uint64_t{1} << 16;
-  for (; begin < end; begin += kRequest) {
-    uint32_t size =
-        static_cast<uint32_t>(end - begin < kRequest ? end - begin : kRequest);
+  // The size operand is 32-bit; a block's weights are far below 4 GiB, and
+  // a larger range is asked for in part (a hint either way).
+  uint64_t size = end > begin ? end - begin : 0;
+  if (size > 0xfffffff0u)
+    size = 0xfffffff0u;
+  if (size > 0)
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(begin),
-                 "r"(size)
-                 : "memory");
-  }
+                 "r"(static_cast<uint32_t>(size)));
 #elif !defined(__CUDACC__)
   const volatile unsigned char *range =
       static_cast<const unsigned char *>(at);
