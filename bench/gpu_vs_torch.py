@@ -18,9 +18,9 @@ Measures
     (decode_tokens_per_s_no_pdl: without programmatic dependent launch),
     with KILN_MOE_SELECTIONS=off (decode_tokens_per_s_routed: the MoE
     route launch instead of grouped GEMVs in selection order), with
-    KILN_PREFETCH_WEIGHTS=off (decode_tokens_per_s_no_prefetch: the GEMM
-    kernels without asking the L2 for their weights before awaiting the
-    kernels before them)
+    KILN_PREFETCH=off (decode_tokens_per_s_no_prefetch: the GEMM and
+    attention kernels without asking the L2 for their weights and cache
+    rows before awaiting the kernels before them)
     and compiled without the gated FFN GEMMs, folded head slices and linear
     groups (decode_tokens_per_s_unfused: the manifest's unfused artifact);
     and with a bf16 latent cache (kiln_bf16_cache_decode_tokens_per_s: the
@@ -399,11 +399,12 @@ def main():
             log("Kiln: batch-1 decode with the MoE route launch")
             decode_variant("decode_tokens_per_s_routed", [1], contexts[:1],
                            {"KILN_MOE_SELECTIONS": "off"})
-            # Batch 1 without the GEMM kernels' weight prefetch: what asking
-            # the L2 for the weights while the kernel before finishes gains.
-            log("Kiln: batch-1 decode without the weight prefetch")
+            # Batch 1 without the GEMMs' and attention's prefetch: what
+            # asking the L2 for weights and cache rows while the kernel
+            # before finishes gains.
+            log("Kiln: batch-1 decode without the L2 prefetch")
             decode_variant("decode_tokens_per_s_no_prefetch", [1], contexts[:1],
-                           {"KILN_PREFETCH_WEIGHTS": "off"})
+                           {"KILN_PREFETCH": "off"})
             # Batch 1 compiled without kiln-fuse-gated-linear,
             # kiln-fold-head-slices, kiln-group-linears and kiln-fuse's
             # horizontal merge: what their saved launches gain.

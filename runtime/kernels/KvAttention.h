@@ -151,6 +151,10 @@ struct AttentionParams {
   int64_t splitTokens; // keys per split, a multiple of kAttentionSplitKeys
   int splits;
   float scale;
+  /// Nonzero: decode blocks do not ask the L2 for their cache rows before
+  /// awaiting the kernels before them (prefetchAttentionBlock;
+  /// KILN_PREFETCH=off).
+  int noPrefetch;
 };
 
 /// Query vectors (query row x head) per block, all of one kv head (16 MLA
@@ -270,6 +274,37 @@ KILN_FN AttentionTask attentionTask(Dim3 block, const AttentionParams &p) {
   if (t.end < t.begin)
     t.end = t.begin; // nothing to attend to in this split
   return t;
+}
+
+/// The cache rows a decode block's task reads (whole rows, a page's run at
+/// a time), asked of the L2 before the block awaits the kernels before it:
+/// positions, lengths and block tables are the step's inputs, copied before
+/// its first kernel, and the one row those kernels write (this step's) is
+/// read coherently through the L2 whatever the prefetch brought. Prefill
+/// blocks ask for nothing: their keys are mostly the step's own, and many
+/// query tiles share them.
+KILN_FN void prefetchAttentionBlock(Dim3 block, const AttentionParams &p) {
+  if (p.seq != 1 || !p.tables.ids || p.noPrefetch || KILN_THREAD != 0)
+    return;
+  AttentionTask t = attentionTask(block, p);
+  const void *slots[2] = {p.packedSlot ? static_cast<const void *>(p.packedSlot)
+                                       : p.k.data,
+                          p.packedSlot || p.v.data == p.k.data ? nullptr
+                                                               : p.v.data};
+  int64_t rowBytes[2] = {p.packedSlot ? packedRowBytes(p.packed)
+                                      : p.k.rowStride * 4,
+                         p.v.rowStride * 4};
+  for (int64_t j = t.begin; j < t.end;) {
+    int64_t pageEnd = (j / p.tables.blockTokens + 1) * p.tables.blockTokens;
+    int64_t end = pageEnd < t.end ? pageEnd : t.end;
+    int64_t row = kvRow(p.tables, t.b, j);
+    for (int s = 0; s < 2; ++s)
+      if (slots[s])
+        prefetchToL2(static_cast<const unsigned char *>(slots[s]) +
+                         row * rowBytes[s],
+                     (end - j) * rowBytes[s]);
+    j = end;
+  }
 }
 
 /// The online softmax of H query vectors (rows x nh of them real; the
@@ -460,7 +495,8 @@ KILN_FN void kiln_attention_block(Dim3 block, const AttentionParams &p) {
     attendHeads<1, F32Kv>(block, p, t, qs, probs, stats, tileRows, keyEnds);
   }
 }
-KILN_KERNEL(kiln_attention, AttentionParams)
+KILN_KERNEL_PREFETCHING(kiln_attention, AttentionParams,
+                        prefetchAttentionBlock)
 
 /// Value columns one merge block takes: one per thread.
 constexpr int kMergeColumns = KILN_BLOCK_THREADS;

@@ -76,8 +76,7 @@ struct GemmParams {
   /// slot inverse a combine reads, which no route writes then).
   int32_t *selectionRows;
   /// Nonzero: the blocks do not ask the L2 for their weights before
-  /// awaiting the kernels before them (prefetchWeightRows;
-  /// KILN_PREFETCH_WEIGHTS=off).
+  /// awaiting the kernels before them (prefetchWeightRows; KILN_PREFETCH=off).
   int noPrefetch;
 };
 

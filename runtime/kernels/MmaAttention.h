@@ -391,7 +391,8 @@ KILN_FN void kiln_attention_mma_block(Dim3 block, const AttentionParams &p) {
   mmaAttend<false, F32Kv>(block, p, attentionTask(block, p), shared.keyEnds,
                           &shared, nullptr);
 }
-KILN_KERNEL(kiln_attention_mma, AttentionParams)
+KILN_KERNEL_PREFETCHING(kiln_attention_mma, AttentionParams,
+                        prefetchAttentionBlock)
 
 /// The same over a bf16 latent slot's rows.
 KILN_FN void kiln_attention_mma_bf16_rows_block(Dim3 block,
@@ -400,7 +401,8 @@ KILN_FN void kiln_attention_mma_bf16_rows_block(Dim3 block,
   mmaAttend<false, Bf16Kv>(block, p, attentionTask(block, p), shared.keyEnds,
                            &shared, nullptr);
 }
-KILN_KERNEL(kiln_attention_mma_bf16_rows, AttentionParams)
+KILN_KERNEL_PREFETCHING(kiln_attention_mma_bf16_rows, AttentionParams,
+                        prefetchAttentionBlock)
 
 /// The same for mmaAttentionWideFits(dk, dv).
 KILN_FN void kiln_attention_mma_wide_block(Dim3 block,
@@ -409,7 +411,8 @@ KILN_FN void kiln_attention_mma_wide_block(Dim3 block,
   mmaAttend<true, F32Kv>(block, p, attentionTask(block, p), shared.keyEnds,
                          nullptr, shared.q);
 }
-KILN_KERNEL(kiln_attention_mma_wide, AttentionParams)
+KILN_KERNEL_PREFETCHING(kiln_attention_mma_wide, AttentionParams,
+                        prefetchAttentionBlock)
 
 /// The wide variant over a bf16 latent slot's rows.
 KILN_FN void kiln_attention_mma_wide_bf16_rows_block(Dim3 block,
@@ -418,7 +421,8 @@ KILN_FN void kiln_attention_mma_wide_bf16_rows_block(Dim3 block,
   mmaAttend<true, Bf16Kv>(block, p, attentionTask(block, p), shared.keyEnds,
                           nullptr, shared.q);
 }
-KILN_KERNEL(kiln_attention_mma_wide_bf16_rows, AttentionParams)
+KILN_KERNEL_PREFETCHING(kiln_attention_mma_wide_bf16_rows, AttentionParams,
+                        prefetchAttentionBlock)
 
 KILN_KERNELS_END
 

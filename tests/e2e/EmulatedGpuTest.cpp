@@ -411,7 +411,7 @@ TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
         {"KILN_EXPERT_GEMMS", "expected auto, per-expert or grouped"},
         {"KILN_EXPERT_STREAMS", "expected a count from 0 to 16"},
         {"KILN_MOE_SELECTIONS", "expected auto or off"},
-        {"KILN_PREFETCH_WEIGHTS", "expected on or off"}}) {
+        {"KILN_PREFETCH", "expected on or off"}}) {
     ::setenv(name, "sometimes", 1);
     absl::StatusOr<std::unique_ptr<Session>> session =
         Session::create(**model, options);

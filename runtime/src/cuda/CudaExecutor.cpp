@@ -184,10 +184,10 @@ struct Executor::Impl {
   /// grouped GEMMs on the tensor cores.
   static constexpr int64_t kSelectionRows = 8;
   bool selectionDispatch = false;
-  /// KILN_PREFETCH_WEIGHTS=off: the GEMM kernels' blocks do not ask the L2
-  /// for their weights before awaiting the kernels before them (the
-  /// benchmark's comparison).
-  bool prefetchWeights = true;
+  /// KILN_PREFETCH=off: the GEMM and decode attention kernels' blocks do
+  /// not ask the L2 for their weights and cache rows before awaiting the
+  /// kernels before them (the benchmark's comparison).
+  bool prefetch = true;
   /// The launches that read each skippable dispatch's routed rows (from
   /// its ints; the plan keeps its x and indices alive while they run).
   std::map<const art::Launch *, std::set<const art::Launch *>> routedReaders;
@@ -1039,7 +1039,7 @@ Executor::Impl::GemmCall Executor::Impl::gemmCall(const art::Launch &l) const {
   c.dense = blasGemm(l) || (c.fp8 && l.kernel() == art::KernelKind::Linear &&
                             l.ints()->Get(0) == 0);
   GemmParams &p = c.p;
-  p.noPrefetch = !prefetchWeights;
+  p.noPrefetch = !prefetch;
   p.w = reinterpret_cast<const void *>(resolve(w));
   p.out = reinterpret_cast<float *>(resolve(out));
   p.x = reinterpret_cast<const float *>(resolve(x));
@@ -1237,7 +1237,7 @@ Executor::Impl::GemmCall Executor::Impl::gatedCall(const art::Launch &l) const {
   c.weightType = w->type();
   c.fp8 = g.fp8;
   GemmParams &p = c.p;
-  p.noPrefetch = !prefetchWeights;
+  p.noPrefetch = !prefetch;
   p.x = reinterpret_cast<const float *>(at(0));
   p.w = reinterpret_cast<const void *>(at(1));
   p.wUp = reinterpret_cast<const void *>(at(2));
@@ -1754,6 +1754,7 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
   // Attention: q, k, v, positions, kv lengths, out.
   const art::TensorRef *q = refs.Get(0), *k = refs.Get(1), *v = refs.Get(2);
   AttentionParams p{};
+  p.noPrefetch = !prefetch;
   p.q = f32(0);
   p.positions = i32(3);
   p.kvLengths = i32(4);
@@ -2040,13 +2041,13 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
   absl::StatusOr<int> selections =
       environmentMode("KILN_MOE_SELECTIONS", {"auto", "off"});
   absl::StatusOr<int> prefetch =
-      environmentMode("KILN_PREFETCH_WEIGHTS", {"on", "off"});
+      environmentMode("KILN_PREFETCH", {"on", "off"});
   for (const absl::StatusOr<int> *mode :
        {&experts, &mmaGemms, &mmaAttention, &pdl, &logLaunches, &graphs,
         &expertStreams, &selections, &prefetch})
     if (!mode->ok())
       return mode->status();
-  impl->prefetchWeights = *prefetch == 0;
+  impl->prefetch = *prefetch == 0;
   impl->decodeGraphs = *graphs == 0;
   impl->expertStreamCount = *expertStreams;
   impl->expertGemms = static_cast<Impl::ExpertGemms>(*experts);

@@ -1,18 +1,24 @@
-// Which weight bytes the GEMM kernels' blocks ask the L2 for before they
-// await the kernels before them (prefetchToL2, runtime/kernels): together, a
+// What the GEMM and attention kernels' blocks ask the L2 for before they
+// await the kernels before them (prefetchToL2, runtime/kernels). Together, a
 // dense or per-head GEMM's blocks ask for each byte of its weights once (the
 // gate's and the up projection's where gated), whatever the grid's last
 // block covers; a grouped GEMM's ask for nothing, as its experts come from
 // the kernels it waits for. A linear group's blocks ask for their members'.
-// Host builds report each range to hostPrefetchObserver and read its first
-// and last bytes, so a range past its tensor also fails under ASan.
+// A decode step's attention blocks ask for each cache row of their
+// sequences' contexts once. Host builds report each range to
+// hostPrefetchObserver and read its first and last bytes, so a range past
+// its tensor also fails under ASan.
 #include "GemmGroup.h"
+#include "KvAttention.h"
+#include "MmaAttention.h"
 #include "tests/runtime/GemmTestUtil.h"
+#include "tests/runtime/PagedTestUtil.h"
 
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <mutex>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -107,7 +113,7 @@ std::vector<float> unitScales(int64_t rows, int64_t heads, int64_t k) {
   return std::vector<float>(rows * heads * ((k + 127) / 128), 1.0f);
 }
 
-TEST(WeightPrefetch, GemvBlocksAskForEachWeightByteOnce) {
+TEST(L2Prefetch, GemvBlocksAskForEachWeightByteOnce) {
   // n of 37: the last column block is partial.
   const int64_t heads = 3, n = 37, k = 256, rows = 2;
   for (cpu::ElementType type : {cpu::ElementType::BF16, cpu::ElementType::F32,
@@ -138,8 +144,8 @@ TEST(WeightPrefetch, GemvBlocksAskForEachWeightByteOnce) {
     }
 }
 
-TEST(WeightPrefetch, NoPrefetchAsksForNothing) {
-  // KILN_PREFETCH_WEIGHTS=off, the benchmark's comparison.
+TEST(L2Prefetch, NoPrefetchAsksForNothing) {
+  // KILN_PREFETCH=off, the benchmark's comparison.
   Problem g = headProblem(cpu::ElementType::BF16, true, 2, 3, 40, 128);
   g.p.noPrefetch = 1;
   EXPECT_TRUE(prefetchedBy([&] {
@@ -150,7 +156,7 @@ TEST(WeightPrefetch, NoPrefetchAsksForNothing) {
               }).empty());
 }
 
-TEST(WeightPrefetch, MmaGemmBlocksAskForEachWeightByteOnce) {
+TEST(L2Prefetch, MmaGemmBlocksAskForEachWeightByteOnce) {
   // n of 37: three blocks of 16 rows, the last partial.
   const int64_t heads = 2, n = 37, k = 256, rows = 5;
   for (bool gated : {false, true}) {
@@ -167,7 +173,7 @@ TEST(WeightPrefetch, MmaGemmBlocksAskForEachWeightByteOnce) {
   }
 }
 
-TEST(WeightPrefetch, GroupedGemmsAskForNothing) {
+TEST(L2Prefetch, GroupedGemmsAskForNothing) {
   const int64_t experts = 4, n = 40, k = 128;
   std::vector<int32_t> offsets{0, 2, 2, 5, 6};
   std::vector<int32_t> active = activeExpertsOf(offsets);
@@ -199,7 +205,7 @@ TEST(WeightPrefetch, GroupedGemmsAskForNothing) {
               }).empty());
 }
 
-TEST(WeightPrefetch, GroupBlocksAskForTheirDenseMembersWeights) {
+TEST(L2Prefetch, GroupBlocksAskForTheirDenseMembersWeights) {
   // A MoE layer's shape: routed experts (grouped, GEMV), a shared expert
   // on the tensor cores, and a dense GEMV member beside them.
   const int64_t experts = 3, k = 128, tokens = 3;
@@ -229,6 +235,97 @@ TEST(WeightPrefetch, GroupBlocksAskForTheirDenseMembersWeights) {
                        mmaKernel ? "kiln_gemm_group_bf16"
                                  : "kiln_gemv_group_bf16");
   }
+}
+
+TEST(L2Prefetch, DecodeAttentionAsksForItsContextsCacheRows) {
+  // MLA decode: 16 heads on one latent row (keys 576 wide, values its first
+  // 512), pages of 64 tokens in a shuffled pool, contexts that end inside a
+  // page and on its edge, split three ways (one split empty for the short
+  // sequence).
+  const int64_t heads = 16, dk = 576, dv = 512, pageTokens = 64;
+  const std::vector<int32_t> kvLengths{70, 128, 5};
+  const int64_t batch = static_cast<int64_t>(kvLengths.size()), maxTokens = 128;
+  std::mt19937 rng(11);
+  cpu::pagedtest::TestBlockTables tables =
+      cpu::pagedtest::shuffledBlockTables(rng, kvLengths, maxTokens, pageTokens);
+  std::vector<float> slot(tables.numBlocks * pageTokens * dk, 0.5f);
+  std::vector<float> q = randomRows(batch * heads, dk, 12);
+  std::vector<int32_t> positions;
+  for (int32_t length : kvLengths)
+    positions.push_back(length - 1);
+  std::vector<float> out(batch * heads * dv);
+  AttentionParams p{};
+  p.q = q.data();
+  p.k = {slot.data(), dk, dk, 0};
+  p.v = {slot.data(), dk, dv, 0};
+  p.tables = {tables.ids.data(), tables.stride, pageTokens, 0};
+  p.positions = positions.data();
+  p.kvLengths = kvLengths.data();
+  p.out = out.data();
+  p.seq = 1;
+  p.heads = heads;
+  p.kvHeads = 1;
+  p.dk = dk;
+  p.dv = dv;
+  p.scale = 0.05f;
+  p.splits = 3;
+  p.splitTokens = attentionSplitTokens(maxTokens, p.splits);
+  std::vector<float> scratch(batch * heads * p.splits * (2 + dv));
+  p.scratch = scratch.data();
+  Dim3 grid = attentionGrid(batch, 1, heads, 1, p.splits);
+
+  // How often each row of the slot should be asked for: once for the rows
+  // of a context, never for the others (spare pages, past a context's end).
+  int64_t slotRows = tables.numBlocks * pageTokens;
+  std::vector<int> want(slotRows, 0);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t j = 0; j < kvLengths[b]; ++j)
+      want[tables.ids[b * tables.stride + j / pageTokens] * pageTokens +
+           j % pageTokens] = 1;
+  const int64_t rowBytes = dk * sizeof(float);
+  uintptr_t base = reinterpret_cast<uintptr_t>(slot.data());
+  for (bool wide : {false, true}) {
+    SCOPED_TRACE(wide ? "mma wide" : "CUDA cores");
+    std::vector<Range> got = prefetchedBy([&] {
+      return wide ? kiln_attention_mma_wide_host(grid, p)
+                  : kiln_attention_host(grid, p);
+    });
+    // Whole rows (runs of a page's consecutive rows), inside the slot.
+    std::vector<int> asked(slotRows, 0);
+    for (const Range &r : got) {
+      ASSERT_GE(r.begin, base);
+      ASSERT_LE(r.end, base + slotRows * rowBytes);
+      ASSERT_EQ((r.begin - base) % rowBytes, 0u);
+      ASSERT_EQ((r.end - r.begin) % rowBytes, 0u);
+      for (uintptr_t row = (r.begin - base) / rowBytes;
+           row < (r.end - base) / rowBytes; ++row)
+        ++asked[row];
+    }
+    EXPECT_EQ(asked, want);
+  }
+  // KILN_PREFETCH=off asks for none.
+  p.noPrefetch = 1;
+  EXPECT_TRUE(
+      prefetchedBy([&] { kiln_attention_mma_wide_host(grid, p); }).empty());
+  // Nor do two query rows a sequence (prefill, or verifying drafts).
+  p.noPrefetch = 0;
+  p.seq = 2;
+  std::vector<int32_t> pairs;
+  for (int32_t length : kvLengths) {
+    pairs.push_back(length - 2);
+    pairs.push_back(length - 1);
+  }
+  std::vector<float> q2 = randomRows(batch * 2 * heads, dk, 13);
+  std::vector<float> out2(batch * 2 * heads * dv);
+  std::vector<float> scratch2(batch * 2 * heads * p.splits * (2 + dv));
+  p.q = q2.data();
+  p.positions = pairs.data();
+  p.out = out2.data();
+  p.scratch = scratch2.data();
+  EXPECT_TRUE(prefetchedBy([&] {
+                kiln_attention_mma_wide_host(
+                    attentionGrid(batch, 2, heads, 1, p.splits), p);
+              }).empty());
 }
 
 } // namespace
