@@ -154,8 +154,7 @@ KILN_FN void prefetchToL2(const void *at, int64_t bytes) {
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(begin),
                  "r"(static_cast<uint32_t>(size)));
 #elif !defined(__CUDACC__)
-  const volatile unsigned char *range =
-      static_cast<const unsigned char *>(at);
+  const volatile unsigned char *range = static_cast<const unsigned char *>(at);
   (void)range[0];
   (void)range[bytes - 1];
   if (hostPrefetchObserver)
@@ -172,7 +171,8 @@ KILN_FN void prefetchToL2(const void *at, int64_t bytes) {
 KILN_FN void prefetchShareToL2(const void *at, int64_t bytes, int64_t part,
                                int64_t parts) {
   int64_t begin = bytes * part / parts / 16 * 16;
-  int64_t end = part + 1 == parts ? bytes : bytes * (part + 1) / parts / 16 * 16;
+  int64_t end =
+      part + 1 == parts ? bytes : bytes * (part + 1) / parts / 16 * 16;
   prefetchToL2(static_cast<const unsigned char *>(at) + begin, end - begin);
 }
 

@@ -83,12 +83,14 @@ KILN_FN void prefetchGroupBlock(Dim3 block, const GemmGroupParams &p) {
                                                 const GemmGroupParams &p) {    \
     gemvGroupBlock<W, Fp8, A>(block, p);                                       \
   }                                                                            \
-  KILN_KERNEL_PREFETCHING(kiln_gemv_group_##suffix, GemmGroupParams, prefetchGroupBlock<W>)                       \
+  KILN_KERNEL_PREFETCHING(kiln_gemv_group_##suffix, GemmGroupParams,           \
+                          prefetchGroupBlock<W>)                               \
   KILN_FN void kiln_gemv_group_gated_##suffix##_block(                         \
       Dim3 block, const GemmGroupParams &p) {                                  \
     gemvGroupBlock<W, Fp8, A, true>(block, p);                                 \
   }                                                                            \
-  KILN_KERNEL_PREFETCHING(kiln_gemv_group_gated_##suffix, GemmGroupParams, prefetchGroupBlock<W>)
+  KILN_KERNEL_PREFETCHING(kiln_gemv_group_gated_##suffix, GemmGroupParams,     \
+                          prefetchGroupBlock<W>)
 KILN_GEMV_GROUP_KERNEL(f32, float, false, float)
 KILN_GEMV_GROUP_KERNEL(bf16, Bf16, false, float)
 KILN_GEMV_GROUP_KERNEL(f16, F16, false, float)
@@ -143,12 +145,14 @@ KILN_FN void gemmGroupBlock(Dim3 block, const GemmGroupParams &p) {
                                                 const GemmGroupParams &p) {    \
     gemmGroupBlock<W, Fp8, A, false>(block, p);                                \
   }                                                                            \
-  KILN_KERNEL_PREFETCHING(kiln_gemm_group_##suffix, GemmGroupParams, prefetchGroupBlock<W>)                       \
+  KILN_KERNEL_PREFETCHING(kiln_gemm_group_##suffix, GemmGroupParams,           \
+                          prefetchGroupBlock<W>)                               \
   KILN_FN void kiln_gemm_group_gated_##suffix##_block(                         \
       Dim3 block, const GemmGroupParams &p) {                                  \
     gemmGroupBlock<W, Fp8, A, true>(block, p);                                 \
   }                                                                            \
-  KILN_KERNEL_PREFETCHING(kiln_gemm_group_gated_##suffix, GemmGroupParams, prefetchGroupBlock<W>)
+  KILN_KERNEL_PREFETCHING(kiln_gemm_group_gated_##suffix, GemmGroupParams,     \
+                          prefetchGroupBlock<W>)
 KILN_GEMM_GROUP_KERNEL(bf16, Bf16, false, float)
 #undef KILN_GEMM_GROUP_KERNEL
 

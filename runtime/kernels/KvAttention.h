@@ -287,10 +287,9 @@ KILN_FN void prefetchAttentionBlock(Dim3 block, const AttentionParams &p) {
   if (p.seq != 1 || !p.tables.ids || p.noPrefetch || KILN_THREAD != 0)
     return;
   AttentionTask t = attentionTask(block, p);
-  const void *slots[2] = {p.packedSlot ? static_cast<const void *>(p.packedSlot)
-                                       : p.k.data,
-                          p.packedSlot || p.v.data == p.k.data ? nullptr
-                                                               : p.v.data};
+  const void *slots[2] = {
+      p.packedSlot ? static_cast<const void *>(p.packedSlot) : p.k.data,
+      p.packedSlot || p.v.data == p.k.data ? nullptr : p.v.data};
   int64_t rowBytes[2] = {p.packedSlot ? packedRowBytes(p.packed)
                                       : p.k.rowStride * 4,
                          p.v.rowStride * 4};
@@ -495,8 +494,7 @@ KILN_FN void kiln_attention_block(Dim3 block, const AttentionParams &p) {
     attendHeads<1, F32Kv>(block, p, t, qs, probs, stats, tileRows, keyEnds);
   }
 }
-KILN_KERNEL_PREFETCHING(kiln_attention, AttentionParams,
-                        prefetchAttentionBlock)
+KILN_KERNEL_PREFETCHING(kiln_attention, AttentionParams, prefetchAttentionBlock)
 
 /// Value columns one merge block takes: one per thread.
 constexpr int kMergeColumns = KILN_BLOCK_THREADS;

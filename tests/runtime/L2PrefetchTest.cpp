@@ -246,8 +246,8 @@ TEST(L2Prefetch, DecodeAttentionAsksForItsContextsCacheRows) {
   const std::vector<int32_t> kvLengths{70, 128, 5};
   const int64_t batch = static_cast<int64_t>(kvLengths.size()), maxTokens = 128;
   std::mt19937 rng(11);
-  cpu::pagedtest::TestBlockTables tables =
-      cpu::pagedtest::shuffledBlockTables(rng, kvLengths, maxTokens, pageTokens);
+  cpu::pagedtest::TestBlockTables tables = cpu::pagedtest::shuffledBlockTables(
+      rng, kvLengths, maxTokens, pageTokens);
   std::vector<float> slot(tables.numBlocks * pageTokens * dk, 0.5f);
   std::vector<float> q = randomRows(batch * heads, dk, 12);
   std::vector<int32_t> positions;
