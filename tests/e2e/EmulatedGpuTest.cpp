@@ -23,6 +23,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -874,6 +875,41 @@ runWithAndWithoutSelections(const std::string &golden, const std::string &name,
     ::unsetenv("KILN_MOE_SELECTIONS");
   }
   return runs;
+}
+
+std::atomic<int64_t> prefetchedRanges{0};
+
+// The GEMMs' and the decode attention's blocks ask the L2 for what they will
+// read before awaiting the kernels before them (L2PrefetchTest checks each
+// kernel's ranges): in a session's prefill and decode steps, and not with
+// KILN_PREFETCH=off. The host builds read each range's ends (under ASan, a
+// range past its tensor fails), and the steps are the same either way.
+TEST(EmulatedGpuSession, StepsPrefetchUnlessTurnedOff) {
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v2-lite-bf16", scratchFile("prefetch.kiln"), {});
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::vector<std::vector<float>> steps[2];
+  int64_t ranges[2] = {0, 0};
+  cuda::observePlainKernelPrefetches(
+      [](const void *, long long) { ++prefetchedRanges; });
+  for (int off : {0, 1}) {
+    ::setenv("KILN_PREFETCH", off ? "off" : "on", 1);
+    prefetchedRanges = 0;
+    std::string where;
+    steps[off] = testing::runDeviceSteps(**model, Device::Emulated, where,
+                                         nullptr, {{5, 17, 3}, {9, 2}});
+    ranges[off] = prefetchedRanges;
+    ::unsetenv("KILN_PREFETCH");
+  }
+  cuda::observePlainKernelPrefetches(nullptr);
+  ASSERT_FALSE(steps[0].empty());
+  EXPECT_GT(ranges[0], 0);
+  EXPECT_EQ(ranges[1], 0);
+  ASSERT_EQ(steps[0].size(), steps[1].size());
+  for (size_t i = 0; i < steps[0].size(); ++i)
+    EXPECT_EQ(steps[0][i], steps[1][i]) << "step " << i;
 }
 
 // A decode step of 8 or fewer selections runs the grouped GEMVs in

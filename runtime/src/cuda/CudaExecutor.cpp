@@ -229,7 +229,9 @@ struct Executor::Impl {
   /// queue full waited for the hold itself.
   static constexpr double kFirstHoldSeconds = 0.02, kMaxHoldSeconds = 0.1;
   std::map<const art::EntryPoint *, double> longestQueueSeconds;
-  const art::EntryPoint *profiledEntry = nullptr;
+  /// The entry point the step runs: its profiled holds' times, and whether
+  /// an attention launch reads the step's own positions and lengths.
+  const art::EntryPoint *runningEntry = nullptr;
   std::chrono::steady_clock::time_point heldAt;
   /// The weight bytes the next counted launch reads, for the profile: set
   /// by a GEMM just before its launch; -1 where unknown.
@@ -1754,10 +1756,18 @@ absl::Status Executor::Impl::launchAttention(const art::Launch &l) {
   // Attention: q, k, v, positions, kv lengths, out.
   const art::TensorRef *q = refs.Get(0), *k = refs.Get(1), *v = refs.Get(2);
   AttentionParams p{};
-  p.noPrefetch = !prefetch;
   p.q = f32(0);
   p.positions = i32(3);
   p.kvLengths = i32(4);
+  // Decode blocks read positions and lengths before awaiting the kernels
+  // before them (prefetchAttentionBlock): only the step's inputs, which
+  // the host copies before its first kernel, may be read there.
+  auto stepInput = [&](const art::TensorRef *input, const int32_t *read) {
+    return input && reinterpret_cast<const int32_t *>(resolve(input)) == read;
+  };
+  p.noPrefetch = !prefetch || !runningEntry ||
+                 !stepInput(runningEntry->positions(), p.positions) ||
+                 !stepInput(runningEntry->kv_lengths(), p.kvLengths);
   p.out = f32(5);
   p.seq = shape.seq;
   p.heads = staticDim(q, 2);
@@ -1886,7 +1896,7 @@ absl::Status Executor::Impl::holdForProfile() {
   absl::StatusOr<CUfunction> hold = function("kiln_hold");
   if (!hold.ok())
     return hold.status();
-  auto queued = longestQueueSeconds.find(profiledEntry);
+  auto queued = longestQueueSeconds.find(runningEntry);
   double seconds = queued == longestQueueSeconds.end()
                        ? kFirstHoldSeconds
                        : std::min(1.5 * queued->second, kMaxHoldSeconds);
@@ -1907,7 +1917,7 @@ void Executor::Impl::queuedForProfile() {
   double queued =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - heldAt)
           .count();
-  double &longest = longestQueueSeconds[profiledEntry];
+  double &longest = longestQueueSeconds[runningEntry];
   longest = std::max(longest, queued);
 }
 
@@ -2140,7 +2150,7 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
   if (!entry)
     return absl::InvalidArgumentError("no entry point " + name);
   s.shape = shape;
-  s.profiledEntry = entry;
+  s.runningEntry = entry;
   int64_t tokens = shape.batch * shape.seq;
   auto upload = [&](CUdeviceptr dst, const void *src, size_t bytes) {
     return s.check(a.cuMemcpyHtoDAsync(dst, src, bytes, s.stream),

@@ -16,4 +16,9 @@ const std::vector<HostKernel> &plainHostKernels() {
   return kernels;
 }
 
+void observePlainKernelPrefetches(void (*observe)(const void *at,
+                                                  long long bytes)) {
+  ::kiln::hostPrefetchObserver = observe;
+}
+
 } // namespace kiln::cuda

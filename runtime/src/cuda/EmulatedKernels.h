@@ -23,6 +23,11 @@ const std::vector<HostKernel> &plainHostKernels();
 /// where that build is not available (only x86-64 switches fibers).
 const std::vector<HostKernel> &simtHostKernels();
 
+/// Tests: `observe` is called with each range the plain kernels ask the L2
+/// for (prefetchToL2); null stops it.
+void observePlainKernelPrefetches(void (*observe)(const void *at,
+                                                  long long bytes));
+
 } // namespace kiln::cuda
 
 /// The table of EmulatedKernels.def in a translation unit that includes
