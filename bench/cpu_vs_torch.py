@@ -9,7 +9,8 @@ DeepSeek-V2-Lite with the real dimensions) this script
   2. times HF transformers in eager mode (attn_implementation="eager",
      torch.inference_mode(), torch.set_num_threads(threads)):
        prefill: one forward over [batch, context] with use_cache=True
-                (a fresh DynamicCache), all positions' logits (as Kiln);
+                (a fresh DynamicCache), the last position's logits
+                (logits_to_keep=1, as generation and Kiln's bench do);
        decode:  `steps` single-token forwards with past_key_values, one token
                 per sequence per step (equal-length prompts: no padding);
      one warm-up run per batch size, then the best of `repeats` runs;
@@ -211,22 +212,24 @@ def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def hf_prefill(model, ids):
+def hf_prefill(model, ids, logits_to_keep=0):
+    """logits_to_keep: 0 every position's logits, 1 the last's."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True,
+                logits_to_keep=logits_to_keep)
     return out.logits, out.past_key_values
 
 
 def hf_run(model, prompts, decode_tokens):
     """One prefill of `prompts` [B, C], then one decode step per column of decode_tokens [B, S].
-    Returns (prefill seconds, decode seconds, prefill logits)."""
+    Returns (prefill seconds, decode seconds, the prefill's last logits)."""
     import torch
 
     length = prompts.shape[1]
     t0 = time.perf_counter()
-    logits, cache = hf_prefill(model, prompts)
+    logits, cache = hf_prefill(model, prompts, logits_to_keep=1)
     t1 = time.perf_counter()
     for step in range(decode_tokens.shape[1]):
         pos = torch.tensor([length + step])

@@ -25,7 +25,10 @@ Measures
     groups (decode_tokens_per_s_unfused: the manifest's unfused artifact);
     and with a bf16 latent cache (kiln_bf16_cache_decode_tokens_per_s: the
     manifest's bf16_cache_artifact, compiled with --kv-cache-dtype=bf16);
-  * prefill tokens/s of 2K tokens (batch 1); Kiln also with
+  * prefill tokens/s of 2K tokens (batch 1), each computing the last
+    position's logits as generation does (Kiln's bench by default, HF with
+    logits_to_keep=1); Kiln also with --prompt-logits (every position's
+    logits: kiln_prompt_logits_tokens_per_s), with
     KILN_EXPERT_GEMMS=grouped (the experts as one grouped library GEMM
     instead of one cuBLASLt GEMM per expert), with KILN_EXPERT_STREAMS=0
     (the per-expert GEMMs on one stream instead of four side streams) and
@@ -120,7 +123,7 @@ def decode_bytes(weights_dir, config, context):
 
 
 def kiln_bench(bundle, artifact, weights_dir, batches, contexts, steps, repeats, synthetic,
-               env=None, profile=False):
+               env=None, profile=False, prompt_logits=False):
     argv = [os.path.join(bundle, "bin", "kiln-run"), "bench", artifact, "--device", "cuda",
             "--weights-dir", weights_dir, "--batch", ",".join(map(str, batches)),
             "--context", ",".join(map(str, contexts)), "--steps", str(steps),
@@ -129,6 +132,8 @@ def kiln_bench(bundle, artifact, weights_dir, batches, contexts, steps, repeats,
         argv.append("--synthetic-context")
     if profile:
         argv.append("--profile")
+    if prompt_logits:
+        argv.append("--prompt-logits")
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, **(env or {})})
     if proc.returncode != 0:
@@ -199,7 +204,9 @@ def hf_prefill(model, vocab, tokens, repeats):
         for r in range(repeats + 1):
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            model(input_ids=ids, use_cache=True)
+            # The logits generation needs: the last position's (HF's
+            # generate prefills with logits_to_keep=1, as Kiln's bench does).
+            model(input_ids=ids, use_cache=True, logits_to_keep=1)
             torch.cuda.synchronize()
             if r > 0:
                 best = min(best, time.perf_counter() - t0)
@@ -351,9 +358,10 @@ def main():
     torch.cuda.empty_cache()
     progress()
     # Kiln's variants last: a run cut short still has every peer's numbers.
-    def prefill_variant(key, env):
+    def prefill_variant(key, env, prompt_logits=False):
         run, _ = kiln_bench(args.bundle, artifact, args.weights_dir, [1], [prefill], 1,
-                            args.repeats, synthetic=False, env=env)
+                            args.repeats, synthetic=False, env=env,
+                            prompt_logits=prompt_logits)
         result["prefill"][key] = run["results"][0]["prefill_tokens_per_s"]
         progress()
 
@@ -367,6 +375,9 @@ def main():
     if "kiln_error" not in result:
         try:
             log("Kiln: prefill variants")
+            # Every position's logits (the output head over all 2K rows, as
+            # scoring needs and as the runs before 2026-12-06 timed).
+            prefill_variant("kiln_prompt_logits_tokens_per_s", {}, prompt_logits=True)
             # The experts as one grouped library GEMM instead of one cuBLASLt
             # GEMM per expert: what the per-expert path gains.
             prefill_variant("kiln_grouped_experts_tokens_per_s",

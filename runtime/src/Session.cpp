@@ -6,6 +6,7 @@
 
 #include "KernelTimes.h"
 #include "LaunchAttributes.h"
+#include "LogitRows.h"
 #include "PagedKvCache.h"
 #include "cpu/Kernels.h"
 #include "cpu/PagedPacked.h"
@@ -173,6 +174,9 @@ struct Session::Impl {
   // The selection rows the last dispatch wrote: the only ones a combine may
   // take as row indices.
   const int32_t *dispatchedRows = nullptr;
+  // The rows whose logits the step computes, when not all (run's
+  // logitRows): the output head runs over those alone.
+  const std::vector<int64_t> *logitRows = nullptr;
   int64_t lastChunkStart = 0, lastChunkSeq = 0;
   std::vector<int> lastPrefill; // sequences of the last prefill, by row
   std::string device = "cpu";
@@ -230,11 +234,15 @@ struct Session::Impl {
 
   absl::Status bind(const art::EntryPoint *entry, BoundEntry &bound);
   std::byte *resolve(const art::TensorRef *ref);
-  /// Runs a step; a GPU copies only the logits of `logitRows` (indices into
-  /// batch x seq) when given.
+  /// Runs a step. With `logitRows` (strictly increasing indices into batch x
+  /// seq) the output head computes those rows alone: the logits buffer holds
+  /// them at their own rows (a GPU copies only those), the other rows'
+  /// logits are not computed.
   absl::Status run(const BoundEntry &bound, const StepDims &dims,
                    const std::vector<int64_t> *logitRows = nullptr);
   absl::Status launch(const BoundLaunch &bl, const StepDims &dims);
+  /// The output head (a Logits launch) over `logitRows` alone.
+  absl::Status logitsOfRows(const BoundLaunch &bl, const StepDims &dims);
   /// Each token's row in the cache slots (its position through its
   /// sequence's block table), -1 for a negative position: where fused
   /// kernels store cache rows (EntryPoint.cache_rows).
@@ -313,8 +321,11 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
                  static_cast<float>(floats(0)), as<float>(a[2]));
     return absl::OkStatus();
   }
-  case art::KernelKind::Linear:
-  case art::KernelKind::Logits: {
+  case art::KernelKind::Logits:
+    if (logitRows)
+      return logitsOfRows(bl, dims);
+    [[fallthrough]];
+  case art::KernelKind::Linear: {
     bool bias = l.kernel() == art::KernelKind::Linear && ints(0) == 1;
     int64_t in = lastDim(a[0].ref), out = staticDim(a[1].ref, 0);
     int64_t rows = numel(a[0].ref, dims) / in;
@@ -600,6 +611,31 @@ absl::Status Session::Impl::launch(const BoundLaunch &bl,
   return error("unknown kernel");
 }
 
+absl::Status Session::Impl::logitsOfRows(const BoundLaunch &bl,
+                                         const StepDims &dims) {
+  const std::vector<BoundArg> &a = bl.args;
+  int64_t in = lastDim(a[0].ref), vocabSize = staticDim(a[1].ref, 0);
+  const std::vector<int64_t> &rows = *logitRows;
+  if (absl::Status s = checkLogitRows(rows, numel(a[0].ref, dims) / in);
+      !s.ok())
+    return s;
+  float *x = as<float>(a[0]), *out = as<float>(a[2]);
+  auto n = static_cast<int64_t>(rows.size());
+  if (n == 0)
+    return absl::OkStatus(); // no sequence's last prompt token in this chunk
+  for (int64_t i = 0; i < n; ++i)
+    if (rows[i] != i)
+      std::memcpy(x + i * in, x + rows[i] * in, sizeof(float) * in);
+  cpu::linear(x, n, in, weight(a[1]), vocabSize, cpu::Weight{}, out);
+  // Last first: compact row i moves to rows[i] >= i, past every row still
+  // to be moved.
+  for (int64_t i = n - 1; i >= 0; --i)
+    if (rows[i] != i)
+      std::memcpy(out + rows[i] * vocabSize, out + i * vocabSize,
+                  sizeof(float) * vocabSize);
+  return absl::OkStatus();
+}
+
 absl::Status Session::Impl::mapCacheRows(const BoundEntry &bound,
                                          const StepDims &dims,
                                          int32_t *rows) const {
@@ -648,6 +684,12 @@ absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims,
     return absl::OkStatus();
   }
 #endif
+  // Compacting the head's input rows is safe where nothing reads them after
+  // the head: as the entry's last launch.
+  bool headLast =
+      !bound.launches.empty() &&
+      bound.launches.back().launch->kernel() == art::KernelKind::Logits;
+  this->logitRows = headLast ? logitRows : nullptr;
   if (const art::TensorRef *rows = bound.entry->cache_rows())
     if (absl::Status s = mapCacheRows(
             bound, dims,
@@ -763,7 +805,7 @@ Session::createSession(const Model &model, const SessionOptions &options) {
   const art::Model &plan = *m.plan;
   impl->model = &m;
   impl->vocab = plan.vocab_size();
-  impl->promptLogits = options.promptLogits && options.stepLogits;
+  impl->promptLogits = options.promptLogits;
   impl->stepLogits = options.stepLogits;
   const art::EntryPoint *prefill = nullptr, *decode = nullptr;
   uint64_t arenaBytes = 64;
@@ -1231,7 +1273,7 @@ std::span<const float> Session::logits(int sequence) const {
 absl::StatusOr<std::span<const float>>
 Session::promptLogits(int sequence, size_t position) const {
   const Impl &s = *impl_;
-  if (!s.promptLogits)
+  if (!s.promptLogits || !s.stepLogits)
     return absl::FailedPreconditionError(
         "prompt logits are not kept: the session was created without "
         "SessionOptions::promptLogits (or stepLogits)");

@@ -231,6 +231,63 @@ TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
   EXPECT_EQ(logits[0], logits[1]);
 }
 
+// Without prompt logits a prefill's output head computes each sequence's
+// last row alone. Llama's golden (bf16 weights) with emulated cuBLASLt and
+// prompts of 16, 9 and 12 tokens (one chunk of 3 x 16 rows, so that the
+// last rows move to the front of the head's input): with prompt logits
+// cuBLASLt takes the head's 48 rows, without them the head's 3 rows are
+// below its 16 and go to a library GEMM. logits() agree with the CPU
+// session's (every row computed) within the bf16 bound (cuBLASLt reads bf16
+// rows, the library GEMM f32), with and without.
+TEST(EmulatedGpuSession, PrefillHeadComputesTheLastRowsAlone) {
+  CompileSettings settings;
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "llama-bf16", scratchFile("emulated_last_rows.kiln"), settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::vector<int32_t> prompt(16);
+  std::iota(prompt.begin(), prompt.end(), 3);
+  std::vector<std::vector<int32_t>> prompts = {
+      prompt,
+      {prompt.begin(), prompt.begin() + 9},
+      {prompt.rbegin() + 4, prompt.rend()}};
+  auto lastLogits = [&](Device device, bool promptLogits, int64_t &gemms) {
+    std::vector<std::vector<float>> rows;
+    ::setenv("KILN_EMULATE_CUBLASLT", "1", 1);
+    SessionOptions options;
+    options.device = device;
+    options.promptLogits = promptLogits;
+    absl::StatusOr<std::unique_ptr<Session>> session =
+        Session::create(**model, options);
+    ::unsetenv("KILN_EMULATE_CUBLASLT");
+    EXPECT_TRUE(session.ok()) << session.status().message();
+    if (!session.ok())
+      return rows;
+    gemms = cuda::emulatedBlasLtCalls().bf16;
+    absl::StatusOr<std::vector<int>> ids = (*session)->prefill(prompts);
+    EXPECT_TRUE(ids.ok()) << ids.status().message();
+    gemms = cuda::emulatedBlasLtCalls().bf16 - gemms;
+    for (int id : ids.ok() ? *ids : std::vector<int>{}) {
+      std::span<const float> row = (*session)->logits(id);
+      rows.emplace_back(row.begin(), row.end());
+    }
+    return rows;
+  };
+  int64_t cpuGemms = 0, allRows = 0, lastRows = 0;
+  std::vector<std::vector<float>> cpu = lastLogits(Device::Cpu, true, cpuGemms);
+  std::vector<std::vector<float>> every =
+      lastLogits(Device::Emulated, true, allRows);
+  std::vector<std::vector<float>> last =
+      lastLogits(Device::Emulated, false, lastRows);
+  EXPECT_EQ(cpuGemms, 0);
+  // Per layer 7 GEMMs (q, k, v, o, gate, up, down), then the head's.
+  EXPECT_EQ(allRows, 2 * 7 + 1);
+  EXPECT_EQ(lastRows, 2 * 7);
+  testing::expectSameSteps(cpu, every, 1e-2f);
+  testing::expectSameSteps(cpu, last, 1e-2f);
+}
+
 // cuBLASLt GEMMs read bf16 rows, which the executor converts from f32:
 // once for the GEMMs of one input that run one after another, a linear
 // group's members run one by one (a layer's q, k and v) and a gated FFN's
@@ -1568,6 +1625,32 @@ TEST(EmulatedDriver, StreamWorkRunsWhenWaitedFor) {
   a.cuMemFree(device);
   for (CUstream s : {blocking, side, main})
     a.cuStreamDestroy(s);
+}
+
+// A device-to-device copy is stream work, and copies between overlapping
+// ranges (undefined in CUDA) are refused.
+TEST(EmulatedDriver, DeviceCopiesRunOnTheirStreamAndRefuseOverlaps) {
+  cuda::Driver driver = cuda::emulatedDriver();
+  const cuda::DriverApi &a = driver.api();
+  CUstream stream = nullptr;
+  ASSERT_EQ(a.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  CUdeviceptr device = 0;
+  ASSERT_EQ(a.cuMemAlloc(&device, 8), CUDA_SUCCESS);
+  uint8_t start[8] = {1, 2, 3, 4, 5, 6, 7, 8}, back[8] = {};
+  ASSERT_EQ(a.cuMemcpyHtoD(device, start, 8), CUDA_SUCCESS);
+  EXPECT_EQ(a.cuMemcpyDtoDAsync(device, device + 2, 4, stream),
+            CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(a.cuMemcpyDtoDAsync(device + 2, device, 4, stream),
+            CUDA_ERROR_INVALID_VALUE);
+  ASSERT_EQ(a.cuMemcpyDtoDAsync(device, device + 4, 4, stream), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuMemcpyDtoH(back, device, 8), CUDA_SUCCESS);
+  EXPECT_EQ(back[0], 1) << "nothing waited for the non-blocking stream";
+  ASSERT_EQ(a.cuStreamSynchronize(stream), CUDA_SUCCESS);
+  ASSERT_EQ(a.cuMemcpyDtoH(back, device, 8), CUDA_SUCCESS);
+  EXPECT_EQ(std::vector<uint8_t>(back, back + 8),
+            (std::vector<uint8_t>{5, 6, 7, 8, 5, 6, 7, 8}));
+  a.cuMemFree(device);
+  a.cuStreamDestroy(stream);
 }
 
 // Event timing as CUDA's: a record is stream work, so the time between two

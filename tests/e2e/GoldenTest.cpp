@@ -359,6 +359,66 @@ TEST(Batching, MixedLengthsMatchSequencesAlone) {
   }
 }
 
+// Without prompt logits a prefill's output head computes each sequence's
+// last row alone (its input rows moved to the front first). The golden
+// prompts (7, 4 and 11 tokens) in one batch, in one chunk of 16 rows each
+// and in chunks of 3 (the first chunk ends no prompt and computes no head
+// row; later ones move a row from the middle of the chunk): logits() match
+// HF's last-position logits at the golden bound and the session with every
+// position's logits to fp32 rounding (the same products summed over
+// another row count), and the decode continues to the same greedy tokens.
+TEST(PromptLogits, LastRowsAloneMatchEveryRow) {
+  Golden golden("deepseek-v3");
+  std::vector<std::vector<int32_t>> prompts = goldenPrompts(golden);
+  for (uint32_t chunk : {16u, 3u}) {
+    SCOPED_TRACE("prefill chunk " + std::to_string(chunk));
+    testing::CompileSettings settings;
+    settings.plan.maxPrefill = chunk;
+    std::filesystem::path artifact = testing::compileArtifact(
+        kGolden / "deepseek-v3", freshTempDir() / "m.kiln", settings);
+    auto model = Model::open(artifact);
+    ASSERT_TRUE(model.ok()) << errorOf(model);
+    auto vocab = static_cast<size_t>((*model)->info().vocabSize);
+    std::vector<std::vector<float>> last[2];
+    std::vector<std::vector<int32_t>> greedy[2];
+    for (bool every : {true, false}) {
+      SessionOptions options;
+      options.device = Device::Cpu;
+      options.promptLogits = every;
+      auto session = Session::create(**model, options);
+      ASSERT_TRUE(session.ok()) << errorOf(session);
+      Session &s = **session;
+      absl::StatusOr<std::vector<int>> ids = s.prefill(prompts);
+      ASSERT_TRUE(ids.ok()) << errorOf(ids);
+      greedy[every].resize(prompts.size());
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        std::span<const float> row = s.logits((*ids)[i]);
+        last[every].emplace_back(row.begin(), row.end());
+      }
+      for (int step = 0; step < 4; ++step) {
+        std::vector<int32_t> next;
+        for (size_t i = 0; i < prompts.size(); ++i) {
+          next.push_back(argmax(s.logits((*ids)[i])));
+          greedy[every][i].push_back(next.back());
+        }
+        absl::Status st = s.decode(*ids, next);
+        ASSERT_TRUE(st.ok()) << errorOf(st);
+      }
+    }
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      auto hf = golden.get<float>("prefill." + std::to_string(i) + ".logits");
+      size_t at = (prompts[i].size() - 1) * vocab;
+      Error fromHf, fromEvery;
+      fromHf.add(last[false][i], hf.subspan(at, vocab));
+      fromEvery.add(last[false][i], last[true][i]);
+      EXPECT_LE(fromHf.relative(), kRelativeTolerance) << "prompt " << i;
+      EXPECT_LE(fromEvery.relative(), 1e-6) << "prompt " << i;
+      EXPECT_EQ(argmax(last[false][i]), argmax(hf.subspan(at, vocab)));
+      EXPECT_EQ(greedy[false][i], greedy[true][i]) << "prompt " << i;
+    }
+  }
+}
+
 /// Greedy tokens of one sequence run alone: prompt, then `steps` tokens.
 std::vector<int32_t> greedyAlone(const std::filesystem::path &artifact,
                                  const std::vector<int32_t> &prompt,

@@ -1,10 +1,11 @@
 // The CUDA executor on a real GPU against the CPU executor, on the artifacts
 // scripts/gpu-prepare.sh compiles (every architecture's golden checkpoint;
 // naive and absorbed MLA; FP8 weights with an FP8 latent cache; prefill in
-// chunks; decode batches of 20): the steps of tests/runtime/DeviceSteps.h,
-// logits within each artifact's tolerance (its manifest entry: fp32
-// summation order for f32 weights, bf16 resolution where cuBLASLt rounds
-// activations to bf16 or FP8 codes may round apart). The CPU executor is
+// chunks; decode batches of 20): the steps of tests/runtime/DeviceSteps.h
+// (the GPU's prefills compute each sequence's last logits alone, the CPU's
+// every position's), logits within each artifact's tolerance (its manifest
+// entry: fp32 summation order for f32 weights, bf16 resolution where cuBLASLt
+// rounds activations to bf16 or FP8 codes may round apart). The CPU executor is
 // checked against Hugging Face in tests/e2e/GoldenTest.cpp.
 //
 // Runtime-only (no MLIR), so that it runs on a GPU machine without the

@@ -32,6 +32,7 @@ struct BenchOptions {
   int repeats = 3;
   bool syntheticContext = false;
   bool profile = false;
+  bool promptLogits = false;
   Device device = Device::Auto;
   std::string weightsDir;
 };
@@ -127,9 +128,10 @@ absl::Status bench(const BenchOptions &opts) {
   sessionOptions.kvBlocks =
       int64_t{maxBatch} * ((maxContext + opts.steps + 63) / 64 + 1);
   sessionOptions.device = opts.device;
-  // Only each sequence's last logits leave the device, as a server keeps
-  // them (HF keeps its logits on the GPU).
-  sessionOptions.promptLogits = false;
+  // A prefill computes each sequence's last logits, as generation does
+  // (HF's generate: logits_to_keep=1), and only those leave the device;
+  // --prompt-logits computes and copies every position's, as scoring does.
+  sessionOptions.promptLogits = opts.promptLogits;
   // The steps feed random tokens: their logits are never read.
   sessionOptions.stepLogits = false;
   absl::StatusOr<std::unique_ptr<Session>> session =
@@ -146,6 +148,7 @@ absl::Status bench(const BenchOptions &opts) {
        << "\",\n  \"architecture\": \"" << info.architecture
        << "\",\n  \"device\": \"" << s.device()
        << "\",\n  \"threads\": " << omp_get_max_threads()
+       << ",\n  \"prompt_logits\": " << (opts.promptLogits ? "true" : "false")
        << ",\n  \"decode_steps\": " << opts.steps << ",\n  \"results\": [";
   // Every point is timed before any is profiled: a profile that breaks the
   // device (a GPU fault ends its context) costs no timing.
@@ -258,6 +261,10 @@ CommandRunner registerBench(CLI::App &app) {
                "After each point's timed runs, run it once more with the "
                "kernel profile on and report each kernel's time per prefill "
                "and per decode step");
+  app.add_flag("--prompt-logits", opts->promptLogits,
+               "Compute and copy to the host every prompt position's "
+               "logits, as scoring does (by default a prefill computes "
+               "each sequence's last, as generation does)");
   app.add_option("--repeats", opts->repeats, "Best of this many runs")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();

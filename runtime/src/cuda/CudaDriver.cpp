@@ -46,6 +46,8 @@ absl::StatusOr<Driver> Driver::load() {
       {"cuMemcpyDtoH_v2", resolve(l, "cuMemcpyDtoH_v2", a.cuMemcpyDtoH)},
       {"cuMemcpyHtoDAsync_v2",
        resolve(l, "cuMemcpyHtoDAsync_v2", a.cuMemcpyHtoDAsync)},
+      {"cuMemcpyDtoDAsync_v2",
+       resolve(l, "cuMemcpyDtoDAsync_v2", a.cuMemcpyDtoDAsync)},
       {"cuMemsetD8Async", resolve(l, "cuMemsetD8Async", a.cuMemsetD8Async)},
       {"cuMemHostRegister_v2",
        resolve(l, "cuMemHostRegister_v2", a.cuMemHostRegister)},

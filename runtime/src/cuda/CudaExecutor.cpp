@@ -1,6 +1,7 @@
 #include "runtime/src/cuda/CudaExecutor.h"
 
 #include "LaunchAttributes.h"
+#include "LogitRows.h"
 #include "cpu/Kernels.h"
 #include "runtime/src/cuda/CublasLt.h"
 #include "runtime/src/cuda/CudaDriver.h"
@@ -232,6 +233,9 @@ struct Executor::Impl {
   /// The entry point the step runs: its profiled holds' times, and whether
   /// an attention launch reads the step's own positions and lengths.
   const art::EntryPoint *runningEntry = nullptr;
+  /// The rows whose logits the step computes, when not all (run's `rows`):
+  /// the output head runs over those alone (headOverRows).
+  const std::vector<int64_t> *logitRows = nullptr;
   std::chrono::steady_clock::time_point heldAt;
   /// The weight bytes the next counted launch reads, for the profile: set
   /// by a GEMM just before its launch; -1 where unknown.
@@ -374,6 +378,11 @@ struct Executor::Impl {
            static_cast<int64_t>(art::elementBytes(c.weightType)) *
            (c.p.wUp ? 2 : 1);
   }
+  /// Moves the output head's input rows `logitRows` to the front of its
+  /// buffer (in increasing order, so that no row is overwritten before it
+  /// moves) and narrows `c` to them: the logits of row i are those of the
+  /// step's row logitRows[i].
+  absl::Status headOverRows(GemmCall &c);
   /// A GatedLinear launch decoded (p.wUp set).
   GemmCall gatedCall(const art::Launch &launch) const;
   /// `c`, launch `l`'s (a grouped GEMM of the last dispatch's rows), in
@@ -1027,7 +1036,33 @@ absl::Status Executor::Impl::launchLibrary(const art::Launch &l) {
 }
 
 absl::Status Executor::Impl::launchGemm(const art::Launch &l) {
-  return dispatchGemm(gemmCall(l));
+  GemmCall c = gemmCall(l);
+  if (l.kernel() == art::KernelKind::Logits && logitRows) {
+    if (logitRows->empty())
+      return absl::OkStatus(); // no sequence's last prompt token in the step
+    if (absl::Status st = headOverRows(c); !st.ok())
+      return st;
+  }
+  return dispatchGemm(c);
+}
+
+absl::Status Executor::Impl::headOverRows(GemmCall &c) {
+  const std::vector<int64_t> &rows = *logitRows;
+  if (absl::Status st = checkLogitRows(rows, c.p.rows); !st.ok())
+    return st;
+  auto x = reinterpret_cast<CUdeviceptr>(c.p.x);
+  size_t rowBytes = size_t(c.p.xRowStride) * sizeof(float);
+  for (size_t i = 0; i < rows.size(); ++i)
+    if (rows[i] != int64_t(i))
+      if (absl::Status st =
+              check(api().cuMemcpyDtoDAsync(
+                        x + i * rowBytes, x + size_t(rows[i]) * rowBytes,
+                        size_t(c.p.k) * sizeof(float), stream),
+                    "gathering the output head's rows");
+          !st.ok())
+        return st;
+  c.p.rows = static_cast<int64_t>(rows.size());
+  return absl::OkStatus();
 }
 
 Executor::Impl::GemmCall Executor::Impl::gemmCall(const art::Launch &l) const {
@@ -2180,6 +2215,16 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
   }
 
   bool graph = shape.seq == 1 && s.decodeGraphs && s.graphable(*entry);
+  // A graph replays its head over every row. Elsewhere the head computes
+  // `rows` alone where compacting its input rows is safe: nothing reads
+  // them after the head, the entry's last launch.
+  const art::Launch *last =
+      entry->launches()->size()
+          ? entry->launches()->Get(entry->launches()->size() - 1)
+          : nullptr;
+  bool headOverRows =
+      rows && !graph && last && last->kernel() == art::KernelKind::Logits;
+  s.logitRows = headOverRows ? rows : nullptr;
   if (graph && !s.profiling) {
     // The graph's kernels read every per-step value from device memory;
     // its launches depend only on the batch size and the context bucket.
@@ -2236,6 +2281,7 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
       return st;
     }
   }
+  s.logitRows = nullptr;
   if (s.profiling)
     s.queuedForProfile();
   if (absl::Status st =
@@ -2252,13 +2298,16 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
   if (!rows)
     return s.check(a.cuMemcpyDtoH(logits, device, size_t(tokens) * rowBytes),
                    "copying the logits");
-  for (int64_t row : *rows)
+  for (size_t i = 0; i < rows->size(); ++i) {
+    // The head over rows wrote row (*rows)[i]'s logits at row i.
+    int64_t row = (*rows)[i], at = headOverRows ? int64_t(i) : row;
     if (absl::Status st = s.check(
             a.cuMemcpyDtoH(reinterpret_cast<char *>(logits) + row * rowBytes,
-                           device + row * rowBytes, rowBytes),
+                           device + at * rowBytes, rowBytes),
             "copying the logits");
         !st.ok())
       return st;
+  }
   return absl::OkStatus();
 }
 

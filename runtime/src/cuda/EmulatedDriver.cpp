@@ -374,6 +374,15 @@ DriverApi table() {
         stream);
     return ok();
   };
+  // CUDA leaves a copy between overlapping ranges undefined: refused here.
+  a.cuMemcpyDtoDAsync = [](CUdeviceptr dst, CUdeviceptr src, size_t bytes,
+                           CUstream stream) {
+    if (dst < src + bytes && src < dst + bytes)
+      return CUDA_ERROR_INVALID_VALUE;
+    enqueue([dst, src, bytes] { std::memcpy(toHost(dst), toHost(src), bytes); },
+            stream);
+    return ok();
+  };
   a.cuMemsetD8Async = [](CUdeviceptr dst, unsigned char value, size_t bytes,
                          CUstream stream) {
     enqueue([dst, value, bytes] { std::memset(toHost(dst), value, bytes); },
