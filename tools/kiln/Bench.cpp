@@ -129,10 +129,11 @@ absl::Status bench(const BenchOptions &opts) {
       int64_t{maxBatch} * ((maxContext + opts.steps + 63) / 64 + 1);
   sessionOptions.device = opts.device;
   // A prefill computes each sequence's last logits, as generation does
-  // (HF's generate: logits_to_keep=1), and only those leave the device;
-  // --prompt-logits computes and copies every position's, as scoring does.
+  // (HF's generate: logits_to_keep=1); --prompt-logits every position's, as
+  // scoring does.
   sessionOptions.promptLogits = opts.promptLogits;
-  // The steps feed random tokens: their logits are never read.
+  // The steps feed random tokens: their logits are never read, and stay on
+  // the device (HF's timed loops keep theirs on the GPU).
   sessionOptions.stepLogits = false;
   absl::StatusOr<std::unique_ptr<Session>> session =
       createSession(**model, sessionOptions);
@@ -262,9 +263,9 @@ CommandRunner registerBench(CLI::App &app) {
                "kernel profile on and report each kernel's time per prefill "
                "and per decode step");
   app.add_flag("--prompt-logits", opts->promptLogits,
-               "Compute and copy to the host every prompt position's "
-               "logits, as scoring does (by default a prefill computes "
-               "each sequence's last, as generation does)");
+               "Prefills compute every prompt position's logits, as "
+               "scoring does (by default each sequence's last, as "
+               "generation does)");
   app.add_option("--repeats", opts->repeats, "Best of this many runs")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
