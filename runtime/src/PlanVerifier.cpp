@@ -808,6 +808,18 @@ absl::Status Verifier::run() {
       if (absl::Status s = checkLaunch(*launch); !s.ok())
         return s;
     }
+    // The executors run the head over the rows whose logits a step reads,
+    // moving its input rows first: nothing may read them after it.
+    where_ = "entry point " + entry->name()->str() + ": ";
+    const art::Launch *head =
+        entry->launches()->size() > 0
+            ? entry->launches()->Get(entry->launches()->size() - 1)
+            : nullptr;
+    if (!head || head->kernel() != art::KernelKind::Logits ||
+        head->args()->Get(head->args()->size() - 1)->offset() !=
+            entry->logits()->offset())
+      return fail("the last launch must be the output head (Logits), "
+                  "writing the entry's logits");
     if (absl::Status s = checkFused(*entry); !s.ok())
       return s;
     if (absl::Status s = checkLinearGroups(*entry); !s.ok())

@@ -235,13 +235,13 @@ struct Session::Impl {
   absl::Status bind(const art::EntryPoint *entry, BoundEntry &bound);
   std::byte *resolve(const art::TensorRef *ref);
   /// Runs a step. With `logitRows` (strictly increasing indices into batch x
-  /// seq) the output head computes those rows alone: the logits buffer holds
-  /// them at their own rows (a GPU copies only those), the other rows'
-  /// logits are not computed.
+  /// seq) the output head computes those rows alone: row i of the logits
+  /// buffer holds row logitRows[i]'s logits.
   absl::Status run(const BoundEntry &bound, const StepDims &dims,
                    const std::vector<int64_t> *logitRows = nullptr);
   absl::Status launch(const BoundLaunch &bl, const StepDims &dims);
-  /// The output head (a Logits launch) over `logitRows` alone.
+  /// The output head (the entry's last launch, PlanVerifier checks) over
+  /// `logitRows` alone, their logits in rows 0, 1, ... of its output.
   absl::Status logitsOfRows(const BoundLaunch &bl, const StepDims &dims);
   /// Each token's row in the cache slots (its position through its
   /// sequence's block table), -1 for a negative position: where fused
@@ -627,12 +627,6 @@ absl::Status Session::Impl::logitsOfRows(const BoundLaunch &bl,
     if (rows[i] != i)
       std::memcpy(x + i * in, x + rows[i] * in, sizeof(float) * in);
   cpu::linear(x, n, in, weight(a[1]), vocabSize, cpu::Weight{}, out);
-  // Last first: compact row i moves to rows[i] >= i, past every row still
-  // to be moved.
-  for (int64_t i = n - 1; i >= 0; --i)
-    if (rows[i] != i)
-      std::memcpy(out + rows[i] * vocabSize, out + i * vocabSize,
-                  sizeof(float) * vocabSize);
   return absl::OkStatus();
 }
 
@@ -684,12 +678,7 @@ absl::Status Session::Impl::run(const BoundEntry &bound, const StepDims &dims,
     return absl::OkStatus();
   }
 #endif
-  // Compacting the head's input rows is safe where nothing reads them after
-  // the head: as the entry's last launch.
-  bool headLast =
-      !bound.launches.empty() &&
-      bound.launches.back().launch->kernel() == art::KernelKind::Logits;
-  this->logitRows = headLast ? logitRows : nullptr;
+  this->logitRows = logitRows;
   if (const art::TensorRef *rows = bound.entry->cache_rows())
     if (absl::Status s = mapCacheRows(
             bound, dims,
@@ -871,15 +860,21 @@ Session::createSession(const Model &model, const SessionOptions &options) {
   if (impl->onGpu()) {
     // The host holds the step's inputs and logits only: per entry point
     // tokens and positions [B, S], kv lengths [B], then 16-byte aligned
-    // logits [B, S, vocab].
+    // logits: [B, S, vocab] of a prefill with prompt logits, a row per
+    // sequence otherwise, none without step logits. (At a 4K prefill of 8
+    // sequences and a 129K vocabulary, 17 GB of page-locked memory against
+    // 4 MB.)
     auto inputBytes = [](const art::EntryPoint *e) {
       size_t tokens = size_t{e->max_batch()} * e->max_seq();
       return ((2 * tokens + e->max_batch()) * sizeof(int32_t) + 15) / 16 * 16;
     };
     auto entryBytes = [&](const art::EntryPoint *e) {
-      return inputBytes(e) + size_t{e->max_batch()} * e->max_seq() *
-                                 static_cast<size_t>(impl->vocab) *
-                                 sizeof(float);
+      size_t rows = !impl->stepLogits ? 0
+                    : e == prefill && impl->promptLogits
+                        ? size_t{e->max_batch()} * e->max_seq()
+                        : size_t{e->max_batch()};
+      return inputBytes(e) +
+             rows * static_cast<size_t>(impl->vocab) * sizeof(float);
     };
     impl->staging.resize(entryBytes(prefill) + entryBytes(decode));
     std::byte *base = impl->staging.data();
@@ -1133,10 +1128,12 @@ Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
               s.run(s.prefill, dims, s.promptLogits ? nullptr : &lastRows);
           !st.ok())
         return abandon(st);
-      // Keep each sequence's last-token logits from the chunk holding it.
+      // Keep each sequence's last-token logits from the chunk holding it
+      // (without prompt logits, the i-th row the step computed).
       for (size_t i = 0; s.stepLogits && i < lastRows.size(); ++i)
         std::memcpy(s.lastLogits.data() + group[lastOf[i]] * s.vocab,
-                    s.prefill.logits + lastRows[i] * s.vocab,
+                    s.prefill.logits +
+                        (s.promptLogits ? lastRows[i] : int64_t(i)) * s.vocab,
                     sizeof(float) * static_cast<size_t>(s.vocab));
       s.lastChunkStart = start;
       s.lastChunkSeq = dims.seq;

@@ -231,6 +231,36 @@ TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
   EXPECT_EQ(logits[0], logits[1]);
 }
 
+// The host's page-locked staging holds the logits a step copies back: a
+// prefill chunk's [batch, seq, vocab] with prompt logits, a row per
+// sequence without, and a decode step's row per sequence; nothing without
+// step logits.
+TEST(EmulatedGpuSession, StagingHoldsOnlyTheLogitsCopiedBack) {
+  CompileSettings settings; // 4 sequences, prefill chunks of 16
+  std::filesystem::path artifact = compileArtifact(
+      kGolden / "deepseek-v3", scratchFile("emulated_staging.kiln"), settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  auto pinnedBy = [&](bool promptLogits, bool stepLogits) -> size_t {
+    SessionOptions options;
+    options.device = Device::Emulated;
+    options.promptLogits = promptLogits;
+    options.stepLogits = stepLogits;
+    size_t before = cuda::emulatedPinnedBytes();
+    absl::StatusOr<std::unique_ptr<Session>> session =
+        Session::create(**model, options);
+    EXPECT_TRUE(session.ok()) << session.status().message();
+    return cuda::emulatedPinnedBytes() - before;
+  };
+  size_t every = pinnedBy(true, true), last = pinnedBy(false, true),
+         none = pinnedBy(true, false);
+  auto row = static_cast<size_t>((*model)->info().vocabSize) * sizeof(float);
+  EXPECT_EQ(every - last, (4 * 16 - 4) * row);
+  EXPECT_EQ(last - none, (4 + 4) * row);
+  EXPECT_EQ(pinnedBy(false, false), none);
+}
+
 // Without prompt logits a prefill's output head computes each sequence's
 // last row alone. Llama's golden (bf16 weights) with emulated cuBLASLt and
 // prompts of 16, 9 and 12 tokens (one chunk of 3 x 16 rows, so that the
@@ -1321,6 +1351,19 @@ void expectGatedLinearRejected(
     const std::function<void(artifact::LaunchT &)> &edit,
     const std::string &why) {
   expectLaunchRejected(artifact::KernelKind::GatedLinear, name, edit, why);
+}
+
+// The executors run the output head over the rows a step reads, moving its
+// input rows first: a plan in which a launch follows the head is rejected.
+TEST(EmulatedGpuSession, PlansEndWithTheOutputHead) {
+  CompileSettings settings;
+  settings.editPlan = [](artifact::ModelT &plan) {
+    auto &launches = plan.entry_points.front()->launches;
+    ASSERT_GE(launches.size(), 2u);
+    std::swap(launches[launches.size() - 1], launches[launches.size() - 2]);
+  };
+  expectRejectedAtLoad("head_not_last.kiln", settings,
+                       {"the last launch must be the output head"});
 }
 
 // A head GEMM's input columns past its input's rows.

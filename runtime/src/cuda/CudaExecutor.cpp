@@ -2215,15 +2215,9 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
   }
 
   bool graph = shape.seq == 1 && s.decodeGraphs && s.graphable(*entry);
-  // A graph replays its head over every row. Elsewhere the head computes
-  // `rows` alone where compacting its input rows is safe: nothing reads
-  // them after the head, the entry's last launch.
-  const art::Launch *last =
-      entry->launches()->size()
-          ? entry->launches()->Get(entry->launches()->size() - 1)
-          : nullptr;
-  bool headOverRows =
-      rows && !graph && last && last->kernel() == art::KernelKind::Logits;
+  // A graph replays its head over every row; elsewhere the head (the
+  // entry's last launch, PlanVerifier checks) computes `rows` alone.
+  bool headOverRows = rows && !graph;
   s.logitRows = headOverRows ? rows : nullptr;
   if (graph && !s.profiling) {
     // The graph's kernels read every per-step value from device memory;
@@ -2298,16 +2292,18 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
   if (!rows)
     return s.check(a.cuMemcpyDtoH(logits, device, size_t(tokens) * rowBytes),
                    "copying the logits");
-  for (size_t i = 0; i < rows->size(); ++i) {
-    // The head over rows wrote row (*rows)[i]'s logits at row i.
-    int64_t row = (*rows)[i], at = headOverRows ? int64_t(i) : row;
+  if (rows->empty())
+    return absl::OkStatus();
+  if (headOverRows) // it wrote them as rows 0, 1, ...
+    return s.check(a.cuMemcpyDtoH(logits, device, rows->size() * rowBytes),
+                   "copying the logits");
+  for (size_t i = 0; i < rows->size(); ++i)
     if (absl::Status st = s.check(
-            a.cuMemcpyDtoH(reinterpret_cast<char *>(logits) + row * rowBytes,
-                           device + at * rowBytes, rowBytes),
+            a.cuMemcpyDtoH(reinterpret_cast<char *>(logits) + i * rowBytes,
+                           device + (*rows)[i] * rowBytes, rowBytes),
             "copying the logits");
         !st.ok())
       return st;
-  }
   return absl::OkStatus();
 }
 

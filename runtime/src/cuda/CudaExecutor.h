@@ -85,10 +85,10 @@ public:
   void resetProfile();
 
   /// Runs entry point `entry` ("prefill" or "decode") and writes the logits
-  /// [batch, seq, vocab] to `logits`: every row, or only `rows` (strictly
-  /// increasing indices into batch x seq) where `rows` is given; none where
-  /// `logits` is null. With `rows` the output head computes only those
-  /// (outside a decode graph, where it is the entry's last launch).
+  /// [batch, seq, vocab] to `logits`, or where `rows` (strictly increasing
+  /// indices into batch x seq) is given row rows[i]'s logits as row i; none
+  /// where `logits` is null. With `rows` the output head computes only
+  /// those (outside a decode graph).
   absl::Status run(const std::string &entry, const StepShape &shape,
                    const StepInputs &inputs, float *logits,
                    const std::vector<int64_t> *rows = nullptr);

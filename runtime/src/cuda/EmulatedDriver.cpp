@@ -593,6 +593,14 @@ void emulatedEnqueue(std::function<void()> work, CUstream stream) {
 
 int64_t emulatedProgrammaticLaunches() { return programmaticLaunches; }
 
+size_t emulatedPinnedBytes() {
+  std::lock_guard<std::mutex> lock(pinnedMutex);
+  size_t bytes = 0;
+  for (const auto &[address, size] : pinnedRanges())
+    bytes += size;
+  return bytes;
+}
+
 Driver emulatedDriver() { return Driver::fromTable(table(), 13000); }
 
 } // namespace kiln::cuda

@@ -15,6 +15,7 @@
 #include "runtime/src/cpu/HostKernels.h"
 #include "runtime/src/cuda/CudaDriver.h"
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string_view>
@@ -46,6 +47,9 @@ void emulatedEnqueue(std::function<void()> work, CUstream stream);
 /// serialization. The emulation runs launches in order, which is what
 /// awaitPrecedingKernels makes of them on a GPU.
 int64_t emulatedProgrammaticLaunches();
+
+/// The host bytes page-locked now (cuMemHostRegister, not yet unregistered).
+size_t emulatedPinnedBytes();
 
 } // namespace kiln::cuda
 
