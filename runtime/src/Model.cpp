@@ -336,7 +336,9 @@ Model::open(const std::filesystem::path &path, const LoadOptions &options) {
                     return std::string(buf);
                   }() +
                   "); update Kiln");
-  if (absl::Status s = detail::verifyPlan(plan, path.string()); !s.ok())
+  if (absl::Status s = detail::verifyPlan(plan, path.string(),
+                                          impl->arenaBytesRowPerSequence);
+      !s.ok())
     return s;
 
   if (plan.weights_mode() == art::WeightsMode::Embedded) {

@@ -31,6 +31,11 @@ struct Model::Impl {
   std::vector<std::unique_ptr<frontend::SafetensorsFile>> externalFiles;
   /// The artifact's CPU kernels when loaded (for this machine's target).
   std::unique_ptr<cpu::HostKernels> hostKernels;
+  /// Per entry point, in the plan's order: the arena bytes it needs when its
+  /// output head computes a row per sequence (a session without prompt
+  /// logits): every other buffer, and the first max_batch rows of its
+  /// logits.
+  std::vector<uint64_t> arenaBytesRowPerSequence;
 };
 
 namespace detail {
@@ -44,7 +49,9 @@ uint64_t slotBytesPerToken(const artifact::KvSlot &slot);
 /// the parameter and cache tables and the arena bounds, so that a plan that
 /// passes can be executed without further checks beyond the run-time
 /// values (token ids, positions, expert indices). `source` names the file.
-absl::Status verifyPlan(const artifact::Model &plan, const std::string &source);
+/// Fills `arenaBytesRowPerSequence` (Model::Impl's) for a plan that passes.
+absl::Status verifyPlan(const artifact::Model &plan, const std::string &source,
+                        std::vector<uint64_t> &arenaBytesRowPerSequence);
 
 } // namespace detail
 } // namespace kiln

@@ -42,6 +42,11 @@ public:
       : plan_(plan), source_(source) {}
 
   absl::Status run();
+  /// Per entry point (after run): the arena bytes of every buffer but the
+  /// logits, and the logits' first max_batch rows.
+  const std::vector<uint64_t> &arenaBytesRowPerSequence() const {
+    return rowPerSequence_;
+  }
 
 private:
   absl::Status fail(const std::string &what) const {
@@ -134,6 +139,11 @@ private:
   std::string where_;
   Bounds bounds_{};
   uint64_t arenaBytes_ = 0;
+  // The entry point's logits and its head's output (the same buffer),
+  // left out of otherEnd_: the end of every other arena buffer checked.
+  const art::TensorRef *logits_ = nullptr, *headOut_ = nullptr;
+  uint64_t otherEnd_ = 0;
+  std::vector<uint64_t> rowPerSequence_;
 };
 
 absl::Status Verifier::checkRef(const art::TensorRef *ref, const char *role) {
@@ -171,6 +181,8 @@ absl::Status Verifier::checkRef(const art::TensorRef *ref, const char *role) {
                   std::to_string(ref->offset()) + " (" + std::to_string(bytes) +
                   " bytes) exceeds the arena (" + std::to_string(arenaBytes_) +
                   " bytes)");
+    if (ref != logits_ && ref != headOut_)
+      otherEnd_ = std::max(otherEnd_, ref->offset() + bytes);
     return absl::OkStatus();
   case art::Storage::Parameter: {
     if (ref->index() >= plan_.parameters()->size())
@@ -773,6 +785,15 @@ absl::Status Verifier::run() {
                uint64_t{entry->max_batch()} * entry->max_seq() *
                    plan_.moe_top_k()};
     arenaBytes_ = entry->arena_bytes();
+    logits_ = entry->logits();
+    const art::Launch *last =
+        entry->launches()->size() > 0
+            ? entry->launches()->Get(entry->launches()->size() - 1)
+            : nullptr;
+    headOut_ = last && last->args() && last->args()->size() > 0
+                   ? last->args()->Get(last->args()->size() - 1)
+                   : nullptr;
+    otherEnd_ = 0;
     for (auto [ref, role] : {std::pair{entry->tokens(), "tokens"},
                              {entry->positions(), "positions"},
                              {entry->kv_lengths(), "kv_lengths"},
@@ -826,6 +847,10 @@ absl::Status Verifier::run() {
       return s;
     if (absl::Status s = checkRoutedReaders(*entry); !s.ok())
       return s;
+    rowPerSequence_.push_back(
+        std::max(otherEnd_, entry->logits()->offset() +
+                                uint64_t{entry->max_batch()} *
+                                    plan_.vocab_size() * sizeof(float)));
   }
   return absl::OkStatus();
 }
@@ -1040,8 +1065,13 @@ uint64_t slotBytesPerToken(const art::KvSlot &slot) {
   return elements * elementBytes(slot.type());
 }
 
-absl::Status verifyPlan(const art::Model &plan, const std::string &source) {
-  return Verifier(plan, source).run();
+absl::Status verifyPlan(const art::Model &plan, const std::string &source,
+                        std::vector<uint64_t> &arenaBytesRowPerSequence) {
+  Verifier verifier(plan, source);
+  if (absl::Status s = verifier.run(); !s.ok())
+    return s;
+  arenaBytesRowPerSequence = verifier.arenaBytesRowPerSequence();
+  return absl::OkStatus();
 }
 
 } // namespace kiln::detail

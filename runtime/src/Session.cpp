@@ -223,7 +223,7 @@ struct Session::Impl {
   /// not the GPU when the artifact has GPU code).
   absl::Status chooseDevice(const SessionOptions &options,
                             const PagedKvCache::Options &cache,
-                            int64_t tableStride);
+                            int64_t tableStride, uint64_t arenaBytes);
   bool onGpu() const {
 #ifdef KILN_HAVE_CUDA_EXECUTOR
     return gpu != nullptr;
@@ -797,13 +797,18 @@ Session::createSession(const Model &model, const SessionOptions &options) {
   impl->promptLogits = options.promptLogits;
   impl->stepLogits = options.stepLogits;
   const art::EntryPoint *prefill = nullptr, *decode = nullptr;
+  // Without prompt logits an output head computes a row per sequence, so
+  // the logits take max_batch rows of the arena, not max_batch x max_seq.
   uint64_t arenaBytes = 64;
-  for (const art::EntryPoint *e : *plan.entry_points()) {
+  for (size_t i = 0; i < plan.entry_points()->size(); ++i) {
+    const art::EntryPoint *e = plan.entry_points()->Get(i);
     if (e->name()->str() == "prefill")
       prefill = e;
     else if (e->name()->str() == "decode")
       decode = e;
-    arenaBytes = std::max<uint64_t>(arenaBytes, e->arena_bytes());
+    arenaBytes = std::max<uint64_t>(
+        arenaBytes, options.promptLogits ? e->arena_bytes()
+                                         : m.arenaBytesRowPerSequence[i]);
   }
   if (!prefill || !decode)
     return absl::InvalidArgumentError(
@@ -843,7 +848,8 @@ Session::createSession(const Model &model, const SessionOptions &options) {
         std::to_string(cacheOptions.numBlocks) +
         " blocks has more rows than the fused kernels that store cache rows "
         "index (2^31)");
-  if (absl::Status s = impl->chooseDevice(options, cacheOptions, perSequence);
+  if (absl::Status s =
+          impl->chooseDevice(options, cacheOptions, perSequence, arenaBytes);
       !s.ok())
     return s;
   cacheOptions.hostStorage = !impl->onGpu();
@@ -974,7 +980,8 @@ Session::createSession(const Model &model, const SessionOptions &options) {
 
 absl::Status Session::Impl::chooseDevice(const SessionOptions &options,
                                          const PagedKvCache::Options &cache,
-                                         int64_t tableStride) {
+                                         int64_t tableStride,
+                                         uint64_t arenaBytes) {
   const art::Model &plan = *model->plan;
   bool gpuCode = plan.gpu_modules() && plan.gpu_modules()->size() > 0;
   if (options.device == Device::Cpu) {
@@ -995,7 +1002,7 @@ absl::Status Session::Impl::chooseDevice(const SessionOptions &options,
   layout.tableStride = tableStride;
   layout.maxBatch = static_cast<int>(maxBatch);
   absl::StatusOr<std::unique_ptr<cuda::Executor>> executor =
-      cuda::Executor::create(*model, layout,
+      cuda::Executor::create(*model, layout, arenaBytes,
                              /*requireGpuCode=*/options.device == Device::Auto,
                              /*emulate=*/options.device == Device::Emulated);
   if (executor.ok()) {
@@ -1007,6 +1014,7 @@ absl::Status Session::Impl::chooseDevice(const SessionOptions &options,
 #else
   (void)cache;
   (void)tableStride;
+  (void)arenaBytes;
   absl::Status why =
       absl::UnavailableError("this runtime was built without CUDA");
 #endif

@@ -261,6 +261,62 @@ TEST(EmulatedGpuSession, StagingHoldsOnlyTheLogitsCopiedBack) {
   EXPECT_EQ(pinnedBy(false, false), none);
 }
 
+// Without prompt logits the arena holds a row of logits per sequence, not
+// a prefill chunk's [batch, seq, vocab]. The tiny DeepSeek-V3 with an
+// 8,192-token vocabulary, so that the logits (4 sequences x 16-token
+// chunks: 2 MB) outgrow every other buffer and end the arena: the session
+// allocates 60 rows of logits less device memory. Its steps stay inside
+// their allocations (the emulated driver checks the bytes past each one
+// when it is freed).
+TEST(EmulatedGpuSession, ArenaHoldsALogitsRowPerSequenceWithoutPromptLogits) {
+  nlohmann::json config =
+      nlohmann::json::parse(*models::findPreset("tiny-deepseek-v3"));
+  config["vocab_size"] = 8192;
+  mlir::MLIRContext context;
+  models::InitModelOptions init;
+  init.configJson = config.dump();
+  init.configName = "wide-vocabulary";
+  init.seed = 5;
+  init.outputDir = scratchFile("wide_vocabulary");
+  init.dtype = frontend::DType::F32;
+  absl::Status written = models::initModel(context, init);
+  ASSERT_TRUE(written.ok()) << written.message();
+  CompileSettings settings; // 4 sequences, prefill chunks of 16
+  std::filesystem::path artifact = compileArtifact(
+      init.outputDir, scratchFile("wide_vocabulary.kiln"), settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::vector<std::vector<float>> logits[2];
+  auto deviceBytes = [&](bool promptLogits) -> size_t {
+    SessionOptions options;
+    options.device = Device::Emulated;
+    options.promptLogits = promptLogits;
+    size_t before = cuda::emulatedDeviceBytes();
+    absl::StatusOr<std::unique_ptr<Session>> session =
+        Session::create(**model, options);
+    EXPECT_TRUE(session.ok()) << session.status().message();
+    if (!session.ok())
+      return 0;
+    size_t bytes = cuda::emulatedDeviceBytes() - before;
+    // All four end in the one chunk: its head computes four rows.
+    std::vector<std::vector<int32_t>> prompts = {
+        std::vector<int32_t>(16, 5), {7, 7}, {9, 8, 7, 6, 5}, {1}};
+    absl::StatusOr<std::vector<int>> ids = (*session)->prefill(prompts);
+    EXPECT_TRUE(ids.ok()) << ids.status().message();
+    std::vector<int32_t> next(prompts.size(), 3);
+    EXPECT_TRUE(ids.ok() && (*session)->decode(*ids, next).ok());
+    for (int id : ids.ok() ? *ids : std::vector<int>{}) {
+      std::span<const float> row = (*session)->logits(id);
+      logits[promptLogits].emplace_back(row.begin(), row.end());
+    }
+    return bytes;
+  };
+  size_t every = deviceBytes(true), last = deviceBytes(false);
+  EXPECT_EQ(every - last, (4 * 16 - 4) * size_t{8192} * sizeof(float));
+  EXPECT_EQ(logits[0], logits[1]);
+}
+
 // Without prompt logits a prefill's output head computes each sequence's
 // last row alone. Llama's golden (bf16 weights) with emulated cuBLASLt and
 // prompts of 16, 9 and 12 tokens (one chunk of 3 x 16 rows, so that the

@@ -148,8 +148,9 @@ struct SessionOptions {
   /// output head computes one row per sequence, its last token's (what
   /// logits() returns), as generation needs and as vLLM and HF's generate
   /// do: at 2K tokens and a 100K vocabulary, 0.4 MB of logits instead of
-  /// 0.8 GB (a GPU session also page-locks that much less host memory),
-  /// and a GEMV over the head's weights instead of a 2K-row GEMM.
+  /// 0.8 GB (a GPU session's page-locked staging holds that much less, and
+  /// the arena up to that, as its layout allows), and a GEMV over the
+  /// head's weights instead of a 2K-row GEMM.
   bool promptLogits = true;
   /// Copy each step's logits to the host (what logits() and promptLogits()
   /// return). Off, for benchmarks that feed their own tokens: a GPU

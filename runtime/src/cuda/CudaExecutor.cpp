@@ -67,6 +67,7 @@ struct GraphKey {
 struct Executor::Impl {
   const Model::Impl *model = nullptr;
   CacheLayout cache;
+  uint64_t arenaBytes = 0; // Executor::create's
   std::optional<Driver> driver;
   // Dense bf16 GEMMs of many rows; absent (own kernels) where it is not.
   std::optional<BlasLt> blas;
@@ -659,10 +660,8 @@ absl::Status Executor::Impl::uploadParameters() {
 
 absl::Status Executor::Impl::allocateState() {
   const art::Model &plan = *model->plan;
-  uint64_t arenaBytes = 256;
   size_t heads = 0, dv = 0, experts = 0;
   for (const art::EntryPoint *e : *plan.entry_points()) {
-    arenaBytes = std::max<uint64_t>(arenaBytes, e->arena_bytes());
     for (const art::Launch *l : *e->launches())
       if (l->kernel() == art::KernelKind::Attention) {
         heads = std::max<size_t>(heads, staticDim(l->args()->Get(0), 2));
@@ -671,7 +670,8 @@ absl::Status Executor::Impl::allocateState() {
         experts = std::max<size_t>(experts, l->ints()->Get(0));
       }
   }
-  absl::StatusOr<CUdeviceptr> a = allocate(arenaBytes, "the arena");
+  absl::StatusOr<CUdeviceptr> a =
+      allocate(std::max<uint64_t>(arenaBytes, 256), "the arena");
   if (!a.ok())
     return a.status();
   arena = *a;
@@ -2029,10 +2029,11 @@ absl::StatusOr<int> environmentCount(const char *name, int fallback, int most) {
 
 absl::StatusOr<std::unique_ptr<Executor>>
 Executor::create(const Model::Impl &model, const CacheLayout &cache,
-                 bool requireGpuCode, bool emulate) {
+                 uint64_t arenaBytes, bool requireGpuCode, bool emulate) {
   auto impl = std::make_unique<Impl>();
   impl->model = &model;
   impl->cache = cache;
+  impl->arenaBytes = arenaBytes;
   impl->emulated = emulate;
   if (absl::Status s = impl->checkSupported(); !s.ok())
     return s;

@@ -58,10 +58,12 @@ public:
   /// Unavailable (with the reason) when there is no driver or GPU, or the
   /// artifact has no kernels for this GPU while `requireGpuCode`; other
   /// errors for what fails on a working GPU (e.g. out of memory). With
-  /// `emulate`, the driver is EmulatedDriver.h's host emulation.
+  /// `emulate`, the driver is EmulatedDriver.h's host emulation. The arena
+  /// takes `arenaBytes` (at least every entry point's need for the logits
+  /// the session asks for).
   static absl::StatusOr<std::unique_ptr<Executor>>
   create(const Model::Impl &model, const CacheLayout &cache,
-         bool requireGpuCode, bool emulate = false);
+         uint64_t arenaBytes, bool requireGpuCode, bool emulate = false);
   ~Executor();
 
   /// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, generated kernels: sm_90a)".

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -194,6 +195,28 @@ bool pinned(const void *p, size_t bytes) {
   return address + bytes <= it->first + it->second;
 }
 
+/// Device allocations and their sizes. Each is followed by guard bytes (to
+/// the next 256 and kGuardBytes more) that a free finds unchanged, or the
+/// process stops: a kernel or copy wrote past the end of its buffer.
+constexpr size_t kGuardBytes = 256;
+constexpr unsigned char kGuardByte = 0xA5;
+std::mutex allocationMutex;
+std::map<unsigned char *, size_t> &allocations() {
+  static std::map<unsigned char *, size_t> sizes;
+  return sizes;
+}
+void checkGuard(const unsigned char *memory, size_t bytes) {
+  size_t end = (bytes + 255) / 256 * 256 + kGuardBytes;
+  for (size_t i = bytes; i < end; ++i)
+    if (memory[i] != kGuardByte) {
+      std::fprintf(stderr,
+                   "kiln emulated device: byte %zu past the end of a "
+                   "%zu-byte allocation was written\n",
+                   i - bytes, bytes);
+      std::abort();
+    }
+}
+
 // Capture of one stream at a time: into which graph, and whether a call
 // CUDA refuses during capture has invalidated it.
 thread_local Graph *capturing = nullptr;
@@ -332,15 +355,29 @@ DriverApi table() {
   a.cuDevicePrimaryCtxRelease = [](CUdevice) { return ok(); };
   a.cuCtxSetCurrent = [](CUcontext) { return ok(); };
   a.cuMemAlloc = [](CUdeviceptr *p, size_t bytes) {
-    void *memory = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+    size_t rounded = (bytes + 255) / 256 * 256;
+    auto *memory = static_cast<unsigned char *>(
+        std::aligned_alloc(256, rounded + kGuardBytes));
     if (!memory)
       return CUDA_ERROR_OUT_OF_MEMORY;
+    std::memset(memory + bytes, kGuardByte, rounded + kGuardBytes - bytes);
+    std::lock_guard<std::mutex> lock(allocationMutex);
+    allocations()[memory] = bytes;
     *p = toDevice(memory);
     return ok();
   };
   a.cuMemFree = [](CUdeviceptr p) {
     runBlockingStreams(true); // a free waits for the device
-    std::free(toHost(p));
+    auto *memory = static_cast<unsigned char *>(toHost(p));
+    {
+      std::lock_guard<std::mutex> lock(allocationMutex);
+      auto it = allocations().find(memory);
+      if (it == allocations().end())
+        return CUDA_ERROR_INVALID_VALUE;
+      checkGuard(memory, it->second);
+      allocations().erase(it);
+    }
+    std::free(memory);
     return ok();
   };
   a.cuMemcpyHtoD = [](CUdeviceptr dst, const void *src, size_t bytes) {
@@ -592,6 +629,14 @@ void emulatedEnqueue(std::function<void()> work, CUstream stream) {
 }
 
 int64_t emulatedProgrammaticLaunches() { return programmaticLaunches; }
+
+size_t emulatedDeviceBytes() {
+  std::lock_guard<std::mutex> lock(allocationMutex);
+  size_t bytes = 0;
+  for (const auto &[memory, size] : allocations())
+    bytes += size;
+  return bytes;
+}
 
 size_t emulatedPinnedBytes() {
   std::lock_guard<std::mutex> lock(pinnedMutex);

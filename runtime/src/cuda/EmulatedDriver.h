@@ -51,6 +51,11 @@ int64_t emulatedProgrammaticLaunches();
 /// The host bytes page-locked now (cuMemHostRegister, not yet unregistered).
 size_t emulatedPinnedBytes();
 
+/// The device bytes allocated now (cuMemAlloc, not yet freed). A free finds
+/// the bytes past each allocation's end as they were left, or stops the
+/// process naming the allocation: something wrote past its end.
+size_t emulatedDeviceBytes();
+
 } // namespace kiln::cuda
 
 #endif // KILN_RUNTIME_CUDA_EMULATEDDRIVER_H
