@@ -785,13 +785,15 @@ absl::Status Verifier::run() {
                uint64_t{entry->max_batch()} * entry->max_seq() *
                    plan_.moe_top_k()};
     arenaBytes_ = entry->arena_bytes();
-    logits_ = entry->logits();
-    const art::Launch *last =
+    // The executors run the head over the rows whose logits a step reads,
+    // moving its input rows first: nothing may read them after it.
+    const art::Launch *head =
         entry->launches()->size() > 0
             ? entry->launches()->Get(entry->launches()->size() - 1)
             : nullptr;
-    headOut_ = last && last->args() && last->args()->size() > 0
-                   ? last->args()->Get(last->args()->size() - 1)
+    logits_ = entry->logits();
+    headOut_ = head && head->args() && head->args()->size() > 0
+                   ? head->args()->Get(head->args()->size() - 1)
                    : nullptr;
     otherEnd_ = 0;
     for (auto [ref, role] : {std::pair{entry->tokens(), "tokens"},
@@ -829,16 +831,9 @@ absl::Status Verifier::run() {
       if (absl::Status s = checkLaunch(*launch); !s.ok())
         return s;
     }
-    // The executors run the head over the rows whose logits a step reads,
-    // moving its input rows first: nothing may read them after it.
     where_ = "entry point " + entry->name()->str() + ": ";
-    const art::Launch *head =
-        entry->launches()->size() > 0
-            ? entry->launches()->Get(entry->launches()->size() - 1)
-            : nullptr;
     if (!head || head->kernel() != art::KernelKind::Logits ||
-        head->args()->Get(head->args()->size() - 1)->offset() !=
-            entry->logits()->offset())
+        headOut_->offset() != entry->logits()->offset())
       return fail("the last launch must be the output head (Logits), "
                   "writing the entry's logits");
     if (absl::Status s = checkFused(*entry); !s.ok())

@@ -367,6 +367,8 @@ DriverApi table() {
     return ok();
   };
   a.cuMemFree = [](CUdeviceptr p) {
+    if (!p)
+      return ok();
     runBlockingStreams(true); // a free waits for the device
     auto *memory = static_cast<unsigned char *>(toHost(p));
     {
