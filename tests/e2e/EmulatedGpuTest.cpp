@@ -261,6 +261,24 @@ TEST(EmulatedGpuSession, StagingHoldsOnlyTheLogitsCopiedBack) {
   EXPECT_EQ(pinnedBy(false, false), none);
 }
 
+/// A model directory written from `config` with seeded random f32 weights
+/// (as `kiln init-model`) under the run's scratch directory; empty (with a
+/// failure recorded) when it cannot be written.
+std::filesystem::path writeModel(const nlohmann::json &config,
+                                 const std::string &name, uint64_t seed) {
+  mlir::MLIRContext context;
+  models::InitModelOptions init;
+  init.configJson = config.dump();
+  init.configName = name;
+  init.seed = seed;
+  init.outputDir = scratchFile(name);
+  init.dtype = frontend::DType::F32;
+  absl::Status written = models::initModel(context, init);
+  EXPECT_TRUE(written.ok()) << written.message();
+  return written.ok() ? std::filesystem::path(init.outputDir)
+                      : std::filesystem::path();
+}
+
 // Without prompt logits the arena holds a row of logits per sequence, not
 // a prefill chunk's [batch, seq, vocab]. The tiny DeepSeek-V3 with an
 // 8,192-token vocabulary, so that the logits (4 sequences x 16-token
@@ -272,18 +290,11 @@ TEST(EmulatedGpuSession, ArenaHoldsALogitsRowPerSequenceWithoutPromptLogits) {
   nlohmann::json config =
       nlohmann::json::parse(*models::findPreset("tiny-deepseek-v3"));
   config["vocab_size"] = 8192;
-  mlir::MLIRContext context;
-  models::InitModelOptions init;
-  init.configJson = config.dump();
-  init.configName = "wide-vocabulary";
-  init.seed = 5;
-  init.outputDir = scratchFile("wide_vocabulary");
-  init.dtype = frontend::DType::F32;
-  absl::Status written = models::initModel(context, init);
-  ASSERT_TRUE(written.ok()) << written.message();
+  std::filesystem::path dir = writeModel(config, "wide_vocabulary", 5);
+  ASSERT_FALSE(dir.empty());
   CompileSettings settings; // 4 sequences, prefill chunks of 16
-  std::filesystem::path artifact = compileArtifact(
-      init.outputDir, scratchFile("wide_vocabulary.kiln"), settings);
+  std::filesystem::path artifact =
+      compileArtifact(dir, scratchFile("wide_vocabulary.kiln"), settings);
   ASSERT_FALSE(artifact.empty());
   absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
   ASSERT_TRUE(model.ok()) << model.status().message();
@@ -1814,20 +1825,13 @@ TEST(EmulatedCublasLt, BlockScaledFp8MatchesTheCpu) {
            {"num_nextn_predict_layers", 0}})
     config[key] = value;
   config["q_lora_rank"] = nullptr;
-  mlir::MLIRContext context;
-  models::InitModelOptions init;
-  init.configJson = config.dump();
-  init.configName = "fp8-probe";
-  init.seed = 3;
-  init.outputDir = scratchFile("fp8_probe");
-  init.dtype = frontend::DType::F32;
-  absl::Status written = models::initModel(context, init);
-  ASSERT_TRUE(written.ok()) << written.message();
+  std::filesystem::path dir = writeModel(config, "fp8_probe", 3);
+  ASSERT_FALSE(dir.empty());
   CompileSettings settings;
   settings.optimize.mla = "absorbed";
   settings.optimize.quantizeFp8 = true;
   std::filesystem::path artifact =
-      compileArtifact(init.outputDir, scratchFile("fp8_probe.kiln"), settings);
+      compileArtifact(dir, scratchFile("fp8_probe.kiln"), settings);
   ASSERT_FALSE(artifact.empty());
   expectEmulatedCublasLtMatches(artifact, &cuda::EmulatedBlasLtCalls::fp8,
                                 1e-4f);

@@ -632,21 +632,21 @@ void emulatedEnqueue(std::function<void()> work, CUstream stream) {
 
 int64_t emulatedProgrammaticLaunches() { return programmaticLaunches; }
 
-size_t emulatedDeviceBytes() {
-  std::lock_guard<std::mutex> lock(allocationMutex);
+/// The sizes in `ranges` added up, under the lock that guards it.
+template <class Key>
+size_t totalBytes(std::mutex &guard, const std::map<Key, size_t> &ranges) {
+  std::lock_guard<std::mutex> lock(guard);
   size_t bytes = 0;
-  for (const auto &[memory, size] : allocations())
+  for (const auto &[start, size] : ranges)
     bytes += size;
   return bytes;
 }
 
-size_t emulatedPinnedBytes() {
-  std::lock_guard<std::mutex> lock(pinnedMutex);
-  size_t bytes = 0;
-  for (const auto &[address, size] : pinnedRanges())
-    bytes += size;
-  return bytes;
+size_t emulatedDeviceBytes() {
+  return totalBytes(allocationMutex, allocations());
 }
+
+size_t emulatedPinnedBytes() { return totalBytes(pinnedMutex, pinnedRanges()); }
 
 Driver emulatedDriver() { return Driver::fromTable(table(), 13000); }
 
