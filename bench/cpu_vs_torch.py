@@ -552,9 +552,10 @@ def main():
             "batches": batches, "context": context, "decode_steps": steps, "repeats": repeats,
             "quick": args.quick, "dtype": "float32",
             "torch": "HF eager: attn_implementation=eager, inference_mode, DynamicCache, "
-                     "one warm-up run then best of repeats; prefill computes all positions' logits",
+                     "one warm-up run then best of repeats; prefill computes the last "
+                     "position's logits (logits_to_keep=1, as generate does)",
             "kiln": "kiln bench with repeats+1 runs (best-of; the extra run is the warm-up); "
-                    "prefill computes all positions' logits",
+                    "prefill computes each sequence's last logits (no --prompt-logits)",
         },
         "models": {},
         "targets": {},
