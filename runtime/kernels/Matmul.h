@@ -5,7 +5,7 @@
 // so no count reaches the host). The host builds are tested against the CPU
 // kernels in tests/runtime/MatmulKernelTest.cpp. cuBLASLt takes dense bf16
 // and block-scaled FP8 GEMMs of many rows, and a prefill's experts one by
-// one (CudaExecutor.cpp); these kernels take the rest.
+// one (CudaExecutorGemms.cpp); these kernels take the rest.
 //
 // Each warp owns one weight row (output column) and streams it, 8
 // consecutive weights per lane per step (one 16-byte load for bf16/f16
