@@ -109,7 +109,7 @@ compare+=('{"name": "deepseek-v3-bf16cache-mma", "artifact": "deepseek-v3-bf16ca
 # Decode batches of 20 (cuBLASLt's GEMMs inside the decode graph, the
 # tensor-core GEMMs of several rows per matrix: a serving batch's path).
 # The MoE model's bf16 activations put its logits up to 1% of the row's
-# largest apart from the CPU's (tests/e2e/EmulatedGpuTest.cpp).
+# largest apart from the CPU's (tests/e2e/EmulatedDriverTest.cpp).
 for model in llama-bf16 deepseek-v2-lite-bf16; do
   "$kiln" compile-model "$root/tests/golden/$model" \
     -o "$bundle/artifacts/compare/$model-wide.kiln" \
