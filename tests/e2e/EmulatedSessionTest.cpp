@@ -394,6 +394,58 @@ TEST(EmulatedGpuSession, ProgrammaticLaunchByDefaultOrOff) {
   EXPECT_EQ(steps[0], steps[1]);
 }
 
+// A prefill chunk of one token per sequence is a step the executor
+// captures and replays as a graph, as a decode step: the prefill's graph,
+// not the decode's of the same batch size and context bucket (they were
+// one, keyed by those two: the chunk replayed the decode's launches over
+// the prefill's inputs, or a later decode the prefill's). Qwen2's golden
+// in chunks of 8, where a 9-token prompt ends in a 1-token chunk and a
+// 1-token prompt is one: after a decode step, and before one; the logits
+// of every step as the CPU's.
+TEST(EmulatedGpuSession, OneTokenPrefillChunksReplayThePrefillsGraph) {
+  CompileSettings settings;
+  settings.plan.maxPrefill = 8;
+  std::filesystem::path artifact =
+      compileArtifact(kGolden / "qwen2",
+                      scratchFile("emulated_one_token_chunks.kiln"), settings);
+  ASSERT_FALSE(artifact.empty());
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::vector<std::vector<float>> steps[2];
+  for (Device device : {Device::Cpu, Device::Emulated}) {
+    SessionOptions options;
+    options.device = device;
+    absl::StatusOr<std::unique_ptr<Session>> session =
+        Session::create(**model, options);
+    ASSERT_TRUE(session.ok()) << session.status().message();
+    Session &s = **session;
+    std::vector<std::vector<float>> &out = steps[device == Device::Emulated];
+    auto keep = [&](const std::vector<int> &ids) {
+      for (int id : ids)
+        out.emplace_back(s.logits(id).begin(), s.logits(id).end());
+    };
+    absl::StatusOr<std::vector<int>> first = s.prefill({{3, 4, 5, 6, 7}});
+    ASSERT_TRUE(first.ok()) << first.status().message();
+    for (int32_t token : {11, 12}) {
+      ASSERT_TRUE(s.decode(*first, std::span(&token, 1)).ok());
+      keep(*first);
+    }
+    absl::StatusOr<std::vector<int>> nine =
+        s.prefill({{40, 39, 38, 37, 36, 35, 34, 33, 32}});
+    ASSERT_TRUE(nine.ok()) << nine.status().message();
+    keep(*nine);
+    absl::StatusOr<std::vector<int>> one = s.prefill({{21}});
+    ASSERT_TRUE(one.ok()) << one.status().message();
+    keep(*one);
+    std::vector<int> all = {first->front(), nine->front(), one->front()};
+    for (int32_t token : {13, 14}) {
+      ASSERT_TRUE(s.decode(all, std::vector<int32_t>(3, token)).ok());
+      keep(all);
+    }
+  }
+  testing::expectSameSteps(steps[0], steps[1], 1e-4f);
+}
+
 // Without step logits nothing is copied back: the steps still run and
 // lengthen the sequences, logits() is empty and promptLogits() refused, on
 // either device.

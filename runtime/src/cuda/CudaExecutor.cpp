@@ -456,8 +456,11 @@ absl::Status Executor::Impl::launchKernel(CUfunction f, Dim3 grid,
 
 bool Executor::Impl::graphable(const art::EntryPoint &entry) const {
   for (const art::Launch *l : *entry.launches())
-    if (l->kernel() == art::KernelKind::KvGather)
-      return false;
+    for (const art::TensorRef *ref : *l->args())
+      if (ref->storage() == art::Storage::Arena)
+        for (const art::Dim *d : *ref->shape())
+          if (d->symbol() == art::DimSymbol::KvLen)
+            return false;
   return true;
 }
 
@@ -800,8 +803,9 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
   s.logitRows = headOverRows ? rows : nullptr;
   if (graph && !s.profiling) {
     // The graph's kernels read every per-step value from device memory;
-    // its launches depend only on the batch size and the context bucket.
-    Impl::GraphKey key{shape.batch, s.contextBucket(shape.kvLen)};
+    // its launches depend only on the entry point, the batch size and the
+    // context bucket.
+    Impl::GraphKey key{entry, shape.batch, s.contextBucket(shape.kvLen)};
     auto it = s.graphs.find(key);
     if (it == s.graphs.end()) {
       s.shape.kvLen = key.bucket;

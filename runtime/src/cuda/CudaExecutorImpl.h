@@ -43,12 +43,16 @@ struct Executor::Impl {
     CUdeviceptr ptr = 0;
     size_t bytes = 0;
   };
-  /// The graph of a decode step: per batch size and context bucket (the
-  /// attention kernels' split count depends on it).
+  /// The graph of a step of one token per sequence: per entry point (a
+  /// prefill's one-token chunk runs the prefill's launches, not the
+  /// decode's), batch size and context bucket (the attention kernels'
+  /// split count depends on it).
   struct GraphKey {
+    const artifact::EntryPoint *entry;
     int64_t batch, bucket;
     bool operator<(const GraphKey &o) const {
-      return batch != o.batch ? batch < o.batch : bucket < o.bucket;
+      return std::tie(entry, batch, bucket) <
+             std::tie(o.entry, o.batch, o.bucket);
     }
   };
   static int64_t lastDim(const artifact::TensorRef *ref) {
