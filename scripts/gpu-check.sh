@@ -5,8 +5,9 @@
 # in this order:
 #
 #   tests     the GPU-labelled tests: the driver test and the CUDA executor
-#             against the CPU executor on every architecture
-#             (kiln-gpu-tests); the library kernels' host builds run too, as
+#             against the CPU executor on every architecture, and under a
+#             random continuous-batching schedule (kiln-gpu-tests); the
+#             library kernels' host builds run too, as
 #             a check of the carried binaries
 #   numerics  against Hugging Face on the same GPU (tests/gpu/check_numerics.py):
 #             every tiny golden model and the 4-layer V2-Lite-dimension model

@@ -130,6 +130,22 @@ compare+=('{"name": "deepseek-v2-lite-bf16-no-pdl", "artifact": "deepseek-v2-lit
 # ends.
 compare+=('{"name": "deepseek-v2-lite-bf16-profiled", "artifact": "deepseek-v2-lite-bf16", "tolerance": 1e-2, "env": {"KILN_PROFILE": "1", "KILN_EXPERT_GEMMS": "per-expert"}}')
 
+# Continuous batching under the random schedule of tests/runtime/RandomSchedule.h
+# (tests/e2e/ContinuousBatchingTest.cpp's bounds: prefill chunks of 8, 4
+# sequences, 320 tokens, a 12-block cache): the device's batched steps
+# against each sequence alone on the CPU. f32 weights: a bf16 model's
+# numerics follow the batch's size (one row per matrix is a GEMV of f32
+# activations, more go to the tensor cores in bf16), which an MoE router
+# amplifies where two experts' scores are close.
+schedules=()
+schedule() { # name, golden model, tolerance
+  "$kiln" compile-model "$root/tests/golden/$2" -o "$bundle/artifacts/compare/$1.kiln" \
+    --target=cpu,sm_90a --max-batch 4 --max-prefill 8 --max-context 320
+  schedules+=("{\"name\": \"$1\", \"tolerance\": $3, \"max_batch\": 4, \"max_context\": 320, \"cache_blocks\": 12}")
+}
+schedule qwen2-schedule qwen2 1e-3
+schedule deepseek-v2-lite-schedule deepseek-v2-lite 1e-3
+
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 # FP8 weights whose GEMMs cuBLASLt's block-scaled kernels take (k a multiple
@@ -180,6 +196,7 @@ cat > "$bundle/manifest.json" <<EOF
   "commit": "$(git -C "$root" rev-parse HEAD)",
   "tiny": [$(IFS=,; echo "${tiny[*]}")],
   "compare": [$(IFS=,; echo "${compare[*]}")],
+  "schedules": [$(IFS=,; echo "${schedules[*]}")],
   "v2lite": $v2lite
 }
 EOF
