@@ -5,9 +5,9 @@
 // the emulated CUDA executor, where the batch's changing size and length
 // capture and replay a graph per entry point, batch size and context
 // bucket. The plan's bounds: prefill chunks of 8 tokens (most prompts take
-// several; a 9-token prompt ends in a chunk of one), 4 sequences, a context
-// past the GPU's first context bucket (256 tokens), and a cache smaller
-// than 4 full contexts, so that the schedule fills it.
+// several; a 9-token prompt ends in a chunk of one) or, in one case, of 1;
+// 4 sequences; a context past the GPU's first context bucket (256 tokens);
+// and a cache smaller than 4 full contexts, so that the schedule fills it.
 #include "tests/e2e/E2eUtil.h"
 #include "tests/runtime/RandomSchedule.h"
 
@@ -33,6 +33,9 @@ struct Case {
   /// SessionOptions::promptLogits: off, a prefill's output head computes
   /// each sequence's last row alone.
   bool promptLogits = true;
+  /// The plan's prefill chunk: 1 makes every prefill step one token per
+  /// sequence, which the emulated device captures as the prefill's graphs.
+  uint32_t maxPrefill = 8;
 };
 
 std::string caseName(const ::testing::TestParamInfo<Case> &info) {
@@ -41,7 +44,8 @@ std::string caseName(const ::testing::TestParamInfo<Case> &info) {
       c.golden + (c.device == Device::Cpu ? "_cpu" : "_emulated") +
       (c.mla == "auto" ? "" : "_" + c.mla) +
       (c.latentCache == "f32" ? "" : "_" + c.latentCache + "cache") +
-      (c.promptLogits ? "" : "_last_logits");
+      (c.promptLogits ? "" : "_last_logits") +
+      (c.maxPrefill == 8 ? "" : "_chunks_of_" + std::to_string(c.maxPrefill));
   std::replace(name.begin(), name.end(), '-', '_');
   return name;
 }
@@ -56,7 +60,7 @@ double tolerance(const Case &c) {
   return c.device == Device::Cpu ? 1e-5 : 1e-4;
 }
 
-constexpr uint32_t kMaxBatch = 4, kMaxPrefill = 8, kMaxContext = 320;
+constexpr uint32_t kMaxBatch = 4, kMaxContext = 320;
 constexpr int64_t kCacheBlocks = 12;
 
 class ContinuousBatching : public ::testing::TestWithParam<Case> {};
@@ -65,7 +69,7 @@ TEST_P(ContinuousBatching, RandomScheduleMatchesSequencesAlone) {
   const Case &c = GetParam();
   testing::CompileSettings settings;
   settings.plan.maxBatch = kMaxBatch;
-  settings.plan.maxPrefill = kMaxPrefill;
+  settings.plan.maxPrefill = c.maxPrefill;
   settings.plan.maxContext = kMaxContext;
   settings.optimize.mla = c.mla;
   settings.optimize.latentCacheDtype = c.latentCache;
@@ -115,18 +119,18 @@ TEST_P(ContinuousBatching, RandomScheduleMatchesSequencesAlone) {
 
 INSTANTIATE_TEST_SUITE_P(
     Schedules, ContinuousBatching,
-    ::testing::Values(Case{"deepseek-v2-lite", Device::Cpu},
-                      Case{"deepseek-v2-lite", Device::Emulated},
-                      Case{"deepseek-v2-lite", Device::Cpu, "naive"},
-                      Case{"deepseek-v2-lite", Device::Emulated, "naive"},
-                      Case{"deepseek-v3", Device::Cpu, "absorbed", "fp8"},
-                      Case{"deepseek-v3", Device::Emulated, "absorbed", "fp8"},
-                      Case{"deepseek-v3", Device::Emulated, "absorbed", "bf16",
-                           false},
-                      Case{"qwen2", Device::Cpu},
-                      Case{"qwen2", Device::Emulated},
-                      Case{"qwen2", Device::Emulated, "auto", "f32", false},
-                      Case{"llama", Device::Cpu, "auto", "f32", false}),
+    ::testing::Values(
+        Case{"deepseek-v2-lite", Device::Cpu},
+        Case{"deepseek-v2-lite", Device::Emulated},
+        Case{"deepseek-v2-lite", Device::Cpu, "naive"},
+        Case{"deepseek-v2-lite", Device::Emulated, "naive"},
+        Case{"deepseek-v3", Device::Cpu, "absorbed", "fp8"},
+        Case{"deepseek-v3", Device::Emulated, "absorbed", "fp8"},
+        Case{"deepseek-v3", Device::Emulated, "absorbed", "bf16", false},
+        Case{"qwen2", Device::Cpu}, Case{"qwen2", Device::Emulated},
+        Case{"qwen2", Device::Emulated, "auto", "f32", false},
+        Case{"deepseek-v2-lite", Device::Emulated, "auto", "f32", true, 1},
+        Case{"llama", Device::Cpu, "auto", "f32", false}),
     caseName);
 
 } // namespace
