@@ -111,6 +111,7 @@ TEST_P(ContinuousBatching, RandomScheduleMatchesSequencesAlone) {
   EXPECT_GT(run.refusedPrefills + run.refusedDecodes, 0);
   EXPECT_EQ(run.decodeBatches.size(), size_t{kMaxBatch});
   EXPECT_GT(run.longest, 256u);
+  EXPECT_EQ(run.promptRows > 0, c.promptLogits);
 
   SessionOptions alone;
   alone.device = Device::Cpu;

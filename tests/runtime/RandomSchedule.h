@@ -29,11 +29,14 @@
 namespace kiln::testing {
 
 /// What one sequence was given and what it returned: its prompt, the token
-/// of each decode step, and the logits after its prefill and each step.
+/// of each decode step, the logits after its prefill and each step, and
+/// (sessions with prompt logits) those of the prompt positions its
+/// prefill's last chunk held.
 struct SequenceTrace {
   std::vector<int32_t> prompt;
   std::vector<int32_t> fed;
   std::vector<std::vector<float>> logits;
+  std::map<size_t, std::vector<float>> promptLogits;
 };
 
 /// A schedule's sequences, and what it made the session do.
@@ -46,6 +49,8 @@ struct ScheduleRun {
   std::map<size_t, int> decodeBatches;
   /// The most tokens a sequence held.
   size_t longest = 0;
+  /// Prompt positions whose logits the sequences kept.
+  size_t promptRows = 0;
 };
 
 /// Runs `iterations` steps of the random schedule (seeded by `seed`) on
@@ -86,8 +91,19 @@ inline ScheduleRun runRandomSchedule(Session &s, int32_t vocab, size_t maxBatch,
       std::vector<int> before = s.sequences();
       absl::StatusOr<std::vector<int>> ids = s.prefill(prompts);
       if (ids.ok()) {
-        for (size_t i = 0; i < ids->size(); ++i)
-          live[(*ids)[i]] = {prompts[i], {}, {logitsOf((*ids)[i])}};
+        for (size_t i = 0; i < ids->size(); ++i) {
+          SequenceTrace &trace = live[(*ids)[i]];
+          trace = {prompts[i], {}, {logitsOf((*ids)[i])}, {}};
+          // The positions of the last chunk (of the group's longest prompt)
+          // that the prompt reaches; none without prompt logits.
+          for (size_t p = 0; p < prompts[i].size(); ++p)
+            if (absl::StatusOr<std::span<const float>> row =
+                    s.promptLogits((*ids)[i], p);
+                row.ok()) {
+              trace.promptLogits[p].assign(row->begin(), row->end());
+              ++run.promptRows;
+            }
+        }
       } else {
         // A full cache starts nothing.
         EXPECT_EQ(ids.status().code(), absl::StatusCode::kResourceExhausted)
@@ -138,10 +154,25 @@ inline ScheduleRun runRandomSchedule(Session &s, int32_t vocab, size_t maxBatch,
   return run;
 }
 
+/// Every logit of `row` within `tolerance` times the largest magnitude of
+/// `reference`.
+inline void expectRowNear(std::span<const float> row,
+                          std::span<const float> reference, double tolerance,
+                          const std::string &what) {
+  ASSERT_EQ(row.size(), reference.size()) << what;
+  double diff = 0, scale = 0;
+  for (size_t v = 0; v < reference.size(); ++v) {
+    diff = std::max(diff, std::fabs(double(row[v]) - reference[v]));
+    scale = std::max(scale, std::fabs(double(reference[v])));
+  }
+  ASSERT_LE(diff, tolerance * scale) << what;
+}
+
 /// Each of `sequences` run alone in a fresh session of `model` made with
 /// `options` (its prompt, then its tokens one decode step at a time): every
 /// logit within `tolerance` times its row's largest magnitude of the one
-/// `sequences` kept.
+/// `sequences` kept, prompt logits included (`options` must keep them where
+/// the trace has some).
 inline void expectSequencesAsAlone(const Model &model,
                                    const SessionOptions &options,
                                    const std::vector<SequenceTrace> &sequences,
@@ -154,21 +185,26 @@ inline void expectSequencesAsAlone(const Model &model,
     ASSERT_TRUE(alone.ok()) << alone.status().message();
     absl::StatusOr<std::vector<int>> id = (*alone)->prefill({trace.prompt});
     ASSERT_TRUE(id.ok()) << id.status().message();
+    // Alone, the last chunk starts no later: it holds these positions too.
+    for (const auto &[position, batched] : trace.promptLogits) {
+      absl::StatusOr<std::span<const float>> reference =
+          (*alone)->promptLogits(id->front(), position);
+      ASSERT_TRUE(reference.ok()) << reference.status().message();
+      expectRowNear(batched, *reference, tolerance,
+                    "prompt position " + std::to_string(position));
+      if (::testing::Test::HasFatalFailure())
+        return;
+    }
     for (size_t step = 0; step < trace.logits.size(); ++step) {
       if (step > 0) {
         absl::Status st = (*alone)->decode(
             *id, std::span<const int32_t>(&trace.fed[step - 1], 1));
         ASSERT_TRUE(st.ok()) << st.message();
       }
-      std::span<const float> reference = (*alone)->logits(id->front());
-      const std::vector<float> &batched = trace.logits[step];
-      ASSERT_EQ(batched.size(), reference.size());
-      double diff = 0, scale = 0;
-      for (size_t v = 0; v < reference.size(); ++v) {
-        diff = std::max(diff, std::fabs(double(batched[v]) - reference[v]));
-        scale = std::max(scale, std::fabs(double(reference[v])));
-      }
-      ASSERT_LE(diff, tolerance * scale) << "step " << step;
+      expectRowNear(trace.logits[step], (*alone)->logits(id->front()),
+                    tolerance, "step " + std::to_string(step));
+      if (::testing::Test::HasFatalFailure())
+        return;
     }
   }
 }
