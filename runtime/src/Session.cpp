@@ -179,6 +179,12 @@ struct Session::Impl {
   const std::vector<int64_t> *logitRows = nullptr;
   int64_t lastChunkStart = 0, lastChunkSeq = 0;
   std::vector<int> lastPrefill; // sequences of the last prefill, by row
+  /// A sequence's prompt logits are no longer held (released, or extended
+  /// past them): its row keeps its place, as -1, so that the rows after it
+  /// still index the logits.
+  void forgetPromptLogits(int sequence) {
+    std::replace(lastPrefill.begin(), lastPrefill.end(), sequence, -1);
+  }
   std::string device = "cpu";
   // Declared before `gpu`, which page-locks it: destroyed after it.
   std::vector<std::byte> staging;
@@ -1228,7 +1234,7 @@ absl::Status Session::release(int sequence) {
     return absl::InvalidArgumentError("sequence " + std::to_string(sequence) +
                                       " is not alive");
   s.lengths[sequence] = -1;
-  std::erase(s.lastPrefill, sequence);
+  s.forgetPromptLogits(sequence);
   return s.kv->release(sequence);
 }
 
@@ -1244,7 +1250,7 @@ absl::Status Session::extendUncomputed(int sequence, int64_t tokens) {
   if (absl::Status st = s.kv->reserve(sequence, length); !st.ok())
     return st;
   s.lengths[sequence] = length;
-  std::erase(s.lastPrefill, sequence);
+  s.forgetPromptLogits(sequence);
   return absl::OkStatus();
 }
 

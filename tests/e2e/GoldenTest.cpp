@@ -419,6 +419,46 @@ TEST(PromptLogits, LastRowsAloneMatchEveryRow) {
   }
 }
 
+// A prefill's prompt logits stay each sequence's when another sequence of
+// that prefill is released (or extended) before they are read: the rows
+// are the prefill's, in its order. (Releasing the first used to shift the
+// others onto its rows.)
+TEST(PromptLogits, HeldAcrossAnotherSequencesRelease) {
+  Golden golden("deepseek-v3");
+  std::filesystem::path artifact =
+      compile(kGolden / "deepseek-v3", freshTempDir() / "m.kiln");
+  auto model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << errorOf(model);
+  std::vector<std::vector<int32_t>> prompts = goldenPrompts(golden);
+  for (bool extend : {false, true}) {
+    SCOPED_TRACE(extend ? "extended" : "released");
+    SessionOptions options;
+    options.device = Device::Cpu;
+    auto session = Session::create(**model, options);
+    ASSERT_TRUE(session.ok()) << errorOf(session);
+    Session &s = **session;
+    absl::StatusOr<std::vector<int>> ids = s.prefill(prompts);
+    ASSERT_TRUE(ids.ok()) << errorOf(ids);
+    // Each prompt's last position, as the prefill left it.
+    std::vector<std::vector<float>> before;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      auto row = s.promptLogits((*ids)[i], prompts[i].size() - 1);
+      ASSERT_TRUE(row.ok()) << errorOf(row);
+      before.emplace_back(row->begin(), row->end());
+    }
+    absl::Status gone =
+        extend ? s.extendUncomputed((*ids)[0], 1) : s.release((*ids)[0]);
+    ASSERT_TRUE(gone.ok()) << errorOf(gone);
+    EXPECT_FALSE(s.promptLogits((*ids)[0], prompts[0].size() - 1).ok());
+    for (size_t i = 1; i < prompts.size(); ++i) {
+      auto row = s.promptLogits((*ids)[i], prompts[i].size() - 1);
+      ASSERT_TRUE(row.ok()) << errorOf(row);
+      EXPECT_EQ(std::vector<float>(row->begin(), row->end()), before[i])
+          << "prompt " << i;
+    }
+  }
+}
+
 /// Greedy tokens of one sequence run alone: prompt, then `steps` tokens.
 std::vector<int32_t> greedyAlone(const std::filesystem::path &artifact,
                                  const std::vector<int32_t> &prompt,
