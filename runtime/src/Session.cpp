@@ -1275,7 +1275,7 @@ int64_t Session::freeCacheTokens() const {
 
 std::span<const float> Session::logits(int sequence) const {
   const Impl &s = *impl_;
-  if (!s.stepLogits)
+  if (!s.stepLogits || !s.alive(sequence))
     return {};
   return {s.lastLogits.data() + sequence * static_cast<size_t>(s.vocab),
           static_cast<size_t>(s.vocab)};
@@ -1288,6 +1288,9 @@ Session::promptLogits(int sequence, size_t position) const {
     return absl::FailedPreconditionError(
         "prompt logits are not kept: the session was created without "
         "SessionOptions::promptLogits (or stepLogits)");
+  if (!s.alive(sequence))
+    return absl::InvalidArgumentError("sequence " + std::to_string(sequence) +
+                                      " is not alive");
   int64_t pos = static_cast<int64_t>(position);
   auto row = std::find(s.lastPrefill.begin(), s.lastPrefill.end(), sequence);
   if (row == s.lastPrefill.end() || pos >= s.lengths[sequence] ||

@@ -450,6 +450,14 @@ TEST(PromptLogits, HeldAcrossAnotherSequencesRelease) {
         extend ? s.extendUncomputed((*ids)[0], 1) : s.release((*ids)[0]);
     ASSERT_TRUE(gone.ok()) << errorOf(gone);
     EXPECT_FALSE(s.promptLogits((*ids)[0], prompts[0].size() - 1).ok());
+    // Ids of no live sequence (the released one, a never-started one, a
+    // negative one: the released rows' place holder) hold nothing.
+    for (int id : {extend ? 99 : (*ids)[0], 99, -1}) {
+      EXPECT_EQ(s.promptLogits(id, 0).status().code(),
+                absl::StatusCode::kInvalidArgument)
+          << id;
+      EXPECT_TRUE(s.logits(id).empty()) << id;
+    }
     for (size_t i = 1; i < prompts.size(); ++i) {
       auto row = s.promptLogits((*ids)[i], prompts[i].size() - 1);
       ASSERT_TRUE(row.ok()) << errorOf(row);

@@ -242,12 +242,14 @@ public:
   /// Tokens the free cache blocks can still take.
   int64_t freeCacheTokens() const;
   /// The logits of the newest token of `sequence` after its last step
-  /// (empty without SessionOptions::stepLogits).
+  /// (empty without SessionOptions::stepLogits, or for a sequence that is
+  /// not alive).
   std::span<const float> logits(int sequence) const;
   /// Until the next step: the logits of position `position` of a prompt of
   /// the last prefill (of its last batch, positions of its last chunk
   /// only). FailedPrecondition in a session without
-  /// SessionOptions::promptLogits.
+  /// SessionOptions::promptLogits, InvalidArgument for a sequence that is
+  /// not alive, OutOfRange for a position not held.
   absl::StatusOr<std::span<const float>> promptLogits(int sequence,
                                                       size_t position) const;
 
