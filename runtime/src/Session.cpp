@@ -1088,6 +1088,9 @@ Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
     s.lengths[*id] = 0;
   }
 
+  // Its chunks overwrite the prompt logits the last prefill held, even
+  // where it fails part way (a full cache at a later chunk).
+  s.lastPrefill.clear();
   // Groups of at most the prefill entry point's batch, each in chunks of
   // its max_seq tokens.
   int64_t chunk = entry.max_seq();

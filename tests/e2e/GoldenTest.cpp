@@ -467,6 +467,43 @@ TEST(PromptLogits, HeldAcrossAnotherSequencesRelease) {
   }
 }
 
+// A prefill that fails part way (its later chunks find the cache full)
+// starts no sequence, leaves the others' logits as they were, and the
+// prompt logits of the prefill before it are no longer held (its chunks
+// overwrote them) instead of read from its rows.
+TEST(PromptLogits, NotHeldAfterAPrefillThatFailedPartWay) {
+  testing::CompileSettings settings;
+  settings.plan.maxContext = 256;
+  std::filesystem::path artifact = testing::compileArtifact(
+      kGolden / "qwen2", freshTempDir() / "m.kiln", settings);
+  auto model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << errorOf(model);
+  SessionOptions options;
+  options.device = Device::Cpu;
+  options.kvBlocks = 2; // 128 tokens in all
+  auto session = Session::create(**model, options);
+  ASSERT_TRUE(session.ok()) << errorOf(session);
+  Session &s = **session;
+  auto first = s.prefill({std::vector<int32_t>(60, 7)});
+  ASSERT_TRUE(first.ok()) << errorOf(first);
+  int a = first->front();
+  std::vector<float> last(s.logits(a).begin(), s.logits(a).end());
+  ASSERT_TRUE(s.promptLogits(a, 59).ok());
+  // 100 tokens in chunks of 16: the first 64 fit the free block, the
+  // fifth chunk does not.
+  std::vector<int32_t> prompt(100);
+  for (size_t i = 0; i < prompt.size(); ++i)
+    prompt[i] = static_cast<int32_t>(i % 50);
+  auto second = s.prefill({prompt});
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted)
+      << errorOf(second);
+  EXPECT_EQ(s.sequences(), std::vector<int>{a});
+  EXPECT_EQ(s.promptLogits(a, 59).status().code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(std::vector<float>(s.logits(a).begin(), s.logits(a).end()), last);
+}
+
 /// Greedy tokens of one sequence run alone: prompt, then `steps` tokens.
 std::vector<int32_t> greedyAlone(const std::filesystem::path &artifact,
                                  const std::vector<int32_t> &prompt,
