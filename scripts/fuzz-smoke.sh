@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the frontend fuzzers with clang and runs each for a bounded time on a
+# Builds the fuzzers (the parsers, the artifact loader, the session API) with
+# clang and runs each for a bounded time on a
 # scratch copy of the seed corpus (so the committed seeds stay small). Exits
 # non-zero if a fuzzer finds a crash, leak or sanitizer report.
 #
@@ -21,7 +22,7 @@ CC=clang-19 CXX=clang++-19 cmake -G Ninja -S "$root" -B "$build" \
   -DKILN_ENABLE_TESTS=ON \
   -DKILN_ENABLE_FUZZERS=ON >/dev/null
 ninja -C "$build" -j"${KILN_FUZZ_JOBS:-2}" kiln-fuzz-safetensors kiln-fuzz-config \
-  kiln-fuzz-artifact
+  kiln-fuzz-artifact kiln-fuzz-session
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
@@ -48,8 +49,14 @@ cp "$root"/tests/fuzz/corpus/artifact/*.kiln "$scratch/corpus-artifact/"
   --max-batch 2 --max-context 8 --max-prefill 4 \
   --quantize=fp8 --kv-cache-dtype=fp8
 
+# The session fuzzer's model (it mutates calls, not the artifact), and a
+# corpus of its own.
+cp "$scratch/corpus-artifact/artifact-deepseek-v3.kiln" "$scratch/session.kiln"
+export KILN_FUZZ_SESSION_ARTIFACT="$scratch/session.kiln"
+mkdir -p "$scratch/corpus-session"
+
 status=0
-for target in safetensors config artifact; do
+for target in safetensors config artifact session; do
   corpus="$scratch/corpus-$target"
   [[ -d "$corpus" ]] || cp -r "$root/tests/fuzz/corpus/$target" "$corpus"
   echo "== kiln-fuzz-$target for ${seconds}s"
