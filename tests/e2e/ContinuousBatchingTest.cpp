@@ -36,6 +36,9 @@ struct Case {
   /// The plan's prefill chunk: 1 makes every prefill step one token per
   /// sequence, which the emulated device captures as the prefill's graphs.
   uint32_t maxPrefill = 8;
+  /// Sequences per prefill step (0: all 4): 1 prefills two prompts one
+  /// after the other.
+  uint32_t maxPrefillBatch = 0;
 };
 
 std::string caseName(const ::testing::TestParamInfo<Case> &info) {
@@ -45,7 +48,10 @@ std::string caseName(const ::testing::TestParamInfo<Case> &info) {
       (c.mla == "auto" ? "" : "_" + c.mla) +
       (c.latentCache == "f32" ? "" : "_" + c.latentCache + "cache") +
       (c.promptLogits ? "" : "_last_logits") +
-      (c.maxPrefill == 8 ? "" : "_chunks_of_" + std::to_string(c.maxPrefill));
+      (c.maxPrefill == 8 ? "" : "_chunks_of_" + std::to_string(c.maxPrefill)) +
+      (c.maxPrefillBatch == 0
+           ? ""
+           : "_prefill_batch_" + std::to_string(c.maxPrefillBatch));
   std::replace(name.begin(), name.end(), '-', '_');
   return name;
 }
@@ -70,6 +76,7 @@ TEST_P(ContinuousBatching, RandomScheduleMatchesSequencesAlone) {
   testing::CompileSettings settings;
   settings.plan.maxBatch = kMaxBatch;
   settings.plan.maxPrefill = c.maxPrefill;
+  settings.plan.maxPrefillBatch = c.maxPrefillBatch;
   settings.plan.maxContext = kMaxContext;
   settings.optimize.mla = c.mla;
   settings.optimize.latentCacheDtype = c.latentCache;
@@ -131,6 +138,7 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"qwen2", Device::Cpu}, Case{"qwen2", Device::Emulated},
         Case{"qwen2", Device::Emulated, "auto", "f32", false},
         Case{"deepseek-v2-lite", Device::Emulated, "auto", "f32", true, 1},
+        Case{"qwen2", Device::Emulated, "auto", "f32", true, 8, 1},
         Case{"llama", Device::Cpu, "auto", "f32", false}),
     caseName);
 
