@@ -795,6 +795,10 @@ Session::create(const Model &model, const SessionOptions &options) {
 
 absl::StatusOr<std::unique_ptr<Session>>
 Session::createSession(const Model &model, const SessionOptions &options) {
+  if (options.kvBlocks < 0)
+    return absl::InvalidArgumentError(
+        "SessionOptions::kvBlocks is " + std::to_string(options.kvBlocks) +
+        "; it takes a number of blocks, or 0 for the default size");
   auto impl = std::make_unique<Impl>();
   const Model::Impl &m = *model.impl_;
   const art::Model &plan = *m.plan;

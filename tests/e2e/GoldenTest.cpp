@@ -557,6 +557,21 @@ TEST(Batching, MidBatchReplacementMatchesSequencesAlone) {
   EXPECT_EQ(produced[d], greedyAlone(artifact, late, 10));
 }
 
+// A negative cache size is refused, naming the option (0 is the default
+// size).
+TEST(Batching, NegativeCacheSizeIsRefused) {
+  std::filesystem::path artifact =
+      compile(kGolden / "qwen2", freshTempDir() / "m.kiln");
+  auto model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << errorOf(model);
+  SessionOptions options;
+  options.kvBlocks = -1;
+  auto session = Session::create(**model, options);
+  ASSERT_FALSE(session.ok());
+  EXPECT_EQ(session.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(errorOf(session), ::testing::HasSubstr("kvBlocks"));
+}
+
 // A full cache refuses new tokens with a clear error instead of
 // overwriting another sequence, and accepts them again once a sequence is
 // released.

@@ -139,7 +139,7 @@ enum class Device {
 
 struct SessionOptions {
   /// Blocks of 64 tokens in the session's paged KV cache; 0 sizes it for
-  /// max-batch sequences of full context. The pool is shared by all
+  /// max-batch sequences of full context (negative: InvalidArgument). The pool is shared by all
   /// sequences, and a released sequence's blocks serve new ones.
   int64_t kvBlocks = 0;
   Device device = Device::Auto;
