@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: set up and build, then a short fuzzing smoke run of the parsers
-# of untrusted bytes and CTest (lit + FileCheck suites and GoogleTest).
+# Runs every test: set up and build, then a short fuzzing smoke run (the parsers
+# of untrusted bytes, the artifact loader, the session API) and CTest (lit +
+# FileCheck suites and GoogleTest).
 #
 #   KILN_FUZZ_SECONDS  seconds per fuzzer (default 20)
 set -euo pipefail
