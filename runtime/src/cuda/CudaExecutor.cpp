@@ -454,7 +454,7 @@ absl::Status Executor::Impl::launchKernel(CUfunction f, Dim3 grid,
                  name, what);
 }
 
-bool Executor::Impl::graphable(const art::EntryPoint &entry) const {
+bool Executor::Impl::graphable(const art::EntryPoint &entry) {
   for (const art::Launch *l : *entry.launches())
     for (const art::TensorRef *ref : *l->args())
       if (ref->storage() == art::Storage::Arena)
@@ -698,7 +698,9 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
     impl->description += ", no CUDA graphs (KILN_CUDA_GRAPHS=off)";
   impl->selectionDispatch =
       *selections == 0 && impl->mmaGemms != Impl::MmaGemms::On;
-  for (const art::EntryPoint *e : *model.plan->entry_points())
+  for (const art::EntryPoint *e : *model.plan->entry_points()) {
+    if (Impl::graphable(*e))
+      impl->graphableEntries.insert(e);
     for (flatbuffers::uoffset_t i = 0; i < e->launches()->size(); ++i) {
       const art::Launch *l = e->launches()->Get(i);
       if ((l->kernel() == art::KernelKind::Linear ||
@@ -712,6 +714,7 @@ Executor::create(const Model::Impl &model, const CacheLayout &cache,
           impl->routedReaders[l].insert(e->launches()->Get(
               i + static_cast<flatbuffers::uoffset_t>(l->ints()->Get(k))));
     }
+  }
   // KILN_CUBLASLT=0 keeps every GEMM in the library kernels (fp32
   // activations): the numerics check compares both paths.
   const char *useBlas = std::getenv("KILN_CUBLASLT");
@@ -796,7 +799,8 @@ absl::Status Executor::run(const std::string &name, const StepShape &shape,
       return st;
   }
 
-  bool graph = shape.seq == 1 && s.decodeGraphs && s.graphable(*entry);
+  bool graph =
+      shape.seq == 1 && s.decodeGraphs && s.graphableEntries.count(entry);
   // A graph replays its head over every row; elsewhere the head (the
   // entry's last launch, PlanVerifier checks) computes `rows` alone.
   bool headOverRows = rows && !graph;

@@ -322,7 +322,10 @@ struct Executor::Impl {
   /// Whether every launch of `entry` has the same arguments for all steps
   /// of one batch size (no KvLen-shaped arena tensors), so that it can be
   /// captured once and replayed.
-  bool graphable(const artifact::EntryPoint &entry) const;
+  static bool graphable(const artifact::EntryPoint &entry);
+  /// The entry points graphable() takes, found at creation: a step only
+  /// looks its own up.
+  std::set<const artifact::EntryPoint *> graphableEntries;
   /// A GEMM cuBLASLt may take: bf16 weights, no bias (rows decide at run
   /// time).
   static bool blasGemm(const artifact::Launch &l) {
