@@ -1052,8 +1052,13 @@ absl::Status Session::Impl::beginStep(std::span<const int> ids,
 }
 
 absl::StatusOr<std::vector<int>>
-Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
+Session::prefill(const std::vector<std::vector<int32_t>> &prompts,
+                 const PromptLogitsVisitor &visit) {
   Impl &s = *impl_;
+  if (visit && (!s.promptLogits || !s.stepLogits))
+    return absl::FailedPreconditionError(
+        "prompt logits are not computed: the session was created without "
+        "SessionOptions::promptLogits (or stepLogits)");
   const art::EntryPoint &entry = *s.prefill.entry;
   int64_t context = s.model->plan->max_context();
   int liveNow = static_cast<int>(sequences().size());
@@ -1149,6 +1154,12 @@ Session::prefill(const std::vector<std::vector<int32_t>> &prompts) {
               s.run(s.prefill, dims, s.promptLogits ? nullptr : &lastRows);
           !st.ok())
         return abandon(st);
+      for (int64_t b = 0; visit && b < batch; ++b)
+        for (int64_t pos = start; pos < reach[b]; ++pos)
+          visit(group[b], static_cast<size_t>(pos),
+                std::span<const float>(
+                    s.prefill.logits + (b * dims.seq + pos - start) * s.vocab,
+                    static_cast<size_t>(s.vocab)));
       // Keep each sequence's last-token logits from the chunk holding it
       // (without prompt logits, the i-th row the step computed).
       for (size_t i = 0; s.stepLogits && i < lastRows.size(); ++i)

@@ -419,6 +419,55 @@ TEST(PromptLogits, LastRowsAloneMatchEveryRow) {
   }
 }
 
+// A prefill's visitor sees every prompt position once, in order, as its
+// chunk computes it (chunks of 3 here: each prompt spans several, and
+// promptLogits() holds the last one's alone); the rows match HF's. A
+// session that computes no prompt logits refuses the visitor.
+TEST(PromptLogits, VisitorSeesEveryChunksRows) {
+  Golden golden("deepseek-v3");
+  std::vector<std::vector<int32_t>> prompts = goldenPrompts(golden);
+  testing::CompileSettings settings;
+  settings.plan.maxPrefill = 3;
+  std::filesystem::path artifact = testing::compileArtifact(
+      kGolden / "deepseek-v3", freshTempDir() / "m.kiln", settings);
+  auto model = Model::open(artifact);
+  ASSERT_TRUE(model.ok()) << errorOf(model);
+  auto vocab = static_cast<size_t>((*model)->info().vocabSize);
+  SessionOptions options;
+  options.device = Device::Cpu;
+  auto session = Session::create(**model, options);
+  ASSERT_TRUE(session.ok()) << errorOf(session);
+  std::map<int, std::vector<float>> rows;
+  std::map<int, size_t> seen;
+  absl::StatusOr<std::vector<int>> ids = (*session)->prefill(
+      prompts, [&](int sequence, size_t position, std::span<const float> row) {
+        EXPECT_EQ(position, seen[sequence]++) << "sequence " << sequence;
+        EXPECT_EQ(row.size(), vocab);
+        rows[sequence].insert(rows[sequence].end(), row.begin(), row.end());
+      });
+  ASSERT_TRUE(ids.ok()) << errorOf(ids);
+  ASSERT_EQ(rows.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    int id = (*ids)[i];
+    EXPECT_EQ(seen[id], prompts[i].size()) << "prompt " << i;
+    Error fromHf;
+    fromHf.add(rows[id],
+               golden.get<float>("prefill." + std::to_string(i) + ".logits"));
+    EXPECT_LE(fromHf.relative(), kRelativeTolerance) << "prompt " << i;
+    // The first position is in no chunk the session still holds.
+    EXPECT_EQ((*session)->promptLogits(id, 0).status().code(),
+              absl::StatusCode::kOutOfRange);
+  }
+
+  options.promptLogits = false;
+  auto lastOnly = Session::create(**model, options);
+  ASSERT_TRUE(lastOnly.ok()) << errorOf(lastOnly);
+  absl::StatusOr<std::vector<int>> refused =
+      (*lastOnly)->prefill(prompts, [](int, size_t, std::span<const float>) {});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*lastOnly)->numSequences(), 0u);
+}
+
 // A prefill's prompt logits stay each sequence's when another sequence of
 // that prefill is released (or extended) before they are read: the rows
 // are the prefill's, in its order. (Releasing the first used to shift the

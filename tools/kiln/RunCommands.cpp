@@ -69,20 +69,23 @@ absl::Status generate(const GenerateOptions &opts) {
   if (!session.ok())
     return session.status();
   Session &s = **session;
-  absl::StatusOr<std::vector<int>> ids = s.prefill(prompts);
+  // Sequence 0's rows, chunk by chunk: the session holds only the last
+  // prefill chunk's.
+  std::vector<float> promptLogits, stepLogits;
+  Session::PromptLogitsVisitor keepFirst;
+  if (!opts.dumpLogits.empty())
+    keepFirst = [&, first = -1](int sequence, size_t,
+                                std::span<const float> row) mutable {
+      if (first < 0)
+        first = sequence;
+      if (sequence == first)
+        promptLogits.insert(promptLogits.end(), row.begin(), row.end());
+    };
+  absl::StatusOr<std::vector<int>> ids = s.prefill(prompts, keepFirst);
   if (!ids.ok())
     return ids.status();
 
   int64_t vocab = (*model)->info().vocabSize;
-  std::vector<float> promptLogits, stepLogits;
-  if (!opts.dumpLogits.empty())
-    for (size_t p = 0; p < s.length(ids->front()); ++p) {
-      absl::StatusOr<std::span<const float>> row =
-          s.promptLogits(ids->front(), p);
-      if (!row.ok())
-        return row.status();
-      promptLogits.insert(promptLogits.end(), row->begin(), row->end());
-    }
 
   Sampler sampler(opts.sampling);
   std::vector<std::vector<int32_t>> generated(prompts.size());

@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -139,8 +140,9 @@ enum class Device {
 
 struct SessionOptions {
   /// Blocks of 64 tokens in the session's paged KV cache; 0 sizes it for
-  /// max-batch sequences of full context (negative: InvalidArgument). The pool is shared by all
-  /// sequences, and a released sequence's blocks serve new ones.
+  /// max-batch sequences of full context (negative: InvalidArgument). The pool
+  /// is shared by all sequences, and a released sequence's blocks serve new
+  /// ones.
   int64_t kvBlocks = 0;
   Device device = Device::Auto;
   /// Compute the logits of every prompt position and keep the last prefill
@@ -192,8 +194,18 @@ public:
   /// tokens in [0, vocab). Returns the new sequences' ids, in prompt order (a
   /// fresh session hands out 0, 1, ...). When the cache has too few free blocks
   /// the error is ResourceExhausted and no sequence is started.
+  ///
+  /// `visit`, where given, sees every prompt position's logits as its
+  /// chunk computes them (promptLogits() holds only the last chunk's): the
+  /// new sequence's id, the position, and the row, valid during the call.
+  /// It needs SessionOptions::promptLogits and stepLogits
+  /// (FailedPrecondition). A prefill that fails part way has shown it the
+  /// rows of chunks that ran, of sequences it then did not start.
+  using PromptLogitsVisitor = std::function<void(
+      int sequence, size_t position, std::span<const float> logits)>;
   absl::StatusOr<std::vector<int>>
-  prefill(const std::vector<std::vector<int32_t>> &prompts);
+  prefill(const std::vector<std::vector<int32_t>> &prompts,
+          const PromptLogitsVisitor &visit = {});
 
   /// Appends `tokens[i]` to sequence `sequences[i]` and runs one decode step
   /// for them together. ResourceExhausted (and nothing done) when the cache

@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""Random model shapes, run by Hugging Face transformers and by Kiln, compared.
+
+The goldens (make_goldens.py) pin one tiny configuration per architecture, with
+every dimension a power of two. This sweep draws configurations the goldens
+do not cover (dimensions that are not multiples of 8 or 16, one head, odd
+expert counts, group-limited routing, q_lora or not, tied embeddings, MLP
+biases, rope scalings, dense layers between MoE layers) and compile options
+(MLA form, the fusion switches, prefill chunk sizes), and for each case
+
+  1. builds the HF model (float32, eager, weights re-drawn as make_goldens.py
+     does), prefills one random prompt and decodes greedily with HF's cache;
+  2. saves the checkpoint, compiles it with `kiln compile-model --target cpu`;
+  3. runs the same prompt with `kiln run --dump-logits` on the CPU and on the
+     emulated GPU (the CUDA executor's plan walk on the host);
+  4. requires every prompt position's logits and every decode step's logits
+     within 1e-4 of the row's largest |logit| (the golden tests' bound) and
+     the same greedy tokens.
+
+A case Kiln refuses to compile is reported with its message (a clear refusal
+is allowed; a crash or a wrong number is not). Failing cases keep their
+directory (config.json, the compile command, Kiln's and HF's logits).
+
+    python3 tests/golden/sweep_shapes.py --kiln build/bin/kiln --cases 40
+    python3 tests/golden/sweep_shapes.py --kiln build/bin/kiln --seed 7 --only qwen2
+
+Prints one JSON line per case and a summary; exits 1 if a case failed.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import torch
+import transformers
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_goldens as mg  # noqa: E402
+
+RELATIVE_TOLERANCE = 1e-4
+ARCHITECTURES = ["deepseek_v3", "deepseek_v2", "qwen2", "llama"]
+
+
+def divisors(n):
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def rope_scaling(rng, kind):
+    if kind == "yarn":
+        m = rng.choice([1.0, 0.707])
+        return {"type": "yarn", "factor": rng.choice([2, 4, 40]), "beta_fast": 32, "beta_slow": 1,
+                "mscale": m, "mscale_all_dim": rng.choice([m, 1.0]),
+                "original_max_position_embeddings": rng.choice([16, 64, 512])}
+    if kind == "llama3":
+        return {"rope_type": "llama3", "factor": rng.choice([2.0, 8.0]), "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": rng.choice([32, 256])}
+    return None
+
+
+def deepseek_config(rng, v3):
+    experts = rng.choice([4, 6, 8, 10, 12, 16])
+    groups = rng.choice(divisors(experts)) if v3 or rng.random() < 0.5 else 1
+    layers = rng.randint(1, 4)
+    q_lora = rng.choice([None, rng.choice([16, 24, 40, 48])])
+    c = {
+        "architectures": ["DeepseekV3ForCausalLM" if v3 else "DeepseekV2ForCausalLM"],
+        "model_type": "deepseek_v3" if v3 else "deepseek_v2",
+        "intermediate_size": rng.choice([40, 64, 88, 128, 200]),
+        "moe_intermediate_size": rng.choice([8, 24, 32, 40, 56]),
+        "num_hidden_layers": layers,
+        "kv_lora_rank": rng.choice([8, 16, 24, 32, 40, 64]),
+        "q_lora_rank": q_lora,
+        "qk_nope_head_dim": rng.choice([8, 12, 16, 24, 32]),
+        "qk_rope_head_dim": rng.choice([2, 4, 8, 16]),
+        "v_head_dim": rng.choice([8, 12, 16, 24, 40]),
+        "n_routed_experts": experts,
+        "num_experts_per_tok": rng.randint(1, min(6, experts)),
+        "n_group": groups,
+        "n_shared_experts": rng.choice([1, 2]),
+        "first_k_dense_replace": rng.randint(0, min(2, layers)),
+        # HF's DeepSeek models ignore moe_layer_freq (every layer from
+        # first_k_dense_replace is MoE); Kiln follows DeepSeek's code and
+        # refuses such a checkpoint. Real checkpoints all set 1.
+        "moe_layer_freq": 1,
+        # HF's DeepseekV2 ignores norm_topk_prob; Kiln follows DeepSeek's own
+        # modeling_deepseek.py (docs/design.md). V2 checkpoints all set false.
+        "norm_topk_prob": v3 and rng.random() < 0.5,
+        "routed_scaling_factor": rng.choice([1.0, 2.5, 16.0]),
+        "vocab_size": rng.choice([97, 256, 300, 1000]),
+        "rms_norm_eps": rng.choice([1e-6, 1e-5]),
+        "rope_theta": rng.choice([10000, 500000]),
+        "rope_scaling": rope_scaling(rng, rng.choice(["yarn", "yarn", None])),
+        "tie_word_embeddings": rng.random() < 0.2,
+        "attention_bias": False,
+        "max_position_embeddings": 2048,
+        "hidden_act": "silu",
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+    }
+    # HF requires the hidden size to be a multiple of the heads.
+    heads = rng.choice([1, 2, 3, 4, 5, 8])
+    c["num_attention_heads"] = c["num_key_value_heads"] = heads
+    c["hidden_size"] = heads * rng.choice([8, 12, 16, 24, 28, 40])
+    # Group-limited routing needs topk_group groups to hold the top-k experts.
+    per_group = experts // groups
+    least_groups = -(-c["num_experts_per_tok"] // per_group)
+    c["topk_group"] = rng.randint(least_groups, groups)
+    if v3:
+        c["topk_method"] = "noaux_tc"
+        c["scoring_func"] = "sigmoid"
+        # noaux_tc scores a group by its two best experts.
+        if per_group < 2:
+            c["n_group"], c["topk_group"] = 1, 1
+        c["num_nextn_predict_layers"] = rng.choice([0, 1])
+    else:
+        c["topk_method"] = "greedy" if groups == 1 else "group_limited_greedy"
+        c["scoring_func"] = "softmax"
+    return c
+
+
+def dense_config(rng, model_type):
+    heads = rng.choice([1, 2, 3, 4, 6, 8])
+    kv = rng.choice(divisors(heads))
+    head_dim = rng.choice([4, 8, 12, 16, 24, 32])
+    c = {
+        "architectures": ["Qwen2ForCausalLM" if model_type == "qwen2" else "LlamaForCausalLM"],
+        "model_type": model_type,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "hidden_size": heads * head_dim,
+        "intermediate_size": rng.choice([24, 40, 64, 88, 136]),
+        "num_hidden_layers": rng.randint(1, 3),
+        "vocab_size": rng.choice([97, 256, 300, 1000]),
+        "rms_norm_eps": rng.choice([1e-6, 1e-5]),
+        "rope_theta": rng.choice([10000, 1000000]),
+        "tie_word_embeddings": rng.random() < 0.3,
+        "max_position_embeddings": 2048,
+        "hidden_act": "silu",
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+    }
+    if model_type == "llama":
+        c["attention_bias"] = rng.random() < 0.3
+        c["mlp_bias"] = rng.random() < 0.3
+        c["rope_scaling"] = rope_scaling(rng, rng.choice(["llama3", None]))
+        # Llama's head_dim may differ from hidden / heads.
+        if rng.random() < 0.3:
+            c["head_dim"] = rng.choice([8, 16, 24])
+            c["hidden_size"] = rng.choice([32, 48, 72])
+    else:
+        c["use_sliding_window"] = False
+        c["sliding_window"] = None
+    return c
+
+
+def compile_options(rng, config, max_context):
+    opts = ["--target", "cpu", "--max-batch", str(rng.choice([1, 2, 4])),
+            "--max-prefill", str(min(max_context, rng.choice([1, 3, 8, 16, 64])))]
+    if config["model_type"].startswith("deepseek"):
+        opts += ["--mla", rng.choice(["auto", "naive", "absorbed"])]
+    for flag in ["--no-fuse", "--no-fuse-horizontal", "--no-fuse-kv-append",
+                 "--no-fuse-gated-linear", "--no-fold-head-slices", "--no-group-linears"]:
+        if rng.random() < 0.2:
+            opts.append(flag)
+    return opts
+
+
+def compare(name, ours, want):
+    """Max |ours - want| over max |want|, rows compared as they come."""
+    if ours.shape != want.shape:
+        return f"{name}: shape {tuple(ours.shape)} vs HF {tuple(want.shape)}"
+    scale = float(want.abs().max())
+    return float((ours - want).abs().max()) / scale
+
+
+def run_case(index, args, rng):
+    arch = rng.choice(args.only or ARCHITECTURES)
+    config = (deepseek_config(rng, arch == "deepseek_v3") if arch.startswith("deepseek")
+              else dense_config(rng, arch))
+    prompt_length = rng.randint(1, 40)
+    steps = rng.randint(1, 8)
+    max_context = prompt_length + steps
+    options = compile_options(rng, config, max_context)
+    case = {"case": index, "architecture": arch, "options": options, "prompt": prompt_length,
+            "steps": steps}
+    work = tempfile.mkdtemp(prefix=f"sweep-{index}-", dir=args.work)
+    keep = False
+    try:
+        with open(os.path.join(work, "preset.json"), "w") as f:
+            json.dump(config, f, indent=1)
+        hf_config, _ = mg.load_config(os.path.join(work, "preset.json"))
+        model = mg.build_model(hf_config)
+        mg.init_params(model, args.seed * 1000 + index)
+        model_dir = os.path.join(work, "model")
+        model.save_pretrained(model_dir)
+        gen = torch.Generator().manual_seed(args.seed * 1000 + index)
+        prompt = torch.randint(2, config["vocab_size"], (prompt_length,), generator=gen)
+        prefill, tokens, decode = mg.hf_prefill_decode(model, prompt, steps)
+        del model
+
+        artifact = os.path.join(work, "m.kiln")
+        cmd = [args.kiln, "compile-model", model_dir, "-o", artifact,
+               "--max-context", str(max_context)] + options
+        with open(os.path.join(work, "compile.sh"), "w") as f:
+            f.write(" ".join(cmd) + "\n")
+        built = subprocess.run(cmd, capture_output=True, text=True)
+        if built.returncode != 0:
+            message = (built.stderr or built.stdout).strip().splitlines()
+            case["refused"] = " | ".join(message[:3]) if message else f"exit {built.returncode}"
+            # A refusal is an error message and an exit status of 1, never a signal.
+            case["ok"] = built.returncode == 1 and bool(message)
+            keep = not case["ok"]
+            return case
+        for device in args.devices:
+            dump = os.path.join(work, f"logits-{device}.safetensors")
+            ran = subprocess.run([args.kiln, "run", artifact, "--device", device,
+                                  "--tokens", ",".join(str(int(t)) for t in prompt),
+                                  "--max-new-tokens", str(steps), "--dump-logits", dump],
+                                 capture_output=True, text=True)
+            if ran.returncode != 0:
+                case[device] = {"error": (ran.stderr or ran.stdout).strip()[-400:]}
+                case["ok"] = False
+                keep = True
+                return case
+            got = load_file(dump)
+            result = {
+                "prompt": compare("prompt", got["prompt.logits"], prefill),
+                "tokens_equal": torch.equal(got["tokens"].long(), tokens),
+            }
+            if "generate.logits" in got:
+                result["decode"] = compare("decode", got["generate.logits"], decode)
+            case[device] = result
+        bad = [d for d in args.devices
+               if not case[d]["tokens_equal"]
+               or any(isinstance(v, str) or v > RELATIVE_TOLERANCE
+                      for k, v in case[d].items() if k in ("prompt", "decode"))]
+        case["ok"] = not bad
+        keep = bool(bad)
+        if bad:
+            torch.save({"prefill": prefill, "tokens": tokens, "decode": decode},
+                       os.path.join(work, "hf.pt"))
+        return case
+    finally:
+        case["config"] = {k: v for k, v in config.items() if k != "architectures"}
+        if keep:
+            case["kept"] = work
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kiln", required=True, help="the kiln binary")
+    ap.add_argument("--cases", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--only", action="append", choices=ARCHITECTURES)
+    ap.add_argument("--devices", nargs="+", default=["cpu", "emulated"])
+    ap.add_argument("--work", default=None, help="where cases are built (default: the system's temp)")
+    args = ap.parse_args()
+
+    warnings.simplefilter("ignore", FutureWarning)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    rng = random.Random(args.seed)
+    failed = refused = 0
+    for index in range(args.cases):
+        case = run_case(index, args, rng)
+        print(json.dumps(case), flush=True)
+        failed += not case["ok"]
+        refused += "refused" in case
+    print(json.dumps({"cases": args.cases, "failed": failed, "refused": refused}))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
