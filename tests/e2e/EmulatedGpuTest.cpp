@@ -233,7 +233,24 @@ INSTANTIATE_TEST_SUITE_P(
         Case{.model = "deepseek-v3",
              .mla = "absorbed",
              .latentCache = "bf16",
-             .mmaAttention = "on"}),
+             .mmaAttention = "on"},
+        // Shapes the tiny presets leave out (tests/golden/presets): tails
+        // of every kernel's tiles and vector widths, odd head counts, GQA
+        // 3:1, q_lora, experts in groups of 2, tied embeddings, biases.
+        Case{"deepseek-v3-odd"}, Case{"deepseek-v3-odd", "naive"},
+        Case{"deepseek-v2-odd"}, Case{"deepseek-v2-odd", "naive"},
+        Case{"qwen2-odd"}, Case{"llama-odd"},
+        Case{"deepseek-v3-odd", "absorbed", true, "fp8"},
+        Case{"deepseek-v3-odd", "absorbed", false, "bf16"},
+        Case{"deepseek-v2-odd", "auto", false, "f32", "per-expert"},
+        // (Its head_dim of 12 is no multiple of the tensor cores' 16: its
+        // attention stays on the CUDA cores.)
+        Case{
+            .model = "qwen2-odd-bf16", .mmaGemms = "on", .mmaAttention = "off"},
+        Case{.model = "llama-odd-bf16", .mmaGemms = "on", .mmaAttention = "on"},
+        Case{.model = "llama-odd-bf16",
+             .mmaGemms = "off",
+             .mmaAttention = "off"}),
     caseName);
 
 } // namespace

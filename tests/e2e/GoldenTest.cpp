@@ -217,8 +217,9 @@ TEST_P(GoldenModel, ParameterCountMatchesTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, GoldenModel,
                          ::testing::Values("deepseek-v3", "deepseek-v2",
-                                           "deepseek-v2-lite", "qwen2",
-                                           "llama"),
+                                           "deepseek-v2-lite", "qwen2", "llama",
+                                           "deepseek-v3-odd", "deepseek-v2-odd",
+                                           "qwen2-odd", "llama-odd"),
                          [](const auto &info) {
                            std::string name = info.param;
                            std::replace(name.begin(), name.end(), '-', '_');
@@ -334,7 +335,9 @@ TEST_P(MlaForms, MatchNaive) {
 
 INSTANTIATE_TEST_SUITE_P(DeepSeek, MlaForms,
                          ::testing::Values("deepseek-v3", "deepseek-v2",
-                                           "deepseek-v2-lite"),
+                                           "deepseek-v2-lite",
+                                           "deepseek-v3-odd",
+                                           "deepseek-v2-odd"),
                          [](const auto &info) {
                            std::string name = info.param;
                            std::replace(name.begin(), name.end(), '-', '_');

@@ -43,6 +43,14 @@ MODELS = [
     ("deepseek-v2-lite", "tiny-deepseek-v2-lite.json"),
     ("qwen2", "tiny-qwen2.json"),
     ("llama", "tiny-llama.json"),
+    # Shapes the tiny presets leave out (test-only presets, tests/golden/presets): dimensions
+    # that are not multiples of 8 or 16, 3 and 5 heads, GQA 3:1 and 3:1 with head_dim set apart
+    # from hidden / heads, 6 and 10 experts in 3 and 5 groups, q_lora, a MoE first layer, tied
+    # embeddings, attention and MLP biases, vocabularies of 131 and 300 tokens.
+    ("deepseek-v2-odd", os.path.join(HERE, "presets", "odd-deepseek-v2.json")),
+    ("deepseek-v3-odd", os.path.join(HERE, "presets", "odd-deepseek-v3.json")),
+    ("qwen2-odd", os.path.join(HERE, "presets", "odd-qwen2.json")),
+    ("llama-odd", os.path.join(HERE, "presets", "odd-llama.json")),
 ]
 
 BUILD_SEED = 0  # torch.manual_seed before from_config (HF's own init; fully overwritten below)
@@ -309,8 +317,10 @@ def ref_forward(model_dir, tokens):
         y = x @ W[p + ".weight"].t()
         return y + W[p + ".bias"] if bias else y
 
-    def mlp(x, p):
-        return lin(torch.nn.functional.silu(lin(x, p + ".gate_proj")) * lin(x, p + ".up_proj"), p + ".down_proj")
+    def mlp(x, p):  # Llama's mlp_bias: every projection has a bias (DeepSeek's experts have none)
+        b = c.get("mlp_bias", False)
+        return lin(torch.nn.functional.silu(lin(x, p + ".gate_proj", b)) * lin(x, p + ".up_proj", b),
+                   p + ".down_proj", b)
 
     pos = torch.arange(L, dtype=f64)
     causal = torch.triu(torch.full((L, L), float("-inf"), dtype=f64), 1)
