@@ -97,6 +97,12 @@ variant deepseek-v2-lite deepseek-v2-lite 1e-3
 variant deepseek-v2-lite-bf16 deepseek-v2-lite-bf16 1e-2
 variant qwen2 qwen2 1e-3
 variant llama-bf16 llama-bf16 1e-2
+# Shapes the tiny presets leave out (tests/golden/presets): every kernel's
+# tile and vector tails, odd head counts, GQA 3:1, grouped routing.
+variant deepseek-v3-odd deepseek-v3-odd 1e-3
+variant deepseek-v2-odd-naive deepseek-v2-odd 1e-3 --mla naive
+variant qwen2-odd qwen2-odd 1e-3
+variant llama-odd-bf16 llama-odd-bf16 1e-2
 # The same prompts with each expert's rows as their own GEMM (cuBLASLt where
 # an expert has 16 rows or more).
 compare+=('{"name": "deepseek-v2-lite-bf16-per-expert", "artifact": "deepseek-v2-lite-bf16", "tolerance": 1e-2, "env": {"KILN_EXPERT_GEMMS": "per-expert"}}')
@@ -104,6 +110,7 @@ compare+=('{"name": "deepseek-v2-lite-bf16-per-expert", "artifact": "deepseek-v2
 # them, decode's single rows too.
 compare+=('{"name": "deepseek-v2-lite-bf16-mma", "artifact": "deepseek-v2-lite-bf16", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on", "KILN_MMA_ATTENTION": "on"}}')
 compare+=('{"name": "llama-bf16-mma", "artifact": "llama-bf16", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on", "KILN_MMA_ATTENTION": "on"}}')
+compare+=('{"name": "llama-odd-bf16-mma", "artifact": "llama-odd-bf16", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on", "KILN_MMA_ATTENTION": "on"}}')
 compare+=('{"name": "deepseek-v3-fp8-mma", "artifact": "deepseek-v3-fp8", "tolerance": 1e-2, "env": {"KILN_MMA_GEMMS": "on"}}')
 compare+=('{"name": "deepseek-v3-bf16cache-mma", "artifact": "deepseek-v3-bf16cache", "tolerance": 1e-2, "env": {"KILN_MMA_ATTENTION": "on"}}')
 # Decode batches of 20 (cuBLASLt's GEMMs inside the decode graph, the
