@@ -11,6 +11,8 @@
 #include "passes/Pipeline.h"
 #include "tests/frontend/TestUtil.h"
 
+#include "kiln/Runtime.h"
+
 #include "mlir/IR/MLIRContext.h"
 #include "gtest/gtest.h"
 
@@ -84,6 +86,20 @@ compileArtifact(const std::filesystem::path &modelDir,
       out, **plan, *model->module, *model->checkpoint, settings.weights);
   EXPECT_TRUE(written.ok()) << errorOf(written);
   return written.ok() ? out : std::filesystem::path();
+}
+
+/// `modelDir` compiled with `settings` to `out` and opened; null, with a
+/// test failure recorded, where either fails.
+inline std::unique_ptr<Model>
+compileAndOpen(const std::filesystem::path &modelDir,
+               const std::filesystem::path &out,
+               const CompileSettings &settings) {
+  std::filesystem::path artifact = compileArtifact(modelDir, out, settings);
+  if (artifact.empty())
+    return nullptr;
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
+  EXPECT_TRUE(model.ok()) << model.status().message();
+  return model.ok() ? *std::move(model) : nullptr;
 }
 
 } // namespace kiln::testing

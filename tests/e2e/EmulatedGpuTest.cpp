@@ -27,7 +27,7 @@
 namespace kiln {
 namespace {
 
-using testing::compileArtifact;
+using testing::compileAndOpen;
 using testing::CompileSettings;
 using testing::kGolden;
 using testing::scratchFile;
@@ -112,12 +112,10 @@ TEST_P(EmulatedGpu, MatchesTheCpuExecutor) {
   settings.optimize.mla = c.mla;
   settings.optimize.quantizeFp8 = c.fp8Weights;
   settings.optimize.latentCacheDtype = c.latentCache;
-  std::filesystem::path artifact = compileArtifact(
+  std::unique_ptr<Model> model = compileAndOpen(
       kGolden / c.model, scratchFile("emulated_" + caseName({c, 0}) + ".kiln"),
       settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  ASSERT_TRUE(model);
   ::setenv("KILN_EXPERT_GEMMS", c.expertGemms.c_str(), 1);
   ::setenv("KILN_MMA_GEMMS", c.mmaGemms.c_str(), 1);
   ::setenv("KILN_MMA_ATTENTION", c.mmaAttention.c_str(), 1);
@@ -125,16 +123,16 @@ TEST_P(EmulatedGpu, MatchesTheCpuExecutor) {
     SessionOptions probe;
     probe.device = Device::Emulated;
     absl::StatusOr<std::unique_ptr<Session>> emulated =
-        Session::create(**model, probe);
+        Session::create(*model, probe);
     if (absl::IsUnavailable(emulated.status()))
       GTEST_SKIP() << emulated.status().message();
   }
   std::string cpuWhere, gpuWhere;
   std::vector<std::vector<float>> cpu =
-      testing::runDeviceSteps(**model, Device::Cpu, cpuWhere);
+      testing::runDeviceSteps(*model, Device::Cpu, cpuWhere);
   int64_t mmaBefore = mmaLaunches(), attentionBefore = mmaAttentionLaunches();
   std::vector<std::vector<float>> gpu =
-      testing::runDeviceSteps(**model, Device::Emulated, gpuWhere, &cpu);
+      testing::runDeviceSteps(*model, Device::Emulated, gpuWhere, &cpu);
   // The tensor-core GEMMs take bf16 and FP8 weights: in auto, the GEMMs
   // of the multi-row prefill chunks at least. Their attention: bf16 models'
   // prefill in auto (these models' head dimensions all fit it), and the

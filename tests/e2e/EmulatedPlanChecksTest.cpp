@@ -16,6 +16,7 @@
 namespace kiln {
 namespace {
 
+using testing::compileAndOpen;
 using testing::compileArtifact;
 using testing::CompileSettings;
 using testing::kGolden;
@@ -346,16 +347,14 @@ TEST(EmulatedGpuSession, CombineReadsOnlyTheDispatchsSelectionRows) {
           launch->args[2] = std::make_unique<artifact::TensorRefT>(*indices);
     }
   };
-  std::filesystem::path artifact = compileArtifact(
+  std::unique_ptr<Model> model = compileAndOpen(
       kGolden / "deepseek-v3", scratchFile("combine_indices.kiln"), settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  ASSERT_TRUE(model);
   for (Device device : {Device::Cpu, Device::Emulated}) {
     SessionOptions options;
     options.device = device;
     absl::StatusOr<std::unique_ptr<Session>> session =
-        Session::create(**model, options);
+        Session::create(*model, options);
     ASSERT_TRUE(session.ok()) << session.status().message();
     absl::StatusOr<std::vector<int>> ids = (*session)->prefill({{5, 17, 3}});
     ASSERT_FALSE(ids.ok());

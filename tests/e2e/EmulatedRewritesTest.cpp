@@ -21,6 +21,7 @@
 namespace kiln {
 namespace {
 
+using testing::compileAndOpen;
 using testing::compileArtifact;
 using testing::CompileSettings;
 using testing::decodeLaunches;
@@ -42,15 +43,13 @@ void expectSameStepsWithRewrite(
   for (bool on : {false, true}) {
     CompileSettings settings;
     apply(settings, on);
-    std::filesystem::path artifact =
-        compileArtifact(kGolden / golden,
-                        scratchFile("emulated_" + golden + "_" + name +
-                                    (on ? "_on" : "_off") + ".kiln"),
-                        settings);
-    ASSERT_FALSE(artifact.empty());
-    absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-    ASSERT_TRUE(model.ok()) << model.status().message();
-    models[on] = std::move(*model);
+    std::unique_ptr<Model> model =
+        compileAndOpen(kGolden / golden,
+                       scratchFile("emulated_" + golden + "_" + name +
+                                   (on ? "_on" : "_off") + ".kiln"),
+                       settings);
+    ASSERT_TRUE(model);
+    models[on] = std::move(model);
   }
   struct Run {
     Device device;
@@ -181,11 +180,9 @@ void expectGatedLinearIsTheUnfusedFfn(const std::string &golden, bool fp8,
 // EmulatedGpu.MatchesTheCpuExecutor.
 TEST(EmulatedGpuSession, FewRoutedRowsAreDispatchedInOneLaunch) {
   CompileSettings settings;
-  std::filesystem::path artifact = compileArtifact(
+  std::unique_ptr<Model> model = compileAndOpen(
       kGolden / "deepseek-v3", scratchFile("emulated_route.kiln"), settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  ASSERT_TRUE(model);
   auto launches = [](const char *kernel) {
     return cuda::emulatedLaunches(kernel);
   };
@@ -194,7 +191,7 @@ TEST(EmulatedGpuSession, FewRoutedRowsAreDispatchedInOneLaunch) {
           combines = launches("kiln_moe_combine");
   std::string where;
   ASSERT_FALSE(
-      testing::runDeviceSteps(**model, Device::Emulated, where).empty());
+      testing::runDeviceSteps(*model, Device::Emulated, where).empty());
   EXPECT_GT(launches("kiln_moe_route"), routes);
   EXPECT_EQ(launches("kiln_moe_gather"), gathers);
   EXPECT_EQ(launches("kiln_moe_combine"), combines);
@@ -245,11 +242,9 @@ std::atomic<int64_t> prefetchedRanges{0};
 // KILN_PREFETCH=off. The host builds read each range's ends (under ASan, a
 // range past its tensor fails), and the steps are the same either way.
 TEST(EmulatedGpuSession, StepsPrefetchUnlessTurnedOff) {
-  std::filesystem::path artifact = compileArtifact(
+  std::unique_ptr<Model> model = compileAndOpen(
       kGolden / "deepseek-v2-lite-bf16", scratchFile("prefetch.kiln"), {});
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  ASSERT_TRUE(model);
   std::vector<std::vector<float>> steps[2];
   int64_t ranges[2] = {0, 0};
   cuda::observePlainKernelPrefetches(
@@ -258,7 +253,7 @@ TEST(EmulatedGpuSession, StepsPrefetchUnlessTurnedOff) {
     ::setenv("KILN_PREFETCH", off ? "off" : "on", 1);
     prefetchedRanges = 0;
     std::string where;
-    steps[off] = testing::runDeviceSteps(**model, Device::Emulated, where,
+    steps[off] = testing::runDeviceSteps(*model, Device::Emulated, where,
                                          nullptr, {{5, 17, 3}, {9, 2}});
     ranges[off] = prefetchedRanges;
     ::unsetenv("KILN_PREFETCH");

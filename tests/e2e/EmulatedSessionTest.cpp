@@ -25,7 +25,7 @@
 namespace kiln {
 namespace {
 
-using testing::compileArtifact;
+using testing::compileAndOpen;
 using testing::CompileSettings;
 using testing::decodeLaunches;
 using testing::kGolden;
@@ -36,12 +36,10 @@ using testing::writeModel;
 // same logits() as with them, and promptLogits() says why it has none.
 TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
   CompileSettings settings;
-  std::filesystem::path artifact =
-      compileArtifact(kGolden / "deepseek-v3",
-                      scratchFile("emulated_last_logits.kiln"), settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::unique_ptr<Model> model =
+      compileAndOpen(kGolden / "deepseek-v3",
+                     scratchFile("emulated_last_logits.kiln"), settings);
+  ASSERT_TRUE(model);
   std::vector<std::vector<int32_t>> prompts = {{5, 17, 3, 99, 42}, {7, 7}};
   std::vector<std::vector<float>> logits[2];
   for (bool keep : {true, false}) {
@@ -49,7 +47,7 @@ TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
     options.device = Device::Emulated;
     options.promptLogits = keep;
     absl::StatusOr<std::unique_ptr<Session>> session =
-        Session::create(**model, options);
+        Session::create(*model, options);
     if (absl::IsUnavailable(session.status()))
       GTEST_SKIP() << session.status().message();
     ASSERT_TRUE(session.ok()) << session.status().message();
@@ -76,11 +74,9 @@ TEST(EmulatedGpuSession, LastLogitsWithoutPromptLogits) {
 // step logits.
 TEST(EmulatedGpuSession, StagingHoldsOnlyTheLogitsCopiedBack) {
   CompileSettings settings; // 4 sequences, prefill chunks of 16
-  std::filesystem::path artifact = compileArtifact(
+  std::unique_ptr<Model> model = compileAndOpen(
       kGolden / "deepseek-v3", scratchFile("emulated_staging.kiln"), settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  ASSERT_TRUE(model);
   auto pinnedBy = [&](bool promptLogits, bool stepLogits) -> size_t {
     SessionOptions options;
     options.device = Device::Emulated;
@@ -88,13 +84,13 @@ TEST(EmulatedGpuSession, StagingHoldsOnlyTheLogitsCopiedBack) {
     options.stepLogits = stepLogits;
     size_t before = cuda::emulatedPinnedBytes();
     absl::StatusOr<std::unique_ptr<Session>> session =
-        Session::create(**model, options);
+        Session::create(*model, options);
     EXPECT_TRUE(session.ok()) << session.status().message();
     return cuda::emulatedPinnedBytes() - before;
   };
   size_t every = pinnedBy(true, true), last = pinnedBy(false, true),
          none = pinnedBy(true, false);
-  auto row = static_cast<size_t>((*model)->info().vocabSize) * sizeof(float);
+  auto row = static_cast<size_t>(model->info().vocabSize) * sizeof(float);
   EXPECT_EQ(every - last, (4 * 16 - 4) * row);
   EXPECT_EQ(last - none, (4 + 4) * row);
   EXPECT_EQ(pinnedBy(false, false), none);
@@ -114,11 +110,9 @@ TEST(EmulatedGpuSession, ArenaHoldsALogitsRowPerSequenceWithoutPromptLogits) {
   std::filesystem::path dir = writeModel(config, "wide_vocabulary", 5);
   ASSERT_FALSE(dir.empty());
   CompileSettings settings; // 4 sequences, prefill chunks of 16
-  std::filesystem::path artifact =
-      compileArtifact(dir, scratchFile("wide_vocabulary.kiln"), settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::unique_ptr<Model> model =
+      compileAndOpen(dir, scratchFile("wide_vocabulary.kiln"), settings);
+  ASSERT_TRUE(model);
   std::vector<std::vector<float>> logits[2];
   auto deviceBytes = [&](bool promptLogits) -> size_t {
     SessionOptions options;
@@ -126,7 +120,7 @@ TEST(EmulatedGpuSession, ArenaHoldsALogitsRowPerSequenceWithoutPromptLogits) {
     options.promptLogits = promptLogits;
     size_t before = cuda::emulatedDeviceBytes();
     absl::StatusOr<std::unique_ptr<Session>> session =
-        Session::create(**model, options);
+        Session::create(*model, options);
     EXPECT_TRUE(session.ok()) << session.status().message();
     if (!session.ok())
       return 0;
@@ -159,11 +153,9 @@ TEST(EmulatedGpuSession, ArenaHoldsALogitsRowPerSequenceWithoutPromptLogits) {
 // rows, the library GEMM f32), with and without.
 TEST(EmulatedGpuSession, PrefillHeadComputesTheLastRowsAlone) {
   CompileSettings settings;
-  std::filesystem::path artifact = compileArtifact(
+  std::unique_ptr<Model> model = compileAndOpen(
       kGolden / "llama-bf16", scratchFile("emulated_last_rows.kiln"), settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  ASSERT_TRUE(model);
   std::vector<int32_t> prompt(16);
   std::iota(prompt.begin(), prompt.end(), 3);
   std::vector<std::vector<int32_t>> prompts = {
@@ -177,7 +169,7 @@ TEST(EmulatedGpuSession, PrefillHeadComputesTheLastRowsAlone) {
     options.device = device;
     options.promptLogits = promptLogits;
     absl::StatusOr<std::unique_ptr<Session>> session =
-        Session::create(**model, options);
+        Session::create(*model, options);
     ::unsetenv("KILN_EMULATE_CUBLASLT");
     EXPECT_TRUE(session.ok()) << session.status().message();
     if (!session.ok())
@@ -214,17 +206,15 @@ TEST(EmulatedGpuSession, PrefillHeadComputesTheLastRowsAlone) {
 // conversions (q/k/v, o_proj, gate/up, down), plus the output head's own.
 TEST(EmulatedGpuSession, LibraryGemmsOfOneInputShareItsBf16Rows) {
   CompileSettings settings;
-  std::filesystem::path artifact =
-      compileArtifact(kGolden / "llama-bf16",
-                      scratchFile("emulated_shared_bf16.kiln"), settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::unique_ptr<Model> model =
+      compileAndOpen(kGolden / "llama-bf16",
+                     scratchFile("emulated_shared_bf16.kiln"), settings);
+  ASSERT_TRUE(model);
   ::setenv("KILN_EMULATE_CUBLASLT", "1", 1);
   SessionOptions options;
   options.device = Device::Emulated;
   absl::StatusOr<std::unique_ptr<Session>> session =
-      Session::create(**model, options);
+      Session::create(*model, options);
   ::unsetenv("KILN_EMULATE_CUBLASLT");
   ASSERT_TRUE(session.ok()) << session.status().message();
   int64_t conversions = cuda::emulatedLaunches("kiln_to_bf16");
@@ -324,11 +314,9 @@ TEST(EmulatedGpuSession, LaunchLogListsTheCapturedStep) {
 // The executor's switches say which values they take.
 TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
   CompileSettings settings;
-  std::filesystem::path artifact = compileArtifact(
+  std::unique_ptr<Model> model = compileAndOpen(
       kGolden / "deepseek-v3", scratchFile("emulated_switches.kiln"), settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  ASSERT_TRUE(model);
   SessionOptions options;
   options.device = Device::Emulated;
   for (auto [name, expected] :
@@ -345,7 +333,7 @@ TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
         {"KILN_PREFETCH", "expected on or off"}}) {
     ::setenv(name, "sometimes", 1);
     absl::StatusOr<std::unique_ptr<Session>> session =
-        Session::create(**model, options);
+        Session::create(*model, options);
     ::unsetenv(name);
     if (absl::IsUnavailable(session.status()))
       GTEST_SKIP() << session.status().message();
@@ -366,18 +354,16 @@ TEST(EmulatedGpuSession, UnknownSwitchValuesAreRefused) {
 // grids are the plain launches' grids.
 TEST(EmulatedGpuSession, ProgrammaticLaunchByDefaultOrOff) {
   CompileSettings settings;
-  std::filesystem::path artifact = compileArtifact(
+  std::unique_ptr<Model> model = compileAndOpen(
       kGolden / "deepseek-v2-lite", scratchFile("emulated_pdl.kiln"), settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  ASSERT_TRUE(model);
   std::vector<std::vector<float>> steps[2];
   for (int off : {0, 1}) {
     if (off)
       ::setenv("KILN_PDL", "off", 1);
     int64_t before = cuda::emulatedProgrammaticLaunches();
     std::string where;
-    steps[off] = testing::runDeviceSteps(**model, Device::Emulated, where);
+    steps[off] = testing::runDeviceSteps(*model, Device::Emulated, where);
     ::unsetenv("KILN_PDL");
     int64_t programmatic = cuda::emulatedProgrammaticLaunches() - before;
     bool described =
@@ -405,18 +391,16 @@ TEST(EmulatedGpuSession, ProgrammaticLaunchByDefaultOrOff) {
 TEST(EmulatedGpuSession, OneTokenPrefillChunksReplayThePrefillsGraph) {
   CompileSettings settings;
   settings.plan.maxPrefill = 8;
-  std::filesystem::path artifact =
-      compileArtifact(kGolden / "qwen2",
-                      scratchFile("emulated_one_token_chunks.kiln"), settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::unique_ptr<Model> model =
+      compileAndOpen(kGolden / "qwen2",
+                     scratchFile("emulated_one_token_chunks.kiln"), settings);
+  ASSERT_TRUE(model);
   std::vector<std::vector<float>> steps[2];
   for (Device device : {Device::Cpu, Device::Emulated}) {
     SessionOptions options;
     options.device = device;
     absl::StatusOr<std::unique_ptr<Session>> session =
-        Session::create(**model, options);
+        Session::create(*model, options);
     ASSERT_TRUE(session.ok()) << session.status().message();
     Session &s = **session;
     std::vector<std::vector<float>> &out = steps[device == Device::Emulated];
@@ -451,18 +435,16 @@ TEST(EmulatedGpuSession, OneTokenPrefillChunksReplayThePrefillsGraph) {
 // either device.
 TEST(EmulatedGpuSession, StepsWithoutLogits) {
   CompileSettings settings;
-  std::filesystem::path artifact =
-      compileArtifact(kGolden / "deepseek-v3",
-                      scratchFile("emulated_no_logits.kiln"), settings);
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::unique_ptr<Model> model =
+      compileAndOpen(kGolden / "deepseek-v3",
+                     scratchFile("emulated_no_logits.kiln"), settings);
+  ASSERT_TRUE(model);
   for (Device device : {Device::Emulated, Device::Cpu}) {
     SessionOptions options;
     options.device = device;
     options.stepLogits = false;
     absl::StatusOr<std::unique_ptr<Session>> session =
-        Session::create(**model, options);
+        Session::create(*model, options);
     if (absl::IsUnavailable(session.status()))
       GTEST_SKIP() << session.status().message();
     ASSERT_TRUE(session.ok()) << session.status().message();
@@ -492,16 +474,14 @@ int64_t profiledLaunches(const std::vector<KernelTime> &profile) {
 // replay runs; off again, the steps replay the graph and time nothing. On
 // the CPU it times kernel kinds.
 TEST(EmulatedGpuSession, KernelProfileTimesEachLaunch) {
-  std::filesystem::path artifact =
-      compileArtifact(kGolden / "deepseek-v3",
-                      scratchFile("emulated_profile.kiln"), CompileSettings{});
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::unique_ptr<Model> model =
+      compileAndOpen(kGolden / "deepseek-v3",
+                     scratchFile("emulated_profile.kiln"), CompileSettings{});
+  ASSERT_TRUE(model);
   SessionOptions options;
   options.device = Device::Emulated;
   absl::StatusOr<std::unique_ptr<Session>> session =
-      Session::create(**model, options);
+      Session::create(*model, options);
   if (absl::IsUnavailable(session.status()))
     GTEST_SKIP() << session.status().message();
   ASSERT_TRUE(session.ok()) << session.status().message();
@@ -592,7 +572,7 @@ TEST(EmulatedGpuSession, KernelProfileTimesEachLaunch) {
 
   options.device = Device::Cpu;
   absl::StatusOr<std::unique_ptr<Session>> cpu =
-      Session::create(**model, options);
+      Session::create(*model, options);
   ASSERT_TRUE(cpu.ok()) << cpu.status().message();
   (*cpu)->setKernelProfiling(true);
   ASSERT_TRUE((*cpu)->prefill({{5, 17, 3}}).ok());
@@ -611,12 +591,10 @@ TEST(EmulatedGpuSession, KernelProfileTimesEachLaunch) {
 // the per-expert cuBLASLt GEMMs a prefill spreads over side streams run on
 // the executor's one stream, where events time them.
 TEST(EmulatedGpuSession, ProfiledStepsAreTheSameSteps) {
-  std::filesystem::path artifact =
-      compileArtifact(kGolden / "deepseek-v2-lite-bf16",
-                      scratchFile("emulated_profile_bf16.kiln"), {});
-  ASSERT_FALSE(artifact.empty());
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  std::unique_ptr<Model> model =
+      compileAndOpen(kGolden / "deepseek-v2-lite-bf16",
+                     scratchFile("emulated_profile_bf16.kiln"), {});
+  ASSERT_TRUE(model);
   ::setenv("KILN_EMULATE_CUBLASLT", "1", 1);
   ::setenv("KILN_EXPERT_GEMMS", "per-expert", 1);
   ::setenv("KILN_LOG_LAUNCHES", "1", 1);
@@ -627,7 +605,7 @@ TEST(EmulatedGpuSession, ProfiledStepsAreTheSameSteps) {
       ::setenv("KILN_PROFILE", "1", 1);
     ::testing::internal::CaptureStderr();
     std::string where;
-    steps[profiled] = testing::runDeviceSteps(**model, Device::Emulated, where);
+    steps[profiled] = testing::runDeviceSteps(*model, Device::Emulated, where);
     logs[profiled] = ::testing::internal::GetCapturedStderr();
     ::unsetenv("KILN_PROFILE");
   }

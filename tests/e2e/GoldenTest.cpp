@@ -377,18 +377,17 @@ TEST(PromptLogits, LastRowsAloneMatchEveryRow) {
     SCOPED_TRACE("prefill chunk " + std::to_string(chunk));
     testing::CompileSettings settings;
     settings.plan.maxPrefill = chunk;
-    std::filesystem::path artifact = testing::compileArtifact(
+    std::unique_ptr<Model> model = testing::compileAndOpen(
         kGolden / "deepseek-v3", freshTempDir() / "m.kiln", settings);
-    auto model = Model::open(artifact);
-    ASSERT_TRUE(model.ok()) << errorOf(model);
-    auto vocab = static_cast<size_t>((*model)->info().vocabSize);
+    ASSERT_TRUE(model);
+    auto vocab = static_cast<size_t>(model->info().vocabSize);
     std::vector<std::vector<float>> last[2];
     std::vector<std::vector<int32_t>> greedy[2];
     for (bool every : {true, false}) {
       SessionOptions options;
       options.device = Device::Cpu;
       options.promptLogits = every;
-      auto session = Session::create(**model, options);
+      auto session = Session::create(*model, options);
       ASSERT_TRUE(session.ok()) << errorOf(session);
       Session &s = **session;
       absl::StatusOr<std::vector<int>> ids = s.prefill(prompts);
@@ -431,14 +430,13 @@ TEST(PromptLogits, VisitorSeesEveryChunksRows) {
   std::vector<std::vector<int32_t>> prompts = goldenPrompts(golden);
   testing::CompileSettings settings;
   settings.plan.maxPrefill = 3;
-  std::filesystem::path artifact = testing::compileArtifact(
+  std::unique_ptr<Model> model = testing::compileAndOpen(
       kGolden / "deepseek-v3", freshTempDir() / "m.kiln", settings);
-  auto model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << errorOf(model);
-  auto vocab = static_cast<size_t>((*model)->info().vocabSize);
+  ASSERT_TRUE(model);
+  auto vocab = static_cast<size_t>(model->info().vocabSize);
   SessionOptions options;
   options.device = Device::Cpu;
-  auto session = Session::create(**model, options);
+  auto session = Session::create(*model, options);
   ASSERT_TRUE(session.ok()) << errorOf(session);
   std::map<int, std::vector<float>> rows;
   std::map<int, size_t> seen;
@@ -463,7 +461,7 @@ TEST(PromptLogits, VisitorSeesEveryChunksRows) {
   }
 
   options.promptLogits = false;
-  auto lastOnly = Session::create(**model, options);
+  auto lastOnly = Session::create(*model, options);
   ASSERT_TRUE(lastOnly.ok()) << errorOf(lastOnly);
   absl::StatusOr<std::vector<int>> refused =
       (*lastOnly)->prefill(prompts, [](int, size_t, std::span<const float>) {});
@@ -526,14 +524,13 @@ TEST(PromptLogits, HeldAcrossAnotherSequencesRelease) {
 TEST(PromptLogits, NotHeldAfterAPrefillThatFailedPartWay) {
   testing::CompileSettings settings;
   settings.plan.maxContext = 256;
-  std::filesystem::path artifact = testing::compileArtifact(
+  std::unique_ptr<Model> model = testing::compileAndOpen(
       kGolden / "qwen2", freshTempDir() / "m.kiln", settings);
-  auto model = Model::open(artifact);
-  ASSERT_TRUE(model.ok()) << errorOf(model);
+  ASSERT_TRUE(model);
   SessionOptions options;
   options.device = Device::Cpu;
   options.kvBlocks = 2; // 128 tokens in all
-  auto session = Session::create(**model, options);
+  auto session = Session::create(*model, options);
   ASSERT_TRUE(session.ok()) << errorOf(session);
   Session &s = **session;
   auto first = s.prefill({std::vector<int32_t>(60, 7)});
