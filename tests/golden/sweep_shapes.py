@@ -47,6 +47,7 @@ import make_goldens as mg  # noqa: E402
 
 RELATIVE_TOLERANCE = 1e-4
 LOOSE_TOLERANCE = 1e-2
+LARGE = 0.25  # the share of cases with real head dimensions
 ARCHITECTURES = ["deepseek_v3", "deepseek_v2", "qwen2", "llama"]
 
 
@@ -124,6 +125,19 @@ def deepseek_config(rng, v3):
     else:
         c["topk_method"] = "greedy" if groups == 1 else "group_limited_greedy"
         c["scoring_func"] = "softmax"
+    if rng.random() < LARGE:
+        # Real head dimensions (V2-Lite: nope 128, rope 64, v 128, a 512 + 64
+        # latent), so that kernels loop over several tiles with tails.
+        c["qk_nope_head_dim"] = rng.choice([64, 128])
+        c["qk_rope_head_dim"] = rng.choice([32, 64])
+        c["v_head_dim"] = rng.choice([64, 128])
+        c["kv_lora_rank"] = rng.choice([128, 200, 512])
+        c["hidden_size"] = heads * rng.choice([64, 96, 136])
+        c["intermediate_size"] = rng.choice([384, 600, 1000])
+        c["moe_intermediate_size"] = rng.choice([96, 200, 400])
+        c["vocab_size"] = rng.choice([2000, 4999])
+        if q_lora:
+            c["q_lora_rank"] = rng.choice([96, 384])
     return c
 
 
@@ -160,6 +174,16 @@ def dense_config(rng, model_type):
     else:
         c["use_sliding_window"] = False
         c["sliding_window"] = None
+    if rng.random() < LARGE:
+        # Real head dimensions (the R1 distills: 128); Llama's apart from
+        # hidden / heads now and then.
+        head_dim = rng.choice([64, 128])
+        c["hidden_size"] = heads * head_dim
+        if model_type == "llama" and rng.random() < 0.3:
+            c["head_dim"] = head_dim
+            c["hidden_size"] = heads * rng.choice([64, 96, 128])
+        c["intermediate_size"] = rng.choice([300, 600, 1000])
+        c["vocab_size"] = rng.choice([2000, 4999])
     return c
 
 
