@@ -210,22 +210,41 @@ def compile_options(rng, config, max_context):
     return opts
 
 
-def runs(architecture, bf16_deviation):
+def device_knobs(rng, bf16_weights):
+    """Random choices among the emulated GPU's paths that keep fp32 numerics
+    (README: the environment variables): cuBLASLt's host emulation (f32
+    weights: bf16 weights' GEMMs on it read bf16 rows) or none or one
+    declining every GEMM, how a prefill's expert GEMMs run, the decode's few
+    routed rows without the route kernel or with it, graphs or launches one
+    by one, the side streams' work early, each launch's blocks last first."""
+    knobs = {
+        "KILN_EMULATE_CUBLASLT": ["0", "decline"] + ([] if bf16_weights else ["1"]),
+        "KILN_EXPERT_GEMMS": ["auto", "grouped", "per-expert"],
+        "KILN_MOE_SELECTIONS": ["auto", "off"],
+        "KILN_CUDA_GRAPHS": ["on", "off"],
+        "KILN_EMULATE_STREAMS": ["late", "early-side"],
+        "KILN_HOST_BLOCK_ORDER": ["forward", "reverse"],
+    }
+    return {name: rng.choice(values) for name, values in knobs.items()}
+
+
+def runs(architecture, bf16_deviation, knobs):
     """(name, device, environment, bound) of each Kiln run of a case.
 
     The CPU and the emulated GPU's fp32 kernels differ from HF in fp32
     summation order alone. A dense model with bf16 weights also runs on the
-    emulated GPU's tensor-core kernels, which round activations to bf16:
+    emulated GPU's tensor-core kernels and cuBLASLt, which round activations to bf16:
     bf16 resolution, or as far as HF's own bf16 run strays from its fp32 one
     where that is further (`bf16_deviation`; None: fp32 weights). (In a MoE
     model the rounding flips router near-ties, a different expert for a
     token, which no bound separates from a bug; tests/e2e/EmulatedGpuTest.cpp
     compares those paths with the CPU.)"""
-    fp32_device = {"KILN_MMA_GEMMS": "off", "KILN_MMA_ATTENTION": "off"}
+    fp32_device = {"KILN_MMA_GEMMS": "off", "KILN_MMA_ATTENTION": "off", **knobs}
     out = [("cpu", "cpu", {}, RELATIVE_TOLERANCE),
            ("emulated", "emulated", fp32_device, RELATIVE_TOLERANCE)]
     if bf16_deviation is not None and not architecture.startswith("deepseek"):
-        out.append(("emulated-tensor-cores", "emulated", {},
+        # As on a GPU: cuBLASLt takes the GEMMs of 16 rows or more.
+        out.append(("emulated-tensor-cores", "emulated", {**knobs, "KILN_EMULATE_CUBLASLT": "1"},
                     max(LOOSE_TOLERANCE, bf16_deviation)))
     return out
 
@@ -274,8 +293,9 @@ def run_case(index, args, rng):
     max_context = prompt_length + steps
     options = compile_options(rng, config, max_context)
     bf16_weights = rng.random() < 0.3
+    knobs = device_knobs(rng, bf16_weights)
     case = {"case": index, "architecture": arch, "options": options, "prompt": prompt_length,
-            "steps": steps, "weights": "bf16" if bf16_weights else "f32"}
+            "steps": steps, "weights": "bf16" if bf16_weights else "f32", "emulated_env": knobs}
     work = tempfile.mkdtemp(prefix=f"sweep-{index}-", dir=args.work)
     keep = False
     try:
@@ -318,7 +338,7 @@ def run_case(index, args, rng):
             deviation = hf_bf16_deviation(model_dir, prompt, hf_tokens,
                                           torch.cat([prefill, decode[1:]]))
             case["hf_bf16_deviation"] = deviation
-        for name, device, env, bound in runs(arch, deviation):
+        for name, device, env, bound in runs(arch, deviation, knobs):
             if device not in args.devices:
                 continue
             dump = os.path.join(work, f"logits-{name}.safetensors")
