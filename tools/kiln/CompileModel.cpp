@@ -312,7 +312,8 @@ CommandRunner registerCompileModel(CLI::App &app) {
       ->check(CLI::IsMember({"import", "optimize", "plan", "emit"}))
       ->capture_default_str();
   app.add_option("--activation-dtype", opts->activationDtype,
-                 "Element type of activations")
+                 "Element type of activations (an artifact's plan needs f32; "
+                 "bf16 is for the IR)")
       ->check(CLI::IsMember({"f32", "bf16"}))
       ->capture_default_str();
   app.add_option("--weights", opts->weights,
