@@ -17,7 +17,8 @@ each case
      weights and inputs as DeepSeek-V3's recipe says (Fp8Reference, written
      from the recipe, not from Kiln's code);
   2. saves the checkpoint, compiles it with `kiln compile-model --target cpu`;
-  3. runs the same prompt with `kiln run --dump-logits` on the CPU and on the
+  3. runs the same prompt, batched with 0 to max-batch - 1 others, with
+     `kiln generate --dump-logits` on the CPU and on the
      emulated GPU (the CUDA executor's plan walk on the host; for bf16
      weights in a dense model also on its tensor-core kernels);
   4. requires every prompt position's logits and every decode step's logits
@@ -446,8 +447,11 @@ def run_case(index, args, rng):
         options += ["--quantize", "fp8"]
         if arch.startswith("deepseek"):
             options[options.index("--mla") + 1] = "naive"
+    max_batch = int(options[options.index("--max-batch") + 1])
     case = {"case": index, "architecture": arch, "options": options, "prompt": prompt_length,
-            "steps": steps, "weights": "bf16" if bf16_weights else "f32", "emulated_env": knobs}
+            "steps": steps, "weights": "bf16" if bf16_weights else "f32", "emulated_env": knobs,
+            "batched_with": [rng.randint(1, max_context - steps)
+                             for _ in range(rng.randint(0, max_batch - 1))]}
     work = tempfile.mkdtemp(prefix=f"sweep-{index}-", dir=args.work)
     keep = False
     try:
@@ -482,6 +486,10 @@ def run_case(index, args, rng):
                 return case
         gen = torch.Generator().manual_seed(args.seed * 1000 + index)
         prompt = torch.randint(2, config["vocab_size"], (prompt_length,), generator=gen)
+        # Other prompts in the same batch (Kiln alone): the first sequence's
+        # logits must not depend on them.
+        others = [torch.randint(2, config["vocab_size"], (length,), generator=gen)
+                  for length in case["batched_with"]]
         prefill, hf_tokens, decode = mg.hf_prefill_decode(model, prompt, steps)
         del model
 
@@ -508,9 +516,10 @@ def run_case(index, args, rng):
             if device not in args.devices:
                 continue
             dump = os.path.join(work, f"logits-{name}.safetensors")
-            ran = subprocess.run([args.kiln, "run", artifact, "--device", device,
-                                  "--tokens", ",".join(str(int(t)) for t in prompt),
-                                  "--max-new-tokens", str(steps), "--dump-logits", dump],
+            batch = [arg for p in [prompt] + others
+                     for arg in ("--prompt", ",".join(str(int(t)) for t in p))]
+            ran = subprocess.run([args.kiln, "generate", artifact, "--device", device] + batch
+                                 + ["--max-new-tokens", str(steps), "--dump-logits", dump],
                                  capture_output=True, text=True, env={**os.environ, **env})
             if ran.returncode != 0:
                 case[name] = {"error": (ran.stderr or ran.stdout).strip()[-400:], "ok": False}

@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 
 #include <iostream>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -69,32 +70,29 @@ absl::Status generate(const GenerateOptions &opts) {
   if (!session.ok())
     return session.status();
   Session &s = **session;
-  // Sequence 0's rows, chunk by chunk: the session holds only the last
-  // prefill chunk's.
-  std::vector<float> promptLogits, stepLogits;
-  Session::PromptLogitsVisitor keepFirst;
+  // Every sequence's prompt rows, chunk by chunk (the session holds only the
+  // last prefill chunk's), by sequence id.
+  std::map<int, std::vector<float>> promptRows;
+  Session::PromptLogitsVisitor keep;
   if (!opts.dumpLogits.empty())
-    keepFirst = [&, first = -1](int sequence, size_t,
-                                std::span<const float> row) mutable {
-      if (first < 0)
-        first = sequence;
-      if (sequence == first)
-        promptLogits.insert(promptLogits.end(), row.begin(), row.end());
+    keep = [&](int sequence, size_t, std::span<const float> row) {
+      std::vector<float> &rows = promptRows[sequence];
+      rows.insert(rows.end(), row.begin(), row.end());
     };
-  absl::StatusOr<std::vector<int>> ids = s.prefill(prompts, keepFirst);
+  absl::StatusOr<std::vector<int>> ids = s.prefill(prompts, keep);
   if (!ids.ok())
     return ids.status();
 
   int64_t vocab = (*model)->info().vocabSize;
-
   Sampler sampler(opts.sampling);
   std::vector<std::vector<int32_t>> generated(prompts.size());
+  std::vector<std::vector<float>> stepRows(prompts.size());
   for (int step = 0; step < opts.maxNewTokens; ++step) {
     std::vector<int32_t> next;
     for (size_t i = 0; i < ids->size(); ++i) {
       std::span<const float> logits = s.logits((*ids)[i]);
-      if (i == 0 && !opts.dumpLogits.empty())
-        stepLogits.insert(stepLogits.end(), logits.begin(), logits.end());
+      if (!opts.dumpLogits.empty())
+        stepRows[i].insert(stepRows[i].end(), logits.begin(), logits.end());
       next.push_back(sampler.sample(logits.data(), vocab));
       generated[i].push_back(next.back());
     }
@@ -109,23 +107,28 @@ absl::Status generate(const GenerateOptions &opts) {
   }
   if (opts.dumpLogits.empty())
     return absl::OkStatus();
-  // Sequence 0's logits: every prompt position, then each sampled step.
-  int64_t promptRows = static_cast<int64_t>(promptLogits.size()) / vocab;
-  int64_t stepRows = static_cast<int64_t>(stepLogits.size()) / vocab;
-  std::vector<frontend::TensorToWrite> tensors{
-      {"prompt.logits",
-       frontend::DType::F32,
-       {promptRows, vocab},
-       std::as_bytes(std::span(promptLogits))},
-      {"tokens",
-       frontend::DType::I32,
-       {static_cast<int64_t>(generated[0].size())},
-       std::as_bytes(std::span(generated[0]))}};
-  if (stepRows)
-    tensors.push_back({"generate.logits",
+  // Each sequence's logits: every prompt position, then each sampled step;
+  // the first sequence's names bare, the i-th's ending in ".i".
+  std::vector<frontend::TensorToWrite> tensors;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    std::string suffix = i ? "." + std::to_string(i) : "";
+    const std::vector<float> &prompt = promptRows[(*ids)[i]];
+    tensors.push_back({"prompt.logits" + suffix,
                        frontend::DType::F32,
-                       {stepRows, vocab},
-                       std::as_bytes(std::span(stepLogits))});
+                       {static_cast<int64_t>(prompt.size()) / vocab, vocab},
+                       std::as_bytes(std::span(prompt))});
+    tensors.push_back({"tokens" + suffix,
+                       frontend::DType::I32,
+                       {static_cast<int64_t>(generated[i].size())},
+                       std::as_bytes(std::span(generated[i]))});
+    if (stepRows[i].empty())
+      continue;
+    tensors.push_back(
+        {"generate.logits" + suffix,
+         frontend::DType::F32,
+         {static_cast<int64_t>(stepRows[i].size()) / vocab, vocab},
+         std::as_bytes(std::span(stepRows[i]))});
+  }
   return frontend::writeSafetensors(opts.dumpLogits, tensors);
 }
 
@@ -177,6 +180,9 @@ CommandRunner registerGenerate(CLI::App &app) {
   app.add_option("--prompt", opts->prompts,
                  "A prompt's token ids, comma-separated (repeat for a batch)")
       ->required();
+  app.add_option("--dump-logits", opts->dumpLogits,
+                 "Write each prompt's and each step's logits (safetensors; "
+                 "the i-th sequence's names end in .i, the first's bare)");
   addSamplingOptions(app, *opts);
   addDeviceOption(app, opts->device);
   return [opts] { return generate(*opts); };
