@@ -15,6 +15,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -103,12 +104,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (int32_t &token : prompt)
           token = in.in(0, 15) == 0 ? anyToken() : in.in(0, vocab - 1);
       }
-      auto ids = s.prefill(prompts);
+      // Now and then with a visitor, which must see each started
+      // sequence's prompt positions once, in order, as rows of the vocab.
+      std::map<int, size_t> seen;
+      kiln::Session::PromptLogitsVisitor visit;
+      if (in.in(0, 1))
+        visit = [&](int sequence, size_t position, std::span<const float> row) {
+          if (row.size() != static_cast<size_t>(vocab) ||
+              position != seen[sequence]++)
+            fail("a visited prompt row out of order or of another size");
+        };
+      auto ids = s.prefill(prompts, visit);
       expectCallerError(ids.status(), "prefill");
       if (ids.ok())
-        for (size_t i = 0; i < ids->size(); ++i)
+        for (size_t i = 0; i < ids->size(); ++i) {
           if (s.length((*ids)[i]) != prompts[i].size())
             fail("a prefilled sequence's length is not its prompt's");
+          if (visit && seen[(*ids)[i]] != prompts[i].size())
+            fail("the visitor missed a prompt position");
+        }
       break;
     }
     case 1: { // decode of any ids (repeats, dead ones) and tokens
