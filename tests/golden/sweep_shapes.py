@@ -303,13 +303,19 @@ def fp8_weight(w):
     return out
 
 
+def fp8_row_scales(part):
+    """Its activation scales, of each row's (up to) 128 channels in `part`:
+    s = max(amax, 1e-4) / 448."""
+    return part.abs().amax(-1, keepdim=True).clamp(min=1e-4) / 448.0
+
+
 def fp8_rows(x):
     """Its activation recipe: per token per 128 channels, e4m3 codes times
-    s = max(amax, 1e-4) / 448."""
+    fp8_row_scales."""
     out = torch.empty_like(x)
     for c in range(0, x.shape[-1], 128):
         part = x[..., c:c + 128]
-        s = part.abs().amax(-1, keepdim=True).clamp(min=1e-4) / 448.0
+        s = fp8_row_scales(part)
         out[..., c:c + 128] = e4m3(part / s) * s
     return out
 
@@ -349,8 +355,8 @@ class Fp8Reference:
         """fp8_rows(x), recording each row's (at `positions`) near ties."""
         rows = x.reshape(-1, x.shape[-1])
         for c in range(0, x.shape[-1], 128):
-            part = rows[:, c:c + 128].double()
-            v = (part / (part.abs().amax(-1, keepdim=True).clamp(min=1e-4) / 448.0)).abs()
+            part = rows[:, c:c + 128]
+            v = (part / fp8_row_scales(part)).abs().double()  # what e4m3() rounds
             step = 2.0 ** (torch.floor(torch.log2(v.clamp(min=2.0 ** -6))) - 3)
             distance = ((v / step) % 1.0 - 0.5).abs() * step / v.clamp(min=1e-30)
             for at, d in zip(positions, distance.amin(-1).tolist()):
