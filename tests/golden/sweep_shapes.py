@@ -52,6 +52,7 @@ Prints one JSON line per case and a summary; exits 1 if a case failed.
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -310,13 +311,19 @@ def runs(bf16_deviation, knobs):
     return out
 
 
+def load_hf(model_dir, dtype=torch.float32):
+    """The saved model in `dtype`, eager attention and experts (the
+    reference's forms)."""
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, attn_implementation="eager",
+        experts_implementation="eager").eval()
+
+
 def hf_bf16_deviation(model_dir, prompt, tokens, reference, until=None):
     """How far HF computing in bf16 strays from its fp32 logits (relative to
     the largest), over the prompt and the greedy tokens fed back (the
     positions before `until`)."""
-    bf16 = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.bfloat16, attn_implementation="eager",
-        experts_implementation="eager").eval()
+    bf16 = load_hf(model_dir, torch.bfloat16)
     rows = mg.hf_logits(bf16, torch.cat([prompt, tokens[:-1]]))[:until]
     if rows.numel() == 0:
         return 0.0
@@ -735,9 +742,7 @@ def run_case(index, args, rng):
             # HF runs the saved bf16 weights in fp32, as Kiln's CPU does
             # (reloaded: RoPE's frequencies stay fp32).
             model.to(torch.bfloat16).save_pretrained(model_dir)
-            model = AutoModelForCausalLM.from_pretrained(
-                model_dir, dtype=torch.float32, attn_implementation="eager",
-                experts_implementation="eager").eval()
+            model = load_hf(model_dir)
         else:
             model.save_pretrained(model_dir)
         reference = ir = None
@@ -793,6 +798,13 @@ def run_case(index, args, rng):
                                           torch.cat([prefill, decode[1:]]),
                                           router_ties.first_near_tie())
             case["hf_bf16_deviation"] = deviation
+        def run_reference(flips, tokens):
+            """The reference rounding `flips` the other way, on `tokens`: its
+            logits and its candidates."""
+            again = load_hf(model_dir)
+            rounding = QuantizedReference(again, kiln_fp8, absorbed, cache, flips)
+            return teacher_forced(again, prompt, tokens), rounding.candidates
+
         flips = frozenset()  # the near ties the CPU rounded the other way
         for name, device, env, bound in runs(deviation, knobs):
             if device not in args.devices:
@@ -824,17 +836,11 @@ def run_case(index, args, rng):
                 if reference and name != "emulated-tensor-cores" and not exact:
                     # Kiln against the reference on Kiln's tokens, searched
                     # for the near ties Kiln rounded the other way.
-                    def run_reference(flips, tokens=got["tokens"]):
-                        again = AutoModelForCausalLM.from_pretrained(
-                            model_dir, dtype=torch.float32, attn_implementation="eager",
-                            experts_implementation="eager").eval()
-                        rounding = QuantizedReference(again, kiln_fp8, absorbed, cache, flips)
-                        return teacher_forced(again, prompt, tokens), rounding.candidates
-
+                    on_kiln_tokens = functools.partial(run_reference, tokens=got["tokens"])
                     ours = torch.cat([got["prompt.logits"], got["generate.logits"][1:]])
-                    found, apart = resolve_flips(ours, run_reference, bound, flips)
+                    found, apart = resolve_flips(ours, on_kiln_tokens, bound, flips)
                     if apart is not None and flips:  # the CPU's flips may not be this run's
-                        found, apart = resolve_flips(ours, run_reference, bound)
+                        found, apart = resolve_flips(ours, on_kiln_tokens, bound)
                     exact = apart is None
                     case[name]["flips"] = len(found)
                     if exact:
