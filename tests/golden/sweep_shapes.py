@@ -22,7 +22,10 @@ each case
   3. runs the same prompt, batched with 0 to max-batch - 1 others, with
      `kiln generate --dump-logits` on the CPU and on the
      emulated GPU (the CUDA executor's plan walk on the host; for bf16
-     weights also on its tensor-core kernels);
+     weights also on its tensor-core kernels, and, where the tensor-core
+     GEMM takes every GEMM of the model, with every GEMM on it or cuBLASLt
+     and attention in fp32, against a reference whose GEMMs round their
+     inputs to bf16);
   4. requires every prompt position's logits and every decode step's logits
      within 1e-4 of the row's largest |logit| (the golden tests' bound) and
      the same greedy tokens (the tensor-core run: bf16 resolution, in a MoE
@@ -257,6 +260,25 @@ def dense_config(rng, model_type):
     return c
 
 
+def mma_gemms_take(config):
+    """Whether Kiln's tensor-core GEMM takes every GEMM of the model
+    (MmaGemm.h's mmaGemmFits: k a multiple of 8; activation rows, and each
+    head's, on 16 bytes), so that with KILN_MMA_GEMMS=on every GEMM input is
+    rounded to bf16; elsewhere some run as fp32 GEMVs."""
+    heads = config["num_attention_heads"]
+    if config["model_type"].startswith("deepseek"):
+        rope = config["qk_rope_head_dim"]
+        ks = [config["hidden_size"], config["intermediate_size"], config["moe_intermediate_size"],
+              config["kv_lora_rank"], config["qk_nope_head_dim"], heads * config["v_head_dim"]]
+        ks += [config["q_lora_rank"]] if config["q_lora_rank"] else []
+        rows = [config["qk_nope_head_dim"] + rope, config["kv_lora_rank"] + rope]
+    else:
+        head_dim = config.get("head_dim", config["hidden_size"] // heads)
+        ks = [config["hidden_size"], config["intermediate_size"], heads * head_dim]
+        rows = []
+    return all(k % 8 == 0 for k in ks) and all(r % 4 == 0 for r in rows)
+
+
 def compile_options(rng, config, max_context):
     opts = ["--target", "cpu", "--max-batch", str(rng.choice([1, 2, 4])),
             "--max-prefill", str(min(max_context, rng.choice([1, 3, 8, 16, 64])))]
@@ -291,7 +313,7 @@ def device_knobs(rng, bf16_weights):
     return {name: rng.choice(values) for name, values in knobs.items()}
 
 
-def runs(bf16_deviation, knobs):
+def runs(bf16_deviation, knobs, bf16_gemms):
     """(name, device, environment, bound) of each Kiln run of a case.
 
     The CPU and the emulated GPU's fp32 kernels differ from HF in fp32
@@ -300,7 +322,10 @@ def runs(bf16_deviation, knobs):
     bf16 resolution, or as far as HF's own bf16 run strays from its fp32 one
     where that is further (`bf16_deviation`; None: fp32 weights). In a MoE
     model that holds up to the first position where a router's choice is
-    near a tie (RouterNearTies)."""
+    near a tie (RouterNearTies). Where they take every GEMM
+    (`bf16_gemms`), a run with every GEMM there and attention in fp32 is
+    held to the fp32 bound against a reference whose GEMMs round their
+    inputs as those kernels do (QuantizedReference's bf16_gemms)."""
     fp32_device = {"KILN_MMA_GEMMS": "off", "KILN_MMA_ATTENTION": "off", **knobs}
     out = [("cpu", "cpu", {}, RELATIVE_TOLERANCE),
            ("emulated", "emulated", fp32_device, RELATIVE_TOLERANCE)]
@@ -308,6 +333,10 @@ def runs(bf16_deviation, knobs):
         # As on a GPU: cuBLASLt takes the GEMMs of 16 rows or more.
         out.append(("emulated-tensor-cores", "emulated", {**knobs, "KILN_EMULATE_CUBLASLT": "1"},
                     max(LOOSE_TOLERANCE, bf16_deviation)))
+    if bf16_gemms:
+        out.append(("emulated-bf16-gemms", "emulated",
+                    {**knobs, "KILN_EMULATE_CUBLASLT": "1", "KILN_MMA_GEMMS": "on",
+                     "KILN_MMA_ATTENTION": "off"}, RELATIVE_TOLERANCE))
     return out
 
 
@@ -407,7 +436,10 @@ class QuantizedReference(PositionTracker):
     MoE layer's routed experts, compute on dequantized e4m3 weights (per
     expert) and inputs. Absorbed MLA with FP8 W_UK/W_UV runs as absorbed
     (`_mla`). A bf16 or FP8 latent cache (`cache`): attention reads each
-    cached row as the slot stores it, for every form of MLA.
+    cached row as the slot stores it, for every form of MLA. bf16 GEMMs
+    (`bf16_gemms`, Kiln's tensor-core GEMMs and cuBLASLt on bf16 weights):
+    every other linear, routed expert and absorbed-MLA head GEMM reads its
+    input rounded to bf16.
 
     It also records, per token position, how close any value it rounds to
     e4m3 or bf16 came to a rounding midpoint (relative to the value): where
@@ -415,31 +447,38 @@ class QuantizedReference(PositionTracker):
     summation order, may round the other way, a step of 6 to 12% in an e4m3
     value, and every later position reads the changed keys and values."""
 
-    def __init__(self, model, weights, absorbed=(False, False), cache="f32", flips=frozenset()):
+    def __init__(self, model, weights, absorbed=(False, False), cache="f32", flips=frozenset(),
+                 bf16_gemms=False):
         """`weights`: Kiln's FP8 parameters. `absorbed`: whether Kiln's
         prefill and its decode step run MLA absorbed (an `auto` model may
         prefill naive and decode absorbed). `cache`: the latent cache's
         dtype (f32, bf16 or fp8). `flips`: candidates (position, column,
-        value) to round the other way."""
+        value) to round the other way. `bf16_gemms`: the GEMMs of the other
+        weights round their inputs to bf16."""
         super().__init__(model)
         self.flips = flips
         self.candidates = {}  # (position, column, value) -> relative distance to the midpoint
         left = set(weights)
         self.absorbed = absorbed
         self.cache = cache
+        self.bf16_gemms = bf16_gemms
         for name, module in model.named_modules():
             # Before the loop reaches kv_b_proj itself: its weight as the
             # checkpoint holds it.
             if hasattr(module, "kv_b_proj"):
                 left -= self._mla(module, name, left)
-            if isinstance(module, torch.nn.Linear) and name + ".weight" in left:
-                with torch.no_grad():
-                    module.weight.copy_(fp8_weight(module.weight))
-                module.register_forward_pre_hook(self._quantize_linear_input)
-                left.remove(name + ".weight")
+            fp8 = name + ".weight" in left
+            if isinstance(module, torch.nn.Linear) and (fp8 or bf16_gemms):
+                if fp8:
+                    with torch.no_grad():
+                        module.weight.copy_(fp8_weight(module.weight))
+                    left.remove(name + ".weight")
+                module.register_forward_pre_hook(
+                    functools.partial(self._round_linear_input, e4m3_codes=fp8))
             stacked = {name + f".{p}_proj.weight" for p in ("gate", "up", "down")}
-            if hasattr(module, "gate_up_proj") and stacked <= left:
-                self._quantize_experts(module)
+            fp8 = stacked <= left
+            if hasattr(module, "gate_up_proj") and (fp8 or bf16_gemms):
+                self._round_experts(module, fp8)
                 left -= stacked
         # Kiln's FP8 weights that are no HF linear (the reference cannot follow).
         self.unmatched = sorted(left)
@@ -474,24 +513,26 @@ class QuantizedReference(PositionTracker):
                 out[r, c] = float(other) * torch.sign(v[r, c])
         return (out * units).view_as(x)
 
-    def _quantize_linear_input(self, module, args):
+    def _round_linear_input(self, module, args, e4m3_codes):
         # [1, rows, features]: one sequence's rows, the forward's tokens or
         # (naive MLA's kv_b_proj over the cache) every position up to them.
         x = args[0]
         end = self.first + self.tokens
         positions = range(end - x.reshape(-1, x.shape[-1]).shape[0], end)
-        return (self._round(x, positions, True),) + args[1:]
+        return (self._round(x, positions, e4m3_codes),) + args[1:]
 
-    def _quantize_experts(self, experts):
-        """Per expert: its gate, up and down weights as Kiln's checkpoint holds
+    def _round_experts(self, experts, fp8):
+        """Per expert: the inputs of both GEMMs rounded (e4m3 codes or bf16)
+        and, FP8, its gate, up and down weights as Kiln's checkpoint holds
         them (HF stacks gate and up as one [2I, H] matrix: quantized apart,
-        as their 128-row blocks are), and the inputs of both GEMMs."""
+        as their 128-row blocks are)."""
         inter = experts.intermediate_dim
-        with torch.no_grad():
-            for e in range(experts.num_experts):
-                experts.gate_up_proj[e, :inter] = fp8_weight(experts.gate_up_proj[e, :inter])
-                experts.gate_up_proj[e, inter:] = fp8_weight(experts.gate_up_proj[e, inter:])
-                experts.down_proj[e] = fp8_weight(experts.down_proj[e])
+        if fp8:
+            with torch.no_grad():
+                for e in range(experts.num_experts):
+                    experts.gate_up_proj[e, :inter] = fp8_weight(experts.gate_up_proj[e, :inter])
+                    experts.gate_up_proj[e, inter:] = fp8_weight(experts.gate_up_proj[e, inter:])
+                    experts.down_proj[e] = fp8_weight(experts.down_proj[e])
 
         def forward(hidden, top_k_index, top_k_weights):
             out = torch.zeros_like(hidden)
@@ -500,9 +541,9 @@ class QuantizedReference(PositionTracker):
                 if tokens.numel() == 0:
                     continue
                 positions = (self.first + tokens).tolist()
-                gate_up = self._round(hidden[tokens], positions, True) @ experts.gate_up_proj[e].t()
+                gate_up = self._round(hidden[tokens], positions, fp8) @ experts.gate_up_proj[e].t()
                 h = experts.act_fn(gate_up[:, :inter]) * gate_up[:, inter:]
-                y = self._round(h, positions, True) @ experts.down_proj[e].t()
+                y = self._round(h, positions, fp8) @ experts.down_proj[e].t()
                 out.index_add_(0, tokens, y * top_k_weights[tokens, slots, None])
             return out
 
@@ -529,12 +570,13 @@ class QuantizedReference(PositionTracker):
         maps each head's latent output out of it. An FP8 one of the two is
         the checkpoint's 128x128-block kv_b_proj sliced per head, and
         quantizes its input (per token, head and 128 channels) as any FP8
-        linear does. Returns the names it took from `fp8`."""
+        linear does; with `bf16_gemms` a bf16 one rounds it to bf16. Returns
+        the names it took from `fp8`."""
         expand_kv = attention.expand_kv
         attention.expand_kv = lambda latent, k_rot: expand_kv(*self._cache_rows(latent, k_rot))
         base = name + ".kv_b_proj.weight"
         taken = {base + ".w_uk", base + ".w_uv"} & fp8
-        if not taken:
+        if not taken and not (self.bf16_gemms and any(self.absorbed)):
             return taken  # Kiln's absorbed f32 MLA is HF's up to rounding
         heads, nope, v = attention.num_heads, attention.qk_nope_head_dim, attention.v_head_dim
         weight = attention.kv_b_proj.weight.detach().clone()
@@ -546,12 +588,12 @@ class QuantizedReference(PositionTracker):
         naive_forward = attention.forward
         modeling = sys.modules[type(attention).__module__]
 
-        def quantize_heads(x, quantized):
+        def quantize_heads(x, fp8):
             """x: [1, heads, tokens, width]."""
-            if not quantized:
+            if not fp8 and not self.bf16_gemms:
                 return x
             positions = [self.first + t for _ in range(x.shape[1]) for t in range(x.shape[2])]
-            return self._round(x, positions, True)
+            return self._round(x, positions, fp8)
 
         def forward(hidden_states, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
             if not self.absorbed[self.forwards > 1]:  # the prefill or a decode step
@@ -745,9 +787,10 @@ def run_case(index, args, rng):
             model = load_hf(model_dir)
         else:
             model.save_pretrained(model_dir)
-        reference = ir = None
+        reference = ir = bf16_reference = None
         cache = options[options.index("--kv-cache-dtype") + 1] if "--kv-cache-dtype" in options else "f32"
-        if fp8 or cache != "f32":
+        tensor_core_gemms = bf16_weights and mma_gemms_take(config)
+        if fp8 or cache != "f32" or tensor_core_gemms:
             # The weights Kiln's policy made FP8 (its FP8 parameters): in a
             # dense model every linear of the layers; in DeepSeek's, a
             # kv_b_proj whose per-head rows straddle 128-row blocks stays.
@@ -757,6 +800,12 @@ def run_case(index, args, rng):
         if ir and ir.returncode == 0:  # a refusal: the compile below reports it
             kiln_fp8 = re.findall(r"kiln\.parameter @(\S+) : tensor<[0-9x]+xf8E4M3FN>", ir.stdout)
             absorbed = absorbed_entry_points(ir.stdout)
+            if tensor_core_gemms:
+                # The reference of the run with every GEMM on the tensor
+                # cores or cuBLASLt (its own model: the others' stays fp32).
+                bf16_model = load_hf(model_dir)
+                bf16_reference = QuantizedReference(bf16_model, kiln_fp8, absorbed, cache, bf16_gemms=True)
+        if ir and ir.returncode == 0 and (fp8 or cache != "f32"):
             reference = QuantizedReference(model, kiln_fp8, absorbed, cache)
             case["quantized"] = [f"{cache}-cache"] if cache != "f32" else []
             if fp8:
@@ -777,6 +826,9 @@ def run_case(index, args, rng):
         router_ties = RouterNearTies(model) if bf16_weights else None
         prefill, hf_tokens, decode = mg.hf_prefill_decode(model, prompt, steps)
         del model
+        if bf16_reference:
+            expected_bf16 = mg.hf_prefill_decode(bf16_model, prompt, steps)
+            del bf16_model
 
         artifact = os.path.join(work, "m.kiln")
         cmd = [args.kiln, "compile-model", model_dir, "-o", artifact,
@@ -798,15 +850,17 @@ def run_case(index, args, rng):
                                           torch.cat([prefill, decode[1:]]),
                                           router_ties.first_near_tie())
             case["hf_bf16_deviation"] = deviation
-        def run_reference(flips, tokens):
+        def run_reference(flips, tokens, bf16_gemms):
             """The reference rounding `flips` the other way, on `tokens`: its
             logits and its candidates."""
             again = load_hf(model_dir)
-            rounding = QuantizedReference(again, kiln_fp8, absorbed, cache, flips)
+            rounding = QuantizedReference(again, kiln_fp8, absorbed, cache, flips, bf16_gemms)
             return teacher_forced(again, prompt, tokens), rounding.candidates
 
-        flips = frozenset()  # the near ties the CPU rounded the other way
-        for name, device, env, bound in runs(deviation, knobs):
+        # Per reference (bf16 GEMMs or not): the near ties that the first
+        # run searched against it rounded the other way.
+        flips = {False: frozenset(), True: frozenset()}
+        for name, device, env, bound in runs(deviation, knobs, bf16_reference is not None):
             if device not in args.devices:
                 continue
             dump = os.path.join(work, f"logits-{name}.safetensors")
@@ -819,32 +873,36 @@ def run_case(index, args, rng):
                 case[name] = {"error": (ran.stderr or ran.stdout).strip()[-400:], "ok": False}
             else:
                 got = load_file(dump)
+                rounds_gemms = name == "emulated-bf16-gemms"
+                rounding = bf16_reference if rounds_gemms else reference
+                expected = expected_bf16 if rounds_gemms else (prefill, hf_tokens, decode)
                 # The tensor-core runs round activations to bf16 before
                 # quantizing them: any code may round the other way.
                 flip_from = None
-                if reference:
-                    flip_from = 0 if name == "emulated-tensor-cores" else reference.first_near_tie()
-                elif name == "emulated-tensor-cores":
-                    flip_from = router_ties.first_near_tie()
+                if name == "emulated-tensor-cores":
+                    flip_from = 0 if reference else router_ties.first_near_tie()
+                elif rounding:
+                    flip_from = rounding.first_near_tie()
                 # In a MoE model a changed code may change a token's
                 # experts: no bound after it.
                 flip_bound = math.inf if arch.startswith("deepseek") else FP8_FLIP_TOLERANCE
-                case[name] = compare(got, got["tokens"].long(), prefill, hf_tokens, decode, bound,
-                                     flip_from, flip_bound)
+                case[name] = compare(got, got["tokens"].long(), *expected, bound, flip_from, flip_bound)
                 exact = (case[name]["prompt"] <= bound and case[name]["decode"] <= bound
                          and case[name]["tokens_equal"])
-                if reference and name != "emulated-tensor-cores" and not exact:
+                if rounding and name != "emulated-tensor-cores" and not exact:
                     # Kiln against the reference on Kiln's tokens, searched
                     # for the near ties Kiln rounded the other way.
-                    on_kiln_tokens = functools.partial(run_reference, tokens=got["tokens"])
+                    on_kiln_tokens = functools.partial(run_reference, tokens=got["tokens"],
+                                                       bf16_gemms=rounds_gemms)
                     ours = torch.cat([got["prompt.logits"], got["generate.logits"][1:]])
-                    found, apart = resolve_flips(ours, on_kiln_tokens, bound, flips)
-                    if apart is not None and flips:  # the CPU's flips may not be this run's
+                    known = flips[rounds_gemms]
+                    found, apart = resolve_flips(ours, on_kiln_tokens, bound, known)
+                    if apart is not None and known:  # the CPU's flips may not be this run's
                         found, apart = resolve_flips(ours, on_kiln_tokens, bound)
                     exact = apart is None
                     case[name]["flips"] = len(found)
                     if exact:
-                        flips = found
+                        flips[rounds_gemms] = found
                         case[name]["ok"] = True
                     else:
                         case[name]["apart_at"] = apart
@@ -889,11 +947,15 @@ def main():
         print(json.dumps(case), flush=True)
         failed += not case["ok"]
         refused += "refused" in case
+        kinds = {}
         if case.get("quantized") and "refused" not in case:
             matched = all(case[name].get("exact", False) for name in ("cpu", "emulated") if name in case)
-            for kind in case["quantized"] + ["all"]:
-                quantized[kind] = quantized.get(kind, 0) + 1
-                exact[kind] = exact.get(kind, 0) + matched
+            kinds = {kind: matched for kind in case["quantized"] + ["all"]}
+        if "emulated-bf16-gemms" in case:
+            kinds["bf16-gemms"] = case["emulated-bf16-gemms"].get("exact", False)
+        for kind, matched in kinds.items():
+            quantized[kind] = quantized.get(kind, 0) + 1
+            exact[kind] = exact.get(kind, 0) + matched
     # Nearly every quantized case matches the reference everywhere, most
     # with no near tie rounded the other way, the rest with one to four
     # (46 of 48 cases in a draw of 150); an error everywhere, under the
