@@ -588,7 +588,7 @@ class QuantizedReference(PositionTracker):
         naive_forward = attention.forward
         modeling = sys.modules[type(attention).__module__]
 
-        def quantize_heads(x, fp8):
+        def round_heads(x, fp8):
             """x: [1, heads, tokens, width]."""
             if not fp8 and not self.bf16_gemms:
                 return x
@@ -621,14 +621,14 @@ class QuantizedReference(PositionTracker):
                 latent, k_rot = cache.update(latent, k_rot, attention.layer_idx, kwargs=kwargs)
             latent, k_rot = self._cache_rows(latent, k_rot)
             latent, k_rot = latent[:, 0], k_rot[:, 0]  # [batch, context, width]
-            q_latent = quantize_heads(q_nope, uk_fp8) @ w_uk
+            q_latent = round_heads(q_nope, uk_fp8) @ w_uk
             scores = (q_latent @ latent.transpose(1, 2)[:, None]
                       + q_rot @ k_rot.transpose(1, 2)[:, None]) * attention.scaling
             context = latent.shape[1]
             future = (torch.arange(context)[None, :]
                       > torch.arange(context - tokens, context)[:, None])
             probabilities = scores.masked_fill(future, -math.inf).softmax(-1)
-            out = quantize_heads(probabilities @ latent[:, None], uv_fp8)
+            out = round_heads(probabilities @ latent[:, None], uv_fp8)
             out = out @ w_uv.transpose(1, 2)  # [batch, heads, tokens, v]
             return attention.o_proj(out.transpose(1, 2).reshape(batch, tokens, -1)), None
 
@@ -805,18 +805,18 @@ def run_case(index, args, rng):
                 # cores or cuBLASLt (its own model: the others' stays fp32).
                 bf16_model = load_hf(model_dir)
                 bf16_reference = QuantizedReference(bf16_model, kiln_fp8, absorbed, cache, bf16_gemms=True)
-        if ir and ir.returncode == 0 and (fp8 or cache != "f32"):
-            reference = QuantizedReference(model, kiln_fp8, absorbed, cache)
-            case["quantized"] = [f"{cache}-cache"] if cache != "f32" else []
-            if fp8:
-                case["fp8_weights"] = len(kiln_fp8)
-                case["quantized"].append("fp8-weights")
-                if any(n.endswith((".w_uk", ".w_uv")) for n in kiln_fp8):
-                    case["quantized"].append("fp8-absorbed-mla")
-            if (fp8 and not kiln_fp8) or reference.unmatched:
-                case["error"] = f"FP8 weights with no HF linear: {reference.unmatched or 'none'}"
-                case["ok"], keep = False, True
-                return case
+            if fp8 or cache != "f32":
+                reference = QuantizedReference(model, kiln_fp8, absorbed, cache)
+                case["quantized"] = [f"{cache}-cache"] if cache != "f32" else []
+                if fp8:
+                    case["fp8_weights"] = len(kiln_fp8)
+                    case["quantized"].append("fp8-weights")
+                    if any(n.endswith((".w_uk", ".w_uv")) for n in kiln_fp8):
+                        case["quantized"].append("fp8-absorbed-mla")
+                if (fp8 and not kiln_fp8) or reference.unmatched:
+                    case["error"] = f"FP8 weights with no HF linear: {reference.unmatched or 'none'}"
+                    case["ok"], keep = False, True
+                    return case
         gen = torch.Generator().manual_seed(args.seed * 1000 + index)
         prompt = torch.randint(2, config["vocab_size"], (prompt_length,), generator=gen)
         # Other prompts in the same batch (Kiln alone): the first sequence's
